@@ -1,0 +1,26 @@
+"""vggfeat: the very deep ConvNets of Simonyan & Zisserman (ICLR 2015) - training, dense multi-scale
+descriptors and linear probes. Heavy modules load on first use, so `vggfeat --help` stays instant."""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY = {
+    "create_model": "vggfeat.models",
+    "list_models": "vggfeat.models",
+    "load_weights": "vggfeat.models",
+    "save_weights": "vggfeat.models",
+    "init_from_net_a": "vggfeat.models",
+    "Preprocessing": "vggfeat.models",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'vggfeat' has no attribute {name!r}")

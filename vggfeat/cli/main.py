@@ -1,0 +1,37 @@
+"""The `vggfeat` command: a click group whose subcommands live one per module and load on demand."""
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from vggfeat import __version__
+
+# command name -> "module:attribute"; modules import torch and friends inside their functions only
+COMMANDS = {
+    "models": "vggfeat.cli.models:models",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr = COMMANDS[name].split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vggfeat")
+def cli() -> None:
+    """Very deep ConvNets (Simonyan & Zisserman, ICLR 2015): the paper's six nets, trained with its
+    recipe, their dense multi-scale descriptors and linear probes on transfer benchmarks.
+
+    \b
+    Start with:
+      vggfeat models            the six nets of Table 1 with their sizes
+      vggfeat COMMAND --help    what a command does and its options
+    """

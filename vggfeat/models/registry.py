@@ -1,0 +1,104 @@
+"""Model names: the paper's letters are canonical (`vgg_d`), depths are aliases (`vgg16`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .init import init_weights
+from .vgg import VGG
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str  # canonical name
+    config: str  # Table 1 column
+    lrn: bool  # A-LRN: LRN after conv1_1
+    aliases: tuple[str, ...] = ()
+
+
+SPECS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec("vgg_a", "A", False, ("vgg11",)),
+        ModelSpec("vgg_a_lrn", "A", True),
+        ModelSpec("vgg_b", "B", False, ("vgg13",)),
+        ModelSpec("vgg_c", "C", False),  # C and D are both 16 layers: no depth alias for C
+        ModelSpec("vgg_d", "D", False, ("vgg16",)),
+        ModelSpec("vgg_e", "E", False, ("vgg19",)),
+    )
+}
+ALIASES: dict[str, str] = {alias: spec.name for spec in SPECS.values() for alias in spec.aliases}
+
+
+def list_models(aliases: bool = False) -> list[str]:
+    """Canonical model names, A to E; with `aliases`, the depth aliases too."""
+    return list(SPECS) + (list(ALIASES) if aliases else [])
+
+
+def resolve_name(name: str) -> ModelSpec:
+    key = name.lower().replace("-", "_")
+    key = ALIASES.get(key, key)
+    if key not in SPECS:
+        raise ValueError(f"unknown model {name!r}; valid: {', '.join(list_models(aliases=True))}")
+    return SPECS[key]
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int = 1000,
+    weights: "str | Path | None" = None,
+    init: str = "normal",
+    init_std: float = 0.01,
+    seed: int | None = None,
+    device: "torch.device | str | None" = None,
+    **options: Any,
+) -> VGG:
+    """Build a named net (options: width_mult, fc_dim, fc6_kernel, dropout, in_chans), initialised as in
+    Sect. 3.1 (`init` "normal" with `init_std`, or "glorot"; `seed` makes it reproducible), then loaded
+    from `weights` if given. `device="meta"` builds it without allocating memory.
+    """
+    spec = resolve_name(name)
+    with torch.device(device) if device is not None else _nullcontext():
+        model = VGG(spec.config, lrn=spec.lrn, num_classes=num_classes, **options)
+    model.arch = spec.name
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    if str(device) != "meta":
+        if generator is not None and model.fc6.weight.device.type != "cpu":
+            raise ValueError("a seeded init is drawn on the CPU: build with device=None, then move the model")
+        init_weights(model, init, init_std, generator=generator)
+    if weights is not None:
+        from .weights import load_weights
+
+        load_weights(model, weights)
+    return model
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def model_table() -> list[dict[str, Any]]:
+    """One row a net: name, aliases, config, weight layers and parameters at 1000 classes."""
+    rows = []
+    for spec in SPECS.values():
+        model = create_model(spec.name, device="meta")
+        rows.append({
+            "name": spec.name,
+            "aliases": list(spec.aliases),
+            "config": spec.config + ("-LRN" if spec.lrn else ""),
+            "weight_layers": len(model.weight_layers()),
+            "parameters": count_parameters(model),
+        })
+    return rows

@@ -1,0 +1,199 @@
+"""Weight files: reading them safely, recognising their layout, converting to vggfeat's, and saving.
+
+Layouts: vggfeat's own (Caffe names, `conv3_2.weight`; fc weights as convs or as Caffe's 2-D matrices),
+torchvision's (`features.N`, `classifier.0` a Linear over a 7x7 pool5 map, reshaped into the 7x7 fc6
+conv of Sect. 3.2) and timm's (`features.N`, `pre_logits.fc1/fc2`, `head.fc`). Files are safetensors or
+PyTorch files read with `weights_only=True`: an arbitrary pickle is refused, never run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from .preprocessing import TIMM, TORCHVISION, Preprocessing, resolve_preprocessing
+
+log = logging.getLogger(__name__)
+
+LAYOUTS = ("vggfeat", "torchvision", "timm")
+_LAYOUT_PREPROCESSING = {"torchvision": TORCHVISION, "timm": TIMM}
+_CONTAINER_KEYS = ("state_dict", "model", "model_state", "weights")
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
+FORMAT_VERSION = "1"
+
+
+class WeightsError(ValueError):
+    """A weight file that cannot be read or does not fit the net."""
+
+
+def read_weights(path: "str | Path") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and metadata of a weight file, without unpickling arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weight file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+                raw_meta = f.metadata() or {}
+        except Exception as e:  # safetensors raises its own error types for corrupt headers
+            raise WeightsError(f"{path}: not a valid safetensors file ({e})") from e
+        meta: dict[str, Any] = dict(raw_meta)
+        if "preprocessing" in meta:
+            meta["preprocessing"] = json.loads(meta["preprocessing"])
+        return tensors, meta
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, TypeError) as e:
+        raise WeightsError(
+            f"{path}: refused to load - it is not a plain tensor file that torch.load(weights_only=True) can "
+            f"read (a pickle with arbitrary objects is never unpickled). Convert it to safetensors. ({e})"
+        ) from e
+    return split_container(obj, origin=str(path))
+
+
+def split_container(obj: Any, origin: str = "state dict") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A bare state dict, or a checkpoint dict holding one, as (tensors, metadata)."""
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"{origin}: expected a dict of tensors, got {type(obj).__name__}")
+    meta: dict[str, Any] = {}
+    for key in _CONTAINER_KEYS:
+        if isinstance(obj.get(key), Mapping):
+            meta = {k: v for k, v in obj.items() if k != key and not isinstance(v, torch.Tensor)}
+            obj = obj[key]
+            break
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise WeightsError(f"{origin}: holds no tensors")
+    return tensors, meta
+
+
+def _strip_wrappers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        for prefix in _WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    return out
+
+
+def detect_layout(state: Mapping[str, torch.Tensor]) -> str:
+    keys = set(state)
+    if any("running_mean" in k for k in keys):
+        raise WeightsError("batch-norm VGG weights (e.g. vgg16_bn) are not one of the paper's nets")
+    if any(k.startswith(("pre_logits.", "head.fc.")) for k in keys):
+        return "timm"
+    if any(k.startswith("classifier.") for k in keys):
+        return "torchvision"
+    if any(re.match(r"(conv\d_\d|fc[678])\.", k) for k in keys):
+        return "vggfeat"
+    sample = ", ".join(sorted(keys)[:5])
+    raise WeightsError(f"unrecognised weight layout (keys like {sample}); known layouts: {', '.join(LAYOUTS)}")
+
+
+def to_vggfeat_layout(state: Mapping[str, torch.Tensor], model: nn.Module, layout: str) -> dict[str, torch.Tensor]:
+    """Rename keys into vggfeat's layout and reshape FC matrices into the dense head's conv kernels."""
+    if layout == "vggfeat":
+        renamed = dict(state)
+    elif layout in ("torchvision", "timm"):
+        head = {"torchvision": {"classifier.0": "fc6", "classifier.3": "fc7", "classifier.6": "fc8"},
+                "timm": {"pre_logits.fc1": "fc6", "pre_logits.fc2": "fc7", "head.fc": "fc8"}}[layout]
+        conv_names = [n for n in model.weight_layers() if n.startswith("conv")]
+        # features.N: the convs in order of their index in the Sequential (ReLUs and pools sit between)
+        indices = sorted({int(m.group(1)) for k in state if (m := re.match(r"features\.(\d+)\.weight$", k))})
+        if len(indices) != len(conv_names):
+            raise WeightsError(
+                f"{layout} weights hold {len(indices)} conv layers but config {getattr(model, 'config', '?')} has "
+                f"{len(conv_names)}: they belong to another depth (vgg11 = A, vgg13 = B, vgg16 = D, vgg19 = E)"
+            )
+        feature_map = {f"features.{i}": name for i, name in zip(indices, conv_names)}
+        renamed = {}
+        for key, value in state.items():
+            prefix, _, param = key.rpartition(".")
+            target = head.get(prefix) or feature_map.get(prefix)
+            renamed[f"{target}.{param}" if target else key] = value
+    else:
+        raise WeightsError(f"unknown layout {layout!r}; valid: {', '.join(LAYOUTS)}")
+    expected = model.state_dict()
+    for key, value in renamed.items():
+        if key in expected and value.shape != expected[key].shape and value.numel() == expected[key].numel():
+            if key.endswith(".weight") and value.ndim == 2 and expected[key].ndim == 4:
+                # (out, C*k*k) Linear / Caffe InnerProduct -> (out, C, k, k) conv; C-major order matches
+                renamed[key] = value.reshape(expected[key].shape)
+    return renamed
+
+
+def check_compatible(state: Mapping[str, torch.Tensor], model: nn.Module, layout: str) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(state) & set(expected) if state[k].shape != expected[k].shape
+    )
+    if missing or unexpected or shapes:
+        lines = [f"weights ({layout} layout) do not fit {type(model).__name__} config "
+                 f"{getattr(model, 'config', '?')} with {getattr(model, 'num_classes', '?')} classes:"]
+        if missing:
+            lines.append(f"  missing keys: {', '.join(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected keys: {', '.join(unexpected)}")
+        if shapes:
+            lines.append("  shape conflicts: " + "; ".join(shapes))
+        raise WeightsError("\n".join(lines))
+
+
+def load_weights(model: nn.Module, source: "str | Path | Mapping[str, Any]", *,
+                 preprocessing: "Preprocessing | str | None" = None) -> nn.Module:
+    """Load a state dict or weight file into `model` (in place) and set `model.preprocessing`.
+
+    The preprocessing comes from, in order: the `preprocessing` argument, the file's own metadata, the
+    convention of the layout's library (torchvision, timm); a bare vggfeat state dict keeps the model's.
+    """
+    if isinstance(source, (str, Path)):
+        tensors, meta = read_weights(source)
+    else:
+        tensors, meta = split_container(source)
+    tensors = _strip_wrappers(tensors)
+    layout = detect_layout(tensors)
+    state = to_vggfeat_layout(tensors, model, layout)
+    check_compatible(state, model, layout)
+    model.load_state_dict(state)
+    if preprocessing is not None:
+        model.preprocessing = resolve_preprocessing(preprocessing)
+    elif "preprocessing" in meta:
+        model.preprocessing = resolve_preprocessing(meta["preprocessing"])
+    elif layout in _LAYOUT_PREPROCESSING:
+        model.preprocessing = _LAYOUT_PREPROCESSING[layout]
+    else:
+        log.warning("weights carry no preprocessing metadata; keeping %s", model.preprocessing)
+    return model
+
+
+def save_weights(model: nn.Module, path: "str | Path", metadata: Mapping[str, str] | None = None) -> Path:
+    """Write the model's weights as safetensors with its preprocessing and architecture as metadata."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    meta = {
+        "format": "vggfeat",
+        "format_version": FORMAT_VERSION,
+        "preprocessing": getattr(model, "preprocessing", TORCHVISION).to_json(),
+        "config": str(getattr(model, "config", "")),
+        "num_classes": str(getattr(model, "num_classes", "")),
+        **(metadata or {}),
+    }
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)  # atomic: a crash never leaves a half-written weight file
+    return path
