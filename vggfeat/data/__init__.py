@@ -1,0 +1,1 @@
+"""Datasets, image decoding and the paper's image transforms."""

@@ -1,0 +1,155 @@
+"""Finding and decoding images robustly: every kind of bad file becomes an `ImageError` with a reason.
+
+Grayscale, CMYK, palette, alpha and 16-bit images become 8-bit RGB; EXIF orientation is applied;
+decompression bombs are refused. JPEGs can be decoded at reduced size (libjpeg's DCT scaling) when the
+caller only needs a smallest side of `min_side` pixels, which makes decoding several times cheaper.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
+                              ".ppm", ".pgm", ".pbm"})
+MAX_PIXELS = 178_956_970  # twice PIL's warning threshold, PIL's own hard limit; larger is a bomb
+
+
+class ImageError(Exception):
+    """An input that cannot be used as an image; `reason` says why in a few words."""
+
+    def __init__(self, path: "str | Path", reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = str(path), reason
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def find_images(inputs: Iterable["str | Path"]) -> list[Path]:
+    """Expand files, folders (searched recursively, sorted) and `@list.txt` files into image paths.
+
+    A named file is taken whatever its extension (a bad one is reported when it is decoded); folders
+    contribute files with image extensions. A missing path is a FileNotFoundError naming it (and, for a
+    list file, the line).
+    """
+    found: list[Path] = []
+    for item in inputs:
+        item = str(item)
+        if item.startswith("@"):
+            found.extend(_read_list(Path(item[1:])))
+            continue
+        path = Path(item)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p)))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"no such image file or folder: {path}")
+    return found
+
+
+def _read_list(list_file: Path) -> list[Path]:
+    if not list_file.is_file():
+        raise FileNotFoundError(f"no such list file: {list_file}")
+    paths = []
+    for lineno, line in enumerate(list_file.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        path = Path(line) if os.path.isabs(line) else list_file.parent / line
+        if not path.exists():
+            raise FileNotFoundError(f"{list_file}, line {lineno}: no such file {line!r}")
+        paths.extend(find_images([path]) if path.is_dir() else [path])
+    return paths
+
+
+def _draft_request(size: tuple[int, int], min_side: int) -> tuple[int, int]:
+    """The (w, h) to ask JPEG draft mode for so that the decoded smallest side stays >= min_side."""
+    w, h = size
+    scale = min_side / min(w, h)
+    return (max(1, int(np.ceil(w * scale))), max(1, int(np.ceil(h * scale))))
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit and 32-bit integer or float grayscale -> 8-bit 'L', scaled by the type's range."""
+    arr = np.asarray(img)
+    if img.mode == "F":
+        arr = np.clip(arr, 0.0, 1.0) * 255.0 if arr.max(initial=0) <= 1.0 else np.clip(arr, 0, 255)
+    else:  # 'I', 'I;16*': PNG and TIFF store up to 16 bits per sample
+        arr = arr.astype(np.float64) * (255.0 / 65535.0)
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+
+
+def load_rgb(path: "str | Path", *, min_side: int | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode an image file to 8-bit RGB, EXIF orientation applied; raise ImageError on a bad file.
+
+    With `min_side`, a JPEG may be decoded at 1/2, 1/4 or 1/8 size as long as its smallest side stays at
+    least `min_side` (the caller rescales afterwards anyway).
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ImageError(path, "empty file (0 bytes)")
+    except OSError as e:
+        raise ImageError(path, f"unreadable ({e.strerror or e})") from e
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageError(path, f"decompression bomb refused ({w}x{h} = {w * h:,} pixels > {max_pixels:,})")
+            if min_side is not None and img.format == "JPEG" and min(w, h) > min_side:
+                img.draft("RGB", _draft_request((w, h), min_side))
+            img.load()
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(path, f"decompression bomb refused ({e})") from e
+    except PermissionError as e:
+        raise ImageError(path, "unreadable (permission denied)") from e
+    except Image.UnidentifiedImageError as e:
+        raise ImageError(path, "not an image (unrecognised format)") from e
+    except (OSError, SyntaxError, ValueError) as e:  # PIL reports truncation and corruption as these
+        raise ImageError(path, f"truncated or corrupt image ({e})") from e
+    try:
+        img = ImageOps.exif_transpose(img) or img
+    except Exception:  # a broken EXIF block must not lose an otherwise fine image
+        pass
+    return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB; transparent pixels are composited onto white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I", "F") or img.mode.startswith("I;"):
+        return _to_8bit(img).convert("RGB")
+    if img.mode == "P" and "transparency" in img.info or img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def to_uint8_array(img: Image.Image) -> np.ndarray:
+    """(H, W, 3) uint8 array of an RGB image."""
+    return np.asarray(img, dtype=np.uint8)
+
+
+def stat_paths(paths: Sequence[Path]) -> list[tuple[int, int]]:
+    """(size in bytes, mtime in ns) per path, for detecting changed inputs on resume."""
+    out = []
+    for p in paths:
+        try:
+            st = p.stat()
+            out.append((st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append((-1, -1))
+    return out

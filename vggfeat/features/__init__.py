@@ -1,0 +1,1 @@
+"""The paper's image descriptors (Appendix B) and the on-disk feature store."""
