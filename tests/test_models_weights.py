@@ -136,3 +136,32 @@ def test_preprocessing_apply_matches_each_convention():
     assert json.loads(CAFFE.to_json())["channel_order"] == "BGR"
     with pytest.raises(ValueError, match="channel_order"):
         Preprocessing("GBR")
+
+
+@pytest.mark.parametrize("name", ["vgg_a_lrn", "vgg_c", "vgg_e"])
+def test_load_model_rebuilds_the_net_from_a_vggfeat_file(tiny_model, tmp_path, name):
+    src = tiny_model(name, seed=1, num_classes=6).eval()
+    path = vggfeat.save_weights(src, tmp_path / "net.safetensors")
+    loaded = vggfeat.load_model(path)
+    assert loaded.arch == name and loaded.options == src.options and not loaded.training
+    x = torch.rand(1, 3, 64, 64)
+    assert torch.equal(loaded(x), src(x))
+
+
+@pytest.mark.parametrize("name", ["vgg_b", "vgg_c", "vgg_d"])
+def test_infer_architecture_from_bare_tensors(tiny_model, name):
+    state = {k: (v.flatten(1) if k == "fc6.weight" else v) for k, v in tiny_model(name).state_dict().items()}
+    arch, options = vggfeat.models.infer_architecture(state)  # C and D differ only in kernel sizes
+    assert arch == name
+    assert options == dict(num_classes=10, width_mult=1 / 16, fc_dim=32, fc6_kernel=2, in_chans=3)
+
+
+def test_load_model_infers_a_torchvision_file(tmp_path):
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    tv = torchvision.models.vgg11(weights=None, num_classes=5).eval()
+    torch.save(tv.state_dict(), tmp_path / "tv.pth")
+    model = vggfeat.load_model(tmp_path / "tv.pth")
+    assert model.arch == "vgg_a" and model.num_classes == 5 and model.preprocessing == TORCHVISION
+    with torch.inference_mode():
+        torch.testing.assert_close(model(X224[:1]), tv(X224[:1]), rtol=1e-4, atol=1e-5)

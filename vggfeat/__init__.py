@@ -12,6 +12,7 @@ _LAZY = {
     "create_model": "vggfeat.models",
     "list_models": "vggfeat.models",
     "load_weights": "vggfeat.models",
+    "load_model": "vggfeat.models",
     "save_weights": "vggfeat.models",
     "init_from_net_a": "vggfeat.models",
     "Preprocessing": "vggfeat.models",

@@ -77,6 +77,25 @@ def create_model(
     return model
 
 
+def load_model(weights: "str | Path", name: str | None = None, *, preprocessing=None, **options: Any) -> VGG:
+    """Build the net a weight file describes and load it. The architecture comes from the file's metadata
+    (vggfeat files), else from its tensors' shapes; `name` and `options` override. Returns it in eval mode.
+    """
+    from .weights import infer_architecture, load_weights, read_weights
+
+    tensors, meta = read_weights(weights)
+    if meta.get("arch") in SPECS and isinstance(meta.get("options"), dict):
+        arch, inferred = meta["arch"], dict(meta["options"])
+    else:
+        arch, inferred = infer_architecture(tensors)
+    if name is not None:
+        arch = name
+    model = create_model(arch, device="meta", **{**inferred, **options})
+    model = model.to_empty(device="cpu")
+    load_weights(model, weights, preprocessing=preprocessing)
+    return model.eval()
+
+
 class _nullcontext:
     def __enter__(self) -> None:
         return None

@@ -70,6 +70,9 @@ class VGG(nn.Module):
         if width_mult <= 0 or fc_dim < 1 or fc6_kernel < 1 or num_classes < 1:
             raise ValueError("width_mult, fc_dim, fc6_kernel and num_classes must be positive")
         self.config, self.lrn, self.num_classes = config, lrn, num_classes
+        # what rebuilds this net (saved with its weights, so a weight file alone builds the right net)
+        self.options = dict(num_classes=num_classes, width_mult=width_mult, fc_dim=fc_dim, fc6_kernel=fc6_kernel,
+                            dropout=dropout, in_chans=in_chans)
         self.fc_dim, self.fc6_kernel = fc_dim, fc6_kernel
         self.num_features = fc_dim  # timm's contract: the width of the pre-logits features (fc7)
         self.preprocessing: Preprocessing = PAPER

@@ -47,8 +47,9 @@ def read_weights(path: "str | Path") -> tuple[dict[str, torch.Tensor], dict[str,
         except Exception as e:  # safetensors raises its own error types for corrupt headers
             raise WeightsError(f"{path}: not a valid safetensors file ({e})") from e
         meta: dict[str, Any] = dict(raw_meta)
-        if "preprocessing" in meta:
-            meta["preprocessing"] = json.loads(meta["preprocessing"])
+        for key in ("preprocessing", "options"):
+            if key in meta:
+                meta[key] = json.loads(meta[key])
         return tensors, meta
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -188,8 +189,10 @@ def save_weights(model: nn.Module, path: "str | Path", metadata: Mapping[str, st
         "format": "vggfeat",
         "format_version": FORMAT_VERSION,
         "preprocessing": getattr(model, "preprocessing", TORCHVISION).to_json(),
+        "arch": str(getattr(model, "arch", "")),
         "config": str(getattr(model, "config", "")),
         "num_classes": str(getattr(model, "num_classes", "")),
+        "options": json.dumps(getattr(model, "options", {})),
         **(metadata or {}),
     }
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -197,3 +200,35 @@ def save_weights(model: nn.Module, path: "str | Path", metadata: Mapping[str, st
     save_file(tensors, str(tmp), metadata=meta)
     tmp.replace(path)  # atomic: a crash never leaves a half-written weight file
     return path
+
+
+def infer_architecture(state: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, Any]]:
+    """(model name, options) that fit a state dict in any layout, from its conv kernels and shapes.
+
+    A and A-LRN have the same weights: without metadata, A is assumed.
+    """
+    from .vgg import CONFIGS, VGG
+
+    state = _strip_wrappers(state)
+    layout = detect_layout(state)
+    if layout == "vggfeat":
+        convs = sorted((k for k in state if re.match(r"conv\d_\d\.weight$", k)),
+                       key=lambda k: tuple(int(n) for n in re.findall(r"\d", k)))
+        fc6, fc8 = state["fc6.weight"], state["fc8.weight"]
+    else:
+        convs = sorted((k for k in state if re.match(r"features\.\d+\.weight$", k)), key=lambda k: int(k.split(".")[1]))
+        fc6 = state["classifier.0.weight" if layout == "torchvision" else "pre_logits.fc1.weight"]
+        fc8 = state["classifier.6.weight" if layout == "torchvision" else "head.fc.weight"]
+    kernels = [state[k].shape[-1] for k in convs]
+    for name, config in (("vgg_a", "A"), ("vgg_b", "B"), ("vgg_c", "C"), ("vgg_d", "D"), ("vgg_e", "E")):
+        if [k for stage in CONFIGS[config] for _, k in stage] == kernels:
+            break
+    else:
+        raise WeightsError(f"no Table 1 config has {len(kernels)} convs with kernels {kernels}")
+    first = state[convs[0]]
+    fc_dim = int(fc6.shape[0])
+    last_conv = int(state[convs[-1]].shape[0])
+    fc6_kernel = int(fc6.shape[-1]) if fc6.ndim == 4 else int(round((fc6.shape[1] / last_conv) ** 0.5))
+    options = dict(num_classes=int(fc8.shape[0]), width_mult=int(first.shape[0]) / 64, fc_dim=fc_dim,
+                   fc6_kernel=fc6_kernel, in_chans=int(first.shape[1]))
+    return name, options
