@@ -9,6 +9,7 @@ from vggfeat import __version__
 
 # command name -> "module:attribute"; modules import torch and friends inside their functions only
 COMMANDS = {
+    "extract": "vggfeat.cli.extract:extract",
     "models": "vggfeat.cli.models:models",
 }
 

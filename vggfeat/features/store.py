@@ -63,3 +63,67 @@ def load_store(root: "str | Path", mmap: bool = True) -> FeatureStore:
         raise StoreError(f"{root}: {FEATURES_FILE} has shape {features.shape} but the manifest lists "
                          f"{len(manifest.get('paths', ()))} images")
     return FeatureStore(root, features, manifest)
+
+
+# --- writing: chunk files under .partial/, assembled into the final files at the end ---------------
+PARTIAL_DIR = ".partial"
+SETTINGS_FILE = "settings.json"
+
+
+def partial_dir(root: Path) -> Path:
+    return Path(root) / PARTIAL_DIR
+
+
+def chunk_path(root: Path, chunk_id: int) -> Path:
+    return partial_dir(root) / f"chunk_{chunk_id:06d}.npz"
+
+
+def write_chunk(root: Path, chunk_id: int, indices: np.ndarray, features: np.ndarray,
+                skipped: list[tuple[int, str]]) -> None:
+    """One chunk's results, written atomically: a crash leaves the whole file or none."""
+    import io
+
+    from vggfeat.utils.files import atomic_write_bytes
+
+    buf = io.BytesIO()
+    np.savez(buf, index=indices.astype(np.int64), features=features.astype(np.float32),
+             skipped_index=np.array([i for i, _ in skipped], dtype=np.int64),
+             skipped_reason=np.array([r for _, r in skipped], dtype=np.str_))
+    atomic_write_bytes(chunk_path(root, chunk_id), buf.getvalue())
+
+
+def read_chunk(root: Path, chunk_id: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+    with np.load(chunk_path(root, chunk_id), allow_pickle=False) as z:
+        skipped = list(zip(z["skipped_index"].tolist(), z["skipped_reason"].tolist()))
+        return z["index"], z["features"], skipped
+
+
+def assemble_store(root: Path, n_chunks: int, paths: list[str], dim: int, dtype: str,
+                   manifest: dict[str, Any]) -> FeatureStore:
+    """Stream the chunk files into features.npy, then write manifest.json (its presence marks a finished
+    store) and remove the chunks. Each final file appears atomically by rename."""
+    from vggfeat.utils.files import atomic_write_json
+
+    root = Path(root)
+    n_ok = 0
+    skipped: list[tuple[int, str]] = []
+    for c in range(n_chunks):
+        index, _, chunk_skipped = read_chunk(root, c)
+        n_ok += len(index)
+        skipped.extend(chunk_skipped)
+    tmp = root / f".{FEATURES_FILE}.tmp"
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=(n_ok, dim))
+    rows: list[str] = []
+    for c in range(n_chunks):
+        index, feats, _ = read_chunk(root, c)
+        out[len(rows):len(rows) + len(index)] = feats
+        rows.extend(paths[i] for i in index.tolist())
+    out.flush()
+    del out
+    tmp.replace(root / FEATURES_FILE)
+    manifest = {**manifest, "paths": rows, "skipped": [{"path": paths[i], "reason": r} for i, r in sorted(skipped)]}
+    atomic_write_json(root / MANIFEST_FILE, manifest)
+    import shutil
+
+    shutil.rmtree(partial_dir(root), ignore_errors=True)
+    return load_store(root)

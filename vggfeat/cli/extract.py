@@ -1,0 +1,113 @@
+"""`vggfeat extract`: the paper's multi-scale, flip-averaged dense descriptors into a feature store."""
+from __future__ import annotations
+
+import logging
+import time
+
+import click
+
+
+def parse_scales(value: str) -> tuple[int, ...]:
+    try:
+        scales = tuple(int(v) for v in value.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give comma-separated integers, e.g. 256,384,512") from None
+    if not scales or min(scales) < 1:
+        raise click.BadParameter(f"{value!r}: give comma-separated positive integers, e.g. 256,384,512")
+    return scales
+
+
+@click.command(context_settings={"max_content_width": 100})
+@click.argument("images", nargs=-1, required=True)
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False),
+              help="Feature store folder: features.npy (N x D) and manifest.json.")
+@click.option("--model", "models", multiple=True,
+              help="Net name (vgg_d, vgg16, ... see `vggfeat models`) or timm:NAME. Repeat with --weights "
+                   "to stack several nets (the paper's D & E fusion). Default: read from the weights, else vgg_d.")
+@click.option("--weights", "weights", multiple=True, type=click.Path(dir_okay=False),
+              help="Weight file (safetensors, or a PyTorch file read with weights_only=True), one per --model.")
+@click.option("--layer", default="fc7", show_default=True,
+              help="VGG layer to pool: conv1_1 ... conv5_4, pool1 ... pool5, fc6, fc7, fc8 (after its ReLU).")
+@click.option("--scales", default="256,384,512", show_default=True,
+              help="Smallest image side Q at each scale (Appendix B: VOC 256-768, Caltech 256,384,512).")
+@click.option("--flip/--no-flip", default=True, show_default=True, help="Average with the mirrored image.")
+@click.option("--aggregate", type=click.Choice(["mean", "stack"]), default="mean", show_default=True,
+              help="Over scales: mean (the paper's VOC setting) or stack (its Caltech setting).")
+@click.option("--l2/--no-l2", default=True, show_default=True, help="L2-normalise each final descriptor.")
+@click.option("--l2-parts", is_flag=True, help="Also L2-normalise per scale and per net before aggregating.")
+@click.option("--snap", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Round each image's long side to a multiple of SNAP px (e.g. 32) so varied images share "
+                   "batches; 1 keeps the exact isotropic rescale.")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Images per forward pass (their flipped copies ride along).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--workers", default=4, show_default=True, type=click.IntRange(min=0),
+              help="Loader processes decoding and rescaling images.")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="Storage type of features.npy.")
+@click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
+              help="Compute precision: auto is bf16 autocast on CUDA, float32 on the CPU.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random init when no --weights is given.")
+@click.option("--chunk-size", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Images per resumable chunk (the most work an interruption can lose).")
+@click.option("--overwrite", is_flag=True, help="Replace a store in OUT that has other settings.")
+@click.option("--strict", is_flag=True, help="Stop at the first unusable image instead of skipping it.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def extract(images, out, models, weights, layer, scales, flip, aggregate, l2, l2_parts, snap, batch_size, device,
+            workers, dtype, precision, seed, chunk_size, overwrite, strict, quiet) -> None:
+    """Extract descriptors of IMAGES into the feature store OUT, the paper's way (Appendix B).
+
+    IMAGES are image files, folders (searched recursively) or @list.txt files of paths (one per line,
+    relative to the list's folder). Each image is rescaled so its smallest side is Q for every scale,
+    the net runs densely over the whole image (its FC layers are convolutions), the layer's map is
+    average-pooled and averaged with the mirrored image's; scales are averaged or stacked, nets stacked,
+    and the result L2-normalised. Preprocessing follows the loaded weights' convention.
+
+    Interrupted runs continue where they stopped when the same command is run again; a finished store is
+    not recomputed. Unusable files (corrupt, truncated, empty, not images) are skipped and listed.
+
+    \b
+    Examples:
+      vggfeat extract photos/ -o feats --weights vgg16.safetensors
+      vggfeat extract @trainval.txt -o voc --weights d.safetensors --weights e.safetensors \\
+          --scales 256,384,512,640,768
+      torchrun --nproc-per-node 4 -m vggfeat extract imgs/ -o feats --weights d.safetensors
+    """
+    from vggfeat.data.images import ImageError
+    from vggfeat.features.extract import extract_to_store
+    from vggfeat.models.weights import WeightsError
+
+    scale_list = parse_scales(scales)
+    if weights and models and len(models) != len(weights):
+        raise click.UsageError(f"{len(models)} --model but {len(weights)} --weights: give one weight file per "
+                               "model, or none for random nets")
+    pairs = list(zip(models or ["auto"] * len(weights), weights)) if weights else [(m, None) for m in models or ["vgg_d"]]
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    for name, w in pairs:
+        if w is None:
+            click.secho(f"WARNING: no --weights for {name}: the net is RANDOMLY INITIALISED (Glorot, seed {seed}). "
+                        "Its descriptors carry no learned information.", fg="yellow", err=True)
+    start = time.perf_counter()
+    try:
+        store = extract_to_store(
+            images, out, models=pairs, layer=layer, scales=scale_list, flip=flip, aggregate=aggregate, l2=l2,
+            l2_parts=l2_parts, snap=snap, batch_size=batch_size, device=device, workers=workers, dtype=dtype,
+            precision=precision, seed=seed, overwrite=overwrite, strict=strict, progress=not quiet,
+            chunk_size=chunk_size,
+        )
+    except KeyboardInterrupt:
+        click.secho(f"\ninterrupted: finished chunks are kept in {out}; run the same command again to continue",
+                    fg="yellow", err=True)
+        raise SystemExit(130)
+    except (FileNotFoundError, FileExistsError, ValueError, ImageError, WeightsError) as e:
+        raise click.ClickException(str(e)) from None
+    seconds = time.perf_counter() - start
+    skipped = store.manifest["skipped"]
+    click.echo(f"{len(store)} images -> {store.root} ({store.dim}-D {store.features.dtype}, layer {layer}, "
+               f"scales {','.join(map(str, scale_list))}) in {seconds:.1f} s")
+    if skipped:
+        click.echo(f"skipped {len(skipped)} unusable inputs:")
+        for item in skipped[:20]:
+            click.echo(f"  {item['path']}: {item['reason']}")
+        if len(skipped) > 20:
+            click.echo(f"  ... and {len(skipped) - 20} more (all listed in {store.root}/manifest.json)")

@@ -1,0 +1,93 @@
+"""Running nets over decoded images in batches: images of the same size at a scale share a batch, and
+flipped copies ride in the same batch as their originals (Appendix B; Sect. 3.2 for dense application).
+
+On CUDA: bf16 autocast, channels_last, cuDNN autotuning, non-blocking copies from pinned memory.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .loader import ScaledImages, make_loader
+from .nets import FeatureNet
+from .protocol import Protocol, combine
+
+PRECISIONS = ("auto", "float32", "bfloat16")
+Item = tuple[int, list[torch.Tensor]]  # (image index, one (3, H, W) uint8 tensor per scale)
+
+
+class DescriptorEngine:
+    def __init__(self, nets: Sequence[FeatureNet], protocol: Protocol, device: torch.device,
+                 batch_size: int = 16, precision: str = "auto") -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+        if batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        self.nets, self.protocol, self.device, self.batch_size = list(nets), protocol, device, batch_size
+        cuda = device.type == "cuda"
+        bf16 = precision == "bfloat16" or (precision == "auto" and cuda)
+        for net in self.nets:
+            net.configure(device, channels_last=cuda, autocast_dtype=torch.bfloat16 if bf16 else None)
+        if cuda:
+            torch.backends.cudnn.benchmark = True  # a few canvas sizes recur: autotuning pays off
+
+    @property
+    def dim(self) -> int:
+        return sum(self.protocol.net_dim(net.dim) for net in self.nets)
+
+    @torch.inference_mode()
+    def describe(self, items: Sequence[Item]) -> np.ndarray:
+        """Final descriptors (len(items), dim) for decoded items, in their order."""
+        n, n_scales, bs = len(items), len(self.protocol.scales), self.batch_size
+        pending: list[tuple[int, list[int], int, torch.Tensor]] = []  # (net, positions, scale, (B, D))
+        for s in range(n_scales):
+            groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+            for pos, (_, views) in enumerate(items):
+                groups[tuple(views[s].shape)].append(pos)
+            for shape in sorted(groups):
+                positions = groups[shape]
+                for start in range(0, len(positions), bs):
+                    batch = positions[start:start + bs]
+                    x = torch.stack([items[p][1][s] for p in batch]).to(self.device, non_blocking=True)
+                    if self.protocol.flip:
+                        x = torch.cat([x, x.flip(-1)])  # (2B, 3, H, W): originals, then their mirror images
+                    for k, net in enumerate(self.nets):
+                        f = net(x)  # (B or 2B, D)
+                        if self.protocol.flip:
+                            f = (f[: len(batch)] + f[len(batch):]) / 2
+                        pending.append((k, batch, s, f))
+        parts = [np.empty((n, n_scales, net.dim), dtype=np.float32) for net in self.nets]  # (N, S, D)
+        for k, batch, s, f in pending:  # one device sync per chunk, not per batch
+            parts[k][batch, s] = f.cpu().numpy()
+        return combine(parts, self.protocol)
+
+
+def describe_chunks(engine: DescriptorEngine, images: Sequence, chunks: Sequence[range], workers: int,
+                    draft: bool = True) -> Iterator[tuple[range, np.ndarray, np.ndarray, list[tuple[int, str]]]]:
+    """Yield (chunk, ok indices, their descriptors, [(index, reason) skipped]) chunk by chunk, in order.
+
+    Only one chunk of decoded images is held at a time, so memory stays flat however many images.
+    """
+    indices = [i for c in chunks for i in c]
+    if not indices:
+        return
+    dataset = ScaledImages(images, engine.protocol, indices, draft=draft)
+    loader = make_loader(dataset, workers, pin_memory=engine.device.type == "cuda")
+    chunk_iter = iter(chunks)
+    chunk = next(chunk_iter)
+    ok: list[Item] = []
+    skipped: list[tuple[int, str]] = []
+    for loaded in loader:
+        for i, views, reason in loaded:
+            if views is None:
+                skipped.append((i, reason))
+            else:
+                ok.append((i, views))
+            if len(ok) + len(skipped) == len(chunk):
+                feats = engine.describe(ok) if ok else np.zeros((0, engine.dim), np.float32)
+                yield chunk, np.array([i for i, _ in ok], dtype=np.int64), feats, skipped
+                ok, skipped = [], []
+                chunk = next(chunk_iter, None)

@@ -1,0 +1,225 @@
+"""Extracting the paper's image descriptors (Appendix B): in memory, or into a resumable feature store.
+
+`extract_to_store` works chunk by chunk: each finished chunk is written atomically under OUT/.partial, so
+a run interrupted at any moment (Ctrl-C, kill -9) continues where it stopped when run again, and ends with
+exactly the uninterrupted result. Under torchrun, ranks take every world-size-th chunk; rank 0 assembles.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from vggfeat import __version__
+from vggfeat.data.images import ImageError, find_images
+from vggfeat.utils.device import resolve_device
+from vggfeat.utils.files import atomic_write_json
+
+from . import store as fs
+from .engine import DescriptorEngine, describe_chunks
+from .nets import FeatureNet, NetSpec, as_feature_net, build_feature_net
+from .protocol import Protocol
+
+log = logging.getLogger(__name__)
+STORE_DTYPES = ("float32", "float16")
+
+
+def _chunks(n: int, size: int) -> list[range]:
+    return [range(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def extract_features(
+    model: "nn.Module | FeatureNet | Sequence[nn.Module | FeatureNet]",
+    images: Sequence[Any],
+    *,
+    layer: str = "fc7",
+    scales: Sequence[int] = (256, 384, 512),
+    flip: bool = True,
+    aggregate: str = "mean",
+    l2: bool = True,
+    l2_parts: bool = False,
+    snap: int = 1,
+    batch_size: int = 16,
+    device: "str | torch.device" = "cpu",
+    workers: int = 0,
+    precision: str = "auto",
+    chunk_size: int = 256,
+) -> np.ndarray:
+    """Descriptors (N, D) of `images` (paths, PIL images or HxWx3 uint8 arrays), in input order.
+
+    `model` is a vggfeat VGG (pooled at `layer`), a timm model, or a list of them (their descriptors are
+    stacked, the paper's D & E fusion). A bad image file raises ImageError naming it.
+    """
+    models = list(model) if isinstance(model, (list, tuple)) else [model]
+    protocol = Protocol(layer, tuple(scales), flip, aggregate, l2, l2_parts, snap)
+    device = resolve_device(device) if isinstance(device, str) else device
+    engine = DescriptorEngine([as_feature_net(m, layer) for m in models], protocol, device, batch_size, precision)
+    out = np.empty((len(images), engine.dim), dtype=np.float32)
+    for _, index, feats, skipped in describe_chunks(engine, images, _chunks(len(images), chunk_size), workers):
+        if skipped:
+            i, reason = skipped[0]
+            raise ImageError(images[i], reason)
+        out[index] = feats
+    return out
+
+
+def _dist_info() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        torch.distributed.barrier()
+
+
+def _settings(paths: list[str], specs: list[dict], protocol: Protocol, dtype: str, chunk_size: int) -> dict:
+    """What determines a store's content: a different value means a different store."""
+    inputs = hashlib.sha256("\n".join(paths).encode()).hexdigest()
+    return {"models": specs, **protocol.to_dict(), "dtype": dtype, "chunk_size": chunk_size,
+            "n_inputs": len(paths), "inputs_sha256": inputs}
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in new if old.get(k) != new.get(k)]
+
+
+def _prepare_out(out: Path, settings: dict, overwrite: bool, rank: int) -> bool:
+    """Check OUT against the asked settings; True when it already holds the finished store."""
+    manifest_file, settings_file = out / fs.MANIFEST_FILE, fs.partial_dir(out) / fs.SETTINGS_FILE
+    if fs.is_complete_store(out):
+        old = json.loads(manifest_file.read_text()).get("settings", {})
+        diff = _differences(old, settings)
+        if not diff:
+            return True
+        if not overwrite:
+            raise FileExistsError(f"{out} holds a finished store with other settings ({'; '.join(diff)}); "
+                                  "pass --overwrite to replace it, or choose another -o")
+        if rank == 0:
+            (out / fs.MANIFEST_FILE).unlink()
+            (out / fs.FEATURES_FILE).unlink(missing_ok=True)
+    if settings_file.is_file():
+        diff = _differences(json.loads(settings_file.read_text()), settings)
+        if diff and not overwrite:
+            raise FileExistsError(f"{out} holds an unfinished run with other settings ({'; '.join(diff)}); "
+                                  "run it again with its own settings to finish it, or pass --overwrite")
+        if diff and rank == 0:
+            shutil.rmtree(fs.partial_dir(out))
+    if rank == 0:
+        fs.partial_dir(out).mkdir(parents=True, exist_ok=True)
+        if not settings_file.is_file():
+            atomic_write_json(settings_file, settings)
+    return False
+
+
+def extract_to_store(
+    images: Sequence["str | Path"],
+    out: "str | Path",
+    *,
+    models: Sequence[tuple[str, "str | Path | None"]] = (("vgg_d", None),),
+    layer: str = "fc7",
+    scales: Sequence[int] = (256, 384, 512),
+    flip: bool = True,
+    aggregate: str = "mean",
+    l2: bool = True,
+    l2_parts: bool = False,
+    snap: int = 1,
+    batch_size: int = 16,
+    device: str = "auto",
+    workers: int = 2,
+    dtype: str = "float32",
+    precision: str = "auto",
+    seed: int = 0,
+    overwrite: bool = False,
+    strict: bool = False,
+    progress: bool = True,
+    chunk_size: int = 256,
+) -> fs.FeatureStore:
+    """Extract descriptors of image files/folders/@lists into the store OUT, resuming an unfinished run."""
+    if dtype not in STORE_DTYPES:
+        raise ValueError(f"unknown store dtype {dtype!r}; valid: {', '.join(STORE_DTYPES)}")
+    paths = [str(p) for p in find_images(images)]
+    if not paths:
+        raise ValueError(f"no input images found in {', '.join(map(str, images)) or 'the arguments'}")
+    protocol = Protocol(layer, tuple(scales), flip, aggregate, l2, l2_parts, snap)
+    specs = [NetSpec(str(m), None if w is None else str(w)) for m, w in models]
+    spec_info = [s.describe() for s in specs]
+    settings = _settings(paths, spec_info, protocol, dtype, chunk_size)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    rank, world, local_rank = _dist_info()
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
+        torch.distributed.init_process_group(backend)
+    if device == "auto" and world > 1 and torch.cuda.is_available():
+        device = f"cuda:{local_rank}"
+    if _prepare_out(out, settings, overwrite, rank):
+        log.info("%s is already complete with these settings: nothing to do", out)
+        return fs.load_store(out)
+    _barrier(world)
+
+    for spec in specs:
+        if spec.weights is None:
+            log.warning("no weights for %s: it is RANDOMLY INITIALISED (Glorot, seed %d) and its descriptors carry "
+                        "no learned information", spec.model, seed)
+    torch_device = resolve_device(device)
+    if torch_device.type == "cuda" and torch_device.index is not None:
+        torch.cuda.set_device(torch_device)
+    nets = [build_feature_net(s, layer, seed) for s in specs]
+    engine = DescriptorEngine(nets, protocol, torch_device, batch_size, precision)
+    chunks = _chunks(len(paths), chunk_size)
+    mine = [c for c_id, c in enumerate(chunks) if c_id % world == rank]
+    todo = [c for c in mine if not fs.chunk_path(out, chunks.index(c)).is_file()]
+    done_images = sum(len(c) for c in mine) - sum(len(c) for c in todo)
+
+    bar = _progress(sum(len(c) for c in mine), done_images, enabled=progress and rank == 0)
+    try:
+        for chunk, index, feats, skipped in describe_chunks(engine, paths, todo, workers):
+            if skipped and strict:
+                i, reason = skipped[0]
+                raise ImageError(paths[i], f"{reason} (--strict makes bad inputs fatal)")
+            fs.write_chunk(out, chunks.index(chunk), index, feats, skipped)
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+    _barrier(world)
+    if rank == 0:
+        manifest = {
+            "vggfeat_version": __version__,
+            "models": spec_info,
+            **protocol.to_dict(),
+            "dim": engine.dim,
+            "dtype": dtype,
+            "n_inputs": len(paths),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "settings": settings,
+        }
+        fs.assemble_store(out, len(chunks), paths, engine.dim, dtype, manifest)
+    _barrier(world)
+    return fs.load_store(out)
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="img", desc="extract", dynamic_ncols=True, smoothing=0.1)

@@ -1,0 +1,64 @@
+"""Decoding and rescaling images in loader workers: each image arrives as one uint8 tensor per scale.
+
+Rescaling uses PIL's bilinear filter, which antialiases when it shrinks, on the decoded 8-bit image.
+A bad file arrives as its reason instead, so one corrupt JPEG never stops a run.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vggfeat.data.images import ImageError, load_rgb, to_rgb
+
+from .protocol import Protocol, scaled_size
+
+ImageInput = "str | Path | Image.Image | np.ndarray"
+
+
+class ScaledImages(torch.utils.data.Dataset):
+    """Item i: (i, [(3, H_q, W_q) uint8 per scale], None) or (i, None, reason)."""
+
+    def __init__(self, images: Sequence[Any], protocol: Protocol, indices: Sequence[int] | None = None,
+                 draft: bool = True) -> None:
+        self.images, self.protocol, self.draft = images, protocol, draft
+        self.indices = list(range(len(images))) if indices is None else list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _decode(self, item: Any) -> Image.Image:
+        if isinstance(item, Image.Image):
+            return to_rgb(item)
+        if isinstance(item, np.ndarray):
+            return to_rgb(Image.fromarray(item))
+        # JPEG draft decoding at 1/2..1/8 size, only while the smallest side stays >= the largest Q
+        return load_rgb(item, min_side=max(self.protocol.scales) if self.draft else None)
+
+    def __getitem__(self, k: int) -> tuple[int, list[torch.Tensor] | None, str | None]:
+        i = self.indices[k]
+        try:
+            img = self._decode(self.images[i])
+        except ImageError as e:
+            return i, None, e.reason
+        views = []
+        for q in self.protocol.scales:
+            h, w = scaled_size(img.height, img.width, q, self.protocol.snap)
+            resized = img if (w, h) == img.size else img.resize((w, h), Image.BILINEAR)
+            views.append(torch.from_numpy(np.array(resized, dtype=np.uint8)).permute(2, 0, 1))  # (3, H, W)
+        return i, views, None
+
+
+def _as_list(batch: list) -> list:
+    return batch
+
+
+def make_loader(dataset: ScaledImages, workers: int, pin_memory: bool) -> torch.utils.data.DataLoader:
+    """An ordered loader yielding lists of items; workers decode ahead of the net."""
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=4, shuffle=False, num_workers=workers, collate_fn=_as_list,
+        pin_memory=pin_memory, prefetch_factor=4 if workers > 0 else None, persistent_workers=False,
+    )

@@ -1,0 +1,124 @@
+"""Nets as descriptor functions: uint8 RGB batch in, one pooled vector per image out (Appendix B).
+
+A VGG net yields the global average of a named layer's dense map (fc7 after its ReLU by default); a timm
+backbone yields its pooled penultimate features, so other nets can be compared under the same protocol.
+Each applies the input convention of the weights it loaded.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vggfeat.models import Preprocessing, create_model, load_model
+from vggfeat.models.weights import WeightsError, read_weights
+from vggfeat.utils.files import sha256_file
+
+log = logging.getLogger(__name__)
+TIMM_PREFIX = "timm:"
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    model: str  # a vggfeat name or alias, "timm:NAME", or "auto" (architecture read from the weights)
+    weights: str | None = None  # weight file; None means random init from the seed
+
+    def describe(self) -> dict:
+        digest = sha256_file(self.weights) if self.weights else None
+        return {"model": self.model, "weights": self.weights, "weights_sha256": digest}
+
+
+class FeatureNet(nn.Module):
+    """Pooled descriptors of one net: (B, 3, H, W) uint8 RGB -> (B, dim) float32."""
+
+    def __init__(self, model: nn.Module, preprocessing: Preprocessing, dim: int, layer: str | None) -> None:
+        super().__init__()
+        self.model, self.preprocessing, self.dim, self.layer = model.eval(), preprocessing, dim, layer
+        self.channels_last = False
+        self.autocast_dtype: torch.dtype | None = None
+
+    def configure(self, device: torch.device, *, channels_last: bool, autocast_dtype: torch.dtype | None) -> "FeatureNet":
+        self.to(device)
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.channels_last, self.autocast_dtype = channels_last, autocast_dtype
+        return self
+
+    def pooled_map(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.preprocessing.apply(images.float().div_(255.0))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.autocast_dtype is None:
+            return self.pooled_map(x).float()
+        with torch.autocast(x.device.type, dtype=self.autocast_dtype):
+            return self.pooled_map(x).float()
+
+
+class VGGFeatureNet(FeatureNet):
+    def __init__(self, model: nn.Module, layer: str = "fc7") -> None:
+        super().__init__(model, model.preprocessing, model.layer_channels(layer), layer)
+
+    def pooled_map(self, x: torch.Tensor) -> torch.Tensor:
+        # Appendix B: the layer's dense map over the whole image, globally average-pooled
+        return self.model.forward_features(x, self.layer).float().mean(dim=(2, 3))
+
+
+class TimmFeatureNet(FeatureNet):
+    def __init__(self, model: nn.Module) -> None:
+        cfg = getattr(model, "pretrained_cfg", {}) or {}
+        pre = Preprocessing("RGB", 1.0, tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
+                            tuple(cfg.get("std", (0.229, 0.224, 0.225))))
+        super().__init__(model, pre, int(model.num_features), None)
+
+    def pooled_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+
+
+def _load_timm(name: str, weights: str | None, seed: int) -> nn.Module:
+    import timm
+
+    torch.manual_seed(seed)
+    try:  # ViTs need dynamic_img_size to run on whole images of any size
+        model = timm.create_model(name, pretrained=False, num_classes=0, dynamic_img_size=True)
+    except TypeError:
+        model = timm.create_model(name, pretrained=False, num_classes=0)
+    if weights is not None:
+        tensors, _ = read_weights(weights)
+        result = model.load_state_dict(tensors, strict=False)
+        head = ("head.", "fc.", "classifier.", "head_dist.")
+        unexpected = [k for k in result.unexpected_keys if not k.startswith(head)]
+        if result.missing_keys or unexpected:
+            raise WeightsError(f"{weights} does not fit timm model {name!r}: missing keys "
+                               f"{result.missing_keys[:8]}, unexpected keys {unexpected[:8]}")
+    return model
+
+
+def build_feature_net(spec: NetSpec, layer: str = "fc7", seed: int = 0) -> FeatureNet:
+    """The FeatureNet of a (model, weights) pair; without weights the net is randomly initialised."""
+    if spec.weights is not None and not Path(spec.weights).is_file():
+        raise WeightsError(f"weight file not found: {spec.weights}")
+    if spec.model.startswith(TIMM_PREFIX):
+        return TimmFeatureNet(_load_timm(spec.model[len(TIMM_PREFIX):], spec.weights, seed))
+    if spec.weights is not None:
+        model = load_model(spec.weights, None if spec.model == "auto" else spec.model)
+    else:
+        # Glorot keeps activations alive through a random deep net; normal(0, 0.01) makes them vanish
+        model = create_model("vgg_d" if spec.model == "auto" else spec.model, init="glorot", seed=seed)
+    return VGGFeatureNet(model.eval(), layer)
+
+
+def as_feature_net(model: "nn.Module | FeatureNet", layer: str = "fc7") -> FeatureNet:
+    """Wrap a model object for extraction: a vggfeat VGG, or any timm model."""
+    if isinstance(model, FeatureNet):
+        return model
+    if hasattr(model, "layer_channels"):
+        return VGGFeatureNet(model, layer)
+    if hasattr(model, "forward_head") and hasattr(model, "num_features"):
+        return TimmFeatureNet(model)
+    raise TypeError(f"cannot extract features from a {type(model).__name__}: pass a vggfeat VGG or a timm model")

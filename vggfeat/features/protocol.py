@@ -1,0 +1,85 @@
+"""The descriptor protocol of Appendix B as data and pure functions.
+
+Per net and scale Q: rescale isotropically so the smallest side is Q, apply the net densely, average-pool
+the layer's map, average with the flipped image. Then aggregate over scales (mean for VOC, stack for
+Caltech), stack the nets (D & E late fusion) and L2-normalise each final descriptor.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from vggfeat.data.transforms import isotropic_size
+
+AGGREGATES = ("mean", "stack")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    layer: str = "fc7"  # the VGG layer pooled (Appendix B: fc7, after its ReLU)
+    scales: tuple[int, ...] = (256, 384, 512)  # Q values: smallest image side at each scale
+    flip: bool = True  # average with the horizontally flipped image
+    aggregate: str = "mean"  # over scales: "mean" (VOC) or "stack" (Caltech)
+    l2: bool = True  # L2-normalise each final descriptor
+    l2_parts: bool = False  # also L2-normalise per scale and per net before aggregating (paper silent)
+    snap: int = 1  # round the long side to a multiple of this (1: the exact isotropic rescale)
+
+    def __post_init__(self) -> None:
+        scales = tuple(int(q) for q in self.scales)
+        if not scales or min(scales) < 1:
+            raise ValueError(f"scales must be positive integers, got {self.scales!r}")
+        if len(set(scales)) != len(scales):
+            raise ValueError(f"scales must be distinct, got {self.scales!r}")
+        object.__setattr__(self, "scales", scales)
+        if self.aggregate not in AGGREGATES:
+            raise ValueError(f"unknown aggregate {self.aggregate!r}; valid: {', '.join(AGGREGATES)}")
+        if self.snap < 1:
+            raise ValueError(f"snap must be >= 1, got {self.snap}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["scales"] = list(self.scales)
+        return d
+
+    def net_dim(self, dim: int) -> int:
+        return dim * (len(self.scales) if self.aggregate == "stack" else 1)
+
+
+def scaled_size(height: int, width: int, q: int, snap: int = 1) -> tuple[int, int]:
+    """(H, W) at scale Q: smallest side Q; with snap > 1 the long side is rounded to a multiple of snap."""
+    h, w = isotropic_size(height, width, q)
+    if snap > 1:
+        if h >= w:
+            h = max(q, snap * round(h / snap))
+        else:
+            w = max(q, snap * round(w / snap))
+    return h, w
+
+
+def l2_normalize(x: np.ndarray, axis: int = -1, eps: float = 1e-12) -> np.ndarray:
+    """Each vector along `axis` divided by its own norm (per sample, never per batch)."""
+    norm = np.linalg.norm(x, axis=axis, keepdims=True)
+    return x / np.maximum(norm, eps)
+
+
+def combine(parts: Sequence[np.ndarray], protocol: Protocol) -> np.ndarray:
+    """Final descriptors from flip-averaged pooled vectors.
+
+    parts: one array per net, shaped (N, S, D_net) - N images, S scales. Returns (N, D) float32.
+    """
+    per_net = []
+    for p in parts:
+        p = p.astype(np.float32, copy=False)
+        if protocol.l2_parts:
+            p = l2_normalize(p)
+        if protocol.aggregate == "mean":
+            d = p.mean(axis=1)  # (N, D_net)
+        else:
+            d = p.reshape(p.shape[0], -1)  # (N, S * D_net): scale-major stacking
+        if protocol.l2_parts and len(parts) > 1:
+            d = l2_normalize(d)
+        per_net.append(d)
+    out = np.concatenate(per_net, axis=1)  # (N, sum of net dims): late fusion of nets
+    return (l2_normalize(out) if protocol.l2 else out).astype(np.float32)
