@@ -109,15 +109,12 @@ def _prepare_out(out: Path, settings: dict, overwrite: bool, rank: int) -> bool:
             (out / fs.FEATURES_FILE).unlink(missing_ok=True)
     if settings_file.is_file():
         diff = _differences(json.loads(settings_file.read_text()), settings)
-        if diff and not overwrite:
+        has_work = any(fs.partial_dir(out).glob("chunk_*.npz"))
+        if diff and has_work and not overwrite:
             raise FileExistsError(f"{out} holds an unfinished run with other settings ({'; '.join(diff)}); "
                                   "run it again with its own settings to finish it, or pass --overwrite")
-        if diff and rank == 0:
+        if diff and rank == 0:  # nothing of value is lost: no chunk was finished, or --overwrite
             shutil.rmtree(fs.partial_dir(out))
-    if rank == 0:
-        fs.partial_dir(out).mkdir(parents=True, exist_ok=True)
-        if not settings_file.is_file():
-            atomic_write_json(settings_file, settings)
     return False
 
 
@@ -166,7 +163,6 @@ def extract_to_store(
     if _prepare_out(out, settings, overwrite, rank):
         log.info("%s is already complete with these settings: nothing to do", out)
         return fs.load_store(out)
-    _barrier(world)
 
     for spec in specs:
         if spec.weights is None:
@@ -175,8 +171,14 @@ def extract_to_store(
     torch_device = resolve_device(device)
     if torch_device.type == "cuda" and torch_device.index is not None:
         torch.cuda.set_device(torch_device)
-    nets = [build_feature_net(s, layer, seed) for s in specs]
+    nets = [build_feature_net(s, layer, seed) for s in specs]  # a bad --layer fails here, before any write
     engine = DescriptorEngine(nets, protocol, torch_device, batch_size, precision)
+    settings_file = fs.partial_dir(out) / fs.SETTINGS_FILE
+    _barrier(world)
+    if rank == 0 and not settings_file.is_file():
+        fs.partial_dir(out).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(settings_file, settings)
+    _barrier(world)
     chunks = _chunks(len(paths), chunk_size)
     mine = [c for c_id, c in enumerate(chunks) if c_id % world == rank]
     todo = [c for c in mine if not fs.chunk_path(out, chunks.index(c)).is_file()]

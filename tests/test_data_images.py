@@ -1,0 +1,95 @@
+"""Decoding every kind of image and bad file: modes to RGB, EXIF orientation, bombs, reasons."""
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vggfeat.data.images import ImageError, find_images, load_rgb
+
+
+def write_png_header_only(path, width, height):
+    """A tiny PNG file that claims a huge size: a decompression bomb for anyone who decodes it."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+                     + chunk(b"IEND", b""))
+
+
+@pytest.fixture
+def rgb():
+    return np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+
+
+def test_modes_become_rgb(tmp_path, rgb):
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "gray.png")
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg")
+    Image.fromarray(rgb).convert("P").save(tmp_path / "palette.gif")
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+    rgba[:5, :5, 3] = 0  # transparent corner
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
+    sixteen = (rgb[..., 1].astype(np.uint16) * 257)
+    Image.fromarray(sixteen).save(tmp_path / "sixteen.png")
+    for name in ("gray.png", "cmyk.jpg", "palette.gif", "alpha.png", "sixteen.png"):
+        img = load_rgb(tmp_path / name)
+        assert img.mode == "RGB" and img.size == (60, 40), name
+    np.testing.assert_array_equal(np.asarray(load_rgb(tmp_path / "gray.png"))[..., 2], rgb[..., 0])
+    np.testing.assert_array_equal(np.asarray(load_rgb(tmp_path / "sixteen.png"))[..., 0], rgb[..., 1])
+    alpha = np.asarray(load_rgb(tmp_path / "alpha.png"))
+    assert (alpha[:5, :5] == 255).all() and np.array_equal(alpha[10:, 10:], rgb[10:, 10:])
+
+
+def test_exif_orientation_is_applied(tmp_path, rgb):
+    img = Image.fromarray(rgb)
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    img.save(tmp_path / "rotated.jpg", exif=exif.tobytes())
+    assert load_rgb(tmp_path / "rotated.jpg").size == (40, 60)
+
+
+@pytest.mark.parametrize("kind,reason", [
+    ("empty", "empty file"), ("garbage", "not an image"), ("truncated", "truncated or corrupt"),
+    ("bomb", "decompression bomb"),
+])
+def test_bad_files_have_reasons(tmp_path, rgb, kind, reason):
+    path = tmp_path / f"{kind}.png"
+    if kind == "empty":
+        path.touch()
+    elif kind == "garbage":
+        path.write_bytes(b"GIF? no, just text\n" * 10)
+    elif kind == "truncated":
+        Image.fromarray(rgb).save(tmp_path / "full.jpg", quality=95)
+        data = (tmp_path / "full.jpg").read_bytes()
+        path = tmp_path / "truncated.jpg"
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        write_png_header_only(path, 30000, 30000)
+    with pytest.raises(ImageError) as err:
+        load_rgb(path)
+    assert reason in err.value.reason and str(path) in str(err.value)
+
+
+def test_jpeg_draft_decodes_smaller_but_not_below_min_side(tmp_path):
+    big = np.random.default_rng(1).integers(0, 256, (800, 1200, 3), dtype=np.uint8)
+    Image.fromarray(big).save(tmp_path / "big.jpg")
+    assert load_rgb(tmp_path / "big.jpg", min_side=300).size == (600, 400)  # 1/2 keeps min side >= 300
+    assert load_rgb(tmp_path / "big.jpg", min_side=500).size == (1200, 800)  # 1/2 would go below 500
+    assert load_rgb(tmp_path / "big.jpg").size == (1200, 800)
+
+
+def test_find_images_files_folders_and_lists(tmp_path, rgb):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for rel in ("a/1.jpg", "a/b/2.PNG", "a/notes.txt", "3.jpg"):
+        Image.fromarray(rgb).save(tmp_path / rel, format="PNG") if not rel.endswith("txt") else (tmp_path / rel).write_text("x")
+    assert [p.name for p in find_images([tmp_path / "a"])] == ["1.jpg", "2.PNG"]
+    (tmp_path / "list.txt").write_text("# my images\n3.jpg\n\na/1.jpg\n")
+    assert [p.name for p in find_images([f"@{tmp_path / 'list.txt'}"])] == ["3.jpg", "1.jpg"]
+    (tmp_path / "bad.txt").write_text("3.jpg\nmissing.jpg\n")
+    with pytest.raises(FileNotFoundError, match=r"bad.txt, line 2: no such file 'missing.jpg'"):
+        find_images([f"@{tmp_path / 'bad.txt'}"])
+    with pytest.raises(FileNotFoundError, match="nope"):
+        find_images([tmp_path / "nope"])

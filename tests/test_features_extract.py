@@ -1,0 +1,129 @@
+"""Descriptors against manual computations of every protocol step (Appendix B), batching, flips, nets."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+from sklearn.datasets import load_sample_images
+
+import vggfeat
+from vggfeat.features.extract import extract_features
+from vggfeat.models import CAFFE
+
+TINY = dict(width_mult=1 / 16, fc_dim=32, fc6_kernel=2, num_classes=10, init="glorot")
+
+
+def tiny(name="vgg_d", seed=0, **kw):
+    return vggfeat.create_model(name, seed=seed, **{**TINY, **kw}).eval()
+
+
+def random_images(sizes, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+
+
+def manual_descriptor(model, array, scales, layer="fc7", flip=True, aggregate="mean", l2=True):
+    """The protocol written out step by step, one image, one forward per scale and per flip."""
+    img = Image.fromarray(array)
+    per_scale = []
+    for q in scales:
+        w, h = img.size
+        size = (round(w * q / h), q) if h <= w else (q, round(h * q / w))  # smallest side -> Q
+        views = [img.resize(size, Image.BILINEAR)]
+        if flip:
+            views.append(ImageOps.mirror(views[0]))
+        pooled = []
+        for v in views:
+            x = torch.from_numpy(np.array(v)).permute(2, 0, 1)[None].float() / 255
+            with torch.no_grad():
+                fmap = model.forward_features(model.preprocessing.apply(x), layer)
+            pooled.append(fmap.mean(dim=(2, 3))[0].numpy())  # global average pooling
+        per_scale.append(sum(pooled) / len(pooled))  # average with the flipped image
+    d = np.mean(per_scale, axis=0) if aggregate == "mean" else np.concatenate(per_scale)
+    return d / np.linalg.norm(d) if l2 else d
+
+
+@pytest.mark.parametrize("aggregate", ["mean", "stack"])
+@pytest.mark.parametrize("layer", ["fc7", "pool4"])
+def test_matches_manual_protocol(aggregate, layer):
+    model = tiny()
+    model.preprocessing = CAFFE  # the weights' convention is applied (BGR, 0-255, mean pixel)
+    images = random_images([(100, 150), (90, 70)])
+    got = extract_features(model, images, layer=layer, scales=(64, 80), aggregate=aggregate)
+    for k, array in enumerate(images):
+        np.testing.assert_allclose(got[k], manual_descriptor(model, array, (64, 80), layer, aggregate=aggregate),
+                                   rtol=1e-4, atol=1e-6)
+    no_l2 = extract_features(model, images, layer=layer, scales=(64, 80), aggregate=aggregate, l2=False)
+    np.testing.assert_allclose(no_l2[1], manual_descriptor(model, images[1], (64, 80), layer, aggregate=aggregate,
+                                                           l2=False), rtol=1e-4, atol=1e-6)
+
+
+def test_without_flip_matches_manual():
+    model, images = tiny("vgg_b"), random_images([(70, 120)])
+    got = extract_features(model, images, scales=(64,), flip=False)
+    np.testing.assert_allclose(got[0], manual_descriptor(model, images[0], (64,), flip=False), rtol=1e-4, atol=1e-6)
+
+
+def test_flip_average_makes_mirror_images_agree():
+    model = tiny()
+    image = random_images([(80, 112)])[0]
+    mirrored = np.ascontiguousarray(image[:, ::-1])
+    with_flip = extract_features(model, [image, mirrored], scales=(64, 96))
+    np.testing.assert_allclose(with_flip[0], with_flip[1], rtol=1e-4, atol=1e-6)
+    without = extract_features(model, [image, mirrored], scales=(64, 96), flip=False)
+    assert np.abs(without[0] - without[1]).max() > 1e-3
+
+
+def test_batched_equals_one_image_at_a_time():
+    model = tiny("vgg_c")
+    sizes = [(64, 96), (80, 80), (64, 96), (96, 64), (64, 96), (70, 91), (80, 80)]
+    images = random_images(sizes, seed=3)
+    batched = extract_features(model, images, scales=(64, 72), batch_size=8)
+    single = np.stack([extract_features(model, [im], scales=(64, 72), batch_size=1)[0] for im in images])
+    np.testing.assert_allclose(batched, single, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, rtol=1e-5)  # L2 per sample
+
+
+def test_several_nets_stack():
+    d, e = tiny("vgg_d", seed=1), tiny("vgg_e", seed=2, fc_dim=24)
+    images = random_images([(64, 80), (72, 64)])
+    both = extract_features([d, e], images, scales=(64,), l2=False)
+    alone = [extract_features(m, images, scales=(64,), l2=False) for m in (d, e)]
+    assert both.shape == (2, 32 + 24)
+    np.testing.assert_allclose(both, np.hstack(alone), rtol=1e-5, atol=1e-7)
+
+
+def test_timm_backbone_pooled_penultimate_features():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=0).eval()
+    image = random_images([(64, 96)])[0]
+    got = extract_features(model, [image], scales=(64,), l2=False)
+    cfg = model.pretrained_cfg
+    views = [Image.fromarray(image).resize((96, 64), Image.BILINEAR)]
+    views.append(ImageOps.mirror(views[0]))
+    manual = []
+    for v in views:
+        x = torch.from_numpy(np.array(v)).permute(2, 0, 1)[None].float() / 255
+        x = (x - torch.tensor(cfg["mean"]).view(1, 3, 1, 1)) / torch.tensor(cfg["std"]).view(1, 3, 1, 1)
+        with torch.no_grad():
+            manual.append(model.forward_head(model.forward_features(x), pre_logits=True)[0].numpy())
+    np.testing.assert_allclose(got[0], (manual[0] + manual[1]) / 2, rtol=1e-4, atol=1e-5)
+
+
+def test_real_photos():
+    photos = load_sample_images().images  # china.jpg and flower.jpg, 427 x 640
+    model = tiny()
+    feats = extract_features(model, photos, scales=(64, 96, 128))
+    assert feats.shape == (2, 32) and np.isfinite(feats).all()
+    np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(feats[0], manual_descriptor(model, photos[0], (64, 96, 128)), rtol=1e-4, atol=1e-6)
+    assert np.abs(feats[0] - feats[1]).max() > 1e-3
+
+
+def test_bad_image_raises_in_memory_api(tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    with pytest.raises(vggfeat.data.images.ImageError, match="bad.jpg: not an image"):
+        extract_features(tiny(), [bad], scales=(64,))

@@ -1,0 +1,204 @@
+"""The feature store through the CLI: bad inputs, resume after Ctrl-C and kill -9, settings, memory."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+import vggfeat
+from vggfeat.cli.main import cli
+from vggfeat.features import store as fs
+from vggfeat.features.extract import extract_to_store
+
+from test_data_images import write_png_header_only
+
+TINY = dict(width_mult=1 / 16, fc_dim=32, fc6_kernel=2, num_classes=10, init="glorot")
+FAST = ["--scales", "64,80", "--workers", "0", "--quiet"]
+
+
+@pytest.fixture
+def weights(tmp_path):
+    return str(vggfeat.save_weights(vggfeat.create_model("vgg_d", seed=0, **TINY), tmp_path / "tiny.safetensors"))
+
+
+def make_images(folder, n, seed=0, sizes=((60, 90), (80, 80), (90, 60))):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for k in range(n):
+        h, w = sizes[k % len(sizes)]
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"img{k:03d}.png")
+    return folder
+
+
+def run(args):
+    result = CliRunner().invoke(cli, ["extract", *args], catch_exceptions=False)
+    return result
+
+
+def test_cli_store_with_every_kind_of_bad_input(tmp_path, weights, monkeypatch):
+    src = make_images(tmp_path / "imgs", 4)
+    (src / "empty.jpg").touch()
+    (src / "garbage.jpg").write_bytes(b"\x00" * 100)
+    Image.fromarray(np.zeros((50, 50, 3), np.uint8)).save(tmp_path / "full.jpg")
+    (src / "truncated.jpg").write_bytes((tmp_path / "full.jpg").read_bytes()[:300])
+    write_png_header_only(src / "bomb.png", 40000, 40000)
+    (src / "unreadable.png").write_bytes((src / "img000.png").read_bytes())
+    (src / "notes.txt").write_text("not an image, and not picked up from a folder")
+    Image.fromarray(np.zeros((3, 5), np.uint8)).save(src / "tiny_gray.png")  # tiny: rescaled up to Q
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).convert("CMYK").save(src / "cmyk.jpg")
+
+    real_open = Image.open
+
+    def guarded_open(fp, *a, **kw):  # root reads any file, so refuse this one as the OS would
+        if str(fp).endswith("unreadable.png"):
+            raise PermissionError(13, "Permission denied")
+        return real_open(fp, *a, **kw)
+
+    monkeypatch.setattr(Image, "open", guarded_open)
+    out = tmp_path / "store"
+    result = run([str(src), "-o", str(out), "--weights", weights, *FAST])
+    assert result.exit_code == 0, result.output
+    features = np.load(out / "features.npy")  # numpy alone reads the store
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert features.shape == (6, 32) and features.dtype == np.float32
+    reasons = {os.path.basename(s["path"]): s["reason"] for s in manifest["skipped"]}
+    assert set(reasons) == {"empty.jpg", "garbage.jpg", "truncated.jpg", "bomb.png", "unreadable.png"}
+    assert "empty" in reasons["empty.jpg"] and "bomb" in reasons["bomb.png"]
+    assert "truncated" in reasons["truncated.jpg"] and "permission" in reasons["unreadable.png"]
+    assert [os.path.basename(p) for p in manifest["paths"]] == [
+        "cmyk.jpg", "img000.png", "img001.png", "img002.png", "img003.png", "tiny_gray.png"]
+    assert manifest["layer"] == "fc7" and manifest["scales"] == [64, 80] and manifest["dim"] == 32
+    assert manifest["models"][0]["weights_sha256"] == vggfeat.utils.files.sha256_file(weights)
+    assert manifest["vggfeat_version"] == vggfeat.__version__
+    assert "skipped 5 unusable inputs" in result.output and "bomb.png" in result.output
+    np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, rtol=1e-5)
+    assert not (out / ".partial").exists()
+
+    strict = run([str(src), "-o", str(tmp_path / "strict"), "--weights", weights, "--strict", *FAST])
+    assert strict.exit_code != 0 and "--strict" in strict.output and "bomb.png" in strict.output
+
+
+def test_cli_errors_are_clear(tmp_path, weights):
+    (tmp_path / "empty").mkdir()
+    result = run([str(tmp_path / "empty"), "-o", str(tmp_path / "o"), "--weights", weights, *FAST])
+    assert result.exit_code != 0 and "no input images" in result.output
+    result = run([str(tmp_path / "missing"), "-o", str(tmp_path / "o"), *FAST])
+    assert result.exit_code != 0 and "missing" in result.output
+    src = make_images(tmp_path / "imgs", 1)
+    result = run([str(src), "-o", str(tmp_path / "o"), "--weights", weights, "--layer", "fc9", *FAST])
+    assert result.exit_code != 0 and "valid: conv1_1" in result.output
+    result = run([str(src), "-o", str(tmp_path / "o"), *FAST, "--scales", "64,x"])
+    assert result.exit_code != 0 and "comma-separated" in result.output
+
+
+def test_random_weights_warn_loudly(tmp_path):
+    src = make_images(tmp_path / "imgs", 1, sizes=((224, 230),))
+    result = CliRunner().invoke(cli, ["extract", str(src), "-o", str(tmp_path / "o"), "--model", "vgg_a",
+                                      "--scales", "224", "--no-flip", "--workers", "0", "--quiet", "--layer", "pool5"])
+    assert result.exit_code == 0, result.output
+    assert "RANDOMLY INITIALISED" in result.output
+    assert np.load(tmp_path / "o" / "features.npy").shape == (1, 512)
+
+
+def test_finished_store_is_not_recomputed_and_settings_are_guarded(tmp_path, weights, monkeypatch):
+    src = make_images(tmp_path / "imgs", 3)
+    out = tmp_path / "store"
+    assert run([str(src), "-o", str(out), "--weights", weights, *FAST]).exit_code == 0
+    first = np.load(out / "features.npy")
+    import vggfeat.features.extract as ex
+
+    def boom(*a, **kw):
+        raise AssertionError("a finished store must not rebuild its nets")
+
+    monkeypatch.setattr(ex, "build_feature_net", boom)
+    assert run([str(src), "-o", str(out), "--weights", weights, *FAST]).exit_code == 0
+    monkeypatch.undo()
+    other = run([str(src), "-o", str(out), "--weights", weights, "--scales", "64", "--workers", "0", "--quiet"])
+    assert other.exit_code != 0 and "other settings" in other.output and "scales" in other.output
+    assert np.array_equal(np.load(out / "features.npy"), first)
+    replaced = run([str(src), "-o", str(out), "--weights", weights, "--scales", "64", "--workers", "0",
+                    "--quiet", "--overwrite", "--dtype", "float16"])
+    assert replaced.exit_code == 0, replaced.output
+    assert np.load(out / "features.npy").dtype == np.float16
+    assert json.loads((out / "manifest.json").read_text())["scales"] == [64]
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, weights, monkeypatch):
+    src = make_images(tmp_path / "imgs", 10)
+    kw = dict(models=[("auto", weights)], scales=(64, 80), workers=0, progress=False, chunk_size=3)
+    reference = extract_to_store([src], tmp_path / "ref", **kw)
+
+    real_write, written = fs.write_chunk, []
+
+    def interrupt_after_two(*args, **kwargs):
+        if len(written) == 2:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the third chunk
+        written.append(args[1])
+        real_write(*args, **kwargs)
+
+    monkeypatch.setattr(fs, "write_chunk", interrupt_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        extract_to_store([src], tmp_path / "out", **kw)
+    monkeypatch.undo()
+    assert not fs.is_complete_store(tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out" / ".partial").glob("chunk_*")) == [
+        "chunk_000000.npz", "chunk_000001.npz"]
+    resumed = extract_to_store([src], tmp_path / "out", **kw)
+    assert np.array_equal(np.asarray(resumed.features), np.asarray(reference.features))
+    assert resumed.paths == reference.paths
+
+
+def test_kill_9_then_resume_equals_uninterrupted(tmp_path, weights):
+    src = make_images(tmp_path / "imgs", 40)
+    args = [sys.executable, "-m", "vggfeat", "extract", str(src), "--weights", weights, "--scales", "64,96",
+            "--workers", "1", "--quiet", "--chunk-size", "2"]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([*args, "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list((out / ".partial").glob("chunk_*.npz"))) < 3:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(list((out / ".partial").glob("chunk_*.npz")))
+    assert 3 <= done < 20 and not fs.is_complete_store(out), f"kill came too late ({done} chunks)"
+    subprocess.run([*args, "-o", str(out)], check=True, capture_output=True)
+    subprocess.run([*args, "-o", str(tmp_path / "ref")], check=True, capture_output=True)
+    assert np.array_equal(np.load(out / "features.npy"), np.load(tmp_path / "ref" / "features.npy"))
+    assert json.loads((out / "manifest.json").read_text())["paths"] == \
+        json.loads((tmp_path / "ref" / "manifest.json").read_text())["paths"]
+
+
+def test_memory_stays_flat(tmp_path):
+    model = dict(fc_dim=2048)
+    path = vggfeat.save_weights(vggfeat.create_model("vgg_a", seed=0, **{**TINY, **model}), tmp_path / "w.safetensors")
+    peaks = {}
+    for n in (16, 96):
+        src = make_images(tmp_path / f"imgs{n}", n, sizes=((64, 64),))
+        tracemalloc.start()
+        extract_to_store([src], tmp_path / f"out{n}", models=[("auto", path)], scales=(64,), workers=0,
+                         progress=False, chunk_size=8)
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    # 6x the images: holding all descriptors would add 80 x 2048 x 4 bytes; chunks keep the peak level
+    assert peaks[96] < peaks[16] + 300_000, peaks
+
+
+def test_torchrun_two_processes_write_one_store(tmp_path, weights):
+    src = make_images(tmp_path / "imgs", 9)
+    common = ["extract", str(src), "--weights", weights, "--scales", "64,80", "--workers", "0", "--quiet",
+              "--chunk-size", "2", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's per-process default: same float reductions
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "vggfeat",
+                    *common, "-o", str(tmp_path / "ddp")], check=True, capture_output=True, timeout=240, env=env)
+    subprocess.run([sys.executable, "-m", "vggfeat", *common, "-o", str(tmp_path / "one")], check=True,
+                   capture_output=True, timeout=240, env=env)
+    assert np.array_equal(np.load(tmp_path / "ddp" / "features.npy"), np.load(tmp_path / "one" / "features.npy"))
