@@ -127,3 +127,14 @@ def test_bad_image_raises_in_memory_api(tmp_path):
     bad.write_bytes(b"not a jpeg")
     with pytest.raises(vggfeat.data.images.ImageError, match="bad.jpg: not an image"):
         extract_features(tiny(), [bad], scales=(64,))
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_close_to_cpu_float32():
+    model = tiny()
+    images = random_images([(64, 96), (64, 96), (80, 64)])
+    cpu = extract_features(model, images, scales=(64, 96), device="cpu")
+    gpu = extract_features(model, images, scales=(64, 96), device="cuda")  # bf16 autocast, channels_last
+    assert np.abs(gpu - cpu).max() < 0.05
+    exact = extract_features(model, images, scales=(64, 96), device="cuda", precision="float32")
+    np.testing.assert_allclose(exact, cpu, atol=1e-3)

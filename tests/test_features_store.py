@@ -202,3 +202,24 @@ def test_torchrun_two_processes_write_one_store(tmp_path, weights):
     subprocess.run([sys.executable, "-m", "vggfeat", *common, "-o", str(tmp_path / "one")], check=True,
                    capture_output=True, timeout=240, env=env)
     assert np.array_equal(np.load(tmp_path / "ddp" / "features.npy"), np.load(tmp_path / "one" / "features.npy"))
+
+
+def test_timm_backbone_through_the_cli(tmp_path):
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    net = timm.create_model("test_resnet", pretrained=False, num_classes=0)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "r.safetensors"))
+    src = make_images(tmp_path / "imgs", 2)
+    out = tmp_path / "store"
+    result = run([str(src), "-o", str(out), "--model", "timm:test_resnet", "--weights",
+                  str(tmp_path / "r.safetensors"), "--aggregate", "stack", *FAST])
+    assert result.exit_code == 0, result.output
+    features = np.load(out / "features.npy")
+    assert features.shape == (2, 2 * net.num_features)  # stacked over 2 scales
+    expected = vggfeat.extract_features(net.eval(), [Image.open(p) for p in sorted(src.glob("*.png"))],
+                                        scales=(64, 80), aggregate="stack", device="cpu")
+    np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-6)
+    bad = run([str(src), "-o", str(tmp_path / "bad"), "--model", "timm:test_vit", "--weights",
+               str(tmp_path / "r.safetensors"), *FAST])
+    assert bad.exit_code != 0 and "does not fit timm model 'test_vit'" in bad.output

@@ -16,6 +16,9 @@ _LAZY = {
     "save_weights": "vggfeat.models",
     "init_from_net_a": "vggfeat.models",
     "Preprocessing": "vggfeat.models",
+    "extract_features": "vggfeat.features.extract",
+    "extract_to_store": "vggfeat.features.extract",
+    "load_store": "vggfeat.features.store",
 }
 
 __all__ = ["__version__", *_LAZY]

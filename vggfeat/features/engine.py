@@ -52,7 +52,8 @@ class DescriptorEngine:
                 positions = groups[shape]
                 for start in range(0, len(positions), bs):
                     batch = positions[start:start + bs]
-                    x = torch.stack([items[p][1][s] for p in batch]).to(self.device, non_blocking=True)
+                    # copy each pinned view on its own (a stacked tensor would be pageable), stack on the device
+                    x = torch.stack([items[p][1][s].to(self.device, non_blocking=True) for p in batch])
                     if self.protocol.flip:
                         x = torch.cat([x, x.flip(-1)])  # (2B, 3, H, W): originals, then their mirror images
                     for k, net in enumerate(self.nets):

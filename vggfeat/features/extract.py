@@ -49,7 +49,7 @@ def extract_features(
     l2_parts: bool = False,
     snap: int = 1,
     batch_size: int = 16,
-    device: "str | torch.device" = "cpu",
+    device: "str | torch.device" = "auto",
     workers: int = 0,
     precision: str = "auto",
     chunk_size: int = 256,

@@ -1,0 +1,40 @@
+"""The generated VOC2007-layout dataset: layout, label semantics, determinism."""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from vggfeat.data.synthetic_voc import VOC_CLASSES, draw_scene, make_voc2007
+
+
+def read_labels(voc, cls, split):
+    rows = [line.split() for line in (voc / "ImageSets" / "Main" / f"{cls}_{split}.txt").read_text().splitlines()]
+    return {name: int(label) for name, label in rows}
+
+
+def test_layout_and_labels(tmp_path):
+    voc = make_voc2007(tmp_path, n_trainval=60, n_test=30, seed=1)
+    assert voc == tmp_path / "VOCdevkit" / "VOC2007"
+    trainval = (voc / "ImageSets" / "Main" / "trainval.txt").read_text().split()
+    test = (voc / "ImageSets" / "Main" / "test.txt").read_text().split()
+    assert len(trainval) == 60 and len(test) == 30 and not set(trainval) & set(test)
+    assert all((voc / "JPEGImages" / f"{name}.jpg").is_file() for name in trainval + test)
+    counts = {v: 0 for v in (-1, 0, 1)}
+    for cls in VOC_CLASSES:
+        labels = read_labels(voc, cls, "trainval")
+        assert list(labels) == trainval
+        for v in labels.values():
+            counts[v] += 1
+    assert counts[1] > 30 and counts[0] > 0 and counts[-1] > 900  # positives, 'difficult only', negatives
+    per_image = [sum(read_labels(voc, c, "test")[n] == 1 for c in VOC_CLASSES) for n in test]
+    assert max(per_image) >= 2  # multi-label scenes
+
+
+def test_deterministic_in_seed(tmp_path):
+    a = make_voc2007(tmp_path / "a", 3, 2, seed=5)
+    b = make_voc2007(tmp_path / "b", 3, 2, seed=5)
+    img_a = np.asarray(Image.open(a / "JPEGImages" / "000004.jpg"))
+    assert np.array_equal(img_a, np.asarray(Image.open(b / "JPEGImages" / "000004.jpg")))
+    _, labels_1 = draw_scene(np.random.default_rng(1))
+    _, labels_2 = draw_scene(np.random.default_rng(2))
+    assert set(labels_1) <= set(VOC_CLASSES) and set(labels_2) <= set(VOC_CLASSES)
