@@ -11,6 +11,13 @@ from vggfeat import __version__
 COMMANDS = {
     "extract": "vggfeat.cli.extract:extract",
     "models": "vggfeat.cli.models:models",
+    "train": "vggfeat.cli.train:train",
+    "evaluate": "vggfeat.cli.evaluate:evaluate",
+    "mean-rgb": "vggfeat.cli.mean_rgb:mean_rgb",
+    "linear-probe": "vggfeat.cli.linear_probe:linear_probe",
+    "knn-probe": "vggfeat.cli.knn_probe:knn_probe",
+    "index": "vggfeat.cli.index:index",
+    "demo": "vggfeat.cli.demo:demo",
 }
 
 
@@ -33,6 +40,7 @@ def cli() -> None:
 
     \b
     Start with:
+      vggfeat demo              the whole pipeline on generated data, a few minutes on a CPU
       vggfeat models            the six nets of Table 1 with their sizes
       vggfeat COMMAND --help    what a command does and its options
     """

@@ -14,9 +14,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-               "tvmonitor")
+from .voc import VOC_CLASSES  # the devkit's 20 classes, defined with the reader
 
 Draw = Callable[[ImageDraw.ImageDraw, float, float, float, tuple, int], None]
 

@@ -181,7 +181,7 @@ def extract_to_store(
     _barrier(world)
     chunks = _chunks(len(paths), chunk_size)
     mine = [c for c_id, c in enumerate(chunks) if c_id % world == rank]
-    todo = [c for c in mine if not fs.chunk_path(out, chunks.index(c)).is_file()]
+    todo = [c for c in mine if not fs.chunk_path(out, c.start // chunk_size).is_file()]
     done_images = sum(len(c) for c in mine) - sum(len(c) for c in todo)
 
     bar = _progress(sum(len(c) for c in mine), done_images, enabled=progress and rank == 0)
@@ -190,7 +190,7 @@ def extract_to_store(
             if skipped and strict:
                 i, reason = skipped[0]
                 raise ImageError(paths[i], f"{reason} (--strict makes bad inputs fatal)")
-            fs.write_chunk(out, chunks.index(chunk), index, feats, skipped)
+            fs.write_chunk(out, chunk.start // chunk_size, index, feats, skipped)
             bar.update(len(chunk))
     finally:
         bar.close()

@@ -1,0 +1,134 @@
+"""Training benchmarks (issue 5): the training step's images/s for nets A-E at 224 with bf16 autocast +
+channels_last on and off, and the data pipeline's images/s per worker (one process) against a
+torchvision-transforms baseline doing the same augmentation (Sect. 3.1) on fully decoded JPEGs.
+
+    python scripts/bench_train.py [--device auto] [--batch 64] [--steps 5] [--nets vgg_a,...,vgg_e]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+import tempfile
+
+import numpy as np
+import torch
+
+
+def bench_step(name: str, device: torch.device, batch: int, steps: int, fast: bool) -> float:
+    import vggfeat
+
+    model = vggfeat.create_model(name).to(device)
+    if fast and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(batch, 3, 224, 224, device=device)
+    if fast and device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (batch,), device=device)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast)
+
+    def step():
+        with amp:
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return batch * steps / (time.perf_counter() - t)
+
+
+def make_jpegs(folder: Path, n: int) -> list[Path]:
+    from vggfeat.data.synthetic import SHAPES, _draw
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):  # ImageNet-like sizes: about 500 x 375
+        p = folder / f"{i:03d}.jpg"
+        _draw(SHAPES[i % len(SHAPES)], (500, 375) if i % 2 else (375, 500), rng).save(p, quality=90)
+        paths.append(p)
+    return paths
+
+
+def bench_ours(paths, scale, crop) -> float:
+    from vggfeat.data.images import load_rgb
+    from vggfeat.data.transforms import normalize_batch, sample_rng, train_crop
+    from vggfeat.train.recipe import IMAGENET_EIGVAL, IMAGENET_EIGVEC, IMAGENET_MEAN
+
+    t = time.perf_counter()
+    crops, alphas = [], []
+    for i, p in enumerate(paths):
+        rng = sample_rng(0, 0, i)
+        crops.append(torch.from_numpy(train_crop(load_rgb(p, min_side=scale[1]), rng, scale=scale, crop=crop)))
+        alphas.append(torch.from_numpy(rng.normal(0, 0.1, 3).astype(np.float32)))
+    normalize_batch(torch.stack(crops), IMAGENET_MEAN, IMAGENET_EIGVAL, IMAGENET_EIGVEC, torch.stack(alphas))
+    return len(paths) / (time.perf_counter() - t)
+
+
+def bench_torchvision(paths, scale, crop) -> float:
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from vggfeat.train.recipe import IMAGENET_EIGVAL, IMAGENET_EIGVEC, IMAGENET_MEAN
+
+    vec, val = torch.tensor(IMAGENET_EIGVEC), torch.tensor(IMAGENET_EIGVAL)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+
+    def lighting(x):  # AlexNet PCA colour shift, 0-255 units, then mean subtraction
+        return x * 255.0 + (vec @ (torch.randn(3) * 0.1 * val)).view(3, 1, 1) - mean
+
+    tf = T.Compose([T.RandomChoice([T.Resize(s) for s in range(scale[0], scale[1] + 1)]), T.RandomCrop(crop),
+                    T.RandomHorizontalFlip(), T.ToTensor(), T.Lambda(lighting)])
+    t = time.perf_counter()
+    out = [tf(Image.open(p).convert("RGB")) for p in paths]
+    torch.stack(out)
+    return len(paths) / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--nets", default="vgg_a,vgg_b,vgg_c,vgg_d,vgg_e")
+    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--skip-step", action="store_true", help="data pipeline only")
+    ap.add_argument("--fp32-only", action="store_true", help="skip bf16+channels_last (CPU bf16 is emulated, slow)")
+    args = ap.parse_args()
+    from vggfeat.utils.device import resolve_device
+
+    device = resolve_device(args.device)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    if not args.skip_step:
+        print(f"\ntraining step at 224, batch {args.batch}, {args.steps} steps (images/s)")
+        print(f"{'net':<8} {'fp32':>10} {'bf16+cl':>10} {'ratio':>7}")
+        for name in args.nets.split(","):
+            base = bench_step(name, device, args.batch, args.steps, fast=False)
+            if args.fp32_only:
+                print(f"{name:<8} {base:10.2f} {'-':>10} {'-':>7}")
+                continue
+            fast = bench_step(name, device, args.batch, args.steps, fast=True)
+            print(f"{name:<8} {base:10.2f} {fast:10.2f} {fast / base:6.2f}x")
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = make_jpegs(Path(tmp), args.images)
+        print(f"\ndata pipeline, one worker, {args.images} JPEGs of 500x375 -> 224 crops (images/s)")
+        print(f"{'S':<12} {'torchvision':>12} {'vggfeat':>10} {'ratio':>7}")
+        for scale in ((256, 256), (384, 384), (256, 512)):
+            bench_ours(paths[:4], scale, 224)  # warm-up
+            base = max(bench_torchvision(paths, scale, 224) for _ in range(2))
+            ours = max(bench_ours(paths, scale, 224) for _ in range(2))
+            print(f"{str(list(scale)):<12} {base:12.1f} {ours:10.1f} {ours / base:6.2f}x")
+
+
+if __name__ == "__main__":
+    main()

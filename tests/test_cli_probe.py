@@ -1,0 +1,125 @@
+"""linear-probe, knn-probe and index end to end through the CLI on a generated VOC2007-layout dataset."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import vggfeat
+from vggfeat.cli.main import cli
+from vggfeat.data.synthetic_voc import VOC_CLASSES, make_voc2007
+from vggfeat.features.store import load_store
+from vggfeat.probes import LinearSVMProbe, metrics
+from vggfeat.probes.features import rows_for
+
+TINY = dict(width_mult=1 / 16, fc_dim=32, fc6_kernel=2, num_classes=10, init="glorot")
+FAST = ["--scales", "64,96", "--workers", "0", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def voc(tmp_path_factory):
+    root = tmp_path_factory.mktemp("voc")
+    make_voc2007(root, n_trainval=60, n_test=60, seed=3)
+    return root
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
+    return str(vggfeat.save_weights(vggfeat.create_model("vgg_a", seed=0, **TINY), path))
+
+
+def invoke(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def voc_labels(voc, split):
+    main = voc / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main"
+    ids = (main / f"{split}.txt").read_text().split()
+    labels = np.zeros((len(ids), len(VOC_CLASSES)), np.int8)
+    for k, c in enumerate(VOC_CLASSES):
+        rows = dict(line.split() for line in (main / f"{c}_{split}.txt").read_text().splitlines())
+        labels[:, k] = [int(rows[i]) for i in ids]
+    paths = [str(voc / "VOCdevkit" / "VOC2007" / "JPEGImages" / f"{i}.jpg") for i in ids]
+    return paths, labels
+
+
+def test_linear_probe_on_the_fly_matches_a_manual_probe_and_caches_features(voc, weights, tmp_path):
+    out = tmp_path / "out"
+    text = invoke("linear-probe", "voc2007", "--root", voc, "-o", out, "--weights", weights, *FAST, "--Cs", "0.1,1,10")
+    report = json.loads((out / "linear-probe.json").read_text())
+    assert (out / "linear-probe.md").is_file() and (out / "linear-probe.png").stat().st_size > 1000
+    assert report["benchmark"] == "voc2007" and report["metric"] == "voc07_ap"
+    assert [r["class"] for r in report["per_class"]] == list(VOC_CLASSES)
+    assert report["paper_table11"]["rows"]["VGG Net-D"]["mean"] == 89.3 and "paper" in report["paper_table11"]["label"]
+    assert f"{report['headline']:.1f}" in text and "Table 11" in text
+    assert report["features"]["scales"] == [64, 96] and report["features"]["aggregate"] == "mean"
+
+    # the same numbers from the store and a probe fitted by hand at the chosen C per class
+    store = load_store(report["features"]["store"])
+    train_paths, train_y = voc_labels(voc, "trainval")
+    test_paths, test_y = voc_labels(voc, "test")
+    x_train = np.asarray(store.features[rows_for(store, train_paths)], np.float32)
+    x_test = np.asarray(store.features[rows_for(store, test_paths)], np.float32)
+    chosen = np.array([r["chosen_C"][0] for r in report["per_class"]])
+    probe = LinearSVMProbe(C=chosen).fit(x_train, train_y)
+    ap = metrics.voc07_ap(probe.decision_function(x_test), test_y)
+    ours = np.array([np.nan if r["value"] is None else r["value"] for r in report["per_class"]])
+    np.testing.assert_allclose(ours, np.round(100 * ap, 2), atol=0.011)
+    assert report["headline"] == pytest.approx(100 * np.nanmean(ap), abs=0.01)
+
+    # a second probe with another grid reuses the cached features: nothing is extracted again
+    mtime = (store.root / "features.npy").stat().st_mtime_ns
+    invoke("linear-probe", "voc2007", "--root", voc, "-o", out, "--weights", weights, *FAST, "--Cs", "1")
+    assert (store.root / "features.npy").stat().st_mtime_ns == mtime
+    again = json.loads((out / "linear-probe.json").read_text())
+    assert all(r["chosen_C"] == [1.0] for r in again["per_class"])
+
+
+def test_features_store_path_knn_probe_and_sklearn_reference(voc, weights, tmp_path):
+    store = tmp_path / "store"
+    invoke("extract", voc / "VOCdevkit" / "VOC2007" / "JPEGImages", "-o", store, "--weights", weights, *FAST)
+    invoke("linear-probe", "voc2007", "--root", voc, "-o", tmp_path / "a", "--features", store, "--Cs", "0.1,1,10")
+    invoke("linear-probe", "voc2007", "--root", voc, "-o", tmp_path / "b", "--features", store, "--Cs", "0.1,1,10",
+           "--classifier", "sklearn")
+    ours = json.loads((tmp_path / "a" / "linear-probe.json").read_text())
+    ref = json.loads((tmp_path / "b" / "linear-probe.json").read_text())
+    assert ours["features"]["store"] == ref["features"]["store"] == str(store)
+    assert abs(ours["headline"] - ref["headline"]) <= 0.1 + 1e-9  # AP points, as issue 4 asks
+
+    text = invoke("knn-probe", "voc2007", "--root", voc, "-o", tmp_path / "k", "--features", store, "-k", "5")
+    knn = json.loads((tmp_path / "k" / "knn-probe.json").read_text())
+    assert knn["method"] == "knn" and 0 < knn["headline"] <= 100 and f"{knn['headline']:.1f}" in text
+
+
+def test_index_build_and_search_agree_with_brute_force(voc, weights, tmp_path):
+    store_dir = tmp_path / "store"
+    jpegs = voc / "VOCdevkit" / "VOC2007" / "JPEGImages"
+    invoke("extract", jpegs, "-o", store_dir, "--weights", weights, *FAST)
+    invoke("index", "build", store_dir, "-o", tmp_path / "idx", "--type", "flat")
+    store = load_store(store_dir)
+    query = sorted(jpegs.glob("*.jpg"))[7]
+    text = invoke("index", "search", tmp_path / "idx", query, "-k", "3")
+    lines = [line.split() for line in text.splitlines() if line.startswith("  ")]
+    x = np.asarray(store.features, np.float32)
+    q = x[store.paths.index(next(p for p in store.paths if p.endswith(query.name)))]
+    top = np.argsort(-(x @ q), kind="stable")[:3]
+    assert [line[2] for line in lines] == [store.paths[i] for i in top]
+    np.testing.assert_allclose([float(line[1]) for line in lines], (x @ q)[top], atol=1e-4)
+    assert lines[0][2].endswith(query.name)  # an indexed image finds itself first
+
+
+def test_probe_errors_name_the_problem(voc, tmp_path, monkeypatch):
+    monkeypatch.delenv("VGGFEAT_DATA", raising=False)
+    r = CliRunner().invoke(cli, ["linear-probe", "voc2007", "-o", str(tmp_path / "o")])
+    assert r.exit_code != 0 and "VGGFEAT_DATA" in r.output
+    r = CliRunner().invoke(cli, ["linear-probe", "voc2012", "--root", str(voc), "-o", str(tmp_path / "o")])
+    assert r.exit_code != 0 and "VOC2012" in r.output
+    r = CliRunner().invoke(cli, ["linear-probe", "voc2007", "--root", str(voc), "--Cs", "1,-2"])
+    assert r.exit_code != 0 and "positive" in r.output
+    r = CliRunner().invoke(cli, ["linear-probe", "voc2007", "--root", str(voc), "--features", str(tmp_path)])
+    assert r.exit_code != 0 and "not a finished feature store" in r.output

@@ -1,0 +1,59 @@
+"""Strict YAML/dataclass loading: unknown keys name the nearest valid one, values are coerced."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import pytest
+
+from vggfeat.config import ConfigError, apply_overrides, from_dict, load_config, to_dict
+
+
+@dataclass(frozen=True)
+class Inner:
+    lr: float = 0.1
+    steps: int = 3
+    scale: tuple[int, int] = (1, 2)
+    mean: Optional[tuple[float, float, float]] = None
+
+
+@dataclass(frozen=True)
+class Outer:
+    name: str = "x"
+    flag: bool = False
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_yaml_strings_are_coerced(tmp_path):
+    (tmp_path / "c.yaml").write_text("inner:\n  lr: 5e-4\n  steps: '7'\n  scale: [3, 4]\nflag: yes\n")
+    cfg = load_config(Outer, tmp_path / "c.yaml")
+    assert cfg == Outer(flag=True, inner=Inner(lr=5e-4, steps=7, scale=(3, 4)))
+    assert isinstance(cfg.inner.lr, float)
+
+
+def test_unknown_key_names_the_nearest():
+    with pytest.raises(ConfigError, match=r"unknown key inner\.lrr.*'lr'"):
+        from_dict(Outer, {"inner": {"lrr": 1}})
+    with pytest.raises(ConfigError, match="did you mean 'name'"):
+        from_dict(Outer, {"nmae": "y"})
+
+
+def test_wrong_types_are_errors():
+    with pytest.raises(ConfigError, match="inner.steps"):
+        from_dict(Outer, {"inner": {"steps": 2.5}})
+    with pytest.raises(ConfigError, match="expected 2 values"):
+        from_dict(Outer, {"inner": {"scale": [1, 2, 3]}})
+    with pytest.raises(ConfigError, match="true or false"):
+        from_dict(Outer, {"flag": "maybe"})
+
+
+def test_overrides_and_base_file(tmp_path):
+    (tmp_path / "base.yaml").write_text("name: base\ninner: {lr: 0.5, steps: 9}\n")
+    (tmp_path / "c.yaml").write_text("base: base.yaml\ninner: {lr: 0.25}\n")
+    cfg = load_config(Outer, tmp_path / "c.yaml", ["inner.steps=11", "inner.mean=[1,2,3]", "name=over"])
+    assert cfg == Outer(name="over", inner=Inner(lr=0.25, steps=11, mean=(1.0, 2.0, 3.0)))
+    with pytest.raises(ConfigError, match="did you mean 'steps'"):
+        apply_overrides({}, ["inner.stpes=1"], Outer)
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides({}, ["inner.steps"], Outer)
+    assert from_dict(Outer, to_dict(cfg)) == cfg  # round trip

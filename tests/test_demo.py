@@ -1,0 +1,106 @@
+"""`vggfeat demo --quick` end to end through the CLI: the report's files, and its numbers against the probes'
+own outputs and against a probe refitted by hand from the cached features."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vggfeat.demo.config import DemoConfig, RECIPES, load_demo_config
+from vggfeat.config import load_config
+from vggfeat.features.store import load_store
+from vggfeat.probes import LinearSVMProbe, metrics
+from vggfeat.probes.features import rows_for
+
+from test_cli_probe import voc_labels
+
+
+def run_demo_cli(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vggfeat", "demo", "--out", str(out), *extra],
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    proc = run_demo_cli(out, "--quick")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc.stdout
+
+
+def test_quick_demo_writes_the_report(quick_demo):
+    out, stdout = quick_demo
+    report = out / "report"
+    for name in ("demo.md", "demo.json", "training_curve.png", "per_class_ap.png"):
+        assert (report / name).is_file() and (report / name).stat().st_size > 200, name
+    data = json.loads((report / "demo.json").read_text())
+    assert data["quick"] is True
+    assert len(data["training"]["net_a"]["curve"]) == len(data["training"]["net_d"]["curve"]) >= 1
+    for tag in ("trained", "random"):
+        for key in ("linear_map", "knn_map"):
+            assert 0 < data["results"][tag][key] <= 100
+            assert f"{data['results'][tag][key]:.1f}" in stdout  # the terminal table shows the same numbers
+    assert data["margin"]["linear_map"] == pytest.approx(
+        data["results"]["trained"]["linear_map"] - data["results"]["random"]["linear_map"], abs=0.011)
+    md = (report / "demo.md").read_text()
+    assert f"{data['results']['trained']['linear_map']:.1f}" in md
+
+
+def test_quick_demo_numbers_are_the_probes_numbers(quick_demo):
+    out, _ = quick_demo
+    data = json.loads((out / "report" / "demo.json").read_text())
+    for tag in ("trained", "random"):
+        probe = json.loads(Path(data["results"][tag]["linear_report"]).read_text())
+        knn = json.loads(Path(data["results"][tag]["knn_report"]).read_text())
+        assert probe["headline"] == data["results"][tag]["linear_map"]
+        assert knn["headline"] == data["results"][tag]["knn_map"]
+        assert {r["class"]: r["value"] for r in probe["per_class"]} == data["results"][tag]["per_class_ap"]
+
+    # refit the trained net's SVMs by hand from its cached descriptors at the chosen C: same per-class AP
+    voc = out / "target"
+    store = load_store(data["results"]["trained"]["features"]["store"])
+    train_paths, train_y = voc_labels(voc, "trainval")
+    test_paths, test_y = voc_labels(voc, "test")
+    x_train = np.asarray(store.features[rows_for(store, train_paths)], np.float32)
+    x_test = np.asarray(store.features[rows_for(store, test_paths)], np.float32)
+    chosen = np.array(list(data["results"]["trained"]["chosen_C"].values()))
+    ap = metrics.voc07_ap(LinearSVMProbe(C=chosen).fit(x_train, train_y).decision_function(x_test), test_y)
+    ours = np.array([np.nan if v is None else v for v in data["results"]["trained"]["per_class_ap"].values()])
+    np.testing.assert_allclose(ours, np.round(100 * ap, 2), atol=0.011)
+
+
+def test_demo_rerun_resumes_without_retraining(quick_demo):
+    out, _ = quick_demo
+    weights = next((out / "runs").glob("demo_vgg_d*/model.safetensors"))
+    mtime = weights.stat().st_mtime_ns
+    proc = run_demo_cli(out, "--quick")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert weights.stat().st_mtime_ns == mtime  # the finished training runs are reused, not repeated
+
+
+def test_demo_refuses_an_unwritable_folder(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    proc = run_demo_cli(blocker / "out", "--quick")
+    assert proc.returncode != 0
+    assert "cannot write to" in proc.stderr and str(blocker) in proc.stderr
+
+
+def test_demo_files_load_strictly():
+    for quick in (False, True):
+        cfg, path = load_demo_config(quick)
+        assert isinstance(cfg, DemoConfig) and (path.parent / cfg.net_a).is_file() and (path.parent / cfg.net_d).is_file()
+    with pytest.raises(ValueError, match="probe"):
+        load_config(DemoConfig, RECIPES / "quick.yaml", ["probes.k=3"])
+
+
+@pytest.mark.slow
+def test_full_demo_trained_features_beat_random(tmp_path):
+    proc = run_demo_cli(tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((tmp_path / "out" / "report" / "demo.json").read_text())
+    assert data["results"]["trained"]["linear_map"] > data["results"]["random"]["linear_map"]

@@ -1,0 +1,129 @@
+"""faiss indexes against exact numpy top-k, approximate recall, save/load, and kNN votes worked by hand."""
+from __future__ import annotations
+
+import json
+
+import faiss
+import numpy as np
+import pytest
+
+from vggfeat.probes.knn import (build_index, default_nlist, default_pq_m, knn_scores, l2_normalise, load_index,
+                                save_index, search)
+
+
+@pytest.fixture(autouse=True)
+def one_faiss_thread():
+    # tiny k-means runs spend seconds in OpenMP waits on a busy 2-core machine; one thread takes milliseconds
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+def clustered(n=1200, d=32, centres=12, seed=0, noise=0.15):
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centres, d))
+    labels = rng.integers(0, centres, n)
+    return l2_normalise(c[labels] + noise * rng.standard_normal((n, d))), labels
+
+
+def exact_topk(X, Q, k, metric):
+    s = Q @ X.T if metric == "ip" else -((Q[:, None, :] - X[None]) ** 2).sum(-1)
+    ids = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    scores = np.take_along_axis(s, ids, 1)
+    return (scores if metric == "ip" else -scores), ids
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_flat_equals_brute_force(metric):
+    rng = np.random.default_rng(1)
+    X, Q = rng.standard_normal((300, 24)).astype(np.float32), rng.standard_normal((40, 24)).astype(np.float32)
+    scores, ids = search(build_index(X, "flat", metric=metric), Q, 7)
+    want_scores, want_ids = exact_topk(X.astype(np.float64), Q.astype(np.float64), 7, metric)
+    assert scores.shape == ids.shape == (40, 7)
+    assert np.array_equal(ids, want_ids)
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-4, atol=1e-4)
+    assert search(build_index(X[:5]), Q, 50)[1].shape == (40, 5)  # k capped at the index size
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_recall_on_clustered_data(kind):
+    X, _ = clustered()
+    Q = l2_normalise(X[:100] + 0.05 * np.random.default_rng(5).standard_normal((100, X.shape[1])))
+    _, exact = exact_topk(X.astype(np.float64), Q.astype(np.float64), 10, "ip")
+    _, ids = search(build_index(X, kind), Q, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact)])
+    assert recall >= 0.9, recall
+
+
+def test_ivfpq_finds_the_right_cluster():
+    # 4-bit, 4-byte codes cannot order near-duplicates, but the neighbours must come from the query's cluster
+    X, y = clustered(n=800)
+    Q = l2_normalise(X[:100] + 0.05 * np.random.default_rng(5).standard_normal((100, X.shape[1])))
+    _, ids = search(build_index(X, "ivfpq"), Q, 10)
+    assert ids.min() >= 0 and np.mean(y[ids] == y[:100, None]) > 0.95
+
+
+def test_defaults_clamp_for_small_inputs():
+    assert default_nlist(10) == 1 and default_nlist(39 * 50) == 50 and default_nlist(10**6) == 4000
+    assert default_pq_m(4096) == 64 and default_pq_m(24) == 3 and default_pq_m(7) == 1
+    X, _ = clustered(n=60, d=16)
+    for kind in ("ivf", "ivfpq"):  # tiny N: one list, few PQ bits, still searchable
+        assert search(build_index(X, kind), X[:3], 2)[1].shape == (3, 2)
+    with pytest.raises(ValueError, match="unknown index kind"):
+        build_index(X, "lsh")
+    with pytest.raises(ValueError, match="must divide"):
+        build_index(X, "ivfpq", m=5)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_save_load_roundtrip(tmp_path, kind):
+    X, _ = clustered(n=500)
+    index = build_index(X, kind)
+    paths = [f"/data/img_{i}.jpg" for i in range(len(X))]
+    save_index(index, tmp_path / "idx", {"paths": paths, "store": {"layer": "fc7", "dim": 32}})
+    meta = json.loads((tmp_path / "idx" / "index.json").read_text())
+    assert (meta["kind"], meta["metric"], meta["dim"], meta["ntotal"]) == (kind, "ip", 32, 500)
+    loaded, meta2 = load_index(tmp_path / "idx")
+    assert meta2 == meta and meta2["paths"] == paths and meta2["store"]["layer"] == "fc7"
+    a, b = search(index, X[:20], 5), search(loaded, X[:20], 5)
+    assert np.array_equal(a[1], b[1]) and np.array_equal(a[0], b[0])
+    with pytest.raises(ValueError, match="meta lists 2 paths"):
+        save_index(index, tmp_path / "bad", {"paths": ["a", "b"]})
+    with pytest.raises(FileNotFoundError, match="not a saved index"):
+        load_index(tmp_path / "bad")
+
+
+def test_knn_scores_multiclass_by_hand():
+    train = np.array([[1, 0], [0.8, 0.6], [0, 1], [-1, 0]], dtype=np.float32)  # unit rows
+    labels = np.array([0, 1, 1, 2])
+    test = np.array([[2, 0], [0, 3]], dtype=np.float32)  # normalised inside: (1, 0) and (0, 1)
+    T = 0.5
+    got = knn_scores(train, labels, test, k=2, temperature=T)
+    # test 0: neighbours row 0 (cos 1, class 0) and row 1 (cos 0.8, class 1)
+    w = np.exp(np.array([1.0, 0.8]) / T)
+    # test 1: row 2 (cos 1, class 1) and row 1 (cos 0.6, class 1): all the vote to class 1
+    want = np.array([[w[0], w[1], 0], [0, 1, 0]]) / np.array([[w.sum()], [1]])
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert got.shape == (2, 3) and got.argmax(1).tolist() == [0, 1]
+    assert knn_scores(train, labels, test, k=2, temperature=T, num_classes=5).shape == (2, 5)
+
+
+def test_knn_scores_multilabel_difficult_not_positive():
+    train = np.array([[1, 0], [0.6, 0.8], [0, 1]], dtype=np.float32)
+    labels = np.array([[1, -1], [1, 0], [-1, 1]], dtype=np.int8)  # row 1: 'difficult' for class 1
+    test = np.array([[0.8, 0.6]], dtype=np.float32)
+    T = 0.1
+    got = knn_scores(train, labels, test, k=3, temperature=T)  # multilabel inferred from 2-D labels
+    w = np.exp(np.array([0.8, 0.96, 0.6]) / T)  # cos to rows 0, 1, 2
+    want = np.array([[w[0] + w[1], w[2]]]) / w.sum()
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert got.dtype == np.float32
+
+
+def test_knn_classifies_clusters():
+    X, y = clustered(n=600, noise=0.3)
+    Xt, yt = X[500:], y[500:]
+    for kind in ("flat", "hnsw"):
+        pred = knn_scores(X[:500], y[:500], Xt, k=10, kind=kind, num_classes=12).argmax(1)
+        assert np.mean(pred == yt) > 0.95

@@ -1,0 +1,21 @@
+"""`vggfeat mean-rgb`: the training set's mean RGB (Sect. 2.1) and pixel-covariance eigen-decomposition
+(the colour shift of Sect. 3.1), cached as ROOT/mean_rgb.json for recipes with mean_rgb: null."""
+from __future__ import annotations
+
+import click
+
+
+@click.command("mean-rgb")
+@click.argument("root", type=click.Path(exists=True, file_okay=False))
+@click.option("--max-images", type=int, default=0, help="Use the first N training images only (0: all).")
+@click.option("--refresh", is_flag=True, help="Recompute even if ROOT/mean_rgb.json exists.")
+def mean_rgb(root: str, max_images: int, refresh: bool) -> None:
+    """Mean RGB and colour eigen-decomposition of ROOT/train (0-255 units), cached beside the data."""
+    from vggfeat.data.stats import CACHE_NAME, cached_stats
+
+    s = cached_stats(root, refresh=refresh, max_images=max_images)
+    click.echo(f"mean RGB: {', '.join(f'{v:.3f}' for v in s['mean'])}  ({s['images']} images)")
+    click.echo(f"eigval:   {', '.join(f'{v:.4f}' for v in s['eigval'])}")
+    for row in s["eigvec"]:
+        click.echo(f"eigvec:   {', '.join(f'{v:+.4f}' for v in row)}")
+    click.echo(f"cached in {root}/{CACHE_NAME}")

@@ -1,0 +1,82 @@
+"""Options shared by `vggfeat linear-probe` and `vggfeat knn-probe`: the benchmark, where its data lives, and
+where its descriptors come from (a feature store, or nets extracted on the fly and cached)."""
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+import click
+
+BENCHMARK_CHOICES = ("voc2007", "voc2012", "caltech101", "caltech256", "folder")
+
+
+def probe_options(fn):
+    options = [
+        click.argument("benchmark", type=click.Choice(BENCHMARK_CHOICES)),
+        click.option("--root", type=click.Path(file_okay=False),
+                     help="The benchmark's folder (VOCdevkit or its parent; the folder holding 101_ObjectCategories "
+                          "or 256_ObjectCategories; the class-per-folder root). Default: $VGGFEAT_DATA."),
+        click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
+                     help="Output folder: report, split lists, cached features. Default: vggfeat-out/BENCHMARK."),
+        click.option("--features", "features", type=click.Path(file_okay=False),
+                     help="A feature store from `vggfeat extract` holding every image of the benchmark."),
+        click.option("--model", "models", multiple=True,
+                     help="Extract on the fly with this net (vgg_d, timm:NAME, ...); repeat with --weights to "
+                          "stack nets (the paper's D & E). Ignored with --features."),
+        click.option("--weights", multiple=True, type=click.Path(dir_okay=False), help="Weight file per --model."),
+        click.option("--layer", default="fc7", show_default=True, help="Layer to describe images with."),
+        click.option("--scales", default=None,
+                     help="Scales Q for on-the-fly extraction. Default (Appendix B): 256,384,512 (640,768 optional "
+                          "for VOC)."),
+        click.option("--aggregate", type=click.Choice(["mean", "stack"]), default=None,
+                     help="Over scales. Default (Appendix B): mean for VOC and folder, stack for Caltech."),
+        click.option("--splits", "n_splits", default=3, show_default=True, type=click.IntRange(min=1),
+                     help="Random splits (Caltech, folder); their lists are written to OUT/splits and reused."),
+        click.option("--seed", default=0, show_default=True, help="Seed of splits, held-out sets and random nets."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
+                     help="Images per forward pass when extracting."),
+        click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0),
+                     help="Image loader processes when extracting."),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+    ]
+    return functools.reduce(lambda f, option: option(f), reversed(options), fn)
+
+
+def load_splits(benchmark: str, root: str | None, out: Path, n_splits: int, seed: int):
+    from vggfeat.data.benchmarks import load_benchmark
+
+    return load_benchmark(benchmark, root, seed=seed, splits=n_splits, splits_dir=out / "splits")
+
+
+def probe_store(benchmark, splits, out: Path, features, models, weights, layer, scales, aggregate, seed, device,
+                batch_size, workers, quiet):
+    """The feature store to probe: --features, or an on-the-fly extraction cached under OUT/features."""
+    from vggfeat.cli.extract import parse_scales
+    from vggfeat.features.store import load_store
+    from vggfeat.probes.features import PAPER_FEATURES, ExtractionSettings, cached_store
+
+    if features:
+        if models or weights:
+            click.secho("note: --features given, so --model/--weights are ignored", fg="yellow", err=True)
+        return load_store(features)
+    if weights and models and len(models) != len(weights):
+        raise click.UsageError(f"{len(models)} --model but {len(weights)} --weights: give one weight file per model")
+    pairs = tuple(zip(models or ["auto"] * len(weights), weights)) if weights else tuple((m, None) for m in models or ["vgg_d"])
+    for name, w in pairs:
+        if w is None:
+            click.secho(f"WARNING: no --weights for {name}: the net is RANDOMLY INITIALISED (Glorot, seed {seed}); "
+                        "pass --weights or --features for meaningful results.", fg="yellow", err=True)
+    defaults = PAPER_FEATURES[benchmark]
+    settings = ExtractionSettings(pairs, layer=layer, scales=parse_scales(scales) if scales else defaults["scales"],
+                                  aggregate=aggregate or defaults["aggregate"], seed=seed)
+    images = sorted({p for s in splits for p in (*s.train_paths, *s.test_paths)})
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    return cached_store(images, out, settings, batch_size=batch_size, device=device, workers=workers,
+                        progress=not quiet)
+
+
+def echo_split(split, result) -> None:
+    click.echo(f"  split {split.split}: {len(split.train_paths)} train / {len(split.test_paths)} test images -> "
+               f"{100 * result.headline:.2f} % ({result.seconds:.1f} s)")

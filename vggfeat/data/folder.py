@@ -1,0 +1,83 @@
+"""Class-per-folder datasets and the ImageNet layout: train/<wnid>/*.JPEG, val/<wnid>/*.JPEG or a flat
+val/ folder with a labels file ("file_name class" per line, class a wnid or an index into the sorted wnids)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .images import is_image_file
+
+
+@dataclass(frozen=True)
+class Samples:
+    paths: tuple[Path, ...]
+    labels: tuple[int, ...]
+    classes: tuple[str, ...]  # class names, index = label
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def class_folders(root: "str | Path") -> tuple[str, ...]:
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no such dataset folder: {root}")
+    classes = tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))
+    if not classes:
+        raise ValueError(f"{root}: no class folders (expected {root}/<class>/*.jpg)")
+    return classes
+
+
+def scan_folder(root: "str | Path", classes: tuple[str, ...] | None = None) -> Samples:
+    """Every image under root/<class>/, sorted; `classes` fixes the label order (from train/)."""
+    root = Path(root)
+    classes = classes or class_folders(root)
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        folder = root / name
+        if not folder.is_dir():
+            continue
+        for p in sorted(folder.rglob("*")):
+            if p.is_file() and is_image_file(p):
+                paths.append(p)
+                labels.append(label)
+    if not paths:
+        raise ValueError(f"{root}: no images found")
+    return Samples(tuple(paths), tuple(labels), classes)
+
+
+def scan_flat(root: "str | Path", labels_file: "str | Path", classes: tuple[str, ...]) -> Samples:
+    """A flat folder of images labelled by a file of `name label` lines (label: class name or index)."""
+    root, index = Path(root), {c: i for i, c in enumerate(classes)}
+    paths, labels = [], []
+    for lineno, line in enumerate(Path(labels_file).read_text().splitlines(), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise ValueError(f"{labels_file}, line {lineno}: expected 'file label', got {line!r}")
+        name, label = parts
+        lab = index.get(label, None)
+        if lab is None:
+            if not label.isdigit() or int(label) >= len(classes):
+                raise ValueError(f"{labels_file}, line {lineno}: unknown class {label!r}")
+            lab = int(label)
+        path = root / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{labels_file}, line {lineno}: no such image {path}")
+        paths.append(path)
+        labels.append(lab)
+    return Samples(tuple(paths), tuple(labels), classes)
+
+
+def imagenet_splits(root: "str | Path", val_labels: "str | Path | None" = None) -> tuple[Samples, Samples]:
+    """(train, val) samples of an ImageNet-style tree; val labels follow train's sorted class folders."""
+    root = Path(root)
+    train = scan_folder(root / "train")
+    val_root = root / "val"
+    if val_labels is not None:
+        labels = Path(val_labels)
+        val = scan_flat(val_root, labels if labels.is_absolute() or labels.exists() else root / labels, train.classes)
+    else:
+        val = scan_folder(val_root, train.classes)
+    return train, val

@@ -1,0 +1,55 @@
+"""The demo's settings (recipes/demo/demo.yaml and quick.yaml), loaded strictly like training recipes."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vggfeat.config import load_config
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "demo"
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    n_trainval: int = 300  # generated VOC2007-layout scenes to train the SVMs on
+    n_test: int = 300  # and to score them on
+    seed: int = 1
+    size: tuple[int, int] = (128, 96)  # (width, height) of a scene
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    layer: str = "fc7"
+    scales: tuple[int, ...] = (64, 96, 128)  # Appendix B's 256, 384, 512 at the demo's crop size
+    aggregate: str = "mean"
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    Cs: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
+    k: int = 10  # kNN neighbours
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    name: str = "demo"
+    net_a: str = "vgg_a.yaml"  # training recipe of net A, relative to the demo file
+    net_d: str = "vgg_d.yaml"  # training recipe of net D (initialised from A)
+    target: TargetConfig = field(default_factory=TargetConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    random_seed: int = 0  # seed of the randomly initialised baseline net
+    threads: int = 1  # torch CPU threads: narrow nets lose more to thread sync than they gain
+
+
+def demo_file(quick: bool) -> Path:
+    path = RECIPES / ("quick.yaml" if quick else "demo.yaml")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the demo's recipes are missing; install vggfeat from its source folder "
+                                "(pip install -e .) so recipes/ is next to the package")
+    return path
+
+
+def load_demo_config(quick: bool) -> tuple[DemoConfig, Path]:
+    path = demo_file(quick)
+    return load_config(DemoConfig, path), path

@@ -1,0 +1,140 @@
+"""The demo's steps, each through the same library code as the real commands (`vggfeat train`,
+`vggfeat extract`, `vggfeat linear-probe`, `vggfeat knn-probe`): train net A on a generated source dataset,
+train net D initialised from A (Sect. 3.1), describe a generated VOC2007-layout target dataset of unseen
+classes with multi-scale, flip-averaged fc7 descriptors (Appendix B), probe them, and compare with a random net.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from vggfeat.demo.config import load_demo_config
+
+log = logging.getLogger(__name__)
+STEPS = 5
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+def check_writable(out: Path) -> None:
+    """Fail early, with the folder's name, when OUT cannot be created or written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".vggfeat-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise DemoError(f"cannot write to {out}: {e.strerror or e}; choose another folder with --out") from None
+
+
+def _train(recipe, run: Path, data_root: Path, progress: bool) -> dict[str, Any]:
+    """Train, or reuse a finished run of the same recipe; an interrupted run resumes from its checkpoint."""
+    import json
+
+    from vggfeat.train.checkpoint import latest_checkpoint
+    from vggfeat.train.loop import train
+    from vggfeat.train.recipe import recipe_to_dict
+    from vggfeat.utils.files import atomic_write_json
+
+    done = run / "demo-summary.json"
+    if done.is_file() and (run / "model.safetensors").is_file():
+        summary = json.loads(done.read_text())
+        if summary.get("recipe") == json.loads(json.dumps(recipe_to_dict(recipe))):
+            return summary
+    resume = run.is_dir() and latest_checkpoint(run) is not None
+    summary = train(recipe, run, data_root=data_root, resume=resume, progress=progress)
+    atomic_write_json(done, {**summary, "recipe": recipe_to_dict(recipe)})
+    return summary
+
+
+def random_twin(trained: Path, recipe, seed: int, out: Path) -> Path:
+    """A net of the trained net's architecture and preprocessing, Glorot-initialised from `seed`: the baseline
+    that shows what training adds."""
+    from vggfeat.models import create_model, load_model, save_weights
+
+    trained_net = load_model(trained)
+    net = create_model(recipe.model.name, **trained_net.options, init="glorot", seed=seed)
+    net.preprocessing = trained_net.preprocessing
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_weights(net, out)
+    return out
+
+
+def run_demo(out: "str | Path", *, quick: bool = False, progress: bool = True,
+             echo: Callable[[str], None] = log.info) -> dict[str, Any]:
+    """Run every step into OUT and write OUT/report; returns the report's contents."""
+    from vggfeat.data.benchmarks import load_benchmark
+    from vggfeat.data.synthetic_voc import make_voc2007
+    from vggfeat.demo.report import write_demo_report
+    from vggfeat.probes.features import ExtractionSettings, cached_store
+    from vggfeat.probes.report import write_report
+    from vggfeat.probes.run import run_knn_probe, run_linear_probe
+    from vggfeat.train.recipe import load_recipe
+
+    cfg, cfg_path = load_demo_config(quick)
+    out = Path(out)
+    check_writable(out)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    start = time.perf_counter()
+    timings: dict[str, float] = {}
+    try:
+        recipe_a = load_recipe(cfg_path.parent / cfg.net_a)
+        run_a = out / "runs" / recipe_a.name
+        echo(f"[1/{STEPS}] net A ({recipe_a.model.name}, width x{recipe_a.model.width_mult:g}) from scratch on "
+             f"{recipe_a.data.synthetic_classes} generated classes of shapes and textures -> {run_a}")
+        t = time.perf_counter()
+        summary_a = _train(recipe_a, run_a, out / "source", progress)
+        timings["train_a"] = time.perf_counter() - t
+
+        weights_a = run_a / "model.safetensors"
+        recipe_d = load_recipe(cfg_path.parent / cfg.net_d, [f"model.init_from={weights_a}"])
+        run_d = out / "runs" / recipe_d.name
+        echo(f"[2/{STEPS}] net D ({recipe_d.model.name}) initialised from net A (Sect. 3.1), then trained -> {run_d}")
+        t = time.perf_counter()
+        summary_d = _train(recipe_d, run_d, out / "source", progress)
+        timings["train_d"] = time.perf_counter() - t
+
+        tc = cfg.target
+        target = out / "target"
+        echo(f"[3/{STEPS}] target task: {tc.n_trainval} + {tc.n_test} VOC2007-layout scenes of 20 classes the "
+             f"source never saw -> {target}")
+        t = time.perf_counter()
+        if not (target / "VOCdevkit" / "VOC2007" / "DONE").is_file():
+            voc = make_voc2007(target, tc.n_trainval, tc.n_test, seed=tc.seed, size=tc.size)
+            (voc / "DONE").write_text("complete\n")
+        splits = load_benchmark("voc2007", target)
+        images = sorted({p for s in splits for p in (*s.train_paths, *s.test_paths)})
+        timings["target"] = time.perf_counter() - t
+
+        nets = {"trained": run_d / "model.safetensors",
+                "random": random_twin(run_d / "model.safetensors", recipe_d, cfg.random_seed,
+                                      out / "runs" / "random" / "model.safetensors")}
+        fc = cfg.features
+        probes: dict[str, dict[str, Path]] = {}
+        for i, (tag, weights) in enumerate(nets.items()):
+            echo(f"[{4 + i}/{STEPS}] {tag} net D: {fc.layer} descriptors at Q={','.join(map(str, fc.scales))} "
+                 f"({fc.aggregate} over scales, flip-averaged), linear SVMs and kNN on voc2007")
+            t = time.perf_counter()
+            settings = ExtractionSettings((("auto", str(weights)),), layer=fc.layer, scales=fc.scales,
+                                          aggregate=fc.aggregate)
+            folder = out / "probe" / tag
+            store = cached_store(images, folder, settings, batch_size=32, device="cpu", workers=0,
+                                 progress=progress)
+            linear = run_linear_probe(splits, store, Cs=cfg.probe.Cs, device="cpu")
+            knn = run_knn_probe(splits, store, k=cfg.probe.k)
+            probes[tag] = {"linear": write_report(linear, folder, "linear-probe")["json"],
+                           "knn": write_report(knn, folder, "knn-probe")["json"]}
+            timings[f"probe_{tag}"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - start
+        return write_demo_report(out / "report", cfg=cfg, quick=quick, runs={"net_a": run_a, "net_d": run_d},
+                                 summaries={"net_a": summary_a, "net_d": summary_d}, probes=probes,
+                                 timings=timings)
+    finally:
+        torch.set_num_threads(threads)

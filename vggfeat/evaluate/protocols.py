@@ -1,0 +1,102 @@
+"""Sect. 3.2 testing: dense evaluation (the whole image at smallest side Q through the fully-convolutional
+net, class scores averaged over positions, softmax, averaged with the flipped image), multi-crop (a 5x5
+grid of crops x 2 flips per scale: 150 crops over 3 scales), both combined, and fusion of several nets
+(averaged soft-max posteriors, Sect. 4.4). Posteriors are averaged over scales Q."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vggfeat.data.transforms import isotropic_size
+
+PROTOCOLS = ("dense", "multicrop", "both")
+
+
+def _rescaled(img: Image.Image, q: int, model) -> torch.Tensor:
+    """(1, 3, H, W) net input of `img` rescaled to smallest side Q, in the weights' convention."""
+    h, w = isotropic_size(img.height, img.width, q)
+    arr = np.asarray(img.resize((w, h), Image.BILINEAR, reducing_gap=None), dtype=np.float32) / 255.0
+    x = torch.from_numpy(arr).permute(2, 0, 1)[None]  # (H, W, 3) -> (1, 3, H, W)
+    return model.preprocessing.apply(x)
+
+
+@torch.no_grad()
+def dense_posterior(model, img: Image.Image, scales: Sequence[int], device="cpu") -> torch.Tensor:
+    """(K,) posterior: per Q, softmax of the spatially averaged score map, averaged with the flip."""
+    out = []
+    for q in scales:
+        x = _rescaled(img, q, model).to(device)
+        logits = model(torch.cat([x, x.flip(-1)]))  # (2, K): fc8 map averaged over positions
+        out.append(logits.float().softmax(dim=1).mean(0))
+    return torch.stack(out).mean(0).cpu()
+
+
+def grid_offsets(size: int, crop: int, n: int = 5) -> list[int]:
+    """n evenly spaced crop offsets from one border to the other."""
+    return [int(round(v)) for v in np.linspace(0, size - crop, n)]
+
+
+@torch.no_grad()
+def multicrop_posterior(model, img: Image.Image, scales: Sequence[int], device="cpu", grid: int = 5,
+                        crop: int | None = None) -> torch.Tensor:
+    """(K,) posterior: per Q, the mean softmax over grid x grid crops and their flips."""
+    crop = crop or model.min_input_size()
+    out = []
+    for q in scales:
+        x = _rescaled(img, q, model)
+        _, _, h, w = x.shape
+        crops = [x[..., t:t + crop, l:l + crop] for t in grid_offsets(h, crop, grid) for l in grid_offsets(w, crop, grid)]
+        batch = torch.cat(crops).to(device)  # (grid^2, 3, crop, crop)
+        logits = model(torch.cat([batch, batch.flip(-1)]))  # (2 grid^2, K)
+        out.append(logits.float().softmax(dim=1).mean(0))
+    return torch.stack(out).mean(0).cpu()
+
+
+def topk_errors(posteriors: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """(top-1, top-5) error of (N, K) posteriors."""
+    top = posteriors.topk(min(5, posteriors.shape[1]), dim=1).indices
+    hit = top == labels[:, None]
+    return 1.0 - hit[:, 0].float().mean().item(), 1.0 - hit.any(1).float().mean().item()
+
+
+def posteriors(model, images, scales: Sequence[int], protocol: str, device="cpu", progress=None) -> torch.Tensor:
+    """(N, K) posteriors of `images` (an iterable of PIL images) under `protocol`."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    rows = []
+    for img in images:
+        p = []
+        if protocol in ("dense", "both"):
+            p.append(dense_posterior(model, img, scales, device))
+        if protocol in ("multicrop", "both"):
+            p.append(multicrop_posterior(model, img, scales, device))
+        rows.append(torch.stack(p).mean(0))  # Sect. 4.3: multi-crop and dense averaged
+        if progress is not None:
+            progress(1)
+    return torch.stack(rows)
+
+
+def evaluate_nets(models: Sequence, samples, *, protocols: Sequence[str], scales: Sequence[int], device="cpu",
+                  progress=None) -> list[dict]:
+    """One row per (net, protocol) with top-1/top-5 error, plus a 'fusion' row per protocol when there
+    are several nets (their posteriors averaged)."""
+    from vggfeat.data.images import load_rgb
+
+    labels = torch.tensor(samples.labels)
+    rows = []
+    for protocol in protocols:
+        per_net = []
+        for i, model in enumerate(models):
+            model.eval().to(device)
+            images = (load_rgb(p, min_side=max(scales)) for p in samples.paths)
+            post = posteriors(model, images, scales, protocol, device, progress)
+            per_net.append(post)
+            t1, t5 = topk_errors(post, labels)
+            rows.append({"net": getattr(model, "source", f"net{i}"), "protocol": protocol, "top1_err": t1, "top5_err": t5})
+        if len(models) > 1:
+            t1, t5 = topk_errors(torch.stack(per_net).mean(0), labels)
+            rows.append({"net": "fusion", "protocol": protocol, "top1_err": t1, "top5_err": t5})
+    return rows

@@ -1,0 +1,196 @@
+"""Nearest neighbours over stored descriptors with faiss: indexes, retrieval and a kNN classifier.
+
+A cheap companion to the linear SVMs of Sect. 4 (the paper's probe): inner product on L2-normalised
+descriptors is cosine similarity. `knn_scores` is the weighted kNN vote of DINO's evaluation: each of the k
+nearest training images votes for its classes with weight exp(cos / T), and the score of a class is its
+share of the weighted vote, so scores compare across test images (VOC AP) and argmax is the prediction.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from ..utils.files import atomic_write_bytes, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+INDEX_KINDS = ("flat", "ivf", "ivfpq", "hnsw")
+INDEX_FILE, META_FILE = "index.faiss", "index.json"
+_METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
+
+
+def _as_matrix(X: np.ndarray, name: str) -> np.ndarray:
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    if X.ndim != 2 or X.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty (N, D) matrix, got shape {X.shape}")
+    return X
+
+
+def l2_normalise(X: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero), as float32."""
+    X = np.asarray(X, dtype=np.float32)
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    return np.ascontiguousarray(X / np.maximum(norms, 1e-12))
+
+
+def default_nlist(n: int) -> int:
+    """IVF lists: ~4 sqrt(N), but at least 39 training points per list (faiss's k-means minimum)."""
+    return max(1, min(int(4 * math.sqrt(n)), n // 39))
+
+
+def default_pq_m(d: int) -> int:
+    """PQ sub-quantizers: the largest divisor of D not above min(64, D/8) (8+ dims per sub-vector)."""
+    target = max(1, min(64, d // 8))
+    return max(m for m in range(1, target + 1) if d % m == 0)
+
+
+def _gpu_wanted(use_gpu: bool | None) -> bool:
+    gpus = faiss.get_num_gpus()
+    if use_gpu and gpus == 0:
+        raise ValueError("use_gpu=True but faiss sees no GPU")
+    return bool(gpus) and use_gpu is not False
+
+
+def build_index(X: np.ndarray, kind: str = "flat", *, metric: str = "ip", nlist: int | None = None,
+                m: int | None = None, use_gpu: bool | None = None) -> faiss.Index:
+    """An index holding the rows of X (N, D); IVF kinds are trained on X itself.
+
+    ivf/ivfpq: `nlist` lists (default `default_nlist(N)`), nprobe set to max(4, sqrt(nlist)) capped at nlist;
+    ivfpq: `m` sub-quantizers of up to 8 bits (fewer when N < 39 * 256); hnsw: `m` links per node (default 32),
+    efSearch 128. On the GPU(s) when faiss has one and use_gpu is not False (hnsw stays on the CPU).
+    """
+    X = _as_matrix(X, "X")
+    n, d = X.shape
+    if kind not in INDEX_KINDS:
+        raise ValueError(f"unknown index kind {kind!r}; choose one of {', '.join(INDEX_KINDS)}")
+    if metric not in _METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose 'ip' or 'l2'")
+    mt = _METRICS[metric]
+    if kind == "flat":
+        index = faiss.IndexFlat(d, mt)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, m or 32, mt)
+        index.hnsw.efSearch = 128
+    else:
+        nlist = min(nlist or default_nlist(n), n)
+        quantizer = faiss.IndexFlat(d, mt)
+        if kind == "ivf":
+            index = faiss.IndexIVFFlat(quantizer, d, nlist, mt)
+        else:
+            m = m or default_pq_m(d)
+            if d % m:
+                raise ValueError(f"ivfpq: m={m} must divide the dimension {d}")
+            nbits = max(1, min(8, int(math.log2(max(n // 39, 2)))))  # 39 points per PQ centroid
+            index = faiss.IndexIVFPQ(quantizer, d, nlist, m, nbits, mt)
+        index.nprobe = min(nlist, max(4, int(math.sqrt(nlist))))
+    if kind != "hnsw" and _gpu_wanted(use_gpu):
+        try:
+            index = faiss.index_cpu_to_all_gpus(index)
+        except RuntimeError as e:  # e.g. a PQ size the GPU code lacks: the CPU index still works
+            if use_gpu:
+                raise
+            log.warning("faiss could not move the %s index to the GPU (%s); staying on the CPU", kind, e)
+    if not index.is_trained:
+        index.train(X)
+    index.add(X)
+    return index
+
+
+def to_cpu(index: faiss.Index) -> faiss.Index:
+    """A CPU copy of a GPU index (what faiss can serialise); a CPU index is returned as it is."""
+    gpu_types = tuple(getattr(faiss, t) for t in ("GpuIndex", "IndexReplicas", "IndexShards") if hasattr(faiss, t))
+    return faiss.index_gpu_to_cpu(index) if gpu_types and isinstance(index, gpu_types) else index
+
+
+def describe_index(index: faiss.Index) -> dict[str, Any]:
+    """kind, metric, dim and row count of an index (a CPU one)."""
+    inner = faiss.downcast_index(index)
+    kind = {"IndexFlat": "flat", "IndexFlatIP": "flat", "IndexFlatL2": "flat", "IndexIVFFlat": "ivf",
+            "IndexIVFPQ": "ivfpq", "IndexHNSWFlat": "hnsw"}.get(type(inner).__name__, type(inner).__name__)
+    metric = "ip" if index.metric_type == faiss.METRIC_INNER_PRODUCT else "l2"
+    return {"kind": kind, "metric": metric, "dim": int(index.d), "ntotal": int(index.ntotal)}
+
+
+def save_index(index: faiss.Index, path: "str | Path", meta: dict[str, Any]) -> Path:
+    """Write `index.faiss` and `index.json` (meta plus kind, metric, dim, ntotal) into folder `path`.
+
+    Each file is written atomically, the json last, so a folder with index.json holds a whole index. `meta`
+    should carry the row paths (`paths`, one per row) and the feature store's manifest summary.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    cpu = to_cpu(index)
+    info = describe_index(cpu)
+    if "paths" in meta and len(meta["paths"]) != info["ntotal"]:
+        raise ValueError(f"meta lists {len(meta['paths'])} paths but the index holds {info['ntotal']} rows")
+    atomic_write_bytes(path / INDEX_FILE, faiss.serialize_index(cpu).tobytes())
+    atomic_write_json(path / META_FILE, {**meta, **info, "faiss_version": faiss.__version__})
+    return path
+
+
+def load_index(path: "str | Path") -> tuple[faiss.Index, dict[str, Any]]:
+    """(index, meta) of a folder written by `save_index`; the index is on the CPU."""
+    path = Path(path)
+    if not (path / INDEX_FILE).is_file() or not (path / META_FILE).is_file():
+        raise FileNotFoundError(f"{path}: not a saved index (needs {INDEX_FILE} and {META_FILE})")
+    meta = json.loads((path / META_FILE).read_text())
+    index = faiss.read_index(str(path / INDEX_FILE))
+    info = describe_index(index)
+    if (info["dim"], info["ntotal"]) != (meta.get("dim"), meta.get("ntotal")):
+        raise ValueError(f"{path}: {INDEX_FILE} holds {info['ntotal']} x {info['dim']} but {META_FILE} says "
+                         f"{meta.get('ntotal')} x {meta.get('dim')}")
+    return index, meta
+
+
+def search(index: faiss.Index, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores (M, k), ids (M, k)), best first; k is capped at the index size.
+
+    Scores are inner products ('ip', larger is nearer) or squared distances ('l2', smaller is nearer).
+    An IVF search that probes fewer than k rows pads with id -1.
+    """
+    Q = _as_matrix(Q, "Q")
+    if Q.shape[1] != index.d:
+        raise ValueError(f"queries have dimension {Q.shape[1]} but the index has {index.d}")
+    k = max(1, min(int(k), int(index.ntotal)))
+    scores, ids = index.search(Q, k)
+    return scores, ids
+
+
+def knn_scores(train_X: np.ndarray, train_labels: np.ndarray, test_X: np.ndarray, *, k: int = 20,
+               temperature: float = 0.07, kind: str = "flat", multilabel: bool | None = None,
+               num_classes: int | None = None) -> np.ndarray:
+    """(M, K) class scores of the test rows by a weighted vote of their k nearest training rows.
+
+    Rows are L2-normalised here, so similarity s is cosine. Neighbour j of test row i has weight
+    w_ij = exp(s_ij / T); score[i, c] = sum_j w_ij [j is in class c] / sum_j w_ij. Multi-label
+    (train_labels (N, K) in {1, -1, 0}, VOC): 'in class c' means label 1, so a 'difficult' 0 neighbour
+    counts as not positive; the scores rank test images per class for AP. Multi-class (train_labels (N,)
+    class ids): argmax of a row is the prediction. `multilabel` defaults to train_labels being 2-D.
+    """
+    labels = np.asarray(train_labels)
+    multilabel = labels.ndim == 2 if multilabel is None else multilabel
+    train_X, test_X = l2_normalise(_as_matrix(train_X, "train_X")), l2_normalise(_as_matrix(test_X, "test_X"))
+    if len(labels) != len(train_X):
+        raise ValueError(f"{len(train_X)} training rows but {len(labels)} labels")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    sims, ids = search(build_index(train_X, kind, metric="ip"), test_X, k)  # (M, k) each
+    weights = np.where(ids >= 0, np.exp(sims.astype(np.float64) / temperature), 0.0)  # -1: IVF padding
+    ids = np.maximum(ids, 0)
+    if multilabel:
+        if labels.ndim != 2:
+            raise ValueError(f"multilabel needs (N, K) labels, got shape {labels.shape}")
+        positive = (labels == 1).astype(np.float64)  # (N, K)
+        votes = np.einsum("mk,mkc->mc", weights, positive[ids])  # (M, k) x (M, k, K) -> (M, K)
+    else:
+        labels = labels.astype(np.int64).reshape(-1)
+        K = num_classes or int(labels.max()) + 1
+        votes = np.zeros((len(test_X), K))
+        np.add.at(votes, (np.arange(len(test_X))[:, None], labels[ids]), weights)
+    return (votes / np.maximum(weights.sum(axis=1, keepdims=True), 1e-300)).astype(np.float32)

@@ -1,0 +1,157 @@
+"""Probe reports: per-class table, headline, the paper's Table 11 row beside ours (labelled as the paper's),
+chosen C per class, feature settings and weight hashes - as JSON, markdown, a PNG plot and a terminal table.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vggfeat.probes.run import ProbeResult
+
+# Table 11 of Simonyan & Zisserman (ICLR 2015): VOC mAP %, Caltech mean class recall % (mean, std over 3 splits).
+# These are the PAPER's numbers, printed as references beside measured ones - never as our results.
+PAPER_TABLE11: dict[str, dict[str, tuple[float, float | None]]] = {
+    "voc2007": {"VGG Net-D": (89.3, None), "VGG Net-E": (89.3, None), "VGG Net-D & Net-E": (89.7, None)},
+    "voc2012": {"VGG Net-D": (89.0, None), "VGG Net-E": (89.0, None), "VGG Net-D & Net-E": (89.3, None)},
+    "caltech101": {"VGG Net-D": (91.8, 1.0), "VGG Net-E": (92.3, 0.5), "VGG Net-D & Net-E": (92.7, 0.5)},
+    "caltech256": {"VGG Net-D": (85.0, 0.2), "VGG Net-E": (85.1, 0.3), "VGG Net-D & Net-E": (86.2, 0.3)},
+}
+PAPER_LABEL = "paper (Simonyan & Zisserman 2015, Table 11) - reference, not measured here"
+METRIC_NAMES = {"voc07_ap": "AP (VOC2007 11-point)", "voc12_ap": "AP (VOC2010+ all-point)",
+                "mean_class_recall": "recall (mean class recall)"}
+HEADLINE_NAMES = {"voc07_ap": "mAP", "voc12_ap": "mAP", "mean_class_recall": "mean class recall"}
+
+
+def _pct(v: float) -> float:
+    return round(100.0 * float(v), 2)
+
+
+def _fmt(mean: float, std: float | None) -> str:
+    return f"{mean:.1f}" if std is None else f"{mean:.1f} +- {std:.1f}"
+
+
+def report_dict(result: ProbeResult) -> dict[str, Any]:
+    """Everything the report shows, in percent, JSON-ready."""
+    per_class = result.per_class
+    chosen = [s.chosen_C for s in result.splits]
+    rows = []
+    for k, name in enumerate(result.classes):
+        row = {"class": name, "value": _pct(per_class[k]) if np.isfinite(per_class[k]) else None,
+               "per_split": [_pct(s.per_class[k]) if np.isfinite(s.per_class[k]) else None for s in result.splits]}
+        if chosen[0] is not None:
+            row["chosen_C"] = [float(c[k]) for c in chosen]
+        rows.append(row)
+    paper = PAPER_TABLE11.get(result.benchmark)
+    return {
+        "benchmark": result.benchmark,
+        "method": result.method,
+        "metric": result.metric,
+        "headline_name": HEADLINE_NAMES[result.metric],
+        "headline": _pct(result.headline),
+        "headline_std": _pct(result.headline_std) if len(result.splits) > 1 else None,
+        "per_split": [{"split": s.split, "headline": _pct(s.headline), "seconds": round(s.seconds, 3)}
+                      for s in result.splits],
+        "per_class": rows,
+        "paper_table11": None if paper is None else {"label": PAPER_LABEL, "rows": {k: {"mean": m, "std": s}
+                                                                                 for k, (m, s) in paper.items()}},
+        "features": result.features,
+        "params": result.params,
+    }
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """The terminal table: per class, then ours beside the paper's rows."""
+    name_w = max(12, *(len(r["class"]) for r in report["per_class"]))
+    has_c = "chosen_C" in report["per_class"][0]
+    unit = METRIC_NAMES[report["metric"]].split(" ")[0]
+    lines = [f"{'class':<{name_w}}  {unit + ' %':>8}" + ("  C (per split)" if has_c else "")]
+    for r in report["per_class"]:
+        v = "-" if r["value"] is None else f"{r['value']:.1f}"
+        cs = "  " + ",".join(f"{c:g}" for c in r["chosen_C"]) if has_c else ""
+        lines.append(f"{r['class']:<{name_w}}  {v:>8}{cs}")
+    head = _fmt(report["headline"], report["headline_std"])
+    lines.append("")
+    lines.append(f"{report['benchmark']} {report['headline_name']} (ours, {report['method']}, "
+                 f"{len(report['per_split'])} split(s)): {head} %")
+    if report["paper_table11"]:
+        lines.append(f"{report['paper_table11']['label']}:")
+        for row, v in report["paper_table11"]["rows"].items():
+            lines.append(f"  {row:<20} {_fmt(v['mean'], v['std'])} %")
+    return lines
+
+
+def markdown(report: dict[str, Any]) -> str:
+    f = report["features"]
+    nets = ", ".join(f"{m['model']} ({'weights sha256 ' + m['weights_sha256'][:16] if m.get('weights_sha256') else 'RANDOM init'})"
+                     for m in f.get("models") or [])
+    head = _fmt(report["headline"], report["headline_std"])
+    out = [f"# {report['benchmark']}: {report['method']}", "",
+           f"**{report['headline_name']} (ours): {head} %** over {len(report['per_split'])} split(s); "
+           f"metric: {METRIC_NAMES[report['metric']]}.", ""]
+    if report["paper_table11"]:
+        out += ["| method | " + report["headline_name"] + " % |", "|---|---|",
+                f"| **ours** ({nets}) | **{head}** |"]
+        for row, v in report["paper_table11"]["rows"].items():
+            out.append(f"| {row} - paper, Table 11 (reference) | {_fmt(v['mean'], v['std'])} |")
+        out += ["", f"_{report['paper_table11']['label']}._", ""]
+    has_c = "chosen_C" in report["per_class"][0]
+    out += ["| class | " + METRIC_NAMES[report["metric"]] + " % |" + (" chosen C (per split) |" if has_c else ""),
+            "|---|---|" + ("---|" if has_c else "")]
+    for r in report["per_class"]:
+        v = "-" if r["value"] is None else f"{r['value']:.1f}"
+        out.append(f"| {r['class']} | {v} |" + (f" {', '.join(f'{c:g}' for c in r['chosen_C'])} |" if has_c else ""))
+    out += ["", "## Features", "", f"- store: `{f.get('store')}`", f"- nets: {nets}",
+            f"- layer {f.get('layer')}, scales {f.get('scales')}, aggregate {f.get('aggregate')}, flip {f.get('flip')}, "
+            f"L2 {f.get('l2')}, {f.get('dim')}-D", "", "## Settings", "", f"`{report['params']}`", ""]
+    return "\n".join(out)
+
+
+def plot(result: ProbeResult, path: Path) -> None:
+    """VOC: precision-recall curves of every class (split 0). Caltech/folder: per-class recall, sorted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vggfeat.probes import metrics
+
+    split = result.splits[0]
+    if result.metric in ("voc07_ap", "voc12_ap"):
+        fig, ax = plt.subplots(figsize=(8, 6))
+        for k, name in enumerate(result.classes):
+            precision, recall = metrics.precision_recall(split.scores[:, k], split.labels[:, k])
+            ax.plot(recall, precision, lw=1, label=f"{name} {100 * split.per_class[k]:.0f}")
+        ax.set_xlabel("recall")
+        ax.set_ylabel("precision")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.legend(fontsize=6, ncol=2, loc="lower left")
+    else:
+        values = 100 * result.per_class
+        order = np.argsort(values)
+        fig, ax = plt.subplots(figsize=(8, max(3, 0.12 * len(values))))
+        ax.barh(np.arange(len(values)), values[order])
+        ax.set_yticks(np.arange(len(values)), [result.classes[i] for i in order], fontsize=5)
+        ax.set_xlabel("recall %")
+    ax.set_title(f"{result.benchmark}: {result.method}, {HEADLINE_NAMES[result.metric]} {100 * result.headline:.1f} %")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_report(result: ProbeResult, out: "str | Path", stem: str) -> dict[str, Path]:
+    """Write STEM.json, STEM.md and STEM.png into OUT (each atomically); returns their paths."""
+    from vggfeat.utils.files import atomic_write_json, atomic_write_text
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = report_dict(result)
+    paths = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md", "plot": out / f"{stem}.png"}
+    atomic_write_json(paths["json"], report)
+    atomic_write_text(paths["markdown"], markdown(report))
+    plot(result, paths["plot"])
+    return paths

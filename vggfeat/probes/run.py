@@ -1,0 +1,128 @@
+"""Run a transfer benchmark on stored descriptors: a linear SVM per class with C chosen on held-out training
+data (or a faiss kNN classifier), scored with the benchmark's own metric on each split (Appendix B, Table 11).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from vggfeat.data.benchmarks import ProbeSplit
+from vggfeat.features.store import FeatureStore
+from vggfeat.probes import metrics
+from vggfeat.probes.features import split_features
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CS = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+CLASSIFIERS = ("svm", "sklearn")
+
+
+@dataclass
+class SplitResult:
+    split: int
+    per_class: np.ndarray          # (K,) test AP or recall per class
+    headline: float                # mAP or mean class recall on the test set
+    chosen_C: np.ndarray | None    # (K,) the C selected per class (None for kNN)
+    scores: np.ndarray             # (N_test, K) decision values, for PR curves
+    labels: np.ndarray             # test labels: (N_test, K) in {1,-1,0}, or (N_test,) class ids
+    seconds: float
+
+
+@dataclass
+class ProbeResult:
+    benchmark: str
+    method: str                    # 'linear-svm', 'linear-svm (sklearn)', 'knn'
+    metric: str
+    classes: tuple[str, ...]
+    splits: list[SplitResult]
+    features: dict[str, Any]       # the store's settings: models and weight hashes, layer, scales, ...
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def headline(self) -> float:
+        return float(np.mean([s.headline for s in self.splits]))
+
+    @property
+    def headline_std(self) -> float:
+        return float(np.std([s.headline for s in self.splits])) if len(self.splits) > 1 else 0.0
+
+    @property
+    def per_class(self) -> np.ndarray:
+        return np.mean([s.per_class for s in self.splits], axis=0)
+
+
+def score_split(split: ProbeSplit, scores: np.ndarray) -> tuple[np.ndarray, float]:
+    """Per-class values and headline of test `scores` (N_test, K) under the split's metric."""
+    if split.metric == "voc07_ap":
+        per_class = metrics.voc07_ap(scores, split.test_labels)
+    elif split.metric == "voc12_ap":
+        per_class = metrics.voc12_ap(scores, split.test_labels)
+    elif split.metric == "mean_class_recall":
+        pred = np.asarray(scores).argmax(axis=1)
+        per_class = metrics.per_class_recall(split.test_labels, pred, num_classes=len(split.classes))
+        return per_class, float(metrics.mean_class_recall(split.test_labels, pred, num_classes=len(split.classes)))
+    else:
+        raise ValueError(f"unknown metric {split.metric!r}")
+    return per_class, float(np.nanmean(per_class))
+
+
+def store_summary(store: FeatureStore) -> dict[str, Any]:
+    m = store.manifest
+    keys = ("models", "layer", "scales", "flip", "aggregate", "l2", "l2_parts", "dim", "dtype", "vggfeat_version")
+    return {"store": str(store.root), **{k: m.get(k) for k in keys}}
+
+
+def run_linear_probe(splits: Sequence[ProbeSplit], store: FeatureStore, *, Cs: Sequence[float] = DEFAULT_CS,
+                     classifier: str = "svm", holdout: float = 0.2, seed: int = 0, device: str | None = None,
+                     progress=None) -> ProbeResult:
+    """One-vs-rest linear SVMs (L2-regularised squared hinge, with a bias) on each split: C chosen per class on
+    a seeded 20% of the training images, then refit on all of them (Sect. 5 of PAPER.md), scored on test."""
+    if classifier not in CLASSIFIERS:
+        raise ValueError(f"unknown classifier {classifier!r}; valid: {', '.join(CLASSIFIERS)}")
+    if classifier == "svm":
+        from vggfeat.probes.selection import fit_probe as fit
+    else:
+        from vggfeat.probes.sklearn_ref import fit_sklearn_probe as fit
+    results = []
+    for split in splits:
+        start = time.perf_counter()
+        x_train, x_test = split_features(store, split.train_paths, split.test_paths)
+        kwargs = {"device": device} if classifier == "svm" else {}
+        probe, selection = fit(x_train, np.array(split.train_labels), list(Cs), metric=split.metric, holdout=holdout,
+                               seed=seed + split.split, **kwargs)
+        scores = np.asarray(probe.decision_function(x_test), dtype=np.float64)
+        per_class, headline = score_split(split, scores)
+        results.append(SplitResult(split.split, per_class, headline, np.asarray(selection.chosen, dtype=float),
+                                   scores, split.test_labels, time.perf_counter() - start))
+        log.info("%s split %d: %.4f", split.benchmark, split.split, headline)
+        if progress is not None:
+            progress(split, results[-1])
+    first = splits[0]
+    method = "linear-svm" if classifier == "svm" else "linear-svm (sklearn LinearSVC)"
+    return ProbeResult(first.benchmark, method, first.metric, first.classes, results, store_summary(store),
+                       {"Cs": list(map(float, Cs)), "holdout": holdout, "seed": seed, "classifier": classifier})
+
+
+def run_knn_probe(splits: Sequence[ProbeSplit], store: FeatureStore, *, k: int = 20, kind: str = "flat",
+                  temperature: float = 0.07, progress=None) -> ProbeResult:
+    """kNN classification with a faiss index over each split's training descriptors, same splits and metric."""
+    from vggfeat.probes.knn import knn_scores
+
+    results = []
+    for split in splits:
+        start = time.perf_counter()
+        x_train, x_test = split_features(store, split.train_paths, split.test_paths)
+        scores = np.asarray(knn_scores(x_train, np.array(split.train_labels), x_test, k=k, temperature=temperature,
+                                       kind=kind, multilabel=split.multilabel), dtype=np.float64)
+        per_class, headline = score_split(split, scores)
+        results.append(SplitResult(split.split, per_class, headline, None, scores, split.test_labels,
+                                   time.perf_counter() - start))
+        if progress is not None:
+            progress(split, results[-1])
+    first = splits[0]
+    return ProbeResult(first.benchmark, "knn", first.metric, first.classes, results, store_summary(store),
+                       {"k": k, "index": kind, "temperature": temperature})

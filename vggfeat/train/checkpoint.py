@@ -1,0 +1,51 @@
+"""Checkpoints that lose nothing (issue 5): model, optimizer, schedule, RNG, sampler position and the
+resolved recipe, as plain containers (loadable with torch.load(weights_only=True)), written atomically;
+the last K and the best are kept."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vggfeat.utils.files import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+PATTERN = re.compile(r"^ckpt-e(\d+)-s(\d+)\.pt$")
+
+
+def checkpoint_name(global_step: int, epoch: int) -> str:
+    return f"ckpt-e{epoch:03d}-s{global_step:08d}.pt"
+
+
+def save_checkpoint(run: Path, state: dict[str, Any], *, keep_last: int, best: bool = False) -> Path:
+    """Write `state` atomically as run/ckpt-eEEE-sSSSSSSSS.pt, point last.json at it, prune old ones."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    path = run / checkpoint_name(state["global_step"], state["epoch"])
+    atomic_write_bytes(path, buf.getvalue())
+    if best:
+        atomic_write_bytes(run / "best.pt", buf.getvalue())
+    atomic_write_bytes(run / "last.json", json.dumps({"checkpoint": path.name}).encode())
+    for old in list_checkpoints(run)[:-keep_last] if keep_last > 0 else []:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def list_checkpoints(run: Path) -> list[Path]:
+    """Step checkpoints in the run folder, oldest first."""
+    found = [p for p in Path(run).glob("ckpt-*.pt") if PATTERN.match(p.name)]
+    return sorted(found, key=lambda p: int(PATTERN.match(p.name).group(2)))
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    ckpts = list_checkpoints(run)
+    return ckpts[-1] if ckpts else None
+
+
+def load_checkpoint(path: "str | Path") -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)

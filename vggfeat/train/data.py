@@ -1,0 +1,83 @@
+"""Training and validation inputs (Sect. 3.1): per-sample augmentation keyed by (epoch, index), and a
+batch sampler that deals each process its share of a global batch, reseeded per epoch and resumable
+mid-epoch. JPEGs decode at reduced size when S is small (draft mode), in DataLoader workers."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from vggfeat.data.folder import Samples
+from vggfeat.data.images import load_rgb
+from vggfeat.data.transforms import center_crop, sample_rng, train_crop
+
+
+class TrainSet(torch.utils.data.Dataset):
+    """Item (epoch, index) -> (uint8 crop (H, W, 3), colour-shift alpha (3,), label)."""
+
+    def __init__(self, samples: Samples, *, seed: int, scale: tuple[int, int], crop: int, flip: bool,
+                 color_sigma: float) -> None:
+        self.samples, self.seed, self.scale, self.crop = samples, seed, scale, crop
+        self.flip, self.color_sigma = flip, color_sigma
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        rng = sample_rng(self.seed, epoch, index)
+        img = load_rgb(self.samples.paths[index], min_side=self.scale[1])  # decode-time downscaling
+        arr = train_crop(img, rng, scale=self.scale, crop=self.crop, flip=self.flip)
+        alpha = rng.normal(0.0, self.color_sigma, 3) if self.color_sigma > 0 else np.zeros(3)
+        return torch.from_numpy(arr), torch.from_numpy(alpha.astype(np.float32)), self.samples.labels[index]
+
+
+class ValSet(torch.utils.data.Dataset):
+    """Item index -> (uint8 central crop at smallest side `size`, label)."""
+
+    def __init__(self, samples: Samples, *, size: int, crop: int) -> None:
+        self.samples, self.size, self.crop = samples, size, crop
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        img = load_rgb(self.samples.paths[index], min_side=self.size)
+        return torch.from_numpy(center_crop(img, size=self.size, crop=self.crop)), self.samples.labels[index]
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The epoch's permutation of sample indices: the same on every process (the distributed sampler)."""
+    return np.random.default_rng([seed, 0x5EED, epoch]).permutation(n)
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Full global batches per epoch (the remainder is dropped, as iterations of fixed size)."""
+    return n // batch_size
+
+
+class GlobalBatchSampler(torch.utils.data.Sampler):
+    """Yields this process's micro-batches of (epoch, index) keys from step `start_step` of `epoch`.
+
+    Global batch g of the epoch is order[g*B:(g+1)*B]; it is cut into world x accum chunks of
+    per_device_batch, and chunk rank * accum + micro is `rank`'s micro-batch `micro` -
+    so the union over processes and micro-steps is the same global batch whatever the process count.
+    """
+
+    def __init__(self, n: int, *, seed: int, epoch: int, batch_size: int, per_device: int, rank: int,
+                 world: int, start_step: int = 0) -> None:
+        self.n, self.seed, self.epoch, self.batch_size, self.per_device = n, seed, epoch, batch_size, per_device
+        self.rank, self.world, self.start_step = rank, world, start_step
+        self.accum = batch_size // (per_device * world)
+
+    def __len__(self) -> int:
+        return (steps_per_epoch(self.n, self.batch_size) - self.start_step) * self.accum
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        order = epoch_order(self.n, self.seed, self.epoch)
+        for step in range(self.start_step, steps_per_epoch(self.n, self.batch_size)):
+            batch = order[step * self.batch_size:(step + 1) * self.batch_size]
+            for micro in range(self.accum):
+                chunk = (self.rank * self.accum + micro) * self.per_device
+                yield [(self.epoch, int(i)) for i in batch[chunk:chunk + self.per_device]]

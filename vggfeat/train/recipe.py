@@ -1,0 +1,145 @@
+"""Training recipes (Sect. 3.1) as frozen dataclasses, read strictly from recipes/train/*.yaml.
+
+Defaults are the paper's: SGD momentum 0.9, weight decay 5e-4, global batch 256, dropout 0.5, lr 1e-2
+divided by 10 when validation top-1 stops improving (at most 3 times), at most 74 epochs, S=256, 224
+crops, flips, PCA colour shift with sigma 0.1, mean-RGB subtraction.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+from vggfeat.config import load_config, to_dict, from_dict
+
+# Krizhevsky et al. 2012's eigen-decomposition of ImageNet RGB pixel covariance (0-255 units), the usual
+# fixed values when a recipe does not compute its own (`vggfeat mean-rgb`).
+IMAGENET_EIGVAL = (55.46, 4.794, 1.148)
+IMAGENET_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
+IMAGENET_MEAN = (123.68, 116.779, 103.939)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "vgg_a"  # a Table 1 net: vgg_a ... vgg_e or an alias
+    num_classes: int = 1000
+    width_mult: float = 1.0  # < 1 only for narrow nets (smoke, demo)
+    fc_dim: int = 4096  # fc6/fc7 width
+    fc6_kernel: int = 7  # 7 <=> 224 crops; crop must be 32 * fc6_kernel
+    dropout: float = 0.5  # Sect. 3.1: after fc6 and fc7
+    init: str = "normal"  # "normal" (std init_std) or "glorot"
+    init_std: float = 0.01
+    init_from: Optional[str] = None  # weights or checkpoint to start from (relative to the recipe's folder or cwd)
+    init_layers: str = "net_a"  # "net_a": the 7 layers of Sect. 3.1; "all": every layer (S=384 from S=256)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: Optional[str] = None  # dataset folder (train/, val/); --data-root overrides
+    synthetic_seed: Optional[int] = None  # generate a synthetic dataset at root if missing (smoke, demo)
+    synthetic_classes: int = 10
+    synthetic_per_class: int = 40  # training images per class (val gets a quarter)
+    scale: tuple[int, int] = (256, 256)  # (Smin, Smax): S fixed when equal, else uniform per image
+    crop: int = 224
+    flip: bool = True
+    color_sigma: float = 0.1  # PCA colour shift, alpha ~ N(0, sigma)
+    mean_rgb: Optional[tuple[float, float, float]] = IMAGENET_MEAN  # None: computed on train/ and cached
+    eigval: Optional[tuple[float, float, float]] = IMAGENET_EIGVAL  # None: computed with the mean
+    eigvec: Optional[tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, float, float]]] = IMAGENET_EIGVEC
+    val_labels: Optional[str] = None  # flat val folder: file of "name label" lines (ImageNet devkit style)
+    workers: int = 8  # DataLoader workers per process
+    max_val: int = 0  # > 0: validate on the first N val images only
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-2
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 256  # global: per_device_batch x processes x accumulation steps
+    per_device_batch: int = 64
+    epochs: int = 74
+    patience: int = 1  # epochs without val top-1 improvement before lr /= factor
+    factor: float = 10.0
+    max_drops: int = 3
+    threshold: float = 1e-4  # an improvement smaller than this does not count
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every_steps: int = 1000  # also one at the end of every epoch
+    keep_last: int = 3
+    log_every: int = 20  # steps between log lines
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    device: str = "auto"  # auto, cpu, cuda
+    amp: bool = True  # bf16 autocast on CUDA (off on CPU)
+    channels_last: bool = True  # NHWC activations (CUDA and CPU)
+    compile: bool = False  # torch.compile the model
+    gpu_augment: bool = True  # colour shift and mean subtraction on the device
+
+
+@dataclass(frozen=True)
+class DebugConfig:
+    kill_at_step: int = 0  # tests: SIGKILL this process right after step N's checkpoint
+    nan_at_step: int = 0  # tests: make step N's loss NaN
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = "recipe"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
+
+    def __post_init__(self) -> None:
+        lo, hi = self.data.scale
+        if not 0 < lo <= hi:
+            raise ValueError(f"data.scale needs 0 < Smin <= Smax, got {self.data.scale}")
+        if lo < self.data.crop:
+            raise ValueError(f"data.scale Smin={lo} is smaller than the crop {self.data.crop}")
+        if self.data.crop != 32 * self.model.fc6_kernel:
+            raise ValueError(f"data.crop {self.data.crop} must be 32 x model.fc6_kernel ({32 * self.model.fc6_kernel})")
+        if self.model.init_layers not in ("net_a", "all"):
+            raise ValueError(f"model.init_layers must be net_a or all, got {self.model.init_layers!r}")
+
+
+def load_recipe(path: "str | Path", overrides: Sequence[str] = ()) -> Recipe:
+    """Read a recipe YAML strictly, `--set` overrides applied; relative paths resolve against the file."""
+    path = Path(path)
+    recipe = load_config(Recipe, path, overrides)
+    return _resolve_paths(recipe, path.parent)
+
+
+def recipe_from_dict(data: dict) -> Recipe:
+    return from_dict(Recipe, data)
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    return to_dict(recipe)
+
+
+def _resolve_paths(recipe: Recipe, folder: Path) -> Recipe:
+    from dataclasses import replace
+
+    def resolve(p: Optional[str]) -> Optional[str]:
+        if p is None or Path(p).is_absolute() or Path(p).exists():
+            return p
+        return str((folder / p).resolve()) if (folder / p).exists() else p
+
+    return replace(recipe, model=replace(recipe.model, init_from=resolve(recipe.model.init_from)))
+
+
+def accumulation_steps(recipe: Recipe, world_size: int) -> int:
+    """Gradient-accumulation steps so per_device_batch x world_size x steps == the global batch."""
+    per_step = recipe.optim.per_device_batch * world_size
+    if recipe.optim.batch_size % per_step:
+        raise ValueError(f"global batch {recipe.optim.batch_size} is not a multiple of per_device_batch "
+                         f"{recipe.optim.per_device_batch} x {world_size} processes")
+    return recipe.optim.batch_size // per_step
