@@ -58,6 +58,7 @@ def linear_probe(benchmark, root, out, features, models, weights, layer, scales,
     from vggfeat.models.weights import WeightsError
     from vggfeat.probes.report import summary_lines, write_report
     from vggfeat.probes.run import run_linear_probe
+    from vggfeat.utils.device import resolve_device
 
     grid = parse_cs(cs)
     out_dir = Path(out or Path("vggfeat-out") / benchmark)
@@ -68,7 +69,7 @@ def linear_probe(benchmark, root, out, features, models, weights, layer, scales,
         click.echo(f"{benchmark}: {len(splits[0].classes)} classes, {len(splits)} split(s), "
                    f"{store.dim}-D features from {store.root}")
         result = run_linear_probe(splits, store, Cs=grid, classifier=classifier, holdout=holdout, seed=seed,
-                                  device=None if device == "auto" else device, progress=echo_split)
+                                  device=resolve_device(device), progress=echo_split)
         files = write_report(result, out_dir, "linear-probe")
     except (DatasetError, StoreError, WeightsError, FileNotFoundError, ValueError) as e:
         raise click.ClickException(str(e)) from None

@@ -1,0 +1,71 @@
+"""VOC AP and class recall against hand-worked rankings and scikit-learn."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import balanced_accuracy_score
+
+from vggfeat.probes import metrics
+
+# ranked: TP, FP, TP, difficult, FP -> precision 1, 1/2, 2/3, 2/3, 1/2 at recall 1/2, 1/2, 1, 1, 1
+SCORES = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+LABELS = np.array([1, -1, 1, 0, -1])
+
+
+def test_voc07_ap_is_the_11_point_interpolation_of_a_hand_worked_ranking():
+    # recall thresholds 0..0.5 (6 of them) reach precision 1; 0.6..1 (5) reach 2/3
+    assert metrics.voc07_ap(SCORES, LABELS) == pytest.approx((6 * 1 + 5 * 2 / 3) / 11)
+
+
+def test_voc12_ap_is_the_area_under_the_precision_envelope():
+    assert metrics.voc12_ap(SCORES, LABELS) == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
+
+
+def test_difficult_images_count_neither_way():
+    # moving the difficult image to the top changes nothing; calling it negative would
+    top = np.array([0.95, 0.9, 0.8, 0.7, 0.5])
+    moved = np.array([0, 1, -1, 1, -1])
+    assert metrics.voc07_ap(top, moved) == pytest.approx(metrics.voc07_ap(SCORES, LABELS))
+    assert metrics.voc07_ap(top, np.where(moved == 0, -1, moved)) < metrics.voc07_ap(SCORES, LABELS)
+
+
+def test_ties_keep_the_input_order_as_the_devkit_does():
+    assert metrics.voc07_ap([0.5, 0.5], [-1, 1]) == pytest.approx(0.5)
+    assert metrics.voc07_ap([0.5, 0.5], [1, -1]) == pytest.approx(1.0)
+
+
+def test_matrix_input_gives_one_ap_per_class_and_nan_without_positives():
+    rng = np.random.default_rng(0)
+    scores = rng.standard_normal((40, 3))
+    labels = np.where(rng.random((40, 3)) < 0.3, 1, -1)
+    labels[:, 2] = -1
+    ap = metrics.voc07_ap(scores, labels)
+    assert ap.shape == (3,) and np.isnan(ap[2])
+    assert ap[0] == pytest.approx(metrics.voc07_ap(scores[:, 0], labels[:, 0]))
+    all_point = metrics.voc12_ap(scores, labels)
+    assert all_point[1] == pytest.approx(metrics.voc12_ap(scores[:, 1], labels[:, 1]))
+
+
+def test_perfect_and_reversed_rankings():
+    labels = np.array([1, 1, -1, -1, -1])
+    scores = np.array([5.0, 4, 3, 2, 1])
+    assert metrics.voc07_ap(scores, labels) == 1.0 and metrics.voc12_ap(scores, labels) == 1.0
+    # reversed: positives at ranks 4 and 5 -> precision 1/4 at recall 1/2, 2/5 at recall 1
+    assert metrics.voc12_ap(-scores, labels) == pytest.approx(0.5 * 0.4 + 0.5 * 0.4)
+
+
+def test_bad_labels_and_shapes_are_clear_errors():
+    with pytest.raises(ValueError, match="1, -1 or 0"):
+        metrics.voc07_ap([0.1, 0.2], [1, 2])
+    with pytest.raises(ValueError, match="same shape"):
+        metrics.voc12_ap([0.1, 0.2], [1, -1, 1])
+
+
+def test_mean_class_recall_matches_balanced_accuracy():
+    rng = np.random.default_rng(1)
+    y_true = rng.integers(0, 7, 300)
+    y_pred = np.where(rng.random(300) < 0.6, y_true, rng.integers(0, 7, 300))
+    assert metrics.mean_class_recall(y_true, y_pred) == pytest.approx(balanced_accuracy_score(y_true, y_pred))
+    recall = metrics.per_class_recall(y_true, y_pred, num_classes=9)
+    assert recall.shape == (9,) and np.isnan(recall[7:]).all()
+    assert recall[3] == pytest.approx(np.mean(y_pred[y_true == 3] == 3))

@@ -1,0 +1,87 @@
+"""The benchmarks' own metrics as plain numpy functions (PAPER.md section 5).
+
+VOC labels are in {1, -1, 0}: 0 marks an image whose only objects of the class are 'difficult'; it counts as
+neither a true nor a false positive and is not among the positives. The ranking follows the devkit's
+VOCevalcls: a stable sort by descending score, so tied scores keep the input order.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _columns(scores, labels) -> tuple[np.ndarray, np.ndarray, bool]:
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
+    if scores.shape != labels.shape:
+        raise ValueError(f"scores {scores.shape} and labels {labels.shape} must have the same shape")
+    if scores.ndim not in (1, 2):
+        raise ValueError(f"expected (N,) or (N, K) arrays, got shape {scores.shape}")
+    bad = ~np.isin(labels, (1, -1, 0))
+    if bad.any():
+        raise ValueError(f"VOC labels must be 1, -1 or 0; found {labels[bad].flat[0]!r}")
+    single = scores.ndim == 1
+    return (scores[:, None], labels[:, None], single) if single else (scores, labels, single)
+
+
+def precision_recall(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+    """Precision and recall after each ranked image of one class (difficult images skipped), as VOCevalcls."""
+    scores, labels, _ = _columns(scores, labels)
+    if scores.shape[1] != 1:
+        raise ValueError("precision_recall takes one class: (N,) scores and labels")
+    order = np.argsort(-scores[:, 0], kind="stable")
+    ranked = labels[order, 0]
+    tp = np.cumsum(ranked > 0)
+    fp = np.cumsum(ranked < 0)
+    npos = int((labels > 0).sum())
+    seen = np.maximum(tp + fp, 1)
+    recall = tp / npos if npos else np.zeros(len(tp))
+    return tp / seen, recall
+
+
+def _ap(scores, labels, one) -> "float | np.ndarray":
+    scores, labels, single = _columns(scores, labels)
+    out = np.array([one(*precision_recall(scores[:, k], labels[:, k])) if (labels[:, k] > 0).any() else np.nan
+                    for k in range(scores.shape[1])])
+    return float(out[0]) if single else out
+
+
+def _ap11(precision: np.ndarray, recall: np.ndarray) -> float:
+    # VOC2007: mean over r in {0, 0.1, ..., 1} of the best precision at recall >= r (0 when never reached)
+    return float(np.mean([precision[recall >= t].max() if (recall >= t).any() else 0.0
+                          for t in np.linspace(0, 1, 11)]))
+
+
+def _ap_all(precision: np.ndarray, recall: np.ndarray) -> float:
+    # VOC2010+: area under the monotone (non-increasing) precision envelope
+    mrec = np.concatenate([[0.0], recall, [1.0]])
+    mpre = np.concatenate([[0.0], precision, [0.0]])
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+    steps = np.flatnonzero(mrec[1:] != mrec[:-1]) + 1
+    return float(np.sum((mrec[steps] - mrec[steps - 1]) * mpre[steps]))
+
+
+def voc07_ap(scores, labels) -> "float | np.ndarray":
+    """VOC2007 11-point interpolated AP: a float for (N,) inputs, a (K,) array for (N, K); NaN for a class
+    without positives."""
+    return _ap(scores, labels, _ap11)
+
+
+def voc12_ap(scores, labels) -> "float | np.ndarray":
+    """VOC2010+ all-point AP, same conventions as `voc07_ap`."""
+    return _ap(scores, labels, _ap_all)
+
+
+def per_class_recall(y_true, y_pred, num_classes: int | None = None) -> np.ndarray:
+    """Recall of each class id 0..K-1 (NaN for a class absent from y_true)."""
+    y_true, y_pred = np.asarray(y_true).ravel(), np.asarray(y_pred).ravel()
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} must have the same length")
+    k = int(num_classes if num_classes is not None else max(y_true.max(initial=-1), y_pred.max(initial=-1)) + 1)
+    total = np.bincount(y_true, minlength=k)[:k].astype(float)
+    hits = np.bincount(y_true[y_true == y_pred], minlength=k)[:k]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, hits / np.maximum(total, 1), np.nan)
+
+
+def mean_class_recall(y_true, y_pred, num_classes: int | None = None) -> float:
+    """Mean per-class accuracy over the classes present in y_true (the Caltech metric)."""
+    return float(np.nanmean(per_class_recall(y_true, y_pred, num_classes)))

@@ -1,0 +1,64 @@
+"""The reference path (`--classifier sklearn`): the same protocol with scikit-learn's LinearSVC, one fit per
+class and per C, as self-supervised benchmark suites do. Slow, but the yardstick the batched solver is held to.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import ConvergenceWarning
+
+from vggfeat.probes.selection import Selection, select_and_refit
+from vggfeat.probes.svm import svm_targets
+
+
+def fit_linear_svc(x, y_pm, C: float, *, tol: float = 1e-4, max_iter: int = 10000):
+    """One LinearSVC (squared hinge, L2, intercept_scaling 1) on +-1 targets."""
+    from sklearn.svm import LinearSVC
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return LinearSVC(C=C, loss="squared_hinge", penalty="l2", dual=True, tol=tol, max_iter=max_iter).fit(x, y_pm)
+
+
+class SklearnSVMProbe(ClassifierMixin, BaseEstimator):
+    """One-vs-rest LinearSVC per class, with the targets and outputs of `LinearSVMProbe`."""
+
+    def __init__(self, C=1.0, *, tol: float = 1e-4, max_iter: int = 10000):
+        self.C = C
+        self.tol = tol
+        self.max_iter = max_iter
+
+    def fit(self, X, y):
+        X = np.asarray(X, dtype=np.float32)
+        Y, S, classes, multilabel = svm_targets(y)
+        C = np.broadcast_to(np.asarray(self.C, dtype=float), (Y.shape[1],))
+        coef, intercept = [], []
+        for k in range(Y.shape[1]):
+            rows = S[:, k] > 0                                  # VOC 'difficult' images are left out
+            svc = fit_linear_svc(X[rows], Y[rows, k], float(C[k]), tol=self.tol, max_iter=self.max_iter)
+            coef.append(svc.coef_[0])
+            intercept.append(svc.intercept_[0])
+        self.coef_, self.intercept_ = np.array(coef, dtype=np.float32), np.array(intercept, dtype=np.float32)
+        self.classes_, self.multilabel_, self.n_features_in_ = classes, multilabel, X.shape[1]
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        return np.asarray(X, dtype=np.float32) @ self.coef_.T + self.intercept_
+
+    def predict(self, X) -> np.ndarray:
+        scores = self.decision_function(X)
+        return np.where(scores > 0, 1, -1) if self.multilabel_ else self.classes_[scores.argmax(axis=1)]
+
+
+def fit_sklearn_probe(X, y, Cs: Sequence[float], *, metric: str, holdout: float = 0.2,
+                      seed: int = 0) -> tuple[SklearnSVMProbe, Selection]:
+    """`selection.fit_probe` with LinearSVC: the same held-out split, metric and choice of C."""
+
+    def heldout_scores(x_fit, y_fit, Cs, x_val):
+        return np.stack([SklearnSVMProbe(C=c).fit(x_fit, y_fit).decision_function(x_val) for c in Cs], axis=1)
+
+    return select_and_refit(X, y, Cs, metric=metric, holdout=holdout, seed=seed, heldout_scores=heldout_scores,
+                            make_probe=lambda C: SklearnSVMProbe(C=C))

@@ -1,0 +1,233 @@
+"""One-vs-rest linear SVMs trained together as batched tensor work (Sect. 4: the paper's transfer classifier).
+
+Every (class, C) pair is one column of a batch and solves the problem scikit-learn's LinearSVC solves:
+min_w 0.5 |w|^2 + C sum_i s_i max(0, 1 - y_i w.[x_i, b_s])^2, the L2-regularised squared hinge, where the bias
+is the weight of a constant feature b_s (`intercept_scaling`, 1 as in LinearSVC). The solver is a primal Newton
+method (Keerthi & DeCoste's finite Newton for the L2-SVM): each step solves the Newton system on the current
+margin violators by preconditioned conjugate gradients, then an exact line search on the piecewise-quadratic
+objective. All the work is (N, D) x (D, M) matrix products shared by the M problems, on the GPU when there is
+one. The preconditioner is the Hessian's diagonal around the violators' mean plus that mean as a rank-one term
+(post-ReLU descriptors share one dominant direction, which plain Jacobi would leave ill-conditioned).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+log = logging.getLogger(__name__)
+
+
+def _pcg(hvp, rhs, precondition, *, rtol, max_iter):
+    """Batched preconditioned conjugate gradients for H x = rhs, one system per column of rhs (D, M)."""
+    import torch
+
+    x = torch.zeros_like(rhs)
+    r = rhs.clone()
+    z = precondition(r)
+    p = z.clone()
+    rz = (r * z).sum(0)
+    r0 = torch.linalg.vector_norm(r, dim=0)
+    live = r0 > 0
+    for _ in range(max_iter):
+        hp = hvp(p)
+        php = (p * hp).sum(0)
+        alpha = torch.where(live & (php > 0), rz / php.clamp_min(1e-30), torch.zeros_like(rz))
+        x += alpha * p
+        r -= alpha * hp
+        live = live & (torch.linalg.vector_norm(r, dim=0) > rtol * r0)
+        if not bool(live.any()):
+            break
+        z = precondition(r)
+        rz_new = (r * z).sum(0)
+        beta = torch.where(live, rz_new / rz.clamp_min(1e-30), torch.zeros_like(rz))
+        rz = rz_new
+        p = z + beta * p
+    return x
+
+
+def _line_search(w, dw, z, q, c2s, *, iters=40):
+    """Exact minimiser t >= 0 of f(w + t dw) along the Newton direction, per column.
+
+    f'(t) = w.dw + t |dw|^2 - sum_i c2s_i q_i max(0, z_i - t q_i) with c2s = 2 C s, z the margin shortfall and
+    q its change per unit step. f' increases with t (f is convex), so a safeguarded Newton iteration inside a
+    bracket [lo, hi] with f'(lo) <= 0 <= f'(hi) finds its root.
+    """
+    import torch
+
+    wd, dd = (w * dw).sum(0), (dw * dw).sum(0)
+
+    def slope(t):
+        m = z - t * q
+        act = (m > 0).to(q.dtype)
+        return wd + t * dd - (c2s * q * m * act).sum(0), dd + (c2s * q * q * act).sum(0)
+
+    lo, hi = torch.zeros_like(wd), torch.ones_like(wd)
+    for _ in range(60):  # grow hi until the slope there is non-negative
+        g, _ = slope(hi)
+        grow = g < 0
+        if not bool(grow.any()):
+            break
+        lo = torch.where(grow, hi, lo)
+        hi = torch.where(grow, 2 * hi, hi)
+    t = hi.clone()
+    for _ in range(iters):
+        g, h = slope(t)
+        lo = torch.where(g <= 0, t, lo)
+        hi = torch.where(g >= 0, t, hi)
+        newton = t - g / h.clamp_min(1e-30)
+        t_new = torch.where((newton > lo) & (newton < hi), newton, 0.5 * (lo + hi))
+        settled = bool(((t_new - t).abs() <= 1e-6 * t.abs().clamp_min(1e-12)).all())
+        t = t_new
+        if settled:
+            break
+    return t
+
+
+def fit_linear_svms(X, Y, S, C, *, intercept_scaling: float = 1.0, tol: float = 1e-6, max_iter: int = 100,
+                    cg_iter: int = 300, device: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train M linear SVMs sharing the features X (N, D): targets Y (N, M) in {1, -1}, per-sample weights
+    S (N, M) (0 drops a sample from a problem, e.g. VOC 'difficult'), costs C (M,).
+
+    Returns coef (M, D), intercept (M,) and the Newton steps each problem took (M,). A problem stops when
+    its gradient norm falls below `tol` times its value at zero.
+    """
+    import torch
+
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    f32 = torch.float32
+    X = torch.as_tensor(np.array(X, dtype=np.float32), device=device)
+    Y = torch.as_tensor(np.array(Y, dtype=np.float32), device=device)
+    S = torch.as_tensor(np.array(S, dtype=np.float32), device=device)
+    C = torch.as_tensor(np.array(C, dtype=np.float32).reshape(-1), device=device)
+    n, d = X.shape
+    m = Y.shape[1]
+    if Y.shape != (n, m) or S.shape != (n, m) or C.shape != (m,):
+        raise ValueError(f"shapes disagree: X {tuple(X.shape)}, Y {tuple(Y.shape)}, S {tuple(S.shape)}, "
+                         f"C {tuple(C.shape)}")
+    if not bool((C > 0).all()):
+        raise ValueError("every C must be positive")
+    Xa = torch.cat([X, torch.full((n, 1), float(intercept_scaling), dtype=f32, device=device)], 1)  # (N, D+1)
+    Xa2 = Xa * Xa
+    W = torch.zeros(d + 1, m, dtype=f32, device=device)
+    iters = torch.zeros(m, dtype=torch.long, device=device)
+    g0 = None
+    f_prev = torch.full((m,), float("inf"), device=device)
+    todo = torch.arange(m, device=device)
+    for _ in range(max_iter):
+        Wt, Yt, St, Ct = W[:, todo], Y[:, todo], S[:, todo], C[todo]
+        z = 1 - Yt * (Xa @ Wt)                        # (N, M'): margin shortfall
+        c2s = 2 * Ct * St                             # (N, M'): loss weights
+        act = c2s * (z > 0).to(f32)                   # Hessian weights of the violators
+        grad = Wt - Xa.T @ (act * Yt * z)             # (D+1, M')
+        gnorm = torch.linalg.vector_norm(grad, dim=0)
+        f = 0.5 * (Wt * Wt).sum(0) + 0.5 * (act * z * z).sum(0)
+        if g0 is None:
+            g0 = gnorm.clone()
+        # converged, or stalled at float32 round-off (the objective no longer moves)
+        done = (gnorm <= tol * g0[todo]) | (f_prev[todo] - f <= 1e-7 * f.abs())
+        f_prev[todo] = f
+        if bool(done.all()):
+            break
+        keep = ~done
+        todo, Wt, Yt, z, c2s, act, grad = (todo[keep], Wt[:, keep], Yt[:, keep], z[:, keep], c2s[:, keep],
+                                           act[:, keep], grad[:, keep])
+        iters[todo] += 1
+
+        # preconditioner: H ~ diag(1 + sum_i a_i (x_i - mu)^2) + n_a mu mu^T, inverted by Sherman-Morrison
+        n_a = act.sum(0).clamp_min(1e-12)             # (M',)
+        mu = (Xa.T @ act) / n_a                       # (D+1, M'): the violators' weighted mean
+        diag = 1 + (Xa2.T @ act - n_a * mu * mu).clamp_min(0)
+        u = torch.sqrt(n_a) * mu
+        du = u / diag
+        denom = 1 + (u * du).sum(0)
+
+        def precondition(r, diag=diag, u=u, du=du, denom=denom):
+            return r / diag - du * ((du * r).sum(0) / denom)
+
+        def hvp(v, act=act):
+            return v + Xa.T @ (act * (Xa @ v))
+
+        rel = torch.clamp(torch.sqrt(gnorm[keep] / g0[todo]), max=0.1)  # inexact Newton: looser far away
+        step = _pcg(hvp, -grad, precondition, rtol=float(rel.min()), max_iter=cg_iter)
+        q = Yt * (Xa @ step)                          # (N, M'): margin change per unit step
+        t = _line_search(Wt, step, z, q, c2s)
+        W[:, todo] = Wt + t * step
+    else:
+        log.warning("linear SVM: %d of %d problems stopped at max_iter=%d", len(todo), m, max_iter)
+    return W[:d].T.cpu().numpy(), (intercept_scaling * W[d]).cpu().numpy(), iters.cpu().numpy()
+
+
+def svm_targets(y) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """One-vs-rest targets from class ids (N,) or VOC labels (N, K) in {1, -1, 0}.
+
+    Returns Y (N, K) in {1, -1}, weights S (N, K) (0 for a VOC 'difficult' label: neither positive nor
+    negative), the class ids (K,) and whether the labels were multi-label.
+    """
+    y = np.asarray(y)
+    if y.ndim == 1:
+        classes = np.unique(y)
+        if len(classes) < 2:
+            raise ValueError(f"need at least 2 classes to train one-vs-rest SVMs, got {len(classes)}")
+        Y = np.where(y[:, None] == classes[None, :], 1.0, -1.0)
+        return Y.astype(np.float32), np.ones_like(Y, dtype=np.float32), classes, False
+    if y.ndim == 2:
+        bad = ~np.isin(y, (1, -1, 0))
+        if bad.any():
+            raise ValueError(f"multi-label targets must be 1, -1 or 0 (difficult); found {y[bad].flat[0]!r}")
+        Y = np.where(y > 0, 1.0, -1.0).astype(np.float32)
+        return Y, (y != 0).astype(np.float32), np.arange(y.shape[1]), True
+    raise ValueError(f"y must be class ids (N,) or labels (N, K), got shape {y.shape}")
+
+
+def _matrix(X, name="X") -> np.ndarray:
+    X = np.asarray(X, dtype=np.float32)
+    if X.ndim != 2 or X.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty (N, D) matrix, got shape {X.shape}")
+    return X
+
+
+class LinearSVMProbe(ClassifierMixin, BaseEstimator):
+    """A scikit-learn estimator: one-vs-rest linear SVMs (squared hinge, L2, LinearSVC's bias) fitted together.
+
+    C is one cost for every class or one per class (K,). `fit(X, y)` takes class ids (N,) or VOC labels
+    (N, K) in {1, -1, 0}; `decision_function(X)` is (N, K); `predict` gives class ids, or {1, -1} per class
+    for multi-label targets. `device` is where the solver runs (a torch device; None is the CPU).
+    """
+
+    def __init__(self, C=1.0, *, intercept_scaling: float = 1.0, tol: float = 1e-6, max_iter: int = 100,
+                 device=None):
+        self.C = C
+        self.intercept_scaling = intercept_scaling
+        self.tol = tol
+        self.max_iter = max_iter
+        self.device = device
+
+    def fit(self, X, y):
+        X = _matrix(X)
+        Y, S, classes, multilabel = svm_targets(y)
+        if len(Y) != len(X):
+            raise ValueError(f"X has {len(X)} rows but y has {len(Y)}")
+        C = np.broadcast_to(np.asarray(self.C, dtype=np.float64), (Y.shape[1],)) if np.ndim(self.C) == 0 \
+            else np.asarray(self.C, dtype=np.float64)
+        if C.shape != (Y.shape[1],):
+            raise ValueError(f"C must be a number or one value per class ({Y.shape[1]}), got shape {C.shape}")
+        self.coef_, self.intercept_, self.n_iter_ = fit_linear_svms(
+            X, Y, S, C, intercept_scaling=self.intercept_scaling, tol=self.tol, max_iter=self.max_iter,
+            device=self.device)
+        self.classes_, self.multilabel_, self.n_features_in_ = classes, multilabel, X.shape[1]
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        X = _matrix(X)
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {X.shape[1]} features, the probe was fitted on {self.n_features_in_}")
+        return X @ self.coef_.T + self.intercept_
+
+    def predict(self, X) -> np.ndarray:
+        scores = self.decision_function(X)
+        if self.multilabel_:
+            return np.where(scores > 0, 1, -1)
+        return self.classes_[scores.argmax(axis=1)]
