@@ -38,6 +38,14 @@ class SklearnSVMProbe(ClassifierMixin, BaseEstimator):
         coef, intercept = [], []
         for k in range(Y.shape[1]):
             rows = S[:, k] > 0                                  # VOC 'difficult' images are left out
+            values = np.unique(Y[rows, k])
+            if len(values) < 2:
+                # LinearSVC refuses one-sided data (a class without positives in a small held-out fit set):
+                # fall back to a constant score, the best bias alone (w = 0) for that side
+                n = int(rows.sum())
+                coef.append(np.zeros(X.shape[1], np.float32))
+                intercept.append(float(values[0] if n else -1) * 2 * C[k] * n / (1 + 2 * C[k] * n))
+                continue
             svc = fit_linear_svc(X[rows], Y[rows, k], float(C[k]), tol=self.tol, max_iter=self.max_iter)
             coef.append(svc.coef_[0])
             intercept.append(svc.intercept_[0])
