@@ -123,3 +123,27 @@ def test_probe_errors_name_the_problem(voc, tmp_path, monkeypatch):
     assert r.exit_code != 0 and "positive" in r.output
     r = CliRunner().invoke(cli, ["linear-probe", "voc2007", "--root", str(voc), "--features", str(tmp_path)])
     assert r.exit_code != 0 and "not a finished feature store" in r.output
+
+
+def test_folder_benchmark_on_real_digits_reports_mean_class_recall_over_splits(weights, tmp_path):
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    root = tmp_path / "digits"
+    for c in range(4):
+        (root / f"digit{c}").mkdir(parents=True)
+        for i, row in enumerate(np.flatnonzero(digits.target == c)[:12]):
+            img = (digits.images[row] * 255 / 16).astype(np.uint8)
+            Image.fromarray(img).resize((64, 64)).save(root / f"digit{c}" / f"{i}.png")
+    out = tmp_path / "out"
+    text = invoke("linear-probe", "folder", "--root", root, "-o", out, "--weights", weights, *FAST,
+                  "--Cs", "0.1,10", "--splits", "2")
+    report = json.loads((out / "linear-probe.json").read_text())
+    assert report["metric"] == "mean_class_recall" and len(report["per_split"]) == 2
+    values = [s["headline"] for s in report["per_split"]]
+    assert report["headline"] == pytest.approx(np.mean(values), abs=0.01)
+    assert report["headline_std"] == pytest.approx(np.std(values), abs=0.01) and "+-" in text
+    # one C for all classes per split, chosen by held-out mean class recall
+    assert len({tuple(r["chosen_C"]) for r in report["per_class"]}) == 1
+    assert (out / "splits" / "folder_split1_test.txt").is_file()

@@ -95,7 +95,9 @@ def test_ddp_two_gloo_processes_match_one(tmp_path, data):
                          env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
-    init = vggfeat.create_model("vgg_a", num_classes=10, width_mult=0.0625, fc_dim=64, fc6_kernel=2, init="glorot", seed=0)
+    m = load_recipe(SMOKE).model
+    init = vggfeat.create_model("vgg_a", num_classes=m.num_classes, width_mult=m.width_mult, fc_dim=m.fc_dim,
+                                fc6_kernel=m.fc6_kernel, init="glorot", seed=0)
     moved = max((a[k] - init.state_dict()[k]).abs().max().item() for k in a)
     assert moved > 1e-3  # training changed the weights
     for k in a:
