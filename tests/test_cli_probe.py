@@ -12,7 +12,6 @@ from vggfeat.cli.main import cli
 from vggfeat.data.synthetic_voc import VOC_CLASSES, make_voc2007
 from vggfeat.features.store import load_store
 from vggfeat.probes import LinearSVMProbe, metrics
-from vggfeat.probes.features import rows_for
 
 TINY = dict(width_mult=1 / 16, fc_dim=32, fc6_kernel=2, num_classes=10, init="glorot")
 FAST = ["--scales", "64,96", "--workers", "0", "--quiet"]
@@ -63,8 +62,8 @@ def test_linear_probe_on_the_fly_matches_a_manual_probe_and_caches_features(voc,
     store = load_store(report["features"]["store"])
     train_paths, train_y = voc_labels(voc, "trainval")
     test_paths, test_y = voc_labels(voc, "test")
-    x_train = np.asarray(store.features[rows_for(store, train_paths)], np.float32)
-    x_test = np.asarray(store.features[rows_for(store, test_paths)], np.float32)
+    x_train = np.asarray(store.features[store.rows_for(train_paths)], np.float32)
+    x_test = np.asarray(store.features[store.rows_for(test_paths)], np.float32)
     chosen = np.array([r["chosen_C"][0] for r in report["per_class"]])
     probe = LinearSVMProbe(C=chosen).fit(x_train, train_y)
     ap = metrics.voc07_ap(probe.decision_function(x_test), test_y)

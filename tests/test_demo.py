@@ -14,7 +14,6 @@ from vggfeat.demo.config import DemoConfig, RECIPES, load_demo_config
 from vggfeat.config import load_config
 from vggfeat.features.store import load_store
 from vggfeat.probes import LinearSVMProbe, metrics
-from vggfeat.probes.features import rows_for
 
 from test_cli_probe import voc_labels
 
@@ -65,8 +64,8 @@ def test_quick_demo_numbers_are_the_probes_numbers(quick_demo):
     store = load_store(data["results"]["trained"]["features"]["store"])
     train_paths, train_y = voc_labels(voc, "trainval")
     test_paths, test_y = voc_labels(voc, "test")
-    x_train = np.asarray(store.features[rows_for(store, train_paths)], np.float32)
-    x_test = np.asarray(store.features[rows_for(store, test_paths)], np.float32)
+    x_train = np.asarray(store.features[store.rows_for(train_paths)], np.float32)
+    x_test = np.asarray(store.features[store.rows_for(test_paths)], np.float32)
     chosen = np.array(list(data["results"]["trained"]["chosen_C"].values()))
     ap = metrics.voc07_ap(LinearSVMProbe(C=chosen).fit(x_train, train_y).decision_function(x_test), test_y)
     ours = np.array([np.nan if v is None else v for v in data["results"]["trained"]["per_class_ap"].values()])

@@ -223,3 +223,19 @@ def test_timm_backbone_through_the_cli(tmp_path):
     bad = run([str(src), "-o", str(tmp_path / "bad"), "--model", "timm:test_vit", "--weights",
                str(tmp_path / "r.safetensors"), *FAST])
     assert bad.exit_code != 0 and "does not fit timm model 'test_vit'" in bad.output
+
+
+def test_rows_for_matches_resolved_paths_then_unique_tails(tmp_path, monkeypatch):
+    from vggfeat.features.store import FeatureStore, StoreError
+
+    monkeypatch.chdir(tmp_path)
+    manifest = {"paths": ["imgs/a/1.jpg", "/elsewhere/b/2.jpg", "x/c/3.jpg", "y/c/3.jpg"],
+                "skipped": [{"path": "imgs/a/9.jpg", "reason": "empty file (0 bytes)"}]}
+    store = FeatureStore(tmp_path, np.zeros((4, 2), np.float32), manifest)
+    # a relative path recorded at extraction equals its absolute form; a moved dataset matches by class/file
+    assert store.rows_for([str(tmp_path / "imgs" / "a" / "1.jpg"), "/data/b/2.jpg"]).tolist() == [0, 1]
+    assert store.rows_for(["x/c/3.jpg", "y/c/3.jpg"]).tolist() == [2, 3]
+    with pytest.raises(StoreError, match="1 of the 1 images"):
+        store.rows_for(["/data/c/3.jpg"])  # two rows end in c/3.jpg: ambiguous, so no match
+    with pytest.raises(StoreError, match="skipped at extraction: empty file"):
+        store.rows_for(["/data/a/9.jpg"])

@@ -69,3 +69,36 @@ def test_mean_class_recall_matches_balanced_accuracy():
     recall = metrics.per_class_recall(y_true, y_pred, num_classes=9)
     assert recall.shape == (9,) and np.isnan(recall[7:]).all()
     assert recall[3] == pytest.approx(np.mean(y_pred[y_true == 3] == 3))
+
+
+def devkit_ap(scores, labels, eleven_point):
+    """A line-by-line transcription of the VOC devkit (VOCevalcls.m, then VOCap.m or the 2007 11-point loop),
+    with the recall thresholds meant by `t=0:0.1:1`: exactly k/10."""
+    si = sorted(range(len(scores)), key=lambda i: -scores[i])  # MATLAB's sort is stable
+    tp, fp, prec, rec = 0, 0, [], []
+    npos = sum(1 for g in labels if g > 0)
+    for i in si:
+        tp += labels[i] > 0
+        fp += labels[i] < 0
+        rec.append(tp / npos)
+        prec.append(tp / (tp + fp) if tp + fp else 0.0)
+    if eleven_point:
+        ap = 0.0
+        for t in [i / 10 for i in range(11)]:
+            p = max([pr for pr, r in zip(prec, rec) if r >= t], default=0.0)
+            ap += p / 11
+        return ap
+    mrec, mpre = [0.0] + rec + [1.0], [0.0] + prec + [0.0]
+    for i in range(len(mpre) - 2, -1, -1):
+        mpre[i] = max(mpre[i], mpre[i + 1])
+    return sum((mrec[i] - mrec[i - 1]) * mpre[i] for i in range(1, len(mrec)) if mrec[i] != mrec[i - 1])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_ap_equals_a_transcription_of_the_devkit(seed):
+    rng = np.random.default_rng(seed)
+    scores = np.round(rng.standard_normal(60), 1)  # coarse rounding: many ties
+    labels = rng.choice([1, -1, -1, -1, 0], size=60)
+    labels[0] = 1
+    assert metrics.voc07_ap(scores, labels) == pytest.approx(devkit_ap(list(scores), list(labels), True))
+    assert metrics.voc12_ap(scores, labels) == pytest.approx(devkit_ap(list(scores), list(labels), False))

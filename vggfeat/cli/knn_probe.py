@@ -2,12 +2,9 @@
 the linear probe - a cheap second view of how good the descriptors are."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import click
 
-from vggfeat.cli.probe_options import echo_split, load_splits, probe_options, probe_store
+from vggfeat.cli.probe_options import echo_split, probe_options, run_probe
 
 
 @click.command("knn-probe", context_settings={"max_content_width": 100})
@@ -28,26 +25,9 @@ def knn_probe(benchmark, root, out, features, models, weights, layer, scales, ag
       vggfeat knn-probe voc2007 --root /data --features voc07 -k 20
       vggfeat knn-probe caltech101 --root /data --weights d.safetensors --index hnsw
     """
-    from vggfeat.data.benchmarks import DatasetError
-    from vggfeat.features.store import StoreError
-    from vggfeat.models.weights import WeightsError
-    from vggfeat.probes.report import summary_lines, write_report
     from vggfeat.probes.run import run_knn_probe
 
-    out_dir = Path(out or Path("vggfeat-out") / benchmark)
-    try:
-        splits = load_splits(benchmark, root, out_dir, n_splits, seed)
-        store = probe_store(benchmark, splits, out_dir, features, models, weights, layer, scales, aggregate, seed,
-                            device, batch_size, workers, quiet)
-        click.echo(f"{benchmark}: {len(splits[0].classes)} classes, {len(splits)} split(s), "
-                   f"{store.dim}-D features from {store.root}")
-        result = run_knn_probe(splits, store, k=k, kind=kind, temperature=temperature, progress=echo_split)
-        files = write_report(result, out_dir, "knn-probe")
-    except (DatasetError, StoreError, WeightsError, FileNotFoundError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
-    except OSError as e:
-        raise click.ClickException(f"cannot write to {out_dir}: {e.strerror or e}") from None
-    click.echo("")
-    for line in summary_lines(json.loads(files["json"].read_text())):
-        click.echo(line)
-    click.echo(f"\nreport: {files['markdown']}, {files['json']}, {files['plot']}")
+    run_probe(benchmark, root, out, features, models, weights, layer, scales, aggregate, n_splits, seed, device,
+              batch_size, workers, quiet, stem="knn-probe",
+              probe=lambda splits, store: run_knn_probe(splits, store, k=k, kind=kind, temperature=temperature,
+                                                        progress=echo_split))

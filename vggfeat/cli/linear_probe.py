@@ -2,12 +2,9 @@
 scored with the benchmark's own metric, reported beside Table 11."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import click
 
-from vggfeat.cli.probe_options import echo_split, load_splits, probe_options, probe_store
+from vggfeat.cli.probe_options import echo_split, probe_options, run_probe
 
 
 def parse_cs(value: str) -> tuple[float, ...]:
@@ -53,29 +50,14 @@ def linear_probe(benchmark, root, out, features, models, weights, layer, scales,
       vggfeat linear-probe voc2007 --root /data --features voc07 --Cs 0.1,1,10
       vggfeat linear-probe caltech101 --root /data --weights d.safetensors    # stacks 3 scales
     """
-    from vggfeat.data.benchmarks import DatasetError
-    from vggfeat.features.store import StoreError
-    from vggfeat.models.weights import WeightsError
-    from vggfeat.probes.report import summary_lines, write_report
     from vggfeat.probes.run import run_linear_probe
     from vggfeat.utils.device import resolve_device
 
     grid = parse_cs(cs)
-    out_dir = Path(out or Path("vggfeat-out") / benchmark)
-    try:
-        splits = load_splits(benchmark, root, out_dir, n_splits, seed)
-        store = probe_store(benchmark, splits, out_dir, features, models, weights, layer, scales, aggregate, seed,
-                            device, batch_size, workers, quiet)
-        click.echo(f"{benchmark}: {len(splits[0].classes)} classes, {len(splits)} split(s), "
-                   f"{store.dim}-D features from {store.root}")
-        result = run_linear_probe(splits, store, Cs=grid, classifier=classifier, holdout=holdout, seed=seed,
-                                  device=resolve_device(device), progress=echo_split)
-        files = write_report(result, out_dir, "linear-probe")
-    except (DatasetError, StoreError, WeightsError, FileNotFoundError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
-    except OSError as e:
-        raise click.ClickException(f"cannot write to {out_dir}: {e.strerror or e}") from None
-    click.echo("")
-    for line in summary_lines(json.loads(files["json"].read_text())):
-        click.echo(line)
-    click.echo(f"\nreport: {files['markdown']}, {files['json']}, {files['plot']}")
+
+    def probe(splits, store):
+        return run_linear_probe(splits, store, Cs=grid, classifier=classifier, holdout=holdout, seed=seed,
+                                device=resolve_device(device), progress=echo_split)
+
+    run_probe(benchmark, root, out, features, models, weights, layer, scales, aggregate, n_splits, seed, device,
+              batch_size, workers, quiet, stem="linear-probe", probe=probe)

@@ -3,6 +3,7 @@ where its descriptors come from (a feature store, or nets extracted on the fly a
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from pathlib import Path
 
@@ -54,6 +55,7 @@ def probe_store(benchmark, splits, out: Path, features, models, weights, layer, 
                 batch_size, workers, quiet):
     """The feature store to probe: --features, or an on-the-fly extraction cached under OUT/features."""
     from vggfeat.cli.extract import parse_scales
+    from vggfeat.data.benchmarks import benchmark_images
     from vggfeat.features.store import load_store
     from vggfeat.probes.features import PAPER_FEATURES, ExtractionSettings, cached_store
 
@@ -71,10 +73,36 @@ def probe_store(benchmark, splits, out: Path, features, models, weights, layer, 
     defaults = PAPER_FEATURES[benchmark]
     settings = ExtractionSettings(pairs, layer=layer, scales=parse_scales(scales) if scales else defaults["scales"],
                                   aggregate=aggregate or defaults["aggregate"], seed=seed)
-    images = sorted({p for s in splits for p in (*s.train_paths, *s.test_paths)})
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    return cached_store(images, out, settings, batch_size=batch_size, device=device, workers=workers,
-                        progress=not quiet)
+    return cached_store(benchmark_images(splits), out, settings, batch_size=batch_size, device=device,
+                        workers=workers, progress=not quiet)
+
+
+def run_probe(benchmark, root, out, features, models, weights, layer, scales, aggregate, n_splits, seed, device,
+              batch_size, workers, quiet, *, stem: str, probe) -> None:
+    """What both probe commands do: load the splits and the store, call `probe(splits, store)` (a ProbeResult),
+    write the report OUT/STEM.{json,md,png} and print its summary; bad input becomes a one-line error."""
+    from vggfeat.data.benchmarks import DatasetError
+    from vggfeat.features.store import StoreError
+    from vggfeat.models.weights import WeightsError
+    from vggfeat.probes.report import summary_lines, write_report
+
+    out_dir = Path(out or Path("vggfeat-out") / benchmark)
+    try:
+        splits = load_splits(benchmark, root, out_dir, n_splits, seed)
+        store = probe_store(benchmark, splits, out_dir, features, models, weights, layer, scales, aggregate, seed,
+                            device, batch_size, workers, quiet)
+        click.echo(f"{benchmark}: {len(splits[0].classes)} classes, {len(splits)} split(s), "
+                   f"{store.dim}-D features from {store.root}")
+        files = write_report(probe(splits, store), out_dir, stem)
+    except (DatasetError, StoreError, WeightsError, FileNotFoundError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    except OSError as e:
+        raise click.ClickException(f"cannot write to {out_dir}: {e.strerror or e}") from None
+    click.echo("")
+    for line in summary_lines(json.loads(files["json"].read_text())):
+        click.echo(line)
+    click.echo(f"\nreport: {files['markdown']}, {files['json']}, {files['plot']}")
 
 
 def echo_split(split, result) -> None:

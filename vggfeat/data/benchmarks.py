@@ -114,3 +114,8 @@ def load_benchmark(name: str, root: "str | Path | None" = None, *, seed: int = 0
         n_test = test_per_class if test_per_class is not None else d_test
     return load_random_splits(name, data_dir, seed=seed, splits=splits, splits_dir=splits_dir,
                               train_per_class=n_train, test_per_class=n_test, test_fraction=test_fraction)
+
+
+def benchmark_images(splits: "list[ProbeSplit]") -> list[str]:
+    """Every image any split trains or tests on, sorted, once: what a benchmark's feature store must hold."""
+    return sorted({p for s in splits for p in (*s.train_paths, *s.test_paths)})

@@ -69,7 +69,7 @@ def random_twin(trained: Path, recipe, seed: int, out: Path) -> Path:
 def run_demo(out: "str | Path", *, quick: bool = False, progress: bool = True,
              echo: Callable[[str], None] = log.info) -> dict[str, Any]:
     """Run every step into OUT and write OUT/report; returns the report's contents."""
-    from vggfeat.data.benchmarks import load_benchmark
+    from vggfeat.data.benchmarks import benchmark_images, load_benchmark
     from vggfeat.data.synthetic_voc import make_voc2007
     from vggfeat.demo.report import write_demo_report
     from vggfeat.probes.features import ExtractionSettings, cached_store
@@ -110,7 +110,7 @@ def run_demo(out: "str | Path", *, quick: bool = False, progress: bool = True,
             voc = make_voc2007(target, tc.n_trainval, tc.n_test, seed=tc.seed, size=tc.size)
             (voc / "DONE").write_text("complete\n")
         splits = load_benchmark("voc2007", target)
-        images = sorted({p for s in splits for p in (*s.train_paths, *s.test_paths)})
+        images = benchmark_images(splits)
         timings["target"] = time.perf_counter() - t
 
         nets = {"trained": run_d / "model.safetensors",

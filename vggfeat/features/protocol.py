@@ -6,7 +6,7 @@ Caltech), stack the nets (D & E late fusion) and L2-normalise each final descrip
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import numpy as np

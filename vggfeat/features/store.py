@@ -37,13 +37,29 @@ class FeatureStore:
     def __len__(self) -> int:
         return int(self.features.shape[0])
 
-    def rows_for(self, paths: list[str]) -> np.ndarray:
-        """Row indices of `paths` (as recorded in the manifest); a path not in the store is an error."""
-        index = {p: i for i, p in enumerate(self.paths)}
-        missing = [p for p in paths if p not in index]
+    def rows_for(self, paths: "list[str]") -> np.ndarray:
+        """Row indices of `paths`. A store records paths as given to `vggfeat extract` (often relative to where
+        it ran), so a path matches by resolved absolute path, then by its last two components (e.g.
+        JPEGImages/000005.jpg, accordion/image_0001.jpg) when those are unique in the store. A path with no
+        row is an error (naming why it was skipped at extraction, when it was)."""
+        exact = {str(Path(p).resolve()): i for i, p in enumerate(self.paths)}
+        tails: dict[str, int] = {}
+        for i, p in enumerate(self.paths):
+            t = _tail(p)
+            tails[t] = -1 if t in tails else i  # -1 marks an ambiguous tail
+        rows = np.array([exact.get(str(Path(p).resolve()), tails.get(_tail(p), -1)) for p in paths], dtype=np.int64)
+        missing = [p for p, i in zip(paths, rows) if i < 0]
         if missing:
-            raise StoreError(f"{self.root}: {len(missing)} images are not in the store, e.g. {missing[0]}")
-        return np.array([index[p] for p in paths], dtype=np.int64)
+            skipped = {_tail(s["path"]): s["reason"] for s in self.manifest.get("skipped", [])}
+            why = skipped.get(_tail(missing[0]))
+            hint = f" (skipped at extraction: {why})" if why else ""
+            raise StoreError(f"{self.root}: {len(missing)} of the {len(paths)} images asked for have no row in the "
+                             f"store, e.g. {missing[0]}{hint}; extract every image of the benchmark into the store")
+        return rows
+
+
+def _tail(path: str, parts: int = 2) -> str:
+    return "/".join(Path(path).parts[-parts:])
 
 
 def is_complete_store(root: "str | Path") -> bool:

@@ -207,7 +207,7 @@ def infer_architecture(state: Mapping[str, torch.Tensor]) -> tuple[str, dict[str
 
     A and A-LRN have the same weights: without metadata, A is assumed.
     """
-    from .vgg import CONFIGS, VGG
+    from .vgg import CONFIGS
 
     state = _strip_wrappers(state)
     layout = detect_layout(state)

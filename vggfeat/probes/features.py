@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vggfeat.features.store import FeatureStore, StoreError, is_complete_store, load_store
+from vggfeat.features.store import FeatureStore, is_complete_store, load_store
 
 log = logging.getLogger(__name__)
 
@@ -54,53 +54,25 @@ def cached_store(images: Sequence[str], out: "str | Path", settings: ExtractionS
     """Extract `images` into OUT/features/<key>/ unless a finished store with these settings is there."""
     from vggfeat.features.extract import extract_to_store
 
+    images = sorted(set(images))
     root = Path(out) / "features" / settings.key()
     if is_complete_store(root):
         store = load_store(root)
-        if len(store) + len(store.manifest.get("skipped", [])) == len(set(images)):
+        if len(store) + len(store.manifest.get("skipped", [])) == len(images):
             log.info("reusing cached features %s", root)
             return store
     return extract_to_store(
-        sorted(set(images)), root, models=settings.models, layer=settings.layer, scales=settings.scales,
+        images, root, models=settings.models, layer=settings.layer, scales=settings.scales,
         flip=settings.flip, aggregate=settings.aggregate, l2=settings.l2, l2_parts=settings.l2_parts,
         seed=settings.seed, batch_size=batch_size, device=device, workers=workers, progress=progress,
         overwrite=True,
     )
 
 
-def _tail(path: str, parts: int = 2) -> str:
-    return "/".join(Path(path).parts[-parts:])
-
-
-def rows_for(store: FeatureStore, paths: Sequence[str]) -> np.ndarray:
-    """Store rows of a benchmark's images. A store records paths as given to `vggfeat extract` (often relative
-    to where it ran), so rows are matched by resolved absolute path, then by the last two path components
-    (e.g. JPEGImages/000005.jpg, accordion/image_0001.jpg) when those are unique in the store."""
-    root = store.root
-    exact = {str(Path(p).resolve()): i for i, p in enumerate(store.paths)}
-    tails: dict[str, int] = {}
-    for i, p in enumerate(store.paths):
-        t = _tail(p)
-        tails[t] = -1 if t in tails else i  # -1 marks an ambiguous tail
-    rows = np.empty(len(paths), dtype=np.int64)
-    missing = []
-    for j, p in enumerate(paths):
-        i = exact.get(str(Path(p).resolve()), tails.get(_tail(p), -1))
-        if i < 0:
-            missing.append(p)
-        rows[j] = i
-    if missing:
-        skipped = {_tail(s["path"]): s["reason"] for s in store.manifest.get("skipped", [])}
-        why = skipped.get(_tail(missing[0]))
-        hint = f" (skipped at extraction: {why})" if why else ""
-        raise StoreError(f"{root}: {len(missing)} of the benchmark's {len(paths)} images have no row in the store, "
-                         f"e.g. {missing[0]}{hint}; extract every image of the benchmark into the store")
-    return rows
-
-
 def split_features(store: FeatureStore, train_paths: Sequence[str], test_paths: Sequence[str]
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """(train, test) descriptor matrices as float32, rows in the benchmark's order."""
-    train_rows, test_rows = rows_for(store, train_paths), rows_for(store, test_paths)
+    """(train, test) descriptor matrices as float32, rows in the benchmark's order (matched as
+    `FeatureStore.rows_for` does)."""
+    train_rows, test_rows = store.rows_for(train_paths), store.rows_for(test_paths)
     return (np.asarray(store.features[train_rows], dtype=np.float32),
             np.asarray(store.features[test_rows], dtype=np.float32))

@@ -22,32 +22,36 @@ def _columns(scores, labels) -> tuple[np.ndarray, np.ndarray, bool]:
     return (scores[:, None], labels[:, None], single) if single else (scores, labels, single)
 
 
+def _ranked_pr(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(-scores, kind="stable")
+    ranked = labels[order]
+    tp = np.cumsum(ranked > 0)
+    fp = np.cumsum(ranked < 0)
+    npos = int((labels > 0).sum())
+    recall = tp / npos if npos else np.zeros(len(tp))
+    return tp / np.maximum(tp + fp, 1), recall
+
+
 def precision_recall(scores, labels) -> tuple[np.ndarray, np.ndarray]:
     """Precision and recall after each ranked image of one class (difficult images skipped), as VOCevalcls."""
     scores, labels, _ = _columns(scores, labels)
     if scores.shape[1] != 1:
         raise ValueError("precision_recall takes one class: (N,) scores and labels")
-    order = np.argsort(-scores[:, 0], kind="stable")
-    ranked = labels[order, 0]
-    tp = np.cumsum(ranked > 0)
-    fp = np.cumsum(ranked < 0)
-    npos = int((labels > 0).sum())
-    seen = np.maximum(tp + fp, 1)
-    recall = tp / npos if npos else np.zeros(len(tp))
-    return tp / seen, recall
+    return _ranked_pr(scores[:, 0], labels[:, 0])
 
 
 def _ap(scores, labels, one) -> "float | np.ndarray":
     scores, labels, single = _columns(scores, labels)
-    out = np.array([one(*precision_recall(scores[:, k], labels[:, k])) if (labels[:, k] > 0).any() else np.nan
+    out = np.array([one(*_ranked_pr(scores[:, k], labels[:, k])) if (labels[:, k] > 0).any() else np.nan
                     for k in range(scores.shape[1])])
     return float(out[0]) if single else out
 
 
 def _ap11(precision: np.ndarray, recall: np.ndarray) -> float:
-    # VOC2007: mean over r in {0, 0.1, ..., 1} of the best precision at recall >= r (0 when never reached)
+    # VOC2007: mean over r in {0, 0.1, ..., 1} of the best precision at recall >= r (0 when never reached).
+    # Thresholds are k / 10 exactly: 0.1 * 3 is 0.30000000000000004, which would miss a recall of exactly 3/10.
     return float(np.mean([precision[recall >= t].max() if (recall >= t).any() else 0.0
-                          for t in np.linspace(0, 1, 11)]))
+                          for t in np.arange(11) / 10]))
 
 
 def _ap_all(precision: np.ndarray, recall: np.ndarray) -> float:

@@ -7,11 +7,10 @@ import warnings
 from typing import Sequence
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 
 from vggfeat.probes.selection import Selection, select_and_refit
-from vggfeat.probes.svm import svm_targets
+from vggfeat.probes.svm import OneVsRestLinear, as_matrix, per_class_costs, svm_targets
 
 
 def fit_linear_svc(x, y_pm, C: float, *, tol: float = 1e-4, max_iter: int = 10000):
@@ -23,7 +22,7 @@ def fit_linear_svc(x, y_pm, C: float, *, tol: float = 1e-4, max_iter: int = 1000
         return LinearSVC(C=C, loss="squared_hinge", penalty="l2", dual=True, tol=tol, max_iter=max_iter).fit(x, y_pm)
 
 
-class SklearnSVMProbe(ClassifierMixin, BaseEstimator):
+class SklearnSVMProbe(OneVsRestLinear):
     """One-vs-rest LinearSVC per class, with the targets and outputs of `LinearSVMProbe`."""
 
     def __init__(self, C=1.0, *, tol: float = 1e-4, max_iter: int = 10000):
@@ -32,9 +31,9 @@ class SklearnSVMProbe(ClassifierMixin, BaseEstimator):
         self.max_iter = max_iter
 
     def fit(self, X, y):
-        X = np.asarray(X, dtype=np.float32)
+        X = as_matrix(X)
         Y, S, classes, multilabel = svm_targets(y)
-        C = np.broadcast_to(np.asarray(self.C, dtype=float), (Y.shape[1],))
+        C = per_class_costs(self.C, Y.shape[1])
         coef, intercept = [], []
         for k in range(Y.shape[1]):
             rows = S[:, k] > 0                                  # VOC 'difficult' images are left out
@@ -52,13 +51,6 @@ class SklearnSVMProbe(ClassifierMixin, BaseEstimator):
         self.coef_, self.intercept_ = np.array(coef, dtype=np.float32), np.array(intercept, dtype=np.float32)
         self.classes_, self.multilabel_, self.n_features_in_ = classes, multilabel, X.shape[1]
         return self
-
-    def decision_function(self, X) -> np.ndarray:
-        return np.asarray(X, dtype=np.float32) @ self.coef_.T + self.intercept_
-
-    def predict(self, X) -> np.ndarray:
-        scores = self.decision_function(X)
-        return np.where(scores > 0, 1, -1) if self.multilabel_ else self.classes_[scores.argmax(axis=1)]
 
 
 def fit_sklearn_probe(X, y, Cs: Sequence[float], *, metric: str, holdout: float = 0.2,

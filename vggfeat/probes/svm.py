@@ -98,18 +98,20 @@ def fit_linear_svms(X, Y, S, C, *, intercept_scaling: float = 1.0, tol: float = 
 
     device = torch.device(device) if device is not None else torch.device("cpu")
     f32 = torch.float32
-    X = torch.as_tensor(np.array(X, dtype=np.float32), device=device)
-    Y = torch.as_tensor(np.array(Y, dtype=np.float32), device=device)
-    S = torch.as_tensor(np.array(S, dtype=np.float32), device=device)
-    C = torch.as_tensor(np.array(C, dtype=np.float32).reshape(-1), device=device)
+    X = np.asarray(X, dtype=np.float32)
     n, d = X.shape
-    m = Y.shape[1]
+    Y, S = np.asarray(Y, dtype=np.float32), np.asarray(S, dtype=np.float32)
+    C = np.asarray(C, dtype=np.float32).reshape(-1)
+    m = Y.shape[1] if Y.ndim == 2 else -1
     if Y.shape != (n, m) or S.shape != (n, m) or C.shape != (m,):
-        raise ValueError(f"shapes disagree: X {tuple(X.shape)}, Y {tuple(Y.shape)}, S {tuple(S.shape)}, "
-                         f"C {tuple(C.shape)}")
-    if not bool((C > 0).all()):
+        raise ValueError(f"shapes disagree: X {X.shape}, Y {Y.shape}, S {S.shape}, C {C.shape}")
+    if not (C > 0).all():
         raise ValueError("every C must be positive")
-    Xa = torch.cat([X, torch.full((n, 1), float(intercept_scaling), dtype=f32, device=device)], 1)  # (N, D+1)
+    Xa = np.empty((n, d + 1), dtype=np.float32)       # (N, D+1): the features and the constant bias feature
+    Xa[:, :d] = X
+    Xa[:, d] = intercept_scaling
+    Xa = torch.from_numpy(Xa).to(device)
+    Y, S, C = (torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in (Y, S, C))
     Xa2 = Xa * Xa
     W = torch.zeros(d + 1, m, dtype=f32, device=device)
     iters = torch.zeros(m, dtype=torch.long, device=device)
@@ -182,14 +184,39 @@ def svm_targets(y) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
     raise ValueError(f"y must be class ids (N,) or labels (N, K), got shape {y.shape}")
 
 
-def _matrix(X, name="X") -> np.ndarray:
+def per_class_costs(C, num_classes: int) -> np.ndarray:
+    """C as one value per class: a number is repeated; an array must have one entry per class."""
+    C = np.asarray(C, dtype=np.float64)
+    C = np.full(num_classes, float(C)) if C.ndim == 0 else C
+    if C.shape != (num_classes,):
+        raise ValueError(f"C must be a number or one value per class ({num_classes}), got shape {C.shape}")
+    return C
+
+
+def as_matrix(X, name="X") -> np.ndarray:
     X = np.asarray(X, dtype=np.float32)
     if X.ndim != 2 or X.shape[0] == 0:
         raise ValueError(f"{name} must be a non-empty (N, D) matrix, got shape {X.shape}")
     return X
 
 
-class LinearSVMProbe(ClassifierMixin, BaseEstimator):
+class OneVsRestLinear(ClassifierMixin, BaseEstimator):
+    """Scores and predictions of fitted one-vs-rest linear classifiers (coef_ (K, D), intercept_ (K,))."""
+
+    def decision_function(self, X) -> np.ndarray:
+        X = as_matrix(X)
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {X.shape[1]} features, the probe was fitted on {self.n_features_in_}")
+        return X @ self.coef_.T + self.intercept_
+
+    def predict(self, X) -> np.ndarray:
+        scores = self.decision_function(X)
+        if self.multilabel_:
+            return np.where(scores > 0, 1, -1)
+        return self.classes_[scores.argmax(axis=1)]
+
+
+class LinearSVMProbe(OneVsRestLinear):
     """A scikit-learn estimator: one-vs-rest linear SVMs (squared hinge, L2, LinearSVC's bias) fitted together.
 
     C is one cost for every class or one per class (K,). `fit(X, y)` takes class ids (N,) or VOC labels
@@ -206,28 +233,13 @@ class LinearSVMProbe(ClassifierMixin, BaseEstimator):
         self.device = device
 
     def fit(self, X, y):
-        X = _matrix(X)
+        X = as_matrix(X)
         Y, S, classes, multilabel = svm_targets(y)
         if len(Y) != len(X):
             raise ValueError(f"X has {len(X)} rows but y has {len(Y)}")
-        C = np.broadcast_to(np.asarray(self.C, dtype=np.float64), (Y.shape[1],)) if np.ndim(self.C) == 0 \
-            else np.asarray(self.C, dtype=np.float64)
-        if C.shape != (Y.shape[1],):
-            raise ValueError(f"C must be a number or one value per class ({Y.shape[1]}), got shape {C.shape}")
+        C = per_class_costs(self.C, Y.shape[1])
         self.coef_, self.intercept_, self.n_iter_ = fit_linear_svms(
             X, Y, S, C, intercept_scaling=self.intercept_scaling, tol=self.tol, max_iter=self.max_iter,
             device=self.device)
         self.classes_, self.multilabel_, self.n_features_in_ = classes, multilabel, X.shape[1]
         return self
-
-    def decision_function(self, X) -> np.ndarray:
-        X = _matrix(X)
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features, the probe was fitted on {self.n_features_in_}")
-        return X @ self.coef_.T + self.intercept_
-
-    def predict(self, X) -> np.ndarray:
-        scores = self.decision_function(X)
-        if self.multilabel_:
-            return np.where(scores > 0, 1, -1)
-        return self.classes_[scores.argmax(axis=1)]

@@ -238,7 +238,6 @@ def _train(recipe: Recipe, run: Path, info: DistInfo, device: torch.device, data
                 bar.update(1)
             if global_step % recipe.checkpoint.log_every == 0 or step_in_epoch == steps:
                 dt = time.perf_counter() - t0
-                n = o.batch_size * recipe.checkpoint.log_every
                 logger.write({"kind": "step", "epoch": epoch + 1, "step": step_in_epoch, "global_step": global_step,
                               "loss": loss_sum[0].item() / o.batch_size, "lr": sched.lr,
                               "top1": loss_sum[1].item() / o.batch_size, "top5": loss_sum[2].item() / o.batch_size,
