@@ -21,33 +21,11 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from PIL import Image, ImageOps
-from sklearn.datasets import load_sample_images
 
 import vggfeat
+from vggfeat.data.photos import VOC_SIZES, photo_jpegs
 from vggfeat.features.extract import extract_to_store
 from vggfeat.features.protocol import scaled_size
-
-# (H, W) of VOC-2007 images, roughly in their proportions: most are 500 x 375 landscape or portrait
-VOC_SIZES = [(375, 500)] * 11 + [(500, 375)] * 4 + [(333, 500)] * 3 + [(500, 333), (281, 500)]
-
-
-def make_images(folder: Path, n: int) -> list[Path]:
-    """VOC-sized JPEGs cut from scikit-learn's two real photos."""
-    folder.mkdir(parents=True, exist_ok=True)
-    photos = [Image.fromarray(a) for a in load_sample_images().images]  # 427 x 640 each
-    rng = np.random.default_rng(0)
-    paths = []
-    for k in range(n):
-        h, w = VOC_SIZES[int(rng.integers(len(VOC_SIZES)))]
-        photo = photos[k % 2]
-        x0, y0 = int(rng.integers(0, 60)), int(rng.integers(0, 40))
-        crop = photo.crop((x0, y0, x0 + 560, y0 + 380)).resize((w, h), Image.BILINEAR)
-        if k % 3 == 1:
-            crop = ImageOps.mirror(crop)
-        paths.append(folder / f"img{k:05d}.jpg")
-        crop.save(paths[-1], quality=90)
-    return paths
-
 
 def baseline(tv: torch.nn.Module, paths: list[Path], scales: list[int], device: torch.device) -> np.ndarray:
     """One image at a time, one forward per scale and flip, PIL resizing: the naive Appendix B."""
@@ -109,7 +87,7 @@ def main() -> None:
     tv = torchvision.models.vgg16(weights=None).eval()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        paths = make_images(tmp / "imgs", args.images)
+        paths = photo_jpegs(tmp / "imgs", args.images, VOC_SIZES)
         weights = tmp / "vgg16.pth"
         torch.save(tv.state_dict(), weights)  # the same weights for both, torchvision layout
         print(f"{args.images} VOC-sized images, scales {scales}, full-size VGG-16 fc7, device {device} "

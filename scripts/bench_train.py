@@ -1,6 +1,7 @@
 """Training benchmarks (issue 5): the training step's images/s for nets A-E at 224 with bf16 autocast +
 channels_last on and off, and the data pipeline's images/s per worker (one process) against a
-torchvision-transforms baseline doing the same augmentation (Sect. 3.1) on fully decoded JPEGs.
+torchvision-transforms baseline doing the same augmentation (Sect. 3.1): JPEGs of ImageNet's usual
+500 x 375 size cut from real photos, one thread (as in a DataLoader worker), best of two passes each.
 
     python scripts/bench_train.py [--device auto] [--batch 64] [--steps 5] [--nets vgg_a,...,vgg_e]
 """
@@ -46,20 +47,8 @@ def bench_step(name: str, device: torch.device, batch: int, steps: int, fast: bo
     return batch * steps / (time.perf_counter() - t)
 
 
-def make_jpegs(folder: Path, n: int) -> list[Path]:
-    from vggfeat.data.synthetic import SHAPES, _draw
-
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(n):  # ImageNet-like sizes: about 500 x 375
-        p = folder / f"{i:03d}.jpg"
-        _draw(SHAPES[i % len(SHAPES)], (500, 375) if i % 2 else (375, 500), rng).save(p, quality=90)
-        paths.append(p)
-    return paths
-
-
 def bench_ours(paths, scale, crop) -> float:
-    from vggfeat.data.images import load_rgb
+    from vggfeat.data.images import load_rgb_tensor
     from vggfeat.data.transforms import normalize_batch, sample_rng, train_crop
     from vggfeat.train.recipe import IMAGENET_EIGVAL, IMAGENET_EIGVEC, IMAGENET_MEAN
 
@@ -67,7 +56,7 @@ def bench_ours(paths, scale, crop) -> float:
     crops, alphas = [], []
     for i, p in enumerate(paths):
         rng = sample_rng(0, 0, i)
-        crops.append(torch.from_numpy(train_crop(load_rgb(p, min_side=scale[1]), rng, scale=scale, crop=crop)))
+        crops.append(train_crop(load_rgb_tensor(p, min_side=scale[1]), rng, scale=scale, crop=crop))
         alphas.append(torch.from_numpy(rng.normal(0, 0.1, 3).astype(np.float32)))
     normalize_batch(torch.stack(crops), IMAGENET_MEAN, IMAGENET_EIGVAL, IMAGENET_EIGVEC, torch.stack(alphas))
     return len(paths) / (time.perf_counter() - t)
@@ -119,9 +108,12 @@ def main() -> None:
                 continue
             fast = bench_step(name, device, args.batch, args.steps, fast=True)
             print(f"{name:<8} {base:10.2f} {fast:10.2f} {fast / base:6.2f}x")
+    torch.set_num_threads(1)  # a DataLoader worker is one single-threaded process
     with tempfile.TemporaryDirectory() as tmp:
-        paths = make_jpegs(Path(tmp), args.images)
-        print(f"\ndata pipeline, one worker, {args.images} JPEGs of 500x375 -> 224 crops (images/s)")
+        from vggfeat.data.photos import IMAGENET_SIZES, photo_jpegs
+
+        paths = photo_jpegs(Path(tmp), args.images, IMAGENET_SIZES)
+        print(f"\ndata pipeline, one worker (1 thread), {args.images} photo JPEGs of 500x375 -> 224 crops (images/s)")
         print(f"{'S':<12} {'torchvision':>12} {'vggfeat':>10} {'ratio':>7}")
         for scale in ((256, 256), (384, 384), (256, 512)):
             bench_ours(paths[:4], scale, 224)  # warm-up

@@ -6,9 +6,10 @@ import zlib
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from vggfeat.data.images import ImageError, find_images, load_rgb
+from vggfeat.data.images import ImageError, find_images, load_rgb, load_rgb_tensor
 
 
 def write_png_header_only(path, width, height):
@@ -93,3 +94,69 @@ def test_find_images_files_folders_and_lists(tmp_path, rgb):
         find_images([f"@{tmp_path / 'bad.txt'}"])
     with pytest.raises(FileNotFoundError, match="nope"):
         find_images([tmp_path / "nope"])
+
+
+def _tensor_as_array(t):
+    assert t.dtype == torch.uint8 and t.shape[0] == 3
+    return t.permute(1, 2, 0).numpy()
+
+
+def test_tensor_decoder_equals_pil_decoder(tmp_path, rgb, monkeypatch):
+    """load_rgb_tensor: the same pixels as load_rgb, through torchvision's decoder where it applies."""
+    import torchvision.io
+
+    smooth = np.asarray(Image.fromarray(rgb).resize((300, 200), Image.BILINEAR))
+    Image.fromarray(smooth).save(tmp_path / "photo.jpg", quality=90)
+    Image.fromarray(smooth).save(tmp_path / "progressive.jpg", quality=90, progressive=True)
+    Image.fromarray(smooth[..., 0]).save(tmp_path / "gray.jpg")
+    Image.fromarray(smooth).convert("CMYK").save(tmp_path / "cmyk.jpg")
+    Image.fromarray(smooth).save(tmp_path / "photo.png")
+    img = Image.fromarray(smooth)
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotated: 200 x 300 once displayed
+    img.save(tmp_path / "rotated.jpg", exif=exif.tobytes())
+    big = np.asarray(Image.fromarray(rgb).resize((1200, 800), Image.BILINEAR))
+    Image.fromarray(big).save(tmp_path / "big.jpg")
+
+    calls = []
+    real = torchvision.io.decode_jpeg
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", lambda *a, **k: calls.append(1) or real(*a, **k))
+    fast = {"photo.jpg", "progressive.jpg", "gray.jpg", "rotated.jpg"}
+    for name in sorted(fast) + ["cmyk.jpg", "photo.png"]:
+        calls.clear()
+        got = _tensor_as_array(load_rgb_tensor(tmp_path / name, min_side=150))
+        np.testing.assert_array_equal(got, np.asarray(load_rgb(tmp_path / name, min_side=150)), err_msg=name)
+        assert bool(calls) == (name in fast), name
+    assert load_rgb_tensor(tmp_path / "rotated.jpg").shape == (3, 300, 200)
+    # noise in the entropy-coded data: torchvision refuses it, PIL decodes it - and so do we, as load_rgb
+    data = (tmp_path / "photo.jpg").read_bytes()
+    head = data.index(b"\xff\xda")
+    noise = np.random.default_rng(0).integers(0, 255, len(data) - head - 40, dtype=np.uint8).tobytes()
+    (tmp_path / "corrupt.jpg").write_bytes(data[:head + 20] + noise.replace(b"\xff", b"\x00"))
+    np.testing.assert_array_equal(_tensor_as_array(load_rgb_tensor(tmp_path / "corrupt.jpg")),
+                                  np.asarray(load_rgb(tmp_path / "corrupt.jpg")))
+    calls.clear()  # 1/2 DCT scaling applies: PIL's draft mode, not the full-size decoder
+    assert load_rgb_tensor(tmp_path / "big.jpg", min_side=300).shape == (3, 400, 600) and not calls
+    assert load_rgb_tensor(tmp_path / "big.jpg", min_side=500).shape == (3, 800, 1200) and calls
+
+
+@pytest.mark.parametrize("kind,reason", [
+    ("empty", "empty file"), ("garbage", "not an image"), ("truncated", "truncated or corrupt"),
+    ("bomb", "decompression bomb"),
+])
+def test_tensor_decoder_bad_files_have_reasons(tmp_path, rgb, kind, reason):
+    Image.fromarray(rgb).save(tmp_path / "full.jpg", quality=95)
+    data = (tmp_path / "full.jpg").read_bytes()
+    path = tmp_path / f"{kind}.jpg"
+    if kind == "empty":
+        path.touch()
+    elif kind == "garbage":
+        path.write_bytes(b"GIF? no, just text\n" * 10)
+    elif kind == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path = tmp_path / "bomb.png"
+        write_png_header_only(path, 30000, 30000)
+    with pytest.raises(ImageError) as err:
+        load_rgb_tensor(path)
+    assert reason in err.value.reason and str(path) in str(err.value)

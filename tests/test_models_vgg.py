@@ -116,6 +116,35 @@ def test_dense_head_equals_linear_head_at_224():
     torch.testing.assert_close(model(x), classic, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("kernel", [7, 3, 1])
+@pytest.mark.parametrize("weight_cl,input_cl", [(False, False), (True, False), (False, True), (True, True)])
+def test_dense_fc_is_the_convolution(kernel, weight_cl, input_cl):
+    """The fc layers' single-GEMM form gives the convolution's outputs and gradients, whatever the memory
+    formats of weight and input (channels_last models hold (out, k, k, in) weights)."""
+    from vggfeat.models.vgg import DenseFC
+
+    torch.manual_seed(kernel)
+    layer = DenseFC(24, 40, kernel)
+    if weight_cl:
+        layer = layer.to(memory_format=torch.channels_last)
+        assert not layer.weight.is_contiguous() or kernel == 1
+    x = torch.randn(3, 24, 11, 9)
+    if input_cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    y = layer(x)
+    ref = torch.nn.functional.conv2d(x, layer.weight, layer.bias)
+    assert y.shape == ref.shape == (3, 40, 12 - kernel, 10 - kernel)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    grads = torch.autograd.grad((y * ref.detach()).sum(), (x, layer.weight, layer.bias))
+    want = torch.autograd.grad((ref * ref.detach()).sum(), (x, layer.weight, layer.bias))
+    for g, w in zip(grads, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
+    if kernel > 1:
+        with pytest.raises(RuntimeError):  # smaller than the kernel: the convolution's own error
+            layer(torch.randn(1, 24, kernel - 1, 20))
+
+
 def test_dropout_only_in_training(tiny_model):
     model = tiny_model("vgg_d", fc_dim=256)
     x = torch.randn(2, 3, 64, 64)

@@ -70,3 +70,72 @@ def test_colour_shift_matches_manual():
         shift = np.array(vec) @ (alpha[b].numpy() * np.array(val))  # eigvec @ (alpha * eigval)
         want = x[b].permute(2, 0, 1).float() - torch.tensor(mean).view(3, 1, 1) + torch.tensor(shift).float().view(3, 1, 1)
         assert torch.allclose(out[b], want, atol=1e-5)
+
+
+def _ramps(h, w):
+    """(3, h, w) uint8 image whose red channel is the column index and green channel the row index."""
+    y, x = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    return torch.stack([x, y, torch.zeros_like(x)]).to(torch.uint8)
+
+
+def test_train_crop_rescales_to_s_and_crops_uniformly():
+    """On ramps, a crop's pixel steps are the rescale factor and its first pixel is its source offset."""
+    from vggfeat.data.transforms import sample_rng, train_crop
+
+    img = _ramps(192, 256)  # rescaled to S=96: 96 x 128, so one output pixel spans 2 source pixels
+    lefts, tops, flips = [], [], 0
+    for i in range(60):
+        out = train_crop(img, sample_rng(0, 0, i), scale=(96, 96), crop=48, flip=True)
+        assert out.shape == (48, 48, 3) and out.dtype == torch.uint8
+        red, green = out[24, :, 0].float(), out[:, 24, 1].float()
+        if red[1] > red[-2]:  # mirrored
+            flips += 1
+            red = red.flip(0)
+        assert torch.allclose(red[2:-1] - red[1:-2], torch.tensor(2.0), atol=1.0)  # scale S/min side = 1/2
+        assert torch.allclose(green[2:-1] - green[1:-2], torch.tensor(2.0), atol=1.0)
+        lefts.append(float(red[1] - 2.5))  # column j samples source x = left + 2j + 0.5
+        tops.append(float(green[1] - 2.5))
+    # window 96 x 96 source pixels: left uniform in [0, 160], top in [0, 96]
+    assert min(lefts) < 20 and max(lefts) > 140 and min(tops) < 15 and max(tops) > 80
+    assert all(-1 <= v <= 161 for v in lefts) and all(-1 <= v <= 97 for v in tops)
+    assert 15 < flips < 45
+    slopes = set()
+    for i in range(40):  # scale jitter: S uniform in [96, 192] -> step 192 / S in [1, 2]
+        red = train_crop(img, sample_rng(1, 0, i), scale=(96, 192), crop=48, flip=False)[24, :, 0].float()
+        slopes.add(round(float(red[-2] - red[1]) / 45, 1))
+    assert min(slopes) <= 1.2 and max(slopes) >= 1.8 and all(0.9 <= s <= 2.1 for s in slopes)
+
+
+def test_train_crop_matches_rescaling_the_whole_photo():
+    """Against the literal recipe - PIL rescales the whole photo to S, then the crop is cut out."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    from vggfeat.data.transforms import _window, center_crop, isotropic_size, sample_rng, train_crop
+
+    photo = load_sample_images().images[0]  # 427 x 640
+    img = torch.from_numpy(photo.copy()).permute(2, 0, 1)
+    for i, s in enumerate((256, 384, 300)):
+        rng = sample_rng(2, 0, i)
+        ours = train_crop(img, rng, scale=(s, s), crop=224, flip=False).numpy().astype(float)
+        rng = sample_rng(2, 0, i)
+        rng.integers(s, s + 1)
+        wh, ww = _window(427, 640, s, 224)
+        top, left = int(rng.integers(0, 427 - wh + 1)), int(rng.integers(0, 640 - ww + 1))
+        rh, rw = isotropic_size(427, 640, s)
+        full = np.asarray(Image.fromarray(photo).resize((rw, rh), Image.BILINEAR), dtype=float)
+        y0, x0 = round(top * rh / 427), round(left * rw / 640)
+        want = full[y0:y0 + 224, x0:x0 + 224]
+        assert np.abs(ours - want)[2:-2, 2:-2].mean() < 8.0, s  # apart by the sub-pixel position only
+        # PIL resampling exactly that window: the same filter (up to rounding) away from the window's edge
+        box = np.asarray(Image.fromarray(photo).resize((224, 224), Image.BILINEAR, box=(left, top, left + ww, top + wh),
+                                                       reducing_gap=None), dtype=float)
+        assert np.abs(ours - box)[2:-2, 2:-2].max() <= 1.0, s
+        dy, dx = (8 if y0 + 232 <= rh else -8), (8 if x0 + 232 <= rw else -8)  # 8 px off: clearly worse
+        shifted = full[y0 + dy:y0 + dy + 224, x0 + dx:x0 + dx + 224]
+        assert np.abs(ours - shifted)[2:-2, 2:-2].mean() > 2 * np.abs(ours - want)[2:-2, 2:-2].mean()
+    centre = center_crop(img, size=256, crop=224).numpy().astype(float)
+    rh, rw = isotropic_size(427, 640, 256)
+    full = np.asarray(Image.fromarray(photo).resize((rw, rh), Image.BILINEAR), dtype=float)
+    want = full[(rh - 224) // 2:(rh - 224) // 2 + 224, (rw - 224) // 2:(rw - 224) // 2 + 224]
+    assert np.abs(centre - want)[2:-2, 2:-2].mean() < 8.0

@@ -21,36 +21,47 @@ def sample_rng(seed: int, epoch: int, index: int):
     return np.random.default_rng([seed, epoch, index])
 
 
+def _window(height: int, width: int, size: int, crop: int) -> tuple[int, int]:
+    """(h, w) of the source window that a crop x crop crop covers once the image is rescaled to `size`,
+    in whole source pixels (the scale is then exact up to half a pixel over the window)."""
+    rh, rw = isotropic_size(height, width, size)
+    return (min(height, max(1, round(crop * height / rh))), min(width, max(1, round(crop * width / rw))))
+
+
+def _resize_window(img, top: int, left: int, window: tuple[int, int], crop: int):
+    """The window of a (3, H, W) uint8 image resized to (3, crop, crop) uint8 - antialiased bilinear
+    (PIL's filter; torch's vectorised uint8 kernel) - so only pixels inside the crop are ever resampled."""
+    import torch.nn.functional as F
+
+    win = img[:, top:top + window[0], left:left + window[1]].unsqueeze(0)
+    return F.interpolate(win, size=(crop, crop), mode="bilinear", antialias=True, align_corners=False)[0]
+
+
 def train_crop(img, rng, *, scale: tuple[int, int], crop: int, flip: bool = True):
     """Isotropic rescale to S (fixed, or uniform in [Smin, Smax]), one random crop x crop, random flip.
 
-    `img` is a PIL RGB image; returns a (crop, crop, 3) uint8 array.
+    `img` is a (3, H, W) uint8 tensor; returns a (crop, crop, 3) uint8 tensor. Rather than rescaling the
+    whole image and cropping, the window the crop covers is cut from the source at a uniformly random
+    whole-pixel position and resampled to crop x crop: the same augmentation, a fraction of the cost.
     """
-    import numpy as np
-    from PIL import Image
-
     s = int(rng.integers(scale[0], scale[1] + 1))
-    h, w = isotropic_size(img.height, img.width, s)
-    top, left = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
-    # Resample only the crop's window of the rescaled image (PIL's box): the same pixels as rescaling
-    # the whole image then cropping, at a fraction of the cost.
-    fy, fx = img.height / h, img.width / w
-    box = (left * fx, top * fy, (left + crop) * fx, (top + crop) * fy)
-    arr = np.array(img.resize((crop, crop), Image.BILINEAR, box=box, reducing_gap=None), dtype=np.uint8)
+    _, h, w = img.shape
+    if s < crop:
+        raise ValueError(f"S={s} is smaller than the {crop} px crop")
+    wh, ww = _window(h, w, s, crop)
+    top, left = int(rng.integers(0, h - wh + 1)), int(rng.integers(0, w - ww + 1))
+    out = _resize_window(img, top, left, (wh, ww), crop)
     if flip and rng.random() < 0.5:
-        arr = arr[:, ::-1]
-    return np.ascontiguousarray(arr)
+        out = out.flip(-1)
+    return out.permute(1, 2, 0).contiguous()
 
 
 def center_crop(img, *, size: int, crop: int):
-    """Isotropic rescale to `size`, the central crop x crop (validation during training)."""
-    import numpy as np
-    from PIL import Image
-
-    h, w = isotropic_size(img.height, img.width, size)
-    arr = np.asarray(img.resize((w, h), Image.BILINEAR, reducing_gap=None), dtype=np.uint8)
-    top, left = (h - crop) // 2, (w - crop) // 2
-    return np.ascontiguousarray(arr[top:top + crop, left:left + crop])
+    """Isotropic rescale to `size`, the central crop x crop (validation during training): (3, H, W) uint8
+    tensor in, (crop, crop, 3) uint8 tensor out, resampling only the central window as `train_crop` does."""
+    _, h, w = img.shape
+    wh, ww = _window(h, w, size, crop)
+    return _resize_window(img, (h - wh) // 2, (w - ww) // 2, (wh, ww), crop).permute(1, 2, 0).contiguous()
 
 
 def normalize_batch(x, mean, eigval=None, eigvec=None, alpha=None):

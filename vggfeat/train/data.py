@@ -1,6 +1,7 @@
 """Training and validation inputs (Sect. 3.1): per-sample augmentation keyed by (epoch, index), and a
 batch sampler that deals each process its share of a global batch, reseeded per epoch and resumable
-mid-epoch. JPEGs decode at reduced size when S is small (draft mode), in DataLoader workers."""
+mid-epoch. JPEGs decode in DataLoader workers, at reduced size when S is small enough (draft mode), and
+only the crop's window is resampled."""
 from __future__ import annotations
 
 from typing import Iterator
@@ -9,7 +10,7 @@ import numpy as np
 import torch
 
 from vggfeat.data.folder import Samples
-from vggfeat.data.images import load_rgb
+from vggfeat.data.images import load_rgb_tensor
 from vggfeat.data.transforms import center_crop, sample_rng, train_crop
 
 
@@ -27,10 +28,10 @@ class TrainSet(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int]):
         epoch, index = key
         rng = sample_rng(self.seed, epoch, index)
-        img = load_rgb(self.samples.paths[index], min_side=self.scale[1])  # decode-time downscaling
-        arr = train_crop(img, rng, scale=self.scale, crop=self.crop, flip=self.flip)
+        img = load_rgb_tensor(self.samples.paths[index], min_side=self.scale[1])  # decode-time downscaling
+        crop = train_crop(img, rng, scale=self.scale, crop=self.crop, flip=self.flip)
         alpha = rng.normal(0.0, self.color_sigma, 3) if self.color_sigma > 0 else np.zeros(3)
-        return torch.from_numpy(arr), torch.from_numpy(alpha.astype(np.float32)), self.samples.labels[index]
+        return crop, torch.from_numpy(alpha.astype(np.float32)), self.samples.labels[index]
 
 
 class ValSet(torch.utils.data.Dataset):
@@ -43,8 +44,8 @@ class ValSet(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int):
-        img = load_rgb(self.samples.paths[index], min_side=self.size)
-        return torch.from_numpy(center_crop(img, size=self.size, crop=self.crop)), self.samples.labels[index]
+        img = load_rgb_tensor(self.samples.paths[index], min_side=self.size)
+        return center_crop(img, size=self.size, crop=self.crop), self.samples.labels[index]
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
