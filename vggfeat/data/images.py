@@ -7,6 +7,7 @@ caller only needs a smallest side of `min_side` pixels, which makes decoding sev
 """
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from pathlib import Path
@@ -134,6 +135,7 @@ def _draft_reduces(size: tuple[int, int], min_side: int | None) -> bool:
     return min(size[0] // req[0], size[1] // req[1]) >= 2
 
 
+@functools.lru_cache(maxsize=1)
 def _torchvision_jpeg_decoder():
     """torchvision's libjpeg-turbo decoder, or None: torchvision 0.29 deprecated its image decoders (in
     favour of TorchCodec) and a later release drops them, after which PIL decodes everything."""
