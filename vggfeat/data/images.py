@@ -136,16 +136,16 @@ def _draft_reduces(size: tuple[int, int], min_side: int | None) -> bool:
 
 
 @functools.lru_cache(maxsize=1)
-def _torchvision_jpeg_decoder():
-    """torchvision's libjpeg-turbo decoder, or None: torchvision 0.29 deprecated its image decoders (in
-    favour of TorchCodec) and a later release drops them, after which PIL decodes everything."""
+def _torchvision_io():
+    """torchvision.io if it still decodes JPEGs, else None: torchvision 0.29 deprecated its image decoders
+    (in favour of TorchCodec) and a later release drops them, after which PIL decodes everything."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            from torchvision.io import ImageReadMode, decode_jpeg
+            import torchvision.io as tvio
     except ImportError:
         return None
-    return lambda data: decode_jpeg(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+    return tvio if hasattr(tvio, "decode_jpeg") else None
 
 
 def load_rgb_tensor(path: "str | Path", *, min_side: int | None = None, max_pixels: int = MAX_PIXELS):
@@ -160,10 +160,10 @@ def load_rgb_tensor(path: "str | Path", *, min_side: int | None = None, max_pixe
     import torch
 
     path = Path(path)
-    decode = _torchvision_jpeg_decoder()
+    tvio = _torchvision_io()
     try:
         with Image.open(path) as header:  # reads the header only
-            fast = (decode is not None and header.format == "JPEG" and header.mode in ("RGB", "L")
+            fast = (tvio is not None and header.format == "JPEG" and header.mode in ("RGB", "L")
                     and header.width * header.height <= max_pixels and not _draft_reduces(header.size, min_side))
     except Exception:  # load_rgb below classifies the problem
         fast = False
@@ -171,7 +171,8 @@ def load_rgb_tensor(path: "str | Path", *, min_side: int | None = None, max_pixe
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
-                return decode(torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8))
+                data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+                return tvio.decode_jpeg(data, mode=tvio.ImageReadMode.RGB, apply_exif_orientation=True)
         except (OSError, RuntimeError):  # truncated or corrupt (PIL may still read a corrupt one)
             pass
     arr = np.array(load_rgb(path, min_side=min_side, max_pixels=max_pixels), dtype=np.uint8)  # (H, W, 3)
