@@ -78,6 +78,8 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", help="vggfeat's compute precision (auto: bf16 on CUDA)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="the card's dense bf16 peak (H100 SXM: 989)")
+    p.add_argument("--no-winograd", dest="winograd", action="store_false",
+                   help="vggfeat with direct convolutions only (no Winograd F(4x4,3x3) on the CPU)")
     p.add_argument("--skip-baseline", action="store_true")
     args = p.parse_args()
     scales = [int(s) for s in args.scales.split(",")]
@@ -92,17 +94,19 @@ def main() -> None:
         torch.save(tv.state_dict(), weights)  # the same weights for both, torchvision layout
         print(f"{args.images} VOC-sized images, scales {scales}, full-size VGG-16 fc7, device {device} "
               f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu'}, "
-              f"{torch.get_num_threads()} threads), torch {torch.__version__}")
+              f"{torch.get_num_threads()} threads), torch {torch.__version__}"
+              f"{'' if args.winograd or device.type != 'cpu' else ', direct convolutions only'}")
 
         # warm-up on two images (cuDNN autotuning, oneDNN primitive caches), then the timed run
         extract_to_store(paths[:2], tmp / "warm", models=[("vgg16", weights)], scales=scales, batch_size=args.batch_size,
-                         device=str(device), workers=0, progress=False, precision=args.precision)
+                         device=str(device), workers=0, progress=False, precision=args.precision,
+                         winograd=args.winograd)
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
         store = extract_to_store(paths, tmp / "store", models=[("vgg16", weights)], scales=scales,
                                  batch_size=args.batch_size, device=str(device), workers=args.workers,
-                                 progress=False, precision=args.precision)
+                                 progress=False, precision=args.precision, winograd=args.winograd)
         if device.type == "cuda":
             torch.cuda.synchronize()
         ours_s = time.perf_counter() - start

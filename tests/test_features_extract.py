@@ -85,6 +85,25 @@ def test_batched_equals_one_image_at_a_time():
     np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, rtol=1e-5)  # L2 per sample
 
 
+def test_winograd_switch_reaches_the_net(monkeypatch):
+    """winograd=True runs the net's 3x3 convs through Winograd (threshold lowered for the tiny net),
+    winograd=False keeps them direct; both give the manual protocol's descriptors."""
+    from vggfeat.models import fastconv
+
+    monkeypatch.setattr(fastconv, "WINOGRAD_MIN_CHANNEL_PRODUCT", 1)
+    calls = []
+    real = fastconv.winograd_conv3x3_relu
+    monkeypatch.setattr(fastconv, "winograd_conv3x3_relu", lambda *a: calls.append(1) or real(*a))
+    model, images = tiny(), random_images([(70, 100)], seed=5)
+    direct = extract_features(model, images, scales=(64,), winograd=False, device="cpu")
+    assert calls == [] and model.winograd is False
+    fast = extract_features(model, images, scales=(64,), device="cpu")
+    assert len(calls) == 13 and model.winograd is True  # config D's 3x3 convs, one batch (image + flip)
+    np.testing.assert_allclose(fast, direct, rtol=1e-4, atol=1e-6)
+    model.winograd = False
+    np.testing.assert_allclose(direct[0], manual_descriptor(model, images[0], (64,)), rtol=1e-5, atol=1e-7)
+
+
 def test_several_nets_stack():
     d, e = tiny("vgg_d", seed=1), tiny("vgg_e", seed=2, fc_dim=24)
     images = random_images([(64, 80), (72, 64)])

@@ -109,6 +109,20 @@ def test_random_weights_warn_loudly(tmp_path):
     assert np.load(tmp_path / "o" / "features.npy").shape == (1, 512)
 
 
+def test_cli_winograd_switch(tmp_path, weights, monkeypatch):
+    import vggfeat.features.extract as ex
+
+    seen = []
+    real = ex.extract_to_store
+    monkeypatch.setattr(ex, "extract_to_store", lambda *a, **kw: seen.append(kw["winograd"]) or real(*a, **kw))
+    src = make_images(tmp_path / "imgs", 2)
+    assert run([str(src), "-o", str(tmp_path / "w"), "--weights", weights, *FAST]).exit_code == 0
+    assert run([str(src), "-o", str(tmp_path / "d"), "--weights", weights, "--no-winograd", *FAST]).exit_code == 0
+    assert seen == [True, False]
+    np.testing.assert_allclose(np.load(tmp_path / "w" / "features.npy"), np.load(tmp_path / "d" / "features.npy"),
+                               rtol=1e-4, atol=1e-6)
+
+
 def test_finished_store_is_not_recomputed_and_settings_are_guarded(tmp_path, weights, monkeypatch):
     src = make_images(tmp_path / "imgs", 3)
     out = tmp_path / "store"

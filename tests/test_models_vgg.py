@@ -164,27 +164,3 @@ def test_configs_match_table_1():
     assert [len(v) + 3 for v in convs.values()] == [11, 13, 16, 16, 19]
     assert [c for c, k in convs["C"] if k == 1] == [256, 512, 512]
     assert [len(stage) for stage in CONFIGS["E"]] == [2, 2, 4, 4, 4]
-
-
-def test_fused_conv_relu_inference_equals_the_layers(monkeypatch):
-    """fp32 CPU inference runs conv + ReLU as one oneDNN call: the same activations as the two modules."""
-    from vggfeat.models import vgg as vgg_module
-
-    model = vggfeat.create_model("vgg_d", width_mult=1 / 16, fc_dim=32, num_classes=5, seed=3).eval()
-    model = model.to(memory_format=torch.channels_last)
-    x = torch.randn(2, 3, 230, 260).contiguous(memory_format=torch.channels_last)
-    calls = []
-    real = vgg_module.fused_conv_relu
-    monkeypatch.setattr(vgg_module, "fused_conv_relu", lambda c, x: calls.append(1) or real(c, x))
-    with torch.inference_mode():
-        fused = {name: a.clone() for name, a in model.iter_layers(x, until="fc7")}
-    if torch.backends.mkldnn.is_available():
-        assert len(calls) == 13 and vgg_module._FUSED_CPU["ok"]  # every 3x3 conv of config D, none failed
-        with torch.no_grad():
-            assert real(model.conv1_1, x) is not None
-    monkeypatch.setattr(vgg_module, "fused_conv_relu", lambda c, x: None)
-    with torch.inference_mode():
-        plain = dict(model.iter_layers(x, until="fc7"))
-    for name in fused:
-        torch.testing.assert_close(fused[name], plain[name], rtol=1e-5, atol=1e-6)
-    assert real(model.conv1_1, x.requires_grad_(True)) is None  # autograd needs the separate modules

@@ -24,9 +24,11 @@ Item = tuple[int, list[torch.Tensor]]  # (image index, one (3, H, W) uint8 tenso
 
 class DescriptorEngine:
     def __init__(self, nets: Sequence[FeatureNet], protocol: Protocol, device: torch.device,
-                 batch_size: int = 16, precision: str = "auto", max_batch_pixels: int | None = None) -> None:
+                 batch_size: int = 16, precision: str = "auto", max_batch_pixels: int | None = None,
+                 winograd: bool = True) -> None:
         """`batch_size` images (with their flips) at most per forward; on CPU also at most
-        `max_batch_pixels` input pixels (default CPU_BATCH_PIXELS; no limit on CUDA)."""
+        `max_batch_pixels` input pixels (default CPU_BATCH_PIXELS; no limit on CUDA). `winograd=False`
+        keeps every VGG conv a direct convolution on the CPU (vggfeat.models.fastconv)."""
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
         if batch_size < 1:
@@ -37,7 +39,8 @@ class DescriptorEngine:
         bf16 = precision == "bfloat16" or (precision == "auto" and cuda)
         for net in self.nets:
             # channels_last: cuDNN and oneDNN both run 3x3 convs fastest on NHWC (measured 1.1-1.2x on CPU)
-            net.configure(device, channels_last=True, autocast_dtype=torch.bfloat16 if bf16 else None)
+            net.configure(device, channels_last=True, autocast_dtype=torch.bfloat16 if bf16 else None,
+                          winograd=winograd)
         if cuda:
             torch.backends.cudnn.benchmark = True  # a few canvas sizes recur: autotuning pays off
 

@@ -52,17 +52,20 @@ def extract_features(
     device: "str | torch.device" = "auto",
     workers: int = 0,
     precision: str = "auto",
+    winograd: bool = True,
     chunk_size: int = 256,
 ) -> np.ndarray:
     """Descriptors (N, D) of `images` (paths, PIL images or HxWx3 uint8 arrays), in input order.
 
     `model` is a vggfeat VGG (pooled at `layer`), a timm model, or a list of them (their descriptors are
-    stacked, the paper's D & E fusion). A bad image file raises ImageError naming it.
+    stacked, the paper's D & E fusion). A bad image file raises ImageError naming it. On the CPU a VGG's
+    wide 3x3 convs run as Winograd F(4x4, 3x3) unless `winograd=False` (vggfeat.models.fastconv).
     """
     models = list(model) if isinstance(model, (list, tuple)) else [model]
     protocol = Protocol(layer, tuple(scales), flip, aggregate, l2, l2_parts, snap)
     device = resolve_device(device) if isinstance(device, str) else device
-    engine = DescriptorEngine([as_feature_net(m, layer) for m in models], protocol, device, batch_size, precision)
+    engine = DescriptorEngine([as_feature_net(m, layer) for m in models], protocol, device, batch_size, precision,
+                              winograd=winograd)
     out = np.empty((len(images), engine.dim), dtype=np.float32)
     for _, index, feats, skipped in describe_chunks(engine, images, _chunks(len(images), chunk_size), workers):
         if skipped:
@@ -135,6 +138,7 @@ def extract_to_store(
     workers: int = 2,
     dtype: str = "float32",
     precision: str = "auto",
+    winograd: bool = True,
     seed: int = 0,
     overwrite: bool = False,
     strict: bool = False,
@@ -172,7 +176,7 @@ def extract_to_store(
     if torch_device.type == "cuda" and torch_device.index is not None:
         torch.cuda.set_device(torch_device)
     nets = [build_feature_net(s, layer, seed) for s in specs]  # a bad --layer fails here, before any write
-    engine = DescriptorEngine(nets, protocol, torch_device, batch_size, precision)
+    engine = DescriptorEngine(nets, protocol, torch_device, batch_size, precision, winograd=winograd)
     settings_file = fs.partial_dir(out) / fs.SETTINGS_FILE
     _barrier(world)
     if rank == 0 and not settings_file.is_file():

@@ -40,10 +40,13 @@ class FeatureNet(nn.Module):
         self.channels_last = False
         self.autocast_dtype: torch.dtype | None = None
 
-    def configure(self, device: torch.device, *, channels_last: bool, autocast_dtype: torch.dtype | None) -> "FeatureNet":
+    def configure(self, device: torch.device, *, channels_last: bool, autocast_dtype: torch.dtype | None,
+                  winograd: bool = True) -> "FeatureNet":
         self.to(device)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
+        if hasattr(self.model, "winograd"):  # a vggfeat VGG: Winograd for its wide 3x3 convs in fp32 CPU inference
+            self.model.winograd = winograd
         self.channels_last, self.autocast_dtype = channels_last, autocast_dtype
         return self
 

@@ -1,0 +1,144 @@
+"""CPU inference kernels for conv + ReLU: Winograd F(4x4, 3x3) and oneDNN's fused call against conv2d."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import vggfeat
+from vggfeat.models import fastconv
+
+
+def reference(x, weight, bias):
+    """ReLU(conv2d) in float64: the exact answer both fp32 kernels round."""
+    return F.relu(F.conv2d(x.double(), weight.double(), None if bias is None else bias.double(), padding=1))
+
+
+def relative_error(y, ref):
+    return ((y.double() - ref).abs().max() / ref.abs().max()).item()
+
+
+@pytest.mark.parametrize("points", [fastconv.POINTS, (0.0, 1.0, -1.0, 2.0, -2.0)])
+def test_winograd_matrices_compute_a_1d_correlation_exactly(points):
+    at, g, bt = fastconv.winograd_matrices(points)
+    gen = torch.Generator().manual_seed(0)
+    d, k = torch.randn(6, dtype=torch.float64, generator=gen), torch.randn(3, dtype=torch.float64, generator=gen)
+    y = at @ ((g @ k) * (bt @ d))  # F(4, 3): 4 outputs of a 3-tap correlation over 6 inputs
+    expected = torch.stack([d[i:i + 3] @ k for i in range(4)])
+    torch.testing.assert_close(y, expected, rtol=0, atol=1e-12)
+
+
+def test_winograd_matrices_refuse_repeated_points():
+    with pytest.raises(ValueError, match="5 distinct finite points"):
+        fastconv.winograd_matrices((0.0, 1.0, 1.0, 0.5, -2.0))
+    with pytest.raises(ValueError, match="5 distinct finite points"):
+        fastconv.winograd_matrices((0.0, 1.0, -1.0))
+
+
+@pytest.mark.parametrize("b, c, k, h, w", [(1, 8, 16, 1, 1), (2, 16, 8, 5, 7), (3, 8, 8, 12, 16), (1, 32, 24, 23, 9)])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_winograd_equals_conv2d_relu(b, c, k, h, w, channels_last):
+    """Any map size (tiles cropped at the right and bottom edges), either memory format, fp32 rounding only."""
+    gen = torch.Generator().manual_seed(h * w)
+    x = torch.randn(b, c, h, w, generator=gen)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(k, c, 3, 3, generator=gen) / (3 * c**0.5), torch.randn(k, generator=gen)
+    y = fastconv.winograd_conv3x3_relu(x, weight, bias)
+    assert y.shape == (b, k, h, w) and y.is_contiguous(memory_format=torch.channels_last)
+    ref = reference(x, weight, bias)
+    assert relative_error(y, ref) < 2e-5
+    assert (y[ref == 0] == 0).float().mean() > 0.99  # the ReLU is applied (up to rounding at the kink)
+    assert relative_error(fastconv.winograd_conv3x3_relu(x, weight, None), reference(x, weight, None)) < 2e-5
+
+
+def test_winograd_bands_give_the_same_map(monkeypatch):
+    """The map is processed in bands of tile rows: one-row bands and a single band agree to rounding."""
+    gen = torch.Generator().manual_seed(1)
+    x, weight = torch.randn(2, 16, 37, 30, generator=gen), torch.randn(24, 16, 3, 3, generator=gen) / 12
+    bias = torch.randn(24, generator=gen)
+    monkeypatch.setattr(fastconv, "BAND_BYTES", 1 << 40)
+    whole = fastconv.winograd_conv3x3_relu(x, weight, bias)
+    monkeypatch.setattr(fastconv, "BAND_BYTES", 1)
+    banded = fastconv.winograd_conv3x3_relu(x, weight, bias)
+    torch.testing.assert_close(banded, whole, rtol=0, atol=1e-6)
+    assert relative_error(banded, reference(x, weight, bias)) < 2e-5
+
+
+def test_winograd_rounding_is_fp32_sized_on_a_wide_layer():
+    """A 256-channel layer at fp32: a few 1e-6 of the largest output, not a wrong algorithm's 1e-2."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(1, 256, 20, 24, generator=gen).relu()
+    weight, bias = torch.randn(256, 256, 3, 3, generator=gen) * (2 / (9 * 256)) ** 0.5, torch.zeros(256)
+    ref = reference(x, weight, bias)
+    err = relative_error(fastconv.winograd_conv3x3_relu(x, weight, bias), ref)
+    direct = relative_error(F.relu(F.conv2d(x, weight, bias, padding=1)), ref)
+    assert 0 < err < 1.5e-5 and direct < err
+
+
+def test_transformed_weights_are_cached_until_the_weight_changes():
+    conv = nn.Conv2d(8, 8, 3, padding=1)
+    u = fastconv.winograd_weight(conv.weight)
+    assert fastconv.winograd_weight(conv.weight) is u
+    x = torch.randn(1, 8, 9, 9)
+    with torch.no_grad():
+        conv.weight.mul_(-2.0)  # an in-place update, as an optimizer step or load_state_dict makes
+        y = fastconv.winograd_conv3x3_relu(x, conv.weight, conv.bias)
+    assert fastconv.winograd_weight(conv.weight) is not u
+    assert relative_error(y, reference(x, conv.weight, conv.bias)) < 2e-5
+
+
+def test_conv_relu_inference_picks_a_kernel_or_declines(monkeypatch):
+    calls = []
+    real_winograd = fastconv.winograd_conv3x3_relu
+    monkeypatch.setattr(fastconv, "winograd_conv3x3_relu", lambda *a: calls.append("winograd") or real_winograd(*a))
+    wide, narrow = nn.Conv2d(64, 128, 3, padding=1), nn.Conv2d(64, 64, 3, padding=1)
+    x = torch.randn(1, 64, 10, 11)
+    with torch.inference_mode():
+        expected = F.relu(wide(x))
+        torch.testing.assert_close(fastconv.conv_relu_inference(wide, x), expected, rtol=1e-4, atol=1e-5)
+        assert calls == ["winograd"]
+        torch.testing.assert_close(fastconv.conv_relu_inference(narrow, x), F.relu(narrow(x)), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(fastconv.conv_relu_inference(wide, x, winograd=False), expected, rtol=1e-5, atol=1e-6)
+        assert calls == ["winograd"]  # 64 -> 64 is below the threshold; winograd=False means direct
+        assert fastconv.conv_relu_inference(wide, x.double()) is None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert fastconv.conv_relu_inference(wide, x) is None
+    assert fastconv.conv_relu_inference(wide, x) is None  # autograd needs the modules
+    strided = nn.Conv2d(64, 128, 3, padding=1, stride=2)
+    assert not fastconv.winograd_applies(strided) and fastconv.winograd_applies(wide)
+
+
+def test_vgg_layers_with_winograd_equal_the_modules(monkeypatch):
+    """Every 3x3 conv of a net through Winograd (threshold lowered for the tiny test net), against the
+    plain modules and against the direct kernels: the same activations to fp32 rounding."""
+    from vggfeat.models import vgg as vgg_module
+
+    model = vggfeat.create_model("vgg_d", width_mult=1 / 16, fc_dim=32, num_classes=5, seed=3).eval()
+    model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 230, 260).contiguous(memory_format=torch.channels_last)
+    monkeypatch.setattr(fastconv, "WINOGRAD_MIN_CHANNEL_PRODUCT", 1)
+    calls = []
+    real = fastconv.winograd_conv3x3_relu
+    monkeypatch.setattr(fastconv, "winograd_conv3x3_relu", lambda *a: calls.append(1) or real(*a))
+    with torch.inference_mode():
+        winograd = {name: a.clone() for name, a in model.iter_layers(x, until="fc7")}
+        assert len(calls) == 13  # every 3x3 conv of config D
+        model.winograd = False
+        direct = {name: a.clone() for name, a in model.iter_layers(x, until="fc7")}
+        assert len(calls) == 13
+    monkeypatch.setattr(vgg_module, "conv_relu_inference", lambda *a, **k: None)
+    with torch.inference_mode():
+        plain = dict(model.iter_layers(x, until="fc7"))
+    for name in plain:
+        scale = plain[name].abs().max()
+        torch.testing.assert_close(direct[name], plain[name], rtol=1e-5, atol=1e-6 * scale)
+        torch.testing.assert_close(winograd[name], plain[name], rtol=1e-4, atol=2e-5 * scale)
+
+
+def test_fused_onednn_conv_relu_equals_the_modules():
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("torch built without oneDNN")
+    conv = nn.Conv2d(16, 32, 3, padding=1).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 16, 19, 21).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(fastconv.onednn_conv_relu(conv, x), F.relu(conv(x)), rtol=1e-5, atol=1e-6)
