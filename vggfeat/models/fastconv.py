@@ -25,7 +25,7 @@ POINTS = (0.0, 1.0, -1.0, 0.5, -2.0)
 WINOGRAD_MIN_CHANNEL_PRODUCT = 64 * 128
 # A band of output tiles is transformed at a time, its buffers (36 x tiles x channels floats) sized to stay
 # in the caches: 2x faster than whole maps at 256 channels.
-BAND_BYTES = 8 << 20
+BAND_BYTES = 4 << 20
 
 
 def winograd_matrices(points: tuple[float, ...] = POINTS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -63,8 +63,9 @@ _WEIGHTS = WeakIdKeyDictionary()
 
 def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
     """(K, C, 3, 3) kernel -> (36, C, K) transformed kernel G g G^T, computed in float64, kept per weight
-    tensor until the weight changes (an optimizer step or load_state_dict bumps its version)."""
-    # an inference tensor has no version counter: its transform is recomputed (~10 ms for 512 x 512)
+    tensor until the weight changes (an optimizer step or load_state_dict bumps its version) or is freed.
+    4x the weight's memory: about 240 MB for VGG-16's conv2_1..conv5_3."""
+    # an inference tensor has no version counter: its transform is recomputed (~0.05 s for 512 x 512)
     key = None if weight.is_inference() else (weight._version, weight.data_ptr())
     cached = _WEIGHTS.get(weight) if key else None
     if cached is not None and cached[:2] == key:
@@ -89,7 +90,7 @@ def winograd_conv3x3_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     k = u.shape[2]
     th, tw = -(-h // M), -(-w // M)  # tiles down and across
     xh = x.permute(0, 2, 3, 1)  # (B, H, W, C) view
-    y = torch.empty(b, h, w, k, dtype=x.dtype)
+    y = torch.empty(b, h, w, k, dtype=x.dtype, device=x.device)
     rows = max(1, BAND_BYTES // (A * A * max(c, k) * x.element_size() * b * tw))  # tile rows per band
     for r0 in range(0, th, rows):
         nr = min(rows, th - r0)
