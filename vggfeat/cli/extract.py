@@ -48,7 +48,7 @@ def parse_scales(value: str) -> tuple[int, ...]:
 @click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
               help="Compute precision: auto is bf16 autocast on CUDA, float32 on the CPU.")
 @click.option("--winograd/--no-winograd", default=True, show_default=True,
-              help="On the CPU, run VGG's wide 3x3 convs (conv2_1 on) as Winograd F(4x4,3x3) in float32: "
+              help="On the CPU, run VGG's wide 3x3 convs (conv2_2 on) as Winograd F(4x4,3x3) in float32: "
                    "1.4x faster extraction; descriptors agree with direct convolution to ~1e-7.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random init when no --weights is given.")
 @click.option("--chunk-size", default=256, show_default=True, type=click.IntRange(min=1),

@@ -3,9 +3,9 @@
 Two kernels compute what nn.Conv2d followed by nn.ReLU computes:
 - oneDNN's direct convolution with the ReLU as a post-op (one pass less over each activation map);
 - Winograd F(4x4, 3x3) (Lavin & Gray, CVPR 2016) for the wide 3x3 layers: a 4x4 output tile costs 36
-  multiply-adds per channel pair instead of 144. On 2 AVX-512 cores it ran conv3_1..conv5_3 of VGG-16
-  1.3-2.6x faster than oneDNN; its fp32 rounding is ~4e-6 of a layer's largest output, against ~2e-7 for
-  the direct convolution. `VGG.winograd = False` keeps every conv direct.
+  multiply-adds per channel pair instead of 144. On 2 AVX-512 cores it ran conv2_2..conv5_3 of VGG-16
+  1.1-2.5x faster than oneDNN; its fp32 rounding is 3-5e-6 of a layer's largest output, against 1-2e-6
+  for the direct convolution. `VGG.winograd = False` keeps every conv direct.
 """
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ A = M + R - 1  # input tile side: 6
 # relative, measured on a 256-channel layer against float64.
 POINTS = (0.0, 1.0, -1.0, 0.5, -2.0)
 # Winograd pays off where channel products outweigh its tile transforms. Measured on VGG-16's layers at
-# Q=512 (2 cores): 64 -> 64 (conv1_2) lost 25%, 64 -> 128 gained 8%, 128 -> 128 1.4x, 512 -> 512 2.3x.
-WINOGRAD_MIN_CHANNEL_PRODUCT = 64 * 128
+# Q=512 (2 cores, scripts/bench_conv.py): 64 -> 64 (conv1_2) 0.8x, 64 -> 128 0.8-1.08x over five runs,
+# 128 -> 128 1.1-1.4x, 256 -> 256 1.9-2.0x, 512 -> 512 2.4x.
+WINOGRAD_MIN_CHANNEL_PRODUCT = 128 * 128
 # A band of output tiles is transformed at a time, its buffers (36 x tiles x channels floats) sized to stay
 # in the caches: 2x faster than whole maps at 256 channels.
 BAND_BYTES = 4 << 20
@@ -64,7 +65,7 @@ _WEIGHTS = WeakIdKeyDictionary()
 def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
     """(K, C, 3, 3) kernel -> (36, C, K) transformed kernel G g G^T, computed in float64, kept per weight
     tensor until the weight changes (an optimizer step or load_state_dict bumps its version) or is freed.
-    4x the weight's memory: about 240 MB for VGG-16's conv2_1..conv5_3."""
+    4x the weight's memory: about 240 MB for VGG-16's conv2_2..conv5_3."""
     # an inference tensor has no version counter: its transform is recomputed (~0.05 s for 512 x 512)
     key = None if weight.is_inference() else (weight._version, weight.data_ptr())
     cached = _WEIGHTS.get(weight) if key else None
