@@ -47,6 +47,7 @@ def test_winograd_equals_conv2d_relu(b, c, k, h, w, channels_last):
     assert y.shape == (b, k, h, w) and y.is_contiguous(memory_format=torch.channels_last)
     ref = reference(x, weight, bias)
     assert relative_error(y, ref) < 2e-5
+    assert torch.equal(fastconv.winograd_conv3x3_relu(x, weight, bias), y)  # deterministic: resumed runs match
     assert (y[ref == 0] == 0).float().mean() > 0.99  # the ReLU is applied (up to rounding at the kink)
     assert relative_error(fastconv.winograd_conv3x3_relu(x, weight, None), reference(x, weight, None)) < 2e-5
 
