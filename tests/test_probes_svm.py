@@ -102,6 +102,10 @@ def test_bad_inputs_are_clear_errors():
         LinearSVMProbe(C=-1.0).fit(x, [0, 1, 0, 1])
     with pytest.raises(ValueError, match="3 rows"):
         LinearSVMProbe().fit(x[:3], [0, 1, 0, 1])
+    with pytest.raises(ValueError, match="3 rows"):  # the sklearn reference checks its inputs the same way
+        SklearnSVMProbe().fit(x[:3], [0, 1, 0, 1])
+    with pytest.raises(ValueError, match="one value per class"):
+        SklearnSVMProbe(C=[1.0, 2.0, 3.0]).fit(x, [0, 1, 0, 1])
 
 
 @pytest.mark.gpu

@@ -10,7 +10,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
 from vggfeat.probes.selection import Selection, select_and_refit
-from vggfeat.probes.svm import OneVsRestLinear, as_matrix, per_class_costs, svm_targets
+from vggfeat.probes.svm import OneVsRestLinear
 
 
 def fit_linear_svc(x, y_pm, C: float, *, tol: float = 1e-4, max_iter: int = 10000):
@@ -31,9 +31,7 @@ class SklearnSVMProbe(OneVsRestLinear):
         self.max_iter = max_iter
 
     def fit(self, X, y):
-        X = as_matrix(X)
-        Y, S, classes, multilabel = svm_targets(y)
-        C = per_class_costs(self.C, Y.shape[1])
+        X, Y, S, C, classes, multilabel = self._fit_inputs(X, y)
         coef, intercept = [], []
         for k in range(Y.shape[1]):
             rows = S[:, k] > 0                                  # VOC 'difficult' images are left out
@@ -48,9 +46,7 @@ class SklearnSVMProbe(OneVsRestLinear):
             svc = fit_linear_svc(X[rows], Y[rows, k], float(C[k]), tol=self.tol, max_iter=self.max_iter)
             coef.append(svc.coef_[0])
             intercept.append(svc.intercept_[0])
-        self.coef_, self.intercept_ = np.array(coef, dtype=np.float32), np.array(intercept, dtype=np.float32)
-        self.classes_, self.multilabel_, self.n_features_in_ = classes, multilabel, X.shape[1]
-        return self
+        return self._set_fitted(np.array(coef), np.array(intercept), classes, multilabel)
 
 
 def fit_sklearn_probe(X, y, Cs: Sequence[float], *, metric: str, holdout: float = 0.2,

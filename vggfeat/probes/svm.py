@@ -203,6 +203,19 @@ def as_matrix(X, name="X") -> np.ndarray:
 class OneVsRestLinear(ClassifierMixin, BaseEstimator):
     """Scores and predictions of fitted one-vs-rest linear classifiers (coef_ (K, D), intercept_ (K,))."""
 
+    def _fit_inputs(self, X, y):
+        """Checked (X (N, D), Y, S, C per class, classes, multilabel) for `fit`; see `svm_targets`."""
+        X = as_matrix(X)
+        Y, S, classes, multilabel = svm_targets(y)
+        if len(Y) != len(X):
+            raise ValueError(f"X has {len(X)} rows but y has {len(Y)}")
+        return X, Y, S, per_class_costs(self.C, Y.shape[1]), classes, multilabel
+
+    def _set_fitted(self, coef, intercept, classes, multilabel) -> "OneVsRestLinear":
+        self.coef_, self.intercept_ = np.asarray(coef, np.float32), np.asarray(intercept, np.float32)
+        self.classes_, self.multilabel_, self.n_features_in_ = classes, multilabel, self.coef_.shape[1]
+        return self
+
     def decision_function(self, X) -> np.ndarray:
         X = as_matrix(X)
         if X.shape[1] != self.n_features_in_:
@@ -233,13 +246,8 @@ class LinearSVMProbe(OneVsRestLinear):
         self.device = device
 
     def fit(self, X, y):
-        X = as_matrix(X)
-        Y, S, classes, multilabel = svm_targets(y)
-        if len(Y) != len(X):
-            raise ValueError(f"X has {len(X)} rows but y has {len(Y)}")
-        C = per_class_costs(self.C, Y.shape[1])
-        self.coef_, self.intercept_, self.n_iter_ = fit_linear_svms(
+        X, Y, S, C, classes, multilabel = self._fit_inputs(X, y)
+        coef, intercept, self.n_iter_ = fit_linear_svms(
             X, Y, S, C, intercept_scaling=self.intercept_scaling, tol=self.tol, max_iter=self.max_iter,
             device=self.device)
-        self.classes_, self.multilabel_, self.n_features_in_ = classes, multilabel, X.shape[1]
-        return self
+        return self._set_fitted(coef, intercept, classes, multilabel)
