@@ -7,6 +7,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+from vggfeat.errors import VggfeatError  # noqa: E402  (light: the base of every user-facing error)
+
 # public name -> module that defines it
 _LAZY = {
     "create_model": "vggfeat.models",
@@ -21,7 +23,7 @@ _LAZY = {
     "load_store": "vggfeat.features.store",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", "VggfeatError", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

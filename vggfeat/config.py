@@ -5,6 +5,8 @@ reads `5e-4` as a string); `--set a.b=value` overrides any field; `base: other.y
 """
 from __future__ import annotations
 
+from vggfeat.errors import VggfeatError
+
 import dataclasses
 import difflib
 import types
@@ -17,7 +19,7 @@ import yaml
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(VggfeatError, ValueError):
     """A recipe that cannot be read: unknown key, wrong type, bad override."""
 
 

@@ -7,6 +7,8 @@ is a `DatasetError` naming the file (and line) at fault. The readers live in voc
 """
 from __future__ import annotations
 
+from vggfeat.errors import VggfeatError
+
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,7 @@ METRICS = ("voc07_ap", "voc12_ap", "mean_class_recall")
 DATA_ENV = "VGGFEAT_DATA"
 
 
-class DatasetError(ValueError):
+class DatasetError(VggfeatError, ValueError):
     """A benchmark tree or list file that cannot be used; the message names the file and line at fault."""
 
 

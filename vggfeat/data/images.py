@@ -7,6 +7,8 @@ caller only needs a smallest side of `min_side` pixels, which makes decoding sev
 """
 from __future__ import annotations
 
+from vggfeat.errors import VggfeatError
+
 import functools
 import os
 import warnings
@@ -21,7 +23,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", "
 MAX_PIXELS = 178_956_970  # twice PIL's warning threshold, PIL's own hard limit; larger is a bomb
 
 
-class ImageError(Exception):
+class ImageError(VggfeatError):
     """An input that cannot be used as an image; `reason` says why in a few words."""
 
     def __init__(self, path: "str | Path", reason: str) -> None:

@@ -5,6 +5,8 @@ classes with multi-scale, flip-averaged fc7 descriptors (Appendix B), probe them
 """
 from __future__ import annotations
 
+from vggfeat.errors import VggfeatError
+
 import logging
 import time
 from pathlib import Path
@@ -18,7 +20,7 @@ log = logging.getLogger(__name__)
 STEPS = 5
 
 
-class DemoError(RuntimeError):
+class DemoError(VggfeatError, RuntimeError):
     pass
 
 

@@ -5,6 +5,8 @@ models and their weights' sha256; layer, scales, flip, aggregate, l2, dim, dtype
 """
 from __future__ import annotations
 
+from vggfeat.errors import VggfeatError
+
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,7 @@ FEATURES_FILE = "features.npy"
 MANIFEST_FILE = "manifest.json"
 
 
-class StoreError(ValueError):
+class StoreError(VggfeatError, ValueError):
     """A feature store that is missing, unfinished or inconsistent."""
 
 

@@ -7,6 +7,8 @@ PyTorch files read with `weights_only=True`: an arbitrary pickle is refused, nev
 """
 from __future__ import annotations
 
+from vggfeat.errors import VggfeatError
+
 import json
 import logging
 import pickle
@@ -28,7 +30,7 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
 FORMAT_VERSION = "1"
 
 
-class WeightsError(ValueError):
+class WeightsError(VggfeatError, ValueError):
     """A weight file that cannot be read or does not fit the net."""
 
 

@@ -1,0 +1,11 @@
+"""The one base of every error a user can cause (bad input, missing file, wrong settings).
+
+The CLI turns exactly these into one red line and exit code 1; anything else is a bug and keeps its
+traceback. Each domain error also derives from the builtin it replaced (ValueError, ...) so Python callers
+that caught those keep working.
+"""
+from __future__ import annotations
+
+
+class VggfeatError(Exception):
+    """An error caused by the user's input or environment; its message says what is wrong and what to do."""
