@@ -8,6 +8,7 @@ PyTorch files read with `weights_only=True`: an arbitrary pickle is refused, nev
 from __future__ import annotations
 
 from vggfeat.errors import VggfeatError
+from vggfeat.utils.files import give_plain_permissions
 
 import json
 import logging
@@ -200,6 +201,7 @@ def save_weights(model: nn.Module, path: "str | Path", metadata: Mapping[str, st
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
+    give_plain_permissions(tmp)  # save_file creates 0600; a plain write would give 0666 & ~umask
     tmp.replace(path)  # atomic: a crash never leaves a half-written weight file
     return path
 

@@ -16,6 +16,18 @@ def sha256_file(path: "str | Path", chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def plain_file_mode() -> int:
+    """The mode `open(path, "w")` would give a new file: 0666 minus the process umask."""
+    mask = os.umask(0)  # umask can only be read by setting it; restore at once
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def give_plain_permissions(path: "str | Path") -> None:
+    """Writers that create files 0600 (safetensors' save_file) would hide results from a team's other users."""
+    os.chmod(path, plain_file_mode())
+
+
 def atomic_write_bytes(path: "str | Path", data: bytes) -> Path:
     """Write to a temporary file beside `path`, fsync, then rename over it (atomic on POSIX)."""
     path = Path(path)
@@ -24,6 +36,7 @@ def atomic_write_bytes(path: "str | Path", data: bytes) -> Path:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+    give_plain_permissions(tmp)
     os.replace(tmp, path)
     return path
 

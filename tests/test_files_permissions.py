@@ -1,0 +1,22 @@
+"""Atomic writes give the permissions a plain write would (0666 & ~umask), not safetensors' 0600."""
+import os
+import stat
+
+from vggfeat.models import create_model
+from vggfeat.models.weights import save_weights
+from vggfeat.utils.files import atomic_write_json
+
+
+def _mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_atomic_and_weight_files_get_plain_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "a.json", {"x": 1})
+        save_weights(create_model("vgg_a", num_classes=3, width_mult=0.125, fc_dim=16), tmp_path / "model.safetensors")
+    finally:
+        os.umask(old)
+    assert _mode(tmp_path / "a.json") == 0o644
+    assert _mode(tmp_path / "model.safetensors") == 0o644
