@@ -6,6 +6,7 @@ import importlib
 import click
 
 from vggfeat import __version__
+from vggfeat.errors import VggfeatError
 
 # command name -> "module:attribute"; modules import torch and friends inside their functions only
 COMMANDS = {
@@ -30,6 +31,13 @@ class LazyGroup(click.Group):
             return None
         module, attr = COMMANDS[name].split(":")
         return getattr(importlib.import_module(module), attr)
+
+    def invoke(self, ctx: click.Context):
+        # a user-facing error is one red line and exit 1; anything else is a bug and keeps its traceback
+        try:
+            return super().invoke(ctx)
+        except VggfeatError as e:
+            raise click.ClickException(str(e)) from None
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
