@@ -31,9 +31,9 @@ def test_mean_rgb_and_evaluate(tmp_path, tiny_model):
     nets = [tiny_model("vgg_a", seed=1, num_classes=3), tiny_model("vgg_d", seed=2, num_classes=3)]
     files = [vggfeat.save_weights(n, tmp_path / f"n{i}.safetensors") for i, n in enumerate(nets)]
     res = CliRunner().invoke(cli, ["evaluate", "--weights", str(files[0]), "--weights", str(files[1]), "--data-root",
-                                   str(root), "--protocol", "both", "--scales", "64,96", "--json", "--device", "cpu"])
+                                   str(root), "--protocol", "both", "--scales", "64,96", "--json", "--device", "cpu", "--quiet"])
     assert res.exit_code == 0, res.output
     rows = json.loads(res.output)
     want = evaluate_nets([vggfeat.load_model(f) for f in files], scan_folder(root / "val"), protocols=["both"], scales=(64, 96))
-    assert [r["net"] for r in rows] == ["n0.safetensors", "n1.safetensors", "fusion"]
+    assert [r["net"] for r in rows] == [str(files[0]), str(files[1]), "fusion"]  # nets named by path
     assert [(r["top1_err"], r["top5_err"]) for r in rows] == [(r["top1_err"], r["top5_err"]) for r in want]

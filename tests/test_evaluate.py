@@ -69,3 +69,110 @@ def test_errors_protocols_and_fusion(tmp_path, tiny_model):
     # top-k errors by hand
     p = torch.tensor([[0.3, 0.25, 0.2, 0.1, 0.08, 0.05, 0.02]] * 3)
     assert topk_errors(p, torch.tensor([0, 4, 6])) == pytest.approx((2 / 3, 1 / 3))  # hit, top-5 only, miss
+
+
+# issue 16: the paper's rescale, labels that cannot shift, Q smaller than the crop, exact error ratios
+
+def test_evaluate_rescales_the_fully_decoded_jpeg(tmp_path, tiny_model, monkeypatch):
+    from vggfeat.evaluate import protocols
+
+    (tmp_path / "val" / "a").mkdir(parents=True)
+    arr = np.random.default_rng(0).integers(0, 256, (140, 160, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(tmp_path / "val" / "a" / "x.jpg", quality=90)  # smallest side >= 2 Q: draft would kick in
+    seen = []
+    real = protocols.dense_posterior
+    monkeypatch.setattr(protocols, "dense_posterior", lambda m, img, *a, **k: (seen.append(img.size), real(m, img, *a, **k))[1])
+    net = tiny_model("vgg_a", seed=1, num_classes=3).eval()
+    samples = scan_folder(tmp_path / "val")
+    evaluate_nets([net], samples, protocols=["dense"], scales=(64,))
+    assert seen == [(160, 140)]  # not PIL's 1/2-size draft decode (80, 70)
+    evaluate_nets([net], samples, protocols=["dense"], scales=(64,), fast_decode=True)
+    assert seen[-1] == (80, 70)  # the reduced decode only when asked
+
+
+@pytest.mark.parametrize("protocol", ["dense", "multicrop", "both"])
+def test_q_smaller_than_crop_refused_up_front(tmp_path, tiny_model, protocol):
+    from vggfeat import VggfeatError
+
+    root = generate_synthetic(tmp_path, classes=2, per_class=1, seed=1)
+    net = tiny_model("vgg_a", seed=1, num_classes=2).eval()
+    with pytest.raises(VggfeatError, match="Q = 48 is smaller than the 64 px crop"):
+        evaluate_nets([net], scan_folder(root / "val"), protocols=[protocol], scales=(48, 64))
+
+
+def test_error_values_are_exact_ratios_of_counts():
+    post = torch.zeros(36, 6)
+    post[:, 0] = 1.0
+    labels = torch.tensor([0] * 7 + [5] * 29)  # 29 of 36 miss at top-1
+    t1, _ = topk_errors(post, labels)
+    assert t1 == 29 / 36  # float64 ratio, not float32's 0.80555558
+
+
+def test_protocol_all_computes_each_posterior_once(tmp_path, tiny_model):
+    root = generate_synthetic(tmp_path, classes=3, per_class=2, seed=1)
+    samples = scan_folder(root / "val")
+
+    def counted(protocols):
+        net = tiny_model("vgg_a", seed=1, num_classes=3).eval()
+        calls = []
+        net.register_forward_hook(lambda *a: calls.append(1))
+        rows = evaluate_nets([net], samples, protocols=protocols, scales=(64,))
+        return len(calls), rows
+
+    n_all, rows = counted(["dense", "multicrop", "both"])
+    n_dense, _ = counted(["dense"])
+    n_multi, _ = counted(["multicrop"])
+    assert n_all == n_dense + n_multi == 2 * len(samples)
+    assert [r["protocol"] for r in rows] == ["dense", "multicrop", "both"]
+
+
+def _ten_class_root(tmp_path, tiny_model):
+    import vggfeat
+
+    for c in ("n03", "n07"):
+        (tmp_path / "d" / "val" / c).mkdir(parents=True)
+        for k in range(2):
+            arr = np.random.default_rng(k + len(c)).integers(0, 256, (70, 80, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(tmp_path / "d" / "val" / c / f"{k}.png")
+    w = vggfeat.save_weights(tiny_model("vgg_a", seed=1, num_classes=10), tmp_path / "n.safetensors")
+    return tmp_path / "d", w
+
+
+def test_val_folders_map_to_the_full_class_list(tmp_path, tiny_model):
+    import json
+
+    from click.testing import CliRunner
+
+    import vggfeat
+    from vggfeat.cli.main import cli
+    from vggfeat.data.folder import Samples
+
+    root, w = _ten_class_root(tmp_path, tiny_model)
+    args = ["evaluate", "--weights", str(w), "--data-root", str(root), "--scales", "64", "--json", "--quiet",
+            "--device", "cpu"]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 1 and "2 class folders but the net has 10 classes" in res.output  # no silent shift
+    (tmp_path / "classes.txt").write_text("\n".join(f"n{i:02d}" for i in range(10)) + "\n")
+    res = CliRunner().invoke(cli, args + ["--classes", str(tmp_path / "classes.txt")])
+    assert res.exit_code == 0, res.output
+    s = scan_folder(root / "val")
+    want = evaluate_nets([vggfeat.load_model(w)], Samples(s.paths, (3, 3, 7, 7), s.classes), protocols=["dense"],
+                         scales=(64,))
+    assert [(r["top1_err"], r["top5_err"]) for r in json.loads(res.output)] == [(want[0]["top1_err"], want[0]["top5_err"])]
+    (tmp_path / "few.txt").write_text("n03\nn05\n" + "\n".join(f"x{i}" for i in range(8)))
+    res = CliRunner().invoke(cli, args + ["--classes", str(tmp_path / "few.txt")])
+    assert res.exit_code == 1 and "val/ folders n07 are not in" in res.output
+
+
+def test_cli_scales_errors(tmp_path, tiny_model):
+    from click.testing import CliRunner
+
+    from vggfeat.cli.main import cli
+
+    root, w = _ten_class_root(tmp_path, tiny_model)
+    base = ["evaluate", "--weights", str(w), "--data-root", str(root), "--device", "cpu", "--quiet"]
+    res = CliRunner().invoke(cli, base + ["--scales", "abc"])
+    assert res.exit_code == 2 and "expected comma-separated integers" in res.output
+    res = CliRunner().invoke(cli, base + ["--scales", "16"])
+    assert res.exit_code == 1 and "Q = 16 is smaller than the 64 px crop" in res.output
+    assert "Traceback" not in res.output

@@ -5,47 +5,90 @@ from __future__ import annotations
 import click
 
 
+def _parse_scales(ctx, param, value: str) -> list[int]:
+    try:
+        qs = [int(s) for s in value.split(",") if s.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected comma-separated integers, e.g. 256,384,512") from None
+    if not qs or min(qs) < 1:
+        raise click.BadParameter(f"{value!r}: expected positive integers, e.g. 256,384,512")
+    return qs
+
+
 @click.command()
 @click.option("--weights", "weights", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False),
               help="A weight file (repeat to fuse several nets: posteriors averaged).")
 @click.option("--data-root", required=True, type=click.Path(exists=True, file_okay=False),
               help="Dataset folder with val/<class>/ (class order from train/ if present), or a class-per-folder val set.")
+@click.option("--classes", "classes_file", type=click.Path(exists=True, dir_okay=False),
+              help="The net's class list, one class name (wnid) per line in output order (default: train/ folders, "
+                   "or the val/ folders when there is one per class of the net).")
 @click.option("--val-labels", type=click.Path(exists=True, dir_okay=False), help="Labels file for a flat val/ folder.")
 @click.option("--protocol", type=click.Choice(["dense", "multicrop", "both", "all"]), default="dense", show_default=True,
               help="'both' averages dense and multi-crop posteriors; 'all' reports the three.")
-@click.option("--scales", default="256,384,512", show_default=True, help="Test scales Q, comma-separated.")
+@click.option("--scales", default="256,384,512", show_default=True, callback=_parse_scales,
+              help="Test scales Q, comma-separated; each at least the net's crop size.")
+@click.option("--fast-decode", is_flag=True,
+              help="Decode large JPEGs at 1/2..1/8 size before rescaling (PIL draft mode): faster, not the same "
+                   "pixels. Default: the exact rescale of the fully decoded image.")
 @click.option("--limit", type=int, default=0, help="Evaluate the first N images only.")
 @click.option("--device", default="auto", show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True)
-def evaluate(weights, data_root, val_labels, protocol, scales, limit, device, as_json) -> None:
+def evaluate(weights, data_root, classes_file, val_labels, protocol, scales, fast_decode, limit, device, quiet,
+             as_json) -> None:
     """Top-1 and top-5 error of one or more trained nets on a validation set."""
     import json
     from pathlib import Path
 
-    from vggfeat.data.folder import class_folders, scan_flat, scan_folder, Samples
-    from vggfeat.evaluate import evaluate_nets
+    from vggfeat.data.folder import Samples, class_folders, scan_flat, scan_folder
+    from vggfeat.evaluate import evaluate_nets, read_class_file, resolve_classes
+    from vggfeat.evaluate.protocols import check_scales
     from vggfeat.models import load_model
     from vggfeat.utils.device import resolve_device
 
     root = Path(data_root)
-    qs = [int(s) for s in scales.split(",") if s.strip()]
-    classes = class_folders(root / "train") if (root / "train").is_dir() else None
-    val_root = root / "val" if (root / "val").is_dir() else root
-    samples = scan_flat(val_root, val_labels, classes or ()) if val_labels else scan_folder(val_root, classes)
-    if limit > 0:
-        samples = Samples(samples.paths[:limit], samples.labels[:limit], samples.classes)
+    qs = scales
     dev = resolve_device(device)
     models = []
     for w in weights:
         m = load_model(w).to(dev)
-        m.source = Path(w).name
+        m.source = str(w)  # the path as given: two model.safetensors rows stay distinguishable
         models.append(m)
+    check_scales(models, qs)
+    num_classes = models[0].num_classes
+    if classes_file:
+        classes, source = read_class_file(classes_file), str(classes_file)
+    elif (root / "train").is_dir():
+        classes, source = class_folders(root / "train"), str(root / "train")
+    else:
+        classes, source = None, ""
+    val_root = root / "val" if (root / "val").is_dir() else root
+    if val_labels:
+        samples = scan_flat(val_root, val_labels, resolve_classes(classes or (), num_classes, classes, source))
+    else:
+        classes = resolve_classes(class_folders(val_root), num_classes, classes, source)
+        samples = scan_folder(val_root, classes)
+    if limit > 0:
+        samples = Samples(samples.paths[:limit], samples.labels[:limit], samples.classes)
     protocols = ["dense", "multicrop", "both"] if protocol == "all" else [protocol]
-    rows = evaluate_nets(models, samples, protocols=protocols, scales=qs, device=dev)
+    bar = None
+    if not quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(samples) * len(models), unit="img", desc="evaluate", dynamic_ncols=True,
+                   file=click.get_text_stream("stderr"))
+    try:
+        rows = evaluate_nets(models, samples, protocols=protocols, scales=qs, device=dev,
+                             progress=bar.update if bar else None, fast_decode=fast_decode)
+    finally:
+        if bar is not None:
+            bar.close()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     click.echo(f"{len(samples)} images, Q = {', '.join(map(str, qs))}")
-    click.echo(f"{'net':<32} {'protocol':<10} {'top-1 err':>9} {'top-5 err':>9}")
+    width = max(32, *(len(r["net"]) for r in rows))
+    click.echo(f"{'net':<{width}} {'protocol':<10} {'top-1 err':>9} {'top-5 err':>9}")
     for r in rows:
-        click.echo(f"{r['net']:<32} {r['protocol']:<10} {100 * r['top1_err']:8.2f}% {100 * r['top5_err']:8.2f}%")
+        click.echo(f"{r['net']:<{width}} {r['protocol']:<10} {100 * r['top1_err']:8.2f}% {100 * r['top5_err']:8.2f}%")
