@@ -157,3 +157,37 @@ def test_cuda_bf16_close_to_cpu_float32():
     assert np.abs(gpu - cpu).max() < 0.05
     exact = extract_features(model, images, scales=(64, 96), device="cuda", precision="float32")
     np.testing.assert_allclose(exact, cpu, atol=1e-3)
+
+
+# issue 14.3: one definition of the rescale; issue 12: an image enormous after rescaling
+
+def _photo_jpeg(path, size=(600, 512)):
+    china = load_sample_images().images[0]  # 427 x 640 photo
+    Image.fromarray(china).resize(size, Image.BICUBIC).save(path, quality=90)
+    return path
+
+
+def test_path_and_array_give_the_same_descriptor(tmp_path):
+    path = _photo_jpeg(tmp_path / "photo.jpg")  # short side 512 >= 2 Q: PIL draft mode would decode at 1/2
+    array = np.asarray(Image.open(path).convert("RGB"))
+    net = tiny("vgg_a", seed=1)
+    from_path, from_array = extract_features(net, [path, array], scales=(256,), device="cpu")
+    np.testing.assert_allclose(from_path, from_array, atol=1e-6)
+    fast = extract_features(net, [path], scales=(256,), device="cpu", fast_decode=True)[0]
+    assert np.abs(fast - from_array).max() > 1e-4  # the reduced decode is a different image, only when asked
+
+
+def test_image_enormous_after_rescale_is_skipped_with_a_reason(tmp_path):
+    from vggfeat.evaluate import evaluate_nets
+    from vggfeat.data.folder import Samples
+    from vggfeat.features.loader import ScaledImages
+    from vggfeat.features.protocol import Protocol
+
+    strip = tmp_path / "strip.png"
+    Image.fromarray(np.full((1, 2000, 3), 128, np.uint8)).save(strip)  # 512 x 1,024,000 at Q = 512
+    i, views, reason = ScaledImages([strip], Protocol(scales=(256, 512)))[0]
+    assert views is None and "too large after rescaling" in reason and "1,024,000" in reason  # the extract skip path
+    i, views, reason = ScaledImages([strip], Protocol(scales=(4,)))[0]
+    assert reason is None and views[0].shape == (3, 4, 8000)
+    with pytest.raises(vggfeat.VggfeatError, match="too large after rescaling"):
+        evaluate_nets([tiny("vgg_a", seed=1)], Samples((strip,), (0,), ("a",)), protocols=["dense"], scales=(512,))

@@ -38,6 +38,9 @@ def parse_scales(value: str) -> tuple[int, ...]:
 @click.option("--snap", default=1, show_default=True, type=click.IntRange(min=1),
               help="Round each image's long side to a multiple of SNAP px (e.g. 32) so varied images share "
                    "batches; 1 keeps the exact isotropic rescale.")
+@click.option("--fast-decode", is_flag=True,
+              help="Decode large JPEGs at 1/2..1/8 size before rescaling (PIL draft mode): faster on big photos, "
+                   "descriptors deviate slightly (docs/benchmarks.md). Default: the exact rescale of the full decode.")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
               help="Images per forward pass (their flipped copies ride along).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -56,8 +59,8 @@ def parse_scales(value: str) -> tuple[int, ...]:
 @click.option("--overwrite", is_flag=True, help="Replace a store in OUT that has other settings.")
 @click.option("--strict", is_flag=True, help="Stop at the first unusable image instead of skipping it.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def extract(images, out, models, weights, layer, scales, flip, aggregate, l2, l2_parts, snap, batch_size, device,
-            workers, dtype, precision, winograd, seed, chunk_size, overwrite, strict, quiet) -> None:
+def extract(images, out, models, weights, layer, scales, flip, aggregate, l2, l2_parts, snap, fast_decode, batch_size,
+            device, workers, dtype, precision, winograd, seed, chunk_size, overwrite, strict, quiet) -> None:
     """Extract descriptors of IMAGES into the feature store OUT, the paper's way (Appendix B).
 
     IMAGES are image files, folders (searched recursively) or @list.txt files of paths (one per line,
@@ -94,7 +97,7 @@ def extract(images, out, models, weights, layer, scales, flip, aggregate, l2, l2
     try:
         store = extract_to_store(
             images, out, models=pairs, layer=layer, scales=scale_list, flip=flip, aggregate=aggregate, l2=l2,
-            l2_parts=l2_parts, snap=snap, batch_size=batch_size, device=device, workers=workers, dtype=dtype,
+            l2_parts=l2_parts, snap=snap, fast_decode=fast_decode, batch_size=batch_size, device=device, workers=workers, dtype=dtype,
             precision=precision, winograd=winograd, seed=seed, overwrite=overwrite, strict=strict, progress=not quiet,
             chunk_size=chunk_size,
         )

@@ -90,6 +90,21 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
 
 
+MAX_SCALED_PIXELS = 2**24  # 16.8 M pixels (4096 x 4096) per rescaled image: far above any photo at Q <= 1024
+
+
+def check_scaled_pixels(height: int, width: int, q: int, path: "str | Path | object",
+                        max_pixels: int = MAX_SCALED_PIXELS) -> None:
+    """Refuse, before resizing, an image whose rescale to smallest side Q exceeds the pixel budget (a 2000 x 1
+    strip at Q = 512 would become 512 x 1,024,000); like the decompression-bomb check, it is skipped with a reason."""
+    short, long = min(height, width), max(height, width)
+    scaled_long = max(q, round(long * q / short))
+    if q * scaled_long > max_pixels:
+        where = path if isinstance(path, (str, Path)) else "<array input>"
+        raise ImageError(where, f"too large after rescaling ({width}x{height} at Q = {q} would be {q}x{scaled_long:,} "
+                                f"= {q * scaled_long:,} pixels > {max_pixels:,})")
+
+
 def load_rgb(path: "str | Path", *, min_side: int | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode an image file to 8-bit RGB, EXIF orientation applied; raise ImageError on a bad file.
 

@@ -121,7 +121,12 @@ def evaluate_nets(models: Sequence, samples, *, protocols: Sequence[str], scales
 
     Images are fully decoded and rescaled (the paper's rescale); `fast_decode` lets JPEGs be decoded at
     1/2..1/8 size first (PIL draft mode), faster on large photos but not the same pixels."""
-    from vggfeat.data.images import load_rgb
+    from vggfeat.data.images import check_scaled_pixels, load_rgb
+
+    def load(path):
+        img = load_rgb(path, min_side=max(scales) if fast_decode else None)
+        check_scaled_pixels(img.height, img.width, max(scales), path)  # before any resize
+        return img
 
     for p in protocols:
         if p not in PROTOCOLS:
@@ -132,7 +137,7 @@ def evaluate_nets(models: Sequence, samples, *, protocols: Sequence[str], scales
     per_net = []
     for model in models:
         model.eval().to(device)
-        images = (load_rgb(p, min_side=max(scales) if fast_decode else None) for p in samples.paths)
+        images = (load(p) for p in samples.paths)
         per_net.append(_base_posteriors(model, images, scales, bases, device, progress))
     rows = []
     for protocol in protocols:

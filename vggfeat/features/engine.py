@@ -83,8 +83,8 @@ class DescriptorEngine:
         return combine(parts, self.protocol)
 
 
-def describe_chunks(engine: DescriptorEngine, images: Sequence, chunks: Sequence[range], workers: int,
-                    draft: bool = True) -> Iterator[tuple[range, np.ndarray, np.ndarray, list[tuple[int, str]]]]:
+def describe_chunks(engine: DescriptorEngine, images: Sequence, chunks: Sequence[range],
+                    workers: int) -> Iterator[tuple[range, np.ndarray, np.ndarray, list[tuple[int, str]]]]:
     """Yield (chunk, ok indices, their descriptors, [(index, reason) skipped]) chunk by chunk, in order.
 
     Only one chunk of decoded images is held at a time, so memory stays flat however many images.
@@ -92,7 +92,7 @@ def describe_chunks(engine: DescriptorEngine, images: Sequence, chunks: Sequence
     indices = [i for c in chunks for i in c]
     if not indices:
         return
-    dataset = ScaledImages(images, engine.protocol, indices, draft=draft)
+    dataset = ScaledImages(images, engine.protocol, indices)
     loader = make_loader(dataset, workers, pin_memory=engine.device.type == "cuda")
     chunk_iter = iter(chunks)
     chunk = next(chunk_iter)

@@ -48,6 +48,7 @@ def extract_features(
     l2: bool = True,
     l2_parts: bool = False,
     snap: int = 1,
+    fast_decode: bool = False,
     batch_size: int = 16,
     device: "str | torch.device" = "auto",
     workers: int = 0,
@@ -62,7 +63,7 @@ def extract_features(
     wide 3x3 convs run as Winograd F(4x4, 3x3) unless `winograd=False` (vggfeat.models.fastconv).
     """
     models = list(model) if isinstance(model, (list, tuple)) else [model]
-    protocol = Protocol(layer, tuple(scales), flip, aggregate, l2, l2_parts, snap)
+    protocol = Protocol(layer, tuple(scales), flip, aggregate, l2, l2_parts, snap, fast_decode)
     device = resolve_device(device) if isinstance(device, str) else device
     engine = DescriptorEngine([as_feature_net(m, layer) for m in models], protocol, device, batch_size, precision,
                               winograd=winograd)
@@ -133,6 +134,7 @@ def extract_to_store(
     l2: bool = True,
     l2_parts: bool = False,
     snap: int = 1,
+    fast_decode: bool = False,
     batch_size: int = 16,
     device: str = "auto",
     workers: int = 2,
@@ -151,7 +153,7 @@ def extract_to_store(
     paths = [str(p) for p in find_images(images)]
     if not paths:
         raise ValueError(f"no input images found in {', '.join(map(str, images)) or 'the arguments'}")
-    protocol = Protocol(layer, tuple(scales), flip, aggregate, l2, l2_parts, snap)
+    protocol = Protocol(layer, tuple(scales), flip, aggregate, l2, l2_parts, snap, fast_decode)
     specs = [NetSpec(str(m), None if w is None else str(w)) for m, w in models]
     spec_info = [s.describe() for s in specs]
     settings = _settings(paths, spec_info, protocol, dtype, chunk_size)

@@ -1,6 +1,8 @@
 """Decoding and rescaling images in loader workers: each image arrives as one uint8 tensor per scale.
 
-Rescaling uses PIL's bilinear filter, which antialiases when it shrinks, on the decoded 8-bit image.
+Rescaling uses PIL's bilinear filter, which antialiases when it shrinks, on the fully decoded 8-bit image,
+whether the input is a path, a PIL image or an array (one definition of the rescale: the same image gives the
+same descriptor). Only `Protocol.fast_decode` lets a JPEG be decoded at reduced size first.
 A bad file arrives as its reason instead, so one corrupt JPEG never stops a run.
 """
 from __future__ import annotations
@@ -12,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vggfeat.data.images import ImageError, load_rgb, to_rgb
+from vggfeat.data.images import ImageError, check_scaled_pixels, load_rgb, to_rgb
 
 from .protocol import Protocol, scaled_size
 
@@ -22,9 +24,8 @@ ImageInput = "str | Path | Image.Image | np.ndarray"
 class ScaledImages(torch.utils.data.Dataset):
     """Item i: (i, [(3, H_q, W_q) uint8 per scale], None) or (i, None, reason)."""
 
-    def __init__(self, images: Sequence[Any], protocol: Protocol, indices: Sequence[int] | None = None,
-                 draft: bool = True) -> None:
-        self.images, self.protocol, self.draft = images, protocol, draft
+    def __init__(self, images: Sequence[Any], protocol: Protocol, indices: Sequence[int] | None = None) -> None:
+        self.images, self.protocol = images, protocol
         self.indices = list(range(len(images))) if indices is None else list(indices)
 
     def __len__(self) -> int:
@@ -35,13 +36,14 @@ class ScaledImages(torch.utils.data.Dataset):
             return to_rgb(item)
         if isinstance(item, np.ndarray):
             return to_rgb(Image.fromarray(item))
-        # JPEG draft decoding at 1/2..1/8 size, only while the smallest side stays >= the largest Q
-        return load_rgb(item, min_side=max(self.protocol.scales) if self.draft else None)
+        # with fast_decode: JPEG draft decoding at 1/2..1/8 size, only while the smallest side stays >= the largest Q
+        return load_rgb(item, min_side=max(self.protocol.scales) if self.protocol.fast_decode else None)
 
     def __getitem__(self, k: int) -> tuple[int, list[torch.Tensor] | None, str | None]:
         i = self.indices[k]
         try:
             img = self._decode(self.images[i])
+            check_scaled_pixels(img.height, img.width, max(self.protocol.scales), self.images[i])
         except ImageError as e:
             return i, None, e.reason
         views = []

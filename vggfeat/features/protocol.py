@@ -25,6 +25,7 @@ class Protocol:
     l2: bool = True  # L2-normalise each final descriptor
     l2_parts: bool = False  # also L2-normalise per scale and per net before aggregating (paper silent)
     snap: int = 1  # round the long side to a multiple of this (1: the exact isotropic rescale)
+    fast_decode: bool = False  # JPEGs decoded at 1/2..1/8 size first (PIL draft): faster, not the exact rescale
 
     def __post_init__(self) -> None:
         scales = tuple(int(q) for q in self.scales)
