@@ -13,7 +13,7 @@ import functools
 import os
 import warnings
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -208,19 +208,3 @@ def to_rgb(img: Image.Image) -> Image.Image:
         return Image.alpha_composite(canvas, rgba).convert("RGB")
     return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
 
-
-def to_uint8_array(img: Image.Image) -> np.ndarray:
-    """(H, W, 3) uint8 array of an RGB image."""
-    return np.asarray(img, dtype=np.uint8)
-
-
-def stat_paths(paths: Sequence[Path]) -> list[tuple[int, int]]:
-    """(size in bytes, mtime in ns) per path, for detecting changed inputs on resume."""
-    out = []
-    for p in paths:
-        try:
-            st = p.stat()
-            out.append((st.st_size, st.st_mtime_ns))
-        except OSError:
-            out.append((-1, -1))
-    return out
