@@ -176,3 +176,22 @@ def test_cli_scales_errors(tmp_path, tiny_model):
     res = CliRunner().invoke(cli, base + ["--scales", "16"])
     assert res.exit_code == 1 and "Q = 16 is smaller than the 64 px crop" in res.output
     assert "Traceback" not in res.output
+
+
+def test_cli_progress_bar_on_stderr_and_nets_named_by_path(tmp_path, tiny_model):
+    import json
+
+    from click.testing import CliRunner
+
+    from vggfeat.cli.main import cli
+
+    root, w = _ten_class_root(tmp_path, tiny_model)
+    (tmp_path / "classes.txt").write_text("\n".join(f"n{i:02d}" for i in range(10)))
+    args = ["evaluate", "--weights", str(w), "--data-root", str(root), "--scales", "64", "--device", "cpu",
+            "--classes", str(tmp_path / "classes.txt")]
+    res = CliRunner().invoke(cli, args + ["--json"])
+    assert res.exit_code == 0, res.output
+    assert "evaluate: 100%" in res.stderr and "4/4" in res.stderr  # a progress bar, on stderr only
+    assert [r["net"] for r in json.loads(res.stdout)] == [str(w)]
+    res = CliRunner().invoke(cli, args + ["--quiet"])
+    assert res.stderr == "" and str(w) in res.stdout

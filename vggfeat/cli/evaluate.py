@@ -39,6 +39,7 @@ def evaluate(weights, data_root, classes_file, val_labels, protocol, scales, fas
              as_json) -> None:
     """Top-1 and top-5 error of one or more trained nets on a validation set."""
     import json
+    import sys
     from pathlib import Path
 
     from vggfeat.data.folder import Samples, class_folders, scan_flat, scan_folder
@@ -77,7 +78,7 @@ def evaluate(weights, data_root, classes_file, val_labels, protocol, scales, fas
         from tqdm import tqdm
 
         bar = tqdm(total=len(samples) * len(models), unit="img", desc="evaluate", dynamic_ncols=True,
-                   file=click.get_text_stream("stderr"))
+                   file=sys.stderr)
     try:
         rows = evaluate_nets(models, samples, protocols=protocols, scales=qs, device=dev,
                              progress=bar.update if bar else None, fast_decode=fast_decode)
