@@ -64,6 +64,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         paths = large_photos(Path(tmp), args.images)
         arrays = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+        extract_features(net, arrays[:1], scales=(256,), device="cpu")  # warm-up: first-call costs out of the timings
         print(f"{len(paths)} photos, {', '.join('x'.join(map(str, Image.open(p).size)) for p in paths[:3])} ...")
         print(f"{'Q':<12} {'decode+rescale ms/img':>24} {'ratio':>6} {'extract s/img':>20} {'ratio':>6} "
               f"{'max |dev|':>10} {'min cos':>9}")

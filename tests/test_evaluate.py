@@ -195,3 +195,20 @@ def test_cli_progress_bar_on_stderr_and_nets_named_by_path(tmp_path, tiny_model)
     assert [r["net"] for r in json.loads(res.stdout)] == [str(w)]
     res = CliRunner().invoke(cli, args + ["--quiet"])
     assert res.stderr == "" and str(w) in res.stdout
+
+
+def test_flat_val_labelled_by_index_without_a_class_list(tmp_path, tiny_model):
+    from click.testing import CliRunner
+
+    from vggfeat.cli.main import cli
+
+    root, w = _ten_class_root(tmp_path, tiny_model)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for p in sorted((root / "val").rglob("*.png")):
+        p.rename(flat / f"{p.parent.name}_{p.name}")
+    (tmp_path / "labels.txt").write_text("".join(f"{p.name} {int(p.name[1:3])}\n" for p in sorted(flat.iterdir())))
+    res = CliRunner().invoke(cli, ["evaluate", "--weights", str(w), "--data-root", str(flat), "--val-labels",
+                                   str(tmp_path / "labels.txt"), "--scales", "64", "--device", "cpu", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "4 images" in res.stdout

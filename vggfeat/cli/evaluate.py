@@ -65,8 +65,9 @@ def evaluate(weights, data_root, classes_file, val_labels, protocol, scales, fas
     else:
         classes, source = None, ""
     val_root = root / "val" if (root / "val").is_dir() else root
-    if val_labels:
-        samples = scan_flat(val_root, val_labels, resolve_classes(classes or (), num_classes, classes, source))
+    if val_labels:  # labels by class name need a class list; by index they are the net's output indices
+        names = classes if classes is not None else tuple(str(i) for i in range(num_classes))
+        samples = scan_flat(val_root, val_labels, resolve_classes(names, num_classes, names, source or "the net"))
     else:
         classes = resolve_classes(class_folders(val_root), num_classes, classes, source)
         samples = scan_folder(val_root, classes)
