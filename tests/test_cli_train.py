@@ -16,8 +16,10 @@ from vggfeat.evaluate import evaluate_nets
 
 def test_help_and_bad_recipe_key():
     r = CliRunner()
-    for cmd in ("train", "evaluate", "mean-rgb"):
-        assert r.invoke(cli, [cmd, "--help"]).exit_code == 0
+    for cmd, words in (("train", ("[RECIPE]", "smoke", "recipe name")), ("evaluate", ("--weights", "--protocol")),
+                       ("mean-rgb", ("mean_rgb.json",))):
+        res = r.invoke(cli, [cmd, "--help"])
+        assert res.exit_code == 0 and all(w in " ".join(res.output.split()) for w in words), (cmd, res.output)
     res = r.invoke(cli, ["train", "recipes/train/smoke.yaml", "--set", "optim.lrr=1"])
     assert res.exit_code == 2 and "did you mean 'lr'" in res.output
 
@@ -37,3 +39,20 @@ def test_mean_rgb_and_evaluate(tmp_path, tiny_model):
     want = evaluate_nets([vggfeat.load_model(f) for f in files], scan_folder(root / "val"), protocols=["both"], scales=(64, 96))
     assert [r["net"] for r in rows] == [str(files[0]), str(files[1]), "fusion"]  # nets named by path
     assert [(r["top1_err"], r["top5_err"]) for r in rows] == [(r["top1_err"], r["top5_err"]) for r in want]
+
+
+def test_train_without_recipe_lists_shipped_recipes():
+    res = CliRunner().invoke(cli, ["train"])
+    assert res.exit_code == 0, res.output
+    lines = {ln.split()[0]: ln for ln in res.output.splitlines() if ln.startswith("  ")}
+    assert {"smoke", "vgg_a_s256", "vgg_d_s256", "vgg_e_jitter"} <= set(lines) and "_imagenet" not in lines
+    assert "Net D at S=256" in lines["vgg_d_s256"]  # the recipe's first comment line
+    assert "vggfeat train NAME" in res.output
+
+
+def test_train_recipe_by_name_and_unknown_name():
+    r = CliRunner()
+    res = r.invoke(cli, ["train", "smoke", "--set", "optim.lrr=1"])  # a name resolves; the bad key proves it was read
+    assert res.exit_code == 2 and "did you mean 'lr'" in res.output
+    res = r.invoke(cli, ["train", "smok"])
+    assert res.exit_code == 1 and "shipped train recipes: smoke, vgg_a_glorot" in res.output

@@ -5,14 +5,16 @@ import click
 
 
 @click.command()
-@click.argument("recipe", type=click.Path(exists=True, dir_okay=False))
+@click.argument("recipe", required=False, metavar="[RECIPE]")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe field, e.g. --set optim.lr=0.005 (repeatable).")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Dataset folder (train/, val/); overrides data.root.")
 @click.option("--out", "out", type=click.Path(file_okay=False), help="Run folder [runs/<recipe name>].")
 @click.option("--resume", is_flag=True, help="Continue exactly from the run folder's last checkpoint.")
-def train(recipe: str, overrides: tuple[str, ...], data_root: str | None, out: str | None, resume: bool) -> None:
-    """Train a net with RECIPE (a recipes/train/*.yaml file).
+def train(recipe: str | None, overrides: tuple[str, ...], data_root: str | None, out: str | None, resume: bool) -> None:
+    """Train a net with RECIPE: a shipped recipe name (smoke, vgg_a_s256, vgg_d_s256, ...) or a YAML file.
+
+    Without RECIPE, list the shipped training recipes with one line each.
 
     \b
     Several GPUs: torchrun --nproc-per-node 4 -m vggfeat train RECIPE ...
@@ -21,6 +23,17 @@ def train(recipe: str, overrides: tuple[str, ...], data_root: str | None, out: s
     """
     import logging
     import os
+
+    from vggfeat.recipe_files import find_recipe, recipe_description, recipe_names, recipes_dir
+
+    if recipe is None:  # a first look: what can be trained, and how
+        click.echo(f"Shipped training recipes ({recipes_dir() / 'train'}):")
+        for name in recipe_names("train"):
+            click.echo(f"  {name:<14} {recipe_description(recipes_dir() / 'train' / f'{name}.yaml')}")
+        click.echo("\nStart one with: vggfeat train NAME [--out RUN] (e.g. vggfeat train smoke --out runs/smoke); "
+                   "ImageNet recipes also need --data-root.")
+        return
+    recipe = str(find_recipe(recipe, "train"))  # a name or a path; unknown -> one line listing the names
 
     from vggfeat.config import ConfigError
     from vggfeat.train.loop import NonFiniteLoss, train as run_training

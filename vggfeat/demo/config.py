@@ -5,8 +5,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vggfeat.config import load_config
+from vggfeat.recipe_files import RecipeNotFound, recipes_dir
 
-RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "demo"
+RECIPES = recipes_dir() / "demo"  # installed vggfeat/recipes/demo in a wheel, else the checkout's recipes/demo
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,8 @@ class DemoConfig:
 def demo_file(quick: bool) -> Path:
     path = RECIPES / ("quick.yaml" if quick else "demo.yaml")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: the demo's recipes are missing; install vggfeat from its source folder "
-                                "(pip install -e .) so recipes/ is next to the package")
+        raise RecipeNotFound(f"{path}: the demo's recipes are missing; reinstall vggfeat (its wheel ships them "
+                             "as vggfeat/recipes/) or run from a checkout with recipes/ next to the package")
     return path
 
 
