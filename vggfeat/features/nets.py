@@ -28,7 +28,9 @@ class NetSpec:
 
     def describe(self) -> dict:
         digest = sha256_file(self.weights) if self.weights else None
-        return {"model": self.model, "weights": self.weights, "weights_sha256": digest}
+        # absolute, so a store or index found later from another directory still names the right file
+        weights = str(Path(self.weights).resolve()) if self.weights else None
+        return {"model": self.model, "weights": weights, "weights_sha256": digest}
 
 
 class FeatureNet(nn.Module):

@@ -81,13 +81,17 @@ def load_model(weights: "str | Path", name: str | None = None, *, preprocessing=
     """Build the net a weight file describes and load it. The architecture comes from the file's metadata
     (vggfeat files), else from its tensors' shapes; `name` and `options` override. Returns it in eval mode.
     """
-    from .weights import infer_architecture, load_weights, read_weights
+    from .weights import check_options, infer_architecture, load_weights, naming_file, read_weights
 
     tensors, meta = read_weights(weights)
-    if meta.get("arch") in SPECS and isinstance(meta.get("options"), dict):
-        arch, inferred = meta["arch"], dict(meta["options"])
-    else:
-        arch, inferred = infer_architecture(tensors)
+    with naming_file(weights):
+        if meta.get("arch") in SPECS and "options" in meta:
+            arch, inferred = meta["arch"], check_options(meta["options"], str(weights))
+            if meta.get("num_classes", "").isdigit() and "num_classes" not in inferred:
+                inferred["num_classes"] = check_options({"num_classes": int(meta["num_classes"])}, str(weights))[
+                    "num_classes"]
+        else:
+            arch, inferred = infer_architecture(tensors)
     if name is not None:
         arch = name
     model = create_model(arch, device="meta", **{**inferred, **options})

@@ -10,12 +10,13 @@ from __future__ import annotations
 from vggfeat.errors import VggfeatError
 from vggfeat.utils.files import give_plain_permissions
 
+import contextlib
 import json
 import logging
 import pickle
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -52,11 +53,14 @@ def read_weights(path: "str | Path") -> tuple[dict[str, torch.Tensor], dict[str,
         meta: dict[str, Any] = dict(raw_meta)
         for key in ("preprocessing", "options"):
             if key in meta:
-                meta[key] = json.loads(meta[key])
+                try:
+                    meta[key] = json.loads(meta[key])
+                except ValueError as e:
+                    raise WeightsError(f"{path}: metadata {key!r} is not valid JSON ({e}): {meta[key][:80]!r}") from e
         return tensors, meta
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, TypeError) as e:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, TypeError, ValueError, OSError) as e:
         raise WeightsError(
             f"{path}: refused to load - it is not a plain tensor file that torch.load(weights_only=True) can "
             f"read (a pickle with arbitrary objects is never unpickled). Convert it to safetensors. ({e})"
@@ -93,7 +97,10 @@ def _strip_wrappers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
 def detect_layout(state: Mapping[str, torch.Tensor]) -> str:
     keys = set(state)
     if any("running_mean" in k for k in keys):
-        raise WeightsError("batch-norm VGG weights (e.g. vgg16_bn) are not one of the paper's nets")
+        if any(k.startswith("features.") and "running_mean" in k for k in keys):
+            raise WeightsError("batch-norm VGG weights (e.g. vgg16_bn) are not one of the paper's nets")
+        sample = ", ".join(sorted(keys)[:5])
+        raise WeightsError(f"not a VGG: batch-norm weights of another architecture (keys like {sample})")
     if any(k.startswith(("pre_logits.", "head.fc.")) for k in keys):
         return "timm"
     if any(k.startswith("classifier.") for k in keys):
@@ -156,6 +163,35 @@ def check_compatible(state: Mapping[str, torch.Tensor], model: nn.Module, layout
         raise WeightsError("\n".join(lines))
 
 
+@contextlib.contextmanager
+def naming_file(source: Any) -> Iterator[None]:
+    """Prefix a WeightsError raised inside with the weight file's path, unless it already names it."""
+    try:
+        yield
+    except WeightsError as e:
+        if isinstance(source, (str, Path)) and str(source) not in str(e):
+            raise WeightsError(f"{source}: {e}") from e
+        raise
+
+
+# Options a weight file may carry, with the range a real VGG fits in (guards against absurd metadata)
+OPTION_RANGES = {"num_classes": (1, 1_000_000), "width_mult": (1 / 64, 16), "fc_dim": (1, 65536),
+                 "fc6_kernel": (1, 32), "in_chans": (1, 64), "dropout": (0.0, 1.0)}
+
+
+def check_options(options: Any, origin: str) -> dict[str, Any]:
+    """The architecture options of a weight file, refused with a clear error when unknown or absurd."""
+    if not isinstance(options, Mapping):
+        raise WeightsError(f"{origin}: metadata 'options' must be a JSON object, got {type(options).__name__}")
+    for key, value in options.items():
+        if key not in OPTION_RANGES:
+            raise WeightsError(f"{origin}: unknown option {key!r} in metadata; valid: {', '.join(OPTION_RANGES)}")
+        lo, hi = OPTION_RANGES[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+            raise WeightsError(f"{origin}: option {key}={value!r} in metadata is out of range [{lo:g}, {hi:g}]")
+    return dict(options)
+
+
 def load_weights(model: nn.Module, source: "str | Path | Mapping[str, Any]", *,
                  preprocessing: "Preprocessing | str | None" = None) -> nn.Module:
     """Load a state dict or weight file into `model` (in place) and set `model.preprocessing`.
@@ -167,10 +203,11 @@ def load_weights(model: nn.Module, source: "str | Path | Mapping[str, Any]", *,
         tensors, meta = read_weights(source)
     else:
         tensors, meta = split_container(source)
-    tensors = _strip_wrappers(tensors)
-    layout = detect_layout(tensors)
-    state = to_vggfeat_layout(tensors, model, layout)
-    check_compatible(state, model, layout)
+    with naming_file(source):
+        tensors = _strip_wrappers(tensors)
+        layout = detect_layout(tensors)
+        state = to_vggfeat_layout(tensors, model, layout)
+        check_compatible(state, model, layout)
     model.load_state_dict(state)
     if preprocessing is not None:
         model.preprocessing = resolve_preprocessing(preprocessing)
@@ -215,6 +252,11 @@ def infer_architecture(state: Mapping[str, torch.Tensor]) -> tuple[str, dict[str
 
     state = _strip_wrappers(state)
     layout = detect_layout(state)
+    need = {"vggfeat": ("fc6.weight", "fc8.weight"), "torchvision": ("classifier.0.weight", "classifier.6.weight"),
+            "timm": ("pre_logits.fc1.weight", "head.fc.weight")}[layout]
+    absent = [k for k in need if k not in state]
+    if absent:
+        raise WeightsError(f"{layout} weights lack {', '.join(absent)} (fc6/fc8): not a complete VGG")
     if layout == "vggfeat":
         convs = sorted((k for k in state if re.match(r"conv\d_\d\.weight$", k)),
                        key=lambda k: tuple(int(n) for n in re.findall(r"\d", k)))
