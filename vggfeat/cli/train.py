@@ -11,7 +11,10 @@ import click
 @click.option("--data-root", type=click.Path(file_okay=False), help="Dataset folder (train/, val/); overrides data.root.")
 @click.option("--out", "out", type=click.Path(file_okay=False), help="Run folder [runs/<recipe name>].")
 @click.option("--resume", is_flag=True, help="Continue exactly from the run folder's last checkpoint.")
-def train(recipe: str | None, overrides: tuple[str, ...], data_root: str | None, out: str | None, resume: bool) -> None:
+@click.option("--overwrite", is_flag=True,
+              help="Start over in a run folder that already holds a run (removes its checkpoints and weights).")
+def train(recipe: str | None, overrides: tuple[str, ...], data_root: str | None, out: str | None, resume: bool,
+          overwrite: bool) -> None:
     """Train a net with RECIPE: a shipped recipe name (smoke, vgg_a_s256, vgg_d_s256, ...) or a YAML file.
 
     Without RECIPE, list the shipped training recipes with one line each.
@@ -46,7 +49,8 @@ def train(recipe: str | None, overrides: tuple[str, ...], data_root: str | None,
     except (ConfigError, ValueError) as e:
         raise click.UsageError(str(e)) from None
     try:
-        summary = run_training(r, out or f"runs/{r.name}", data_root=data_root, resume=resume)
+        summary = run_training(r, out or f"runs/{r.name}", data_root=data_root, resume=resume,
+                               overwrite=overwrite)
     except NonFiniteLoss as e:
         raise click.ClickException(str(e)) from None
     if rank0 and summary["history"]:

@@ -50,7 +50,8 @@ def _train(recipe, run: Path, data_root: Path, progress: bool) -> dict[str, Any]
         if summary.get("recipe") == json.loads(json.dumps(recipe_to_dict(recipe))):
             return summary
     resume = run.is_dir() and latest_checkpoint(run) is not None
-    summary = train(recipe, run, data_root=data_root, resume=resume, progress=progress)
+    # no checkpoint to resume: the demo owns its run folder and retrains over a stale or broken one
+    summary = train(recipe, run, data_root=data_root, resume=resume, overwrite=True, progress=progress)
     atomic_write_json(done, {**summary, "recipe": recipe_to_dict(recipe)})
     return summary
 

@@ -19,11 +19,12 @@ import torch.nn.functional as F
 import yaml
 
 from vggfeat.data.folder import imagenet_splits
+from vggfeat.errors import VggfeatError
 from vggfeat.data.transforms import normalize_batch
 from vggfeat.models import Preprocessing, create_model, init_from_net_a, read_weights, save_weights
 from vggfeat.utils.device import resolve_device
 
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import PATTERN, latest_checkpoint, load_checkpoint, save_checkpoint
 from .data import GlobalBatchSampler, TrainSet, ValSet, steps_per_epoch
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
 from .recipe import Recipe, accumulation_steps, recipe_to_dict
@@ -34,6 +35,36 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite; the run stops and the last good checkpoint stays."""
+
+
+class RunExistsError(VggfeatError, FileExistsError):
+    """The run folder already holds a run and neither --resume nor --overwrite was given."""
+
+
+# what a run leaves in its folder; --overwrite removes exactly these (never the user's other files)
+_RUN_FILES = ("ckpt-*.pt", "best.pt", "last.json", "model.safetensors", "metrics.jsonl")
+
+
+def check_run_folder(run: "str | Path", epochs: int, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to train from scratch over an earlier run (days of ImageNet work); `overwrite` clears it."""
+    run = Path(run)
+    if resume or not run.is_dir():
+        return
+    last = latest_checkpoint(run)
+    if last is None and not (run / "model.safetensors").exists():
+        return
+    if overwrite:
+        if os.environ.get("RANK", "0") != "0":
+            return
+        for pattern in _RUN_FILES:
+            for f in run.glob(pattern):
+                f.unlink(missing_ok=True)
+        log.info("--overwrite: removed the earlier run's checkpoints and weights in %s", run)
+        return
+    match = PATTERN.match(last.name) if last is not None else None
+    done = int(match.group(1)) if match else epochs  # only model.safetensors: a finished run
+    raise RunExistsError(f"{run} already holds a run (epoch {done} of {epochs}); "
+                         "pass --resume to continue it or --overwrite to start over")
 
 
 def build_model(recipe: Recipe, num_classes: int) -> torch.nn.Module:
@@ -87,9 +118,12 @@ class _Logger:
 
 
 def train(recipe: Recipe, out: "str | Path", *, data_root: "str | Path | None" = None,
-          resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train `recipe` into run folder `out` (resuming from its last checkpoint with `resume`); return
-    the final summary. Launch under torchrun for several processes."""
+          resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train `recipe` into run folder `out` (resuming from its last checkpoint with `resume`; a folder
+    holding another run is refused unless `overwrite`); return the final summary. Launch under torchrun
+    for several processes."""
+    # every process checks (all refuse together, none hangs in a barrier); only rank 0 clears with overwrite
+    check_run_folder(out, recipe.optim.epochs, resume=resume, overwrite=overwrite)
     device = resolve_device(recipe.runtime.device)
     info = init_distributed(device.type)
     if device.type == "cuda":
