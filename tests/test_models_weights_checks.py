@@ -82,3 +82,15 @@ def test_manifest_records_weights_by_absolute_path(tiny_model, tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     described = NetSpec("auto", "w.safetensors").describe()
     assert described["weights"] == str(path.resolve())
+
+
+def test_load_model_reads_the_file_once(tiny_model, tmp_path, monkeypatch):
+    import vggfeat.models.weights as weights_module
+
+    path = _save(tmp_path, tiny_model("vgg_a"))
+    calls = []
+    real = weights_module.read_weights
+    monkeypatch.setattr(weights_module, "read_weights", lambda p: calls.append(p) or real(p))
+    model = load_model(path)
+    assert calls == [path]
+    torch.testing.assert_close(model.fc8.weight, tiny_model("vgg_a").fc8.weight)

@@ -81,7 +81,7 @@ def load_model(weights: "str | Path", name: str | None = None, *, preprocessing=
     """Build the net a weight file describes and load it. The architecture comes from the file's metadata
     (vggfeat files), else from its tensors' shapes; `name` and `options` override. Returns it in eval mode.
     """
-    from .weights import check_options, infer_architecture, load_weights, naming_file, read_weights
+    from .weights import check_options, infer_architecture, load_tensors, naming_file, read_weights
 
     tensors, meta = read_weights(weights)
     with naming_file(weights):
@@ -96,7 +96,8 @@ def load_model(weights: "str | Path", name: str | None = None, *, preprocessing=
         arch = name
     model = create_model(arch, device="meta", **{**inferred, **options})
     model = model.to_empty(device="cpu")
-    load_weights(model, weights, preprocessing=preprocessing)
+    # the tensors read above: the file is read once, not again by load_weights (issue 15.4)
+    load_tensors(model, tensors, meta, preprocessing=preprocessing, origin=weights)
     return model.eval()
 
 

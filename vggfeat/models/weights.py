@@ -203,7 +203,13 @@ def load_weights(model: nn.Module, source: "str | Path | Mapping[str, Any]", *,
         tensors, meta = read_weights(source)
     else:
         tensors, meta = split_container(source)
-    with naming_file(source):
+    return load_tensors(model, tensors, meta, preprocessing=preprocessing, origin=source)
+
+
+def load_tensors(model: nn.Module, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], *,
+                 preprocessing: "Preprocessing | str | None" = None, origin: Any = None) -> nn.Module:
+    """`load_weights` for tensors and metadata already read (`read_weights`), so a file is read once."""
+    with naming_file(origin):
         tensors = _strip_wrappers(tensors)
         layout = detect_layout(tensors)
         state = to_vggfeat_layout(tensors, model, layout)
