@@ -7,6 +7,7 @@ share of the weighted vote, so scores compare across test images (VOC AP) and ar
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -16,6 +17,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from ..errors import VggfeatError
 from ..utils.files import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -23,6 +25,14 @@ log = logging.getLogger(__name__)
 INDEX_KINDS = ("flat", "ivf", "ivfpq", "hnsw")
 INDEX_FILE, META_FILE = "index.faiss", "index.json"
 _METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
+
+
+class FaissIndexError(VggfeatError, ValueError):
+    """An index folder that is truncated, or whose index.faiss and index.json do not belong together."""
+
+
+class IndexNotFoundError(FaissIndexError, FileNotFoundError):
+    """A folder without index.faiss or index.json."""
 
 
 def _as_matrix(X: np.ndarray, name: str) -> np.ndarray:
@@ -120,8 +130,9 @@ def describe_index(index: faiss.Index) -> dict[str, Any]:
 def save_index(index: faiss.Index, path: "str | Path", meta: dict[str, Any]) -> Path:
     """Write `index.faiss` and `index.json` (meta plus kind, metric, dim, ntotal) into folder `path`.
 
-    Each file is written atomically, the json last, so a folder with index.json holds a whole index. `meta`
-    should carry the row paths (`paths`, one per row) and the feature store's manifest summary.
+    Each file is written atomically, the json last; the json records the sha256 of index.faiss, so a crash
+    between the two writes (new vectors, old paths) is refused by `load_index` instead of returning wrong
+    images. `meta` should carry the row paths (`paths`, one per row) and the feature store's manifest summary.
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -129,8 +140,10 @@ def save_index(index: faiss.Index, path: "str | Path", meta: dict[str, Any]) -> 
     info = describe_index(cpu)
     if "paths" in meta and len(meta["paths"]) != info["ntotal"]:
         raise ValueError(f"meta lists {len(meta['paths'])} paths but the index holds {info['ntotal']} rows")
-    atomic_write_bytes(path / INDEX_FILE, faiss.serialize_index(cpu).tobytes())
-    atomic_write_json(path / META_FILE, {**meta, **info, "faiss_version": faiss.__version__})
+    data = faiss.serialize_index(cpu).tobytes()
+    atomic_write_bytes(path / INDEX_FILE, data)
+    atomic_write_json(path / META_FILE, {**meta, **info, "faiss_version": faiss.__version__,
+                                         "index_sha256": hashlib.sha256(data).hexdigest()})
     return path
 
 
@@ -138,13 +151,26 @@ def load_index(path: "str | Path") -> tuple[faiss.Index, dict[str, Any]]:
     """(index, meta) of a folder written by `save_index`; the index is on the CPU."""
     path = Path(path)
     if not (path / INDEX_FILE).is_file() or not (path / META_FILE).is_file():
-        raise FileNotFoundError(f"{path}: not a saved index (needs {INDEX_FILE} and {META_FILE})")
-    meta = json.loads((path / META_FILE).read_text())
-    index = faiss.read_index(str(path / INDEX_FILE))
+        raise IndexNotFoundError(f"{path}: not a saved index (needs {INDEX_FILE} and {META_FILE}); "
+                              "build one with `vggfeat index build STORE -o FOLDER`")
+    fix = "rebuild it with `vggfeat index build STORE -o FOLDER`"
+    try:
+        meta = json.loads((path / META_FILE).read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise FaissIndexError(f"{path / META_FILE}: not valid JSON ({e}); {fix}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("paths"), list):
+        raise FaissIndexError(f"{path / META_FILE}: no list of row paths; {fix}")
+    data = (path / INDEX_FILE).read_bytes()
+    if "index_sha256" in meta and hashlib.sha256(data).hexdigest() != meta["index_sha256"]:
+        raise FaissIndexError(f"{path}: {INDEX_FILE} does not belong to {META_FILE} (an interrupted build?); {fix}")
+    try:
+        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+    except RuntimeError as e:
+        raise FaissIndexError(f"{path / INDEX_FILE}: unreadable ({str(e).splitlines()[0][:200]}); {fix}") from None
     info = describe_index(index)
-    if (info["dim"], info["ntotal"]) != (meta.get("dim"), meta.get("ntotal")):
-        raise ValueError(f"{path}: {INDEX_FILE} holds {info['ntotal']} x {info['dim']} but {META_FILE} says "
-                         f"{meta.get('ntotal')} x {meta.get('dim')}")
+    if (info["dim"], info["ntotal"], len(meta["paths"])) != (meta.get("dim"), meta.get("ntotal"), info["ntotal"]):
+        raise FaissIndexError(f"{path}: {INDEX_FILE} holds {info['ntotal']} x {info['dim']} but {META_FILE} says "
+                              f"{meta.get('ntotal')} x {meta.get('dim')} with {len(meta['paths'])} paths; {fix}")
     return index, meta
 
 
