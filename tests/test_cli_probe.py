@@ -146,3 +146,18 @@ def test_folder_benchmark_on_real_digits_reports_mean_class_recall_over_splits(w
     # one C for all classes per split, chosen by held-out mean class recall
     assert len({tuple(r["chosen_C"]) for r in report["per_class"]}) == 1
     assert (out / "splits" / "folder_split1_test.txt").is_file()
+
+
+@pytest.mark.parametrize("command", ["linear-probe", "knn-probe"])
+def test_single_class_folder_is_refused_by_both_probes(weights, tmp_path, command):
+    from PIL import Image
+
+    root = tmp_path / "one"
+    (root / "only").mkdir(parents=True)
+    for i in range(6):
+        Image.fromarray(np.full((64, 64, 3), 40 * i, np.uint8)).save(root / "only" / f"{i}.png")
+    r = CliRunner().invoke(cli, [command, "folder", "--root", str(root), "-o", str(tmp_path / "out"), "--weights",
+                                 weights, *FAST, "--splits", "1"])
+    # before: knn-probe reported 100 % (every neighbour votes for the only class)
+    assert r.exit_code == 1, r.output
+    assert "at least 2 classes" in r.output and "Traceback" not in r.output

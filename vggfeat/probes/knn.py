@@ -206,6 +206,9 @@ def knn_scores(train_X: np.ndarray, train_labels: np.ndarray, test_X: np.ndarray
         raise ValueError(f"{len(train_X)} training rows but {len(labels)} labels")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not multilabel and len(np.unique(labels)) < 2:
+        # one class: every vote is for it and the 'accuracy' is 100 %; refused like the linear probe's SVMs
+        raise ValueError(f"need at least 2 classes for a kNN probe, got {len(np.unique(labels))}")
     sims, ids = search(build_index(train_X, kind, metric="ip"), test_X, k)  # (M, k) each
     weights = np.where(ids >= 0, np.exp(sims.astype(np.float64) / temperature), 0.0)  # -1: IVF padding
     ids = np.maximum(ids, 0)
