@@ -1,11 +1,16 @@
 """`vggfeat train` refuses user mistakes with one clear line before any work starts (issue 12)."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from click.testing import CliRunner
 
 from vggfeat.cli.main import cli
 from vggfeat.errors import VggfeatError
 from vggfeat.train.loop import RunExistsError, check_run_folder
+
+SMOKE = Path(__file__).resolve().parents[1] / "recipes" / "train" / "smoke.yaml"
 
 
 def test_train_refuses_a_folder_holding_a_run(tmp_path):
@@ -38,3 +43,43 @@ def test_overwrite_clears_only_the_run_files(tmp_path):
     check_run_folder(tmp_path, 3, resume=False, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
     check_run_folder(tmp_path, 3, resume=False, overwrite=False)  # now an empty run folder: fine
+
+
+def _train_cli(tmp_path, text: str, *sets: str, name: str = "r.yaml"):
+    recipe = tmp_path / name
+    recipe.write_text(text)
+    args = ["train", str(recipe), "--out", str(tmp_path / "run"), "--data-root", str(tmp_path / "d")]
+    for s in sets:
+        args += ["--set", s]
+    return CliRunner().invoke(cli, args)
+
+
+TINY = "base: {smoke}\nname: tiny\n"
+
+
+@pytest.mark.parametrize("setting, words", [
+    ("optim.lr=0", "optim.lr must be > 0, got 0.0"),
+    ("optim.lr=-0.01", "optim.lr must be > 0, got -0.01"),
+    ("optim.batch_size=0", "optim.batch_size must be > 0, got 0"),
+    ("optim.per_device_batch=0", "optim.per_device_batch must be > 0, got 0"),
+    ("checkpoint.every_steps=0", "checkpoint.every_steps must be > 0, got 0"),
+    ("model.width_mult=0", "model.width_mult must be > 0, got 0.0"),
+    ("optim.batch_size=24", "optim.batch_size=24 is not a multiple of optim.per_device_batch"),
+])
+def test_bad_recipe_values_are_one_line_before_any_work(tmp_path, setting, words):
+    res = _train_cli(tmp_path, TINY.format(smoke=SMOKE), setting)
+    assert res.exit_code in (1, 2) and words in res.output, res.output
+    assert isinstance(res.exception, SystemExit), res.exception  # a clean exit, not ZeroDivisionError & co
+    assert not (tmp_path / "d").exists() and not (tmp_path / "run").exists()  # nothing generated, nothing written
+
+
+def test_bad_recipe_files_are_one_line(tmp_path):
+    res = _train_cli(tmp_path, "")
+    assert res.exit_code == 2 and "r.yaml: the file is empty" in res.output, res.output
+    res = _train_cli(tmp_path, "name: x\noptim:\n  lr: [0.1\n  epochs: 2\n")
+    assert res.exit_code == 2 and "r.yaml, line 4, column" in res.output and "not valid YAML" in res.output, res.output
+    res = _train_cli(tmp_path, "base: r.yaml\nname: x\n")
+    assert res.exit_code == 2 and "'base:' makes a loop" in res.output, res.output
+    res = _train_cli(tmp_path, "base: nowhere.yaml\nname: x\n")
+    assert res.exit_code == 2 and "base: nowhere.yaml not found" in res.output, res.output
+    assert not (tmp_path / "d").exists()

@@ -114,15 +114,35 @@ def _merge(base: dict, over: Mapping) -> dict:
     return out
 
 
-def read_yaml(path: "str | Path") -> dict[str, Any]:
+def read_yaml(path: "str | Path", _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A YAML mapping; a `base: FILE` key (relative to this file) is read first and overridden."""
     path = Path(path)
-    data = yaml.safe_load(path.read_text()) or {}
+    if path.resolve() in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, path.resolve()))
+        raise ConfigError(f"{path}: 'base:' makes a loop ({chain}); point it at another recipe")
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read it ({e})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty; a recipe needs at least a name and its settings")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     base = data.pop("base", None)
     if base is not None:
-        data = _merge(read_yaml(path.parent / base), data)
+        base_path = path.parent / str(base)
+        if not base_path.is_file():
+            raise ConfigError(f"{path}: base: {base} not found (looked for {base_path})")
+        data = _merge(read_yaml(base_path, (*_seen, path.resolve())), data)
     return data
 
 
@@ -153,7 +173,8 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str], cls: type | 
 
 def load_config(cls: type[T], path: "str | Path", overrides: Sequence[str] = ()) -> T:
     """Read a YAML file into dataclass `cls`, strictly, with `--set` overrides applied."""
+    data = read_yaml(path)  # its errors already name the file (or the base file at fault)
     try:
-        return from_dict(cls, apply_overrides(read_yaml(path), overrides, cls))
+        return from_dict(cls, apply_overrides(data, overrides, cls))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None

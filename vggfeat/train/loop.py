@@ -129,6 +129,7 @@ def train(recipe: Recipe, out: "str | Path", *, data_root: "str | Path | None" =
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
     try:
+        accumulation_steps(recipe, info.world)  # a batch that does not split: say so before any data work
         return _train(recipe, Path(out), info, device, data_root, resume, progress)
     finally:
         shutdown(info)

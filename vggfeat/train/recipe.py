@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from vggfeat.config import load_config, to_dict, from_dict
+from vggfeat.config import ConfigError, from_dict, load_config, to_dict
 
 # Krizhevsky et al. 2012's eigen-decomposition of ImageNet RGB pixel covariance (0-255 units), the usual
 # fixed values when a recipe does not compute its own (`vggfeat mean-rgb`).
@@ -99,15 +99,26 @@ class Recipe:
     debug: DebugConfig = field(default_factory=DebugConfig)
 
     def __post_init__(self) -> None:
+        # every mistake here would otherwise surface minutes later as a ZeroDivisionError or a silent no-op
         lo, hi = self.data.scale
         if not 0 < lo <= hi:
-            raise ValueError(f"data.scale needs 0 < Smin <= Smax, got {self.data.scale}")
+            raise ConfigError(f"data.scale needs 0 < Smin <= Smax, got {self.data.scale}")
         if lo < self.data.crop:
-            raise ValueError(f"data.scale Smin={lo} is smaller than the crop {self.data.crop}")
+            raise ConfigError(f"data.scale Smin={lo} is smaller than the crop {self.data.crop}")
         if self.data.crop != 32 * self.model.fc6_kernel:
-            raise ValueError(f"data.crop {self.data.crop} must be 32 x model.fc6_kernel ({32 * self.model.fc6_kernel})")
+            raise ConfigError(f"data.crop {self.data.crop} must be 32 x model.fc6_kernel ({32 * self.model.fc6_kernel})")
         if self.model.init_layers not in ("net_a", "all"):
-            raise ValueError(f"model.init_layers must be net_a or all, got {self.model.init_layers!r}")
+            raise ConfigError(f"model.init_layers must be net_a or all, got {self.model.init_layers!r}")
+        positive = {"optim.lr": self.optim.lr, "optim.batch_size": self.optim.batch_size,
+                    "optim.per_device_batch": self.optim.per_device_batch, "optim.epochs": self.optim.epochs,
+                    "checkpoint.every_steps": self.checkpoint.every_steps,
+                    "checkpoint.log_every": self.checkpoint.log_every, "model.width_mult": self.model.width_mult,
+                    "model.fc_dim": self.model.fc_dim, "model.num_classes": self.model.num_classes}
+        for key, value in positive.items():
+            if not value > 0:  # also catches NaN
+                raise ConfigError(f"{key} must be > 0, got {value}")
+        if not 0 <= self.model.dropout < 1:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.model.dropout}")
 
 
 def load_recipe(path: "str | Path", overrides: Sequence[str] = ()) -> Recipe:
@@ -140,6 +151,7 @@ def accumulation_steps(recipe: Recipe, world_size: int) -> int:
     """Gradient-accumulation steps so per_device_batch x world_size x steps == the global batch."""
     per_step = recipe.optim.per_device_batch * world_size
     if recipe.optim.batch_size % per_step:
-        raise ValueError(f"global batch {recipe.optim.batch_size} is not a multiple of per_device_batch "
-                         f"{recipe.optim.per_device_batch} x {world_size} processes")
+        raise ConfigError(f"global batch optim.batch_size={recipe.optim.batch_size} is not a multiple of "
+                          f"optim.per_device_batch={recipe.optim.per_device_batch} x {world_size} processes; "
+                          "change one of them")
     return recipe.optim.batch_size // per_step
