@@ -60,3 +60,35 @@ def test_index_search_on_a_broken_index_is_one_line(tmp_path, damage, message):
     assert r.exit_code == 1, r.output
     assert "Traceback" not in r.output and r.exception is None or isinstance(r.exception, SystemExit)
     assert r.output.startswith("Error: ") and message in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def _store(folder, n=4):
+    import json
+
+    folder.mkdir()
+    np.save(folder / "features.npy", _rows(0, n=n))
+    (folder / "manifest.json").write_text(json.dumps({"paths": [f"{i}.jpg" for i in range(n)], "models": []}))
+    return folder
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncate", "features.npy: unreadable"),
+    ("bad_manifest", "manifest.json: not valid JSON"),
+    ("empty", "holds no rows"),
+    ("gpu", "faiss sees no GPU"),
+])
+def test_index_build_on_a_broken_store_is_one_line(tmp_path, damage, message):
+    store = _store(tmp_path / "s", n=0 if damage == "empty" else 4)
+    extra = []
+    if damage == "truncate":
+        data = (store / "features.npy").read_bytes()
+        (store / "features.npy").write_bytes(data[: len(data) - 40])
+    elif damage == "bad_manifest":
+        (store / "manifest.json").write_text("{oops")
+    elif damage == "gpu":
+        if knn.faiss.get_num_gpus():
+            pytest.skip("faiss sees a GPU here")
+        extra = ["--gpu"]
+    r = CliRunner().invoke(main.cli, ["index", "build", str(store), "-o", str(tmp_path / "idx"), *extra])
+    assert r.exit_code == 1, r.output
+    assert r.output.startswith("Error: ") and message in r.output and len(r.output.strip().splitlines()) == 1

@@ -39,6 +39,8 @@ def build(store, out, kind, gpu) -> None:
         fs = load_store(store)
     except StoreError as e:
         raise click.ClickException(str(e)) from None
+    if len(fs) == 0:
+        raise click.ClickException(f"{store}: the store holds no rows (every image was skipped?); nothing to index")
     x = np.ascontiguousarray(fs.features, dtype=np.float32)
     idx = build_index(x, kind, use_gpu=gpu)
     meta = {"store": str(Path(store).resolve()), "paths": fs.paths, "kind": kind, "metric": "ip", "dim": fs.dim,

@@ -75,8 +75,17 @@ def load_store(root: "str | Path", mmap: bool = True) -> FeatureStore:
     if not is_complete_store(root):
         raise StoreError(f"{root}: not a finished feature store (needs {FEATURES_FILE} and {MANIFEST_FILE}); "
                          "run `vggfeat extract IMAGES -o STORE` first, or again to finish it")
-    manifest = json.loads((root / MANIFEST_FILE).read_text())
-    features = np.load(root / FEATURES_FILE, mmap_mode="r" if mmap else None)
+    fix = "rerun `vggfeat extract IMAGES -o STORE --overwrite` to rebuild it"
+    try:
+        manifest = json.loads((root / MANIFEST_FILE).read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise StoreError(f"{root / MANIFEST_FILE}: not valid JSON ({e}); {fix}") from None
+    if not isinstance(manifest, dict):
+        raise StoreError(f"{root / MANIFEST_FILE}: not a store manifest (a JSON object); {fix}")
+    try:
+        features = np.load(root / FEATURES_FILE, mmap_mode="r" if mmap else None)
+    except (ValueError, OSError, EOFError) as e:  # truncated or not a .npy file
+        raise StoreError(f"{root / FEATURES_FILE}: unreadable ({e}); {fix}") from None
     if features.ndim != 2 or features.shape[0] != len(manifest.get("paths", ())):
         raise StoreError(f"{root}: {FEATURES_FILE} has shape {features.shape} but the manifest lists "
                          f"{len(manifest.get('paths', ()))} images")
