@@ -35,3 +35,40 @@ def test_bug_keeps_traceback(boom):
 def test_usage_error_exits_2(boom):
     r = CliRunner().invoke(main.cli, ["boom", "--nope"])
     assert r.exit_code == 2
+
+
+def _tiny_images(tmp_path):
+    from PIL import Image
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.new("RGB", (40, 40), (120, 30, 200)).save(d / "a.jpg")
+    return d
+
+
+def test_extract_bug_keeps_traceback(tmp_path, monkeypatch):
+    # a ValueError from library code is a bug, not a user mistake: it must not be hidden as a one-liner
+    import vggfeat.features.extract as fx
+
+    def broken(*a, **k):
+        raise ValueError("bug")
+
+    monkeypatch.setattr(fx, "extract_to_store", broken)
+    r = CliRunner().invoke(main.cli, ["extract", str(_tiny_images(tmp_path)), "--out", str(tmp_path / "o")])
+    assert isinstance(r.exception, ValueError) and str(r.exception) == "bug"
+    assert "Error: bug" not in r.output
+
+
+def test_extract_missing_weights_is_one_line(tmp_path):
+    r = CliRunner().invoke(main.cli, ["extract", str(_tiny_images(tmp_path)), "--out", str(tmp_path / "o"),
+                                      "--weights", str(tmp_path / "nope.safetensors")])
+    assert r.exit_code == 1, r.output
+    assert not isinstance(r.exception, ValueError) or isinstance(r.exception, VggfeatError)
+    assert r.stderr.strip().startswith("Error:") and "nope.safetensors" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_non_finite_loss_is_a_vggfeat_error():
+    from vggfeat.train.loop import NonFiniteLoss
+
+    assert issubclass(NonFiniteLoss, VggfeatError)

@@ -23,14 +23,12 @@ def demo(out, quick) -> None:
 
     About 5 minutes on 2 CPU cores; --quick under one. Writes OUT/report/demo.md, demo.json and plots.
     """
-    from vggfeat.demo.pipeline import DemoError, run_demo
+    from vggfeat.demo.pipeline import run_demo
     from vggfeat.demo.report import summary_lines
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         report = run_demo(out, quick=quick, progress=True, echo=lambda m: click.secho(m, bold=True))
-    except DemoError as e:
-        raise click.ClickException(str(e)) from None
     except KeyboardInterrupt:
         click.secho(f"\ninterrupted: run `vggfeat demo --out {out}{' --quick' if quick else ''}` again to resume",
                     fg="yellow", err=True)

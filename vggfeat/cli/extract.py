@@ -79,9 +79,7 @@ def extract(images, out, models, weights, layer, scales, flip, aggregate, l2, l2
           --scales 256,384,512,640,768
       torchrun --nproc-per-node 4 -m vggfeat extract imgs/ -o feats --weights d.safetensors
     """
-    from vggfeat.data.images import ImageError
     from vggfeat.features.extract import extract_to_store
-    from vggfeat.models.weights import WeightsError
 
     scale_list = parse_scales(scales)
     if weights and models and len(models) != len(weights):
@@ -105,7 +103,7 @@ def extract(images, out, models, weights, layer, scales, flip, aggregate, l2, l2
         click.secho(f"\ninterrupted: finished chunks are kept in {out}; run the same command again to continue",
                     fg="yellow", err=True)
         raise SystemExit(130)
-    except (FileNotFoundError, FileExistsError, ValueError, ImageError, WeightsError) as e:
+    except (FileNotFoundError, FileExistsError) as e:  # VggfeatError is shown by LazyGroup; others are bugs
         raise click.ClickException(str(e)) from None
     seconds = time.perf_counter() - start
     skipped = store.manifest["skipped"]

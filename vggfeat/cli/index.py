@@ -32,13 +32,10 @@ def build(store, out, kind, gpu) -> None:
     descriptors)."""
     import numpy as np
 
-    from vggfeat.features.store import StoreError, load_store
+    from vggfeat.features.store import load_store
     from vggfeat.probes.knn import build_index, save_index
 
-    try:
-        fs = load_store(store)
-    except StoreError as e:
-        raise click.ClickException(str(e)) from None
+    fs = load_store(store)  # StoreError is a VggfeatError: LazyGroup shows it as one line
     if len(fs) == 0:
         raise click.ClickException(f"{store}: the store holds no rows (every image was skipped?); nothing to index")
     x = np.ascontiguousarray(fs.features, dtype=np.float32)
@@ -59,9 +56,7 @@ def build(store, out, kind, gpu) -> None:
 def search(index_dir, images, k, device, seed) -> None:
     """Describe IMAGES (files, folders, @lists) exactly as the indexed store was made, and print each one's
     K nearest indexed images with their similarity."""
-    from vggfeat.data.images import ImageError
     from vggfeat.features.extract import extract_to_store
-    from vggfeat.models.weights import WeightsError
     from vggfeat.probes.knn import load_index, search as knn_search
 
     idx, meta = load_index(index_dir)
@@ -75,7 +70,7 @@ def search(index_dir, images, k, device, seed) -> None:
                                        device=device, workers=0, seed=seed, progress=False)
             q = queries.features[:].astype("float32")
             q_paths, skipped = list(queries.paths), queries.manifest["skipped"]
-    except (ImageError, WeightsError, FileNotFoundError, ValueError) as e:
+    except FileNotFoundError as e:  # VggfeatError is shown by LazyGroup; other exceptions are bugs
         raise click.ClickException(str(e)) from None
     scores, ids = knn_search(idx, q, min(k, len(meta["paths"])))
     for path, row_s, row_i in zip(q_paths, scores, ids):

@@ -82,9 +82,6 @@ def run_probe(benchmark, root, out, features, models, weights, layer, scales, ag
               batch_size, workers, quiet, *, stem: str, probe) -> None:
     """What both probe commands do: load the splits and the store, call `probe(splits, store)` (a ProbeResult),
     write the report OUT/STEM.{json,md,png} and print its summary; bad input becomes a one-line error."""
-    from vggfeat.data.benchmarks import DatasetError
-    from vggfeat.features.store import StoreError
-    from vggfeat.models.weights import WeightsError
     from vggfeat.probes.report import summary_lines, write_report
 
     out_dir = Path(out or Path("vggfeat-out") / benchmark)
@@ -95,7 +92,7 @@ def run_probe(benchmark, root, out, features, models, weights, layer, scales, ag
         click.echo(f"{benchmark}: {len(splits[0].classes)} classes, {len(splits)} split(s), "
                    f"{store.dim}-D features from {store.root}")
         files = write_report(probe(splits, store), out_dir, stem)
-    except (DatasetError, StoreError, WeightsError, FileNotFoundError, ValueError) as e:
+    except FileNotFoundError as e:  # VggfeatError is shown by LazyGroup; other exceptions are bugs
         raise click.ClickException(str(e)) from None
     except OSError as e:
         raise click.ClickException(f"cannot write to {out_dir}: {e.strerror or e}") from None

@@ -39,20 +39,17 @@ def train(recipe: str | None, overrides: tuple[str, ...], data_root: str | None,
     recipe = str(find_recipe(recipe, "train"))  # a name or a path; unknown -> one line listing the names
 
     from vggfeat.config import ConfigError
-    from vggfeat.train.loop import NonFiniteLoss, train as run_training
+    from vggfeat.train.loop import train as run_training
     from vggfeat.train.recipe import load_recipe
 
     rank0 = os.environ.get("RANK", "0") == "0"
     logging.basicConfig(level=logging.INFO if rank0 else logging.WARNING, format="%(message)s")
     try:
         r = load_recipe(recipe, overrides)
-    except (ConfigError, ValueError) as e:
+    except ConfigError as e:  # a bad recipe or override is a usage error (exit 2)
         raise click.UsageError(str(e)) from None
-    try:
-        summary = run_training(r, out or f"runs/{r.name}", data_root=data_root, resume=resume,
-                               overwrite=overwrite)
-    except NonFiniteLoss as e:
-        raise click.ClickException(str(e)) from None
+    summary = run_training(r, out or f"runs/{r.name}", data_root=data_root, resume=resume,
+                           overwrite=overwrite)
     if rank0 and summary["history"]:
         last = summary["history"][-1]
         click.echo(f"{summary['run']}: {summary['epochs']} epochs, {summary['global_step']} steps, "

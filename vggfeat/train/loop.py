@@ -33,7 +33,7 @@ from .schedule import PlateauState, plateau_step
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(VggfeatError, RuntimeError):
     """The loss became NaN or infinite; the run stops and the last good checkpoint stays."""
 
 
