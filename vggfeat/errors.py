@@ -9,3 +9,7 @@ from __future__ import annotations
 
 class VggfeatError(Exception):
     """An error caused by the user's input or environment; its message says what is wrong and what to do."""
+
+
+class InputError(VggfeatError, ValueError):
+    """A bad argument or setting (unknown choice, empty input, mismatched shapes) that the user can fix."""

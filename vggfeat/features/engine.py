@@ -14,6 +14,7 @@ import torch
 from .loader import ScaledImages, make_loader
 from .nets import FeatureNet
 from .protocol import Protocol, combine
+from vggfeat.errors import InputError
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 # On CPU a forward over more than about a megapixel (originals and flips together) spills the caches:
@@ -30,9 +31,9 @@ class DescriptorEngine:
         `max_batch_pixels` input pixels (default CPU_BATCH_PIXELS; no limit on CUDA). `winograd=False`
         keeps every VGG conv a direct convolution on the CPU (vggfeat.models.fastconv)."""
         if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+            raise InputError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
         if batch_size < 1:
-            raise ValueError(f"batch size must be >= 1, got {batch_size}")
+            raise InputError(f"batch size must be >= 1, got {batch_size}")
         self.nets, self.protocol, self.device, self.batch_size = list(nets), protocol, device, batch_size
         cuda = device.type == "cuda"
         self.max_batch_pixels = max_batch_pixels if max_batch_pixels is not None else (None if cuda else CPU_BATCH_PIXELS)

@@ -28,6 +28,7 @@ from . import store as fs
 from .engine import DescriptorEngine, describe_chunks
 from .nets import FeatureNet, NetSpec, as_feature_net, build_feature_net
 from .protocol import Protocol
+from vggfeat.errors import InputError
 
 log = logging.getLogger(__name__)
 STORE_DTYPES = ("float32", "float16")
@@ -149,10 +150,10 @@ def extract_to_store(
 ) -> fs.FeatureStore:
     """Extract descriptors of image files/folders/@lists into the store OUT, resuming an unfinished run."""
     if dtype not in STORE_DTYPES:
-        raise ValueError(f"unknown store dtype {dtype!r}; valid: {', '.join(STORE_DTYPES)}")
+        raise InputError(f"unknown store dtype {dtype!r}; valid: {', '.join(STORE_DTYPES)}")
     paths = [str(p) for p in find_images(images)]
     if not paths:
-        raise ValueError(f"no input images found in {', '.join(map(str, images)) or 'the arguments'}")
+        raise InputError(f"no input images found in {', '.join(map(str, images)) or 'the arguments'}")
     protocol = Protocol(layer, tuple(scales), flip, aggregate, l2, l2_parts, snap, fast_decode)
     specs = [NetSpec(str(m), None if w is None else str(w)) for m, w in models]
     spec_info = [s.describe() for s in specs]

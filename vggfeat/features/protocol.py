@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vggfeat.data.transforms import isotropic_size
+from vggfeat.errors import InputError
 
 AGGREGATES = ("mean", "stack")
 
@@ -30,14 +31,14 @@ class Protocol:
     def __post_init__(self) -> None:
         scales = tuple(int(q) for q in self.scales)
         if not scales or min(scales) < 1:
-            raise ValueError(f"scales must be positive integers, got {self.scales!r}")
+            raise InputError(f"scales must be positive integers, got {self.scales!r}")
         if len(set(scales)) != len(scales):
-            raise ValueError(f"scales must be distinct, got {self.scales!r}")
+            raise InputError(f"scales must be distinct, got {self.scales!r}")
         object.__setattr__(self, "scales", scales)
         if self.aggregate not in AGGREGATES:
-            raise ValueError(f"unknown aggregate {self.aggregate!r}; valid: {', '.join(AGGREGATES)}")
+            raise InputError(f"unknown aggregate {self.aggregate!r}; valid: {', '.join(AGGREGATES)}")
         if self.snap < 1:
-            raise ValueError(f"snap must be >= 1, got {self.snap}")
+            raise InputError(f"snap must be >= 1, got {self.snap}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -9,6 +9,7 @@ import torch
 
 from .init import init_weights
 from .vgg import VGG
+from vggfeat.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ def resolve_name(name: str) -> ModelSpec:
     key = name.lower().replace("-", "_")
     key = ALIASES.get(key, key)
     if key not in SPECS:
-        raise ValueError(f"unknown model {name!r}; valid: {', '.join(list_models(aliases=True))}")
+        raise InputError(f"unknown model {name!r}; valid: {', '.join(list_models(aliases=True))}")
     return SPECS[key]
 
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from .fastconv import conv_relu_inference
 from .preprocessing import PAPER, Preprocessing
+from vggfeat.errors import InputError
 
 Conv = tuple[int, int]  # (output channels, kernel size)
 
@@ -95,7 +96,7 @@ class VGG(nn.Module):
     ) -> None:
         super().__init__()
         if config not in CONFIGS:
-            raise ValueError(f"unknown config {config!r}; valid: {', '.join(CONFIGS)}")
+            raise InputError(f"unknown config {config!r}; valid: {', '.join(CONFIGS)}")
         if width_mult <= 0 or fc_dim < 1 or fc6_kernel < 1 or num_classes < 1:
             raise ValueError("width_mult, fc_dim, fc6_kernel and num_classes must be positive")
         self.config, self.lrn, self.num_classes = config, lrn, num_classes
@@ -150,7 +151,7 @@ class VGG(nn.Module):
 
     def _check_layer(self, layer: str) -> None:
         if layer not in self._channels:
-            raise ValueError(f"unknown layer {layer!r} for vgg config {self.config}; valid: {', '.join(self.layer_names)}")
+            raise InputError(f"unknown layer {layer!r} for vgg config {self.config}; valid: {', '.join(self.layer_names)}")
 
     def min_input_size(self) -> int:
         """Smallest image side the dense head accepts: fc6 needs fc6_kernel pool5 cells (32 px each)."""
