@@ -78,7 +78,7 @@ def build_index(X: np.ndarray, kind: str = "flat", *, metric: str = "ip", nlist:
     X = _as_matrix(X, "X")
     n, d = X.shape
     if kind not in INDEX_KINDS:
-        raise ValueError(f"unknown index kind {kind!r}; choose one of {', '.join(INDEX_KINDS)}")
+        raise FaissIndexError(f"unknown index kind {kind!r}; choose one of {', '.join(INDEX_KINDS)}")
     if metric not in _METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose 'ip' or 'l2'")
     mt = _METRICS[metric]
@@ -95,7 +95,7 @@ def build_index(X: np.ndarray, kind: str = "flat", *, metric: str = "ip", nlist:
         else:
             m = m or default_pq_m(d)
             if d % m:
-                raise ValueError(f"ivfpq: m={m} must divide the dimension {d}")
+                raise FaissIndexError(f"ivfpq: m={m} must divide the dimension {d}")
             nbits = max(1, min(8, int(math.log2(max(n // 39, 2)))))  # 39 points per PQ centroid
             index = faiss.IndexIVFPQ(quantizer, d, nlist, m, nbits, mt)
         index.nprobe = min(nlist, max(4, int(math.sqrt(nlist))))
@@ -182,7 +182,7 @@ def search(index: faiss.Index, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
     """
     Q = _as_matrix(Q, "Q")
     if Q.shape[1] != index.d:
-        raise ValueError(f"queries have dimension {Q.shape[1]} but the index has {index.d}")
+        raise FaissIndexError(f"queries have dimension {Q.shape[1]} but the index has {index.d}")
     k = max(1, min(int(k), int(index.ntotal)))
     scores, ids = index.search(Q, k)
     return scores, ids
@@ -208,7 +208,7 @@ def knn_scores(train_X: np.ndarray, train_labels: np.ndarray, test_X: np.ndarray
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if not multilabel and len(np.unique(labels)) < 2:
         # one class: every vote is for it and the 'accuracy' is 100 %; refused like the linear probe's SVMs
-        raise ValueError(f"need at least 2 classes for a kNN probe, got {len(np.unique(labels))}")
+        raise FaissIndexError(f"need at least 2 classes for a kNN probe, got {len(np.unique(labels))}")
     sims, ids = search(build_index(train_X, kind, metric="ip"), test_X, k)  # (M, k) each
     weights = np.where(ids >= 0, np.exp(sims.astype(np.float64) / temperature), 0.0)  # -1: IVF padding
     ids = np.maximum(ids, 0)

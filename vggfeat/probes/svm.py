@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
+from vggfeat.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ def svm_targets(y) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
     if y.ndim == 1:
         classes = np.unique(y)
         if len(classes) < 2:
-            raise ValueError(f"need at least 2 classes to train one-vs-rest SVMs, got {len(classes)}")
+            raise InputError(f"need at least 2 classes to train one-vs-rest SVMs, got {len(classes)}")
         Y = np.where(y[:, None] == classes[None, :], 1.0, -1.0)
         return Y.astype(np.float32), np.ones_like(Y, dtype=np.float32), classes, False
     if y.ndim == 2:
