@@ -94,3 +94,14 @@ def test_load_model_reads_the_file_once(tiny_model, tmp_path, monkeypatch):
     model = load_model(path)
     assert calls == [path]
     torch.testing.assert_close(model.fc8.weight, tiny_model("vgg_a").fc8.weight)
+
+
+@pytest.mark.parametrize("seed", [2, 20])  # random bytes that make torch's unpickler raise IndexError (2), KeyError (20)
+def test_any_random_bytes_are_one_weights_error(tmp_path, seed):
+    import random
+
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(random.Random(seed).randbytes(4096))
+    with pytest.raises(WeightsError) as err:
+        load_model(junk)
+    assert str(junk) in str(err.value)

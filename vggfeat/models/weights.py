@@ -13,7 +13,6 @@ from vggfeat.utils.files import give_plain_permissions
 import contextlib
 import json
 import logging
-import pickle
 import re
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -60,7 +59,7 @@ def read_weights(path: "str | Path") -> tuple[dict[str, torch.Tensor], dict[str,
         return tensors, meta
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, TypeError, ValueError, OSError) as e:
+    except Exception as e:  # a damaged file can make the unpickler raise anything (IndexError, KeyError, ...)
         raise WeightsError(
             f"{path}: refused to load - it is not a plain tensor file that torch.load(weights_only=True) can "
             f"read (a pickle with arbitrary objects is never unpickled). Convert it to safetensors. ({e})"
