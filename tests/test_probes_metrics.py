@@ -71,9 +71,13 @@ def test_mean_class_recall_matches_balanced_accuracy():
     assert recall[3] == pytest.approx(np.mean(y_pred[y_true == 3] == 3))
 
 
+# what MATLAB prints for num2str(0:0.1:1, 17), written out rather than computed
+MATLAB_0_TO_1_BY_TENTHS = [0.0, 0.1, 0.2, 0.30000000000000004, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+
+
 def devkit_ap(scores, labels, eleven_point):
     """A line-by-line transcription of the VOC devkit (VOCevalcls.m, then VOCap.m or the 2007 11-point loop),
-    with the recall thresholds meant by `t=0:0.1:1`: exactly k/10."""
+    with the thresholds MATLAB's `t=0:0.1:1` really takes: k/10 except the 4th, 0.1*3 = 0.30000000000000004."""
     si = sorted(range(len(scores)), key=lambda i: -scores[i])  # MATLAB's sort is stable
     tp, fp, prec, rec = 0, 0, [], []
     npos = sum(1 for g in labels if g > 0)
@@ -84,7 +88,7 @@ def devkit_ap(scores, labels, eleven_point):
         prec.append(tp / (tp + fp) if tp + fp else 0.0)
     if eleven_point:
         ap = 0.0
-        for t in [i / 10 for i in range(11)]:
+        for t in MATLAB_0_TO_1_BY_TENTHS:
             p = max([pr for pr, r in zip(prec, rec) if r >= t], default=0.0)
             ap += p / 11
         return ap
@@ -102,3 +106,27 @@ def test_ap_equals_a_transcription_of_the_devkit(seed):
     labels[0] = 1
     assert metrics.voc07_ap(scores, labels) == pytest.approx(devkit_ap(list(scores), list(labels), True))
     assert metrics.voc12_ap(scores, labels) == pytest.approx(devkit_ap(list(scores), list(labels), False))
+
+
+def test_devkit_thresholds_are_matlab_colon_values():
+    assert metrics.VOC07_THRESHOLDS.tolist() == MATLAB_0_TO_1_BY_TENTHS
+    assert metrics.VOC07_THRESHOLDS[3] == 0.1 * 3 != 0.3
+
+
+def test_recall_of_exactly_three_tenths_misses_the_fourth_threshold_as_in_the_devkit():
+    # 3 TP, 7 FP, 7 TP, 3 FP: recall 3/10 at precision 1, then precision 10/17 up to recall 1.
+    # Devkit: (3 * 1 + 8 * 10/17) / 11 = 0.7005; exact k/10 thresholds would give (4 + 7 * 10/17) / 11 = 0.7380.
+    scores = np.arange(20, 0, -1)
+    labels = np.array([1, 1, 1] + [-1] * 7 + [1] * 7 + [-1] * 3)
+    assert metrics.voc07_ap(scores, labels) == pytest.approx((3 + 8 * 10 / 17) / 11)
+    assert round(metrics.voc07_ap(scores, labels), 4) == 0.7005
+    assert metrics.voc07_ap(scores, labels) == pytest.approx(devkit_ap(list(scores), list(labels), True))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_11_point_ap_equals_the_devkit_with_ten_positives(seed):
+    # ten positives put recalls on exact tenths, where the threshold construction matters
+    rng = np.random.default_rng(100 + seed)
+    labels = rng.permutation(np.array([1] * 10 + [-1] * 25 + [0] * 3))
+    scores = rng.standard_normal(len(labels))
+    assert metrics.voc07_ap(scores, labels) == pytest.approx(devkit_ap(list(scores), list(labels), True), abs=1e-12)

@@ -47,11 +47,29 @@ def _ap(scores, labels, one) -> "float | np.ndarray":
     return float(out[0]) if single else out
 
 
+def _matlab_colon(a: float, d: float, b: float) -> np.ndarray:
+    """The values of MATLAB's `a:d:b` bit for bit: the first half is a + k*d, the second half b - (n-k)*d and the
+    middle of an even count (a+b)/2, so the range ends exactly on b (MathWorks' published colon algorithm)."""
+    n = int(round((b - a) / d))
+    k = np.arange(n // 2 + 1)
+    out = np.empty(n + 1)
+    out[k] = a + k * d
+    out[n - k] = b - k * d
+    if n % 2 == 0:
+        out[n // 2] = (a + b) / 2
+    return out
+
+
+# VOCevalcls.m loops `for t=0:0.1:1`. MATLAB builds that range as above, so its thresholds are k/10 except the
+# fourth, 3*0.1 = 0.30000000000000004: a recall of exactly 3/10 does NOT reach it. numpy's arange(0, 1.1, 0.1)
+# (many Python ports) errs at the 4th, 7th and 8th instead, and exact k/10 at none; only this matches the devkit.
+VOC07_THRESHOLDS = _matlab_colon(0.0, 0.1, 1.0)
+
+
 def _ap11(precision: np.ndarray, recall: np.ndarray) -> float:
-    # VOC2007: mean over r in {0, 0.1, ..., 1} of the best precision at recall >= r (0 when never reached).
-    # Thresholds are k / 10 exactly: 0.1 * 3 is 0.30000000000000004, which would miss a recall of exactly 3/10.
+    # VOC2007: mean over the 11 devkit thresholds t of the best precision at recall >= t (0 when never reached)
     return float(np.mean([precision[recall >= t].max() if (recall >= t).any() else 0.0
-                          for t in np.arange(11) / 10]))
+                          for t in VOC07_THRESHOLDS]))
 
 
 def _ap_all(precision: np.ndarray, recall: np.ndarray) -> float:
