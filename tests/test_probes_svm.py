@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 from sklearn.datasets import load_digits
+from sklearn.exceptions import NotFittedError
 from sklearn.svm import LinearSVC
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from vggfeat.data.synthetic_features import make_voc_like_features
 from vggfeat.probes import LinearSVMProbe, fit_linear_svms, metrics
@@ -100,12 +102,86 @@ def test_bad_inputs_are_clear_errors():
         LinearSVMProbe().fit(x, np.full((4, 2), 2))
     with pytest.raises(ValueError, match="positive"):
         LinearSVMProbe(C=-1.0).fit(x, [0, 1, 0, 1])
-    with pytest.raises(ValueError, match="3 rows"):
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
         LinearSVMProbe().fit(x[:3], [0, 1, 0, 1])
-    with pytest.raises(ValueError, match="3 rows"):  # the sklearn reference checks its inputs the same way
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):  # the sklearn reference too
         SklearnSVMProbe().fit(x[:3], [0, 1, 0, 1])
     with pytest.raises(ValueError, match="one value per class"):
         SklearnSVMProbe(C=[1.0, 2.0, 3.0]).fit(x, [0, 1, 0, 1])
+    with pytest.raises(ValueError, match="give one C"):
+        LinearSVMProbe(C=[1.0, 2.0]).fit(x, [0, 1, 0, 1])
+
+
+# A 2-D y is VOC labels {1, -1, 0} per class (0: 'difficult'), the probes' multi-label format; scikit-learn's
+# check feeds a column of class ids {0, 1, 2} and expects it to be ravelled, which would make one VOC column
+# ambiguous. test_column_y_is_one_voc_class pins our reading instead.
+EXPECTED_FAILED_CHECKS = {
+    "check_supervised_y_2d": "a 2-D y is VOC labels in {1, -1, 0}, never a column of class ids to ravel",
+}
+
+
+@parametrize_with_checks([LinearSVMProbe()], expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS)
+def test_passes_scikit_learns_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def test_only_the_documented_check_is_expected_to_fail():
+    # check_estimator runs every check; anything failing beyond the documented one raises here
+    from sklearn.utils.estimator_checks import check_estimator
+
+    results = check_estimator(LinearSVMProbe(), expected_failed_checks=EXPECTED_FAILED_CHECKS, on_fail=None)
+    failed = {r["check_name"] for r in results if r["status"] == "failed"}
+    assert failed == set() and len(results) > 40
+    assert {r["check_name"] for r in results if r["status"] == "xfail"} == set(EXPECTED_FAILED_CHECKS)
+
+
+def test_column_y_is_one_voc_class():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 5)).astype(np.float32)
+    y = np.where(x[:, :1] > 0, 1, -1)
+    y[:3] = 0                                           # difficult: left out of the fit
+    probe = LinearSVMProbe(C=1.0).fit(x, y)
+    assert probe.decision_function(x).shape == (40, 1) and probe.multilabel_
+    with pytest.raises(ValueError, match="1, -1 or 0"):
+        LinearSVMProbe().fit(x, np.arange(40)[:, None] % 3)
+
+
+def test_nan_inf_unfitted_and_width_are_refused_as_scikit_learn_does():
+    x = np.random.default_rng(0).standard_normal((20, 4)).astype(np.float32)
+    y = np.arange(20) % 3
+    with pytest.raises(NotFittedError):
+        LinearSVMProbe().decision_function(x)
+    bad = x.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="Input X contains NaN"):
+        LinearSVMProbe().fit(bad, y)
+    bad[3, 1] = np.inf
+    with pytest.raises(ValueError, match="Input X contains infinity"):
+        LinearSVMProbe().fit(bad, y)
+    probe = LinearSVMProbe().fit(x, y)
+    assert probe.n_features_in_ == 4
+    with pytest.raises(ValueError, match="X has 3 features, but LinearSVMProbe is expecting 4"):
+        probe.predict(x[:, :3])
+    with pytest.raises(ValueError, match="Input X contains NaN"):
+        probe.decision_function(np.where(np.arange(4) == 0, np.nan, x))
+    with pytest.raises(ValueError, match="Unknown label type"):
+        LinearSVMProbe().fit(x, np.linspace(0, 1, 20))
+
+
+def test_two_classes_are_one_svm_as_in_linearsvc():
+    digits = load_digits()
+    rows = np.isin(digits.target, (3, 8))
+    x, y = digits.data[rows] / 16.0, np.where(digits.target[rows] == 8, "eight", "three")
+    probe = LinearSVMProbe(C=0.1).fit(x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = LinearSVC(C=0.1, tol=1e-8, max_iter=200000).fit(x, y)
+    assert list(probe.classes_) == ["eight", "three"] and probe.coef_.shape == (1, 64)
+    scores = probe.decision_function(x)
+    assert scores.shape == (len(x),)
+    np.testing.assert_allclose(scores, ref.decision_function(x), atol=2e-3 * np.abs(scores).max())
+    assert (probe.predict(x) == ref.predict(x)).mean() > 0.99
+    assert probe.class_scores(x).shape == (len(x), 2) and (probe.class_scores(x)[:, 1] == scores).all()
 
 
 @pytest.mark.gpu

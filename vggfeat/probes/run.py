@@ -94,7 +94,7 @@ def run_linear_probe(splits: Sequence[ProbeSplit], store: FeatureStore, *, Cs: S
         kwargs = {"device": device} if classifier == "svm" else {}
         probe, selection = fit(x_train, np.array(split.train_labels), list(Cs), metric=split.metric, holdout=holdout,
                                seed=seed + split.split, **kwargs)
-        scores = np.asarray(probe.decision_function(x_test), dtype=np.float64)
+        scores = np.asarray(probe.class_scores(x_test), dtype=np.float64)  # (N, K) even for 2 classes
         per_class, headline = score_split(split, scores)
         results.append(SplitResult(split.split, per_class, headline, np.asarray(selection.chosen, dtype=float),
                                    scores, split.test_labels, time.perf_counter() - start))

@@ -54,7 +54,7 @@ def fit_sklearn_probe(X, y, Cs: Sequence[float], *, metric: str, holdout: float 
     """`selection.fit_probe` with LinearSVC: the same held-out split, metric and choice of C."""
 
     def heldout_scores(x_fit, y_fit, Cs, x_val):
-        return np.stack([SklearnSVMProbe(C=c).fit(x_fit, y_fit).decision_function(x_val) for c in Cs], axis=1)
+        return np.stack([SklearnSVMProbe(C=c).fit(x_fit, y_fit).class_scores(x_val) for c in Cs], axis=1)
 
     return select_and_refit(X, y, Cs, metric=metric, holdout=holdout, seed=seed, heldout_scores=heldout_scores,
                             make_probe=lambda C: SklearnSVMProbe(C=C))

@@ -16,6 +16,9 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
 from vggfeat.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -173,7 +176,9 @@ def svm_targets(y) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
     if y.ndim == 1:
         classes = np.unique(y)
         if len(classes) < 2:
-            raise InputError(f"need at least 2 classes to train one-vs-rest SVMs, got {len(classes)}")
+            # "1 class" is one of the phrases scikit-learn's estimator checks look for
+            raise InputError(f"need at least 2 classes to train one-vs-rest SVMs, got {len(classes)} class "
+                             f"({', '.join(map(str, classes[:1]))})")
         Y = np.where(y[:, None] == classes[None, :], 1.0, -1.0)
         return Y.astype(np.float32), np.ones_like(Y, dtype=np.float32), classes, False
     if y.ndim == 2:
@@ -194,39 +199,52 @@ def per_class_costs(C, num_classes: int) -> np.ndarray:
     return C
 
 
-def as_matrix(X, name="X") -> np.ndarray:
-    X = np.asarray(X, dtype=np.float32)
-    if X.ndim != 2 or X.shape[0] == 0:
-        raise ValueError(f"{name} must be a non-empty (N, D) matrix, got shape {X.shape}")
-    return X
-
-
 class OneVsRestLinear(ClassifierMixin, BaseEstimator):
-    """Scores and predictions of fitted one-vs-rest linear classifiers (coef_ (K, D), intercept_ (K,))."""
+    """Scores and predictions of fitted one-vs-rest linear classifiers (coef_ (K, D), intercept_ (K,)).
+
+    Inputs are checked as scikit-learn checks them (`validate_data`: 2-D, finite, dense, consistent lengths,
+    the fitted width). Two classes given as ids (N,) make one problem, classes_[1] against classes_[0], as
+    LinearSVC does: coef_ is (1, D) and `decision_function` is (N,), positive for classes_[1].
+    """
 
     def _fit_inputs(self, X, y):
-        """Checked (X (N, D), Y, S, C per class, classes, multilabel) for `fit`; see `svm_targets`."""
-        X = as_matrix(X)
+        """Checked (X (N, D) float32, Y, S, C per problem, classes, multilabel) for `fit`; see `svm_targets`."""
+        X, y = validate_data(self, X, y, dtype=np.float32, multi_output=True)
+        check_classification_targets(y)  # refuses a continuous target with sklearn's "Unknown label type"
         Y, S, classes, multilabel = svm_targets(y)
-        if len(Y) != len(X):
-            raise ValueError(f"X has {len(X)} rows but y has {len(Y)}")
-        return X, Y, S, per_class_costs(self.C, Y.shape[1]), classes, multilabel
+        C = per_class_costs(self.C, Y.shape[1])
+        if not multilabel and len(classes) == 2:
+            if C[0] != C[1]:
+                raise ValueError(f"two classes are one SVM (classes_[1] vs classes_[0]): give one C, not {C}")
+            Y, S, C = Y[:, 1:], S[:, 1:], C[1:]
+        return X, Y, S, C, classes, multilabel
 
-    def _set_fitted(self, coef, intercept, classes, multilabel) -> "OneVsRestLinear":
+    def _set_fitted(self, coef, intercept, classes, multilabel) -> OneVsRestLinear:
         self.coef_, self.intercept_ = np.asarray(coef, np.float32), np.asarray(intercept, np.float32)
-        self.classes_, self.multilabel_, self.n_features_in_ = classes, multilabel, self.coef_.shape[1]
+        self.classes_, self.multilabel_ = classes, multilabel
         return self
 
+    def _binary(self) -> bool:
+        return not self.multilabel_ and len(self.classes_) == 2
+
     def decision_function(self, X) -> np.ndarray:
-        X = as_matrix(X)
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features, the probe was fitted on {self.n_features_in_}")
-        return X @ self.coef_.T + self.intercept_
+        """Scores (N, K); (N,) for two classes given as ids (positive: classes_[1])."""
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float32, reset=False)
+        scores = X @ self.coef_.T + self.intercept_
+        return scores[:, 0] if self._binary() else scores
+
+    def class_scores(self, X) -> np.ndarray:
+        """One score column per class, always (N, K): for two classes ids the binary score and its negation."""
+        scores = self.decision_function(X)
+        return np.stack([-scores, scores], axis=1) if scores.ndim == 1 else scores
 
     def predict(self, X) -> np.ndarray:
         scores = self.decision_function(X)
         if self.multilabel_:
             return np.where(scores > 0, 1, -1)
+        if scores.ndim == 1:
+            return self.classes_[(scores > 0).astype(np.intp)]
         return self.classes_[scores.argmax(axis=1)]
 
 
@@ -234,8 +252,10 @@ class LinearSVMProbe(OneVsRestLinear):
     """A scikit-learn estimator: one-vs-rest linear SVMs (squared hinge, L2, LinearSVC's bias) fitted together.
 
     C is one cost for every class or one per class (K,). `fit(X, y)` takes class ids (N,) or VOC labels
-    (N, K) in {1, -1, 0}; `decision_function(X)` is (N, K); `predict` gives class ids, or {1, -1} per class
-    for multi-label targets. `device` is where the solver runs (a torch device; None is the CPU).
+    (N, K) in {1, -1, 0}; `decision_function(X)` is (N, K), or (N,) for two classes given as ids (one SVM,
+    as LinearSVC); `predict` gives class ids, or {1, -1} per class for VOC labels. `device` is where the
+    solver runs (a torch device; None is the CPU). A 2-D y is always VOC labels, so unlike most scikit-learn
+    classifiers a column vector y (N, 1) is one VOC class, not class ids to ravel.
     """
 
     def __init__(self, C=1.0, *, intercept_scaling: float = 1.0, tol: float = 1e-6, max_iter: int = 100,
@@ -246,7 +266,7 @@ class LinearSVMProbe(OneVsRestLinear):
         self.max_iter = max_iter
         self.device = device
 
-    def fit(self, X, y):
+    def fit(self, X, y) -> LinearSVMProbe:
         X, Y, S, C, classes, multilabel = self._fit_inputs(X, y)
         coef, intercept, self.n_iter_ = fit_linear_svms(
             X, Y, S, C, intercept_scaling=self.intercept_scaling, tol=self.tol, max_iter=self.max_iter,
