@@ -13,3 +13,7 @@ class VggfeatError(Exception):
 
 class InputError(VggfeatError, ValueError):
     """A bad argument or setting (unknown choice, empty input, mismatched shapes) that the user can fix."""
+
+
+class LayerError(InputError):
+    """A --layer that the net does not have; the message lists the names it does have."""

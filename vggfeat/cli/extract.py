@@ -17,6 +17,13 @@ def parse_scales(value: str) -> tuple[int, ...]:
     return scales
 
 
+# vggfeat.features.nets checks these names; written out here so --help does not import torch
+LAYER_HELP = ("Layer to pool. VGG: conv1_1 ... conv5_4, pool1 ... pool5, fc6, fc7, fc8 (after its ReLU). timm:NAME: "
+              "pre_logits (= fc7, the default: its pooled features before the classifier), or a forward_intermediates "
+              "index 0..N-1 or its feature_info module name (e.g. features.14 for vgg11, layer3 for a ResNet), "
+              "globally average-pooled; a wrong name lists the valid ones.")
+
+
 @click.command(context_settings={"max_content_width": 100})
 @click.argument("images", nargs=-1, required=True)
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False),
@@ -27,7 +34,7 @@ def parse_scales(value: str) -> tuple[int, ...]:
 @click.option("--weights", "weights", multiple=True, type=click.Path(dir_okay=False),
               help="Weight file (safetensors, or a PyTorch file read with weights_only=True), one per --model.")
 @click.option("--layer", default="fc7", show_default=True,
-              help="VGG layer to pool: conv1_1 ... conv5_4, pool1 ... pool5, fc6, fc7, fc8 (after its ReLU).")
+              help=LAYER_HELP)
 @click.option("--scales", default="256,384,512", show_default=True,
               help="Smallest image side Q at each scale (Appendix B: VOC 256-768, Caltech 256,384,512).")
 @click.option("--flip/--no-flip", default=True, show_default=True, help="Average with the mirrored image.")
@@ -80,6 +87,7 @@ def extract(images, out, models, weights, layer, scales, flip, aggregate, l2, l2
       torchrun --nproc-per-node 4 -m vggfeat extract imgs/ -o feats --weights d.safetensors
     """
     from vggfeat.features.extract import extract_to_store
+    from vggfeat.features.nets import random_init_note
 
     scale_list = parse_scales(scales)
     if weights and models and len(models) != len(weights):
@@ -89,7 +97,8 @@ def extract(images, out, models, weights, layer, scales, flip, aggregate, l2, l2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     for name, w in pairs:
         if w is None:
-            click.secho(f"WARNING: no --weights for {name}: the net is RANDOMLY INITIALISED (Glorot, seed {seed}). "
+            click.secho(f"WARNING: no --weights for {name}: the net is RANDOMLY INITIALISED "
+                        f"({random_init_note(name, seed)}). "
                         "Its descriptors carry no learned information.", fg="yellow", err=True)
     start = time.perf_counter()
     try:

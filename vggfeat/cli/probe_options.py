@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from vggfeat.cli.extract import LAYER_HELP
+
 BENCHMARK_CHOICES = ("voc2007", "voc2012", "caltech101", "caltech256", "folder")
 
 
@@ -26,7 +28,7 @@ def probe_options(fn):
                      help="Extract on the fly with this net (vgg_d, timm:NAME, ...); repeat with --weights to "
                           "stack nets (the paper's D & E). Ignored with --features."),
         click.option("--weights", multiple=True, type=click.Path(dir_okay=False), help="Weight file per --model."),
-        click.option("--layer", default="fc7", show_default=True, help="Layer to describe images with."),
+        click.option("--layer", default="fc7", show_default=True, help=LAYER_HELP),
         click.option("--scales", default=None,
                      help="Scales Q for on-the-fly extraction. Default (Appendix B): 256,384,512 (640,768 optional "
                           "for VOC)."),
@@ -55,6 +57,7 @@ def probe_store(benchmark, splits, out: Path, features, models, weights, layer, 
                 batch_size, workers, quiet):
     """The feature store to probe: --features, or an on-the-fly extraction cached under OUT/features."""
     from vggfeat.cli.extract import parse_scales
+    from vggfeat.features.nets import random_init_note
     from vggfeat.data.benchmarks import benchmark_images
     from vggfeat.features.store import load_store
     from vggfeat.probes.features import PAPER_FEATURES, ExtractionSettings, cached_store
@@ -68,7 +71,8 @@ def probe_store(benchmark, splits, out: Path, features, models, weights, layer, 
     pairs = tuple(zip(models or ["auto"] * len(weights), weights)) if weights else tuple((m, None) for m in models or ["vgg_d"])
     for name, w in pairs:
         if w is None:
-            click.secho(f"WARNING: no --weights for {name}: the net is RANDOMLY INITIALISED (Glorot, seed {seed}); "
+            click.secho(f"WARNING: no --weights for {name}: the net is RANDOMLY INITIALISED "
+                        f"({random_init_note(name, seed)}); "
                         "pass --weights or --features for meaningful results.", fg="yellow", err=True)
     defaults = PAPER_FEATURES[benchmark]
     settings = ExtractionSettings(pairs, layer=layer, scales=parse_scales(scales) if scales else defaults["scales"],

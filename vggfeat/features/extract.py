@@ -26,7 +26,7 @@ from vggfeat.utils.files import atomic_write_json
 
 from . import store as fs
 from .engine import DescriptorEngine, describe_chunks
-from .nets import FeatureNet, NetSpec, as_feature_net, build_feature_net
+from .nets import FeatureNet, NetSpec, as_feature_net, build_feature_net, random_init_note
 from .protocol import Protocol
 from vggfeat.errors import InputError
 
@@ -173,8 +173,8 @@ def extract_to_store(
 
     for spec in specs:
         if spec.weights is None:
-            log.warning("no weights for %s: it is RANDOMLY INITIALISED (Glorot, seed %d) and its descriptors carry "
-                        "no learned information", spec.model, seed)
+            log.warning("no weights for %s: it is RANDOMLY INITIALISED (%s) and its descriptors carry "
+                        "no learned information", spec.model, random_init_note(spec.model, seed))
     torch_device = resolve_device(device)
     if torch_device.type == "cuda" and torch_device.index is not None:
         torch.cuda.set_device(torch_device)

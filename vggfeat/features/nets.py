@@ -1,7 +1,8 @@
 """Nets as descriptor functions: uint8 RGB batch in, one pooled vector per image out (Appendix B).
 
 A VGG net yields the global average of a named layer's dense map (fc7 after its ReLU by default); a timm
-backbone yields its pooled penultimate features, so other nets can be compared under the same protocol.
+backbone yields its pooled pre-logits features (or an intermediate map, pooled), so other nets can be compared
+under the same protocol.
 Each applies the input convention of the weights it loaded.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vggfeat.errors import LayerError
 from vggfeat.models import Preprocessing, create_model, load_model
 from vggfeat.models.weights import WeightsError, read_weights
 from vggfeat.utils.files import sha256_file
@@ -74,15 +76,69 @@ class VGGFeatureNet(FeatureNet):
         return self.model.forward_features(x, self.layer).float().mean(dim=(2, 3))
 
 
+PRE_LOGITS = "pre_logits"
+# --layer's default is the VGG name fc7; for a timm net it means the pre-logits features (a timm VGG's fc7)
+TIMM_DEFAULT_ALIASES = ("fc7", PRE_LOGITS)
+
+
+def _timm_taps(model: nn.Module) -> list[tuple[str, int]]:
+    """(feature_info module name, channels) of each forward_intermediates index; none without that API."""
+    if not hasattr(model, "forward_intermediates"):
+        return []
+    return [(str(f.get("module", i)), int(f["num_chs"])) for i, f in enumerate(getattr(model, "feature_info", []) or [])]
+
+
+def timm_layers(model: nn.Module) -> list[str]:
+    """Every --layer a timm net accepts."""
+    taps = _timm_taps(model)
+    return [*TIMM_DEFAULT_ALIASES, *map(str, range(len(taps))), *(name for name, _ in taps)]
+
+
+def _timm_tap(model: nn.Module, layer: str) -> tuple[int | None, int]:
+    """(forward_intermediates index or None for pre-logits, descriptor width) of a --layer."""
+    if layer in TIMM_DEFAULT_ALIASES:
+        # a timm VGG's pre-logits are its 4096-wide fc7 (head_hidden_size); num_features is pool5's 512
+        return None, int(getattr(model, "head_hidden_size", None) or model.num_features)
+    taps = _timm_taps(model)
+    names = [name for name, _ in taps]
+    if layer.isdigit() and int(layer) < len(taps):
+        index = int(layer)
+    elif layer in names:
+        index = names.index(layer)
+    else:
+        arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__)
+        raise LayerError(f"unknown layer {layer!r} for timm model {arch}; valid: {', '.join(timm_layers(model))}")
+    return index, taps[index][1]
+
+
 class TimmFeatureNet(FeatureNet):
-    def __init__(self, model: nn.Module) -> None:
+    """A timm backbone: its pooled pre-logits features, or the global average of one intermediate map."""
+
+    def __init__(self, model: nn.Module, layer: str = "fc7") -> None:
         cfg = getattr(model, "pretrained_cfg", {}) or {}
         pre = Preprocessing("RGB", 1.0, tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
                             tuple(cfg.get("std", (0.229, 0.224, 0.225))))
-        super().__init__(model, pre, int(model.num_features), None)
+        self.index, dim = _timm_tap(model, layer)
+        super().__init__(model, pre, dim, layer)
 
     def pooled_map(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+        if self.index is None:
+            out = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+        else:
+            (fmap,) = self.model.forward_intermediates(x, indices=[self.index], stop_early=True,
+                                                       intermediates_only=True)   # [(B, C, h, w)]
+            out = fmap.mean(dim=(2, 3))
+        if out.ndim != 2 or out.shape[1] != self.dim:
+            raise ValueError(f"timm model gave features of shape {tuple(out.shape)} at layer {self.layer!r}, "
+                             f"expected (B, {self.dim})")
+        return out
+
+
+def random_init_note(model: str, seed: int) -> str:
+    """How a net without weights is initialised, for the 'no weights' warnings."""
+    if model.startswith(TIMM_PREFIX):
+        return f"timm's own init, seed {seed}"
+    return f"Glorot, seed {seed}"
 
 
 def _load_timm(name: str, weights: str | None, seed: int) -> nn.Module:
@@ -109,7 +165,7 @@ def build_feature_net(spec: NetSpec, layer: str = "fc7", seed: int = 0) -> Featu
     if spec.weights is not None and not Path(spec.weights).is_file():
         raise WeightsError(f"weight file not found: {spec.weights}")
     if spec.model.startswith(TIMM_PREFIX):
-        return TimmFeatureNet(_load_timm(spec.model[len(TIMM_PREFIX):], spec.weights, seed))
+        return TimmFeatureNet(_load_timm(spec.model[len(TIMM_PREFIX):], spec.weights, seed), layer)
     if spec.weights is not None:
         model = load_model(spec.weights, None if spec.model == "auto" else spec.model)
     else:
@@ -125,5 +181,5 @@ def as_feature_net(model: "nn.Module | FeatureNet", layer: str = "fc7") -> Featu
     if hasattr(model, "layer_channels"):
         return VGGFeatureNet(model, layer)
     if hasattr(model, "forward_head") and hasattr(model, "num_features"):
-        return TimmFeatureNet(model)
+        return TimmFeatureNet(model, layer)
     raise TypeError(f"cannot extract features from a {type(model).__name__}: pass a vggfeat VGG or a timm model")

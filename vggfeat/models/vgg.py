@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vggfeat.errors import InputError, LayerError
+
 from .fastconv import conv_relu_inference
 from .preprocessing import PAPER, Preprocessing
-from vggfeat.errors import InputError
 
 Conv = tuple[int, int]  # (output channels, kernel size)
 
@@ -151,7 +152,7 @@ class VGG(nn.Module):
 
     def _check_layer(self, layer: str) -> None:
         if layer not in self._channels:
-            raise InputError(f"unknown layer {layer!r} for vgg config {self.config}; valid: {', '.join(self.layer_names)}")
+            raise LayerError(f"unknown layer {layer!r} for vgg config {self.config}; valid: {', '.join(self.layer_names)}")
 
     def min_input_size(self) -> int:
         """Smallest image side the dense head accepts: fc6 needs fc6_kernel pool5 cells (32 px each)."""
