@@ -1,0 +1,90 @@
+"""Low-shot VOC-2007 on generated descriptors: the sampling rule, the batched solve against one fit per
+problem, and the summary (issue 14.7)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from vggfeat.data.synthetic_features import make_voc_like_features
+from vggfeat.errors import VggfeatError
+from vggfeat.probes import metrics
+from vggfeat.probes.lowshot import LowShotResult, draw_low_shot, plot_low_shot, run_low_shot
+from vggfeat.probes.svm import fit_linear_svms
+
+
+@pytest.fixture(scope="module")
+def voc_like():
+    return make_voc_like_features(700, 500, 64, seed=3)
+
+
+def test_each_class_draws_k_positives_and_19k_negatives_never_a_difficult_one(voc_like):
+    _, y, _, _ = voc_like
+    draws = draw_low_shot(y, 4, seed=0, sample=1)
+    assert len(draws) == y.shape[1]
+    for c, (pos, neg) in enumerate(draws):
+        assert len(pos) == 4 and len(neg) == 19 * 4
+        assert (y[pos, c] == 1).all() and (y[neg, c] == -1).all()
+        assert len(np.unique(pos)) == 4 and len(np.unique(neg)) == 76
+    again = draw_low_shot(y, 4, seed=0, sample=1)
+    assert all((a[0] == b[0]).all() and (a[1] == b[1]).all() for a, b in zip(draws, again))
+    other = draw_low_shot(y, 4, seed=0, sample=2)
+    assert any(not np.array_equal(a[0], b[0]) for a, b in zip(draws, other))
+
+
+def test_a_class_with_too_few_positives_gives_all_it_has():
+    y = -np.ones((50, 2), dtype=np.int8)
+    y[:3, 0] = 1
+    y[3:5, 0] = 0                                   # difficult: never drawn
+    y[10:30, 1] = 1
+    pos, neg = draw_low_shot(y, 8, seed=0, sample=0)[0]
+    assert sorted(pos) == [0, 1, 2] and len(neg) == 45 and not set(neg) & {3, 4}
+
+
+def test_batched_run_equals_one_fit_per_sample_class_and_C(voc_like):
+    x, y, x_test, y_test = voc_like
+    ks, samples, Cs = (1, 4), 2, (0.1, 10.0)
+    result = run_low_shot(x, y, x_test, y_test, ks=ks, samples=samples, Cs=Cs, seed=7)
+    assert result.ap.shape == (2, 2, 2, 20) and result.drawn.shape == (2, 2, 20, 2)
+    for i, k in enumerate(ks):
+        for s in range(samples):
+            draws = draw_low_shot(y, k, seed=7, sample=s)
+            for j, C in enumerate(Cs):
+                scores = np.empty((len(x_test), 20))
+                for c, (pos, neg) in enumerate(draws):
+                    rows = np.concatenate([pos, neg])
+                    t = np.where(y[rows, c] > 0, 1.0, -1.0)[:, None]
+                    coef, b, _ = fit_linear_svms(x[rows], t, np.ones_like(t), [C])
+                    scores[:, c] = x_test @ coef[0] + b[0]
+                np.testing.assert_allclose(result.ap[i, s, j], metrics.voc07_ap(scores, y_test), atol=2e-3)
+
+
+def test_summary_more_shots_help_and_the_report_is_json_and_a_plot(voc_like, tmp_path):
+    x, y, x_test, y_test = voc_like
+    result = run_low_shot(x, y, x_test, y_test, ks=(1, 16), samples=3, Cs=(0.1, 1.0, 10.0), seed=0,
+                          classes=[f"class{c}" for c in range(20)])
+    assert isinstance(result, LowShotResult)
+    assert result.mean.shape == (2,) and result.std.shape == (2,)
+    assert result.mean[1] > result.mean[0] + 0.05           # 16 shots clearly beat one
+    assert (result.std >= 0).all() and result.std[0] > 0   # one-shot samples differ
+    best = result.map_table.mean(axis=1).max(axis=1)
+    np.testing.assert_allclose(result.mean, best)
+    assert set(result.chosen_C) <= {0.1, 1.0, 10.0}
+    report = json.loads(json.dumps(result.to_dict()))
+    assert report["ks"] == [1, 16] and report["samples"] == 3
+    assert report["rows"][1]["mAP"] == pytest.approx(100 * result.mean[1], abs=0.01)
+    assert report["rows"][0]["negatives"] == 19 and len(report["rows"][0]["per_sample"]) == 3
+    assert set(report["rows"][0]["per_class"]) == {f"class{c}" for c in range(20)}
+    png = plot_low_shot(result, tmp_path / "lowshot.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(tmp_path.glob(".*tmp*"))
+
+
+def test_bad_inputs_are_one_line_errors(voc_like):
+    x, y, x_test, y_test = voc_like
+    with pytest.raises(VggfeatError, match="VOC label matrices"):
+        run_low_shot(x, y[:, 0], x_test, y_test)
+    with pytest.raises(VggfeatError, match="positive C"):
+        run_low_shot(x, y, x_test, y_test, ks=(1,), Cs=(0.0,))
+    with pytest.raises(VggfeatError, match="disagree"):
+        run_low_shot(x[:5], y, x_test, y_test, ks=(1,))

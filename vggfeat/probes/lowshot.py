@@ -1,0 +1,192 @@
+"""Low-shot VOC-2007, beyond the paper: linear SVMs trained on k positives per class (issue 14.7).
+
+The protocol of self-supervised benchmark suites (e.g. VISSL's low-shot VOC07): for each class, a seeded sample
+of k positive and 19 k negative trainval images (the rest of that class's column, 'difficult' included, is
+ignored); that class's SVM is trained on its sample alone and scored on the full test set with the devkit's
+11-point AP (PAPER.md section 5). Five samples per k; mAP is reported as mean and std over the samples.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from vggfeat.errors import InputError
+from vggfeat.probes import metrics
+from vggfeat.probes.svm import fit_linear_svms
+
+log = logging.getLogger(__name__)
+
+LOW_SHOT_KS = (1, 2, 4, 8, 16, 32, 64, 96)
+NEGATIVES_PER_POSITIVE = 19
+LOW_SHOT_SAMPLES = 5
+LOW_SHOT_CS = (0.01, 0.1, 1.0, 10.0, 100.0)
+
+
+def draw_low_shot(labels: np.ndarray, k: int, *, seed: int, sample: int,
+                  negatives_per_positive: int = NEGATIVES_PER_POSITIVE) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per class of `labels` (N, K) in {1, -1, 0}: (positive rows, negative rows) of one seeded sample.
+
+    The generator is keyed by (seed, k, sample), so a sample does not change when other k values or samples
+    are added. A class with fewer than k positives (or 19 k negatives) gives all it has.
+    """
+    rng = np.random.default_rng([seed, k, sample])
+    draws = []
+    for c in range(labels.shape[1]):
+        pos, neg = np.flatnonzero(labels[:, c] > 0), np.flatnonzero(labels[:, c] < 0)
+        n_pos, n_neg = min(k, len(pos)), min(negatives_per_positive * k, len(neg))
+        draws.append((np.sort(rng.choice(pos, n_pos, replace=False)), np.sort(rng.choice(neg, n_neg, replace=False))))
+    return draws
+
+
+@dataclass
+class LowShotResult:
+    """Test AP of every (k, sample, C, class); mAP at each k is reported at the C best on average over samples."""
+
+    ks: tuple[int, ...]
+    Cs: tuple[float, ...]
+    classes: tuple[str, ...]
+    seed: int
+    ap: np.ndarray                 # (len(ks), samples, len(Cs), K) test AP; NaN for a class without test positives
+    drawn: np.ndarray              # (len(ks), samples, K, 2) positives and negatives actually trained on
+    features: dict[str, Any] = field(default_factory=dict)
+    seconds: list[float] = field(default_factory=list)   # per k
+
+    @property
+    def map_table(self) -> np.ndarray:
+        """(len(ks), samples, len(Cs)) mAP over the classes."""
+        return np.nanmean(self.ap, axis=3)
+
+    @property
+    def chosen_C(self) -> np.ndarray:
+        """(len(ks),) per k, the C with the best mean test mAP over samples. Picked on the test set, as the
+        low-shot suites do: at k = 1 there is no training image to hold out."""
+        return np.asarray(self.Cs)[self.map_table.mean(axis=1).argmax(axis=1)]
+
+    def _at_chosen(self) -> np.ndarray:
+        table = self.map_table                                  # (len(ks), samples, len(Cs))
+        best = table.mean(axis=1).argmax(axis=1)
+        return table[np.arange(len(self.ks)), :, best]          # (len(ks), samples)
+
+    @property
+    def mean(self) -> np.ndarray:
+        """(len(ks),) mAP at the chosen C, mean over the samples."""
+        return self._at_chosen().mean(axis=1)
+
+    @property
+    def std(self) -> np.ndarray:
+        """(len(ks),) standard deviation over the samples (population std, ddof 0)."""
+        return self._at_chosen().std(axis=1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, in percent."""
+        table = self.map_table
+        at_chosen, best = self._at_chosen(), table.mean(axis=1).argmax(axis=1)
+        rows = []
+        for i, k in enumerate(self.ks):
+            per_class = np.nanmean(self.ap[i, :, best[i]], axis=0)          # (K,) mean over samples
+            fewest = self.drawn[i].min(axis=0)                              # (K, 2) over samples
+            rows.append({
+                "k": int(k), "negatives": NEGATIVES_PER_POSITIVE * int(k),
+                "mAP": round(100 * float(self.mean[i]), 2), "std": round(100 * float(self.std[i]), 2),
+                "chosen_C": float(self.chosen_C[i]),
+                "per_sample": [round(100 * float(v), 2) for v in at_chosen[i]],
+                "mAP_per_C": {str(c): round(100 * float(table[i, :, j].mean()), 2) for j, c in enumerate(self.Cs)},
+                "per_class": {name: None if np.isnan(v) else round(100 * float(v), 2)
+                              for name, v in zip(self.classes, per_class)},
+                "fewer_than_asked": {name: [int(p), int(n)] for name, (p, n) in zip(self.classes, fewest)
+                                     if p < k or n < NEGATIVES_PER_POSITIVE * k},
+                "seconds": round(self.seconds[i], 3) if i < len(self.seconds) else None,
+            })
+        return {
+            "benchmark": "voc2007-lowshot", "metric": "voc07_ap", "headline_name": "mAP",
+            "protocol": (f"per class k positives and {NEGATIVES_PER_POSITIVE}k negatives from trainval (rest "
+                         f"ignored), {self.ap.shape[1]} seeded samples per k; one SVM per class on its sample; "
+                         "11-point AP on the full test set; C chosen per k by mean test mAP over the samples"),
+            "ks": list(map(int, self.ks)), "Cs": list(map(float, self.Cs)), "samples": int(self.ap.shape[1]),
+            "seed": self.seed, "rows": rows, "features": self.features,
+        }
+
+
+def run_low_shot(x_train, y_train, x_test, y_test, *, ks: Sequence[int] = LOW_SHOT_KS,
+                 samples: int = LOW_SHOT_SAMPLES, Cs: Sequence[float] = LOW_SHOT_CS, seed: int = 0,
+                 classes: Sequence[str] | None = None, tol: float = 1e-6, device=None,
+                 features: dict[str, Any] | None = None, progress=None) -> LowShotResult:
+    """The low-shot protocol on descriptors: x (N, D), VOC labels y (N, K) in {1, -1, 0}.
+
+    For each k, every (sample, class, C) problem is one column of a single batched solve over the union of
+    the rows any sample drew; a row outside a problem's sample has weight 0 there (see `fit_linear_svms`).
+    """
+    x_train, x_test = np.asarray(x_train, np.float32), np.asarray(x_test, np.float32)
+    y_train, y_test = np.asarray(y_train), np.asarray(y_test)
+    if y_train.ndim != 2 or y_test.ndim != 2 or y_train.shape[1] != y_test.shape[1]:
+        raise InputError(f"low-shot needs VOC label matrices (N, K) with the same K, got {y_train.shape} "
+                         f"and {y_test.shape}")
+    if len(x_train) != len(y_train) or len(x_test) != len(y_test):
+        raise InputError(f"features and labels disagree: {len(x_train)} vs {len(y_train)} train rows, "
+                         f"{len(x_test)} vs {len(y_test)} test rows")
+    ks = tuple(int(k) for k in ks)
+    Cs = tuple(float(c) for c in Cs)
+    if not ks or min(ks) < 1 or samples < 1 or not Cs or min(Cs) <= 0:
+        raise InputError(f"low-shot needs k >= 1, samples >= 1 and positive C values; got ks={ks}, "
+                         f"samples={samples}, Cs={Cs}")
+    n_classes = y_train.shape[1]
+    classes = tuple(classes) if classes is not None else tuple(map(str, range(n_classes)))
+    ap = np.full((len(ks), samples, len(Cs), n_classes), np.nan)
+    drawn = np.zeros((len(ks), samples, n_classes, 2), dtype=np.int64)
+    seconds = []
+    for i, k in enumerate(ks):
+        start = time.perf_counter()
+        draws = [draw_low_shot(y_train, k, seed=seed, sample=s) for s in range(samples)]
+        rows = np.unique(np.concatenate([np.concatenate(d) for draw in draws for d in draw]))
+        where = np.full(len(y_train), -1)
+        where[rows] = np.arange(len(rows))                      # trainval row -> row of the union
+        # columns ordered (sample, class, C): (N_union, samples * K * len(Cs))
+        Y = np.repeat(np.where(y_train[rows] > 0, 1.0, -1.0), len(Cs), axis=1)
+        Y = np.tile(Y, samples).astype(np.float32)
+        S = np.zeros_like(Y)
+        for s, draw in enumerate(draws):
+            for c, (pos, neg) in enumerate(draw):
+                drawn[i, s, c] = len(pos), len(neg)
+                col = (s * n_classes + c) * len(Cs)
+                S[where[np.concatenate([pos, neg])], col:col + len(Cs)] = 1.0
+        C = np.tile(np.asarray(Cs), samples * n_classes)
+        coef, intercept, _ = fit_linear_svms(x_train[rows], Y, S, C, tol=tol, device=device)
+        scores = (x_test @ coef.T + intercept).reshape(len(x_test), samples, n_classes, len(Cs))
+        for s in range(samples):
+            for j in range(len(Cs)):
+                ap[i, s, j] = metrics.voc07_ap(scores[:, s, :, j], y_test)
+        seconds.append(time.perf_counter() - start)
+        log.info("low-shot k=%d: %d problems on %d rows, best mAP %.4f (%.1f s)", k, Y.shape[1], len(rows),
+                 np.nanmean(ap[i], axis=2).mean(0).max(), seconds[-1])
+        if progress is not None:
+            progress(k, i)
+    return LowShotResult(ks, Cs, classes, seed, ap, drawn, dict(features or {}), seconds)
+
+
+def plot_low_shot(result: LowShotResult, path: "str | Path") -> Path:
+    """One plot, mAP (%) against k on a log axis, mean +- std over the samples; written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.errorbar(result.ks, 100 * result.mean, yerr=100 * result.std, marker="o", capsize=3)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(result.ks, [str(k) for k in result.ks])
+    ax.set_xlabel(f"k positives per class (+ {NEGATIVES_PER_POSITIVE}k negatives)")
+    ax.set_ylabel("VOC-2007 test mAP %")
+    ax.set_title(f"low-shot VOC-2007: mean +- std over {result.ap.shape[1]} samples")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
