@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from vggfeat.errors import VggfeatError
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from vggfeat.utils.files import read_json
 
 FEATURES_FILE = "features.npy"
 MANIFEST_FILE = "manifest.json"
@@ -76,10 +77,7 @@ def load_store(root: "str | Path", mmap: bool = True) -> FeatureStore:
         raise StoreError(f"{root}: not a finished feature store (needs {FEATURES_FILE} and {MANIFEST_FILE}); "
                          "run `vggfeat extract IMAGES -o STORE` first, or again to finish it")
     fix = "rerun `vggfeat extract IMAGES -o STORE --overwrite` to rebuild it"
-    try:
-        manifest = json.loads((root / MANIFEST_FILE).read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise StoreError(f"{root / MANIFEST_FILE}: not valid JSON ({e}); {fix}") from None
+    manifest = read_json(root / MANIFEST_FILE, StoreError, fix)
     if not isinstance(manifest, dict):
         raise StoreError(f"{root / MANIFEST_FILE}: not a store manifest (a JSON object); {fix}")
     try:

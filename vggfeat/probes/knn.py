@@ -18,7 +18,7 @@ import faiss
 import numpy as np
 
 from ..errors import VggfeatError
-from ..utils.files import atomic_write_bytes, atomic_write_json
+from ..utils.files import atomic_write_bytes, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
@@ -154,10 +154,7 @@ def load_index(path: "str | Path") -> tuple[faiss.Index, dict[str, Any]]:
         raise IndexNotFoundError(f"{path}: not a saved index (needs {INDEX_FILE} and {META_FILE}); "
                               "build one with `vggfeat index build STORE -o FOLDER`")
     fix = "rebuild it with `vggfeat index build STORE -o FOLDER`"
-    try:
-        meta = json.loads((path / META_FILE).read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise FaissIndexError(f"{path / META_FILE}: not valid JSON ({e}); {fix}") from None
+    meta = read_json(path / META_FILE, FaissIndexError, fix)
     if not isinstance(meta, dict) or not isinstance(meta.get("paths"), list):
         raise FaissIndexError(f"{path / META_FILE}: no list of row paths; {fix}")
     data = (path / INDEX_FILE).read_bytes()

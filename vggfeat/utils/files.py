@@ -47,3 +47,11 @@ def atomic_write_text(path: "str | Path", text: str) -> Path:
 
 def atomic_write_json(path: "str | Path", obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path, error: type[Exception], fix: str) -> Any:
+    """JSON of `path`; a file that does not parse raises `error` naming it, with `fix` (what to run)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise error(f"{path}: not valid JSON ({e}); {fix}") from None
