@@ -7,6 +7,7 @@ and the descriptor deviation of the fast path (max abs, lowest cosine) with both
 
     python scripts/bench_decode.py --images 6 --scale-sets 256 256,384,512
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,8 +68,10 @@ def main() -> None:
         arrays = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
         extract_features(net, arrays[:1], scales=(256,), device="cpu")  # warm-up: first-call costs out of the timings
         print(f"{len(paths)} photos, {', '.join('x'.join(map(str, Image.open(p).size)) for p in paths[:3])} ...")
-        print(f"{'Q':<12} {'decode+rescale ms/img':>24} {'ratio':>6} {'extract s/img':>20} {'ratio':>6} "
-              f"{'max |dev|':>10} {'min cos':>9}")
+        print(
+            f"{'Q':<12} {'decode+rescale ms/img':>24} {'ratio':>6} {'extract s/img':>20} {'ratio':>6} "
+            f"{'max |dev|':>10} {'min cos':>9}"
+        )
         print(f"{'':<12} {'exact':>11} {'fast':>12} {'':>6} {'exact':>9} {'fast':>10}")
         for spec in args.scale_sets:
             scales = tuple(int(q) for q in spec.split(","))
@@ -85,9 +88,11 @@ def main() -> None:
             same = extract_features(net, arrays, scales=scales, device="cpu")
             assert np.abs(same - exact).max() < 1e-5  # a path and its decoded array: the same descriptor
             cos = (exact * fast).sum(1) / (np.linalg.norm(exact, axis=1) * np.linalg.norm(fast, axis=1))
-            print(f"{spec:<12} {1e3 * d_exact:11.1f} {1e3 * d_fast:12.1f} {d_exact / d_fast:5.2f}x "
-                  f"{e_exact:9.2f} {e_fast:10.2f} {e_exact / e_fast:5.2f}x {np.abs(exact - fast).max():10.4f} "
-                  f"{cos.min():9.5f}")
+            print(
+                f"{spec:<12} {1e3 * d_exact:11.1f} {1e3 * d_fast:12.1f} {d_exact / d_fast:5.2f}x "
+                f"{e_exact:9.2f} {e_fast:10.2f} {e_exact / e_fast:5.2f}x {np.abs(exact - fast).max():10.4f} "
+                f"{cos.min():9.5f}"
+            )
 
 
 if __name__ == "__main__":

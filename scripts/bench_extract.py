@@ -8,6 +8,7 @@ the fraction of the card's bf16 peak reached (multiply-adds of the dense protoco
     python scripts/bench_extract.py --images 16 --scales 256,384,512            # full-size VGG-16
     python scripts/bench_extract.py --device cuda --images 512 --batch-size 32 --workers 12
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,6 +27,7 @@ import vggfeat
 from vggfeat.data.photos import VOC_SIZES, photo_jpegs
 from vggfeat.features.extract import extract_to_store
 from vggfeat.features.protocol import scaled_size
+
 
 def baseline(tv: torch.nn.Module, paths: list[Path], scales: list[int], device: torch.device) -> np.ndarray:
     """One image at a time, one forward per scale and flip, PIL resizing: the naive Appendix B."""
@@ -78,8 +80,12 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", help="vggfeat's compute precision (auto: bf16 on CUDA)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="the card's dense bf16 peak (H100 SXM: 989)")
-    p.add_argument("--no-winograd", dest="winograd", action="store_false",
-                   help="vggfeat with direct convolutions only (no Winograd F(4x4,3x3) on the CPU)")
+    p.add_argument(
+        "--no-winograd",
+        dest="winograd",
+        action="store_false",
+        help="vggfeat with direct convolutions only (no Winograd F(4x4,3x3) on the CPU)",
+    )
     p.add_argument("--skip-baseline", action="store_true")
     args = p.parse_args()
     scales = [int(s) for s in args.scales.split(",")]
@@ -92,21 +98,41 @@ def main() -> None:
         paths = photo_jpegs(tmp / "imgs", args.images, VOC_SIZES)
         weights = tmp / "vgg16.pth"
         torch.save(tv.state_dict(), weights)  # the same weights for both, torchvision layout
-        print(f"{args.images} VOC-sized images, scales {scales}, full-size VGG-16 fc7, device {device} "
-              f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu'}, "
-              f"{torch.get_num_threads()} threads), torch {torch.__version__}"
-              f"{'' if args.winograd or device.type != 'cpu' else ', direct convolutions only'}")
+        print(
+            f"{args.images} VOC-sized images, scales {scales}, full-size VGG-16 fc7, device {device} "
+            f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu'}, "
+            f"{torch.get_num_threads()} threads), torch {torch.__version__}"
+            f"{'' if args.winograd or device.type != 'cpu' else ', direct convolutions only'}"
+        )
 
         # warm-up on two images (cuDNN autotuning, oneDNN primitive caches), then the timed run
-        extract_to_store(paths[:2], tmp / "warm", models=[("vgg16", weights)], scales=scales, batch_size=args.batch_size,
-                         device=str(device), workers=0, progress=False, precision=args.precision,
-                         winograd=args.winograd)
+        extract_to_store(
+            paths[:2],
+            tmp / "warm",
+            models=[("vgg16", weights)],
+            scales=scales,
+            batch_size=args.batch_size,
+            device=str(device),
+            workers=0,
+            progress=False,
+            precision=args.precision,
+            winograd=args.winograd,
+        )
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        store = extract_to_store(paths, tmp / "store", models=[("vgg16", weights)], scales=scales,
-                                 batch_size=args.batch_size, device=str(device), workers=args.workers,
-                                 progress=False, precision=args.precision, winograd=args.winograd)
+        store = extract_to_store(
+            paths,
+            tmp / "store",
+            models=[("vgg16", weights)],
+            scales=scales,
+            batch_size=args.batch_size,
+            device=str(device),
+            workers=args.workers,
+            progress=False,
+            precision=args.precision,
+            winograd=args.winograd,
+        )
         if device.type == "cuda":
             torch.cuda.synchronize()
         ours_s = time.perf_counter() - start
@@ -114,12 +140,13 @@ def main() -> None:
         ours_ips = args.images / ours_s
         print(f"vggfeat extract : {ours_s:8.2f} s  {ours_ips:8.2f} images/s")
 
-        macs = np.mean([dense_macs(vggfeat.create_model("vgg16", device="meta"), *Image.open(p).size[::-1], scales)
-                        for p in paths])
+        macs = np.mean(
+            [dense_macs(vggfeat.create_model("vgg16", device="meta"), *Image.open(p).size[::-1], scales) for p in paths]
+        )
         achieved = 2 * macs * ours_ips / 1e12
         print(f"dense protocol  : {macs / 1e9:.0f} GMACs per image -> {achieved:.2f} TFLOP/s achieved")
         if device.type == "cuda":
-            print(f"                  {100 * achieved / args.peak_tflops:.1f}% of a {args.peak_tflops:.0f} TFLOP/s bf16 peak")
+            print(" " * 18 + f"{100 * achieved / args.peak_tflops:.1f}% of a {args.peak_tflops:.0f} TFLOP/s bf16 peak")
         if args.skip_baseline:
             return
         tv = tv.to(device)
@@ -131,8 +158,10 @@ def main() -> None:
         base_s = time.perf_counter() - start
         base_ips = args.images / base_s
         print(f"naive baseline  : {base_s:8.2f} s  {base_ips:8.2f} images/s")
-        print(f"speed-up        : {ours_ips / base_ips:.2f}x   max |ours - baseline| = {np.abs(ours - base).max():.2e} "
-              f"(L2-normalised {ours.shape[1]}-D descriptors)")
+        print(
+            f"speed-up        : {ours_ips / base_ips:.2f}x   max |ours - baseline| = {np.abs(ours - base).max():.2e} "
+            f"(L2-normalised {ours.shape[1]}-D descriptors)"
+        )
 
 
 if __name__ == "__main__":

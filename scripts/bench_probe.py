@@ -11,6 +11,7 @@ Prints each one's time and test mAP (VOC07 11-point), the time ratios and the mA
     python scripts/bench_probe.py                       # the full benchmark (CPU: about 20 minutes)
     python scripts/bench_probe.py --n-train 1000 --n-test 1000 --dim 512 --Cs 0.01,1,100   # a quick look
 """
+
 from __future__ import annotations
 
 import platform
@@ -34,8 +35,17 @@ def suite_probe(x, y, x_test, Cs, folds, seed):
     for k in range(y.shape[1]):
         rows = y[:, k] != 0
         xk, yk, fk = x[rows], y[rows, k], fold_of[rows]
-        cv = [np.mean([metrics.voc07_ap(fit_linear_svc(xk[fk != f], yk[fk != f], c).decision_function(xk[fk == f]),
-                                        yk[fk == f]) for f in range(folds)]) for c in Cs]
+        cv = [
+            np.mean(
+                [
+                    metrics.voc07_ap(
+                        fit_linear_svc(xk[fk != f], yk[fk != f], c).decision_function(xk[fk == f]), yk[fk == f]
+                    )
+                    for f in range(folds)
+                ]
+            )
+            for c in Cs
+        ]
         chosen.append(Cs[int(np.nanargmax(cv))])
         scores[:, k] = fit_linear_svc(xk, yk, chosen[-1]).decision_function(x_test)
     return scores, np.array(chosen)
@@ -67,15 +77,17 @@ def main(n_train, n_test, dim, cs, folds, device, threads, skip_suite, skip_skle
     Cs = [float(c) for c in cs.split(",")]
     x, y, x_test, y_test = make_voc_like_features(n_train, n_test, dim, seed=seed)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine()
-    click.echo(f"features: train {x.shape}, test {x_test.shape}, {y.shape[1]} classes, {int((y == 0).sum())} "
-               f"difficult labels; {len(Cs)} values of C; solver on {dev} ({name}, {torch.get_num_threads()} "
-               f"threads)")
+    click.echo(
+        f"features: train {x.shape}, test {x_test.shape}, {y.shape[1]} classes, {int((y == 0).sum())} "
+        f"difficult labels; {len(Cs)} values of C; solver on {dev} ({name}, {torch.get_num_threads()} "
+        f"threads)"
+    )
 
     def mean_ap(scores):
         return 100 * float(np.nanmean(metrics.voc07_ap(scores, y_test)))
 
     rows = []
-    fit_probe(x[:256], y[:256], Cs[:2], metric="voc07_ap", device=dev)          # warm-up (kernels, allocator)
+    fit_probe(x[:256], y[:256], Cs[:2], metric="voc07_ap", device=dev)  # warm-up (kernels, allocator)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     start = time.perf_counter()
@@ -87,13 +99,25 @@ def main(n_train, n_test, dim, cs, folds, device, threads, skip_suite, skip_skle
     if not skip_sklearn:
         start = time.perf_counter()
         ref, ref_sel = fit_sklearn_probe(x, y, Cs, metric="voc07_ap", seed=seed)
-        rows.append(("sklearn LinearSVC, same protocol", time.perf_counter() - start,
-                     mean_ap(ref.decision_function(x_test)), ref_sel.chosen))
+        rows.append(
+            (
+                "sklearn LinearSVC, same protocol",
+                time.perf_counter() - start,
+                mean_ap(ref.decision_function(x_test)),
+                ref_sel.chosen,
+            )
+        )
     if not skip_suite:
         start = time.perf_counter()
         scores, chosen = suite_probe(x, y, x_test, Cs, folds, seed)
-        rows.append((f"sklearn LinearSVC, {folds}-fold CV per class and C", time.perf_counter() - start,
-                     mean_ap(scores), chosen))
+        rows.append(
+            (
+                f"sklearn LinearSVC, {folds}-fold CV per class and C",
+                time.perf_counter() - start,
+                mean_ap(scores),
+                chosen,
+            )
+        )
 
     base_t, base_map = rows[0][1], rows[0][2]
     click.echo(f"\n{'method':<46} {'seconds':>9} {'mAP %':>7} {'time / ours':>12} {'mAP - ours':>11}")

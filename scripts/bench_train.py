@@ -5,12 +5,13 @@ torchvision-transforms baseline doing the same augmentation (Sect. 3.1): JPEGs o
 
     python scripts/bench_train.py [--device auto] [--batch 64] [--steps 5] [--nets vgg_a,...,vgg_e]
 """
+
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
-import tempfile
 
 import numpy as np
 import torch
@@ -81,8 +82,15 @@ def bench_torchvision(paths, scale, crop) -> float:
     def lighting(x):  # AlexNet PCA colour shift, 0-255 units, then mean subtraction
         return x * 255.0 + (vec @ (torch.randn(3) * 0.1 * val)).view(3, 1, 1) - mean
 
-    tf = T.Compose([T.RandomChoice([T.Resize(s) for s in range(scale[0], scale[1] + 1)]), T.RandomCrop(crop),
-                    T.RandomHorizontalFlip(), T.ToTensor(), T.Lambda(lighting)])
+    tf = T.Compose(
+        [
+            T.RandomChoice([T.Resize(s) for s in range(scale[0], scale[1] + 1)]),
+            T.RandomCrop(crop),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Lambda(lighting),
+        ]
+    )
     t = time.perf_counter()
     out = [tf(Image.open(p).convert("RGB")) for p in paths]
     torch.stack(out)
@@ -103,8 +111,10 @@ def main() -> None:
 
     device = resolve_device(args.device)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
-          f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(
+        f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}"
+    )
     if not args.skip_step:
         print(f"\ntraining step at 224, batch {args.batch}, {args.steps} steps (images/s)")
         print(f"{'net':<8} {'fp32':>10} {'bf16+cl':>10} {'ratio':>7}")
@@ -121,14 +131,18 @@ def main() -> None:
 
         paths = photo_jpegs(Path(tmp), args.images, IMAGENET_SIZES)
         print(f"\ndata pipeline, one worker (1 thread), {args.images} photo JPEGs of 500x375 -> 224 crops (images/s)")
-        print(f"{'S':<12} {'torchvision':>12} {'vggfeat worker':>15} {'ratio':>7} {'+ normalise on CPU':>19} {'ratio':>7}")
+        print(
+            f"{'S':<12} {'torchvision':>12} {'vggfeat worker':>15} {'ratio':>7} {'+ normalise on CPU':>19} {'ratio':>7}"
+        )
         for scale in ((256, 256), (384, 384), (256, 512)):
             bench_ours(paths[:4], scale, 224)  # warm-up
             base = max(bench_torchvision(paths, scale, 224) for _ in range(3))
             runs = [bench_ours(paths, scale, 224) for _ in range(3)]
             ours, ours_norm = max(r[0] for r in runs), max(r[1] for r in runs)
-            print(f"{str(list(scale)):<12} {base:12.1f} {ours:15.1f} {ours / base:6.2f}x {ours_norm:19.1f} "
-                  f"{ours_norm / base:6.2f}x")
+            print(
+                f"{str(list(scale)):<12} {base:12.1f} {ours:15.1f} {ours / base:6.2f}x {ours_norm:19.1f} "
+                f"{ours_norm / base:6.2f}x"
+            )
 
 
 if __name__ == "__main__":

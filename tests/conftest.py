@@ -1,4 +1,5 @@
 """Shared fixtures: tiny nets (a width multiplier and a small fc) so the default run needs no GPU."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """The CLI turns a VggfeatError into one `Error:` line with exit 1; bugs keep their traceback; usage errors exit 2."""
+
 import click
 import pytest
 from click.testing import CliRunner
@@ -60,8 +61,17 @@ def test_extract_bug_keeps_traceback(tmp_path, monkeypatch):
 
 
 def test_extract_missing_weights_is_one_line(tmp_path):
-    r = CliRunner().invoke(main.cli, ["extract", str(_tiny_images(tmp_path)), "--out", str(tmp_path / "o"),
-                                      "--weights", str(tmp_path / "nope.safetensors")])
+    r = CliRunner().invoke(
+        main.cli,
+        [
+            "extract",
+            str(_tiny_images(tmp_path)),
+            "--out",
+            str(tmp_path / "o"),
+            "--weights",
+            str(tmp_path / "nope.safetensors"),
+        ],
+    )
     assert r.exit_code == 1, r.output
     assert not isinstance(r.exception, ValueError) or isinstance(r.exception, VggfeatError)
     assert r.stderr.strip().startswith("Error:") and "nope.safetensors" in r.stderr

@@ -1,5 +1,6 @@
 """`vggfeat index`: an index folder whose files do not belong together, or are broken, is refused with one
 clear line - never searched with wrong row paths (issue 12.5 and the index bullets)."""
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -35,12 +36,15 @@ def test_build_dying_between_index_and_paths_is_refused(tmp_path, monkeypatch):
         load_index(folder)
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("truncate_index", "index.faiss: unreadable"),
-    ("bad_json", "index.json: not valid JSON"),
-    ("no_paths", "no list of row paths"),
-    ("missing", "not a saved index"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("truncate_index", "index.faiss: unreadable"),
+        ("bad_json", "index.json: not valid JSON"),
+        ("no_paths", "no list of row paths"),
+        ("missing", "not a saved index"),
+    ],
+)
 def test_index_search_on_a_broken_index_is_one_line(tmp_path, damage, message):
     folder = tmp_path / "idx"
     _save(folder, 0, "img")
@@ -71,12 +75,15 @@ def _store(folder, n=4):
     return folder
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("truncate", "features.npy: unreadable"),
-    ("bad_manifest", "manifest.json: not valid JSON"),
-    ("empty", "holds no rows"),
-    ("gpu", "faiss sees no GPU"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("truncate", "features.npy: unreadable"),
+        ("bad_manifest", "manifest.json: not valid JSON"),
+        ("empty", "holds no rows"),
+        ("gpu", "faiss sees no GPU"),
+    ],
+)
 def test_index_build_on_a_broken_store_is_one_line(tmp_path, damage, message):
     store = _store(tmp_path / "s", n=0 if damage == "empty" else 4)
     extra = []

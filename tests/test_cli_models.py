@@ -1,4 +1,5 @@
 """The command line: --help, --version, `vggfeat models`, and lazy heavy imports."""
+
 from __future__ import annotations
 
 import json
@@ -37,7 +38,9 @@ def test_unknown_command_lists_choices():
 
 
 def test_help_does_not_import_torch():
-    code = "import sys; from vggfeat.cli.main import cli; cli.get_command(None, 'models'); print('torch' in sys.modules)"
+    code = (
+        "import sys; from vggfeat.cli.main import cli; cli.get_command(None, 'models'); print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

@@ -1,4 +1,5 @@
 """linear-probe, knn-probe and index end to end through the CLI on a generated VOC2007-layout dataset."""
+
 from __future__ import annotations
 
 import json
@@ -83,8 +84,20 @@ def test_features_store_path_knn_probe_and_sklearn_reference(voc, weights, tmp_p
     store = tmp_path / "store"
     invoke("extract", voc / "VOCdevkit" / "VOC2007" / "JPEGImages", "-o", store, "--weights", weights, *FAST)
     invoke("linear-probe", "voc2007", "--root", voc, "-o", tmp_path / "a", "--features", store, "--Cs", "0.1,1,10")
-    invoke("linear-probe", "voc2007", "--root", voc, "-o", tmp_path / "b", "--features", store, "--Cs", "0.1,1,10",
-           "--classifier", "sklearn")
+    invoke(
+        "linear-probe",
+        "voc2007",
+        "--root",
+        voc,
+        "-o",
+        tmp_path / "b",
+        "--features",
+        store,
+        "--Cs",
+        "0.1,1,10",
+        "--classifier",
+        "sklearn",
+    )
     ours = json.loads((tmp_path / "a" / "linear-probe.json").read_text())
     ref = json.loads((tmp_path / "b" / "linear-probe.json").read_text())
     assert ours["features"]["store"] == ref["features"]["store"] == str(store)
@@ -136,8 +149,21 @@ def test_folder_benchmark_on_real_digits_reports_mean_class_recall_over_splits(w
             img = (digits.images[row] * 255 / 16).astype(np.uint8)
             Image.fromarray(img).resize((64, 64)).save(root / f"digit{c}" / f"{i}.png")
     out = tmp_path / "out"
-    text = invoke("linear-probe", "folder", "--root", root, "-o", out, "--weights", weights, *FAST,
-                  "--Cs", "0.1,10", "--splits", "2")
+    text = invoke(
+        "linear-probe",
+        "folder",
+        "--root",
+        root,
+        "-o",
+        out,
+        "--weights",
+        weights,
+        *FAST,
+        "--Cs",
+        "0.1,10",
+        "--splits",
+        "2",
+    )
     report = json.loads((out / "linear-probe.json").read_text())
     assert report["metric"] == "mean_class_recall" and len(report["per_split"]) == 2
     values = [s["headline"] for s in report["per_split"]]
@@ -156,8 +182,22 @@ def test_single_class_folder_is_refused_by_both_probes(weights, tmp_path, comman
     (root / "only").mkdir(parents=True)
     for i in range(6):
         Image.fromarray(np.full((64, 64, 3), 40 * i, np.uint8)).save(root / "only" / f"{i}.png")
-    r = CliRunner().invoke(cli, [command, "folder", "--root", str(root), "-o", str(tmp_path / "out"), "--weights",
-                                 weights, *FAST, "--splits", "1"])
+    r = CliRunner().invoke(
+        cli,
+        [
+            command,
+            "folder",
+            "--root",
+            str(root),
+            "-o",
+            str(tmp_path / "out"),
+            "--weights",
+            weights,
+            *FAST,
+            "--splits",
+            "1",
+        ],
+    )
     # before: knn-probe reported 100 % (every neighbour votes for the only class)
     assert r.exit_code == 1, r.output
     assert "at least 2 classes" in r.output and "Traceback" not in r.output

@@ -1,4 +1,5 @@
 """The train, evaluate and mean-rgb commands: instant --help, usage errors, results equal the library's."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,11 @@ from vggfeat.evaluate import evaluate_nets
 
 def test_help_and_bad_recipe_key():
     r = CliRunner()
-    for cmd, words in (("train", ("[RECIPE]", "smoke", "recipe name")), ("evaluate", ("--weights", "--protocol")),
-                       ("mean-rgb", ("mean_rgb.json",))):
+    for cmd, words in (
+        ("train", ("[RECIPE]", "smoke", "recipe name")),
+        ("evaluate", ("--weights", "--protocol")),
+        ("mean-rgb", ("mean_rgb.json",)),
+    ):
         res = r.invoke(cli, [cmd, "--help"])
         assert res.exit_code == 0 and all(w in " ".join(res.output.split()) for w in words), (cmd, res.output)
     res = r.invoke(cli, ["train", "recipes/train/smoke.yaml", "--set", "optim.lrr=1"])
@@ -32,11 +36,31 @@ def test_mean_rgb_and_evaluate(tmp_path, tiny_model):
     assert cached["mean"] == pytest.approx(pixel_stats(scan_folder(root / "train").paths)["mean"])
     nets = [tiny_model("vgg_a", seed=1, num_classes=3), tiny_model("vgg_d", seed=2, num_classes=3)]
     files = [vggfeat.save_weights(n, tmp_path / f"n{i}.safetensors") for i, n in enumerate(nets)]
-    res = CliRunner().invoke(cli, ["evaluate", "--weights", str(files[0]), "--weights", str(files[1]), "--data-root",
-                                   str(root), "--protocol", "both", "--scales", "64,96", "--json", "--device", "cpu", "--quiet"])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "evaluate",
+            "--weights",
+            str(files[0]),
+            "--weights",
+            str(files[1]),
+            "--data-root",
+            str(root),
+            "--protocol",
+            "both",
+            "--scales",
+            "64,96",
+            "--json",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     rows = json.loads(res.output)
-    want = evaluate_nets([vggfeat.load_model(f) for f in files], scan_folder(root / "val"), protocols=["both"], scales=(64, 96))
+    want = evaluate_nets(
+        [vggfeat.load_model(f) for f in files], scan_folder(root / "val"), protocols=["both"], scales=(64, 96)
+    )
     assert [r["net"] for r in rows] == [str(files[0]), str(files[1]), "fusion"]  # nets named by path
     assert [(r["top1_err"], r["top5_err"]) for r in rows] == [(r["top1_err"], r["top5_err"]) for r in want]
 

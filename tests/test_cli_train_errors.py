@@ -1,4 +1,5 @@
 """`vggfeat train` refuses user mistakes with one clear line before any work starts (issue 12)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -57,15 +58,18 @@ def _train_cli(tmp_path, text: str, *sets: str, name: str = "r.yaml"):
 TINY = "base: {smoke}\nname: tiny\n"
 
 
-@pytest.mark.parametrize("setting, words", [
-    ("optim.lr=0", "optim.lr must be > 0, got 0.0"),
-    ("optim.lr=-0.01", "optim.lr must be > 0, got -0.01"),
-    ("optim.batch_size=0", "optim.batch_size must be > 0, got 0"),
-    ("optim.per_device_batch=0", "optim.per_device_batch must be > 0, got 0"),
-    ("checkpoint.every_steps=0", "checkpoint.every_steps must be > 0, got 0"),
-    ("model.width_mult=0", "model.width_mult must be > 0, got 0.0"),
-    ("optim.batch_size=24", "optim.batch_size=24 is not a multiple of optim.per_device_batch"),
-])
+@pytest.mark.parametrize(
+    "setting, words",
+    [
+        ("optim.lr=0", "optim.lr must be > 0, got 0.0"),
+        ("optim.lr=-0.01", "optim.lr must be > 0, got -0.01"),
+        ("optim.batch_size=0", "optim.batch_size must be > 0, got 0"),
+        ("optim.per_device_batch=0", "optim.per_device_batch must be > 0, got 0"),
+        ("checkpoint.every_steps=0", "checkpoint.every_steps must be > 0, got 0"),
+        ("model.width_mult=0", "model.width_mult must be > 0, got 0.0"),
+        ("optim.batch_size=24", "optim.batch_size=24 is not a multiple of optim.per_device_batch"),
+    ],
+)
 def test_bad_recipe_values_are_one_line_before_any_work(tmp_path, setting, words):
     res = _train_cli(tmp_path, TINY.format(smoke=SMOKE), setting)
     assert res.exit_code in (1, 2) and words in res.output, res.output

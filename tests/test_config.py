@@ -1,8 +1,8 @@
 """Strict YAML/dataclass loading: unknown keys name the nearest valid one, values are coerced."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 import pytest
 
@@ -14,7 +14,7 @@ class Inner:
     lr: float = 0.1
     steps: int = 3
     scale: tuple[int, int] = (1, 2)
-    mean: Optional[tuple[float, float, float]] = None
+    mean: tuple[float, float, float] | None = None
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
 """Benchmark readers on small trees written here: VOC label arrays, Caltech/folder splits, split files, errors."""
+
 from __future__ import annotations
 
 import logging
@@ -28,14 +29,18 @@ def write_voc(root: Path, year: str, splits: dict[str, dict[str, dict[str, int]]
     for split, images in splits.items():
         (main / f"{split}.txt").write_text("".join(f"{i}\n" for i in images))
         for cls in VOC_CLASSES:
-            (main / f"{cls}_{split}.txt").write_text("".join(f"{i} {lab.get(cls, -1):2d}\n" for i, lab in images.items()))
+            (main / f"{cls}_{split}.txt").write_text(
+                "".join(f"{i} {lab.get(cls, -1):2d}\n" for i, lab in images.items())
+            )
         for i in images:
             tiny_jpg(voc / "JPEGImages" / f"{i}.jpg")
     return voc
 
 
-HAND = {"trainval": {"000001": {"dog": 1, "person": 0}, "000002": {"cat": 1, "dog": 0}, "000005": {"person": 1}},
-        "test": {"000003": {"dog": 1, "cat": 1}, "000004": {}}}
+HAND = {
+    "trainval": {"000001": {"dog": 1, "person": 0}, "000002": {"cat": 1, "dog": 0}, "000005": {"person": 1}},
+    "test": {"000003": {"dog": 1, "cat": 1}, "000004": {}},
+}
 
 
 def read_labels(voc, cls, split):
@@ -60,8 +65,9 @@ def test_voc2007_hand_tree_labels_exact(tmp_path):
 
 def test_voc2007_synthetic_tree_and_lenient_roots(tmp_path):
     voc = make_voc2007(tmp_path / "data" / "pascal", n_trainval=12, n_test=8, size=(32, 24))
-    splits = [load_benchmark("voc2007", r)[0] for r in (tmp_path / "data", tmp_path / "data" / "pascal",
-                                                        voc.parent, voc)]
+    splits = [
+        load_benchmark("voc2007", r)[0] for r in (tmp_path / "data", tmp_path / "data" / "pascal", voc.parent, voc)
+    ]
     assert all(s.train_paths == splits[0].train_paths for s in splits)
     split = splits[0]
     assert len(split.train_paths) == 12 and len(split.test_paths) == 8
@@ -82,18 +88,29 @@ def test_voc2012_train_val_beside_2007(tmp_path):
         load_benchmark("voc2012", tmp_path / "VOCdevkit" / "VOC2007")
 
 
-@pytest.mark.parametrize("edit, match", [
-    (lambda m, v: (m / "dog_test.txt").unlink(), r"missing list file .*dog_test\.txt"),
-    (lambda m, v: (m / "cat_trainval.txt").write_text("000001 -1\n000002  1 extra\n000005 -1\n"),
-     r"cat_trainval\.txt, line 2: expected '<image id> <label>', got '000002  1 extra'"),
-    (lambda m, v: (m / "cat_test.txt").write_text("000003 2\n000004 -1\n"), r"cat_test\.txt, line 1: label '2'"),
-    (lambda m, v: (v / "JPEGImages" / "000004.jpg").unlink(),
-     r"test\.txt, line 2: image '000004' not found: no file .*000004\.jpg"),
-    (lambda m, v: (m / "bird_test.txt").write_text("000003 -1\n000009 -1\n"),
-     r"bird_test\.txt, line 2: image id '000009' is not in .*test\.txt"),
-    (lambda m, v: (m / "test.txt").write_text("000003\n../../secret\n"),
-     r"test\.txt, line 2: image id '../../secret' must be a plain file name"),
-])
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda m, v: (m / "dog_test.txt").unlink(), r"missing list file .*dog_test\.txt"),
+        (
+            lambda m, v: (m / "cat_trainval.txt").write_text("000001 -1\n000002  1 extra\n000005 -1\n"),
+            r"cat_trainval\.txt, line 2: expected '<image id> <label>', got '000002  1 extra'",
+        ),
+        (lambda m, v: (m / "cat_test.txt").write_text("000003 2\n000004 -1\n"), r"cat_test\.txt, line 1: label '2'"),
+        (
+            lambda m, v: (v / "JPEGImages" / "000004.jpg").unlink(),
+            r"test\.txt, line 2: image '000004' not found: no file .*000004\.jpg",
+        ),
+        (
+            lambda m, v: (m / "bird_test.txt").write_text("000003 -1\n000009 -1\n"),
+            r"bird_test\.txt, line 2: image id '000009' is not in .*test\.txt",
+        ),
+        (
+            lambda m, v: (m / "test.txt").write_text("000003\n../../secret\n"),
+            r"test\.txt, line 2: image id '../../secret' must be a plain file name",
+        ),
+    ],
+)
 def test_voc_errors_name_file_and_line(tmp_path, edit, match):
     voc = write_voc(tmp_path, "2007", HAND)
     edit(voc / "ImageSets" / "Main", voc)
@@ -149,13 +166,20 @@ def test_caltech101_splits_sizes_determinism(tmp_path, caplog):
     assert "zebra (3)" in caplog.text  # 3 images <= 4: trains on 2, tests on 1
     assert s0.classes == ("BACKGROUND_Google", "Faces", "ant", "zebra")
     assert (s0.multilabel, s0.metric, s0.train_name, s0.test_name) == (False, "mean_class_recall", "train", "test")
-    assert np.bincount(s0.train_labels).tolist() == [4, 4, 4, 2] and np.bincount(s0.test_labels).tolist() == [3, 3, 2, 1]
+    assert np.bincount(s0.train_labels).tolist() == [4, 4, 4, 2] and np.bincount(s0.test_labels).tolist() == [
+        3,
+        3,
+        2,
+        1,
+    ]
     assert s0.train_labels.dtype == np.int64
     for s in (s0, s1):
         train, test = sets(s)
         assert not train & test and len(train) == len(s.train_paths)
-        assert all(Path(p).parent.name == s.classes[c] for p, c in zip(s.train_paths + s.test_paths,
-                                                                     np.r_[s.train_labels, s.test_labels]))
+        assert all(
+            Path(p).parent.name == s.classes[c]
+            for p, c in zip(s.train_paths + s.test_paths, np.r_[s.train_labels, s.test_labels], strict=False)
+        )
     again = load_benchmark("caltech101", data, splits=2, train_per_class=4, test_per_class=3)
     assert sets(again[0]) == sets(s0) and sets(again[1]) == sets(s1) and sets(s0) != sets(s1)
     other = load_benchmark("caltech101", data, seed=1, splits=1, train_per_class=4, test_per_class=3)[0]
@@ -170,7 +194,11 @@ def test_caltech256_numbered_folders_rest_is_test(tmp_path):
     tiny_jpg(data / "001.ak47" / "greg" / "dup.jpg")  # a nested folder is not part of the class (as torchvision)
     (split,) = load_benchmark("caltech256", tmp_path, splits=1, train_per_class=3)
     assert split.classes == ("001.ak47", "002.bat", "257.clutter")
-    assert np.bincount(split.train_labels).tolist() == [3, 3, 3] and np.bincount(split.test_labels).tolist() == [4, 2, 6]
+    assert np.bincount(split.train_labels).tolist() == [3, 3, 3] and np.bincount(split.test_labels).tolist() == [
+        4,
+        2,
+        6,
+    ]
     assert not any("greg" in p for p in split.train_paths + split.test_paths)
 
 
@@ -178,25 +206,36 @@ def test_split_files_written_then_read(tmp_path):
     data = write_classes(tmp_path / "101_ObjectCategories", CALTECH101)
     sdir = tmp_path / "splits"
     first = load_benchmark("caltech101", data, splits=2, splits_dir=sdir, train_per_class=4, test_per_class=3)
-    assert sorted(p.name for p in sdir.iterdir()) == [f"caltech101_split{i}_{part}.txt" for i in (0, 1)
-                                                       for part in ("test", "train")]
-    rows = [line.split() for line in (sdir / "caltech101_split0_train.txt").read_text().splitlines()
-            if not line.startswith("#")]
-    assert [(str((data / rel).resolve()), int(c)) for rel, c in rows] == \
-        list(zip(first[0].train_paths, first[0].train_labels.tolist()))
+    assert sorted(p.name for p in sdir.iterdir()) == [
+        f"caltech101_split{i}_{part}.txt" for i in (0, 1) for part in ("test", "train")
+    ]
+    rows = [
+        line.split()
+        for line in (sdir / "caltech101_split0_train.txt").read_text().splitlines()
+        if not line.startswith("#")
+    ]
+    assert [(str((data / rel).resolve()), int(c)) for rel, c in rows] == list(
+        zip(first[0].train_paths, first[0].train_labels.tolist(), strict=False)
+    )
     reread = load_benchmark("caltech101", data, seed=7, splits=2, splits_dir=sdir)  # files win over seed/quota
-    for a, b in zip(first, reread):
+    for a, b in zip(first, reread, strict=False):
         assert a.train_paths == b.train_paths and a.test_paths == b.test_paths
         assert np.array_equal(a.train_labels, b.train_labels) and np.array_equal(a.test_labels, b.test_labels)
 
 
-@pytest.mark.parametrize("line, match", [
-    ("../101_ObjectCategories/ant/image_0000.jpg 2", r"split0_test\.txt, line 3: path .* escapes the dataset"),
-    ("ant/image_9999.jpg 2", r"split0_test\.txt, line 3: image not found"),
-    ("ant/image_0000.jpg 3", r"split0_test\.txt, line 3: 'ant/image_0000.jpg' is in folder 'ant' but labelled 'zebra'"),
-    ("ant/image_0000.jpg 9", r"split0_test\.txt, line 3: unknown class '9'"),
-    ("ant/image_0000.jpg", r"split0_test\.txt, line 3: expected"),
-])
+@pytest.mark.parametrize(
+    "line, match",
+    [
+        ("../101_ObjectCategories/ant/image_0000.jpg 2", r"split0_test\.txt, line 3: path .* escapes the dataset"),
+        ("ant/image_9999.jpg 2", r"split0_test\.txt, line 3: image not found"),
+        (
+            "ant/image_0000.jpg 3",
+            r"split0_test\.txt, line 3: 'ant/image_0000.jpg' is in folder 'ant' but labelled 'zebra'",
+        ),
+        ("ant/image_0000.jpg 9", r"split0_test\.txt, line 3: unknown class '9'"),
+        ("ant/image_0000.jpg", r"split0_test\.txt, line 3: expected"),
+    ],
+)
 def test_bad_split_files(tmp_path, line, match):
     data = write_classes(tmp_path / "101_ObjectCategories", CALTECH101)
     sdir = tmp_path / "splits"

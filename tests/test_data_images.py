@@ -1,4 +1,5 @@
 """Decoding every kind of image and bad file: modes to RGB, EXIF orientation, bombs, reasons."""
+
 from __future__ import annotations
 
 import struct
@@ -14,11 +15,14 @@ from vggfeat.data.images import ImageError, find_images, load_rgb, load_rgb_tens
 
 def write_png_header_only(path, width, height):
     """A tiny PNG file that claims a huge size: a decompression bomb for anyone who decodes it."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture
@@ -33,7 +37,7 @@ def test_modes_become_rgb(tmp_path, rgb):
     rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
     rgba[:5, :5, 3] = 0  # transparent corner
     Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
-    sixteen = (rgb[..., 1].astype(np.uint16) * 257)
+    sixteen = rgb[..., 1].astype(np.uint16) * 257
     Image.fromarray(sixteen).save(tmp_path / "sixteen.png")
     for name in ("gray.png", "cmyk.jpg", "palette.gif", "alpha.png", "sixteen.png"):
         img = load_rgb(tmp_path / name)
@@ -52,10 +56,15 @@ def test_exif_orientation_is_applied(tmp_path, rgb):
     assert load_rgb(tmp_path / "rotated.jpg").size == (40, 60)
 
 
-@pytest.mark.parametrize("kind,reason", [
-    ("empty", "empty file"), ("garbage", "not an image"), ("truncated", "truncated or corrupt"),
-    ("bomb", "decompression bomb"),
-])
+@pytest.mark.parametrize(
+    "kind,reason",
+    [
+        ("empty", "empty file"),
+        ("garbage", "not an image"),
+        ("truncated", "truncated or corrupt"),
+        ("bomb", "decompression bomb"),
+    ],
+)
 @pytest.mark.parametrize("load", [load_rgb, load_rgb_tensor], ids=["pil", "tensor"])
 def test_bad_files_have_reasons(tmp_path, rgb, kind, reason, load):
     path = tmp_path / f"{kind}.png"
@@ -86,7 +95,9 @@ def test_jpeg_draft_decodes_smaller_but_not_below_min_side(tmp_path):
 def test_find_images_files_folders_and_lists(tmp_path, rgb):
     (tmp_path / "a" / "b").mkdir(parents=True)
     for rel in ("a/1.jpg", "a/b/2.PNG", "a/notes.txt", "3.jpg"):
-        Image.fromarray(rgb).save(tmp_path / rel, format="PNG") if not rel.endswith("txt") else (tmp_path / rel).write_text("x")
+        Image.fromarray(rgb).save(tmp_path / rel, format="PNG") if not rel.endswith("txt") else (
+            tmp_path / rel
+        ).write_text("x")
     assert [p.name for p in find_images([tmp_path / "a"])] == ["1.jpg", "2.PNG"]
     (tmp_path / "list.txt").write_text("# my images\n3.jpg\n\na/1.jpg\n")
     assert [p.name for p in find_images([f"@{tmp_path / 'list.txt'}"])] == ["3.jpg", "1.jpg"]
@@ -133,9 +144,10 @@ def test_tensor_decoder_equals_pil_decoder(tmp_path, rgb, monkeypatch):
     data = (tmp_path / "photo.jpg").read_bytes()
     head = data.index(b"\xff\xda")
     noise = np.random.default_rng(0).integers(0, 255, len(data) - head - 40, dtype=np.uint8).tobytes()
-    (tmp_path / "corrupt.jpg").write_bytes(data[:head + 20] + noise.replace(b"\xff", b"\x00"))
-    np.testing.assert_array_equal(_tensor_as_array(load_rgb_tensor(tmp_path / "corrupt.jpg")),
-                                  np.asarray(load_rgb(tmp_path / "corrupt.jpg")))
+    (tmp_path / "corrupt.jpg").write_bytes(data[: head + 20] + noise.replace(b"\xff", b"\x00"))
+    np.testing.assert_array_equal(
+        _tensor_as_array(load_rgb_tensor(tmp_path / "corrupt.jpg")), np.asarray(load_rgb(tmp_path / "corrupt.jpg"))
+    )
     calls.clear()  # 1/2 DCT scaling applies: PIL's draft mode, not the full-size decoder
     assert load_rgb_tensor(tmp_path / "big.jpg", min_side=300).shape == (3, 400, 600) and not calls
     assert load_rgb_tensor(tmp_path / "big.jpg", min_side=500).shape == (3, 800, 1200) and calls

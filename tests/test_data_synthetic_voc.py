@@ -1,4 +1,5 @@
 """The generated VOC2007-layout dataset: layout, label semantics, determinism."""
+
 from __future__ import annotations
 
 import numpy as np

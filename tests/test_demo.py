@@ -1,5 +1,6 @@
 """`vggfeat demo --quick` end to end through the CLI: the report's files, and its numbers against the probes'
 own outputs and against a probe refitted by hand from the cached features."""
+
 from __future__ import annotations
 
 import json
@@ -9,18 +10,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_cli_probe import voc_labels
 
-from vggfeat.demo.config import DemoConfig, RECIPES, load_demo_config
 from vggfeat.config import load_config
+from vggfeat.demo.config import RECIPES, DemoConfig, load_demo_config
 from vggfeat.features.store import load_store
 from vggfeat.probes import LinearSVMProbe, metrics
 
-from test_cli_probe import voc_labels
-
 
 def run_demo_cli(out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vggfeat", "demo", "--out", str(out), *extra],
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "vggfeat", "demo", "--out", str(out), *extra],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +48,8 @@ def test_quick_demo_writes_the_report(quick_demo):
             assert 0 < data["results"][tag][key] <= 100
             assert f"{data['results'][tag][key]:.1f}" in stdout  # the terminal table shows the same numbers
     assert data["margin"]["linear_map"] == pytest.approx(
-        data["results"]["trained"]["linear_map"] - data["results"]["random"]["linear_map"], abs=0.011)
+        data["results"]["trained"]["linear_map"] - data["results"]["random"]["linear_map"], abs=0.011
+    )
     md = (report / "demo.md").read_text()
     assert f"{data['results']['trained']['linear_map']:.1f}" in md
 
@@ -92,7 +97,9 @@ def test_demo_refuses_an_unwritable_folder(tmp_path):
 def test_demo_files_load_strictly():
     for quick in (False, True):
         cfg, path = load_demo_config(quick)
-        assert isinstance(cfg, DemoConfig) and (path.parent / cfg.net_a).is_file() and (path.parent / cfg.net_d).is_file()
+        assert (
+            isinstance(cfg, DemoConfig) and (path.parent / cfg.net_a).is_file() and (path.parent / cfg.net_d).is_file()
+        )
     with pytest.raises(ValueError, match="probe"):
         load_config(DemoConfig, RECIPES / "quick.yaml", ["probes.k=3"])
 

@@ -1,5 +1,6 @@
 """Sect. 3.2 protocols on a tiny net against manual computations: dense (score map averaged, softmax,
 flip-averaged, scales averaged), 150-crop multi-crop, both combined, and fusion of nets."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,14 +31,16 @@ def test_dense_and_multicrop_against_manual(tiny_model):
             x = _input(model, img, q)
             for flip in (False, True):
                 xi = x.flip(-1) if flip else x
-                scores = model.forward_features(xi, "fc8").sum(dim=(2, 3)) / np.prod(model.forward_features(xi, "fc8").shape[2:])
+                scores = model.forward_features(xi, "fc8").sum(dim=(2, 3)) / np.prod(
+                    model.forward_features(xi, "fc8").shape[2:]
+                )
                 dense.append(scores.softmax(1)[0])
             _, _, h, w = x.shape
             ps = []
             for t in np.linspace(0, h - 64, 5).round().astype(int):
-                for l in np.linspace(0, w - 64, 5).round().astype(int):
+                for left in np.linspace(0, w - 64, 5).round().astype(int):
                     for flip in (False, True):
-                        c = x[..., t:t + 64, l:l + 64]
+                        c = x[..., t : t + 64, left : left + 64]
                         ps.append(model(c.flip(-1) if flip else c).softmax(1)[0])  # one crop at a time
             assert len(ps) == 50
             multi.append(torch.stack(ps).mean(0))
@@ -73,6 +76,7 @@ def test_errors_protocols_and_fusion(tmp_path, tiny_model):
 
 # issue 16: the paper's rescale, labels that cannot shift, Q smaller than the crop, exact error ratios
 
+
 def test_evaluate_rescales_the_fully_decoded_jpeg(tmp_path, tiny_model, monkeypatch):
     from vggfeat.evaluate import protocols
 
@@ -81,7 +85,9 @@ def test_evaluate_rescales_the_fully_decoded_jpeg(tmp_path, tiny_model, monkeypa
     Image.fromarray(arr).save(tmp_path / "val" / "a" / "x.jpg", quality=90)  # smallest side >= 2 Q: draft would kick in
     seen = []
     real = protocols.dense_posterior
-    monkeypatch.setattr(protocols, "dense_posterior", lambda m, img, *a, **k: (seen.append(img.size), real(m, img, *a, **k))[1])
+    monkeypatch.setattr(
+        protocols, "dense_posterior", lambda m, img, *a, **k: (seen.append(img.size), real(m, img, *a, **k))[1]
+    )
     net = tiny_model("vgg_a", seed=1, num_classes=3).eval()
     samples = scan_folder(tmp_path / "val")
     evaluate_nets([net], samples, protocols=["dense"], scales=(64,))
@@ -148,17 +154,31 @@ def test_val_folders_map_to_the_full_class_list(tmp_path, tiny_model):
     from vggfeat.data.folder import Samples
 
     root, w = _ten_class_root(tmp_path, tiny_model)
-    args = ["evaluate", "--weights", str(w), "--data-root", str(root), "--scales", "64", "--json", "--quiet",
-            "--device", "cpu"]
+    args = [
+        "evaluate",
+        "--weights",
+        str(w),
+        "--data-root",
+        str(root),
+        "--scales",
+        "64",
+        "--json",
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 1 and "2 class folders but the net has 10 classes" in res.output  # no silent shift
     (tmp_path / "classes.txt").write_text("\n".join(f"n{i:02d}" for i in range(10)) + "\n")
     res = CliRunner().invoke(cli, args + ["--classes", str(tmp_path / "classes.txt")])
     assert res.exit_code == 0, res.output
     s = scan_folder(root / "val")
-    want = evaluate_nets([vggfeat.load_model(w)], Samples(s.paths, (3, 3, 7, 7), s.classes), protocols=["dense"],
-                         scales=(64,))
-    assert [(r["top1_err"], r["top5_err"]) for r in json.loads(res.output)] == [(want[0]["top1_err"], want[0]["top5_err"])]
+    want = evaluate_nets(
+        [vggfeat.load_model(w)], Samples(s.paths, (3, 3, 7, 7), s.classes), protocols=["dense"], scales=(64,)
+    )
+    assert [(r["top1_err"], r["top5_err"]) for r in json.loads(res.output)] == [
+        (want[0]["top1_err"], want[0]["top5_err"])
+    ]
     (tmp_path / "few.txt").write_text("n03\nn05\n" + "\n".join(f"x{i}" for i in range(8)))
     res = CliRunner().invoke(cli, args + ["--classes", str(tmp_path / "few.txt")])
     assert res.exit_code == 1 and "val/ folders n07 are not in" in res.output
@@ -187,8 +207,19 @@ def test_cli_progress_bar_on_stderr_and_nets_named_by_path(tmp_path, tiny_model)
 
     root, w = _ten_class_root(tmp_path, tiny_model)
     (tmp_path / "classes.txt").write_text("\n".join(f"n{i:02d}" for i in range(10)))
-    args = ["evaluate", "--weights", str(w), "--data-root", str(root), "--scales", "64", "--device", "cpu",
-            "--classes", str(tmp_path / "classes.txt")]
+    args = [
+        "evaluate",
+        "--weights",
+        str(w),
+        "--data-root",
+        str(root),
+        "--scales",
+        "64",
+        "--device",
+        "cpu",
+        "--classes",
+        str(tmp_path / "classes.txt"),
+    ]
     res = CliRunner().invoke(cli, args + ["--json"])
     assert res.exit_code == 0, res.output
     assert "evaluate: 100%" in res.stderr and "4/4" in res.stderr  # a progress bar, on stderr only
@@ -208,7 +239,22 @@ def test_flat_val_labelled_by_index_without_a_class_list(tmp_path, tiny_model):
     for p in sorted((root / "val").rglob("*.png")):
         p.rename(flat / f"{p.parent.name}_{p.name}")
     (tmp_path / "labels.txt").write_text("".join(f"{p.name} {int(p.name[1:3])}\n" for p in sorted(flat.iterdir())))
-    res = CliRunner().invoke(cli, ["evaluate", "--weights", str(w), "--data-root", str(flat), "--val-labels",
-                                   str(tmp_path / "labels.txt"), "--scales", "64", "--device", "cpu", "--quiet"])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "evaluate",
+            "--weights",
+            str(w),
+            "--data-root",
+            str(flat),
+            "--val-labels",
+            str(tmp_path / "labels.txt"),
+            "--scales",
+            "64",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "4 images" in res.stdout

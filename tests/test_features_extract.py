@@ -1,4 +1,5 @@
 """Descriptors against manual computations of every protocol step (Appendix B), batching, flips, nets."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -52,11 +53,16 @@ def test_matches_manual_protocol(aggregate, layer):
     images = random_images([(100, 150), (90, 70)])
     got = extract_features(model, images, layer=layer, scales=(64, 80), aggregate=aggregate)
     for k, array in enumerate(images):
-        np.testing.assert_allclose(got[k], manual_descriptor(model, array, (64, 80), layer, aggregate=aggregate),
-                                   rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(
+            got[k], manual_descriptor(model, array, (64, 80), layer, aggregate=aggregate), rtol=1e-4, atol=1e-6
+        )
     no_l2 = extract_features(model, images, layer=layer, scales=(64, 80), aggregate=aggregate, l2=False)
-    np.testing.assert_allclose(no_l2[1], manual_descriptor(model, images[1], (64, 80), layer, aggregate=aggregate,
-                                                           l2=False), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        no_l2[1],
+        manual_descriptor(model, images[1], (64, 80), layer, aggregate=aggregate, l2=False),
+        rtol=1e-4,
+        atol=1e-6,
+    )
 
 
 def test_without_flip_matches_manual():
@@ -161,6 +167,7 @@ def test_cuda_bf16_close_to_cpu_float32():
 
 # issue 14.3: one definition of the rescale; issue 12: an image enormous after rescaling
 
+
 def _photo_jpeg(path, size=(600, 512)):
     china = load_sample_images().images[0]  # 427 x 640 photo
     Image.fromarray(china).resize(size, Image.BICUBIC).save(path, quality=90)
@@ -178,8 +185,8 @@ def test_path_and_array_give_the_same_descriptor(tmp_path):
 
 
 def test_image_enormous_after_rescale_is_skipped_with_a_reason(tmp_path):
-    from vggfeat.evaluate import evaluate_nets
     from vggfeat.data.folder import Samples
+    from vggfeat.evaluate import evaluate_nets
     from vggfeat.features.loader import ScaledImages
     from vggfeat.features.protocol import Protocol
 

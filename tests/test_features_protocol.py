@@ -1,4 +1,5 @@
 """Appendix B's pure steps: isotropic rescale sizes, scale aggregation, per-sample L2, net stacking."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """The feature store through the CLI: bad inputs, resume after Ctrl-C and kill -9, settings, memory."""
+
 from __future__ import annotations
 
 import json
@@ -13,13 +14,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from test_data_images import write_png_header_only
 
 import vggfeat
 from vggfeat.cli.main import cli
 from vggfeat.features import store as fs
 from vggfeat.features.extract import extract_to_store
-
-from test_data_images import write_png_header_only
 
 TINY = dict(width_mult=1 / 16, fc_dim=32, fc6_kernel=2, num_classes=10, init="glorot")
 FAST = ["--scales", "64,80", "--workers", "0", "--quiet"]
@@ -75,7 +75,13 @@ def test_cli_store_with_every_kind_of_bad_input(tmp_path, weights, monkeypatch):
     assert "empty" in reasons["empty.jpg"] and "bomb" in reasons["bomb.png"]
     assert "truncated" in reasons["truncated.jpg"] and "permission" in reasons["unreadable.png"]
     assert [os.path.basename(p) for p in manifest["paths"]] == [
-        "cmyk.jpg", "img000.png", "img001.png", "img002.png", "img003.png", "tiny_gray.png"]
+        "cmyk.jpg",
+        "img000.png",
+        "img001.png",
+        "img002.png",
+        "img003.png",
+        "tiny_gray.png",
+    ]
     assert manifest["layer"] == "fc7" and manifest["scales"] == [64, 80] and manifest["dim"] == 32
     assert manifest["models"][0]["weights_sha256"] == vggfeat.utils.files.sha256_file(weights)
     assert manifest["vggfeat_version"] == vggfeat.__version__
@@ -102,8 +108,25 @@ def test_cli_errors_are_clear(tmp_path, weights):
 
 def test_random_weights_warn_loudly(tmp_path):
     src = make_images(tmp_path / "imgs", 1, sizes=((224, 230),))
-    result = CliRunner().invoke(cli, ["extract", str(src), "-o", str(tmp_path / "o"), "--model", "vgg_a",
-                                      "--scales", "224", "--no-flip", "--workers", "0", "--quiet", "--layer", "pool5"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "extract",
+            str(src),
+            "-o",
+            str(tmp_path / "o"),
+            "--model",
+            "vgg_a",
+            "--scales",
+            "224",
+            "--no-flip",
+            "--workers",
+            "0",
+            "--quiet",
+            "--layer",
+            "pool5",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "RANDOMLY INITIALISED" in result.output
     assert np.load(tmp_path / "o" / "features.npy").shape == (1, 512)
@@ -119,8 +142,9 @@ def test_cli_winograd_switch(tmp_path, weights, monkeypatch):
     assert run([str(src), "-o", str(tmp_path / "w"), "--weights", weights, *FAST]).exit_code == 0
     assert run([str(src), "-o", str(tmp_path / "d"), "--weights", weights, "--no-winograd", *FAST]).exit_code == 0
     assert seen == [True, False]
-    np.testing.assert_allclose(np.load(tmp_path / "w" / "features.npy"), np.load(tmp_path / "d" / "features.npy"),
-                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        np.load(tmp_path / "w" / "features.npy"), np.load(tmp_path / "d" / "features.npy"), rtol=1e-4, atol=1e-6
+    )
 
 
 def test_finished_store_is_not_recomputed_and_settings_are_guarded(tmp_path, weights, monkeypatch):
@@ -139,8 +163,23 @@ def test_finished_store_is_not_recomputed_and_settings_are_guarded(tmp_path, wei
     other = run([str(src), "-o", str(out), "--weights", weights, "--scales", "64", "--workers", "0", "--quiet"])
     assert other.exit_code != 0 and "other settings" in other.output and "scales" in other.output
     assert np.array_equal(np.load(out / "features.npy"), first)
-    replaced = run([str(src), "-o", str(out), "--weights", weights, "--scales", "64", "--workers", "0",
-                    "--quiet", "--overwrite", "--dtype", "float16"])
+    replaced = run(
+        [
+            str(src),
+            "-o",
+            str(out),
+            "--weights",
+            weights,
+            "--scales",
+            "64",
+            "--workers",
+            "0",
+            "--quiet",
+            "--overwrite",
+            "--dtype",
+            "float16",
+        ]
+    )
     assert replaced.exit_code == 0, replaced.output
     assert np.load(out / "features.npy").dtype == np.float16
     assert json.loads((out / "manifest.json").read_text())["scales"] == [64]
@@ -165,7 +204,9 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, weights, monkey
     monkeypatch.undo()
     assert not fs.is_complete_store(tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out" / ".partial").glob("chunk_*")) == [
-        "chunk_000000.npz", "chunk_000001.npz"]
+        "chunk_000000.npz",
+        "chunk_000001.npz",
+    ]
     resumed = extract_to_store([src], tmp_path / "out", **kw)
     assert np.array_equal(np.asarray(resumed.features), np.asarray(reference.features))
     assert resumed.paths == reference.paths
@@ -173,8 +214,22 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, weights, monkey
 
 def test_kill_9_then_resume_equals_uninterrupted(tmp_path, weights):
     src = make_images(tmp_path / "imgs", 40)
-    args = [sys.executable, "-m", "vggfeat", "extract", str(src), "--weights", weights, "--scales", "64,96",
-            "--workers", "1", "--quiet", "--chunk-size", "2"]
+    args = [
+        sys.executable,
+        "-m",
+        "vggfeat",
+        "extract",
+        str(src),
+        "--weights",
+        weights,
+        "--scales",
+        "64,96",
+        "--workers",
+        "1",
+        "--quiet",
+        "--chunk-size",
+        "2",
+    ]
     out = tmp_path / "killed"
     proc = subprocess.Popen([*args, "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
@@ -187,8 +242,10 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, weights):
     subprocess.run([*args, "-o", str(out)], check=True, capture_output=True)
     subprocess.run([*args, "-o", str(tmp_path / "ref")], check=True, capture_output=True)
     assert np.array_equal(np.load(out / "features.npy"), np.load(tmp_path / "ref" / "features.npy"))
-    assert json.loads((out / "manifest.json").read_text())["paths"] == \
-        json.loads((tmp_path / "ref" / "manifest.json").read_text())["paths"]
+    assert (
+        json.loads((out / "manifest.json").read_text())["paths"]
+        == json.loads((tmp_path / "ref" / "manifest.json").read_text())["paths"]
+    )
 
 
 def test_memory_stays_flat(tmp_path):
@@ -198,8 +255,9 @@ def test_memory_stays_flat(tmp_path):
     for n in (16, 96):
         src = make_images(tmp_path / f"imgs{n}", n, sizes=((64, 64),))
         tracemalloc.start()
-        extract_to_store([src], tmp_path / f"out{n}", models=[("auto", path)], scales=(64,), workers=0,
-                         progress=False, chunk_size=8)
+        extract_to_store(
+            [src], tmp_path / f"out{n}", models=[("auto", path)], scales=(64,), workers=0, progress=False, chunk_size=8
+        )
         peaks[n] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     # 6x the images: holding all descriptors would add 80 x 2048 x 4 bytes; chunks keep the peak level
@@ -208,13 +266,47 @@ def test_memory_stays_flat(tmp_path):
 
 def test_torchrun_two_processes_write_one_store(tmp_path, weights):
     src = make_images(tmp_path / "imgs", 9)
-    common = ["extract", str(src), "--weights", weights, "--scales", "64,80", "--workers", "0", "--quiet",
-              "--chunk-size", "2", "--device", "cpu"]
+    common = [
+        "extract",
+        str(src),
+        "--weights",
+        weights,
+        "--scales",
+        "64,80",
+        "--workers",
+        "0",
+        "--quiet",
+        "--chunk-size",
+        "2",
+        "--device",
+        "cpu",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's per-process default: same float reductions
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "vggfeat",
-                    *common, "-o", str(tmp_path / "ddp")], check=True, capture_output=True, timeout=240, env=env)
-    subprocess.run([sys.executable, "-m", "vggfeat", *common, "-o", str(tmp_path / "one")], check=True,
-                   capture_output=True, timeout=240, env=env)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "vggfeat",
+            *common,
+            "-o",
+            str(tmp_path / "ddp"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=240,
+        env=env,
+    )
+    subprocess.run(
+        [sys.executable, "-m", "vggfeat", *common, "-o", str(tmp_path / "one")],
+        check=True,
+        capture_output=True,
+        timeout=240,
+        env=env,
+    )
     assert np.array_equal(np.load(tmp_path / "ddp" / "features.npy"), np.load(tmp_path / "one" / "features.npy"))
 
 
@@ -226,16 +318,39 @@ def test_timm_backbone_through_the_cli(tmp_path):
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "r.safetensors"))
     src = make_images(tmp_path / "imgs", 2)
     out = tmp_path / "store"
-    result = run([str(src), "-o", str(out), "--model", "timm:test_resnet", "--weights",
-                  str(tmp_path / "r.safetensors"), "--aggregate", "stack", *FAST])
+    result = run(
+        [
+            str(src),
+            "-o",
+            str(out),
+            "--model",
+            "timm:test_resnet",
+            "--weights",
+            str(tmp_path / "r.safetensors"),
+            "--aggregate",
+            "stack",
+            *FAST,
+        ]
+    )
     assert result.exit_code == 0, result.output
     features = np.load(out / "features.npy")
     assert features.shape == (2, 2 * net.num_features)  # stacked over 2 scales
-    expected = vggfeat.extract_features(net.eval(), [Image.open(p) for p in sorted(src.glob("*.png"))],
-                                        scales=(64, 80), aggregate="stack", device="cpu")
+    expected = vggfeat.extract_features(
+        net.eval(), [Image.open(p) for p in sorted(src.glob("*.png"))], scales=(64, 80), aggregate="stack", device="cpu"
+    )
     np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-6)
-    bad = run([str(src), "-o", str(tmp_path / "bad"), "--model", "timm:test_vit", "--weights",
-               str(tmp_path / "r.safetensors"), *FAST])
+    bad = run(
+        [
+            str(src),
+            "-o",
+            str(tmp_path / "bad"),
+            "--model",
+            "timm:test_vit",
+            "--weights",
+            str(tmp_path / "r.safetensors"),
+            *FAST,
+        ]
+    )
     assert bad.exit_code != 0 and "does not fit timm model 'test_vit'" in bad.output
 
 
@@ -243,8 +358,10 @@ def test_rows_for_matches_resolved_paths_then_unique_tails(tmp_path, monkeypatch
     from vggfeat.features.store import FeatureStore, StoreError
 
     monkeypatch.chdir(tmp_path)
-    manifest = {"paths": ["imgs/a/1.jpg", "/elsewhere/b/2.jpg", "x/c/3.jpg", "y/c/3.jpg"],
-                "skipped": [{"path": "imgs/a/9.jpg", "reason": "empty file (0 bytes)"}]}
+    manifest = {
+        "paths": ["imgs/a/1.jpg", "/elsewhere/b/2.jpg", "x/c/3.jpg", "y/c/3.jpg"],
+        "skipped": [{"path": "imgs/a/9.jpg", "reason": "empty file (0 bytes)"}],
+    }
     store = FeatureStore(tmp_path, np.zeros((4, 2), np.float32), manifest)
     # a relative path recorded at extraction equals its absolute form; a moved dataset matches by class/file
     assert store.rows_for([str(tmp_path / "imgs" / "a" / "1.jpg"), "/data/b/2.jpg"]).tolist() == [0, 1]

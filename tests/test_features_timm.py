@@ -1,4 +1,5 @@
 """timm backbones as descriptor nets: a timm VGG's 4096-wide pre-logits, timm's feature points as --layer."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -75,8 +76,9 @@ def test_resnet_layers_and_refused_names():
     model = timm.create_model("test_resnet", pretrained=False, num_classes=0).eval()
     assert timm_layers(model)[:2] == ["fc7", "pre_logits"] and "layer2" in timm_layers(model)
     fc7 = vggfeat.extract_features(model, images(), scales=(64,), l2=False)
-    np.testing.assert_array_equal(fc7, vggfeat.extract_features(model, images(), layer="pre_logits", scales=(64,),
-                                                                l2=False))
+    np.testing.assert_array_equal(
+        fc7, vggfeat.extract_features(model, images(), layer="pre_logits", scales=(64,), l2=False)
+    )
     layer2 = vggfeat.extract_features(model, images(), layer="layer2", scales=(64,), l2=False)
     assert layer2.shape[1] == model.feature_info[2]["num_chs"] and not np.allclose(layer2[:, :8], fc7[:, :8])
     for bad in ("banana", "pool5", "conv5_3", str(len(model.feature_info))):
@@ -94,13 +96,17 @@ def test_vgg_layer_errors_are_layer_errors_too():
 def test_cli_timm_layer_choices_and_no_glorot_claim(tmp_path):
     src = write_images(tmp_path / "imgs")
     runner = CliRunner()
-    bad = runner.invoke(cli, ["extract", str(src), "-o", str(tmp_path / "bad"), "--model", "timm:test_resnet",
-                              "--layer", "banana", *FAST])
+    bad = runner.invoke(
+        cli,
+        ["extract", str(src), "-o", str(tmp_path / "bad"), "--model", "timm:test_resnet", "--layer", "banana", *FAST],
+    )
     assert bad.exit_code == 1, bad.output
     assert "Error: unknown layer 'banana' for timm model test_resnet; valid: fc7, pre_logits" in bad.output
     assert "layer2" in bad.output and not (tmp_path / "bad" / "features.npy").exists()
-    ok = runner.invoke(cli, ["extract", str(src), "-o", str(tmp_path / "ok"), "--model", "timm:test_resnet",
-                             "--layer", "layer2", *FAST])
+    ok = runner.invoke(
+        cli,
+        ["extract", str(src), "-o", str(tmp_path / "ok"), "--model", "timm:test_resnet", "--layer", "layer2", *FAST],
+    )
     assert ok.exit_code == 0, ok.output
     assert "timm's own init" in ok.output and "Glorot" not in ok.output
     features = np.load(tmp_path / "ok" / "features.npy")
@@ -119,12 +125,26 @@ def test_cli_extract_with_a_timm_vgg11_state_dict(tmp_path):
     net = timm.create_model("vgg11", pretrained=False)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "vgg11.safetensors"))
     src = write_images(tmp_path / "imgs")
-    result = CliRunner().invoke(cli, ["extract", str(src), "-o", str(tmp_path / "store"), "--model", "timm:vgg11",
-                                      "--weights", str(tmp_path / "vgg11.safetensors"), "--no-l2", *FAST])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "extract",
+            str(src),
+            "-o",
+            str(tmp_path / "store"),
+            "--model",
+            "timm:vgg11",
+            "--weights",
+            str(tmp_path / "vgg11.safetensors"),
+            "--no-l2",
+            *FAST,
+        ],
+    )
     assert result.exit_code == 0, result.output
     features = np.load(tmp_path / "store" / "features.npy")
     net.reset_classifier(0)
-    expected = vggfeat.extract_features(net.eval(), [Image.open(p) for p in sorted(src.glob("*.png"))],
-                                        scales=(64,), l2=False, device="cpu")
+    expected = vggfeat.extract_features(
+        net.eval(), [Image.open(p) for p in sorted(src.glob("*.png"))], scales=(64,), l2=False, device="cpu"
+    )
     assert features.shape == (2, 4096)
     np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-5)

@@ -1,4 +1,5 @@
 """Atomic writes give the permissions a plain write would (0666 & ~umask), not safetensors' 0600."""
+
 import os
 import stat
 

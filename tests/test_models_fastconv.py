@@ -1,4 +1,5 @@
 """CPU inference kernels for conv + ReLU: Winograd F(4x4, 3x3) and oneDNN's fused call against conv2d."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,7 @@ def test_winograd_matrices_compute_a_1d_correlation_exactly(points):
     gen = torch.Generator().manual_seed(0)
     d, k = torch.randn(6, dtype=torch.float64, generator=gen), torch.randn(3, dtype=torch.float64, generator=gen)
     y = at @ ((g @ k) * (bt @ d))  # F(4, 3): 4 outputs of a 3-tap correlation over 6 inputs
-    expected = torch.stack([d[i:i + 3] @ k for i in range(4)])
+    expected = torch.stack([d[i : i + 3] @ k for i in range(4)])
     torch.testing.assert_close(y, expected, rtol=0, atol=1e-12)
 
 
@@ -99,7 +100,9 @@ def test_conv_relu_inference_picks_a_kernel_or_declines(monkeypatch):
         torch.testing.assert_close(fastconv.conv_relu_inference(wide, x), expected, rtol=1e-4, atol=1e-5)
         assert calls == ["winograd"]
         torch.testing.assert_close(fastconv.conv_relu_inference(narrow, x), F.relu(narrow(x)), rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(fastconv.conv_relu_inference(wide, x, winograd=False), expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            fastconv.conv_relu_inference(wide, x, winograd=False), expected, rtol=1e-5, atol=1e-6
+        )
         assert calls == ["winograd"]  # 128 -> 64 is below the threshold; winograd=False means direct
         assert fastconv.conv_relu_inference(wide, x.double()) is None
         with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -1,4 +1,5 @@
 """Sect. 3.1 initialisation: normal(0, 0.01) with zero biases, Glorot, and deeper nets from net A."""
+
 from __future__ import annotations
 
 import pytest

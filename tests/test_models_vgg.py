@@ -1,4 +1,5 @@
 """The nets of Table 1: parameter counts, named layers, dense head, dropout."""
+
 from __future__ import annotations
 
 import pytest
@@ -56,7 +57,7 @@ def test_lrn_only_in_a_lrn(tiny_model):
     # AlexNet's formula: b = a / (k + alpha * sum a^2)^beta over 5 neighbouring channels
     x = torch.rand(1, 4, 3, 3)
     sq = torch.nn.functional.pad(x.pow(2), (0, 0, 0, 0, 2, 2))
-    window = sum(sq[:, i:i + 4] for i in range(5))
+    window = sum(sq[:, i : i + 4] for i in range(5))
     assert torch.allclose(a_lrn.norm1(x), x / (2.0 + 1e-4 * window).pow(0.75), atol=1e-6)
 
 
@@ -138,7 +139,7 @@ def test_dense_fc_is_the_convolution(kernel, weight_cl, input_cl):
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
     grads = torch.autograd.grad((y * ref.detach()).sum(), (x, layer.weight, layer.bias))
     want = torch.autograd.grad((ref * ref.detach()).sum(), (x, layer.weight, layer.bias))
-    for g, w in zip(grads, want):
+    for g, w in zip(grads, want, strict=False):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
     if kernel > 1:
         with pytest.raises(RuntimeError):  # smaller than the kernel: the convolution's own error

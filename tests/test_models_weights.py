@@ -1,4 +1,5 @@
 """Weight files: layouts (vggfeat, torchvision, timm, Caffe 2-D fc), preprocessing metadata, safety."""
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,10 @@ def test_timm_conversion_gives_timm_logits_densely():
 
 def test_caffe_style_2d_fc_weights_and_wrapper_prefixes(tiny_model):
     src = tiny_model("vgg_d", seed=1)
-    state = {f"module.{k}": (v.flatten(1) if k.startswith("fc") and k.endswith("weight") else v)
-             for k, v in src.state_dict().items()}
+    state = {
+        f"module.{k}": (v.flatten(1) if k.startswith("fc") and k.endswith("weight") else v)
+        for k, v in src.state_dict().items()
+    }
     assert state["module.fc6.weight"].ndim == 2
     dst = vggfeat.load_weights(tiny_model("vgg_d", seed=2), state, preprocessing="caffe")
     assert dst.preprocessing == CAFFE

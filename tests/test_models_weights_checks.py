@@ -1,4 +1,5 @@
 """Weight-file problems give one clear WeightsError naming the file (issue 12), never a traceback or a hang."""
+
 from __future__ import annotations
 
 import json
@@ -18,11 +19,14 @@ def _save(tmp_path, model, **meta):
     return path
 
 
-@pytest.mark.parametrize("options,needle", [
-    ({"num_classes": 10_000_000_000}, "num_classes"),
-    ({"num_classes": 10, "frobnicate": 3}, "frobnicate"),
-    ({"width_mult": -1}, "width_mult"),
-])
+@pytest.mark.parametrize(
+    "options,needle",
+    [
+        ({"num_classes": 10_000_000_000}, "num_classes"),
+        ({"num_classes": 10, "frobnicate": 3}, "frobnicate"),
+        ({"width_mult": -1}, "width_mult"),
+    ],
+)
 def test_absurd_or_unknown_options_are_refused(tiny_model, tmp_path, options, needle):
     path = _save(tmp_path, tiny_model("vgg_a"), options=json.dumps(options))
     with pytest.raises(WeightsError, match=needle) as err:
@@ -64,10 +68,17 @@ def test_random_bytes_and_truncated_files(tiny_model, tmp_path, suffix):
 
 
 def test_batch_norm_vgg_and_non_vgg_are_told_apart(tmp_path):
-    bn_vgg = {"features.0.weight": torch.zeros(8, 3, 3, 3), "features.1.running_mean": torch.zeros(8),
-              "classifier.0.weight": torch.zeros(4, 8)}
-    resnet = {"conv1.weight": torch.zeros(8, 3, 7, 7), "bn1.running_mean": torch.zeros(8),
-              "layer1.0.conv1.weight": torch.zeros(8, 8, 3, 3), "fc.weight": torch.zeros(10, 8)}
+    bn_vgg = {
+        "features.0.weight": torch.zeros(8, 3, 3, 3),
+        "features.1.running_mean": torch.zeros(8),
+        "classifier.0.weight": torch.zeros(4, 8),
+    }
+    resnet = {
+        "conv1.weight": torch.zeros(8, 3, 7, 7),
+        "bn1.running_mean": torch.zeros(8),
+        "layer1.0.conv1.weight": torch.zeros(8, 8, 3, 3),
+        "fc.weight": torch.zeros(10, 8),
+    }
     torch.save(bn_vgg, tmp_path / "bn.pth")
     torch.save(resnet, tmp_path / "resnet.pth")
     with pytest.raises(WeightsError, match="batch-norm VGG"):
@@ -96,7 +107,9 @@ def test_load_model_reads_the_file_once(tiny_model, tmp_path, monkeypatch):
     torch.testing.assert_close(model.fc8.weight, tiny_model("vgg_a").fc8.weight)
 
 
-@pytest.mark.parametrize("seed", [2, 20])  # random bytes that make torch's unpickler raise IndexError (2), KeyError (20)
+@pytest.mark.parametrize(
+    "seed", [2, 20]
+)  # random bytes that make torch's unpickler raise IndexError (2), KeyError (20)
 def test_any_random_bytes_are_one_weights_error(tmp_path, seed):
     import random
 

@@ -1,4 +1,5 @@
 """faiss indexes against exact numpy top-k, approximate recall, save/load, and kNN votes worked by hand."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,16 @@ import faiss
 import numpy as np
 import pytest
 
-from vggfeat.probes.knn import (build_index, default_nlist, default_pq_m, knn_scores, l2_normalise, load_index,
-                                save_index, search)
+from vggfeat.probes.knn import (
+    build_index,
+    default_nlist,
+    default_pq_m,
+    knn_scores,
+    l2_normalise,
+    load_index,
+    save_index,
+    search,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -52,7 +61,7 @@ def test_approximate_recall_on_clustered_data(kind):
     Q = l2_normalise(X[:100] + 0.05 * np.random.default_rng(5).standard_normal((100, X.shape[1])))
     _, exact = exact_topk(X.astype(np.float64), Q.astype(np.float64), 10, "ip")
     _, ids = search(build_index(X, kind), Q, 10)
-    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact)])
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact, strict=False)])
     assert recall >= 0.9, recall
 
 

@@ -1,5 +1,6 @@
 """Low-shot VOC-2007 on generated descriptors: the sampling rule, the batched solve against one fit per
 problem, and the summary (issue 14.7)."""
+
 from __future__ import annotations
 
 import json
@@ -28,15 +29,15 @@ def test_each_class_draws_k_positives_and_19k_negatives_never_a_difficult_one(vo
         assert (y[pos, c] == 1).all() and (y[neg, c] == -1).all()
         assert len(np.unique(pos)) == 4 and len(np.unique(neg)) == 76
     again = draw_low_shot(y, 4, seed=0, sample=1)
-    assert all((a[0] == b[0]).all() and (a[1] == b[1]).all() for a, b in zip(draws, again))
+    assert all((a[0] == b[0]).all() and (a[1] == b[1]).all() for a, b in zip(draws, again, strict=False))
     other = draw_low_shot(y, 4, seed=0, sample=2)
-    assert any(not np.array_equal(a[0], b[0]) for a, b in zip(draws, other))
+    assert any(not np.array_equal(a[0], b[0]) for a, b in zip(draws, other, strict=False))
 
 
 def test_a_class_with_too_few_positives_gives_all_it_has():
     y = -np.ones((50, 2), dtype=np.int8)
     y[:3, 0] = 1
-    y[3:5, 0] = 0                                   # difficult: never drawn
+    y[3:5, 0] = 0  # difficult: never drawn
     y[10:30, 1] = 1
     pos, neg = draw_low_shot(y, 8, seed=0, sample=0)[0]
     assert sorted(pos) == [0, 1, 2] and len(neg) == 45 and not set(neg) & {3, 4}
@@ -62,12 +63,21 @@ def test_batched_run_equals_one_fit_per_sample_class_and_C(voc_like):
 
 def test_summary_more_shots_help_and_the_report_is_json_and_a_plot(voc_like, tmp_path):
     x, y, x_test, y_test = voc_like
-    result = run_low_shot(x, y, x_test, y_test, ks=(1, 16), samples=3, Cs=(0.1, 1.0, 10.0), seed=0,
-                          classes=[f"class{c}" for c in range(20)])
+    result = run_low_shot(
+        x,
+        y,
+        x_test,
+        y_test,
+        ks=(1, 16),
+        samples=3,
+        Cs=(0.1, 1.0, 10.0),
+        seed=0,
+        classes=[f"class{c}" for c in range(20)],
+    )
     assert isinstance(result, LowShotResult)
     assert result.mean.shape == (2,) and result.std.shape == (2,)
-    assert result.mean[1] > result.mean[0] + 0.05           # 16 shots clearly beat one
-    assert (result.std >= 0).all() and result.std[0] > 0   # one-shot samples differ
+    assert result.mean[1] > result.mean[0] + 0.05  # 16 shots clearly beat one
+    assert (result.std >= 0).all() and result.std[0] > 0  # one-shot samples differ
     best = result.map_table.mean(axis=1).max(axis=1)
     np.testing.assert_allclose(result.mean, best)
     assert set(result.chosen_C) <= {0.1, 1.0, 10.0}

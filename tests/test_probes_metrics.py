@@ -1,4 +1,5 @@
 """VOC AP and class recall against hand-worked rankings and scikit-learn."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -89,7 +90,7 @@ def devkit_ap(scores, labels, eleven_point):
     if eleven_point:
         ap = 0.0
         for t in MATLAB_0_TO_1_BY_TENTHS:
-            p = max([pr for pr, r in zip(prec, rec) if r >= t], default=0.0)
+            p = max([pr for pr, r in zip(prec, rec, strict=False) if r >= t], default=0.0)
             ap += p / 11
         return ap
     mrec, mpre = [0.0] + rec + [1.0], [0.0] + prec + [0.0]

@@ -1,4 +1,5 @@
 """Choosing C on held-out training data: the split, the choice, and agreement with the LinearSVC path."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,9 +27,7 @@ def test_holdout_is_seeded_disjoint_and_stratified():
 
 
 def test_choice_per_class_smallest_on_ties_and_fallback_without_positives():
-    table = np.array([[0.5, 0.9, np.nan],
-                      [0.7, 0.9, np.nan],
-                      [0.6, 0.8, np.nan]])
+    table = np.array([[0.5, 0.9, np.nan], [0.7, 0.9, np.nan], [0.6, 0.8, np.nan]])
     # class 0: best at C=1; class 1: tie at 0.1 and 1 -> 0.1; class 2: no held-out positives -> best mean (C=1)
     assert choose([0.1, 1.0, 10.0], table, 3).tolist() == [1.0, 0.1, 1.0]
     assert choose([0.1, 1.0], np.array([[0.2], [0.4]]), 4).tolist() == [1.0] * 4

@@ -1,4 +1,5 @@
 """The batched SVM solver against scikit-learn's LinearSVC on the same problems."""
+
 from __future__ import annotations
 
 import warnings
@@ -50,7 +51,7 @@ def test_batched_columns_equal_separate_fits_and_zero_weight_drops_a_sample(voc_
     coef, intercept, _ = fit_linear_svms(x, Y, S, C)
     for k in range(3):
         rows = S[:, k] > 0
-        one, b, _ = fit_linear_svms(x[rows], Y[rows, k:k + 1], np.ones((rows.sum(), 1)), C[k:k + 1])
+        one, b, _ = fit_linear_svms(x[rows], Y[rows, k : k + 1], np.ones((rows.sum(), 1)), C[k : k + 1])
         np.testing.assert_allclose(coef[k], one[0], atol=1e-3 * np.abs(one).max())
         assert intercept[k] == pytest.approx(b[0], abs=1e-3)
 
@@ -139,7 +140,7 @@ def test_column_y_is_one_voc_class():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((40, 5)).astype(np.float32)
     y = np.where(x[:, :1] > 0, 1, -1)
-    y[:3] = 0                                           # difficult: left out of the fit
+    y[:3] = 0  # difficult: left out of the fit
     probe = LinearSVMProbe(C=1.0).fit(x, y)
     assert probe.decision_function(x).shape == (40, 1) and probe.multilabel_
     with pytest.raises(ValueError, match="1, -1 or 0"):

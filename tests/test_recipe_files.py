@@ -1,4 +1,5 @@
 """Recipes ship inside the wheel (vggfeat/recipes/) and resolve by name (issue 15.1, 13.5)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -28,8 +29,22 @@ def test_find_recipe_by_name_path_and_unknown():
 
 def test_wheel_ships_recipes(tmp_path):
     """Build the wheel (about 2 s, no network: --no-build-isolation) and check every recipe is inside."""
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(ROOT)], check=True, cwd=tmp_path)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        cwd=tmp_path,
+    )
     (wheel,) = tmp_path.glob("vggfeat-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     want = {f"vggfeat/recipes/{p.relative_to(ROOT / 'recipes').as_posix()}" for p in (ROOT / "recipes").rglob("*.yaml")}

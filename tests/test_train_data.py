@@ -1,5 +1,6 @@
 """Training inputs: the global batch is the same whatever the process count; augmentation is keyed by
 (seed, epoch, index); pixel statistics match numpy; the synthetic set is deterministic; flat val labels."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,8 +18,8 @@ def test_sampler_union_is_the_global_batch():
     two = [list(GlobalBatchSampler(50, seed=1, epoch=2, batch_size=8, per_device=2, rank=r, world=2)) for r in (0, 1)]
     assert len(one) == 6 * 4 and len(two[0]) == 6 * 2
     for step in range(6):
-        a = sum(one[step * 4:step * 4 + 4], [])
-        b = sum(two[0][step * 2:step * 2 + 2] + two[1][step * 2:step * 2 + 2], [])
+        a = sum(one[step * 4 : step * 4 + 4], [])
+        b = sum(two[0][step * 2 : step * 2 + 2] + two[1][step * 2 : step * 2 + 2], [])
         assert a == b and len(set(a)) == 8
     resumed = list(GlobalBatchSampler(50, seed=1, epoch=2, batch_size=8, per_device=2, rank=0, world=1, start_step=4))
     assert resumed == one[16:]
@@ -44,7 +45,7 @@ def test_synthetic_augmentation_stats_and_flat_val(tmp_path):
     (flat / "val").mkdir(parents=True)
     (flat / "train").symlink_to(tmp_path / "a" / "train")
     lines = []
-    for p, lab in zip(val.paths, val.labels):
+    for p, lab in zip(val.paths, val.labels, strict=False):
         (flat / "val" / p.name).write_bytes(p.read_bytes())
         lines.append(f"{p.name} {val.classes[lab] if lab % 2 else lab}")
     (flat / "labels.txt").write_text("\n".join(lines))
@@ -68,7 +69,9 @@ def test_colour_shift_matches_manual():
     out = normalize_batch(x, mean, val, vec, alpha)
     for b in range(2):
         shift = np.array(vec) @ (alpha[b].numpy() * np.array(val))  # eigvec @ (alpha * eigval)
-        want = x[b].permute(2, 0, 1).float() - torch.tensor(mean).view(3, 1, 1) + torch.tensor(shift).float().view(3, 1, 1)
+        want = (
+            x[b].permute(2, 0, 1).float() - torch.tensor(mean).view(3, 1, 1) + torch.tensor(shift).float().view(3, 1, 1)
+        )
         assert torch.allclose(out[b], want, atol=1e-5)
 
 
@@ -125,17 +128,21 @@ def test_train_crop_matches_rescaling_the_whole_photo():
         rh, rw = isotropic_size(427, 640, s)
         full = np.asarray(Image.fromarray(photo).resize((rw, rh), Image.BILINEAR), dtype=float)
         y0, x0 = round(top * rh / 427), round(left * rw / 640)
-        want = full[y0:y0 + 224, x0:x0 + 224]
+        want = full[y0 : y0 + 224, x0 : x0 + 224]
         assert np.abs(ours - want)[2:-2, 2:-2].mean() < 8.0, s  # apart by the sub-pixel position only
         # PIL resampling exactly that window: the same filter (up to rounding) away from the window's edge
-        box = np.asarray(Image.fromarray(photo).resize((224, 224), Image.BILINEAR, box=(left, top, left + ww, top + wh),
-                                                       reducing_gap=None), dtype=float)
+        box = np.asarray(
+            Image.fromarray(photo).resize(
+                (224, 224), Image.BILINEAR, box=(left, top, left + ww, top + wh), reducing_gap=None
+            ),
+            dtype=float,
+        )
         assert np.abs(ours - box)[2:-2, 2:-2].max() <= 1.0, s
         dy, dx = (8 if y0 + 232 <= rh else -8), (8 if x0 + 232 <= rw else -8)  # 8 px off: clearly worse
-        shifted = full[y0 + dy:y0 + dy + 224, x0 + dx:x0 + dx + 224]
+        shifted = full[y0 + dy : y0 + dy + 224, x0 + dx : x0 + dx + 224]
         assert np.abs(ours - shifted)[2:-2, 2:-2].mean() > 2 * np.abs(ours - want)[2:-2, 2:-2].mean()
     centre = center_crop(img, size=256, crop=224).numpy().astype(float)
     rh, rw = isotropic_size(427, 640, 256)
     full = np.asarray(Image.fromarray(photo).resize((rw, rh), Image.BILINEAR), dtype=float)
-    want = full[(rh - 224) // 2:(rh - 224) // 2 + 224, (rw - 224) // 2:(rw - 224) // 2 + 224]
+    want = full[(rh - 224) // 2 : (rh - 224) // 2 + 224, (rw - 224) // 2 : (rw - 224) // 2 + 224]
     assert np.abs(centre - want)[2:-2, 2:-2].mean() < 8.0

@@ -1,6 +1,7 @@
 """The training loop: the smoke recipe learns; a run killed with SIGKILL and resumed ends bitwise equal
 to an uninterrupted one; DDP over 2 gloo processes matches one process with the same global batch;
 checkpoints hold everything as plain containers; a NaN loss stops the run and keeps the last checkpoint."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,13 @@ from vggfeat.train.recipe import load_recipe
 REPO = Path(__file__).parent.parent
 SMOKE = REPO / "recipes" / "train" / "smoke.yaml"
 # 10 classes x 8 images, global batch 16: 5 steps an epoch
-FAST = ["data.synthetic_per_class=8", "optim.epochs=2", "checkpoint.every_steps=2", "checkpoint.keep_last=2",
-        "data.synthetic_seed=null"]
+FAST = [
+    "data.synthetic_per_class=8",
+    "optim.epochs=2",
+    "checkpoint.every_steps=2",
+    "checkpoint.keep_last=2",
+    "data.synthetic_seed=null",
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +39,9 @@ def data(tmp_path_factory):
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "vggfeat", *args], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "vggfeat", *args], env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.slow  # ~17 s on 2 cores
@@ -42,7 +50,7 @@ def test_smoke_recipe_learns(tmp_path):
     out = train(r, tmp_path / "run", data_root=tmp_path / "data", progress=False)
     accs = [h["val_top1"] for h in out["history"]]
     assert max(accs[-3:]) >= 0.2 and accs[-1] > accs[0], accs  # chance 0.1 (10 classes, 150 val images)
-    steps = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [s["loss"] for s in steps if s["kind"] == "step"]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
     # the exported weights load as a net with the recipe's (computed) mean RGB convention
@@ -56,8 +64,17 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, data):
     sets = [a for s in FAST for a in ("--set", s)]
     full = _cli("train", str(SMOKE), *sets, "--data-root", str(data), "--out", str(tmp_path / "full"))
     assert full.returncode == 0, full.stderr
-    killed = _cli("train", str(SMOKE), *sets, "--set", "debug.kill_at_step=8", "--data-root", str(data),
-                  "--out", str(tmp_path / "cut"))
+    killed = _cli(
+        "train",
+        str(SMOKE),
+        *sets,
+        "--set",
+        "debug.kill_at_step=8",
+        "--data-root",
+        str(data),
+        "--out",
+        str(tmp_path / "cut"),
+    )
     assert killed.returncode == -9, killed.stderr  # died by SIGKILL mid-epoch 2, after step 8's checkpoint
     assert not (tmp_path / "cut" / "model.safetensors").exists()
     assert list_checkpoints(tmp_path / "cut")[-1].name == "ckpt-e001-s00000008.pt"
@@ -69,8 +86,18 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, data):
     ckpts = list_checkpoints(tmp_path / "full")
     assert [p.name for p in ckpts] == ["ckpt-e001-s00000008.pt", "ckpt-e002-s00000010.pt"]
     ck = load_checkpoint(ckpts[-1])  # torch.load(weights_only=True)
-    assert {"model", "optimizer", "schedule", "scaler", "rng", "epoch", "step_in_epoch", "global_step",
-            "recipe", "history"} <= set(ck)
+    assert {
+        "model",
+        "optimizer",
+        "schedule",
+        "scaler",
+        "rng",
+        "epoch",
+        "step_in_epoch",
+        "global_step",
+        "recipe",
+        "history",
+    } <= set(ck)
     assert ck["recipe"]["optim"]["epochs"] == 2 and ck["global_step"] == 10 and ck["epoch"] == 2
     assert not list((tmp_path / "full").glob(".*tmp*"))
     assert (tmp_path / "full" / "recipe.yaml").exists() and (tmp_path / "full" / "best.pt").exists()
@@ -90,14 +117,40 @@ def test_ddp_two_gloo_processes_match_one(tmp_path, data):
     one = _cli("train", str(SMOKE), *args, "--out", str(tmp_path / "one"))  # 1 process, 2 accumulation steps
     assert one.returncode == 0, one.stderr
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
-                          "-m", "vggfeat", "train", str(SMOKE), *args, "--out", str(tmp_path / "two")],
-                         env=env, capture_output=True, text=True, timeout=300)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            "29517",
+            "-m",
+            "vggfeat",
+            "train",
+            str(SMOKE),
+            *args,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
     m = load_recipe(SMOKE).model
-    init = vggfeat.create_model("vgg_a", num_classes=m.num_classes, width_mult=m.width_mult, fc_dim=m.fc_dim,
-                                fc6_kernel=m.fc6_kernel, init="glorot", seed=0)
+    init = vggfeat.create_model(
+        "vgg_a",
+        num_classes=m.num_classes,
+        width_mult=m.width_mult,
+        fc_dim=m.fc_dim,
+        fc6_kernel=m.fc6_kernel,
+        init="glorot",
+        seed=0,
+    )
     moved = max((a[k] - init.state_dict()[k]).abs().max().item() for k in a)
     assert moved > 1e-3  # training changed the weights
     for k in a:

@@ -1,4 +1,5 @@
 """Every recipe file loads strictly; --set overrides; the global batch splits into processes x steps."""
+
 from __future__ import annotations
 
 from pathlib import Path

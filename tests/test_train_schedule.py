@@ -1,4 +1,5 @@
 """The plateau schedule of Sect. 3.1: lr / 10 when validation top-1 stops improving, at most 3 times."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
 """vggfeat: the very deep ConvNets of Simonyan & Zisserman (ICLR 2015) - training, dense multi-scale
 descriptors and linear probes. Heavy modules load on first use, so `vggfeat --help` stays instant."""
+
 from __future__ import annotations
 
 import importlib

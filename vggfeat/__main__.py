@@ -1,4 +1,5 @@
 """`python -m vggfeat` runs the command line."""
+
 from vggfeat.cli.main import cli
 
 if __name__ == "__main__":

@@ -3,18 +3,20 @@
 An unknown key is an error naming the nearest valid one; values are coerced to the field's type (PyYAML
 reads `5e-4` as a string); `--set a.b=value` overrides any field; `base: other.yaml` inherits a file.
 """
-from __future__ import annotations
 
-from vggfeat.errors import VggfeatError
+from __future__ import annotations
 
 import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import yaml
+
+from vggfeat.errors import VggfeatError
 
 T = TypeVar("T")
 
@@ -52,7 +54,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         items = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
         if len(items) != len(value):
             raise ConfigError(f"{where}: expected {len(items)} values, got {len(value)} ({value!r})")
-        return tuple(_coerce(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, items)))
+        return tuple(_coerce(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, items, strict=False)))
     if origin is typing.Literal:
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
@@ -114,7 +116,7 @@ def _merge(base: dict, over: Mapping) -> dict:
     return out
 
 
-def read_yaml(path: "str | Path", _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A YAML mapping; a `base: FILE` key (relative to this file) is read first and overridden."""
     path = Path(path)
     if path.resolve() in _seen:
@@ -159,19 +161,19 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str], cls: type | 
             if tp is not None and dataclasses.is_dataclass(tp):
                 names = [f.name for f in dataclasses.fields(tp)]
                 if part not in names:
-                    raise ConfigError(f"--set: unknown key {'.'.join(parts[:i + 1])}{_nearest(part, names)}")
+                    raise ConfigError(f"--set: unknown key {'.'.join(parts[: i + 1])}{_nearest(part, names)}")
                 tp = typing.get_type_hints(tp)[part]
             else:
                 tp = None
             if i < len(parts) - 1:
                 node = node.setdefault(part, {})
                 if not isinstance(node, dict):
-                    raise ConfigError(f"--set: {'.'.join(parts[:i + 1])} is not a section")
+                    raise ConfigError(f"--set: {'.'.join(parts[: i + 1])} is not a section")
         node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
     return data
 
 
-def load_config(cls: type[T], path: "str | Path", overrides: Sequence[str] = ()) -> T:
+def load_config(cls: type[T], path: str | Path, overrides: Sequence[str] = ()) -> T:
     """Read a YAML file into dataclass `cls`, strictly, with `--set` overrides applied."""
     data = read_yaml(path)  # its errors already name the file (or the base file at fault)
     try:

@@ -4,6 +4,7 @@ The CLI turns exactly these into one red line and exit code 1; anything else is 
 traceback. Each domain error also derives from the builtin it replaced (ValueError, ...) so Python callers
 that caught those keep working.
 """
+
 from __future__ import annotations
 
 

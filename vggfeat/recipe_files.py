@@ -3,6 +3,7 @@
 recipes/ at the top of the source tree is the source of truth; wheels carry it as vggfeat/recipes/ (setup.py),
 so the same names work from a checkout, an editable install and a plain `pip install`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -48,5 +49,7 @@ def find_recipe(name_or_path: str | Path, kind: str = "train") -> Path:
     if path.parent == Path(".") and shipped.is_file():
         return shipped
     names = recipe_names(kind)
-    raise RecipeNotFound(f"{name_or_path}: no such {kind} recipe file or name; shipped {kind} recipes: "
-                         f"{', '.join(names) or '(none found in ' + str(recipes_dir()) + ')'}")
+    raise RecipeNotFound(
+        f"{name_or_path}: no such {kind} recipe file or name; shipped {kind} recipes: "
+        f"{', '.join(names) or '(none found in ' + str(recipes_dir()) + ')'}"
+    )

@@ -1,4 +1,5 @@
 """`vggfeat demo`: the whole paper pipeline on embedded, generated data, in minutes on a laptop CPU."""
+
 from __future__ import annotations
 
 import errno
@@ -8,8 +9,14 @@ import click
 
 
 @click.command(context_settings={"max_content_width": 100})
-@click.option("-o", "--out", default="vggfeat-out/demo", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for everything the demo makes; the report is OUT/report. Rerunning resumes.")
+@click.option(
+    "-o",
+    "--out",
+    default="vggfeat-out/demo",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder for everything the demo makes; the report is OUT/report. Rerunning resumes.",
+)
 @click.option("--quick", is_flag=True, help="Less data and fewer epochs: under a minute (the tests use it).")
 def demo(out, quick) -> None:
     """Train a net, transfer its features to a new task, and compare with a random net - no downloads.
@@ -30,15 +37,22 @@ def demo(out, quick) -> None:
     try:
         report = run_demo(out, quick=quick, progress=True, echo=lambda m: click.secho(m, bold=True))
     except KeyboardInterrupt:
-        click.secho(f"\ninterrupted: run `vggfeat demo --out {out}{' --quick' if quick else ''}` again to resume",
-                    fg="yellow", err=True)
-        raise SystemExit(130)
+        click.secho(
+            f"\ninterrupted: run `vggfeat demo --out {out}{' --quick' if quick else ''}` again to resume",
+            fg="yellow",
+            err=True,
+        )
+        raise SystemExit(130) from None
     except OSError as e:
         if e.errno == errno.ENOSPC:
-            raise click.ClickException(f"the disk is full while writing to {out}: free some space, or use --out "
-                                       "on another disk, and run the demo again (it resumes)") from None
+            raise click.ClickException(
+                f"the disk is full while writing to {out}: free some space, or use --out "
+                "on another disk, and run the demo again (it resumes)"
+            ) from None
         if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-            raise click.ClickException(f"cannot write to {out}: {e.strerror}; choose another folder with --out") from None
+            raise click.ClickException(
+                f"cannot write to {out}: {e.strerror}; choose another folder with --out"
+            ) from None
         raise
     click.echo("")
     for line in summary_lines(report):

@@ -1,5 +1,6 @@
 """`vggfeat evaluate`: top-1/top-5 error on a validation set by the paper's dense and multi-crop
 protocols and their fusion over nets (Sect. 3.2, Tables 3-7)."""
+
 from __future__ import annotations
 
 import click
@@ -16,27 +17,55 @@ def _parse_scales(ctx, param, value: str) -> list[int]:
 
 
 @click.command()
-@click.option("--weights", "weights", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False),
-              help="A weight file (repeat to fuse several nets: posteriors averaged).")
-@click.option("--data-root", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Dataset folder with val/<class>/ (class order from train/ if present), or a class-per-folder val set.")
-@click.option("--classes", "classes_file", type=click.Path(exists=True, dir_okay=False),
-              help="The net's class list, one class name (wnid) per line in output order (default: train/ folders, "
-                   "or the val/ folders when there is one per class of the net).")
+@click.option(
+    "--weights",
+    "weights",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A weight file (repeat to fuse several nets: posteriors averaged).",
+)
+@click.option(
+    "--data-root",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Dataset folder with val/<class>/ (class order from train/ if present), or a class-per-folder val set.",
+)
+@click.option(
+    "--classes",
+    "classes_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The net's class list, one class name (wnid) per line in output order (default: train/ folders, "
+    "or the val/ folders when there is one per class of the net).",
+)
 @click.option("--val-labels", type=click.Path(exists=True, dir_okay=False), help="Labels file for a flat val/ folder.")
-@click.option("--protocol", type=click.Choice(["dense", "multicrop", "both", "all"]), default="dense", show_default=True,
-              help="'both' averages dense and multi-crop posteriors; 'all' reports the three.")
-@click.option("--scales", default="256,384,512", show_default=True, callback=_parse_scales,
-              help="Test scales Q, comma-separated; each at least the net's crop size.")
-@click.option("--fast-decode", is_flag=True,
-              help="Decode large JPEGs at 1/2..1/8 size before rescaling (PIL draft mode): faster, not the same "
-                   "pixels. Default: the exact rescale of the fully decoded image.")
+@click.option(
+    "--protocol",
+    type=click.Choice(["dense", "multicrop", "both", "all"]),
+    default="dense",
+    show_default=True,
+    help="'both' averages dense and multi-crop posteriors; 'all' reports the three.",
+)
+@click.option(
+    "--scales",
+    default="256,384,512",
+    show_default=True,
+    callback=_parse_scales,
+    help="Test scales Q, comma-separated; each at least the net's crop size.",
+)
+@click.option(
+    "--fast-decode",
+    is_flag=True,
+    help="Decode large JPEGs at 1/2..1/8 size before rescaling (PIL draft mode): faster, not the same "
+    "pixels. Default: the exact rescale of the fully decoded image.",
+)
 @click.option("--limit", type=int, default=0, help="Evaluate the first N images only.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True)
-def evaluate(weights, data_root, classes_file, val_labels, protocol, scales, fast_decode, limit, device, quiet,
-             as_json) -> None:
+def evaluate(
+    weights, data_root, classes_file, val_labels, protocol, scales, fast_decode, limit, device, quiet, as_json
+) -> None:
     """Top-1 and top-5 error of one or more trained nets on a validation set."""
     import json
     import sys
@@ -78,11 +107,17 @@ def evaluate(weights, data_root, classes_file, val_labels, protocol, scales, fas
     if not quiet:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(samples) * len(models), unit="img", desc="evaluate", dynamic_ncols=True,
-                   file=sys.stderr)
+        bar = tqdm(total=len(samples) * len(models), unit="img", desc="evaluate", dynamic_ncols=True, file=sys.stderr)
     try:
-        rows = evaluate_nets(models, samples, protocols=protocols, scales=qs, device=dev,
-                             progress=bar.update if bar else None, fast_decode=fast_decode)
+        rows = evaluate_nets(
+            models,
+            samples,
+            protocols=protocols,
+            scales=qs,
+            device=dev,
+            progress=bar.update if bar else None,
+            fast_decode=fast_decode,
+        )
     finally:
         if bar is not None:
             bar.close()

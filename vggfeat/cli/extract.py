@@ -1,4 +1,5 @@
 """`vggfeat extract`: the paper's multi-scale, flip-averaged dense descriptors into a feature store."""
+
 from __future__ import annotations
 
 import logging
@@ -18,56 +19,140 @@ def parse_scales(value: str) -> tuple[int, ...]:
 
 
 # vggfeat.features.nets checks these names; written out here so --help does not import torch
-LAYER_HELP = ("Layer to pool. VGG: conv1_1 ... conv5_4, pool1 ... pool5, fc6, fc7, fc8 (after its ReLU). timm:NAME: "
-              "pre_logits (= fc7, the default: its pooled features before the classifier), or a forward_intermediates "
-              "index 0..N-1 or its feature_info module name (e.g. features.14 for vgg11, layer3 for a ResNet), "
-              "globally average-pooled; a wrong name lists the valid ones.")
+LAYER_HELP = (
+    "Layer to pool. VGG: conv1_1 ... conv5_4, pool1 ... pool5, fc6, fc7, fc8 (after its ReLU). timm:NAME: "
+    "pre_logits (= fc7, the default: its pooled features before the classifier), or a forward_intermediates "
+    "index 0..N-1 or its feature_info module name (e.g. features.14 for vgg11, layer3 for a ResNet), "
+    "globally average-pooled; a wrong name lists the valid ones."
+)
 
 
 @click.command(context_settings={"max_content_width": 100})
 @click.argument("images", nargs=-1, required=True)
-@click.option("-o", "--out", required=True, type=click.Path(file_okay=False),
-              help="Feature store folder: features.npy (N x D) and manifest.json.")
-@click.option("--model", "models", multiple=True,
-              help="Net name (vgg_d, vgg16, ... see `vggfeat models`) or timm:NAME. Repeat with --weights "
-                   "to stack several nets (the paper's D & E fusion). Default: read from the weights, else vgg_d.")
-@click.option("--weights", "weights", multiple=True, type=click.Path(dir_okay=False),
-              help="Weight file (safetensors, or a PyTorch file read with weights_only=True), one per --model.")
-@click.option("--layer", default="fc7", show_default=True,
-              help=LAYER_HELP)
-@click.option("--scales", default="256,384,512", show_default=True,
-              help="Smallest image side Q at each scale (Appendix B: VOC 256-768, Caltech 256,384,512).")
+@click.option(
+    "-o",
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Feature store folder: features.npy (N x D) and manifest.json.",
+)
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    help="Net name (vgg_d, vgg16, ... see `vggfeat models`) or timm:NAME. Repeat with --weights "
+    "to stack several nets (the paper's D & E fusion). Default: read from the weights, else vgg_d.",
+)
+@click.option(
+    "--weights",
+    "weights",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="Weight file (safetensors, or a PyTorch file read with weights_only=True), one per --model.",
+)
+@click.option("--layer", default="fc7", show_default=True, help=LAYER_HELP)
+@click.option(
+    "--scales",
+    default="256,384,512",
+    show_default=True,
+    help="Smallest image side Q at each scale (Appendix B: VOC 256-768, Caltech 256,384,512).",
+)
 @click.option("--flip/--no-flip", default=True, show_default=True, help="Average with the mirrored image.")
-@click.option("--aggregate", type=click.Choice(["mean", "stack"]), default="mean", show_default=True,
-              help="Over scales: mean (the paper's VOC setting) or stack (its Caltech setting).")
+@click.option(
+    "--aggregate",
+    type=click.Choice(["mean", "stack"]),
+    default="mean",
+    show_default=True,
+    help="Over scales: mean (the paper's VOC setting) or stack (its Caltech setting).",
+)
 @click.option("--l2/--no-l2", default=True, show_default=True, help="L2-normalise each final descriptor.")
 @click.option("--l2-parts", is_flag=True, help="Also L2-normalise per scale and per net before aggregating.")
-@click.option("--snap", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Round each image's long side to a multiple of SNAP px (e.g. 32) so varied images share "
-                   "batches; 1 keeps the exact isotropic rescale.")
-@click.option("--fast-decode", is_flag=True,
-              help="Decode large JPEGs at 1/2..1/8 size before rescaling (PIL draft mode): faster on big photos, "
-                   "descriptors deviate slightly (docs/benchmarks.md). Default: the exact rescale of the full decode.")
-@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
-              help="Images per forward pass (their flipped copies ride along).")
+@click.option(
+    "--snap",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Round each image's long side to a multiple of SNAP px (e.g. 32) so varied images share "
+    "batches; 1 keeps the exact isotropic rescale.",
+)
+@click.option(
+    "--fast-decode",
+    is_flag=True,
+    help="Decode large JPEGs at 1/2..1/8 size before rescaling (PIL draft mode): faster on big photos, "
+    "descriptors deviate slightly (docs/benchmarks.md). Default: the exact rescale of the full decode.",
+)
+@click.option(
+    "--batch-size",
+    default=16,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Images per forward pass (their flipped copies ride along).",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--workers", default=4, show_default=True, type=click.IntRange(min=0),
-              help="Loader processes decoding and rescaling images.")
-@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
-              help="Storage type of features.npy.")
-@click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
-              help="Compute precision: auto is bf16 autocast on CUDA, float32 on the CPU.")
-@click.option("--winograd/--no-winograd", default=True, show_default=True,
-              help="On the CPU, run VGG's wide 3x3 convs (conv2_2 on) as Winograd F(4x4,3x3) in float32: "
-                   "about 1.35x faster VGG-16 extraction; descriptors agree with direct convolution to ~1e-7.")
+@click.option(
+    "--workers",
+    default=4,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Loader processes decoding and rescaling images.",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "float16"]),
+    default="float32",
+    show_default=True,
+    help="Storage type of features.npy.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "float32", "bfloat16"]),
+    default="auto",
+    show_default=True,
+    help="Compute precision: auto is bf16 autocast on CUDA, float32 on the CPU.",
+)
+@click.option(
+    "--winograd/--no-winograd",
+    default=True,
+    show_default=True,
+    help="On the CPU, run VGG's wide 3x3 convs (conv2_2 on) as Winograd F(4x4,3x3) in float32: "
+    "about 1.35x faster VGG-16 extraction; descriptors agree with direct convolution to ~1e-7.",
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the random init when no --weights is given.")
-@click.option("--chunk-size", default=256, show_default=True, type=click.IntRange(min=1),
-              help="Images per resumable chunk (the most work an interruption can lose).")
+@click.option(
+    "--chunk-size",
+    default=256,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Images per resumable chunk (the most work an interruption can lose).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace a store in OUT that has other settings.")
 @click.option("--strict", is_flag=True, help="Stop at the first unusable image instead of skipping it.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def extract(images, out, models, weights, layer, scales, flip, aggregate, l2, l2_parts, snap, fast_decode, batch_size,
-            device, workers, dtype, precision, winograd, seed, chunk_size, overwrite, strict, quiet) -> None:
+def extract(
+    images,
+    out,
+    models,
+    weights,
+    layer,
+    scales,
+    flip,
+    aggregate,
+    l2,
+    l2_parts,
+    snap,
+    fast_decode,
+    batch_size,
+    device,
+    workers,
+    dtype,
+    precision,
+    winograd,
+    seed,
+    chunk_size,
+    overwrite,
+    strict,
+    quiet,
+) -> None:
     """Extract descriptors of IMAGES into the feature store OUT, the paper's way (Appendix B).
 
     IMAGES are image files, folders (searched recursively) or @list.txt files of paths (one per line,
@@ -91,33 +176,66 @@ def extract(images, out, models, weights, layer, scales, flip, aggregate, l2, l2
 
     scale_list = parse_scales(scales)
     if weights and models and len(models) != len(weights):
-        raise click.UsageError(f"{len(models)} --model but {len(weights)} --weights: give one weight file per "
-                               "model, or none for random nets")
-    pairs = list(zip(models or ["auto"] * len(weights), weights)) if weights else [(m, None) for m in models or ["vgg_d"]]
+        raise click.UsageError(
+            f"{len(models)} --model but {len(weights)} --weights: give one weight file per "
+            "model, or none for random nets"
+        )
+    pairs = (
+        list(zip(models or ["auto"] * len(weights), weights, strict=True))
+        if weights
+        else [(m, None) for m in models or ["vgg_d"]]
+    )
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     for name, w in pairs:
         if w is None:
-            click.secho(f"WARNING: no --weights for {name}: the net is RANDOMLY INITIALISED "
-                        f"({random_init_note(name, seed)}). "
-                        "Its descriptors carry no learned information.", fg="yellow", err=True)
+            click.secho(
+                f"WARNING: no --weights for {name}: the net is RANDOMLY INITIALISED "
+                f"({random_init_note(name, seed)}). "
+                "Its descriptors carry no learned information.",
+                fg="yellow",
+                err=True,
+            )
     start = time.perf_counter()
     try:
         store = extract_to_store(
-            images, out, models=pairs, layer=layer, scales=scale_list, flip=flip, aggregate=aggregate, l2=l2,
-            l2_parts=l2_parts, snap=snap, fast_decode=fast_decode, batch_size=batch_size, device=device, workers=workers, dtype=dtype,
-            precision=precision, winograd=winograd, seed=seed, overwrite=overwrite, strict=strict, progress=not quiet,
+            images,
+            out,
+            models=pairs,
+            layer=layer,
+            scales=scale_list,
+            flip=flip,
+            aggregate=aggregate,
+            l2=l2,
+            l2_parts=l2_parts,
+            snap=snap,
+            fast_decode=fast_decode,
+            batch_size=batch_size,
+            device=device,
+            workers=workers,
+            dtype=dtype,
+            precision=precision,
+            winograd=winograd,
+            seed=seed,
+            overwrite=overwrite,
+            strict=strict,
+            progress=not quiet,
             chunk_size=chunk_size,
         )
     except KeyboardInterrupt:
-        click.secho(f"\ninterrupted: finished chunks are kept in {out}; run the same command again to continue",
-                    fg="yellow", err=True)
-        raise SystemExit(130)
+        click.secho(
+            f"\ninterrupted: finished chunks are kept in {out}; run the same command again to continue",
+            fg="yellow",
+            err=True,
+        )
+        raise SystemExit(130) from None
     except (FileNotFoundError, FileExistsError) as e:  # VggfeatError is shown by LazyGroup; others are bugs
         raise click.ClickException(str(e)) from None
     seconds = time.perf_counter() - start
     skipped = store.manifest["skipped"]
-    click.echo(f"{len(store)} images -> {store.root} ({store.dim}-D {store.features.dtype}, layer {layer}, "
-               f"scales {','.join(map(str, scale_list))}) in {seconds:.1f} s")
+    click.echo(
+        f"{len(store)} images -> {store.root} ({store.dim}-D {store.features.dtype}, layer {layer}, "
+        f"scales {','.join(map(str, scale_list))}) in {seconds:.1f} s"
+    )
     if skipped:
         click.echo(f"skipped {len(skipped)} unusable inputs:")
         for item in skipped[:20]:

@@ -1,5 +1,6 @@
 """`vggfeat index build|search`: faiss indices over a feature store, searched with new images described by
 the same nets and protocol as the store (retrieval with the paper's descriptors)."""
+
 from __future__ import annotations
 
 import tempfile
@@ -22,10 +23,21 @@ def index() -> None:
 
 @index.command("build")
 @click.argument("store", type=click.Path(file_okay=False, exists=True))
-@click.option("-o", "--out", required=True, type=click.Path(file_okay=False),
-              help="Index folder: index.faiss and index.json (row paths, settings).")
-@click.option("--type", "kind", type=click.Choice(["flat", "ivf", "ivfpq", "hnsw"]), default="flat",
-              show_default=True, help="flat: exact; ivf/ivfpq: inverted lists (pq compresses); hnsw: graph.")
+@click.option(
+    "-o",
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Index folder: index.faiss and index.json (row paths, settings).",
+)
+@click.option(
+    "--type",
+    "kind",
+    type=click.Choice(["flat", "ivf", "ivfpq", "hnsw"]),
+    default="flat",
+    show_default=True,
+    help="flat: exact; ivf/ivfpq: inverted lists (pq compresses); hnsw: graph.",
+)
 @click.option("--gpu/--no-gpu", default=None, help="Build on the GPU (default: when faiss sees one).")
 def build(store, out, kind, gpu) -> None:
     """Index the descriptors of STORE (made by `vggfeat extract`) by inner product (cosine on L2-normalised
@@ -40,9 +52,16 @@ def build(store, out, kind, gpu) -> None:
         raise click.ClickException(f"{store}: the store holds no rows (every image was skipped?); nothing to index")
     x = np.ascontiguousarray(fs.features, dtype=np.float32)
     idx = build_index(x, kind, use_gpu=gpu)
-    meta = {"store": str(Path(store).resolve()), "paths": fs.paths, "kind": kind, "metric": "ip", "dim": fs.dim,
-            "features": {k: fs.manifest.get(k) for k in
-                         ("models", "layer", "scales", "flip", "aggregate", "l2", "l2_parts", "snap")}}
+    meta = {
+        "store": str(Path(store).resolve()),
+        "paths": fs.paths,
+        "kind": kind,
+        "metric": "ip",
+        "dim": fs.dim,
+        "features": {
+            k: fs.manifest.get(k) for k in ("models", "layer", "scales", "flip", "aggregate", "l2", "l2_parts", "snap")
+        },
+    }
     save_index(idx, out, meta)
     click.echo(f"{kind} index of {len(fs)} x {fs.dim}-D descriptors -> {out}")
 
@@ -57,25 +76,38 @@ def search(index_dir, images, k, device, seed) -> None:
     """Describe IMAGES (files, folders, @lists) exactly as the indexed store was made, and print each one's
     K nearest indexed images with their similarity."""
     from vggfeat.features.extract import extract_to_store
-    from vggfeat.probes.knn import load_index, search as knn_search
+    from vggfeat.probes.knn import load_index
+    from vggfeat.probes.knn import search as knn_search
 
     idx, meta = load_index(index_dir)
     f = meta["features"]
     models = [(m["model"], m["weights"]) for m in f["models"]]
     try:
         with tempfile.TemporaryDirectory(prefix="vggfeat-query-") as tmp:
-            queries = extract_to_store(images, Path(tmp) / "q", models=models, layer=f["layer"], scales=f["scales"],
-                                       flip=f["flip"], aggregate=f["aggregate"], l2=f["l2"],
-                                       l2_parts=bool(f.get("l2_parts")), snap=int(f.get("snap") or 1),
-                                       device=device, workers=0, seed=seed, progress=False)
+            queries = extract_to_store(
+                images,
+                Path(tmp) / "q",
+                models=models,
+                layer=f["layer"],
+                scales=f["scales"],
+                flip=f["flip"],
+                aggregate=f["aggregate"],
+                l2=f["l2"],
+                l2_parts=bool(f.get("l2_parts")),
+                snap=int(f.get("snap") or 1),
+                device=device,
+                workers=0,
+                seed=seed,
+                progress=False,
+            )
             q = queries.features[:].astype("float32")
             q_paths, skipped = list(queries.paths), queries.manifest["skipped"]
     except FileNotFoundError as e:  # VggfeatError is shown by LazyGroup; other exceptions are bugs
         raise click.ClickException(str(e)) from None
     scores, ids = knn_search(idx, q, min(k, len(meta["paths"])))
-    for path, row_s, row_i in zip(q_paths, scores, ids):
+    for path, row_s, row_i in zip(q_paths, scores, ids, strict=False):
         click.echo(path)
-        for rank, (s, i) in enumerate(zip(row_s, row_i), 1):
+        for rank, (s, i) in enumerate(zip(row_s, row_i, strict=False), 1):
             if i >= 0:
                 click.echo(f"  {rank:>3}  {s:.4f}  {meta['paths'][i]}")
     for item in skipped:

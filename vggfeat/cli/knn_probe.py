@@ -1,5 +1,6 @@
 """`vggfeat knn-probe`: kNN classification through a faiss index on the same benchmark splits and metric as
 the linear probe - a cheap second view of how good the descriptors are."""
+
 from __future__ import annotations
 
 import click
@@ -10,12 +11,41 @@ from vggfeat.cli.probe_options import echo_split, probe_options, run_probe
 @click.command("knn-probe", context_settings={"max_content_width": 100})
 @probe_options
 @click.option("-k", "k", default=20, show_default=True, type=click.IntRange(min=1), help="Neighbours that vote.")
-@click.option("--index", "kind", type=click.Choice(["flat", "ivf", "ivfpq", "hnsw"]), default="flat",
-              show_default=True, help="faiss index over the training descriptors (flat is exact).")
-@click.option("--temperature", default=0.07, show_default=True, type=click.FloatRange(min=1e-6, min_open=True),
-              help="Votes are weighted by exp(similarity / T).")
-def knn_probe(benchmark, root, out, features, models, weights, layer, scales, aggregate, n_splits, seed, device,
-              batch_size, workers, quiet, k, kind, temperature) -> None:
+@click.option(
+    "--index",
+    "kind",
+    type=click.Choice(["flat", "ivf", "ivfpq", "hnsw"]),
+    default="flat",
+    show_default=True,
+    help="faiss index over the training descriptors (flat is exact).",
+)
+@click.option(
+    "--temperature",
+    default=0.07,
+    show_default=True,
+    type=click.FloatRange(min=1e-6, min_open=True),
+    help="Votes are weighted by exp(similarity / T).",
+)
+def knn_probe(
+    benchmark,
+    root,
+    out,
+    features,
+    models,
+    weights,
+    layer,
+    scales,
+    aggregate,
+    n_splits,
+    seed,
+    device,
+    batch_size,
+    workers,
+    quiet,
+    k,
+    kind,
+    temperature,
+) -> None:
     """Score BENCHMARK by k-nearest-neighbour votes among its training images' descriptors.
 
     Same benchmarks, splits, metrics and feature options as `vggfeat linear-probe` (see its --help).
@@ -27,7 +57,24 @@ def knn_probe(benchmark, root, out, features, models, weights, layer, scales, ag
     """
     from vggfeat.probes.run import run_knn_probe
 
-    run_probe(benchmark, root, out, features, models, weights, layer, scales, aggregate, n_splits, seed, device,
-              batch_size, workers, quiet, stem="knn-probe",
-              probe=lambda splits, store: run_knn_probe(splits, store, k=k, kind=kind, temperature=temperature,
-                                                        progress=echo_split))
+    run_probe(
+        benchmark,
+        root,
+        out,
+        features,
+        models,
+        weights,
+        layer,
+        scales,
+        aggregate,
+        n_splits,
+        seed,
+        device,
+        batch_size,
+        workers,
+        quiet,
+        stem="knn-probe",
+        probe=lambda splits, store: run_knn_probe(
+            splits, store, k=k, kind=kind, temperature=temperature, progress=echo_split
+        ),
+    )

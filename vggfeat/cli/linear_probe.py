@@ -1,5 +1,6 @@
 """`vggfeat linear-probe`: the paper's transfer protocol (Appendix B) - linear SVMs on frozen descriptors,
 scored with the benchmark's own metric, reported beside Table 11."""
+
 from __future__ import annotations
 
 import click
@@ -19,15 +20,48 @@ def parse_cs(value: str) -> tuple[float, ...]:
 
 @click.command("linear-probe", context_settings={"max_content_width": 100})
 @probe_options
-@click.option("--Cs", "cs", default="0.001,0.003,0.01,0.03,0.1,0.3,1,3,10,30,100", show_default=True,
-              help="SVM cost grid; each class's C is chosen on held-out training images, then refit on all.")
-@click.option("--holdout", default=0.2, show_default=True, type=click.FloatRange(0.05, 0.5),
-              help="Fraction of the training images held out to choose C (the paper's 20%).")
-@click.option("--classifier", type=click.Choice(["svm", "sklearn"]), default="svm", show_default=True,
-              help="svm: all classes and C values solved together as batched tensor work (GPU when there is "
-                   "one); sklearn: the reference, one LinearSVC per class and C.")
-def linear_probe(benchmark, root, out, features, models, weights, layer, scales, aggregate, n_splits, seed, device,
-                 batch_size, workers, quiet, cs, holdout, classifier) -> None:
+@click.option(
+    "--Cs",
+    "cs",
+    default="0.001,0.003,0.01,0.03,0.1,0.3,1,3,10,30,100",
+    show_default=True,
+    help="SVM cost grid; each class's C is chosen on held-out training images, then refit on all.",
+)
+@click.option(
+    "--holdout",
+    default=0.2,
+    show_default=True,
+    type=click.FloatRange(0.05, 0.5),
+    help="Fraction of the training images held out to choose C (the paper's 20%).",
+)
+@click.option(
+    "--classifier",
+    type=click.Choice(["svm", "sklearn"]),
+    default="svm",
+    show_default=True,
+    help="svm: all classes and C values solved together as batched tensor work (GPU when there is "
+    "one); sklearn: the reference, one LinearSVC per class and C.",
+)
+def linear_probe(
+    benchmark,
+    root,
+    out,
+    features,
+    models,
+    weights,
+    layer,
+    scales,
+    aggregate,
+    n_splits,
+    seed,
+    device,
+    batch_size,
+    workers,
+    quiet,
+    cs,
+    holdout,
+    classifier,
+) -> None:
     """Train one-vs-rest linear SVMs on frozen descriptors and score BENCHMARK by its own protocol.
 
     \b
@@ -56,8 +90,33 @@ def linear_probe(benchmark, root, out, features, models, weights, layer, scales,
     grid = parse_cs(cs)
 
     def probe(splits, store):
-        return run_linear_probe(splits, store, Cs=grid, classifier=classifier, holdout=holdout, seed=seed,
-                                device=resolve_device(device), progress=echo_split)
+        return run_linear_probe(
+            splits,
+            store,
+            Cs=grid,
+            classifier=classifier,
+            holdout=holdout,
+            seed=seed,
+            device=resolve_device(device),
+            progress=echo_split,
+        )
 
-    run_probe(benchmark, root, out, features, models, weights, layer, scales, aggregate, n_splits, seed, device,
-              batch_size, workers, quiet, stem="linear-probe", probe=probe)
+    run_probe(
+        benchmark,
+        root,
+        out,
+        features,
+        models,
+        weights,
+        layer,
+        scales,
+        aggregate,
+        n_splits,
+        seed,
+        device,
+        batch_size,
+        workers,
+        quiet,
+        stem="linear-probe",
+        probe=probe,
+    )

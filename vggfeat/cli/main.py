@@ -1,4 +1,5 @@
 """The `vggfeat` command: a click group whose subcommands live one per module and load on demand."""
+
 from __future__ import annotations
 
 import importlib

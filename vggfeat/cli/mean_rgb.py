@@ -1,5 +1,6 @@
 """`vggfeat mean-rgb`: the training set's mean RGB (Sect. 2.1) and pixel-covariance eigen-decomposition
 (the colour shift of Sect. 3.1), cached as ROOT/mean_rgb.json for recipes with mean_rgb: null."""
+
 from __future__ import annotations
 
 import click

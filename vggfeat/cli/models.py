@@ -1,4 +1,5 @@
 """`vggfeat models`: the nets of Table 1 with aliases, weight layers and parameter counts."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,10 @@ def models(as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     header = ("name", "aliases", "config", "weight layers", "parameters")
-    cells = [(r["name"], ", ".join(r["aliases"]) or "-", r["config"], str(r["weight_layers"]),
-              f"{r['parameters']:,}") for r in rows]
+    cells = [
+        (r["name"], ", ".join(r["aliases"]) or "-", r["config"], str(r["weight_layers"]), f"{r['parameters']:,}")
+        for r in rows
+    ]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
     fmt = "  ".join(f"{{:{'>' if i >= 3 else '<'}{w}}}" for i, w in enumerate(widths))
     click.echo(fmt.format(*header))

@@ -1,5 +1,6 @@
 """Options shared by `vggfeat linear-probe` and `vggfeat knn-probe`: the benchmark, where its data lives, and
 where its descriptors come from (a feature store, or nets extracted on the fly and cached)."""
+
 from __future__ import annotations
 
 import functools
@@ -17,31 +18,69 @@ BENCHMARK_CHOICES = ("voc2007", "voc2012", "caltech101", "caltech256", "folder")
 def probe_options(fn):
     options = [
         click.argument("benchmark", type=click.Choice(BENCHMARK_CHOICES)),
-        click.option("--root", type=click.Path(file_okay=False),
-                     help="The benchmark's folder (VOCdevkit or its parent; the folder holding 101_ObjectCategories "
-                          "or 256_ObjectCategories; the class-per-folder root). Default: $VGGFEAT_DATA."),
-        click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
-                     help="Output folder: report, split lists, cached features. Default: vggfeat-out/BENCHMARK."),
-        click.option("--features", "features", type=click.Path(file_okay=False),
-                     help="A feature store from `vggfeat extract` holding every image of the benchmark."),
-        click.option("--model", "models", multiple=True,
-                     help="Extract on the fly with this net (vgg_d, timm:NAME, ...); repeat with --weights to "
-                          "stack nets (the paper's D & E). Ignored with --features."),
+        click.option(
+            "--root",
+            type=click.Path(file_okay=False),
+            help="The benchmark's folder (VOCdevkit or its parent; the folder holding 101_ObjectCategories "
+            "or 256_ObjectCategories; the class-per-folder root). Default: $VGGFEAT_DATA.",
+        ),
+        click.option(
+            "-o",
+            "--out",
+            type=click.Path(file_okay=False),
+            default=None,
+            help="Output folder: report, split lists, cached features. Default: vggfeat-out/BENCHMARK.",
+        ),
+        click.option(
+            "--features",
+            "features",
+            type=click.Path(file_okay=False),
+            help="A feature store from `vggfeat extract` holding every image of the benchmark.",
+        ),
+        click.option(
+            "--model",
+            "models",
+            multiple=True,
+            help="Extract on the fly with this net (vgg_d, timm:NAME, ...); repeat with --weights to "
+            "stack nets (the paper's D & E). Ignored with --features.",
+        ),
         click.option("--weights", multiple=True, type=click.Path(dir_okay=False), help="Weight file per --model."),
         click.option("--layer", default="fc7", show_default=True, help=LAYER_HELP),
-        click.option("--scales", default=None,
-                     help="Scales Q for on-the-fly extraction. Default (Appendix B): 256,384,512 (640,768 optional "
-                          "for VOC)."),
-        click.option("--aggregate", type=click.Choice(["mean", "stack"]), default=None,
-                     help="Over scales. Default (Appendix B): mean for VOC and folder, stack for Caltech."),
-        click.option("--splits", "n_splits", default=3, show_default=True, type=click.IntRange(min=1),
-                     help="Random splits (Caltech, folder); their lists are written to OUT/splits and reused."),
+        click.option(
+            "--scales",
+            default=None,
+            help="Scales Q for on-the-fly extraction. Default (Appendix B): 256,384,512 (640,768 optional for VOC).",
+        ),
+        click.option(
+            "--aggregate",
+            type=click.Choice(["mean", "stack"]),
+            default=None,
+            help="Over scales. Default (Appendix B): mean for VOC and folder, stack for Caltech.",
+        ),
+        click.option(
+            "--splits",
+            "n_splits",
+            default=3,
+            show_default=True,
+            type=click.IntRange(min=1),
+            help="Random splits (Caltech, folder); their lists are written to OUT/splits and reused.",
+        ),
         click.option("--seed", default=0, show_default=True, help="Seed of splits, held-out sets and random nets."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
-        click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
-                     help="Images per forward pass when extracting."),
-        click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0),
-                     help="Image loader processes when extracting."),
+        click.option(
+            "--batch-size",
+            default=16,
+            show_default=True,
+            type=click.IntRange(min=1),
+            help="Images per forward pass when extracting.",
+        ),
+        click.option(
+            "--workers",
+            default=2,
+            show_default=True,
+            type=click.IntRange(min=0),
+            help="Image loader processes when extracting.",
+        ),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
     return functools.reduce(lambda f, option: option(f), reversed(options), fn)
@@ -53,12 +92,26 @@ def load_splits(benchmark: str, root: str | None, out: Path, n_splits: int, seed
     return load_benchmark(benchmark, root, seed=seed, splits=n_splits, splits_dir=out / "splits")
 
 
-def probe_store(benchmark, splits, out: Path, features, models, weights, layer, scales, aggregate, seed, device,
-                batch_size, workers, quiet):
+def probe_store(
+    benchmark,
+    splits,
+    out: Path,
+    features,
+    models,
+    weights,
+    layer,
+    scales,
+    aggregate,
+    seed,
+    device,
+    batch_size,
+    workers,
+    quiet,
+):
     """The feature store to probe: --features, or an on-the-fly extraction cached under OUT/features."""
     from vggfeat.cli.extract import parse_scales
-    from vggfeat.features.nets import random_init_note
     from vggfeat.data.benchmarks import benchmark_images
+    from vggfeat.features.nets import random_init_note
     from vggfeat.features.store import load_store
     from vggfeat.probes.features import PAPER_FEATURES, ExtractionSettings, cached_store
 
@@ -68,22 +121,60 @@ def probe_store(benchmark, splits, out: Path, features, models, weights, layer, 
         return load_store(features)
     if weights and models and len(models) != len(weights):
         raise click.UsageError(f"{len(models)} --model but {len(weights)} --weights: give one weight file per model")
-    pairs = tuple(zip(models or ["auto"] * len(weights), weights)) if weights else tuple((m, None) for m in models or ["vgg_d"])
+    pairs = (
+        tuple(zip(models or ["auto"] * len(weights), weights, strict=False))
+        if weights
+        else tuple((m, None) for m in models or ["vgg_d"])
+    )
     for name, w in pairs:
         if w is None:
-            click.secho(f"WARNING: no --weights for {name}: the net is RANDOMLY INITIALISED "
-                        f"({random_init_note(name, seed)}); "
-                        "pass --weights or --features for meaningful results.", fg="yellow", err=True)
+            click.secho(
+                f"WARNING: no --weights for {name}: the net is RANDOMLY INITIALISED "
+                f"({random_init_note(name, seed)}); "
+                "pass --weights or --features for meaningful results.",
+                fg="yellow",
+                err=True,
+            )
     defaults = PAPER_FEATURES[benchmark]
-    settings = ExtractionSettings(pairs, layer=layer, scales=parse_scales(scales) if scales else defaults["scales"],
-                                  aggregate=aggregate or defaults["aggregate"], seed=seed)
+    settings = ExtractionSettings(
+        pairs,
+        layer=layer,
+        scales=parse_scales(scales) if scales else defaults["scales"],
+        aggregate=aggregate or defaults["aggregate"],
+        seed=seed,
+    )
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    return cached_store(benchmark_images(splits), out, settings, batch_size=batch_size, device=device,
-                        workers=workers, progress=not quiet)
+    return cached_store(
+        benchmark_images(splits),
+        out,
+        settings,
+        batch_size=batch_size,
+        device=device,
+        workers=workers,
+        progress=not quiet,
+    )
 
 
-def run_probe(benchmark, root, out, features, models, weights, layer, scales, aggregate, n_splits, seed, device,
-              batch_size, workers, quiet, *, stem: str, probe) -> None:
+def run_probe(
+    benchmark,
+    root,
+    out,
+    features,
+    models,
+    weights,
+    layer,
+    scales,
+    aggregate,
+    n_splits,
+    seed,
+    device,
+    batch_size,
+    workers,
+    quiet,
+    *,
+    stem: str,
+    probe,
+) -> None:
     """What both probe commands do: load the splits and the store, call `probe(splits, store)` (a ProbeResult),
     write the report OUT/STEM.{json,md,png} and print its summary; bad input becomes a one-line error."""
     from vggfeat.probes.report import summary_lines, write_report
@@ -91,10 +182,26 @@ def run_probe(benchmark, root, out, features, models, weights, layer, scales, ag
     out_dir = Path(out or Path("vggfeat-out") / benchmark)
     try:
         splits = load_splits(benchmark, root, out_dir, n_splits, seed)
-        store = probe_store(benchmark, splits, out_dir, features, models, weights, layer, scales, aggregate, seed,
-                            device, batch_size, workers, quiet)
-        click.echo(f"{benchmark}: {len(splits[0].classes)} classes, {len(splits)} split(s), "
-                   f"{store.dim}-D features from {store.root}")
+        store = probe_store(
+            benchmark,
+            splits,
+            out_dir,
+            features,
+            models,
+            weights,
+            layer,
+            scales,
+            aggregate,
+            seed,
+            device,
+            batch_size,
+            workers,
+            quiet,
+        )
+        click.echo(
+            f"{benchmark}: {len(splits[0].classes)} classes, {len(splits)} split(s), "
+            f"{store.dim}-D features from {store.root}"
+        )
         files = write_report(probe(splits, store), out_dir, stem)
     except FileNotFoundError as e:  # VggfeatError is shown by LazyGroup; other exceptions are bugs
         raise click.ClickException(str(e)) from None
@@ -107,5 +214,7 @@ def run_probe(benchmark, root, out, features, models, weights, layer, scales, ag
 
 
 def echo_split(split, result) -> None:
-    click.echo(f"  split {split.split}: {len(split.train_paths)} train / {len(split.test_paths)} test images -> "
-               f"{100 * result.headline:.2f} % ({result.seconds:.1f} s)")
+    click.echo(
+        f"  split {split.split}: {len(split.train_paths)} train / {len(split.test_paths)} test images -> "
+        f"{100 * result.headline:.2f} % ({result.seconds:.1f} s)"
+    )

@@ -1,4 +1,5 @@
 """`vggfeat train`: the paper's training recipe (Sect. 3.1) from a YAML recipe, one process or torchrun."""
+
 from __future__ import annotations
 
 import click
@@ -6,15 +7,31 @@ import click
 
 @click.command()
 @click.argument("recipe", required=False, metavar="[RECIPE]")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a recipe field, e.g. --set optim.lr=0.005 (repeatable).")
-@click.option("--data-root", type=click.Path(file_okay=False), help="Dataset folder (train/, val/); overrides data.root.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a recipe field, e.g. --set optim.lr=0.005 (repeatable).",
+)
+@click.option(
+    "--data-root", type=click.Path(file_okay=False), help="Dataset folder (train/, val/); overrides data.root."
+)
 @click.option("--out", "out", type=click.Path(file_okay=False), help="Run folder [runs/<recipe name>].")
 @click.option("--resume", is_flag=True, help="Continue exactly from the run folder's last checkpoint.")
-@click.option("--overwrite", is_flag=True,
-              help="Start over in a run folder that already holds a run (removes its checkpoints and weights).")
-def train(recipe: str | None, overrides: tuple[str, ...], data_root: str | None, out: str | None, resume: bool,
-          overwrite: bool) -> None:
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Start over in a run folder that already holds a run (removes its checkpoints and weights).",
+)
+def train(
+    recipe: str | None,
+    overrides: tuple[str, ...],
+    data_root: str | None,
+    out: str | None,
+    resume: bool,
+    overwrite: bool,
+) -> None:
     """Train a net with RECIPE: a shipped recipe name (smoke, vgg_a_s256, vgg_d_s256, ...) or a YAML file.
 
     Without RECIPE, list the shipped training recipes with one line each.
@@ -33,8 +50,10 @@ def train(recipe: str | None, overrides: tuple[str, ...], data_root: str | None,
         click.echo(f"Shipped training recipes ({recipes_dir() / 'train'}):")
         for name in recipe_names("train"):
             click.echo(f"  {name:<14} {recipe_description(recipes_dir() / 'train' / f'{name}.yaml')}")
-        click.echo("\nStart one with: vggfeat train NAME [--out RUN] (e.g. vggfeat train smoke --out runs/smoke); "
-                   "ImageNet recipes also need --data-root.")
+        click.echo(
+            "\nStart one with: vggfeat train NAME [--out RUN] (e.g. vggfeat train smoke --out runs/smoke); "
+            "ImageNet recipes also need --data-root."
+        )
         return
     recipe = str(find_recipe(recipe, "train"))  # a name or a path; unknown -> one line listing the names
 
@@ -48,9 +67,10 @@ def train(recipe: str | None, overrides: tuple[str, ...], data_root: str | None,
         r = load_recipe(recipe, overrides)
     except ConfigError as e:  # a bad recipe or override is a usage error (exit 2)
         raise click.UsageError(str(e)) from None
-    summary = run_training(r, out or f"runs/{r.name}", data_root=data_root, resume=resume,
-                           overwrite=overwrite)
+    summary = run_training(r, out or f"runs/{r.name}", data_root=data_root, resume=resume, overwrite=overwrite)
     if rank0 and summary["history"]:
         last = summary["history"][-1]
-        click.echo(f"{summary['run']}: {summary['epochs']} epochs, {summary['global_step']} steps, "
-                   f"val top-1 {last['val_top1']:.4f}, top-5 {last['val_top5']:.4f}")
+        click.echo(
+            f"{summary['run']}: {summary['epochs']} epochs, {summary['global_step']} steps, "
+            f"val top-1 {last['val_top1']:.4f}, top-5 {last['val_top5']:.4f}"
+        )

@@ -5,15 +5,16 @@ random splits). Each benchmark keeps its own rules (PAPER.md sect. 5): VOC train
 (2012) with labels in {1, -1, 0}; Caltech draws 30 (101) or 60 (256) training images per class. Every bad input
 is a `DatasetError` naming the file (and line) at fault. The readers live in voc.py and caltech.py.
 """
-from __future__ import annotations
 
-from vggfeat.errors import VggfeatError
+from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from vggfeat.errors import VggfeatError
 
 BENCHMARKS = ("voc2007", "voc2012", "caltech101", "caltech256", "folder")
 METRICS = ("voc07_ap", "voc12_ap", "mean_class_recall")
@@ -26,17 +27,17 @@ class DatasetError(VggfeatError, ValueError):
 
 @dataclass(frozen=True, eq=False)  # eq=False: arrays have no truth value; splits compare by identity
 class ProbeSplit:
-    benchmark: str                # one of BENCHMARKS
-    split: int                    # 0 for VOC; 0, 1, 2 for Caltech; the seeded split index for folder
-    classes: tuple[str, ...]      # K class names; label c / column c is classes[c]
-    multilabel: bool              # VOC True (an image may hold several classes); Caltech/folder False
-    metric: str                   # 'voc07_ap' | 'voc12_ap' | 'mean_class_recall'
+    benchmark: str  # one of BENCHMARKS
+    split: int  # 0 for VOC; 0, 1, 2 for Caltech; the seeded split index for folder
+    classes: tuple[str, ...]  # K class names; label c / column c is classes[c]
+    multilabel: bool  # VOC True (an image may hold several classes); Caltech/folder False
+    metric: str  # 'voc07_ap' | 'voc12_ap' | 'mean_class_recall'
     train_paths: tuple[str, ...]  # absolute, resolved image paths
-    train_labels: np.ndarray      # multilabel: (N, K) int8 in {1, -1, 0}; else (N,) int64 class ids
+    train_labels: np.ndarray  # multilabel: (N, K) int8 in {1, -1, 0}; else (N,) int64 class ids
     test_paths: tuple[str, ...]
     test_labels: np.ndarray
-    train_name: str               # 'trainval' (VOC07), 'train' (VOC12, Caltech, folder)
-    test_name: str                # 'test' (VOC07, Caltech, folder), 'val' (VOC12)
+    train_name: str  # 'trainval' (VOC07), 'train' (VOC12, Caltech, folder)
+    test_name: str  # 'test' (VOC07, Caltech, folder), 'val' (VOC12)
 
     def __post_init__(self) -> None:
         for labels in (self.train_labels, self.test_labels):
@@ -47,17 +48,21 @@ class ProbeSplit:
         return len(self.classes)
 
     def summary(self) -> str:
-        return (f"{self.benchmark} split {self.split}: {len(self.classes)} classes, "
-                f"{len(self.train_paths)} {self.train_name} / {len(self.test_paths)} {self.test_name} images")
+        return (
+            f"{self.benchmark} split {self.split}: {len(self.classes)} classes, "
+            f"{len(self.train_paths)} {self.train_name} / {len(self.test_paths)} {self.test_name} images"
+        )
 
 
-def resolve_root(root: "str | Path | None") -> Path:
+def resolve_root(root: str | Path | None) -> Path:
     """The data root: `root`, else $VGGFEAT_DATA; a clear DatasetError when neither names a folder."""
     if root is None or str(root) == "":
         env = os.environ.get(DATA_ENV, "")
         if not env:
-            raise DatasetError(f"no dataset root given: pass --root DIR or set {DATA_ENV}=DIR "
-                               "(the folder holding VOCdevkit, 101_ObjectCategories, ...)")
+            raise DatasetError(
+                f"no dataset root given: pass --root DIR or set {DATA_ENV}=DIR "
+                "(the folder holding VOCdevkit, 101_ObjectCategories, ...)"
+            )
         root, source = env, f"${DATA_ENV}"
     else:
         source = "root"
@@ -78,8 +83,7 @@ def check_inside(path: Path, root: Path, where: str) -> Path:
 def find_dataset_dir(root: Path, names: tuple[str, ...], accept) -> Path | None:
     """The first of root, root/<name>, root/*/<name> (for each name, in order) that `accept` takes."""
     candidates = [root] + [root / n for n in names]
-    children = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
-        if root.is_dir() else []
+    children = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
     candidates += [c / n for c in children for n in names]
     for cand in candidates:
         if cand.is_dir() and accept(cand):
@@ -87,9 +91,17 @@ def find_dataset_dir(root: Path, names: tuple[str, ...], accept) -> Path | None:
     return None
 
 
-def load_benchmark(name: str, root: "str | Path | None" = None, *, seed: int = 0, splits: int = 3,
-                   splits_dir: "str | Path | None" = None, train_per_class: int | None = None,
-                   test_per_class: int | None = None, test_fraction: float = 0.3) -> list[ProbeSplit]:
+def load_benchmark(
+    name: str,
+    root: str | Path | None = None,
+    *,
+    seed: int = 0,
+    splits: int = 3,
+    splits_dir: str | Path | None = None,
+    train_per_class: int | None = None,
+    test_per_class: int | None = None,
+    test_fraction: float = 0.3,
+) -> list[ProbeSplit]:
     """The benchmark's splits. VOC ignores seed/splits/per-class counts (its splits are fixed).
 
     Caltech-101: 30 train and up to 50 test images per class; Caltech-256: 60 train, the rest test;
@@ -103,8 +115,10 @@ def load_benchmark(name: str, root: "str | Path | None" = None, *, seed: int = 0
     base = resolve_root(root)
     if name in ("voc2007", "voc2012"):
         from .voc import load_voc
+
         return [load_voc(base, year=name[3:])]
     from .caltech import CALTECH_DEFAULTS, find_caltech, load_random_splits
+
     if splits < 1:
         raise DatasetError(f"splits must be >= 1, got {splits}")
     if name == "folder":
@@ -114,10 +128,18 @@ def load_benchmark(name: str, root: "str | Path | None" = None, *, seed: int = 0
         d_train, d_test = CALTECH_DEFAULTS[name]
         n_train = train_per_class if train_per_class is not None else d_train
         n_test = test_per_class if test_per_class is not None else d_test
-    return load_random_splits(name, data_dir, seed=seed, splits=splits, splits_dir=splits_dir,
-                              train_per_class=n_train, test_per_class=n_test, test_fraction=test_fraction)
+    return load_random_splits(
+        name,
+        data_dir,
+        seed=seed,
+        splits=splits,
+        splits_dir=splits_dir,
+        train_per_class=n_train,
+        test_per_class=n_test,
+        test_fraction=test_fraction,
+    )
 
 
-def benchmark_images(splits: "list[ProbeSplit]") -> list[str]:
+def benchmark_images(splits: list[ProbeSplit]) -> list[str]:
     """Every image any split trains or tests on, sorted, once: what a benchmark's feature store must hold."""
     return sorted({p for s in splits for p in (*s.train_paths, *s.test_paths)})

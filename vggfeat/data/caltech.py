@@ -7,6 +7,7 @@ compare on the same images; split files that already exist are read instead, whi
 A class with no more images than the training quota keeps one image for testing and trains on the rest
 (logged as a warning); a class with fewer than two images is an error.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,8 +23,10 @@ from .images import is_image_file
 log = logging.getLogger(__name__)
 
 # benchmark -> (folder name, a class folder that marks it, expected class count)
-CALTECH_LAYOUT = {"caltech101": ("101_ObjectCategories", "BACKGROUND_Google", 102),
-                  "caltech256": ("256_ObjectCategories", "257.clutter", 257)}
+CALTECH_LAYOUT = {
+    "caltech101": ("101_ObjectCategories", "BACKGROUND_Google", 102),
+    "caltech256": ("256_ObjectCategories", "257.clutter", 257),
+}
 CALTECH_DEFAULTS = {"caltech101": (30, 50), "caltech256": (60, None)}  # (train, test) images per class
 
 ClassFiles = dict[str, list[str]]  # class name -> sorted image paths relative to the dataset folder
@@ -34,8 +37,9 @@ def find_caltech(root: Path, name: str) -> Path:
     folder, marker, _ = CALTECH_LAYOUT[name]
     found = find_dataset_dir(root, (folder,), lambda c: c.name == folder or (c / marker).is_dir())
     if found is None:
-        raise DatasetError(f"{root}: no {folder} folder found for {name} (looked in {root}, {root}/{folder} "
-                           f"and {root}/*/{folder})")
+        raise DatasetError(
+            f"{root}: no {folder} folder found for {name} (looked in {root}, {root}/{folder} and {root}/*/{folder})"
+        )
     return found
 
 
@@ -62,8 +66,9 @@ def scan_classes(data_dir: Path, recursive: bool) -> ClassFiles:
     return table
 
 
-def _quota(cls: str, n: int, train_per_class: int | None, test_per_class: int | None,
-           test_fraction: float, where: Path) -> tuple[int, int]:
+def _quota(
+    cls: str, n: int, train_per_class: int | None, test_per_class: int | None, test_fraction: float, where: Path
+) -> tuple[int, int]:
     """(train, test) image counts for a class of n images."""
     if n < 2:
         raise DatasetError(f"{where / cls}: {n} images; a class needs at least 2 (one to train, one to test)")
@@ -75,8 +80,16 @@ def _quota(cls: str, n: int, train_per_class: int | None, test_per_class: int | 
     return n_train, n_test
 
 
-def draw_split(table: ClassFiles, seed: int, split: int, *, train_per_class: int | None, test_per_class: int | None,
-               test_fraction: float, where: Path) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+def draw_split(
+    table: ClassFiles,
+    seed: int,
+    split: int,
+    *,
+    train_per_class: int | None,
+    test_per_class: int | None,
+    test_fraction: float,
+    where: Path,
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
     """(train, test) lists of (relative path, class id), disjoint, in class order; deterministic in (seed, split)."""
     rng = np.random.default_rng([seed, split])
     train, test, short = [], [], []
@@ -86,10 +99,15 @@ def draw_split(table: ClassFiles, seed: int, split: int, *, train_per_class: int
             short.append(f"{cls} ({len(files)})")
         order = rng.permutation(len(files))
         train += [(files[i], label) for i in sorted(order[:n_train])]
-        test += [(files[i], label) for i in sorted(order[n_train:n_train + n_test])]
+        test += [(files[i], label) for i in sorted(order[n_train : n_train + n_test])]
     if short:
-        log.warning("%s: %d classes have no more than %d images, so they train on all but one and test on one: %s",
-                    where, len(short), train_per_class, ", ".join(short[:10]) + (" ..." if len(short) > 10 else ""))
+        log.warning(
+            "%s: %d classes have no more than %d images, so they train on all but one and test on one: %s",
+            where,
+            len(short),
+            train_per_class,
+            ", ".join(short[:10]) + (" ..." if len(short) > 10 else ""),
+        )
     return train, test
 
 
@@ -117,8 +135,10 @@ def read_split_file(path: Path, data_dir: Path, classes: tuple[str, ...]) -> lis
         if pure.is_absolute() or ".." in pure.parts:
             raise DatasetError(f"{path}, line {n}: path {rel!r} escapes the dataset folder {data_dir}")
         if pure.parts[0] in index and pure.parts[0] != classes[label]:
-            raise DatasetError(f"{path}, line {n}: {rel!r} is in folder {pure.parts[0]!r} but labelled "
-                               f"{classes[label]!r} (class ids follow the sorted class folders)")
+            raise DatasetError(
+                f"{path}, line {n}: {rel!r} is in folder {pure.parts[0]!r} but labelled "
+                f"{classes[label]!r} (class ids follow the sorted class folders)"
+            )
         image = data_dir / pure
         if not image.is_file():
             raise DatasetError(f"{path}, line {n}: image not found: {image}")
@@ -131,14 +151,32 @@ def read_split_file(path: Path, data_dir: Path, classes: tuple[str, ...]) -> lis
 
 
 def _split_from_rows(name: str, split: int, classes: tuple[str, ...], train: list, test: list) -> ProbeSplit:
-    return ProbeSplit(name, split, classes, False, "mean_class_recall",
-                      tuple(p for p, _ in train), np.array([c for _, c in train], dtype=np.int64),
-                      tuple(p for p, _ in test), np.array([c for _, c in test], dtype=np.int64), "train", "test")
+    return ProbeSplit(
+        name,
+        split,
+        classes,
+        False,
+        "mean_class_recall",
+        tuple(p for p, _ in train),
+        np.array([c for _, c in train], dtype=np.int64),
+        tuple(p for p, _ in test),
+        np.array([c for _, c in test], dtype=np.int64),
+        "train",
+        "test",
+    )
 
 
-def load_random_splits(name: str, data_dir: Path, *, seed: int, splits: int, splits_dir: "str | Path | None",
-                       train_per_class: int | None, test_per_class: int | None,
-                       test_fraction: float) -> list[ProbeSplit]:
+def load_random_splits(
+    name: str,
+    data_dir: Path,
+    *,
+    seed: int,
+    splits: int,
+    splits_dir: str | Path | None,
+    train_per_class: int | None,
+    test_per_class: int | None,
+    test_fraction: float,
+) -> list[ProbeSplit]:
     """`splits` ProbeSplits of a class-per-folder tree: read from `splits_dir` when there, else drawn (and written)."""
     if train_per_class is None and not 0 < test_fraction < 1:
         raise DatasetError(f"test_fraction must be between 0 and 1, got {test_fraction}")
@@ -165,15 +203,29 @@ def load_random_splits(name: str, data_dir: Path, *, seed: int, splits: int, spl
         if any(present):
             have, lack = (files[0], files[1]) if present[0] else (files[1], files[0])
             raise DatasetError(f"{have} exists but {lack} does not: supply both files of the split or neither")
-        train_rel, test_rel = draw_split(table, seed, i, train_per_class=train_per_class,
-                                         test_per_class=test_per_class, test_fraction=test_fraction, where=data_dir)
+        train_rel, test_rel = draw_split(
+            table,
+            seed,
+            i,
+            train_per_class=train_per_class,
+            test_per_class=test_per_class,
+            test_fraction=test_fraction,
+            where=data_dir,
+        )
         if files:
             os.makedirs(splits_dir, exist_ok=True)
-            quota = f"{train_per_class} train per class" if train_per_class is not None \
+            quota = (
+                f"{train_per_class} train per class"
+                if train_per_class is not None
                 else f"test fraction {test_fraction}"
-            for f, rows, part in zip(files, (train_rel, test_rel), ("train", "test")):
-                write_split_file(f, rows, f"vggfeat {name} split {i} {part}: seed {seed}, {quota}, "
-                                          f"test cap {test_per_class}; dataset folder {data_dir}")
+            )
+            for f, rows, part in zip(files, (train_rel, test_rel), ("train", "test"), strict=False):
+                write_split_file(
+                    f,
+                    rows,
+                    f"vggfeat {name} split {i} {part}: seed {seed}, {quota}, "
+                    f"test cap {test_per_class}; dataset folder {data_dir}",
+                )
         train_abs = [(os.path.realpath(data_dir / rel), c) for rel, c in train_rel]
         test_abs = [(os.path.realpath(data_dir / rel), c) for rel, c in test_rel]
         out.append(_split_from_rows(name, i, classes, train_abs, test_abs))

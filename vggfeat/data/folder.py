@@ -1,5 +1,6 @@
 """Class-per-folder datasets and the ImageNet layout: train/<wnid>/*.JPEG, val/<wnid>/*.JPEG or a flat
 val/ folder with a labels file ("file_name class" per line, class a wnid or an index into the sorted wnids)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ class Samples:
         return len(self.paths)
 
 
-def class_folders(root: "str | Path") -> tuple[str, ...]:
+def class_folders(root: str | Path) -> tuple[str, ...]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"no such dataset folder: {root}")
@@ -28,7 +29,7 @@ def class_folders(root: "str | Path") -> tuple[str, ...]:
     return classes
 
 
-def scan_folder(root: "str | Path", classes: tuple[str, ...] | None = None) -> Samples:
+def scan_folder(root: str | Path, classes: tuple[str, ...] | None = None) -> Samples:
     """Every image under root/<class>/, sorted; `classes` fixes the label order (from train/)."""
     root = Path(root)
     classes = classes or class_folders(root)
@@ -46,7 +47,7 @@ def scan_folder(root: "str | Path", classes: tuple[str, ...] | None = None) -> S
     return Samples(tuple(paths), tuple(labels), classes)
 
 
-def scan_flat(root: "str | Path", labels_file: "str | Path", classes: tuple[str, ...]) -> Samples:
+def scan_flat(root: str | Path, labels_file: str | Path, classes: tuple[str, ...]) -> Samples:
     """A flat folder of images labelled by a file of `name label` lines (label: class name or index)."""
     root, index = Path(root), {c: i for i, c in enumerate(classes)}
     paths, labels = [], []
@@ -70,7 +71,7 @@ def scan_flat(root: "str | Path", labels_file: "str | Path", classes: tuple[str,
     return Samples(tuple(paths), tuple(labels), classes)
 
 
-def imagenet_splits(root: "str | Path", val_labels: "str | Path | None" = None) -> tuple[Samples, Samples]:
+def imagenet_splits(root: str | Path, val_labels: str | Path | None = None) -> tuple[Samples, Samples]:
     """(train, val) samples of an ImageNet-style tree; val labels follow train's sorted class folders."""
     root = Path(root)
     train = scan_folder(root / "train")

@@ -5,28 +5,30 @@ decompression bombs are refused. JPEGs can be decoded at reduced size (libjpeg's
 caller only needs a smallest side of `min_side` pixels, which makes decoding several times cheaper.
 `load_rgb_tensor` is the training loaders' decoder: the same pixels as `load_rgb`, as a uint8 tensor.
 """
-from __future__ import annotations
 
-from vggfeat.errors import VggfeatError
+from __future__ import annotations
 
 import functools
 import os
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 from PIL import Image, ImageOps
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
-                              ".ppm", ".pgm", ".pbm"})
+from vggfeat.errors import VggfeatError
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
 MAX_PIXELS = 178_956_970  # twice PIL's warning threshold, PIL's own hard limit; larger is a bomb
 
 
 class ImageError(VggfeatError):
     """An input that cannot be used as an image; `reason` says why in a few words."""
 
-    def __init__(self, path: "str | Path", reason: str) -> None:
+    def __init__(self, path: str | Path, reason: str) -> None:
         super().__init__(f"{path}: {reason}")
         self.path, self.reason = str(path), reason
 
@@ -35,7 +37,7 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def find_images(inputs: Iterable["str | Path"]) -> list[Path]:
+def find_images(inputs: Iterable[str | Path]) -> list[Path]:
     """Expand files, folders (searched recursively, sorted) and `@list.txt` files into image paths.
 
     A named file is taken whatever its extension (a bad one is reported when it is decoded); folders
@@ -93,19 +95,23 @@ def _to_8bit(img: Image.Image) -> Image.Image:
 MAX_SCALED_PIXELS = 2**24  # 16.8 M pixels (4096 x 4096) per rescaled image: far above any photo at Q <= 1024
 
 
-def check_scaled_pixels(height: int, width: int, q: int, path: "str | Path | object",
-                        max_pixels: int = MAX_SCALED_PIXELS) -> None:
+def check_scaled_pixels(
+    height: int, width: int, q: int, path: str | Path | object, max_pixels: int = MAX_SCALED_PIXELS
+) -> None:
     """Refuse, before resizing, an image whose rescale to smallest side Q exceeds the pixel budget (a 2000 x 1
     strip at Q = 512 would become 512 x 1,024,000); like the decompression-bomb check, it is skipped with a reason."""
     short, long = min(height, width), max(height, width)
     scaled_long = max(q, round(long * q / short))
     if q * scaled_long > max_pixels:
         where = path if isinstance(path, (str, Path)) else "<array input>"
-        raise ImageError(where, f"too large after rescaling ({width}x{height} at Q = {q} would be {q}x{scaled_long:,} "
-                                f"= {q * scaled_long:,} pixels > {max_pixels:,})")
+        raise ImageError(
+            where,
+            f"too large after rescaling ({width}x{height} at Q = {q} would be {q}x{scaled_long:,} "
+            f"= {q * scaled_long:,} pixels > {max_pixels:,})",
+        )
 
 
-def load_rgb(path: "str | Path", *, min_side: int | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def load_rgb(path: str | Path, *, min_side: int | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode an image file to 8-bit RGB, EXIF orientation applied; raise ImageError on a bad file.
 
     With `min_side`, a JPEG may be decoded at 1/2, 1/4 or 1/8 size as long as its smallest side stays at
@@ -165,7 +171,7 @@ def _torchvision_io():
     return tvio if hasattr(tvio, "decode_jpeg") else None
 
 
-def load_rgb_tensor(path: "str | Path", *, min_side: int | None = None, max_pixels: int = MAX_PIXELS):
+def load_rgb_tensor(path: str | Path, *, min_side: int | None = None, max_pixels: int = MAX_PIXELS):
     """`load_rgb` as a (3, H, W) uint8 tensor (its memory in (H, W, 3) order, i.e. channels_last).
 
     The common training input - an RGB or grayscale JPEG that DCT scaling cannot shrink (an ImageNet
@@ -180,8 +186,13 @@ def load_rgb_tensor(path: "str | Path", *, min_side: int | None = None, max_pixe
     tvio = _torchvision_io()
     try:
         with Image.open(path) as header:  # reads the header only
-            fast = (tvio is not None and header.format == "JPEG" and header.mode in ("RGB", "L")
-                    and header.width * header.height <= max_pixels and not _draft_reduces(header.size, min_side))
+            fast = (
+                tvio is not None
+                and header.format == "JPEG"
+                and header.mode in ("RGB", "L")
+                and header.width * header.height <= max_pixels
+                and not _draft_reduces(header.size, min_side)
+            )
     except Exception:  # load_rgb below classifies the problem
         fast = False
     if fast:
@@ -207,4 +218,3 @@ def to_rgb(img: Image.Image) -> Image.Image:
         canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(canvas, rgba).convert("RGB")
     return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
-

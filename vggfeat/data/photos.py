@@ -1,9 +1,10 @@
 """JPEGs with the statistics of real photographs, for benchmarks: windows of scikit-learn's two sample
 photos (427 x 640, shipped with the package), rescaled to the sizes asked for and saved at quality 90."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -14,8 +15,7 @@ VOC_SIZES = [(375, 500)] * 11 + [(500, 375)] * 4 + [(333, 500)] * 3 + [(500, 333
 IMAGENET_SIZES = [(375, 500), (500, 375)]
 
 
-def photo_jpegs(folder: "str | Path", n: int, sizes: Sequence[tuple[int, int]] = VOC_SIZES,
-                seed: int = 0) -> list[Path]:
+def photo_jpegs(folder: str | Path, n: int, sizes: Sequence[tuple[int, int]] = VOC_SIZES, seed: int = 0) -> list[Path]:
     """Write n JPEGs (sizes drawn from `sizes`, each (H, W)) into `folder`; return their paths in order."""
     from sklearn.datasets import load_sample_images
 

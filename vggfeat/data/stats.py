@@ -1,10 +1,11 @@
 """The training set's mean RGB (Sect. 2.1, the only preprocessing) and the eigen-decomposition of its
 RGB pixel covariance (the PCA colour shift of Sect. 3.1), computed once and cached beside the data."""
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -37,15 +38,19 @@ def pixel_stats(paths: Sequence[Path], *, max_images: int = 0, min_side: int = 2
     val, vec = np.clip(val[order], 0, None), vec[:, order]
     # eigval in the convention of Krizhevsky et al.'s published values (55.46, 4.794, 1.148): the
     # eigenvalues of the covariance of pixels in [0, 1], times 255 (= variance in 0-255 units / 255).
-    return {"mean": mean.tolist(), "eigval": (val / 255.0).tolist(), "eigvec": vec.tolist(),
-            "images": len(paths), "pixels": int(n)}
+    return {
+        "mean": mean.tolist(),
+        "eigval": (val / 255.0).tolist(),
+        "eigvec": vec.tolist(),
+        "images": len(paths),
+        "pixels": int(n),
+    }
 
 
-def cached_stats(root: "str | Path", paths: Sequence[Path] | None = None, *, refresh: bool = False,
-                 max_images: int = 0) -> dict:
-    """Stats of `root`/train from `root`/mean_rgb.json, computed and cached if missing.
-
-    """
+def cached_stats(
+    root: str | Path, paths: Sequence[Path] | None = None, *, refresh: bool = False, max_images: int = 0
+) -> dict:
+    """Stats of `root`/train from `root`/mean_rgb.json, computed and cached if missing."""
     root = Path(root)
     cache = root / CACHE_NAME
     if cache.exists() and not refresh:

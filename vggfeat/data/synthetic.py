@@ -1,5 +1,6 @@
 """A small generated class-per-folder dataset of drawn shapes and textures, for the smoke recipe, tests
 and the demo: deterministic from a seed, laid out like ImageNet (train/<class>/*.jpg, val/<class>/*.jpg)."""
+
 from __future__ import annotations
 
 import logging
@@ -74,8 +75,9 @@ def _draw(kind: str, size: tuple[int, int], rng: np.random.Generator, variant: s
     return Image.fromarray(arr)
 
 
-def generate_synthetic(root: "str | Path", *, classes: int = 10, per_class: int = 40, seed: int = 0,
-                       size: tuple[int, int] = (72, 96)) -> Path:
+def generate_synthetic(
+    root: str | Path, *, classes: int = 10, per_class: int = 40, seed: int = 0, size: tuple[int, int] = (72, 96)
+) -> Path:
     """Write train/<class>/*.jpg (`per_class` each) and val/<class>/*.jpg (a quarter as many); image
     sides are drawn from `size` (min, max). Same seed, same files. Returns root."""
     if not 1 <= classes <= MAX_CLASSES:
@@ -88,13 +90,15 @@ def generate_synthetic(root: "str | Path", *, classes: int = 10, per_class: int 
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(n):
                 wh = tuple(int(v) for v in rng.integers(size[0], size[1] + 1, 2))
-                _draw(SHAPES[c % len(SHAPES)], wh, rng, VARIANTS[c // len(SHAPES)]).save(folder / f"{split}_{c:02d}_{i:04d}.jpg", quality=92)
+                _draw(SHAPES[c % len(SHAPES)], wh, rng, VARIANTS[c // len(SHAPES)]).save(
+                    folder / f"{split}_{c:02d}_{i:04d}.jpg", quality=92
+                )
     (root / "SYNTHETIC_DONE").write_text(f"seed={seed} classes={classes} per_class={per_class}\n")
     log.info("generated synthetic dataset at %s", root)
     return root
 
 
-def ensure_synthetic(root: "str | Path", **kwargs) -> Path:
+def ensure_synthetic(root: str | Path, **kwargs) -> Path:
     """Generate the dataset at root unless a complete one is already there."""
     root = Path(root)
     if not (root / "SYNTHETIC_DONE").exists():

@@ -5,11 +5,12 @@ person, a car on two wheels, ...). An object drawn tiny or mostly outside the fr
 image whose only instances of a class are difficult gets label 0 for it, as in the devkit. Written as
 VOCdevkit/VOC2007/{JPEGImages, ImageSets/Main/<split>.txt, ImageSets/Main/<class>_<split>.txt}.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -36,8 +37,17 @@ def _aeroplane(d, x, y, s, c, lw):
 
 def _bicycle(d, x, y, s, c, lw):
     _wheels(d, x, y + 0.2 * s, 1.6 * s, c, lw, 0.3)
-    d.line([(x - 0.5 * s, y + 0.2 * s), (x, y - 0.3 * s), (x + 0.5 * s, y + 0.2 * s), (x - 0.1 * s, y + 0.2 * s),
-            (x, y - 0.3 * s)], fill=c, width=lw)
+    d.line(
+        [
+            (x - 0.5 * s, y + 0.2 * s),
+            (x, y - 0.3 * s),
+            (x + 0.5 * s, y + 0.2 * s),
+            (x - 0.1 * s, y + 0.2 * s),
+            (x, y - 0.3 * s),
+        ],
+        fill=c,
+        width=lw,
+    )
 
 
 def _bird(d, x, y, s, c, lw):
@@ -46,8 +56,15 @@ def _bird(d, x, y, s, c, lw):
 
 
 def _boat(d, x, y, s, c, lw):
-    d.polygon([(x - 0.8 * s, y + 0.1 * s), (x + 0.8 * s, y + 0.1 * s), (x + 0.5 * s, y + 0.45 * s),
-               (x - 0.5 * s, y + 0.45 * s)], fill=c)
+    d.polygon(
+        [
+            (x - 0.8 * s, y + 0.1 * s),
+            (x + 0.8 * s, y + 0.1 * s),
+            (x + 0.5 * s, y + 0.45 * s),
+            (x - 0.5 * s, y + 0.45 * s),
+        ],
+        fill=c,
+    )
     d.polygon([(x, y + 0.05 * s), (x, y - 0.8 * s), (x + 0.55 * s, y + 0.05 * s)], outline=c, width=lw)
 
 
@@ -65,8 +82,15 @@ def _bus(d, x, y, s, c, lw):
 
 def _car(d, x, y, s, c, lw):
     d.rectangle(_box(x, y + 0.1 * s, 1.4 * s, 0.4 * s), fill=c)
-    d.polygon([(x - 0.4 * s, y - 0.1 * s), (x - 0.2 * s, y - 0.4 * s), (x + 0.3 * s, y - 0.4 * s),
-               (x + 0.45 * s, y - 0.1 * s)], fill=c)
+    d.polygon(
+        [
+            (x - 0.4 * s, y - 0.1 * s),
+            (x - 0.2 * s, y - 0.4 * s),
+            (x + 0.3 * s, y - 0.4 * s),
+            (x + 0.45 * s, y - 0.1 * s),
+        ],
+        fill=c,
+    )
     _wheels(d, x, y + 0.35 * s, s, c, lw, 0.45)
 
 
@@ -116,8 +140,15 @@ def _horse(d, x, y, s, c, lw):
 def _motorbike(d, x, y, s, c, lw):
     for dx in (-0.5, 0.5):
         d.ellipse(_box(x + dx * s, y + 0.2 * s, 0.4 * s, 0.4 * s), fill=c)
-    d.polygon([(x - 0.3 * s, y + 0.1 * s), (x + 0.3 * s, y + 0.1 * s), (x + 0.1 * s, y - 0.25 * s),
-               (x - 0.2 * s, y - 0.2 * s)], fill=c)
+    d.polygon(
+        [
+            (x - 0.3 * s, y + 0.1 * s),
+            (x + 0.3 * s, y + 0.1 * s),
+            (x + 0.1 * s, y - 0.25 * s),
+            (x - 0.2 * s, y - 0.2 * s),
+        ],
+        fill=c,
+    )
 
 
 def _person(d, x, y, s, c, lw):
@@ -128,8 +159,15 @@ def _person(d, x, y, s, c, lw):
 
 
 def _pottedplant(d, x, y, s, c, lw):
-    d.polygon([(x - 0.3 * s, y + 0.2 * s), (x + 0.3 * s, y + 0.2 * s), (x + 0.2 * s, y + 0.7 * s),
-               (x - 0.2 * s, y + 0.7 * s)], fill=c)
+    d.polygon(
+        [
+            (x - 0.3 * s, y + 0.2 * s),
+            (x + 0.3 * s, y + 0.2 * s),
+            (x + 0.2 * s, y + 0.7 * s),
+            (x - 0.2 * s, y + 0.7 * s),
+        ],
+        fill=c,
+    )
     for ang in (-50, -15, 15, 50):
         a = math.radians(ang)
         d.ellipse(_box(x + 0.45 * s * math.sin(a), y - 0.3 * s * math.cos(a), 0.22 * s, 0.45 * s), outline=c, width=lw)
@@ -162,9 +200,34 @@ def _tvmonitor(d, x, y, s, c, lw):
     d.line([(x - 0.3 * s, y + 0.55 * s), (x + 0.3 * s, y + 0.55 * s)], fill=c, width=lw)
 
 
-PICTOGRAMS: dict[str, Draw] = dict(zip(VOC_CLASSES, (
-    _aeroplane, _bicycle, _bird, _boat, _bottle, _bus, _car, _cat, _chair, _cow, _diningtable, _dog, _horse,
-    _motorbike, _person, _pottedplant, _sheep, _sofa, _train, _tvmonitor)))
+PICTOGRAMS: dict[str, Draw] = dict(
+    zip(
+        VOC_CLASSES,
+        (
+            _aeroplane,
+            _bicycle,
+            _bird,
+            _boat,
+            _bottle,
+            _bus,
+            _car,
+            _cat,
+            _chair,
+            _cow,
+            _diningtable,
+            _dog,
+            _horse,
+            _motorbike,
+            _person,
+            _pottedplant,
+            _sheep,
+            _sofa,
+            _train,
+            _tvmonitor,
+        ),
+        strict=False,
+    )
+)
 
 
 def _background(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
@@ -192,15 +255,18 @@ def draw_scene(rng: np.random.Generator, size: tuple[int, int] = (128, 96)) -> t
     return img.filter(ImageFilter.SMOOTH) if rng.random() < 0.5 else img, labels
 
 
-def make_voc2007(root: "str | Path", n_trainval: int = 200, n_test: int = 200, seed: int = 0,
-                 size: tuple[int, int] = (128, 96)) -> Path:
+def make_voc2007(
+    root: str | Path, n_trainval: int = 200, n_test: int = 200, seed: int = 0, size: tuple[int, int] = (128, 96)
+) -> Path:
     """Write the scenes as VOCdevkit/VOC2007 under root; return the VOC2007 folder. Deterministic in seed."""
     voc = Path(root) / "VOCdevkit" / "VOC2007"
     (voc / "JPEGImages").mkdir(parents=True, exist_ok=True)
     (voc / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    ids = {"trainval": [f"{k:06d}" for k in range(n_trainval)],
-           "test": [f"{k:06d}" for k in range(n_trainval, n_trainval + n_test)]}
+    ids = {
+        "trainval": [f"{k:06d}" for k in range(n_trainval)],
+        "test": [f"{k:06d}" for k in range(n_trainval, n_trainval + n_test)],
+    }
     for split, names in ids.items():
         rows = {cls: [] for cls in VOC_CLASSES}
         for name in names:

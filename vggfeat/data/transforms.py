@@ -1,4 +1,5 @@
 """Image geometry shared by training, evaluation and extraction (Sect. 3.1-3.2)."""
+
 from __future__ import annotations
 
 
@@ -12,6 +13,7 @@ def isotropic_size(height: int, width: int, smallest_side: int) -> tuple[int, in
 
 
 # ---- Sect. 3.1 training augmentation, per sample, deterministic from (seed, epoch, index) ----
+
 
 def sample_rng(seed: int, epoch: int, index: int):
     """The generator of one sample's augmentation: the same triple draws the same crop, flip and colour
@@ -34,7 +36,7 @@ def _resize_window(img, top: int, left: int, window: tuple[int, int], crop: int)
     import torch
     import torch.nn.functional as F
 
-    win = img[:, top:top + window[0], left:left + window[1]].unsqueeze(0)
+    win = img[:, top : top + window[0], left : left + window[1]].unsqueeze(0)
     # channels_last in -> the vectorised uint8 kernel, and channels_last out, so the caller's (H, W, 3)
     # view is free (a strided window would take the generic kernel and a transposing copy: 2.5x slower)
     win = win.contiguous(memory_format=torch.channels_last)

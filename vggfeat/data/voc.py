@@ -5,6 +5,7 @@ Labels come from VOC<year>/ImageSets/Main/<class>_<split>.txt, lines `<image id>
 on trainval and tests on test (11-point AP); VOC-2012's test labels are private, so it trains on train and
 reports on val (all-point AP). Images are VOC<year>/JPEGImages/<id>.jpg.
 """
+
 from __future__ import annotations
 
 import re
@@ -14,9 +15,28 @@ import numpy as np
 
 from .benchmarks import DatasetError, ProbeSplit, check_inside, find_dataset_dir
 
-VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-               "tvmonitor")
+VOC_CLASSES = (
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 # year -> (train split, test split, metric)
 VOC_SPLITS = {"2007": ("trainval", "test", "voc07_ap"), "2012": ("train", "val", "voc12_ap")}
 VOC_LABELS = (1, -1, 0)
@@ -26,21 +46,25 @@ Ref = tuple[Path, int]  # (list file, line number) that named an image
 
 def find_voc(root: Path, year: str) -> Path:
     """VOC<year> given root = VOC<year>, VOCdevkit, the folder holding VOCdevkit, or one level above that."""
+
     def accept(cand: Path) -> bool:
         other_year = re.fullmatch(r"VOC\d{4}", cand.name) and cand.name != f"VOC{year}"
         return (cand / "JPEGImages").is_dir() and (cand / "ImageSets" / "Main").is_dir() and not other_year
 
     found = find_dataset_dir(root, (f"VOC{year}", f"VOCdevkit/VOC{year}"), accept)
     if found is None:
-        raise DatasetError(f"{root}: no VOC{year} folder found (looked for {root}/VOCdevkit/VOC{year} with "
-                           "JPEGImages/ and ImageSets/Main/)")
+        raise DatasetError(
+            f"{root}: no VOC{year} folder found (looked for {root}/VOCdevkit/VOC{year} with "
+            "JPEGImages/ and ImageSets/Main/)"
+        )
     return found
 
 
 def _check_id(image_id: str, file: Path, lineno: int) -> str:
     if "/" in image_id or "\\" in image_id or image_id in (".", "..") or image_id.startswith(".."):
-        raise DatasetError(f"{file}, line {lineno}: image id {image_id!r} must be a plain file name "
-                           "(no path separators or '..')")
+        raise DatasetError(
+            f"{file}, line {lineno}: image id {image_id!r} must be a plain file name (no path separators or '..')"
+        )
     return image_id
 
 
@@ -130,7 +154,19 @@ def load_voc(root: Path, year: str = "2007") -> ProbeSplit:
     train_paths, train_labels = read_voc_split(voc, train_name)
     test_paths, test_labels = read_voc_split(voc, test_name)
     if overlap := set(train_paths) & set(test_paths):
-        raise DatasetError(f"{voc}: {len(overlap)} images are in both {train_name} and {test_name}, "
-                           f"e.g. {sorted(overlap)[0]}")
-    return ProbeSplit(f"voc{year}", 0, VOC_CLASSES, True, metric, train_paths, train_labels, test_paths,
-                      test_labels, train_name, test_name)
+        raise DatasetError(
+            f"{voc}: {len(overlap)} images are in both {train_name} and {test_name}, e.g. {sorted(overlap)[0]}"
+        )
+    return ProbeSplit(
+        f"voc{year}",
+        0,
+        VOC_CLASSES,
+        True,
+        metric,
+        train_paths,
+        train_labels,
+        test_paths,
+        test_labels,
+        train_name,
+        test_name,
+    )

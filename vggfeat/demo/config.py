@@ -1,4 +1,5 @@
 """The demo's settings (recipes/demo/demo.yaml and quick.yaml), loaded strictly like training recipes."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -46,8 +47,10 @@ class DemoConfig:
 def demo_file(quick: bool) -> Path:
     path = RECIPES / ("quick.yaml" if quick else "demo.yaml")
     if not path.is_file():
-        raise RecipeNotFound(f"{path}: the demo's recipes are missing; reinstall vggfeat (its wheel ships them "
-                             "as vggfeat/recipes/) or run from a checkout with recipes/ next to the package")
+        raise RecipeNotFound(
+            f"{path}: the demo's recipes are missing; reinstall vggfeat (its wheel ships them "
+            "as vggfeat/recipes/) or run from a checkout with recipes/ next to the package"
+        )
     return path
 
 

@@ -3,18 +3,19 @@
 train net D initialised from A (Sect. 3.1), describe a generated VOC2007-layout target dataset of unseen
 classes with multi-scale, flip-averaged fc7 descriptors (Appendix B), probe them, and compare with a random net.
 """
-from __future__ import annotations
 
-from vggfeat.errors import VggfeatError
+from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from vggfeat.demo.config import load_demo_config
+from vggfeat.errors import VggfeatError
 
 log = logging.getLogger(__name__)
 STEPS = 5
@@ -69,8 +70,9 @@ def random_twin(trained: Path, recipe, seed: int, out: Path) -> Path:
     return out
 
 
-def run_demo(out: "str | Path", *, quick: bool = False, progress: bool = True,
-             echo: Callable[[str], None] = log.info) -> dict[str, Any]:
+def run_demo(
+    out: str | Path, *, quick: bool = False, progress: bool = True, echo: Callable[[str], None] = log.info
+) -> dict[str, Any]:
     """Run every step into OUT and write OUT/report; returns the report's contents."""
     from vggfeat.data.benchmarks import benchmark_images, load_benchmark
     from vggfeat.data.synthetic_voc import make_voc2007
@@ -90,8 +92,10 @@ def run_demo(out: "str | Path", *, quick: bool = False, progress: bool = True,
     try:
         recipe_a = load_recipe(cfg_path.parent / cfg.net_a)
         run_a = out / "runs" / recipe_a.name
-        echo(f"[1/{STEPS}] net A ({recipe_a.model.name}, width x{recipe_a.model.width_mult:g}) from scratch on "
-             f"{recipe_a.data.synthetic_classes} generated classes of shapes and textures -> {run_a}")
+        echo(
+            f"[1/{STEPS}] net A ({recipe_a.model.name}, width x{recipe_a.model.width_mult:g}) from scratch on "
+            f"{recipe_a.data.synthetic_classes} generated classes of shapes and textures -> {run_a}"
+        )
         t = time.perf_counter()
         summary_a = _train(recipe_a, run_a, out / "source", progress)
         timings["train_a"] = time.perf_counter() - t
@@ -106,8 +110,10 @@ def run_demo(out: "str | Path", *, quick: bool = False, progress: bool = True,
 
         tc = cfg.target
         target = out / "target"
-        echo(f"[3/{STEPS}] target task: {tc.n_trainval} + {tc.n_test} VOC2007-layout scenes of 20 classes the "
-             f"source never saw -> {target}")
+        echo(
+            f"[3/{STEPS}] target task: {tc.n_trainval} + {tc.n_test} VOC2007-layout scenes of 20 classes the "
+            f"source never saw -> {target}"
+        )
         t = time.perf_counter()
         if not (target / "VOCdevkit" / "VOC2007" / "DONE").is_file():
             voc = make_voc2007(target, tc.n_trainval, tc.n_test, seed=tc.seed, size=tc.size)
@@ -116,28 +122,41 @@ def run_demo(out: "str | Path", *, quick: bool = False, progress: bool = True,
         images = benchmark_images(splits)
         timings["target"] = time.perf_counter() - t
 
-        nets = {"trained": run_d / "model.safetensors",
-                "random": random_twin(run_d / "model.safetensors", recipe_d, cfg.random_seed,
-                                      out / "runs" / "random" / "model.safetensors")}
+        nets = {
+            "trained": run_d / "model.safetensors",
+            "random": random_twin(
+                run_d / "model.safetensors", recipe_d, cfg.random_seed, out / "runs" / "random" / "model.safetensors"
+            ),
+        }
         fc = cfg.features
         probes: dict[str, dict[str, Path]] = {}
         for i, (tag, weights) in enumerate(nets.items()):
-            echo(f"[{4 + i}/{STEPS}] {tag} net D: {fc.layer} descriptors at Q={','.join(map(str, fc.scales))} "
-                 f"({fc.aggregate} over scales, flip-averaged), linear SVMs and kNN on voc2007")
+            echo(
+                f"[{4 + i}/{STEPS}] {tag} net D: {fc.layer} descriptors at Q={','.join(map(str, fc.scales))} "
+                f"({fc.aggregate} over scales, flip-averaged), linear SVMs and kNN on voc2007"
+            )
             t = time.perf_counter()
-            settings = ExtractionSettings((("auto", str(weights)),), layer=fc.layer, scales=fc.scales,
-                                          aggregate=fc.aggregate)
+            settings = ExtractionSettings(
+                (("auto", str(weights)),), layer=fc.layer, scales=fc.scales, aggregate=fc.aggregate
+            )
             folder = out / "probe" / tag
-            store = cached_store(images, folder, settings, batch_size=32, device="cpu", workers=0,
-                                 progress=progress)
+            store = cached_store(images, folder, settings, batch_size=32, device="cpu", workers=0, progress=progress)
             linear = run_linear_probe(splits, store, Cs=cfg.probe.Cs, device="cpu")
             knn = run_knn_probe(splits, store, k=cfg.probe.k)
-            probes[tag] = {"linear": write_report(linear, folder, "linear-probe")["json"],
-                           "knn": write_report(knn, folder, "knn-probe")["json"]}
+            probes[tag] = {
+                "linear": write_report(linear, folder, "linear-probe")["json"],
+                "knn": write_report(knn, folder, "knn-probe")["json"],
+            }
             timings[f"probe_{tag}"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - start
-        return write_demo_report(out / "report", cfg=cfg, quick=quick, runs={"net_a": run_a, "net_d": run_d},
-                                 summaries={"net_a": summary_a, "net_d": summary_d}, probes=probes,
-                                 timings=timings)
+        return write_demo_report(
+            out / "report",
+            cfg=cfg,
+            quick=quick,
+            runs={"net_a": run_a, "net_d": run_d},
+            summaries={"net_a": summary_a, "net_d": summary_d},
+            probes=probes,
+            timings=timings,
+        )
     finally:
         torch.set_num_threads(threads)

@@ -1,5 +1,6 @@
 """The demo's report folder: demo.json (every number), demo.md, training_curve.png and per_class_ap.png.
 The probe numbers are read back from the probes' own report files, so the two can never disagree."""
+
 from __future__ import annotations
 
 import json
@@ -10,21 +11,31 @@ from vggfeat.config import to_dict
 
 
 def _curve(summary: dict[str, Any]) -> list[dict[str, float]]:
-    return [{"epoch": h["epoch"], "val_top1": round(100 * h["val_top1"], 2), "val_top5": round(100 * h["val_top5"], 2)}
-            for h in summary["history"]]
+    return [
+        {"epoch": h["epoch"], "val_top1": round(100 * h["val_top1"], 2), "val_top5": round(100 * h["val_top5"], 2)}
+        for h in summary["history"]
+    ]
 
 
-def demo_dict(cfg, quick: bool, runs: dict[str, Path], summaries: dict[str, dict], probes: dict[str, dict[str, Path]],
-              timings: dict[str, float]) -> dict[str, Any]:
+def demo_dict(
+    cfg,
+    quick: bool,
+    runs: dict[str, Path],
+    summaries: dict[str, dict],
+    probes: dict[str, dict[str, Path]],
+    timings: dict[str, float],
+) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for tag, files in probes.items():
         linear = json.loads(Path(files["linear"]).read_text())
         knn = json.loads(Path(files["knn"]).read_text())
         results[tag] = {
-            "linear_map": linear["headline"], "knn_map": knn["headline"],
+            "linear_map": linear["headline"],
+            "knn_map": knn["headline"],
             "per_class_ap": {r["class"]: r["value"] for r in linear["per_class"]},
             "chosen_C": {r["class"]: r["chosen_C"][0] for r in linear["per_class"]},
-            "linear_report": str(files["linear"]), "knn_report": str(files["knn"]),
+            "linear_report": str(files["linear"]),
+            "knn_report": str(files["knn"]),
             "features": linear["features"],
         }
     return {
@@ -32,15 +43,19 @@ def demo_dict(cfg, quick: bool, runs: dict[str, Path], summaries: dict[str, dict
         "config": to_dict(cfg),
         "training": {name: {"run": str(runs[name]), "curve": _curve(s)} for name, s in summaries.items()},
         "results": results,
-        "margin": {"linear_map": round(results["trained"]["linear_map"] - results["random"]["linear_map"], 2),
-                   "knn_map": round(results["trained"]["knn_map"] - results["random"]["knn_map"], 2)},
+        "margin": {
+            "linear_map": round(results["trained"]["linear_map"] - results["random"]["linear_map"], 2),
+            "knn_map": round(results["trained"]["knn_map"] - results["random"]["knn_map"], 2),
+        },
         "seconds": {k: round(v, 1) for k, v in timings.items()},
     }
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
     r, t = report["results"], report["training"]
-    lines = [f"{'voc2007 (generated), 11-point mAP %':<38} {'trained net D':>14} {'random net D':>13} {'difference':>11}"]
+    lines = [
+        f"{'voc2007 (generated), 11-point mAP %':<38} {'trained net D':>14} {'random net D':>13} {'difference':>11}"
+    ]
     for key, name in (("linear_map", "linear SVMs"), ("knn_map", "kNN (faiss)")):
         lines.append(f"{name:<38} {r['trained'][key]:>14.1f} {r['random'][key]:>13.1f} {report['margin'][key]:>+11.1f}")
     lines += ["", f"{'class AP %':<38} {'trained':>14} {'random':>13}"]
@@ -48,35 +63,61 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         rv = r["random"]["per_class_ap"][c]
         lines.append(f"{c:<38} {'-' if v is None else f'{v:.1f}':>14} {'-' if rv is None else f'{rv:.1f}':>13}")
     a, d = t["net_a"]["curve"], t["net_d"]["curve"]
-    lines += ["", f"source task val top-1 %: net A {a[-1]['val_top1']:.1f} after {len(a)} epochs, "
-                  f"net D {d[-1]['val_top1']:.1f} after {len(d)} epochs"]
+    lines += [
+        "",
+        f"source task val top-1 %: net A {a[-1]['val_top1']:.1f} after {len(a)} epochs, "
+        f"net D {d[-1]['val_top1']:.1f} after {len(d)} epochs",
+    ]
     lines.append(f"total {report['seconds']['total']:.0f} s")
     return lines
 
 
 def markdown(report: dict[str, Any]) -> str:
     r, m = report["results"], report["margin"]
-    out = ["# vggfeat demo" + (" (--quick)" if report["quick"] else ""), "",
-           "Net A trained from scratch on generated shapes and textures, net D initialised from A and trained "
-           "(Sect. 3.1); their fc7 descriptors (multi-scale, flip-averaged, Appendix B) transferred to a generated "
-           "VOC2007-layout task of classes the source never saw, with linear SVMs and faiss kNN; the same net D "
-           "randomly initialised as the baseline. All numbers are measured by this run.", "",
-           "| voc2007 (generated), 11-point mAP % | trained net D | random net D | difference |", "|---|---|---|---|",
-           f"| linear SVMs | {r['trained']['linear_map']:.1f} | {r['random']['linear_map']:.1f} | {m['linear_map']:+.1f} |",
-           f"| kNN (faiss) | {r['trained']['knn_map']:.1f} | {r['random']['knn_map']:.1f} | {m['knn_map']:+.1f} |", "",
-           "![per-class AP](per_class_ap.png)", "", "| class | AP % trained | AP % random | C (trained) |",
-           "|---|---|---|---|"]
+    out = [
+        "# vggfeat demo" + (" (--quick)" if report["quick"] else ""),
+        "",
+        "Net A trained from scratch on generated shapes and textures, net D initialised from A and trained "
+        "(Sect. 3.1); their fc7 descriptors (multi-scale, flip-averaged, Appendix B) transferred to a generated "
+        "VOC2007-layout task of classes the source never saw, with linear SVMs and faiss kNN; the same net D "
+        "randomly initialised as the baseline. All numbers are measured by this run.",
+        "",
+        "| voc2007 (generated), 11-point mAP % | trained net D | random net D | difference |",
+        "|---|---|---|---|",
+        f"| linear SVMs | {r['trained']['linear_map']:.1f} | {r['random']['linear_map']:.1f} "
+        f"| {m['linear_map']:+.1f} |",
+        f"| kNN (faiss) | {r['trained']['knn_map']:.1f} | {r['random']['knn_map']:.1f} | {m['knn_map']:+.1f} |",
+        "",
+        "![per-class AP](per_class_ap.png)",
+        "",
+        "| class | AP % trained | AP % random | C (trained) |",
+        "|---|---|---|---|",
+    ]
     for c, v in r["trained"]["per_class_ap"].items():
         rv = r["random"]["per_class_ap"][c]
-        out.append(f"| {c} | {'-' if v is None else f'{v:.1f}'} | {'-' if rv is None else f'{rv:.1f}'} | "
-                   f"{r['trained']['chosen_C'][c]:g} |")
-    out += ["", "## Training on the source task", "", "![training curve](training_curve.png)", "",
-            "| net | epochs | final val top-1 % | final val top-5 % |", "|---|---|---|---|"]
+        out.append(
+            f"| {c} | {'-' if v is None else f'{v:.1f}'} | {'-' if rv is None else f'{rv:.1f}'} | "
+            f"{r['trained']['chosen_C'][c]:g} |"
+        )
+    out += [
+        "",
+        "## Training on the source task",
+        "",
+        "![training curve](training_curve.png)",
+        "",
+        "| net | epochs | final val top-1 % | final val top-5 % |",
+        "|---|---|---|---|",
+    ]
     for name, t in report["training"].items():
         last = t["curve"][-1]
         out.append(f"| {name} (`{t['run']}`) | {len(t['curve'])} | {last['val_top1']:.1f} | {last['val_top5']:.1f} |")
-    out += ["", "Probe reports: " + ", ".join(f"`{r[tag][k]}`" for tag in r for k in ("linear_report", "knn_report")),
-            "", "Seconds per step: " + ", ".join(f"{k} {v:g}" for k, v in report["seconds"].items()), ""]
+    out += [
+        "",
+        "Probe reports: " + ", ".join(f"`{r[tag][k]}`" for tag in r for k in ("linear_report", "knn_report")),
+        "",
+        "Seconds per step: " + ", ".join(f"{k} {v:g}" for k, v in report["seconds"].items()),
+        "",
+    ]
     return "\n".join(out)
 
 

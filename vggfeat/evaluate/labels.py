@@ -1,6 +1,7 @@
 """Class labels for `vggfeat evaluate` (Sect. 3.2): a label is the net's output index, so it must come from the
 net's full class list (a train/ folder, a class-index file, or all K class folders of val/), never from whichever
 val/ folders happen to be present - a val/ lacking classes would shift every label silently."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +13,7 @@ class EvaluateError(VggfeatError, ValueError):
     """Evaluation settings or data that cannot give a correct error figure."""
 
 
-def read_class_file(path: "str | Path") -> tuple[str, ...]:
+def read_class_file(path: str | Path) -> tuple[str, ...]:
     """One class name (e.g. a wnid) per line, in the net's output order; blank lines and '#' comments skipped."""
     names = [ln.split()[0] for ln in Path(path).read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     if not names:
@@ -23,8 +24,9 @@ def read_class_file(path: "str | Path") -> tuple[str, ...]:
     return tuple(names)
 
 
-def resolve_classes(val_classes: tuple[str, ...], num_classes: int, classes: tuple[str, ...] | None,
-                    source: str = "") -> tuple[str, ...]:
+def resolve_classes(
+    val_classes: tuple[str, ...], num_classes: int, classes: tuple[str, ...] | None, source: str = ""
+) -> tuple[str, ...]:
     """The full class list (index = the net's output index) for val folders `val_classes`.
 
     `classes`: the list from train/ or a class file; without it, the val folders are the list only when there
@@ -34,12 +36,14 @@ def resolve_classes(val_classes: tuple[str, ...], num_classes: int, classes: tup
             raise EvaluateError(
                 f"val/ has {len(val_classes)} class folders but the net has {num_classes} classes, so their labels "
                 f"cannot be known; pass --classes FILE (one class name per line, in the net's order) or a data root "
-                f"with train/<class>/ folders")
+                f"with train/<class>/ folders"
+            )
         classes = tuple(sorted(val_classes))
     elif len(classes) != num_classes:
         raise EvaluateError(f"{source or 'the class list'} names {len(classes)} classes but the net has {num_classes}")
     unknown = sorted(set(val_classes) - set(classes))
     if unknown:
-        raise EvaluateError(f"val/ folders {', '.join(unknown)} are not in {source or 'the class list'}; "
-                            f"their labels cannot be mapped")
+        raise EvaluateError(
+            f"val/ folders {', '.join(unknown)} are not in {source or 'the class list'}; their labels cannot be mapped"
+        )
     return classes

@@ -2,9 +2,10 @@
 net, class scores averaged over positions, softmax, averaged with the flipped image), multi-crop (a 5x5
 grid of crops x 2 flips per scale: 150 crops over 3 scales), both combined, and fusion of several nets
 (averaged soft-max posteriors, Sect. 4.4). Posteriors are averaged over scales Q."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -42,15 +43,18 @@ def grid_offsets(size: int, crop: int, n: int = 5) -> list[int]:
 
 
 @torch.no_grad()
-def multicrop_posterior(model, img: Image.Image, scales: Sequence[int], device="cpu", grid: int = 5,
-                        crop: int | None = None) -> torch.Tensor:
+def multicrop_posterior(
+    model, img: Image.Image, scales: Sequence[int], device="cpu", grid: int = 5, crop: int | None = None
+) -> torch.Tensor:
     """(K,) posterior: per Q, the mean softmax over grid x grid crops and their flips."""
     crop = crop or model.min_input_size()
     out = []
     for q in scales:
         x = _rescaled(img, q, model)
         _, _, h, w = x.shape
-        crops = [x[..., t:t + crop, l:l + crop] for t in grid_offsets(h, crop, grid) for l in grid_offsets(w, crop, grid)]
+        crops = [
+            x[..., t : t + crop, s : s + crop] for t in grid_offsets(h, crop, grid) for s in grid_offsets(w, crop, grid)
+        ]
         batch = torch.cat(crops).to(device)  # (grid^2, 3, crop, crop)
         logits = model(torch.cat([batch, batch.flip(-1)]))  # (2 grid^2, K)
         out.append(logits.float().softmax(dim=1).mean(0))
@@ -109,12 +113,22 @@ def check_scales(models: Sequence, scales: Sequence[int]) -> None:
         small = [q for q in scales if q < crop]
         if small:
             name = getattr(model, "source", f"net{i}")
-            raise EvaluateError(f"test scale Q = {', '.join(map(str, small))} is smaller than the {crop} px crop "
-                                f"of {name}; use Q >= {crop}")
+            raise EvaluateError(
+                f"test scale Q = {', '.join(map(str, small))} is smaller than the {crop} px crop "
+                f"of {name}; use Q >= {crop}"
+            )
 
 
-def evaluate_nets(models: Sequence, samples, *, protocols: Sequence[str], scales: Sequence[int], device="cpu",
-                  progress=None, fast_decode: bool = False) -> list[dict]:
+def evaluate_nets(
+    models: Sequence,
+    samples,
+    *,
+    protocols: Sequence[str],
+    scales: Sequence[int],
+    device="cpu",
+    progress=None,
+    fast_decode: bool = False,
+) -> list[dict]:
     """One row per (net, protocol) with top-1/top-5 error, plus a 'fusion' row per protocol when there
     are several nets (their posteriors averaged). Each net's dense and multi-crop posteriors are computed
     once and shared by every protocol asked for.
@@ -142,9 +156,11 @@ def evaluate_nets(models: Sequence, samples, *, protocols: Sequence[str], scales
     rows = []
     for protocol in protocols:
         posts = [_combine(b, protocol) for b in per_net]
-        for i, (model, post) in enumerate(zip(models, posts)):
+        for i, (model, post) in enumerate(zip(models, posts, strict=False)):
             t1, t5 = topk_errors(post, labels)
-            rows.append({"net": getattr(model, "source", f"net{i}"), "protocol": protocol, "top1_err": t1, "top5_err": t5})
+            rows.append(
+                {"net": getattr(model, "source", f"net{i}"), "protocol": protocol, "top1_err": t1, "top5_err": t5}
+            )
         if len(models) > 1:
             t1, t5 = topk_errors(torch.stack(posts).mean(0), labels)
             rows.append({"net": "fusion", "protocol": protocol, "top1_err": t1, "top5_err": t5})

@@ -3,18 +3,20 @@ flipped copies ride in the same batch as their originals (Appendix B; Sect. 3.2 
 
 channels_last everywhere; on CUDA also bf16 autocast, cuDNN autotuning, non-blocking copies from pinned memory.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 
+from vggfeat.errors import InputError
+
 from .loader import ScaledImages, make_loader
 from .nets import FeatureNet
 from .protocol import Protocol, combine
-from vggfeat.errors import InputError
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 # On CPU a forward over more than about a megapixel (originals and flips together) spills the caches:
@@ -24,9 +26,16 @@ Item = tuple[int, list[torch.Tensor]]  # (image index, one (3, H, W) uint8 tenso
 
 
 class DescriptorEngine:
-    def __init__(self, nets: Sequence[FeatureNet], protocol: Protocol, device: torch.device,
-                 batch_size: int = 16, precision: str = "auto", max_batch_pixels: int | None = None,
-                 winograd: bool = True) -> None:
+    def __init__(
+        self,
+        nets: Sequence[FeatureNet],
+        protocol: Protocol,
+        device: torch.device,
+        batch_size: int = 16,
+        precision: str = "auto",
+        max_batch_pixels: int | None = None,
+        winograd: bool = True,
+    ) -> None:
         """`batch_size` images (with their flips) at most per forward; on CPU also at most
         `max_batch_pixels` input pixels (default CPU_BATCH_PIXELS; no limit on CUDA). `winograd=False`
         keeps every VGG conv a direct convolution on the CPU (vggfeat.models.fastconv)."""
@@ -36,12 +45,15 @@ class DescriptorEngine:
             raise InputError(f"batch size must be >= 1, got {batch_size}")
         self.nets, self.protocol, self.device, self.batch_size = list(nets), protocol, device, batch_size
         cuda = device.type == "cuda"
-        self.max_batch_pixels = max_batch_pixels if max_batch_pixels is not None else (None if cuda else CPU_BATCH_PIXELS)
+        self.max_batch_pixels = (
+            max_batch_pixels if max_batch_pixels is not None else (None if cuda else CPU_BATCH_PIXELS)
+        )
         bf16 = precision == "bfloat16" or (precision == "auto" and cuda)
         for net in self.nets:
             # channels_last: cuDNN and oneDNN both run 3x3 convs fastest on NHWC (measured 1.1-1.2x on CPU)
-            net.configure(device, channels_last=True, autocast_dtype=torch.bfloat16 if bf16 else None,
-                          winograd=winograd)
+            net.configure(
+                device, channels_last=True, autocast_dtype=torch.bfloat16 if bf16 else None, winograd=winograd
+            )
         if cuda:
             torch.backends.cudnn.benchmark = True  # a few canvas sizes recur: autotuning pays off
 
@@ -68,7 +80,7 @@ class DescriptorEngine:
                 positions = groups[shape]
                 bs = self._images_per_batch(shape)
                 for start in range(0, len(positions), bs):
-                    batch = positions[start:start + bs]
+                    batch = positions[start : start + bs]
                     # copy each pinned view on its own (a stacked tensor would be pageable), stack on the device
                     x = torch.stack([items[p][1][s].to(self.device, non_blocking=True) for p in batch])
                     if self.protocol.flip:
@@ -76,7 +88,7 @@ class DescriptorEngine:
                     for k, net in enumerate(self.nets):
                         f = net(x)  # (B or 2B, D)
                         if self.protocol.flip:
-                            f = (f[: len(batch)] + f[len(batch):]) / 2
+                            f = (f[: len(batch)] + f[len(batch) :]) / 2
                         pending.append((k, batch, s, f))
         parts = [np.empty((n, n_scales, net.dim), dtype=np.float32) for net in self.nets]  # (N, S, D)
         for k, batch, s, f in pending:  # one device sync per chunk, not per batch
@@ -84,8 +96,9 @@ class DescriptorEngine:
         return combine(parts, self.protocol)
 
 
-def describe_chunks(engine: DescriptorEngine, images: Sequence, chunks: Sequence[range],
-                    workers: int) -> Iterator[tuple[range, np.ndarray, np.ndarray, list[tuple[int, str]]]]:
+def describe_chunks(
+    engine: DescriptorEngine, images: Sequence, chunks: Sequence[range], workers: int
+) -> Iterator[tuple[range, np.ndarray, np.ndarray, list[tuple[int, str]]]]:
     """Yield (chunk, ok indices, their descriptors, [(index, reason) skipped]) chunk by chunk, in order.
 
     Only one chunk of decoded images is held at a time, so memory stays flat however many images.

@@ -4,6 +4,7 @@
 a run interrupted at any moment (Ctrl-C, kill -9) continues where it stopped when run again, and ends with
 exactly the uninterrupted result. Under torchrun, ranks take every world-size-th chunk; rank 0 assembles.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -12,8 +13,9 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +23,7 @@ from torch import nn
 
 from vggfeat import __version__
 from vggfeat.data.images import ImageError, find_images
+from vggfeat.errors import InputError
 from vggfeat.utils.device import resolve_device
 from vggfeat.utils.files import atomic_write_json
 
@@ -28,7 +31,6 @@ from . import store as fs
 from .engine import DescriptorEngine, describe_chunks
 from .nets import FeatureNet, NetSpec, as_feature_net, build_feature_net, random_init_note
 from .protocol import Protocol
-from vggfeat.errors import InputError
 
 log = logging.getLogger(__name__)
 STORE_DTYPES = ("float32", "float16")
@@ -39,7 +41,7 @@ def _chunks(n: int, size: int) -> list[range]:
 
 
 def extract_features(
-    model: "nn.Module | FeatureNet | Sequence[nn.Module | FeatureNet]",
+    model: nn.Module | FeatureNet | Sequence[nn.Module | FeatureNet],
     images: Sequence[Any],
     *,
     layer: str = "fc7",
@@ -51,7 +53,7 @@ def extract_features(
     snap: int = 1,
     fast_decode: bool = False,
     batch_size: int = 16,
-    device: "str | torch.device" = "auto",
+    device: str | torch.device = "auto",
     workers: int = 0,
     precision: str = "auto",
     winograd: bool = True,
@@ -66,8 +68,9 @@ def extract_features(
     models = list(model) if isinstance(model, (list, tuple)) else [model]
     protocol = Protocol(layer, tuple(scales), flip, aggregate, l2, l2_parts, snap, fast_decode)
     device = resolve_device(device) if isinstance(device, str) else device
-    engine = DescriptorEngine([as_feature_net(m, layer) for m in models], protocol, device, batch_size, precision,
-                              winograd=winograd)
+    engine = DescriptorEngine(
+        [as_feature_net(m, layer) for m in models], protocol, device, batch_size, precision, winograd=winograd
+    )
     out = np.empty((len(images), engine.dim), dtype=np.float32)
     for _, index, feats, skipped in describe_chunks(engine, images, _chunks(len(images), chunk_size), workers):
         if skipped:
@@ -90,8 +93,14 @@ def _barrier(world: int) -> None:
 def _settings(paths: list[str], specs: list[dict], protocol: Protocol, dtype: str, chunk_size: int) -> dict:
     """What determines a store's content: a different value means a different store."""
     inputs = hashlib.sha256("\n".join(paths).encode()).hexdigest()
-    return {"models": specs, **protocol.to_dict(), "dtype": dtype, "chunk_size": chunk_size,
-            "n_inputs": len(paths), "inputs_sha256": inputs}
+    return {
+        "models": specs,
+        **protocol.to_dict(),
+        "dtype": dtype,
+        "chunk_size": chunk_size,
+        "n_inputs": len(paths),
+        "inputs_sha256": inputs,
+    }
 
 
 def _differences(old: dict, new: dict) -> list[str]:
@@ -107,8 +116,10 @@ def _prepare_out(out: Path, settings: dict, overwrite: bool, rank: int) -> bool:
         if not diff:
             return True
         if not overwrite:
-            raise FileExistsError(f"{out} holds a finished store with other settings ({'; '.join(diff)}); "
-                                  "pass --overwrite to replace it, or choose another -o")
+            raise FileExistsError(
+                f"{out} holds a finished store with other settings ({'; '.join(diff)}); "
+                "pass --overwrite to replace it, or choose another -o"
+            )
         if rank == 0:
             (out / fs.MANIFEST_FILE).unlink()
             (out / fs.FEATURES_FILE).unlink(missing_ok=True)
@@ -116,18 +127,20 @@ def _prepare_out(out: Path, settings: dict, overwrite: bool, rank: int) -> bool:
         diff = _differences(json.loads(settings_file.read_text()), settings)
         has_work = any(fs.partial_dir(out).glob("chunk_*.npz"))
         if diff and has_work and not overwrite:
-            raise FileExistsError(f"{out} holds an unfinished run with other settings ({'; '.join(diff)}); "
-                                  "run it again with its own settings to finish it, or pass --overwrite")
+            raise FileExistsError(
+                f"{out} holds an unfinished run with other settings ({'; '.join(diff)}); "
+                "run it again with its own settings to finish it, or pass --overwrite"
+            )
         if diff and rank == 0:  # nothing of value is lost: no chunk was finished, or --overwrite
             shutil.rmtree(fs.partial_dir(out))
     return False
 
 
 def extract_to_store(
-    images: Sequence["str | Path"],
-    out: "str | Path",
+    images: Sequence[str | Path],
+    out: str | Path,
     *,
-    models: Sequence[tuple[str, "str | Path | None"]] = (("vgg_d", None),),
+    models: Sequence[tuple[str, str | Path | None]] = (("vgg_d", None),),
     layer: str = "fc7",
     scales: Sequence[int] = (256, 384, 512),
     flip: bool = True,
@@ -173,8 +186,11 @@ def extract_to_store(
 
     for spec in specs:
         if spec.weights is None:
-            log.warning("no weights for %s: it is RANDOMLY INITIALISED (%s) and its descriptors carry "
-                        "no learned information", spec.model, random_init_note(spec.model, seed))
+            log.warning(
+                "no weights for %s: it is RANDOMLY INITIALISED (%s) and its descriptors carry no learned information",
+                spec.model,
+                random_init_note(spec.model, seed),
+            )
     torch_device = resolve_device(device)
     if torch_device.type == "cuda" and torch_device.index is not None:
         torch.cuda.set_device(torch_device)

@@ -5,10 +5,11 @@ whether the input is a path, a PIL image or an array (one definition of the resc
 same descriptor). Only `Protocol.fast_decode` lets a JPEG be decoded at reduced size first.
 A bad file arrives as its reason instead, so one corrupt JPEG never stops a run.
 """
+
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,6 +62,12 @@ def _as_list(batch: list) -> list:
 def make_loader(dataset: ScaledImages, workers: int, pin_memory: bool) -> torch.utils.data.DataLoader:
     """An ordered loader yielding lists of items; workers decode ahead of the net."""
     return torch.utils.data.DataLoader(
-        dataset, batch_size=4, shuffle=False, num_workers=workers, collate_fn=_as_list,
-        pin_memory=pin_memory, prefetch_factor=4 if workers > 0 else None, persistent_workers=False,
+        dataset,
+        batch_size=4,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_as_list,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if workers > 0 else None,
+        persistent_workers=False,
     )

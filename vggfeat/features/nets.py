@@ -5,6 +5,7 @@ backbone yields its pooled pre-logits features (or an intermediate map, pooled),
 under the same protocol.
 Each applies the input convention of the weights it loaded.
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,8 +45,9 @@ class FeatureNet(nn.Module):
         self.channels_last = False
         self.autocast_dtype: torch.dtype | None = None
 
-    def configure(self, device: torch.device, *, channels_last: bool, autocast_dtype: torch.dtype | None,
-                  winograd: bool = True) -> "FeatureNet":
+    def configure(
+        self, device: torch.device, *, channels_last: bool, autocast_dtype: torch.dtype | None, winograd: bool = True
+    ) -> FeatureNet:
         self.to(device)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -85,7 +87,9 @@ def _timm_taps(model: nn.Module) -> list[tuple[str, int]]:
     """(feature_info module name, channels) of each forward_intermediates index; none without that API."""
     if not hasattr(model, "forward_intermediates"):
         return []
-    return [(str(f.get("module", i)), int(f["num_chs"])) for i, f in enumerate(getattr(model, "feature_info", []) or [])]
+    return [
+        (str(f.get("module", i)), int(f["num_chs"])) for i, f in enumerate(getattr(model, "feature_info", []) or [])
+    ]
 
 
 def timm_layers(model: nn.Module) -> list[str]:
@@ -116,8 +120,9 @@ class TimmFeatureNet(FeatureNet):
 
     def __init__(self, model: nn.Module, layer: str = "fc7") -> None:
         cfg = getattr(model, "pretrained_cfg", {}) or {}
-        pre = Preprocessing("RGB", 1.0, tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
-                            tuple(cfg.get("std", (0.229, 0.224, 0.225))))
+        pre = Preprocessing(
+            "RGB", 1.0, tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+        )
         self.index, dim = _timm_tap(model, layer)
         super().__init__(model, pre, dim, layer)
 
@@ -125,12 +130,15 @@ class TimmFeatureNet(FeatureNet):
         if self.index is None:
             out = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
         else:
-            (fmap,) = self.model.forward_intermediates(x, indices=[self.index], stop_early=True,
-                                                       intermediates_only=True)   # [(B, C, h, w)]
+            (fmap,) = self.model.forward_intermediates(
+                x, indices=[self.index], stop_early=True, intermediates_only=True
+            )  # [(B, C, h, w)]
             out = fmap.mean(dim=(2, 3))
         if out.ndim != 2 or out.shape[1] != self.dim:
-            raise ValueError(f"timm model gave features of shape {tuple(out.shape)} at layer {self.layer!r}, "
-                             f"expected (B, {self.dim})")
+            raise ValueError(
+                f"timm model gave features of shape {tuple(out.shape)} at layer {self.layer!r}, "
+                f"expected (B, {self.dim})"
+            )
         return out
 
 
@@ -155,8 +163,10 @@ def _load_timm(name: str, weights: str | None, seed: int) -> nn.Module:
         head = ("head.", "fc.", "classifier.", "head_dist.")
         unexpected = [k for k in result.unexpected_keys if not k.startswith(head)]
         if result.missing_keys or unexpected:
-            raise WeightsError(f"{weights} does not fit timm model {name!r}: missing keys "
-                               f"{result.missing_keys[:8]}, unexpected keys {unexpected[:8]}")
+            raise WeightsError(
+                f"{weights} does not fit timm model {name!r}: missing keys "
+                f"{result.missing_keys[:8]}, unexpected keys {unexpected[:8]}"
+            )
     return model
 
 
@@ -165,7 +175,7 @@ def build_feature_net(spec: NetSpec, layer: str = "fc7", seed: int = 0) -> Featu
     if spec.weights is not None and not Path(spec.weights).is_file():
         raise WeightsError(f"weight file not found: {spec.weights}")
     if spec.model.startswith(TIMM_PREFIX):
-        return TimmFeatureNet(_load_timm(spec.model[len(TIMM_PREFIX):], spec.weights, seed), layer)
+        return TimmFeatureNet(_load_timm(spec.model[len(TIMM_PREFIX) :], spec.weights, seed), layer)
     if spec.weights is not None:
         model = load_model(spec.weights, None if spec.model == "auto" else spec.model)
     else:
@@ -174,7 +184,7 @@ def build_feature_net(spec: NetSpec, layer: str = "fc7", seed: int = 0) -> Featu
     return VGGFeatureNet(model.eval(), layer)
 
 
-def as_feature_net(model: "nn.Module | FeatureNet", layer: str = "fc7") -> FeatureNet:
+def as_feature_net(model: nn.Module | FeatureNet, layer: str = "fc7") -> FeatureNet:
     """Wrap a model object for extraction: a vggfeat VGG, or any timm model."""
     if isinstance(model, FeatureNet):
         return model

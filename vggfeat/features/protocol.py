@@ -4,10 +4,12 @@ Per net and scale Q: rescale isotropically so the smallest side is Q, apply the 
 the layer's map, average with the flipped image. Then aggregate over scales (mean for VOC, stack for
 Caltech), stack the nets (D & E late fusion) and L2-normalise each final descriptor.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

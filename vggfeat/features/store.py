@@ -3,9 +3,8 @@
 manifest.json: row i's image path in `paths`; the inputs that were skipped with their reasons; the
 models and their weights' sha256; layer, scales, flip, aggregate, l2, dim, dtype, vggfeat version.
 """
-from __future__ import annotations
 
-from vggfeat.errors import VggfeatError
+from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from vggfeat.errors import VggfeatError
 from vggfeat.utils.files import read_json
 
 FEATURES_FILE = "features.npy"
@@ -40,7 +40,7 @@ class FeatureStore:
     def __len__(self) -> int:
         return int(self.features.shape[0])
 
-    def rows_for(self, paths: "list[str]") -> np.ndarray:
+    def rows_for(self, paths: list[str]) -> np.ndarray:
         """Row indices of `paths`. A store records paths as given to `vggfeat extract` (often relative to where
         it ran), so a path matches by resolved absolute path, then by its last two components (e.g.
         JPEGImages/000005.jpg, accordion/image_0001.jpg) when those are unique in the store. A path with no
@@ -51,13 +51,15 @@ class FeatureStore:
             t = _tail(p)
             tails[t] = -1 if t in tails else i  # -1 marks an ambiguous tail
         rows = np.array([exact.get(str(Path(p).resolve()), tails.get(_tail(p), -1)) for p in paths], dtype=np.int64)
-        missing = [p for p, i in zip(paths, rows) if i < 0]
+        missing = [p for p, i in zip(paths, rows, strict=False) if i < 0]
         if missing:
             skipped = {_tail(s["path"]): s["reason"] for s in self.manifest.get("skipped", [])}
             why = skipped.get(_tail(missing[0]))
             hint = f" (skipped at extraction: {why})" if why else ""
-            raise StoreError(f"{self.root}: {len(missing)} of the {len(paths)} images asked for have no row in the "
-                             f"store, e.g. {missing[0]}{hint}; extract every image of the benchmark into the store")
+            raise StoreError(
+                f"{self.root}: {len(missing)} of the {len(paths)} images asked for have no row in the "
+                f"store, e.g. {missing[0]}{hint}; extract every image of the benchmark into the store"
+            )
         return rows
 
 
@@ -65,17 +67,19 @@ def _tail(path: str, parts: int = 2) -> str:
     return "/".join(Path(path).parts[-parts:])
 
 
-def is_complete_store(root: "str | Path") -> bool:
+def is_complete_store(root: str | Path) -> bool:
     root = Path(root)
     return (root / FEATURES_FILE).is_file() and (root / MANIFEST_FILE).is_file()
 
 
-def load_store(root: "str | Path", mmap: bool = True) -> FeatureStore:
+def load_store(root: str | Path, mmap: bool = True) -> FeatureStore:
     """Open a finished store written by `vggfeat extract`."""
     root = Path(root)
     if not is_complete_store(root):
-        raise StoreError(f"{root}: not a finished feature store (needs {FEATURES_FILE} and {MANIFEST_FILE}); "
-                         "run `vggfeat extract IMAGES -o STORE` first, or again to finish it")
+        raise StoreError(
+            f"{root}: not a finished feature store (needs {FEATURES_FILE} and {MANIFEST_FILE}); "
+            "run `vggfeat extract IMAGES -o STORE` first, or again to finish it"
+        )
     fix = "rerun `vggfeat extract IMAGES -o STORE --overwrite` to rebuild it"
     manifest = read_json(root / MANIFEST_FILE, StoreError, fix)
     if not isinstance(manifest, dict):
@@ -85,8 +89,10 @@ def load_store(root: "str | Path", mmap: bool = True) -> FeatureStore:
     except (ValueError, OSError, EOFError) as e:  # truncated or not a .npy file
         raise StoreError(f"{root / FEATURES_FILE}: unreadable ({e}); {fix}") from None
     if features.ndim != 2 or features.shape[0] != len(manifest.get("paths", ())):
-        raise StoreError(f"{root}: {FEATURES_FILE} has shape {features.shape} but the manifest lists "
-                         f"{len(manifest.get('paths', ()))} images")
+        raise StoreError(
+            f"{root}: {FEATURES_FILE} has shape {features.shape} but the manifest lists "
+            f"{len(manifest.get('paths', ()))} images"
+        )
     return FeatureStore(root, features, manifest)
 
 
@@ -103,28 +109,34 @@ def chunk_path(root: Path, chunk_id: int) -> Path:
     return partial_dir(root) / f"chunk_{chunk_id:06d}.npz"
 
 
-def write_chunk(root: Path, chunk_id: int, indices: np.ndarray, features: np.ndarray,
-                skipped: list[tuple[int, str]]) -> None:
+def write_chunk(
+    root: Path, chunk_id: int, indices: np.ndarray, features: np.ndarray, skipped: list[tuple[int, str]]
+) -> None:
     """One chunk's results, written atomically: a crash leaves the whole file or none."""
     import io
 
     from vggfeat.utils.files import atomic_write_bytes
 
     buf = io.BytesIO()
-    np.savez(buf, index=indices.astype(np.int64), features=features.astype(np.float32),
-             skipped_index=np.array([i for i, _ in skipped], dtype=np.int64),
-             skipped_reason=np.array([r for _, r in skipped], dtype=np.str_))
+    np.savez(
+        buf,
+        index=indices.astype(np.int64),
+        features=features.astype(np.float32),
+        skipped_index=np.array([i for i, _ in skipped], dtype=np.int64),
+        skipped_reason=np.array([r for _, r in skipped], dtype=np.str_),
+    )
     atomic_write_bytes(chunk_path(root, chunk_id), buf.getvalue())
 
 
 def read_chunk(root: Path, chunk_id: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
     with np.load(chunk_path(root, chunk_id), allow_pickle=False) as z:
-        skipped = list(zip(z["skipped_index"].tolist(), z["skipped_reason"].tolist()))
+        skipped = list(zip(z["skipped_index"].tolist(), z["skipped_reason"].tolist(), strict=False))
         return z["index"], z["features"], skipped
 
 
-def assemble_store(root: Path, n_chunks: int, paths: list[str], dim: int, dtype: str,
-                   manifest: dict[str, Any]) -> FeatureStore:
+def assemble_store(
+    root: Path, n_chunks: int, paths: list[str], dim: int, dtype: str, manifest: dict[str, Any]
+) -> FeatureStore:
     """Stream the chunk files into features.npy, then write manifest.json (its presence marks a finished
     store) and remove the chunks. Each final file appears atomically by rename."""
     from vggfeat.utils.files import atomic_write_json
@@ -141,7 +153,7 @@ def assemble_store(root: Path, n_chunks: int, paths: list[str], dim: int, dtype:
     rows: list[str] = []
     for c in range(n_chunks):
         index, feats, _ = read_chunk(root, c)
-        out[len(rows):len(rows) + len(index)] = feats
+        out[len(rows) : len(rows) + len(index)] = feats
         rows.extend(paths[i] for i in index.tolist())
     out.flush()
     del out

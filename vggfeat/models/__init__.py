@@ -1,4 +1,5 @@
 """The paper's nets (Table 1), their initialisation (Sect. 3.1) and weight files."""
+
 from .init import INIT_FROM_A_LAYERS, init_from_net_a, init_weights
 from .preprocessing import CAFFE, PAPER, PRESETS, TIMM, TORCHVISION, Preprocessing
 from .registry import SPECS, count_parameters, create_model, list_models, load_model, model_table, resolve_name
@@ -6,7 +7,28 @@ from .vgg import CONFIGS, VGG
 from .weights import WeightsError, detect_layout, infer_architecture, load_weights, read_weights, save_weights
 
 __all__ = [
-    "CAFFE", "CONFIGS", "INIT_FROM_A_LAYERS", "PAPER", "PRESETS", "SPECS", "TIMM", "TORCHVISION", "VGG",
-    "Preprocessing", "WeightsError", "count_parameters", "create_model", "detect_layout", "infer_architecture", "init_from_net_a",
-    "init_weights", "list_models", "load_model", "load_weights", "model_table", "read_weights", "resolve_name", "save_weights",
+    "CAFFE",
+    "CONFIGS",
+    "INIT_FROM_A_LAYERS",
+    "PAPER",
+    "PRESETS",
+    "SPECS",
+    "TIMM",
+    "TORCHVISION",
+    "VGG",
+    "Preprocessing",
+    "WeightsError",
+    "count_parameters",
+    "create_model",
+    "detect_layout",
+    "infer_architecture",
+    "init_from_net_a",
+    "init_weights",
+    "list_models",
+    "load_model",
+    "load_weights",
+    "model_table",
+    "read_weights",
+    "resolve_name",
+    "save_weights",
 ]

@@ -7,6 +7,7 @@ Two kernels compute what nn.Conv2d followed by nn.ReLU computes:
   1.1-2.5x faster than oneDNN; its fp32 rounding is 3-5e-6 of a layer's largest output, against 1-2e-6
   for the direct convolution. `VGG.winograd = False` keeps every conv direct.
 """
+
 from __future__ import annotations
 
 import torch
@@ -108,30 +109,41 @@ def winograd_conv3x3_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
         o.clamp_min_(0.0)
         out = o.permute(2, 3, 0, 4, 1, 5).reshape(b, nr * M, tw * M, k)  # (B, rows, cols, K)
         valid = min(nr * M, h - r0 * M)
-        y[:, r0 * M:r0 * M + valid].copy_(out[:, :valid, :w])
+        y[:, r0 * M : r0 * M + valid].copy_(out[:, :valid, :w])
     return y.permute(0, 3, 1, 2)
 
 
 def onednn_conv_relu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """ReLU(conv(x)) as one oneDNN call with the ReLU as the convolution's post-op."""
     return torch.ops.mkldnn._convolution_pointwise(
-        x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups, "relu", [], "")
+        x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups, "relu", [], ""
+    )
 
 
 _ONEDNN = {"ok": True}  # cleared if oneDNN's fused call ever fails; the separate modules are then used
 
 
 def winograd_applies(conv: nn.Conv2d) -> bool:
-    return (conv.kernel_size == (R, R) and conv.stride == (1, 1) and conv.padding == (1, 1)
-            and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros"
-            and conv.in_channels * conv.out_channels >= WINOGRAD_MIN_CHANNEL_PRODUCT)
+    return (
+        conv.kernel_size == (R, R)
+        and conv.stride == (1, 1)
+        and conv.padding == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+        and conv.in_channels * conv.out_channels >= WINOGRAD_MIN_CHANNEL_PRODUCT
+    )
 
 
 def conv_relu_inference(conv: nn.Conv2d, x: torch.Tensor, winograd: bool = True) -> torch.Tensor | None:
     """ReLU(conv(x)) by the fastest CPU kernel that applies, for fp32 inference; None where none does
     (autograd, CUDA, autocast, another dtype): the caller then runs the modules."""
-    if not (x.device.type == "cpu" and x.dtype == torch.float32 and conv.weight.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu")):
+    if not (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and conv.weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+    ):
         return None
     if torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad):
         return None

@@ -4,9 +4,10 @@ The paper samples weights from a zero-mean normal with "10^-2 variance"; followi
 convention it builds on, vggfeat reads that as std 0.01 (std 0.1 explodes the activations of a deep net).
 Biases start at zero. Glorot init (which the authors later found to work without pre-training) is offered.
 """
+
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -16,8 +17,9 @@ INIT_METHODS = ("normal", "glorot")
 INIT_FROM_A_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv3_2", "fc6", "fc7", "fc8")
 
 
-def init_weights(model: nn.Module, method: str = "normal", std: float = 0.01,
-                 generator: torch.Generator | None = None) -> nn.Module:
+def init_weights(
+    model: nn.Module, method: str = "normal", std: float = 0.01, generator: torch.Generator | None = None
+) -> nn.Module:
     """Initialise every conv (the FC layers are convs too) in place; biases to zero."""
     if method not in INIT_METHODS:
         raise ValueError(f"unknown init method {method!r}; valid: {', '.join(INIT_METHODS)}")
@@ -34,8 +36,9 @@ def init_weights(model: nn.Module, method: str = "normal", std: float = 0.01,
     return model
 
 
-def init_from_net_a(model: nn.Module, net_a: "nn.Module | Mapping[str, torch.Tensor]",
-                    layers: tuple[str, ...] = INIT_FROM_A_LAYERS) -> list[str]:
+def init_from_net_a(
+    model: nn.Module, net_a: nn.Module | Mapping[str, torch.Tensor], layers: tuple[str, ...] = INIT_FROM_A_LAYERS
+) -> list[str]:
     """Copy the paper's seven layers from a trained net A into `model`; return the keys copied.
 
     The other layers keep their fresh initialisation. Shapes must agree (same width and fc size).

@@ -4,11 +4,13 @@ Sect. 2.1: the paper's only preprocessing is subtracting the training set's mean
 differ (PAPER.md section 6): the Caffe models take BGR 0-255 minus a mean pixel, torchvision's take RGB
 in [0, 1] normalised by mean and std. A weight file carries its convention; extraction applies it.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -44,7 +46,7 @@ class Preprocessing:
             x = x.flip(1)
         # y = (x * range - mean) / std, folded into one multiply-add per channel
         scale = torch.tensor([self.value_range / s for s in self.std], dtype=x.dtype, device=x.device)
-        shift = torch.tensor([-m / s for m, s in zip(self.mean, self.std)], dtype=x.dtype, device=x.device)
+        shift = torch.tensor([-m / s for m, s in zip(self.mean, self.std, strict=True)], dtype=x.dtype, device=x.device)
         return torch.addcmul(shift.view(1, 3, 1, 1), x, scale.view(1, 3, 1, 1))
 
     def to_dict(self) -> dict[str, Any]:
@@ -54,10 +56,12 @@ class Preprocessing:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Preprocessing":
+    def from_dict(cls, data: Mapping[str, Any]) -> Preprocessing:
         unknown = set(data) - {"channel_order", "value_range", "mean", "std"}
         if unknown:
-            raise ValueError(f"unknown preprocessing fields {sorted(unknown)}; valid: channel_order, value_range, mean, std")
+            raise ValueError(
+                f"unknown preprocessing fields {sorted(unknown)}; valid: channel_order, value_range, mean, std"
+            )
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
@@ -72,7 +76,7 @@ TIMM = TORCHVISION
 PRESETS: dict[str, Preprocessing] = {"paper": PAPER, "caffe": CAFFE, "torchvision": TORCHVISION, "timm": TIMM}
 
 
-def resolve_preprocessing(value: "Preprocessing | str | Mapping[str, Any]") -> Preprocessing:
+def resolve_preprocessing(value: Preprocessing | str | Mapping[str, Any]) -> Preprocessing:
     """A Preprocessing from itself, a preset name or a dict of its fields."""
     if isinstance(value, Preprocessing):
         return value

@@ -1,4 +1,5 @@
 """Model names: the paper's letters are canonical (`vgg_d`), depths are aliases (`vgg16`)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,9 +8,10 @@ from typing import Any
 
 import torch
 
+from vggfeat.errors import InputError
+
 from .init import init_weights
 from .vgg import VGG
-from vggfeat.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -51,11 +53,11 @@ def create_model(
     name: str,
     *,
     num_classes: int = 1000,
-    weights: "str | Path | None" = None,
+    weights: str | Path | None = None,
     init: str = "normal",
     init_std: float = 0.01,
     seed: int | None = None,
-    device: "torch.device | str | None" = None,
+    device: torch.device | str | None = None,
     **options: Any,
 ) -> VGG:
     """Build a named net (options: width_mult, fc_dim, fc6_kernel, dropout, in_chans), initialised as in
@@ -78,7 +80,7 @@ def create_model(
     return model
 
 
-def load_model(weights: "str | Path", name: str | None = None, *, preprocessing=None, **options: Any) -> VGG:
+def load_model(weights: str | Path, name: str | None = None, *, preprocessing=None, **options: Any) -> VGG:
     """Build the net a weight file describes and load it. The architecture comes from the file's metadata
     (vggfeat files), else from its tensors' shapes; `name` and `options` override. Returns it in eval mode.
     """
@@ -90,7 +92,8 @@ def load_model(weights: "str | Path", name: str | None = None, *, preprocessing=
             arch, inferred = meta["arch"], check_options(meta["options"], str(weights))
             if meta.get("num_classes", "").isdigit() and "num_classes" not in inferred:
                 inferred["num_classes"] = check_options({"num_classes": int(meta["num_classes"])}, str(weights))[
-                    "num_classes"]
+                    "num_classes"
+                ]
         else:
             arch, inferred = infer_architecture(tensors)
     if name is not None:
@@ -119,11 +122,13 @@ def model_table() -> list[dict[str, Any]]:
     rows = []
     for spec in SPECS.values():
         model = create_model(spec.name, device="meta")
-        rows.append({
-            "name": spec.name,
-            "aliases": list(spec.aliases),
-            "config": spec.config + ("-LRN" if spec.lrn else ""),
-            "weight_layers": len(model.weight_layers()),
-            "parameters": count_parameters(model),
-        })
+        rows.append(
+            {
+                "name": spec.name,
+                "aliases": list(spec.aliases),
+                "config": spec.config + ("-LRN" if spec.lrn else ""),
+                "weight_layers": len(model.weight_layers()),
+                "parameters": count_parameters(model),
+            }
+        )
     return rows

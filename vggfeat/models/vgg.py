@@ -7,9 +7,10 @@ way from the start; at exactly 224 x 224 it is the classic Linear head, computed
 Naming: a conv or fc layer's name (`conv3_2`, `fc7`) denotes its activation *after its ReLU*; `fc8` is
 the raw class-score map; `pool*` the max-pool output; `norm1` the LRN output of A-LRN.
 """
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,7 @@ from .preprocessing import PAPER, Preprocessing
 Conv = tuple[int, int]  # (output channels, kernel size)
 
 
-def _stage(*convs: "int | Conv") -> tuple[Conv, ...]:
+def _stage(*convs: int | Conv) -> tuple[Conv, ...]:
     return tuple((c, 3) if isinstance(c, int) else c for c in convs)
 
 
@@ -102,8 +103,14 @@ class VGG(nn.Module):
             raise ValueError("width_mult, fc_dim, fc6_kernel and num_classes must be positive")
         self.config, self.lrn, self.num_classes = config, lrn, num_classes
         # what rebuilds this net (saved with its weights, so a weight file alone builds the right net)
-        self.options = dict(num_classes=num_classes, width_mult=width_mult, fc_dim=fc_dim, fc6_kernel=fc6_kernel,
-                            dropout=dropout, in_chans=in_chans)
+        self.options = dict(
+            num_classes=num_classes,
+            width_mult=width_mult,
+            fc_dim=fc_dim,
+            fc6_kernel=fc6_kernel,
+            dropout=dropout,
+            in_chans=in_chans,
+        )
         self.fc_dim, self.fc6_kernel = fc_dim, fc6_kernel
         self.num_features = fc_dim  # timm's contract: the width of the pre-logits features (fc7)
         self.preprocessing: Preprocessing = PAPER
@@ -116,16 +123,20 @@ class VGG(nn.Module):
         for s, stage in enumerate(CONFIGS[config], start=1):
             for i, (c, k) in enumerate(stage, start=1):
                 c_out = max(1, round(c * width_mult))
-                self._add(f"conv{s}_{i}", (f"conv{s}_{i}", nn.Conv2d(c_in, c_out, k, padding=k // 2)),
-                          (f"relu{s}_{i}", nn.ReLU(inplace=True)))
+                self._add(
+                    f"conv{s}_{i}",
+                    (f"conv{s}_{i}", nn.Conv2d(c_in, c_out, k, padding=k // 2)),
+                    (f"relu{s}_{i}", nn.ReLU(inplace=True)),
+                )
                 if lrn and (s, i) == (1, 1):
                     self._add("norm1", ("norm1", nn.LocalResponseNorm(LRN_SIZE, LRN_ALPHA * LRN_SIZE, LRN_BETA, LRN_K)))
                 c_in = c_out
             self._add(f"pool{s}", (f"pool{s}", nn.MaxPool2d(2, 2)))
         # Sect. 3.2: the FC layers as convolutions.
         self._add("fc6", ("fc6", DenseFC(c_in, fc_dim, fc6_kernel)), ("relu6", nn.ReLU(inplace=True)))
-        self._add("fc7", ("drop6", nn.Dropout(dropout)), ("fc7", DenseFC(fc_dim, fc_dim, 1)),
-                  ("relu7", nn.ReLU(inplace=True)))
+        self._add(
+            "fc7", ("drop6", nn.Dropout(dropout)), ("fc7", DenseFC(fc_dim, fc_dim, 1)), ("relu7", nn.ReLU(inplace=True))
+        )
         self._add("fc8", ("drop7", nn.Dropout(dropout)), ("fc8", DenseFC(fc_dim, num_classes, 1)))
 
     def _add(self, layer: str, *modules: tuple[str, nn.Module]) -> None:
@@ -152,7 +163,9 @@ class VGG(nn.Module):
 
     def _check_layer(self, layer: str) -> None:
         if layer not in self._channels:
-            raise LayerError(f"unknown layer {layer!r} for vgg config {self.config}; valid: {', '.join(self.layer_names)}")
+            raise LayerError(
+                f"unknown layer {layer!r} for vgg config {self.config}; valid: {', '.join(self.layer_names)}"
+            )
 
     def min_input_size(self) -> int:
         """Smallest image side the dense head accepts: fc6 needs fc6_kernel pool5 cells (32 px each)."""
@@ -182,9 +195,10 @@ class VGG(nn.Module):
 
     def forward_features(self, x: torch.Tensor, layer: str = "fc7") -> torch.Tensor:
         """The named layer's activation map (B, C, h, w); conv and fc layers after their ReLU."""
-        for _, x in self.iter_layers(x, until=layer):
+        out = x
+        for _, out in self.iter_layers(x, until=layer):  # noqa: B007 (keeps the last layer's output)
             pass
-        return x
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class scores (B, K): the dense fc8 score map averaged over positions (Sect. 3.2)."""

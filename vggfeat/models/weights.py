@@ -5,20 +5,22 @@ torchvision's (`features.N`, `classifier.0` a Linear over a 7x7 pool5 map, resha
 conv of Sect. 3.2) and timm's (`features.N`, `pre_logits.fc1/fc2`, `head.fc`). Files are safetensors or
 PyTorch files read with `weights_only=True`: an arbitrary pickle is refused, never run.
 """
-from __future__ import annotations
 
-from vggfeat.errors import VggfeatError
-from vggfeat.utils.files import give_plain_permissions
+from __future__ import annotations
 
 import contextlib
 import json
 import logging
 import re
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
+
+from vggfeat.errors import VggfeatError
+from vggfeat.utils.files import give_plain_permissions
 
 from .preprocessing import TIMM, TORCHVISION, Preprocessing, resolve_preprocessing
 
@@ -35,7 +37,7 @@ class WeightsError(VggfeatError, ValueError):
     """A weight file that cannot be read or does not fit the net."""
 
 
-def read_weights(path: "str | Path") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors and metadata of a weight file, without unpickling arbitrary objects."""
     path = Path(path)
     if not path.is_file():
@@ -88,7 +90,7 @@ def _strip_wrappers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
     for key, value in state.items():
         for prefix in _WRAPPER_PREFIXES:
             if key.startswith(prefix):
-                key = key[len(prefix):]
+                key = key[len(prefix) :]
         out[key] = value
     return out
 
@@ -115,8 +117,10 @@ def to_vggfeat_layout(state: Mapping[str, torch.Tensor], model: nn.Module, layou
     if layout == "vggfeat":
         renamed = dict(state)
     elif layout in ("torchvision", "timm"):
-        head = {"torchvision": {"classifier.0": "fc6", "classifier.3": "fc7", "classifier.6": "fc8"},
-                "timm": {"pre_logits.fc1": "fc6", "pre_logits.fc2": "fc7", "head.fc": "fc8"}}[layout]
+        head = {
+            "torchvision": {"classifier.0": "fc6", "classifier.3": "fc7", "classifier.6": "fc8"},
+            "timm": {"pre_logits.fc1": "fc6", "pre_logits.fc2": "fc7", "head.fc": "fc8"},
+        }[layout]
         conv_names = [n for n in model.weight_layers() if n.startswith("conv")]
         # features.N: the convs in order of their index in the Sequential (ReLUs and pools sit between)
         indices = sorted({int(m.group(1)) for k in state if (m := re.match(r"features\.(\d+)\.weight$", k))})
@@ -125,7 +129,7 @@ def to_vggfeat_layout(state: Mapping[str, torch.Tensor], model: nn.Module, layou
                 f"{layout} weights hold {len(indices)} conv layers but config {getattr(model, 'config', '?')} has "
                 f"{len(conv_names)}: they belong to another depth (vgg11 = A, vgg13 = B, vgg16 = D, vgg19 = E)"
             )
-        feature_map = {f"features.{i}": name for i, name in zip(indices, conv_names)}
+        feature_map = {f"features.{i}": name for i, name in zip(indices, conv_names, strict=False)}
         renamed = {}
         for key, value in state.items():
             prefix, _, param = key.rpartition(".")
@@ -148,11 +152,14 @@ def check_compatible(state: Mapping[str, torch.Tensor], model: nn.Module, layout
     unexpected = sorted(set(state) - set(expected))
     shapes = sorted(
         f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in set(state) & set(expected) if state[k].shape != expected[k].shape
+        for k in set(state) & set(expected)
+        if state[k].shape != expected[k].shape
     )
     if missing or unexpected or shapes:
-        lines = [f"weights ({layout} layout) do not fit {type(model).__name__} config "
-                 f"{getattr(model, 'config', '?')} with {getattr(model, 'num_classes', '?')} classes:"]
+        lines = [
+            f"weights ({layout} layout) do not fit {type(model).__name__} config "
+            f"{getattr(model, 'config', '?')} with {getattr(model, 'num_classes', '?')} classes:"
+        ]
         if missing:
             lines.append(f"  missing keys: {', '.join(missing)}")
         if unexpected:
@@ -174,8 +181,14 @@ def naming_file(source: Any) -> Iterator[None]:
 
 
 # Options a weight file may carry, with the range a real VGG fits in (guards against absurd metadata)
-OPTION_RANGES = {"num_classes": (1, 1_000_000), "width_mult": (1 / 64, 16), "fc_dim": (1, 65536),
-                 "fc6_kernel": (1, 32), "in_chans": (1, 64), "dropout": (0.0, 1.0)}
+OPTION_RANGES = {
+    "num_classes": (1, 1_000_000),
+    "width_mult": (1 / 64, 16),
+    "fc_dim": (1, 65536),
+    "fc6_kernel": (1, 32),
+    "in_chans": (1, 64),
+    "dropout": (0.0, 1.0),
+}
 
 
 def check_options(options: Any, origin: str) -> dict[str, Any]:
@@ -191,8 +204,9 @@ def check_options(options: Any, origin: str) -> dict[str, Any]:
     return dict(options)
 
 
-def load_weights(model: nn.Module, source: "str | Path | Mapping[str, Any]", *,
-                 preprocessing: "Preprocessing | str | None" = None) -> nn.Module:
+def load_weights(
+    model: nn.Module, source: str | Path | Mapping[str, Any], *, preprocessing: Preprocessing | str | None = None
+) -> nn.Module:
     """Load a state dict or weight file into `model` (in place) and set `model.preprocessing`.
 
     The preprocessing comes from, in order: the `preprocessing` argument, the file's own metadata, the
@@ -205,8 +219,14 @@ def load_weights(model: nn.Module, source: "str | Path | Mapping[str, Any]", *,
     return load_tensors(model, tensors, meta, preprocessing=preprocessing, origin=source)
 
 
-def load_tensors(model: nn.Module, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], *,
-                 preprocessing: "Preprocessing | str | None" = None, origin: Any = None) -> nn.Module:
+def load_tensors(
+    model: nn.Module,
+    tensors: Mapping[str, torch.Tensor],
+    meta: Mapping[str, Any],
+    *,
+    preprocessing: Preprocessing | str | None = None,
+    origin: Any = None,
+) -> nn.Module:
     """`load_weights` for tensors and metadata already read (`read_weights`), so a file is read once."""
     with naming_file(origin):
         tensors = _strip_wrappers(tensors)
@@ -225,7 +245,7 @@ def load_tensors(model: nn.Module, tensors: Mapping[str, torch.Tensor], meta: Ma
     return model
 
 
-def save_weights(model: nn.Module, path: "str | Path", metadata: Mapping[str, str] | None = None) -> Path:
+def save_weights(model: nn.Module, path: str | Path, metadata: Mapping[str, str] | None = None) -> Path:
     """Write the model's weights as safetensors with its preprocessing and architecture as metadata."""
     from safetensors.torch import save_file
 
@@ -257,21 +277,26 @@ def infer_architecture(state: Mapping[str, torch.Tensor]) -> tuple[str, dict[str
 
     state = _strip_wrappers(state)
     layout = detect_layout(state)
-    need = {"vggfeat": ("fc6.weight", "fc8.weight"), "torchvision": ("classifier.0.weight", "classifier.6.weight"),
-            "timm": ("pre_logits.fc1.weight", "head.fc.weight")}[layout]
+    need = {
+        "vggfeat": ("fc6.weight", "fc8.weight"),
+        "torchvision": ("classifier.0.weight", "classifier.6.weight"),
+        "timm": ("pre_logits.fc1.weight", "head.fc.weight"),
+    }[layout]
     absent = [k for k in need if k not in state]
     if absent:
         raise WeightsError(f"{layout} weights lack {', '.join(absent)} (fc6/fc8): not a complete VGG")
     if layout == "vggfeat":
-        convs = sorted((k for k in state if re.match(r"conv\d_\d\.weight$", k)),
-                       key=lambda k: tuple(int(n) for n in re.findall(r"\d", k)))
+        convs = sorted(
+            (k for k in state if re.match(r"conv\d_\d\.weight$", k)),
+            key=lambda k: tuple(int(n) for n in re.findall(r"\d", k)),
+        )
         fc6, fc8 = state["fc6.weight"], state["fc8.weight"]
     else:
         convs = sorted((k for k in state if re.match(r"features\.\d+\.weight$", k)), key=lambda k: int(k.split(".")[1]))
         fc6 = state["classifier.0.weight" if layout == "torchvision" else "pre_logits.fc1.weight"]
         fc8 = state["classifier.6.weight" if layout == "torchvision" else "head.fc.weight"]
     kernels = [state[k].shape[-1] for k in convs]
-    for name, config in (("vgg_a", "A"), ("vgg_b", "B"), ("vgg_c", "C"), ("vgg_d", "D"), ("vgg_e", "E")):
+    for name, config in (("vgg_a", "A"), ("vgg_b", "B"), ("vgg_c", "C"), ("vgg_d", "D"), ("vgg_e", "E")):  # noqa: B007 (name is used after the loop)
         if [k for stage in CONFIGS[config] for _, k in stage] == kernels:
             break
     else:
@@ -280,6 +305,11 @@ def infer_architecture(state: Mapping[str, torch.Tensor]) -> tuple[str, dict[str
     fc_dim = int(fc6.shape[0])
     last_conv = int(state[convs[-1]].shape[0])
     fc6_kernel = int(fc6.shape[-1]) if fc6.ndim == 4 else int(round((fc6.shape[1] / last_conv) ** 0.5))
-    options = dict(num_classes=int(fc8.shape[0]), width_mult=int(first.shape[0]) / 64, fc_dim=fc_dim,
-                   fc6_kernel=fc6_kernel, in_chans=int(first.shape[1]))
+    options = dict(
+        num_classes=int(fc8.shape[0]),
+        width_mult=int(first.shape[0]) / 64,
+        fc_dim=fc_dim,
+        fc6_kernel=fc6_kernel,
+        in_chans=int(first.shape[1]),
+    )
     return name, options

@@ -4,14 +4,15 @@ extracted on the fly and cached in the probe's output folder (Appendix B setting
 A cached store lives in OUT/features/<settings hash>/, so a second probe with the same features (another C
 grid, kNN instead of SVMs) extracts nothing, and an interrupted extraction resumes.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -32,6 +33,7 @@ PAPER_FEATURES = {
 @dataclass(frozen=True)
 class ExtractionSettings:
     """How to extract a benchmark's descriptors on the fly (the `vggfeat extract` options)."""
+
     models: tuple[tuple[str, str | None], ...]  # (model name, weight file or None for a random net)
     layer: str = "fc7"
     scales: tuple[int, ...] = (256, 384, 512)
@@ -49,8 +51,16 @@ class ExtractionSettings:
         return hashlib.sha256(json.dumps(desc, sort_keys=True, default=list).encode()).hexdigest()[:12]
 
 
-def cached_store(images: Sequence[str], out: "str | Path", settings: ExtractionSettings, *, batch_size: int = 16,
-                 device: str = "auto", workers: int = 2, progress: bool = True) -> FeatureStore:
+def cached_store(
+    images: Sequence[str],
+    out: str | Path,
+    settings: ExtractionSettings,
+    *,
+    batch_size: int = 16,
+    device: str = "auto",
+    workers: int = 2,
+    progress: bool = True,
+) -> FeatureStore:
     """Extract `images` into OUT/features/<key>/ unless a finished store with these settings is there."""
     from vggfeat.features.extract import extract_to_store
 
@@ -62,17 +72,31 @@ def cached_store(images: Sequence[str], out: "str | Path", settings: ExtractionS
             log.info("reusing cached features %s", root)
             return store
     return extract_to_store(
-        images, root, models=settings.models, layer=settings.layer, scales=settings.scales,
-        flip=settings.flip, aggregate=settings.aggregate, l2=settings.l2, l2_parts=settings.l2_parts,
-        seed=settings.seed, batch_size=batch_size, device=device, workers=workers, progress=progress,
+        images,
+        root,
+        models=settings.models,
+        layer=settings.layer,
+        scales=settings.scales,
+        flip=settings.flip,
+        aggregate=settings.aggregate,
+        l2=settings.l2,
+        l2_parts=settings.l2_parts,
+        seed=settings.seed,
+        batch_size=batch_size,
+        device=device,
+        workers=workers,
+        progress=progress,
         overwrite=True,
     )
 
 
-def split_features(store: FeatureStore, train_paths: Sequence[str], test_paths: Sequence[str]
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def split_features(
+    store: FeatureStore, train_paths: Sequence[str], test_paths: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
     """(train, test) descriptor matrices as float32, rows in the benchmark's order (matched as
     `FeatureStore.rows_for` does)."""
     train_rows, test_rows = store.rows_for(train_paths), store.rows_for(test_paths)
-    return (np.asarray(store.features[train_rows], dtype=np.float32),
-            np.asarray(store.features[test_rows], dtype=np.float32))
+    return (
+        np.asarray(store.features[train_rows], dtype=np.float32),
+        np.asarray(store.features[test_rows], dtype=np.float32),
+    )

@@ -5,10 +5,10 @@ descriptors is cosine similarity. `knn_scores` is the weighted kNN vote of DINO'
 nearest training images votes for its classes with weight exp(cos / T), and the score of a class is its
 share of the weighted vote, so scores compare across test images (VOC AP) and argmax is the prediction.
 """
+
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 from pathlib import Path
@@ -67,8 +67,15 @@ def _gpu_wanted(use_gpu: bool | None) -> bool:
     return bool(gpus) and use_gpu is not False
 
 
-def build_index(X: np.ndarray, kind: str = "flat", *, metric: str = "ip", nlist: int | None = None,
-                m: int | None = None, use_gpu: bool | None = None) -> faiss.Index:
+def build_index(
+    X: np.ndarray,
+    kind: str = "flat",
+    *,
+    metric: str = "ip",
+    nlist: int | None = None,
+    m: int | None = None,
+    use_gpu: bool | None = None,
+) -> faiss.Index:
     """An index holding the rows of X (N, D); IVF kinds are trained on X itself.
 
     ivf/ivfpq: `nlist` lists (default `default_nlist(N)`), nprobe set to max(4, sqrt(nlist)) capped at nlist;
@@ -121,13 +128,19 @@ def to_cpu(index: faiss.Index) -> faiss.Index:
 def describe_index(index: faiss.Index) -> dict[str, Any]:
     """kind, metric, dim and row count of an index (a CPU one)."""
     inner = faiss.downcast_index(index)
-    kind = {"IndexFlat": "flat", "IndexFlatIP": "flat", "IndexFlatL2": "flat", "IndexIVFFlat": "ivf",
-            "IndexIVFPQ": "ivfpq", "IndexHNSWFlat": "hnsw"}.get(type(inner).__name__, type(inner).__name__)
+    kind = {
+        "IndexFlat": "flat",
+        "IndexFlatIP": "flat",
+        "IndexFlatL2": "flat",
+        "IndexIVFFlat": "ivf",
+        "IndexIVFPQ": "ivfpq",
+        "IndexHNSWFlat": "hnsw",
+    }.get(type(inner).__name__, type(inner).__name__)
     metric = "ip" if index.metric_type == faiss.METRIC_INNER_PRODUCT else "l2"
     return {"kind": kind, "metric": metric, "dim": int(index.d), "ntotal": int(index.ntotal)}
 
 
-def save_index(index: faiss.Index, path: "str | Path", meta: dict[str, Any]) -> Path:
+def save_index(index: faiss.Index, path: str | Path, meta: dict[str, Any]) -> Path:
     """Write `index.faiss` and `index.json` (meta plus kind, metric, dim, ntotal) into folder `path`.
 
     Each file is written atomically, the json last; the json records the sha256 of index.faiss, so a crash
@@ -142,17 +155,21 @@ def save_index(index: faiss.Index, path: "str | Path", meta: dict[str, Any]) -> 
         raise ValueError(f"meta lists {len(meta['paths'])} paths but the index holds {info['ntotal']} rows")
     data = faiss.serialize_index(cpu).tobytes()
     atomic_write_bytes(path / INDEX_FILE, data)
-    atomic_write_json(path / META_FILE, {**meta, **info, "faiss_version": faiss.__version__,
-                                         "index_sha256": hashlib.sha256(data).hexdigest()})
+    atomic_write_json(
+        path / META_FILE,
+        {**meta, **info, "faiss_version": faiss.__version__, "index_sha256": hashlib.sha256(data).hexdigest()},
+    )
     return path
 
 
-def load_index(path: "str | Path") -> tuple[faiss.Index, dict[str, Any]]:
+def load_index(path: str | Path) -> tuple[faiss.Index, dict[str, Any]]:
     """(index, meta) of a folder written by `save_index`; the index is on the CPU."""
     path = Path(path)
     if not (path / INDEX_FILE).is_file() or not (path / META_FILE).is_file():
-        raise IndexNotFoundError(f"{path}: not a saved index (needs {INDEX_FILE} and {META_FILE}); "
-                              "build one with `vggfeat index build STORE -o FOLDER`")
+        raise IndexNotFoundError(
+            f"{path}: not a saved index (needs {INDEX_FILE} and {META_FILE}); "
+            "build one with `vggfeat index build STORE -o FOLDER`"
+        )
     fix = "rebuild it with `vggfeat index build STORE -o FOLDER`"
     meta = read_json(path / META_FILE, FaissIndexError, fix)
     if not isinstance(meta, dict) or not isinstance(meta.get("paths"), list):
@@ -166,8 +183,10 @@ def load_index(path: "str | Path") -> tuple[faiss.Index, dict[str, Any]]:
         raise FaissIndexError(f"{path / INDEX_FILE}: unreadable ({str(e).splitlines()[0][:200]}); {fix}") from None
     info = describe_index(index)
     if (info["dim"], info["ntotal"], len(meta["paths"])) != (meta.get("dim"), meta.get("ntotal"), info["ntotal"]):
-        raise FaissIndexError(f"{path}: {INDEX_FILE} holds {info['ntotal']} x {info['dim']} but {META_FILE} says "
-                              f"{meta.get('ntotal')} x {meta.get('dim')} with {len(meta['paths'])} paths; {fix}")
+        raise FaissIndexError(
+            f"{path}: {INDEX_FILE} holds {info['ntotal']} x {info['dim']} but {META_FILE} says "
+            f"{meta.get('ntotal')} x {meta.get('dim')} with {len(meta['paths'])} paths; {fix}"
+        )
     return index, meta
 
 
@@ -185,9 +204,17 @@ def search(index: faiss.Index, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
     return scores, ids
 
 
-def knn_scores(train_X: np.ndarray, train_labels: np.ndarray, test_X: np.ndarray, *, k: int = 20,
-               temperature: float = 0.07, kind: str = "flat", multilabel: bool | None = None,
-               num_classes: int | None = None) -> np.ndarray:
+def knn_scores(
+    train_X: np.ndarray,
+    train_labels: np.ndarray,
+    test_X: np.ndarray,
+    *,
+    k: int = 20,
+    temperature: float = 0.07,
+    kind: str = "flat",
+    multilabel: bool | None = None,
+    num_classes: int | None = None,
+) -> np.ndarray:
     """(M, K) class scores of the test rows by a weighted vote of their k nearest training rows.
 
     Rows are L2-normalised here, so similarity s is cosine. Neighbour j of test row i has weight

@@ -5,13 +5,15 @@ of k positive and 19 k negative trainval images (the rest of that class's column
 ignored); that class's SVM is trained on its sample alone and scored on the full test set with the devkit's
 11-point AP (PAPER.md section 5). Five samples per k; mAP is reported as mean and std over the samples.
 """
+
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -27,8 +29,9 @@ LOW_SHOT_SAMPLES = 5
 LOW_SHOT_CS = (0.01, 0.1, 1.0, 10.0, 100.0)
 
 
-def draw_low_shot(labels: np.ndarray, k: int, *, seed: int, sample: int,
-                  negatives_per_positive: int = NEGATIVES_PER_POSITIVE) -> list[tuple[np.ndarray, np.ndarray]]:
+def draw_low_shot(
+    labels: np.ndarray, k: int, *, seed: int, sample: int, negatives_per_positive: int = NEGATIVES_PER_POSITIVE
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per class of `labels` (N, K) in {1, -1, 0}: (positive rows, negative rows) of one seeded sample.
 
     The generator is keyed by (seed, k, sample), so a sample does not change when other k values or samples
@@ -51,10 +54,10 @@ class LowShotResult:
     Cs: tuple[float, ...]
     classes: tuple[str, ...]
     seed: int
-    ap: np.ndarray                 # (len(ks), samples, len(Cs), K) test AP; NaN for a class without test positives
-    drawn: np.ndarray              # (len(ks), samples, K, 2) positives and negatives actually trained on
+    ap: np.ndarray  # (len(ks), samples, len(Cs), K) test AP; NaN for a class without test positives
+    drawn: np.ndarray  # (len(ks), samples, K, 2) positives and negatives actually trained on
     features: dict[str, Any] = field(default_factory=dict)
-    seconds: list[float] = field(default_factory=list)   # per k
+    seconds: list[float] = field(default_factory=list)  # per k
 
     @property
     def map_table(self) -> np.ndarray:
@@ -68,9 +71,9 @@ class LowShotResult:
         return np.asarray(self.Cs)[self.map_table.mean(axis=1).argmax(axis=1)]
 
     def _at_chosen(self) -> np.ndarray:
-        table = self.map_table                                  # (len(ks), samples, len(Cs))
+        table = self.map_table  # (len(ks), samples, len(Cs))
         best = table.mean(axis=1).argmax(axis=1)
-        return table[np.arange(len(self.ks)), :, best]          # (len(ks), samples)
+        return table[np.arange(len(self.ks)), :, best]  # (len(ks), samples)
 
     @property
     def mean(self) -> np.ndarray:
@@ -88,34 +91,63 @@ class LowShotResult:
         at_chosen, best = self._at_chosen(), table.mean(axis=1).argmax(axis=1)
         rows = []
         for i, k in enumerate(self.ks):
-            per_class = np.nanmean(self.ap[i, :, best[i]], axis=0)          # (K,) mean over samples
-            fewest = self.drawn[i].min(axis=0)                              # (K, 2) over samples
-            rows.append({
-                "k": int(k), "negatives": NEGATIVES_PER_POSITIVE * int(k),
-                "mAP": round(100 * float(self.mean[i]), 2), "std": round(100 * float(self.std[i]), 2),
-                "chosen_C": float(self.chosen_C[i]),
-                "per_sample": [round(100 * float(v), 2) for v in at_chosen[i]],
-                "mAP_per_C": {str(c): round(100 * float(table[i, :, j].mean()), 2) for j, c in enumerate(self.Cs)},
-                "per_class": {name: None if np.isnan(v) else round(100 * float(v), 2)
-                              for name, v in zip(self.classes, per_class)},
-                "fewer_than_asked": {name: [int(p), int(n)] for name, (p, n) in zip(self.classes, fewest)
-                                     if p < k or n < NEGATIVES_PER_POSITIVE * k},
-                "seconds": round(self.seconds[i], 3) if i < len(self.seconds) else None,
-            })
+            per_class = np.nanmean(self.ap[i, :, best[i]], axis=0)  # (K,) mean over samples
+            fewest = self.drawn[i].min(axis=0)  # (K, 2) over samples
+            rows.append(
+                {
+                    "k": int(k),
+                    "negatives": NEGATIVES_PER_POSITIVE * int(k),
+                    "mAP": round(100 * float(self.mean[i]), 2),
+                    "std": round(100 * float(self.std[i]), 2),
+                    "chosen_C": float(self.chosen_C[i]),
+                    "per_sample": [round(100 * float(v), 2) for v in at_chosen[i]],
+                    "mAP_per_C": {str(c): round(100 * float(table[i, :, j].mean()), 2) for j, c in enumerate(self.Cs)},
+                    "per_class": {
+                        name: None if np.isnan(v) else round(100 * float(v), 2)
+                        for name, v in zip(self.classes, per_class, strict=False)
+                    },
+                    "fewer_than_asked": {
+                        name: [int(p), int(n)]
+                        for name, (p, n) in zip(self.classes, fewest, strict=False)
+                        if p < k or n < NEGATIVES_PER_POSITIVE * k
+                    },
+                    "seconds": round(self.seconds[i], 3) if i < len(self.seconds) else None,
+                }
+            )
         return {
-            "benchmark": "voc2007-lowshot", "metric": "voc07_ap", "headline_name": "mAP",
-            "protocol": (f"per class k positives and {NEGATIVES_PER_POSITIVE}k negatives from trainval (rest "
-                         f"ignored), {self.ap.shape[1]} seeded samples per k; one SVM per class on its sample; "
-                         "11-point AP on the full test set; C chosen per k by mean test mAP over the samples"),
-            "ks": list(map(int, self.ks)), "Cs": list(map(float, self.Cs)), "samples": int(self.ap.shape[1]),
-            "seed": self.seed, "rows": rows, "features": self.features,
+            "benchmark": "voc2007-lowshot",
+            "metric": "voc07_ap",
+            "headline_name": "mAP",
+            "protocol": (
+                f"per class k positives and {NEGATIVES_PER_POSITIVE}k negatives from trainval (rest "
+                f"ignored), {self.ap.shape[1]} seeded samples per k; one SVM per class on its sample; "
+                "11-point AP on the full test set; C chosen per k by mean test mAP over the samples"
+            ),
+            "ks": list(map(int, self.ks)),
+            "Cs": list(map(float, self.Cs)),
+            "samples": int(self.ap.shape[1]),
+            "seed": self.seed,
+            "rows": rows,
+            "features": self.features,
         }
 
 
-def run_low_shot(x_train, y_train, x_test, y_test, *, ks: Sequence[int] = LOW_SHOT_KS,
-                 samples: int = LOW_SHOT_SAMPLES, Cs: Sequence[float] = LOW_SHOT_CS, seed: int = 0,
-                 classes: Sequence[str] | None = None, tol: float = 1e-6, device=None,
-                 features: dict[str, Any] | None = None, progress=None) -> LowShotResult:
+def run_low_shot(
+    x_train,
+    y_train,
+    x_test,
+    y_test,
+    *,
+    ks: Sequence[int] = LOW_SHOT_KS,
+    samples: int = LOW_SHOT_SAMPLES,
+    Cs: Sequence[float] = LOW_SHOT_CS,
+    seed: int = 0,
+    classes: Sequence[str] | None = None,
+    tol: float = 1e-6,
+    device=None,
+    features: dict[str, Any] | None = None,
+    progress=None,
+) -> LowShotResult:
     """The low-shot protocol on descriptors: x (N, D), VOC labels y (N, K) in {1, -1, 0}.
 
     For each k, every (sample, class, C) problem is one column of a single batched solve over the union of
@@ -124,16 +156,20 @@ def run_low_shot(x_train, y_train, x_test, y_test, *, ks: Sequence[int] = LOW_SH
     x_train, x_test = np.asarray(x_train, np.float32), np.asarray(x_test, np.float32)
     y_train, y_test = np.asarray(y_train), np.asarray(y_test)
     if y_train.ndim != 2 or y_test.ndim != 2 or y_train.shape[1] != y_test.shape[1]:
-        raise InputError(f"low-shot needs VOC label matrices (N, K) with the same K, got {y_train.shape} "
-                         f"and {y_test.shape}")
+        raise InputError(
+            f"low-shot needs VOC label matrices (N, K) with the same K, got {y_train.shape} and {y_test.shape}"
+        )
     if len(x_train) != len(y_train) or len(x_test) != len(y_test):
-        raise InputError(f"features and labels disagree: {len(x_train)} vs {len(y_train)} train rows, "
-                         f"{len(x_test)} vs {len(y_test)} test rows")
+        raise InputError(
+            f"features and labels disagree: {len(x_train)} vs {len(y_train)} train rows, "
+            f"{len(x_test)} vs {len(y_test)} test rows"
+        )
     ks = tuple(int(k) for k in ks)
     Cs = tuple(float(c) for c in Cs)
     if not ks or min(ks) < 1 or samples < 1 or not Cs or min(Cs) <= 0:
-        raise InputError(f"low-shot needs k >= 1, samples >= 1 and positive C values; got ks={ks}, "
-                         f"samples={samples}, Cs={Cs}")
+        raise InputError(
+            f"low-shot needs k >= 1, samples >= 1 and positive C values; got ks={ks}, samples={samples}, Cs={Cs}"
+        )
     n_classes = y_train.shape[1]
     classes = tuple(classes) if classes is not None else tuple(map(str, range(n_classes)))
     ap = np.full((len(ks), samples, len(Cs), n_classes), np.nan)
@@ -144,7 +180,7 @@ def run_low_shot(x_train, y_train, x_test, y_test, *, ks: Sequence[int] = LOW_SH
         draws = [draw_low_shot(y_train, k, seed=seed, sample=s) for s in range(samples)]
         rows = np.unique(np.concatenate([np.concatenate(d) for draw in draws for d in draw]))
         where = np.full(len(y_train), -1)
-        where[rows] = np.arange(len(rows))                      # trainval row -> row of the union
+        where[rows] = np.arange(len(rows))  # trainval row -> row of the union
         # columns ordered (sample, class, C): (N_union, samples * K * len(Cs))
         Y = np.repeat(np.where(y_train[rows] > 0, 1.0, -1.0), len(Cs), axis=1)
         Y = np.tile(Y, samples).astype(np.float32)
@@ -153,7 +189,7 @@ def run_low_shot(x_train, y_train, x_test, y_test, *, ks: Sequence[int] = LOW_SH
             for c, (pos, neg) in enumerate(draw):
                 drawn[i, s, c] = len(pos), len(neg)
                 col = (s * n_classes + c) * len(Cs)
-                S[where[np.concatenate([pos, neg])], col:col + len(Cs)] = 1.0
+                S[where[np.concatenate([pos, neg])], col : col + len(Cs)] = 1.0
         C = np.tile(np.asarray(Cs), samples * n_classes)
         coef, intercept, _ = fit_linear_svms(x_train[rows], Y, S, C, tol=tol, device=device)
         scores = (x_test @ coef.T + intercept).reshape(len(x_test), samples, n_classes, len(Cs))
@@ -161,14 +197,20 @@ def run_low_shot(x_train, y_train, x_test, y_test, *, ks: Sequence[int] = LOW_SH
             for j in range(len(Cs)):
                 ap[i, s, j] = metrics.voc07_ap(scores[:, s, :, j], y_test)
         seconds.append(time.perf_counter() - start)
-        log.info("low-shot k=%d: %d problems on %d rows, best mAP %.4f (%.1f s)", k, Y.shape[1], len(rows),
-                 np.nanmean(ap[i], axis=2).mean(0).max(), seconds[-1])
+        log.info(
+            "low-shot k=%d: %d problems on %d rows, best mAP %.4f (%.1f s)",
+            k,
+            Y.shape[1],
+            len(rows),
+            np.nanmean(ap[i], axis=2).mean(0).max(),
+            seconds[-1],
+        )
         if progress is not None:
             progress(k, i)
     return LowShotResult(ks, Cs, classes, seed, ap, drawn, dict(features or {}), seconds)
 
 
-def plot_low_shot(result: LowShotResult, path: "str | Path") -> Path:
+def plot_low_shot(result: LowShotResult, path: str | Path) -> Path:
     """One plot, mAP (%) against k on a log axis, mean +- std over the samples; written atomically."""
     import matplotlib
 

@@ -4,6 +4,7 @@ VOC labels are in {1, -1, 0}: 0 marks an image whose only objects of the class a
 neither a true nor a false positive and is not among the positives. The ranking follows the devkit's
 VOCevalcls: a stable sort by descending score, so tied scores keep the input order.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -40,10 +41,14 @@ def precision_recall(scores, labels) -> tuple[np.ndarray, np.ndarray]:
     return _ranked_pr(scores[:, 0], labels[:, 0])
 
 
-def _ap(scores, labels, one) -> "float | np.ndarray":
+def _ap(scores, labels, one) -> float | np.ndarray:
     scores, labels, single = _columns(scores, labels)
-    out = np.array([one(*_ranked_pr(scores[:, k], labels[:, k])) if (labels[:, k] > 0).any() else np.nan
-                    for k in range(scores.shape[1])])
+    out = np.array(
+        [
+            one(*_ranked_pr(scores[:, k], labels[:, k])) if (labels[:, k] > 0).any() else np.nan
+            for k in range(scores.shape[1])
+        ]
+    )
     return float(out[0]) if single else out
 
 
@@ -68,8 +73,7 @@ VOC07_THRESHOLDS = _matlab_colon(0.0, 0.1, 1.0)
 
 def _ap11(precision: np.ndarray, recall: np.ndarray) -> float:
     # VOC2007: mean over the 11 devkit thresholds t of the best precision at recall >= t (0 when never reached)
-    return float(np.mean([precision[recall >= t].max() if (recall >= t).any() else 0.0
-                          for t in VOC07_THRESHOLDS]))
+    return float(np.mean([precision[recall >= t].max() if (recall >= t).any() else 0.0 for t in VOC07_THRESHOLDS]))
 
 
 def _ap_all(precision: np.ndarray, recall: np.ndarray) -> float:
@@ -81,13 +85,13 @@ def _ap_all(precision: np.ndarray, recall: np.ndarray) -> float:
     return float(np.sum((mrec[steps] - mrec[steps - 1]) * mpre[steps]))
 
 
-def voc07_ap(scores, labels) -> "float | np.ndarray":
+def voc07_ap(scores, labels) -> float | np.ndarray:
     """VOC2007 11-point interpolated AP: a float for (N,) inputs, a (K,) array for (N, K); NaN for a class
     without positives."""
     return _ap(scores, labels, _ap11)
 
 
-def voc12_ap(scores, labels) -> "float | np.ndarray":
+def voc12_ap(scores, labels) -> float | np.ndarray:
     """VOC2010+ all-point AP, same conventions as `voc07_ap`."""
     return _ap(scores, labels, _ap_all)
 

@@ -1,6 +1,7 @@
 """Probe reports: per-class table, headline, the paper's Table 11 row beside ours (labelled as the paper's),
 chosen C per class, feature settings and weight hashes - as JSON, markdown, a PNG plot and a terminal table.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,8 +20,11 @@ PAPER_TABLE11: dict[str, dict[str, tuple[float, float | None]]] = {
     "caltech256": {"VGG Net-D": (85.0, 0.2), "VGG Net-E": (85.1, 0.3), "VGG Net-D & Net-E": (86.2, 0.3)},
 }
 PAPER_LABEL = "paper (Simonyan & Zisserman 2015, Table 11) - reference, not measured here"
-METRIC_NAMES = {"voc07_ap": "AP (VOC2007 11-point)", "voc12_ap": "AP (VOC2010+ all-point)",
-                "mean_class_recall": "recall (mean class recall)"}
+METRIC_NAMES = {
+    "voc07_ap": "AP (VOC2007 11-point)",
+    "voc12_ap": "AP (VOC2010+ all-point)",
+    "mean_class_recall": "recall (mean class recall)",
+}
 HEADLINE_NAMES = {"voc07_ap": "mAP", "voc12_ap": "mAP", "mean_class_recall": "mean class recall"}
 
 
@@ -38,8 +42,11 @@ def report_dict(result: ProbeResult) -> dict[str, Any]:
     chosen = [s.chosen_C for s in result.splits]
     rows = []
     for k, name in enumerate(result.classes):
-        row = {"class": name, "value": _pct(per_class[k]) if np.isfinite(per_class[k]) else None,
-               "per_split": [_pct(s.per_class[k]) if np.isfinite(s.per_class[k]) else None for s in result.splits]}
+        row = {
+            "class": name,
+            "value": _pct(per_class[k]) if np.isfinite(per_class[k]) else None,
+            "per_split": [_pct(s.per_class[k]) if np.isfinite(s.per_class[k]) else None for s in result.splits],
+        }
         if chosen[0] is not None:
             row["chosen_C"] = [float(c[k]) for c in chosen]
         rows.append(row)
@@ -51,11 +58,13 @@ def report_dict(result: ProbeResult) -> dict[str, Any]:
         "headline_name": HEADLINE_NAMES[result.metric],
         "headline": _pct(result.headline),
         "headline_std": _pct(result.headline_std) if len(result.splits) > 1 else None,
-        "per_split": [{"split": s.split, "headline": _pct(s.headline), "seconds": round(s.seconds, 3)}
-                      for s in result.splits],
+        "per_split": [
+            {"split": s.split, "headline": _pct(s.headline), "seconds": round(s.seconds, 3)} for s in result.splits
+        ],
         "per_class": rows,
-        "paper_table11": None if paper is None else {"label": PAPER_LABEL, "rows": {k: {"mean": m, "std": s}
-                                                                                 for k, (m, s) in paper.items()}},
+        "paper_table11": None
+        if paper is None
+        else {"label": PAPER_LABEL, "rows": {k: {"mean": m, "std": s} for k, (m, s) in paper.items()}},
         "features": result.features,
         "params": result.params,
     }
@@ -73,8 +82,10 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"{r['class']:<{name_w}}  {v:>8}{cs}")
     head = _fmt(report["headline"], report["headline_std"])
     lines.append("")
-    lines.append(f"{report['benchmark']} {report['headline_name']} (ours, {report['method']}, "
-                 f"{len(report['per_split'])} split(s)): {head} %")
+    lines.append(
+        f"{report['benchmark']} {report['headline_name']} (ours, {report['method']}, "
+        f"{len(report['per_split'])} split(s)): {head} %"
+    )
     if report["paper_table11"]:
         lines.append(f"{report['paper_table11']['label']}:")
         for row, v in report["paper_table11"]["rows"].items():
@@ -84,27 +95,45 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
 
 def markdown(report: dict[str, Any]) -> str:
     f = report["features"]
-    nets = ", ".join(f"{m['model']} ({'weights sha256 ' + m['weights_sha256'][:16] if m.get('weights_sha256') else 'RANDOM init'})"
-                     for m in f.get("models") or [])
+    nets = ", ".join(
+        f"{m['model']} ({'weights sha256 ' + m['weights_sha256'][:16] if m.get('weights_sha256') else 'RANDOM init'})"
+        for m in f.get("models") or []
+    )
     head = _fmt(report["headline"], report["headline_std"])
-    out = [f"# {report['benchmark']}: {report['method']}", "",
-           f"**{report['headline_name']} (ours): {head} %** over {len(report['per_split'])} split(s); "
-           f"metric: {METRIC_NAMES[report['metric']]}.", ""]
+    out = [
+        f"# {report['benchmark']}: {report['method']}",
+        "",
+        f"**{report['headline_name']} (ours): {head} %** over {len(report['per_split'])} split(s); "
+        f"metric: {METRIC_NAMES[report['metric']]}.",
+        "",
+    ]
     if report["paper_table11"]:
-        out += ["| method | " + report["headline_name"] + " % |", "|---|---|",
-                f"| **ours** ({nets}) | **{head}** |"]
+        out += ["| method | " + report["headline_name"] + " % |", "|---|---|", f"| **ours** ({nets}) | **{head}** |"]
         for row, v in report["paper_table11"]["rows"].items():
             out.append(f"| {row} - paper, Table 11 (reference) | {_fmt(v['mean'], v['std'])} |")
         out += ["", f"_{report['paper_table11']['label']}._", ""]
     has_c = "chosen_C" in report["per_class"][0]
-    out += ["| class | " + METRIC_NAMES[report["metric"]] + " % |" + (" chosen C (per split) |" if has_c else ""),
-            "|---|---|" + ("---|" if has_c else "")]
+    out += [
+        "| class | " + METRIC_NAMES[report["metric"]] + " % |" + (" chosen C (per split) |" if has_c else ""),
+        "|---|---|" + ("---|" if has_c else ""),
+    ]
     for r in report["per_class"]:
         v = "-" if r["value"] is None else f"{r['value']:.1f}"
         out.append(f"| {r['class']} | {v} |" + (f" {', '.join(f'{c:g}' for c in r['chosen_C'])} |" if has_c else ""))
-    out += ["", "## Features", "", f"- store: `{f.get('store')}`", f"- nets: {nets}",
-            f"- layer {f.get('layer')}, scales {f.get('scales')}, aggregate {f.get('aggregate')}, flip {f.get('flip')}, "
-            f"L2 {f.get('l2')}, {f.get('dim')}-D", "", "## Settings", "", f"`{report['params']}`", ""]
+    out += [
+        "",
+        "## Features",
+        "",
+        f"- store: `{f.get('store')}`",
+        f"- nets: {nets}",
+        f"- layer {f.get('layer')}, scales {f.get('scales')}, aggregate {f.get('aggregate')}, flip {f.get('flip')}, "
+        f"L2 {f.get('l2')}, {f.get('dim')}-D",
+        "",
+        "## Settings",
+        "",
+        f"`{report['params']}`",
+        "",
+    ]
     return "\n".join(out)
 
 
@@ -143,7 +172,7 @@ def plot(result: ProbeResult, path: Path) -> None:
     tmp.replace(path)
 
 
-def write_report(result: ProbeResult, out: "str | Path", stem: str) -> dict[str, Path]:
+def write_report(result: ProbeResult, out: str | Path, stem: str) -> dict[str, Path]:
     """Write STEM.json, STEM.md and STEM.png into OUT (each atomically); returns their paths."""
     from vggfeat.utils.files import atomic_write_json, atomic_write_text
 

@@ -1,12 +1,14 @@
 """Run a transfer benchmark on stored descriptors: a linear SVM per class with C chosen on held-out training
 data (or a faiss kNN classifier), scored with the benchmark's own metric on each split (Appendix B, Table 11).
 """
+
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -24,22 +26,22 @@ CLASSIFIERS = ("svm", "sklearn")
 @dataclass
 class SplitResult:
     split: int
-    per_class: np.ndarray          # (K,) test AP or recall per class
-    headline: float                # mAP or mean class recall on the test set
-    chosen_C: np.ndarray | None    # (K,) the C selected per class (None for kNN)
-    scores: np.ndarray             # (N_test, K) decision values, for PR curves
-    labels: np.ndarray             # test labels: (N_test, K) in {1,-1,0}, or (N_test,) class ids
+    per_class: np.ndarray  # (K,) test AP or recall per class
+    headline: float  # mAP or mean class recall on the test set
+    chosen_C: np.ndarray | None  # (K,) the C selected per class (None for kNN)
+    scores: np.ndarray  # (N_test, K) decision values, for PR curves
+    labels: np.ndarray  # test labels: (N_test, K) in {1,-1,0}, or (N_test,) class ids
     seconds: float
 
 
 @dataclass
 class ProbeResult:
     benchmark: str
-    method: str                    # 'linear-svm', 'linear-svm (sklearn)', 'knn'
+    method: str  # 'linear-svm', 'linear-svm (sklearn)', 'knn'
     metric: str
     classes: tuple[str, ...]
     splits: list[SplitResult]
-    features: dict[str, Any]       # the store's settings: models and weight hashes, layer, scales, ...
+    features: dict[str, Any]  # the store's settings: models and weight hashes, layer, scales, ...
     params: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -76,9 +78,17 @@ def store_summary(store: FeatureStore) -> dict[str, Any]:
     return {"store": str(store.root), **{k: m.get(k) for k in keys}}
 
 
-def run_linear_probe(splits: Sequence[ProbeSplit], store: FeatureStore, *, Cs: Sequence[float] = DEFAULT_CS,
-                     classifier: str = "svm", holdout: float = 0.2, seed: int = 0, device: str | None = None,
-                     progress=None) -> ProbeResult:
+def run_linear_probe(
+    splits: Sequence[ProbeSplit],
+    store: FeatureStore,
+    *,
+    Cs: Sequence[float] = DEFAULT_CS,
+    classifier: str = "svm",
+    holdout: float = 0.2,
+    seed: int = 0,
+    device: str | None = None,
+    progress=None,
+) -> ProbeResult:
     """One-vs-rest linear SVMs (L2-regularised squared hinge, with a bias) on each split: C chosen per class on
     a seeded 20% of the training images, then refit on all of them (Sect. 5 of PAPER.md), scored on test."""
     if classifier not in CLASSIFIERS:
@@ -92,23 +102,53 @@ def run_linear_probe(splits: Sequence[ProbeSplit], store: FeatureStore, *, Cs: S
         start = time.perf_counter()
         x_train, x_test = split_features(store, split.train_paths, split.test_paths)
         kwargs = {"device": device} if classifier == "svm" else {}
-        probe, selection = fit(x_train, np.array(split.train_labels), list(Cs), metric=split.metric, holdout=holdout,
-                               seed=seed + split.split, **kwargs)
+        probe, selection = fit(
+            x_train,
+            np.array(split.train_labels),
+            list(Cs),
+            metric=split.metric,
+            holdout=holdout,
+            seed=seed + split.split,
+            **kwargs,
+        )
         scores = np.asarray(probe.class_scores(x_test), dtype=np.float64)  # (N, K) even for 2 classes
         per_class, headline = score_split(split, scores)
-        results.append(SplitResult(split.split, per_class, headline, np.asarray(selection.chosen, dtype=float),
-                                   scores, split.test_labels, time.perf_counter() - start))
+        results.append(
+            SplitResult(
+                split.split,
+                per_class,
+                headline,
+                np.asarray(selection.chosen, dtype=float),
+                scores,
+                split.test_labels,
+                time.perf_counter() - start,
+            )
+        )
         log.info("%s split %d: %.4f", split.benchmark, split.split, headline)
         if progress is not None:
             progress(split, results[-1])
     first = splits[0]
     method = "linear-svm" if classifier == "svm" else "linear-svm (sklearn LinearSVC)"
-    return ProbeResult(first.benchmark, method, first.metric, first.classes, results, store_summary(store),
-                       {"Cs": list(map(float, Cs)), "holdout": holdout, "seed": seed, "classifier": classifier})
+    return ProbeResult(
+        first.benchmark,
+        method,
+        first.metric,
+        first.classes,
+        results,
+        store_summary(store),
+        {"Cs": list(map(float, Cs)), "holdout": holdout, "seed": seed, "classifier": classifier},
+    )
 
 
-def run_knn_probe(splits: Sequence[ProbeSplit], store: FeatureStore, *, k: int = 20, kind: str = "flat",
-                  temperature: float = 0.07, progress=None) -> ProbeResult:
+def run_knn_probe(
+    splits: Sequence[ProbeSplit],
+    store: FeatureStore,
+    *,
+    k: int = 20,
+    kind: str = "flat",
+    temperature: float = 0.07,
+    progress=None,
+) -> ProbeResult:
     """kNN classification with a faiss index over each split's training descriptors, same splits and metric."""
     from vggfeat.probes.knn import knn_scores
 
@@ -116,13 +156,31 @@ def run_knn_probe(splits: Sequence[ProbeSplit], store: FeatureStore, *, k: int =
     for split in splits:
         start = time.perf_counter()
         x_train, x_test = split_features(store, split.train_paths, split.test_paths)
-        scores = np.asarray(knn_scores(x_train, np.array(split.train_labels), x_test, k=k, temperature=temperature,
-                                       kind=kind, multilabel=split.multilabel), dtype=np.float64)
+        scores = np.asarray(
+            knn_scores(
+                x_train,
+                np.array(split.train_labels),
+                x_test,
+                k=k,
+                temperature=temperature,
+                kind=kind,
+                multilabel=split.multilabel,
+            ),
+            dtype=np.float64,
+        )
         per_class, headline = score_split(split, scores)
-        results.append(SplitResult(split.split, per_class, headline, None, scores, split.test_labels,
-                                   time.perf_counter() - start))
+        results.append(
+            SplitResult(split.split, per_class, headline, None, scores, split.test_labels, time.perf_counter() - start)
+        )
         if progress is not None:
             progress(split, results[-1])
     first = splits[0]
-    return ProbeResult(first.benchmark, "knn", first.metric, first.classes, results, store_summary(store),
-                       {"k": k, "index": kind, "temperature": temperature})
+    return ProbeResult(
+        first.benchmark,
+        "knn",
+        first.metric,
+        first.classes,
+        results,
+        store_summary(store),
+        {"k": k, "index": kind, "temperature": temperature},
+    )

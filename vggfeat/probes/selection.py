@@ -5,11 +5,12 @@ the grid is fitted on the rest and scored with the benchmark's metric. VOC picks
 single-label benchmarks pick one C for all classes by held-out mean class recall (their metric couples the
 classes through the argmax). The chosen C is refitted on every training image.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -25,8 +26,8 @@ METRICS = (*AP_METRICS, "mean_class_recall")
 @dataclass
 class Selection:
     Cs: list[float]
-    heldout: np.ndarray     # (len(Cs), K) held-out AP per C and class, or (len(Cs), 1) mean class recall
-    chosen: np.ndarray      # (K,) the C refitted for each class
+    heldout: np.ndarray  # (len(Cs), K) held-out AP per C and class, or (len(Cs), 1) mean class recall
+    chosen: np.ndarray  # (K,) the C refitted for each class
 
 
 def holdout_split(y, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -41,10 +42,10 @@ def holdout_split(y, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray
         for c in np.unique(y):
             rows = rng.permutation(np.flatnonzero(y == c))
             if len(rows) >= 2:
-                held.extend(rows[:max(1, int(round(fraction * len(rows))))])
+                held.extend(rows[: max(1, int(round(fraction * len(rows))))])
         held = np.sort(np.array(held, dtype=np.int64))
     else:
-        held = np.sort(rng.permutation(len(y))[:max(1, int(round(fraction * len(y))))])
+        held = np.sort(rng.permutation(len(y))[: max(1, int(round(fraction * len(y))))])
     fit = np.setdiff1d(np.arange(len(y)), held)
     return fit, held
 
@@ -54,7 +55,7 @@ def heldout_table(scores: np.ndarray, y_val, classes: np.ndarray, metric: str) -
     if metric in AP_METRICS:
         return np.stack([AP_METRICS[metric](scores[:, j], y_val) for j in range(scores.shape[1])])
     if metric == "mean_class_recall":
-        pred = classes[scores.argmax(axis=2)]                       # (N_val, len(Cs))
+        pred = classes[scores.argmax(axis=2)]  # (N_val, len(Cs))
         return np.array([[metrics.mean_class_recall(y_val, pred[:, j])] for j in range(scores.shape[1])])
     raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
 
@@ -69,8 +70,9 @@ def choose(Cs: Sequence[float], table: np.ndarray, num_classes: int) -> np.ndarr
     return np.broadcast_to(chosen, (num_classes,)).copy() if len(chosen) == 1 else chosen
 
 
-def select_and_refit(X, y, Cs: Sequence[float], *, metric: str, holdout: float, seed: int,
-                     heldout_scores: Callable, make_probe: Callable) -> tuple[object, Selection]:
+def select_and_refit(
+    X, y, Cs: Sequence[float], *, metric: str, holdout: float, seed: int, heldout_scores: Callable, make_probe: Callable
+) -> tuple[object, Selection]:
     """The protocol, whatever the solver: `heldout_scores(X_fit, y_fit, Cs, X_val)` returns (N_val, len(Cs), K)
     decision values, `make_probe(C_per_class)` an unfitted estimator."""
     Cs = [float(c) for c in Cs]
@@ -91,17 +93,27 @@ def select_and_refit(X, y, Cs: Sequence[float], *, metric: str, holdout: float, 
     return probe, Selection(Cs, table, chosen)
 
 
-def fit_probe(X, y, Cs: Sequence[float], *, metric: str, holdout: float = 0.2, seed: int = 0, device=None,
-              tol: float = 1e-6) -> tuple[LinearSVMProbe, Selection]:
+def fit_probe(
+    X, y, Cs: Sequence[float], *, metric: str, holdout: float = 0.2, seed: int = 0, device=None, tol: float = 1e-6
+) -> tuple[LinearSVMProbe, Selection]:
     """The batched solver: every class and every C of the grid in one batch, then one batch for the refit."""
 
     def heldout_scores(x_fit, y_fit, Cs, x_val):
         Y, S, _, _ = svm_targets(y_fit)
         k = Y.shape[1]
         # columns ordered (C, class): (N, len(Cs) * K)
-        coef, intercept, _ = fit_linear_svms(x_fit, np.tile(Y, len(Cs)), np.tile(S, len(Cs)),
-                                             np.repeat(Cs, k), tol=tol, device=device)
+        coef, intercept, _ = fit_linear_svms(
+            x_fit, np.tile(Y, len(Cs)), np.tile(S, len(Cs)), np.repeat(Cs, k), tol=tol, device=device
+        )
         return (x_val @ coef.T + intercept).reshape(len(x_val), len(Cs), k)
 
-    return select_and_refit(X, y, Cs, metric=metric, holdout=holdout, seed=seed, heldout_scores=heldout_scores,
-                            make_probe=lambda C: LinearSVMProbe(C=C, tol=tol, device=device))
+    return select_and_refit(
+        X,
+        y,
+        Cs,
+        metric=metric,
+        holdout=holdout,
+        seed=seed,
+        heldout_scores=heldout_scores,
+        make_probe=lambda C: LinearSVMProbe(C=C, tol=tol, device=device),
+    )

@@ -1,10 +1,11 @@
 """The reference path (`--classifier sklearn`): the same protocol with scikit-learn's LinearSVC, one fit per
 class and per C, as self-supervised benchmark suites do. Slow, but the yardstick the batched solver is held to.
 """
+
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
@@ -34,7 +35,7 @@ class SklearnSVMProbe(OneVsRestLinear):
         X, Y, S, C, classes, multilabel = self._fit_inputs(X, y)
         coef, intercept = [], []
         for k in range(Y.shape[1]):
-            rows = S[:, k] > 0                                  # VOC 'difficult' images are left out
+            rows = S[:, k] > 0  # VOC 'difficult' images are left out
             values = np.unique(Y[rows, k])
             if len(values) < 2:
                 # LinearSVC refuses one-sided data (a class without positives in a small held-out fit set):
@@ -49,12 +50,21 @@ class SklearnSVMProbe(OneVsRestLinear):
         return self._set_fitted(np.array(coef), np.array(intercept), classes, multilabel)
 
 
-def fit_sklearn_probe(X, y, Cs: Sequence[float], *, metric: str, holdout: float = 0.2,
-                      seed: int = 0) -> tuple[SklearnSVMProbe, Selection]:
+def fit_sklearn_probe(
+    X, y, Cs: Sequence[float], *, metric: str, holdout: float = 0.2, seed: int = 0
+) -> tuple[SklearnSVMProbe, Selection]:
     """`selection.fit_probe` with LinearSVC: the same held-out split, metric and choice of C."""
 
     def heldout_scores(x_fit, y_fit, Cs, x_val):
         return np.stack([SklearnSVMProbe(C=c).fit(x_fit, y_fit).class_scores(x_val) for c in Cs], axis=1)
 
-    return select_and_refit(X, y, Cs, metric=metric, holdout=holdout, seed=seed, heldout_scores=heldout_scores,
-                            make_probe=lambda C: SklearnSVMProbe(C=C))
+    return select_and_refit(
+        X,
+        y,
+        Cs,
+        metric=metric,
+        holdout=holdout,
+        seed=seed,
+        heldout_scores=heldout_scores,
+        make_probe=lambda C: SklearnSVMProbe(C=C),
+    )

@@ -9,6 +9,7 @@ objective. All the work is (N, D) x (D, M) matrix products shared by the M probl
 one. The preconditioner is the Hessian's diagonal around the violators' mean plus that mean as a rank-one term
 (post-ReLU descriptors share one dominant direction, which plain Jacobi would leave ill-conditioned).
 """
+
 from __future__ import annotations
 
 import logging
@@ -90,8 +91,18 @@ def _line_search(w, dw, z, q, c2s, *, iters=40):
     return t
 
 
-def fit_linear_svms(X, Y, S, C, *, intercept_scaling: float = 1.0, tol: float = 1e-6, max_iter: int = 100,
-                    cg_iter: int = 300, device: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def fit_linear_svms(
+    X,
+    Y,
+    S,
+    C,
+    *,
+    intercept_scaling: float = 1.0,
+    tol: float = 1e-6,
+    max_iter: int = 100,
+    cg_iter: int = 300,
+    device: Any = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Train M linear SVMs sharing the features X (N, D): targets Y (N, M) in {1, -1}, per-sample weights
     S (N, M) (0 drops a sample from a problem, e.g. VOC 'difficult'), costs C (M,).
 
@@ -111,7 +122,7 @@ def fit_linear_svms(X, Y, S, C, *, intercept_scaling: float = 1.0, tol: float = 
         raise ValueError(f"shapes disagree: X {X.shape}, Y {Y.shape}, S {S.shape}, C {C.shape}")
     if not (C > 0).all():
         raise ValueError("every C must be positive")
-    Xa = np.empty((n, d + 1), dtype=np.float32)       # (N, D+1): the features and the constant bias feature
+    Xa = np.empty((n, d + 1), dtype=np.float32)  # (N, D+1): the features and the constant bias feature
     Xa[:, :d] = X
     Xa[:, d] = intercept_scaling
     Xa = torch.from_numpy(Xa).to(device)
@@ -124,10 +135,10 @@ def fit_linear_svms(X, Y, S, C, *, intercept_scaling: float = 1.0, tol: float = 
     todo = torch.arange(m, device=device)
     for _ in range(max_iter):
         Wt, Yt, St, Ct = W[:, todo], Y[:, todo], S[:, todo], C[todo]
-        z = 1 - Yt * (Xa @ Wt)                        # (N, M'): margin shortfall
-        c2s = 2 * Ct * St                             # (N, M'): loss weights
-        act = c2s * (z > 0).to(f32)                   # Hessian weights of the violators
-        grad = Wt - Xa.T @ (act * Yt * z)             # (D+1, M')
+        z = 1 - Yt * (Xa @ Wt)  # (N, M'): margin shortfall
+        c2s = 2 * Ct * St  # (N, M'): loss weights
+        act = c2s * (z > 0).to(f32)  # Hessian weights of the violators
+        grad = Wt - Xa.T @ (act * Yt * z)  # (D+1, M')
         gnorm = torch.linalg.vector_norm(grad, dim=0)
         f = 0.5 * (Wt * Wt).sum(0) + 0.5 * (act * z * z).sum(0)
         if g0 is None:
@@ -138,13 +149,20 @@ def fit_linear_svms(X, Y, S, C, *, intercept_scaling: float = 1.0, tol: float = 
         if bool(done.all()):
             break
         keep = ~done
-        todo, Wt, Yt, z, c2s, act, grad = (todo[keep], Wt[:, keep], Yt[:, keep], z[:, keep], c2s[:, keep],
-                                           act[:, keep], grad[:, keep])
+        todo, Wt, Yt, z, c2s, act, grad = (
+            todo[keep],
+            Wt[:, keep],
+            Yt[:, keep],
+            z[:, keep],
+            c2s[:, keep],
+            act[:, keep],
+            grad[:, keep],
+        )
         iters[todo] += 1
 
         # preconditioner: H ~ diag(1 + sum_i a_i (x_i - mu)^2) + n_a mu mu^T, inverted by Sherman-Morrison
-        n_a = act.sum(0).clamp_min(1e-12)             # (M',)
-        mu = (Xa.T @ act) / n_a                       # (D+1, M'): the violators' weighted mean
+        n_a = act.sum(0).clamp_min(1e-12)  # (M',)
+        mu = (Xa.T @ act) / n_a  # (D+1, M'): the violators' weighted mean
         diag = 1 + (Xa2.T @ act - n_a * mu * mu).clamp_min(0)
         u = torch.sqrt(n_a) * mu
         du = u / diag
@@ -158,7 +176,7 @@ def fit_linear_svms(X, Y, S, C, *, intercept_scaling: float = 1.0, tol: float = 
 
         rel = torch.clamp(torch.sqrt(gnorm[keep] / g0[todo]), max=0.1)  # inexact Newton: looser far away
         step = _pcg(hvp, -grad, precondition, rtol=float(rel.min()), max_iter=cg_iter)
-        q = Yt * (Xa @ step)                          # (N, M'): margin change per unit step
+        q = Yt * (Xa @ step)  # (N, M'): margin change per unit step
         t = _line_search(Wt, step, z, q, c2s)
         W[:, todo] = Wt + t * step
     else:
@@ -177,8 +195,10 @@ def svm_targets(y) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
         classes = np.unique(y)
         if len(classes) < 2:
             # "1 class" is one of the phrases scikit-learn's estimator checks look for
-            raise InputError(f"need at least 2 classes to train one-vs-rest SVMs, got {len(classes)} class "
-                             f"({', '.join(map(str, classes[:1]))})")
+            raise InputError(
+                f"need at least 2 classes to train one-vs-rest SVMs, got {len(classes)} class "
+                f"({', '.join(map(str, classes[:1]))})"
+            )
         Y = np.where(y[:, None] == classes[None, :], 1.0, -1.0)
         return Y.astype(np.float32), np.ones_like(Y, dtype=np.float32), classes, False
     if y.ndim == 2:
@@ -258,8 +278,7 @@ class LinearSVMProbe(OneVsRestLinear):
     classifiers a column vector y (N, 1) is one VOC class, not class ids to ravel.
     """
 
-    def __init__(self, C=1.0, *, intercept_scaling: float = 1.0, tol: float = 1e-6, max_iter: int = 100,
-                 device=None):
+    def __init__(self, C=1.0, *, intercept_scaling: float = 1.0, tol: float = 1e-6, max_iter: int = 100, device=None):
         self.C = C
         self.intercept_scaling = intercept_scaling
         self.tol = tol
@@ -269,6 +288,13 @@ class LinearSVMProbe(OneVsRestLinear):
     def fit(self, X, y) -> LinearSVMProbe:
         X, Y, S, C, classes, multilabel = self._fit_inputs(X, y)
         coef, intercept, self.n_iter_ = fit_linear_svms(
-            X, Y, S, C, intercept_scaling=self.intercept_scaling, tol=self.tol, max_iter=self.max_iter,
-            device=self.device)
+            X,
+            Y,
+            S,
+            C,
+            intercept_scaling=self.intercept_scaling,
+            tol=self.tol,
+            max_iter=self.max_iter,
+            device=self.device,
+        )
         return self._set_fitted(coef, intercept, classes, multilabel)

@@ -1,6 +1,7 @@
 """Checkpoints that lose nothing (issue 5): model, optimizer, schedule, RNG, sampler position and the
 resolved recipe, as plain containers (loadable with torch.load(weights_only=True)), written atomically;
 the last K and the best are kept."""
+
 from __future__ import annotations
 
 import io
@@ -47,5 +48,5 @@ def latest_checkpoint(run: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def load_checkpoint(path: "str | Path") -> dict[str, Any]:
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)

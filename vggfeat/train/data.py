@@ -2,9 +2,10 @@
 batch sampler that deals each process its share of a global batch, reseeded per epoch and resumable
 mid-epoch. JPEGs decode in DataLoader workers, at reduced size when S is small enough (draft mode), and
 only the crop's window is resampled."""
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -17,8 +18,9 @@ from vggfeat.data.transforms import center_crop, sample_rng, train_crop
 class TrainSet(torch.utils.data.Dataset):
     """Item (epoch, index) -> (uint8 crop (H, W, 3), colour-shift alpha (3,), label)."""
 
-    def __init__(self, samples: Samples, *, seed: int, scale: tuple[int, int], crop: int, flip: bool,
-                 color_sigma: float) -> None:
+    def __init__(
+        self, samples: Samples, *, seed: int, scale: tuple[int, int], crop: int, flip: bool, color_sigma: float
+    ) -> None:
         self.samples, self.seed, self.scale, self.crop = samples, seed, scale, crop
         self.flip, self.color_sigma = flip, color_sigma
 
@@ -66,8 +68,18 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
     so the union over processes and micro-steps is the same global batch whatever the process count.
     """
 
-    def __init__(self, n: int, *, seed: int, epoch: int, batch_size: int, per_device: int, rank: int,
-                 world: int, start_step: int = 0) -> None:
+    def __init__(
+        self,
+        n: int,
+        *,
+        seed: int,
+        epoch: int,
+        batch_size: int,
+        per_device: int,
+        rank: int,
+        world: int,
+        start_step: int = 0,
+    ) -> None:
         self.n, self.seed, self.epoch, self.batch_size, self.per_device = n, seed, epoch, batch_size, per_device
         self.rank, self.world, self.start_step = rank, world, start_step
         self.accum = batch_size // (per_device * world)
@@ -78,7 +90,7 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         order = epoch_order(self.n, self.seed, self.epoch)
         for step in range(self.start_step, steps_per_epoch(self.n, self.batch_size)):
-            batch = order[step * self.batch_size:(step + 1) * self.batch_size]
+            batch = order[step * self.batch_size : (step + 1) * self.batch_size]
             for micro in range(self.accum):
                 chunk = (self.rank * self.accum + micro) * self.per_device
-                yield [(self.epoch, int(i)) for i in batch[chunk:chunk + self.per_device]]
+                yield [(self.epoch, int(i)) for i in batch[chunk : chunk + self.per_device]]

@@ -1,5 +1,6 @@
 """Synchronous data parallelism (Sect. 3.1: gradients averaged over GPUs, identical to one GPU) through
 torchrun: NCCL on CUDA, gloo on the CPU; one process per device."""
+
 from __future__ import annotations
 
 import os

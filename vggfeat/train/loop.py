@@ -2,6 +2,7 @@
 processes and gradient-accumulation steps; lr divided by 10 on a validation plateau; checkpoints that
 resume exactly. Randomness is derived, never carried: data order from (seed, epoch), augmentation from
 (seed, epoch, index), dropout from (seed, step, rank, micro-step) - so a resumed run is the same run."""
+
 from __future__ import annotations
 
 import contextlib
@@ -19,8 +20,8 @@ import torch.nn.functional as F
 import yaml
 
 from vggfeat.data.folder import imagenet_splits
-from vggfeat.errors import VggfeatError
 from vggfeat.data.transforms import normalize_batch
+from vggfeat.errors import VggfeatError
 from vggfeat.models import Preprocessing, create_model, init_from_net_a, read_weights, save_weights
 from vggfeat.utils.device import resolve_device
 
@@ -45,7 +46,7 @@ class RunExistsError(VggfeatError, FileExistsError):
 _RUN_FILES = ("ckpt-*.pt", "best.pt", "last.json", "model.safetensors", "metrics.jsonl")
 
 
-def check_run_folder(run: "str | Path", epochs: int, *, resume: bool, overwrite: bool) -> None:
+def check_run_folder(run: str | Path, epochs: int, *, resume: bool, overwrite: bool) -> None:
     """Refuse to train from scratch over an earlier run (days of ImageNet work); `overwrite` clears it."""
     run = Path(run)
     if resume or not run.is_dir():
@@ -63,16 +64,26 @@ def check_run_folder(run: "str | Path", epochs: int, *, resume: bool, overwrite:
         return
     match = PATTERN.match(last.name) if last is not None else None
     done = int(match.group(1)) if match else epochs  # only model.safetensors: a finished run
-    raise RunExistsError(f"{run} already holds a run (epoch {done} of {epochs}); "
-                         "pass --resume to continue it or --overwrite to start over")
+    raise RunExistsError(
+        f"{run} already holds a run (epoch {done} of {epochs}); "
+        "pass --resume to continue it or --overwrite to start over"
+    )
 
 
 def build_model(recipe: Recipe, num_classes: int) -> torch.nn.Module:
     """The recipe's net, freshly initialised, then (optionally) initialised from another run's weights."""
     m = recipe.model
-    model = create_model(m.name, num_classes=num_classes, width_mult=m.width_mult, fc_dim=m.fc_dim,
-                         fc6_kernel=m.fc6_kernel, dropout=m.dropout, init=m.init, init_std=m.init_std,
-                         seed=recipe.seed)
+    model = create_model(
+        m.name,
+        num_classes=num_classes,
+        width_mult=m.width_mult,
+        fc_dim=m.fc_dim,
+        fc6_kernel=m.fc6_kernel,
+        dropout=m.dropout,
+        init=m.init,
+        init_std=m.init_std,
+        seed=recipe.seed,
+    )
     if m.init_from:
         path = Path(m.init_from)
         state = load_checkpoint(path)["model"] if path.suffix == ".pt" else read_weights(path)[0]
@@ -117,8 +128,15 @@ class _Logger:
                     self.tb.add_scalar(f"{record['kind']}/{k}", v, record["global_step"])
 
 
-def train(recipe: Recipe, out: "str | Path", *, data_root: "str | Path | None" = None,
-          resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+def train(
+    recipe: Recipe,
+    out: str | Path,
+    *,
+    data_root: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Train `recipe` into run folder `out` (resuming from its last checkpoint with `resume`; a folder
     holding another run is refused unless `overwrite`); return the final summary. Launch under torchrun
     for several processes."""
@@ -157,14 +175,16 @@ def _prepare_data(recipe: Recipe, data_root, info: DistInfo):
     return root, train_s, val_s, mean, eigval, eigvec
 
 
-def _train(recipe: Recipe, run: Path, info: DistInfo, device: torch.device, data_root, resume: bool,
-           progress: bool) -> dict[str, Any]:
+def _train(
+    recipe: Recipe, run: Path, info: DistInfo, device: torch.device, data_root, resume: bool, progress: bool
+) -> dict[str, Any]:
     d, o = recipe.data, recipe.optim
     cuda = device.type == "cuda"
     root, train_s, val_s, mean, eigval, eigvec = _prepare_data(recipe, data_root, info)
     if recipe.model.num_classes != len(train_s.classes):
-        raise ValueError(f"model.num_classes is {recipe.model.num_classes} but {root}/train has "
-                         f"{len(train_s.classes)} classes")
+        raise ValueError(
+            f"model.num_classes is {recipe.model.num_classes} but {root}/train has {len(train_s.classes)} classes"
+        )
     accum = accumulation_steps(recipe, info.world)
     steps = steps_per_epoch(len(train_s), o.batch_size)
     if steps == 0:
@@ -209,12 +229,20 @@ def _train(recipe: Recipe, run: Path, info: DistInfo, device: torch.device, data
     aug_on_device = cuda and recipe.runtime.gpu_augment
 
     def state(best: bool) -> dict[str, Any]:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": sched.to_dict(),
-                "scaler": {}, "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
-                "history": history, "recipe": recipe_to_dict(recipe), "world": info.world,
-                "mean_rgb": list(mean),
-                "rng": {"torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if cuda else []}}
+        return {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": sched.to_dict(),
+            "scaler": {},
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "global_step": global_step,
+            "history": history,
+            "recipe": recipe_to_dict(recipe),
+            "world": info.world,
+            "mean_rgb": list(mean),
+            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else []},
+        }
 
     def checkpoint(best: bool = False) -> None:
         if info.is_main:
@@ -225,11 +253,19 @@ def _train(recipe: Recipe, run: Path, info: DistInfo, device: torch.device, data
 
     bar = None
     while epoch < o.epochs:
-        sampler = GlobalBatchSampler(len(trainset), seed=recipe.seed, epoch=epoch, batch_size=o.batch_size,
-                                     per_device=o.per_device_batch, rank=info.rank, world=info.world,
-                                     start_step=step_in_epoch)
-        loader = torch.utils.data.DataLoader(trainset, batch_sampler=sampler, num_workers=d.workers,
-                                             pin_memory=cuda, persistent_workers=False)
+        sampler = GlobalBatchSampler(
+            len(trainset),
+            seed=recipe.seed,
+            epoch=epoch,
+            batch_size=o.batch_size,
+            per_device=o.per_device_batch,
+            rank=info.rank,
+            world=info.world,
+            start_step=step_in_epoch,
+        )
+        loader = torch.utils.data.DataLoader(
+            trainset, batch_sampler=sampler, num_workers=d.workers, pin_memory=cuda, persistent_workers=False
+        )
         if info.is_main and progress:
             from tqdm import tqdm
 
@@ -262,9 +298,11 @@ def _train(recipe: Recipe, run: Path, info: DistInfo, device: torch.device, data
             all_reduce_sum(loss_sum, info)
             if not math.isfinite(loss_sum[0].item()):
                 last = latest_checkpoint(run)
-                raise NonFiniteLoss(f"loss is {loss_sum[0].item()} at epoch {epoch + 1}, step {step_in_epoch + 1} "
-                                    f"(global step {global_step + 1}); stopped without saving. Last good "
-                                    f"checkpoint: {last or 'none'} (lower optim.lr or check the data, then --resume)")
+                raise NonFiniteLoss(
+                    f"loss is {loss_sum[0].item()} at epoch {epoch + 1}, step {step_in_epoch + 1} "
+                    f"(global step {global_step + 1}); stopped without saving. Last good "
+                    f"checkpoint: {last or 'none'} (lower optim.lr or check the data, then --resume)"
+                )
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step_in_epoch += 1
@@ -273,10 +311,19 @@ def _train(recipe: Recipe, run: Path, info: DistInfo, device: torch.device, data
                 bar.update(1)
             if global_step % recipe.checkpoint.log_every == 0 or step_in_epoch == steps:
                 dt = time.perf_counter() - t0
-                logger.write({"kind": "step", "epoch": epoch + 1, "step": step_in_epoch, "global_step": global_step,
-                              "loss": loss_sum[0].item() / o.batch_size, "lr": sched.lr,
-                              "top1": loss_sum[1].item() / o.batch_size, "top5": loss_sum[2].item() / o.batch_size,
-                              "images_per_s": seen * info.world / dt if dt > 0 else 0.0})
+                logger.write(
+                    {
+                        "kind": "step",
+                        "epoch": epoch + 1,
+                        "step": step_in_epoch,
+                        "global_step": global_step,
+                        "loss": loss_sum[0].item() / o.batch_size,
+                        "lr": sched.lr,
+                        "top1": loss_sum[1].item() / o.batch_size,
+                        "top5": loss_sum[2].item() / o.batch_size,
+                        "images_per_s": seen * info.world / dt if dt > 0 else 0.0,
+                    }
+                )
                 t0, seen = time.perf_counter(), 0
             if global_step % recipe.checkpoint.every_steps == 0 and step_in_epoch < steps:
                 checkpoint()
@@ -284,12 +331,22 @@ def _train(recipe: Recipe, run: Path, info: DistInfo, device: torch.device, data
             bar.close()
         top1, top5 = validate(model, valset, info, device, mean, amp, recipe, aug_on_device)
         improved = top1 > sched.best + o.threshold
-        sched = plateau_step(sched, top1, patience=o.patience, factor=o.factor, max_drops=o.max_drops,
-                             threshold=o.threshold)
+        sched = plateau_step(
+            sched, top1, patience=o.patience, factor=o.factor, max_drops=o.max_drops, threshold=o.threshold
+        )
         epoch, step_in_epoch = epoch + 1, 0
         history.append({"epoch": epoch, "val_top1": top1, "val_top5": top5, "lr_next": sched.lr})
-        logger.write({"kind": "epoch", "epoch": epoch, "global_step": global_step, "val_top1": top1,
-                      "val_top5": top5, "lr": sched.lr, "drops": sched.drops})
+        logger.write(
+            {
+                "kind": "epoch",
+                "epoch": epoch,
+                "global_step": global_step,
+                "val_top1": top1,
+                "val_top5": top5,
+                "lr": sched.lr,
+                "drops": sched.drops,
+            }
+        )
         if info.is_main:
             log.info("epoch %d: val top-1 %.4f top-5 %.4f, next lr %g", epoch, top1, top5, sched.lr)
             model.preprocessing = preproc
@@ -303,13 +360,19 @@ def _train(recipe: Recipe, run: Path, info: DistInfo, device: torch.device, data
 
 
 @torch.no_grad()
-def validate(model, valset, info: DistInfo, device, mean, amp, recipe: Recipe, _aug_on_device: bool = True) -> tuple[float, float]:
+def validate(
+    model, valset, info: DistInfo, device, mean, amp, recipe: Recipe, _aug_on_device: bool = True
+) -> tuple[float, float]:
     """Top-1 and top-5 accuracy of central crops, each process taking every world-th image."""
     model.eval()
     n = len(valset) if recipe.data.max_val <= 0 else min(recipe.data.max_val, len(valset))
     idx = list(range(info.rank, n, info.world))
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(valset, idx), batch_size=recipe.optim.per_device_batch,
-                                         num_workers=recipe.data.workers, pin_memory=device.type == "cuda")
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(valset, idx),
+        batch_size=recipe.optim.per_device_batch,
+        num_workers=recipe.data.workers,
+        pin_memory=device.type == "cuda",
+    )
     counts = torch.zeros(3, dtype=torch.float64)
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device)

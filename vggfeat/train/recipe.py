@@ -4,11 +4,12 @@ Defaults are the paper's: SGD momentum 0.9, weight decay 5e-4, global batch 256,
 divided by 10 when validation top-1 stops improving (at most 3 times), at most 74 epochs, S=256, 224
 crops, flips, PCA colour shift with sigma 0.1, mean-RGB subtraction.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
 
 from vggfeat.config import ConfigError, from_dict, load_config, to_dict
 
@@ -29,24 +30,26 @@ class ModelConfig:
     dropout: float = 0.5  # Sect. 3.1: after fc6 and fc7
     init: str = "normal"  # "normal" (std init_std) or "glorot"
     init_std: float = 0.01
-    init_from: Optional[str] = None  # weights or checkpoint to start from (relative to the recipe's folder or cwd)
+    init_from: str | None = None  # weights or checkpoint to start from (relative to the recipe's folder or cwd)
     init_layers: str = "net_a"  # "net_a": the 7 layers of Sect. 3.1; "all": every layer (S=384 from S=256)
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    root: Optional[str] = None  # dataset folder (train/, val/); --data-root overrides
-    synthetic_seed: Optional[int] = None  # generate a synthetic dataset at root if missing (smoke, demo)
+    root: str | None = None  # dataset folder (train/, val/); --data-root overrides
+    synthetic_seed: int | None = None  # generate a synthetic dataset at root if missing (smoke, demo)
     synthetic_classes: int = 10
     synthetic_per_class: int = 40  # training images per class (val gets a quarter)
     scale: tuple[int, int] = (256, 256)  # (Smin, Smax): S fixed when equal, else uniform per image
     crop: int = 224
     flip: bool = True
     color_sigma: float = 0.1  # PCA colour shift, alpha ~ N(0, sigma)
-    mean_rgb: Optional[tuple[float, float, float]] = IMAGENET_MEAN  # None: computed on train/ and cached
-    eigval: Optional[tuple[float, float, float]] = IMAGENET_EIGVAL  # None: computed with the mean
-    eigvec: Optional[tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, float, float]]] = IMAGENET_EIGVEC
-    val_labels: Optional[str] = None  # flat val folder: file of "name label" lines (ImageNet devkit style)
+    mean_rgb: tuple[float, float, float] | None = IMAGENET_MEAN  # None: computed on train/ and cached
+    eigval: tuple[float, float, float] | None = IMAGENET_EIGVAL  # None: computed with the mean
+    eigvec: tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, float, float]] | None = (
+        IMAGENET_EIGVEC
+    )
+    val_labels: str | None = None  # flat val folder: file of "name label" lines (ImageNet devkit style)
     workers: int = 8  # DataLoader workers per process
     max_val: int = 0  # > 0: validate on the first N val images only
 
@@ -106,14 +109,22 @@ class Recipe:
         if lo < self.data.crop:
             raise ConfigError(f"data.scale Smin={lo} is smaller than the crop {self.data.crop}")
         if self.data.crop != 32 * self.model.fc6_kernel:
-            raise ConfigError(f"data.crop {self.data.crop} must be 32 x model.fc6_kernel ({32 * self.model.fc6_kernel})")
+            raise ConfigError(
+                f"data.crop {self.data.crop} must be 32 x model.fc6_kernel ({32 * self.model.fc6_kernel})"
+            )
         if self.model.init_layers not in ("net_a", "all"):
             raise ConfigError(f"model.init_layers must be net_a or all, got {self.model.init_layers!r}")
-        positive = {"optim.lr": self.optim.lr, "optim.batch_size": self.optim.batch_size,
-                    "optim.per_device_batch": self.optim.per_device_batch, "optim.epochs": self.optim.epochs,
-                    "checkpoint.every_steps": self.checkpoint.every_steps,
-                    "checkpoint.log_every": self.checkpoint.log_every, "model.width_mult": self.model.width_mult,
-                    "model.fc_dim": self.model.fc_dim, "model.num_classes": self.model.num_classes}
+        positive = {
+            "optim.lr": self.optim.lr,
+            "optim.batch_size": self.optim.batch_size,
+            "optim.per_device_batch": self.optim.per_device_batch,
+            "optim.epochs": self.optim.epochs,
+            "checkpoint.every_steps": self.checkpoint.every_steps,
+            "checkpoint.log_every": self.checkpoint.log_every,
+            "model.width_mult": self.model.width_mult,
+            "model.fc_dim": self.model.fc_dim,
+            "model.num_classes": self.model.num_classes,
+        }
         for key, value in positive.items():
             if not value > 0:  # also catches NaN
                 raise ConfigError(f"{key} must be > 0, got {value}")
@@ -121,7 +132,7 @@ class Recipe:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.model.dropout}")
 
 
-def load_recipe(path: "str | Path", overrides: Sequence[str] = ()) -> Recipe:
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     """Read a recipe YAML strictly, `--set` overrides applied; relative paths resolve against the file."""
     path = Path(path)
     recipe = load_config(Recipe, path, overrides)
@@ -139,7 +150,7 @@ def recipe_to_dict(recipe: Recipe) -> dict:
 def _resolve_paths(recipe: Recipe, folder: Path) -> Recipe:
     from dataclasses import replace
 
-    def resolve(p: Optional[str]) -> Optional[str]:
+    def resolve(p: str | None) -> str | None:
         if p is None or Path(p).is_absolute() or Path(p).exists():
             return p
         return str((folder / p).resolve()) if (folder / p).exists() else p
@@ -151,7 +162,9 @@ def accumulation_steps(recipe: Recipe, world_size: int) -> int:
     """Gradient-accumulation steps so per_device_batch x world_size x steps == the global batch."""
     per_step = recipe.optim.per_device_batch * world_size
     if recipe.optim.batch_size % per_step:
-        raise ConfigError(f"global batch optim.batch_size={recipe.optim.batch_size} is not a multiple of "
-                          f"optim.per_device_batch={recipe.optim.per_device_batch} x {world_size} processes; "
-                          "change one of them")
+        raise ConfigError(
+            f"global batch optim.batch_size={recipe.optim.batch_size} is not a multiple of "
+            f"optim.per_device_batch={recipe.optim.per_device_batch} x {world_size} processes; "
+            "change one of them"
+        )
     return recipe.optim.batch_size // per_step

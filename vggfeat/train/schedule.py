@@ -1,5 +1,6 @@
 """The paper's learning-rate schedule (Sect. 3.1) as a pure function: lr /= 10 when validation top-1
 stops improving, at most 3 times. The state is a small frozen record saved in every checkpoint."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
@@ -16,8 +17,15 @@ class PlateauState:
         return asdict(self)
 
 
-def plateau_step(state: PlateauState, metric: float, *, patience: int = 1, factor: float = 10.0,
-                 max_drops: int = 3, threshold: float = 1e-4) -> PlateauState:
+def plateau_step(
+    state: PlateauState,
+    metric: float,
+    *,
+    patience: int = 1,
+    factor: float = 10.0,
+    max_drops: int = 3,
+    threshold: float = 1e-4,
+) -> PlateauState:
     """The state after one epoch whose validation top-1 is `metric` (higher is better).
 
     After `patience` epochs without an improvement of more than `threshold`, lr is divided by `factor`

@@ -1,4 +1,5 @@
 """Choosing a device: `auto` is CUDA when torch sees a GPU, else the CPU."""
+
 from __future__ import annotations
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")

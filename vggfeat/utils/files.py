@@ -1,4 +1,5 @@
 """Crash-safe file writing and hashing: a file either appears whole or not at all."""
+
 from __future__ import annotations
 
 import hashlib
@@ -8,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 
-def sha256_file(path: "str | Path", chunk: int = 1 << 20) -> str:
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -23,12 +24,12 @@ def plain_file_mode() -> int:
     return 0o666 & ~mask
 
 
-def give_plain_permissions(path: "str | Path") -> None:
+def give_plain_permissions(path: str | Path) -> None:
     """Writers that create files 0600 (safetensors' save_file) would hide results from a team's other users."""
     os.chmod(path, plain_file_mode())
 
 
-def atomic_write_bytes(path: "str | Path", data: bytes) -> Path:
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write to a temporary file beside `path`, fsync, then rename over it (atomic on POSIX)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -41,11 +42,11 @@ def atomic_write_bytes(path: "str | Path", data: bytes) -> Path:
     return path
 
 
-def atomic_write_text(path: "str | Path", text: str) -> Path:
+def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: "str | Path", obj: Any) -> Path:
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
