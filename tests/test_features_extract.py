@@ -110,6 +110,18 @@ def test_winograd_switch_reaches_the_net(monkeypatch):
     np.testing.assert_allclose(direct[0], manual_descriptor(model, images[0], (64,)), rtol=1e-5, atol=1e-7)
 
 
+def test_a_net_in_training_mode_gives_eval_descriptors_and_keeps_its_mode():
+    """create_model returns a net in training mode: extraction must not run its dropout, nor leave it in eval."""
+    model, images = tiny(), random_images([(70, 90), (64, 64)], seed=2)
+    expected = extract_features(model, images, scales=(64,))
+    model.train()
+    model.fc7.eval()  # a mixed state is given back as it was, module by module
+    got = [extract_features(model, images, scales=(64,)) for _ in range(2)]
+    np.testing.assert_array_equal(got[0], got[1])
+    np.testing.assert_allclose(got[0], expected, rtol=1e-6, atol=1e-7)
+    assert model.training and model.drop6.training and not model.fc7.training
+
+
 def test_several_nets_stack():
     d, e = tiny("vgg_d", seed=1), tiny("vgg_e", seed=2, fc_dim=24)
     images = random_images([(64, 80), (72, 64)])

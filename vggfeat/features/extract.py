@@ -62,21 +62,28 @@ def extract_features(
     """Descriptors (N, D) of `images` (paths, PIL images or HxWx3 uint8 arrays), in input order.
 
     `model` is a vggfeat VGG (pooled at `layer`), a timm model, or a list of them (their descriptors are
-    stacked, the paper's D & E fusion). A bad image file raises ImageError naming it. On the CPU a VGG's
-    wide 3x3 convs run as Winograd F(4x4, 3x3) unless `winograd=False` (vggfeat.models.fastconv).
+    stacked, the paper's D & E fusion); it runs in eval mode (no dropout) and gets its own mode back. A bad
+    image file raises ImageError naming it. On the CPU a VGG's wide 3x3 convs run as Winograd F(4x4, 3x3)
+    unless `winograd=False` (vggfeat.models.fastconv).
     """
     models = list(model) if isinstance(model, (list, tuple)) else [model]
     protocol = Protocol(layer, tuple(scales), flip, aggregate, l2, l2_parts, snap, fast_decode)
     device = resolve_device(device) if isinstance(device, str) else device
-    engine = DescriptorEngine(
-        [as_feature_net(m, layer) for m in models], protocol, device, batch_size, precision, winograd=winograd
-    )
-    out = np.empty((len(images), engine.dim), dtype=np.float32)
-    for _, index, feats, skipped in describe_chunks(engine, images, _chunks(len(images), chunk_size), workers):
-        if skipped:
-            i, reason = skipped[0]
-            raise ImageError(images[i], reason)
-        out[index] = feats
+    # descriptors are inference: dropout off whatever mode the caller's net is in (create_model returns a net
+    # in training mode); each submodule's mode is put back afterwards, so a net being trained stays in training
+    modes = [(module, module.training) for m in models for module in m.modules()]
+    try:
+        nets = [as_feature_net(m, layer).eval() for m in models]
+        engine = DescriptorEngine(nets, protocol, device, batch_size, precision, winograd=winograd)
+        out = np.empty((len(images), engine.dim), dtype=np.float32)
+        for _, index, feats, skipped in describe_chunks(engine, images, _chunks(len(images), chunk_size), workers):
+            if skipped:
+                i, reason = skipped[0]
+                raise ImageError(images[i], reason)
+            out[index] = feats
+    finally:
+        for module, training in modes:
+            module.training = training
     return out
 
 

@@ -62,7 +62,9 @@ def create_model(
 ) -> VGG:
     """Build a named net (options: width_mult, fc_dim, fc6_kernel, dropout, in_chans), initialised as in
     Sect. 3.1 (`init` "normal" with `init_std`, or "glorot"; `seed` makes it reproducible), then loaded
-    from `weights` if given. `device="meta"` builds it without allocating memory.
+    from `weights` if given. `device="meta"` builds it without allocating memory. Like torchvision's models
+    it is returned in training mode (dropout on): call `.eval()` before `forward_features` for descriptors
+    (`extract_features` does that itself, and gives the net its mode back).
     """
     spec = resolve_name(name)
     with torch.device(device) if device is not None else _nullcontext():
