@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 import vggfeat
 from vggfeat.cli.main import cli
+from vggfeat.data.benchmarks import DATA_ENV
 from vggfeat.data.synthetic_voc import VOC_CLASSES, make_voc2007
 from vggfeat.features.store import load_store
 from vggfeat.probes import LinearSVMProbe, metrics
@@ -201,3 +202,49 @@ def test_single_class_folder_is_refused_by_both_probes(weights, tmp_path, comman
     # before: knn-probe reported 100 % (every neighbour votes for the only class)
     assert r.exit_code == 1, r.output
     assert "at least 2 classes" in r.output and "Traceback" not in r.output
+
+
+# Runs in a fresh interpreter: every probe command with a missing dataset root, then which heavy modules it loaded.
+MISSING_ROOT_SCRIPT = """
+import json, sys, time
+from click.testing import CliRunner
+from vggfeat.cli.main import cli
+heavy = ("torch", "sklearn", "scipy", "faiss", "matplotlib")
+results = []
+for root in sys.argv[1:]:
+  for command in ("linear-probe", "knn-probe"):
+    for benchmark in ("voc2007", "voc2012", "caltech101", "caltech256", "folder"):
+        start = time.perf_counter()
+        r = CliRunner().invoke(cli, [command, benchmark, "--root", root])
+        results.append(dict(args=[command, benchmark, root], code=r.exit_code, output=r.output,
+                            seconds=time.perf_counter() - start, heavy=[m for m in heavy if m in sys.modules]))
+print(json.dumps(results))
+"""
+
+
+def test_missing_dataset_root_is_reported_before_torch_is_imported(tmp_path):
+    """`vggfeat linear-probe voc2007` with no data answers at once: arguments are checked before torch, sklearn
+    or faiss load (they take seconds to import), for both probes and every benchmark (issue 13.5)."""
+    import subprocess
+    import sys
+
+    missing, empty = tmp_path / "no-such-data", tmp_path / "empty"
+    empty.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", MISSING_ROOT_SCRIPT, str(missing), str(empty)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    results = json.loads(done.stdout)
+    assert len(results) == 20
+    for r in results:
+        assert r["code"] == 1, r
+        if r["args"][2] == str(missing):
+            assert (
+                r["output"]
+                == f"Error: no such dataset folder: {missing} (from root); pass --root DIR or set {DATA_ENV}\n"
+            )
+        else:  # the folder exists but holds no benchmark: one line naming what is missing
+            assert r["output"].startswith("Error: ") and r["output"].count("\n") == 1, r
+        assert r["heavy"] == [], f"{r['args']} imported {r['heavy']} before checking its arguments"

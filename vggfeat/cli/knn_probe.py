@@ -55,7 +55,12 @@ def knn_probe(
       vggfeat knn-probe voc2007 --root /data --features voc07 -k 20
       vggfeat knn-probe caltech101 --root /data --weights d.safetensors --index hnsw
     """
-    from vggfeat.probes.run import run_knn_probe
+
+    def probe(splits, store):
+        # imported here: faiss, sklearn and torch take seconds, and a missing dataset is reported before them
+        from vggfeat.probes.run import run_knn_probe
+
+        return run_knn_probe(splits, store, k=k, kind=kind, temperature=temperature, progress=echo_split)
 
     run_probe(
         benchmark,
@@ -74,7 +79,5 @@ def knn_probe(
         workers,
         quiet,
         stem="knn-probe",
-        probe=lambda splits, store: run_knn_probe(
-            splits, store, k=k, kind=kind, temperature=temperature, progress=echo_split
-        ),
+        probe=probe,
     )

@@ -84,12 +84,13 @@ def linear_probe(
       vggfeat linear-probe voc2007 --root /data --features voc07 --Cs 0.1,1,10
       vggfeat linear-probe caltech101 --root /data --weights d.safetensors    # stacks 3 scales
     """
-    from vggfeat.probes.run import run_linear_probe
-    from vggfeat.utils.device import resolve_device
-
     grid = parse_cs(cs)
 
     def probe(splits, store):
+        # imported here: sklearn and torch take seconds, and a missing dataset is reported before them
+        from vggfeat.probes.run import run_linear_probe
+        from vggfeat.utils.device import resolve_device
+
         return run_linear_probe(
             splits,
             store,

@@ -176,9 +176,8 @@ def run_probe(
     probe,
 ) -> None:
     """What both probe commands do: load the splits and the store, call `probe(splits, store)` (a ProbeResult),
-    write the report OUT/STEM.{json,md,png} and print its summary; bad input becomes a one-line error."""
-    from vggfeat.probes.report import summary_lines, write_report
-
+    write the report OUT/STEM.{json,md,png} and print its summary; bad input becomes a one-line error.
+    The dataset is checked first, before torch, sklearn or faiss is imported: a wrong --root answers at once."""
     out_dir = Path(out or Path("vggfeat-out") / benchmark)
     try:
         splits = load_splits(benchmark, root, out_dir, n_splits, seed)
@@ -202,6 +201,8 @@ def run_probe(
             f"{benchmark}: {len(splits[0].classes)} classes, {len(splits)} split(s), "
             f"{store.dim}-D features from {store.root}"
         )
+        from vggfeat.probes.report import summary_lines, write_report  # sklearn: after the cheap checks
+
         files = write_report(probe(splits, store), out_dir, stem)
     except FileNotFoundError as e:  # VggfeatError is shown by LazyGroup; other exceptions are bugs
         raise click.ClickException(str(e)) from None
