@@ -39,3 +39,14 @@ def test_deterministic_in_seed(tmp_path):
     _, labels_1 = draw_scene(np.random.default_rng(1))
     _, labels_2 = draw_scene(np.random.default_rng(2))
     assert set(labels_1) <= set(VOC_CLASSES) and set(labels_2) <= set(VOC_CLASSES)
+
+
+def test_voc2012_classification_layout_loads_as_the_benchmark(tmp_path):
+    from vggfeat.data.benchmarks import load_benchmark
+    from vggfeat.data.synthetic_voc import make_voc2012
+
+    voc = make_voc2012(tmp_path, n_train=8, n_val=6, seed=1)
+    assert voc == tmp_path / "VOCdevkit" / "VOC2012"
+    (split,) = load_benchmark("voc2012", tmp_path)
+    assert (split.train_name, split.test_name, split.metric) == ("train", "val", "voc12_ap")
+    assert split.train_labels.shape == (8, 20) and split.test_labels.shape == (6, 20)

@@ -3,7 +3,8 @@
 Scenes on textured backgrounds hold one to three crude pictograms of the 20 VOC classes (a stick-figure
 person, a car on two wheels, ...). An object drawn tiny or mostly outside the frame is 'difficult': an
 image whose only instances of a class are difficult gets label 0 for it, as in the devkit. Written as
-VOCdevkit/VOC2007/{JPEGImages, ImageSets/Main/<split>.txt, ImageSets/Main/<class>_<split>.txt}.
+VOCdevkit/VOC2007 (or VOC2012)/{JPEGImages, ImageSets/Main/<split>.txt, ImageSets/Main/<class>_<split>.txt};
+the VOC2012 action layout (Table 12) is synthetic_voc_action.py.
 """
 
 from __future__ import annotations
@@ -259,14 +260,25 @@ def make_voc2007(
     root: str | Path, n_trainval: int = 200, n_test: int = 200, seed: int = 0, size: tuple[int, int] = (128, 96)
 ) -> Path:
     """Write the scenes as VOCdevkit/VOC2007 under root; return the VOC2007 folder. Deterministic in seed."""
-    voc = Path(root) / "VOCdevkit" / "VOC2007"
+    return _make_voc(root, "2007", {"trainval": n_trainval, "test": n_test}, seed, size)
+
+
+def make_voc2012(
+    root: str | Path, n_train: int = 200, n_val: int = 200, seed: int = 0, size: tuple[int, int] = (128, 96)
+) -> Path:
+    """The same scenes as VOCdevkit/VOC2012 with its train/val classification lists (ImageSets/Main)."""
+    return _make_voc(root, "2012", {"train": n_train, "val": n_val}, seed, size)
+
+
+def _make_voc(root: str | Path, year: str, counts: dict[str, int], seed: int, size: tuple[int, int]) -> Path:
+    voc = Path(root) / "VOCdevkit" / f"VOC{year}"
     (voc / "JPEGImages").mkdir(parents=True, exist_ok=True)
     (voc / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    ids = {
-        "trainval": [f"{k:06d}" for k in range(n_trainval)],
-        "test": [f"{k:06d}" for k in range(n_trainval, n_trainval + n_test)],
-    }
+    ids, start = {}, 0
+    for split, n in counts.items():
+        ids[split] = [f"{k:06d}" for k in range(start, start + n)]
+        start += n
     for split, names in ids.items():
         rows = {cls: [] for cls in VOC_CLASSES}
         for name in names:

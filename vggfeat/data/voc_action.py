@@ -1,0 +1,220 @@
+"""PASCAL VOC-2012 action classification (Table 12) from the devkit layout: one sample per person box.
+
+VOC2012/ImageSets/Action/<split>.txt lists a split's images; <action>_<split>.txt holds one line per person
+instance, `<image id> <object index> <flag>` (flag 1 or -1; 0, if present, counts as neither for AP). The object
+index counts every <object> of Annotations/<id>.xml from 1, as the devkit's VOCevalaction does; that object is a
+person whose <bndbox> (1-based, inclusive) is the region of the box descriptor. The 10 actions are scored, not
+'other'. Test labels are private: train on train, report all-point AP on val.
+"""
+
+from __future__ import annotations
+
+import io
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .benchmarks import DatasetError, check_inside, find_dataset_dir
+from .voc import _check_id, _lines, read_id_list
+
+VOC_ACTIONS = (
+    "jumping",
+    "phoning",
+    "playinginstrument",
+    "reading",
+    "ridingbike",
+    "ridinghorse",
+    "running",
+    "takingphoto",
+    "usingcomputer",
+    "walking",
+)
+ACTION_OTHER = "other"  # annotated, but not one of the 10 scored actions
+ACTION_FLAGS = (1, -1, 0)
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: arrays have no truth value
+class ActionSplit:
+    """The person instances of one split, in the order of the first action file."""
+
+    name: str  # 'train' | 'val'
+    image_ids: tuple[str, ...]  # N image ids (one per person instance, repeated for several people)
+    object_indices: tuple[int, ...]  # N, 1-based over the image's <object>s
+    image_paths: tuple[str, ...]  # N resolved JPEG paths
+    boxes: np.ndarray  # (N, 4) int: xmin, ymin, xmax, ymax, 1-based inclusive (the devkit's)
+    labels: np.ndarray  # (N, 10) int8 in {1, -1, 0}, columns VOC_ACTIONS
+
+    def __post_init__(self) -> None:
+        for a in (self.boxes, self.labels):
+            a.flags.writeable = False
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def sample_names(self) -> list[str]:
+        """`<image id>_<object index>`: one unique name per sample (its box crop's file stem)."""
+        return [f"{i}_{o}" for i, o in zip(self.image_ids, self.object_indices, strict=True)]
+
+
+def find_voc_action(root: Path) -> Path:
+    """VOC2012 with the action layout, given VOC2012, VOCdevkit, the folder holding it, or one level above."""
+
+    def accept(cand: Path) -> bool:
+        ok = all((cand / sub).is_dir() for sub in ("JPEGImages", "Annotations", "ImageSets/Action"))
+        return ok and cand.name != "VOC2007"
+
+    found = find_dataset_dir(root, ("VOC2012", "VOCdevkit/VOC2012"), accept)
+    if found is None:
+        raise DatasetError(
+            f"{root}: no VOC2012 action layout found (looked for {root}/VOCdevkit/VOC2012 with JPEGImages/, "
+            "Annotations/ and ImageSets/Action/)"
+        )
+    return found
+
+
+def read_action_list(file: Path) -> dict[tuple[str, int], tuple[int, int]]:
+    """ImageSets/Action/<action>_<split>.txt -> {(image id, object index): (flag, line number)}, in file order."""
+    rows: dict[tuple[str, int], tuple[int, int]] = {}
+    for n, line in _lines(file):
+        parts = line.split()
+        if len(parts) != 3:
+            raise DatasetError(f"{file}, line {n}: expected '<image id> <object index> <flag>', got {line!r}")
+        image_id, index, flag = parts
+        try:
+            obj, value = int(index), int(flag)
+        except ValueError:
+            raise DatasetError(f"{file}, line {n}: object index and flag must be integers in {line!r}") from None
+        if obj < 1:
+            raise DatasetError(f"{file}, line {n}: object index {obj} must be >= 1 (the devkit counts from 1)")
+        if value not in ACTION_FLAGS:
+            raise DatasetError(f"{file}, line {n}: flag {flag!r} is not 1, -1 or 0 in {line!r}")
+        key = (_check_id(image_id, file, n), obj)
+        if key in rows:
+            raise DatasetError(f"{file}, line {n}: person {image_id} {obj} repeats line {rows[key][1]}")
+        rows[key] = (value, n)
+    return rows
+
+
+def _int(node: ET.Element | None, tag: str, file: Path, where: str) -> int:
+    child = None if node is None else node.find(tag)
+    try:
+        return int(round(float(child.text)))  # a few devkit boxes are written as floats
+    except (AttributeError, TypeError, ValueError):
+        raise DatasetError(f"{file}: {where} has no numeric <{tag}>") from None
+
+
+def read_person_boxes(file: Path) -> tuple[dict[int, tuple[int, int, int, int] | str], tuple[int, int] | None]:
+    """Annotations/<id>.xml -> ({object index: box, or the object's name when it is not a person}, (w, h))."""
+    try:
+        root = ET.parse(file).getroot()
+    except FileNotFoundError:
+        raise DatasetError(f"missing annotation file {file}") from None
+    except ET.ParseError as e:
+        raise DatasetError(f"{file}: not valid XML ({e})") from None
+    size = root.find("size")
+    wh = None
+    if size is not None and size.find("width") is not None:
+        wh = (_int(size, "width", file, "<size>"), _int(size, "height", file, "<size>"))
+    objects: dict[int, tuple[int, int, int, int] | str] = {}
+    for index, obj in enumerate(root.iter("object"), start=1):
+        name = (obj.findtext("name") or "").strip().lower()
+        if name != "person":
+            objects[index] = name or "<no name>"
+            continue
+        where = f"object {index} (person)"
+        bb = obj.find("bndbox")
+        box = tuple(_int(bb, t, file, where) for t in ("xmin", "ymin", "xmax", "ymax"))
+        if not (1 <= box[0] <= box[2] and 1 <= box[1] <= box[3]):
+            raise DatasetError(f"{file}: {where} has an empty or negative box {box} (xmin, ymin, xmax, ymax)")
+        objects[index] = box
+    return objects, wh
+
+
+def read_action_split(voc: Path, split: str, actions: tuple[str, ...] = VOC_ACTIONS) -> ActionSplit:
+    """One split's person instances; every action file must list the same instances, each a person box of an
+    image of <split>.txt."""
+    action_dir = voc / "ImageSets" / "Action"
+    ids_file = action_dir / f"{split}.txt"
+    image_ids = read_id_list(ids_file) if ids_file.is_file() else None
+    tables = {a: read_action_list(action_dir / f"{a}_{split}.txt") for a in actions}
+    first_file = action_dir / f"{actions[0]}_{split}.txt"
+    keys = list(tables[actions[0]])
+    index = {k: row for row, k in enumerate(keys)}
+    labels = np.empty((len(keys), len(actions)), dtype=np.int8)
+    for col, a in enumerate(actions):
+        rows, file = tables[a], action_dir / f"{a}_{split}.txt"
+        extra = next((k for k in rows if k not in index), None)
+        if extra is not None:
+            raise DatasetError(f"{file}, line {rows[extra][1]}: person {extra[0]} {extra[1]} is not in {first_file}")
+        missing = next((k for k in keys if k not in rows), None)
+        if missing is not None:
+            line = tables[actions[0]][missing][1]
+            raise DatasetError(f"{file}: lacks person {missing[0]} {missing[1]} (listed at {first_file}, line {line})")
+        for k, (value, _) in rows.items():
+            labels[index[k], col] = value
+    boxes = np.empty((len(keys), 4), dtype=np.int64)
+    paths: list[str] = []
+    parsed: dict[str, tuple[dict, tuple[int, int] | None]] = {}
+    for row, (image_id, obj) in enumerate(keys):
+        line = tables[actions[0]][(image_id, obj)][1]
+        where = f"{first_file}, line {line}"
+        if image_ids is not None and image_id not in image_ids:
+            raise DatasetError(f"{where}: image {image_id!r} is not in {ids_file}")
+        if image_id not in parsed:
+            parsed[image_id] = read_person_boxes(voc / "Annotations" / f"{image_id}.xml")
+        objects, wh = parsed[image_id]
+        xml = voc / "Annotations" / f"{image_id}.xml"
+        found = objects.get(obj)
+        if found is None:
+            raise DatasetError(f"{where}: {xml} has {len(objects)} objects, no object {obj}")
+        if isinstance(found, str):
+            raise DatasetError(f"{where}: object {obj} of {xml} is a {found}, not a person")
+        if wh is not None and (found[2] > wh[0] or found[3] > wh[1]):
+            raise DatasetError(f"{xml}: object {obj}'s box {found} lies outside the {wh[0]}x{wh[1]} image")
+        boxes[row] = found
+        path = voc / "JPEGImages" / f"{image_id}.jpg"
+        if not path.is_file():
+            raise DatasetError(f"{where}: image {image_id!r} not found: no file {path}")
+        paths.append(str(check_inside(path, voc, where)))
+    return ActionSplit(split, tuple(k[0] for k in keys), tuple(k[1] for k in keys), tuple(paths), boxes, labels)
+
+
+def load_voc_action(root: str | Path) -> tuple[ActionSplit, ActionSplit]:
+    """(train, val) person instances of VOC2012 action classification under `root`."""
+    from .benchmarks import resolve_root
+
+    voc = find_voc_action(resolve_root(root))
+    return read_action_split(voc, "train"), read_action_split(voc, "val")
+
+
+def write_box_crops(split: ActionSplit, out: str | Path) -> list[str]:
+    """Each sample's person box cut from the fully decoded image, as a lossless PNG OUT/<image id>_<object>.png
+    (so the box descriptor is exactly that of the crop in memory); written atomically, reused when present."""
+    from PIL import Image
+
+    from vggfeat.data.images import load_rgb
+    from vggfeat.utils.files import atomic_write_bytes
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    crops: list[str] = []
+    decoded: tuple[str, Image.Image] | None = None  # samples of one image are adjacent: decode it once
+    for name, path, box in zip(split.sample_names(), split.image_paths, split.boxes, strict=True):
+        x0, y0, x1, y1 = (int(v) for v in box)
+        target = out / f"{name}_{x0}_{y0}_{x1}_{y1}.png"  # the box in the name: an edited box is a new crop
+        crops.append(str(target))
+        if target.is_file():
+            continue
+        if decoded is None or decoded[0] != path:
+            decoded = (path, load_rgb(path))
+        img = decoded[1]
+        # 1-based inclusive devkit box -> PIL's 0-based half-open crop, clipped to the decoded image
+        crop = img.crop(
+            (min(x0 - 1, img.width - 1), min(y0 - 1, img.height - 1), min(x1, img.width), min(y1, img.height))
+        )
+        buf = io.BytesIO()
+        crop.save(buf, format="PNG")
+        atomic_write_bytes(target, buf.getvalue())
+    return crops
