@@ -7,7 +7,7 @@ channels_last everywhere; on CUDA also bf16 autocast, cuDNN autotuning, non-bloc
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -68,8 +68,9 @@ class DescriptorEngine:
         return max(1, min(self.batch_size, self.max_batch_pixels // (views * shape[-2] * shape[-1])))
 
     @torch.inference_mode()
-    def describe(self, items: Sequence[Item]) -> np.ndarray:
-        """Final descriptors (len(items), dim) for decoded items, in their order."""
+    def describe(self, items: Sequence[Item], on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+        """Final descriptors (len(items), dim) for decoded items, in their order. `on_batch(n)` is called after
+        each forward of n images at one scale (through every net), for progress bars."""
         n, n_scales = len(items), len(self.protocol.scales)
         pending: list[tuple[int, list[int], int, torch.Tensor]] = []  # (net, positions, scale, (B, D))
         for s in range(n_scales):
@@ -90,6 +91,8 @@ class DescriptorEngine:
                         if self.protocol.flip:
                             f = (f[: len(batch)] + f[len(batch) :]) / 2
                         pending.append((k, batch, s, f))
+                    if on_batch is not None:
+                        on_batch(len(batch))
         parts = [np.empty((n, n_scales, net.dim), dtype=np.float32) for net in self.nets]  # (N, S, D)
         for k, batch, s, f in pending:  # one device sync per chunk, not per batch
             parts[k][batch, s] = f.cpu().numpy()
@@ -97,11 +100,16 @@ class DescriptorEngine:
 
 
 def describe_chunks(
-    engine: DescriptorEngine, images: Sequence, chunks: Sequence[range], workers: int
+    engine: DescriptorEngine,
+    images: Sequence,
+    chunks: Sequence[range],
+    workers: int,
+    on_batch: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[range, np.ndarray, np.ndarray, list[tuple[int, str]]]]:
     """Yield (chunk, ok indices, their descriptors, [(index, reason) skipped]) chunk by chunk, in order.
 
     Only one chunk of decoded images is held at a time, so memory stays flat however many images.
+    `on_batch` is passed to `DescriptorEngine.describe`.
     """
     indices = [i for c in chunks for i in c]
     if not indices:
@@ -119,7 +127,7 @@ def describe_chunks(
             else:
                 ok.append((i, views))
             if len(ok) + len(skipped) == len(chunk):
-                feats = engine.describe(ok) if ok else np.zeros((0, engine.dim), np.float32)
+                feats = engine.describe(ok, on_batch) if ok else np.zeros((0, engine.dim), np.float32)
                 yield chunk, np.array([i for i, _ in ok], dtype=np.int64), feats, skipped
                 ok, skipped = [], []
                 chunk = next(chunk_iter, None)

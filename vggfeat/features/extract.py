@@ -214,14 +214,14 @@ def extract_to_store(
     todo = [c for c in mine if not fs.chunk_path(out, c.start // chunk_size).is_file()]
     done_images = sum(len(c) for c in mine) - sum(len(c) for c in todo)
 
-    bar = _progress(sum(len(c) for c in mine), done_images, enabled=progress and rank == 0)
+    bar = _ImageProgress(sum(len(c) for c in mine), done_images, len(protocol.scales), progress and rank == 0)
     try:
-        for chunk, index, feats, skipped in describe_chunks(engine, paths, todo, workers):
+        for chunk, index, feats, skipped in describe_chunks(engine, paths, todo, workers, bar.batch_done):
             if skipped and strict:
                 i, reason = skipped[0]
                 raise ImageError(paths[i], f"{reason} (--strict makes bad inputs fatal)")
             fs.write_chunk(out, chunk.start // chunk_size, index, feats, skipped)
-            bar.update(len(chunk))
+            bar.chunk_done(len(chunk))
     finally:
         bar.close()
     _barrier(world)
@@ -241,17 +241,31 @@ def extract_to_store(
     return fs.load_store(out)
 
 
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
+class _ImageProgress:
+    """The bar counts images and advances after every batch, not every chunk, so its rate and ETA are there
+    from the first batch. A batch runs its images at one of S scales: it is worth n / S images of progress
+    (shown in whole images); a finished chunk counts all its inputs, skipped ones included."""
+
+    def __init__(self, total: int, initial: int, n_scales: int, enabled: bool) -> None:
+        self.n_scales, self.done, self.views = n_scales, initial, 0
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm  # on stderr, tqdm's default
+
+            self.bar = tqdm(total=total, initial=initial, unit="img", desc="extract", dynamic_ncols=True, smoothing=0.1)
+
+    def _show(self, images: int) -> None:
+        if self.bar is not None and images > self.bar.n:
+            self.bar.update(images - self.bar.n)
+
+    def batch_done(self, n: int) -> None:
+        self.views += n  # images run at one scale
+        self._show(self.done + self.views // self.n_scales)
+
+    def chunk_done(self, n: int) -> None:
+        self.done, self.views = self.done + n, 0
+        self._show(self.done)
 
     def close(self) -> None:
-        pass
-
-
-def _progress(total: int, initial: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, unit="img", desc="extract", dynamic_ncols=True, smoothing=0.1)
+        if self.bar is not None:
+            self.bar.close()
