@@ -21,19 +21,43 @@ def _save(folder, seed, tag):
     return x
 
 
-def test_build_dying_between_index_and_paths_is_refused(tmp_path, monkeypatch):
+def test_build_dying_between_index_and_paths_leaves_the_old_index_searchable(tmp_path, monkeypatch):
     folder = tmp_path / "idx"
-    _save(folder, 0, "old")
+    old = _save(folder, 0, "old")
 
     def die(*a, **k):
-        raise KeyboardInterrupt  # killed after index.faiss was replaced, before index.json
+        raise KeyboardInterrupt  # killed after index.faiss was written, before index.json
 
     monkeypatch.setattr(knn, "atomic_write_json", die)
     with pytest.raises(KeyboardInterrupt):
         _save(folder, 1, "new")
-    # before: the new vectors were served with the old paths (same size), similarity 1.0 to wrong images
+    # before: the new vectors were served with the old paths; then: the folder was refused. Now the new index
+    # is built in a sibling folder that replaces the old one only when complete, so the old one still answers.
+    index, meta = load_index(folder)
+    scores, ids = knn.search(index, old[2:3], 1)
+    assert meta["paths"][ids[0, 0]] == "old_2.jpg" and scores[0, 0] == pytest.approx(1.0, abs=1e-5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]  # no temporary folder left behind
+
+
+def test_rebuild_replaces_the_index_and_hand_mixed_files_are_refused(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    _save(a, 0, "a")
+    new = _save(a, 1, "a2")  # a rebuild into an existing index folder
+    index, meta = load_index(a)
+    assert meta["paths"][knn.search(index, new[4:5], 1)[1][0, 0]] == "a2_4.jpg"
+    _save(b, 2, "b")
+    (a / "index.faiss").write_bytes((b / "index.faiss").read_bytes())
     with pytest.raises(FaissIndexError, match="does not belong to index.json"):
-        load_index(folder)
+        load_index(a)
+
+
+def test_build_refuses_to_replace_a_folder_that_is_not_an_index(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "holiday.jpg").write_bytes(b"precious")
+    with pytest.raises(FaissIndexError, match="holds files that are not an index"):
+        _save(photos, 0, "x")
+    assert (photos / "holiday.jpg").read_bytes() == b"precious"
 
 
 @pytest.mark.parametrize(
@@ -99,3 +123,45 @@ def test_index_build_on_a_broken_store_is_one_line(tmp_path, damage, message):
     r = CliRunner().invoke(main.cli, ["index", "build", str(store), "-o", str(tmp_path / "idx"), *extra])
     assert r.exit_code == 1, r.output
     assert r.output.startswith("Error: ") and message in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_second_index_build_into_a_locked_folder_is_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    store = _store(tmp_path / "s")
+    hold = "import sys, time\nfrom vggfeat.utils.locks import folder_lock\n"
+    hold += "with folder_lock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(60)\n"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    p = subprocess.Popen(
+        [sys.executable, "-c", hold, str(tmp_path / "idx")], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert p.stdout.readline().strip() == "locked"
+        r = CliRunner().invoke(main.cli, ["index", "build", str(store), "-o", str(tmp_path / "idx")])
+    finally:
+        p.kill()
+        p.wait()
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+    assert f"idx is being written by process {p.pid}" in r.output
+    assert not (tmp_path / "idx").exists()
+
+
+def test_index_search_whose_queries_are_all_unusable_is_one_line(tmp_path):
+    import vggfeat
+    from tests.conftest import TINY
+
+    weights = vggfeat.save_weights(vggfeat.create_model("vgg_a", seed=0, **TINY), tmp_path / "w.safetensors")
+    model = {"model": "vgg_a", "weights": str(weights)}
+    features = {"models": [model], "layer": "fc7", "scales": [48], "flip": True, "aggregate": "mean", "l2": True}
+    x = _rows(0, d=32)
+    save_index(build_index(x), tmp_path / "idx", {"paths": [f"{i}.jpg" for i in range(len(x))], "features": features})
+    (tmp_path / "q").mkdir()
+    (tmp_path / "q" / "broken.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "q" / "empty.png").write_bytes(b"")
+    r = CliRunner().invoke(main.cli, ["index", "search", str(tmp_path / "idx"), str(tmp_path / "q")])
+    # before: a ValueError traceback from faiss's search on a 0-row query matrix
+    assert r.exit_code == 1, r.output
+    assert r.output.startswith("Error: none of the 2 query images is usable"), r.output
+    assert len(r.output.strip().splitlines()) == 1

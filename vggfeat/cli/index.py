@@ -46,23 +46,27 @@ def build(store, out, kind, gpu) -> None:
 
     from vggfeat.features.store import load_store
     from vggfeat.probes.knn import build_index, save_index
+    from vggfeat.utils.locks import folder_lock
 
     fs = load_store(store)  # StoreError is a VggfeatError: LazyGroup shows it as one line
     if len(fs) == 0:
         raise click.ClickException(f"{store}: the store holds no rows (every image was skipped?); nothing to index")
-    x = np.ascontiguousarray(fs.features, dtype=np.float32)
-    idx = build_index(x, kind, use_gpu=gpu)
-    meta = {
-        "store": str(Path(store).resolve()),
-        "paths": fs.paths,
-        "kind": kind,
-        "metric": "ip",
-        "dim": fs.dim,
-        "features": {
-            k: fs.manifest.get(k) for k in ("models", "layer", "scales", "flip", "aggregate", "l2", "l2_parts", "snap")
-        },
-    }
-    save_index(idx, out, meta)
+    # one build per folder at a time; the old index stays searchable until the new one replaces it whole
+    with folder_lock(out, "written", "wait for that `vggfeat index build` to finish, or choose another -o"):
+        x = np.ascontiguousarray(fs.features, dtype=np.float32)
+        idx = build_index(x, kind, use_gpu=gpu)
+        meta = {
+            "store": str(Path(store).resolve()),
+            "paths": fs.paths,
+            "kind": kind,
+            "metric": "ip",
+            "dim": fs.dim,
+            "features": {
+                k: fs.manifest.get(k)
+                for k in ("models", "layer", "scales", "flip", "aggregate", "l2", "l2_parts", "snap")
+            },
+        }
+        save_index(idx, out, meta)
     click.echo(f"{kind} index of {len(fs)} x {fs.dim}-D descriptors -> {out}")
 
 
@@ -104,6 +108,12 @@ def search(index_dir, images, k, device, seed) -> None:
             q_paths, skipped = list(queries.paths), queries.manifest["skipped"]
     except FileNotFoundError as e:  # VggfeatError is shown by LazyGroup; other exceptions are bugs
         raise click.ClickException(str(e)) from None
+    if not q_paths:
+        first = skipped[0] if skipped else {"path": ", ".join(images), "reason": "no images found"}
+        raise click.ClickException(
+            f"none of the {len(skipped)} query images is usable, e.g. {first['path']}: {first['reason']}; "
+            "give image files, folders of images or @lists of them"
+        )
     scores, ids = knn_search(idx, q, min(k, len(meta["paths"])))
     for path, row_s, row_i in zip(q_paths, scores, ids, strict=False):
         click.echo(path)

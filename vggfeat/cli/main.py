@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 
 import click
@@ -39,6 +40,22 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except VggfeatError as e:
             raise click.ClickException(str(e)) from None
+        except OSError as e:  # a full disk or a folder we may not write is the user's to fix, not a bug
+            fix = _OS_FIXES.get(e.errno)
+            if fix is None:
+                raise
+            where = f"{e.filename}: " if e.filename else ""
+            raise click.ClickException(f"{where}{e.strerror or e}; {fix}") from None
+
+
+# errno -> what to do; every command writes its results atomically and resumes, so a rerun loses nothing
+_OS_FIXES = {
+    errno.ENOSPC: "free some space (or choose an output folder on another disk) and run the same command again",
+    errno.EDQUOT: "free some space (or choose an output folder on another disk) and run the same command again",
+    errno.EROFS: "choose an output folder on a writable disk",
+    errno.EACCES: "check the folder's permissions, or choose another output folder",
+    errno.EPERM: "check the folder's permissions, or choose another output folder",
+}
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -176,9 +176,10 @@ class VGG(nn.Module):
         self._check_layer(until)
         for layer, modules in self._blocks:
             if layer == "fc6" and min(x.shape[-2:]) < self.fc6_kernel:
-                raise ValueError(
+                raise InputError(  # the user's scale (--scales Q) is below what the net can see
                     f"input too small for the dense head: pool5 is {tuple(x.shape[-2:])} but fc6 spans "
-                    f"{self.fc6_kernel}x{self.fc6_kernel}; images need at least {self.min_input_size()} px per side"
+                    f"{self.fc6_kernel}x{self.fc6_kernel}; images need at least {self.min_input_size()} px per side "
+                    f"(give scales Q >= {self.min_input_size()})"
                 )
             conv = getattr(self, modules[0])
             fused = None

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,8 @@ import faiss
 import numpy as np
 
 from ..errors import VggfeatError
-from ..utils.files import atomic_write_bytes, atomic_write_json, read_json
+from ..utils.files import atomic_write_bytes, atomic_write_json, read_json, replace_dir
+from ..utils.locks import folder_lock
 
 log = logging.getLogger(__name__)
 
@@ -143,22 +146,42 @@ def describe_index(index: faiss.Index) -> dict[str, Any]:
 def save_index(index: faiss.Index, path: str | Path, meta: dict[str, Any]) -> Path:
     """Write `index.faiss` and `index.json` (meta plus kind, metric, dim, ntotal) into folder `path`.
 
-    Each file is written atomically, the json last; the json records the sha256 of index.faiss, so a crash
-    between the two writes (new vectors, old paths) is refused by `load_index` instead of returning wrong
-    images. `meta` should carry the row paths (`paths`, one per row) and the feature store's manifest summary.
+    Both files are written into a sibling temporary folder that then replaces `path` whole (utils.files.
+    replace_dir): a build that dies at any moment leaves the old index with its own paths, searchable. The
+    json also records the sha256 of index.faiss, so files mixed by hand are refused by `load_index`. `meta`
+    should carry the row paths (`paths`, one per row) and the feature store's manifest summary. A folder
+    holding anything but an index is refused rather than replaced.
     """
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     cpu = to_cpu(index)
     info = describe_index(cpu)
     if "paths" in meta and len(meta["paths"]) != info["ntotal"]:
         raise ValueError(f"meta lists {len(meta['paths'])} paths but the index holds {info['ntotal']} rows")
-    data = faiss.serialize_index(cpu).tobytes()
-    atomic_write_bytes(path / INDEX_FILE, data)
-    atomic_write_json(
-        path / META_FILE,
-        {**meta, **info, "faiss_version": faiss.__version__, "index_sha256": hashlib.sha256(data).hexdigest()},
-    )
+    with folder_lock(path, "written", "wait for that `vggfeat index build` to finish, or choose another -o"):
+        if path.is_dir():
+            other = sorted(p.name for p in path.iterdir() if p.name not in (INDEX_FILE, META_FILE))
+            if other:
+                raise FaissIndexError(
+                    f"{path} holds files that are not an index ({', '.join(other[:3])}"
+                    f"{', ...' if len(other) > 3 else ''}); choose another -o, an empty or index folder"
+                )
+        elif path.exists():
+            raise FaissIndexError(f"{path} is a file, not an index folder; choose another -o")
+        for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed build (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.mkdir(parents=True)
+        try:
+            data = faiss.serialize_index(cpu).tobytes()
+            atomic_write_bytes(tmp / INDEX_FILE, data)
+            atomic_write_json(
+                tmp / META_FILE,
+                {**meta, **info, "faiss_version": faiss.__version__, "index_sha256": hashlib.sha256(data).hexdigest()},
+            )
+            replace_dir(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return path
 
 

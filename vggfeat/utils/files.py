@@ -33,12 +33,16 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write to a temporary file beside `path`, fsync, then rename over it (atomic on POSIX)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    give_plain_permissions(tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        give_plain_permissions(tmp)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or Ctrl-C: leave no half-written temporary behind
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -56,3 +60,36 @@ def read_json(path: Path, error: type[Exception], fix: str) -> Any:
         return json.loads(Path(path).read_text())
     except (ValueError, UnicodeDecodeError) as e:
         raise error(f"{path}: not valid JSON ({e}); {fix}") from None
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def replace_dir(new: str | Path, dst: str | Path) -> Path:
+    """Put the finished folder `new` at `dst`, replacing the folder there: readers see the old folder or the
+    new one, never a mix. `new` must be a sibling of `dst` (same file system). Where the system cannot swap
+    two folders in one step, the old one is renamed aside first; a crash in that instant leaves it as
+    `.DST.old-PID` beside `dst`."""
+    new, dst = Path(new), Path(dst)
+    if not dst.exists():
+        os.rename(new, dst)
+        return dst
+    if _exchange(new, dst):
+        old = new  # after the swap `new` names the old folder
+    else:
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.rename(dst, old)
+        os.rename(new, dst)
+    import shutil
+
+    shutil.rmtree(old, ignore_errors=True)
+    return dst

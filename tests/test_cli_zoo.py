@@ -1,0 +1,163 @@
+"""A zoo of bad invocations across every command (issue 12): each ends in exit code 1 with exactly one
+`Error:` line (2 for usage errors, as click does), and never in a Python traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+import vggfeat
+from vggfeat.cli.main import cli
+
+TINY = dict(width_mult=1 / 16, fc_dim=32, fc6_kernel=2, num_classes=10, init="glorot")
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    """Files the bad invocations point at: tiny weights, images (good and broken), a store, an index."""
+    d = tmp_path_factory.mktemp("zoo")
+    weights = vggfeat.save_weights(vggfeat.create_model("vgg_a", seed=0, **TINY), d / "w.safetensors")
+    (d / "random.safetensors").write_bytes(np.random.default_rng(0).bytes(4096))
+    (d / "truncated.safetensors").write_bytes(weights.read_bytes()[:1000])
+    imgs = d / "imgs"
+    imgs.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(imgs / f"{i}.png")
+    (d / "bad").mkdir()
+    (d / "bad" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    (d / "bad" / "empty.png").write_bytes(b"")
+    store = d / "store"
+    run = CliRunner().invoke(
+        cli, ["extract", str(imgs), "-o", str(store), "--weights", str(weights), "--scales", "64", "--workers", "0"]
+    )
+    assert run.exit_code == 0, run.output
+    run = CliRunner().invoke(cli, ["index", "build", str(store), "-o", str(d / "index")])
+    assert run.exit_code == 0, run.output
+    (d / "notjson.json").write_text("{oops")
+    (d / "empty_dir").mkdir()
+    from vggfeat.recipe_files import find_recipe
+
+    (d / "recipe_lr0.yaml").write_text(find_recipe("smoke").read_text().replace("lr: 0.005", "lr: 0"))
+    (d / "folder1").mkdir()
+    (d / "folder1" / "only_class").mkdir()
+    for i in range(4):
+        Image.open(imgs / "0.png").save(d / "folder1" / "only_class" / f"{i}.png")
+    (d / "folder2").mkdir()
+    for c in range(2):
+        (d / "folder2" / f"class{c}").mkdir()
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(
+                d / "folder2" / f"class{c}" / f"{i}.png"
+            )
+    run = CliRunner().invoke(
+        cli,
+        ["extract", str(d / "folder2"), "-o", str(d / "store2"), "--weights", str(weights), "--scales", "64"]
+        + ["--workers", "0", "--quiet"],
+    )
+    assert run.exit_code == 0, run.output
+    return d
+
+
+# (name, argv with {d} for the zoo folder, expected exit code); 2 is a click usage error
+CASES = [
+    ("extract: unknown layer", "extract {d}/imgs -o {d}/o1 --weights {d}/w.safetensors --layer fc9", 1),
+    ("extract: missing weights", "extract {d}/imgs -o {d}/o2 --weights {d}/nope.safetensors", 1),
+    ("extract: random-bytes weights", "extract {d}/imgs -o {d}/o3 --weights {d}/random.safetensors", 1),
+    ("extract: truncated weights", "extract {d}/imgs -o {d}/o4 --weights {d}/truncated.safetensors", 1),
+    ("extract: unknown model", "extract {d}/imgs -o {d}/o5 --model vgg_z", 1),
+    ("extract: no images", "extract {d}/empty_dir -o {d}/o6 --weights {d}/w.safetensors", 1),
+    ("extract: missing input", "extract {d}/nothere -o {d}/o7 --weights {d}/w.safetensors", 1),
+    ("extract: scales abc", "extract {d}/imgs -o {d}/o8 --scales abc", 2),
+    ("extract: bad dtype", "extract {d}/imgs -o {d}/o9 --dtype int8", 2),
+    ("extract: -o is a file", "extract {d}/imgs -o {d}/notjson.json --weights {d}/w.safetensors", 2),
+    ("extract: other settings", "extract {d}/imgs -o {d}/store --weights {d}/w.safetensors --scales 72", 1),
+    ("extract: scale below the net", "extract {d}/imgs -o {d}/o11 --weights {d}/w.safetensors --scales 48", 1),
+    ("extract: strict on broken", "extract {d}/bad -o {d}/o10 --weights {d}/w.safetensors --strict --workers 0", 1),
+    ("index build: not a store", "index build {d}/empty_dir -o {d}/i1", 1),
+    ("index build: missing store", "index build {d}/nothere -o {d}/i2", 2),
+    ("index build: into a photo folder", "index build {d}/store -o {d}/imgs", 1),
+    ("index search: not an index", "index search {d}/empty_dir {d}/imgs", 1),
+    ("index search: all queries broken", "index search {d}/index {d}/bad", 1),
+    ("index search: no queries found", "index search {d}/index {d}/empty_dir", 1),
+    ("index search: k 0", "index search {d}/index {d}/imgs -k 0", 2),
+    ("linear-probe: missing root", "linear-probe voc2007 --root {d}/nothere -o {d}/p1", 1),
+    ("linear-probe: folder of one class", "linear-probe folder --root {d}/folder1 -o {d}/p2 --features {d}/store", 1),
+    ("linear-probe: features not a store", "linear-probe folder --root {d}/imgs -o {d}/p3 --features {d}/empty_dir", 1),
+    ("linear-probe: bad Cs", "linear-probe folder --root {d}/imgs --Cs abc", 2),
+    ("knn-probe: missing root", "knn-probe caltech101 --root {d}/nothere -o {d}/p4", 1),
+    ("train: unknown recipe", "train no_such_recipe --out {d}/t1", 1),
+    ("train: zero lr", "train {d}/recipe_lr0.yaml --out {d}/t2", 2),  # train shows recipe errors as usage errors
+    ("evaluate: random-bytes weights", "evaluate --data-root {d}/folder1 --weights {d}/random.safetensors", 1),
+    ("evaluate: scales abc", "evaluate --data-root {d}/folder1 --weights {d}/w.safetensors --scales abc", 2),
+    ("mean-rgb: missing folder", "mean-rgb {d}/nothere", 2),
+    ("unknown command", "frobnicate", 2),
+    ("unknown option", "models --frobnicate", 2),
+]
+
+
+@pytest.mark.parametrize("argv, code", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_invocation_is_one_error_line(zoo, argv, code):
+    r = CliRunner().invoke(cli, argv.format(d=zoo).split())
+    assert r.exit_code == code, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit), f"a traceback: {r.exception!r}\n{r.output}"
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1 and "Traceback" not in r.output, r.output
+    if code == 1:  # a VggfeatError's line says what is wrong, and often where
+        assert len(errors[0]) > 20
+
+
+def test_zoo_left_the_good_store_intact(zoo):
+    m = json.loads((zoo / "store" / "manifest.json").read_text())
+    assert m["scales"] == [64] and len(m["paths"]) == 2
+
+
+DISK_CASES = {
+    "extract": "extract {d}/imgs -o {t}/out --weights {d}/w.safetensors --scales 64 --workers 0 --quiet",
+    "index build": "index build {d}/store -o {t}/out",
+    "linear-probe": "linear-probe folder --root {d}/folder2 --features {d}/store2 -o {t}/out --splits 1 --Cs 1",
+    "knn-probe": "knn-probe folder --root {d}/folder2 --features {d}/store2 -o {t}/out --splits 1",
+}
+
+
+@pytest.mark.parametrize("code, text", [("ENOSPC", "No space left on device"), ("EROFS", "Read-only file system")])
+@pytest.mark.parametrize("command", list(DISK_CASES))
+def test_disk_full_or_read_only_is_one_line_and_a_rerun_finishes(zoo, tmp_path, monkeypatch, command, code, text):
+    import errno
+
+    from vggfeat.utils import files
+
+    argv = DISK_CASES[command].format(d=zoo, t=tmp_path).split()
+
+    def fail(fd):
+        raise OSError(getattr(errno, code), text)
+
+    with monkeypatch.context() as m:
+        m.setattr(files.os, "fsync", fail)  # every atomic write of results goes through fsync
+        r = CliRunner().invoke(cli, argv)
+    assert r.exit_code == 1 and (r.exception is None or isinstance(r.exception, SystemExit)), repr(r.exception)
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1 and text in errors[0], r.output
+    assert not [p for p in tmp_path.rglob("*.tmp-*")]  # no half-written temporaries left behind
+    r = CliRunner().invoke(cli, argv)  # space freed, disk writable again: the same command finishes
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into a 0555 folder")
+@pytest.mark.parametrize("command", list(DISK_CASES))
+def test_read_only_output_folder_is_one_line(zoo, tmp_path, command):
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    parent.chmod(0o555)
+    try:
+        r = CliRunner().invoke(cli, DISK_CASES[command].format(d=zoo, t=parent).split())
+    finally:
+        parent.chmod(0o755)
+    assert r.exit_code == 1 and (r.exception is None or isinstance(r.exception, SystemExit)), repr(r.exception)
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1 and "ermission denied" in errors[0], r.output

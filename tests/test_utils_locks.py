@@ -1,0 +1,66 @@
+"""Writer locks (issue 12.2): a second writer of a folder stops with one line naming the holder; a holder
+killed with kill -9 leaves no lock behind. Real processes, since flock excludes processes, not threads."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from vggfeat.utils.locks import FolderLockedError, folder_lock, lock_path
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="no flock on Windows (documented: no lock there)")
+
+HOLD = """
+import sys, time
+from vggfeat.utils.locks import folder_lock
+with folder_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def _holder(folder):
+    """A process holding `folder`'s lock (returns once it holds it)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    p = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True, env=env)
+    assert p.stdout.readline().strip() == "locked"
+    return p
+
+
+def test_second_writer_stops_naming_the_holder_then_gets_the_lock_after_it_ends(tmp_path):
+    folder = tmp_path / "store"
+    p = _holder(folder)
+    try:
+        with pytest.raises(FolderLockedError, match=rf"store is being written by process {p.pid} \(host "):
+            with folder_lock(folder):
+                pass
+    finally:
+        p.terminate()
+        p.wait()
+    with folder_lock(folder):  # a clean exit released it
+        assert lock_path(folder).is_file()
+    assert not lock_path(folder).exists()  # and the last holder removes the file
+
+
+def test_a_holder_killed_with_kill_9_does_not_block(tmp_path):
+    folder = tmp_path / "store"
+    p = _holder(folder)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert lock_path(folder).is_file()  # the file stays, with the dead process's name in it ...
+    start = time.perf_counter()
+    with folder_lock(folder):  # ... but the kernel dropped its lock with the process
+        pass
+    assert time.perf_counter() - start < 1
+
+
+def test_reentrant_in_one_process_and_disabled_is_a_no_op(tmp_path):
+    with folder_lock(tmp_path / "a"):
+        with folder_lock(tmp_path / "a"):  # a probe's cache extraction inside the probe's own lock
+            pass
+        assert lock_path(tmp_path / "a").is_file()  # the inner exit did not release it
+    with folder_lock(tmp_path / "b", enabled=False):
+        assert not lock_path(tmp_path / "b").exists()

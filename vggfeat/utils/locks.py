@@ -1,0 +1,103 @@
+"""One writer per output folder: a lock file beside the folder, held (flock) for the whole run.
+
+Two `vggfeat extract` runs into one store, two probes filling one feature cache or two `index build`s into
+one folder would mix their results into a folder whose manifest describes only one of them (issue 12.2).
+The lock is the kernel's flock on `.NAME.lock` next to the folder: it dies with its process, so a run
+killed with kill -9 never blocks the next one. A second writer stops at once with one line naming the
+holder (process id and host) instead of waiting: what it would write depends on what the first finishes.
+On Windows (no fcntl) there is no lock: run one writer per folder there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from vggfeat.errors import VggfeatError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
+_held: dict[str, int] = {}  # lock file -> its descriptor, for locks this process holds (flock is per open file)
+
+
+class FolderLockedError(VggfeatError):
+    """Another live process is writing the folder (it holds the folder's lock)."""
+
+
+def lock_path(folder: str | Path) -> Path:
+    """`.NAME.lock` beside `folder`: outside it, so a folder that is replaced whole keeps its lock."""
+    folder = Path(folder).resolve()
+    return folder.parent / f".{folder.name or 'root'}.lock"
+
+
+def _holder(fd: int) -> str:
+    os.lseek(fd, 0, os.SEEK_SET)
+    fields = os.read(fd, 512).decode("utf-8", "replace").split()
+    if len(fields) >= 2:
+        return f"process {fields[0]} (host {fields[1]})"
+    return "another process"  # it has the lock but has not written its name yet
+
+
+def _acquire(path: Path, folder: Path, what: str, fix: str) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise FolderLockedError(f"{folder} is being {what} by {holder}; {fix}") from None
+        # the previous holder unlinks the file on release: if it did so between our open and our flock, we
+        # locked a file nobody else will open - start again on the path's current file
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(
+        fd, f"{os.getpid()} {socket.gethostname()} {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n".encode()
+    )
+    return fd
+
+
+@contextlib.contextmanager
+def folder_lock(
+    folder: str | Path,
+    what: str = "written",
+    fix: str = "wait for it to finish, or choose another output folder",
+    enabled: bool = True,
+) -> Iterator[None]:
+    """Hold `folder`'s writer lock for the block; raise FolderLockedError at once if another process holds it.
+
+    Re-entrant within a process (a probe's cache extraction inside the probe's own lock). `enabled=False`
+    is a no-op, for the ranks of a torchrun job other than rank 0 (one job is one writer).
+    """
+    if not enabled or fcntl is None:
+        yield
+        return
+    folder = Path(folder)
+    path = lock_path(folder)
+    key = str(path)
+    if key in _held:
+        yield
+        return
+    fd = _acquire(path, folder, what, fix)
+    _held[key] = fd
+    try:
+        yield
+    finally:
+        del _held[key]
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # while still holding it: a waiter that opened the old file retries (see _acquire)
+        os.close(fd)
