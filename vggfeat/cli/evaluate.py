@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import click
 
+from vggfeat.weight_sources import WEIGHTS_HELP
+
 
 def _parse_scales(ctx, param, value: str) -> list[int]:
     try:
@@ -22,8 +24,7 @@ def _parse_scales(ctx, param, value: str) -> list[int]:
     "weights",
     multiple=True,
     required=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="A weight file (repeat to fuse several nets: posteriors averaged).",
+    help="Repeat to fuse several nets (posteriors averaged). " + WEIGHTS_HELP,
 )
 @click.option(
     "--data-root",

@@ -7,6 +7,8 @@ import time
 
 import click
 
+from vggfeat.weight_sources import WEIGHTS_HELP
+
 
 def parse_scales(value: str) -> tuple[int, ...]:
     try:
@@ -47,8 +49,7 @@ LAYER_HELP = (
     "--weights",
     "weights",
     multiple=True,
-    type=click.Path(dir_okay=False),
-    help="Weight file (safetensors, or a PyTorch file read with weights_only=True), one per --model.",
+    help=WEIGHTS_HELP + " One per --model.",
 )
 @click.option("--layer", default="fc7", show_default=True, help=LAYER_HELP)
 @click.option(

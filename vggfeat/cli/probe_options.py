@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from vggfeat.cli.extract import LAYER_HELP
+from vggfeat.weight_sources import WEIGHTS_HELP
 
 BENCHMARK_CHOICES = ("voc2007", "voc2012", "caltech101", "caltech256", "folder")
 
@@ -44,7 +45,7 @@ def probe_options(fn):
             help="Extract on the fly with this net (vgg_d, timm:NAME, ...); repeat with --weights to "
             "stack nets (the paper's D & E). Ignored with --features.",
         ),
-        click.option("--weights", multiple=True, type=click.Path(dir_okay=False), help="Weight file per --model."),
+        click.option("--weights", multiple=True, help=WEIGHTS_HELP + " One per --model."),
         click.option("--layer", default="fc7", show_default=True, help=LAYER_HELP),
         click.option(
             "--scales",

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from vggfeat.errors import LayerError
 from vggfeat.models import Preprocessing, create_model, load_model
+from vggfeat.models.resolve import resolve_weights
 from vggfeat.models.weights import WeightsError, read_weights
-from vggfeat.utils.files import sha256_file
+from vggfeat.weight_sources import RANDOM
 
 log = logging.getLogger(__name__)
 TIMM_PREFIX = "timm:"
@@ -27,13 +27,17 @@ TIMM_PREFIX = "timm:"
 @dataclass(frozen=True)
 class NetSpec:
     model: str  # a vggfeat name or alias, "timm:NAME", or "auto" (architecture read from the weights)
-    weights: str | None = None  # weight file; None means random init from the seed
+    weights: str | None = None  # weight file or name (torchvision:vgg16, ...); None or "random": random init
+
+    @property
+    def is_random(self) -> bool:
+        return self.weights is None or self.weights == RANDOM
 
     def describe(self) -> dict:
-        digest = sha256_file(self.weights) if self.weights else None
-        # absolute, so a store or index found later from another directory still names the right file
-        weights = str(Path(self.weights).resolve()) if self.weights else None
-        return {"model": self.model, "weights": weights, "weights_sha256": digest}
+        if self.weights is None:
+            return {"model": self.model, "weights": None, "weights_sha256": None}
+        # a name as given (portable), a file by absolute path (found later from another directory too)
+        return {"model": self.model, **resolve_weights(self.weights).describe()}
 
 
 class FeatureNet(nn.Module):
@@ -157,8 +161,8 @@ def _load_timm(name: str, weights: str | None, seed: int) -> nn.Module:
         model = timm.create_model(name, pretrained=False, num_classes=0, dynamic_img_size=True)
     except TypeError:
         model = timm.create_model(name, pretrained=False, num_classes=0)
-    if weights is not None:
-        tensors, _ = read_weights(weights)
+    if weights is not None and weights != RANDOM:
+        tensors, _ = read_weights(resolve_weights(weights).path)
         result = model.load_state_dict(tensors, strict=False)
         head = ("head.", "fc.", "classifier.", "head_dist.")
         unexpected = [k for k in result.unexpected_keys if not k.startswith(head)]
@@ -171,13 +175,12 @@ def _load_timm(name: str, weights: str | None, seed: int) -> nn.Module:
 
 
 def build_feature_net(spec: NetSpec, layer: str = "fc7", seed: int = 0) -> FeatureNet:
-    """The FeatureNet of a (model, weights) pair; without weights the net is randomly initialised."""
-    if spec.weights is not None and not Path(spec.weights).is_file():
-        raise WeightsError(f"weight file not found: {spec.weights}")
+    """The FeatureNet of a (model, weights) pair; without weights (or "random") the net is randomly initialised."""
+    resolved = None if spec.weights is None else resolve_weights(spec.weights)  # a missing file or name: here
     if spec.model.startswith(TIMM_PREFIX):
         return TimmFeatureNet(_load_timm(spec.model[len(TIMM_PREFIX) :], spec.weights, seed), layer)
-    if spec.weights is not None:
-        model = load_model(spec.weights, None if spec.model == "auto" else spec.model)
+    if resolved is not None and not resolved.is_random:
+        model = load_model(resolved, None if spec.model == "auto" else spec.model)
     else:
         # Glorot keeps activations alive through a random deep net; normal(0, 0.01) makes them vanish
         model = create_model("vgg_d" if spec.model == "auto" else spec.model, init="glorot", seed=seed)

@@ -84,16 +84,24 @@ def create_model(
 
 def load_model(weights: str | Path, name: str | None = None, *, preprocessing=None, **options: Any) -> VGG:
     """Build the net a weight file describes and load it. The architecture comes from the file's metadata
-    (vggfeat files), else from its tensors' shapes; `name` and `options` override. Returns it in eval mode.
+    (vggfeat files), else from its tensors' shapes; `name` and `options` override. `weights` may also be a
+    name (torchvision:vgg16, timm:..., hf-hub:..., see `vggfeat.models.resolve`) or "random" (net `name`,
+    default vgg_d, Glorot-initialised). Returns it in eval mode.
     """
+    from .resolve import resolve_weights
     from .weights import check_options, infer_architecture, load_tensors, naming_file, read_weights
 
-    tensors, meta = read_weights(weights)
-    with naming_file(weights):
+    resolved = resolve_weights(weights)
+    if resolved.is_random:
+        # Glorot keeps activations alive through a random deep net; normal(0, 0.01) makes them vanish
+        return create_model(name or "vgg_d", **{"init": "glorot", **options}).eval()
+    source = resolved.source  # errors name the value as given
+    tensors, meta = read_weights(resolved.path)
+    with naming_file(source):
         if meta.get("arch") in SPECS and "options" in meta:
-            arch, inferred = meta["arch"], check_options(meta["options"], str(weights))
+            arch, inferred = meta["arch"], check_options(meta["options"], source)
             if meta.get("num_classes", "").isdigit() and "num_classes" not in inferred:
-                inferred["num_classes"] = check_options({"num_classes": int(meta["num_classes"])}, str(weights))[
+                inferred["num_classes"] = check_options({"num_classes": int(meta["num_classes"])}, source)[
                     "num_classes"
                 ]
         else:
@@ -103,7 +111,7 @@ def load_model(weights: str | Path, name: str | None = None, *, preprocessing=No
     model = create_model(arch, device="meta", **{**inferred, **options})
     model = model.to_empty(device="cpu")
     # the tensors read above: the file is read once, not again by load_weights (issue 15.4)
-    load_tensors(model, tensors, meta, preprocessing=preprocessing, origin=weights)
+    load_tensors(model, tensors, meta, preprocessing=preprocessing, origin=source)
     return model.eval()
 
 

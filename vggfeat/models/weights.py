@@ -211,9 +211,17 @@ def load_weights(
 
     The preprocessing comes from, in order: the `preprocessing` argument, the file's own metadata, the
     convention of the layout's library (torchvision, timm); a bare vggfeat state dict keeps the model's.
+    A string may also name weights (torchvision:vgg16, timm:vgg16.tv_in1k, hf-hub:..., see
+    `vggfeat.models.resolve`); "random" leaves the model's own initialisation.
     """
     if isinstance(source, (str, Path)):
-        tensors, meta = read_weights(source)
+        from .resolve import resolve_weights
+
+        resolved = resolve_weights(source)
+        if resolved.is_random:
+            log.info("weights 'random': keeping the model's random initialisation")
+            return model
+        tensors, meta = read_weights(resolved.path)
     else:
         tensors, meta = split_container(source)
     return load_tensors(model, tensors, meta, preprocessing=preprocessing, origin=source)

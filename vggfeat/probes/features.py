@@ -44,10 +44,11 @@ class ExtractionSettings:
     seed: int = 0
 
     def key(self) -> str:
-        """A short hash naming the cache folder; weight files enter by content, not by name."""
-        from vggfeat.utils.files import sha256_file
+        """A short hash naming the cache folder; weight files and names enter by content, not by name."""
+        from vggfeat.models.resolve import resolve_weights
 
-        desc = {**self.__dict__, "models": [(m, None if w is None else sha256_file(w)) for m, w in self.models]}
+        models = [(m, w if w is None or w == "random" else resolve_weights(w).sha256()) for m, w in self.models]
+        desc = {**self.__dict__, "models": models}
         return hashlib.sha256(json.dumps(desc, sort_keys=True, default=list).encode()).hexdigest()[:12]
 
 

@@ -1,0 +1,211 @@
+"""Weights by name: a `--weights` value (file, torchvision:vgg16, timm:vgg16.tv_in1k, hf-hub:timm/..., random)
+turned into a local file, through torchvision's weights API and torch.hub's cache or timm and the Hugging Face
+cache (PAPER.md section 6: the released ImageNet weights of nets A, B, D, E).
+
+Downloads happen once, when online; offline (VGGFEAT_OFFLINE=1, or HF_HUB_OFFLINE=1 for the hub) a name is read
+from its cache or refused with one line naming the missing file, where it goes and the command that fetches it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vggfeat.weight_sources import (
+    DEFAULT_WEIGHTS,
+    HF_HUB_PREFIX,
+    RANDOM,
+    TIMM_PREFIX,
+    TORCHVISION_NAMES,
+    TORCHVISION_PREFIX,
+    WEIGHTS_HELP,
+    offline,
+)
+
+from .weights import WeightsError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_WEIGHTS", "WEIGHTS_HELP", "ResolvedWeights", "resolve_weights", "torch_hub_checkpoints"]
+
+# torchvision's depth names are the paper's nets A, B, D, E (vgg_c has no torchvision weights)
+_ARCH = {"vgg11": "vgg_a", "vgg13": "vgg_b", "vgg16": "vgg_d", "vgg19": "vgg_e"}
+_HF_FILES = ("model.safetensors", "pytorch_model.bin")  # timm's hub files, the safe one first (as timm does)
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """Where a --weights value's tensors are, and what its name says about them."""
+
+    source: str  # the value as given: a path, "torchvision:vgg16", "timm:vgg16.tv_in1k", "hf-hub:...", "random"
+    kind: str  # "file", "torchvision", "timm", "hf-hub" or "random"
+    path: Path | None = None  # the local file holding the tensors; None for random
+    arch: str | None = None  # the vggfeat net the name implies (vgg_d for vgg16); None: read from the tensors
+    layout: str | None = None  # the library's key layout ("torchvision", "timm"); None: detected on load
+    hash_prefix: str | None = None  # torch.hub's sha256 prefix from the file name, checked when downloading
+
+    @property
+    def is_random(self) -> bool:
+        return self.kind == RANDOM
+
+    @property
+    def is_name(self) -> bool:
+        return self.kind != "file"
+
+    def sha256(self) -> str | None:
+        from vggfeat.utils.files import sha256_file
+
+        return None if self.path is None else sha256_file(self.path)
+
+    def describe(self) -> dict[str, Any]:
+        """What a manifest records: a name as given (portable across machines), a file by absolute path."""
+        if self.is_random:
+            return {"weights": RANDOM, "weights_sha256": None}
+        weights = self.source if self.is_name else str(Path(self.source).resolve())
+        return {"weights": weights, "weights_sha256": self.sha256()}
+
+
+def resolve_weights(value: str | os.PathLike | ResolvedWeights, *, download: bool = True) -> ResolvedWeights:
+    """The local file behind a --weights value (see WEIGHTS_HELP), fetched into its library's cache when a
+    name is not cached yet and we are online. `download=False` only looks in the caches."""
+    if isinstance(value, ResolvedWeights):
+        return value
+    text = os.fspath(value)
+    if not isinstance(text, str):
+        raise WeightsError(f"weights must be a path or a name, got {value!r}")
+    if text == RANDOM:
+        return ResolvedWeights(RANDOM, RANDOM)
+    if text.startswith(TORCHVISION_PREFIX):
+        return _torchvision(text, download)
+    if text.startswith(TIMM_PREFIX):
+        return _timm(text, download)
+    if text.startswith(HF_HUB_PREFIX):
+        return _hf_hub(text, text[len(HF_HUB_PREFIX) :], None, download)
+    path = Path(text)
+    if not path.is_file():
+        scheme = re.match(r"([A-Za-z][\w.+-]*):[^/\\]*$", text)  # "tv:vgg16": a name, not a path
+        if scheme:
+            raise WeightsError(f"unknown weights source {scheme.group(1) + ':'!r} in {text!r}. {WEIGHTS_HELP}")
+        if path.is_dir():
+            raise WeightsError(f"{text} is a folder, not a weight file. {WEIGHTS_HELP}")
+        raise WeightsError(f"weight file not found: {text}")
+    return ResolvedWeights(text, "file", path)
+
+
+def torch_hub_checkpoints() -> Path:
+    """torch.hub's cache of weight files: $TORCH_HOME/hub/checkpoints (default ~/.cache/torch/hub/checkpoints)."""
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _fetch_hint(name: str) -> str:
+    stem = name.split(":", 1)[1].replace("/", "_").split(".")[0]
+    return f"vggfeat weights convert {name} {stem}.safetensors"
+
+
+def _torchvision(name: str, download: bool) -> ResolvedWeights:
+    arch = name[len(TORCHVISION_PREFIX) :]
+    if arch not in TORCHVISION_NAMES:
+        why = " (batch-norm nets are not among the paper's)" if arch.removesuffix("_bn") in TORCHVISION_NAMES else ""
+        raise WeightsError(f"no torchvision weights {name!r}{why}; valid: torchvision:{'|'.join(TORCHVISION_NAMES)}")
+    from torch.hub import HASH_REGEX, download_url_to_file
+    from torchvision.models import get_model_weights
+
+    url = get_model_weights(arch).DEFAULT.url  # torchvision's weights API: IMAGENET1K_V1 for the VGGs
+    filename = os.path.basename(url)
+    match = HASH_REGEX.search(filename)
+    # torch.hub checks the sha256 prefix in the file name when it downloads, and reads a cached file as is
+    # (load_state_dict_from_url skips the check when the file exists): so do we.
+    resolved = ResolvedWeights(
+        name, "torchvision", torch_hub_checkpoints() / filename, _ARCH[arch], "torchvision", match and match.group(1)
+    )
+    path = resolved.path
+    if path.is_file():
+        return resolved
+    where = f"put {filename} (from {url}) at {path}"
+    if offline() or not download:
+        raise WeightsError(
+            f"{name}: {filename} is not in torch.hub's cache and downloads are off (VGGFEAT_OFFLINE): {where}, or "
+            f"run `{_fetch_hint(name)}` on a machine with network and pass that file to --weights"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log.warning("downloading %s to %s (once; later runs read the cache)", url, path)
+    try:  # writes a temporary file and renames it: an interrupted download leaves no half file
+        download_url_to_file(url, str(path), resolved.hash_prefix, progress=True)
+    except Exception as e:  # URLError, timeouts, torch.hub's hash mismatch (RuntimeError)
+        raise WeightsError(
+            f"{name}: could not download {url} ({e}): {where}, or run `{_fetch_hint(name)}` on a machine with "
+            "network and pass that file to --weights"
+        ) from None
+    return resolved
+
+
+def _timm(name: str, download: bool) -> ResolvedWeights:
+    from timm.models import get_pretrained_cfg, split_model_name_tag
+
+    tag = name[len(TIMM_PREFIX) :]
+    arch, _ = split_model_name_tag(tag)
+    if arch not in _ARCH:
+        raise WeightsError(
+            f"{name}: vggfeat's nets load timm's VGG weights only ({', '.join(f'timm:{a}.tv_in1k' for a in _ARCH)}"
+            f"); for other timm nets use --model timm:{tag}"
+            + (" (batch-norm VGGs are not among the paper's nets)" if arch.removesuffix("_bn") in _ARCH else "")
+        )
+    cfg = get_pretrained_cfg(tag)
+    if cfg is None or not cfg.hf_hub_id:
+        raise WeightsError(f"{name}: timm has no pretrained weights by that tag; e.g. timm:{arch}.tv_in1k")
+    filename = getattr(cfg, "hf_hub_filename", None)
+    resolved = _hf_hub(name, cfg.hf_hub_id, filename, download)
+    return ResolvedWeights(name, "timm", resolved.path, _ARCH[arch], None)
+
+
+def hf_hub_cache() -> Path:
+    """The Hugging Face hub cache, read from the environment now (huggingface_hub reads it once, at import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
+    )
+    return Path(home) / "hub"
+
+
+def _hf_hub(name: str, repo: str, filename: str | None, download: bool) -> ResolvedWeights:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    repo_id, _, revision = repo.partition("@")
+    if repo_id.count("/") != 1:
+        raise WeightsError(f"{name}: expected hf-hub:OWNER/REPO[@REVISION], e.g. hf-hub:timm/vgg16.tv_in1k")
+    cache = hf_hub_cache()
+    local_only = offline(hf=True) or not download
+    problems = []
+    for file in (filename,) if filename else _HF_FILES:
+        try:
+            path = hf_hub_download(
+                repo_id, file, revision=revision or None, cache_dir=cache, local_files_only=local_only
+            )
+            return ResolvedWeights(name, "hf-hub", Path(path))
+        except EntryNotFoundError:  # the repo exists but has no such file: try the next
+            problems.append(f"{file} not in the repo")
+        except LocalEntryNotFoundError:
+            problems.append(f"{file} not cached")
+        except Exception as e:  # network, missing repo, gated repo
+            problems.append(f"{file}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    folder = cache / f"models--{repo_id.replace('/', '--')}"
+    file = filename or _HF_FILES[0]
+    if local_only:
+        raise WeightsError(
+            f"{name}: {file} of {repo_id} is not in the Hugging Face cache and downloads are off "
+            f"(VGGFEAT_OFFLINE/HF_HUB_OFFLINE): it belongs at {folder}/snapshots/<revision>/{file} (copy that "
+            f"folder from a machine's cache), or run `{_fetch_hint(name)}` on a machine with network and pass that "
+            "file to --weights"
+        )
+    raise WeightsError(
+        f"{name}: could not fetch {repo_id} from the Hugging Face hub ({'; '.join(problems)}); on a machine with "
+        f"network run `{_fetch_hint(name)}` and pass that file to --weights"
+    )
