@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vggfeat.data.benchmarks import BENCHMARKS, DatasetError, load_benchmark, resolve_root
-from vggfeat.data.caltech import CALTECH_DEFAULTS
+from vggfeat.benchmarks import caltech101, caltech256
+from vggfeat.benchmarks.base import DatasetError, resolve_root
+from vggfeat.benchmarks.registry import BENCHMARKS, load_benchmark
+from vggfeat.benchmarks.voc import VOC_CLASSES
 from vggfeat.data.synthetic_voc import make_voc2007
-from vggfeat.data.voc import VOC_CLASSES
 
 
 def tiny_jpg(path: Path, value: int = 128) -> Path:
@@ -184,7 +185,7 @@ def test_caltech101_splits_sizes_determinism(tmp_path, caplog):
     assert sets(again[0]) == sets(s0) and sets(again[1]) == sets(s1) and sets(s0) != sets(s1)
     other = load_benchmark("caltech101", data, seed=1, splits=1, train_per_class=4, test_per_class=3)[0]
     assert sets(other) != sets(s0)
-    assert CALTECH_DEFAULTS == {"caltech101": (30, 50), "caltech256": (60, None)}
+    assert (caltech101.TRAIN_PER_CLASS, caltech101.TEST_PER_CLASS, caltech256.TRAIN_PER_CLASS) == (30, 50, 60)
     small = load_benchmark("caltech101", data, splits=1)[0]  # defaults 30/50: every class here is short
     assert np.bincount(small.test_labels).tolist() == [1, 1, 1, 1]
 

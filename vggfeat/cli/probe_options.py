@@ -10,10 +10,12 @@ from pathlib import Path
 
 import click
 
+from vggfeat.benchmarks.base import benchmark_images
+from vggfeat.benchmarks.registry import BENCHMARKS, get_benchmark, load_benchmark
 from vggfeat.cli.extract import LAYER_HELP
 from vggfeat.weight_sources import WEIGHTS_HELP
 
-BENCHMARK_CHOICES = ("voc2007", "voc2012", "caltech101", "caltech256", "folder")
+BENCHMARK_CHOICES = tuple(BENCHMARKS)
 
 
 def probe_options(fn):
@@ -88,8 +90,6 @@ def probe_options(fn):
 
 
 def load_splits(benchmark: str, root: str | None, out: Path, n_splits: int, seed: int):
-    from vggfeat.data.benchmarks import load_benchmark
-
     return load_benchmark(benchmark, root, seed=seed, splits=n_splits, splits_dir=out / "splits")
 
 
@@ -111,10 +111,9 @@ def probe_store(
 ):
     """The feature store to probe: --features, or an on-the-fly extraction cached under OUT/features."""
     from vggfeat.cli.extract import parse_scales
-    from vggfeat.data.benchmarks import benchmark_images
     from vggfeat.features.nets import random_init_note
     from vggfeat.features.store import load_store
-    from vggfeat.probes.features import PAPER_FEATURES, ExtractionSettings, cached_store
+    from vggfeat.probes.features import ExtractionSettings, cached_store
 
     if features:
         if models or weights:
@@ -136,12 +135,12 @@ def probe_store(
                 fg="yellow",
                 err=True,
             )
-    defaults = PAPER_FEATURES[benchmark]
+    defaults = get_benchmark(benchmark)
     settings = ExtractionSettings(
         pairs,
         layer=layer,
-        scales=parse_scales(scales) if scales else defaults["scales"],
-        aggregate=aggregate or defaults["aggregate"],
+        scales=parse_scales(scales) if scales else defaults.scales,
+        aggregate=aggregate or defaults.aggregate,
         seed=seed,
     )
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .voc import VOC_CLASSES  # the devkit's 20 classes, defined with the reader
+from vggfeat.benchmarks.voc import VOC_CLASSES  # the devkit's 20 classes, defined with the reader
 
 Draw = Callable[[ImageDraw.ImageDraw, float, float, float, tuple, int], None]
 

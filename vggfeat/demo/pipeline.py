@@ -74,7 +74,8 @@ def run_demo(
     out: str | Path, *, quick: bool = False, progress: bool = True, echo: Callable[[str], None] = log.info
 ) -> dict[str, Any]:
     """Run every step into OUT and write OUT/report; returns the report's contents."""
-    from vggfeat.data.benchmarks import benchmark_images, load_benchmark
+    from vggfeat.benchmarks.base import benchmark_images
+    from vggfeat.benchmarks.registry import load_benchmark
     from vggfeat.data.synthetic_voc import make_voc2007
     from vggfeat.demo.report import write_demo_report
     from vggfeat.probes.features import ExtractionSettings, cached_store

@@ -20,15 +20,6 @@ from vggfeat.features.store import FeatureStore, is_complete_store, load_store
 
 log = logging.getLogger(__name__)
 
-# Appendix B: VOC averages over scales, Caltech stacks them; the paper's nets give 4096-D fc7 descriptors.
-PAPER_FEATURES = {
-    "voc2007": {"scales": (256, 384, 512), "aggregate": "mean"},
-    "voc2012": {"scales": (256, 384, 512), "aggregate": "mean"},
-    "caltech101": {"scales": (256, 384, 512), "aggregate": "stack"},
-    "caltech256": {"scales": (256, 384, 512), "aggregate": "stack"},
-    "folder": {"scales": (256, 384, 512), "aggregate": "mean"},
-}
-
 
 @dataclass(frozen=True)
 class ExtractionSettings:

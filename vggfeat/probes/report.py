@@ -9,23 +9,12 @@ from typing import Any
 
 import numpy as np
 
+from vggfeat.benchmarks.registry import get_benchmark
+from vggfeat.probes import metrics
 from vggfeat.probes.run import ProbeResult
+from vggfeat.utils.files import atomic_write_json, atomic_write_text
 
-# Table 11 of Simonyan & Zisserman (ICLR 2015): VOC mAP %, Caltech mean class recall % (mean, std over 3 splits).
-# These are the PAPER's numbers, printed as references beside measured ones - never as our results.
-PAPER_TABLE11: dict[str, dict[str, tuple[float, float | None]]] = {
-    "voc2007": {"VGG Net-D": (89.3, None), "VGG Net-E": (89.3, None), "VGG Net-D & Net-E": (89.7, None)},
-    "voc2012": {"VGG Net-D": (89.0, None), "VGG Net-E": (89.0, None), "VGG Net-D & Net-E": (89.3, None)},
-    "caltech101": {"VGG Net-D": (91.8, 1.0), "VGG Net-E": (92.3, 0.5), "VGG Net-D & Net-E": (92.7, 0.5)},
-    "caltech256": {"VGG Net-D": (85.0, 0.2), "VGG Net-E": (85.1, 0.3), "VGG Net-D & Net-E": (86.2, 0.3)},
-}
 PAPER_LABEL = "paper (Simonyan & Zisserman 2015, Table 11) - reference, not measured here"
-METRIC_NAMES = {
-    "voc07_ap": "AP (VOC2007 11-point)",
-    "voc12_ap": "AP (VOC2010+ all-point)",
-    "mean_class_recall": "recall (mean class recall)",
-}
-HEADLINE_NAMES = {"voc07_ap": "mAP", "voc12_ap": "mAP", "mean_class_recall": "mean class recall"}
 
 
 def _pct(v: float) -> float:
@@ -50,21 +39,22 @@ def report_dict(result: ProbeResult) -> dict[str, Any]:
         if chosen[0] is not None:
             row["chosen_C"] = [float(c[k]) for c in chosen]
         rows.append(row)
-    paper = PAPER_TABLE11.get(result.benchmark)
+    bench = get_benchmark(result.benchmark)
+    # the paper's numbers are printed as references beside measured ones - never as our results
+    paper = {r.method: {"mean": r.mean, "std": r.std} for r in bench.paper_rows}
     return {
         "benchmark": result.benchmark,
         "method": result.method,
         "metric": result.metric,
-        "headline_name": HEADLINE_NAMES[result.metric],
+        "metric_title": bench.metric_title,
+        "headline_name": bench.headline,
         "headline": _pct(result.headline),
         "headline_std": _pct(result.headline_std) if len(result.splits) > 1 else None,
         "per_split": [
             {"split": s.split, "headline": _pct(s.headline), "seconds": round(s.seconds, 3)} for s in result.splits
         ],
         "per_class": rows,
-        "paper_table11": None
-        if paper is None
-        else {"label": PAPER_LABEL, "rows": {k: {"mean": m, "std": s} for k, (m, s) in paper.items()}},
+        "paper_table11": {"label": PAPER_LABEL, "rows": paper} if paper else None,
         "features": result.features,
         "params": result.params,
     }
@@ -74,7 +64,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     """The terminal table: per class, then ours beside the paper's rows."""
     name_w = max(12, *(len(r["class"]) for r in report["per_class"]))
     has_c = "chosen_C" in report["per_class"][0]
-    unit = METRIC_NAMES[report["metric"]].split(" ")[0]
+    unit = report["metric_title"].split(" ")[0]
     lines = [f"{'class':<{name_w}}  {unit + ' %':>8}" + ("  C (per split)" if has_c else "")]
     for r in report["per_class"]:
         v = "-" if r["value"] is None else f"{r['value']:.1f}"
@@ -104,7 +94,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"# {report['benchmark']}: {report['method']}",
         "",
         f"**{report['headline_name']} (ours): {head} %** over {len(report['per_split'])} split(s); "
-        f"metric: {METRIC_NAMES[report['metric']]}.",
+        f"metric: {report['metric_title']}.",
         "",
     ]
     if report["paper_table11"]:
@@ -114,7 +104,7 @@ def markdown(report: dict[str, Any]) -> str:
         out += ["", f"_{report['paper_table11']['label']}._", ""]
     has_c = "chosen_C" in report["per_class"][0]
     out += [
-        "| class | " + METRIC_NAMES[report["metric"]] + " % |" + (" chosen C (per split) |" if has_c else ""),
+        "| class | " + report["metric_title"] + " % |" + (" chosen C (per split) |" if has_c else ""),
         "|---|---|" + ("---|" if has_c else ""),
     ]
     for r in report["per_class"]:
@@ -144,8 +134,6 @@ def plot(result: ProbeResult, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from vggfeat.probes import metrics
-
     split = result.splits[0]
     if result.metric in ("voc07_ap", "voc12_ap"):
         fig, ax = plt.subplots(figsize=(8, 6))
@@ -164,7 +152,9 @@ def plot(result: ProbeResult, path: Path) -> None:
         ax.barh(np.arange(len(values)), values[order])
         ax.set_yticks(np.arange(len(values)), [result.classes[i] for i in order], fontsize=5)
         ax.set_xlabel("recall %")
-    ax.set_title(f"{result.benchmark}: {result.method}, {HEADLINE_NAMES[result.metric]} {100 * result.headline:.1f} %")
+    ax.set_title(
+        f"{result.benchmark}: {result.method}, {get_benchmark(result.benchmark).headline} {100 * result.headline:.1f} %"
+    )
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=120)
@@ -174,8 +164,6 @@ def plot(result: ProbeResult, path: Path) -> None:
 
 def write_report(result: ProbeResult, out: str | Path, stem: str) -> dict[str, Path]:
     """Write STEM.json, STEM.md and STEM.png into OUT (each atomically); returns their paths."""
-    from vggfeat.utils.files import atomic_write_json, atomic_write_text
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report = report_dict(result)

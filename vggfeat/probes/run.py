@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from vggfeat.data.benchmarks import ProbeSplit
+from vggfeat.benchmarks.base import ProbeSplit
+from vggfeat.benchmarks.registry import get_benchmark
 from vggfeat.features.store import FeatureStore
-from vggfeat.probes import metrics
 from vggfeat.probes.features import split_features
 
 log = logging.getLogger(__name__)
@@ -58,18 +58,8 @@ class ProbeResult:
 
 
 def score_split(split: ProbeSplit, scores: np.ndarray) -> tuple[np.ndarray, float]:
-    """Per-class values and headline of test `scores` (N_test, K) under the split's metric."""
-    if split.metric == "voc07_ap":
-        per_class = metrics.voc07_ap(scores, split.test_labels)
-    elif split.metric == "voc12_ap":
-        per_class = metrics.voc12_ap(scores, split.test_labels)
-    elif split.metric == "mean_class_recall":
-        pred = np.asarray(scores).argmax(axis=1)
-        per_class = metrics.per_class_recall(split.test_labels, pred, num_classes=len(split.classes))
-        return per_class, float(metrics.mean_class_recall(split.test_labels, pred, num_classes=len(split.classes)))
-    else:
-        raise ValueError(f"unknown metric {split.metric!r}")
-    return per_class, float(np.nanmean(per_class))
+    """Per-class values and headline of test `scores` (N_test, K) under the split's benchmark's metric."""
+    return get_benchmark(split.benchmark).score(np.asarray(scores), split.test_labels)
 
 
 def store_summary(store: FeatureStore) -> dict[str, Any]:

@@ -1,14 +1,12 @@
-"""The linear-probe benchmarks of Sect. 4.1/5 as train/test splits: VOC-2007, VOC-2012, Caltech-101/256, any folder.
-
-`load_benchmark(name, root)` returns one `ProbeSplit` per split (VOC: one; Caltech and folder: `splits` seeded
-random splits). Each benchmark keeps its own rules (PAPER.md sect. 5): VOC trains on trainval (2007) or train
-(2012) with labels in {1, -1, 0}; Caltech draws 30 (101) or 60 (256) training images per class. Every bad input
-is a `DatasetError` naming the file (and line) at fault. The readers live in voc.py and caltech.py.
+"""What every transfer benchmark of Sect. 4 / Appendix B shares: its record (`Benchmark`), its splits
+(`ProbeSplit`), the paper's numbers (`PaperRow`), the error for bad data (`DatasetError`) and the path helpers of
+the readers. A leaf: it imports no vggfeat module but vggfeat.errors, so every benchmark module can import it.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +14,6 @@ import numpy as np
 
 from vggfeat.errors import VggfeatError
 
-BENCHMARKS = ("voc2007", "voc2012", "caltech101", "caltech256", "folder")
-METRICS = ("voc07_ap", "voc12_ap", "mean_class_recall")
 DATA_ENV = "VGGFEAT_DATA"
 
 
@@ -27,7 +23,7 @@ class DatasetError(VggfeatError, ValueError):
 
 @dataclass(frozen=True, eq=False)  # eq=False: arrays have no truth value; splits compare by identity
 class ProbeSplit:
-    benchmark: str  # one of BENCHMARKS
+    benchmark: str  # the Benchmark's name (registry.BENCHMARKS)
     split: int  # 0 for VOC; 0, 1, 2 for Caltech; the seeded split index for folder
     classes: tuple[str, ...]  # K class names; label c / column c is classes[c]
     multilabel: bool  # VOC True (an image may hold several classes); Caltech/folder False
@@ -52,6 +48,57 @@ class ProbeSplit:
             f"{self.benchmark} split {self.split}: {len(self.classes)} classes, "
             f"{len(self.train_paths)} {self.train_name} / {len(self.test_paths)} {self.test_name} images"
         )
+
+
+@dataclass(frozen=True)
+class SplitOptions:
+    """How a benchmark with random splits draws them; fixed-split benchmarks (VOC) ignore all of it."""
+
+    seed: int = 0  # split i is drawn from numpy's generator seeded by (seed, i)
+    splits: int = 3  # how many random splits (the paper's 3 for Caltech)
+    splits_dir: str | Path | None = None  # split lists are read from here when present, else drawn and written
+    train_per_class: int | None = None  # None: the benchmark's own quota (Caltech-101 30, Caltech-256 60)
+    test_per_class: int | None = None  # None: the benchmark's own cap (Caltech-101 50, else the rest)
+    test_fraction: float = 0.3  # folder without train_per_class: this fraction of each class is test
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    """One of the paper's published numbers for a benchmark: a reference printed beside ours, never ours."""
+
+    method: str  # 'VGG Net-D', 'VGG Net-E', 'VGG Net-D & Net-E'
+    mean: float  # percent
+    std: float | None = None  # percent, over the paper's splits (Caltech); None for fixed splits
+    table: str = "Table 11"
+
+
+Score = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, float]]  # (scores (N, K), labels) -> (per class, headline)
+Loader = Callable[[Path, SplitOptions], list[ProbeSplit]]  # (resolved data root, options) -> splits
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """Everything about one benchmark; its module builds one and registry.py lists it."""
+
+    name: str  # lower case id used on the command line: 'voc2007'
+    title: str  # 'PASCAL VOC-2007 classification'
+    load: Loader  # reads the dataset layout under the data root and applies the split rule
+    split_rule: str  # the split rule in words, for --help and reports
+    metric: str  # metric id recorded in reports: 'voc07_ap' | 'voc12_ap' | 'mean_class_recall'
+    metric_title: str  # 'AP (VOC2007 11-point)'
+    score: Score  # the metric on test scores
+    headline: str  # what the mean over classes is called: 'mAP', 'mean class recall'
+    multilabel: bool  # labels (N, K) in {1, -1, 0} (VOC) or (N,) class ids
+    scales: tuple[int, ...]  # Appendix B's scales Q for on-the-fly extraction
+    aggregate: str  # over scales: 'mean' (VOC) or 'stack' (Caltech)
+    paper_rows: tuple[PaperRow, ...] = ()  # the paper's numbers for this benchmark (references)
+
+    def load_splits(self, root: str | Path | None = None, options: SplitOptions | None = None) -> list[ProbeSplit]:
+        """The splits under `root` (else $VGGFEAT_DATA)."""
+        options = options or SplitOptions()
+        if options.splits < 1:
+            raise DatasetError(f"splits must be >= 1, got {options.splits}")
+        return self.load(resolve_root(root), options)
 
 
 def resolve_root(root: str | Path | None) -> Path:
@@ -89,55 +136,6 @@ def find_dataset_dir(root: Path, names: tuple[str, ...], accept) -> Path | None:
         if cand.is_dir() and accept(cand):
             return cand.resolve()
     return None
-
-
-def load_benchmark(
-    name: str,
-    root: str | Path | None = None,
-    *,
-    seed: int = 0,
-    splits: int = 3,
-    splits_dir: str | Path | None = None,
-    train_per_class: int | None = None,
-    test_per_class: int | None = None,
-    test_fraction: float = 0.3,
-) -> list[ProbeSplit]:
-    """The benchmark's splits. VOC ignores seed/splits/per-class counts (its splits are fixed).
-
-    Caltech-101: 30 train and up to 50 test images per class; Caltech-256: 60 train, the rest test;
-    folder: `test_fraction` of each class for test (at least one image), or `train_per_class` train and the
-    rest test when given. Random splits are drawn with a seed derived from (seed, split) and written to
-    `splits_dir` (`<name>_split<i>_{train,test}.txt`, lines `relative/path class_id`); existing files there
-    are read instead of drawing, so official or earlier splits are reused exactly.
-    """
-    if name not in BENCHMARKS:
-        raise DatasetError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}")
-    base = resolve_root(root)
-    if name in ("voc2007", "voc2012"):
-        from .voc import load_voc
-
-        return [load_voc(base, year=name[3:])]
-    from .caltech import CALTECH_DEFAULTS, find_caltech, load_random_splits
-
-    if splits < 1:
-        raise DatasetError(f"splits must be >= 1, got {splits}")
-    if name == "folder":
-        data_dir, n_train, n_test = base, train_per_class, test_per_class
-    else:
-        data_dir = find_caltech(base, name)
-        d_train, d_test = CALTECH_DEFAULTS[name]
-        n_train = train_per_class if train_per_class is not None else d_train
-        n_test = test_per_class if test_per_class is not None else d_test
-    return load_random_splits(
-        name,
-        data_dir,
-        seed=seed,
-        splits=splits,
-        splits_dir=splits_dir,
-        train_per_class=n_train,
-        test_per_class=n_test,
-        test_fraction=test_fraction,
-    )
 
 
 def benchmark_images(splits: list[ProbeSplit]) -> list[str]:

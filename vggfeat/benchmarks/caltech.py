@@ -1,11 +1,10 @@
-"""Seeded random splits of class-per-folder benchmarks: Caltech-101/256 (Sect. 4.2, PAPER.md sect. 5) and any folder.
+"""Seeded random splits of class-per-folder trees (Appendix B): what caltech101.py, caltech256.py and folder.py share.
 
-Caltech-101 (102 classes incl. BACKGROUND_Google): 30 training and up to 50 test images per class; Caltech-256
-(257 incl. 257.clutter): 60 training, the rest test; three splits, mean class recall. Split i is drawn with
-numpy's generator seeded by (seed, i) and written as text (`relative/path class_id` per line) so that runs
-compare on the same images; split files that already exist are read instead, which also admits official splits.
-A class with no more images than the training quota keeps one image for testing and trains on the rest
-(logged as a warning); a class with fewer than two images is an error.
+Split i is drawn with numpy's generator seeded by (seed, i) and written as text (`relative/path class_id` per
+line) so that runs compare on the same images; split files that already exist are read instead, which also
+admits official splits. A class with no more images than the training quota keeps one image for testing and
+trains on the rest (logged as a warning); a class with fewer than two images is an error. Single-label
+benchmarks score with mean class recall.
 """
 
 from __future__ import annotations
@@ -16,25 +15,27 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from ..utils.files import atomic_write_text
-from .benchmarks import DatasetError, ProbeSplit, check_inside, find_dataset_dir
-from .images import is_image_file
+from vggfeat.benchmarks.base import DatasetError, ProbeSplit, SplitOptions, check_inside, find_dataset_dir
+from vggfeat.data.images import is_image_file
+from vggfeat.probes import metrics
+from vggfeat.utils.files import atomic_write_text
 
 log = logging.getLogger(__name__)
-
-# benchmark -> (folder name, a class folder that marks it, expected class count)
-CALTECH_LAYOUT = {
-    "caltech101": ("101_ObjectCategories", "BACKGROUND_Google", 102),
-    "caltech256": ("256_ObjectCategories", "257.clutter", 257),
-}
-CALTECH_DEFAULTS = {"caltech101": (30, 50), "caltech256": (60, None)}  # (train, test) images per class
 
 ClassFiles = dict[str, list[str]]  # class name -> sorted image paths relative to the dataset folder
 
 
-def find_caltech(root: Path, name: str) -> Path:
-    """The <101|256>_ObjectCategories folder: root itself, root/<folder>, or root/*/<folder>."""
-    folder, marker, _ = CALTECH_LAYOUT[name]
+def score_recall(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, float]:
+    """Per-class recall and mean class recall of the argmax of test `scores` (N, K) against class ids (N,)."""
+    pred = np.asarray(scores).argmax(axis=1)
+    k = np.asarray(scores).shape[1]
+    per_class = metrics.per_class_recall(labels, pred, num_classes=k)
+    return per_class, float(metrics.mean_class_recall(labels, pred, num_classes=k))
+
+
+def find_caltech(root: Path, name: str, folder: str, marker: str) -> Path:
+    """The <folder> (e.g. 101_ObjectCategories, recognised by its class folder `marker`): root itself,
+    root/<folder>, or root/*/<folder>."""
     found = find_dataset_dir(root, (folder,), lambda c: c.name == folder or (c / marker).is_dir())
     if found is None:
         raise DatasetError(
@@ -169,24 +170,29 @@ def _split_from_rows(name: str, split: int, classes: tuple[str, ...], train: lis
 def load_random_splits(
     name: str,
     data_dir: Path,
+    options: SplitOptions,
     *,
-    seed: int,
-    splits: int,
-    splits_dir: str | Path | None,
-    train_per_class: int | None,
-    test_per_class: int | None,
-    test_fraction: float,
+    recursive: bool = False,
+    expected_classes: int | None = None,
+    train_per_class: int | None = None,
+    test_per_class: int | None = None,
 ) -> list[ProbeSplit]:
-    """`splits` ProbeSplits of a class-per-folder tree: read from `splits_dir` when there, else drawn (and written)."""
+    """`options.splits` ProbeSplits of a class-per-folder tree: read from `options.splits_dir` when there, else
+    drawn (and written). The per-class quotas in `options` win over the benchmark's own given here."""
+    seed, splits, splits_dir, test_fraction = options.seed, options.splits, options.splits_dir, options.test_fraction
+    if options.train_per_class is not None:
+        train_per_class = options.train_per_class
+    if options.test_per_class is not None:
+        test_per_class = options.test_per_class
     if train_per_class is None and not 0 < test_fraction < 1:
         raise DatasetError(f"test_fraction must be between 0 and 1, got {test_fraction}")
     if train_per_class is not None and train_per_class < 1:
         raise DatasetError(f"train_per_class must be >= 1, got {train_per_class}")
     data_dir = Path(data_dir).resolve()
-    table = scan_classes(data_dir, recursive=name == "folder")
+    table = scan_classes(data_dir, recursive=recursive)
     classes = tuple(table)
-    if name in CALTECH_LAYOUT and len(classes) != CALTECH_LAYOUT[name][2]:
-        log.warning("%s: %d class folders, but %s has %d", data_dir, len(classes), name, CALTECH_LAYOUT[name][2])
+    if expected_classes is not None and len(classes) != expected_classes:
+        log.warning("%s: %d class folders, but %s has %d", data_dir, len(classes), name, expected_classes)
     out = []
     for i in range(splits):
         files = [Path(splits_dir) / f"{name}_split{i}_{part}.txt" for part in ("train", "test")] if splits_dir else []

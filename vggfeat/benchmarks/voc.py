@@ -1,9 +1,8 @@
-"""PASCAL VOC-2007 and VOC-2012 classification splits from the devkit layout (Sect. 4.1, PAPER.md sect. 5).
+"""The PASCAL VOC devkit layout, read for the classification benchmarks of Sect. 4.1 (voc2007.py, voc2012.py).
 
 Labels come from VOC<year>/ImageSets/Main/<class>_<split>.txt, lines `<image id> <label>` with label 1
-(present), -1 (absent) or 0 (only 'difficult' instances: neither positive nor negative for AP). VOC-2007 trains
-on trainval and tests on test (11-point AP); VOC-2012's test labels are private, so it trains on train and
-reports on val (all-point AP). Images are VOC<year>/JPEGImages/<id>.jpg.
+(present), -1 (absent) or 0 (only 'difficult' instances: neither positive nor negative for AP). Images are
+VOC<year>/JPEGImages/<id>.jpg. Which splits train and test is each benchmark's rule, not this reader's.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .benchmarks import DatasetError, ProbeSplit, check_inside, find_dataset_dir
+from vggfeat.benchmarks.base import DatasetError, ProbeSplit, check_inside, find_dataset_dir
 
 VOC_CLASSES = (
     "aeroplane",
@@ -37,8 +36,6 @@ VOC_CLASSES = (
     "train",
     "tvmonitor",
 )
-# year -> (train split, test split, metric)
-VOC_SPLITS = {"2007": ("trainval", "test", "voc07_ap"), "2012": ("train", "val", "voc12_ap")}
 VOC_LABELS = (1, -1, 0)
 
 Ref = tuple[Path, int]  # (list file, line number) that named an image
@@ -145,12 +142,9 @@ def read_voc_split(voc: Path, split: str, classes: tuple[str, ...] = VOC_CLASSES
     return tuple(paths), labels
 
 
-def load_voc(root: Path, year: str = "2007") -> ProbeSplit:
-    """The single VOC split: 2007 trainval -> test (voc07_ap), 2012 train -> val (voc12_ap)."""
-    if year not in VOC_SPLITS:
-        raise DatasetError(f"unknown VOC year {year!r}; choose one of {', '.join(VOC_SPLITS)}")
+def load_voc(root: Path, benchmark: str, year: str, train_name: str, test_name: str, metric: str) -> ProbeSplit:
+    """The single split of a VOC benchmark: `train_name` -> `test_name` of VOC<year> under `root`."""
     voc = find_voc(Path(root), year)
-    train_name, test_name, metric = VOC_SPLITS[year]
     train_paths, train_labels = read_voc_split(voc, train_name)
     test_paths, test_labels = read_voc_split(voc, test_name)
     if overlap := set(train_paths) & set(test_paths):
@@ -158,7 +152,7 @@ def load_voc(root: Path, year: str = "2007") -> ProbeSplit:
             f"{voc}: {len(overlap)} images are in both {train_name} and {test_name}, e.g. {sorted(overlap)[0]}"
         )
     return ProbeSplit(
-        f"voc{year}",
+        benchmark,
         0,
         VOC_CLASSES,
         True,
