@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 import vggfeat
+from vggfeat.benchmarks.base import DATA_ENV
 from vggfeat.cli.main import cli
-from vggfeat.data.benchmarks import DATA_ENV
 from vggfeat.data.synthetic_voc import VOC_CLASSES, make_voc2007
 from vggfeat.features.store import load_store
 from vggfeat.probes import LinearSVMProbe, metrics

@@ -42,7 +42,7 @@ def test_deterministic_in_seed(tmp_path):
 
 
 def test_voc2012_classification_layout_loads_as_the_benchmark(tmp_path):
-    from vggfeat.data.benchmarks import load_benchmark
+    from vggfeat.benchmarks.registry import load_benchmark
     from vggfeat.data.synthetic_voc import make_voc2012
 
     voc = make_voc2012(tmp_path, n_train=8, n_val=6, seed=1)

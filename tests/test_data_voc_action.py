@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vggfeat.data.benchmarks import DatasetError
+from vggfeat.benchmarks.base import DatasetError
+from vggfeat.benchmarks.voc_action import VOC_ACTIONS, load_voc_action, read_action_split, write_box_crops
 from vggfeat.data.synthetic_voc_action import make_voc2012_action
-from vggfeat.data.voc_action import VOC_ACTIONS, load_voc_action, read_action_split, write_box_crops
 
 
 @pytest.fixture(scope="module")

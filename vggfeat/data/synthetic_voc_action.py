@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 from PIL import ImageDraw
 
+from vggfeat.benchmarks.voc_action import ACTION_OTHER, VOC_ACTIONS
+
 from .synthetic_voc import PICTOGRAMS, _background, _box, _person
-from .voc_action import ACTION_OTHER, VOC_ACTIONS
 
 ACTION_SPLITS = ("train", "val")
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .benchmarks import DatasetError, check_inside, find_dataset_dir
-from .voc import _check_id, _lines, read_id_list
+from vggfeat.benchmarks.base import DatasetError, check_inside, find_dataset_dir, resolve_root
+from vggfeat.benchmarks.voc import _check_id, _lines, read_id_list
 
 VOC_ACTIONS = (
     "jumping",
@@ -183,8 +183,6 @@ def read_action_split(voc: Path, split: str, actions: tuple[str, ...] = VOC_ACTI
 
 def load_voc_action(root: str | Path) -> tuple[ActionSplit, ActionSplit]:
     """(train, val) person instances of VOC2012 action classification under `root`."""
-    from .benchmarks import resolve_root
-
     voc = find_voc_action(resolve_root(root))
     return read_action_split(voc, "train"), read_action_split(voc, "val")
 
