@@ -59,7 +59,13 @@ def tour_folder(tmp_path, monkeypatch):
 
     monkeypatch.setattr(vggfeat.models, "create_model", create_small)
     monkeypatch.chdir(tmp_path)
-    torch.save(torchvision_layout(create_small("vgg16", seed=1, init="glorot")), tmp_path / "vgg16-397923af.pth")
+    state = torchvision_layout(create_small("vgg16", seed=1, init="glorot"))
+    torch.save(state, tmp_path / "vgg16-397923af.pth")
+    # torchvision:vgg16 from torch.hub's cache, offline (tests never download)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setenv("VGGFEAT_OFFLINE", "1")
+    (tmp_path / "torch-home" / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(state, tmp_path / "torch-home" / "hub" / "checkpoints" / "vgg16-397923af.pth")
     return tmp_path
 
 

@@ -21,6 +21,7 @@ COMMANDS = {
     "knn-probe": "vggfeat.cli.knn_probe:knn_probe",
     "index": "vggfeat.cli.index:index",
     "demo": "vggfeat.cli.demo:demo",
+    "weights": "vggfeat.cli.weights:weights",
 }
 
 
