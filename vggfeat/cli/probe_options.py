@@ -18,6 +18,18 @@ from vggfeat.weight_sources import WEIGHTS_HELP
 BENCHMARK_CHOICES = tuple(BENCHMARKS)
 
 
+def _paper_settings() -> str:
+    """'voc2007, voc2012: mean over 256,...,768; ...': each benchmark's default scales and aggregate, grouped."""
+    groups: dict[str, list[str]] = {}
+    for b in BENCHMARKS.values():
+        name = b.name if b.paper_rows else f"{b.name} (not in the paper)"
+        groups.setdefault(f"{b.aggregate} over {','.join(map(str, b.scales))}", []).append(name)
+    return "; ".join(f"{', '.join(names)}: {setting}" for setting, names in groups.items())
+
+
+PAPER_SETTINGS = _paper_settings()
+
+
 def probe_options(fn):
     options = [
         click.argument("benchmark", type=click.Choice(BENCHMARK_CHOICES)),
@@ -52,13 +64,14 @@ def probe_options(fn):
         click.option(
             "--scales",
             default=None,
-            help="Scales Q for on-the-fly extraction. Default (Appendix B): 256,384,512 (640,768 optional for VOC).",
+            help="Scales Q for on-the-fly extraction, e.g. 256,384,512 (fewer scales, faster). Default: each "
+            f"benchmark's, the paper's setting (Appendix B): {PAPER_SETTINGS}.",
         ),
         click.option(
             "--aggregate",
             type=click.Choice(["mean", "stack"]),
             default=None,
-            help="Over scales. Default (Appendix B): mean for VOC and folder, stack for Caltech.",
+            help="Over scales. Default: the benchmark's, as for --scales.",
         ),
         click.option(
             "--splits",
