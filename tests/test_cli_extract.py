@@ -81,3 +81,89 @@ def test_progress_counts_whole_images_and_skipped_ones_at_the_chunk_end(tmp_path
     # chunk 1 (4 images): 2 batches per scale, views 2,4,6,8,10,12 -> images 0,1,2,2,3,4; chunk 2: 1 good image
     # (3 one-image batches -> 0,0,1 -> 5) and the broken one counted when the chunk ends -> 6
     assert bar.updates == [1, 1, 1, 1, 1, 1]
+
+
+def extract(*args, cwd=None):
+    from click.testing import CliRunner
+
+    from vggfeat.cli.main import cli
+
+    return CliRunner().invoke(cli, ["extract", *map(str, args)], catch_exceptions=False)
+
+
+FAST = ["--scales", "64,80", "--workers", "0", "--quiet"]
+
+
+def test_without_out_the_store_goes_to_a_default_folder_named_after_inputs_and_layer(tmp_path, weights, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_images(tmp_path / "imgs", 2)
+    result = extract("--layer", "fc7", "imgs/", "--weights", weights, *FAST)
+    assert result.exit_code == 0, result.output
+    store = vggfeat.load_store(tmp_path / "vggfeat-out" / "imgs-fc7")
+    assert len(store) == 2 and store.manifest["layer"] == "fc7"
+    assert "vggfeat-out/imgs-fc7" in result.output  # said where it went
+    assert "2 images -> vggfeat-out/imgs-fc7" in result.output
+
+    pool5 = extract("imgs", "--layer", "pool5", "--weights", weights, *FAST)
+    assert pool5.exit_code == 0 and vggfeat.load_store(tmp_path / "vggfeat-out" / "imgs-pool5").dim == 32
+
+
+@pytest.mark.parametrize(
+    "inputs, expected",
+    [
+        (["imgs/"], "imgs-fc7"),
+        (["imgs/img000.png"], "img000-fc7"),
+        (["@train list.txt"], "train_list-fc7"),
+        (["imgs", "more"], "imgs-and-1-more-fc7"),
+        (["."], "work-fc7"),
+    ],
+)
+def test_default_out_names(tmp_path, monkeypatch, inputs, expected):
+    from vggfeat.cli.extract import default_out
+
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    make_images(tmp_path / "work" / "imgs", 1)
+    assert str(default_out(tuple(inputs), "fc7")) == f"vggfeat-out/{expected}"
+
+
+def test_default_out_folder_is_ignored_by_git():
+    from pathlib import Path
+
+    ignored = (Path(__file__).resolve().parents[1] / ".gitignore").read_text().splitlines()
+    assert "vggfeat-out/" in ignored
+
+
+def test_rerun_of_a_finished_store_says_already_complete(tmp_path, weights):
+    src = make_images(tmp_path / "imgs", 2)
+    out = tmp_path / "store"
+    first = extract(src, "-o", out, "--weights", weights, *FAST)
+    assert first.exit_code == 0 and "already complete" not in first.output
+    again = extract(src, "-o", out, "--weights", weights, *FAST)
+    assert again.exit_code == 0, again.output
+    assert f"{out} is already complete: 2 images (32-D float32, layer fc7, scales 64,80); nothing recomputed" in (
+        again.output
+    )
+    assert " in 0.0 s" not in again.output
+
+
+def test_zero_usable_images_is_an_error_naming_inputs_and_reasons(tmp_path, weights):
+    src = tmp_path / "imgs"
+    src.mkdir()
+    (src / "empty.jpg").touch()
+    (src / "garbage.png").write_bytes(b"\x00" * 100)
+    out = tmp_path / "store"
+    result = extract(src, "-o", out, "--weights", weights, *FAST)
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1
+    assert f"no usable image in {src}: all 2 inputs were skipped" in lines[0]
+    assert f"{src / 'empty.jpg'}: empty file (0 bytes)" in lines[0] and str(src / "garbage.png") in lines[0]
+    assert "0 images ->" not in result.output
+    assert not out.exists()  # nothing half-made is left to be found 'complete' later
+    # the files fixed, the same command works
+    (src / "empty.jpg").unlink()
+    (src / "garbage.png").unlink()
+    make_images(src, 1)
+    assert extract(src, "-o", out, "--weights", weights, *FAST).exit_code == 0
+    assert len(vggfeat.load_store(out)) == 1

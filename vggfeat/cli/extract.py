@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
+from pathlib import Path
 
 import click
 
 from vggfeat.weight_sources import WEIGHTS_HELP
+
+DEFAULT_OUT_DIR = Path("vggfeat-out")
+
+
+def default_out(images: tuple[str, ...], layer: str) -> Path:
+    """The store folder when -o is not given: vggfeat-out/<inputs>-<layer>, named after the first input (a
+    folder's name, a file's or @list's stem) and how many more there are, e.g. vggfeat-out/imgs-fc7."""
+    names = []
+    for item in images:
+        path = Path(item[1:] if item.startswith("@") else item)
+        name = path.name if path.is_dir() else path.stem
+        names.append(name or path.resolve().name or "inputs")  # `.` names the current folder
+    stem = names[0] if len(names) == 1 else f"{names[0]}-and-{len(names) - 1}-more"
+    return DEFAULT_OUT_DIR / re.sub(r"[^\w.+-]+", "_", f"{stem}-{layer}")
 
 
 def parse_scales(value: str) -> tuple[int, ...]:
@@ -34,9 +50,9 @@ LAYER_HELP = (
 @click.option(
     "-o",
     "--out",
-    required=True,
     type=click.Path(file_okay=False),
-    help="Feature store folder: features.npy (N x D) and manifest.json.",
+    help="Feature store folder: features.npy (N x D) and manifest.json. Default: vggfeat-out/<inputs>-<layer>, "
+    "named after the first input (e.g. vggfeat-out/imgs-fc7 for imgs/), printed when the run starts.",
 )
 @click.option(
     "--model",
@@ -154,7 +170,8 @@ def extract(
     strict,
     quiet,
 ) -> None:
-    """Extract descriptors of IMAGES into the feature store OUT, the paper's way (Appendix B).
+    """Extract descriptors of IMAGES into a feature store (-o, default vggfeat-out/<inputs>-<layer>), the
+    paper's way (Appendix B).
 
     IMAGES are image files, folders (searched recursively) or @list.txt files of paths (one per line,
     relative to the list's folder). Each image is rescaled so its smallest side is Q for every scale,
@@ -163,10 +180,12 @@ def extract(
     and the result L2-normalised. Preprocessing follows the loaded weights' convention.
 
     Interrupted runs continue where they stopped when the same command is run again; a finished store is
-    not recomputed. Unusable files (corrupt, truncated, empty, not images) are skipped and listed.
+    not recomputed. Unusable files (corrupt, truncated, empty, not images) are skipped and listed; when no
+    input is usable the command fails, naming why.
 
     \b
     Examples:
+      vggfeat extract --layer fc7 imgs/       # -> vggfeat-out/imgs-fc7
       vggfeat extract photos/ -o feats --weights vgg16.safetensors
       vggfeat extract @trainval.txt -o voc --weights d.safetensors --weights e.safetensors \\
           --scales 256,384,512,640,768
@@ -176,6 +195,9 @@ def extract(
     from vggfeat.features.nets import random_init_note
 
     scale_list = parse_scales(scales)
+    if out is None:
+        out = str(default_out(images, layer))
+        click.echo(f"no -o given: the store goes to {out}", err=True)
     if weights and models and len(models) != len(weights):
         raise click.UsageError(
             f"{len(models)} --model but {len(weights)} --weights: give one weight file per "
@@ -233,10 +255,11 @@ def extract(
         raise click.ClickException(str(e)) from None
     seconds = time.perf_counter() - start
     skipped = store.manifest["skipped"]
-    click.echo(
-        f"{len(store)} images -> {store.root} ({store.dim}-D {store.features.dtype}, layer {layer}, "
-        f"scales {','.join(map(str, scale_list))}) in {seconds:.1f} s"
-    )
+    what = f"({store.dim}-D {store.features.dtype}, layer {layer}, scales {','.join(map(str, scale_list))})"
+    if store.already_complete:
+        click.echo(f"{store.root} is already complete: {len(store)} images {what}; nothing recomputed")
+    else:
+        click.echo(f"{len(store)} images -> {store.root} {what} in {seconds:.1f} s")
     if skipped:
         click.echo(f"skipped {len(skipped)} unusable inputs:")
         for item in skipped[:20]:

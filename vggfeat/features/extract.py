@@ -179,6 +179,7 @@ def extract_to_store(
     spec_info = [s.describe() for s in specs]
     settings = _settings(paths, spec_info, protocol, dtype, chunk_size)
     out = Path(out)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
 
     rank, world, local_rank = _dist_info()
@@ -189,7 +190,9 @@ def extract_to_store(
         device = f"cuda:{local_rank}"
     if _prepare_out(out, settings, overwrite, rank):
         log.info("%s is already complete with these settings: nothing to do", out)
-        return fs.load_store(out)
+        store = fs.load_store(out)
+        store.already_complete = True
+        return store
 
     for spec in specs:
         if spec.weights is None:
@@ -225,6 +228,7 @@ def extract_to_store(
     finally:
         bar.close()
     _barrier(world)
+    _check_some_usable(out, paths, images, len(chunks), world, rank, created)
     if rank == 0:
         manifest = {
             "vggfeat_version": __version__,
@@ -239,6 +243,30 @@ def extract_to_store(
         fs.assemble_store(out, len(chunks), paths, engine.dim, dtype, manifest)
     _barrier(world)
     return fs.load_store(out)
+
+
+def _check_some_usable(
+    out: Path, paths: list[str], inputs: Sequence, n_chunks: int, world: int, rank: int, created: bool
+) -> None:
+    """An InputError naming the inputs and why each image was skipped when not one was usable (every rank
+    raises it). The chunks are removed (and OUT, when this run made it): they hold nothing, and a rerun after
+    fixing the files decodes afresh."""
+    skipped: list[tuple[int, str]] = []
+    for c in range(n_chunks):
+        index, _, chunk_skipped = fs.read_chunk(out, c)
+        if len(index):
+            return
+        skipped.extend(chunk_skipped)
+    _barrier(world)  # every rank has read the chunks before rank 0 removes them
+    if rank == 0:
+        shutil.rmtree(fs.partial_dir(out), ignore_errors=True)
+        if created and not any(out.iterdir()):
+            out.rmdir()
+    why = "; ".join(f"{paths[i]}: {reason}" for i, reason in sorted(skipped)[:5])
+    more = f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+    raise InputError(
+        f"no usable image in {', '.join(map(str, inputs))}: all {len(paths)} inputs were skipped ({why}{more})"
+    )
 
 
 class _ImageProgress:

@@ -28,6 +28,7 @@ class FeatureStore:
     root: Path
     features: np.ndarray  # (N, D), float32 or float16, memory-mapped
     manifest: dict[str, Any]
+    already_complete: bool = False  # set by extract_to_store when it found the store finished: nothing computed
 
     @property
     def paths(self) -> list[str]:
