@@ -163,5 +163,6 @@ def test_index_search_whose_queries_are_all_unusable_is_one_line(tmp_path):
     r = CliRunner().invoke(main.cli, ["index", "search", str(tmp_path / "idx"), str(tmp_path / "q")])
     # before: a ValueError traceback from faiss's search on a 0-row query matrix
     assert r.exit_code == 1, r.output
-    assert r.output.startswith("Error: none of the 2 query images is usable"), r.output
+    assert r.output.startswith(f"Error: no usable image in {tmp_path / 'q'}: all 2 inputs were skipped"), r.output
+    assert "broken.jpg: not an image" in r.output and "empty.png: empty file" in r.output
     assert len(r.output.strip().splitlines()) == 1

@@ -108,12 +108,7 @@ def search(index_dir, images, k, device, seed) -> None:
             q_paths, skipped = list(queries.paths), queries.manifest["skipped"]
     except FileNotFoundError as e:  # VggfeatError is shown by LazyGroup; other exceptions are bugs
         raise click.ClickException(str(e)) from None
-    if not q_paths:
-        first = skipped[0] if skipped else {"path": ", ".join(images), "reason": "no images found"}
-        raise click.ClickException(
-            f"none of the {len(skipped)} query images is usable, e.g. {first['path']}: {first['reason']}; "
-            "give image files, folders of images or @lists of them"
-        )
+    # no usable query at all is an InputError from extract_to_store, naming each image and why it was skipped
     scores, ids = knn_search(idx, q, min(k, len(meta["paths"])))
     for path, row_s, row_i in zip(q_paths, scores, ids, strict=False):
         click.echo(path)
