@@ -4,6 +4,7 @@ own outputs and against a probe refitted by hand from the cached features."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,23 @@ def test_demo_rerun_resumes_without_retraining(quick_demo):
     proc = run_demo_cli(out, "--quick")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert weights.stat().st_mtime_ns == mtime  # the finished training runs are reused, not repeated
+
+
+@pytest.mark.slow  # ~20-40 s: a second demo run over a copied folder
+def test_demo_rerun_retrains_a_truncated_net(quick_demo, tmp_path):
+    src, _ = quick_demo
+    out = tmp_path / "out"
+    shutil.copytree(src, out)
+    weights = next((out / "runs").glob("demo_vgg_d*/model.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:1000])  # a copy cut short, a full disk
+    proc = run_demo_cli(out, "--quick")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"{weights}: not a valid safetensors file" in proc.stderr and "training it again" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # restored from the run's last checkpoint: the same net, so the same results as the first run
+    before = json.loads((src / "report" / "demo.json").read_text())["results"]["trained"]
+    after = json.loads((out / "report" / "demo.json").read_text())["results"]["trained"]
+    assert after["linear_map"] == before["linear_map"] and after["knn_map"] == before["knn_map"]
 
 
 def test_demo_refuses_an_unwritable_folder(tmp_path):

@@ -35,10 +35,11 @@ def test_synthetic_augmentation_stats_and_flat_val(tmp_path):
     train, val = imagenet_splits(tmp_path / "a")
     assert train.classes == val.classes and len(train) == 12 and set(val.labels) == {0, 1, 2}
     ds = TrainSet(train, seed=0, scale=(64, 80), crop=64, flip=True, color_sigma=0.1)
-    x1, a1, y1 = ds[(3, 7)]
-    x2, a2, y2 = ds[(3, 7)]
-    x3, a3, _ = ds[(4, 7)]
+    x1, a1, y1, skipped = ds[(3, 7)]
+    x2, a2, y2, _ = ds[(3, 7)]
+    x3, a3, _, _ = ds[(4, 7)]
     assert x1.shape == (64, 64, 3) and torch.equal(x1, x2) and torch.equal(a1, a2) and y1 == y2 == train.labels[7]
+    assert skipped == ()
     assert not torch.equal(a1, a3)
     # flat val folder with a labels file gives the same samples as the class folders
     flat = tmp_path / "flat"

@@ -12,10 +12,16 @@ import click
 @click.option("--refresh", is_flag=True, help="Recompute even if ROOT/mean_rgb.json exists.")
 def mean_rgb(root: str, max_images: int, refresh: bool) -> None:
     """Mean RGB and colour eigen-decomposition of ROOT/train (0-255 units), cached beside the data."""
+    import logging
+
     from vggfeat.data.stats import CACHE_NAME, cached_stats
 
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")  # skipped images named
+
     s = cached_stats(root, refresh=refresh, max_images=max_images)
-    click.echo(f"mean RGB: {', '.join(f'{v:.3f}' for v in s['mean'])}  ({s['images']} images)")
+    skipped = s.get("skipped", [])
+    note = f", {len(skipped)} unreadable skipped" if skipped else ""
+    click.echo(f"mean RGB: {', '.join(f'{v:.3f}' for v in s['mean'])}  ({s['images']} images{note})")
     click.echo(f"eigval:   {', '.join(f'{v:.4f}' for v in s['eigval'])}")
     for row in s["eigvec"]:
         click.echo(f"eigvec:   {', '.join(f'{v:+.4f}' for v in row)}")

@@ -1,36 +1,52 @@
 """The training set's mean RGB (Sect. 2.1, the only preprocessing) and the eigen-decomposition of its
-RGB pixel covariance (the PCA colour shift of Sect. 3.1), computed once and cached beside the data."""
+RGB pixel covariance (the PCA colour shift of Sect. 3.1), computed once and cached beside the data.
+Unreadable images are skipped with a warning naming them, and counted in the statistics."""
 
 from __future__ import annotations
 
-import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from vggfeat.utils.files import atomic_write_json
+from vggfeat.errors import VggfeatError
+from vggfeat.utils.files import atomic_write_json, read_json
 
-from .images import load_rgb
+from .images import ImageError, load_rgb
 
+log = logging.getLogger(__name__)
 CACHE_NAME = "mean_rgb.json"
 
 
-def pixel_stats(paths: Sequence[Path], *, max_images: int = 0, min_side: int = 256) -> dict:
-    """mean (3,), eigval (3,) descending and eigvec (3x3, columns) of RGB pixels in 0-255 units.
+class StatsError(VggfeatError, ValueError):
+    """Pixel statistics that cannot be had: no training folder, no readable image, a broken cache file."""
+
+
+def pixel_stats(paths: Sequence[Path], *, max_images: int = 0, min_side: int = 256) -> dict[str, Any]:
+    """mean (3,), eigval (3,) descending and eigvec (3x3, columns) of RGB pixels in 0-255 units; `images`
+    counts the images used, `skipped` lists the unreadable ones ("path: reason").
 
     Images are decoded with their smallest side reduced to about `min_side` (JPEG draft) - the statistics
     of a rescaled image are those of the original to well within the colour shift's noise.
     """
     paths = list(paths)[:max_images] if max_images > 0 else list(paths)
-    n, s1, s2 = 0, np.zeros(3), np.zeros((3, 3))
+    n, s1, s2, skipped = 0, np.zeros(3), np.zeros((3, 3)), []
     for p in paths:
-        px = np.asarray(load_rgb(p, min_side=min_side), dtype=np.float64).reshape(-1, 3)  # (N, 3)
+        try:
+            img = load_rgb(p, min_side=min_side)
+        except ImageError as e:
+            log.warning("skipping an unreadable image: %s", e)
+            skipped.append(str(e))
+            continue
+        px = np.asarray(img, dtype=np.float64).reshape(-1, 3)  # (N, 3)
         n += len(px)
         s1 += px.sum(0)
         s2 += px.T @ px
     if n == 0:
-        raise ValueError("no pixels: empty image list")
+        first = f" (first: {skipped[0]})" if skipped else ""
+        raise StatsError(f"no pixels: none of the {len(paths)} images can be read{first}")
     mean = s1 / n
     cov = s2 / n - np.outer(mean, mean)
     val, vec = np.linalg.eigh(cov)
@@ -42,23 +58,44 @@ def pixel_stats(paths: Sequence[Path], *, max_images: int = 0, min_side: int = 2
         "mean": mean.tolist(),
         "eigval": (val / 255.0).tolist(),
         "eigvec": vec.tolist(),
-        "images": len(paths),
+        "images": len(paths) - len(skipped),
         "pixels": int(n),
+        "skipped": skipped,
     }
 
 
 def cached_stats(
     root: str | Path, paths: Sequence[Path] | None = None, *, refresh: bool = False, max_images: int = 0
-) -> dict:
-    """Stats of `root`/train from `root`/mean_rgb.json, computed and cached if missing."""
+) -> dict[str, Any]:
+    """Stats of `root`/train from `root`/mean_rgb.json, computed and cached if missing; a broken cache is
+    recomputed (with a warning) when `root`/train is there to recompute it from."""
     root = Path(root)
     cache = root / CACHE_NAME
+    train = root / "train"
     if cache.exists() and not refresh:
-        return json.loads(cache.read_text())
+        try:
+            return _read_cache(cache)
+        except StatsError as e:
+            if paths is None and not train.is_dir():
+                raise StatsError(f"{e}, and {root} has no train/ folder to recompute it from") from None
+            log.warning("%s; recomputing it", e)
     if paths is None:
         from .folder import scan_folder
 
-        paths = scan_folder(root / "train").paths
+        if not train.is_dir():
+            raise StatsError(f"{root} has no train/ folder (expected {train}/<class>/<image>); give the dataset root")
+        try:
+            paths = scan_folder(train).paths
+        except ValueError as e:  # no class folders or no images
+            raise StatsError(str(e)) from None
     stats = pixel_stats(paths, max_images=max_images)
     atomic_write_json(cache, stats)
+    return stats
+
+
+def _read_cache(cache: Path) -> dict[str, Any]:
+    stats = read_json(cache, StatsError, f"delete it or run `vggfeat mean-rgb {cache.parent} --refresh`")
+    shapes = {"mean": (3,), "eigval": (3,), "eigvec": (3, 3)}
+    if not isinstance(stats, dict) or any(np.shape(stats.get(k)) != shape for k, shape in shapes.items()):
+        raise StatsError(f"{cache}: not a mean_rgb.json (needs mean, eigval and eigvec of RGB)")
     return stats

@@ -46,8 +46,11 @@ def _train(recipe, run: Path, data_root: Path, progress: bool) -> dict[str, Any]
     from vggfeat.utils.files import atomic_write_json
 
     done = run / "demo-summary.json"
-    if done.is_file() and (run / "model.safetensors").is_file():
-        summary = json.loads(done.read_text())
+    if done.is_file() and _weights_load(run / "model.safetensors"):
+        try:
+            summary = json.loads(done.read_text())
+        except ValueError:  # a damaged summary: train (resume) again, which rewrites it
+            summary = {}
         if summary.get("recipe") == json.loads(json.dumps(recipe_to_dict(recipe))):
             return summary
     resume = run.is_dir() and latest_checkpoint(run) is not None
@@ -55,6 +58,21 @@ def _train(recipe, run: Path, data_root: Path, progress: bool) -> dict[str, Any]
     summary = train(recipe, run, data_root=data_root, resume=resume, overwrite=True, progress=progress)
     atomic_write_json(done, {**summary, "recipe": recipe_to_dict(recipe)})
     return summary
+
+
+def _weights_load(path: Path) -> bool:
+    """Whether a finished run's weights are there and whole; a truncated or damaged file is retrained (from
+    the run's last checkpoint when it has one) instead of failing later in extraction."""
+    from vggfeat.models import WeightsError, read_weights
+
+    if not path.is_file():
+        return False
+    try:
+        read_weights(path)
+    except WeightsError as e:
+        log.warning("%s; training it again", e)
+        return False
+    return True
 
 
 def random_twin(trained: Path, recipe, seed: int, out: Path) -> Path:

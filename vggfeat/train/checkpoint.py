@@ -1,6 +1,7 @@
 """Checkpoints that lose nothing (issue 5): model, optimizer, schedule, RNG, sampler position and the
 resolved recipe, as plain containers (loadable with torch.load(weights_only=True)), written atomically;
-the last K and the best are kept."""
+the last K and the best are kept. Resuming takes the newest checkpoint that loads: a truncated or corrupt
+newest one (a full disk, a copy cut short) falls back to the one before."""
 
 from __future__ import annotations
 
@@ -13,10 +14,17 @@ from typing import Any
 
 import torch
 
+from vggfeat.errors import VggfeatError
 from vggfeat.utils.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 PATTERN = re.compile(r"^ckpt-e(\d+)-s(\d+)\.pt$")
+# what resuming reads from a checkpoint (older ones also hold an unused "scaler" entry: ignored)
+REQUIRED = ("model", "optimizer", "schedule", "epoch", "step_in_epoch", "global_step", "history", "rng")
+
+
+class CheckpointError(VggfeatError, RuntimeError):
+    """No checkpoint of a run can be loaded."""
 
 
 def checkpoint_name(global_step: int, epoch: int) -> str:
@@ -50,3 +58,30 @@ def latest_checkpoint(run: Path) -> Path | None:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_latest_checkpoint(run: Path) -> tuple[Path, dict[str, Any], list[tuple[Path, str]]] | None:
+    """(path, contents, skipped) of the newest checkpoint in `run` that loads, `skipped` the newer ones that
+    did not with the reason; None when the run has no checkpoint. CheckpointError when none loads."""
+    bad: list[tuple[Path, str]] = []
+    for path in reversed(list_checkpoints(run)):
+        reason = _unloadable(path)
+        if isinstance(reason, dict):
+            return path, reason, bad
+        bad.append((path, reason))
+    if bad:
+        reasons = "; ".join(f"{p.name}: {r}" for p, r in bad)
+        raise CheckpointError(f"no checkpoint in {run} can be loaded ({reasons}); start over with --overwrite")
+    return None
+
+
+def _unloadable(path: Path) -> dict[str, Any] | str:
+    """The checkpoint's contents, or why it cannot be resumed from."""
+    try:
+        if path.stat().st_size == 0:
+            return "empty file (0 bytes)"
+        ckpt = load_checkpoint(path)
+    except Exception as e:  # torch reports damage as RuntimeError, EOFError, UnpicklingError, zip errors...
+        return f"truncated or corrupt: {type(e).__name__}"
+    missing = [k for k in REQUIRED if k not in ckpt] if isinstance(ckpt, dict) else list(REQUIRED)
+    return ckpt if not missing else f"not a training checkpoint (no {', '.join(missing)})"

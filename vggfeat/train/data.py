@@ -1,7 +1,9 @@
 """Training and validation inputs (Sect. 3.1): per-sample augmentation keyed by (epoch, index), and a
 batch sampler that deals each process its share of a global batch, reseeded per epoch and resumable
 mid-epoch. JPEGs decode in DataLoader workers, at reduced size when S is small enough (draft mode), and
-only the crop's window is resampled."""
+only the crop's window is resampled. An unreadable image is skipped: the next readable one takes its place in
+the batch (so the global batch keeps its size and a resumed run stays the same run) and its path is passed on
+for the loop to warn about and count."""
 
 from __future__ import annotations
 
@@ -11,12 +13,30 @@ import numpy as np
 import torch
 
 from vggfeat.data.folder import Samples
-from vggfeat.data.images import load_rgb_tensor
+from vggfeat.data.images import ImageError, load_rgb_tensor
 from vggfeat.data.transforms import center_crop, sample_rng, train_crop
+from vggfeat.errors import VggfeatError
+
+
+class NoReadableImages(VggfeatError, RuntimeError):
+    """Every image of a training set failed to decode."""
+
+
+def _load_or_next(samples: Samples, index: int, min_side: int) -> tuple[torch.Tensor, int, tuple[str, ...]]:
+    """Image `index`, or the first readable one after it (wrapping); also the "path: reason" of those skipped."""
+    skipped: list[str] = []
+    n = len(samples)
+    for k in range(n):
+        i = (index + k) % n
+        try:
+            return load_rgb_tensor(samples.paths[i], min_side=min_side), i, tuple(skipped)
+        except ImageError as e:
+            skipped.append(str(e))
+    raise NoReadableImages(f"none of the {n} images can be read (first: {skipped[0]})")
 
 
 class TrainSet(torch.utils.data.Dataset):
-    """Item (epoch, index) -> (uint8 crop (H, W, 3), colour-shift alpha (3,), label)."""
+    """Item (epoch, index) -> (uint8 crop (H, W, 3), colour-shift alpha (3,), label, skipped "path: reason")."""
 
     def __init__(
         self, samples: Samples, *, seed: int, scale: tuple[int, int], crop: int, flip: bool, color_sigma: float
@@ -30,14 +50,16 @@ class TrainSet(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int]):
         epoch, index = key
         rng = sample_rng(self.seed, epoch, index)
-        img = load_rgb_tensor(self.samples.paths[index], min_side=self.scale[1])  # decode-time downscaling
+        img, used, skipped = _load_or_next(self.samples, index, self.scale[1])  # decode-time downscaling
         crop = train_crop(img, rng, scale=self.scale, crop=self.crop, flip=self.flip)
         alpha = rng.normal(0.0, self.color_sigma, 3) if self.color_sigma > 0 else np.zeros(3)
-        return crop, torch.from_numpy(alpha.astype(np.float32)), self.samples.labels[index]
+        return crop, torch.from_numpy(alpha.astype(np.float32)), self.samples.labels[used], skipped
 
 
 class ValSet(torch.utils.data.Dataset):
-    """Item index -> (uint8 central crop at smallest side `size`, label)."""
+    """Item index -> (uint8 central crop at smallest side `size`, label, skipped "path: reason").
+
+    An unreadable image comes back as a blank crop with label -1, which `validate` leaves out of the counts."""
 
     def __init__(self, samples: Samples, *, size: int, crop: int) -> None:
         self.samples, self.size, self.crop = samples, size, crop
@@ -46,8 +68,17 @@ class ValSet(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int):
-        img = load_rgb_tensor(self.samples.paths[index], min_side=self.size)
-        return center_crop(img, size=self.size, crop=self.crop), self.samples.labels[index]
+        try:
+            img = load_rgb_tensor(self.samples.paths[index], min_side=self.size)
+        except ImageError as e:
+            return torch.zeros(self.crop, self.crop, 3, dtype=torch.uint8), -1, (str(e),)
+        return center_crop(img, size=self.size, crop=self.crop), self.samples.labels[index], ()
+
+
+def collate_skips(items: list[tuple]) -> tuple:
+    """default_collate for everything but the last field, the skipped-image messages, which are joined in a list."""
+    batch = torch.utils.data.default_collate([item[:-1] for item in items])
+    return (*batch, [msg for item in items for msg in item[-1]])
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:

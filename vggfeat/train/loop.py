@@ -6,12 +6,14 @@ resume exactly. Randomness is derived, never carried: data order from (seed, epo
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
 import os
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +21,16 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from vggfeat.data.folder import imagenet_splits
+from vggfeat.config import ConfigError
+from vggfeat.data.folder import Samples, imagenet_splits
 from vggfeat.data.transforms import normalize_batch
-from vggfeat.errors import VggfeatError
+from vggfeat.errors import InputError, VggfeatError
 from vggfeat.models import Preprocessing, create_model, init_from_net_a, read_weights, save_weights
 from vggfeat.utils.device import resolve_device
+from vggfeat.utils.files import atomic_write_text
 
-from .checkpoint import PATTERN, latest_checkpoint, load_checkpoint, save_checkpoint
-from .data import GlobalBatchSampler, TrainSet, ValSet, steps_per_epoch
+from .checkpoint import PATTERN, latest_checkpoint, load_checkpoint, load_latest_checkpoint, save_checkpoint
+from .data import GlobalBatchSampler, TrainSet, ValSet, collate_skips, steps_per_epoch
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
 from .recipe import Recipe, accumulation_steps, recipe_to_dict
 from .schedule import PlateauState, plateau_step
@@ -40,6 +44,14 @@ class NonFiniteLoss(VggfeatError, RuntimeError):
 
 class RunExistsError(VggfeatError, FileExistsError):
     """The run folder already holds a run and neither --resume nor --overwrite was given."""
+
+
+class RunFolderError(VggfeatError):
+    """The run folder cannot be written (read-only, no permission, disk full)."""
+
+
+# what a full disk or a read-only folder raises
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 # what a run leaves in its folder; --overwrite removes exactly these (never the user's other files)
@@ -141,229 +153,377 @@ def train(
     holding another run is refused unless `overwrite`); return the final summary. Launch under torchrun
     for several processes."""
     # every process checks (all refuse together, none hangs in a barrier); only rank 0 clears with overwrite
-    check_run_folder(out, recipe.optim.epochs, resume=resume, overwrite=overwrite)
-    device = resolve_device(recipe.runtime.device)
+    run = Path(out)
+    check_run_folder(run, recipe.optim.epochs, resume=resume, overwrite=overwrite)
+    root = dataset_root(recipe, data_root)
+    try:
+        device = resolve_device(recipe.runtime.device)
+    except ValueError as e:
+        raise ConfigError(f"runtime.device: {e}") from None
     info = init_distributed(device.type)
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
     try:
         accumulation_steps(recipe, info.world)  # a batch that does not split: say so before any data work
-        return _train(recipe, Path(out), info, device, data_root, resume, progress)
+        check_writable(run)
+        data = _prepare_data(recipe, root, info)
+        trainer = _Trainer(recipe, run, info, device, data, progress)
+        trainer.start(resume)
+        return trainer.fit()
+    except OSError as e:
+        if e.errno not in _WRITE_ERRNOS:
+            raise
+        raise RunFolderError(_write_error(run, e)) from None
     finally:
         shutdown(info)
 
 
-def _prepare_data(recipe: Recipe, data_root, info: DistInfo):
+def dataset_root(recipe: Recipe, data_root: str | Path | None) -> Path:
+    """The dataset folder (--data-root, else data.root), checked before any work: a real dataset must exist
+    with train/ and val/; a synthetic one (data.synthetic_seed) is generated there if missing."""
+    where = "--data-root" if data_root else "data.root"
+    value = str(data_root or recipe.data.root or "")
+    if not value:
+        raise ConfigError("no dataset: data.root is not set in the recipe and no --data-root was given; set one")
+    root = Path(value)
+    if recipe.data.synthetic_seed is not None:
+        return root
+    if not root.is_dir():
+        raise ConfigError(f"{where} {root} does not exist; point it at a dataset folder holding train/ and val/")
+    for sub in ("train", "val"):
+        if not (root / sub).is_dir():
+            raise ConfigError(f"{where} {root} has no {sub}/ folder (expected {root}/{sub}/<class>/<image>)")
+    return root
+
+
+def check_writable(run: Path) -> None:
+    """Fail before any work, naming the folder, when the run folder cannot be created or written."""
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+        probe = run / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        if e.errno not in _WRITE_ERRNOS and not isinstance(e, (FileExistsError, NotADirectoryError)):
+            raise
+        raise RunFolderError(_write_error(run, e)) from None
+
+
+def _write_error(run: Path, e: OSError) -> str:
+    name = str(e.filename) if isinstance(e.filename, (str, Path)) else ""
+    where = name if name and run.resolve() not in Path(name).resolve().parents else run
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"the disk is full while writing to {where}: free some space, then run again with --resume"
+    return f"cannot write to {where}: {e.strerror or e}; choose another folder with --out"
+
+
+@dataclass(frozen=True)
+class _Data:
+    """The dataset as the loop needs it: samples, and the mean RGB and colour eigen-decomposition."""
+
+    root: Path
+    train: Samples
+    val: Samples
+    mean: tuple[float, float, float]
+    eigval: tuple[float, float, float]
+    eigvec: tuple[tuple[float, float, float], ...]
+
+
+def _prepare_data(recipe: Recipe, root: Path, info: DistInfo) -> _Data:
     from vggfeat.data.stats import cached_stats
     from vggfeat.data.synthetic import ensure_synthetic
 
     d = recipe.data
-    root = Path(data_root or d.root or "")
-    if not str(data_root or d.root or ""):
-        raise ValueError("no dataset: give --data-root or set data.root in the recipe")
     if d.synthetic_seed is not None and info.is_main:
         ensure_synthetic(root, classes=d.synthetic_classes, per_class=d.synthetic_per_class, seed=d.synthetic_seed)
     barrier(info)
-    train_s, val_s = imagenet_splits(root, d.val_labels)
-    if (d.mean_rgb is None or d.eigval is None or d.eigvec is None) and info.is_main:
-        cached_stats(root, train_s.paths)
-    barrier(info)
-    stats = cached_stats(root, train_s.paths) if None in (d.mean_rgb, d.eigval, d.eigvec) else {}
+    try:
+        train_s, val_s = imagenet_splits(root, d.val_labels)
+    except (ValueError, FileNotFoundError) as e:  # no class folders, no images, a bad val labels file
+        raise InputError(f"dataset {root}: {e}") from None
+    if recipe.model.num_classes != len(train_s.classes):  # before minutes of pixel statistics
+        k = len(train_s.classes)
+        raise ConfigError(
+            f"model.num_classes is {recipe.model.num_classes} but {root}/train has {k} class folders; "
+            f"set model.num_classes: {k} (or --set model.num_classes={k})"
+        )
+    if steps_per_epoch(len(train_s), recipe.optim.batch_size) == 0:
+        raise ConfigError(
+            f"{len(train_s)} training images in {root}/train cannot fill one global batch of "
+            f"optim.batch_size={recipe.optim.batch_size}"
+        )
+    stats: dict[str, Any] = {}
+    if None in (d.mean_rgb, d.eigval, d.eigvec):
+        if info.is_main:
+            cached_stats(root, train_s.paths)
+        barrier(info)
+        stats = cached_stats(root, train_s.paths)
     mean = d.mean_rgb or tuple(stats["mean"])
     eigval = d.eigval or tuple(stats["eigval"])
     eigvec = d.eigvec or tuple(tuple(r) for r in stats["eigvec"])
-    return root, train_s, val_s, mean, eigval, eigvec
+    return _Data(root, train_s, val_s, mean, eigval, eigvec)
 
 
-def _train(
-    recipe: Recipe, run: Path, info: DistInfo, device: torch.device, data_root, resume: bool, progress: bool
-) -> dict[str, Any]:
-    d, o = recipe.data, recipe.optim
-    cuda = device.type == "cuda"
-    root, train_s, val_s, mean, eigval, eigvec = _prepare_data(recipe, data_root, info)
-    if recipe.model.num_classes != len(train_s.classes):
-        raise ValueError(
-            f"model.num_classes is {recipe.model.num_classes} but {root}/train has {len(train_s.classes)} classes"
+class _Trainer:
+    """One process's share of a run: the model, optimizer and schedule, the position in the run (what a
+    checkpoint saves), and the steps that advance them."""
+
+    def __init__(self, recipe: Recipe, run: Path, info: DistInfo, device: torch.device, data: _Data, progress: bool):
+        d, o = recipe.data, recipe.optim
+        self.recipe, self.run, self.info, self.device, self.data = recipe, run, info, device, data
+        self.progress = progress
+        self.cuda = device.type == "cuda"
+        self.accum = accumulation_steps(recipe, info.world)
+        self.steps = steps_per_epoch(len(data.train), o.batch_size)
+        self.model = build_model(recipe, len(data.train.classes)).to(device)
+        if recipe.runtime.channels_last:  # NHWC: faster 3x3 convs with cuDNN and oneDNN (2-8x on CPU for narrow nets)
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
         )
-    accum = accumulation_steps(recipe, info.world)
-    steps = steps_per_epoch(len(train_s), o.batch_size)
-    if steps == 0:
-        raise ValueError(f"{len(train_s)} training images cannot fill one global batch of {o.batch_size}")
+        self.net: torch.nn.Module = self.model  # DDP- and compile-wrapped in start()
+        self.sched = PlateauState(lr=o.lr)
+        self.epoch, self.step_in_epoch, self.global_step, self.history = 0, 0, 0, []
+        self.trainset = TrainSet(
+            data.train, seed=recipe.seed, scale=d.scale, crop=d.crop, flip=d.flip, color_sigma=d.color_sigma
+        )
+        val_size = (d.scale[0] + d.scale[1]) // 2  # validation: central crop at the middle training scale
+        self.valset = ValSet(data.val, size=val_size, crop=d.crop)
+        self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda and recipe.runtime.amp else None
+        self.preproc = Preprocessing("RGB", 255.0, tuple(data.mean), (1.0, 1.0, 1.0))
+        self.logger = _Logger(run, info.is_main)
+        self.unreadable: set[str] = set()  # images already warned about
+        self.skips = 0  # images skipped (by every process) since the last log line
+        self.t0, self.seen = time.perf_counter(), 0  # images/s of the log line
 
-    model = build_model(recipe, len(train_s.classes)).to(device)
-    if recipe.runtime.channels_last:  # NHWC: faster 3x3 convs with cuDNN and oneDNN (2-8x on CPU for narrow nets)
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    sched = PlateauState(lr=o.lr)
-    epoch, step_in_epoch, global_step, history = 0, 0, 0, []
+    # -- starting -----------------------------------------------------------------------------------------
 
-    run.mkdir(parents=True, exist_ok=True)
-    ckpt_path = latest_checkpoint(run) if resume else None
-    if resume and ckpt_path is None:
-        log.warning("--resume: no checkpoint in %s, starting from scratch", run)
-    if ckpt_path is not None:
-        ckpt = load_checkpoint(ckpt_path)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        sched = PlateauState(**ckpt["schedule"])
-        epoch, step_in_epoch, global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
-        history = list(ckpt["history"])
+    def start(self, resume: bool) -> None:
+        """Resume from the newest checkpoint that loads (with `resume`), save the recipe, wrap the net."""
+        if resume:
+            self._resume()
+        if self.info.is_main:
+            atomic_write_text(self.run / "recipe.yaml", yaml.safe_dump(recipe_to_dict(self.recipe), sort_keys=False))
+        if self.info.world > 1:
+            ids = [self.device.index] if self.cuda else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if self.recipe.runtime.compile:
+            self.net = torch.compile(self.net)
+
+    def _resume(self) -> None:
+        found = load_latest_checkpoint(self.run)  # a damaged newest one: the one before (keep_last > 1)
+        if found is None:
+            log.warning("--resume: no checkpoint in %s, starting from scratch", self.run)
+            return
+        path, ckpt, bad = found
+        for old, reason in bad if self.info.is_main else []:
+            log.warning("--resume: %s cannot be loaded (%s); falling back to an earlier checkpoint", old, reason)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])  # an old checkpoint's "scaler" entry is ignored
+        self.sched = PlateauState(**ckpt["schedule"])
+        self.epoch, self.step_in_epoch, self.global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
+        self.history = list(ckpt["history"])
         torch.set_rng_state(ckpt["rng"]["torch"])
-        if info.is_main:
-            log.info("resumed from %s (epoch %d, step %d)", ckpt_path.name, epoch, step_in_epoch)
-    if info.is_main:
-        (run / "recipe.yaml").write_text(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
-    net = model
-    if info.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
-    if recipe.runtime.compile:
-        net = torch.compile(net)
+        if self.info.is_main:
+            log.info("resumed from %s (epoch %d, step %d)", path.name, self.epoch, self.step_in_epoch)
 
-    trainset = TrainSet(train_s, seed=recipe.seed, scale=d.scale, crop=d.crop, flip=d.flip, color_sigma=d.color_sigma)
-    val_size = (d.scale[0] + d.scale[1]) // 2  # validation: central crop at the middle training scale
-    valset = ValSet(val_s, size=val_size, crop=d.crop)
-    logger = _Logger(run, info.is_main)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and recipe.runtime.amp else contextlib.nullcontext()
-    preproc = Preprocessing("RGB", 255.0, tuple(mean), (1.0, 1.0, 1.0))
-    # device for the colour shift and mean subtraction: the GPU when asked, else the CPU before the copy
-    aug_on_device = cuda and recipe.runtime.gpu_augment
+    # -- the run --------------------------------------------------------------------------------------------
 
-    def state(best: bool) -> dict[str, Any]:
-        return {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "schedule": sched.to_dict(),
-            "scaler": {},
-            "epoch": epoch,
-            "step_in_epoch": step_in_epoch,
-            "global_step": global_step,
-            "history": history,
-            "recipe": recipe_to_dict(recipe),
-            "world": info.world,
-            "mean_rgb": list(mean),
-            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else []},
-        }
+    def fit(self) -> dict[str, Any]:
+        """Epochs until the recipe's last, then the final weights; returns the run's summary."""
+        while self.epoch < self.recipe.optim.epochs:
+            self._train_epoch()
+            self._end_epoch()
+        if self.info.is_main:
+            self._save_weights("model.safetensors")
+        return {"epochs": self.epoch, "global_step": self.global_step, "history": self.history, "run": str(self.run)}
 
-    def checkpoint(best: bool = False) -> None:
-        if info.is_main:
-            save_checkpoint(run, state(best), keep_last=recipe.checkpoint.keep_last, best=best)
-        barrier(info)
-        if recipe.debug.kill_at_step and global_step == recipe.debug.kill_at_step:
-            os.kill(os.getpid(), signal.SIGKILL)  # tests: die like a crashed node, right after the save
-
-    bar = None
-    while epoch < o.epochs:
+    def _train_epoch(self) -> None:
+        """The rest of the current epoch, from `step_in_epoch` (mid-epoch after a resume)."""
+        o = self.recipe.optim
         sampler = GlobalBatchSampler(
-            len(trainset),
-            seed=recipe.seed,
-            epoch=epoch,
+            len(self.trainset),
+            seed=self.recipe.seed,
+            epoch=self.epoch,
             batch_size=o.batch_size,
             per_device=o.per_device_batch,
-            rank=info.rank,
-            world=info.world,
-            start_step=step_in_epoch,
+            rank=self.info.rank,
+            world=self.info.world,
+            start_step=self.step_in_epoch,
         )
         loader = torch.utils.data.DataLoader(
-            trainset, batch_sampler=sampler, num_workers=d.workers, pin_memory=cuda, persistent_workers=False
+            self.trainset,
+            batch_sampler=sampler,
+            num_workers=self.recipe.data.workers,
+            pin_memory=self.cuda,
+            collate_fn=collate_skips,
         )
-        if info.is_main and progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=steps, initial=step_in_epoch, desc=f"epoch {epoch + 1}/{o.epochs}", leave=False)
-        net.train()
-        it = iter(loader)
-        t0, seen = time.perf_counter(), 0
-        while step_in_epoch < steps:
-            for g in optimizer.param_groups:
-                g["lr"] = sched.lr
-            loss_sum = torch.zeros(3, dtype=torch.float64)  # loss, top-1 hits, top-5 hits
-            for micro in range(accum):
-                x, alpha, y = next(it)
-                x, alpha, y = (t.to(device, non_blocking=True) for t in (x, alpha, y))
-                x = normalize_batch(x, mean, eigval, eigvec, alpha if d.color_sigma > 0 else None)
-                if recipe.runtime.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                torch.manual_seed(_dropout_seed(recipe.seed, global_step, info.rank, micro))
-                sync = contextlib.nullcontext() if (info.world == 1 or micro == accum - 1) else net.no_sync()
-                with sync:
-                    with amp:
-                        logits = net(x)
-                    loss = F.cross_entropy(logits.float(), y)
-                    if recipe.debug.nan_at_step and global_step + 1 == recipe.debug.nan_at_step:
-                        loss = loss * float("nan")
-                    (loss / accum).backward()
-                t1, t5 = _topk_correct(logits.detach(), y)
-                loss_sum += torch.tensor([loss.item() * len(y), t1, t5], dtype=torch.float64)
-                seen += len(y)
-            all_reduce_sum(loss_sum, info)
-            if not math.isfinite(loss_sum[0].item()):
-                last = latest_checkpoint(run)
-                raise NonFiniteLoss(
-                    f"loss is {loss_sum[0].item()} at epoch {epoch + 1}, step {step_in_epoch + 1} "
-                    f"(global step {global_step + 1}); stopped without saving. Last good "
-                    f"checkpoint: {last or 'none'} (lower optim.lr or check the data, then --resume)"
-                )
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step_in_epoch += 1
-            global_step += 1
+        bar = self._progress_bar()
+        self.net.train()
+        batches = iter(loader)
+        self.t0, self.seen = time.perf_counter(), 0
+        while self.step_in_epoch < self.steps:
+            totals = self._train_step(batches)
             if bar is not None:
                 bar.update(1)
-            if global_step % recipe.checkpoint.log_every == 0 or step_in_epoch == steps:
-                dt = time.perf_counter() - t0
-                logger.write(
-                    {
-                        "kind": "step",
-                        "epoch": epoch + 1,
-                        "step": step_in_epoch,
-                        "global_step": global_step,
-                        "loss": loss_sum[0].item() / o.batch_size,
-                        "lr": sched.lr,
-                        "top1": loss_sum[1].item() / o.batch_size,
-                        "top5": loss_sum[2].item() / o.batch_size,
-                        "images_per_s": seen * info.world / dt if dt > 0 else 0.0,
-                    }
-                )
-                t0, seen = time.perf_counter(), 0
-            if global_step % recipe.checkpoint.every_steps == 0 and step_in_epoch < steps:
-                checkpoint()
+            if self.global_step % self.recipe.checkpoint.log_every == 0 or self.step_in_epoch == self.steps:
+                self._log_step(totals)
+            if self.global_step % self.recipe.checkpoint.every_steps == 0 and self.step_in_epoch < self.steps:
+                self._checkpoint()
         if bar is not None:
             bar.close()
-        top1, top5 = validate(model, valset, info, device, mean, amp, recipe, aug_on_device)
-        improved = top1 > sched.best + o.threshold
-        sched = plateau_step(
-            sched, top1, patience=o.patience, factor=o.factor, max_drops=o.max_drops, threshold=o.threshold
-        )
-        epoch, step_in_epoch = epoch + 1, 0
-        history.append({"epoch": epoch, "val_top1": top1, "val_top5": top5, "lr_next": sched.lr})
-        logger.write(
+
+    def _progress_bar(self):
+        if not (self.info.is_main and self.progress):
+            return None
+        from tqdm import tqdm
+
+        desc = f"epoch {self.epoch + 1}/{self.recipe.optim.epochs}"
+        return tqdm(total=self.steps, initial=self.step_in_epoch, desc=desc, leave=False)
+
+    def _train_step(self, batches) -> torch.Tensor:
+        """One SGD step on one global batch (accumulated micro-batches, reduced over processes); returns its
+        summed loss, top-1 and top-5 hits and skipped images."""
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.sched.lr
+        totals = torch.zeros(4, dtype=torch.float64)  # loss, top-1 hits, top-5 hits, skipped images
+        for micro in range(self.accum):
+            totals += self._forward_backward(next(batches), micro)
+        all_reduce_sum(totals, self.info)
+        self._check_finite(totals[0].item())
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step_in_epoch += 1
+        self.global_step += 1
+        self.skips += int(totals[3].item())
+        return totals
+
+    def _forward_backward(self, batch, micro: int) -> torch.Tensor:
+        x, alpha, y, skipped = batch
+        self._warn_unreadable(skipped)
+        d, rt = self.recipe.data, self.recipe.runtime
+        x, alpha, y = (t.to(self.device, non_blocking=True) for t in (x, alpha, y))
+        x = normalize_batch(x, self.data.mean, self.data.eigval, self.data.eigvec, alpha if d.color_sigma > 0 else None)
+        if rt.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        torch.manual_seed(_dropout_seed(self.recipe.seed, self.global_step, self.info.rank, micro))
+        last = self.info.world == 1 or micro == self.accum - 1
+        with contextlib.nullcontext() if last else self.net.no_sync():  # DDP: all-reduce once per step
+            with self.amp or contextlib.nullcontext():
+                logits = self.net(x)
+            loss = F.cross_entropy(logits.float(), y)
+            if self.recipe.debug.nan_at_step and self.global_step + 1 == self.recipe.debug.nan_at_step:
+                loss = loss * float("nan")
+            (loss / self.accum).backward()
+        t1, t5 = _topk_correct(logits.detach(), y)
+        self.seen += len(y)
+        return torch.tensor([loss.item() * len(y), t1, t5, len(skipped)], dtype=torch.float64)
+
+    def _warn_unreadable(self, skipped: list[str]) -> None:
+        for msg in skipped:
+            if msg not in self.unreadable:
+                self.unreadable.add(msg)
+                log.warning("skipping an unreadable training image: %s", msg)
+
+    def _check_finite(self, loss: float) -> None:
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(
+                f"loss is {loss} at epoch {self.epoch + 1}, step {self.step_in_epoch + 1} "
+                f"(global step {self.global_step + 1}); stopped without saving. Last good "
+                f"checkpoint: {latest_checkpoint(self.run) or 'none'} (lower optim.lr or check the data, then --resume)"
+            )
+
+    def _log_step(self, totals: torch.Tensor) -> None:
+        dt, batch = time.perf_counter() - self.t0, self.recipe.optim.batch_size
+        self.logger.write(
             {
-                "kind": "epoch",
-                "epoch": epoch,
-                "global_step": global_step,
-                "val_top1": top1,
-                "val_top5": top5,
-                "lr": sched.lr,
-                "drops": sched.drops,
+                "kind": "step",
+                "epoch": self.epoch + 1,
+                "step": self.step_in_epoch,
+                "global_step": self.global_step,
+                "loss": totals[0].item() / batch,
+                "lr": self.sched.lr,
+                "top1": totals[1].item() / batch,
+                "top5": totals[2].item() / batch,
+                "images_per_s": self.seen * self.info.world / dt if dt > 0 else 0.0,
+                "skipped_images": self.skips,  # unreadable images replaced since the last line
             }
         )
-        if info.is_main:
-            log.info("epoch %d: val top-1 %.4f top-5 %.4f, next lr %g", epoch, top1, top5, sched.lr)
-            model.preprocessing = preproc
+        self.t0, self.seen, self.skips = time.perf_counter(), 0, 0
+
+    def _end_epoch(self) -> None:
+        """Validate, step the plateau schedule, log, keep the best weights and checkpoint."""
+        o = self.recipe.optim
+        top1, top5 = validate(
+            self.model, self.valset, self.info, self.device, self.data.mean, self.amp, self.recipe, self.unreadable
+        )
+        improved = top1 > self.sched.best + o.threshold
+        self.sched = plateau_step(
+            self.sched, top1, patience=o.patience, factor=o.factor, max_drops=o.max_drops, threshold=o.threshold
+        )
+        self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        self.history.append({"epoch": self.epoch, "val_top1": top1, "val_top5": top5, "lr_next": self.sched.lr})
+        self.logger.write(
+            {
+                "kind": "epoch",
+                "epoch": self.epoch,
+                "global_step": self.global_step,
+                "val_top1": top1,
+                "val_top5": top5,
+                "lr": self.sched.lr,
+                "drops": self.sched.drops,
+                "unreadable_images": len(self.unreadable),  # distinct ones this process met so far
+            }
+        )
+        if self.info.is_main:
+            log.info("epoch %d: val top-1 %.4f top-5 %.4f, next lr %g", self.epoch, top1, top5, self.sched.lr)
             if improved:
-                save_weights(model, run / "best.safetensors", metadata={"recipe": json.dumps(recipe_to_dict(recipe))})
-        checkpoint(best=improved)
-    if info.is_main:
-        model.preprocessing = preproc
-        save_weights(model, run / "model.safetensors", metadata={"recipe": json.dumps(recipe_to_dict(recipe))})
-    return {"epochs": epoch, "global_step": global_step, "history": history, "run": str(run)}
+                self._save_weights("best.safetensors")
+        self._checkpoint(best=improved)
+
+    # -- saving ---------------------------------------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.sched.to_dict(),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "history": self.history,
+            "recipe": recipe_to_dict(self.recipe),
+            "world": self.info.world,
+            "mean_rgb": list(self.data.mean),
+            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if self.cuda else []},
+        }
+
+    def _checkpoint(self, best: bool = False) -> None:
+        if self.info.is_main:
+            save_checkpoint(self.run, self._state(), keep_last=self.recipe.checkpoint.keep_last, best=best)
+        barrier(self.info)
+        if self.recipe.debug.kill_at_step and self.global_step == self.recipe.debug.kill_at_step:
+            os.kill(os.getpid(), signal.SIGKILL)  # tests: die like a crashed node, right after the save
+
+    def _save_weights(self, name: str) -> None:
+        self.model.preprocessing = self.preproc
+        save_weights(self.model, self.run / name, metadata={"recipe": json.dumps(recipe_to_dict(self.recipe))})
 
 
 @torch.no_grad()
 def validate(
-    model, valset, info: DistInfo, device, mean, amp, recipe: Recipe, _aug_on_device: bool = True
+    model: torch.nn.Module,
+    valset: ValSet,
+    info: DistInfo,
+    device: torch.device,
+    mean: tuple[float, float, float],
+    amp: Any,
+    recipe: Recipe,
+    unreadable: set[str] | None = None,
 ) -> tuple[float, float]:
-    """Top-1 and top-5 accuracy of central crops, each process taking every world-th image."""
+    """Top-1 and top-5 accuracy of central crops, each process taking every world-th image; unreadable
+    images are left out, with a warning the first time (those already in `unreadable` are not repeated)."""
+    unreadable = set() if unreadable is None else unreadable
     model.eval()
     n = len(valset) if recipe.data.max_val <= 0 else min(recipe.data.max_val, len(valset))
     idx = list(range(info.rank, n, info.world))
@@ -372,14 +532,21 @@ def validate(
         batch_size=recipe.optim.per_device_batch,
         num_workers=recipe.data.workers,
         pin_memory=device.type == "cuda",
+        collate_fn=collate_skips,
     )
     counts = torch.zeros(3, dtype=torch.float64)
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device)
+    for x, y, skipped in loader:
+        for msg in set(skipped) - unreadable:
+            log.warning("skipping an unreadable validation image: %s", msg)
+        unreadable.update(skipped)
+        keep = y >= 0
+        x, y = x[keep].to(device, non_blocking=True), y[keep].to(device)
+        if len(y) == 0:
+            continue
         x = normalize_batch(x, mean)
         if recipe.runtime.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with amp:
+        with amp or contextlib.nullcontext():
             logits = model(x)
         t1, t5 = _topk_correct(logits.float(), y)
         counts += torch.tensor([t1, t5, len(y)], dtype=torch.float64)

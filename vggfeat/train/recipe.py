@@ -7,11 +7,16 @@ crops, flips, PCA colour shift with sigma 0.1, mean-RGB subtraction.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vggfeat.config import ConfigError, from_dict, load_config, to_dict
+from vggfeat.errors import InputError
+from vggfeat.models.init import INIT_METHODS
+from vggfeat.models.registry import resolve_name
+from vggfeat.utils.device import DEVICE_CHOICES
 
 # Krizhevsky et al. 2012's eigen-decomposition of ImageNet RGB pixel covariance (0-255 units), the usual
 # fixed values when a recipe does not compute its own (`vggfeat mean-rgb`).
@@ -81,7 +86,6 @@ class RuntimeConfig:
     amp: bool = True  # bf16 autocast on CUDA (off on CPU)
     channels_last: bool = True  # NHWC activations (CUDA and CPU)
     compile: bool = False  # torch.compile the model
-    gpu_augment: bool = True  # colour shift and mean subtraction on the device
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,19 @@ class Recipe:
                 raise ConfigError(f"{key} must be > 0, got {value}")
         if not 0 <= self.model.dropout < 1:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.model.dropout}")
+        self._check_choices()
+
+    def _check_choices(self) -> None:
+        try:
+            resolve_name(self.model.name)
+        except InputError as e:
+            raise ConfigError(f"model.name: {e}") from None
+        if self.model.init not in INIT_METHODS:
+            raise ConfigError(f"model.init: unknown init {self.model.init!r}; valid: {', '.join(INIT_METHODS)}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.runtime.device):
+            raise ConfigError(
+                f"runtime.device: unknown device {self.runtime.device!r}; valid: {', '.join(DEVICE_CHOICES)}, cuda:N"
+            )
 
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:

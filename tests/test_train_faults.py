@@ -1,0 +1,212 @@
+"""`vggfeat train` and `mean-rgb` under user mistakes and faults (issue 12): wrong choices and data roots are
+one line before any work; a damaged newest checkpoint falls back to the one before; unreadable images are
+skipped, named and counted; a full disk or read-only run folder is one line."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from vggfeat.cli.main import cli
+from vggfeat.data.stats import StatsError, cached_stats, pixel_stats
+from vggfeat.data.synthetic import generate_synthetic
+from vggfeat.train.checkpoint import list_checkpoints, load_checkpoint
+from vggfeat.train.loop import train
+from vggfeat.train.recipe import load_recipe
+
+SMOKE = Path(__file__).resolve().parents[1] / "recipes" / "train" / "smoke.yaml"
+# 10 classes x 8 images, global batch 16: 5 steps an epoch; checkpoints at steps 2, 4 and 5 (epoch end)
+ONE_EPOCH = [
+    "optim.epochs=1",
+    "checkpoint.every_steps=2",
+    "checkpoint.keep_last=3",
+    "checkpoint.log_every=5",
+    "data.synthetic_seed=null",
+]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return generate_synthetic(tmp_path_factory.mktemp("synthetic"), classes=10, per_class=8, seed=0)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, data):
+    """A finished one-epoch run: the reference a resumed run must equal."""
+    run = tmp_path_factory.mktemp("finished") / "run"
+    train(load_recipe(SMOKE, ONE_EPOCH), run, data_root=data, progress=False)
+    return run
+
+
+def _train_cli(*args: str):
+    return CliRunner().invoke(cli, ["train", str(SMOKE), *args])
+
+
+def _sets(settings) -> list[str]:
+    return [a for s in settings for a in ("--set", s)]
+
+
+@pytest.mark.parametrize(
+    "setting, words",
+    [
+        ("model.name=vgg_z", "model.name: unknown model 'vgg_z'; valid: vgg_a, vgg_a_lrn, vgg_b"),
+        ("model.init=xavier", "model.init: unknown init 'xavier'; valid: normal, glorot"),
+        ("runtime.device=tpu", "runtime.device: unknown device 'tpu'; valid: auto, cpu, cuda, cuda:N"),
+    ],
+)
+def test_unknown_choices_are_one_line_before_any_work(tmp_path, setting, words):
+    res = _train_cli("--set", setting, "--out", str(tmp_path / "run"), "--data-root", str(tmp_path / "d"))
+    assert res.exit_code == 2 and words in res.output, res.output
+    assert not (tmp_path / "d").exists() and not (tmp_path / "run").exists()  # nothing generated or written
+
+
+def test_num_classes_not_matching_the_data_names_both(tmp_path, data):
+    res = _train_cli(
+        *_sets(ONE_EPOCH + ["model.num_classes=7", "data.mean_rgb=null"]),
+        "--data-root",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+    )
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
+    assert f"model.num_classes is 7 but {data}/train has 10 class folders; set model.num_classes: 10" in res.output
+    assert not (data / "mean_rgb.json").exists()  # refused before the pixel statistics
+
+
+def test_missing_or_absent_data_root_is_named(tmp_path):
+    run = ["--out", str(tmp_path / "run")]
+    res = _train_cli("--set", "data.root=null", *run)
+    assert res.exit_code == 1, res.output
+    assert "no dataset: data.root is not set in the recipe and no --data-root was given" in res.output
+    res = _train_cli("--set", "data.synthetic_seed=null", "--data-root", str(tmp_path / "nowhere"), *run)
+    assert res.exit_code == 1 and f"--data-root {tmp_path / 'nowhere'} does not exist" in res.output, res.output
+    (tmp_path / "empty").mkdir()
+    res = _train_cli("--set", "data.synthetic_seed=null", "--set", f"data.root={tmp_path / 'empty'}", *run)
+    assert res.exit_code == 1 and f"data.root {tmp_path / 'empty'} has no train/ folder" in res.output, res.output
+    assert "Traceback" not in res.output and not (tmp_path / "run").exists()
+
+
+def _damaged_copy(finished: Path, dest: Path, damage: dict[str, bytes | None]) -> Path:
+    """The finished run without its final weights, as if killed after its last checkpoint, with checkpoints
+    truncated to the given bytes (None: cut to half)."""
+    shutil.copytree(finished, dest)
+    (dest / "model.safetensors").unlink()
+    for name, content in damage.items():
+        path = dest / name
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2] if content is None else content)
+    return dest
+
+
+def test_resume_falls_back_from_a_damaged_newest_checkpoint(tmp_path, data, finished, caplog):
+    names = [p.name for p in list_checkpoints(finished)]
+    assert names == ["ckpt-e000-s00000002.pt", "ckpt-e000-s00000004.pt", "ckpt-e001-s00000005.pt"]
+    run = _damaged_copy(finished, tmp_path / "run", {names[2]: None})
+    # an old checkpoint still holding the always-empty "scaler" entry (issue 15.6) resumes as before
+    old = load_checkpoint(run / names[1])
+    torch.save({**old, "scaler": {}}, run / names[1])
+    with caplog.at_level(logging.WARNING):
+        train(load_recipe(SMOKE, ONE_EPOCH), run, data_root=data, resume=True, progress=False)
+    assert f"{run / names[2]} cannot be loaded (truncated or corrupt" in caplog.text
+    a, b = load_file(finished / "model.safetensors"), load_file(run / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # continued from step 4: same run
+
+
+def test_resume_over_empty_checkpoints_and_none_loadable(tmp_path, data, finished, caplog):
+    names = [p.name for p in list_checkpoints(finished)]
+    run = _damaged_copy(finished, tmp_path / "run", {names[2]: b"", names[1]: b"garbage"})
+    with caplog.at_level(logging.WARNING):
+        res = _train_cli(*_sets(ONE_EPOCH), "--resume", "--data-root", str(data), "--out", str(run))
+    assert res.exit_code == 0, res.output  # from step 2
+    assert f"{run / names[2]} cannot be loaded (empty file (0 bytes))" in caplog.text
+    assert f"{run / names[1]} cannot be loaded (truncated or corrupt" in caplog.text
+    assert load_file(run / "model.safetensors").keys() == load_file(finished / "model.safetensors").keys()
+
+    run2 = _damaged_copy(finished, tmp_path / "run2", dict.fromkeys(names, b""))
+    res = _train_cli(*_sets(ONE_EPOCH), "--resume", "--data-root", str(data), "--out", str(run2))
+    assert res.exit_code == 1 and "Aborted" not in res.output, res.output
+    assert f"Error: no checkpoint in {run2} can be loaded (ckpt-e001-s00000005.pt: empty file (0 bytes);" in res.output
+    assert "start over with --overwrite" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_unreadable_training_images_are_skipped_named_and_counted(tmp_path, caplog):
+    root = generate_synthetic(tmp_path / "d", classes=10, per_class=8, seed=0)
+    bad_train = sorted((root / "train").rglob("*.jpg"))[5]
+    bad_train.write_bytes(b"\xff\xd8\xff garbage")
+    bad_val = sorted((root / "val").rglob("*.jpg"))[0]
+    bad_val.write_bytes(b"")
+    r = load_recipe(SMOKE, ONE_EPOCH + ["optim.epochs=2"])  # mean_rgb: null, so mean RGB is computed too
+    with caplog.at_level(logging.WARNING):
+        out = train(r, tmp_path / "run", data_root=root, progress=False)
+    assert out["epochs"] == 2
+    assert f"skipping an unreadable training image: {bad_train}: not an image" in caplog.text
+    assert caplog.text.count(f"skipping an unreadable validation image: {bad_val}: empty file") == 1
+    assert f"skipping an unreadable image: {bad_train}" in caplog.text  # the mean RGB's pass
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r["kind"] == "step"]
+    assert sum(s["skipped_images"] for s in steps) == 2  # every image is used once an epoch
+    assert [r["unreadable_images"] for r in records if r["kind"] == "epoch"] == [2, 2]
+    assert json.loads((root / "mean_rgb.json").read_text())["images"] == 79
+
+
+def test_mean_rgb_skips_unreadable_images_and_names_broken_roots(tmp_path):
+    root = generate_synthetic(tmp_path / "d", classes=2, per_class=3, seed=1)
+    paths = sorted((root / "train").rglob("*.jpg"))
+    want = pixel_stats(paths[1:])
+    paths[0].write_bytes(b"not an image")
+    res = CliRunner().invoke(cli, ["mean-rgb", str(root)])
+    assert res.exit_code == 0 and "(5 images, 1 unreadable skipped)" in res.output, res.output
+    got = json.loads((root / "mean_rgb.json").read_text())
+    assert got["mean"] == pytest.approx(want["mean"]) and got["skipped"][0].startswith(str(paths[0]))
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "mean_rgb.json").write_text("{not json")
+    res = CliRunner().invoke(cli, ["mean-rgb", str(bare)])
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert f"Error: {bare}/mean_rgb.json: not valid JSON" in res.output and "no train/ folder" in res.output
+    (bare / "mean_rgb.json").unlink()
+    res = CliRunner().invoke(cli, ["mean-rgb", str(bare)])
+    assert res.exit_code == 1 and f"{bare} has no train/ folder" in res.output, res.output
+    (root / "mean_rgb.json").write_text("[1, 2]")  # parses, but is not the statistics: recomputed
+    assert cached_stats(root)["mean"] == pytest.approx(want["mean"])
+    with pytest.raises(StatsError, match="none of the 1 images can be read"):
+        pixel_stats(paths[:1])
+
+
+def test_full_disk_while_training_is_one_line(tmp_path, data, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("vggfeat.train.checkpoint.atomic_write_bytes", full)
+    run = tmp_path / "run"
+    res = _train_cli(*_sets(ONE_EPOCH), "--data-root", str(data), "--out", str(run))
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
+    assert f"Error: the disk is full while writing to {run}: free some space, then run again with --resume" in (
+        res.output
+    )
+
+
+def test_unwritable_run_folder_is_one_line(tmp_path, data):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    res = _train_cli(*_sets(ONE_EPOCH), "--data-root", str(data), "--out", str(blocker / "run"))
+    assert res.exit_code == 1 and f"Error: cannot write to {blocker / 'run'}" in res.output, res.output
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        res = _train_cli(*_sets(ONE_EPOCH), "--data-root", str(data), "--out", str(ro / "run"))
+    finally:
+        ro.chmod(0o755)
+    assert res.exit_code == 1 and "cannot write to" in res.output and "Permission denied" in res.output, res.output
