@@ -167,3 +167,44 @@ def test_zero_usable_images_is_an_error_naming_inputs_and_reasons(tmp_path, weig
     make_images(src, 1)
     assert extract(src, "-o", out, "--weights", weights, *FAST).exit_code == 0
     assert len(vggfeat.load_store(out)) == 1
+
+
+MISSION = ["--layer", "fc7", "imgs/"]  # the command users are told to type, exactly
+
+
+@pytest.mark.parametrize("extra", [["--weights", "torchvision:vgg16"]], ids=["named-weights"])
+def test_the_mission_command_as_typed_runs_end_to_end(primed_torch_home, tmp_path, monkeypatch, recwarn, extra):
+    """`vggfeat extract --layer fc7 imgs/`, nothing more: net D with the default weights torchvision:vgg16 (a
+    primed, offline torch.hub cache holding a narrow stand-in), the paper's scales, into vggfeat-out/imgs-fc7
+    (issue 13, 'Done when')."""
+    from vggfeat.features.extract import extract_features
+    from vggfeat.utils.files import sha256_file
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    images = sorted(str(p.relative_to(work)) for p in make_images(work / "imgs", 3, size=(72, 96)).iterdir())
+    result = extract(*MISSION, *extra)
+    assert result.exit_code == 0, result.output
+    assert "RANDOMLY" not in result.output
+    assert not [w for w in recwarn if "worker processes" in str(w.message)]  # 3 images: no 4 loader processes
+    store = vggfeat.load_store("vggfeat-out/imgs-fc7")
+    assert store.paths == images and store.manifest["layer"] == "fc7" and store.manifest["scales"] == [256, 384, 512]
+    (net,) = store.manifest["models"]
+    assert net["weights"] == "torchvision:vgg16" and net["weights_sha256"] == sha256_file(primed_torch_home)
+    expected = extract_features(vggfeat.load_model(primed_torch_home), images, layer="fc7", scales=(256, 384, 512))
+    np.testing.assert_allclose(store.features, expected, rtol=1e-5, atol=1e-6)
+    again = extract(*MISSION, *extra)
+    assert again.exit_code == 0 and "vggfeat-out/imgs-fc7 is already complete: 3 images" in again.output
+
+
+def test_loader_workers_are_capped_at_the_cpus_and_the_work(monkeypatch):
+    import os
+
+    from vggfeat.features.loader import usable_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert usable_workers(4, 1000) == 2  # the default 4 on a 2-core machine (torch warned, then contended)
+    assert usable_workers(4, 3) == 1  # one loader batch of 4 images
+    assert usable_workers(0, 1000) == 0
+    assert usable_workers(1, 1000) == 1

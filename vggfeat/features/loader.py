@@ -8,6 +8,7 @@ A bad file arrives as its reason instead, so one corrupt JPEG never stops a run.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -59,11 +60,22 @@ def _as_list(batch: list) -> list:
     return batch
 
 
+LOADER_BATCH = 4
+
+
+def usable_workers(workers: int, n_items: int) -> int:
+    """`workers` capped at the CPUs this process may use (more only contend, and torch warns about them) and
+    at the loader batches there are (3 images need no 4 processes)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, min(workers, cpus, -(-n_items // LOADER_BATCH)))
+
+
 def make_loader(dataset: ScaledImages, workers: int, pin_memory: bool) -> torch.utils.data.DataLoader:
-    """An ordered loader yielding lists of items; workers decode ahead of the net."""
+    """An ordered loader yielding lists of items; workers (at most `usable_workers`) decode ahead of the net."""
+    workers = usable_workers(workers, len(dataset))
     return torch.utils.data.DataLoader(
         dataset,
-        batch_size=4,
+        batch_size=LOADER_BATCH,
         shuffle=False,
         num_workers=workers,
         collate_fn=_as_list,
