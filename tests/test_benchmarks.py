@@ -83,8 +83,8 @@ def test_probe_extracts_at_the_papers_scales_unless_told(name, command, tmp_path
 
     seen = []
 
-    def record(images, out, settings, **kwargs):
-        seen.append((settings.scales, settings.aggregate))
+    def record(images, out, settings, *args, **kwargs):
+        seen.append((settings.protocol.scales, settings.protocol.aggregate))
         raise _Stop("stop before extracting")
 
     monkeypatch.setattr(probe_features, "cached_store", record)

@@ -248,3 +248,54 @@ def test_missing_dataset_root_is_reported_before_torch_is_imported(tmp_path):
         else:  # the folder exists but holds no benchmark: one line naming what is missing
             assert r["output"].startswith("Error: ") and r["output"].count("\n") == 1, r
         assert r["heavy"] == [], f"{r['args']} imported {r['heavy']} before checking its arguments"
+
+
+def test_index_search_keeps_queries_in_memory(voc, weights, tmp_path, monkeypatch):
+    import tempfile
+
+    from vggfeat.features import store as fs
+
+    store_dir = tmp_path / "store"
+    jpegs = voc / "VOCdevkit" / "VOC2007" / "JPEGImages"
+    invoke("extract", jpegs, "-o", store_dir, "--weights", weights, *FAST)
+    invoke("index", "build", store_dir, "-o", tmp_path / "idx")
+
+    def no_store(*a, **k):
+        raise AssertionError("index search wrote a temporary feature store")
+
+    # before: the queries went through extract_to_store into a TemporaryDirectory, chunk files and all
+    for module, name in [(tempfile, "TemporaryDirectory"), (tempfile, "mkdtemp"), (fs, "write_chunk")]:
+        monkeypatch.setattr(module, name, no_store)
+    queries = sorted(jpegs.glob("*.jpg"))[:2]
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    result = CliRunner().invoke(
+        cli, ["index", "search", str(tmp_path / "idx"), *map(str, queries), str(tmp_path / "bad.jpg"), "-k", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert [line for line in lines if not line.startswith(" ")][:2] == [str(q) for q in queries]
+    assert all(line.split()[2].endswith(q.name) for line, q in zip(lines[1::2], queries, strict=False))
+    assert "skipped" in result.output and "bad.jpg" in result.output
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["extract", "IMGS", "-o", "OUT"],
+        ["linear-probe", "voc2007", "--root", "VOC"],
+        ["knn-probe", "voc2007", "--root", "VOC"],
+    ],
+)
+def test_scales_are_one_parameter_type_everywhere(command, voc, tmp_path):
+    args = [str(voc) if a == "VOC" else str(tmp_path / a.lower()) if a in ("IMGS", "OUT") else a for a in command]
+    for value, message in [("abc", "expected comma-separated integers"), ("256,16", "Q = 16 is below the minimum 32")]:
+        result = CliRunner().invoke(cli, [*args, "--scales", value])
+        assert result.exit_code == 2 and message in result.output, result.output
+    result = CliRunner().invoke(cli, [*args, "--scales", "64,64"])
+    assert result.exit_code == 2 and "distinct" in result.output
+
+
+def test_cost_grid_parameter_type(voc, tmp_path):
+    for value in ("1,-2", "0.1,x", "nan", ""):
+        result = CliRunner().invoke(cli, ["linear-probe", "voc2007", "--root", str(voc), "--Cs", value])
+        assert result.exit_code == 2 and "positive numbers" in result.output, (value, result.output)

@@ -193,8 +193,10 @@ def test_cli_scales_errors(tmp_path, tiny_model):
     base = ["evaluate", "--weights", str(w), "--data-root", str(root), "--device", "cpu", "--quiet"]
     res = CliRunner().invoke(cli, base + ["--scales", "abc"])
     assert res.exit_code == 2 and "expected comma-separated integers" in res.output
-    res = CliRunner().invoke(cli, base + ["--scales", "16"])
-    assert res.exit_code == 1 and "Q = 16 is smaller than the 64 px crop" in res.output
+    res = CliRunner().invoke(cli, base + ["--scales", "256,16"])  # no VGG runs below 32 px: a usage error
+    assert res.exit_code == 2 and "Q = 16 is below the minimum 32" in res.output
+    res = CliRunner().invoke(cli, base + ["--scales", "48"])  # this net's crop is 64 px: known once it is loaded
+    assert res.exit_code == 1 and "Q = 48 is smaller than the 64 px crop" in res.output
     assert "Traceback" not in res.output
 
 

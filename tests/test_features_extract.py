@@ -210,3 +210,37 @@ def test_image_enormous_after_rescale_is_skipped_with_a_reason(tmp_path):
     assert reason is None and views[0].shape == (3, 4, 8000)
     with pytest.raises(vggfeat.VggfeatError, match="too large after rescaling"):
         evaluate_nets([tiny("vgg_a", seed=1)], Samples((strip,), (0,), ("a",)), protocols=["dense"], scales=(512,))
+
+
+def test_protocol_and_runtime_objects_equal_the_legacy_keywords():
+    from vggfeat.features.protocol import Protocol
+    from vggfeat.features.runtime import Runtime
+
+    model, images = tiny(), random_images([(64, 80), (72, 64)])
+    legacy = extract_features(model, images, scales=(64, 72), aggregate="stack", l2=False, batch_size=1, device="cpu")
+    objects = extract_features(
+        model, images, Protocol(scales=(64, 72), aggregate="stack", l2=False), Runtime(batch_size=1, device="cpu")
+    )
+    np.testing.assert_array_equal(objects, legacy)
+    assert objects.shape == (2, 2 * 32)
+    with pytest.raises(TypeError, match="inside protocol="):  # one of the two would silently lose
+        extract_features(model, images, Protocol(scales=(64,)), scales=(72,))
+    with pytest.raises(TypeError, match="inside runtime="):
+        extract_features(model, images, runtime=Runtime(), device="cpu")
+    with pytest.raises(TypeError, match="scale"):  # a typo is not ignored
+        extract_features(model, images, scale=(64,))
+
+
+def test_runtime_refuses_bad_values_as_input_errors():
+    from vggfeat.errors import InputError
+    from vggfeat.features.runtime import Runtime
+
+    for bad, match in [
+        (dict(precision="fp8"), "valid: auto, float32, bfloat16"),
+        (dict(batch_size=0), "batch size"),
+        (dict(workers=-1), "workers"),
+    ]:
+        with pytest.raises(InputError, match=match):
+            Runtime(**bad)
+    with pytest.raises(Exception, match="frozen|cannot assign"):
+        Runtime().batch_size = 2  # frozen: built once, shared by every call

@@ -137,7 +137,7 @@ def test_cli_winograd_switch(tmp_path, weights, monkeypatch):
 
     seen = []
     real = ex.extract_to_store
-    monkeypatch.setattr(ex, "extract_to_store", lambda *a, **kw: seen.append(kw["winograd"]) or real(*a, **kw))
+    monkeypatch.setattr(ex, "extract_to_store", lambda *a, **kw: seen.append(a[3].winograd) or real(*a, **kw))
     src = make_images(tmp_path / "imgs", 2)
     assert run([str(src), "-o", str(tmp_path / "w"), "--weights", weights, *FAST]).exit_code == 0
     assert run([str(src), "-o", str(tmp_path / "d"), "--weights", weights, "--no-winograd", *FAST]).exit_code == 0
@@ -282,6 +282,14 @@ def test_torchrun_two_processes_write_one_store(tmp_path, weights):
         "cpu",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's per-process default: same float reductions
+    script = tmp_path / "run_cli.py"
+    script.write_text(
+        "import os, pathlib, sys, torch.distributed as dist\n"
+        "from vggfeat.cli.main import cli\n"
+        "cli.main(sys.argv[1:], standalone_mode=False)\n"
+        f"pathlib.Path({str(tmp_path)!r}, 'rank' + os.environ['RANK'] + '.txt')"
+        ".write_text(os.environ['RANK'] + ' ' + str(dist.is_initialized()))\n"
+    )
     subprocess.run(
         [
             sys.executable,
@@ -289,8 +297,7 @@ def test_torchrun_two_processes_write_one_store(tmp_path, weights):
             "torch.distributed.run",
             "--nproc-per-node",
             "2",
-            "-m",
-            "vggfeat",
+            str(script),
             *common,
             "-o",
             str(tmp_path / "ddp"),
@@ -300,6 +307,8 @@ def test_torchrun_two_processes_write_one_store(tmp_path, weights):
         timeout=240,
         env=env,
     )
+    # each rank ran the command, then found no process group left: extraction destroys the one it made
+    assert sorted(p.read_text() for p in tmp_path.glob("rank*.txt")) == ["0 False", "1 False"]
     subprocess.run(
         [sys.executable, "-m", "vggfeat", *common, "-o", str(tmp_path / "one")],
         check=True,

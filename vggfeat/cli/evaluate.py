@@ -5,17 +5,8 @@ from __future__ import annotations
 
 import click
 
+from vggfeat.cli.params import SCALES
 from vggfeat.weight_sources import WEIGHTS_HELP
-
-
-def _parse_scales(ctx, param, value: str) -> list[int]:
-    try:
-        qs = [int(s) for s in value.split(",") if s.strip()]
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: expected comma-separated integers, e.g. 256,384,512") from None
-    if not qs or min(qs) < 1:
-        raise click.BadParameter(f"{value!r}: expected positive integers, e.g. 256,384,512")
-    return qs
 
 
 @click.command()
@@ -51,7 +42,7 @@ def _parse_scales(ctx, param, value: str) -> list[int]:
     "--scales",
     default="256,384,512",
     show_default=True,
-    callback=_parse_scales,
+    type=SCALES,
     help="Test scales Q, comma-separated; each at least the net's crop size.",
 )
 @click.option(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from vggfeat.cli.params import SCALES
 from vggfeat.weight_sources import WEIGHTS_HELP
 
 DEFAULT_OUT_DIR = Path("vggfeat-out")
@@ -24,16 +25,6 @@ def default_out(images: tuple[str, ...], layer: str) -> Path:
         names.append(name or path.resolve().name or "inputs")  # `.` names the current folder
     stem = names[0] if len(names) == 1 else f"{names[0]}-and-{len(names) - 1}-more"
     return DEFAULT_OUT_DIR / re.sub(r"[^\w.+-]+", "_", f"{stem}-{layer}")
-
-
-def parse_scales(value: str) -> tuple[int, ...]:
-    try:
-        scales = tuple(int(v) for v in value.replace(" ", "").split(",") if v)
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: give comma-separated integers, e.g. 256,384,512") from None
-    if not scales or min(scales) < 1:
-        raise click.BadParameter(f"{value!r}: give comma-separated positive integers, e.g. 256,384,512")
-    return scales
 
 
 # vggfeat.features.nets checks these names; written out here so --help does not import torch
@@ -70,6 +61,7 @@ LAYER_HELP = (
 @click.option("--layer", default="fc7", show_default=True, help=LAYER_HELP)
 @click.option(
     "--scales",
+    type=SCALES,
     default="256,384,512",
     show_default=True,
     help="Smallest image side Q at each scale (Appendix B: VOC 256-768, Caltech 256,384,512).",
@@ -193,11 +185,24 @@ def extract(
     """
     from vggfeat.features.extract import extract_to_store
     from vggfeat.features.nets import random_init_note
+    from vggfeat.features.protocol import Protocol
+    from vggfeat.features.runtime import Runtime
 
-    scale_list = parse_scales(scales)
     if out is None:
         out = str(default_out(images, layer))
         click.echo(f"no -o given: the store goes to {out}", err=True)
+    # what is computed and how, each built once here (a bad combination is one Error line)
+    protocol = Protocol(
+        layer=layer,
+        scales=scales,
+        flip=flip,
+        aggregate=aggregate,
+        l2=l2,
+        l2_parts=l2_parts,
+        snap=snap,
+        fast_decode=fast_decode,
+    )
+    runtime = Runtime(device=device, batch_size=batch_size, workers=workers, precision=precision, winograd=winograd)
     if weights and models and len(models) != len(weights):
         raise click.UsageError(
             f"{len(models)} --model but {len(weights)} --weights: give one weight file per "
@@ -223,21 +228,10 @@ def extract(
         store = extract_to_store(
             images,
             out,
+            protocol,
+            runtime,
             models=pairs,
-            layer=layer,
-            scales=scale_list,
-            flip=flip,
-            aggregate=aggregate,
-            l2=l2,
-            l2_parts=l2_parts,
-            snap=snap,
-            fast_decode=fast_decode,
-            batch_size=batch_size,
-            device=device,
-            workers=workers,
             dtype=dtype,
-            precision=precision,
-            winograd=winograd,
             seed=seed,
             overwrite=overwrite,
             strict=strict,
@@ -255,7 +249,7 @@ def extract(
         raise click.ClickException(str(e)) from None
     seconds = time.perf_counter() - start
     skipped = store.manifest["skipped"]
-    what = f"({store.dim}-D {store.features.dtype}, layer {layer}, scales {','.join(map(str, scale_list))})"
+    what = f"({store.dim}-D {store.features.dtype}, layer {layer}, scales {','.join(map(str, scales))})"
     if store.already_complete:
         click.echo(f"{store.root} is already complete: {len(store)} images {what}; nothing recomputed")
     else:

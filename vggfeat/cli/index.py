@@ -3,7 +3,6 @@ the same nets and protocol as the store (retrieval with the paper's descriptors)
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import click
@@ -63,7 +62,7 @@ def build(store, out, kind, gpu) -> None:
             "dim": fs.dim,
             "features": {
                 k: fs.manifest.get(k)
-                for k in ("models", "layer", "scales", "flip", "aggregate", "l2", "l2_parts", "snap")
+                for k in ("models", "layer", "scales", "flip", "aggregate", "l2", "l2_parts", "snap", "fast_decode")
             },
         }
         save_index(idx, out, meta)
@@ -79,41 +78,35 @@ def build(store, out, kind, gpu) -> None:
 def search(index_dir, images, k, device, seed) -> None:
     """Describe IMAGES (files, folders, @lists) exactly as the indexed store was made, and print each one's
     K nearest indexed images with their similarity."""
-    from vggfeat.features.extract import extract_to_store
+    from vggfeat.data.images import find_images
+    from vggfeat.errors import InputError
+    from vggfeat.features.extract import describe_images, no_usable_image
+    from vggfeat.features.nets import NetSpec, build_feature_net
+    from vggfeat.features.protocol import Protocol
+    from vggfeat.features.runtime import Runtime
     from vggfeat.probes.knn import load_index
     from vggfeat.probes.knn import search as knn_search
 
     idx, meta = load_index(index_dir)
     f = meta["features"]
-    models = [(m["model"], m["weights"]) for m in f["models"]]
+    # the store's protocol, rebuilt from index.json; queries are described in memory (no temporary store)
+    protocol = Protocol.from_dict(f)
     try:
-        with tempfile.TemporaryDirectory(prefix="vggfeat-query-") as tmp:
-            queries = extract_to_store(
-                images,
-                Path(tmp) / "q",
-                models=models,
-                layer=f["layer"],
-                scales=f["scales"],
-                flip=f["flip"],
-                aggregate=f["aggregate"],
-                l2=f["l2"],
-                l2_parts=bool(f.get("l2_parts")),
-                snap=int(f.get("snap") or 1),
-                device=device,
-                workers=0,
-                seed=seed,
-                progress=False,
-            )
-            q = queries.features[:].astype("float32")
-            q_paths, skipped = list(queries.paths), queries.manifest["skipped"]
+        paths = [str(p) for p in find_images(images)]
+        nets = [build_feature_net(NetSpec(m["model"], m["weights"]), protocol.layer, seed) for m in f["models"]]
     except FileNotFoundError as e:  # VggfeatError is shown by LazyGroup; other exceptions are bugs
         raise click.ClickException(str(e)) from None
-    # no usable query at all is an InputError from extract_to_store, naming each image and why it was skipped
+    if not paths:
+        raise InputError(f"no input images found in {', '.join(images)}")
+    rows, q, skipped = describe_images(nets, paths, protocol, Runtime(device=device))
+    if not len(rows):
+        raise no_usable_image(images, paths, skipped)
+    q_paths = [paths[i] for i in rows.tolist()]
     scores, ids = knn_search(idx, q, min(k, len(meta["paths"])))
     for path, row_s, row_i in zip(q_paths, scores, ids, strict=False):
         click.echo(path)
         for rank, (s, i) in enumerate(zip(row_s, row_i, strict=False), 1):
             if i >= 0:
                 click.echo(f"  {rank:>3}  {s:.4f}  {meta['paths'][i]}")
-    for item in skipped:
-        click.echo(f"skipped {item['path']}: {item['reason']}", err=True)
+    for i, reason in skipped:
+        click.echo(f"skipped {paths[i]}: {reason}", err=True)

@@ -26,26 +26,7 @@ from vggfeat.cli.probe_options import echo_split, probe_options, run_probe
     type=click.FloatRange(min=1e-6, min_open=True),
     help="Votes are weighted by exp(similarity / T).",
 )
-def knn_probe(
-    benchmark,
-    root,
-    out,
-    features,
-    models,
-    weights,
-    layer,
-    scales,
-    aggregate,
-    n_splits,
-    seed,
-    device,
-    batch_size,
-    workers,
-    quiet,
-    k,
-    kind,
-    temperature,
-) -> None:
+def knn_probe(k, kind, temperature, **opts) -> None:
     """Score BENCHMARK by k-nearest-neighbour votes among its training images' descriptors.
 
     Same benchmarks, splits, metrics and feature options as `vggfeat linear-probe` (see its --help).
@@ -63,21 +44,7 @@ def knn_probe(
         return run_knn_probe(splits, store, k=k, kind=kind, temperature=temperature, progress=echo_split)
 
     run_probe(
-        benchmark,
-        root,
-        out,
-        features,
-        models,
-        weights,
-        layer,
-        scales,
-        aggregate,
-        n_splits,
-        seed,
-        device,
-        batch_size,
-        workers,
-        quiet,
+        opts,
         stem="knn-probe",
         probe=probe,
     )

@@ -5,17 +5,8 @@ from __future__ import annotations
 
 import click
 
+from vggfeat.cli.params import COST_GRID
 from vggfeat.cli.probe_options import echo_split, probe_options, run_probe
-
-
-def parse_cs(value: str) -> tuple[float, ...]:
-    try:
-        cs = tuple(float(v) for v in value.replace(" ", "").split(",") if v)
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: give comma-separated positive numbers, e.g. 0.01,0.1,1,10") from None
-    if not cs or min(cs) <= 0:
-        raise click.BadParameter(f"{value!r}: give comma-separated positive numbers, e.g. 0.01,0.1,1,10")
-    return cs
 
 
 @click.command("linear-probe", context_settings={"max_content_width": 100})
@@ -23,6 +14,7 @@ def parse_cs(value: str) -> tuple[float, ...]:
 @click.option(
     "--Cs",
     "cs",
+    type=COST_GRID,
     default="0.001,0.003,0.01,0.03,0.1,0.3,1,3,10,30,100",
     show_default=True,
     help="SVM cost grid; each class's C is chosen on held-out training images, then refit on all.",
@@ -42,26 +34,7 @@ def parse_cs(value: str) -> tuple[float, ...]:
     help="svm: all classes and C values solved together as batched tensor work (GPU when there is "
     "one); sklearn: the reference, one LinearSVC per class and C.",
 )
-def linear_probe(
-    benchmark,
-    root,
-    out,
-    features,
-    models,
-    weights,
-    layer,
-    scales,
-    aggregate,
-    n_splits,
-    seed,
-    device,
-    batch_size,
-    workers,
-    quiet,
-    cs,
-    holdout,
-    classifier,
-) -> None:
+def linear_probe(cs, holdout, classifier, **opts) -> None:
     """Train one-vs-rest linear SVMs on frozen descriptors and score BENCHMARK by its own protocol.
 
     \b
@@ -84,7 +57,6 @@ def linear_probe(
       vggfeat linear-probe voc2007 --root /data --features voc07 --Cs 0.1,1,10
       vggfeat linear-probe caltech101 --root /data --weights d.safetensors    # stacks 3 scales
     """
-    grid = parse_cs(cs)
 
     def probe(splits, store):
         # imported here: sklearn and torch take seconds, and a missing dataset is reported before them
@@ -94,30 +66,12 @@ def linear_probe(
         return run_linear_probe(
             splits,
             store,
-            Cs=grid,
+            Cs=cs,
             classifier=classifier,
             holdout=holdout,
-            seed=seed,
-            device=resolve_device(device),
+            seed=opts["seed"],
+            device=resolve_device(opts["device"]),
             progress=echo_split,
         )
 
-    run_probe(
-        benchmark,
-        root,
-        out,
-        features,
-        models,
-        weights,
-        layer,
-        scales,
-        aggregate,
-        n_splits,
-        seed,
-        device,
-        batch_size,
-        workers,
-        quiet,
-        stem="linear-probe",
-        probe=probe,
-    )
+    run_probe(opts, stem="linear-probe", probe=probe)

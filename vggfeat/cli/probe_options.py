@@ -13,6 +13,7 @@ import click
 from vggfeat.benchmarks.base import benchmark_images
 from vggfeat.benchmarks.registry import BENCHMARKS, get_benchmark, load_benchmark
 from vggfeat.cli.extract import LAYER_HELP
+from vggfeat.cli.params import SCALES
 from vggfeat.weight_sources import WEIGHTS_HELP
 
 BENCHMARK_CHOICES = tuple(BENCHMARKS)
@@ -63,6 +64,7 @@ def probe_options(fn):
         click.option("--layer", default="fc7", show_default=True, help=LAYER_HELP),
         click.option(
             "--scales",
+            type=SCALES,
             default=None,
             help="Scales Q for on-the-fly extraction, e.g. 256,384,512 (fewer scales, faster). Default: each "
             f"benchmark's, the paper's setting (Appendix B): {PAPER_SETTINGS}.",
@@ -106,32 +108,10 @@ def load_splits(benchmark: str, root: str | None, out: Path, n_splits: int, seed
     return load_benchmark(benchmark, root, seed=seed, splits=n_splits, splits_dir=out / "splits")
 
 
-def probe_store(
-    benchmark,
-    splits,
-    out: Path,
-    features,
-    models,
-    weights,
-    layer,
-    scales,
-    aggregate,
-    seed,
-    device,
-    batch_size,
-    workers,
-    quiet,
-):
-    """The feature store to probe: --features, or an on-the-fly extraction cached under OUT/features."""
-    from vggfeat.cli.extract import parse_scales
+def _nets(models, weights, seed: int) -> tuple[tuple[str, str | None], ...]:
+    """(model, weight file or None) pairs of --model/--weights, warning loudly about random nets."""
     from vggfeat.features.nets import random_init_note
-    from vggfeat.features.store import load_store
-    from vggfeat.probes.features import ExtractionSettings, cached_store
 
-    if features:
-        if models or weights:
-            click.secho("note: --features given, so --model/--weights are ignored", fg="yellow", err=True)
-        return load_store(features)
     if weights and models and len(models) != len(weights):
         raise click.UsageError(f"{len(models)} --model but {len(weights)} --weights: give one weight file per model")
     pairs = (
@@ -148,68 +128,43 @@ def probe_store(
                 fg="yellow",
                 err=True,
             )
+    return pairs
+
+
+def probe_store(benchmark: str, splits, out: Path, opts: dict):
+    """The feature store to probe: --features, or an on-the-fly extraction cached under OUT/features, with
+    the benchmark's paper settings (Appendix B) unless --scales/--aggregate say otherwise."""
+    from vggfeat.features.protocol import Protocol
+    from vggfeat.features.runtime import Runtime
+    from vggfeat.features.store import load_store
+    from vggfeat.probes.features import ExtractionSettings, cached_store
+
+    if opts["features"]:
+        if opts["models"] or opts["weights"]:
+            click.secho("note: --features given, so --model/--weights are ignored", fg="yellow", err=True)
+        return load_store(opts["features"])
+    pairs = _nets(opts["models"], opts["weights"], opts["seed"])
     defaults = get_benchmark(benchmark)
-    settings = ExtractionSettings(
-        pairs,
-        layer=layer,
-        scales=parse_scales(scales) if scales else defaults.scales,
-        aggregate=aggregate or defaults.aggregate,
-        seed=seed,
+    protocol = Protocol(
+        layer=opts["layer"],
+        scales=opts["scales"] or defaults.scales,
+        aggregate=opts["aggregate"] or defaults.aggregate,
     )
+    runtime = Runtime(device=opts["device"], batch_size=opts["batch_size"], workers=opts["workers"])
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    return cached_store(
-        benchmark_images(splits),
-        out,
-        settings,
-        batch_size=batch_size,
-        device=device,
-        workers=workers,
-        progress=not quiet,
-    )
+    settings = ExtractionSettings(pairs, protocol, seed=opts["seed"])
+    return cached_store(benchmark_images(splits), out, settings, runtime, progress=not opts["quiet"])
 
 
-def run_probe(
-    benchmark,
-    root,
-    out,
-    features,
-    models,
-    weights,
-    layer,
-    scales,
-    aggregate,
-    n_splits,
-    seed,
-    device,
-    batch_size,
-    workers,
-    quiet,
-    *,
-    stem: str,
-    probe,
-) -> None:
-    """What both probe commands do: load the splits and the store, call `probe(splits, store)` (a ProbeResult),
-    write the report OUT/STEM.{json,md,png} and print its summary; bad input becomes a one-line error.
+def run_probe(opts: dict, *, stem: str, probe) -> None:
+    """What both probe commands do with the options of `probe_options` (OPTS): load the splits and the store,
+    call `probe(splits, store)` (a ProbeResult), write the report OUT/STEM.{json,md,png} and print its summary.
     The dataset is checked first, before torch, sklearn or faiss is imported: a wrong --root answers at once."""
-    out_dir = Path(out or Path("vggfeat-out") / benchmark)
+    benchmark = opts["benchmark"]
+    out_dir = Path(opts["out"] or Path("vggfeat-out") / benchmark)
     try:
-        splits = load_splits(benchmark, root, out_dir, n_splits, seed)
-        store = probe_store(
-            benchmark,
-            splits,
-            out_dir,
-            features,
-            models,
-            weights,
-            layer,
-            scales,
-            aggregate,
-            seed,
-            device,
-            batch_size,
-            workers,
-            quiet,
-        )
+        splits = load_splits(benchmark, opts["root"], out_dir, opts["n_splits"], opts["seed"])
+        store = probe_store(benchmark, splits, out_dir, opts)
         click.echo(
             f"{benchmark}: {len(splits[0].classes)} classes, {len(splits)} split(s), "
             f"{store.dim}-D features from {store.root}"

@@ -96,6 +96,8 @@ def run_demo(
     from vggfeat.benchmarks.registry import load_benchmark
     from vggfeat.data.synthetic_voc import make_voc2007
     from vggfeat.demo.report import write_demo_report
+    from vggfeat.features.protocol import Protocol
+    from vggfeat.features.runtime import Runtime
     from vggfeat.probes.features import ExtractionSettings, cached_store
     from vggfeat.probes.report import write_report
     from vggfeat.probes.run import run_knn_probe, run_linear_probe
@@ -148,6 +150,7 @@ def run_demo(
             ),
         }
         fc = cfg.features
+        runtime = Runtime(device="cpu", batch_size=32, workers=0)
         probes: dict[str, dict[str, Path]] = {}
         for i, (tag, weights) in enumerate(nets.items()):
             echo(
@@ -155,11 +158,10 @@ def run_demo(
                 f"({fc.aggregate} over scales, flip-averaged), linear SVMs and kNN on voc2007"
             )
             t = time.perf_counter()
-            settings = ExtractionSettings(
-                (("auto", str(weights)),), layer=fc.layer, scales=fc.scales, aggregate=fc.aggregate
-            )
+            protocol = Protocol(layer=fc.layer, scales=tuple(fc.scales), aggregate=fc.aggregate)
+            settings = ExtractionSettings((("auto", str(weights)),), protocol)
             folder = out / "probe" / tag
-            store = cached_store(images, folder, settings, batch_size=32, device="cpu", workers=0, progress=progress)
+            store = cached_store(images, folder, settings, runtime, progress=progress)
             linear = run_linear_probe(splits, store, Cs=cfg.probe.Cs, device="cpu")
             knn = run_knn_probe(splits, store, k=cfg.probe.k)
             probes[tag] = {

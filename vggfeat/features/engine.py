@@ -12,13 +12,11 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from vggfeat.errors import InputError
-
 from .loader import ScaledImages, make_loader
 from .nets import FeatureNet
 from .protocol import Protocol, combine
+from .runtime import Runtime
 
-PRECISIONS = ("auto", "float32", "bfloat16")
 # On CPU a forward over more than about a megapixel (originals and flips together) spills the caches:
 # full-size VGG-16 at Q=512 ran at 1.06 s per image in batches of 16 views, 0.92 s in batches of 2-4.
 CPU_BATCH_PIXELS = 1 << 20
@@ -26,33 +24,24 @@ Item = tuple[int, list[torch.Tensor]]  # (image index, one (3, H, W) uint8 tenso
 
 
 class DescriptorEngine:
-    def __init__(
-        self,
-        nets: Sequence[FeatureNet],
-        protocol: Protocol,
-        device: torch.device,
-        batch_size: int = 16,
-        precision: str = "auto",
-        max_batch_pixels: int | None = None,
-        winograd: bool = True,
-    ) -> None:
-        """`batch_size` images (with their flips) at most per forward; on CPU also at most
-        `max_batch_pixels` input pixels (default CPU_BATCH_PIXELS; no limit on CUDA). `winograd=False`
-        keeps every VGG conv a direct convolution on the CPU (vggfeat.models.fastconv)."""
-        if precision not in PRECISIONS:
-            raise InputError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
-        if batch_size < 1:
-            raise InputError(f"batch size must be >= 1, got {batch_size}")
-        self.nets, self.protocol, self.device, self.batch_size = list(nets), protocol, device, batch_size
+    def __init__(self, nets: Sequence[FeatureNet], protocol: Protocol, runtime: Runtime | None = None) -> None:
+        """At most `runtime.batch_size` images (with their flips) per forward; on CPU also at most
+        `runtime.max_batch_pixels` input pixels (default CPU_BATCH_PIXELS; no limit on CUDA)."""
+        runtime = runtime or Runtime()
+        device = runtime.torch_device()
+        self.nets, self.protocol, self.runtime, self.device = list(nets), protocol, runtime, device
+        self.batch_size = runtime.batch_size
         cuda = device.type == "cuda"
         self.max_batch_pixels = (
-            max_batch_pixels if max_batch_pixels is not None else (None if cuda else CPU_BATCH_PIXELS)
+            runtime.max_batch_pixels if runtime.max_batch_pixels is not None else (None if cuda else CPU_BATCH_PIXELS)
         )
-        bf16 = precision == "bfloat16" or (precision == "auto" and cuda)
+        bf16 = runtime.precision == "bfloat16" or (runtime.precision == "auto" and cuda)
         for net in self.nets:
-            # channels_last: cuDNN and oneDNN both run 3x3 convs fastest on NHWC (measured 1.1-1.2x on CPU)
             net.configure(
-                device, channels_last=True, autocast_dtype=torch.bfloat16 if bf16 else None, winograd=winograd
+                device,
+                channels_last=runtime.channels_last,
+                autocast_dtype=torch.bfloat16 if bf16 else None,
+                winograd=runtime.winograd,
             )
         if cuda:
             torch.backends.cudnn.benchmark = True  # a few canvas sizes recur: autotuning pays off
@@ -103,7 +92,6 @@ def describe_chunks(
     engine: DescriptorEngine,
     images: Sequence,
     chunks: Sequence[range],
-    workers: int,
     on_batch: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[range, np.ndarray, np.ndarray, list[tuple[int, str]]]]:
     """Yield (chunk, ok indices, their descriptors, [(index, reason) skipped]) chunk by chunk, in order.
@@ -115,7 +103,7 @@ def describe_chunks(
     if not indices:
         return
     dataset = ScaledImages(images, engine.protocol, indices)
-    loader = make_loader(dataset, workers, pin_memory=engine.device.type == "cuda")
+    loader = make_loader(dataset, engine.runtime.workers, pin_memory=engine.device.type == "cuda")
     chunk_iter = iter(chunks)
     chunk = next(chunk_iter)
     ok: list[Item] = []

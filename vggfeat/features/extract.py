@@ -3,6 +3,7 @@
 `extract_to_store` works chunk by chunk: each finished chunk is written atomically under OUT/.partial, so
 a run interrupted at any moment (Ctrl-C, kill -9) continues where it stopped when run again, and ends with
 exactly the uninterrupted result. Under torchrun, ranks take every world-size-th chunk; rank 0 assembles.
+What is computed travels as one Protocol (features.protocol), how as one Runtime (features.runtime).
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,14 @@ from torch import nn
 from vggfeat import __version__
 from vggfeat.data.images import ImageError, find_images
 from vggfeat.errors import InputError
-from vggfeat.utils.device import resolve_device
+from vggfeat.utils.distributed import DistInfo, barrier, env_info, process_group
 from vggfeat.utils.files import atomic_write_json
 
 from . import store as fs
 from .engine import DescriptorEngine, describe_chunks
 from .nets import FeatureNet, NetSpec, as_feature_net, build_feature_net, random_init_note
 from .protocol import Protocol
+from .runtime import Runtime, settings_from
 
 log = logging.getLogger(__name__)
 STORE_DTYPES = ("float32", "float16")
@@ -40,61 +42,56 @@ def _chunks(n: int, size: int) -> list[range]:
     return [range(start, min(start + size, n)) for start in range(0, n, size)]
 
 
+def describe_images(
+    nets: Sequence[FeatureNet], images: Sequence[Any], protocol: Protocol, runtime: Runtime, chunk_size: int = 256
+) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+    """(indices of the usable images, their descriptors (N_ok, D), [(index, reason) skipped]), in memory."""
+    engine = DescriptorEngine(nets, protocol, runtime)
+    rows, parts, skipped = [], [], []
+    for _, index, feats, bad in describe_chunks(engine, images, _chunks(len(images), chunk_size)):
+        rows.append(index)
+        parts.append(feats)
+        skipped.extend(bad)
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros((0, engine.dim), np.float32), skipped
+    return np.concatenate(rows), np.concatenate(parts), skipped
+
+
 def extract_features(
     model: nn.Module | FeatureNet | Sequence[nn.Module | FeatureNet],
     images: Sequence[Any],
+    protocol: Protocol | None = None,
+    runtime: Runtime | None = None,
     *,
-    layer: str = "fc7",
-    scales: Sequence[int] = (256, 384, 512),
-    flip: bool = True,
-    aggregate: str = "mean",
-    l2: bool = True,
-    l2_parts: bool = False,
-    snap: int = 1,
-    fast_decode: bool = False,
-    batch_size: int = 16,
-    device: str | torch.device = "auto",
-    workers: int = 0,
-    precision: str = "auto",
-    winograd: bool = True,
     chunk_size: int = 256,
+    **settings: Any,
 ) -> np.ndarray:
     """Descriptors (N, D) of `images` (paths, PIL images or HxWx3 uint8 arrays), in input order.
 
-    `model` is a vggfeat VGG (pooled at `layer`), a timm model, or a list of them (their descriptors are
-    stacked, the paper's D & E fusion); it runs in eval mode (no dropout) and gets its own mode back. A bad
-    image file raises ImageError naming it. On the CPU a VGG's wide 3x3 convs run as Winograd F(4x4, 3x3)
-    unless `winograd=False` (vggfeat.models.fastconv).
+    `model` is a vggfeat VGG (pooled at the protocol's layer), a timm model, or a list of them (their
+    descriptors are stacked, the paper's D & E fusion); it runs in eval mode (no dropout) and gets its own
+    mode back. `protocol` says what is computed (features.protocol: layer, scales, flip, aggregate, l2, ...),
+    `runtime` how (features.runtime: device, batch_size, workers, precision, winograd, ...); their fields are
+    also accepted as keywords, e.g. `scales=(256, 384)`, `device="cpu"`. A bad image file raises ImageError
+    naming it.
     """
+    protocol, runtime = settings_from(protocol, runtime, settings)
     models = list(model) if isinstance(model, (list, tuple)) else [model]
-    protocol = Protocol(layer, tuple(scales), flip, aggregate, l2, l2_parts, snap, fast_decode)
-    device = resolve_device(device) if isinstance(device, str) else device
     # descriptors are inference: dropout off whatever mode the caller's net is in (create_model returns a net
     # in training mode); each submodule's mode is put back afterwards, so a net being trained stays in training
     modes = [(module, module.training) for m in models for module in m.modules()]
     try:
-        nets = [as_feature_net(m, layer).eval() for m in models]
-        engine = DescriptorEngine(nets, protocol, device, batch_size, precision, winograd=winograd)
-        out = np.empty((len(images), engine.dim), dtype=np.float32)
-        for _, index, feats, skipped in describe_chunks(engine, images, _chunks(len(images), chunk_size), workers):
-            if skipped:
-                i, reason = skipped[0]
-                raise ImageError(images[i], reason)
-            out[index] = feats
+        nets = [as_feature_net(m, protocol.layer).eval() for m in models]
+        index, feats, skipped = describe_images(nets, images, protocol, runtime, chunk_size)
     finally:
         for module, training in modes:
             module.training = training
+    if skipped:
+        i, reason = skipped[0]
+        raise ImageError(images[i], reason)
+    out = np.empty_like(feats)
+    out[index] = feats  # every image, in input order
     return out
-
-
-def _dist_info() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        torch.distributed.barrier()
 
 
 def _settings(paths: list[str], specs: list[dict], protocol: Protocol, dtype: str, chunk_size: int) -> dict:
@@ -146,35 +143,30 @@ def _prepare_out(out: Path, settings: dict, overwrite: bool, rank: int) -> bool:
 def extract_to_store(
     images: Sequence[str | Path],
     out: str | Path,
+    protocol: Protocol | None = None,
+    runtime: Runtime | None = None,
     *,
     models: Sequence[tuple[str, str | Path | None]] = (("vgg_d", None),),
-    layer: str = "fc7",
-    scales: Sequence[int] = (256, 384, 512),
-    flip: bool = True,
-    aggregate: str = "mean",
-    l2: bool = True,
-    l2_parts: bool = False,
-    snap: int = 1,
-    fast_decode: bool = False,
-    batch_size: int = 16,
-    device: str = "auto",
-    workers: int = 2,
     dtype: str = "float32",
-    precision: str = "auto",
-    winograd: bool = True,
     seed: int = 0,
     overwrite: bool = False,
     strict: bool = False,
     progress: bool = True,
     chunk_size: int = 256,
+    **settings: Any,
 ) -> fs.FeatureStore:
-    """Extract descriptors of image files/folders/@lists into the store OUT, resuming an unfinished run."""
+    """Extract descriptors of image files/folders/@lists into the store OUT, resuming an unfinished run.
+
+    `protocol` and `runtime` as for `extract_features` (their fields also as keywords); the runtime's
+    default here uses 2 loader workers. Under torchrun the ranks share the chunks and the process group
+    this call creates is destroyed before it returns.
+    """
+    protocol, runtime = settings_from(protocol, runtime, settings, runtime_defaults={"workers": 2})
     if dtype not in STORE_DTYPES:
         raise InputError(f"unknown store dtype {dtype!r}; valid: {', '.join(STORE_DTYPES)}")
     paths = [str(p) for p in find_images(images)]
     if not paths:
         raise InputError(f"no input images found in {', '.join(map(str, images)) or 'the arguments'}")
-    protocol = Protocol(layer, tuple(scales), flip, aggregate, l2, l2_parts, snap, fast_decode)
     specs = [NetSpec(str(m), None if w is None else str(w)) for m, w in models]
     spec_info = [s.describe() for s in specs]
     settings = _settings(paths, spec_info, protocol, dtype, chunk_size)
@@ -182,71 +174,70 @@ def extract_to_store(
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
 
-    rank, world, local_rank = _dist_info()
-    if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
-        torch.distributed.init_process_group(backend)
-    if device == "auto" and world > 1 and torch.cuda.is_available():
-        device = f"cuda:{local_rank}"
-    if _prepare_out(out, settings, overwrite, rank):
-        log.info("%s is already complete with these settings: nothing to do", out)
-        store = fs.load_store(out)
-        store.already_complete = True
-        return store
+    env = env_info()
+    if env.world > 1 and runtime.device == "auto" and torch.cuda.is_available():
+        runtime = replace(runtime, device=f"cuda:{env.local_rank}")
+    with process_group(runtime.torch_device().type) as info:
+        rank, world = info.rank, info.world
+        if _prepare_out(out, settings, overwrite, rank):
+            log.info("%s is already complete with these settings: nothing to do", out)
+            store = fs.load_store(out)
+            store.already_complete = True
+            return store
 
-    for spec in specs:
-        if spec.weights is None:
-            log.warning(
-                "no weights for %s: it is RANDOMLY INITIALISED (%s) and its descriptors carry no learned information",
-                spec.model,
-                random_init_note(spec.model, seed),
-            )
-    torch_device = resolve_device(device)
-    if torch_device.type == "cuda" and torch_device.index is not None:
-        torch.cuda.set_device(torch_device)
-    nets = [build_feature_net(s, layer, seed) for s in specs]  # a bad --layer fails here, before any write
-    engine = DescriptorEngine(nets, protocol, torch_device, batch_size, precision, winograd=winograd)
-    settings_file = fs.partial_dir(out) / fs.SETTINGS_FILE
-    _barrier(world)
-    if rank == 0 and not settings_file.is_file():
-        fs.partial_dir(out).mkdir(parents=True, exist_ok=True)
-        atomic_write_json(settings_file, settings)
-    _barrier(world)
-    chunks = _chunks(len(paths), chunk_size)
-    mine = [c for c_id, c in enumerate(chunks) if c_id % world == rank]
-    todo = [c for c in mine if not fs.chunk_path(out, c.start // chunk_size).is_file()]
-    done_images = sum(len(c) for c in mine) - sum(len(c) for c in todo)
+        for spec in specs:
+            if spec.weights is None:
+                log.warning(
+                    "no weights for %s: it is RANDOMLY INITIALISED (%s); its descriptors carry no learned information",
+                    spec.model,
+                    random_init_note(spec.model, seed),
+                )
+        torch_device = runtime.torch_device()
+        if torch_device.type == "cuda" and torch_device.index is not None:
+            torch.cuda.set_device(torch_device)
+        nets = [build_feature_net(s, protocol.layer, seed) for s in specs]  # a bad --layer fails here, before writes
+        engine = DescriptorEngine(nets, protocol, runtime)
+        settings_file = fs.partial_dir(out) / fs.SETTINGS_FILE
+        barrier(info)
+        if rank == 0 and not settings_file.is_file():
+            fs.partial_dir(out).mkdir(parents=True, exist_ok=True)
+            atomic_write_json(settings_file, settings)
+        barrier(info)
+        chunks = _chunks(len(paths), chunk_size)
+        mine = [c for c_id, c in enumerate(chunks) if c_id % world == rank]
+        todo = [c for c in mine if not fs.chunk_path(out, c.start // chunk_size).is_file()]
+        done_images = sum(len(c) for c in mine) - sum(len(c) for c in todo)
 
-    bar = _ImageProgress(sum(len(c) for c in mine), done_images, len(protocol.scales), progress and rank == 0)
-    try:
-        for chunk, index, feats, skipped in describe_chunks(engine, paths, todo, workers, bar.batch_done):
-            if skipped and strict:
-                i, reason = skipped[0]
-                raise ImageError(paths[i], f"{reason} (--strict makes bad inputs fatal)")
-            fs.write_chunk(out, chunk.start // chunk_size, index, feats, skipped)
-            bar.chunk_done(len(chunk))
-    finally:
-        bar.close()
-    _barrier(world)
-    _check_some_usable(out, paths, images, len(chunks), world, rank, created)
-    if rank == 0:
-        manifest = {
-            "vggfeat_version": __version__,
-            "models": spec_info,
-            **protocol.to_dict(),
-            "dim": engine.dim,
-            "dtype": dtype,
-            "n_inputs": len(paths),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "settings": settings,
-        }
-        fs.assemble_store(out, len(chunks), paths, engine.dim, dtype, manifest)
-    _barrier(world)
-    return fs.load_store(out)
+        bar = _ImageProgress(sum(len(c) for c in mine), done_images, len(protocol.scales), progress and rank == 0)
+        try:
+            for chunk, index, feats, skipped in describe_chunks(engine, paths, todo, bar.batch_done):
+                if skipped and strict:
+                    i, reason = skipped[0]
+                    raise ImageError(paths[i], f"{reason} (--strict makes bad inputs fatal)")
+                fs.write_chunk(out, chunk.start // chunk_size, index, feats, skipped)
+                bar.chunk_done(len(chunk))
+        finally:
+            bar.close()
+        barrier(info)
+        _check_some_usable(out, paths, images, len(chunks), info, created)
+        if rank == 0:
+            manifest = {
+                "vggfeat_version": __version__,
+                "models": spec_info,
+                **protocol.to_dict(),
+                "dim": engine.dim,
+                "dtype": dtype,
+                "n_inputs": len(paths),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "settings": settings,
+            }
+            fs.assemble_store(out, len(chunks), paths, engine.dim, dtype, manifest)
+        barrier(info)
+        return fs.load_store(out)
 
 
 def _check_some_usable(
-    out: Path, paths: list[str], inputs: Sequence, n_chunks: int, world: int, rank: int, created: bool
+    out: Path, paths: list[str], inputs: Sequence, n_chunks: int, info: DistInfo, created: bool
 ) -> None:
     """An InputError naming the inputs and why each image was skipped when not one was usable (every rank
     raises it). The chunks are removed (and OUT, when this run made it): they hold nothing, and a rerun after
@@ -257,14 +248,19 @@ def _check_some_usable(
         if len(index):
             return
         skipped.extend(chunk_skipped)
-    _barrier(world)  # every rank has read the chunks before rank 0 removes them
-    if rank == 0:
+    barrier(info)  # every rank has read the chunks before rank 0 removes them
+    if info.rank == 0:
         shutil.rmtree(fs.partial_dir(out), ignore_errors=True)
         if created and not any(out.iterdir()):
             out.rmdir()
+    raise no_usable_image(inputs, paths, skipped)
+
+
+def no_usable_image(inputs: Sequence, paths: Sequence[str], skipped: list[tuple[int, str]]) -> InputError:
+    """The error when every input was skipped: the inputs as given, and why each image was (the first 5)."""
     why = "; ".join(f"{paths[i]}: {reason}" for i, reason in sorted(skipped)[:5])
     more = f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""
-    raise InputError(
+    return InputError(
         f"no usable image in {', '.join(map(str, inputs))}: all {len(paths)} inputs were skipped ({why}{more})"
     )
 

@@ -8,7 +8,7 @@ Caltech), stack the nets (D & E late fusion) and L2-normalise each final descrip
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,12 @@ class Protocol:
             raise InputError(f"unknown aggregate {self.aggregate!r}; valid: {', '.join(AGGREGATES)}")
         if self.snap < 1:
             raise InputError(f"snap must be >= 1, got {self.snap}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Protocol:
+        """The protocol a store manifest or index.json records; fields it lacks (older files) keep defaults."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: (tuple(v) if k == "scales" else v) for k, v in d.items() if k in names and v is not None})
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

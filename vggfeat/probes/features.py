@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vggfeat.features.protocol import Protocol
+from vggfeat.features.runtime import Runtime
 from vggfeat.features.store import FeatureStore, is_complete_store, load_store
 
 log = logging.getLogger(__name__)
@@ -23,23 +25,22 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ExtractionSettings:
-    """How to extract a benchmark's descriptors on the fly (the `vggfeat extract` options)."""
+    """What a benchmark's descriptors are: the nets, the protocol, and the seed of nets without weights."""
 
     models: tuple[tuple[str, str | None], ...]  # (model name, weight file or None for a random net)
-    layer: str = "fc7"
-    scales: tuple[int, ...] = (256, 384, 512)
-    aggregate: str = "mean"
-    flip: bool = True
-    l2: bool = True
-    l2_parts: bool = False
+    protocol: Protocol = Protocol()
     seed: int = 0
 
     def key(self) -> str:
         """A short hash naming the cache folder; weight files and names enter by content, not by name."""
         from vggfeat.models.resolve import resolve_weights
 
-        models = [(m, w if w is None or w == "random" else resolve_weights(w).sha256()) for m, w in self.models]
-        desc = {**self.__dict__, "models": models}
+        p = self.protocol.to_dict()
+        # the fields a cache key held before snap and fast_decode existed, so older caches are still found
+        desc = {k: p[k] for k in ("layer", "scales", "aggregate", "flip", "l2", "l2_parts")}
+        desc.update({k: p[k] for k in ("snap", "fast_decode") if p[k] != getattr(Protocol(), k)})
+        desc["models"] = [(m, w if w is None or w == "random" else resolve_weights(w).sha256()) for m, w in self.models]
+        desc["seed"] = self.seed
         return hashlib.sha256(json.dumps(desc, sort_keys=True, default=list).encode()).hexdigest()[:12]
 
 
@@ -47,10 +48,8 @@ def cached_store(
     images: Sequence[str],
     out: str | Path,
     settings: ExtractionSettings,
+    runtime: Runtime | None = None,
     *,
-    batch_size: int = 16,
-    device: str = "auto",
-    workers: int = 2,
     progress: bool = True,
 ) -> FeatureStore:
     """Extract `images` into OUT/features/<key>/ unless a finished store with these settings is there."""
@@ -66,17 +65,10 @@ def cached_store(
     return extract_to_store(
         images,
         root,
+        settings.protocol,
+        runtime or Runtime(workers=2),
         models=settings.models,
-        layer=settings.layer,
-        scales=settings.scales,
-        flip=settings.flip,
-        aggregate=settings.aggregate,
-        l2=settings.l2,
-        l2_parts=settings.l2_parts,
         seed=settings.seed,
-        batch_size=batch_size,
-        device=device,
-        workers=workers,
         progress=progress,
         overwrite=True,
     )

@@ -27,11 +27,11 @@ from vggfeat.data.transforms import normalize_batch
 from vggfeat.errors import InputError, VggfeatError
 from vggfeat.models import Preprocessing, create_model, init_from_net_a, read_weights, save_weights
 from vggfeat.utils.device import resolve_device
+from vggfeat.utils.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
 from vggfeat.utils.files import atomic_write_text
 
 from .checkpoint import PATTERN, latest_checkpoint, load_checkpoint, load_latest_checkpoint, save_checkpoint
 from .data import GlobalBatchSampler, TrainSet, ValSet, collate_skips, steps_per_epoch
-from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
 from .recipe import Recipe, accumulation_steps, recipe_to_dict
 from .schedule import PlateauState, plateau_step
 

@@ -1,0 +1,67 @@
+"""Click parameter types shared by the commands: test scales Q (Appendix B, Sect. 3.2) and SVM cost grids.
+
+A bad value is a usage error (exit 2) naming the value and an example, raised while click parses, before
+any work. Light: no torch import, so `--help` stays instant.
+"""
+
+from __future__ import annotations
+
+import click
+
+# Five 2x2 max-pools: below 32 px a VGG has no pool5 cell left, so no scale under it is usable (Sect. 2.1)
+MIN_SCALE = 32
+
+
+def _split(value: str) -> list[str]:
+    return [v for v in value.replace(" ", "").split(",") if v]
+
+
+class ScalesParam(click.ParamType):
+    """Comma-separated distinct integers Q >= `minimum`, e.g. 256,384,512 -> (256, 384, 512)."""
+
+    name = "Q,Q,..."
+
+    def __init__(self, minimum: int = MIN_SCALE) -> None:
+        self.minimum = minimum
+
+    def convert(self, value, param, ctx) -> tuple[int, ...]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            scales = tuple(int(v) for v in _split(str(value)))
+        except ValueError:
+            self.fail(f"{value!r}: expected comma-separated integers, e.g. 256,384,512", param, ctx)
+        if not scales:
+            self.fail(f"{value!r}: expected at least one scale, e.g. 256,384,512", param, ctx)
+        small = [q for q in scales if q < self.minimum]
+        if small:
+            self.fail(
+                f"{value!r}: Q = {', '.join(map(str, small))} is below the minimum {self.minimum} "
+                "(a VGG halves the image five times); e.g. 256,384,512",
+                param,
+                ctx,
+            )
+        if len(set(scales)) != len(scales):
+            self.fail(f"{value!r}: scales must be distinct", param, ctx)
+        return scales
+
+
+class CostGridParam(click.ParamType):
+    """Comma-separated positive numbers, e.g. 0.01,0.1,1,10 -> (0.01, 0.1, 1.0, 10.0)."""
+
+    name = "C,C,..."
+
+    def convert(self, value, param, ctx) -> tuple[float, ...]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            cs = tuple(float(v) for v in _split(str(value)))
+        except ValueError:
+            self.fail(f"{value!r}: expected comma-separated positive numbers, e.g. 0.01,0.1,1,10", param, ctx)
+        if not cs or min(cs) <= 0 or not all(c < float("inf") for c in cs):
+            self.fail(f"{value!r}: expected comma-separated positive numbers, e.g. 0.01,0.1,1,10", param, ctx)
+        return cs
+
+
+SCALES = ScalesParam()
+COST_GRID = CostGridParam()

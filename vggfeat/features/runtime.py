@@ -1,0 +1,75 @@
+"""How descriptors are computed, as opposed to what they are (features.protocol): device, batching, loader
+workers, compute precision and convolution algorithm. None of these changes a descriptor beyond float
+rounding, so a store's identity (its settings) holds the Protocol, never the Runtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from vggfeat.errors import InputError
+
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: str = "auto"  # auto (CUDA when torch sees a GPU), cpu, cuda or cuda:N; a torch.device works too
+    batch_size: int = 16  # images per forward pass; their flipped copies ride in the same batch
+    workers: int = 0  # loader processes decoding and rescaling images (0: in the calling process)
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, float32 on the CPU
+    winograd: bool = True  # on the CPU a VGG's wide 3x3 convs run as Winograd F(4x4, 3x3) (models.fastconv)
+    channels_last: bool = True  # NHWC: cuDNN and oneDNN run 3x3 convs fastest so (1.1-1.2x on CPU)
+    max_batch_pixels: int | None = None  # input pixels per CPU forward; None: engine.CPU_BATCH_PIXELS
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise InputError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
+        if self.batch_size < 1:
+            raise InputError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise InputError(f"workers must be >= 0, got {self.workers}")
+        if self.max_batch_pixels is not None and self.max_batch_pixels < 1:
+            raise InputError(f"max_batch_pixels must be >= 1, got {self.max_batch_pixels}")
+
+    def torch_device(self):
+        """The resolved torch.device (`auto` picks CUDA when there is a GPU)."""
+        import torch
+
+        from vggfeat.utils.device import resolve_device
+
+        return self.device if isinstance(self.device, torch.device) else resolve_device(self.device)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["device"] = str(self.device)
+        return d
+
+
+def settings_from(
+    protocol: Any, runtime: Runtime | None, legacy: dict[str, Any], runtime_defaults: dict[str, Any] | None = None
+) -> tuple[Any, Runtime]:
+    """(Protocol, Runtime) from the objects, or from the loose keyword arguments the API took before them
+    (layer=..., scales=..., batch_size=..., device=...). Mixing an object with its loose keywords is an error:
+    one of the two would silently lose."""
+    from .protocol import Protocol
+
+    p_names = {f.name for f in fields(Protocol)}
+    r_names = {f.name for f in fields(Runtime)}
+    unknown = sorted(set(legacy) - p_names - r_names)
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s) {', '.join(unknown)}")
+    p_kw = {k: v for k, v in legacy.items() if k in p_names}
+    r_kw = {k: v for k, v in legacy.items() if k in r_names}
+    if protocol is not None and p_kw:
+        raise TypeError(f"pass {', '.join(sorted(p_kw))} inside protocol=, not beside it")
+    if runtime is not None and r_kw:
+        raise TypeError(f"pass {', '.join(sorted(r_kw))} inside runtime=, not beside it")
+    if protocol is None:
+        if "scales" in p_kw:
+            p_kw["scales"] = tuple(p_kw["scales"])
+        protocol = Protocol(**p_kw)
+    if runtime is None:
+        runtime = Runtime(**{**(runtime_defaults or {}), **r_kw})
+    return protocol, runtime
