@@ -2,8 +2,9 @@
 
 Layouts: vggfeat's own (Caffe names, `conv3_2.weight`; fc weights as convs or as Caffe's 2-D matrices),
 torchvision's (`features.N`, `classifier.0` a Linear over a 7x7 pool5 map, reshaped into the 7x7 fc6
-conv of Sect. 3.2) and timm's (`features.N`, `pre_logits.fc1/fc2`, `head.fc`). Files are safetensors or
-PyTorch files read with `weights_only=True`: an arbitrary pickle is refused, never run.
+conv of Sect. 3.2) and timm's (`features.N`, `pre_logits.fc1/fc2`, `head.fc`). Files are safetensors,
+PyTorch files read with `weights_only=True` (an arbitrary pickle is refused, never run) or Caffe's
+.caffemodel (caffe.py: read into vggfeat's layout with Caffe's preprocessing).
 """
 
 from __future__ import annotations
@@ -39,9 +40,13 @@ class WeightsError(VggfeatError, ValueError):
 
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors and metadata of a weight file, without unpickling arbitrary objects."""
+    from .caffe import is_caffemodel, read_caffemodel
+
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weight file not found: {path}")
+    if path.suffix == ".caffemodel" or (path.suffix != ".safetensors" and is_caffemodel(path)):
+        return read_caffemodel(path)  # the authors' Caffe release, with Caffe's preprocessing (caffe.py)
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
