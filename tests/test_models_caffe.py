@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 
@@ -13,7 +14,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import vggfeat
-from vggfeat.models import CAFFE, PAPER, WeightsError, load_model, read_weights
+from vggfeat.models import CAFFE, PAPER, Preprocessing, WeightsError, load_model, read_weights
 from vggfeat.models.caffe import parse_caffemodel, read_caffemodel
 
 TINY = dict(width_mult=1 / 16, fc_dim=32, fc6_kernel=2, num_classes=10)
@@ -128,9 +129,19 @@ def test_renamed_caffemodel_is_recognised_by_its_content(tmp_path):
     assert load_model(renamed).preprocessing == CAFFE
 
 
-def test_converted_to_safetensors_keeps_caffe_preprocessing(tmp_path):
-    path = write(tmp_path / "net.caffemodel", tiny())
-    out = vggfeat.models.save_weights(load_model(path), tmp_path / "net.safetensors")
+def test_weights_info_and_convert_read_caffemodels(tmp_path):
+    from vggfeat.cli.main import cli
+
+    path = write(tmp_path / "VGG_ILSVRC_16_layers.caffemodel", tiny())
+    result = CliRunner().invoke(cli, ["weights", "info", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert (info["arch"], info["config"], info["options"]["fc6_kernel"]) == ("vgg_d", "D", 2)
+    assert Preprocessing.from_dict(info["preprocessing"]) == CAFFE
+    assert info["metadata"]["format"] == "caffe" and info["metadata"]["caffe_format"] == "V1 layers"
+    out = tmp_path / "vgg16-caffe.safetensors"
+    result = CliRunner().invoke(cli, ["weights", "convert", str(path), str(out)])
+    assert result.exit_code == 0, result.output
     again = load_model(out)
     assert again.preprocessing == CAFFE
     assert torch.equal(again.fc6.weight, load_model(path).fc6.weight)
@@ -225,3 +236,16 @@ def test_cli_extract_with_a_caffemodel(tmp_path):
     assert result.exit_code == 0, result.output
     expected = vggfeat.extract_features(original, images, scales=(64,), l2=False, device="cpu")
     np.testing.assert_allclose(np.load(out / "features.npy"), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_load_model_takes_the_read_arrays_as_parameters(tmp_path):
+    # one copy of the weights in memory: the parameters are the arrays the reader filled, trainable as usual
+    original = tiny()
+    path = write(tmp_path / "net.caffemodel", original, bgr=False)
+    model = load_model(path)
+    for name, param in model.named_parameters():
+        assert param.device.type == "cpu" and param.requires_grad and param.is_contiguous(), name
+        assert torch.equal(param, original.state_dict()[name]), name
+    model.train()
+    model(torch.rand(1, 3, 64, 64)).sum().backward()
+    assert model.fc6.weight.grad is not None and model.fc6.weight.grad.shape == (32, 32, 2, 2)

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 import pytest
 import torch
+from caffe_wire import caffe_layers, net_pieces, write_caffemodel
 
 import vggfeat
 import vggfeat.models
@@ -66,6 +67,9 @@ def tour_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("VGGFEAT_OFFLINE", "1")
     (tmp_path / "torch-home" / "hub" / "checkpoints").mkdir(parents=True)
     torch.save(state, tmp_path / "torch-home" / "hub" / "checkpoints" / "vgg16-397923af.pth")
+    # the authors' Caffe release as the 2014 files are laid out (V1 layers, BGR conv1_1), narrow
+    caffe_d = {k: v.numpy() for k, v in create_small("vgg16", seed=2, init="glorot").state_dict().items()}
+    write_caffemodel(tmp_path / "VGG_ILSVRC_16_layers.caffemodel", net_pieces(caffe_layers(caffe_d), fmt="V1"))
     return tmp_path
 
 
@@ -73,6 +77,9 @@ def tour_folder(tmp_path, monkeypatch):
 def test_python_blocks_run(tour_folder, line, code):
     namespace: dict = {"__name__": "readme"}
     exec(compile(code, f"README.md:{line}", "exec"), namespace)
+    if "caffe_d" in namespace:  # the Caffe file is read with its own convention
+        assert namespace["caffe_d"].preprocessing == vggfeat.models.CAFFE
+        assert namespace["caffe_d"].config == "D"
     model = namespace.get("model")
     if isinstance(model, torch.nn.Module) and "fc7" in namespace:
         # the tour's descriptors are deterministic: no dropout in the features a user computes

@@ -109,9 +109,13 @@ def load_model(weights: str | Path, name: str | None = None, *, preprocessing=No
     if name is not None:
         arch = name
     model = create_model(arch, device="meta", **{**inferred, **options})
-    model = model.to_empty(device="cpu")
-    # the tensors read above: the file is read once, not again by load_weights (issue 15.4)
-    load_tensors(model, tensors, meta, preprocessing=preprocessing, origin=source)
+    # the tensors read above: the file is read once, not again by load_weights (issue 15.4). The Caffe reader's
+    # arrays are this process's own memory: they become the parameters (one copy of a 528 MB net, not two).
+    # safetensors' tensors map the file (an in-place rewrite would change them), so they are copied in.
+    own = meta.get("format") == "caffe"
+    if not own:
+        model = model.to_empty(device="cpu")
+    load_tensors(model, tensors, meta, preprocessing=preprocessing, origin=source, assign=own)
     return model.eval()
 
 
