@@ -299,3 +299,28 @@ def test_cost_grid_parameter_type(voc, tmp_path):
     for value in ("1,-2", "0.1,x", "nan", ""):
         result = CliRunner().invoke(cli, ["linear-probe", "voc2007", "--root", str(voc), "--Cs", value])
         assert result.exit_code == 2 and "positive numbers" in result.output, (value, result.output)
+
+
+def test_probe_report_is_printed_from_memory_not_read_back(voc, tmp_path, monkeypatch):
+    """write_report returns the dict it wrote; the CLI prints its summary from that, never re-reading the JSON."""
+    import pathlib
+
+    from vggfeat.features.store import FEATURES_FILE, MANIFEST_FILE
+
+    jpegs = sorted((voc / "VOCdevkit" / "VOC2007" / "JPEGImages").glob("*.jpg"))
+    store = tmp_path / "store"
+    store.mkdir()
+    np.save(store / FEATURES_FILE, np.random.default_rng(0).standard_normal((len(jpegs), 8)).astype(np.float32))
+    (store / MANIFEST_FILE).write_text(json.dumps({"paths": [str(p) for p in jpegs], "skipped": []}))
+    real_read = pathlib.Path.read_text
+
+    def read_text(self, *a, **k):
+        assert not self.name.endswith("-probe.json"), "the report was read back from disk"
+        return real_read(self, *a, **k)
+
+    monkeypatch.setattr(pathlib.Path, "read_text", read_text)
+    out = tmp_path / "o"
+    text = invoke("knn-probe", "voc2007", "--root", voc, "-o", out, "--features", store, "-k", "3")
+    monkeypatch.undo()
+    written = json.loads((out / "knn-probe.json").read_text())
+    assert f"{written['headline']:.1f}" in text and str(out / "knn-probe.json") in text

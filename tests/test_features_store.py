@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -379,3 +380,38 @@ def test_rows_for_matches_resolved_paths_then_unique_tails(tmp_path, monkeypatch
         store.rows_for(["/data/c/3.jpg"])  # two rows end in c/3.jpg: ambiguous, so no match
     with pytest.raises(StoreError, match="skipped at extraction: empty file"):
         store.rows_for(["/data/a/9.jpg"])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_assemble_store_reads_each_chunk_once(tmp_path, monkeypatch, dtype):
+    paths = [f"img{i}.jpg" for i in range(7)]
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((7, 5)).astype(np.float32)
+    chunks = [([0, 2], [(1, "corrupt")]), ([3, 4, 5], []), ([], [(6, "empty file")])]
+    fs.partial_dir(tmp_path).mkdir()
+    for c, (index, skipped) in enumerate(chunks):
+        fs.write_chunk(tmp_path, c, np.array(index, dtype=np.int64), feats[index], skipped)
+    real_load, loads = np.load, []
+
+    def counting_load(file, *a, **k):
+        loads.append(os.path.basename(str(file)))
+        return real_load(file, *a, **k)
+
+    monkeypatch.setattr(np, "load", counting_load)
+    store = fs.assemble_store(tmp_path, len(chunks), paths, 5, dtype, {"layer": "fc7"})
+    # before: every chunk was opened twice, once to count the usable rows and once for their features
+    assert sorted(n for n in loads if n.startswith("chunk_")) == [f"chunk_{c:06d}.npz" for c in range(3)]
+    monkeypatch.undo()
+    ok = [0, 2, 3, 4, 5]
+    assert store.paths == [paths[i] for i in ok]
+    assert store.manifest["skipped"] == [
+        {"path": "img1.jpg", "reason": "corrupt"},
+        {"path": "img6.jpg", "reason": "empty file"},
+    ]
+    on_disk = np.load(tmp_path / fs.FEATURES_FILE)  # a plain .npy: its header says 5 rows, nothing follows them
+    assert on_disk.shape == (5, 5) and on_disk.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(on_disk, feats[ok].astype(dtype))
+    saved = io.BytesIO()
+    np.save(saved, on_disk)
+    assert (tmp_path / fs.FEATURES_FILE).stat().st_size == len(saved.getvalue())  # truncated after the 5th row
+    assert not (tmp_path / fs.PARTIAL_DIR).exists()

@@ -8,12 +8,12 @@ import faiss
 import numpy as np
 import pytest
 
+from vggfeat.features.protocol import l2_normalize
 from vggfeat.probes.knn import (
     build_index,
     default_nlist,
     default_pq_m,
     knn_scores,
-    l2_normalise,
     load_index,
     save_index,
     search,
@@ -33,7 +33,7 @@ def clustered(n=1200, d=32, centres=12, seed=0, noise=0.15):
     rng = np.random.default_rng(seed)
     c = rng.standard_normal((centres, d))
     labels = rng.integers(0, centres, n)
-    return l2_normalise(c[labels] + noise * rng.standard_normal((n, d))), labels
+    return l2_normalize(c[labels] + noise * rng.standard_normal((n, d))), labels
 
 
 def exact_topk(X, Q, k, metric):
@@ -58,7 +58,7 @@ def test_flat_equals_brute_force(metric):
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
 def test_approximate_recall_on_clustered_data(kind):
     X, _ = clustered()
-    Q = l2_normalise(X[:100] + 0.05 * np.random.default_rng(5).standard_normal((100, X.shape[1])))
+    Q = l2_normalize(X[:100] + 0.05 * np.random.default_rng(5).standard_normal((100, X.shape[1])))
     _, exact = exact_topk(X.astype(np.float64), Q.astype(np.float64), 10, "ip")
     _, ids = search(build_index(X, kind), Q, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact, strict=False)])
@@ -68,7 +68,7 @@ def test_approximate_recall_on_clustered_data(kind):
 def test_ivfpq_finds_the_right_cluster():
     # 4-bit, 4-byte codes cannot order near-duplicates, but the neighbours must come from the query's cluster
     X, y = clustered(n=800)
-    Q = l2_normalise(X[:100] + 0.05 * np.random.default_rng(5).standard_normal((100, X.shape[1])))
+    Q = l2_normalize(X[:100] + 0.05 * np.random.default_rng(5).standard_normal((100, X.shape[1])))
     _, ids = search(build_index(X, "ivfpq"), Q, 10)
     assert ids.min() >= 0 and np.mean(y[ids] == y[:100, None]) > 0.95
 

@@ -4,7 +4,6 @@ where its descriptors come from (a feature store, or nets extracted on the fly a
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from pathlib import Path
 
@@ -169,16 +168,17 @@ def run_probe(opts: dict, *, stem: str, probe) -> None:
             f"{benchmark}: {len(splits[0].classes)} classes, {len(splits)} split(s), "
             f"{store.dim}-D features from {store.root}"
         )
-        from vggfeat.probes.report import summary_lines, write_report  # sklearn: after the cheap checks
+        from vggfeat.probes.report import report_files, summary_lines, write_report  # sklearn: after cheap checks
 
-        files = write_report(probe(splits, store), out_dir, stem)
+        report = write_report(probe(splits, store), out_dir, stem)
     except FileNotFoundError as e:  # VggfeatError is shown by LazyGroup; other exceptions are bugs
         raise click.ClickException(str(e)) from None
     except OSError as e:
         raise click.ClickException(f"cannot write to {out_dir}: {e.strerror or e}") from None
     click.echo("")
-    for line in summary_lines(json.loads(files["json"].read_text())):
+    for line in summary_lines(report):
         click.echo(line)
+    files = report_files(out_dir, stem)
     click.echo(f"\nreport: {files['markdown']}, {files['json']}, {files['plot']}")
 
 

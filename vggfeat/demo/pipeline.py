@@ -99,7 +99,7 @@ def run_demo(
     from vggfeat.features.protocol import Protocol
     from vggfeat.features.runtime import Runtime
     from vggfeat.probes.features import ExtractionSettings, cached_store
-    from vggfeat.probes.report import write_report
+    from vggfeat.probes.report import report_files, write_report
     from vggfeat.probes.run import run_knn_probe, run_linear_probe
     from vggfeat.train.recipe import load_recipe
 
@@ -151,7 +151,7 @@ def run_demo(
         }
         fc = cfg.features
         runtime = Runtime(device="cpu", batch_size=32, workers=0)
-        probes: dict[str, dict[str, Path]] = {}
+        probes: dict[str, dict[str, tuple[dict, Path]]] = {}
         for i, (tag, weights) in enumerate(nets.items()):
             echo(
                 f"[{4 + i}/{STEPS}] {tag} net D: {fc.layer} descriptors at Q={','.join(map(str, fc.scales))} "
@@ -165,8 +165,8 @@ def run_demo(
             linear = run_linear_probe(splits, store, Cs=cfg.probe.Cs, device="cpu")
             knn = run_knn_probe(splits, store, k=cfg.probe.k)
             probes[tag] = {
-                "linear": write_report(linear, folder, "linear-probe")["json"],
-                "knn": write_report(knn, folder, "knn-probe")["json"],
+                name: (write_report(result, folder, stem), report_files(folder, stem)["json"])
+                for name, result, stem in (("linear", linear, "linear-probe"), ("knn", knn, "knn-probe"))
             }
             timings[f"probe_{tag}"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - start

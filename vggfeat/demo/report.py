@@ -1,9 +1,8 @@
 """The demo's report folder: demo.json (every number), demo.md, training_curve.png and per_class_ap.png.
-The probe numbers are read back from the probes' own report files, so the two can never disagree."""
+The probe numbers are the dicts the probes' own report files were written from, so the two never disagree."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +21,20 @@ def demo_dict(
     quick: bool,
     runs: dict[str, Path],
     summaries: dict[str, dict],
-    probes: dict[str, dict[str, Path]],
+    probes: dict[str, dict[str, tuple[dict, Path]]],
     timings: dict[str, float],
 ) -> dict[str, Any]:
+    """`probes`: per net, per probe ("linear", "knn"), (the report dict write_report wrote, its JSON file)."""
     results: dict[str, Any] = {}
-    for tag, files in probes.items():
-        linear = json.loads(Path(files["linear"]).read_text())
-        knn = json.loads(Path(files["knn"]).read_text())
+    for tag, reports in probes.items():
+        (linear, linear_file), (knn, knn_file) = reports["linear"], reports["knn"]
         results[tag] = {
             "linear_map": linear["headline"],
             "knn_map": knn["headline"],
             "per_class_ap": {r["class"]: r["value"] for r in linear["per_class"]},
             "chosen_C": {r["class"]: r["chosen_C"][0] for r in linear["per_class"]},
-            "linear_report": str(files["linear"]),
-            "knn_report": str(files["knn"]),
+            "linear_report": str(linear_file),
+            "knn_report": str(knn_file),
             "features": linear["features"],
         }
     return {

@@ -6,6 +6,7 @@ models and their weights' sha256; layer, scales, flip, aggregate, l2, dim, dtype
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,8 +115,6 @@ def write_chunk(
     root: Path, chunk_id: int, indices: np.ndarray, features: np.ndarray, skipped: list[tuple[int, str]]
 ) -> None:
     """One chunk's results, written atomically: a crash leaves the whole file or none."""
-    import io
-
     from vggfeat.utils.files import atomic_write_bytes
 
     buf = io.BytesIO()
@@ -135,33 +134,54 @@ def read_chunk(root: Path, chunk_id: int) -> tuple[np.ndarray, np.ndarray, list[
         return z["index"], z["features"], skipped
 
 
+def _shrink_rows(path: Path, n_rows: int) -> None:
+    """Cut the .npy file at `path` to its first `n_rows` rows in place: rewrite the header's shape and truncate.
+    numpy pads every header so its first dimension can change without moving the data."""
+    fmt = np.lib.format
+    with open(path, "r+b") as f:
+        version = fmt.read_magic(f)
+        read, write = {
+            (1, 0): (fmt.read_array_header_1_0, fmt.write_array_header_1_0),
+            (2, 0): (fmt.read_array_header_2_0, fmt.write_array_header_2_0),
+        }[version]
+        shape, fortran, dtype = read(f)
+        offset = f.tell()
+        header = io.BytesIO()
+        write(header, {"descr": fmt.dtype_to_descr(dtype), "fortran_order": fortran, "shape": (n_rows, *shape[1:])})
+        if len(header.getvalue()) != offset:  # no room for the new shape: never expected, checked all the same
+            raise StoreError(f"{path}: cannot rewrite the .npy header in place")
+        f.seek(0)
+        f.write(header.getvalue())
+        f.truncate(offset + n_rows * int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
+
+
 def assemble_store(
     root: Path, n_chunks: int, paths: list[str], dim: int, dtype: str, manifest: dict[str, Any]
 ) -> FeatureStore:
     """Stream the chunk files into features.npy, then write manifest.json (its presence marks a finished
-    store) and remove the chunks. Each final file appears atomically by rename."""
+    store) and remove the chunks. Each final file appears atomically by rename.
+
+    Each chunk is read once: rows go into room for every input, and the file is cut to the usable rows after."""
+    import shutil
+
     from vggfeat.utils.files import atomic_write_json
 
     root = Path(root)
-    n_ok = 0
+    tmp = root / f".{FEATURES_FILE}.tmp"
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=(len(paths), dim))
+    rows: list[str] = []
     skipped: list[tuple[int, str]] = []
     for c in range(n_chunks):
-        index, _, chunk_skipped = read_chunk(root, c)
-        n_ok += len(index)
-        skipped.extend(chunk_skipped)
-    tmp = root / f".{FEATURES_FILE}.tmp"
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=(n_ok, dim))
-    rows: list[str] = []
-    for c in range(n_chunks):
-        index, feats, _ = read_chunk(root, c)
+        index, feats, chunk_skipped = read_chunk(root, c)
         out[len(rows) : len(rows) + len(index)] = feats
         rows.extend(paths[i] for i in index.tolist())
+        skipped.extend(chunk_skipped)
     out.flush()
     del out
+    if len(rows) < len(paths):  # skipped inputs have no row
+        _shrink_rows(tmp, len(rows))
     tmp.replace(root / FEATURES_FILE)
     manifest = {**manifest, "paths": rows, "skipped": [{"path": paths[i], "reason": r} for i, r in sorted(skipped)]}
     atomic_write_json(root / MANIFEST_FILE, manifest)
-    import shutil
-
     shutil.rmtree(partial_dir(root), ignore_errors=True)
     return load_store(root)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,7 @@ def create_model(
     (`extract_features` does that itself, and gives the net its mode back).
     """
     spec = resolve_name(name)
-    with torch.device(device) if device is not None else _nullcontext():
+    with torch.device(device) if device is not None else contextlib.nullcontext():
         model = VGG(spec.config, lrn=spec.lrn, num_classes=num_classes, **options)
     model.arch = spec.name
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -117,14 +118,6 @@ def load_model(weights: str | Path, name: str | None = None, *, preprocessing=No
         model = model.to_empty(device="cpu")
     load_tensors(model, tensors, meta, preprocessing=preprocessing, origin=source, assign=own)
     return model.eval()
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def count_parameters(model: torch.nn.Module) -> int:

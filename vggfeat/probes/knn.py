@@ -20,6 +20,7 @@ import faiss
 import numpy as np
 
 from ..errors import VggfeatError
+from ..features.protocol import l2_normalize
 from ..utils.files import atomic_write_bytes, atomic_write_json, read_json, replace_dir
 from ..utils.locks import folder_lock
 
@@ -43,13 +44,6 @@ def _as_matrix(X: np.ndarray, name: str) -> np.ndarray:
     if X.ndim != 2 or X.shape[0] == 0:
         raise ValueError(f"{name} must be a non-empty (N, D) matrix, got shape {X.shape}")
     return X
-
-
-def l2_normalise(X: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero), as float32."""
-    X = np.asarray(X, dtype=np.float32)
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    return np.ascontiguousarray(X / np.maximum(norms, 1e-12))
 
 
 def default_nlist(n: int) -> int:
@@ -248,7 +242,7 @@ def knn_scores(
     """
     labels = np.asarray(train_labels)
     multilabel = labels.ndim == 2 if multilabel is None else multilabel
-    train_X, test_X = l2_normalise(_as_matrix(train_X, "train_X")), l2_normalise(_as_matrix(test_X, "test_X"))
+    train_X, test_X = l2_normalize(_as_matrix(train_X, "train_X")), l2_normalize(_as_matrix(test_X, "test_X"))
     if len(labels) != len(train_X):
         raise ValueError(f"{len(train_X)} training rows but {len(labels)} labels")
     if temperature <= 0:

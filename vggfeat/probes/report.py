@@ -162,13 +162,19 @@ def plot(result: ProbeResult, path: Path) -> None:
     tmp.replace(path)
 
 
-def write_report(result: ProbeResult, out: str | Path, stem: str) -> dict[str, Path]:
-    """Write STEM.json, STEM.md and STEM.png into OUT (each atomically); returns their paths."""
+def report_files(out: str | Path, stem: str) -> dict[str, Path]:
+    """The files `write_report` writes: OUT/STEM.json, OUT/STEM.md, OUT/STEM.png."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    return {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md", "plot": out / f"{stem}.png"}
+
+
+def write_report(result: ProbeResult, out: str | Path, stem: str) -> dict[str, Any]:
+    """Write STEM.json, STEM.md and STEM.png into OUT (each atomically); returns the report dict written to
+    STEM.json, so callers need not read it back (`report_files` names the files)."""
+    Path(out).mkdir(parents=True, exist_ok=True)
     report = report_dict(result)
-    paths = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md", "plot": out / f"{stem}.png"}
+    paths = report_files(out, stem)
     atomic_write_json(paths["json"], report)
     atomic_write_text(paths["markdown"], markdown(report))
     plot(result, paths["plot"])
-    return paths
+    return report
