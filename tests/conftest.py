@@ -73,6 +73,18 @@ def torchvision_cache_file(name: str):
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(get_model_weights(name).DEFAULT.url)
 
 
+@pytest.fixture(autouse=True)
+def _never_download(monkeypatch, tmp_path_factory):
+    """Every test runs offline against empty caches: a name that a test did not prime is an error, never a
+    download, and a developer's own caches cannot make a test pass."""
+    empty = tmp_path_factory.getbasetemp() / "empty-caches"
+    monkeypatch.setenv("VGGFEAT_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(empty / "torch"))
+    monkeypatch.setenv("HF_HOME", str(empty / "huggingface"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+
+
 @pytest.fixture
 def offline_caches(tmp_path, monkeypatch):
     """Empty torch.hub and Hugging Face caches in tmp_path, downloads off, and any download attempt a failure."""

@@ -107,7 +107,7 @@ def test_cli_errors_are_clear(tmp_path, weights):
     assert result.exit_code != 0 and "comma-separated" in result.output
 
 
-def test_random_weights_warn_loudly(tmp_path):
+def test_random_weights_only_when_asked_and_said(tmp_path):
     src = make_images(tmp_path / "imgs", 1, sizes=((224, 230),))
     result = CliRunner().invoke(
         cli,
@@ -118,6 +118,8 @@ def test_random_weights_warn_loudly(tmp_path):
             str(tmp_path / "o"),
             "--model",
             "vgg_a",
+            "--weights",
+            "random",
             "--scales",
             "224",
             "--no-flip",
@@ -129,8 +131,10 @@ def test_random_weights_warn_loudly(tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "RANDOMLY INITIALISED" in result.output
+    assert "note: --weights random: vgg_a is randomly initialised (Glorot, seed 0)" in result.stderr
     assert np.load(tmp_path / "o" / "features.npy").shape == (1, 512)
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["models"] == [{"model": "vgg_a", "weights": "random", "weights_sha256": None}]
 
 
 def test_cli_winograd_switch(tmp_path, weights, monkeypatch):

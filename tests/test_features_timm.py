@@ -98,14 +98,38 @@ def test_cli_timm_layer_choices_and_no_glorot_claim(tmp_path):
     runner = CliRunner()
     bad = runner.invoke(
         cli,
-        ["extract", str(src), "-o", str(tmp_path / "bad"), "--model", "timm:test_resnet", "--layer", "banana", *FAST],
+        [
+            "extract",
+            str(src),
+            "-o",
+            str(tmp_path / "bad"),
+            "--model",
+            "timm:test_resnet",
+            "--weights",
+            "random",
+            "--layer",
+            "banana",
+            *FAST,
+        ],  # fmt: skip
     )
     assert bad.exit_code == 1, bad.output
     assert "Error: unknown layer 'banana' for timm model test_resnet; valid: fc7, pre_logits" in bad.output
     assert "layer2" in bad.output and not (tmp_path / "bad" / "features.npy").exists()
     ok = runner.invoke(
         cli,
-        ["extract", str(src), "-o", str(tmp_path / "ok"), "--model", "timm:test_resnet", "--layer", "layer2", *FAST],
+        [
+            "extract",
+            str(src),
+            "-o",
+            str(tmp_path / "ok"),
+            "--model",
+            "timm:test_resnet",
+            "--weights",
+            "random",
+            "--layer",
+            "layer2",
+            *FAST,
+        ],  # fmt: skip
     )
     assert ok.exit_code == 0, ok.output
     assert "timm's own init" in ok.output and "Glorot" not in ok.output

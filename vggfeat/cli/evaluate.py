@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from vggfeat.cli.params import SCALES
-from vggfeat.weight_sources import WEIGHTS_HELP
+from vggfeat.weight_sources import DEFAULT_WEIGHTS, WEIGHTS_HELP
 
 
 @click.command()
@@ -14,7 +14,6 @@ from vggfeat.weight_sources import WEIGHTS_HELP
     "--weights",
     "weights",
     multiple=True,
-    required=True,
     help="Repeat to fuse several nets (posteriors averaged). " + WEIGHTS_HELP,
 )
 @click.option(
@@ -69,6 +68,11 @@ def evaluate(
     from vggfeat.models import load_model
     from vggfeat.utils.device import resolve_device
 
+    if not weights:
+        from vggfeat.cli.weights import say_default
+
+        weights = (DEFAULT_WEIGHTS,)
+        say_default([DEFAULT_WEIGHTS])
     root = Path(data_root)
     qs = scales
     dev = resolve_device(device)

@@ -50,7 +50,7 @@ LAYER_HELP = (
     "models",
     multiple=True,
     help="Net name (vgg_d, vgg16, ... see `vggfeat models`) or timm:NAME. Repeat with --weights "
-    "to stack several nets (the paper's D & E fusion). Default: read from the weights, else vgg_d.",
+    "to stack several nets (the paper's D & E fusion). Default: read from the weights (net D by default).",
 )
 @click.option(
     "--weights",
@@ -126,7 +126,7 @@ LAYER_HELP = (
     help="On the CPU, run VGG's wide 3x3 convs (conv2_2 on) as Winograd F(4x4,3x3) in float32: "
     "about 1.35x faster VGG-16 extraction; descriptors agree with direct convolution to ~1e-7.",
 )
-@click.option("--seed", default=0, show_default=True, help="Seed of the random init when no --weights is given.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random init of --weights random.")
 @click.option(
     "--chunk-size",
     default=256,
@@ -183,8 +183,8 @@ def extract(
           --scales 256,384,512,640,768
       torchrun --nproc-per-node 4 -m vggfeat extract imgs/ -o feats --weights d.safetensors
     """
+    from vggfeat.cli.weights import net_pairs
     from vggfeat.features.extract import extract_to_store
-    from vggfeat.features.nets import random_init_note
     from vggfeat.features.protocol import Protocol
     from vggfeat.features.runtime import Runtime
 
@@ -203,26 +203,8 @@ def extract(
         fast_decode=fast_decode,
     )
     runtime = Runtime(device=device, batch_size=batch_size, workers=workers, precision=precision, winograd=winograd)
-    if weights and models and len(models) != len(weights):
-        raise click.UsageError(
-            f"{len(models)} --model but {len(weights)} --weights: give one weight file per "
-            "model, or none for random nets"
-        )
-    pairs = (
-        list(zip(models or ["auto"] * len(weights), weights, strict=True))
-        if weights
-        else [(m, None) for m in models or ["vgg_d"]]
-    )
+    pairs = net_pairs(models, weights, seed)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    for name, w in pairs:
-        if w is None:
-            click.secho(
-                f"WARNING: no --weights for {name}: the net is RANDOMLY INITIALISED "
-                f"({random_init_note(name, seed)}). "
-                "Its descriptors carry no learned information.",
-                fg="yellow",
-                err=True,
-            )
     start = time.perf_counter()
     try:
         store = extract_to_store(

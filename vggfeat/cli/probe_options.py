@@ -107,32 +107,10 @@ def load_splits(benchmark: str, root: str | None, out: Path, n_splits: int, seed
     return load_benchmark(benchmark, root, seed=seed, splits=n_splits, splits_dir=out / "splits")
 
 
-def _nets(models, weights, seed: int) -> tuple[tuple[str, str | None], ...]:
-    """(model, weight file or None) pairs of --model/--weights, warning loudly about random nets."""
-    from vggfeat.features.nets import random_init_note
-
-    if weights and models and len(models) != len(weights):
-        raise click.UsageError(f"{len(models)} --model but {len(weights)} --weights: give one weight file per model")
-    pairs = (
-        tuple(zip(models or ["auto"] * len(weights), weights, strict=False))
-        if weights
-        else tuple((m, None) for m in models or ["vgg_d"])
-    )
-    for name, w in pairs:
-        if w is None:
-            click.secho(
-                f"WARNING: no --weights for {name}: the net is RANDOMLY INITIALISED "
-                f"({random_init_note(name, seed)}); "
-                "pass --weights or --features for meaningful results.",
-                fg="yellow",
-                err=True,
-            )
-    return pairs
-
-
 def probe_store(benchmark: str, splits, out: Path, opts: dict):
     """The feature store to probe: --features, or an on-the-fly extraction cached under OUT/features, with
     the benchmark's paper settings (Appendix B) unless --scales/--aggregate say otherwise."""
+    from vggfeat.cli.weights import net_pairs
     from vggfeat.features.protocol import Protocol
     from vggfeat.features.runtime import Runtime
     from vggfeat.features.store import load_store
@@ -142,7 +120,7 @@ def probe_store(benchmark: str, splits, out: Path, opts: dict):
         if opts["models"] or opts["weights"]:
             click.secho("note: --features given, so --model/--weights are ignored", fg="yellow", err=True)
         return load_store(opts["features"])
-    pairs = _nets(opts["models"], opts["weights"], opts["seed"])
+    pairs = tuple(net_pairs(opts["models"], opts["weights"], opts["seed"]))
     defaults = get_benchmark(benchmark)
     protocol = Protocol(
         layer=opts["layer"],

@@ -7,7 +7,7 @@ import json
 
 import click
 
-from vggfeat.weight_sources import WEIGHTS_HELP
+from vggfeat.weight_sources import RANDOM, TIMM_PREFIX, WEIGHTS_HELP, default_weights
 
 GROUP_HELP = (
     "Inspect weights and convert them to vggfeat's safetensors.\n\n"
@@ -17,6 +17,49 @@ GROUP_HELP = (
     "  vggfeat weights convert VGG_ILSVRC_16_layers.caffemodel vgg16-caffe.safetensors\n"
     "  vggfeat weights convert torchvision:vgg16 vgg16.safetensors   (on a machine with network)\n"
 )
+
+
+def net_pairs(models: tuple[str, ...], weights: tuple[str, ...], seed: int) -> list[tuple[str, str]]:
+    """(model, weights) of each net of a feature command: one --weights per --model, else each net's default
+    pretrained weights (issue 13.4: random init only with --weights random, said on stderr)."""
+    if weights and models and len(models) != len(weights):
+        raise click.UsageError(
+            f"{len(models)} --model but {len(weights)} --weights: give one --weights (a file, a name or random) "
+            "per --model, or none for each net's default pretrained weights"
+        )
+    if weights:
+        # a random net has no file to read its architecture from: "auto" is net D
+        pairs = [
+            ("vgg_d" if m == "auto" and w == RANDOM else m, w)
+            for m, w in zip(models or ["auto"] * len(weights), weights, strict=True)
+        ]
+    else:
+        pairs = [(m, default_weights(m)) for m in models or ["auto"]]
+        say_default([w for _, w in pairs])
+    for name, w in pairs:
+        if w == RANDOM:
+            init = "timm's own init" if name.startswith(TIMM_PREFIX) else "Glorot"
+            click.secho(
+                f"note: --weights random: {name} is randomly initialised ({init}, seed {seed}); its descriptors "
+                "carry no learned information",
+                fg="yellow",
+                err=True,
+            )
+    return pairs
+
+
+def say_default(names: list[str]) -> None:
+    """Name the default weights on stderr when they are at hand; when they are not, say nothing here: the
+    command stops later with the one line naming the missing file (after its own input checks), or downloads."""
+    from vggfeat.models.resolve import resolve_weights
+    from vggfeat.models.weights import WeightsError
+
+    try:
+        for name in names:
+            resolve_weights(name, download=False)
+    except WeightsError:
+        return
+    click.echo(f"weights: {', '.join(names)} (the default; --weights to choose)", err=True)
 
 
 @click.group("weights", help=GROUP_HELP, context_settings={"max_content_width": 100})

@@ -16,7 +16,7 @@ from torch import nn
 
 from vggfeat.errors import LayerError
 from vggfeat.models import Preprocessing, create_model, load_model
-from vggfeat.models.resolve import resolve_weights
+from vggfeat.models.resolve import check_vggfeat_net, resolve_weights
 from vggfeat.models.weights import WeightsError, read_weights
 from vggfeat.weight_sources import RANDOM
 
@@ -36,6 +36,8 @@ class NetSpec:
     def describe(self) -> dict:
         if self.weights is None:
             return {"model": self.model, "weights": None, "weights_sha256": None}
+        if not self.model.startswith(TIMM_PREFIX):
+            check_vggfeat_net(self.weights)  # timm:resnet50 for a VGG: refused before any download
         # a name as given (portable), a file by absolute path (found later from another directory too)
         return {"model": self.model, **resolve_weights(self.weights).describe()}
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .preprocessing import PAPER, resolve_preprocessing
-from .resolve import ResolvedWeights, resolve_weights
+from .resolve import ResolvedWeights, check_vggfeat_net, resolve_weights
 from .weights import (
     _LAYOUT_PREPROCESSING,
     WeightsError,
@@ -31,6 +31,7 @@ def weights_info(value: str | Path | ResolvedWeights) -> dict[str, Any]:
     a weight file or name; the tensors are checked against the net they describe (a WeightsError if not)."""
     from .registry import SPECS, count_parameters, create_model
 
+    check_vggfeat_net(value)
     resolved = resolve_weights(value)
     if resolved.is_random:
         model = create_model("vgg_d", device="meta")

@@ -89,9 +89,10 @@ def load_model(weights: str | Path, name: str | None = None, *, preprocessing=No
     name (torchvision:vgg16, timm:..., hf-hub:..., see `vggfeat.models.resolve`) or "random" (net `name`,
     default vgg_d, Glorot-initialised). Returns it in eval mode.
     """
-    from .resolve import resolve_weights
+    from .resolve import check_vggfeat_net, resolve_weights
     from .weights import check_options, infer_architecture, load_tensors, naming_file, read_weights
 
+    check_vggfeat_net(weights)
     resolved = resolve_weights(weights)
     if resolved.is_random:
         # Glorot keeps activations alive through a random deep net; normal(0, 0.01) makes them vanish

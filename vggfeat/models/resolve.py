@@ -146,22 +146,35 @@ def _torchvision(name: str, download: bool) -> ResolvedWeights:
 
 
 def _timm(name: str, download: bool) -> ResolvedWeights:
+    """Any timm tag's hub file (a `--model timm:NAME` backbone loads it); vggfeat's own nets take timm's VGGs."""
     from timm.models import get_pretrained_cfg, split_model_name_tag
 
     tag = name[len(TIMM_PREFIX) :]
     arch, _ = split_model_name_tag(tag)
-    if arch not in _ARCH:
-        raise WeightsError(
-            f"{name}: vggfeat's nets load timm's VGG weights only ({', '.join(f'timm:{a}.tv_in1k' for a in _ARCH)}"
-            f"); for other timm nets use --model timm:{tag}"
-            + (" (batch-norm VGGs are not among the paper's nets)" if arch.removesuffix("_bn") in _ARCH else "")
-        )
     cfg = get_pretrained_cfg(tag)
     if cfg is None or not cfg.hf_hub_id:
-        raise WeightsError(f"{name}: timm has no pretrained weights by that tag; e.g. timm:{arch}.tv_in1k")
+        hint = f"e.g. timm:{arch}.tv_in1k" if arch in _ARCH else "see timm.list_models(pretrained=True)"
+        raise WeightsError(f"{name}: timm has no pretrained weights on the hub by that tag; {hint}")
     filename = getattr(cfg, "hf_hub_filename", None)
     resolved = _hf_hub(name, cfg.hf_hub_id, filename, download)
-    return ResolvedWeights(name, "timm", resolved.path, _ARCH[arch], None)
+    return ResolvedWeights(name, "timm", resolved.path, _ARCH.get(arch), "timm")
+
+
+def check_vggfeat_net(value: object) -> None:
+    """Refuse, before any download, timm weights of another architecture for a vggfeat net (pointing at
+    --model timm:NAME, which takes any timm net)."""
+    source = value.source if isinstance(value, ResolvedWeights) else value
+    if not (isinstance(source, str) and source.startswith(TIMM_PREFIX)):
+        return
+    from timm.models import split_model_name_tag
+
+    arch = split_model_name_tag(source[len(TIMM_PREFIX) :])[0]
+    if arch not in _ARCH:
+        why = " (batch-norm VGGs are not among the paper's nets)" if arch.removesuffix("_bn") in _ARCH else ""
+        raise WeightsError(
+            f"{source}: vggfeat's nets load timm's VGG weights only "
+            f"({', '.join(f'timm:{a}.tv_in1k' for a in _ARCH)}){why}; for any other timm net use --model {source}"
+        )
 
 
 def hf_hub_cache() -> Path:

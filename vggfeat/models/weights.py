@@ -220,8 +220,9 @@ def load_weights(
     `vggfeat.models.resolve`); "random" leaves the model's own initialisation.
     """
     if isinstance(source, (str, Path)):
-        from .resolve import resolve_weights
+        from .resolve import check_vggfeat_net, resolve_weights
 
+        check_vggfeat_net(source)
         resolved = resolve_weights(source)
         if resolved.is_random:
             log.info("weights 'random': keeping the model's random initialisation")
