@@ -2,13 +2,14 @@
 
 A .caffemodel is one protobuf `NetParameter`: layers in the V1 `layers` field (2, what the 2014 release
 uses; V0's nested `layer` too) or the V2 `layer` field (100), each with `blobs` of float data. We read the
-wire format ourselves instead of using the `protobuf` package: that needs a compiled caffe_pb2 (from a
-1,500-line caffe.proto, of which we use ~15 fields) and turns a repeated float field into Python floats one
-by one (138 M of them for net D). Here each packed float field is read straight from the file into its
-final numpy array (one readinto per blob, no intermediate copy): read time is I/O bound and the extra
-memory is one copy of the weights (docs/benchmarks.md). Caffe names are vggfeat's (conv1_1 ... fc8); the
-InnerProduct fc6 (4096 x 25088, Caffe's C-order flattening of pool5's (C, H, W)) becomes the 7x7 conv of
-Sect. 3.2, and the weights carry Caffe's preprocessing (BGR, 0-255, mean pixel 103.939, 116.779, 123.68).
+wire format ourselves instead of using the `protobuf` package: that is a dependency plus a caffe_pb2 compiled
+from caffe.proto (hundreds of fields; we need about fifteen), and its repeated float fields reach numpy one
+Python float at a time (138 M of them for net D). Here each packed float field is read straight from the
+file into its final numpy array (one readinto per blob: no view of a whole-file buffer or mmap to copy
+out of): read time is I/O bound and the extra memory is one copy of the weights (docs/benchmarks.md).
+Caffe names are vggfeat's (conv1_1 ... fc8); the InnerProduct fc6 (4096 x 25088, Caffe's C-order flattening
+of pool5's (C, H, W)) becomes the 7x7 conv of Sect. 3.2, and the weights carry Caffe's preprocessing (BGR,
+0-255, mean pixel 103.939, 116.779, 123.68).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class CaffeLayer:
 @dataclass
 class CaffeNet:
     name: str
-    format: str  # "V1 layers", "V2 layer" or "V0 layer"
+    format: str  # "V1 layers" (V0 nets nest in them), "V2 layer", or both
     layers: list[CaffeLayer]  # every layer, with or without weights, in file order
 
 
