@@ -36,11 +36,6 @@ WEIGHTS_HELP = (
 )
 
 
-def is_weights_name(value: object) -> bool:
-    """True for a named source (torchvision:, timm:, hf-hub:, random) rather than a file path."""
-    return isinstance(value, str) and (value == RANDOM or value.startswith(NAME_PREFIXES))
-
-
 def offline(hf: bool = False) -> bool:
     """VGGFEAT_OFFLINE=1 forbids every download; HF_HUB_OFFLINE=1 those from the Hugging Face hub too."""
     names = ("VGGFEAT_OFFLINE", "HF_HUB_OFFLINE") if hf else ("VGGFEAT_OFFLINE",)

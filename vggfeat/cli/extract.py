@@ -178,7 +178,7 @@ def extract(
     \b
     Examples:
       vggfeat extract --layer fc7 imgs/       # -> vggfeat-out/imgs-fc7
-      vggfeat extract photos/ -o feats --weights vgg16.safetensors
+      vggfeat extract photos/ -o feats --weights torchvision:vgg19
       vggfeat extract @trainval.txt -o voc --weights d.safetensors --weights e.safetensors \\
           --scales 256,384,512,640,768
       torchrun --nproc-per-node 4 -m vggfeat extract imgs/ -o feats --weights d.safetensors

@@ -139,8 +139,8 @@ def _torchvision(name: str, download: bool) -> ResolvedWeights:
         download_url_to_file(url, str(path), resolved.hash_prefix, progress=True)
     except Exception as e:  # URLError, timeouts, torch.hub's hash mismatch (RuntimeError)
         raise WeightsError(
-            f"{name}: could not download {url} ({e}): {where}, or run `{_fetch_hint(name)}` on a machine with "
-            "network and pass that file to --weights"
+            f"{name}: could not download {url} ({' '.join(str(e).split())}): {where}, or run "
+            f"`{_fetch_hint(name)}` on a machine with network and pass that file to --weights"
         ) from None
     return resolved
 
@@ -157,7 +157,7 @@ def _timm(name: str, download: bool) -> ResolvedWeights:
         raise WeightsError(f"{name}: timm has no pretrained weights on the hub by that tag; {hint}")
     filename = getattr(cfg, "hf_hub_filename", None)
     resolved = _hf_hub(name, cfg.hf_hub_id, filename, download)
-    return ResolvedWeights(name, "timm", resolved.path, _ARCH.get(arch), "timm")
+    return ResolvedWeights(name, "timm", resolved.path, _ARCH.get(arch))  # layout: detected on load
 
 
 def check_vggfeat_net(value: object) -> None:
