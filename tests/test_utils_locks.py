@@ -1,6 +1,7 @@
 """Writer locks (issue 12.2): a second writer of a folder stops with one line naming the holder; a holder
-killed with kill -9 leaves no lock behind. Real processes, since flock excludes processes, not threads."""
+killed with kill -9 leaves no lock behind. Real processes, since the lock excludes processes, not threads."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -11,21 +12,25 @@ import pytest
 
 from vggfeat.utils.locks import FolderLockedError, folder_lock, lock_path
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="no flock on Windows (documented: no lock there)")
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="no fcntl on Windows (documented: no lock there)")
 
 HOLD = """
-import sys, time
+import os, sys, time
 from vggfeat.utils.locks import folder_lock
 with folder_lock(sys.argv[1]):
+    if len(sys.argv) > 2 and os.fork() == 0:  # a loader worker forked while the lock is held, outliving us
+        time.sleep(60)
+        os._exit(0)
     print("locked", flush=True)
     time.sleep(60)
 """
 
 
-def _holder(folder):
+def _holder(folder, *extra):
     """A process holding `folder`'s lock (returns once it holds it)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    p = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True, env=env)
+    argv = [sys.executable, "-c", HOLD, str(folder), *extra]
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
     assert p.stdout.readline().strip() == "locked"
     return p
 
@@ -45,15 +50,20 @@ def test_second_writer_stops_naming_the_holder_then_gets_the_lock_after_it_ends(
     assert not lock_path(folder).exists()  # and the last holder removes the file
 
 
-def test_a_holder_killed_with_kill_9_does_not_block(tmp_path):
+@pytest.mark.parametrize("child", [False, True], ids=["alone", "with a forked child"])
+def test_a_holder_killed_with_kill_9_does_not_block(tmp_path, child):
     folder = tmp_path / "store"
-    p = _holder(folder)
+    p = _holder(folder, *(["fork"] if child else []))
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     assert lock_path(folder).is_file()  # the file stays, with the dead process's name in it ...
     start = time.perf_counter()
-    with folder_lock(folder):  # ... but the kernel dropped its lock with the process
-        pass
+    try:
+        with folder_lock(folder):  # ... but the kernel dropped its lock with the process (children hold none)
+            pass
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)  # the orphaned child, if any
     assert time.perf_counter() - start < 1
 
 

@@ -134,7 +134,18 @@ LAYER_HELP = (
     type=click.IntRange(min=1),
     help="Images per resumable chunk (the most work an interruption can lose).",
 )
-@click.option("--overwrite", is_flag=True, help="Replace a store in OUT that has other settings.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace a store in OUT that has other settings (or is broken); the old one stays until the new is done.",
+)
+@click.option(
+    "--hash-inputs",
+    is_flag=True,
+    help="Also record each input's sha256 (reads every file once more): a rerun then re-extracts an image "
+    "whose content changed even with the same size and time, and not one that was only touched. Size and "
+    "modification time are always recorded.",
+)
 @click.option("--strict", is_flag=True, help="Stop at the first unusable image instead of skipping it.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract(
@@ -159,6 +170,7 @@ def extract(
     seed,
     chunk_size,
     overwrite,
+    hash_inputs,
     strict,
     quiet,
 ) -> None:
@@ -172,8 +184,10 @@ def extract(
     and the result L2-normalised. Preprocessing follows the loaded weights' convention.
 
     Interrupted runs continue where they stopped when the same command is run again; a finished store is
-    not recomputed. Unusable files (corrupt, truncated, empty, not images) are skipped and listed; when no
-    input is usable the command fails, naming why.
+    not recomputed, except for inputs changed since (size or modification time), which are re-extracted.
+    Unusable files (corrupt, truncated, empty, not images) are skipped and listed; when no input is usable
+    the command fails, naming why. One run writes OUT at a time: a second one stops, naming the process
+    that holds it.
 
     \b
     Examples:
@@ -219,6 +233,7 @@ def extract(
             strict=strict,
             progress=not quiet,
             chunk_size=chunk_size,
+            hash_inputs=hash_inputs,
         )
     except KeyboardInterrupt:
         click.secho(

@@ -50,7 +50,8 @@ def probe_options(fn):
             "--features",
             "features",
             type=click.Path(file_okay=False),
-            help="A feature store from `vggfeat extract` holding every image of the benchmark.",
+            help="A feature store from `vggfeat extract` holding every image of the benchmark. --layer, "
+            "--scales, --aggregate and --weights given with it must match how it was made (checked).",
         ),
         click.option(
             "--model",
@@ -117,9 +118,11 @@ def probe_store(benchmark: str, splits, out: Path, opts: dict):
     from vggfeat.probes.features import ExtractionSettings, cached_store
 
     if opts["features"]:
-        if opts["models"] or opts["weights"]:
-            click.secho("note: --features given, so --model/--weights are ignored", fg="yellow", err=True)
-        return load_store(opts["features"])
+        store = load_store(opts["features"])
+        check_store_matches(store, opts["layer"], opts["scales"], opts["aggregate"], opts["weights"])
+        if opts["models"]:
+            click.secho("note: --features given, so --model is not used", fg="yellow", err=True)
+        return store
     pairs = tuple(net_pairs(opts["models"], opts["weights"], opts["seed"]))
     defaults = get_benchmark(benchmark)
     protocol = Protocol(
@@ -131,6 +134,35 @@ def probe_store(benchmark: str, splits, out: Path, opts: dict):
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     settings = ExtractionSettings(pairs, protocol, seed=opts["seed"])
     return cached_store(benchmark_images(splits), out, settings, runtime, progress=not opts["quiet"])
+
+
+def check_store_matches(store, layer: str, scales, aggregate: str | None, weights) -> None:
+    """Extraction flags given beside --features must describe the store, or the report would claim settings
+    that were never used (issue 12.8): each one given on the command line is compared with its manifest."""
+    from vggfeat.features.store import StoreError
+    from vggfeat.utils.files import sha256_file
+
+    ctx = click.get_current_context(silent=True)
+    given = ctx is not None and ctx.get_parameter_source("layer") not in (None, click.core.ParameterSource.DEFAULT)
+    m = store.manifest
+    wrong = []
+    if (given or layer != "fc7") and layer != m.get("layer"):
+        wrong.append(f"--layer {layer} but the store holds {m.get('layer')}")
+    if scales:
+        asked = list(SCALES.convert(scales, None, None))
+        if asked != list(m.get("scales") or []):
+            wrong.append(f"--scales {','.join(map(str, asked))} but the store holds {m.get('scales')}")
+    if aggregate and aggregate != m.get("aggregate"):
+        wrong.append(f"--aggregate {aggregate} but the store holds {m.get('aggregate')}")
+    stored = [n.get("weights_sha256") for n in m.get("models") or []]
+    for w in weights or ():
+        if Path(w).is_file() and sha256_file(w) not in stored:
+            wrong.append(f"--weights {w} is not among the store's nets")
+    if wrong:
+        raise StoreError(
+            f"{store.root}: {'; '.join(wrong)} - extraction flags describe how --features was made; "
+            "drop them, or extract a store with them (`vggfeat extract ... -o STORE`)"
+        )
 
 
 def run_probe(opts: dict, *, stem: str, probe) -> None:

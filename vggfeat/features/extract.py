@@ -13,8 +13,9 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,11 @@ from torch import nn
 from vggfeat import __version__
 from vggfeat.data.images import ImageError, find_images
 from vggfeat.errors import InputError
-from vggfeat.utils.distributed import DistInfo, barrier, env_info, process_group
+from vggfeat.utils.distributed import DistInfo, all_reduce_sum, barrier, env_info, process_group
 from vggfeat.utils.files import atomic_write_json
+from vggfeat.utils.locks import FolderLockedError, folder_lock
 
+from . import inputs
 from . import store as fs
 from .engine import DescriptorEngine, describe_chunks
 from .nets import FeatureNet, NetSpec, as_feature_net, build_feature_net, random_init_note
@@ -111,22 +114,41 @@ def _differences(old: dict, new: dict) -> list[str]:
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in new if old.get(k) != new.get(k)]
 
 
-def _prepare_out(out: Path, settings: dict, overwrite: bool, rank: int) -> bool:
-    """Check OUT against the asked settings; True when it already holds the finished store."""
-    manifest_file, settings_file = out / fs.MANIFEST_FILE, fs.partial_dir(out) / fs.SETTINGS_FILE
+@dataclass
+class _Plan:
+    """What `_prepare_out` found in OUT; nothing is changed there until the nets are built (a bad --layer or
+    weight file must not cost the old store)."""
+
+    done: bool = False  # OUT holds the finished store for these settings and inputs
+    discard_partial: bool = False  # .partial holds another run's chunks, to drop (none finished, or --overwrite)
+    reopen: list[int] | None = None  # inputs changed since the finished store was made: re-extract their chunks
+    drop: set[int] = field(default_factory=set)  # chunk ids of .partial whose inputs changed since written
+
+
+def _prepare_out(out: Path, settings: dict, paths: list[str], identities: list, overwrite: bool) -> _Plan:
+    """Check OUT against the asked settings and inputs, refusing what must not be replaced; changes nothing."""
+    settings_file = fs.partial_dir(out) / fs.SETTINGS_FILE
+    plan = _Plan()
+    manifest = None
     if fs.is_complete_store(out):
-        old = json.loads(manifest_file.read_text()).get("settings", {})
-        diff = _differences(old, settings)
+        try:
+            manifest = fs.load_store(out).manifest
+        except fs.StoreError:  # truncated or not JSON: its message says --overwrite rebuilds it
+            if not overwrite:
+                raise
+    if manifest is not None:
+        diff = _differences(manifest.get("settings", {}), settings)
         if not diff:
-            return True
-        if not overwrite:
+            changed = inputs.changed_inputs(manifest.get("input_identities"), identities)
+            if not changed:
+                return _Plan(done=True)
+            log.warning("%s: %s; re-extracting them", out, inputs.describe_changes(paths, changed))
+            plan.reopen = changed
+        elif not overwrite:
             raise FileExistsError(
                 f"{out} holds a finished store with other settings ({'; '.join(diff)}); "
                 "pass --overwrite to replace it, or choose another -o"
             )
-        if rank == 0:
-            (out / fs.MANIFEST_FILE).unlink()
-            (out / fs.FEATURES_FILE).unlink(missing_ok=True)
     if settings_file.is_file():
         diff = _differences(json.loads(settings_file.read_text()), settings)
         has_work = any(fs.partial_dir(out).glob("chunk_*.npz"))
@@ -135,9 +157,32 @@ def _prepare_out(out: Path, settings: dict, overwrite: bool, rank: int) -> bool:
                 f"{out} holds an unfinished run with other settings ({'; '.join(diff)}); "
                 "run it again with its own settings to finish it, or pass --overwrite"
             )
-        if diff and rank == 0:  # nothing of value is lost: no chunk was finished, or --overwrite
-            shutil.rmtree(fs.partial_dir(out))
-    return False
+        plan.discard_partial = bool(diff)  # nothing of value is lost: no chunk was finished, or --overwrite
+        inputs_file = fs.partial_dir(out) / inputs.INPUTS_FILE
+        if not diff and inputs_file.is_file():
+            changed = inputs.changed_inputs(json.loads(inputs_file.read_text()), identities)
+            plan.drop = {i // settings["chunk_size"] for i in changed}
+    return plan
+
+
+def _apply(out: Path, plan: _Plan, settings: dict, identities: list, paths: list[str]) -> None:
+    """Carry out the plan (rank 0, after the nets were built): OUT/.partial ends up holding this run's settings,
+    its inputs' identities and only chunks that are still valid."""
+    partial = fs.partial_dir(out)
+    if plan.discard_partial:
+        shutil.rmtree(partial)
+    chunk_size = settings["chunk_size"]
+    if plan.reopen is not None:
+        drop = {i // chunk_size for i in plan.reopen}
+        inputs.reopen_store(out, paths, chunk_size, plan.reopen)
+    else:
+        drop = plan.drop
+    for c_id in drop:
+        fs.chunk_path(out, c_id).unlink(missing_ok=True)
+    partial.mkdir(parents=True, exist_ok=True)
+    if not (partial / fs.SETTINGS_FILE).is_file():
+        atomic_write_json(partial / fs.SETTINGS_FILE, settings)
+    atomic_write_json(partial / inputs.INPUTS_FILE, identities)
 
 
 def extract_to_store(
@@ -153,6 +198,7 @@ def extract_to_store(
     strict: bool = False,
     progress: bool = True,
     chunk_size: int = 256,
+    hash_inputs: bool = False,
     **settings: Any,
 ) -> fs.FeatureStore:
     """Extract descriptors of image files/folders/@lists into the store OUT, resuming an unfinished run.
@@ -160,6 +206,10 @@ def extract_to_store(
     `protocol` and `runtime` as for `extract_features` (their fields also as keywords); the runtime's
     default here uses 2 loader workers. Under torchrun the ranks share the chunks and the process group
     this call creates is destroyed before it returns.
+
+    OUT is locked for the run (a second writer stops with FolderLockedError). Each input's size and mtime
+    (with `hash_inputs`, also its sha256) are recorded: a rerun re-extracts the inputs that changed. With
+    `overwrite`, a store of other settings in OUT stays whole and loadable until the new one is complete.
     """
     protocol, runtime = settings_from(protocol, runtime, settings, runtime_defaults={"workers": 2})
     if dtype not in STORE_DTYPES:
@@ -177,9 +227,11 @@ def extract_to_store(
     env = env_info()
     if env.world > 1 and runtime.device == "auto" and torch.cuda.is_available():
         runtime = replace(runtime, device=f"cuda:{env.local_rank}")
-    with process_group(runtime.torch_device().type) as info:
+    with process_group(runtime.torch_device().type) as info, _store_lock(out, info):
         rank, world = info.rank, info.world
-        if _prepare_out(out, settings, overwrite, rank):
+        identities = inputs.input_identities(paths, hash_inputs)
+        plan = _prepare_out(out, settings, paths, identities, overwrite)
+        if plan.done:
             log.info("%s is already complete with these settings: nothing to do", out)
             store = fs.load_store(out)
             store.already_complete = True
@@ -197,11 +249,9 @@ def extract_to_store(
             torch.cuda.set_device(torch_device)
         nets = [build_feature_net(s, protocol.layer, seed) for s in specs]  # a bad --layer fails here, before writes
         engine = DescriptorEngine(nets, protocol, runtime)
-        settings_file = fs.partial_dir(out) / fs.SETTINGS_FILE
         barrier(info)
-        if rank == 0 and not settings_file.is_file():
-            fs.partial_dir(out).mkdir(parents=True, exist_ok=True)
-            atomic_write_json(settings_file, settings)
+        if rank == 0:  # only now, with the nets built, may OUT change
+            _apply(out, plan, settings, identities, paths)
         barrier(info)
         chunks = _chunks(len(paths), chunk_size)
         mine = [c for c_id, c in enumerate(chunks) if c_id % world == rank]
@@ -230,10 +280,33 @@ def extract_to_store(
                 "n_inputs": len(paths),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "settings": settings,
+                "input_identities": identities,
             }
             fs.assemble_store(out, len(chunks), paths, engine.dim, dtype, manifest)
         barrier(info)
         return fs.load_store(out)
+
+
+@contextmanager
+def _store_lock(out: Path, info: DistInfo) -> Iterator[None]:
+    """OUT's writer lock, held by rank 0 for the whole torchrun job (its ranks are one writer); every rank
+    learns whether it was taken, so none waits at a barrier for a job that stopped."""
+    error = None
+    with ExitStack() as stack:
+        if info.rank == 0:
+            try:
+                fix = "wait for that extraction to finish (or stop it), or choose another -o"
+                stack.enter_context(folder_lock(out, "written", fix))
+            except FolderLockedError as e:
+                error = e
+        if info.world > 1:
+            on = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
+            failed = all_reduce_sum(torch.tensor([int(error is not None)], device=on), info)
+            if failed.item() and error is None:
+                error = FolderLockedError(f"{out} is being written by another process (see rank 0's error)")
+        if error is not None:
+            raise error
+        yield
 
 
 def _check_some_usable(

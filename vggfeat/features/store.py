@@ -159,7 +159,8 @@ def assemble_store(
     root: Path, n_chunks: int, paths: list[str], dim: int, dtype: str, manifest: dict[str, Any]
 ) -> FeatureStore:
     """Stream the chunk files into features.npy, then write manifest.json (its presence marks a finished
-    store) and remove the chunks. Each final file appears atomically by rename.
+    store) and remove the chunks. Each final file appears atomically by rename; a store already in root is
+    replaced only here, once every chunk of the new one is there.
 
     Each chunk is read once: rows go into room for every input, and the file is cut to the usable rows after."""
     import shutil
@@ -180,6 +181,9 @@ def assemble_store(
     del out
     if len(rows) < len(paths):  # skipped inputs have no row
         _shrink_rows(tmp, len(rows))
+    # an older store in root (--overwrite, changed inputs) stays whole until here; without its manifest it is
+    # unfinished, so a crash before the new manifest is written leaves the chunks for a rerun to assemble
+    (root / MANIFEST_FILE).unlink(missing_ok=True)
     tmp.replace(root / FEATURES_FILE)
     manifest = {**manifest, "paths": rows, "skipped": [{"path": paths[i], "reason": r} for i, r in sorted(skipped)]}
     atomic_write_json(root / MANIFEST_FILE, manifest)

@@ -1,8 +1,8 @@
 """Descriptors for a probe: rows of an existing feature store matched to a benchmark's images, or a store
 extracted on the fly and cached in the probe's output folder (Appendix B settings per benchmark).
 
-A cached store lives in OUT/features/<settings hash>/, so a second probe with the same features (another C
-grid, kNN instead of SVMs) extracts nothing, and an interrupted extraction resumes.
+A cached store lives in OUT/features/<hash of settings and image list>/, so a second probe with the same
+features (another C grid, kNN instead of SVMs) extracts nothing, and an interrupted extraction resumes.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 
 from vggfeat.features.protocol import Protocol
 from vggfeat.features.runtime import Runtime
-from vggfeat.features.store import FeatureStore, is_complete_store, load_store
+from vggfeat.features.store import FeatureStore
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,12 @@ class ExtractionSettings:
         return hashlib.sha256(json.dumps(desc, sort_keys=True, default=list).encode()).hexdigest()[:12]
 
 
+def cache_key(settings: ExtractionSettings, images: Sequence[str]) -> str:
+    """The cache folder's name: a short hash of the settings and of the sorted image paths."""
+    listing = hashlib.sha256("\n".join(images).encode("utf-8", "surrogateescape")).hexdigest()
+    return hashlib.sha256(f"{settings.key()} {listing}".encode()).hexdigest()[:12]
+
+
 def cached_store(
     images: Sequence[str],
     out: str | Path,
@@ -52,16 +58,15 @@ def cached_store(
     *,
     progress: bool = True,
 ) -> FeatureStore:
-    """Extract `images` into OUT/features/<key>/ unless a finished store with these settings is there."""
+    """Extract `images` into OUT/features/<key>/ unless a finished store of these images and settings is there.
+
+    The key covers the settings and the image list, so another dataset (`--root voc2` after `--root voc1`)
+    gets its own store; extract_to_store then checks each image's size and mtime, so an image replaced at the
+    same path is re-extracted instead of served from the cache (issue 12.3)."""
     from vggfeat.features.extract import extract_to_store
 
     images = sorted(set(images))
-    root = Path(out) / "features" / settings.key()
-    if is_complete_store(root):
-        store = load_store(root)
-        if len(store) + len(store.manifest.get("skipped", [])) == len(images):
-            log.info("reusing cached features %s", root)
-            return store
+    root = Path(out) / "features" / cache_key(settings, images)
     return extract_to_store(
         images,
         root,

@@ -1,9 +1,10 @@
-"""One writer per output folder: a lock file beside the folder, held (flock) for the whole run.
+"""One writer per output folder: a lock file beside the folder, locked for the whole run.
 
 Two `vggfeat extract` runs into one store, two probes filling one feature cache or two `index build`s into
 one folder would mix their results into a folder whose manifest describes only one of them (issue 12.2).
-The lock is the kernel's flock on `.NAME.lock` next to the folder: it dies with its process, so a run
-killed with kill -9 never blocks the next one. A second writer stops at once with one line naming the
+The lock is a POSIX record lock (fcntl) on `.NAME.lock` next to the folder: it dies with its process, so a
+run killed with kill -9 never blocks the next one - not even while its forked loader workers linger, since
+unlike flock a record lock is not inherited by children. A second writer stops at once with one line naming the
 holder (process id and host) instead of waiting: what it would write depends on what the first finishes.
 On Windows (no fcntl) there is no lock: run one writer per folder there.
 """
@@ -11,6 +12,7 @@ On Windows (no fcntl) there is no lock: run one writer per folder there.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import time
@@ -24,7 +26,7 @@ try:
 except ImportError:  # Windows
     fcntl = None
 
-_held: dict[str, int] = {}  # lock file -> its descriptor, for locks this process holds (flock is per open file)
+_held: dict[str, int] = {}  # lock file -> its descriptor, for locks this process holds
 
 
 class FolderLockedError(VggfeatError):
@@ -50,12 +52,15 @@ def _acquire(path: Path, folder: Path, what: str, fix: str) -> int:
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EAGAIN):
+                os.close(fd)
+                raise
             holder = _holder(fd)
-            os.close(fd)
+            os.close(fd)  # (closing any descriptor of the file drops this process's record locks: it holds none)
             raise FolderLockedError(f"{folder} is being {what} by {holder}; {fix}") from None
-        # the previous holder unlinks the file on release: if it did so between our open and our flock, we
+        # the previous holder unlinks the file on release: if it did so between our open and our lock, we
         # locked a file nobody else will open - start again on the path's current file
         try:
             same = os.stat(path).st_ino == os.fstat(fd).st_ino

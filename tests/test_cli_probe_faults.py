@@ -1,0 +1,80 @@
+"""Probes under faults (issue 12.3, 12.8): the feature cache never serves another dataset's descriptors, and
+extraction flags given beside --features are checked against the store instead of silently ignored."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import vggfeat
+from vggfeat.cli.main import cli
+from vggfeat.data.synthetic_voc import make_voc2007
+
+TINY = dict(width_mult=1 / 16, fc_dim=32, fc6_kernel=2, num_classes=10, init="glorot")
+FAST = ["--scales", "64", "--workers", "0", "--quiet", "--Cs", "1"]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
+    return str(vggfeat.save_weights(vggfeat.create_model("vgg_a", seed=0, **TINY), path))
+
+
+def invoke(*args):
+    r = CliRunner().invoke(cli, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+def test_cache_is_keyed_by_the_dataset(tmp_path, weights):
+    voc1, voc2 = make_voc2007(tmp_path / "voc1", 24, 24, seed=1), make_voc2007(tmp_path / "voc2", 24, 24, seed=2)
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    invoke("linear-probe", "voc2007", "--root", voc1.parent.parent, "-o", out, "--weights", weights, *FAST)
+    invoke("linear-probe", "voc2007", "--root", voc2.parent.parent, "-o", out, "--weights", weights, *FAST)
+    invoke("linear-probe", "voc2007", "--root", voc2.parent.parent, "-o", fresh, "--weights", weights, *FAST)
+    second = json.loads((out / "linear-probe.json").read_text())
+    clean = json.loads((fresh / "linear-probe.json").read_text())
+    # before: the second run matched voc2's JPEGImages/<id>.jpg to voc1's cached rows and scored voc1's pictures
+    assert second["per_class"] == clean["per_class"] and second["headline"] == clean["headline"]
+    store = json.loads((Path(second["features"]["store"]) / "manifest.json").read_text())
+    assert all(p.startswith(str(voc2)) for p in store["paths"])
+    assert len(list((out / "features").iterdir())) >= 2  # voc1's cache is kept beside voc2's
+
+
+def _folder(root, n=6):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (64, 72, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    "flags, problem",
+    [
+        (["--layer", "fc6"], "layer"),
+        (["--scales", "96"], "scales"),
+        (["--aggregate", "stack"], "aggregate"),
+        (["--layer", "fc7", "--scales", "64"], None),  # what the store holds: accepted
+    ],
+)
+def test_extraction_flags_beside_features_are_checked_against_the_store(tmp_path, weights, flags, problem):
+    data = _folder(tmp_path / "data")
+    store = tmp_path / "store"
+    invoke("extract", data, "-o", store, "--weights", weights, "--scales", "64", "--workers", "0", "--quiet")
+    argv = ["linear-probe", "folder", "--root", data, "-o", tmp_path / "o", "--features", store, "--splits", "1"]
+    r = CliRunner().invoke(cli, [str(a) for a in [*argv, "--Cs", "1", *flags]])
+    if problem is None:
+        assert r.exit_code == 0, r.output
+        return
+    # before: the flags were silently ignored and the report claimed nothing about it
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("Error:")]
+    assert r.exit_code == 1 and len(errors) == 1, r.output
+    assert problem in errors[0] and str(store) in errors[0]

@@ -1,0 +1,153 @@
+"""A feature store under faults (issue 12.1, 12.2, 12.4): --overwrite that fails keeps the old store, a second
+writer stops, an image replaced at the same path is re-extracted."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+import vggfeat
+from vggfeat.cli.main import cli
+from vggfeat.features import store as fs
+from vggfeat.features.extract import extract_to_store
+
+TINY = dict(width_mult=1 / 16, fc_dim=32, fc6_kernel=2, num_classes=10, init="glorot")
+FAST = ["--scales", "64", "--workers", "0", "--quiet"]
+
+
+@pytest.fixture
+def weights(tmp_path):
+    return str(vggfeat.save_weights(vggfeat.create_model("vgg_a", seed=0, **TINY), tmp_path / "tiny.safetensors"))
+
+
+def _image(path, seed, size=(64, 80)):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
+
+
+def _images(folder, n):
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(n):
+        _image(folder / f"img{k}.png", k)
+    return folder
+
+
+def _extract(*args):
+    return CliRunner().invoke(cli, ["extract", *map(str, args)])
+
+
+def _one_error_line(r):
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("Error:")]
+    assert r.exit_code == 1 and len(errors) == 1, r.output
+    return errors[0]
+
+
+@pytest.mark.parametrize("bad", ["layer", "weights", "weights_unreadable"])
+def test_overwrite_that_fails_keeps_the_old_store(tmp_path, weights, bad):
+    src, out = _images(tmp_path / "imgs", 3), tmp_path / "store"
+    assert _extract(src, "-o", out, "--weights", weights, *FAST).exit_code == 0
+    before = np.load(out / "features.npy")
+    if bad == "layer":
+        args = ["--weights", weights, "--layer", "fc9"]
+    elif bad == "weights":
+        (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 100)
+        args = ["--weights", tmp_path / "junk.safetensors"]
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root reads a 0000 file")
+        (tmp_path / "locked.safetensors").write_bytes(open(weights, "rb").read())
+        (tmp_path / "locked.safetensors").chmod(0)
+        args = ["--weights", tmp_path / "locked.safetensors"]
+    r = _extract(src, "-o", out, *args, *FAST, "--overwrite")
+    _one_error_line(r)
+    # before: --overwrite deleted the finished store before the new settings were checked
+    store = fs.load_store(out)
+    assert np.array_equal(np.asarray(store.features), before) and store.manifest["layer"] == "fc7"
+
+
+def test_overwrite_interrupted_keeps_the_old_store_until_the_new_is_complete(tmp_path, weights, monkeypatch):
+    src, out = _images(tmp_path / "imgs", 5), tmp_path / "store"
+    kw = dict(models=[("auto", weights)], workers=0, progress=False, chunk_size=2)
+    old = extract_to_store([src], out, scales=(64,), **kw)
+    before = np.asarray(old.features).copy()
+    real, written = fs.write_chunk, []
+
+    def interrupt(*a, **k):
+        if len(written) == 2:
+            raise KeyboardInterrupt  # Ctrl-C during the new run's last chunk
+        written.append(a[1])
+        real(*a, **k)
+
+    monkeypatch.setattr(fs, "write_chunk", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        extract_to_store([src], out, scales=(80,), overwrite=True, **kw)
+    monkeypatch.undo()
+    kept = fs.load_store(out)
+    assert kept.manifest["scales"] == [64] and np.array_equal(np.asarray(kept.features), before)
+    new = extract_to_store([src], out, scales=(80,), overwrite=True, **kw)  # resumes the new run and swaps it in
+    assert new.manifest["scales"] == [80] and not np.allclose(np.asarray(new.features), before)
+    fresh = extract_to_store([src], tmp_path / "fresh", scales=(80,), **kw)
+    assert np.array_equal(np.asarray(new.features), np.asarray(fresh.features))
+
+
+def test_overwrite_rebuilds_a_broken_store(tmp_path, weights):
+    src, out = _images(tmp_path / "imgs", 2), tmp_path / "store"
+    assert _extract(src, "-o", out, "--weights", weights, *FAST).exit_code == 0
+    data = (out / "features.npy").read_bytes()
+    (out / "features.npy").write_bytes(data[:-40])
+    assert "--overwrite" in _one_error_line(_extract(src, "-o", out, "--weights", weights, *FAST))
+    assert _extract(src, "-o", out, "--weights", weights, *FAST, "--overwrite").exit_code == 0
+    assert len(fs.load_store(out)) == 2
+
+
+@pytest.mark.parametrize("hash_inputs", [False, True])
+def test_an_image_replaced_at_the_same_path_is_re_extracted(tmp_path, weights, hash_inputs):
+    src, out = _images(tmp_path / "imgs", 5), tmp_path / "store"
+    kw = dict(models=[("auto", weights)], scales=(64,), workers=0, progress=False, chunk_size=2)
+    if hash_inputs:  # (main had no such option; the default must catch the replacement too)
+        kw["hash_inputs"] = True
+    first = np.asarray(extract_to_store([src], out, **kw).features).copy()
+    _image(src / "img3.png", 99)  # another picture under the same name
+    (src / "img0.png").touch()  # only touched: same content
+    again = extract_to_store([src], out, **kw)
+    # before: the rerun found a finished store with the same paths and kept img3's stale row
+    fresh = extract_to_store([src], tmp_path / "fresh", **kw)
+    assert np.array_equal(np.asarray(again.features), np.asarray(fresh.features))
+    assert not np.allclose(again.features[3], first[3])
+    assert np.array_equal(np.asarray(again.features)[[0, 1, 2, 4]], first[[0, 1, 2, 4]])
+    assert not fs.partial_dir(out).exists()
+
+
+def test_a_broken_image_fixed_at_the_same_path_gets_its_row(tmp_path, weights):
+    src, out = _images(tmp_path / "imgs", 3), tmp_path / "store"
+    (src / "img1.png").write_bytes(b"truncated")
+    kw = dict(models=[("auto", weights)], scales=(64,), workers=0, progress=False)
+    assert len(extract_to_store([src], out, **kw)) == 2
+    _image(src / "img1.png", 1)
+    store = extract_to_store([src], out, **kw)
+    assert len(store) == 3 and store.manifest["skipped"] == []
+
+
+def test_a_second_writer_of_a_store_stops_naming_the_first(tmp_path, weights):
+    src, out = _images(tmp_path / "imgs", 2), tmp_path / "store"
+    hold = "import sys, time\nfrom vggfeat.utils.locks import folder_lock\n"
+    hold += "with folder_lock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(60)\n"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    p = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert p.stdout.readline().strip() == "locked"
+        r = _extract(src, "-o", out, "--weights", weights, *FAST)
+    finally:
+        p.kill()
+        p.wait()
+    assert f"store is being written by process {p.pid}" in _one_error_line(r)
+    assert _extract(src, "-o", out, "--weights", weights, *FAST).exit_code == 0  # the holder is gone
+    assert json.loads((out / "manifest.json").read_text())["n_inputs"] == 2
