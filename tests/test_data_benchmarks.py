@@ -140,7 +140,7 @@ def test_root_from_environment_and_missing_root(tmp_path, monkeypatch):
         resolve_root(tmp_path / "nope")
     with pytest.raises(DatasetError, match="unknown benchmark"):
         load_benchmark("imagenet", tmp_path)
-    assert set(BENCHMARKS) == {"voc2007", "voc2012", "caltech101", "caltech256", "folder"}
+    assert set(BENCHMARKS) == {"voc2007", "voc2012", "voc2012-action", "caltech101", "caltech256", "folder"}
 
 
 def write_classes(root: Path, counts: dict[str, int]) -> Path:

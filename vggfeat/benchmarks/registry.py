@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vggfeat.benchmarks import caltech101, caltech256, folder, voc2007, voc2012
+from vggfeat.benchmarks import caltech101, caltech256, folder, voc2007, voc2012, voc2012_action
 from vggfeat.benchmarks.base import Benchmark, DatasetError, ProbeSplit, SplitOptions
 
 BENCHMARKS: dict[str, Benchmark] = {
@@ -13,6 +13,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     for b in (
         voc2007.BENCHMARK,
         voc2012.BENCHMARK,
+        voc2012_action.BENCHMARK,
         caltech101.BENCHMARK,
         caltech256.BENCHMARK,
         folder.BENCHMARK,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vggfeat.benchmarks.base import DatasetError, check_inside, find_dataset_dir, resolve_root
+from vggfeat.benchmarks.base import DatasetError, ProbeSplit, check_inside, find_dataset_dir, resolve_root
 from vggfeat.benchmarks.voc import _check_id, _lines, read_id_list
 
 VOC_ACTIONS = (
@@ -216,3 +216,36 @@ def write_box_crops(split: ActionSplit, out: str | Path) -> list[str]:
         crop.save(buf, format="PNG")
         atomic_write_bytes(target, buf.getvalue())
     return crops
+
+
+def sample_keys(split: ActionSplit) -> list[str]:
+    """One name per person instance, `<image path>#<object index>`: the rows of an action feature store."""
+    return [f"{p}#{o}" for p, o in zip(split.image_paths, split.object_indices, strict=True)]
+
+
+@dataclass(frozen=True, eq=False)
+class ActionProbeSplit(ProbeSplit):
+    """A ProbeSplit whose 'paths' are sample keys, carrying the person instances they stand for (images and
+    boxes), from which vggfeat.probes.action builds the store those keys name."""
+
+    train_action: ActionSplit | None = None
+    test_action: ActionSplit | None = None
+
+
+def action_probe_split(train: ActionSplit, val: ActionSplit) -> ActionProbeSplit:
+    """The person instances of train and val as one probe split (train -> val)."""
+    return ActionProbeSplit(
+        "voc2012-action",
+        0,
+        VOC_ACTIONS,
+        True,
+        "voc12_ap",
+        tuple(sample_keys(train)),
+        np.array(train.labels),
+        tuple(sample_keys(val)),
+        np.array(val.labels),
+        train.name,
+        val.name,
+        train,
+        val,
+    )

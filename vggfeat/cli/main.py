@@ -22,6 +22,7 @@ COMMANDS = {
     "index": "vggfeat.cli.index:index",
     "demo": "vggfeat.cli.demo:demo",
     "weights": "vggfeat.cli.weights:weights",
+    "reproduce": "vggfeat.cli.reproduce:reproduce",
 }
 
 

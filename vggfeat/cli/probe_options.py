@@ -117,6 +117,10 @@ def probe_store(benchmark: str, splits, out: Path, opts: dict):
     from vggfeat.features.store import load_store
     from vggfeat.probes.features import ExtractionSettings, cached_store
 
+    if opts["features"] and benchmark == "voc2012-action":
+        raise click.UsageError(
+            "voc2012-action describes the images and the person boxes itself: give --model/--weights, not --features"
+        )
     if opts["features"]:
         store = load_store(opts["features"])
         check_store_matches(store, opts["layer"], opts["scales"], opts["aggregate"], opts["weights"])
@@ -133,6 +137,14 @@ def probe_store(benchmark: str, splits, out: Path, opts: dict):
     runtime = Runtime(device=opts["device"], batch_size=opts["batch_size"], workers=opts["workers"])
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     settings = ExtractionSettings(pairs, protocol, seed=opts["seed"])
+    if benchmark == "voc2012-action":  # each image and each person box described once, stacked per person
+        from vggfeat.probes.action import action_store, extract_action_stores
+
+        train, val, box = splits[0].train_action, splits[0].test_action, opts.get("box", True)
+        image_store, box_store, crops = extract_action_stores(
+            train, val, out, settings, runtime, box=box, progress=not opts["quiet"]
+        )
+        return action_store(train, val, [image_store], [box_store] if box else (), crops)
     return cached_store(benchmark_images(splits), out, settings, runtime, progress=not opts["quiet"])
 
 
@@ -197,3 +209,49 @@ def echo_split(split, result) -> None:
         f"  split {split.split}: {len(split.train_paths)} train / {len(split.test_paths)} test images -> "
         f"{100 * result.headline:.2f} % ({result.seconds:.1f} s)"
     )
+
+
+def run_low_shot_probe(opts: dict, *, ks: tuple[int, ...], samples: int, Cs: tuple[float, ...]) -> None:
+    """`linear-probe voc2007 --low-shot`: the same VOC-2007 descriptors (cached as for the full probe), then
+    vggfeat.probes.lowshot on them; writes OUT/low-shot.{json,md,png} and prints mean +- std of mAP per k."""
+    benchmark = opts["benchmark"]
+    if benchmark != "voc2007":
+        raise click.UsageError(
+            f"--low-shot is a VOC-2007 protocol (k positives per class): use it with voc2007, not {benchmark}"
+        )
+    out_dir = Path(opts["out"] or Path("vggfeat-out") / benchmark)
+    try:
+        (split,) = load_splits(benchmark, opts["root"], out_dir, 1, opts["seed"])
+        store = probe_store(benchmark, [split], out_dir, opts)
+        import numpy as np
+
+        from vggfeat.probes.features import split_features
+        from vggfeat.probes.lowshot import low_shot_lines, run_low_shot, write_low_shot
+        from vggfeat.probes.run import store_summary
+        from vggfeat.utils.device import resolve_device
+
+        click.echo(f"{benchmark} low-shot: k in {', '.join(map(str, ks))}, {samples} samples, {store.dim}-D features")
+        x_train, x_test = split_features(store, split.train_paths, split.test_paths)
+        result = run_low_shot(
+            x_train,
+            np.array(split.train_labels),
+            x_test,
+            np.array(split.test_labels),
+            ks=ks,
+            samples=samples,
+            Cs=Cs,
+            seed=opts["seed"],
+            classes=split.classes,
+            device=resolve_device(opts["device"]),
+            features=store_summary(store),
+            progress=None if opts["quiet"] else lambda k, i: click.echo(f"  k = {k}: {samples} samples solved"),
+        )
+        files = write_low_shot(result, out_dir, "low-shot")
+    except FileNotFoundError as e:  # VggfeatError is shown by LazyGroup; other exceptions are bugs
+        raise click.ClickException(str(e)) from None
+    except OSError as e:
+        raise click.ClickException(f"cannot write to {out_dir}: {e.strerror or e}") from None
+    click.echo("")
+    for line in low_shot_lines(json.loads(files["json"].read_text())):
+        click.echo(line)
+    click.echo(f"\nreport: {files['markdown']}, {files['json']}, {files['plot']}")

@@ -89,3 +89,28 @@ def split_features(
         np.asarray(store.features[train_rows], dtype=np.float32),
         np.asarray(store.features[test_rows], dtype=np.float32),
     )
+
+
+def stack_stores(parts: Sequence[tuple[FeatureStore, Sequence[str]]], names: Sequence[str]) -> FeatureStore:
+    """An in-memory store whose row i stacks, for each (store, keys) part, that store's row of keys[i] - then
+    L2-normalised (PAPER.md sect. 4, steps 6-7: late fusion of nets D & E; Table 12's image + person box).
+
+    Row i is named names[i], so a probe looks samples up by those names. Nothing is extracted: each part is a
+    finished store, and each keeps its own L2 normalisation before stacking, so every part weighs the same.
+    """
+    if not parts or any(len(keys) != len(names) for _, keys in parts):
+        raise ValueError("stack_stores needs one key per name in every part")
+    blocks = [np.asarray(store.features[store.rows_for(list(keys))], dtype=np.float32) for store, keys in parts]
+    x = np.concatenate(blocks, axis=1)  # (N, sum of D)
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    first = parts[0][0].manifest
+    manifest = {
+        **{k: first.get(k) for k in ("layer", "scales", "flip", "aggregate", "l2", "l2_parts")},
+        "models": [m for store, _ in parts for m in store.manifest.get("models", [])],
+        "dim": int(x.shape[1]),
+        "dtype": "float32",
+        "stacked_from": [str(store.root) for store, _ in parts],
+        "paths": list(names),
+        "skipped": [],
+    }
+    return FeatureStore(Path(parts[0][0].root), x, manifest)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,7 +92,9 @@ class LowShotResult:
         at_chosen, best = self._at_chosen(), table.mean(axis=1).argmax(axis=1)
         rows = []
         for i, k in enumerate(self.ks):
-            per_class = np.nanmean(self.ap[i, :, best[i]], axis=0)  # (K,) mean over samples
+            with warnings.catch_warnings():  # a class without test positives is NaN in every sample: stays NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
+                per_class = np.nanmean(self.ap[i, :, best[i]], axis=0)  # (K,) mean over samples
             fewest = self.drawn[i].min(axis=0)  # (K, 2) over samples
             rows.append(
                 {
@@ -232,3 +235,43 @@ def plot_low_shot(result: LowShotResult, path: str | Path) -> Path:
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def low_shot_lines(report: dict[str, Any]) -> list[str]:
+    """The terminal table of `LowShotResult.to_dict()`: mAP mean +- std per k, and the C chosen at each k."""
+    lines = [f"{'k':>4}  {'negatives':>9}  {'mAP %':>14}  {'C':>6}"]
+    for row in report["rows"]:
+        lines.append(
+            f"{row['k']:>4}  {row['negatives']:>9}  {row['mAP']:>7.2f} +- {row['std']:<4.2f}  {row['chosen_C']:>6g}"
+        )
+    lines.append(f"low-shot VOC-2007 (ours; beyond the paper, which has no low-shot table): {report['protocol']}")
+    return lines
+
+
+def write_low_shot(result: LowShotResult, out: str | Path, stem: str = "low-shot") -> dict[str, Path]:
+    """OUT/STEM.json (every k, sample, C), OUT/STEM.md (mean +- std of mAP per k) and OUT/STEM.png, atomically."""
+    from vggfeat.utils.files import atomic_write_json, atomic_write_text
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = result.to_dict()
+    files = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md", "plot": out / f"{stem}.png"}
+    atomic_write_json(files["json"], report)
+    md = [
+        "# Low-shot VOC-2007: linear SVMs on k positives per class",
+        "",
+        f"Protocol: {report['protocol']}. Beyond the paper (no published reference).",
+        "",
+        "| k | negatives | mAP % (mean +- std over samples) | chosen C | per sample |",
+        "|---|---|---|---|---|",
+    ]
+    for row in report["rows"]:
+        per = ", ".join(f"{v:.1f}" for v in row["per_sample"])
+        md.append(
+            f"| {row['k']} | {row['negatives']} | {row['mAP']:.2f} +- {row['std']:.2f} | {row['chosen_C']:g} | {per} |"
+        )
+    models = (report.get("features") or {}).get("models") or []
+    md += ["", f"Features: `{report.get('features')}`" if models or report.get("features") else "", ""]
+    atomic_write_text(files["markdown"], "\n".join(md))
+    plot_low_shot(result, files["plot"])
+    return files

@@ -1,0 +1,127 @@
+"""Table 11 / Table 12 as we measured them, the paper's numbers beside ours and labelled as the paper's:
+terminal lines, markdown, JSON and a PNG bar chart, each written atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vggfeat.utils.files import atomic_write_json, atomic_write_text
+
+
+def _fmt(mean: float | None, std: float | None = None) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.1f}" if std is None else f"{mean:.1f} +- {std:.1f}"
+
+
+def _paper(cell: dict[str, Any]) -> str:
+    return "-" if cell.get("paper") is None else _fmt(*cell["paper"])
+
+
+def table_lines(result: dict[str, Any]) -> list[str]:
+    """The terminal table: per row, ours and the paper's value in every column; reasons for empty columns."""
+    cols = result["columns"]
+    width = max(14, *(len(c["title"]) for c in cols))
+    lines = [f"{result['table']} (%): ours / paper", f"{'':<34}" + "".join(f"  {c['id']:>{width}}" for c in cols)]
+    for row in result["rows"]:
+        ours = [_fmt(row["cells"][c["id"]].get("ours"), row["cells"][c["id"]].get("std")) for c in cols]
+        paper = [_paper(row["cells"][c["id"]]) for c in cols]
+        lines.append(f"{row['method'] + ' (ours)':<34}" + "".join(f"  {v:>{width}}" for v in ours))
+        lines.append(f"{row['method'] + ' (paper)':<34}" + "".join(f"  {v:>{width}}" for v in paper))
+    lines.append(f"'paper' rows: {result['paper_label']}.")
+    for c in cols:
+        if c["status"] == "missing":
+            lines.append(f"{c['id']}: empty - {c['reason']}")
+    return lines
+
+
+def markdown(result: dict[str, Any]) -> str:
+    cols = result["columns"]
+    out = [
+        f"# {result['table']}: our numbers beside the paper's",
+        "",
+        "| method | " + " | ".join(c["title"] for c in cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
+    for row in result["rows"]:
+        cells = [row["cells"][c["id"]] for c in cols]
+        out.append(
+            f"| **{row['method']} (ours)** | "
+            + " | ".join(f"**{_fmt(x.get('ours'), x.get('std'))}**" for x in cells)
+            + " |"
+        )
+        out.append(f"| {row['method']} - paper (reference) | " + " | ".join(_paper(x) for x in cells) + " |")
+    out += ["", f"_{result['paper_label']}._", ""]
+    missing = [c for c in cols if c["status"] == "missing"]
+    if missing:
+        out += ["## Empty columns", ""] + [f"- {c['title']}: {c['reason']}" for c in missing] + [""]
+    nets = result["nets"]
+    out += [
+        "## Settings",
+        "",
+        f"- net D: {nets['D'][0]} ({nets['D'][1] or 'RANDOM init'})",
+        f"- net E: {nets['E'][0]} ({nets['E'][1] or 'RANDOM init'})",
+        f"- `{result['settings']}`",
+        "- per-benchmark reports (per class, chosen C, features): "
+        + ", ".join(f"`{x['report']}`" for row in result["rows"] for x in row["cells"].values() if x.get("report")),
+        "",
+    ]
+    return "\n".join(out)
+
+
+def plot(result: dict[str, Any], path: Path) -> Path:
+    """Grouped bars per column: ours (solid) and the paper's (hatched) for D, E and D & E."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cols = result["columns"]
+    fig, ax = plt.subplots(figsize=(2.2 + 2.2 * len(cols), 4))
+    width = 0.13
+    for k, row in enumerate(result["rows"]):
+        ours = [row["cells"][c["id"]].get("ours") for c in cols]
+        paper = [(row["cells"][c["id"]].get("paper") or (None,))[0] for c in cols]
+        x = np.arange(len(cols)) + (k - 1) * 2 * width
+        colour = f"C{k}"
+        ax.bar(
+            x - width / 2,
+            [np.nan if v is None else v for v in ours],
+            width,
+            color=colour,
+            label=f"{row['method']} (ours)",
+        )
+        ax.bar(
+            x + width / 2,
+            [np.nan if v is None else v for v in paper],
+            width,
+            color="white",
+            edgecolor=colour,
+            hatch="//",
+            label=f"{row['method']} (paper)",
+        )
+    ax.set_xticks(np.arange(len(cols)), [c["title"].replace(" (", "\n(") for c in cols], fontsize=7)
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"{result['table']}: ours (solid) vs paper (hatched, reference)")
+    ax.legend(fontsize=6, ncol=2, loc="lower right")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def write_table(result: dict[str, Any], out: str | Path) -> dict[str, Path]:
+    """OUT/<table>.json, .md and .png."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = result["table"]
+    files = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md", "plot": out / f"{stem}.png"}
+    atomic_write_json(files["json"], {**result, "files": {k: str(v) for k, v in files.items()}})
+    atomic_write_text(files["markdown"], markdown(result))
+    plot(result, files["plot"])
+    return files

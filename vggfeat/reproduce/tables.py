@@ -1,0 +1,306 @@
+"""Tables 11 and 12 of the paper in one call: every benchmark found under a data root, probed with the paper's
+settings (Appendix B) for net D, net E and their late fusion D & E, our numbers beside the paper's.
+
+Each net's descriptors of a benchmark are extracted once into a cached store (OUT/<benchmark>/features/...);
+the D & E row stacks the D and E stores, extracting nothing. Each finished row is written to
+OUT/<benchmark>/rows/<row>.json with a key of everything it depends on, so a rerun only does what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vggfeat.errors import InputError
+from vggfeat.features.runtime import Runtime
+from vggfeat.utils.files import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+ROWS = {"D": "VGG Net-D", "E": "VGG Net-E", "D&E": "VGG Net-D & Net-E"}
+TABLE11 = ("voc2007", "voc2012", "caltech101", "caltech256")
+# Table 12 (VOC-2012 action, mAP %): one benchmark, two descriptor settings as columns
+TABLE12 = ("voc2012-action:image", "voc2012-action:image+box")
+TABLES = {"table11": TABLE11, "table12": TABLE12}
+TITLES = {
+    "voc2007": "VOC-2007 (mAP)",
+    "voc2012": "VOC-2012 val (mAP)",
+    "caltech101": "Caltech-101 (mean class recall)",
+    "caltech256": "Caltech-256 (mean class recall)",
+    "voc2012-action:image": "VOC-2012 action val, image only (mAP)",
+    "voc2012-action:image+box": "VOC-2012 action val, image + person box (mAP)",
+}
+PAPER_LABEL = "paper (Simonyan & Zisserman 2015, {table}) - reference, not measured here"
+
+
+@dataclass(frozen=True)
+class Nets:
+    """Net D and net E: (model name or 'auto', weight file or None for a random net)."""
+
+    d: tuple[str, str | None]
+    e: tuple[str, str | None]
+
+
+@dataclass
+class ReproduceOptions:
+    """How to probe: the paper's settings unless overridden (tests pass small scales)."""
+
+    scales: tuple[int, ...] | None = None  # None: each benchmark's Appendix B scales
+    layer: str = "fc7"
+    Cs: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+    holdout: float = 0.2
+    seed: int = 0
+    splits: int = 3  # Caltech: the paper's three random splits
+    runtime: Runtime | None = None  # device, batch size, loader workers of the extractions
+    progress: bool = True  # extraction progress bars
+
+
+def paper_value(column: str, row: str) -> tuple[float, float | None] | None:
+    """The paper's (mean, std) for a cell of Table 11 or 12 (from the benchmark's paper rows), or None where
+    the paper gives none (Table 12 has only D & E)."""
+    from vggfeat.benchmarks.registry import get_benchmark
+    from vggfeat.benchmarks.voc2012_action import IMAGE_AND_BOX, IMAGE_ONLY
+
+    benchmark, _, variant = column.partition(":")
+    if variant:
+        method = {"image": IMAGE_ONLY, "image+box": IMAGE_AND_BOX}[variant] if row == "D&E" else None
+    else:
+        method = ROWS[row]
+    found = [(r.mean, r.std) for r in get_benchmark(benchmark).paper_rows if r.method == method]
+    return found[0] if found else None
+
+
+def table_of(column: str) -> str:
+    return "Table 12" if column.startswith("voc2012-action") else "Table 11"
+
+
+def _key(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class _Column:
+    """One benchmark of the table: its splits, and each net's store extracted at most once (lazily)."""
+
+    def __init__(self, benchmark: str, root: Path, out: Path, nets: Nets, options: ReproduceOptions) -> None:
+        from vggfeat.benchmarks.registry import get_benchmark
+        from vggfeat.features.protocol import Protocol
+        from vggfeat.probes.features import ExtractionSettings
+
+        self.benchmark, self.root, self.out, self.options = benchmark, root, out, options
+        defaults = get_benchmark(benchmark)  # Appendix B's scales and aggregation for this benchmark
+        self.settings = {
+            net: ExtractionSettings(
+                (pair,),
+                Protocol(
+                    layer=options.layer,
+                    scales=tuple(options.scales or defaults.scales),
+                    aggregate=defaults.aggregate,
+                ),
+                seed=options.seed,
+            )
+            for net, pair in (("D", nets.d), ("E", nets.e))
+        }
+        self._stores: dict[str, Any] = {}
+        self.splits = self._load()
+
+    def _load(self):
+        if self.benchmark == "voc2012-action":
+            from vggfeat.benchmarks.voc_action import load_voc_action
+
+            self.action = load_voc_action(self.root)
+            from vggfeat.benchmarks.voc_action import action_probe_split
+
+            return [action_probe_split(*self.action)]
+        from vggfeat.benchmarks.registry import load_benchmark
+
+        return load_benchmark(
+            self.benchmark,
+            self.root,
+            seed=self.options.seed,
+            splits=self.options.splits,
+            splits_dir=self.out / "splits",
+        )
+
+    def key(self, row: str, variant: str) -> str:
+        nets = ("D", "E") if row == "D&E" else (row,)
+        o = self.options
+        return _key(
+            {
+                "features": [self.settings[n].key() for n in nets],
+                "variant": variant,
+                "Cs": o.Cs,
+                "holdout": o.holdout,
+                "seed": o.seed,
+                "samples": [(s.train_paths, s.test_paths) for s in self.splits],
+            }
+        )
+
+    def net_stores(self, net: str):
+        """(image store, box store or None, crops or None) of one net, extracted once."""
+        if net not in self._stores:
+            from vggfeat.probes.features import cached_store
+
+            o = self.options
+            if self.benchmark == "voc2012-action":
+                from vggfeat.probes.action import extract_action_stores
+
+                self._stores[net] = extract_action_stores(
+                    *self.action, self.out, self.settings[net], o.runtime, box=True, progress=o.progress
+                )
+            else:
+                from vggfeat.benchmarks.base import benchmark_images
+
+                images = benchmark_images(self.splits)
+                store = cached_store(images, self.out, self.settings[net], o.runtime, progress=o.progress)
+                self._stores[net] = (store, None, None)
+        return self._stores[net]
+
+    def store(self, row: str, variant: str):
+        """The store a row probes: a net's own, or D and E stacked (late fusion; nothing extracted again)."""
+        nets = ("D", "E") if row == "D&E" else (row,)
+        parts = [self.net_stores(n) for n in nets]
+        if self.benchmark == "voc2012-action":
+            from vggfeat.probes.action import action_store
+
+            box = variant == "image+box"
+            return action_store(
+                *self.action, [p[0] for p in parts], [p[1] for p in parts] if box else (), parts[0][2] if box else None
+            )
+        if len(parts) == 1:
+            return parts[0][0]
+        from vggfeat.benchmarks.base import benchmark_images
+        from vggfeat.probes.features import stack_stores
+
+        images = benchmark_images(self.splits)
+        return stack_stores([(p[0], images) for p in parts], images)
+
+
+def _cell(result, report_file: Path) -> dict[str, Any]:
+    per_split = [round(100 * s.headline, 2) for s in result.splits]
+    return {
+        "ours": round(100 * result.headline, 2),
+        "std": round(100 * result.headline_std, 2) if len(result.splits) > 1 else None,
+        "per_split": per_split,
+        "report": str(report_file),
+    }
+
+
+def reproduce_table(
+    table: str,
+    root: str | Path | None,
+    out: str | Path,
+    nets: Nets,
+    options: ReproduceOptions | None = None,
+    *,
+    echo: Callable[[str], None] = log.info,
+) -> dict[str, Any]:
+    """Probe every benchmark of `table` found under `root` for D, E and D & E; write OUT/<table>.{json,md,png}
+    and return the table as a dict. A benchmark whose data is missing or unusable gets an empty column with
+    the reason. Finished rows are reused (same features, grid, hold-out and samples), as are extracted stores."""
+    from vggfeat.benchmarks.base import DatasetError, resolve_root
+    from vggfeat.probes.report import write_report
+    from vggfeat.probes.run import run_linear_probe
+
+    if table not in TABLES:
+        raise InputError(f"unknown table {table!r}; choose one of {', '.join(TABLES)}")
+    options = options or ReproduceOptions()
+    root, out = resolve_root(root), Path(out)
+    columns: list[dict[str, Any]] = []
+    rows: dict[str, dict[str, Any]] = {r: {} for r in ROWS}
+    loaded: dict[str, _Column | str] = {}
+    for column in TABLES[table]:
+        benchmark, _, variant = column.partition(":")
+        if benchmark not in loaded:
+            try:
+                loaded[benchmark] = _Column(benchmark, root, out / benchmark, nets, options)
+            except DatasetError as e:
+                loaded[benchmark] = str(e)
+        col = loaded[benchmark]
+        info = {"id": column, "benchmark": benchmark, "title": TITLES[column], "table": table_of(column)}
+        if isinstance(col, str):
+            echo(f"{column}: skipped - {col}")
+            columns.append({**info, "status": "missing", "reason": col})
+            for r in ROWS:
+                rows[r][column] = {"ours": None, "paper": paper_value(column, r)}
+            continue
+        columns.append({**info, "status": "done", "data": col.splits[0].summary(), "splits": len(col.splits)})
+        for r in ROWS:
+            key = col.key(r, variant)
+            slug = r.replace("&", "").lower() + (f"-{variant}" if variant else "")
+            row_file = col.out / "rows" / f"{slug}.json"
+            cell = _reuse(row_file, key)
+            if cell is None:
+                echo(f"{column}: probing {ROWS[r]}")
+                result = run_linear_probe(
+                    col.splits,
+                    col.store(r, variant),
+                    Cs=options.Cs,
+                    holdout=options.holdout,
+                    seed=options.seed,
+                    device=options.runtime.torch_device() if options.runtime else None,
+                )
+                files = write_report(result, col.out, f"linear-probe-{slug}")
+                cell = _cell(result, files["json"])
+                row_file.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(row_file, {"key": key, "cell": cell})
+            else:
+                echo(f"{column}: {ROWS[r]} reused from {row_file}")
+            rows[r][column] = {**cell, "paper": paper_value(column, r)}
+    from vggfeat.reproduce.report import write_table
+
+    result = {
+        "table": table,
+        "columns": columns,
+        "rows": [{"row": r, "method": ROWS[r], "cells": rows[r]} for r in ROWS],
+        "paper_label": PAPER_LABEL.format(table="Table 12" if table == "table12" else "Table 11"),
+        "nets": {"D": list(nets.d), "E": list(nets.e)},
+        "settings": {
+            "scales": list(options.scales) if options.scales else "Appendix B per benchmark",
+            "layer": options.layer,
+            "Cs": list(options.Cs),
+            "holdout": options.holdout,
+            "seed": options.seed,
+            "splits": options.splits,
+        },
+    }
+    result["files"] = {k: str(v) for k, v in write_table(result, out).items()}
+    return result
+
+
+def _reuse(row_file: Path, key: str) -> dict[str, Any] | None:
+    """A finished row's cell when its key matches (same features, grid, samples), else None."""
+    if not row_file.is_file():
+        return None
+    try:
+        saved = json.loads(row_file.read_text())
+    except ValueError:
+        return None  # unreadable: probe again (rows are written atomically, so this is a hand edit)
+    return saved.get("cell") if isinstance(saved, dict) and saved.get("key") == key else None
+
+
+def parse_net(value: str, random_arch: str = "vgg_d") -> tuple[str, str | None]:
+    """--net-d/--net-e -> (model, weights): whatever `--weights` takes (a weight file - vggfeat, torchvision
+    .pth or Caffe .caffemodel -, torchvision:vgg16, timm:TAG, hf-hub:..., random), the architecture read from the
+    weights; or MODEL=WEIGHTS to name the architecture. A file that does not exist is refused here, before any
+    dataset is read."""
+    from vggfeat.weight_sources import RANDOM, is_weights_name
+
+    model, sep, weights = value.partition("=")
+    if not sep:
+        model, weights = "auto", value
+    if weights == RANDOM:
+        return (random_arch if model == "auto" else model), None
+    if not is_weights_name(weights) and not Path(weights).expanduser().is_file():
+        raise InputError(
+            f"weight file {weights!r} not found; give a weight file, a name such as torchvision:vgg16, or MODEL=WEIGHTS"
+        )
+    return model, weights if is_weights_name(weights) else str(Path(weights).expanduser())
+
+
+def table_columns(table: str) -> Sequence[str]:
+    return TABLES[table]
