@@ -33,7 +33,7 @@ def test_voc2012_action_image_and_box_then_image_only(tmp_path, monkeypatch):
     calls = []
     real = extract_module.extract_to_store
     monkeypatch.setattr(
-        extract_module, "extract_to_store", lambda im, o, **k: calls.append(list(im)) or real(im, o, **k)
+        extract_module, "extract_to_store", lambda im, o, *a, **k: calls.append(list(im)) or real(im, o, *a, **k)
     )
     text = invoke("linear-probe", "voc2012-action", *common, "--Cs", "0.1,1,10")
     report = json.loads((out / "linear-probe.json").read_text())

@@ -35,9 +35,9 @@ def counted(monkeypatch):
     calls: list[list[str]] = []
     real = extract_module.extract_to_store
 
-    def counting(images, out, **kwargs):
+    def counting(images, out, *args, **kwargs):
         calls.append([str(i) for i in images])
-        return real(images, out, **kwargs)
+        return real(images, out, *args, **kwargs)
 
     monkeypatch.setattr(extract_module, "extract_to_store", counting)
     return calls
