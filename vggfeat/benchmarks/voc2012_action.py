@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vggfeat.benchmarks import voc2012
 from vggfeat.benchmarks.base import Benchmark, PaperRow, ProbeSplit, SplitOptions
 from vggfeat.benchmarks.voc_action import action_probe_split, load_voc_action
 from vggfeat.probes import metrics
@@ -35,7 +36,7 @@ BENCHMARK = Benchmark(
     score=score,
     headline="mAP",
     multilabel=True,
-    scales=(256, 384, 512),  # VOC's (Appendix B), for the image and the box alike
+    scales=voc2012.BENCHMARK.scales,  # VOC's (Appendix B), for the image and the box alike
     aggregate="mean",
     paper_rows=(PaperRow(IMAGE_AND_BOX, 84.0, table="Table 12"), PaperRow(IMAGE_ONLY, 79.2, table="Table 12")),
 )
