@@ -252,6 +252,6 @@ def run_low_shot_probe(opts: dict, *, ks: tuple[int, ...], samples: int, Cs: tup
     except OSError as e:
         raise click.ClickException(f"cannot write to {out_dir}: {e.strerror or e}") from None
     click.echo("")
-    for line in low_shot_lines(json.loads(files["json"].read_text())):
+    for line in low_shot_lines(result.to_dict()):
         click.echo(line)
     click.echo(f"\nreport: {files['markdown']}, {files['json']}, {files['plot']}")

@@ -203,7 +203,7 @@ def reproduce_table(
     and return the table as a dict. A benchmark whose data is missing or unusable gets an empty column with
     the reason. Finished rows are reused (same features, grid, hold-out and samples), as are extracted stores."""
     from vggfeat.benchmarks.base import DatasetError, resolve_root
-    from vggfeat.probes.report import write_report
+    from vggfeat.probes.report import report_files, write_report
     from vggfeat.probes.run import run_linear_probe
 
     if table not in TABLES:
@@ -244,8 +244,8 @@ def reproduce_table(
                     seed=options.seed,
                     device=options.runtime.torch_device() if options.runtime else None,
                 )
-                files = write_report(result, col.out, f"linear-probe-{slug}")
-                cell = _cell(result, files["json"])
+                write_report(result, col.out, f"linear-probe-{slug}")
+                cell = _cell(result, report_files(col.out, f"linear-probe-{slug}")["json"])
                 row_file.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_json(row_file, {"key": key, "cell": cell})
             else:
