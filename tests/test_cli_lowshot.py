@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 import vggfeat
-import vggfeat.features.extract as extract_module
+import vggfeat.features.engine as engine_module
 from vggfeat.benchmarks.registry import load_benchmark
 from vggfeat.cli.main import cli
 from vggfeat.data.synthetic_voc import make_voc2007
@@ -47,10 +47,15 @@ def test_low_shot_writes_mean_std_per_k_on_the_probes_cached_features(tmp_path, 
     assert [r["mAP"] for r in report["rows"]] == pytest.approx(list(np.round(100 * ref.mean, 2)), abs=0.02)
 
     # the full probe afterwards reuses the same cached descriptors: nothing is extracted again
-    calls = []
-    monkeypatch.setattr(extract_module, "extract_to_store", lambda *a, **k: calls.append(a))
+    described = []
+    real = engine_module.DescriptorEngine.describe
+    monkeypatch.setattr(
+        engine_module.DescriptorEngine,
+        "describe",
+        lambda self, items, *a, **k: described.append(items) or real(self, items, *a, **k),
+    )
     args = ["linear-probe", "voc2007", *common, "--Cs", "1"]
-    assert CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False).exit_code == 0 and calls == []
+    assert CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False).exit_code == 0 and described == []
 
 
 def test_low_shot_is_voc2007_only(tmp_path):

@@ -288,18 +288,19 @@ def parse_net(value: str, random_arch: str = "vgg_d") -> tuple[str, str | None]:
     .pth or Caffe .caffemodel -, torchvision:vgg16, timm:TAG, hf-hub:..., random), the architecture read from the
     weights; or MODEL=WEIGHTS to name the architecture. A file that does not exist is refused here, before any
     dataset is read."""
-    from vggfeat.weight_sources import RANDOM, is_weights_name
+    from vggfeat.weight_sources import NAME_PREFIXES, RANDOM
 
     model, sep, weights = value.partition("=")
     if not sep:
         model, weights = "auto", value
     if weights == RANDOM:
         return (random_arch if model == "auto" else model), None
-    if not is_weights_name(weights) and not Path(weights).expanduser().is_file():
+    named = weights.startswith(NAME_PREFIXES)  # torchvision:, timm:, hf-hub: (resolved when extracting)
+    if not named and not Path(weights).expanduser().is_file():
         raise InputError(
             f"weight file {weights!r} not found; give a weight file, a name such as torchvision:vgg16, or MODEL=WEIGHTS"
         )
-    return model, weights if is_weights_name(weights) else str(Path(weights).expanduser())
+    return model, weights if named else str(Path(weights).expanduser())
 
 
 def table_columns(table: str) -> Sequence[str]:
