@@ -1,14 +1,16 @@
 """Seeded random splits of class-per-folder trees (Appendix B): what caltech101.py, caltech256.py and folder.py share.
 
 Split i is drawn with numpy's generator seeded by (seed, i) and written as text (`relative/path class_id` per
-line) so that runs compare on the same images; split files that already exist are read instead, which also
-admits official splits. A class with no more images than the training quota keeps one image for testing and
-trains on the rest (logged as a warning); a class with fewer than two images is an error. Single-label
-benchmarks score with mean class recall.
+line, or the JSON line `["relative/path", class_id]` for a name that a plain line cannot hold: a newline, edge
+spaces, a leading # or [) so that runs compare on the same images; split files that already exist are read
+instead, which also admits official splits. A class with no more images than the training quota keeps one
+image for testing and trains on the rest (logged as a warning); a class with fewer than two images is an
+error. Single-label benchmarks score with mean class recall.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path, PurePosixPath
@@ -112,27 +114,62 @@ def draw_split(
     return train, test
 
 
+def _plain(rel: str) -> bool:
+    """Whether `rel <id>` reads back as `rel`: printable, no edge spaces, no backslash (read as a Windows
+    separator), and not starting like a comment or a JSON line."""
+    return rel == rel.strip() and rel[:1] not in ("#", "[") and "\\" not in rel and rel.isprintable()
+
+
+def _escape(text: str) -> str:
+    return "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in text)
+
+
 def write_split_file(path: Path, rows: list[tuple[str, int]], header: str) -> None:
-    body = "".join(f"{rel} {label}\n" for rel, label in rows)
-    atomic_write_text(path, f"# {header}\n# lines: <image path relative to the dataset folder> <class id>\n" + body)
+    """One line per image: `relative/path class_id`, or `["relative/path", class_id]` (JSON, ASCII) for a file
+    name the plain form would break, so any legal name round-trips (issue 12.6)."""
+    body = "".join(f"{rel} {label}\n" if _plain(rel) else json.dumps([rel, label]) + "\n" for rel, label in rows)
+    atomic_write_text(
+        path,
+        f"# {_escape(header)}\n# lines: <image path relative to the dataset folder> <class id>, "
+        'or ["<path>", <class id>] as JSON\n' + body,
+    )
+
+
+def _split_line(path: Path, n: int, line: str) -> tuple[str, str, bool] | None:
+    """(relative path, class, is JSON) of one line; None for a blank line or a comment. A line starting with
+    [ that is not a JSON pair is read the plain way (an older file naming such an image)."""
+    line = line.strip()
+    if line.startswith("["):
+        try:
+            rel, cls = json.loads(line)
+            if isinstance(rel, str) and isinstance(cls, (int, str)) and not isinstance(cls, bool):
+                return rel, str(cls), True
+        except (ValueError, TypeError):
+            pass
+    if not line or line.startswith("#"):
+        return None
+    parts = line.rsplit(None, 1)  # file names may hold spaces; the class never does
+    if len(parts) != 2:
+        raise DatasetError(f"{path}, line {n}: expected '<relative/path> <class id>', got {line!r}")
+    return parts[0], parts[1], False
 
 
 def read_split_file(path: Path, data_dir: Path, classes: tuple[str, ...]) -> list[tuple[str, int, int]]:
-    """(resolved path, class id, line) per line of `relative/path class` (class: an id or a class name)."""
+    """(resolved path, class id, line) per line of `relative/path class` or `["relative/path", class]` (class:
+    an id or a class name)."""
     index = {c: i for i, c in enumerate(classes)}
     rows, seen = [], {}
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
+    # only "\n" ends a line: splitlines() would also cut at \r, \f or U+2028, which plain lines never hold
+    text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    for n, raw in enumerate(text.split("\n"), start=1):
+        parsed = _split_line(path, n, raw)
+        if parsed is None:
             continue
-        parts = line.rsplit(None, 1)  # file names may hold spaces; the class never does
-        if len(parts) != 2:
-            raise DatasetError(f"{path}, line {n}: expected '<relative/path> <class id>', got {line!r}")
-        rel, cls = parts
+        rel, cls, is_json = parsed
         label = int(cls) if cls.isdigit() else index.get(cls, -1)  # written files hold ids
         if not 0 <= label < len(classes):
-            raise DatasetError(f"{path}, line {n}: unknown class {cls!r} ({len(classes)} classes) in {line!r}")
-        pure = PurePosixPath(rel.replace("\\", "/"))
+            raise DatasetError(f"{path}, line {n}: unknown class {cls!r} ({len(classes)} classes) in {raw.strip()!r}")
+        pure = PurePosixPath(rel if is_json else rel.replace("\\", "/"))
         if pure.is_absolute() or ".." in pure.parts:
             raise DatasetError(f"{path}, line {n}: path {rel!r} escapes the dataset folder {data_dir}")
         if pure.parts[0] in index and pure.parts[0] != classes[label]:
