@@ -172,7 +172,7 @@ def test_zero_usable_images_is_an_error_naming_inputs_and_reasons(tmp_path, weig
 MISSION = ["--layer", "fc7", "imgs/"]  # the command users are told to type, exactly
 
 
-@pytest.mark.parametrize("extra", [["--weights", "torchvision:vgg16"]], ids=["named-weights"])
+@pytest.mark.parametrize("extra", [[], ["--weights", "torchvision:vgg16"]], ids=["exactly-as-typed", "named-weights"])
 def test_the_mission_command_as_typed_runs_end_to_end(primed_torch_home, tmp_path, monkeypatch, recwarn, extra):
     """`vggfeat extract --layer fc7 imgs/`, nothing more: net D with the default weights torchvision:vgg16 (a
     primed, offline torch.hub cache holding a narrow stand-in), the paper's scales, into vggfeat-out/imgs-fc7
