@@ -419,3 +419,44 @@ def test_assemble_store_reads_each_chunk_once(tmp_path, monkeypatch, dtype):
     np.save(saved, on_disk)
     assert (tmp_path / fs.FEATURES_FILE).stat().st_size == len(saved.getvalue())  # truncated after the 5th row
     assert not (tmp_path / fs.PARTIAL_DIR).exists()
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_extraction_opens_the_weight_file_once(tmp_path, monkeypatch, suffix):
+    """The manifest's weights_sha256 and the tensors come from one open of the file (issue 15.4); before, a
+    sha256 pass read it whole and loading read it again."""
+    import builtins
+
+    import safetensors
+    import torch
+
+    import vggfeat.models.mapped as mapped
+
+    net = vggfeat.create_model("vgg_d", seed=0, **TINY)
+    path = tmp_path / f"net{suffix}"
+    if suffix == ".pt":
+        torch.save(net.state_dict(), path)
+    else:
+        vggfeat.save_weights(net, path)
+    src = make_images(tmp_path / "imgs", 2)
+    monkeypatch.setattr(mapped, "_MAPS", type(mapped._MAPS)())  # nothing mapped yet in this process
+    real_open, opens = builtins.open, []
+
+    def counting_open(file, *a, **k):
+        if isinstance(file, (str, os.PathLike)) and os.path.abspath(file) == str(path):
+            opens.append(file)
+        return real_open(file, *a, **k)
+
+    def no_second_reader(*a, **k):
+        raise AssertionError("safetensors opened the file again")
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    monkeypatch.setattr(safetensors, "safe_open", no_second_reader)
+    store = extract_to_store(
+        [src], tmp_path / "out", models=[("auto", str(path))], scales=(64,), workers=0, progress=False
+    )
+    monkeypatch.undo()
+    assert len(opens) == 1, opens
+    assert store.manifest["models"][0]["weights_sha256"] == vggfeat.utils.files.sha256_file(path)
+    expected = vggfeat.extract_features(net.eval(), [Image.open(p) for p in sorted(src.glob("*.png"))], scales=(64,))
+    np.testing.assert_allclose(np.asarray(store.features), expected, rtol=1e-4, atol=1e-6)

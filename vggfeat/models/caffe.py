@@ -305,10 +305,14 @@ def read_caffemodel(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     return tensors, meta
 
 
-def is_caffemodel(path: str | Path) -> bool:
-    """Whether a file starts like a NetParameter (optional name, then a layer): for .caffemodel files renamed."""
-    with open(path, "rb") as f:
-        head = f.read(300)
+def is_caffemodel(path: str | Path, data: Any = None) -> bool:
+    """Whether a file starts like a NetParameter (optional name, then a layer): for .caffemodel files renamed.
+    `data`: the file's bytes when they are already mapped (models.mapped), so the file is not opened again."""
+    if data is not None:
+        head = bytes(data[:300])
+    else:
+        with open(path, "rb") as f:
+            head = f.read(300)
     pos = 0
     if head[:1] == b"\x0a":  # name: a short string first
         n = head[1] if len(head) > 1 else 0xFF

@@ -57,9 +57,9 @@ class ResolvedWeights:
         return self.kind != "file"
 
     def sha256(self) -> str | None:
-        from vggfeat.utils.files import sha256_file
+        from .mapped import weights_sha256  # the map the tensors are read from: one open per run
 
-        return None if self.path is None else sha256_file(self.path)
+        return None if self.path is None else weights_sha256(self.path)
 
     def describe(self) -> dict[str, Any]:
         """What a manifest records: a name as given (portable across machines), a file by absolute path."""

@@ -10,6 +10,7 @@ PyTorch files read with `weights_only=True` (an arbitrary pickle is refused, nev
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import re
@@ -23,6 +24,7 @@ from torch import nn
 from vggfeat.errors import VggfeatError
 from vggfeat.utils.files import give_plain_permissions
 
+from .mapped import map_weights, read_safetensors
 from .preprocessing import TIMM, TORCHVISION, Preprocessing, resolve_preprocessing
 
 log = logging.getLogger(__name__)
@@ -45,16 +47,13 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weight file not found: {path}")
-    if path.suffix == ".caffemodel" or (path.suffix != ".safetensors" and is_caffemodel(path)):
+    data = map_weights(path)  # one open per run: weights_sha256 hashes the same map (mapped.py)
+    if path.suffix == ".caffemodel" or (path.suffix != ".safetensors" and is_caffemodel(path, data)):
         return read_caffemodel(path)  # the authors' Caffe release, with Caffe's preprocessing (caffe.py)
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
         try:
-            with safe_open(str(path), framework="pt") as f:
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-                raw_meta = f.metadata() or {}
-        except Exception as e:  # safetensors raises its own error types for corrupt headers
+            tensors, raw_meta = read_safetensors(data)
+        except (ValueError, KeyError, TypeError) as e:  # a corrupt header or byte ranges
             raise WeightsError(f"{path}: not a valid safetensors file ({e})") from e
         meta: dict[str, Any] = dict(raw_meta)
         for key in ("preprocessing", "options"):
@@ -65,7 +64,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
                     raise WeightsError(f"{path}: metadata {key!r} is not valid JSON ({e}): {meta[key][:80]!r}") from e
         return tensors, meta
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # a damaged file can make the unpickler raise anything (IndexError, KeyError, ...)
         raise WeightsError(
             f"{path}: refused to load - it is not a plain tensor file that torch.load(weights_only=True) can "
