@@ -15,6 +15,7 @@ import argparse
 import platform
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,9 @@ from PIL import Image, ImageOps
 import vggfeat
 from vggfeat.data.photos import VOC_SIZES, photo_jpegs
 from vggfeat.features.extract import extract_to_store
-from vggfeat.features.protocol import scaled_size
+from vggfeat.features.protocol import Protocol, scaled_size
+from vggfeat.features.runtime import Runtime
+from vggfeat.utils.device import resolve_device
 
 
 def baseline(tv: torch.nn.Module, paths: list[Path], scales: list[int], device: torch.device) -> np.ndarray:
@@ -89,7 +92,7 @@ def main() -> None:
     p.add_argument("--skip-baseline", action="store_true")
     args = p.parse_args()
     scales = [int(s) for s in args.scales.split(",")]
-    device = vggfeat.utils.device.resolve_device(args.device)
+    device = resolve_device(args.device)
 
     torch.manual_seed(0)
     tv = torchvision.models.vgg16(weights=None).eval()
@@ -106,33 +109,21 @@ def main() -> None:
         )
 
         # warm-up on two images (cuDNN autotuning, oneDNN primitive caches), then the timed run
-        extract_to_store(
-            paths[:2],
-            tmp / "warm",
-            models=[("vgg16", weights)],
-            scales=scales,
-            batch_size=args.batch_size,
+        protocol = Protocol(scales=tuple(scales))
+        runtime = Runtime(
             device=str(device),
-            workers=0,
-            progress=False,
+            batch_size=args.batch_size,
+            workers=args.workers,
             precision=args.precision,
             winograd=args.winograd,
+        )
+        extract_to_store(
+            paths[:2], tmp / "warm", protocol, replace(runtime, workers=0), models=[("vgg16", weights)], progress=False
         )
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        store = extract_to_store(
-            paths,
-            tmp / "store",
-            models=[("vgg16", weights)],
-            scales=scales,
-            batch_size=args.batch_size,
-            device=str(device),
-            workers=args.workers,
-            progress=False,
-            precision=args.precision,
-            winograd=args.winograd,
-        )
+        store = extract_to_store(paths, tmp / "store", protocol, runtime, models=[("vgg16", weights)], progress=False)
         if device.type == "cuda":
             torch.cuda.synchronize()
         ours_s = time.perf_counter() - start
