@@ -9,6 +9,7 @@ import numpy as np
 from click.testing import CliRunner
 
 import vggfeat
+import vggfeat.features.engine as engine_module
 import vggfeat.features.extract as extract_module
 from vggfeat.benchmarks.voc_action import VOC_ACTIONS, load_voc_action
 from vggfeat.cli.main import cli
@@ -55,6 +56,18 @@ def test_voc2012_action_image_and_box_then_image_only(tmp_path, monkeypatch):
     box_store = load_store(next((out / "boxes" / "features").iterdir()))
     crops = sorted((out / "boxes" / "crops").iterdir())
     assert len(crops) == len(train) + len(val)
+
+    # knn-probe on the same output folder: the same image and box stores, nothing described again
+    described = []
+    real_describe = engine_module.DescriptorEngine.describe
+    monkeypatch.setattr(
+        engine_module.DescriptorEngine,
+        "describe",
+        lambda self, items, *a, **k: described.append(items) or real_describe(self, items, *a, **k),
+    )
+    invoke("knn-probe", "voc2012-action", *common, "-k", "3")
+    knn = json.loads((out / "knn-probe.json").read_text())
+    assert described == [] and knn["method"] == "knn" and knn["features"]["dim"] == 64
 
     calls.clear()
     invoke("linear-probe", "voc2012-action", *common, "--Cs", "0.1,1,10", "--no-box", "-o", tmp_path / "nobox")
