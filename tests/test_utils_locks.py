@@ -74,3 +74,28 @@ def test_reentrant_in_one_process_and_disabled_is_a_no_op(tmp_path):
         assert lock_path(tmp_path / "a").is_file()  # the inner exit did not release it
     with folder_lock(tmp_path / "b", enabled=False):
         assert not lock_path(tmp_path / "b").exists()
+
+
+def test_a_folder_in_a_parent_we_may_not_write_is_locked_inside(tmp_path, monkeypatch):
+    import errno
+
+    from vggfeat.utils import locks
+
+    folder = tmp_path / "store"
+    folder.mkdir()
+    real_open = os.open
+
+    missing = tmp_path / "missing"
+
+    def refuse_beside(path, *a, **k):  # as in a read-only parent (root ignores chmod, so simulate it)
+        if os.fspath(path) in (str(lock_path(folder)), str(lock_path(missing))):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(locks.os, "open", refuse_beside)
+    with folder_lock(folder):
+        assert (folder / locks.INSIDE_LOCK).is_file() and not lock_path(folder).exists()
+    assert not (folder / locks.INSIDE_LOCK).exists()
+    with pytest.raises(PermissionError):  # a folder that does not exist cannot hold it: the CLI's one line
+        with folder_lock(missing):
+            pass

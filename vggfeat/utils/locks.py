@@ -6,7 +6,8 @@ The lock is a POSIX record lock (fcntl) on `.NAME.lock` next to the folder: it d
 run killed with kill -9 never blocks the next one - not even while its forked loader workers linger, since
 unlike flock a record lock is not inherited by children. A second writer stops at once with one line naming the
 holder (process id and host) instead of waiting: what it would write depends on what the first finishes.
-On Windows (no fcntl) there is no lock: run one writer per folder there.
+A folder in a parent we may not write keeps its lock inside, as `.vggfeat.lock`. On Windows (no fcntl)
+there is no lock: run one writer per folder there.
 """
 
 from __future__ import annotations
@@ -26,11 +27,14 @@ try:
 except ImportError:  # Windows
     fcntl = None
 
-_held: dict[str, int] = {}  # lock file -> its descriptor, for locks this process holds
+_held: dict[str, int] = {}  # resolved folder -> its lock file's descriptor, for locks this process holds
 
 
 class FolderLockedError(VggfeatError):
     """Another live process is writing the folder (it holds the folder's lock)."""
+
+
+INSIDE_LOCK = ".vggfeat.lock"  # the lock file inside the folder, when its parent is not writable
 
 
 def lock_path(folder: str | Path) -> Path:
@@ -92,12 +96,19 @@ def folder_lock(
         yield
         return
     folder = Path(folder)
-    path = lock_path(folder)
-    key = str(path)
+    key = str(folder.resolve())
     if key in _held:
         yield
         return
-    fd = _acquire(path, folder, what, fix)
+    path = lock_path(folder)
+    try:
+        fd = _acquire(path, folder, what, fix)
+    except OSError as e:
+        # a folder we may write inside a parent we may not (an admin-made /scratch/USER): lock inside it
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or not folder.is_dir():
+            raise
+        path = folder / INSIDE_LOCK
+        fd = _acquire(path, folder, what, fix)
     _held[key] = fd
     try:
         yield
