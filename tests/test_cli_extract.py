@@ -208,3 +208,41 @@ def test_loader_workers_are_capped_at_the_cpus_and_the_work(monkeypatch):
     assert usable_workers(4, 3) == 1  # one loader batch of 4 images
     assert usable_workers(0, 1000) == 0
     assert usable_workers(1, 1000) == 1
+
+
+def test_on_cuda_a_batch_is_reported_when_its_event_completes_not_when_queued(monkeypatch):
+    """A CUDA forward returns once its kernels are queued: the bar must follow the GPU (events), keeping two
+    batches in flight so the GPU never waits for the bar."""
+    import torch
+
+    from vggfeat.features.engine import BatchReporter
+
+    log = []
+
+    class FakeEvent:  # stands in for torch.cuda.Event: records when it is recorded and waited on
+        count = 0
+
+        def __init__(self):
+            FakeEvent.count += 1
+            self.id = FakeEvent.count
+
+        def record(self):
+            log.append(("record", self.id))
+
+        def synchronize(self):
+            log.append(("wait", self.id))
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    reporter = BatchReporter(lambda n: log.append(("report", n)), torch.device("cuda", 0), window=2)
+    for n in (4, 4, 4, 2):
+        reporter.queued(n)
+    assert log == [("record", 1), ("record", 2), ("record", 3), ("wait", 1), ("report", 4), ("record", 4),
+                   ("wait", 2), ("report", 4)]  # fmt: skip
+    reporter.flush()
+    assert log[-4:] == [("wait", 3), ("report", 4), ("wait", 4), ("report", 2)]
+
+    cpu = []
+    BatchReporter(cpu.append, torch.device("cpu")).queued(3)
+    assert cpu == [3]  # the CPU computes as it goes: reported at once, no events
+    BatchReporter(None, torch.device("cuda", 0)).queued(3)  # no bar: nothing recorded
+    assert FakeEvent.count == 4

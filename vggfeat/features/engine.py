@@ -6,7 +6,7 @@ channels_last everywhere; on CUDA also bf16 autocast, cuDNN autotuning, non-bloc
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -61,6 +61,7 @@ class DescriptorEngine:
         """Final descriptors (len(items), dim) for decoded items, in their order. `on_batch(n)` is called after
         each forward of n images at one scale (through every net), for progress bars."""
         n, n_scales = len(items), len(self.protocol.scales)
+        report = BatchReporter(on_batch, self.device)
         pending: list[tuple[int, list[int], int, torch.Tensor]] = []  # (net, positions, scale, (B, D))
         for s in range(n_scales):
             groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
@@ -80,12 +81,45 @@ class DescriptorEngine:
                         if self.protocol.flip:
                             f = (f[: len(batch)] + f[len(batch) :]) / 2
                         pending.append((k, batch, s, f))
-                    if on_batch is not None:
-                        on_batch(len(batch))
+                    report.queued(len(batch))
         parts = [np.empty((n, n_scales, net.dim), dtype=np.float32) for net in self.nets]  # (N, S, D)
         for k, batch, s, f in pending:  # one device sync per chunk, not per batch
             parts[k][batch, s] = f.cpu().numpy()
+        report.flush()
         return combine(parts, self.protocol)
+
+
+class BatchReporter:
+    """Calls `on_batch(n)` when a batch of n images has been computed. On the CPU that is when its forward
+    returns; on CUDA a forward only queues kernels (a whole chunk fits in the launch queue), so each batch
+    records an event and is reported once the event completes, waiting only while more than `window` batches
+    are in flight: the GPU always has work queued, and the bar follows the GPU, not the launches."""
+
+    def __init__(self, on_batch: Callable[[int], None] | None, device: torch.device, window: int = 2) -> None:
+        self.on_batch, self.window = on_batch, window
+        self.events = device.type == "cuda" and on_batch is not None
+        self.in_flight: deque[tuple[torch.cuda.Event, int]] = deque()
+
+    def queued(self, n: int) -> None:
+        if self.on_batch is None:
+            return
+        if not self.events:
+            self.on_batch(n)
+            return
+        event = torch.cuda.Event()
+        event.record()
+        self.in_flight.append((event, n))
+        while len(self.in_flight) > self.window:
+            self._report_oldest()
+
+    def _report_oldest(self) -> None:
+        event, n = self.in_flight.popleft()
+        event.synchronize()
+        self.on_batch(n)
+
+    def flush(self) -> None:
+        while self.in_flight:
+            self._report_oldest()
 
 
 def describe_chunks(
