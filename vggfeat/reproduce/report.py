@@ -22,13 +22,29 @@ def _paper(cell: dict[str, Any]) -> str:
 def table_lines(result: dict[str, Any]) -> list[str]:
     """The terminal table: per row, ours and the paper's value in every column; reasons for empty columns."""
     cols = result["columns"]
-    width = max(14, *(len(c["title"]) for c in cols))
-    lines = [f"{result['table']} (%): ours / paper", f"{'':<34}" + "".join(f"  {c['id']:>{width}}" for c in cols)]
+    cells = {
+        c["id"]: [_fmt(r["cells"][c["id"]].get("ours"), r["cells"][c["id"]].get("std")) for r in result["rows"]]
+        + [_paper(r["cells"][c["id"]]) for r in result["rows"]]
+        for c in cols
+    }
+    widths = {c["id"]: max(len(c["id"]), *(len(v) for v in cells[c["id"]])) for c in cols}
+    name_w = max(len(r["method"]) for r in result["rows"]) + 8
+    lines = [
+        f"{result['table']} (%): ours / paper",
+        " " * name_w + "".join(f"  {c['id']:>{widths[c['id']]}}" for c in cols),
+    ]
     for row in result["rows"]:
-        ours = [_fmt(row["cells"][c["id"]].get("ours"), row["cells"][c["id"]].get("std")) for c in cols]
-        paper = [_paper(row["cells"][c["id"]]) for c in cols]
-        lines.append(f"{row['method'] + ' (ours)':<34}" + "".join(f"  {v:>{width}}" for v in ours))
-        lines.append(f"{row['method'] + ' (paper)':<34}" + "".join(f"  {v:>{width}}" for v in paper))
+        for who in ("ours", "paper"):
+            values = [
+                _fmt(row["cells"][c["id"]].get("ours"), row["cells"][c["id"]].get("std"))
+                if who == "ours"
+                else _paper(row["cells"][c["id"]])
+                for c in cols
+            ]
+            label = f"{row['method']} ({who})"
+            lines.append(
+                f"{label:<{name_w}}" + "".join(f"  {v:>{widths[c['id']]}}" for v, c in zip(values, cols, strict=True))
+            )
     lines.append(f"'paper' rows: {result['paper_label']}.")
     for c in cols:
         if c["status"] == "missing":
@@ -79,7 +95,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     import numpy as np
 
     cols = result["columns"]
-    fig, ax = plt.subplots(figsize=(2.2 + 2.2 * len(cols), 4))
+    fig, ax = plt.subplots(figsize=(2.6 + 2.2 * len(cols), 4.8))
     width = 0.13
     for k, row in enumerate(result["rows"]):
         ours = [row["cells"][c["id"]].get("ours") for c in cols]
@@ -102,11 +118,14 @@ def plot(result: dict[str, Any], path: Path) -> Path:
             hatch="//",
             label=f"{row['method']} (paper)",
         )
+    for i, c in enumerate(cols):
+        if c["status"] == "missing":  # our bars are absent there: say why rather than leave a silent gap
+            ax.text(i, 3, "no data here\n(see .md)", ha="center", fontsize=7, color="grey")
     ax.set_xticks(np.arange(len(cols)), [c["title"].replace(" (", "\n(") for c in cols], fontsize=7)
     ax.set_ylabel("%")
     ax.set_ylim(0, 100)
     ax.set_title(f"{result['table']}: ours (solid) vs paper (hatched, reference)")
-    ax.legend(fontsize=6, ncol=2, loc="lower right")
+    ax.legend(fontsize=6, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.22))  # below: never over a bar
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=120)

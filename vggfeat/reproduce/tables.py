@@ -223,7 +223,7 @@ def reproduce_table(
         col = loaded[benchmark]
         info = {"id": column, "benchmark": benchmark, "title": TITLES[column], "table": table_of(column)}
         if isinstance(col, str):
-            echo(f"{column}: skipped - {col}")
+            echo(f"{column}: no usable data, column left empty (reason below the table)")
             columns.append({**info, "status": "missing", "reason": col})
             for r in ROWS:
                 rows[r][column] = {"ours": None, "paper": paper_value(column, r)}
