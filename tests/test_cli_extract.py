@@ -246,3 +246,39 @@ def test_on_cuda_a_batch_is_reported_when_its_event_completes_not_when_queued(mo
     assert cpu == [3]  # the CPU computes as it goes: reported at once, no events
     BatchReporter(None, torch.device("cuda", 0)).queued(3)  # no bar: nothing recorded
     assert FakeEvent.count == 4
+
+
+INPUTS_SCRIPT = """
+import json, sys
+from click.testing import CliRunner
+from vggfeat.cli.main import cli
+results = []
+for inputs in sys.argv[1:]:
+    r = CliRunner().invoke(cli, ["extract", "--layer", "fc7", inputs])
+    results.append(dict(code=r.exit_code, output=r.output, torch="torch" in sys.modules))
+print(json.dumps(results))
+"""
+
+
+def test_inputs_without_images_are_reported_before_torch_is_imported(tmp_path):
+    """A mistyped or empty folder in the mission command answers at once: the inputs are checked before torch
+    loads (seconds), and no default store folder is announced or made."""
+    import json
+    import subprocess
+    import sys
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not an image")
+    done = subprocess.run(
+        [sys.executable, "-c", INPUTS_SCRIPT, "nothere/", "empty/"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
+    missing, empty = json.loads(done.stdout)
+    assert missing == {"code": 1, "output": "Error: no such image file or folder: nothere\n", "torch": False}
+    assert empty["code"] == 1 and not empty["torch"], empty
+    assert empty["output"].startswith("Error: no input images found in empty/ (image files: .bmp, .gif, .jpeg")
+    assert empty["output"].count("\n") == 1
+    assert not (tmp_path / "vggfeat-out").exists()

@@ -197,6 +197,13 @@ def extract(
           --scales 256,384,512,640,768
       torchrun --nproc-per-node 4 -m vggfeat extract imgs/ -o feats --weights d.safetensors
     """
+    from vggfeat.data.images import find_input_images
+
+    try:  # before torch loads (seconds): a mistyped folder answers at once
+        find_input_images(images)
+    except FileNotFoundError as e:
+        raise click.ClickException(str(e)) from None
+
     from vggfeat.cli.weights import net_pairs
     from vggfeat.features.extract import extract_to_store
     from vggfeat.features.protocol import Protocol

@@ -78,8 +78,7 @@ def build(store, out, kind, gpu) -> None:
 def search(index_dir, images, k, device, seed) -> None:
     """Describe IMAGES (files, folders, @lists) exactly as the indexed store was made, and print each one's
     K nearest indexed images with their similarity."""
-    from vggfeat.data.images import find_images
-    from vggfeat.errors import InputError
+    from vggfeat.data.images import find_input_images
     from vggfeat.features.extract import describe_images, no_usable_image
     from vggfeat.features.nets import NetSpec, build_feature_net
     from vggfeat.features.protocol import Protocol
@@ -92,12 +91,10 @@ def search(index_dir, images, k, device, seed) -> None:
     # the store's protocol, rebuilt from index.json; queries are described in memory (no temporary store)
     protocol = Protocol.from_dict(f)
     try:
-        paths = [str(p) for p in find_images(images)]
+        paths = [str(p) for p in find_input_images(images)]
         nets = [build_feature_net(NetSpec(m["model"], m["weights"]), protocol.layer, seed) for m in f["models"]]
     except FileNotFoundError as e:  # VggfeatError is shown by LazyGroup; other exceptions are bugs
         raise click.ClickException(str(e)) from None
-    if not paths:
-        raise InputError(f"no input images found in {', '.join(images)}")
     rows, q, skipped = describe_images(nets, paths, protocol, Runtime(device=device))
     if not len(rows):
         raise no_usable_image(images, paths, skipped)

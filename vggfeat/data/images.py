@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from vggfeat.errors import VggfeatError
+from vggfeat.errors import InputError, VggfeatError
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -57,6 +57,19 @@ def find_images(inputs: Iterable[str | Path]) -> list[Path]:
             found.append(path)
         else:
             raise FileNotFoundError(f"no such image file or folder: {path}")
+    return found
+
+
+def find_input_images(inputs: Iterable[str | Path]) -> list[Path]:
+    """`find_images`, and an InputError naming the inputs when they hold no image at all. Light (no torch), so
+    a command checks its inputs before loading its nets."""
+    inputs = [str(i) for i in inputs]
+    found = find_images(inputs)
+    if not found:
+        raise InputError(
+            f"no input images found in {', '.join(inputs) or 'the arguments'} (image files: "
+            f"{', '.join(sorted(IMAGE_EXTENSIONS))}; folders are searched recursively)"
+        )
     return found
 
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from vggfeat import __version__
-from vggfeat.data.images import ImageError, find_images
+from vggfeat.data.images import ImageError, find_input_images
 from vggfeat.errors import InputError
 from vggfeat.utils.distributed import DistInfo, all_reduce_sum, barrier, env_info, process_group
 from vggfeat.utils.files import atomic_write_json
@@ -214,9 +214,7 @@ def extract_to_store(
     protocol, runtime = settings_from(protocol, runtime, settings, runtime_defaults={"workers": 2})
     if dtype not in STORE_DTYPES:
         raise InputError(f"unknown store dtype {dtype!r}; valid: {', '.join(STORE_DTYPES)}")
-    paths = [str(p) for p in find_images(images)]
-    if not paths:
-        raise InputError(f"no input images found in {', '.join(map(str, images)) or 'the arguments'}")
+    paths = [str(p) for p in find_input_images(images)]
     specs = [NetSpec(str(m), None if w is None else str(w)) for m, w in models]
     spec_info = [s.describe() for s in specs]
     settings = _settings(paths, spec_info, protocol, dtype, chunk_size)
