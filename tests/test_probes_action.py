@@ -68,3 +68,21 @@ def test_image_and_box_stacked_per_person(data, tmp_path):
     assert no_box is None and image_only.root == image_store.root
     alone = action_store(train, val, [image_only])
     assert alone.dim == 32
+
+
+def test_box_crops_of_another_dataset_in_the_same_output_are_its_own(tmp_path):
+    import shutil
+
+    from PIL import ImageOps
+
+    from vggfeat.probes.action import box_crops
+
+    first, second = tmp_path / "one", tmp_path / "two"
+    make_voc2012_action(first, n_train=3, n_val=2, seed=0)
+    shutil.copytree(first, second)  # the same ids and boxes, other pictures
+    for jpg in (second / "VOCdevkit" / "VOC2012" / "JPEGImages").glob("*.jpg"):
+        ImageOps.invert(Image.open(jpg).convert("RGB")).save(jpg)
+    a = box_crops(*load_voc_action(first), tmp_path / "out")
+    b = box_crops(*load_voc_action(second), tmp_path / "out")
+    assert set(a[0]).isdisjoint(b[0])
+    assert not np.array_equal(np.asarray(Image.open(a[0][0])), np.asarray(Image.open(b[0][0])))
