@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -151,3 +152,32 @@ def test_a_second_writer_of_a_store_stops_naming_the_first(tmp_path, weights):
     assert f"store is being written by process {p.pid}" in _one_error_line(r)
     assert _extract(src, "-o", out, "--weights", weights, *FAST).exit_code == 0  # the holder is gone
     assert json.loads((out / "manifest.json").read_text())["n_inputs"] == 2
+
+
+@pytest.mark.slow
+def test_two_real_extract_runs_into_one_store(tmp_path, weights):
+    """The reported case: a second `vggfeat extract` with other settings into a store being written."""
+    import time
+
+    src, out = _images(tmp_path / "imgs", 24), tmp_path / "store"
+    common = [sys.executable, "-m", "vggfeat", "extract", str(src), "-o", str(out), "--weights", weights]
+    common += ["--scales", "64,96,128", "--workers", "0", "--quiet", "--chunk-size", "1"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(common, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not any((out / ".partial").glob("chunk_*.npz")):
+        time.sleep(0.01)
+    first.send_signal(signal.SIGSTOP)  # hold the first mid-run (a stopped process keeps its lock) ...
+    try:
+        second = subprocess.run([*common, "--layer", "fc6"], env=env, capture_output=True, text=True)
+    finally:
+        first.send_signal(signal.SIGCONT)  # ... and let it finish
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    # before: both wrote chunks into one .partial and the manifest said fc7 over rows of both layers
+    assert second.returncode == 1 and f"being written by process {first.pid}" in second.stderr, second.stderr
+    assert "Traceback" not in second.stderr
+    store = fs.load_store(out)
+    fresh = extract_to_store([src], tmp_path / "fresh", models=[("auto", weights)], scales=(64, 96, 128), workers=0)
+    assert store.manifest["layer"] == "fc7" and store.paths == fresh.paths
+    np.testing.assert_allclose(store.features, fresh.features, atol=1e-5)  # batching differs: float rounding
