@@ -166,3 +166,14 @@ def test_index_search_whose_queries_are_all_unusable_is_one_line(tmp_path):
     assert r.output.startswith(f"Error: no usable image in {tmp_path / 'q'}: all 2 inputs were skipped"), r.output
     assert "broken.jpg: not an image" in r.output and "empty.png: empty file" in r.output
     assert len(r.output.strip().splitlines()) == 1
+
+
+def test_rebuild_where_folders_cannot_be_swapped_in_one_step(tmp_path, monkeypatch):
+    from vggfeat.utils import files
+
+    monkeypatch.setattr(files, "_exchange", lambda a, b: False)  # no renameat2 (not Linux, or an old kernel)
+    _save(tmp_path / "idx", 0, "old")
+    new = _save(tmp_path / "idx", 1, "new")
+    index, meta = load_index(tmp_path / "idx")
+    assert meta["paths"][knn.search(index, new[3:4], 1)[1][0, 0]] == "new_3.jpg"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]  # the old folder, set aside, is gone
