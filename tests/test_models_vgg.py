@@ -9,7 +9,7 @@ from torch import nn
 import vggfeat
 from vggfeat.models import CONFIGS, count_parameters, resolve_name
 
-# PAPER.md section 1 (Table 1 / Table 2, exact counts at 1000 classes)
+# the paper's Table 1 / Table 2 (exact counts at 1000 classes)
 PAPER_PARAMS = {
     "vgg_a": 132_863_336,
     "vgg_a_lrn": 132_863_336,

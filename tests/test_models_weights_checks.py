@@ -96,12 +96,14 @@ def test_manifest_records_weights_by_absolute_path(tiny_model, tmp_path, monkeyp
 
 
 def test_load_model_reads_the_file_once(tiny_model, tmp_path, monkeypatch):
+    import vggfeat.models.registry as registry_module
     import vggfeat.models.weights as weights_module
 
     path = _save(tmp_path, tiny_model("vgg_a"))
     calls = []
     real = weights_module.read_weights
-    monkeypatch.setattr(weights_module, "read_weights", lambda p: calls.append(p) or real(p))
+    for module in (weights_module, registry_module):  # every name the file can be read through
+        monkeypatch.setattr(module, "read_weights", lambda p: calls.append(p) or real(p))
     model = load_model(path)
     assert calls == [path]
     torch.testing.assert_close(model.fc8.weight, tiny_model("vgg_a").fc8.weight)

@@ -1,4 +1,4 @@
-"""Strict YAML/dataclass configs: recipes are frozen dataclasses read from YAML (STYLE.md, Config).
+"""Strict YAML/dataclass configs: recipes are frozen dataclasses read from YAML.
 
 An unknown key is an error naming the nearest valid one; values are coerced to the field's type (PyYAML
 reads `5e-4` as a string); `--set a.b=value` overrides any field; `base: other.yaml` inherits a file.

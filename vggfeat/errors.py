@@ -18,3 +18,7 @@ class InputError(VggfeatError, ValueError):
 
 class LayerError(InputError):
     """A --layer that the net does not have; the message lists the names it does have."""
+
+
+class WeightsError(VggfeatError, ValueError):
+    """A weight file or name that cannot be read or does not fit the net (raised by vggfeat.models)."""

@@ -1,4 +1,4 @@
-"""The forms `--weights` accepts, the default weights and their help text (PAPER.md section 6: released weights).
+"""The forms `--weights` accepts, the default weights and their help text (the released weights).
 
 Kept free of torch so the CLI's `--help` stays instant; vggfeat.models.resolve turns a value into a file.
 """

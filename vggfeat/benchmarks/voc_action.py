@@ -18,6 +18,8 @@ import numpy as np
 
 from vggfeat.benchmarks.base import DatasetError, ProbeSplit, check_inside, find_dataset_dir, resolve_root
 from vggfeat.benchmarks.voc import _check_id, _lines, read_id_list
+from vggfeat.data.images import load_rgb
+from vggfeat.utils.files import atomic_write_bytes
 
 VOC_ACTIONS = (
     "jumping",
@@ -191,9 +193,6 @@ def write_box_crops(split: ActionSplit, out: str | Path) -> list[str]:
     """Each sample's person box cut from the fully decoded image, as a lossless PNG OUT/<image id>_<object>.png
     (so the box descriptor is exactly that of the crop in memory); written atomically, reused when present."""
     from PIL import Image
-
-    from vggfeat.data.images import load_rgb
-    from vggfeat.utils.files import atomic_write_bytes
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

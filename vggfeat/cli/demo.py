@@ -7,6 +7,8 @@ import logging
 
 import click
 
+from vggfeat.demo.report import summary_lines
+
 
 @click.command(context_settings={"max_content_width": 100})
 @click.option(
@@ -31,7 +33,6 @@ def demo(out, quick) -> None:
     About 5 minutes on 2 CPU cores; --quick under one. Writes OUT/report/demo.md, demo.json and plots.
     """
     from vggfeat.demo.pipeline import run_demo
-    from vggfeat.demo.report import summary_lines
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:

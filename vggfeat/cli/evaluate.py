@@ -6,6 +6,9 @@ from __future__ import annotations
 import click
 
 from vggfeat.cli.params import SCALES
+from vggfeat.cli.weights import say_default
+from vggfeat.data.folder import Samples, class_folders, scan_flat, scan_folder
+from vggfeat.utils.device import resolve_device
 from vggfeat.weight_sources import DEFAULT_WEIGHTS, WEIGHTS_HELP
 
 
@@ -62,15 +65,11 @@ def evaluate(
     import sys
     from pathlib import Path
 
-    from vggfeat.data.folder import Samples, class_folders, scan_flat, scan_folder
     from vggfeat.evaluate import evaluate_nets, read_class_file, resolve_classes
     from vggfeat.evaluate.protocols import check_scales
     from vggfeat.models import load_model
-    from vggfeat.utils.device import resolve_device
 
     if not weights:
-        from vggfeat.cli.weights import say_default
-
         weights = (DEFAULT_WEIGHTS,)
         say_default([DEFAULT_WEIGHTS])
     root = Path(data_root)

@@ -10,6 +10,10 @@ from pathlib import Path
 import click
 
 from vggfeat.cli.params import SCALES
+from vggfeat.cli.weights import net_pairs
+from vggfeat.data.images import find_input_images
+from vggfeat.features.protocol import Protocol
+from vggfeat.features.runtime import Runtime
 from vggfeat.weight_sources import WEIGHTS_HELP
 
 DEFAULT_OUT_DIR = Path("vggfeat-out")
@@ -197,17 +201,13 @@ def extract(
           --scales 256,384,512,640,768
       torchrun --nproc-per-node 4 -m vggfeat extract imgs/ -o feats --weights d.safetensors
     """
-    from vggfeat.data.images import find_input_images
 
     try:  # before torch loads (seconds): a mistyped folder answers at once
         find_input_images(images)
     except FileNotFoundError as e:
         raise click.ClickException(str(e)) from None
 
-    from vggfeat.cli.weights import net_pairs
     from vggfeat.features.extract import extract_to_store
-    from vggfeat.features.protocol import Protocol
-    from vggfeat.features.runtime import Runtime
 
     if out is None:
         out = str(default_out(images, layer))

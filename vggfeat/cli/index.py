@@ -7,6 +7,12 @@ from pathlib import Path
 
 import click
 
+from vggfeat.data.images import find_input_images
+from vggfeat.features.protocol import Protocol
+from vggfeat.features.runtime import Runtime
+from vggfeat.features.store import load_store
+from vggfeat.utils.locks import folder_lock
+
 
 @click.group("index", context_settings={"max_content_width": 100})
 def index() -> None:
@@ -43,9 +49,7 @@ def build(store, out, kind, gpu) -> None:
     descriptors)."""
     import numpy as np
 
-    from vggfeat.features.store import load_store
     from vggfeat.probes.knn import build_index, save_index
-    from vggfeat.utils.locks import folder_lock
 
     fs = load_store(store)  # StoreError is a VggfeatError: LazyGroup shows it as one line
     if len(fs) == 0:
@@ -78,11 +82,8 @@ def build(store, out, kind, gpu) -> None:
 def search(index_dir, images, k, device, seed) -> None:
     """Describe IMAGES (files, folders, @lists) exactly as the indexed store was made, and print each one's
     K nearest indexed images with their similarity."""
-    from vggfeat.data.images import find_input_images
     from vggfeat.features.extract import describe_images, no_usable_image
     from vggfeat.features.nets import NetSpec, build_feature_net
-    from vggfeat.features.protocol import Protocol
-    from vggfeat.features.runtime import Runtime
     from vggfeat.probes.knn import load_index
     from vggfeat.probes.knn import search as knn_search
 

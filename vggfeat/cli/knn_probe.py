@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from vggfeat.cli.probe_options import echo_split, probe_options, run_probe
+from vggfeat.probes.run import run_knn_probe
 
 
 @click.command("knn-probe", context_settings={"max_content_width": 100})
@@ -38,9 +39,6 @@ def knn_probe(k, kind, temperature, **opts) -> None:
     """
 
     def probe(splits, store):
-        # imported here: faiss, sklearn and torch take seconds, and a missing dataset is reported before them
-        from vggfeat.probes.run import run_knn_probe
-
         return run_knn_probe(splits, store, k=k, kind=kind, temperature=temperature, progress=echo_split)
 
     run_probe(

@@ -7,6 +7,8 @@ import click
 
 from vggfeat.cli.params import COST_GRID
 from vggfeat.cli.probe_options import echo_split, probe_options, run_low_shot_probe, run_probe
+from vggfeat.probes.run import run_linear_probe
+from vggfeat.utils.device import resolve_device
 
 
 def parse_ks(value: str) -> tuple[int, ...]:
@@ -104,10 +106,6 @@ def linear_probe(cs, holdout, classifier, no_box, low_shot, low_shot_ks, low_sho
     opts["box"] = not no_box
 
     def probe(splits, store):
-        # imported here: sklearn and torch take seconds, and a missing dataset is reported before them
-        from vggfeat.probes.run import run_linear_probe
-        from vggfeat.utils.device import resolve_device
-
         return run_linear_probe(
             splits,
             store,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import click
 
+from vggfeat.data.stats import CACHE_NAME, cached_stats
+
 
 @click.command("mean-rgb")
 @click.argument("root", type=click.Path(exists=True, file_okay=False))
@@ -13,8 +15,6 @@ import click
 def mean_rgb(root: str, max_images: int, refresh: bool) -> None:
     """Mean RGB and colour eigen-decomposition of ROOT/train (0-255 units), cached beside the data."""
     import logging
-
-    from vggfeat.data.stats import CACHE_NAME, cached_stats
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")  # skipped images named
 

@@ -13,6 +13,16 @@ from vggfeat.benchmarks.base import benchmark_images
 from vggfeat.benchmarks.registry import BENCHMARKS, get_benchmark, load_benchmark
 from vggfeat.cli.extract import LAYER_HELP
 from vggfeat.cli.params import SCALES
+from vggfeat.cli.weights import net_pairs
+from vggfeat.features.protocol import Protocol
+from vggfeat.features.runtime import Runtime
+from vggfeat.features.store import StoreError, load_store
+from vggfeat.probes.action import action_store, extract_action_stores
+from vggfeat.probes.features import ExtractionSettings, cached_store, split_features
+from vggfeat.probes.report import report_files, summary_lines, write_report
+from vggfeat.probes.run import store_summary
+from vggfeat.utils.device import resolve_device
+from vggfeat.utils.files import sha256_file
 from vggfeat.weight_sources import WEIGHTS_HELP
 
 BENCHMARK_CHOICES = tuple(BENCHMARKS)
@@ -111,11 +121,6 @@ def load_splits(benchmark: str, root: str | None, out: Path, n_splits: int, seed
 def probe_store(benchmark: str, splits, out: Path, opts: dict):
     """The feature store to probe: --features, or an on-the-fly extraction cached under OUT/features, with
     the benchmark's paper settings (Appendix B) unless --scales/--aggregate say otherwise."""
-    from vggfeat.cli.weights import net_pairs
-    from vggfeat.features.protocol import Protocol
-    from vggfeat.features.runtime import Runtime
-    from vggfeat.features.store import load_store
-    from vggfeat.probes.features import ExtractionSettings, cached_store
 
     if opts["features"] and benchmark == "voc2012-action":
         raise click.UsageError(
@@ -138,8 +143,6 @@ def probe_store(benchmark: str, splits, out: Path, opts: dict):
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     settings = ExtractionSettings(pairs, protocol, seed=opts["seed"])
     if benchmark == "voc2012-action":  # each image and each person box described once, stacked per person
-        from vggfeat.probes.action import action_store, extract_action_stores
-
         train, val, box = splits[0].train_action, splits[0].test_action, opts.get("box", True)
         image_store, box_store, crops = extract_action_stores(
             train, val, out, settings, runtime, box=box, progress=not opts["quiet"]
@@ -151,8 +154,6 @@ def probe_store(benchmark: str, splits, out: Path, opts: dict):
 def check_store_matches(store, layer: str, scales, aggregate: str | None, weights) -> None:
     """Extraction flags given beside --features must describe the store, or the report would claim settings
     that were never used (issue 12.8): each one given on the command line is compared with its manifest."""
-    from vggfeat.features.store import StoreError
-    from vggfeat.utils.files import sha256_file
 
     ctx = click.get_current_context(silent=True)
     given = ctx is not None and ctx.get_parameter_source("layer") not in (None, click.core.ParameterSource.DEFAULT)
@@ -190,7 +191,6 @@ def run_probe(opts: dict, *, stem: str, probe) -> None:
             f"{benchmark}: {len(splits[0].classes)} classes, {len(splits)} split(s), "
             f"{store.dim}-D features from {store.root}"
         )
-        from vggfeat.probes.report import report_files, summary_lines, write_report  # sklearn: after cheap checks
 
         report = write_report(probe(splits, store), out_dir, stem)
     except FileNotFoundError as e:  # VggfeatError is shown by LazyGroup; other exceptions are bugs
@@ -225,10 +225,7 @@ def run_low_shot_probe(opts: dict, *, ks: tuple[int, ...], samples: int, Cs: tup
         store = probe_store(benchmark, [split], out_dir, opts)
         import numpy as np
 
-        from vggfeat.probes.features import split_features
         from vggfeat.probes.lowshot import low_shot_lines, run_low_shot, write_low_shot
-        from vggfeat.probes.run import store_summary
-        from vggfeat.utils.device import resolve_device
 
         click.echo(f"{benchmark} low-shot: k in {', '.join(map(str, ks))}, {samples} samples, {store.dim}-D features")
         x_train, x_test = split_features(store, split.train_paths, split.test_paths)

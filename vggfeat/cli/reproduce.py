@@ -6,6 +6,9 @@ from __future__ import annotations
 import click
 
 from vggfeat.cli.params import COST_GRID, SCALES
+from vggfeat.features.runtime import Runtime
+from vggfeat.reproduce.report import table_lines
+from vggfeat.reproduce.tables import Nets, ReproduceOptions, parse_net, reproduce_table
 
 
 @click.command("reproduce", context_settings={"max_content_width": 100})
@@ -66,10 +69,6 @@ def reproduce(table, root, net_d, net_e, out, scales, cs, holdout, n_splits, see
       vggfeat reproduce table11 --root /data --net-d vgg16.safetensors --net-e vgg19.safetensors -o runs/table11
     """
     from pathlib import Path
-
-    from vggfeat.features.runtime import Runtime
-    from vggfeat.reproduce.report import table_lines
-    from vggfeat.reproduce.tables import Nets, ReproduceOptions, parse_net, reproduce_table
 
     nets = Nets(parse_net(net_d, "vgg_d"), parse_net(net_e, "vgg_e"))
     for name, (model, weights) in (("D", nets.d), ("E", nets.e)):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import click
 
+from vggfeat.config import ConfigError
+from vggfeat.recipe_files import find_recipe, recipe_description, recipe_names, recipes_dir
+
 
 @click.command()
 @click.argument("recipe", required=False, metavar="[RECIPE]")
@@ -44,8 +47,6 @@ def train(
     import logging
     import os
 
-    from vggfeat.recipe_files import find_recipe, recipe_description, recipe_names, recipes_dir
-
     if recipe is None:  # a first look: what can be trained, and how
         click.echo(f"Shipped training recipes ({recipes_dir() / 'train'}):")
         for name in recipe_names("train"):
@@ -57,7 +58,6 @@ def train(
         return
     recipe = str(find_recipe(recipe, "train"))  # a name or a path; unknown -> one line listing the names
 
-    from vggfeat.config import ConfigError
     from vggfeat.train.loop import train as run_training
     from vggfeat.train.recipe import load_recipe
 

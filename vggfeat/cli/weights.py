@@ -1,5 +1,5 @@
 """`vggfeat weights info|convert`: what a weight file or name holds, and its conversion to vggfeat's
-safetensors with the preprocessing it needs (PAPER.md section 6: the released weights)."""
+safetensors with the preprocessing it needs (the released weights)."""
 
 from __future__ import annotations
 

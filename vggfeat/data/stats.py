@@ -14,6 +14,7 @@ import numpy as np
 from vggfeat.errors import VggfeatError
 from vggfeat.utils.files import atomic_write_json, read_json
 
+from .folder import scan_folder
 from .images import ImageError, load_rgb
 
 log = logging.getLogger(__name__)
@@ -80,8 +81,6 @@ def cached_stats(
                 raise StatsError(f"{e}, and {root} has no train/ folder to recompute it from") from None
             log.warning("%s; recomputing it", e)
     if paths is None:
-        from .folder import scan_folder
-
         if not train.is_dir():
             raise StatsError(f"{root} has no train/ folder (expected {train}/<class>/<image>); give the dataset root")
         try:

@@ -14,8 +14,22 @@ from typing import Any
 
 import torch
 
+from vggfeat.benchmarks.base import benchmark_images
+from vggfeat.benchmarks.registry import load_benchmark
+from vggfeat.data.synthetic_voc import make_voc2007
 from vggfeat.demo.config import load_demo_config
+from vggfeat.demo.report import write_demo_report
 from vggfeat.errors import VggfeatError
+from vggfeat.features.protocol import Protocol
+from vggfeat.features.runtime import Runtime
+from vggfeat.models import WeightsError, create_model, load_model, read_weights, save_weights
+from vggfeat.probes.features import ExtractionSettings, cached_store
+from vggfeat.probes.report import report_files, write_report
+from vggfeat.probes.run import run_knn_probe, run_linear_probe
+from vggfeat.train.checkpoint import latest_checkpoint
+from vggfeat.train.loop import train
+from vggfeat.train.recipe import load_recipe, recipe_to_dict
+from vggfeat.utils.files import atomic_write_json
 
 log = logging.getLogger(__name__)
 STEPS = 5
@@ -40,11 +54,6 @@ def _train(recipe, run: Path, data_root: Path, progress: bool) -> dict[str, Any]
     """Train, or reuse a finished run of the same recipe; an interrupted run resumes from its checkpoint."""
     import json
 
-    from vggfeat.train.checkpoint import latest_checkpoint
-    from vggfeat.train.loop import train
-    from vggfeat.train.recipe import recipe_to_dict
-    from vggfeat.utils.files import atomic_write_json
-
     done = run / "demo-summary.json"
     if done.is_file() and _weights_load(run / "model.safetensors"):
         try:
@@ -63,7 +72,6 @@ def _train(recipe, run: Path, data_root: Path, progress: bool) -> dict[str, Any]
 def _weights_load(path: Path) -> bool:
     """Whether a finished run's weights are there and whole; a truncated or damaged file is retrained (from
     the run's last checkpoint when it has one) instead of failing later in extraction."""
-    from vggfeat.models import WeightsError, read_weights
 
     if not path.is_file():
         return False
@@ -78,7 +86,6 @@ def _weights_load(path: Path) -> bool:
 def random_twin(trained: Path, recipe, seed: int, out: Path) -> Path:
     """A net of the trained net's architecture and preprocessing, Glorot-initialised from `seed`: the baseline
     that shows what training adds."""
-    from vggfeat.models import create_model, load_model, save_weights
 
     trained_net = load_model(trained)
     net = create_model(recipe.model.name, **trained_net.options, init="glorot", seed=seed)
@@ -92,16 +99,6 @@ def run_demo(
     out: str | Path, *, quick: bool = False, progress: bool = True, echo: Callable[[str], None] = log.info
 ) -> dict[str, Any]:
     """Run every step into OUT and write OUT/report; returns the report's contents."""
-    from vggfeat.benchmarks.base import benchmark_images
-    from vggfeat.benchmarks.registry import load_benchmark
-    from vggfeat.data.synthetic_voc import make_voc2007
-    from vggfeat.demo.report import write_demo_report
-    from vggfeat.features.protocol import Protocol
-    from vggfeat.features.runtime import Runtime
-    from vggfeat.probes.features import ExtractionSettings, cached_store
-    from vggfeat.probes.report import report_files, write_report
-    from vggfeat.probes.run import run_knn_probe, run_linear_probe
-    from vggfeat.train.recipe import load_recipe
 
     cfg, cfg_path = load_demo_config(quick)
     out = Path(out)

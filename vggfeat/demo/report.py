@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from vggfeat.config import to_dict
+from vggfeat.utils.files import atomic_write_json, atomic_write_text
 
 
 def _curve(summary: dict[str, Any]) -> list[dict[str, float]]:
@@ -154,8 +155,6 @@ def plots(report: dict[str, Any], folder: Path) -> None:
 
 
 def write_demo_report(folder: Path, **parts) -> dict[str, Any]:
-    from vggfeat.utils.files import atomic_write_json, atomic_write_text
-
     folder.mkdir(parents=True, exist_ok=True)
     report = demo_dict(**parts)
     plots(report, folder)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vggfeat.data.images import check_scaled_pixels, load_rgb
 from vggfeat.data.transforms import isotropic_size
 
 from .labels import EvaluateError
@@ -135,7 +136,6 @@ def evaluate_nets(
 
     Images are fully decoded and rescaled (the paper's rescale); `fast_decode` lets JPEGs be decoded at
     1/2..1/8 size first (PIL draft mode), faster on large photos but not the same pixels."""
-    from vggfeat.data.images import check_scaled_pixels, load_rgb
 
     def load(path):
         img = load_rgb(path, min_side=max(scales) if fast_decode else None)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vggfeat.utils.files import sha256_file
+
 from . import store as fs
 
 log = logging.getLogger(__name__)
@@ -25,7 +27,6 @@ Identity = list | None  # [size, mtime_ns] or [size, mtime_ns, sha256]; None for
 
 def input_identities(paths: Sequence[str], content_hash: bool = False) -> list[Identity]:
     """Size and mtime (ns) of every input, plus its sha256 with `content_hash` (reads every file once)."""
-    from vggfeat.utils.files import sha256_file
 
     out: list[Identity] = []
     for p in paths:

@@ -9,6 +9,9 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from vggfeat.errors import InputError
+from vggfeat.utils.device import resolve_device
+
+from .protocol import Protocol
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 
@@ -37,8 +40,6 @@ class Runtime:
         """The resolved torch.device (`auto` picks CUDA when there is a GPU)."""
         import torch
 
-        from vggfeat.utils.device import resolve_device
-
         return self.device if isinstance(self.device, torch.device) else resolve_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
@@ -53,7 +54,6 @@ def settings_from(
     """(Protocol, Runtime) from the objects, or from the loose keyword arguments the API took before them
     (layer=..., scales=..., batch_size=..., device=...). Mixing an object with its loose keywords is an error:
     one of the two would silently lose."""
-    from .protocol import Protocol
 
     p_names = {f.name for f in fields(Protocol)}
     r_names = {f.name for f in fields(Runtime)}

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from vggfeat.errors import VggfeatError
-from vggfeat.utils.files import read_json
+from vggfeat.utils.files import atomic_write_bytes, atomic_write_json, read_json
 
 FEATURES_FILE = "features.npy"
 MANIFEST_FILE = "manifest.json"
@@ -115,7 +115,6 @@ def write_chunk(
     root: Path, chunk_id: int, indices: np.ndarray, features: np.ndarray, skipped: list[tuple[int, str]]
 ) -> None:
     """One chunk's results, written atomically: a crash leaves the whole file or none."""
-    from vggfeat.utils.files import atomic_write_bytes
 
     buf = io.BytesIO()
     np.savez(
@@ -164,8 +163,6 @@ def assemble_store(
 
     Each chunk is read once: rows go into room for every input, and the file is cut to the usable rows after."""
     import shutil
-
-    from vggfeat.utils.files import atomic_write_json
 
     root = Path(root)
     tmp = root / f".{FEATURES_FILE}.tmp"

@@ -1,4 +1,4 @@
-"""The authors' released Caffe models (`VGG_ILSVRC_16_layers.caffemodel`, PAPER.md section 6) read directly.
+"""The authors' released Caffe models (`VGG_ILSVRC_16_layers.caffemodel`) read directly.
 
 A .caffemodel is one protobuf `NetParameter`: layers in the V1 `layers` field (2, what the 2014 release
 uses; V0's nested `layer` too) or the V2 `layer` field (100), each with `blobs` of float data. We read the
@@ -23,8 +23,9 @@ from typing import IO, Any
 import numpy as np
 import torch
 
+from vggfeat.errors import WeightsError
+
 from .preprocessing import CAFFE
-from .weights import WeightsError
 
 # Field numbers of caffe.proto (BVLC). NetParameter: name 1, layers 2 (V1LayerParameter), layer 100.
 NET_NAME, NET_LAYERS_V1, NET_LAYER_V2 = 1, 2, 100

@@ -1,5 +1,5 @@
-"""What a weight file or name holds, and its conversion to vggfeat's safetensors (PAPER.md section 6: the
-released weights of nets A-E, in Caffe, torchvision or timm layouts, each with its own preprocessing).
+"""What a weight file or name holds, and its conversion to vggfeat's safetensors (the released
+weights of nets A-E, in Caffe, torchvision or timm layouts, each with its own preprocessing).
 
 `convert_weights` turns any source once into one shareable file that carries its architecture and its
 preprocessing, so the net's input convention travels with the weights.
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .preprocessing import PAPER, resolve_preprocessing
+from .registry import SPECS, count_parameters, create_model, load_model
 from .resolve import ResolvedWeights, check_vggfeat_net, resolve_weights
 from .weights import (
     _LAYOUT_PREPROCESSING,
@@ -22,6 +23,7 @@ from .weights import (
     infer_architecture,
     naming_file,
     read_weights,
+    save_weights,
     to_vggfeat_layout,
 )
 
@@ -29,7 +31,6 @@ from .weights import (
 def weights_info(value: str | Path | ResolvedWeights) -> dict[str, Any]:
     """Source, file, sha256, layout, net (name, Table 1 config, options), preprocessing and parameter count of
     a weight file or name; the tensors are checked against the net they describe (a WeightsError if not)."""
-    from .registry import SPECS, count_parameters, create_model
 
     check_vggfeat_net(value)
     resolved = resolve_weights(value)
@@ -88,8 +89,6 @@ def weights_info(value: str | Path | ResolvedWeights) -> dict[str, Any]:
 def convert_weights(value: str | Path | ResolvedWeights, out: str | Path, *, overwrite: bool = False) -> Path:
     """Write the weights of a file or name as vggfeat safetensors (vggfeat layout, fc6 as its 7x7 conv, with
     architecture, preprocessing and source as metadata). Atomic: OUT appears whole or not at all."""
-    from .registry import load_model
-    from .weights import save_weights
 
     out = Path(out)
     if out.suffix != ".safetensors":

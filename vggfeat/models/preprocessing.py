@@ -1,7 +1,7 @@
 """What a set of weights expects of its input pixels: channel order, value range, mean and std.
 
 Sect. 2.1: the paper's only preprocessing is subtracting the training set's mean RGB. Released weights
-differ (PAPER.md section 6): the Caffe models take BGR 0-255 minus a mean pixel, torchvision's take RGB
+differ: the Caffe models take BGR 0-255 minus a mean pixel, torchvision's take RGB
 in [0, 1] normalised by mean and std. A weight file carries its convention; extraction applies it.
 """
 
@@ -67,7 +67,7 @@ class Preprocessing:
 
 # Sect. 2.1: subtract the mean RGB of the ImageNet training set, pixels in 0-255.
 PAPER = Preprocessing("RGB", 255.0, (123.68, 116.779, 103.939), (1.0, 1.0, 1.0))
-# The authors' released Caffe models (PAPER.md section 6).
+# The authors' released Caffe models of nets D and E.
 CAFFE = Preprocessing("BGR", 255.0, (103.939, 116.779, 123.68), (1.0, 1.0, 1.0))
 # torchvision's and timm's ImageNet weights.
 TORCHVISION = Preprocessing("RGB", 1.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

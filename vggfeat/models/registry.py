@@ -12,7 +12,9 @@ import torch
 from vggfeat.errors import InputError
 
 from .init import init_weights
+from .resolve import check_vggfeat_net, resolve_weights
 from .vgg import VGG
+from .weights import check_options, infer_architecture, load_tensors, load_weights, naming_file, read_weights
 
 
 @dataclass(frozen=True)
@@ -77,8 +79,6 @@ def create_model(
             raise ValueError("a seeded init is drawn on the CPU: build with device=None, then move the model")
         init_weights(model, init, init_std, generator=generator)
     if weights is not None:
-        from .weights import load_weights
-
         load_weights(model, weights)
     return model
 
@@ -89,8 +89,6 @@ def load_model(weights: str | Path, name: str | None = None, *, preprocessing=No
     name (torchvision:vgg16, timm:..., hf-hub:..., see `vggfeat.models.resolve`) or "random" (net `name`,
     default vgg_d, Glorot-initialised). Returns it in eval mode.
     """
-    from .resolve import check_vggfeat_net, resolve_weights
-    from .weights import check_options, infer_architecture, load_tensors, naming_file, read_weights
 
     check_vggfeat_net(weights)
     resolved = resolve_weights(weights)

@@ -1,6 +1,6 @@
 """Weights by name: a `--weights` value (file, torchvision:vgg16, timm:vgg16.tv_in1k, hf-hub:timm/..., random)
 turned into a local file, through torchvision's weights API and torch.hub's cache or timm and the Hugging Face
-cache (PAPER.md section 6: the released ImageNet weights of nets A, B, D, E).
+cache (the released ImageNet weights of nets A, B, D, E).
 
 Downloads happen once, when online; offline (VGGFEAT_OFFLINE=1, or HF_HUB_OFFLINE=1 for the hub) a name is read
 from its cache or refused with one line naming the missing file, where it goes and the command that fetches it.
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vggfeat.errors import WeightsError
 from vggfeat.weight_sources import (
     DEFAULT_WEIGHTS,
     HF_HUB_PREFIX,
@@ -26,7 +27,7 @@ from vggfeat.weight_sources import (
     offline,
 )
 
-from .weights import WeightsError
+from .mapped import weights_sha256
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,6 @@ class ResolvedWeights:
         return self.kind != "file"
 
     def sha256(self) -> str | None:
-        from .mapped import weights_sha256  # the map the tensors are read from: one open per run
-
         return None if self.path is None else weights_sha256(self.path)
 
     def describe(self) -> dict[str, Any]:

@@ -21,11 +21,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from vggfeat.errors import VggfeatError
+from vggfeat.errors import WeightsError
 from vggfeat.utils.files import give_plain_permissions
 
+from .caffe import is_caffemodel, read_caffemodel
 from .mapped import map_weights, read_safetensors
 from .preprocessing import TIMM, TORCHVISION, Preprocessing, resolve_preprocessing
+from .resolve import check_vggfeat_net, resolve_weights
+from .vgg import CONFIGS
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +39,8 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
 FORMAT_VERSION = "1"
 
 
-class WeightsError(VggfeatError, ValueError):
-    """A weight file that cannot be read or does not fit the net."""
-
-
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors and metadata of a weight file, without unpickling arbitrary objects."""
-    from .caffe import is_caffemodel, read_caffemodel
 
     path = Path(path)
     if not path.is_file():
@@ -219,8 +217,6 @@ def load_weights(
     `vggfeat.models.resolve`); "random" leaves the model's own initialisation.
     """
     if isinstance(source, (str, Path)):
-        from .resolve import check_vggfeat_net, resolve_weights
-
         check_vggfeat_net(source)
         resolved = resolve_weights(source)
         if resolved.is_random:
@@ -293,7 +289,6 @@ def infer_architecture(state: Mapping[str, torch.Tensor]) -> tuple[str, dict[str
 
     A and A-LRN have the same weights: without metadata, A is assumed.
     """
-    from .vgg import CONFIGS
 
     state = _strip_wrappers(state)
     layout = detect_layout(state)

@@ -14,7 +14,7 @@ from pathlib import Path
 from vggfeat.benchmarks.voc_action import ActionSplit, sample_keys, write_box_crops
 from vggfeat.features.runtime import Runtime
 from vggfeat.features.store import FeatureStore
-from vggfeat.probes.features import ExtractionSettings, stack_stores
+from vggfeat.probes.features import ExtractionSettings, cached_store, stack_stores
 
 log = logging.getLogger(__name__)
 BOX_DIR = "boxes"  # OUT/boxes/crops: the person boxes as PNG files; OUT/boxes/features: their store
@@ -63,7 +63,6 @@ def extract_action_stores(
 ) -> tuple[FeatureStore, FeatureStore | None, tuple[list[str], list[str]] | None]:
     """(image store, box store or None, crops or None), each extracted once and cached under OUT: the images in
     OUT/features/<settings>, the boxes in OUT/boxes/features/<settings>."""
-    from vggfeat.probes.features import cached_store  # looked up per call, as the probe commands do
 
     images = sorted({*train.image_paths, *val.image_paths})
     image_store = cached_store(images, out, settings, runtime, progress=progress)

@@ -93,7 +93,7 @@ def split_features(
 
 def stack_stores(parts: Sequence[tuple[FeatureStore, Sequence[str]]], names: Sequence[str]) -> FeatureStore:
     """An in-memory store whose row i stacks, for each (store, keys) part, that store's row of keys[i] - then
-    L2-normalised (PAPER.md sect. 4, steps 6-7: late fusion of nets D & E; Table 12's image + person box).
+    L2-normalised (Appendix B: late fusion of nets D & E; Table 12's image + person box).
 
     Row i is named names[i], so a probe looks samples up by those names. Nothing is extracted: each part is a
     finished store, and each keeps its own L2 normalisation before stacking, so every part weighs the same.

@@ -3,7 +3,7 @@
 The protocol of self-supervised benchmark suites (e.g. VISSL's low-shot VOC07): for each class, a seeded sample
 of k positive and 19 k negative trainval images (the rest of that class's column, 'difficult' included, is
 ignored); that class's SVM is trained on its sample alone and scored on the full test set with the devkit's
-11-point AP (PAPER.md section 5). Five samples per k; mAP is reported as mean and std over the samples.
+11-point AP. Five samples per k; mAP is reported as mean and std over the samples.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 from vggfeat.errors import InputError
 from vggfeat.probes import metrics
 from vggfeat.probes.svm import fit_linear_svms
+from vggfeat.utils.files import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +251,6 @@ def low_shot_lines(report: dict[str, Any]) -> list[str]:
 
 def write_low_shot(result: LowShotResult, out: str | Path, stem: str = "low-shot") -> dict[str, Path]:
     """OUT/STEM.json (every k, sample, C), OUT/STEM.md (mean +- std of mAP per k) and OUT/STEM.png, atomically."""
-    from vggfeat.utils.files import atomic_write_json, atomic_write_text
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""The benchmarks' own metrics as plain numpy functions (PAPER.md section 5).
+"""The benchmarks' own metrics as plain numpy functions: the VOC devkits' AP, Caltech's mean class recall.
 
 VOC labels are in {1, -1, 0}: 0 marks an image whose only objects of the class are 'difficult'; it counts as
 neither a true nor a false positive and is not among the positives. The ranking follows the devkit's
@@ -65,9 +65,10 @@ def _matlab_colon(a: float, d: float, b: float) -> np.ndarray:
     return out
 
 
-# VOCevalcls.m loops `for t=0:0.1:1`. MATLAB builds that range as above, so its thresholds are k/10 except the
-# fourth, 3*0.1 = 0.30000000000000004: a recall of exactly 3/10 does NOT reach it. numpy's arange(0, 1.1, 0.1)
-# (many Python ports) errs at the 4th, 7th and 8th instead, and exact k/10 at none; only this matches the devkit.
+# The VOC2007 devkit's VOCevalcls.m (not in this repo) loops `for t=0:0.1:1`. MATLAB builds that range as above,
+# so its thresholds are k/10 except the fourth, 3*0.1 = 0.30000000000000004: a recall of exactly 3/10 does NOT
+# reach it. numpy's arange(0, 1.1, 0.1) (many Python ports) errs at the 4th, 7th and 8th instead, and exact k/10
+# at none; only this matches the devkit.
 VOC07_THRESHOLDS = _matlab_colon(0.0, 0.1, 1.0)
 
 

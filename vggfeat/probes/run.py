@@ -80,7 +80,7 @@ def run_linear_probe(
     progress=None,
 ) -> ProbeResult:
     """One-vs-rest linear SVMs (L2-regularised squared hinge, with a bias) on each split: C chosen per class on
-    a seeded 20% of the training images, then refit on all of them (Sect. 5 of PAPER.md), scored on test."""
+    a seeded 20% of the training images, then refit on all of them (Appendix B gives no C), scored on test."""
     if classifier not in CLASSIFIERS:
         raise ValueError(f"unknown classifier {classifier!r}; valid: {', '.join(CLASSIFIERS)}")
     if classifier == "svm":

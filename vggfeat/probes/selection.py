@@ -1,4 +1,4 @@
-"""Choosing the SVM cost C on held-out training data, then refitting on all of it (PAPER.md section 5).
+"""Choosing the SVM cost C (Appendix B gives none) on held-out training data, then refitting on all of it.
 
 A seeded 20% of the training images is held out (stratified per class for single-label benchmarks); every C of
 the grid is fitted on the rest and scored with the benchmark's metric. VOC picks C per class by held-out AP;

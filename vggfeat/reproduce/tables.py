@@ -16,9 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vggfeat.benchmarks.base import DatasetError, benchmark_images, resolve_root
+from vggfeat.benchmarks.registry import get_benchmark, load_benchmark
+from vggfeat.benchmarks.voc2012_action import IMAGE_AND_BOX, IMAGE_ONLY
+from vggfeat.benchmarks.voc_action import action_probe_split, load_voc_action
 from vggfeat.errors import InputError
+from vggfeat.features.protocol import Protocol
 from vggfeat.features.runtime import Runtime
+from vggfeat.probes.action import action_store, extract_action_stores
+from vggfeat.probes.features import ExtractionSettings, cached_store, stack_stores
+from vggfeat.probes.report import report_files, write_report
+from vggfeat.probes.run import run_linear_probe
+from vggfeat.reproduce.report import write_table
 from vggfeat.utils.files import atomic_write_json
+from vggfeat.weight_sources import NAME_PREFIXES, RANDOM
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +74,6 @@ class ReproduceOptions:
 def paper_value(column: str, row: str) -> tuple[float, float | None] | None:
     """The paper's (mean, std) for a cell of Table 11 or 12 (from the benchmark's paper rows), or None where
     the paper gives none (Table 12 has only D & E)."""
-    from vggfeat.benchmarks.registry import get_benchmark
-    from vggfeat.benchmarks.voc2012_action import IMAGE_AND_BOX, IMAGE_ONLY
 
     benchmark, _, variant = column.partition(":")
     if variant:
@@ -87,10 +96,6 @@ class _Column:
     """One benchmark of the table: its splits, and each net's store extracted at most once (lazily)."""
 
     def __init__(self, benchmark: str, root: Path, out: Path, nets: Nets, options: ReproduceOptions) -> None:
-        from vggfeat.benchmarks.registry import get_benchmark
-        from vggfeat.features.protocol import Protocol
-        from vggfeat.probes.features import ExtractionSettings
-
         self.benchmark, self.root, self.out, self.options = benchmark, root, out, options
         defaults = get_benchmark(benchmark)  # Appendix B's scales and aggregation for this benchmark
         self.settings = {
@@ -110,13 +115,9 @@ class _Column:
 
     def _load(self):
         if self.benchmark == "voc2012-action":
-            from vggfeat.benchmarks.voc_action import load_voc_action
-
             self.action = load_voc_action(self.root)
-            from vggfeat.benchmarks.voc_action import action_probe_split
 
             return [action_probe_split(*self.action)]
-        from vggfeat.benchmarks.registry import load_benchmark
 
         return load_benchmark(
             self.benchmark,
@@ -143,18 +144,12 @@ class _Column:
     def net_stores(self, net: str):
         """(image store, box store or None, crops or None) of one net, extracted once."""
         if net not in self._stores:
-            from vggfeat.probes.features import cached_store
-
             o = self.options
             if self.benchmark == "voc2012-action":
-                from vggfeat.probes.action import extract_action_stores
-
                 self._stores[net] = extract_action_stores(
                     *self.action, self.out, self.settings[net], o.runtime, box=True, progress=o.progress
                 )
             else:
-                from vggfeat.benchmarks.base import benchmark_images
-
                 images = benchmark_images(self.splits)
                 store = cached_store(images, self.out, self.settings[net], o.runtime, progress=o.progress)
                 self._stores[net] = (store, None, None)
@@ -165,16 +160,12 @@ class _Column:
         nets = ("D", "E") if row == "D&E" else (row,)
         parts = [self.net_stores(n) for n in nets]
         if self.benchmark == "voc2012-action":
-            from vggfeat.probes.action import action_store
-
             box = variant == "image+box"
             return action_store(
                 *self.action, [p[0] for p in parts], [p[1] for p in parts] if box else (), parts[0][2] if box else None
             )
         if len(parts) == 1:
             return parts[0][0]
-        from vggfeat.benchmarks.base import benchmark_images
-        from vggfeat.probes.features import stack_stores
 
         images = benchmark_images(self.splits)
         return stack_stores([(p[0], images) for p in parts], images)
@@ -202,9 +193,6 @@ def reproduce_table(
     """Probe every benchmark of `table` found under `root` for D, E and D & E; write OUT/<table>.{json,md,png}
     and return the table as a dict. A benchmark whose data is missing or unusable gets an empty column with
     the reason. Finished rows are reused (same features, grid, hold-out and samples), as are extracted stores."""
-    from vggfeat.benchmarks.base import DatasetError, resolve_root
-    from vggfeat.probes.report import report_files, write_report
-    from vggfeat.probes.run import run_linear_probe
 
     if table not in TABLES:
         raise InputError(f"unknown table {table!r}; choose one of {', '.join(TABLES)}")
@@ -251,7 +239,6 @@ def reproduce_table(
             else:
                 echo(f"{column}: {ROWS[r]} reused from {row_file}")
             rows[r][column] = {**cell, "paper": paper_value(column, r)}
-    from vggfeat.reproduce.report import write_table
 
     result = {
         "table": table,
@@ -288,7 +275,6 @@ def parse_net(value: str, random_arch: str = "vgg_d") -> tuple[str, str | None]:
     .pth or Caffe .caffemodel -, torchvision:vgg16, timm:TAG, hf-hub:..., random), the architecture read from the
     weights; or MODEL=WEIGHTS to name the architecture. A file that does not exist is refused here, before any
     dataset is read."""
-    from vggfeat.weight_sources import NAME_PREFIXES, RANDOM
 
     model, sep, weights = value.partition("=")
     if not sep:

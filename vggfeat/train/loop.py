@@ -23,6 +23,8 @@ import yaml
 
 from vggfeat.config import ConfigError
 from vggfeat.data.folder import Samples, imagenet_splits
+from vggfeat.data.stats import cached_stats
+from vggfeat.data.synthetic import ensure_synthetic
 from vggfeat.data.transforms import normalize_batch
 from vggfeat.errors import InputError, VggfeatError
 from vggfeat.models import Preprocessing, create_model, init_from_net_a, read_weights, save_weights
@@ -230,9 +232,6 @@ class _Data:
 
 
 def _prepare_data(recipe: Recipe, root: Path, info: DistInfo) -> _Data:
-    from vggfeat.data.stats import cached_stats
-    from vggfeat.data.synthetic import ensure_synthetic
-
     d = recipe.data
     if d.synthetic_seed is not None and info.is_main:
         ensure_synthetic(root, classes=d.synthetic_classes, per_class=d.synthetic_per_class, seed=d.synthetic_seed)
