@@ -84,6 +84,7 @@ class _Stop(VggfeatError):
 def test_probe_extracts_at_the_papers_scales_unless_told(name, command, tmp_path, monkeypatch):
     """Nothing is extracted: the cached-store step records the settings the command resolved and stops."""
     import vggfeat.cli.probe_options as probe_options
+    import vggfeat.probes.action as probe_action
     import vggfeat.probes.features as probe_features
 
     seen = []
@@ -92,8 +93,8 @@ def test_probe_extracts_at_the_papers_scales_unless_told(name, command, tmp_path
         seen.append((settings.protocol.scales, settings.protocol.aggregate))
         raise _Stop("stop before extracting")
 
-    monkeypatch.setattr(probe_features, "cached_store", record)
-    monkeypatch.setattr(probe_options, "cached_store", record, raising=False)
+    for module in (probe_features, probe_options, probe_action):  # every module that names cached_store
+        monkeypatch.setattr(module, "cached_store", record)
     root = LAYOUTS[name](tmp_path / "data")
     b = BENCHMARKS[name]
     for extra, scales in (([], b.scales), (["--scales", "256"], (256,))):
