@@ -181,3 +181,24 @@ def test_two_real_extract_runs_into_one_store(tmp_path, weights):
     fresh = extract_to_store([src], tmp_path / "fresh", models=[("auto", weights)], scales=(64, 96, 128), workers=0)
     assert store.manifest["layer"] == "fc7" and store.paths == fresh.paths
     np.testing.assert_allclose(store.features, fresh.features, atol=1e-5)  # batching differs: float rounding
+
+
+def test_an_image_replaced_between_interruption_and_resume_is_re_extracted(tmp_path, weights, monkeypatch):
+    src, out = _images(tmp_path / "imgs", 6), tmp_path / "store"
+    kw = dict(models=[("auto", weights)], scales=(64,), workers=0, progress=False, chunk_size=2)
+    real, written = fs.write_chunk, []
+
+    def interrupt(*a, **k):
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        written.append(a[1])
+        real(*a, **k)
+
+    monkeypatch.setattr(fs, "write_chunk", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        extract_to_store([src], out, **kw)
+    monkeypatch.undo()
+    _image(src / "img1.png", 42)  # in chunk 0, already written
+    resumed = extract_to_store([src], out, **kw)
+    fresh = extract_to_store([src], tmp_path / "fresh", **kw)
+    assert np.array_equal(np.asarray(resumed.features), np.asarray(fresh.features))

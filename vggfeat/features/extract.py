@@ -172,11 +172,10 @@ def _apply(out: Path, plan: _Plan, settings: dict, identities: list, paths: list
     if plan.discard_partial:
         shutil.rmtree(partial)
     chunk_size = settings["chunk_size"]
+    drop = set(plan.drop)
     if plan.reopen is not None:
-        drop = {i // chunk_size for i in plan.reopen}
+        drop |= {i // chunk_size for i in plan.reopen}
         inputs.reopen_store(out, paths, chunk_size, plan.reopen)
-    else:
-        drop = plan.drop
     for c_id in drop:
         fs.chunk_path(out, c_id).unlink(missing_ok=True)
     partial.mkdir(parents=True, exist_ok=True)
