@@ -82,3 +82,22 @@ def test_non_finite_loss_is_a_vggfeat_error():
     from vggfeat.train.loop import NonFiniteLoss
 
     assert issubclass(NonFiniteLoss, VggfeatError)
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", "cuda"])
+def test_bad_device_is_one_error_line(tmp_path, device):
+    """--device tpu (unknown) or cuda on a machine without one was a ValueError traceback."""
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (40, 40), (120, 30, 200)).save(tmp_path / "imgs" / "a.png")
+    args = ["extract", str(tmp_path / "imgs"), "-o", str(tmp_path / "out"), "--weights", "random", "--device", device]
+    r = CliRunner().invoke(main.cli, args)
+    assert r.exit_code == 1, r.output
+    last = r.stderr.strip().splitlines()[-1]  # a note about --weights random may come first
+    assert last.startswith("Error: ") and f"{device!r}" in last
+    assert "Traceback" not in r.stderr
