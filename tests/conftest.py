@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import TINY  # shared with test modules through tests/helpers.py
 
 import vggfeat
-
-# 1/16 of the paper's widths: 4, 8, 16, 32, 32 channels; fc6 spans 2x2 of pool5, so 64 px inputs work.
-TINY = dict(width_mult=1 / 16, fc_dim=32, fc6_kernel=2, num_classes=10)
 
 
 @pytest.fixture

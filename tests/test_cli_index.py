@@ -149,8 +149,9 @@ def test_second_index_build_into_a_locked_folder_is_one_line(tmp_path):
 
 
 def test_index_search_whose_queries_are_all_unusable_is_one_line(tmp_path):
+    from helpers import TINY
+
     import vggfeat
-    from tests.conftest import TINY
 
     weights = vggfeat.save_weights(vggfeat.create_model("vgg_a", seed=0, **TINY), tmp_path / "w.safetensors")
     model = {"model": "vgg_a", "weights": str(weights)}

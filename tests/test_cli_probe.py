@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import voc_labels
 
 import vggfeat
 from vggfeat.benchmarks.base import DATA_ENV
@@ -36,17 +37,6 @@ def invoke(*args):
     result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return result.output
-
-
-def voc_labels(voc, split):
-    main = voc / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main"
-    ids = (main / f"{split}.txt").read_text().split()
-    labels = np.zeros((len(ids), len(VOC_CLASSES)), np.int8)
-    for k, c in enumerate(VOC_CLASSES):
-        rows = dict(line.split() for line in (main / f"{c}_{split}.txt").read_text().splitlines())
-        labels[:, k] = [int(rows[i]) for i in ids]
-    paths = [str(voc / "VOCdevkit" / "VOC2007" / "JPEGImages" / f"{i}.jpg") for i in ids]
-    return paths, labels
 
 
 def test_linear_probe_on_the_fly_matches_a_manual_probe_and_caches_features(voc, weights, tmp_path):

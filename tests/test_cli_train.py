@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -14,18 +18,36 @@ from vggfeat.data.stats import pixel_stats
 from vggfeat.data.synthetic import generate_synthetic
 from vggfeat.evaluate import evaluate_nets
 
+REPO = Path(__file__).resolve().parents[1]
 
-def test_help_and_bad_recipe_key():
-    r = CliRunner()
+
+def test_help_names_every_option_without_importing_torch():
+    # --help must be instant: the commands import torch only when they run (STYLE.md)
+    code = (
+        "import json, sys\n"
+        "from click.testing import CliRunner\n"
+        "from vggfeat.cli.main import cli\n"
+        "out = {c: CliRunner().invoke(cli, [c, '--help']).output for c in ('train', 'evaluate', 'mean-rgb', 'demo')}\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'help': out}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["torch"] is False
     for cmd, words in (
-        ("train", ("[RECIPE]", "smoke", "recipe name")),
-        ("evaluate", ("--weights", "--protocol")),
-        ("mean-rgb", ("mean_rgb.json",)),
+        ("train", ("[RECIPE]", "--set KEY=VALUE", "--data-root", "--out", "--resume", "--overwrite", "torchrun")),
+        ("evaluate", ("--weights", "--protocol", "--scales", "--data-root")),
+        ("mean-rgb", ("ROOT", "--max-images", "--refresh", "mean_rgb.json")),
+        ("demo", ("--out", "--quick", "--seed", "random")),
     ):
-        res = r.invoke(cli, [cmd, "--help"])
-        assert res.exit_code == 0 and all(w in " ".join(res.output.split()) for w in words), (cmd, res.output)
-    res = r.invoke(cli, ["train", "recipes/train/smoke.yaml", "--set", "optim.lrr=1"])
-    assert res.exit_code == 2 and "did you mean 'lr'" in res.output
+        text = " ".join(result["help"][cmd].split())
+        assert text.startswith(f"Usage: cli {cmd} [OPTIONS]") and all(w in text for w in words), (cmd, text)
+
+
+def test_bad_recipe_key_names_the_nearest_one():
+    res = CliRunner().invoke(cli, ["train", "recipes/train/smoke.yaml", "--set", "optim.lrr=1"])
+    assert res.exit_code == 2 and "did you mean 'lr'" in res.output, res.output
 
 
 def test_mean_rgb_and_evaluate(tmp_path, tiny_model):

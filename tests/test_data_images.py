@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
-
 import numpy as np
 import pytest
 import torch
+from helpers import write_png_header_only
 from PIL import Image
 
 from vggfeat.data.images import ImageError, find_images, load_rgb, load_rgb_tensor
-
-
-def write_png_header_only(path, width, height):
-    """A tiny PNG file that claims a huge size: a decompression bomb for anyone who decodes it."""
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
-    )
 
 
 @pytest.fixture

@@ -34,11 +34,23 @@ def test_layout_and_labels(tmp_path):
 def test_deterministic_in_seed(tmp_path):
     a = make_voc2007(tmp_path / "a", 3, 2, seed=5)
     b = make_voc2007(tmp_path / "b", 3, 2, seed=5)
-    img_a = np.asarray(Image.open(a / "JPEGImages" / "000004.jpg"))
-    assert np.array_equal(img_a, np.asarray(Image.open(b / "JPEGImages" / "000004.jpg")))
-    _, labels_1 = draw_scene(np.random.default_rng(1))
-    _, labels_2 = draw_scene(np.random.default_rng(2))
-    assert set(labels_1) <= set(VOC_CLASSES) and set(labels_2) <= set(VOC_CLASSES)
+    c = make_voc2007(tmp_path / "c", 3, 2, seed=6)
+
+    def pixels(voc):
+        return np.asarray(Image.open(voc / "JPEGImages" / "000004.jpg"))
+
+    assert np.array_equal(pixels(a), pixels(b)) and not np.array_equal(pixels(a), pixels(c))
+    assert (a / "ImageSets" / "Main" / "dog_test.txt").read_text() == (
+        b / "ImageSets" / "Main" / "dog_test.txt"
+    ).read_text()
+    # a scene and its labels are a function of the generator's state: same seed, same scene; another, another
+    img_1, labels_1 = draw_scene(np.random.default_rng(1))
+    img_1b, labels_1b = draw_scene(np.random.default_rng(1))
+    img_2, labels_2 = draw_scene(np.random.default_rng(2))
+    assert np.array_equal(np.asarray(img_1), np.asarray(img_1b)) and labels_1 == labels_1b
+    assert not np.array_equal(np.asarray(img_1), np.asarray(img_2))
+    for labels in (labels_1, labels_2):  # one to three classes, each clear (1) or only difficult (0)
+        assert 1 <= len(labels) <= 3 and set(labels) <= set(VOC_CLASSES) and set(labels.values()) <= {0, 1}
 
 
 def test_voc2012_classification_layout_loads_as_the_benchmark(tmp_path):

@@ -14,8 +14,8 @@ import tracemalloc
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import write_png_header_only
 from PIL import Image
-from test_data_images import write_png_header_only
 
 import vggfeat
 from vggfeat.cli.main import cli

@@ -19,8 +19,16 @@ from vggfeat.demo.report import summary_lines
     type=click.Path(file_okay=False),
     help="Folder for everything the demo makes; the report is OUT/report. Rerunning resumes.",
 )
-@click.option("--quick", is_flag=True, help="Less data and fewer epochs: under a minute (the tests use it).")
-def demo(out, quick) -> None:
+@click.option("--quick", is_flag=True, help="Less data and fewer epochs: about 10 s (the tests use it).")
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Redraw everything random (data, initialisation, order, the random net); S > 0 keeps its own "
+    "folders in OUT (report-seedS, ...).",
+)
+def demo(out: str, quick: bool, seed: int) -> None:
     """Train a net, transfer its features to a new task, and compare with a random net - no downloads.
 
     \b
@@ -36,10 +44,11 @@ def demo(out, quick) -> None:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
-        report = run_demo(out, quick=quick, progress=True, echo=lambda m: click.secho(m, bold=True))
+        report = run_demo(out, quick=quick, seed=seed, progress=True, echo=lambda m: click.secho(m, bold=True))
     except KeyboardInterrupt:
+        again = f"vggfeat demo --out {out}" + (" --quick" if quick else "") + (f" --seed {seed}" if seed else "")
         click.secho(
-            f"\ninterrupted: run `vggfeat demo --out {out}{' --quick' if quick else ''}` again to resume",
+            f"\ninterrupted: run `{again}` again to resume",
             fg="yellow",
             err=True,
         )
@@ -58,4 +67,5 @@ def demo(out, quick) -> None:
     click.echo("")
     for line in summary_lines(report):
         click.echo(line)
-    click.echo(f"\nreport: {out}/report/demo.md (+ demo.json, training_curve.png, per_class_ap.png)")
+    folder = f"{out}/report" + (f"-seed{seed}" if seed else "")
+    click.echo(f"\nreport: {folder}/demo.md (+ demo.json, training_curve.png, per_class_ap.png)")

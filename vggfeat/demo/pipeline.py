@@ -28,7 +28,7 @@ from vggfeat.probes.report import report_files, write_report
 from vggfeat.probes.run import run_knn_probe, run_linear_probe
 from vggfeat.train.checkpoint import latest_checkpoint
 from vggfeat.train.loop import train
-from vggfeat.train.recipe import load_recipe, recipe_to_dict
+from vggfeat.train.recipe import Recipe, load_recipe, recipe_to_dict
 from vggfeat.utils.files import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def check_writable(out: Path) -> None:
         raise DemoError(f"cannot write to {out}: {e.strerror or e}; choose another folder with --out") from None
 
 
-def _train(recipe, run: Path, data_root: Path, progress: bool) -> dict[str, Any]:
+def _train(recipe: Recipe, run: Path, data_root: Path, progress: bool) -> dict[str, Any]:
     """Train, or reuse a finished run of the same recipe; an interrupted run resumes from its checkpoint."""
     import json
 
@@ -83,7 +83,7 @@ def _weights_load(path: Path) -> bool:
     return True
 
 
-def random_twin(trained: Path, recipe, seed: int, out: Path) -> Path:
+def random_twin(trained: Path, recipe: Recipe, seed: int, out: Path) -> Path:
     """A net of the trained net's architecture and preprocessing, Glorot-initialised from `seed`: the baseline
     that shows what training adds."""
 
@@ -96,9 +96,16 @@ def random_twin(trained: Path, recipe, seed: int, out: Path) -> Path:
 
 
 def run_demo(
-    out: str | Path, *, quick: bool = False, progress: bool = True, echo: Callable[[str], None] = log.info
+    out: str | Path,
+    *,
+    quick: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+    echo: Callable[[str], None] = log.info,
 ) -> dict[str, Any]:
-    """Run every step into OUT and write OUT/report; returns the report's contents."""
+    """Run every step into OUT and write OUT/report; returns the report's contents. `seed` > 0 redraws
+    everything random (source and target data, initialisation, data order, the random baseline) and keeps
+    its own folders (OUT/source-seedS, runs/NAME-seedS, ..., report-seedS) beside seed 0's."""
 
     cfg, cfg_path = load_demo_config(quick)
     out = Path(out)
@@ -108,33 +115,36 @@ def run_demo(
     start = time.perf_counter()
     timings: dict[str, float] = {}
     try:
-        recipe_a = load_recipe(cfg_path.parent / cfg.net_a)
-        run_a = out / "runs" / recipe_a.name
+        tag = f"-seed{seed}" if seed else ""
+        seeded = [f"seed={seed}", f"data.synthetic_seed={seed}"] if seed else []
+        recipe_a = load_recipe(cfg_path.parent / cfg.net_a, seeded)
+        run_a = out / "runs" / f"{recipe_a.name}{tag}"
         echo(
             f"[1/{STEPS}] net A ({recipe_a.model.name}, width x{recipe_a.model.width_mult:g}) from scratch on "
             f"{recipe_a.data.synthetic_classes} generated classes of shapes and textures -> {run_a}"
         )
         t = time.perf_counter()
-        summary_a = _train(recipe_a, run_a, out / "source", progress)
+        source = out / f"source{tag}"
+        summary_a = _train(recipe_a, run_a, source, progress)
         timings["train_a"] = time.perf_counter() - t
 
         weights_a = run_a / "model.safetensors"
-        recipe_d = load_recipe(cfg_path.parent / cfg.net_d, [f"model.init_from={weights_a}"])
-        run_d = out / "runs" / recipe_d.name
+        recipe_d = load_recipe(cfg_path.parent / cfg.net_d, [f"model.init_from={weights_a}", *seeded])
+        run_d = out / "runs" / f"{recipe_d.name}{tag}"
         echo(f"[2/{STEPS}] net D ({recipe_d.model.name}) initialised from net A (Sect. 3.1), then trained -> {run_d}")
         t = time.perf_counter()
-        summary_d = _train(recipe_d, run_d, out / "source", progress)
+        summary_d = _train(recipe_d, run_d, source, progress)
         timings["train_d"] = time.perf_counter() - t
 
         tc = cfg.target
-        target = out / "target"
+        target = out / f"target{tag}"
         echo(
             f"[3/{STEPS}] target task: {tc.n_trainval} + {tc.n_test} VOC2007-layout scenes of 20 classes the "
             f"source never saw -> {target}"
         )
         t = time.perf_counter()
         if not (target / "VOCdevkit" / "VOC2007" / "DONE").is_file():
-            voc = make_voc2007(target, tc.n_trainval, tc.n_test, seed=tc.seed, size=tc.size)
+            voc = make_voc2007(target, tc.n_trainval, tc.n_test, seed=tc.seed + seed, size=tc.size)
             (voc / "DONE").write_text("complete\n")
         splits = load_benchmark("voc2007", target)
         images = benchmark_images(splits)
@@ -143,34 +153,38 @@ def run_demo(
         nets = {
             "trained": run_d / "model.safetensors",
             "random": random_twin(
-                run_d / "model.safetensors", recipe_d, cfg.random_seed, out / "runs" / "random" / "model.safetensors"
+                run_d / "model.safetensors",
+                recipe_d,
+                cfg.random_seed + seed,
+                out / "runs" / f"random{tag}" / "model.safetensors",
             ),
         }
         fc = cfg.features
         runtime = Runtime(device="cpu", batch_size=32, workers=0)
         probes: dict[str, dict[str, tuple[dict, Path]]] = {}
-        for i, (tag, weights) in enumerate(nets.items()):
+        for i, (net, weights) in enumerate(nets.items()):
             echo(
-                f"[{4 + i}/{STEPS}] {tag} net D: {fc.layer} descriptors at Q={','.join(map(str, fc.scales))} "
+                f"[{4 + i}/{STEPS}] {net} net D: {fc.layer} descriptors at Q={','.join(map(str, fc.scales))} "
                 f"({fc.aggregate} over scales, flip-averaged), linear SVMs and kNN on voc2007"
             )
             t = time.perf_counter()
             protocol = Protocol(layer=fc.layer, scales=tuple(fc.scales), aggregate=fc.aggregate)
             settings = ExtractionSettings((("auto", str(weights)),), protocol)
-            folder = out / "probe" / tag
+            folder = out / "probe" / f"{net}{tag}"
             store = cached_store(images, folder, settings, runtime, progress=progress)
             linear = run_linear_probe(splits, store, Cs=cfg.probe.Cs, device="cpu")
             knn = run_knn_probe(splits, store, k=cfg.probe.k)
-            probes[tag] = {
+            probes[net] = {
                 name: (write_report(result, folder, stem), report_files(folder, stem)["json"])
                 for name, result, stem in (("linear", linear, "linear-probe"), ("knn", knn, "knn-probe"))
             }
-            timings[f"probe_{tag}"] = time.perf_counter() - t
+            timings[f"probe_{net}"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - start
         return write_demo_report(
-            out / "report",
+            out / f"report{tag}",
             cfg=cfg,
             quick=quick,
+            seed=seed,
             runs={"net_a": run_a, "net_d": run_d},
             summaries={"net_a": summary_a, "net_d": summary_d},
             probes=probes,

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from vggfeat.config import to_dict
+from vggfeat.demo.config import DemoConfig
 from vggfeat.utils.files import atomic_write_json, atomic_write_text
 
 
@@ -18,12 +19,13 @@ def _curve(summary: dict[str, Any]) -> list[dict[str, float]]:
 
 
 def demo_dict(
-    cfg,
+    cfg: DemoConfig,
     quick: bool,
     runs: dict[str, Path],
     summaries: dict[str, dict],
     probes: dict[str, dict[str, tuple[dict, Path]]],
     timings: dict[str, float],
+    seed: int = 0,
 ) -> dict[str, Any]:
     """`probes`: per net, per probe ("linear", "knn"), (the report dict write_report wrote, its JSON file)."""
     results: dict[str, Any] = {}
@@ -40,6 +42,7 @@ def demo_dict(
         }
     return {
         "quick": quick,
+        "seed": seed,
         "config": to_dict(cfg),
         "training": {name: {"run": str(runs[name]), "curve": _curve(s)} for name, s in summaries.items()},
         "results": results,

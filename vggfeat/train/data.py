@@ -47,7 +47,7 @@ class TrainSet(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, key: tuple[int, int]):
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int, tuple[str, ...]]:
         epoch, index = key
         rng = sample_rng(self.seed, epoch, index)
         img, used, skipped = _load_or_next(self.samples, index, self.scale[1])  # decode-time downscaling
@@ -67,7 +67,7 @@ class ValSet(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, tuple[str, ...]]:
         try:
             img = load_rgb_tensor(self.samples.paths[index], min_side=self.size)
         except ImageError as e:

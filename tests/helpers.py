@@ -1,0 +1,39 @@
+"""Helpers shared by several test modules (fixtures live in conftest.py): tiny net options, reading a VOC2007
+tree's labels, and a PNG that claims a huge size. Test modules import from here, never from each other."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from vggfeat.benchmarks.voc import VOC_CLASSES
+
+# 1/16 of the paper's widths: 4, 8, 16, 32, 32 channels; fc6 spans 2x2 of pool5, so 64 px inputs work.
+TINY = dict(width_mult=1 / 16, fc_dim=32, fc6_kernel=2, num_classes=10)
+
+
+def voc_labels(voc: Path, split: str) -> tuple[list[str], np.ndarray]:
+    """Image paths and the (N, 20) label matrix (1, 0 difficult, -1) of a VOC2007 split, read from the files."""
+    main = voc / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main"
+    ids = (main / f"{split}.txt").read_text().split()
+    labels = np.zeros((len(ids), len(VOC_CLASSES)), np.int8)
+    for k, c in enumerate(VOC_CLASSES):
+        rows = dict(line.split() for line in (main / f"{c}_{split}.txt").read_text().splitlines())
+        labels[:, k] = [int(rows[i]) for i in ids]
+    paths = [str(voc / "VOCdevkit" / "VOC2007" / "JPEGImages" / f"{i}.jpg") for i in ids]
+    return paths, labels
+
+
+def write_png_header_only(path: Path, width: int, height: int) -> None:
+    """A tiny PNG file that claims a huge size: a decompression bomb for anyone who decodes it."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    )
