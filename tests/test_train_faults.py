@@ -210,3 +210,18 @@ def test_unwritable_run_folder_is_one_line(tmp_path, data):
     finally:
         ro.chmod(0o755)
     assert res.exit_code == 1 and "cannot write to" in res.output and "Permission denied" in res.output, res.output
+
+
+def test_read_only_run_folder_is_one_line_even_as_root(tmp_path, data, monkeypatch):
+    run = tmp_path / "run"
+    real_mkdir = Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if self == run:
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    res = _train_cli(*_sets(ONE_EPOCH), "--data-root", str(data), "--out", str(run))
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
+    assert f"Error: cannot write to {run}: Read-only file system; choose another folder with --out" in res.output
