@@ -225,3 +225,11 @@ def test_read_only_run_folder_is_one_line_even_as_root(tmp_path, data, monkeypat
     res = _train_cli(*_sets(ONE_EPOCH), "--data-root", str(data), "--out", str(run))
     assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
     assert f"Error: cannot write to {run}: Read-only file system; choose another folder with --out" in res.output
+
+
+def test_resume_with_a_changed_recipe_is_one_line(tmp_path, data, finished):
+    run = _damaged_copy(finished, tmp_path / "run", {})
+    res = _train_cli(*_sets(ONE_EPOCH + ["model.fc_dim=32"]), "--resume", "--data-root", str(data), "--out", str(run))
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
+    assert f"Error: {run / 'ckpt-e001-s00000005.pt'} does not fit the recipe's net (" in res.output
+    assert f"resume with the recipe the run started with ({run / 'recipe.yaml'})" in res.output

@@ -32,7 +32,14 @@ from vggfeat.utils.device import resolve_device
 from vggfeat.utils.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
 from vggfeat.utils.files import atomic_write_text
 
-from .checkpoint import PATTERN, latest_checkpoint, load_checkpoint, load_latest_checkpoint, save_checkpoint
+from .checkpoint import (
+    PATTERN,
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    load_latest_checkpoint,
+    save_checkpoint,
+)
 from .data import GlobalBatchSampler, TrainSet, ValSet, collate_skips, steps_per_epoch
 from .recipe import Recipe, accumulation_steps, recipe_to_dict
 from .schedule import PlateauState, plateau_step
@@ -317,8 +324,15 @@ class _Trainer:
         path, ckpt, bad = found
         for old, reason in bad if self.info.is_main else []:
             log.warning("--resume: %s cannot be loaded (%s); falling back to an earlier checkpoint", old, reason)
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])  # an old checkpoint's "scaler" entry is ignored
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])  # an old checkpoint's "scaler" entry is ignored
+        except (RuntimeError, ValueError, KeyError) as e:  # a recipe changed since the run started
+            first = str(e).strip().splitlines()[0]
+            raise CheckpointError(
+                f"{path} does not fit the recipe's net ({first}); resume with the recipe the run started with "
+                f"({self.run / 'recipe.yaml'}) or start over with --overwrite"
+            ) from None
         self.sched = PlateauState(**ckpt["schedule"])
         self.epoch, self.step_in_epoch, self.global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
         self.history = list(ckpt["history"])
