@@ -127,7 +127,7 @@ def check_inside(path: Path, root: Path, where: str) -> Path:
     return real
 
 
-def find_dataset_dir(root: Path, names: tuple[str, ...], accept) -> Path | None:
+def find_dataset_dir(root: Path, names: tuple[str, ...], accept: Callable[[Path], bool]) -> Path | None:
     """The first of root, root/<name>, root/*/<name> (for each name, in order) that `accept` takes."""
     candidates = [root] + [root / n for n in names]
     children = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []

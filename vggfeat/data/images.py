@@ -13,11 +13,16 @@ import os
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from vggfeat.errors import InputError, VggfeatError
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -172,7 +177,7 @@ def _draft_reduces(size: tuple[int, int], min_side: int | None) -> bool:
 
 
 @functools.lru_cache(maxsize=1)
-def _torchvision_io():
+def _torchvision_io() -> ModuleType | None:
     """torchvision.io if it still decodes JPEGs, else None: torchvision 0.29 deprecated its image decoders
     (in favour of TorchCodec) and a later release drops them, after which PIL decodes everything."""
     try:
@@ -184,7 +189,7 @@ def _torchvision_io():
     return tvio if hasattr(tvio, "decode_jpeg") else None
 
 
-def load_rgb_tensor(path: str | Path, *, min_side: int | None = None, max_pixels: int = MAX_PIXELS):
+def load_rgb_tensor(path: str | Path, *, min_side: int | None = None, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     """`load_rgb` as a (3, H, W) uint8 tensor (its memory in (H, W, 3) order, i.e. channels_last).
 
     The common training input - an RGB or grayscale JPEG that DCT scaling cannot shrink (an ImageNet

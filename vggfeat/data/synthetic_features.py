@@ -7,6 +7,7 @@ weaker class-specific part. Labels are multi-label in {1, -1, 0} with VOC-2007's
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 # Images per class in VOC-2007 trainval (5,011 images), from the dataset's published statistics.
 VOC07_TRAINVAL_IMAGES = (
@@ -42,8 +43,8 @@ def make_voc_like_features(
     seed: int = 0,
     signal: float = 0.25,
     difficult: float = 0.05,
-    dtype=np.float32,
-):
+    dtype: DTypeLike = np.float32,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Returns (X_train (n_train, dim), Y_train (n_train, 20), X_test, Y_test); labels in {1, -1, 0}."""
     rng = np.random.default_rng(seed)
     freq = np.array(VOC07_TRAINVAL_IMAGES) / VOC07_TRAINVAL
@@ -51,7 +52,7 @@ def make_voc_like_features(
     shared = np.abs(rng.standard_normal(dim))  # what every image has in common
     protos = rng.standard_normal((k, dim)) * (rng.random((k, dim)) < 0.1)  # sparse class directions
 
-    def draw(n):
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
         pos = rng.random((n, k)) < freq
         empty = ~pos.any(1)
         pos[empty, rng.choice(k, size=int(empty.sum()), p=freq / freq.sum())] = True

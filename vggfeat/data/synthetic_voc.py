@@ -18,25 +18,27 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from vggfeat.benchmarks.voc import VOC_CLASSES  # the devkit's 20 classes, defined with the reader
 
-Draw = Callable[[ImageDraw.ImageDraw, float, float, float, tuple, int], None]
+Colour = tuple[int, ...]  # RGB ink
+# a pictogram: (canvas, centre x, centre y, size s, ink, line width) draws one instance
+Draw = Callable[[ImageDraw.ImageDraw, float, float, float, Colour, int], None]
 
 
-def _box(cx, cy, w, h):
+def _box(cx: float, cy: float, w: float, h: float) -> tuple[float, float, float, float]:
     return (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
 
 
-def _wheels(d, cx, cy, s, c, width, gap):
+def _wheels(d: ImageDraw.ImageDraw, cx: float, cy: float, s: float, c: Colour, width: int, gap: float) -> None:
     for dx in (-gap, gap):
         d.ellipse(_box(cx + dx * s, cy, 0.3 * s, 0.3 * s), outline=c, width=width)
 
 
-def _aeroplane(d, x, y, s, c, lw):
+def _aeroplane(d: ImageDraw.ImageDraw, x: float, y: float, s: float, c: Colour, lw: int) -> None:
     d.ellipse(_box(x, y, 1.6 * s, 0.3 * s), fill=c)
     d.polygon([(x - 0.1 * s, y), (x + 0.2 * s, y - 0.8 * s), (x + 0.35 * s, y)], fill=c)
     d.polygon([(x - 0.75 * s, y), (x - 0.8 * s, y - 0.45 * s), (x - 0.55 * s, y)], fill=c)
 
 
-def _bicycle(d, x, y, s, c, lw):
+def _bicycle(d: ImageDraw.ImageDraw, x: float, y: float, s: float, c: Colour, lw: int) -> None:
     _wheels(d, x, y + 0.2 * s, 1.6 * s, c, lw, 0.3)
     d.line(
         [
@@ -51,12 +53,12 @@ def _bicycle(d, x, y, s, c, lw):
     )
 
 
-def _bird(d, x, y, s, c, lw):
+def _bird(d: ImageDraw.ImageDraw, x: float, y: float, s: float, c: Colour, lw: int) -> None:
     d.arc(_box(x - 0.35 * s, y, 0.7 * s, 0.6 * s), 200, 340, fill=c, width=lw + 1)
     d.arc(_box(x + 0.35 * s, y, 0.7 * s, 0.6 * s), 200, 340, fill=c, width=lw + 1)
 
 
-def _boat(d, x, y, s, c, lw):
+def _boat(d: ImageDraw.ImageDraw, x: float, y: float, s: float, c: Colour, lw: int) -> None:
     d.polygon(
         [
             (x - 0.8 * s, y + 0.1 * s),
@@ -69,19 +71,19 @@ def _boat(d, x, y, s, c, lw):
     d.polygon([(x, y + 0.05 * s), (x, y - 0.8 * s), (x + 0.55 * s, y + 0.05 * s)], outline=c, width=lw)
 
 
-def _bottle(d, x, y, s, c, lw):
+def _bottle(d: ImageDraw.ImageDraw, x: float, y: float, s: float, c: Colour, lw: int) -> None:
     d.rectangle(_box(x, y + 0.15 * s, 0.35 * s, 0.9 * s), fill=c)
     d.rectangle(_box(x, y - 0.45 * s, 0.14 * s, 0.35 * s), fill=c)
 
 
-def _bus(d, x, y, s, c, lw):
+def _bus(d: ImageDraw.ImageDraw, x: float, y: float, s: float, c: Colour, lw: int) -> None:
     d.rectangle(_box(x, y, 1.8 * s, 0.8 * s), outline=c, width=lw)
     for k in range(5):
         d.rectangle(_box(x - 0.7 * s + k * 0.35 * s, y - 0.15 * s, 0.2 * s, 0.2 * s), fill=c)
     _wheels(d, x, y + 0.45 * s, s, c, lw, 0.6)
 
 
-def _car(d, x, y, s, c, lw):
+def _car(d: ImageDraw.ImageDraw, x: float, y: float, s: float, c: Colour, lw: int) -> None:
     d.rectangle(_box(x, y + 0.1 * s, 1.4 * s, 0.4 * s), fill=c)
     d.polygon(
         [
@@ -95,50 +97,52 @@ def _car(d, x, y, s, c, lw):
     _wheels(d, x, y + 0.35 * s, s, c, lw, 0.45)
 
 
-def _cat(d, x, y, s, c, lw):
+def _cat(d: ImageDraw.ImageDraw, x: float, y: float, s: float, c: Colour, lw: int) -> None:
     d.ellipse(_box(x, y + 0.1 * s, 0.9 * s, 0.8 * s), outline=c, width=lw)
     d.polygon([(x - 0.4 * s, y - 0.1 * s), (x - 0.35 * s, y - 0.6 * s), (x - 0.1 * s, y - 0.25 * s)], fill=c)
     d.polygon([(x + 0.4 * s, y - 0.1 * s), (x + 0.35 * s, y - 0.6 * s), (x + 0.1 * s, y - 0.25 * s)], fill=c)
 
 
-def _chair(d, x, y, s, c, lw):
+def _chair(d: ImageDraw.ImageDraw, x: float, y: float, s: float, c: Colour, lw: int) -> None:
     d.line([(x - 0.3 * s, y - 0.7 * s), (x - 0.3 * s, y + 0.6 * s)], fill=c, width=lw + 1)
     d.line([(x - 0.3 * s, y), (x + 0.35 * s, y), (x + 0.35 * s, y + 0.6 * s)], fill=c, width=lw + 1)
 
 
-def _legs(d, x, y, s, c, lw, span=0.5, n=4):
+def _legs(
+    d: ImageDraw.ImageDraw, x: float, y: float, s: float, c: Colour, lw: int, span: float = 0.5, n: int = 4
+) -> None:
     for k in range(n):
         lx = x - span * s + k * (2 * span * s / (n - 1))
         d.line([(lx, y), (lx, y + 0.4 * s)], fill=c, width=lw)
 
 
-def _cow(d, x, y, s, c, lw):
+def _cow(d: ImageDraw.ImageDraw, x: float, y: float, s: float, c: Colour, lw: int) -> None:
     d.rectangle(_box(x, y, 1.3 * s, 0.55 * s), outline=c, width=lw)
     for dx, dy in ((-0.3, -0.05), (0.2, 0.08), (0.35, -0.1)):
         d.ellipse(_box(x + dx * s, y + dy * s, 0.18 * s, 0.14 * s), fill=c)
     _legs(d, x, y + 0.27 * s, s, c, lw)
 
 
-def _diningtable(d, x, y, s, c, lw):
+def _diningtable(d: ImageDraw.ImageDraw, x: float, y: float, s: float, c: Colour, lw: int) -> None:
     d.rectangle(_box(x, y - 0.2 * s, 1.6 * s, 0.15 * s), fill=c)
     _legs(d, x, y - 0.12 * s, s * 1.3, c, lw + 1, span=0.55, n=2)
 
 
-def _dog(d, x, y, s, c, lw):
+def _dog(d: ImageDraw.ImageDraw, x: float, y: float, s: float, c: Colour, lw: int) -> None:
     d.ellipse(_box(x, y, 1.1 * s, 0.45 * s), fill=c)
     d.ellipse(_box(x + 0.6 * s, y - 0.3 * s, 0.4 * s, 0.35 * s), fill=c)
     d.line([(x - 0.55 * s, y), (x - 0.8 * s, y - 0.35 * s)], fill=c, width=lw)
     _legs(d, x, y + 0.15 * s, s * 0.9, c, lw, span=0.4)
 
 
-def _horse(d, x, y, s, c, lw):
+def _horse(d: ImageDraw.ImageDraw, x: float, y: float, s: float, c: Colour, lw: int) -> None:
     d.ellipse(_box(x, y, 1.2 * s, 0.45 * s), outline=c, width=lw)
     d.line([(x + 0.5 * s, y - 0.1 * s), (x + 0.8 * s, y - 0.7 * s)], fill=c, width=lw + 1)
     d.polygon([(x + 0.7 * s, y - 0.8 * s), (x + 1.05 * s, y - 0.6 * s), (x + 0.8 * s, y - 0.55 * s)], fill=c)
     _legs(d, x, y + 0.2 * s, s * 1.2, c, lw, span=0.4)
 
 
-def _motorbike(d, x, y, s, c, lw):
+def _motorbike(d: ImageDraw.ImageDraw, x: float, y: float, s: float, c: Colour, lw: int) -> None:
     for dx in (-0.5, 0.5):
         d.ellipse(_box(x + dx * s, y + 0.2 * s, 0.4 * s, 0.4 * s), fill=c)
     d.polygon(
@@ -152,14 +156,14 @@ def _motorbike(d, x, y, s, c, lw):
     )
 
 
-def _person(d, x, y, s, c, lw):
+def _person(d: ImageDraw.ImageDraw, x: float, y: float, s: float, c: Colour, lw: int) -> None:
     d.ellipse(_box(x, y - 0.65 * s, 0.3 * s, 0.3 * s), fill=c)
     d.line([(x, y - 0.5 * s), (x, y + 0.2 * s)], fill=c, width=lw + 1)
     d.line([(x - 0.35 * s, y - 0.3 * s), (x, y - 0.2 * s), (x + 0.35 * s, y - 0.3 * s)], fill=c, width=lw)
     d.line([(x - 0.25 * s, y + 0.75 * s), (x, y + 0.2 * s), (x + 0.25 * s, y + 0.75 * s)], fill=c, width=lw)
 
 
-def _pottedplant(d, x, y, s, c, lw):
+def _pottedplant(d: ImageDraw.ImageDraw, x: float, y: float, s: float, c: Colour, lw: int) -> None:
     d.polygon(
         [
             (x - 0.3 * s, y + 0.2 * s),
@@ -174,27 +178,27 @@ def _pottedplant(d, x, y, s, c, lw):
         d.ellipse(_box(x + 0.45 * s * math.sin(a), y - 0.3 * s * math.cos(a), 0.22 * s, 0.45 * s), outline=c, width=lw)
 
 
-def _sheep(d, x, y, s, c, lw):
+def _sheep(d: ImageDraw.ImageDraw, x: float, y: float, s: float, c: Colour, lw: int) -> None:
     for dx, dy in ((-0.35, 0), (0, -0.12), (0.35, 0), (0, 0.1)):
         d.ellipse(_box(x + dx * s, y + dy * s, 0.5 * s, 0.45 * s), outline=c, width=lw)
     _legs(d, x, y + 0.25 * s, s, c, lw, span=0.35)
 
 
-def _sofa(d, x, y, s, c, lw):
+def _sofa(d: ImageDraw.ImageDraw, x: float, y: float, s: float, c: Colour, lw: int) -> None:
     d.rectangle(_box(x, y - 0.25 * s, 1.4 * s, 0.4 * s), outline=c, width=lw)
     d.rectangle(_box(x, y + 0.1 * s, 1.6 * s, 0.3 * s), fill=c)
     for dx in (-0.75, 0.75):
         d.rectangle(_box(x + dx * s, y, 0.15 * s, 0.6 * s), fill=c)
 
 
-def _train(d, x, y, s, c, lw):
+def _train(d: ImageDraw.ImageDraw, x: float, y: float, s: float, c: Colour, lw: int) -> None:
     for k in range(3):
         d.rectangle(_box(x - 0.7 * s + k * 0.7 * s, y, 0.6 * s, 0.45 * s), outline=c, width=lw)
         _wheels(d, x - 0.7 * s + k * 0.7 * s, y + 0.28 * s, s * 0.7, c, lw, 0.22)
     d.rectangle(_box(x - 0.9 * s, y - 0.35 * s, 0.12 * s, 0.3 * s), fill=c)
 
 
-def _tvmonitor(d, x, y, s, c, lw):
+def _tvmonitor(d: ImageDraw.ImageDraw, x: float, y: float, s: float, c: Colour, lw: int) -> None:
     d.rectangle(_box(x, y - 0.1 * s, 1.2 * s, 0.85 * s), outline=c, width=lw + 1)
     d.rectangle(_box(x, y - 0.1 * s, 0.85 * s, 0.55 * s), fill=c)
     d.line([(x, y + 0.33 * s), (x, y + 0.55 * s)], fill=c, width=lw)

@@ -9,6 +9,7 @@ pottedplant, so a person is not always object 1. Written as VOCdevkit/VOC2012/{J
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +95,9 @@ def _clip(box: tuple[float, float, float, float], w: int, h: int) -> tuple[int, 
     )
 
 
-def _annotation_xml(image_id: str, size: tuple[int, int], objects) -> bytes:
+def _annotation_xml(
+    image_id: str, size: tuple[int, int], objects: Iterable[tuple[str, tuple[int, int, int, int], str | None]]
+) -> bytes:
     root = ET.Element("annotation")
     ET.SubElement(root, "folder").text = "VOC2012"
     ET.SubElement(root, "filename").text = f"{image_id}.jpg"

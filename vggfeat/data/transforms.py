@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
 
 def isotropic_size(height: int, width: int, smallest_side: int) -> tuple[int, int]:
     """(H, W) after an isotropic rescale that makes the smallest side exactly `smallest_side` (S or Q)."""
@@ -15,7 +22,7 @@ def isotropic_size(height: int, width: int, smallest_side: int) -> tuple[int, in
 # ---- Sect. 3.1 training augmentation, per sample, deterministic from (seed, epoch, index) ----
 
 
-def sample_rng(seed: int, epoch: int, index: int):
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     """The generator of one sample's augmentation: the same triple draws the same crop, flip and colour
     shift whatever the worker, process count or restart (exact resume)."""
     import numpy as np
@@ -30,7 +37,7 @@ def _window(height: int, width: int, size: int, crop: int) -> tuple[int, int]:
     return (min(height, max(1, round(crop * height / rh))), min(width, max(1, round(crop * width / rw))))
 
 
-def _resize_window(img, top: int, left: int, window: tuple[int, int], crop: int):
+def _resize_window(img: torch.Tensor, top: int, left: int, window: tuple[int, int], crop: int) -> torch.Tensor:
     """The window of a (3, H, W) uint8 image resized to (3, crop, crop) uint8 - antialiased bilinear
     (PIL's filter; torch's vectorised uint8 kernel) - so only pixels inside the crop are ever resampled."""
     import torch
@@ -43,7 +50,9 @@ def _resize_window(img, top: int, left: int, window: tuple[int, int], crop: int)
     return F.interpolate(win, size=(crop, crop), mode="bilinear", antialias=True, align_corners=False)[0]
 
 
-def train_crop(img, rng, *, scale: tuple[int, int], crop: int, flip: bool = True):
+def train_crop(
+    img: torch.Tensor, rng: np.random.Generator, *, scale: tuple[int, int], crop: int, flip: bool = True
+) -> torch.Tensor:
     """Isotropic rescale to S (fixed, or uniform in [Smin, Smax]), one random crop x crop, random flip.
 
     `img` is a (3, H, W) uint8 tensor; returns a (crop, crop, 3) uint8 tensor. Rather than rescaling the
@@ -62,7 +71,7 @@ def train_crop(img, rng, *, scale: tuple[int, int], crop: int, flip: bool = True
     return out.permute(1, 2, 0).contiguous()
 
 
-def center_crop(img, *, size: int, crop: int):
+def center_crop(img: torch.Tensor, *, size: int, crop: int) -> torch.Tensor:
     """Isotropic rescale to `size`, the central crop x crop (validation during training): (3, H, W) uint8
     tensor in, (crop, crop, 3) uint8 tensor out, resampling only the central window as `train_crop` does."""
     _, h, w = img.shape
@@ -70,7 +79,13 @@ def center_crop(img, *, size: int, crop: int):
     return _resize_window(img, (h - wh) // 2, (w - ww) // 2, (wh, ww), crop).permute(1, 2, 0).contiguous()
 
 
-def normalize_batch(x, mean, eigval=None, eigvec=None, alpha=None):
+def normalize_batch(
+    x: torch.Tensor,
+    mean: Sequence[float] | torch.Tensor,
+    eigval: Sequence[float] | torch.Tensor | None = None,
+    eigvec: Sequence[Sequence[float]] | torch.Tensor | None = None,
+    alpha: torch.Tensor | None = None,
+) -> torch.Tensor:
     """uint8 (B, H, W, 3) or (B, 3, H, W) crops -> float (B, 3, H, W): minus mean RGB (0-255 units), plus
     the PCA colour shift eigvec @ (alpha * eigval) per image (Krizhevsky et al. 2012, Sect. 3.1)."""
     import torch

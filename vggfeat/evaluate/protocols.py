@@ -5,7 +5,9 @@ grid of crops x 2 flips per scale: 150 crops over 3 scales), both combined, and 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,10 +18,16 @@ from vggfeat.data.transforms import isotropic_size
 
 from .labels import EvaluateError
 
+if TYPE_CHECKING:
+    from vggfeat.data.folder import Samples
+    from vggfeat.models.vgg import VGG
+
+Device = torch.device | str
+
 PROTOCOLS = ("dense", "multicrop", "both")
 
 
-def _rescaled(img: Image.Image, q: int, model) -> torch.Tensor:
+def _rescaled(img: Image.Image, q: int, model: VGG) -> torch.Tensor:
     """(1, 3, H, W) net input of `img` rescaled to smallest side Q, in the weights' convention."""
     h, w = isotropic_size(img.height, img.width, q)
     arr = np.asarray(img.resize((w, h), Image.BILINEAR, reducing_gap=None), dtype=np.float32) / 255.0
@@ -28,7 +36,7 @@ def _rescaled(img: Image.Image, q: int, model) -> torch.Tensor:
 
 
 @torch.no_grad()
-def dense_posterior(model, img: Image.Image, scales: Sequence[int], device="cpu") -> torch.Tensor:
+def dense_posterior(model: VGG, img: Image.Image, scales: Sequence[int], device: Device = "cpu") -> torch.Tensor:
     """(K,) posterior: per Q, softmax of the spatially averaged score map, averaged with the flip."""
     out = []
     for q in scales:
@@ -45,7 +53,7 @@ def grid_offsets(size: int, crop: int, n: int = 5) -> list[int]:
 
 @torch.no_grad()
 def multicrop_posterior(
-    model, img: Image.Image, scales: Sequence[int], device="cpu", grid: int = 5, crop: int | None = None
+    model: VGG, img: Image.Image, scales: Sequence[int], device: Device = "cpu", grid: int = 5, crop: int | None = None
 ) -> torch.Tensor:
     """(K,) posterior: per Q, the mean softmax over grid x grid crops and their flips."""
     crop = crop or model.min_input_size()
@@ -70,7 +78,14 @@ def topk_errors(posteriors: torch.Tensor, labels: torch.Tensor) -> tuple[float, 
     return int((~hit[:, 0]).sum()) / n, int((~hit.any(1)).sum()) / n
 
 
-def posteriors(model, images, scales: Sequence[int], protocol: str, device="cpu", progress=None) -> torch.Tensor:
+def posteriors(
+    model: VGG,
+    images: Iterable[Image.Image],
+    scales: Sequence[int],
+    protocol: str,
+    device: Device = "cpu",
+    progress: Callable[[int], object] | None = None,
+) -> torch.Tensor:
     """(N, K) posteriors of `images` (an iterable of PIL images) under `protocol`."""
     if protocol not in PROTOCOLS:
         raise EvaluateError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
@@ -92,7 +107,14 @@ def _combine(base: dict[str, torch.Tensor], protocol: str) -> torch.Tensor:
     return base[protocol]
 
 
-def _base_posteriors(model, images, scales, bases, device, progress) -> dict[str, torch.Tensor]:
+def _base_posteriors(
+    model: VGG,
+    images: Iterable[Image.Image],
+    scales: Sequence[int],
+    bases: Sequence[str],
+    device: Device,
+    progress: Callable[[int], object] | None,
+) -> dict[str, torch.Tensor]:
     """{protocol: (N, K)} for each of `bases`, each computed once per image."""
     rows: dict[str, list] = {b: [] for b in bases}
     for img in images:
@@ -105,7 +127,7 @@ def _base_posteriors(model, images, scales, bases, device, progress) -> dict[str
     return {b: torch.stack(r) for b, r in rows.items()}
 
 
-def check_scales(models: Sequence, scales: Sequence[int]) -> None:
+def check_scales(models: Sequence[VGG], scales: Sequence[int]) -> None:
     """Refuse up front a test scale Q smaller than a net's crop: neither protocol can evaluate it."""
     if not scales:
         raise EvaluateError("no test scales Q given")
@@ -121,13 +143,13 @@ def check_scales(models: Sequence, scales: Sequence[int]) -> None:
 
 
 def evaluate_nets(
-    models: Sequence,
-    samples,
+    models: Sequence[VGG],
+    samples: Samples,
     *,
     protocols: Sequence[str],
     scales: Sequence[int],
-    device="cpu",
-    progress=None,
+    device: Device = "cpu",
+    progress: Callable[[int], object] | None = None,
     fast_decode: bool = False,
 ) -> list[dict]:
     """One row per (net, protocol) with top-1/top-5 error, plus a 'fusion' row per protocol when there
@@ -137,7 +159,7 @@ def evaluate_nets(
     Images are fully decoded and rescaled (the paper's rescale); `fast_decode` lets JPEGs be decoded at
     1/2..1/8 size first (PIL draft mode), faster on large photos but not the same pixels."""
 
-    def load(path):
+    def load(path: Path) -> Image.Image:
         img = load_rgb(path, min_side=max(scales) if fast_decode else None)
         check_scaled_pixels(img.height, img.width, max(scales), path)  # before any resize
         return img

@@ -6,12 +6,15 @@ rounding, so a store's identity (its settings) holds the Protocol, never the Run
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vggfeat.errors import InputError
 from vggfeat.utils.device import resolve_device
 
 from .protocol import Protocol
+
+if TYPE_CHECKING:
+    import torch
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 
@@ -36,7 +39,7 @@ class Runtime:
         if self.max_batch_pixels is not None and self.max_batch_pixels < 1:
             raise InputError(f"max_batch_pixels must be >= 1, got {self.max_batch_pixels}")
 
-    def torch_device(self):
+    def torch_device(self) -> torch.device:
         """The resolved torch.device (`auto` picks CUDA when there is a GPU)."""
         import torch
 

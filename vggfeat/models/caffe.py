@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -112,7 +113,7 @@ class _Reader:
             raise _Damaged(f"field {number} at byte {at} runs to byte {after} but {where} at byte {end}")
         return number, wire, value, after
 
-    def fields(self, start: int, end: int):
+    def fields(self, start: int, end: int) -> Iterator[tuple[int, int, Any]]:
         pos = start
         while pos < end:
             number, wire, value, pos = self.field(pos, end)

@@ -12,6 +12,7 @@ import torch
 from vggfeat.errors import InputError
 
 from .init import init_weights
+from .preprocessing import Preprocessing
 from .resolve import check_vggfeat_net, resolve_weights
 from .vgg import VGG
 from .weights import check_options, infer_architecture, load_tensors, load_weights, naming_file, read_weights
@@ -83,7 +84,9 @@ def create_model(
     return model
 
 
-def load_model(weights: str | Path, name: str | None = None, *, preprocessing=None, **options: Any) -> VGG:
+def load_model(
+    weights: str | Path, name: str | None = None, *, preprocessing: Preprocessing | str | None = None, **options: Any
+) -> VGG:
     """Build the net a weight file describes and load it. The architecture comes from the file's metadata
     (vggfeat files), else from its tensors' shapes; `name` and `options` override. `weights` may also be a
     name (torchvision:vgg16, timm:..., hf-hub:..., see `vggfeat.models.resolve`) or "random" (net `name`,

@@ -11,17 +11,21 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from vggfeat.errors import InputError
 from vggfeat.probes import metrics
 from vggfeat.probes.svm import fit_linear_svms
 from vggfeat.utils.files import atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -137,10 +141,10 @@ class LowShotResult:
 
 
 def run_low_shot(
-    x_train,
-    y_train,
-    x_test,
-    y_test,
+    x_train: ArrayLike,
+    y_train: ArrayLike,
+    x_test: ArrayLike,
+    y_test: ArrayLike,
     *,
     ks: Sequence[int] = LOW_SHOT_KS,
     samples: int = LOW_SHOT_SAMPLES,
@@ -148,9 +152,9 @@ def run_low_shot(
     seed: int = 0,
     classes: Sequence[str] | None = None,
     tol: float = 1e-6,
-    device=None,
+    device: torch.device | str | None = None,
     features: dict[str, Any] | None = None,
-    progress=None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> LowShotResult:
     """The low-shot protocol on descriptors: x (N, D), VOC labels y (N, K) in {1, -1, 0}.
 

@@ -7,10 +7,13 @@ VOCevalcls: a stable sort by descending score, so tied scores keep the input ord
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 
-def _columns(scores, labels) -> tuple[np.ndarray, np.ndarray, bool]:
+def _columns(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray, bool]:
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
     if scores.shape != labels.shape:
         raise ValueError(f"scores {scores.shape} and labels {labels.shape} must have the same shape")
@@ -33,7 +36,7 @@ def _ranked_pr(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.n
     return tp / np.maximum(tp + fp, 1), recall
 
 
-def precision_recall(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+def precision_recall(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Precision and recall after each ranked image of one class (difficult images skipped), as VOCevalcls."""
     scores, labels, _ = _columns(scores, labels)
     if scores.shape[1] != 1:
@@ -41,7 +44,7 @@ def precision_recall(scores, labels) -> tuple[np.ndarray, np.ndarray]:
     return _ranked_pr(scores[:, 0], labels[:, 0])
 
 
-def _ap(scores, labels, one) -> float | np.ndarray:
+def _ap(scores: ArrayLike, labels: ArrayLike, one: Callable[[np.ndarray, np.ndarray], float]) -> float | np.ndarray:
     scores, labels, single = _columns(scores, labels)
     out = np.array(
         [
@@ -86,18 +89,18 @@ def _ap_all(precision: np.ndarray, recall: np.ndarray) -> float:
     return float(np.sum((mrec[steps] - mrec[steps - 1]) * mpre[steps]))
 
 
-def voc07_ap(scores, labels) -> float | np.ndarray:
+def voc07_ap(scores: ArrayLike, labels: ArrayLike) -> float | np.ndarray:
     """VOC2007 11-point interpolated AP: a float for (N,) inputs, a (K,) array for (N, K); NaN for a class
     without positives."""
     return _ap(scores, labels, _ap11)
 
 
-def voc12_ap(scores, labels) -> float | np.ndarray:
+def voc12_ap(scores: ArrayLike, labels: ArrayLike) -> float | np.ndarray:
     """VOC2010+ all-point AP, same conventions as `voc07_ap`."""
     return _ap(scores, labels, _ap_all)
 
 
-def per_class_recall(y_true, y_pred, num_classes: int | None = None) -> np.ndarray:
+def per_class_recall(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int | None = None) -> np.ndarray:
     """Recall of each class id 0..K-1 (NaN for a class absent from y_true)."""
     y_true, y_pred = np.asarray(y_true).ravel(), np.asarray(y_pred).ravel()
     if y_true.shape != y_pred.shape:
@@ -109,6 +112,6 @@ def per_class_recall(y_true, y_pred, num_classes: int | None = None) -> np.ndarr
         return np.where(total > 0, hits / np.maximum(total, 1), np.nan)
 
 
-def mean_class_recall(y_true, y_pred, num_classes: int | None = None) -> float:
+def mean_class_recall(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int | None = None) -> float:
     """Mean per-class accuracy over the classes present in y_true (the Caltech metric)."""
     return float(np.nanmean(per_class_recall(y_true, y_pred, num_classes)))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,7 +77,7 @@ def run_linear_probe(
     holdout: float = 0.2,
     seed: int = 0,
     device: str | None = None,
-    progress=None,
+    progress: Callable[[ProbeSplit, SplitResult], None] | None = None,
 ) -> ProbeResult:
     """One-vs-rest linear SVMs (L2-regularised squared hinge, with a bias) on each split: C chosen per class on
     a seeded 20% of the training images, then refit on all of them (Appendix B gives no C), scored on test."""
@@ -137,7 +137,7 @@ def run_knn_probe(
     k: int = 20,
     kind: str = "flat",
     temperature: float = 0.07,
-    progress=None,
+    progress: Callable[[ProbeSplit, SplitResult], None] | None = None,
 ) -> ProbeResult:
     """kNN classification with a faiss index over each split's training descriptors, same splits and metric."""
     from vggfeat.probes.knn import knn_scores

@@ -11,11 +11,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from vggfeat.probes import metrics
 from vggfeat.probes.svm import LinearSVMProbe, fit_linear_svms, svm_targets
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +35,7 @@ class Selection:
     chosen: np.ndarray  # (K,) the C refitted for each class
 
 
-def holdout_split(y, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def holdout_split(y: ArrayLike, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (fit, held out). Class ids are held out per class (at least one image of each class with two
     or more); VOC label rows are held out at random."""
     if not 0 < fraction < 1:
@@ -50,7 +55,7 @@ def holdout_split(y, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray
     return fit, held
 
 
-def heldout_table(scores: np.ndarray, y_val, classes: np.ndarray, metric: str) -> np.ndarray:
+def heldout_table(scores: np.ndarray, y_val: np.ndarray, classes: np.ndarray, metric: str) -> np.ndarray:
     """Held-out metric per C: scores (N_val, len(Cs), K) -> (len(Cs), K) APs or (len(Cs), 1) recalls."""
     if metric in AP_METRICS:
         return np.stack([AP_METRICS[metric](scores[:, j], y_val) for j in range(scores.shape[1])])
@@ -71,7 +76,15 @@ def choose(Cs: Sequence[float], table: np.ndarray, num_classes: int) -> np.ndarr
 
 
 def select_and_refit(
-    X, y, Cs: Sequence[float], *, metric: str, holdout: float, seed: int, heldout_scores: Callable, make_probe: Callable
+    X: ArrayLike,
+    y: ArrayLike,
+    Cs: Sequence[float],
+    *,
+    metric: str,
+    holdout: float,
+    seed: int,
+    heldout_scores: Callable[[np.ndarray, np.ndarray, list[float], np.ndarray], np.ndarray],
+    make_probe: Callable[[np.ndarray], object],
 ) -> tuple[object, Selection]:
     """The protocol, whatever the solver: `heldout_scores(X_fit, y_fit, Cs, X_val)` returns (N_val, len(Cs), K)
     decision values, `make_probe(C_per_class)` an unfitted estimator."""
@@ -94,11 +107,19 @@ def select_and_refit(
 
 
 def fit_probe(
-    X, y, Cs: Sequence[float], *, metric: str, holdout: float = 0.2, seed: int = 0, device=None, tol: float = 1e-6
+    X: ArrayLike,
+    y: ArrayLike,
+    Cs: Sequence[float],
+    *,
+    metric: str,
+    holdout: float = 0.2,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    tol: float = 1e-6,
 ) -> tuple[LinearSVMProbe, Selection]:
     """The batched solver: every class and every C of the grid in one batch, then one batch for the refit."""
 
-    def heldout_scores(x_fit, y_fit, Cs, x_val):
+    def heldout_scores(x_fit: np.ndarray, y_fit: np.ndarray, Cs: Sequence[float], x_val: np.ndarray) -> np.ndarray:
         Y, S, _, _ = svm_targets(y_fit)
         k = Y.shape[1]
         # columns ordered (C, class): (N, len(Cs) * K)

@@ -6,15 +6,20 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.exceptions import ConvergenceWarning
 
 from vggfeat.probes.selection import Selection, select_and_refit
 from vggfeat.probes.svm import OneVsRestLinear
 
+if TYPE_CHECKING:
+    from sklearn.svm import LinearSVC
 
-def fit_linear_svc(x, y_pm, C: float, *, tol: float = 1e-4, max_iter: int = 10000):
+
+def fit_linear_svc(x: ArrayLike, y_pm: ArrayLike, C: float, *, tol: float = 1e-4, max_iter: int = 10000) -> LinearSVC:
     """One LinearSVC (squared hinge, L2, intercept_scaling 1) on +-1 targets."""
     from sklearn.svm import LinearSVC
 
@@ -26,12 +31,12 @@ def fit_linear_svc(x, y_pm, C: float, *, tol: float = 1e-4, max_iter: int = 1000
 class SklearnSVMProbe(OneVsRestLinear):
     """One-vs-rest LinearSVC per class, with the targets and outputs of `LinearSVMProbe`."""
 
-    def __init__(self, C=1.0, *, tol: float = 1e-4, max_iter: int = 10000):
+    def __init__(self, C: ArrayLike = 1.0, *, tol: float = 1e-4, max_iter: int = 10000):
         self.C = C
         self.tol = tol
         self.max_iter = max_iter
 
-    def fit(self, X, y):
+    def fit(self, X: ArrayLike, y: ArrayLike) -> SklearnSVMProbe:
         X, Y, S, C, classes, multilabel = self._fit_inputs(X, y)
         coef, intercept = [], []
         for k in range(Y.shape[1]):
@@ -51,11 +56,11 @@ class SklearnSVMProbe(OneVsRestLinear):
 
 
 def fit_sklearn_probe(
-    X, y, Cs: Sequence[float], *, metric: str, holdout: float = 0.2, seed: int = 0
+    X: ArrayLike, y: ArrayLike, Cs: Sequence[float], *, metric: str, holdout: float = 0.2, seed: int = 0
 ) -> tuple[SklearnSVMProbe, Selection]:
     """`selection.fit_probe` with LinearSVC: the same held-out split, metric and choice of C."""
 
-    def heldout_scores(x_fit, y_fit, Cs, x_val):
+    def heldout_scores(x_fit: np.ndarray, y_fit: np.ndarray, Cs: Sequence[float], x_val: np.ndarray) -> np.ndarray:
         return np.stack([SklearnSVMProbe(C=c).fit(x_fit, y_fit).class_scores(x_val) for c in Cs], axis=1)
 
     return select_and_refit(

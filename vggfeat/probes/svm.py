@@ -13,19 +13,26 @@ one. The preconditioner is the Hessian's diagonal around the violators' mean plu
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from vggfeat.errors import InputError
 
+if TYPE_CHECKING:
+    import torch
+
+    _Op = Callable[[torch.Tensor], torch.Tensor]
+
 log = logging.getLogger(__name__)
 
 
-def _pcg(hvp, rhs, precondition, *, rtol, max_iter):
+def _pcg(hvp: _Op, rhs: torch.Tensor, precondition: _Op, *, rtol: float, max_iter: int) -> torch.Tensor:
     """Batched preconditioned conjugate gradients for H x = rhs, one system per column of rhs (D, M)."""
     import torch
 
@@ -53,7 +60,9 @@ def _pcg(hvp, rhs, precondition, *, rtol, max_iter):
     return x
 
 
-def _line_search(w, dw, z, q, c2s, *, iters=40):
+def _line_search(
+    w: torch.Tensor, dw: torch.Tensor, z: torch.Tensor, q: torch.Tensor, c2s: torch.Tensor, *, iters: int = 40
+) -> torch.Tensor:
     """Exact minimiser t >= 0 of f(w + t dw) along the Newton direction, per column.
 
     f'(t) = w.dw + t |dw|^2 - sum_i c2s_i q_i max(0, z_i - t q_i) with c2s = 2 C s, z the margin shortfall and
@@ -64,7 +73,7 @@ def _line_search(w, dw, z, q, c2s, *, iters=40):
 
     wd, dd = (w * dw).sum(0), (dw * dw).sum(0)
 
-    def slope(t):
+    def slope(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         m = z - t * q
         act = (m > 0).to(q.dtype)
         return wd + t * dd - (c2s * q * m * act).sum(0), dd + (c2s * q * q * act).sum(0)
@@ -92,16 +101,16 @@ def _line_search(w, dw, z, q, c2s, *, iters=40):
 
 
 def fit_linear_svms(
-    X,
-    Y,
-    S,
-    C,
+    X: ArrayLike,
+    Y: ArrayLike,
+    S: ArrayLike,
+    C: ArrayLike,
     *,
     intercept_scaling: float = 1.0,
     tol: float = 1e-6,
     max_iter: int = 100,
     cg_iter: int = 300,
-    device: Any = None,
+    device: torch.device | str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Train M linear SVMs sharing the features X (N, D): targets Y (N, M) in {1, -1}, per-sample weights
     S (N, M) (0 drops a sample from a problem, e.g. VOC 'difficult'), costs C (M,).
@@ -168,10 +177,16 @@ def fit_linear_svms(
         du = u / diag
         denom = 1 + (u * du).sum(0)
 
-        def precondition(r, diag=diag, u=u, du=du, denom=denom):
+        def precondition(
+            r: torch.Tensor,
+            diag: torch.Tensor = diag,
+            u: torch.Tensor = u,
+            du: torch.Tensor = du,
+            denom: torch.Tensor = denom,
+        ) -> torch.Tensor:
             return r / diag - du * ((du * r).sum(0) / denom)
 
-        def hvp(v, act=act):
+        def hvp(v: torch.Tensor, act: torch.Tensor = act) -> torch.Tensor:
             return v + Xa.T @ (act * (Xa @ v))
 
         rel = torch.clamp(torch.sqrt(gnorm[keep] / g0[todo]), max=0.1)  # inexact Newton: looser far away
@@ -184,7 +199,7 @@ def fit_linear_svms(
     return W[:d].T.cpu().numpy(), (intercept_scaling * W[d]).cpu().numpy(), iters.cpu().numpy()
 
 
-def svm_targets(y) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+def svm_targets(y: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
     """One-vs-rest targets from class ids (N,) or VOC labels (N, K) in {1, -1, 0}.
 
     Returns Y (N, K) in {1, -1}, weights S (N, K) (0 for a VOC 'difficult' label: neither positive nor
@@ -210,7 +225,7 @@ def svm_targets(y) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
     raise ValueError(f"y must be class ids (N,) or labels (N, K), got shape {y.shape}")
 
 
-def per_class_costs(C, num_classes: int) -> np.ndarray:
+def per_class_costs(C: ArrayLike, num_classes: int) -> np.ndarray:
     """C as one value per class: a number is repeated; an array must have one entry per class."""
     C = np.asarray(C, dtype=np.float64)
     C = np.full(num_classes, float(C)) if C.ndim == 0 else C
@@ -227,7 +242,9 @@ class OneVsRestLinear(ClassifierMixin, BaseEstimator):
     LinearSVC does: coef_ is (1, D) and `decision_function` is (N,), positive for classes_[1].
     """
 
-    def _fit_inputs(self, X, y):
+    def _fit_inputs(
+        self, X: ArrayLike, y: ArrayLike
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
         """Checked (X (N, D) float32, Y, S, C per problem, classes, multilabel) for `fit`; see `svm_targets`."""
         X, y = validate_data(self, X, y, dtype=np.float32, multi_output=True)
         check_classification_targets(y)  # refuses a continuous target with sklearn's "Unknown label type"
@@ -239,7 +256,9 @@ class OneVsRestLinear(ClassifierMixin, BaseEstimator):
             Y, S, C = Y[:, 1:], S[:, 1:], C[1:]
         return X, Y, S, C, classes, multilabel
 
-    def _set_fitted(self, coef, intercept, classes, multilabel) -> OneVsRestLinear:
+    def _set_fitted(
+        self, coef: ArrayLike, intercept: ArrayLike, classes: np.ndarray, multilabel: bool
+    ) -> OneVsRestLinear:
         self.coef_, self.intercept_ = np.asarray(coef, np.float32), np.asarray(intercept, np.float32)
         self.classes_, self.multilabel_ = classes, multilabel
         return self
@@ -247,19 +266,19 @@ class OneVsRestLinear(ClassifierMixin, BaseEstimator):
     def _binary(self) -> bool:
         return not self.multilabel_ and len(self.classes_) == 2
 
-    def decision_function(self, X) -> np.ndarray:
+    def decision_function(self, X: ArrayLike) -> np.ndarray:
         """Scores (N, K); (N,) for two classes given as ids (positive: classes_[1])."""
         check_is_fitted(self)
         X = validate_data(self, X, dtype=np.float32, reset=False)
         scores = X @ self.coef_.T + self.intercept_
         return scores[:, 0] if self._binary() else scores
 
-    def class_scores(self, X) -> np.ndarray:
+    def class_scores(self, X: ArrayLike) -> np.ndarray:
         """One score column per class, always (N, K): for two classes ids the binary score and its negation."""
         scores = self.decision_function(X)
         return np.stack([-scores, scores], axis=1) if scores.ndim == 1 else scores
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X: ArrayLike) -> np.ndarray:
         scores = self.decision_function(X)
         if self.multilabel_:
             return np.where(scores > 0, 1, -1)
@@ -278,14 +297,22 @@ class LinearSVMProbe(OneVsRestLinear):
     classifiers a column vector y (N, 1) is one VOC class, not class ids to ravel.
     """
 
-    def __init__(self, C=1.0, *, intercept_scaling: float = 1.0, tol: float = 1e-6, max_iter: int = 100, device=None):
+    def __init__(
+        self,
+        C: ArrayLike = 1.0,
+        *,
+        intercept_scaling: float = 1.0,
+        tol: float = 1e-6,
+        max_iter: int = 100,
+        device: torch.device | str | None = None,
+    ):
         self.C = C
         self.intercept_scaling = intercept_scaling
         self.tol = tol
         self.max_iter = max_iter
         self.device = device
 
-    def fit(self, X, y) -> LinearSVMProbe:
+    def fit(self, X: ArrayLike, y: ArrayLike) -> LinearSVMProbe:
         X, Y, S, C, classes, multilabel = self._fit_inputs(X, y)
         coef, intercept, self.n_iter_ = fit_linear_svms(
             X,

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vggfeat.benchmarks.base import DatasetError, benchmark_images, resolve_root
 from vggfeat.benchmarks.registry import get_benchmark, load_benchmark
@@ -30,6 +30,14 @@ from vggfeat.probes.run import run_linear_probe
 from vggfeat.reproduce.report import write_table
 from vggfeat.utils.files import atomic_write_json
 from vggfeat.weight_sources import NAME_PREFIXES, RANDOM
+
+if TYPE_CHECKING:
+    from vggfeat.benchmarks.base import ProbeSplit
+    from vggfeat.features.store import FeatureStore
+    from vggfeat.probes.run import ProbeResult
+
+    # (image store, box store or None, box crops or None) of one net
+    NetStores = tuple[FeatureStore, FeatureStore | None, tuple[list[str], list[str]] | None]
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +118,10 @@ class _Column:
             )
             for net, pair in (("D", nets.d), ("E", nets.e))
         }
-        self._stores: dict[str, Any] = {}
+        self._stores: dict[str, NetStores] = {}
         self.splits = self._load()
 
-    def _load(self):
+    def _load(self) -> list[ProbeSplit]:
         if self.benchmark == "voc2012-action":
             self.action = load_voc_action(self.root)
 
@@ -141,7 +149,7 @@ class _Column:
             }
         )
 
-    def net_stores(self, net: str):
+    def net_stores(self, net: str) -> NetStores:
         """(image store, box store or None, crops or None) of one net, extracted once."""
         if net not in self._stores:
             o = self.options
@@ -155,7 +163,7 @@ class _Column:
                 self._stores[net] = (store, None, None)
         return self._stores[net]
 
-    def store(self, row: str, variant: str):
+    def store(self, row: str, variant: str) -> FeatureStore:
         """The store a row probes: a net's own, or D and E stacked (late fusion; nothing extracted again)."""
         nets = ("D", "E") if row == "D&E" else (row,)
         parts = [self.net_stores(n) for n in nets]
@@ -171,7 +179,7 @@ class _Column:
         return stack_stores([(p[0], images) for p in parts], images)
 
 
-def _cell(result, report_file: Path) -> dict[str, Any]:
+def _cell(result: ProbeResult, report_file: Path) -> dict[str, Any]:
     per_split = [round(100 * s.headline, 2) for s in result.splits]
     return {
         "ours": round(100 * result.headline, 2),

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from vggfeat.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
@@ -13,7 +17,7 @@ class DeviceError(InputError):
     """A --device that is not a device name, or a GPU asked for on a machine where torch sees none."""
 
 
-def resolve_device(name: str = "auto"):
+def resolve_device(name: str = "auto") -> torch.device:
     """`auto`, `cpu`, `cuda` or `cuda:N` as a torch.device; a DeviceError (a ValueError) names what is wrong."""
     import torch
 
