@@ -98,8 +98,8 @@ def generate_synthetic(
     return root
 
 
-def ensure_synthetic(root: str | Path, **kwargs) -> Path:
-    """Generate the dataset at root unless a complete one is already there."""
+def ensure_synthetic(root: str | Path, **kwargs: int | tuple[int, int]) -> Path:
+    """Generate the dataset at root unless a complete one is already there (`kwargs`: generate_synthetic's)."""
     root = Path(root)
     if not (root / "SYNTHETIC_DONE").exists():
         generate_synthetic(root, **kwargs)

@@ -157,7 +157,7 @@ def plots(report: dict[str, Any], folder: Path) -> None:
     plt.close(fig)
 
 
-def write_demo_report(folder: Path, **parts) -> dict[str, Any]:
+def write_demo_report(folder: Path, **parts: Any) -> dict[str, Any]:  # parts: demo_dict's arguments
     folder.mkdir(parents=True, exist_ok=True)
     report = demo_dict(**parts)
     plots(report, folder)

@@ -31,7 +31,7 @@ def fit_linear_svc(x: ArrayLike, y_pm: ArrayLike, C: float, *, tol: float = 1e-4
 class SklearnSVMProbe(OneVsRestLinear):
     """One-vs-rest LinearSVC per class, with the targets and outputs of `LinearSVMProbe`."""
 
-    def __init__(self, C: ArrayLike = 1.0, *, tol: float = 1e-4, max_iter: int = 10000):
+    def __init__(self, C: ArrayLike = 1.0, *, tol: float = 1e-4, max_iter: int = 10000) -> None:
         self.C = C
         self.tol = tol
         self.max_iter = max_iter

@@ -305,7 +305,7 @@ class LinearSVMProbe(OneVsRestLinear):
         tol: float = 1e-6,
         max_iter: int = 100,
         device: torch.device | str | None = None,
-    ):
+    ) -> None:
         self.C = C
         self.intercept_scaling = intercept_scaling
         self.tol = tol
