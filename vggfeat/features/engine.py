@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .loader import ScaledImages, make_loader
+from .loader import ImageInput, ScaledImages, make_loader
 from .nets import FeatureNet
 from .protocol import Protocol, combine
 from .runtime import Runtime
@@ -124,7 +124,7 @@ class BatchReporter:
 
 def describe_chunks(
     engine: DescriptorEngine,
-    images: Sequence,
+    images: Sequence[ImageInput],
     chunks: Sequence[range],
     on_batch: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[range, np.ndarray, np.ndarray, list[tuple[int, str]]]]:

@@ -33,6 +33,7 @@ from vggfeat.utils.locks import FolderLockedError, folder_lock
 from . import inputs
 from . import store as fs
 from .engine import DescriptorEngine, describe_chunks
+from .loader import ImageInput
 from .nets import FeatureNet, NetSpec, as_feature_net, build_feature_net, random_init_note
 from .protocol import Protocol
 from .runtime import Runtime, settings_from
@@ -46,7 +47,11 @@ def _chunks(n: int, size: int) -> list[range]:
 
 
 def describe_images(
-    nets: Sequence[FeatureNet], images: Sequence[Any], protocol: Protocol, runtime: Runtime, chunk_size: int = 256
+    nets: Sequence[FeatureNet],
+    images: Sequence[ImageInput],
+    protocol: Protocol,
+    runtime: Runtime,
+    chunk_size: int = 256,
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
     """(indices of the usable images, their descriptors (N_ok, D), [(index, reason) skipped]), in memory."""
     engine = DescriptorEngine(nets, protocol, runtime)
@@ -62,7 +67,7 @@ def describe_images(
 
 def extract_features(
     model: nn.Module | FeatureNet | Sequence[nn.Module | FeatureNet],
-    images: Sequence[Any],
+    images: Sequence[ImageInput],
     protocol: Protocol | None = None,
     runtime: Runtime | None = None,
     *,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,20 +20,21 @@ from vggfeat.data.images import ImageError, check_scaled_pixels, load_rgb, to_rg
 
 from .protocol import Protocol, scaled_size
 
-ImageInput = "str | Path | Image.Image | np.ndarray"
+# what the extraction API accepts as one image: a file, a PIL image or an (H, W, 3) uint8 array
+ImageInput = str | Path | Image.Image | np.ndarray
 
 
 class ScaledImages(torch.utils.data.Dataset):
     """Item i: (i, [(3, H_q, W_q) uint8 per scale], None) or (i, None, reason)."""
 
-    def __init__(self, images: Sequence[Any], protocol: Protocol, indices: Sequence[int] | None = None) -> None:
+    def __init__(self, images: Sequence[ImageInput], protocol: Protocol, indices: Sequence[int] | None = None) -> None:
         self.images, self.protocol = images, protocol
         self.indices = list(range(len(images))) if indices is None else list(indices)
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def _decode(self, item: Any) -> Image.Image:
+    def _decode(self, item: ImageInput) -> Image.Image:
         if isinstance(item, Image.Image):
             return to_rgb(item)
         if isinstance(item, np.ndarray):

@@ -52,8 +52,11 @@ class Runtime:
 
 
 def settings_from(
-    protocol: Any, runtime: Runtime | None, legacy: dict[str, Any], runtime_defaults: dict[str, Any] | None = None
-) -> tuple[Any, Runtime]:
+    protocol: Protocol | None,
+    runtime: Runtime | None,
+    legacy: dict[str, Any],
+    runtime_defaults: dict[str, Any] | None = None,
+) -> tuple[Protocol, Runtime]:
     """(Protocol, Runtime) from the objects, or from the loose keyword arguments the API took before them
     (layer=..., scales=..., batch_size=..., device=...). Mixing an object with its loose keywords is an error:
     one of the two would silently lose."""

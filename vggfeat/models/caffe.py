@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ import torch
 from vggfeat.errors import WeightsError
 
 from .preprocessing import CAFFE
+
+if TYPE_CHECKING:
+    from .mapped import Mapped
 
 # Field numbers of caffe.proto (BVLC). NetParameter: name 1, layers 2 (V1LayerParameter), layer 100.
 NET_NAME, NET_LAYERS_V1, NET_LAYER_V2 = 1, 2, 100
@@ -307,7 +310,7 @@ def read_caffemodel(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     return tensors, meta
 
 
-def is_caffemodel(path: str | Path, data: Any = None) -> bool:
+def is_caffemodel(path: str | Path, data: Mapped | None = None) -> bool:
     """Whether a file starts like a NetParameter (optional name, then a layer): for .caffemodel files renamed.
     `data`: the file's bytes when they are already mapped (models.mapped), so the file is not opened again."""
     if data is not None:

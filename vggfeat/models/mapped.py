@@ -14,12 +14,14 @@ import os
 import struct
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
 
 import torch
 
+# a weight file's bytes: a private memory map, or b"" for an empty file (mmap cannot map zero bytes)
+Mapped = mmap.mmap | bytes
+
 _KEEP = 4  # files mapped at once: a run uses one or two nets (the paper's D & E fusion)
-_MAPS: OrderedDict[tuple, tuple[Any, list[str]]] = OrderedDict()  # file key -> (map, [sha256] once known)
+_MAPS: OrderedDict[tuple, tuple[Mapped, list[str]]] = OrderedDict()  # file key -> (map, [sha256] once known)
 
 _DTYPES = {
     "F64": torch.float64,
@@ -35,7 +37,7 @@ _DTYPES = {
 }
 
 
-def _entry(path: str | Path) -> tuple[Any, list[str]]:
+def _entry(path: str | Path) -> tuple[Mapped, list[str]]:
     st = os.stat(path)
     key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
     if key in _MAPS:
@@ -50,7 +52,7 @@ def _entry(path: str | Path) -> tuple[Any, list[str]]:
     return _MAPS[key]
 
 
-def map_weights(path: str | Path) -> Any:
+def map_weights(path: str | Path) -> Mapped:
     """The file's bytes as a private memory map (b"" for an empty file), shared with `weights_sha256`."""
     return _entry(path)[0]
 
@@ -63,7 +65,7 @@ def weights_sha256(path: str | Path) -> str:
     return digest[0]
 
 
-def read_safetensors(data: Any) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_safetensors(data: Mapped) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, metadata) of safetensors bytes: an 8-byte little-endian header size, a JSON header naming
     each tensor's dtype, shape and byte range, then the data. Raises ValueError on anything inconsistent."""
     if len(data) < 8:
