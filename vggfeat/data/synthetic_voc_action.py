@@ -13,16 +13,19 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-from PIL import ImageDraw
+from PIL import Image, ImageDraw
 
 from vggfeat.benchmarks.voc_action import ACTION_OTHER, VOC_ACTIONS
 
-from .synthetic_voc import PICTOGRAMS, _background, _box, _person
+from .synthetic_voc import PICTOGRAMS, Colour, _background, _box, _person
 
 ACTION_SPLITS = ("train", "val")
+Box = tuple[int, int, int, int]  # (xmin, ymin, xmax, ymax), 1-based and inclusive as in the devkit
+# one annotated object: (class name, box, action: one of VOC_ACTIONS or 'other' for a person, None otherwise)
+Object = tuple[str, Box, str | None]
 
 
-def _prop(d: ImageDraw.ImageDraw, action: str, x: float, y: float, s: float, c: tuple, lw: int) -> float:
+def _prop(d: ImageDraw.ImageDraw, action: str, x: float, y: float, s: float, c: Colour, lw: int) -> float:
     """Draw the action's prop around a person at (x, y) of size s; return how far below y the box reaches."""
     if action == "jumping":  # arms up, feet tucked: the person floats above a ground line
         d.line([(x - 0.35 * s, y - 0.8 * s), (x, y - 0.4 * s), (x + 0.35 * s, y - 0.8 * s)], fill=c, width=lw)
@@ -55,15 +58,13 @@ def _prop(d: ImageDraw.ImageDraw, action: str, x: float, y: float, s: float, c: 
     return 0.8
 
 
-def draw_action_scene(
-    rng: np.random.Generator, size: tuple[int, int] = (160, 120)
-) -> tuple[object, list[tuple[str, tuple[int, int, int, int] | None, str | None]]]:
+def draw_action_scene(rng: np.random.Generator, size: tuple[int, int] = (160, 120)) -> tuple[Image.Image, list[Object]]:
     """One scene and its objects in XML order: (name, box (xmin, ymin, xmax, ymax) 1-based inclusive as in the
     devkit, action) - action is one of VOC_ACTIONS or 'other' for a person, None for another object."""
     img = _background(rng, size)
     d = ImageDraw.Draw(img)
     w, h = size
-    objects: list[tuple[str, tuple[int, int, int, int] | None, str | None]] = []
+    objects: list[Object] = []
     n_people = int(rng.integers(1, 3))
     if rng.random() < 0.3:  # a non-person object first: action object indices then start at 2
         name = str(rng.choice(["chair", "pottedplant"]))
@@ -84,7 +85,7 @@ def draw_action_scene(
     return img, objects
 
 
-def _clip(box: tuple[float, float, float, float], w: int, h: int) -> tuple[int, int, int, int]:
+def _clip(box: tuple[float, float, float, float], w: int, h: int) -> Box:
     """Pixel box (x0, y0, x1, y1) -> the devkit's 1-based inclusive integer box inside a w x h image."""
     x0, y0, x1, y1 = box
     return (
@@ -95,9 +96,7 @@ def _clip(box: tuple[float, float, float, float], w: int, h: int) -> tuple[int, 
     )
 
 
-def _annotation_xml(
-    image_id: str, size: tuple[int, int], objects: Iterable[tuple[str, tuple[int, int, int, int], str | None]]
-) -> bytes:
+def _annotation_xml(image_id: str, size: tuple[int, int], objects: Iterable[Object]) -> bytes:
     root = ET.Element("annotation")
     ET.SubElement(root, "folder").text = "VOC2012"
     ET.SubElement(root, "filename").text = f"{image_id}.jpg"

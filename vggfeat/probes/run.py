@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -16,6 +16,9 @@ from vggfeat.benchmarks.base import ProbeSplit
 from vggfeat.benchmarks.registry import get_benchmark
 from vggfeat.features.store import FeatureStore
 from vggfeat.probes.features import split_features
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +79,7 @@ def run_linear_probe(
     classifier: str = "svm",
     holdout: float = 0.2,
     seed: int = 0,
-    device: str | None = None,
+    device: torch.device | str | None = None,
     progress: Callable[[ProbeSplit, SplitResult], None] | None = None,
 ) -> ProbeResult:
     """One-vs-rest linear SVMs (L2-regularised squared hinge, with a bias) on each split: C chosen per class on

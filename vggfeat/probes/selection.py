@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -23,6 +23,13 @@ if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
+
+
+class _Estimator(Protocol):  # LinearSVMProbe, SklearnSVMProbe: anything fitted by fit(X, y)
+    def fit(self, X: np.ndarray, y: np.ndarray) -> Any: ...
+
+
+P = TypeVar("P", bound=_Estimator)  # the probe type a solver's make_probe builds
 
 AP_METRICS = {"voc07_ap": metrics.voc07_ap, "voc12_ap": metrics.voc12_ap}
 METRICS = (*AP_METRICS, "mean_class_recall")
@@ -84,8 +91,8 @@ def select_and_refit(
     holdout: float,
     seed: int,
     heldout_scores: Callable[[np.ndarray, np.ndarray, list[float], np.ndarray], np.ndarray],
-    make_probe: Callable[[np.ndarray], object],
-) -> tuple[object, Selection]:
+    make_probe: Callable[[np.ndarray], P],
+) -> tuple[P, Selection]:
     """The protocol, whatever the solver: `heldout_scores(X_fit, y_fit, Cs, X_val)` returns (N_val, len(Cs), K)
     decision values, `make_probe(C_per_class)` an unfitted estimator."""
     Cs = [float(c) for c in Cs]
@@ -102,7 +109,8 @@ def select_and_refit(
         table = heldout_table(scores, y[val], classes, metric)
         chosen = choose(Cs, table, len(classes))
         log.info("held-out %s per C: %s", metric, np.round(np.nanmean(table, axis=1), 4).tolist())
-    probe = make_probe(chosen).fit(X, y)
+    probe = make_probe(chosen)
+    probe.fit(X, y)
     return probe, Selection(Cs, table, chosen)
 
 
