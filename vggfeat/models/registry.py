@@ -13,7 +13,7 @@ from vggfeat.errors import InputError
 
 from .init import init_weights
 from .preprocessing import Preprocessing
-from .resolve import check_vggfeat_net, resolve_weights
+from .resolve import ResolvedWeights, check_vggfeat_net, resolve_weights
 from .vgg import VGG
 from .weights import check_options, infer_architecture, load_tensors, load_weights, naming_file, read_weights
 
@@ -85,12 +85,16 @@ def create_model(
 
 
 def load_model(
-    weights: str | Path, name: str | None = None, *, preprocessing: Preprocessing | str | None = None, **options: Any
+    weights: str | Path | ResolvedWeights,
+    name: str | None = None,
+    *,
+    preprocessing: Preprocessing | str | None = None,
+    **options: Any,
 ) -> VGG:
     """Build the net a weight file describes and load it. The architecture comes from the file's metadata
     (vggfeat files), else from its tensors' shapes; `name` and `options` override. `weights` may also be a
     name (torchvision:vgg16, timm:..., hf-hub:..., see `vggfeat.models.resolve`) or "random" (net `name`,
-    default vgg_d, Glorot-initialised). Returns it in eval mode.
+    default vgg_d, Glorot-initialised), or what `resolve_weights` already made of one. Returns it in eval mode.
     """
 
     check_vggfeat_net(weights)
