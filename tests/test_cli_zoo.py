@@ -61,7 +61,59 @@ def zoo(tmp_path_factory):
         + ["--workers", "0", "--quiet"],
     )
     assert run.exit_code == 0, run.output
+    _bad_weights(d, weights)
+    _strip_datasets(d, imgs)
     return d
+
+
+class _Payload:
+    """A pickle that would run a shell command when unpickled."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _bad_weights(d, weights) -> None:
+    """Weight files with every problem a user meets: not a VGG, batch-norm VGG, no fc6, a malicious pickle,
+    metadata options that are absurd, unknown or not JSON."""
+    import torch
+
+    net = vggfeat.create_model("vgg_a", seed=0, **TINY)
+    torch.save({k: v for k, v in net.state_dict().items() if not k.startswith("fc6")}, d / "nofc6.pth")
+    torch.save({"features.0.weight": torch.zeros(8, 3, 3, 3), "features.1.running_mean": torch.zeros(8)}, d / "bn.pth")
+    resnet = {"conv1.weight": torch.zeros(8, 3, 7, 7), "bn1.running_mean": torch.zeros(8)}
+    torch.save(
+        {**resnet, "layer1.0.conv1.weight": torch.zeros(8, 8, 3, 3), "fc.weight": torch.zeros(10, 8)}, d / "resnet.pth"
+    )
+    torch.save({"x": _Payload(str(d / "PWNED"))}, d / "evil.pth")
+    for name, options in [
+        ("huge", json.dumps({"num_classes": 10_000_000_000})),
+        ("unknown", json.dumps({"num_classes": 10, "frobnicate": 3})),
+        ("notjson", "{not json"),
+    ]:
+        vggfeat.models.weights.save_weights(net, d / f"{name}.safetensors", metadata={"options": options})
+
+
+def _strip_datasets(d, imgs) -> None:
+    """A 2000 x 1 PNG (512 x 1,024,000 at Q = 512) beside ordinary images: in a folder, a val/ tree and a
+    two-class folder benchmark."""
+    strip = Image.fromarray(np.full((1, 2000, 3), 128, np.uint8))
+    (d / "strip").mkdir()
+    strip.save(d / "strip" / "strip.png")
+    Image.open(imgs / "0.png").save(d / "strip" / "ok.png")
+    for c in range(2):
+        (d / "evalroot" / "val" / f"c{c}").mkdir(parents=True)
+    strip.save(d / "evalroot" / "val" / "c0" / "strip.png")
+    Image.open(imgs / "0.png").save(d / "evalroot" / "val" / "c1" / "ok.png")
+    (d / "classes.txt").write_text("".join(f"c{i}\n" for i in range(10)))
+    for c in range(2):
+        (d / "stripfolder" / f"class{c}").mkdir(parents=True)
+        for i in range(4):
+            Image.open(imgs / f"{i % 2}.png").save(d / "stripfolder" / f"class{c}" / f"{i}.png")
+    strip.save(d / "stripfolder" / "class0" / "strip.png")
 
 
 # (name, argv with {d} for the zoo folder, expected exit code); 2 is a click usage error
@@ -107,6 +159,36 @@ CASES = [
     ("mean-rgb: no train folder", "mean-rgb {d}/empty_dir", 1),
     ("reproduce: unknown table", "reproduce table13 --root {d}", 2),
     ("reproduce: missing root", "reproduce table11 --root {d}/nothere --net-d random --net-e random", 1),
+    ("evaluate: truncated weights", "evaluate --data-root {d}/folder1 --weights {d}/truncated.safetensors", 1),
+    ("evaluate: batch-norm weights", "evaluate --data-root {d}/folder1 --weights {d}/bn.pth", 1),
+    ("evaluate: malicious pickle", "evaluate --data-root {d}/folder1 --weights {d}/evil.pth", 1),
+    ("evaluate: weights without fc6", "evaluate --data-root {d}/folder1 --weights {d}/nofc6.pth", 1),
+    ("evaluate: non-VGG weights", "evaluate --data-root {d}/folder1 --weights {d}/resnet.pth", 1),
+    ("extract: malicious pickle", "extract {d}/imgs -o {d}/o12 --weights {d}/evil.pth", 1),
+    ("extract: non-VGG weights", "extract {d}/imgs -o {d}/o13 --weights {d}/resnet.pth", 1),
+    ("extract: weights without fc6", "extract {d}/imgs -o {d}/o14 --weights {d}/nofc6.pth", 1),
+    ("extract: num_classes 1e10 in metadata", "extract {d}/imgs -o {d}/o15 --weights {d}/huge.safetensors", 1),
+    ("extract: unknown option in metadata", "extract {d}/imgs -o {d}/o16 --weights {d}/unknown.safetensors", 1),
+    ("extract: options not JSON", "extract {d}/imgs -o {d}/o17 --weights {d}/notjson.safetensors", 1),
+    ("weights info: malicious pickle", "weights info {d}/evil.pth", 1),
+    ("weights info: non-VGG", "weights info {d}/resnet.pth", 1),
+    (
+        "evaluate: 2000x1 image at Q=512",
+        "evaluate --data-root {d}/evalroot --classes {d}/classes.txt --weights {d}/w.safetensors --scales 512",
+        1,
+    ),
+    (
+        "linear-probe: 2000x1 image at Q=512",
+        "linear-probe folder --root {d}/stripfolder -o {d}/p7 --weights {d}/w.safetensors --scales 64,512"
+        " --splits 1 --Cs 1 --workers 0",
+        1,
+    ),
+    (
+        "knn-probe: 2000x1 image at Q=512",
+        "knn-probe folder --root {d}/stripfolder -o {d}/p8 --weights {d}/w.safetensors --scales 64,512"
+        " --splits 1 --workers 0",
+        1,
+    ),
     ("unknown command", "frobnicate", 2),
     ("unknown option", "models --frobnicate", 2),
 ]
@@ -119,8 +201,61 @@ def test_bad_invocation_is_one_error_line(zoo, argv, code):
     assert r.exception is None or isinstance(r.exception, SystemExit), f"a traceback: {r.exception!r}\n{r.output}"
     errors = [ln for ln in r.output.splitlines() if ln.startswith("Error:")]
     assert len(errors) == 1 and "Traceback" not in r.output, r.output
+    assert r.output.rstrip().splitlines()[-1] == errors[0], r.output  # one line: nothing follows it
     if code == 1:  # a VggfeatError's line says what is wrong, and often where
         assert len(errors[0]) > 20
+    assert not (zoo / "PWNED").exists()  # no weight file ran code
+
+
+MESSAGES = {  # what the one line says, where the case is about what it names
+    "evaluate: batch-norm weights": "batch-norm VGG",
+    "evaluate: non-VGG weights": "not a VGG",
+    "extract: non-VGG weights": "not a VGG",
+    "weights info: non-VGG": "not a VGG",
+    "evaluate: weights without fc6": "fc6",
+    "extract: weights without fc6": "fc6",
+    "extract: num_classes 1e10 in metadata": "num_classes=10000000000",
+    "extract: unknown option in metadata": "unknown option 'frobnicate'",
+    "extract: options not JSON": "not valid JSON",
+    "evaluate: malicious pickle": "never unpickled",
+    "extract: malicious pickle": "never unpickled",
+    "evaluate: 2000x1 image at Q=512": "strip.png: too large after rescaling",
+    "linear-probe: 2000x1 image at Q=512": "too large after rescaling (2000x1 at Q = 512 would be 512x1,024,000",
+    "knn-probe: 2000x1 image at Q=512": "; replace or remove that image (or choose other --scales) and rerun",
+}
+
+
+@pytest.mark.parametrize("name", list(MESSAGES))
+def test_the_one_line_names_the_problem(zoo, name):
+    argv = dict((c[0], c[1]) for c in CASES)[name]
+    r = CliRunner().invoke(cli, argv.format(d=zoo).split())
+    assert r.exit_code == 1 and MESSAGES[name] in r.output.rstrip().splitlines()[-1], r.output
+
+
+def test_extract_skips_an_image_enormous_after_rescaling_with_its_reason(zoo, tmp_path):
+    argv = f"extract {zoo}/strip -o {tmp_path}/s --weights {zoo}/w.safetensors --scales 64,512 --workers 0 --quiet"
+    r = CliRunner().invoke(cli, argv.split())
+    assert r.exit_code == 0, r.output
+    assert "strip.png: too large after rescaling (2000x1 at Q = 512 would be 512x1,024,000" in r.output
+    m = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert [os.path.basename(p) for p in m["paths"]] == ["ok.png"]
+    assert "too large after rescaling" in m["skipped"][0]["reason"]
+
+
+def test_index_search_works_from_any_folder(zoo, tmp_path, monkeypatch):
+    """The store and index record their weights by absolute path: a search run elsewhere finds them."""
+    monkeypatch.chdir(zoo)
+    rel = CliRunner().invoke(
+        cli,
+        ["extract", "imgs", "-o", "store_rel", "--weights", "w.safetensors"]
+        + ["--scales", "64", "--workers", "0", "--quiet"],
+    )
+    assert rel.exit_code == 0, rel.output
+    assert CliRunner().invoke(cli, ["index", "build", "store_rel", "-o", "index_rel"]).exit_code == 0
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(cli, ["index", "search", str(zoo / "index_rel"), str(zoo / "imgs" / "1.png"), "-k", "1"])
+    assert r.exit_code == 0, r.output
+    assert "1.0000" in r.output and "1.png" in r.output
 
 
 def test_zoo_left_the_good_store_intact(zoo):

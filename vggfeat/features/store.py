@@ -58,9 +58,15 @@ class FeatureStore:
             skipped = {_tail(s["path"]): s["reason"] for s in self.manifest.get("skipped", [])}
             why = skipped.get(_tail(missing[0]))
             hint = f" (skipped at extraction: {why})" if why else ""
+            # a skipped image cannot be extracted again as it is: its fix is the image (or the scales)
+            fix = (
+                "replace or remove that image (or choose other --scales) and rerun"
+                if why
+                else ("extract every image of the benchmark into the store")
+            )
             raise StoreError(
                 f"{self.root}: {len(missing)} of the {len(paths)} images asked for have no row in the "
-                f"store, e.g. {missing[0]}{hint}; extract every image of the benchmark into the store"
+                f"store, e.g. {missing[0]}{hint}; {fix}"
             )
         return rows
 

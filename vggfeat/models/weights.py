@@ -66,9 +66,20 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     except Exception as e:  # a damaged file can make the unpickler raise anything (IndexError, KeyError, ...)
         raise WeightsError(
             f"{path}: refused to load - it is not a plain tensor file that torch.load(weights_only=True) can "
-            f"read (a pickle with arbitrary objects is never unpickled). Convert it to safetensors. ({e})"
+            f"read (a pickle with arbitrary objects is never unpickled). Convert it to safetensors. "
+            f"({_unpickler_reason(e)})"
         ) from e
     return split_container(obj, origin=str(path))
+
+
+def _unpickler_reason(error: Exception) -> str:
+    """The line of torch's refusal that names what was refused (e.g. 'unsupported GLOBAL posix.system'):
+    torch's message spans many lines of advice to reload with weights_only=False, which we never do, and
+    the CLI shows an error as one line."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    named = [ln for ln in lines if "GLOBAL" in ln or "global" in ln]
+    reason = (named or lines or [type(error).__name__])[0]
+    return reason.removeprefix("WeightsUnpickler error: ")[:300]
 
 
 def split_container(obj: Any, origin: str = "state dict") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
