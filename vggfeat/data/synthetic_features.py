@@ -6,8 +6,12 @@ weaker class-specific part. Labels are multi-label in {1, -1, 0} with VOC-2007's
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from numpy.typing import DTypeLike
+
+if TYPE_CHECKING:
+    from numpy.typing import DTypeLike
 
 # Images per class in VOC-2007 trainval (5,011 images), from the dataset's published statistics.
 VOC07_TRAINVAL_IMAGES = (

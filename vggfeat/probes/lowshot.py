@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from numpy.typing import ArrayLike
 
 from vggfeat.errors import InputError
 from vggfeat.probes import metrics
@@ -26,6 +25,7 @@ from vggfeat.utils.files import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
     import torch
+    from numpy.typing import ArrayLike
 
 log = logging.getLogger(__name__)
 

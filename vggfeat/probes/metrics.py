@@ -8,9 +8,12 @@ VOCevalcls: a stable sort by descending score, so tied scores keep the input ord
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
-from numpy.typing import ArrayLike
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 
 def _columns(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray, bool]:

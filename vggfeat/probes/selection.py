@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
-from numpy.typing import ArrayLike
 
 from vggfeat.probes import metrics
 from vggfeat.probes.svm import LinearSVMProbe, fit_linear_svms, svm_targets
 
 if TYPE_CHECKING:
     import torch
+    from numpy.typing import ArrayLike
 
 log = logging.getLogger(__name__)
 

@@ -9,13 +9,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
-from numpy.typing import ArrayLike
 from sklearn.exceptions import ConvergenceWarning
 
 from vggfeat.probes.selection import Selection, select_and_refit
 from vggfeat.probes.svm import OneVsRestLinear
 
 if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
     from sklearn.svm import LinearSVC
 
 

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
-from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -26,6 +25,7 @@ from vggfeat.errors import InputError
 
 if TYPE_CHECKING:
     import torch
+    from numpy.typing import ArrayLike
 
     _Op = Callable[[torch.Tensor], torch.Tensor]
 
