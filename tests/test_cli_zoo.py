@@ -142,6 +142,12 @@ CASES = [
     ("linear-probe: folder of one class", "linear-probe folder --root {d}/folder1 -o {d}/p2 --features {d}/store", 1),
     ("linear-probe: features not a store", "linear-probe folder --root {d}/imgs -o {d}/p3 --features {d}/empty_dir", 1),
     ("linear-probe: bad Cs", "linear-probe folder --root {d}/imgs --Cs abc", 2),
+    ("knn-probe: folder of one class", "knn-probe folder --root {d}/folder1 -o {d}/p9 --weights {d}/w.safetensors", 1),
+    (
+        "knn-probe: --layer beside --features",
+        "knn-probe folder --root {d}/folder2 --features {d}/store2 --layer fc6",
+        1,
+    ),
     ("knn-probe: missing root", "knn-probe caltech101 --root {d}/nothere -o {d}/p4", 1),
     ("train: unknown recipe", "train no_such_recipe --out {d}/t1", 1),
     ("train: zero lr", "train {d}/recipe_lr0.yaml --out {d}/t2", 2),  # train shows recipe errors as usage errors
@@ -208,6 +214,8 @@ def test_bad_invocation_is_one_error_line(zoo, argv, code):
 
 
 MESSAGES = {  # what the one line says, where the case is about what it names
+    "knn-probe: folder of one class": "need at least 2 classes",
+    "knn-probe: --layer beside --features": "--layer fc6 but the store holds fc7",
     "evaluate: batch-norm weights": "batch-norm VGG",
     "evaluate: non-VGG weights": "not a VGG",
     "extract: non-VGG weights": "not a VGG",
@@ -309,3 +317,24 @@ def test_read_only_output_folder_is_one_line(zoo, tmp_path, command):
     assert r.exit_code == 1 and (r.exception is None or isinstance(r.exception, SystemExit)), repr(r.exception)
     errors = [ln for ln in r.output.splitlines() if ln.startswith("Error:")]
     assert len(errors) == 1 and "ermission denied" in errors[0], r.output
+
+
+def test_results_get_the_permissions_a_plain_write_would(zoo, tmp_path):
+    """Under umask 027 every file extract, index build, weights convert and a probe write is 0640 (atomic
+    writes through a temporary file used to leave 0600, unreadable by a team's other users)."""
+    commands = [
+        f"extract {zoo}/imgs -o {tmp_path}/s --weights {zoo}/w.safetensors --scales 64 --workers 0 --quiet",
+        f"index build {tmp_path}/s -o {tmp_path}/i",
+        f"weights convert {zoo}/w.safetensors {tmp_path}/c.safetensors",
+        f"knn-probe folder --root {zoo}/folder2 --features {zoo}/store2 -o {tmp_path}/p --splits 1",
+    ]
+    old = os.umask(0o027)
+    try:
+        for argv in commands:
+            r = CliRunner().invoke(cli, argv.split())
+            assert r.exit_code == 0, r.output
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(tmp_path)): p.stat().st_mode & 0o777 for p in tmp_path.rglob("*") if p.is_file()}
+    assert {"s/features.npy", "i/index.faiss", "c.safetensors", "p/knn-probe.json"} <= set(modes)
+    assert {k: v for k, v in modes.items() if v != 0o640 and not k.endswith(".lock")} == {}, modes

@@ -233,3 +233,26 @@ def test_resume_with_a_changed_recipe_is_one_line(tmp_path, data, finished):
     assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
     assert f"Error: {run / 'ckpt-e001-s00000005.pt'} does not fit the recipe's net (" in res.output
     assert f"resume with the recipe the run started with ({run / 'recipe.yaml'})" in res.output
+
+
+def test_train_cli_skips_a_corrupt_image_saying_so_and_writes_plain_permissions(tmp_path, caplog):
+    """Where the user meets it: `vggfeat train` names the unreadable image and counts it, and under umask 027
+    every file of the run is 0640 as a plain write makes it (atomic writes used to leave 0600)."""
+    root = generate_synthetic(tmp_path / "d", classes=10, per_class=8, seed=0)
+    bad = sorted((root / "train").rglob("*.jpg"))[5]
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    old = os.umask(0o027)
+    caplog.set_level(logging.WARNING)  # the CLI's log handler writes to the real stderr
+    try:
+        res = _train_cli(
+            *_sets(ONE_EPOCH + ["data.mean_rgb=null"]), "--data-root", str(root), "--out", str(tmp_path / "r")
+        )
+    finally:
+        os.umask(old)
+    assert res.exit_code == 0, res.output
+    assert f"skipping an unreadable training image: {bad}: not an image" in caplog.text
+    steps = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(s.get("skipped_images", 0) for s in steps if s["kind"] == "step") == 1
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "r").iterdir()}
+    assert "model.safetensors" in modes and set(modes.values()) == {0o640}, modes
+    assert (root / "mean_rgb.json").stat().st_mode & 0o777 == 0o640
