@@ -297,6 +297,7 @@ def test_disk_full_or_read_only_is_one_line_and_a_rerun_finishes(zoo, tmp_path, 
     assert r.exit_code == 1 and (r.exception is None or isinstance(r.exception, SystemExit)), repr(r.exception)
     errors = [ln for ln in r.output.splitlines() if ln.startswith("Error:")]
     assert len(errors) == 1 and text in errors[0], r.output
+    assert f"{tmp_path}/out" in errors[0], r.output  # names where it could not write
     assert not [p for p in tmp_path.rglob("*.tmp-*")]  # no half-written temporaries left behind
     r = CliRunner().invoke(cli, argv)  # space freed, disk writable again: the same command finishes
     assert r.exit_code == 0, r.output

@@ -173,6 +173,11 @@ def save_index(index: faiss.Index, path: str | Path, meta: dict[str, Any]) -> Pa
                 {**meta, **info, "faiss_version": faiss.__version__, "index_sha256": hashlib.sha256(data).hexdigest()},
             )
             replace_dir(tmp, path)
+        except OSError as e:  # a full disk: name the index folder asked for, not the removed temporary one
+            shutil.rmtree(tmp, ignore_errors=True)
+            if e.filename is not None and Path(e.filename).parent == tmp:
+                raise OSError(e.errno, e.strerror, str(path / Path(e.filename).name)) from e
+            raise
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

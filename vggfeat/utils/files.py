@@ -40,7 +40,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             os.fsync(f.fileno())
         give_plain_permissions(tmp)
         os.replace(tmp, path)
-    except BaseException:  # a full disk or Ctrl-C: leave no half-written temporary behind
+    except OSError as e:  # a full disk: leave no half-written temporary behind
+        tmp.unlink(missing_ok=True)
+        if e.filename is None and e.errno is not None:  # write, flush and fsync name no file: name the result
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
+    except BaseException:  # Ctrl-C: the same
         tmp.unlink(missing_ok=True)
         raise
     return path
