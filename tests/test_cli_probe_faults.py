@@ -78,3 +78,31 @@ def test_extraction_flags_beside_features_are_checked_against_the_store(tmp_path
     errors = [ln for ln in r.output.splitlines() if ln.startswith("Error:")]
     assert r.exit_code == 1 and len(errors) == 1, r.output
     assert problem in errors[0] and str(store) in errors[0]
+
+
+def test_a_probe_cache_being_written_stops_a_second_probe(tmp_path, weights):
+    """Two probes into one -o at once: the second stops naming the first instead of writing the same cache."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    data, out = _folder(tmp_path / "data"), tmp_path / "o"
+    argv = ["knn-probe", "folder", "--root", data, "-o", out, "--weights", weights, "--splits", "1"]
+    argv += ["--scales", "64", "--workers", "0", "--quiet"]
+    invoke(*argv)
+    (cache,) = (out / "features").iterdir()
+    shutil.rmtree(cache)  # as if the first probe were still extracting it
+    hold = "import sys, time\nfrom vggfeat.utils.locks import folder_lock\n"
+    hold += "with folder_lock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(60)\n"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    p = subprocess.Popen([sys.executable, "-c", hold, str(cache)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert p.stdout.readline().strip() == "locked"
+        r = CliRunner().invoke(cli, [str(a) for a in argv])
+    finally:
+        p.kill()
+        p.wait()
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("Error:")]
+    assert r.exit_code == 1 and len(errors) == 1 and f"being written by process {p.pid}" in errors[0], r.output
+    invoke(*argv)  # the holder is gone: the probe finishes
