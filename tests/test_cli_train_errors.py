@@ -87,3 +87,15 @@ def test_bad_recipe_files_are_one_line(tmp_path):
     res = _train_cli(tmp_path, "base: nowhere.yaml\nname: x\n")
     assert res.exit_code == 2 and "base: nowhere.yaml not found" in res.output, res.output
     assert not (tmp_path / "d").exists()
+
+
+def test_a_recipe_of_ones_own_builds_on_a_shipped_one_by_name(tmp_path):
+    """`base: smoke` (or `_imagenet.yaml`) in a recipe outside the checkout names the shipped recipe, as
+    `vggfeat train smoke` does; before, it was 'base: smoke not found'."""
+    res = _train_cli(tmp_path, "base: smoke\nname: mine\n", "optim.lr=0")
+    assert res.exit_code == 2 and "optim.lr must be > 0, got 0.0" in res.output, res.output  # smoke's settings
+    res = _train_cli(tmp_path, "base: _imagenet.yaml\nname: mine\n", "optim.lr=0")
+    assert res.exit_code == 2 and "optim.lr must be > 0, got 0.0" in res.output, res.output
+    res = _train_cli(tmp_path, "base: smok\nname: mine\n")
+    assert res.exit_code == 2 and "base: smok not found" in res.output and "smoke" in res.output, res.output
+    assert not (tmp_path / "d").exists() and not (tmp_path / "run").exists()

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import yaml
 
 from vggfeat.errors import VggfeatError
+from vggfeat.recipe_files import recipes_dir
 
 T = TypeVar("T")
 
@@ -143,9 +144,28 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if base is not None:
         base_path = path.parent / str(base)
         if not base_path.is_file():
-            raise ConfigError(f"{path}: base: {base} not found (looked for {base_path})")
+            base_path = _shipped_base(str(base)) or base_path
+        if not base_path.is_file():
+            raise ConfigError(
+                f"{path}: base: {base} not found (looked for {base_path} and the shipped recipes: "
+                f"{', '.join(_shipped_base_names())})"
+            )
         data = _merge(read_yaml(base_path, (*_seen, path.resolve())), data)
     return data
+
+
+def _shipped_base(name: str) -> Path | None:
+    """A shipped recipe named by a plain name ('smoke', '_imagenet.yaml'): a recipe of one's own can build on
+    it as `vggfeat train NAME` runs it, without copying the shipped file beside it."""
+    if Path(name).name != name:
+        return None
+    stem = name[:-5] if name.endswith(".yaml") else name
+    found = sorted(recipes_dir().glob(f"*/{stem}.yaml"))
+    return found[0] if found else None
+
+
+def _shipped_base_names() -> list[str]:
+    return sorted({p.stem for p in recipes_dir().glob("*/*.yaml")})
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str], cls: type | None = None) -> dict[str, Any]:
