@@ -176,6 +176,11 @@ CASES = [
     ("extract: num_classes 1e10 in metadata", "extract {d}/imgs -o {d}/o15 --weights {d}/huge.safetensors", 1),
     ("extract: unknown option in metadata", "extract {d}/imgs -o {d}/o16 --weights {d}/unknown.safetensors", 1),
     ("extract: options not JSON", "extract {d}/imgs -o {d}/o17 --weights {d}/notjson.safetensors", 1),
+    (
+        "extract: --model other than the weights",
+        "extract {d}/imgs -o {d}/o18 --model vgg_d --weights {d}/w.safetensors",
+        1,
+    ),
     ("weights info: malicious pickle", "weights info {d}/evil.pth", 1),
     ("weights info: non-VGG", "weights info {d}/resnet.pth", 1),
     (
@@ -222,6 +227,7 @@ MESSAGES = {  # what the one line says, where the case is about what it names
     "weights info: non-VGG": "not a VGG",
     "evaluate: weights without fc6": "fc6",
     "extract: weights without fc6": "fc6",
+    "extract: --model other than the weights": "do not fit VGG config D with 10 classes - missing keys: conv1_2.bias",
     "extract: num_classes 1e10 in metadata": "num_classes=10000000000",
     "extract: unknown option in metadata": "unknown option 'frobnicate'",
     "extract: options not JSON": "not valid JSON",

@@ -256,3 +256,23 @@ def test_train_cli_skips_a_corrupt_image_saying_so_and_writes_plain_permissions(
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "r").iterdir()}
     assert "model.safetensors" in modes and set(modes.values()) == {0o640}, modes
     assert (root / "mean_rgb.json").stat().st_mode & 0o777 == 0o640
+
+
+@pytest.mark.parametrize("layers", ["net_a", "all"])
+def test_init_from_weights_that_do_not_fit_is_one_line_naming_the_file(tmp_path, layers):
+    """model.init_from pointing at a net of other widths (Sect. 3.1's init from net A, or a whole net for
+    S=384 from S=256) was a ValueError / RuntimeError traceback."""
+    import vggfeat
+
+    wide = vggfeat.save_weights(
+        vggfeat.create_model("vgg_a", seed=0, width_mult=1 / 8, fc_dim=64, num_classes=10),
+        tmp_path / "wide.safetensors",
+    )
+    name = "model.name=vgg_d" if layers == "net_a" else "model.name=vgg_a"
+    sets = [name, f"model.init_layers={layers}", f"model.init_from={wide}", "optim.epochs=1"]
+    res = _train_cli(*_sets(sets), "--out", str(tmp_path / "run"))
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), repr(res.exception)
+    assert res.output.startswith(f"Error: model.init_from {wide}: ") and len(res.output.strip().splitlines()) == 1
+    assert "fc6.weight: file (64, 64, 7, 7) vs model (" in res.output or "fc6.weight: net A has (64, 64, 7, 7)" in (
+        res.output
+    ), res.output

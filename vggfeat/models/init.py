@@ -12,6 +12,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from vggfeat.errors import WeightsError
+
 INIT_METHODS = ("normal", "glorot")
 # Sect. 3.1: the first four conv layers and the three FC layers of a deeper net come from net A.
 INIT_FROM_A_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv3_2", "fc6", "fc7", "fc8")
@@ -57,7 +59,7 @@ def init_from_net_a(
             else:
                 copied.append(key)
     if problems:
-        raise ValueError("cannot initialise from net A:\n  " + "\n  ".join(problems))
+        raise WeightsError("cannot initialise from net A: " + "; ".join(problems))
     with torch.no_grad():
         for key in copied:
             target[key].copy_(source[key])

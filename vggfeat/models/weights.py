@@ -171,15 +171,15 @@ def check_compatible(state: Mapping[str, torch.Tensor], model: nn.Module, layout
     if missing or unexpected or shapes:
         lines = [
             f"weights ({layout} layout) do not fit {type(model).__name__} config "
-            f"{getattr(model, 'config', '?')} with {getattr(model, 'num_classes', '?')} classes:"
+            f"{getattr(model, 'config', '?')} with {getattr(model, 'num_classes', '?')} classes"
         ]
         if missing:
-            lines.append(f"  missing keys: {', '.join(missing)}")
+            lines.append(f"missing keys: {', '.join(missing)}")
         if unexpected:
-            lines.append(f"  unexpected keys: {', '.join(unexpected)}")
+            lines.append(f"unexpected keys: {', '.join(unexpected)}")
         if shapes:
-            lines.append("  shape conflicts: " + "; ".join(shapes))
-        raise WeightsError("\n".join(lines))
+            lines.append("shape conflicts: " + "; ".join(shapes))
+        raise WeightsError(" - ".join(lines))  # one line: the CLI shows an error as one line
 
 
 @contextlib.contextmanager

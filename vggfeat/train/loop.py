@@ -26,8 +26,9 @@ from vggfeat.data.folder import Samples, imagenet_splits
 from vggfeat.data.stats import cached_stats
 from vggfeat.data.synthetic import ensure_synthetic
 from vggfeat.data.transforms import normalize_batch
-from vggfeat.errors import InputError, VggfeatError
+from vggfeat.errors import InputError, VggfeatError, WeightsError
 from vggfeat.models import Preprocessing, create_model, init_from_net_a, read_weights, save_weights
+from vggfeat.models.weights import check_compatible
 from vggfeat.utils.device import resolve_device
 from vggfeat.utils.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
 from vggfeat.utils.files import atomic_write_text
@@ -108,10 +109,17 @@ def build_model(recipe: Recipe, num_classes: int) -> torch.nn.Module:
     if m.init_from:
         path = Path(m.init_from)
         state = load_checkpoint(path)["model"] if path.suffix == ".pt" else read_weights(path)[0]
-        if m.init_layers == "net_a":  # Sect. 3.1: deeper nets take 4 convs and 3 FCs from net A
-            init_from_net_a(model, state)
-        else:  # S=384 from S=256, jitter from S=384: the whole net
-            model.load_state_dict(state)
+        try:
+            if m.init_layers == "net_a":  # Sect. 3.1: deeper nets take 4 convs and 3 FCs from net A
+                init_from_net_a(model, state)
+            else:  # S=384 from S=256, jitter from S=384: the whole net
+                check_compatible(state, model, "vggfeat")
+                model.load_state_dict(state)
+        except WeightsError as e:
+            raise WeightsError(
+                f"model.init_from {path}: {e}; point it at a run of this recipe's net "
+                "(model.width_mult, fc_dim, fc6_kernel, num_classes)"
+            ) from None
     return model
 
 
