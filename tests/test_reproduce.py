@@ -150,12 +150,30 @@ def test_table12_image_and_box(tmp_path, nets, counted):
     assert not any(counted)
 
 
-def test_no_dataset_at_all_is_a_table_of_empty_columns(tmp_path, nets):
+def test_no_dataset_at_all_is_an_error_naming_what_was_looked_for(tmp_path, nets):
+    """A mistyped --root was a table of four empty columns and exit 0; it is one Error line and no table."""
     out = tmp_path / "t"
-    text = invoke("reproduce", "table11", "--root", tmp_path, "--net-d", nets[0], "--net-e", nets[1], "-o", out, *FAST)
-    table = json.loads((out / "table11.json").read_text())
-    assert [c["status"] for c in table["columns"]] == ["missing"] * 4
-    assert "caltech256: empty - " in text
+    args = ["reproduce", "table11", "--root", str(tmp_path), "--net-d", nets[0], "--net-e", nets[1], "-o", str(out)]
+    result = CliRunner().invoke(cli, args + FAST)
+    assert result.exit_code == 1, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith(f"Error: none of table11's datasets is under {tmp_path}")
+    assert "VOC2007" in last and "256_ObjectCategories" in last
+    assert not (out / "table11.json").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not weights"])
+def test_damaged_weights_are_refused_before_any_dataset_is_read(tmp_path, nets, damage, counted):
+    """A damaged --net-e file was only noticed when its first extraction started (never, with no dataset)."""
+    bad = tmp_path / "e.safetensors"
+    data = open(nets[1], "rb").read()
+    bad.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"hello" * 100)
+    make_voc2007(tmp_path / "data", n_trainval=8, n_test=8, seed=0, size=(64, 64))
+    args = ["reproduce", "table11", "--root", str(tmp_path / "data"), "--net-d", nets[0], "--net-e", str(bad)]
+    result = CliRunner().invoke(cli, args + ["-o", str(tmp_path / "t"), *FAST])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines()[-1].startswith("Error: ") and str(bad) in result.output
+    assert not any(counted)  # nothing extracted, not even net D's features
 
 
 def test_a_missing_weight_file_is_one_error_line(tmp_path):

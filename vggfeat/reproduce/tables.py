@@ -206,6 +206,7 @@ def reproduce_table(
         raise InputError(f"unknown table {table!r}; choose one of {', '.join(TABLES)}")
     options = options or ReproduceOptions()
     root, out = resolve_root(root), Path(out)
+    check_nets(nets)  # a damaged or missing weight file stops here, before any dataset is read or extracted
     columns: list[dict[str, Any]] = []
     rows: dict[str, dict[str, Any]] = {r: {} for r in ROWS}
     loaded: dict[str, _Column | str] = {}
@@ -248,6 +249,9 @@ def reproduce_table(
                 echo(f"{column}: {ROWS[r]} reused from {row_file}")
             rows[r][column] = {**cell, "paper": paper_value(column, r)}
 
+    if all(c["status"] == "missing" for c in columns):
+        reasons = "; ".join(f"{c['id']}: {c['reason']}" for c in columns)
+        raise DatasetError(f"none of {table}'s datasets is under {root} ({reasons}); check --root")
     result = {
         "table": table,
         "columns": columns,
@@ -265,6 +269,22 @@ def reproduce_table(
     }
     result["files"] = {k: str(v) for k, v in write_table(result, out).items()}
     return result
+
+
+def check_nets(nets: Nets) -> None:
+    """Read each net's weights once before any work (a WeightsError names the file); the read is cached by
+    vggfeat.models.mapped, so the extraction that follows does not read the file again."""
+    # deferred: vggfeat.models loads torch, which `vggfeat reproduce --help` must not
+    from vggfeat.models.resolve import resolve_weights
+    from vggfeat.models.weights import infer_architecture, naming_file, read_weights
+
+    for model, weights in (nets.d, nets.e):
+        if weights is None:
+            continue
+        with naming_file(weights):
+            state, _ = read_weights(resolve_weights(weights).path)
+            if model == "auto":
+                infer_architecture(state)
 
 
 def _reuse(row_file: Path, key: str) -> dict[str, Any] | None:
