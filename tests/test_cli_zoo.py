@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from PIL import Image
 
 import vggfeat
 from vggfeat.cli.main import cli
+from vggfeat.features.store import load_store
 
 TINY = dict(width_mult=1 / 16, fc_dim=32, fc6_kernel=2, num_classes=10, init="glorot")
 
@@ -270,6 +272,10 @@ def test_index_search_works_from_any_folder(zoo, tmp_path, monkeypatch):
     r = CliRunner().invoke(cli, ["index", "search", str(zoo / "index_rel"), str(zoo / "imgs" / "1.png"), "-k", "1"])
     assert r.exit_code == 0, r.output
     assert "1.0000" in r.output and "1.png" in r.output
+    # the result paths open from here too: relative paths of the store were recorded with the folder they are in
+    hits = [line.split()[-1] for line in r.output.splitlines() if "1.0000" in line]
+    assert hits and all(Path(h).is_absolute() and Path(h).is_file() for h in hits), r.output
+    assert load_store(zoo / "store_rel").manifest["cwd"] == str(zoo)
 
 
 def test_zoo_left_the_good_store_intact(zoo):

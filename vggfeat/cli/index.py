@@ -60,7 +60,7 @@ def build(store, out, kind, gpu) -> None:
         idx = build_index(x, kind, use_gpu=gpu)
         meta = {
             "store": str(Path(store).resolve()),
-            "paths": fs.paths,
+            "paths": fs.absolute_paths,  # results open from wherever `index search` runs
             "kind": kind,
             "metric": "ip",
             "dim": fs.dim,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -280,6 +281,7 @@ def extract_to_store(
                 "dim": engine.dim,
                 "dtype": dtype,
                 "n_inputs": len(paths),
+                "cwd": os.getcwd(),  # what relative input paths are relative to (index search prints openable paths)
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "settings": settings,
                 "input_identities": identities,

@@ -7,6 +7,7 @@ models and their weights' sha256; layer, scales, flip, aggregate, l2, dim, dtype
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,13 @@ class FeatureStore:
     @property
     def paths(self) -> list[str]:
         return self.manifest["paths"]
+
+    @property
+    def absolute_paths(self) -> list[str]:
+        """Row paths that open from any folder: relative ones joined to the folder extraction ran in (recorded
+        as `cwd`; stores written before it was recorded keep their paths as given)."""
+        cwd = self.manifest.get("cwd")
+        return [p if cwd is None or os.path.isabs(p) else os.path.join(cwd, p) for p in self.paths]
 
     @property
     def dim(self) -> int:
