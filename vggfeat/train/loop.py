@@ -13,9 +13,10 @@ import math
 import os
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +45,13 @@ from .checkpoint import (
 from .data import GlobalBatchSampler, TrainSet, ValSet, collate_skips, steps_per_epoch
 from .recipe import Recipe, accumulation_steps, recipe_to_dict
 from .schedule import PlateauState, plateau_step
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+# one micro-batch as collate_skips gives it: images (B, H, W, 3) uint8, colour-shift alphas (B, 3), labels (B,),
+# the skipped images' messages
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +290,9 @@ class _Trainer:
     """One process's share of a run: the model, optimizer and schedule, the position in the run (what a
     checkpoint saves), and the steps that advance them."""
 
-    def __init__(self, recipe: Recipe, run: Path, info: DistInfo, device: torch.device, data: _Data, progress: bool):
+    def __init__(
+        self, recipe: Recipe, run: Path, info: DistInfo, device: torch.device, data: _Data, progress: bool
+    ) -> None:
         d, o = recipe.data, recipe.optim
         self.recipe, self.run, self.info, self.device, self.data = recipe, run, info, device, data
         self.progress = progress
@@ -394,7 +404,7 @@ class _Trainer:
         if bar is not None:
             bar.close()
 
-    def _progress_bar(self):
+    def _progress_bar(self) -> tqdm | None:
         if not (self.info.is_main and self.progress):
             return None
         from tqdm import tqdm
@@ -402,7 +412,7 @@ class _Trainer:
         desc = f"epoch {self.epoch + 1}/{self.recipe.optim.epochs}"
         return tqdm(total=self.steps, initial=self.step_in_epoch, desc=desc, leave=False)
 
-    def _train_step(self, batches) -> torch.Tensor:
+    def _train_step(self, batches: Iterator[Batch]) -> torch.Tensor:
         """One SGD step on one global batch (accumulated micro-batches, reduced over processes); returns its
         summed loss, top-1 and top-5 hits and skipped images."""
         for g in self.optimizer.param_groups:
@@ -419,7 +429,7 @@ class _Trainer:
         self.skips += int(totals[3].item())
         return totals
 
-    def _forward_backward(self, batch, micro: int) -> torch.Tensor:
+    def _forward_backward(self, batch: Batch, micro: int) -> torch.Tensor:
         x, alpha, y, skipped = batch
         self._warn_unreadable(skipped)
         d, rt = self.recipe.data, self.recipe.runtime
