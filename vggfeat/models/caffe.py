@@ -5,8 +5,9 @@ uses; V0's nested `layer` too) or the V2 `layer` field (100), each with `blobs` 
 wire format ourselves instead of using the `protobuf` package: that is a dependency plus a caffe_pb2 compiled
 from caffe.proto (hundreds of fields; we need about fifteen), and its repeated float fields reach numpy one
 Python float at a time (138 M of them for net D). Here each packed float field is read straight from the
-file into its final numpy array (one readinto per blob: no view of a whole-file buffer or mmap to copy
-out of): read time is I/O bound and the extra memory is one copy of the weights (docs/benchmarks.md).
+file into its final numpy array (one readinto per blob), or copied out of the file's map when
+`read_weights` already mapped it to hash it (models.mapped: the file is opened once per run): read time is
+I/O bound and the extra memory is one copy of the weights (docs/benchmarks.md).
 Caffe names are vggfeat's (conv1_1 ... fc8); the InnerProduct fc6 (4096 x 25088, Caffe's C-order flattening
 of pool5's (C, H, W)) becomes the 7x7 conv of Sect. 3.2, and the weights carry Caffe's preprocessing (BGR,
 0-255, mean pixel 103.939, 116.779, 123.68).
@@ -17,6 +18,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -66,6 +68,27 @@ class CaffeNet:
 
 class _Damaged(Exception):
     """Raised inside the reader; turned into one WeightsError naming the file."""
+
+
+class _MappedFile:
+    """The seek/read/readinto a _Reader uses, over a file's bytes that are already mapped (no second open)."""
+
+    def __init__(self, data: Mapped) -> None:
+        self.view, self.pos = memoryview(data), 0
+
+    def seek(self, pos: int) -> None:
+        self.pos = pos
+
+    def read(self, n: int) -> bytes:
+        out = bytes(self.view[self.pos : self.pos + n])
+        self.pos += len(out)
+        return out
+
+    def readinto(self, buffer: memoryview) -> int:
+        chunk = self.view[self.pos : self.pos + len(buffer)]
+        buffer[: len(chunk)] = chunk
+        self.pos += len(chunk)
+        return len(chunk)
 
 
 class _Reader:
@@ -214,15 +237,16 @@ def _read_layer(r: _Reader, span: tuple[int, int], version: str) -> CaffeLayer:
     return layer
 
 
-def parse_caffemodel(path: str | Path) -> CaffeNet:
-    """Every layer of a .caffemodel with its blobs as float32 arrays; a damaged file is a WeightsError."""
+def parse_caffemodel(path: str | Path, data: Mapped | None = None) -> CaffeNet:
+    """Every layer of a .caffemodel with its blobs as float32 arrays; a damaged file is a WeightsError.
+    `data`: the file's bytes when they are already mapped (models.mapped), so the file is not opened again."""
     path = Path(path)
-    size = path.stat().st_size
+    size = path.stat().st_size if data is None else len(data)
     if size == 0:
         raise WeightsError(f"{path}: empty file, not a Caffe model")
     name, layers, versions = "", [], set()
     try:
-        with open(path, "rb") as f:
+        with open(path, "rb") if data is None else nullcontext(_MappedFile(data)) as f:
             r = _Reader(f, size)
             for number, wire, value in r.fields(0, size):
                 if number == NET_NAME and wire == LENGTH:
@@ -302,9 +326,10 @@ def _last_conv_channels(state: dict[str, torch.Tensor], origin: str) -> int:
     return int(state[convs[-1][1]].shape[0])
 
 
-def read_caffemodel(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(tensors in vggfeat's layout, metadata with Caffe's preprocessing): what `read_weights` returns."""
-    net = parse_caffemodel(path)
+def read_caffemodel(path: str | Path, data: Mapped | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors in vggfeat's layout, metadata with Caffe's preprocessing): what `read_weights` returns.
+    `data`: the file's mapped bytes, when the caller has them (read_weights does)."""
+    net = parse_caffemodel(path, data)
     tensors = caffe_state_dict(net, origin=str(path))
     meta = {"format": "caffe", "caffe_format": net.format, "caffe_name": net.name, "preprocessing": CAFFE.to_dict()}
     return tensors, meta

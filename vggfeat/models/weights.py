@@ -47,7 +47,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         raise WeightsError(f"weight file not found: {path}")
     data = map_weights(path)  # one open per run: weights_sha256 hashes the same map (mapped.py)
     if path.suffix == ".caffemodel" or (path.suffix != ".safetensors" and is_caffemodel(path, data)):
-        return read_caffemodel(path)  # the authors' Caffe release, with Caffe's preprocessing (caffe.py)
+        return read_caffemodel(path, data)  # the authors' Caffe release, with Caffe's preprocessing (caffe.py)
     if path.suffix == ".safetensors":
         try:
             tensors, raw_meta = read_safetensors(data)
