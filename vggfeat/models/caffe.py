@@ -16,6 +16,7 @@ of pool5's (C, H, W)) becomes the 7x7 conv of Sect. 3.2, and the weights carry C
 from __future__ import annotations
 
 import math
+import mmap
 import re
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -70,11 +71,14 @@ class _Damaged(Exception):
     """Raised inside the reader; turned into one WeightsError naming the file."""
 
 
+_COPY_STEP = 1 << 24  # bytes copied out of a map between two page releases (16 MiB)
+
+
 class _MappedFile:
     """The seek/read/readinto a _Reader uses, over a file's bytes that are already mapped (no second open)."""
 
     def __init__(self, data: Mapped) -> None:
-        self.view, self.pos = memoryview(data), 0
+        self.data, self.view, self.pos = data, memoryview(data), 0
 
     def seek(self, pos: int) -> None:
         self.pos = pos
@@ -85,10 +89,21 @@ class _MappedFile:
         return out
 
     def readinto(self, buffer: memoryview) -> int:
-        chunk = self.view[self.pos : self.pos + len(buffer)]
-        buffer[: len(chunk)] = chunk
-        self.pos += len(chunk)
-        return len(chunk)
+        n = min(len(buffer), len(self.view) - self.pos)
+        for at in range(0, n, _COPY_STEP):  # in steps, each step's pages given back once copied
+            start, end = self.pos + at, self.pos + min(at + _COPY_STEP, n)
+            buffer[at : end - self.pos] = self.view[start:end]
+            self._release(start, end)
+        self.pos += n
+        return n
+
+    def _release(self, start: int, end: int) -> None:
+        """Give back the map's pages of a blob once copied: they stay in the page cache (a later hash of
+        the map reads them from there) but stop counting in this process's memory next to the copy."""
+        if isinstance(self.data, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+            first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside [start, end)
+            if end - first >= mmap.PAGESIZE:
+                self.data.madvise(mmap.MADV_DONTNEED, first, (end - first) // mmap.PAGESIZE * mmap.PAGESIZE)
 
 
 class _Reader:
