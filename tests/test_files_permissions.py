@@ -21,3 +21,24 @@ def test_atomic_and_weight_files_get_plain_permissions(tmp_path):
         os.umask(old)
     assert _mode(tmp_path / "a.json") == 0o644
     assert _mode(tmp_path / "model.safetensors") == 0o644
+
+
+def test_figures_are_written_whole_with_plain_permissions(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vggfeat.utils.files import atomic_write_figure
+
+    old = os.umask(0o027)
+    try:
+        fig, ax = plt.subplots()
+        ax.plot([0, 1], [1, 0])
+        path = atomic_write_figure(fig, tmp_path / "plot.png")
+    finally:
+        os.umask(old)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plot.png"]  # no temporary left
+    assert not plt.get_fignums()  # the figure is closed

@@ -8,7 +8,7 @@ from typing import Any
 
 from vggfeat.config import to_dict
 from vggfeat.demo.config import DemoConfig
-from vggfeat.utils.files import atomic_write_json, atomic_write_text
+from vggfeat.utils.files import atomic_write_figure, atomic_write_json, atomic_write_text
 
 
 def _curve(summary: dict[str, Any]) -> list[dict[str, float]]:
@@ -139,8 +139,7 @@ def plots(report: dict[str, Any], folder: Path) -> None:
     ax.set_title("training on the generated source task")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(folder / "training_curve.png", dpi=110)
-    plt.close(fig)
+    atomic_write_figure(fig, folder / "training_curve.png", dpi=110)
 
     classes = list(report["results"]["trained"]["per_class_ap"])
     x = np.arange(len(classes))
@@ -153,8 +152,7 @@ def plots(report: dict[str, Any], folder: Path) -> None:
     ax.set_title("linear SVMs on generated VOC2007: per-class AP")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(folder / "per_class_ap.png", dpi=110)
-    plt.close(fig)
+    atomic_write_figure(fig, folder / "per_class_ap.png", dpi=110)
 
 
 def write_demo_report(folder: Path, **parts: Any) -> dict[str, Any]:  # parts: demo_dict's arguments

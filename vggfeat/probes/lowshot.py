@@ -21,7 +21,7 @@ import numpy as np
 from vggfeat.errors import InputError
 from vggfeat.probes import metrics
 from vggfeat.probes.svm import fit_linear_svms
-from vggfeat.utils.files import atomic_write_json, atomic_write_text
+from vggfeat.utils.files import atomic_write_figure, atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
     import torch
@@ -235,10 +235,7 @@ def plot_low_shot(result: LowShotResult, path: str | Path) -> Path:
     ax.set_title(f"low-shot VOC-2007: mean +- std over {result.ap.shape[1]} samples")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    atomic_write_figure(fig, path)
     return path
 
 

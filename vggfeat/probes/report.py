@@ -12,7 +12,7 @@ import numpy as np
 from vggfeat.benchmarks.registry import get_benchmark
 from vggfeat.probes import metrics
 from vggfeat.probes.run import ProbeResult
-from vggfeat.utils.files import atomic_write_json, atomic_write_text
+from vggfeat.utils.files import atomic_write_figure, atomic_write_json, atomic_write_text
 
 PAPER_LABEL = "paper (Simonyan & Zisserman 2015, Table 11) - reference, not measured here"
 
@@ -161,10 +161,7 @@ def plot(result: ProbeResult, path: Path) -> None:
         f"{result.benchmark}: {result.method}, {get_benchmark(result.benchmark).headline} {100 * result.headline:.1f} %"
     )
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    atomic_write_figure(fig, path)
 
 
 def report_files(out: str | Path, stem: str) -> dict[str, Path]:

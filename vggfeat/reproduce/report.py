@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vggfeat.utils.files import atomic_write_json, atomic_write_text
+from vggfeat.utils.files import atomic_write_figure, atomic_write_json, atomic_write_text
 
 
 def _fmt(mean: float | None, std: float | None = None) -> str:
@@ -127,10 +127,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     ax.set_title(f"{result['table']}: ours (solid) vs paper (hatched, reference)")
     ax.legend(fontsize=6, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.22))  # below: never over a bar
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    atomic_write_figure(fig, path)
     return path
 
 

@@ -55,6 +55,21 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def atomic_write_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
+    """A matplotlib figure as a PNG, rendered in memory and written as atomic_write_bytes writes (named on a
+    full disk, plain permissions, no half-written file); the figure is closed."""
+    import io
+
+    import matplotlib.pyplot as plt  # deferred: only the reports that draw need matplotlib
+
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
