@@ -37,3 +37,23 @@ def write_png_header_only(path: Path, width: int, height: int) -> None:
     path.write_bytes(
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
     )
+
+
+def count_opens(monkeypatch, path: Path) -> list:
+    """Every builtins.open of `path` from now on (the list grows as the code under test opens it), with the
+    weight-file maps of this process forgotten, so a test sees the opens a fresh run would make."""
+    import builtins
+    import os
+
+    import vggfeat.models.mapped as mapped
+
+    monkeypatch.setattr(mapped, "_MAPS", type(mapped._MAPS)())
+    real_open, opens = builtins.open, []
+
+    def counting_open(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and os.path.abspath(file) == str(path):
+            opens.append(file)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    return opens

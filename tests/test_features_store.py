@@ -425,12 +425,9 @@ def test_assemble_store_reads_each_chunk_once(tmp_path, monkeypatch, dtype):
 def test_extraction_opens_the_weight_file_once(tmp_path, monkeypatch, suffix):
     """The manifest's weights_sha256 and the tensors come from one open of the file (issue 15.4); before, a
     sha256 pass read it whole and loading read it again."""
-    import builtins
-
     import safetensors
     import torch
-
-    import vggfeat.models.mapped as mapped
+    from helpers import count_opens
 
     net = vggfeat.create_model("vgg_d", seed=0, **TINY)
     path = tmp_path / f"net{suffix}"
@@ -439,18 +436,11 @@ def test_extraction_opens_the_weight_file_once(tmp_path, monkeypatch, suffix):
     else:
         vggfeat.save_weights(net, path)
     src = make_images(tmp_path / "imgs", 2)
-    monkeypatch.setattr(mapped, "_MAPS", type(mapped._MAPS)())  # nothing mapped yet in this process
-    real_open, opens = builtins.open, []
-
-    def counting_open(file, *a, **k):
-        if isinstance(file, (str, os.PathLike)) and os.path.abspath(file) == str(path):
-            opens.append(file)
-        return real_open(file, *a, **k)
+    opens = count_opens(monkeypatch, path)
 
     def no_second_reader(*a, **k):
         raise AssertionError("safetensors opened the file again")
 
-    monkeypatch.setattr(builtins, "open", counting_open)
     monkeypatch.setattr(safetensors, "safe_open", no_second_reader)
     store = extract_to_store(
         [src], tmp_path / "out", models=[("auto", str(path))], scales=(64,), workers=0, progress=False

@@ -254,25 +254,15 @@ def test_load_model_takes_the_read_arrays_as_parameters(tmp_path):
 def test_extraction_opens_a_caffemodel_once(tmp_path, monkeypatch):
     """The manifest's sha256 and the tensors come from one open of the file, as for safetensors and torch files
     (issue 15.4): the reader parses the map the hash was computed from instead of opening the file again."""
-    import builtins
-    import os
+    from helpers import count_opens
 
-    import vggfeat.models.mapped as mapped
     from vggfeat.features.extract import extract_to_store
     from vggfeat.utils.files import sha256_file
 
     path = write(tmp_path / "net.caffemodel", tiny())
     (tmp_path / "imgs").mkdir()
     Image.new("RGB", (64, 64), (10, 200, 30)).save(tmp_path / "imgs" / "a.png")
-    monkeypatch.setattr(mapped, "_MAPS", type(mapped._MAPS)())  # nothing mapped yet in this process
-    real_open, opens = builtins.open, []
-
-    def counting_open(file, *a, **k):
-        if isinstance(file, (str, os.PathLike)) and os.path.abspath(file) == str(path):
-            opens.append(file)
-        return real_open(file, *a, **k)
-
-    monkeypatch.setattr(builtins, "open", counting_open)
+    opens = count_opens(monkeypatch, path)
     store = extract_to_store(
         [tmp_path / "imgs"], tmp_path / "out", models=[("auto", str(path))], scales=(64,), workers=0, progress=False
     )
