@@ -16,6 +16,11 @@ class InputError(VggfeatError, ValueError):
     """A bad argument or setting (unknown choice, empty input, mismatched shapes) that the user can fix."""
 
 
+class DatasetError(VggfeatError, ValueError):
+    """A dataset tree, image folder or list file that cannot be used; the message names the file and line at fault
+    (raised by vggfeat.data.folder and the benchmark readers, which re-export it from vggfeat.benchmarks.base)."""
+
+
 class LayerError(InputError):
     """A --layer that the net does not have; the message lists the names it does have."""
 

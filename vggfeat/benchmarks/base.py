@@ -12,13 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vggfeat.errors import VggfeatError
+from vggfeat.errors import DatasetError  # defined beside the other user-facing errors; the readers import it here
 
 DATA_ENV = "VGGFEAT_DATA"
-
-
-class DatasetError(VggfeatError, ValueError):
-    """A benchmark tree or list file that cannot be used; the message names the file and line at fault."""
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: arrays have no truth value; splits compare by identity

@@ -6,7 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .images import is_image_file
+from vggfeat.errors import DatasetError
+
+from .images import IMAGE_EXTENSIONS, is_image_file
 
 
 @dataclass(frozen=True)
@@ -22,10 +24,13 @@ class Samples:
 def class_folders(root: str | Path) -> tuple[str, ...]:
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"no such dataset folder: {root}")
+        raise DatasetError(f"no such dataset folder: {root}")
     classes = tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))
     if not classes:
-        raise ValueError(f"{root}: no class folders (expected {root}/<class>/*.jpg)")
+        raise DatasetError(
+            f"{root}: no class folders (expected {root}/<class>/<image>, one folder per class); point at the folder "
+            "that holds them (a flat folder of images needs a labels file: evaluate --val-labels, data.val_labels)"
+        )
     return classes
 
 
@@ -43,7 +48,11 @@ def scan_folder(root: str | Path, classes: tuple[str, ...] | None = None) -> Sam
                 paths.append(p)
                 labels.append(label)
     if not paths:
-        raise ValueError(f"{root}: no images found")
+        shown = ", ".join(classes[:3]) + (", ..." if len(classes) > 3 else "")
+        raise DatasetError(
+            f"{root}: no images in its {len(classes)} class folders ({shown}); put the images in {root}/<class>/ "
+            f"(files ending {', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
     return Samples(tuple(paths), tuple(labels), classes)
 
 
@@ -51,24 +60,42 @@ def scan_flat(root: str | Path, labels_file: str | Path, classes: tuple[str, ...
     """A flat folder of images labelled by a file of `name label` lines (label: class name or index)."""
     root, index = Path(root), {c: i for i, c in enumerate(classes)}
     paths, labels = [], []
-    for lineno, line in enumerate(Path(labels_file).read_text().splitlines(), start=1):
+    for lineno, line in enumerate(_read_labels(Path(labels_file)), start=1):
         if not line.strip() or line.startswith("#"):
             continue
         parts = line.split()
         if len(parts) != 2:
-            raise ValueError(f"{labels_file}, line {lineno}: expected 'file label', got {line!r}")
+            raise DatasetError(
+                f"{labels_file}, line {lineno}: expected 'file label' (an image in {root} and its class), got {line!r}"
+            )
         name, label = parts
         lab = index.get(label, None)
         if lab is None:
             if not label.isdigit() or int(label) >= len(classes):
-                raise ValueError(f"{labels_file}, line {lineno}: unknown class {label!r}")
+                raise DatasetError(
+                    f"{labels_file}, line {lineno}: unknown class {label!r}; a label is one of the "
+                    f"{len(classes)} class names or an index 0..{len(classes) - 1}"
+                )
             lab = int(label)
         path = root / name
         if not path.is_file():
-            raise FileNotFoundError(f"{labels_file}, line {lineno}: no such image {path}")
+            raise DatasetError(f"{labels_file}, line {lineno}: no such image {path}; fix the line or add the image")
         paths.append(path)
         labels.append(lab)
+    if not paths:
+        raise DatasetError(f"{labels_file}: no 'file label' lines; list each image of {root} with its class")
     return Samples(tuple(paths), tuple(labels), classes)
+
+
+def _read_labels(labels_file: Path) -> list[str]:
+    try:
+        return labels_file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise DatasetError(
+            f"{labels_file}: not a text file (byte {e.start} is not UTF-8); give a labels file of 'file label' lines"
+        ) from None
+    except OSError as e:  # missing, a folder, unreadable
+        raise DatasetError(f"{labels_file}: cannot read the labels file ({e.strerror or e})") from None
 
 
 def imagenet_splits(root: str | Path, val_labels: str | Path | None = None) -> tuple[Samples, Samples]:

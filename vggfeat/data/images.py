@@ -81,8 +81,14 @@ def find_input_images(inputs: Iterable[str | Path]) -> list[Path]:
 def _read_list(list_file: Path) -> list[Path]:
     if not list_file.is_file():
         raise FileNotFoundError(f"no such list file: {list_file}")
+    try:
+        lines = list_file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"{list_file}: not a text file (byte {e.start} is not UTF-8); an @list holds one image path per line"
+        ) from None
     paths = []
-    for lineno, line in enumerate(list_file.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(lines, start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
