@@ -17,12 +17,40 @@ import numpy as np
 import torch
 
 
-def bench_step(name: str, device: torch.device, batch: int, steps: int, fast: bool) -> float:
+def forward_macs(name: str, size: int = 224) -> int:
+    """Multiply-adds of one forward pass of the classification net on a size x size crop (convs and the dense head)."""
+    import vggfeat
+
+    model = vggfeat.create_model(name, device="meta")
+    total = 0
+
+    def count(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, torch.nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1]
+            total += output.shape[2] * output.shape[3] * module.in_channels * module.out_channels * k
+        elif isinstance(module, torch.nn.Linear):
+            total += module.in_features * module.out_features
+
+    hooks = [
+        m.register_forward_hook(count) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    ]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, size, size, device="meta"))
+    for h in hooks:
+        h.remove()
+    if total == 0:  # a dense head not built of Conv2d/Linear modules would be missed: fail loudly
+        raise RuntimeError(f"no multiply-adds counted for {name}")
+    return total
+
+
+def bench_step(name: str, device: torch.device, batch: int, steps: int, fast: bool, compile: bool = False) -> float:
     import vggfeat
 
     model = vggfeat.create_model(name).to(device)
     if fast and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    net = torch.compile(model) if compile else model
     opt = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9, weight_decay=5e-4)
     x = torch.randn(batch, 3, 224, 224, device=device)
     if fast and device.type == "cuda":
@@ -32,12 +60,13 @@ def bench_step(name: str, device: torch.device, batch: int, steps: int, fast: bo
 
     def step():
         with amp:
-            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+            loss = torch.nn.functional.cross_entropy(net(x).float(), y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    step()  # warm-up
+    step()  # warm-up (cuDNN autotuning, compilation)
+    step()
     if device.type == "cuda":
         torch.cuda.synchronize()
     t = time.perf_counter()
@@ -106,10 +135,14 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--skip-step", action="store_true", help="data pipeline only")
     ap.add_argument("--fp32-only", action="store_true", help="skip bf16+channels_last (CPU bf16 is emulated, slow)")
+    ap.add_argument("--compile", default="", help="nets to time once more with torch.compile (bf16+cl), e.g. vgg_d")
+    ap.add_argument("--peak-tflops", type=float, default=989.0, help="the card's dense bf16 peak (H100/H200 SXM: 989)")
     args = ap.parse_args()
     from vggfeat.utils.device import resolve_device
 
     device = resolve_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as training runs it: one crop size, autotuned once
     torch.set_num_threads(max(1, torch.get_num_threads()))
     print(
         f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
@@ -117,14 +150,29 @@ def main() -> None:
     )
     if not args.skip_step:
         print(f"\ntraining step at 224, batch {args.batch}, {args.steps} steps (images/s)")
-        print(f"{'net':<8} {'fp32':>10} {'bf16+cl':>10} {'ratio':>7}")
+        print("TFLOP/s counts 3x the forward multiply-adds x 2 (forward + backward), the usual training estimate")
+        print(f"{'net':<8} {'fp32':>10} {'bf16+cl':>10} {'ratio':>7} {'bf16 TFLOP/s':>13} {'% of peak':>10}")
         for name in args.nets.split(","):
+            flops = 6 * forward_macs(name)  # per image
             base = bench_step(name, device, args.batch, args.steps, fast=False)
             if args.fp32_only:
-                print(f"{name:<8} {base:10.2f} {'-':>10} {'-':>7}")
+                print(f"{name:<8} {base:10.2f} {'-':>10} {'-':>7} {'-':>13} {'-':>10}")
                 continue
             fast = bench_step(name, device, args.batch, args.steps, fast=True)
-            print(f"{name:<8} {base:10.2f} {fast:10.2f} {fast / base:6.2f}x")
+            tflops = fast * flops / 1e12
+            print(
+                f"{name:<8} {base:10.2f} {fast:10.2f} {fast / base:6.2f}x {tflops:13.1f} "
+                f"{100 * tflops / args.peak_tflops:9.1f}%"
+            )
+        for name in filter(None, args.compile.split(",")):
+            flops = 6 * forward_macs(name)
+            eager = bench_step(name, device, args.batch, args.steps, fast=True)
+            compiled = bench_step(name, device, args.batch, args.steps, fast=True, compile=True)
+            print(
+                f"{name} torch.compile (bf16+cl): {compiled:.2f} images/s against eager {eager:.2f} "
+                f"({compiled / eager:.2f}x), {compiled * flops / 1e12:.1f} TFLOP/s, "
+                f"{100 * compiled * flops / 1e12 / args.peak_tflops:.1f}% of peak"
+            )
     torch.set_num_threads(1)  # a DataLoader worker is one single-threaded process
     with tempfile.TemporaryDirectory() as tmp:
         from vggfeat.data.photos import IMAGENET_SIZES, photo_jpegs

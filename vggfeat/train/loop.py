@@ -297,6 +297,8 @@ class _Trainer:
         self.recipe, self.run, self.info, self.device, self.data = recipe, run, info, device, data
         self.progress = progress
         self.cuda = device.type == "cuda"
+        if self.cuda:  # one crop size for every step: cuDNN's autotuned kernels are picked once and reused
+            torch.backends.cudnn.benchmark = True
         self.accum = accumulation_steps(recipe, info.world)
         self.steps = steps_per_epoch(len(data.train), o.batch_size)
         self.model = build_model(recipe, len(data.train.classes)).to(device)
