@@ -68,6 +68,9 @@ TINY = "base: {smoke}\nname: tiny\n"
         ("checkpoint.every_steps=0", "checkpoint.every_steps must be > 0, got 0"),
         ("model.width_mult=0", "model.width_mult must be > 0, got 0.0"),
         ("optim.batch_size=24", "optim.batch_size=24 is not a multiple of optim.per_device_batch"),
+        ("data.synthetic_classes=0", "data.synthetic_classes must be 1..30 (the generated shapes), got 0"),
+        ("data.synthetic_classes=31", "data.synthetic_classes must be 1..30 (the generated shapes), got 31"),
+        ("data.synthetic_per_class=0", "data.synthetic_per_class must be > 0, got 0"),
     ],
 )
 def test_bad_recipe_values_are_one_line_before_any_work(tmp_path, setting, words):

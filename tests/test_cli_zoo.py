@@ -97,6 +97,15 @@ def _bad_weights(d, weights) -> None:
         ("notjson", "{not json"),
     ]:
         vggfeat.models.weights.save_weights(net, d / f"{name}.safetensors", metadata={"options": options})
+    pre = {"channel_order": "RGB", "value_range": 255.0, "mean": [123.68, 116.779, 103.939], "std": [1.0, 1.0, 1.0]}
+    for name, value in [
+        ("std0", {**pre, "std": [0, 0, 0]}),
+        ("preset", "frobnicate"),
+        ("mean2", {**pre, "mean": [1, 2]}),
+    ]:
+        vggfeat.models.weights.save_weights(
+            net, d / f"pre_{name}.safetensors", metadata={"preprocessing": json.dumps(value)}
+        )
 
 
 def _strip_datasets(d, imgs) -> None:
@@ -178,6 +187,9 @@ CASES = [
     ("extract: num_classes 1e10 in metadata", "extract {d}/imgs -o {d}/o15 --weights {d}/huge.safetensors", 1),
     ("extract: unknown option in metadata", "extract {d}/imgs -o {d}/o16 --weights {d}/unknown.safetensors", 1),
     ("extract: options not JSON", "extract {d}/imgs -o {d}/o17 --weights {d}/notjson.safetensors", 1),
+    ("extract: preprocessing std 0", "extract {d}/imgs -o {d}/o18 --weights {d}/pre_std0.safetensors", 1),
+    ("extract: unknown preprocessing", "extract {d}/imgs -o {d}/o19 --weights {d}/pre_preset.safetensors", 1),
+    ("weights info: preprocessing with 2 means", "weights info {d}/pre_mean2.safetensors", 1),
     (
         "extract: --model other than the weights",
         "extract {d}/imgs -o {d}/o18 --model vgg_d --weights {d}/w.safetensors",
@@ -233,6 +245,9 @@ MESSAGES = {  # what the one line says, where the case is about what it names
     "extract: num_classes 1e10 in metadata": "num_classes=10000000000",
     "extract: unknown option in metadata": "unknown option 'frobnicate'",
     "extract: options not JSON": "not valid JSON",
+    "extract: preprocessing std 0": "pre_std0.safetensors: metadata 'preprocessing' is not usable (std must",
+    "extract: unknown preprocessing": "unknown preprocessing preset 'frobnicate'; valid: paper, caffe",
+    "weights info: preprocessing with 2 means": "pre_mean2.safetensors: metadata 'preprocessing' is not usable (mean",
     "evaluate: malicious pickle": "never unpickled",
     "extract: malicious pickle": "never unpickled",
     "evaluate: 2000x1 image at Q=512": "strip.png: too large after rescaling",

@@ -26,7 +26,7 @@ from vggfeat.utils.files import give_plain_permissions
 
 from .caffe import is_caffemodel, read_caffemodel
 from .mapped import map_weights, read_safetensors
-from .preprocessing import TIMM, TORCHVISION, Preprocessing, resolve_preprocessing
+from .preprocessing import PRESETS, TIMM, TORCHVISION, Preprocessing, resolve_preprocessing
 from .resolve import check_vggfeat_net, resolve_weights
 from .vgg import CONFIGS
 
@@ -60,6 +60,14 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
                     meta[key] = json.loads(meta[key])
                 except ValueError as e:
                     raise WeightsError(f"{path}: metadata {key!r} is not valid JSON ({e}): {meta[key][:80]!r}") from e
+        if "preprocessing" in meta:  # checked here, so every reader (load, weights info) refuses it alike
+            try:
+                resolve_preprocessing(meta["preprocessing"])
+            except (ValueError, TypeError, KeyError) as e:
+                raise WeightsError(
+                    f"{path}: metadata 'preprocessing' is not usable ({e}); it holds a preset name "
+                    f"({', '.join(PRESETS)}) or the fields channel_order, value_range, mean and std"
+                ) from e
         return tensors, meta
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

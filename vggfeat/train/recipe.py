@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vggfeat.config import ConfigError, from_dict, load_config, to_dict
+from vggfeat.data.synthetic import MAX_CLASSES
 from vggfeat.errors import InputError
 from vggfeat.models.init import INIT_METHODS
 from vggfeat.models.registry import resolve_name
@@ -128,10 +129,14 @@ class Recipe:
             "model.width_mult": self.model.width_mult,
             "model.fc_dim": self.model.fc_dim,
             "model.num_classes": self.model.num_classes,
+            "data.synthetic_per_class": self.data.synthetic_per_class,
         }
         for key, value in positive.items():
             if not value > 0:  # also catches NaN
                 raise ConfigError(f"{key} must be > 0, got {value}")
+        k = self.data.synthetic_classes
+        if not 1 <= k <= MAX_CLASSES:
+            raise ConfigError(f"data.synthetic_classes must be 1..{MAX_CLASSES} (the generated shapes), got {k}")
         if not 0 <= self.model.dropout < 1:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.model.dropout}")
         self._check_choices()
