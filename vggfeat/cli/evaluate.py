@@ -9,6 +9,7 @@ from vggfeat.cli.params import SCALES
 from vggfeat.cli.weights import say_default
 from vggfeat.data.folder import Samples, class_folders, scan_flat, scan_folder
 from vggfeat.utils.device import resolve_device
+from vggfeat.utils.progress import progress_bar
 from vggfeat.weight_sources import DEFAULT_WEIGHTS, WEIGHTS_HELP
 
 
@@ -62,7 +63,6 @@ def evaluate(
 ) -> None:
     """Top-1 and top-5 error of one or more trained nets on a validation set."""
     import json
-    import sys
     from pathlib import Path
 
     from vggfeat.evaluate import evaluate_nets, read_class_file, resolve_classes
@@ -100,9 +100,7 @@ def evaluate(
     protocols = ["dense", "multicrop", "both"] if protocol == "all" else [protocol]
     bar = None
     if not quiet:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(samples) * len(models), unit="img", desc="evaluate", dynamic_ncols=True, file=sys.stderr)
+        bar = progress_bar(len(samples) * len(models), unit="img", desc="evaluate")
     try:
         rows = evaluate_nets(
             models,

@@ -27,6 +27,7 @@ from vggfeat.recipe_files import find_recipe, recipe_description, recipe_names, 
     is_flag=True,
     help="Start over in a run folder that already holds a run (removes its checkpoints and weights).",
 )
+@click.option("--quiet", is_flag=True, help="No progress bar (the per-step log lines stay).")
 def train(
     recipe: str | None,
     overrides: tuple[str, ...],
@@ -34,6 +35,7 @@ def train(
     out: str | None,
     resume: bool,
     overwrite: bool,
+    quiet: bool,
 ) -> None:
     """Train a net with RECIPE: a shipped recipe name (smoke, vgg_a_s256, vgg_d_s256, ...) or a YAML file.
 
@@ -67,7 +69,9 @@ def train(
         r = load_recipe(recipe, overrides)
     except ConfigError as e:  # a bad recipe or override is a usage error (exit 2)
         raise click.UsageError(str(e)) from None
-    summary = run_training(r, out or f"runs/{r.name}", data_root=data_root, resume=resume, overwrite=overwrite)
+    summary = run_training(
+        r, out or f"runs/{r.name}", data_root=data_root, resume=resume, overwrite=overwrite, progress=not quiet
+    )
     if rank0 and summary["history"]:
         last = summary["history"][-1]
         click.echo(

@@ -30,6 +30,7 @@ from vggfeat.errors import InputError
 from vggfeat.utils.distributed import DistInfo, all_reduce_sum, barrier, env_info, process_group
 from vggfeat.utils.files import atomic_write_json
 from vggfeat.utils.locks import FolderLockedError, folder_lock
+from vggfeat.utils.progress import progress_bar
 
 from . import inputs
 from . import store as fs
@@ -350,10 +351,8 @@ class _ImageProgress:
     def __init__(self, total: int, initial: int, n_scales: int, enabled: bool) -> None:
         self.n_scales, self.done, self.views = n_scales, initial, 0
         self.bar = None
-        if enabled:
-            from tqdm import tqdm  # on stderr, tqdm's default
-
-            self.bar = tqdm(total=total, initial=initial, unit="img", desc="extract", dynamic_ncols=True, smoothing=0.1)
+        if enabled:  # on stderr: redrawn on a terminal, a line every 30 s in a log (utils.progress)
+            self.bar = progress_bar(total, initial=initial, unit="img", desc="extract")
 
     def _show(self, images: int) -> None:
         if self.bar is not None and images > self.bar.n:

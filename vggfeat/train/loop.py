@@ -33,6 +33,7 @@ from vggfeat.models.weights import check_compatible
 from vggfeat.utils.device import resolve_device
 from vggfeat.utils.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
 from vggfeat.utils.files import atomic_write_text
+from vggfeat.utils.progress import progress_bar
 
 from .checkpoint import (
     PATTERN,
@@ -409,10 +410,8 @@ class _Trainer:
     def _progress_bar(self) -> tqdm | None:
         if not (self.info.is_main and self.progress):
             return None
-        from tqdm import tqdm
-
         desc = f"epoch {self.epoch + 1}/{self.recipe.optim.epochs}"
-        return tqdm(total=self.steps, initial=self.step_in_epoch, desc=desc, leave=False)
+        return progress_bar(self.steps, initial=self.step_in_epoch, desc=desc, unit="step", leave=False)
 
     def _train_step(self, batches: Iterator[Batch]) -> torch.Tensor:
         """One SGD step on one global batch (accumulated micro-batches, reduced over processes); returns its
