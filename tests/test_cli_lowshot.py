@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 import vggfeat
 import vggfeat.features.engine as engine_module
-from vggfeat.benchmarks.registry import load_benchmark
+from vggfeat.benchmarks.registry import get_benchmark, load_benchmark
 from vggfeat.cli.main import cli
 from vggfeat.data.synthetic_voc import make_voc2007
 from vggfeat.features.store import load_store
@@ -31,6 +31,13 @@ def test_low_shot_writes_mean_std_per_k_on_the_probes_cached_features(tmp_path, 
     report = json.loads((out / "low-shot.json").read_text())
     assert (out / "low-shot.md").is_file() and (out / "low-shot.png").stat().st_size > 1000
     assert report["ks"] == [1, 2] and report["samples"] == 2 and report["Cs"] == list(LOW_SHOT_CS)
+    bench = get_benchmark("voc2007")  # the report's metric and labels are the registry's, as the full probe's
+    assert (report["metric"], report["metric_title"], report["headline_name"]) == (
+        bench.metric,
+        bench.metric_title,
+        bench.headline,
+    )
+    assert f"{bench.headline} %" in result.output and f"low-shot {bench.title} (ours" in result.output
     for row in report["rows"]:
         assert f"{row['mAP']:>7.2f} +- {row['std']:<4.2f}" in result.output
         assert (

@@ -98,3 +98,29 @@ def test_bad_inputs_are_one_line_errors(voc_like):
         run_low_shot(x, y, x_test, y_test, ks=(1,), Cs=(0.0,))
     with pytest.raises(VggfeatError, match="disagree"):
         run_low_shot(x[:5], y, x_test, y_test, ks=(1,))
+
+
+def test_the_reports_metric_and_headline_come_from_the_benchmark_registry(voc_like, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from vggfeat.benchmarks import registry
+    from vggfeat.probes.lowshot import low_shot_lines, write_low_shot
+
+    x, y, x_test, y_test = voc_like
+    result = run_low_shot(x, y, x_test, y_test, ks=(1,), samples=1, Cs=(1.0,), seed=0)
+    bench = registry.get_benchmark("voc2007")
+    report = result.to_dict()
+    assert (report["metric"], report["metric_title"], report["headline_name"]) == (
+        bench.metric,
+        bench.metric_title,
+        bench.headline,
+    )
+    # the labels are the registry's, not a copy of them: renamed there, renamed in every output
+    renamed = replace(bench, headline="meanAP", metric_title="AP (renamed)", title="VOC renamed")
+    monkeypatch.setitem(registry.BENCHMARKS, "voc2007", renamed)
+    report = result.to_dict()
+    assert (report["metric_title"], report["headline_name"]) == ("AP (renamed)", "meanAP")
+    lines = low_shot_lines(report)
+    assert "meanAP %" in lines[0] and "mAP" not in lines[0] and lines[-1].startswith("low-shot VOC renamed"), lines
+    md = write_low_shot(result, tmp_path)["markdown"].read_text()
+    assert "| meanAP % (mean +- std over samples) |" in md and "AP (renamed)" in md, md

@@ -3,7 +3,8 @@
 The protocol of self-supervised benchmark suites (e.g. VISSL's low-shot VOC07): for each class, a seeded sample
 of k positive and 19 k negative trainval images (the rest of that class's column, 'difficult' included, is
 ignored); that class's SVM is trained on its sample alone and scored on the full test set with the devkit's
-11-point AP. Five samples per k; mAP is reported as mean and std over the samples.
+11-point AP. Five samples per k; mAP is reported as mean and std over the samples. The metric, its names and
+the scoring are voc2007's entry in the benchmark registry, as for the full probe.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vggfeat.benchmarks.registry import get_benchmark
 from vggfeat.errors import InputError
-from vggfeat.probes import metrics
 from vggfeat.probes.svm import fit_linear_svms
 from vggfeat.utils.files import atomic_write_figure, atomic_write_json, atomic_write_text
 
@@ -33,6 +34,7 @@ LOW_SHOT_KS = (1, 2, 4, 8, 16, 32, 64, 96)
 NEGATIVES_PER_POSITIVE = 19
 LOW_SHOT_SAMPLES = 5
 LOW_SHOT_CS = (0.01, 0.1, 1.0, 10.0, 100.0)
+BENCHMARK = "voc2007"  # the registry entry whose metric, names and scoring the low-shot report uses
 
 
 def draw_low_shot(
@@ -64,6 +66,7 @@ class LowShotResult:
     drawn: np.ndarray  # (len(ks), samples, K, 2) positives and negatives actually trained on
     features: dict[str, Any] = field(default_factory=dict)
     seconds: list[float] = field(default_factory=list)  # per k
+    benchmark: str = BENCHMARK  # registry name: the metric and its names in the report
 
     @property
     def map_table(self) -> np.ndarray:
@@ -92,7 +95,8 @@ class LowShotResult:
         return self._at_chosen().std(axis=1)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready, in percent."""
+        """JSON-ready, in percent; metric and names from the benchmark registry (as probes.report does)."""
+        bench = get_benchmark(self.benchmark)
         table = self.map_table
         at_chosen, best = self._at_chosen(), table.mean(axis=1).argmax(axis=1)
         rows = []
@@ -123,13 +127,16 @@ class LowShotResult:
                 }
             )
         return {
-            "benchmark": "voc2007-lowshot",
-            "metric": "voc07_ap",
-            "headline_name": "mAP",
+            "benchmark": f"{bench.name}-lowshot",
+            "title": bench.title,
+            "metric": bench.metric,
+            "metric_title": bench.metric_title,
+            "headline_name": bench.headline,
             "protocol": (
                 f"per class k positives and {NEGATIVES_PER_POSITIVE}k negatives from trainval (rest "
                 f"ignored), {self.ap.shape[1]} seeded samples per k; one SVM per class on its sample; "
-                "11-point AP on the full test set; C chosen per k by mean test mAP over the samples"
+                f"{bench.metric_title} on the full test set; C chosen per k by mean test {bench.headline} over the "
+                "samples"
             ),
             "ks": list(map(int, self.ks)),
             "Cs": list(map(float, self.Cs)),
@@ -178,6 +185,7 @@ def run_low_shot(
         raise InputError(
             f"low-shot needs k >= 1, samples >= 1 and positive C values; got ks={ks}, samples={samples}, Cs={Cs}"
         )
+    score = get_benchmark(BENCHMARK).score  # (scores (N, K), labels) -> (per-class AP, mAP)
     n_classes = y_train.shape[1]
     classes = tuple(classes) if classes is not None else tuple(map(str, range(n_classes)))
     ap = np.full((len(ks), samples, len(Cs), n_classes), np.nan)
@@ -203,7 +211,7 @@ def run_low_shot(
         scores = (x_test @ coef.T + intercept).reshape(len(x_test), samples, n_classes, len(Cs))
         for s in range(samples):
             for j in range(len(Cs)):
-                ap[i, s, j] = metrics.voc07_ap(scores[:, s, :, j], y_test)
+                ap[i, s, j] = score(scores[:, s, :, j], y_test)[0]
         seconds.append(time.perf_counter() - start)
         log.info(
             "low-shot k=%d: %d problems on %d rows, best mAP %.4f (%.1f s)",
@@ -219,20 +227,22 @@ def run_low_shot(
 
 
 def plot_low_shot(result: LowShotResult, path: str | Path) -> Path:
-    """One plot, mAP (%) against k on a log axis, mean +- std over the samples; written atomically."""
+    """One plot, the benchmark's headline (%) against k on a log axis, mean +- std over the samples; written
+    atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    bench = get_benchmark(result.benchmark)
     path = Path(path)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.errorbar(result.ks, 100 * result.mean, yerr=100 * result.std, marker="o", capsize=3)
     ax.set_xscale("log", base=2)
     ax.set_xticks(result.ks, [str(k) for k in result.ks])
     ax.set_xlabel(f"k positives per class (+ {NEGATIVES_PER_POSITIVE}k negatives)")
-    ax.set_ylabel("VOC-2007 test mAP %")
-    ax.set_title(f"low-shot VOC-2007: mean +- std over {result.ap.shape[1]} samples")
+    ax.set_ylabel(f"test {bench.headline} %")
+    ax.set_title(f"low-shot {bench.title}: mean +- std over {result.ap.shape[1]} samples")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     atomic_write_figure(fig, path)
@@ -240,18 +250,21 @@ def plot_low_shot(result: LowShotResult, path: str | Path) -> Path:
 
 
 def low_shot_lines(report: dict[str, Any]) -> list[str]:
-    """The terminal table of `LowShotResult.to_dict()`: mAP mean +- std per k, and the C chosen at each k."""
-    lines = [f"{'k':>4}  {'negatives':>9}  {'mAP %':>14}  {'C':>6}"]
+    """The terminal table of `LowShotResult.to_dict()`: the headline's mean +- std per k, and the C chosen at each k."""
+    lines = [f"{'k':>4}  {'negatives':>9}  {report['headline_name'] + ' %':>14}  {'C':>6}"]
     for row in report["rows"]:
         lines.append(
             f"{row['k']:>4}  {row['negatives']:>9}  {row['mAP']:>7.2f} +- {row['std']:<4.2f}  {row['chosen_C']:>6g}"
         )
-    lines.append(f"low-shot VOC-2007 (ours; beyond the paper, which has no low-shot table): {report['protocol']}")
+    lines.append(
+        f"low-shot {report['title']} (ours; beyond the paper, which has no low-shot table): {report['protocol']}"
+    )
     return lines
 
 
 def write_low_shot(result: LowShotResult, out: str | Path, stem: str = "low-shot") -> dict[str, Path]:
-    """OUT/STEM.json (every k, sample, C), OUT/STEM.md (mean +- std of mAP per k) and OUT/STEM.png, atomically."""
+    """OUT/STEM.json (every k, sample, C), OUT/STEM.md (mean +- std of the headline per k) and OUT/STEM.png,
+    atomically."""
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -259,11 +272,11 @@ def write_low_shot(result: LowShotResult, out: str | Path, stem: str = "low-shot
     files = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md", "plot": out / f"{stem}.png"}
     atomic_write_json(files["json"], report)
     md = [
-        "# Low-shot VOC-2007: linear SVMs on k positives per class",
+        f"# Low-shot {report['title']}: linear SVMs on k positives per class",
         "",
         f"Protocol: {report['protocol']}. Beyond the paper (no published reference).",
         "",
-        "| k | negatives | mAP % (mean +- std over samples) | chosen C | per sample |",
+        f"| k | negatives | {report['headline_name']} % (mean +- std over samples) | chosen C | per sample |",
         "|---|---|---|---|---|",
     ]
     for row in report["rows"]:
