@@ -177,6 +177,16 @@ def test_cuda_bf16_close_to_cpu_float32():
     np.testing.assert_allclose(exact, cpu, atol=1e-3)
 
 
+@pytest.mark.gpu
+def test_cudnn_autotuning_is_switched_on_for_extraction_only():
+    images = random_images([(64, 96)])
+    for previous in (False, True):
+        torch.backends.cudnn.benchmark = previous
+        for autotune in (False, True):
+            extract_features(tiny(), images, scales=(64,), device="cuda", cudnn_benchmark=autotune)
+            assert torch.backends.cudnn.benchmark is previous  # the caller's setting again
+
+
 # issue 14.3: one definition of the rescale; issue 12: an image enormous after rescaling
 
 

@@ -43,8 +43,7 @@ class DescriptorEngine:
                 autocast_dtype=torch.bfloat16 if bf16 else None,
                 winograd=runtime.winograd,
             )
-        if cuda:
-            torch.backends.cudnn.benchmark = True  # a few canvas sizes recur: autotuning pays off
+        self.cudnn_benchmark = cuda and runtime.cudnn_benchmark
 
     @property
     def dim(self) -> int:
@@ -56,10 +55,20 @@ class DescriptorEngine:
         views = 2 if self.protocol.flip else 1
         return max(1, min(self.batch_size, self.max_batch_pixels // (views * shape[-2] * shape[-1])))
 
-    @torch.inference_mode()
     def describe(self, items: Sequence[Item], on_batch: Callable[[int], None] | None = None) -> np.ndarray:
         """Final descriptors (len(items), dim) for decoded items, in their order. `on_batch(n)` is called after
         each forward of n images at one scale (through every net), for progress bars."""
+        if self.device.type != "cuda":
+            return self._describe(items, on_batch)
+        previous = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = self.cudnn_benchmark
+        try:
+            return self._describe(items, on_batch)
+        finally:  # the process-wide switch is the caller's again: a user's own CUDA code is not autotuned by us
+            torch.backends.cudnn.benchmark = previous
+
+    @torch.inference_mode()
+    def _describe(self, items: Sequence[Item], on_batch: Callable[[int], None] | None) -> np.ndarray:
         n, n_scales = len(items), len(self.protocol.scales)
         report = BatchReporter(on_batch, self.device)
         pending: list[tuple[int, list[int], int, torch.Tensor]] = []  # (net, positions, scale, (B, D))
