@@ -122,7 +122,7 @@ def main() -> None:
     )
     p.add_argument("--skip-baseline", action="store_true")
     p.add_argument(
-        "--cudnn-benchmark", choices=("on", "off"), default="on", help="vggfeat's cuDNN autotuning per input shape"
+        "--cudnn-benchmark", choices=("on", "off"), default="off", help="vggfeat's cuDNN autotuning per input shape"
     )
     p.add_argument("--loader", action="store_true", help="also time the loader alone (decode, rescale, pin)")
     p.add_argument("--profile", type=int, default=0, help="profile vggfeat on this many images; print the top ops")

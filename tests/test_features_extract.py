@@ -122,6 +122,23 @@ def test_a_net_in_training_mode_gives_eval_descriptors_and_keeps_its_mode():
     assert model.training and model.drop6.training and not model.fc7.training
 
 
+def test_the_callers_net_keeps_its_memory_layout():
+    """The engine runs channels_last; the caller's net must come back in its own layout (and device)."""
+    model, images = tiny(), random_images([(70, 90)], seed=3)
+    weight = model.conv1_1.weight
+    extract_features(model, images, scales=(64,), device="cpu")
+    assert model.conv1_1.weight is weight and weight.is_contiguous()
+    assert all(p.is_contiguous() for p in model.parameters())
+
+
+@pytest.mark.gpu
+def test_a_cpu_net_stays_on_the_cpu_after_a_cuda_extraction():
+    model, images = tiny(), random_images([(70, 90)], seed=3)
+    extract_features(model, images, scales=(64,), device="cuda")
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    model.eval()(torch.zeros(1, 3, 64, 64))  # usable on the CPU as before
+
+
 def test_several_nets_stack():
     d, e = tiny("vgg_d", seed=1), tiny("vgg_e", seed=2, fc_dim=24)
     images = random_images([(64, 80), (72, 64)])

@@ -1,7 +1,8 @@
 """Running nets over decoded images in batches: images of the same size at a scale share a batch, and
 flipped copies ride in the same batch as their originals (Appendix B; Sect. 3.2 for dense application).
 
-channels_last everywhere; on CUDA also bf16 autocast, cuDNN autotuning, non-blocking copies from pinned memory.
+channels_last everywhere; on CUDA also bf16 autocast and non-blocking copies from pinned memory (cuDNN autotuning
+only when Runtime.cudnn_benchmark asks: the dense protocol's shapes rarely recur).
 """
 
 from __future__ import annotations

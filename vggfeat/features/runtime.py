@@ -28,9 +28,10 @@ class Runtime:
     winograd: bool = True  # on the CPU a VGG's wide 3x3 convs run as Winograd F(4x4, 3x3) (models.fastconv)
     channels_last: bool = True  # NHWC: cuDNN and oneDNN run 3x3 convs fastest so (1.1-1.2x on CPU)
     max_batch_pixels: int | None = None  # input pixels per CPU forward; None: engine.CPU_BATCH_PIXELS
-    # CUDA: let cuDNN time its algorithms for each new input shape (torch.backends.cudnn.benchmark) while
-    # describing; set only for the engine's own forwards, the caller's setting is restored afterwards
-    cudnn_benchmark: bool = True
+    # CUDA: let cuDNN time its algorithms for each new input shape (torch.backends.cudnn.benchmark), set only
+    # for the engine's own forwards (the caller's setting is restored). Off: every (batch, H, W) of the dense
+    # protocol is a new shape, and on an H200 the timing cost 3.6x the extraction (docs/benchmarks.md)
+    cudnn_benchmark: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
