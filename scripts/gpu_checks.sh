@@ -3,7 +3,7 @@
 # figures it produced). Each step has its own time limit, so a slow one cannot take the rest down; every step's
 # output goes to $OUT/gpu_checks.log (or ./gpu-checks.log) and a one-line verdict per step to stdout.
 #
-#   bash scripts/gpu_checks.sh            # all steps (about 7 minutes on one H200)
+#   bash scripts/gpu_checks.sh            # the default steps (about 8 minutes on one H200, estimated)
 #   STEPS="gpu_tests cli" bash scripts/gpu_checks.sh
 #
 # Run from the repository root with torch, torchvision, timm, scikit-learn, click, safetensors and faiss importable
@@ -17,7 +17,8 @@ mkdir -p "$out"
 log=$out/gpu_checks.log
 work=$(mktemp -d /tmp/vggfeat-gpu-checks.XXXXXX)
 py=${PYTHON:-python3}
-steps=${STEPS:-"env gpu_tests cli bench_train bench_extract bench_probe suite"}
+# also: suite (the whole default suite, which runs on the CPU there too; about 6 minutes on 16 cores)
+steps=${STEPS:-"env gpu_tests cuda_tests cli bench_train bench_extract extract_steady bench_probe"}
 export work py PYTHONUNBUFFERED=1 PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH} VGGFEAT_OFFLINE=1
 if [ -n "${WHEELS:-}" ]; then
   "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$work/site" "$WHEELS"/*.whl \
@@ -98,7 +99,12 @@ step env 30 env_report
 step gpu_tests 60 "$py" -m pytest -q -p no:cacheprovider -m gpu tests/
 step cli 150 cli_smoke
 step bench_train 150 "$py" scripts/bench_train.py --device cuda --batch 256 --steps 10 --images 48 --compile vgg_d
-step bench_extract 100 "$py" scripts/bench_extract.py --device cuda --images 256 --batch-size 32 --workers 12
+step cuda_tests 90 env VGGFEAT_TEST_CUDA=1 "$py" -m pytest -q -p no:cacheprovider -rf --tb=line \
+  tests/test_features_extract.py tests/test_evaluate.py tests/test_features_store.py
+step bench_extract 100 "$py" scripts/bench_extract.py --device cuda --images 256 --batch-size 32 --workers 12 --loader
+# many images: shapes recur, so per-shape costs (cuDNN plans) are paid once; not measured yet (2026-12-04)
+step extract_steady 120 "$py" scripts/bench_extract.py --device cuda --images 2048 --batch-size 32 --workers 12 \
+  --skip-baseline
 step bench_probe 60 bash -c "'$py' scripts/bench_probe.py --device cuda --skip-suite --skip-sklearn \
   && '$py' scripts/bench_probe.py --device cpu --skip-suite --skip-sklearn"
 step suite ${SUITE_LIMIT:-200} "$py" -m pytest -q -p no:cacheprovider --durations=15 tests/
