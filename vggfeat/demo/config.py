@@ -41,6 +41,9 @@ class DemoConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     random_seed: int = 0  # seed of the randomly initialised baseline net
+    # baseline nets averaged (init seeds random_seed + seed + 1000 i): one random net's own luck spans several
+    # mAP points at quick size, as much as what training adds (scripts/demo_margins.py --random-draws)
+    random_nets: int = 1
     threads: int = 1  # torch CPU threads: narrow nets lose more to thread sync than they gain
 
 

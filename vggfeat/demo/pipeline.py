@@ -83,6 +83,11 @@ def _weights_load(path: Path) -> bool:
     return True
 
 
+def random_name(i: int) -> str:
+    """Net name (and run/probe folder stem) of random baseline i: random, random2, random3, ..."""
+    return "random" if i == 0 else f"random{i + 1}"
+
+
 def random_twin(trained: Path, recipe: Recipe, seed: int, out: Path) -> Path:
     """A net of the trained net's architecture and preprocessing, Glorot-initialised from `seed`: the baseline
     that shows what training adds."""
@@ -150,23 +155,28 @@ def run_demo(
         images = benchmark_images(splits)
         timings["target"] = time.perf_counter() - t
 
-        nets = {
-            "trained": run_d / "model.safetensors",
-            "random": random_twin(
+        nets = {"trained": run_d / "model.safetensors"}
+        for i in range(cfg.random_nets):  # the baseline; "random" is the first, as with one net
+            name = random_name(i)
+            nets[name] = random_twin(
                 run_d / "model.safetensors",
                 recipe_d,
-                cfg.random_seed + seed,
-                out / "runs" / f"random{tag}" / "model.safetensors",
-            ),
-        }
+                cfg.random_seed + seed + 1000 * i,
+                out / "runs" / f"{name}{tag}" / "model.safetensors",
+            )
         fc = cfg.features
         runtime = Runtime(device="cpu", batch_size=32, workers=0)
         probes: dict[str, dict[str, tuple[dict, Path]]] = {}
-        for i, (net, weights) in enumerate(nets.items()):
-            echo(
-                f"[{4 + i}/{STEPS}] {net} net D: {fc.layer} descriptors at Q={','.join(map(str, fc.scales))} "
-                f"({fc.aggregate} over scales, flip-averaged), linear SVMs and kNN on voc2007"
-            )
+        for net, weights in nets.items():
+            if net in ("trained", "random"):
+                what = "trained net D" if net == "trained" else "random net D"
+                if net == "random" and cfg.random_nets > 1:
+                    what = f"{cfg.random_nets} random nets D (their mean is the baseline)"
+                echo(
+                    f"[{4 if net == 'trained' else 5}/{STEPS}] {what}: {fc.layer} descriptors at "
+                    f"Q={','.join(map(str, fc.scales))} ({fc.aggregate} over scales, flip-averaged), linear SVMs "
+                    "and kNN on voc2007"
+                )
             t = time.perf_counter()
             protocol = Protocol(layer=fc.layer, scales=tuple(fc.scales), aggregate=fc.aggregate)
             settings = ExtractionSettings((("auto", str(weights)),), protocol)

@@ -18,6 +18,29 @@ def _curve(summary: dict[str, Any]) -> list[dict[str, float]]:
     ]
 
 
+def _mean_of(draws: list[dict[str, Any]]) -> dict[str, Any]:
+    """One random net's results as they are; several: their mean (the baseline) and each one's under "draws"."""
+    if len(draws) == 1:
+        return draws[0]
+
+    def mean(values: list[float | None]) -> float | None:  # None: a class without test positives, for every net
+        return None if None in values else round(sum(values) / len(values), 2)
+
+    classes = draws[0]["per_class_ap"]
+    return {
+        "linear_map": mean([d["linear_map"] for d in draws]),
+        "knn_map": mean([d["knn_map"] for d in draws]),
+        "per_class_ap": {c: mean([d["per_class_ap"][c] for d in draws]) for c in classes},
+        "draws": draws,
+    }
+
+
+def random_label(report: dict[str, Any]) -> str:
+    """The baseline's column title: "random net D", or "random D, mean of N" for N random nets."""
+    n = len(report["results"]["random"].get("draws", [None]))
+    return "random net D" if n == 1 else f"random D, mean of {n}"
+
+
 def demo_dict(
     cfg: DemoConfig,
     quick: bool,
@@ -27,11 +50,13 @@ def demo_dict(
     timings: dict[str, float],
     seed: int = 0,
 ) -> dict[str, Any]:
-    """`probes`: per net, per probe ("linear", "knn"), (the report dict write_report wrote, its JSON file)."""
-    results: dict[str, Any] = {}
+    """`probes`: per net ("trained", then the random baselines "random", "random2", ...), per probe ("linear",
+    "knn"), (the report dict write_report wrote, its JSON file). Several random nets: results["random"] holds
+    their mean mAP and per-class AP, and each net's own results under "draws"."""
+    per_net: dict[str, dict[str, Any]] = {}
     for tag, reports in probes.items():
         (linear, linear_file), (knn, knn_file) = reports["linear"], reports["knn"]
-        results[tag] = {
+        per_net[tag] = {
             "linear_map": linear["headline"],
             "knn_map": knn["headline"],
             "per_class_ap": {r["class"]: r["value"] for r in linear["per_class"]},
@@ -40,6 +65,7 @@ def demo_dict(
             "knn_report": str(knn_file),
             "features": linear["features"],
         }
+    results = {"trained": per_net.pop("trained"), "random": _mean_of(list(per_net.values()))}
     return {
         "quick": quick,
         "seed": seed,
@@ -56,15 +82,20 @@ def demo_dict(
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
     r, t = report["results"], report["training"]
-    lines = [
-        f"{'voc2007 (generated), 11-point mAP %':<38} {'trained net D':>14} {'random net D':>13} {'difference':>11}"
-    ]
+    rl = random_label(report)
+    w = max(13, len(rl))
+    lines = [f"{'voc2007 (generated), 11-point mAP %':<38} {'trained net D':>14} {rl:>{w}} {'difference':>11}"]
     for key, name in (("linear_map", "linear SVMs"), ("knn_map", "kNN (faiss)")):
-        lines.append(f"{name:<38} {r['trained'][key]:>14.1f} {r['random'][key]:>13.1f} {report['margin'][key]:>+11.1f}")
-    lines += ["", f"{'class AP %':<38} {'trained':>14} {'random':>13}"]
+        lines.append(
+            f"{name:<38} {r['trained'][key]:>14.1f} {r['random'][key]:>{w}.1f} {report['margin'][key]:>+11.1f}"
+        )
+    lines += ["", f"{'class AP %':<38} {'trained':>14} {'random':>{w}}"]
     for c, v in r["trained"]["per_class_ap"].items():
         rv = r["random"]["per_class_ap"][c]
-        lines.append(f"{c:<38} {'-' if v is None else f'{v:.1f}':>14} {'-' if rv is None else f'{rv:.1f}':>13}")
+        lines.append(f"{c:<38} {'-' if v is None else f'{v:.1f}':>14} {'-' if rv is None else f'{rv:.1f}':>{w}}")
+    if "draws" in r["random"]:
+        each = ", ".join(f"{d['linear_map']:.1f}/{d['knn_map']:.1f}" for d in r["random"]["draws"])
+        lines += ["", f"random nets D, linear/kNN mAP each: {each}"]
     a, d = t["net_a"]["curve"], t["net_d"]["curve"]
     lines += [
         "",
@@ -83,9 +114,11 @@ def markdown(report: dict[str, Any]) -> str:
         "Net A trained from scratch on generated shapes and textures, net D initialised from A and trained "
         "(Sect. 3.1); their fc7 descriptors (multi-scale, flip-averaged, Appendix B) transferred to a generated "
         "VOC2007-layout task of classes the source never saw, with linear SVMs and faiss kNN; the same net D "
-        "randomly initialised as the baseline. All numbers are measured by this run.",
+        "randomly initialised as the baseline"
+        + (f" ({len(r['random']['draws'])} initialisations, their mean)" if "draws" in r["random"] else "")
+        + ". All numbers are measured by this run.",
         "",
-        "| voc2007 (generated), 11-point mAP % | trained net D | random net D | difference |",
+        f"| voc2007 (generated), 11-point mAP % | trained net D | {random_label(report)} | difference |",
         "|---|---|---|---|",
         f"| linear SVMs | {r['trained']['linear_map']:.1f} | {r['random']['linear_map']:.1f} "
         f"| {m['linear_map']:+.1f} |",
@@ -116,12 +149,17 @@ def markdown(report: dict[str, Any]) -> str:
         out.append(f"| {name} (`{t['run']}`) | {len(t['curve'])} | {last['val_top1']:.1f} | {last['val_top5']:.1f} |")
     out += [
         "",
-        "Probe reports: " + ", ".join(f"`{r[tag][k]}`" for tag in r for k in ("linear_report", "knn_report")),
+        "Probe reports: " + ", ".join(f"`{net[k]}`" for net in _nets(r) for k in ("linear_report", "knn_report")),
         "",
         "Seconds per step: " + ", ".join(f"{k} {v:g}" for k, v in report["seconds"].items()),
         "",
     ]
     return "\n".join(out)
+
+
+def _nets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every net's own results: the trained net's, then each random net's."""
+    return [results["trained"], *results["random"].get("draws", [results["random"]])]
 
 
 def plots(report: dict[str, Any], folder: Path) -> None:
@@ -146,7 +184,8 @@ def plots(report: dict[str, Any], folder: Path) -> None:
     fig, ax = plt.subplots(figsize=(9, 4))
     for i, tag in enumerate(("trained", "random")):
         vals = [report["results"][tag]["per_class_ap"][c] or 0.0 for c in classes]
-        ax.bar(x + (i - 0.5) * 0.4, vals, 0.4, label=f"{tag} net D ({report['results'][tag]['linear_map']:.1f} mAP)")
+        name = "trained net D" if tag == "trained" else random_label(report)
+        ax.bar(x + (i - 0.5) * 0.4, vals, 0.4, label=f"{name} ({report['results'][tag]['linear_map']:.1f} mAP)")
     ax.set_xticks(x, classes, rotation=60, fontsize=7)
     ax.set_ylabel("AP %")
     ax.set_title("linear SVMs on generated VOC2007: per-class AP")
