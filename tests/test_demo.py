@@ -77,6 +77,10 @@ def test_quick_demo_numbers_are_the_probes_numbers(quick_demo):
         assert knn["headline"] == net["knn_map"]
         assert {r["class"]: r["value"] for r in probe["per_class"]} == net["per_class_ap"]
     assert len({net["features"]["store"] for net in nets}) == len(nets)  # each random net has its own descriptors
+    # probe plots for the trained net and the first random net only (write_report(with_plot=False) for the rest)
+    for net, plotted in zip(nets, (True, True, False, False), strict=True):
+        for report in (net["linear_report"], net["knn_report"]):
+            assert Path(report).with_suffix(".png").is_file() == plotted, report
     # the baseline is the random nets' mean, per class too
     random, draws = data["results"]["random"], data["results"]["random"]["draws"]
     for key in ("linear_map", "knn_map"):
