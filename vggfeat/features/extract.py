@@ -94,7 +94,7 @@ def extract_features(
     # too, so a CPU net stays usable on the CPU after a CUDA extraction (no copy: the originals are kept)
     modes = [(module, module.training) for m in models for module in m.modules()]
     placement = [
-        (module, table, name, tensor, tensor.data)
+        (table, name, tensor, tensor.data)
         for m in models
         for module in m.modules()
         for table in (module._parameters, module._buffers)
@@ -107,7 +107,7 @@ def extract_features(
     finally:
         for module, training in modes:
             module.training = training
-        for _module, table, name, tensor, data in placement:
+        for table, name, tensor, data in placement:
             table[name] = tensor  # the same object, should a conversion have replaced it
             tensor.data = data
     if skipped:
