@@ -20,8 +20,9 @@ from vggfeat.features.store import load_store
 from vggfeat.probes import LinearSVMProbe, metrics
 from vggfeat.train.recipe import load_recipe
 
-# seeds whose quick-demo margins are >= 2 mAP on both probes (docs/benchmarks.md, "Quick demo margins")
-SAFE_SEEDS = [1, 2, 3, 4, 5, 6, 9]
+# issue 13.8: on every seed tried, trained net D beats the random baseline clearly; MARGIN mAP points on both
+# probes, a little under the smallest margin measured on seeds 0-9 (docs/benchmarks.md, "Quick demo margins")
+MARGIN = 4.0
 
 
 def run_demo_cli(out: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -58,10 +59,16 @@ def test_quick_demo_writes_the_report(quick_demo):
     assert data["margin"]["linear_map"] == pytest.approx(
         data["results"]["trained"]["linear_map"] - data["results"]["random"]["linear_map"], abs=0.011
     )
-    # what the demo exists to show (issue 13.8): training beats random nets of the same architecture (their mean)
+    # what the demo exists to show (issue 13.8): training beats a random net of the same architecture
     assert data["seed"] == 0
-    assert len(data["results"]["random"]["draws"]) == cfg.random_nets == 3
-    assert data["margin"]["linear_map"] >= 2.0 and data["margin"]["knn_map"] >= 2.0, data["margin"]  # +4.7, +4.2
+    assert cfg.random_nets == 1 and "draws" not in data["results"]["random"]
+    assert data["margin"]["linear_map"] >= MARGIN and data["margin"]["knn_map"] >= MARGIN, data["margin"]
+    # its source: single VOC pictograms, generated for this run's settings (SYNTHETIC_DONE records them)
+    assert "kind=pictograms seed=0 classes=10" in (out / "source" / "SYNTHETIC_DONE").read_text()
+    assert (
+        data["source"] == "10 classes of generated single VOC pictograms"
+        and "10 of them the source's" in data["target"]
+    )
     md = (report / "demo.md").read_text()
     assert f"{data['results']['trained']['linear_map']:.1f}" in md
 
@@ -69,24 +76,17 @@ def test_quick_demo_writes_the_report(quick_demo):
 def test_quick_demo_numbers_are_the_probes_numbers(quick_demo):
     out, _ = quick_demo
     data = json.loads((out / "report" / "demo.json").read_text())
-    nets = [data["results"]["trained"], *data["results"]["random"]["draws"]]
+    nets = [data["results"]["trained"], data["results"]["random"]]
     for net in nets:
         probe = json.loads(Path(net["linear_report"]).read_text())
         knn = json.loads(Path(net["knn_report"]).read_text())
         assert probe["headline"] == net["linear_map"]
         assert knn["headline"] == net["knn_map"]
         assert {r["class"]: r["value"] for r in probe["per_class"]} == net["per_class_ap"]
-    assert len({net["features"]["store"] for net in nets}) == len(nets)  # each random net has its own descriptors
-    # probe plots for the trained net and the first random net only (write_report(with_plot=False) for the rest)
-    for net, plotted in zip(nets, (True, True, False, False), strict=True):
+    assert len({net["features"]["store"] for net in nets}) == len(nets)  # the random net has its own descriptors
+    for net in nets:
         for report in (net["linear_report"], net["knn_report"]):
-            assert Path(report).with_suffix(".png").is_file() == plotted, report
-    # the baseline is the random nets' mean, per class too
-    random, draws = data["results"]["random"], data["results"]["random"]["draws"]
-    for key in ("linear_map", "knn_map"):
-        assert random[key] == pytest.approx(np.mean([d[key] for d in draws]), abs=0.006)
-    for c, v in random["per_class_ap"].items():
-        assert v is None or v == pytest.approx(np.mean([d["per_class_ap"][c] for d in draws]), abs=0.006)
+            assert Path(report).with_suffix(".png").is_file(), report
 
     # refit the trained net's SVMs by hand from its cached descriptors at the chosen C: same per-class AP
     voc = out / "target"
@@ -181,16 +181,15 @@ def test_demo_files_load_strictly():
         load_config(DemoConfig, RECIPES / "quick.yaml", ["probes.k=3"])
 
 
-@pytest.mark.slow  # ~2 min: seven more quick demos
-@pytest.mark.parametrize("seed", SAFE_SEEDS)
+@pytest.mark.slow  # ~2.5 min: nine more quick demos
+@pytest.mark.parametrize("seed", range(1, 10))
 def test_quick_demo_trained_features_beat_random_on_other_seeds(tmp_path, seed):
-    # issue 13.8 on seeds beside the default run's 0; 7 and 8 are left out: their trained nets score no higher
-    # than the random nets' mean (margins +0.1/+1.6 and +1.1/+1.8 mAP; docs/benchmarks.md)
+    # issue 13.8 on the seeds beside the default run's 0: every one of them, by the same margin
     proc = run_demo_cli(tmp_path / "out", "--quick", "--seed", str(seed))
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads((tmp_path / "out" / f"report-seed{seed}" / "demo.json").read_text())
     assert data["seed"] == seed
-    assert data["margin"]["linear_map"] >= 2.0 and data["margin"]["knn_map"] >= 2.0, data["margin"]
+    assert data["margin"]["linear_map"] >= MARGIN and data["margin"]["knn_map"] >= MARGIN, data["margin"]
 
 
 @pytest.mark.slow
@@ -199,3 +198,27 @@ def test_full_demo_trained_features_beat_random(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads((tmp_path / "out" / "report" / "demo.json").read_text())
     assert data["results"]["trained"]["linear_map"] > data["results"]["random"]["linear_map"]
+
+
+@pytest.mark.slow  # ~15 s: a quick demo whose baseline is the mean of 3 random nets (quick.yaml's random_nets: 3)
+def test_several_random_nets_are_each_probed_and_averaged(tmp_path, monkeypatch):
+    import vggfeat.demo.config as demo_config
+    from vggfeat.demo.pipeline import run_demo
+
+    recipes = tmp_path / "recipes"
+    shutil.copytree(RECIPES.parent, recipes)
+    quick = recipes / "demo" / "quick.yaml"
+    quick.write_text(quick.read_text().replace("random_nets: 1", "random_nets: 3"))
+    monkeypatch.setattr(demo_config, "RECIPES", recipes / "demo")
+    data = run_demo(tmp_path / "out", quick=True, progress=False, echo=lambda _: None)
+    random, draws = data["results"]["random"], data["results"]["random"]["draws"]
+    assert data["config"]["random_nets"] == len(draws) == 3
+    assert len({d["features"]["store"] for d in draws}) == 3  # each random net has its own descriptors
+    for key in ("linear_map", "knn_map"):  # the baseline is the random nets' mean, per class too
+        assert random[key] == pytest.approx(np.mean([d[key] for d in draws]), abs=0.006)
+    for c, v in random["per_class_ap"].items():
+        assert v is None or v == pytest.approx(np.mean([d["per_class_ap"][c] for d in draws]), abs=0.006)
+    for net, plotted in zip(draws, (True, False, False), strict=True):  # plots for the first random net only
+        for key, report in (("linear_map", net["linear_report"]), ("knn_map", net["knn_report"])):
+            assert Path(report).with_suffix(".png").is_file() == plotted, report
+            assert json.loads(Path(report).read_text())["headline"] == net[key]

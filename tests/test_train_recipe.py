@@ -50,3 +50,14 @@ def test_accumulation_keeps_the_global_batch():
     assert [accumulation_steps(r, w) for w in (1, 2, 4)] == [4, 2, 1]
     with pytest.raises(ValueError, match="multiple"):
         accumulation_steps(r, 3)
+
+
+def test_synthetic_kind_is_checked():
+    smoke = RECIPES[0].parent / "smoke.yaml"
+    assert load_recipe(smoke).data.synthetic_kind == "shapes"
+    r = load_recipe(smoke, ["data.synthetic_kind=pictograms", "data.synthetic_classes=20"])
+    assert r.data.synthetic_kind == "pictograms"
+    with pytest.raises(ConfigError, match="data.synthetic_kind must be one of shapes, pictograms"):
+        load_recipe(smoke, ["data.synthetic_kind=faces"])
+    with pytest.raises(ConfigError, match=r"data.synthetic_classes must be 1..20 \(the generated pictograms"):
+        load_recipe(smoke, ["data.synthetic_kind=pictograms", "data.synthetic_classes=21"])

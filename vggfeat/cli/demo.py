@@ -32,11 +32,13 @@ def demo(out: str, quick: bool, seed: int) -> None:
     """Train a net, transfer its features to a new task, and compare with a random net - no downloads.
 
     \b
-    1. net A (narrow) trained from scratch on generated shapes and textures (recipes/demo/vgg_a.yaml)
+    1. net A (narrow) trained from scratch on generated shapes and textures (recipes/demo/vgg_a.yaml;
+       --quick: single VOC pictograms, vgg_a_quick.yaml)
     2. net D initialised from A, then trained (recipes/demo/vgg_d.yaml; Sect. 3.1)
-    3. a generated target task in the VOC2007 layout: multi-label scenes of 20 unseen classes
+    3. a generated target task in the VOC2007 layout: multi-label scenes of 20 classes, unseen (--quick:
+       the source's 10 among them)
     4. fc7 descriptors (multi-scale, flip-averaged; Appendix B) -> linear SVMs (11-point mAP) and faiss kNN
-    5. the same for a randomly initialised net D (--quick: the mean of 3): what does training add?
+    5. the same for a randomly initialised net D: what does training add?
 
     About 5 minutes on 2 CPU cores; --quick under one. Writes OUT/report/demo.md, demo.json and plots.
     """

@@ -1,15 +1,22 @@
-"""A small generated class-per-folder dataset of drawn shapes and textures, for the smoke recipe, tests
-and the demo: deterministic from a seed, laid out like ImageNet (train/<class>/*.jpg, val/<class>/*.jpg)."""
+"""Small generated class-per-folder datasets for the smoke recipe, tests and the demo, laid out like ImageNet
+(train/<class>/*.jpg, val/<class>/*.jpg) and deterministic from a seed. Two kinds: drawn shapes and textures
+(here), and single VOC pictograms (synthetic_pictograms.py, the quick demo's source)."""
 
 from __future__ import annotations
 
 import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vggfeat.data import synthetic_pictograms
+
 log = logging.getLogger(__name__)
+DONE, PARTIAL = "SYNTHETIC_DONE", "SYNTHETIC_PARTIAL"  # markers: the settings of a finished / started generation
 
 SHAPES = ("disc", "square", "triangle", "hstripes", "vstripes", "checker", "ring", "cross", "diagonal", "dots")
 # Classes beyond the first ten draw the same patterns in another form: small and off-centre objects with
@@ -75,32 +82,107 @@ def _draw(kind: str, size: tuple[int, int], rng: np.random.Generator, variant: s
     return Image.fromarray(arr)
 
 
+def _draw_shape(c: int, size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
+    return _draw(SHAPES[c % len(SHAPES)], size, rng, VARIANTS[c // len(SHAPES)])
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of generated dataset: how many classes it has, their folder names, how to draw an image."""
+
+    max_classes: int
+    class_name: Callable[[int], str]
+    draw: Callable[[int, tuple[int, int], np.random.Generator], Image.Image]
+    what: str  # what its images show, for messages and reports
+
+
+KINDS = {
+    "shapes": Kind(MAX_CLASSES, class_name, _draw_shape, "shapes and textures"),
+    "pictograms": Kind(
+        synthetic_pictograms.MAX_CLASSES,
+        synthetic_pictograms.class_name,
+        synthetic_pictograms.draw_pictogram,
+        "single VOC pictograms",
+    ),
+}
+
+
+def _settings(kind: str, seed: int, classes: int, per_class: int, size: tuple[int, int]) -> str:
+    return f"kind={kind} seed={seed} classes={classes} per_class={per_class} size={size[0]}x{size[1]}\n"
+
+
 def generate_synthetic(
-    root: str | Path, *, classes: int = 10, per_class: int = 40, seed: int = 0, size: tuple[int, int] = (72, 96)
+    root: str | Path,
+    *,
+    kind: str = "shapes",
+    classes: int = 10,
+    per_class: int = 40,
+    seed: int = 0,
+    size: tuple[int, int] = (72, 96),
 ) -> Path:
-    """Write train/<class>/*.jpg (`per_class` each) and val/<class>/*.jpg (a quarter as many); image
-    sides are drawn from `size` (min, max). Same seed, same files. Returns root."""
-    if not 1 <= classes <= MAX_CLASSES:
-        raise ValueError(f"classes must be 1..{MAX_CLASSES}, got {classes}")
+    """Write train/<class>/*.jpg (`per_class` each) and val/<class>/*.jpg (a quarter as many) of a kind in
+    KINDS; image sides are drawn from `size` (min, max). Same settings, same files. Returns root."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    spec = KINDS[kind]
+    if not 1 <= classes <= spec.max_classes:
+        raise ValueError(f"classes must be 1..{spec.max_classes} for {kind}, got {classes}")
     root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    settings = _settings(kind, seed, classes, per_class, size)
+    (root / DONE).unlink(missing_ok=True)
+    (root / PARTIAL).write_text(settings)  # until DONE: the folder is ours, and incomplete
     rng = np.random.default_rng(seed)
     for split, n in (("train", per_class), ("val", max(1, per_class // 4))):
         for c in range(classes):
-            folder = root / split / class_name(c)
+            folder = root / split / spec.class_name(c)
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(n):
                 wh = tuple(int(v) for v in rng.integers(size[0], size[1] + 1, 2))
-                _draw(SHAPES[c % len(SHAPES)], wh, rng, VARIANTS[c // len(SHAPES)]).save(
-                    folder / f"{split}_{c:02d}_{i:04d}.jpg", quality=92
-                )
-    (root / "SYNTHETIC_DONE").write_text(f"seed={seed} classes={classes} per_class={per_class}\n")
-    log.info("generated synthetic dataset at %s", root)
+                spec.draw(c, wh, rng).save(folder / f"{split}_{c:02d}_{i:04d}.jpg", quality=92)
+    (root / DONE).write_text(settings)
+    (root / PARTIAL).unlink()
+    log.info("generated a synthetic dataset of %d classes of %s at %s", classes, kind, root)
     return root
 
 
-def ensure_synthetic(root: str | Path, **kwargs: int | tuple[int, int]) -> Path:
-    """Generate the dataset at root unless a complete one is already there (`kwargs`: generate_synthetic's)."""
+def ensure_synthetic(root: str | Path, **kwargs: int | str | tuple[int, int]) -> Path:
+    """The dataset generate_synthetic(root, **kwargs) writes: reused when root holds one generated with the
+    same settings; regenerated from scratch when it holds a generated one with other settings (another seed,
+    kind, class count: a stale dataset must never be trained on) or an interrupted one. A folder with train/
+    or val/ that vggfeat did not generate is never touched: FileExistsError."""
     root = Path(root)
-    if not (root / "SYNTHETIC_DONE").exists():
-        generate_synthetic(root, **kwargs)
-    return root
+    settings = _settings(
+        str(kwargs.get("kind", "shapes")),
+        int(kwargs.get("seed", 0)),
+        int(kwargs.get("classes", 10)),
+        int(kwargs.get("per_class", 40)),
+        tuple(kwargs.get("size", (72, 96))),  # type: ignore[arg-type]
+    )
+    done = root / DONE
+    if done.is_file() and done.read_text() == settings:
+        return root
+    check_generatable(root)
+    if done.is_file() or (root / PARTIAL).is_file():
+        log.warning("%s was generated with other settings (%s); generating it again", root, _read(root).strip())
+        for sub in ("train", "val"):
+            shutil.rmtree(root / sub, ignore_errors=True)
+    return generate_synthetic(root, **kwargs)  # type: ignore[arg-type]
+
+
+def check_generatable(root: str | Path) -> None:
+    """FileExistsError, naming root, when it holds train/ or val/ that vggfeat did not generate."""
+    root = Path(root)
+    ours = (root / DONE).is_file() or (root / PARTIAL).is_file()
+    if not ours and any((root / sub).exists() for sub in ("train", "val")):
+        raise FileExistsError(
+            f"{root} holds train/ or val/ not generated by vggfeat (no {DONE} file); the recipe generates a "
+            "synthetic dataset there (data.synthetic_seed): point data.root or --data-root at an empty folder"
+        )
+
+
+def _read(root: Path) -> str:
+    for name in (DONE, PARTIAL):
+        if (root / name).is_file():
+            return f"{name}: {(root / name).read_text()}"
+    return ""

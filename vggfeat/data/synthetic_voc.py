@@ -235,7 +235,7 @@ PICTOGRAMS: dict[str, Draw] = dict(
 )
 
 
-def _background(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
+def draw_background(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
     """Smooth coloured noise with a gradient: clutter that is not any class."""
     w, h = size
     low = rng.integers(90, 230, (max(2, h // 16), max(2, w // 16), 3)).astype(np.uint8)
@@ -246,7 +246,7 @@ def _background(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
 
 def draw_scene(rng: np.random.Generator, size: tuple[int, int] = (128, 96)) -> tuple[Image.Image, dict[str, int]]:
     """One scene and its labels: class -> 1 (a clear instance), 0 (only difficult instances)."""
-    img = _background(rng, size)
+    img = draw_background(rng, size)
     d = ImageDraw.Draw(img)
     w, h = size
     labels: dict[str, int] = {}

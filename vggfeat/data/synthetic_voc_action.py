@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 
 from vggfeat.benchmarks.voc_action import ACTION_OTHER, VOC_ACTIONS
 
-from .synthetic_voc import PICTOGRAMS, Colour, _background, _box, _person
+from .synthetic_voc import PICTOGRAMS, Colour, _box, _person, draw_background
 
 ACTION_SPLITS = ("train", "val")
 Box = tuple[int, int, int, int]  # (xmin, ymin, xmax, ymax), 1-based and inclusive as in the devkit
@@ -61,7 +61,7 @@ def _prop(d: ImageDraw.ImageDraw, action: str, x: float, y: float, s: float, c: 
 def draw_action_scene(rng: np.random.Generator, size: tuple[int, int] = (160, 120)) -> tuple[Image.Image, list[Object]]:
     """One scene and its objects in XML order: (name, box (xmin, ymin, xmax, ymax) 1-based inclusive as in the
     devkit, action) - action is one of VOC_ACTIONS or 'other' for a person, None for another object."""
-    img = _background(rng, size)
+    img = draw_background(rng, size)
     d = ImageDraw.Draw(img)
     w, h = size
     objects: list[Object] = []

@@ -16,6 +16,7 @@ import torch
 
 from vggfeat.benchmarks.base import benchmark_images
 from vggfeat.benchmarks.registry import load_benchmark
+from vggfeat.data.synthetic import KINDS
 from vggfeat.data.synthetic_voc import make_voc2007
 from vggfeat.demo.config import load_demo_config
 from vggfeat.demo.report import write_demo_report
@@ -100,6 +101,16 @@ def random_twin(trained: Path, recipe: Recipe, seed: int, out: Path) -> Path:
     return out
 
 
+def target_classes(recipe_a: Recipe) -> str:
+    """How the target's 20 classes relate to the source's, in words."""
+    d = recipe_a.data
+    if d.synthetic_kind == "pictograms":  # the source's classes are VOC_CLASSES[:k]: the target holds them too
+        return (
+            f"20 classes ({d.synthetic_classes} of them the source's, here 1-3 to a scene, some tiny and 'difficult')"
+        )
+    return "20 classes the source never saw"
+
+
 def run_demo(
     out: str | Path,
     *,
@@ -126,7 +137,8 @@ def run_demo(
         run_a = out / "runs" / f"{recipe_a.name}{tag}"
         echo(
             f"[1/{STEPS}] net A ({recipe_a.model.name}, width x{recipe_a.model.width_mult:g}) from scratch on "
-            f"{recipe_a.data.synthetic_classes} generated classes of shapes and textures -> {run_a}"
+            f"{recipe_a.data.synthetic_classes} generated classes of {KINDS[recipe_a.data.synthetic_kind].what} "
+            f"-> {run_a}"
         )
         t = time.perf_counter()
         source = out / f"source{tag}"
@@ -144,8 +156,8 @@ def run_demo(
         tc = cfg.target
         target = out / f"target{tag}"
         echo(
-            f"[3/{STEPS}] target task: {tc.n_trainval} + {tc.n_test} VOC2007-layout scenes of 20 classes the "
-            f"source never saw -> {target}"
+            f"[3/{STEPS}] target task: {tc.n_trainval} + {tc.n_test} VOC2007-layout scenes of "
+            f"{target_classes(recipe_a)} -> {target}"
         )
         t = time.perf_counter()
         if not (target / "VOCdevkit" / "VOC2007" / "DONE").is_file():
@@ -203,6 +215,8 @@ def run_demo(
             summaries={"net_a": summary_a, "net_d": summary_d},
             probes=probes,
             timings=timings,
+            source=f"{recipe_a.data.synthetic_classes} classes of generated {KINDS[recipe_a.data.synthetic_kind].what}",
+            target=target_classes(recipe_a),
         )
     finally:
         torch.set_num_threads(threads)

@@ -49,9 +49,12 @@ def demo_dict(
     probes: dict[str, dict[str, tuple[dict, Path]]],
     timings: dict[str, float],
     seed: int = 0,
+    source: str = "generated shapes and textures",
+    target: str = "classes the source never saw",
 ) -> dict[str, Any]:
     """`probes`: per net ("trained", then the random baselines "random", "random2", ...), per probe ("linear",
-    "knn"), (the report dict write_report wrote, its JSON file). Several random nets: results["random"] holds
+    "knn"), (the report dict write_report wrote, its JSON file); `source`, `target`: what the source's and the
+    target's classes are, in words. Several random nets: results["random"] holds
     their mean mAP and per-class AP, and each net's own results under "draws"."""
     per_net: dict[str, dict[str, Any]] = {}
     for tag, reports in probes.items():
@@ -69,6 +72,8 @@ def demo_dict(
     return {
         "quick": quick,
         "seed": seed,
+        "source": source,
+        "target": target,
         "config": to_dict(cfg),
         "training": {name: {"run": str(runs[name]), "curve": _curve(s)} for name, s in summaries.items()},
         "results": results,
@@ -111,9 +116,10 @@ def markdown(report: dict[str, Any]) -> str:
     out = [
         "# vggfeat demo" + (" (--quick)" if report["quick"] else ""),
         "",
-        "Net A trained from scratch on generated shapes and textures, net D initialised from A and trained "
-        "(Sect. 3.1); their fc7 descriptors (multi-scale, flip-averaged, Appendix B) transferred to a generated "
-        "VOC2007-layout task of classes the source never saw, with linear SVMs and faiss kNN; the same net D "
+        f"Net A trained from scratch on {report.get('source', 'generated shapes and textures')}, net D initialised "
+        "from A and trained (Sect. 3.1); their fc7 descriptors (multi-scale, flip-averaged, Appendix B) transferred "
+        f"to a generated VOC2007-layout task of {report.get('target', 'classes the source never saw')}, with "
+        "linear SVMs and faiss kNN; the same net D "
         "randomly initialised as the baseline"
         + (f" ({len(r['random']['draws'])} initialisations, their mean)" if "draws" in r["random"] else "")
         + ". All numbers are measured by this run.",

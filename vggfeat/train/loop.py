@@ -25,7 +25,7 @@ import yaml
 from vggfeat.config import ConfigError
 from vggfeat.data.folder import Samples, imagenet_splits
 from vggfeat.data.stats import cached_stats
-from vggfeat.data.synthetic import ensure_synthetic
+from vggfeat.data.synthetic import check_generatable, ensure_synthetic
 from vggfeat.data.transforms import normalize_batch
 from vggfeat.errors import InputError, VggfeatError, WeightsError
 from vggfeat.models import Preprocessing, create_model, init_from_net_a, read_weights, save_weights
@@ -213,6 +213,10 @@ def dataset_root(recipe: Recipe, data_root: str | Path | None) -> Path:
         raise ConfigError("no dataset: data.root is not set in the recipe and no --data-root was given; set one")
     root = Path(value)
     if recipe.data.synthetic_seed is not None:
+        try:
+            check_generatable(root)
+        except FileExistsError as e:  # a user's own dataset where the recipe would generate one
+            raise ConfigError(str(e)) from None
         return root
     if not root.is_dir():
         raise ConfigError(f"{where} {root} does not exist; point it at a dataset folder holding train/ and val/")
@@ -258,7 +262,13 @@ class _Data:
 def _prepare_data(recipe: Recipe, root: Path, info: DistInfo) -> _Data:
     d = recipe.data
     if d.synthetic_seed is not None and info.is_main:
-        ensure_synthetic(root, classes=d.synthetic_classes, per_class=d.synthetic_per_class, seed=d.synthetic_seed)
+        ensure_synthetic(
+            root,
+            kind=d.synthetic_kind,
+            classes=d.synthetic_classes,
+            per_class=d.synthetic_per_class,
+            seed=d.synthetic_seed,
+        )
     barrier(info)
     try:
         train_s, val_s = imagenet_splits(root, d.val_labels)

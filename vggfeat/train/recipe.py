@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vggfeat.config import ConfigError, from_dict, load_config, to_dict
-from vggfeat.data.synthetic import MAX_CLASSES
+from vggfeat.data.synthetic import KINDS
 from vggfeat.errors import InputError
 from vggfeat.models.init import INIT_METHODS
 from vggfeat.models.registry import resolve_name
@@ -44,6 +44,7 @@ class ModelConfig:
 class DataConfig:
     root: str | None = None  # dataset folder (train/, val/); --data-root overrides
     synthetic_seed: int | None = None  # generate a synthetic dataset at root if missing (smoke, demo)
+    synthetic_kind: str = "shapes"  # "shapes" (drawn shapes and textures) or "pictograms" (single VOC pictograms)
     synthetic_classes: int = 10
     synthetic_per_class: int = 40  # training images per class (val gets a quarter)
     scale: tuple[int, int] = (256, 256)  # (Smin, Smax): S fixed when equal, else uniform per image
@@ -134,9 +135,13 @@ class Recipe:
         for key, value in positive.items():
             if not value > 0:  # also catches NaN
                 raise ConfigError(f"{key} must be > 0, got {value}")
-        k = self.data.synthetic_classes
-        if not 1 <= k <= MAX_CLASSES:
-            raise ConfigError(f"data.synthetic_classes must be 1..{MAX_CLASSES} (the generated shapes), got {k}")
+        kind, k = self.data.synthetic_kind, self.data.synthetic_classes
+        if kind not in KINDS:
+            raise ConfigError(f"data.synthetic_kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        if not 1 <= k <= KINDS[kind].max_classes:
+            raise ConfigError(
+                f"data.synthetic_classes must be 1..{KINDS[kind].max_classes} (the generated {kind}), got {k}"
+            )
         if not 0 <= self.model.dropout < 1:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.model.dropout}")
         self._check_choices()
