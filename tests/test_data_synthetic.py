@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vggfeat.data.stats import cached_stats
 from vggfeat.data.synthetic import KINDS, ensure_synthetic, generate_synthetic
 from vggfeat.data.synthetic_voc import VOC_CLASSES
 
@@ -44,8 +45,10 @@ def test_a_dataset_generated_for_other_settings_is_regenerated(tmp_path):
     first = (root / "train" / "00_disc" / "train_00_0000.jpg").read_bytes()
     ensure_synthetic(root, kind="shapes", classes=3, per_class=4, seed=0)  # same settings: reused as is
     assert (root / "train" / "00_disc" / "train_00_0000.jpg").read_bytes() == first
+    shapes_stats = cached_stats(root)  # mean_rgb.json, as training caches it beside train/
     # the quick demo's pictograms into the folder of an earlier shapes run: nothing of the shapes may remain
     ensure_synthetic(root, kind="pictograms", classes=2, per_class=4, seed=0)
+    assert cached_stats(root)["mean"] != shapes_stats["mean"]  # the pixel statistics are the new images'
     assert sorted(p.name for p in (root / "train").iterdir()) == ["00_aeroplane", "01_bicycle"]
     assert sorted(p.name for p in (root / "val").iterdir()) == ["00_aeroplane", "01_bicycle"]
     ensure_synthetic(root, kind="pictograms", classes=2, per_class=4, seed=1)  # another seed: other images

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from vggfeat.data import synthetic_pictograms
+from vggfeat.data.stats import CACHE_NAME as STATS_CACHE
 
 log = logging.getLogger(__name__)
 DONE, PARTIAL = "SYNTHETIC_DONE", "SYNTHETIC_PARTIAL"  # markers: the settings of a finished / started generation
@@ -149,7 +150,8 @@ def generate_synthetic(
 def ensure_synthetic(root: str | Path, **kwargs: int | str | tuple[int, int]) -> Path:
     """The dataset generate_synthetic(root, **kwargs) writes: reused when root holds one generated with the
     same settings; regenerated from scratch when it holds a generated one with other settings (another seed,
-    kind, class count: a stale dataset must never be trained on) or an interrupted one. A folder with train/
+    kind, class count: a stale dataset, or its cached pixel statistics, must never be trained on) or an
+    interrupted one. A folder with train/
     or val/ that vggfeat did not generate is never touched: FileExistsError."""
     root = Path(root)
     settings = _settings(
@@ -167,6 +169,7 @@ def ensure_synthetic(root: str | Path, **kwargs: int | str | tuple[int, int]) ->
         log.warning("%s was generated with other settings (%s); generating it again", root, _read(root).strip())
         for sub in ("train", "val"):
             shutil.rmtree(root / sub, ignore_errors=True)
+        (root / STATS_CACHE).unlink(missing_ok=True)  # the old images' mean RGB and colour PCA
     return generate_synthetic(root, **kwargs)  # type: ignore[arg-type]
 
 
