@@ -10,7 +10,7 @@ from vggfeat.data.folder import imagenet_splits
 from vggfeat.data.stats import pixel_stats
 from vggfeat.data.synthetic import generate_synthetic
 from vggfeat.data.transforms import normalize_batch
-from vggfeat.train.data import GlobalBatchSampler, TrainSet
+from vggfeat.train.data import GlobalBatchSampler, TrainSet, ValSet
 
 
 def test_sampler_union_is_the_global_batch():
@@ -147,3 +147,26 @@ def test_train_crop_matches_rescaling_the_whole_photo():
     full = np.asarray(Image.fromarray(photo).resize((rw, rh), Image.BILINEAR), dtype=float)
     want = full[(rh - 224) // 2 : (rh - 224) // 2 + 224, (rw - 224) // 2 : (rw - 224) // 2 + 224]
     assert np.abs(centre - want)[2:-2, 2:-2].mean() < 8.0
+
+
+def test_cached_decoding_gives_the_same_items_and_reads_each_file_once(tmp_path, monkeypatch):
+    import vggfeat.train.data as train_data
+
+    generate_synthetic(tmp_path, classes=3, per_class=4, seed=2)
+    train, val = imagenet_splits(tmp_path)
+    reads: list[str] = []
+    real = train_data.load_rgb_tensor
+    monkeypatch.setattr(train_data, "load_rgb_tensor", lambda p, **kw: reads.append(str(p)) or real(p, **kw))
+    kw = dict(seed=0, scale=(64, 80), crop=64, flip=True, color_sigma=0.1)
+    plain, cached = TrainSet(train, **kw), TrainSet(train, **kw, cache=True)
+    for epoch in range(3):
+        for i in range(len(train)):
+            a, b = plain[(epoch, i)], cached[(epoch, i)]
+            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2:] == b[2:]
+    assert len(reads) == 3 * len(train) + len(train)  # plain: every read decodes; cached: the first only
+    plain_v, cached_v = ValSet(val, size=72, crop=64), ValSet(val, size=72, crop=64, cache=True)
+    for _ in range(2):
+        for i in range(len(val)):
+            a, b = plain_v[i], cached_v[i]
+            assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
+    assert len(reads) == 4 * len(train) + 3 * len(val)

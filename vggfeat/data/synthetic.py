@@ -151,8 +151,8 @@ def ensure_synthetic(root: str | Path, **kwargs: int | str | tuple[int, int]) ->
     """The dataset generate_synthetic(root, **kwargs) writes: reused when root holds one generated with the
     same settings; regenerated from scratch when it holds a generated one with other settings (another seed,
     kind, class count: a stale dataset, or its cached pixel statistics, must never be trained on) or an
-    interrupted one. A folder with train/
-    or val/ that vggfeat did not generate is never touched: FileExistsError."""
+    interrupted one. A folder with train/ or val/ that vggfeat did not generate is never touched:
+    FileExistsError."""
     root = Path(root)
     settings = _settings(
         str(kwargs.get("kind", "shapes")),

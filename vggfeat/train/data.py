@@ -22,27 +22,50 @@ class NoReadableImages(VggfeatError, RuntimeError):
     """Every image of a training set failed to decode."""
 
 
-def _load_or_next(samples: Samples, index: int, min_side: int) -> tuple[torch.Tensor, int, tuple[str, ...]]:
+def _decode(samples: Samples, i: int, min_side: int, decoded: dict[int, torch.Tensor] | None) -> torch.Tensor:
+    """Image i as a (3, H, W) uint8 tensor, from `decoded` (data.cache_decoded) when it was read before."""
+    if decoded is None:
+        return load_rgb_tensor(samples.paths[i], min_side=min_side)
+    if i not in decoded:
+        decoded[i] = load_rgb_tensor(samples.paths[i], min_side=min_side)
+    return decoded[i]
+
+
+def _load_or_next(
+    samples: Samples, index: int, min_side: int, decoded: dict[int, torch.Tensor] | None = None
+) -> tuple[torch.Tensor, int, tuple[str, ...]]:
     """Image `index`, or the first readable one after it (wrapping); also the "path: reason" of those skipped."""
     skipped: list[str] = []
     n = len(samples)
     for k in range(n):
         i = (index + k) % n
         try:
-            return load_rgb_tensor(samples.paths[i], min_side=min_side), i, tuple(skipped)
+            return _decode(samples, i, min_side, decoded), i, tuple(skipped)
         except ImageError as e:
             skipped.append(str(e))
     raise NoReadableImages(f"none of the {n} images can be read (first: {skipped[0]})")
 
 
 class TrainSet(torch.utils.data.Dataset):
-    """Item (epoch, index) -> (uint8 crop (H, W, 3), colour-shift alpha (3,), label, skipped "path: reason")."""
+    """Item (epoch, index) -> (uint8 crop (H, W, 3), colour-shift alpha (3,), label, skipped "path: reason").
+
+    `cache`: keep each decoded image in memory after its first read (data.cache_decoded), for small datasets
+    read with workers: 0 - a loader's workers start afresh each epoch and would each decode their own copies."""
 
     def __init__(
-        self, samples: Samples, *, seed: int, scale: tuple[int, int], crop: int, flip: bool, color_sigma: float
+        self,
+        samples: Samples,
+        *,
+        seed: int,
+        scale: tuple[int, int],
+        crop: int,
+        flip: bool,
+        color_sigma: float,
+        cache: bool = False,
     ) -> None:
         self.samples, self.seed, self.scale, self.crop = samples, seed, scale, crop
         self.flip, self.color_sigma = flip, color_sigma
+        self.decoded: dict[int, torch.Tensor] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -50,7 +73,7 @@ class TrainSet(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int, tuple[str, ...]]:
         epoch, index = key
         rng = sample_rng(self.seed, epoch, index)
-        img, used, skipped = _load_or_next(self.samples, index, self.scale[1])  # decode-time downscaling
+        img, used, skipped = _load_or_next(self.samples, index, self.scale[1], self.decoded)  # decode-time downscaling
         crop = train_crop(img, rng, scale=self.scale, crop=self.crop, flip=self.flip)
         alpha = rng.normal(0.0, self.color_sigma, 3) if self.color_sigma > 0 else np.zeros(3)
         return crop, torch.from_numpy(alpha.astype(np.float32)), self.samples.labels[used], skipped
@@ -61,15 +84,16 @@ class ValSet(torch.utils.data.Dataset):
 
     An unreadable image comes back as a blank crop with label -1, which `validate` leaves out of the counts."""
 
-    def __init__(self, samples: Samples, *, size: int, crop: int) -> None:
+    def __init__(self, samples: Samples, *, size: int, crop: int, cache: bool = False) -> None:
         self.samples, self.size, self.crop = samples, size, crop
+        self.decoded: dict[int, torch.Tensor] | None = {} if cache else None  # as TrainSet's
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, tuple[str, ...]]:
         try:
-            img = load_rgb_tensor(self.samples.paths[index], min_side=self.size)
+            img = _decode(self.samples, index, self.size, self.decoded)
         except ImageError as e:
             return torch.zeros(self.crop, self.crop, 3, dtype=torch.uint8), -1, (str(e),)
         return center_crop(img, size=self.size, crop=self.crop), self.samples.labels[index], ()

@@ -322,10 +322,16 @@ class _Trainer:
         self.sched = PlateauState(lr=o.lr)
         self.epoch, self.step_in_epoch, self.global_step, self.history = 0, 0, 0, []
         self.trainset = TrainSet(
-            data.train, seed=recipe.seed, scale=d.scale, crop=d.crop, flip=d.flip, color_sigma=d.color_sigma
+            data.train,
+            seed=recipe.seed,
+            scale=d.scale,
+            crop=d.crop,
+            flip=d.flip,
+            color_sigma=d.color_sigma,
+            cache=d.cache_decoded,
         )
         val_size = (d.scale[0] + d.scale[1]) // 2  # validation: central crop at the middle training scale
-        self.valset = ValSet(data.val, size=val_size, crop=d.crop)
+        self.valset = ValSet(data.val, size=val_size, crop=d.crop, cache=d.cache_decoded)
         self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda and recipe.runtime.amp else None
         self.preproc = Preprocessing("RGB", 255.0, tuple(data.mean), (1.0, 1.0, 1.0))
         self.logger = _Logger(run, info.is_main)

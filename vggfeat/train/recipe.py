@@ -58,6 +58,7 @@ class DataConfig:
     )
     val_labels: str | None = None  # flat val folder: file of "name label" lines (ImageNet devkit style)
     workers: int = 8  # DataLoader workers per process
+    cache_decoded: bool = False  # keep decoded images in memory (a small dataset read with workers: 0; the demo)
     max_val: int = 0  # > 0: validate on the first N val images only
 
 
