@@ -208,7 +208,9 @@ def test_several_random_nets_are_each_probed_and_averaged(tmp_path, monkeypatch)
     recipes = tmp_path / "recipes"
     shutil.copytree(RECIPES.parent, recipes)
     quick = recipes / "demo" / "quick.yaml"
-    quick.write_text(quick.read_text().replace("random_nets: 1", "random_nets: 3"))
+    text = quick.read_text()
+    assert "\nrandom_nets: 1\n" in text
+    quick.write_text(text.replace("\nrandom_nets: 1\n", "\nrandom_nets: 3\n"))
     monkeypatch.setattr(demo_config, "RECIPES", recipes / "demo")
     data = run_demo(tmp_path / "out", quick=True, progress=False, echo=lambda _: None)
     random, draws = data["results"]["random"], data["results"]["random"]["draws"]

@@ -44,7 +44,7 @@ class DemoConfig:
     # baseline nets averaged (init seeds random_seed + seed + 1000 i): one random net's own luck spans several
     # mAP points at quick size, as much as what training adds (scripts/demo_margins.py --random-draws)
     random_nets: int = 1
-    threads: int = 1  # torch CPU threads: narrow nets lose more to thread sync than they gain
+    threads: int = 1  # torch CPU threads, fixed (a seed's numbers depend on it); quick.yaml measured 2 faster
 
 
 def demo_file(quick: bool) -> Path:
