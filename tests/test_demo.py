@@ -84,9 +84,9 @@ def test_quick_demo_numbers_are_the_probes_numbers(quick_demo):
         assert knn["headline"] == net["knn_map"]
         assert {r["class"]: r["value"] for r in probe["per_class"]} == net["per_class_ap"]
     assert len({net["features"]["store"] for net in nets}) == len(nets)  # the random net has its own descriptors
-    for net in nets:
+    for net in nets:  # quick.yaml's probe_plots: false - the report's own plots only
         for report in (net["linear_report"], net["knn_report"]):
-            assert Path(report).with_suffix(".png").is_file(), report
+            assert Path(report).is_file() and not Path(report).with_suffix(".png").exists(), report
 
     # refit the trained net's SVMs by hand from its cached descriptors at the chosen C: same per-class AP
     voc = out / "target"
@@ -209,8 +209,9 @@ def test_several_random_nets_are_each_probed_and_averaged(tmp_path, monkeypatch)
     shutil.copytree(RECIPES.parent, recipes)
     quick = recipes / "demo" / "quick.yaml"
     text = quick.read_text()
-    assert "\nrandom_nets: 1\n" in text
-    quick.write_text(text.replace("\nrandom_nets: 1\n", "\nrandom_nets: 3\n"))
+    assert "\nrandom_nets: 1\n" in text and "\nprobe_plots: false\n" in text
+    text = text.replace("\nrandom_nets: 1\n", "\nrandom_nets: 3\n")
+    quick.write_text(text.replace("\nprobe_plots: false\n", "\nprobe_plots: true\n"))
     monkeypatch.setattr(demo_config, "RECIPES", recipes / "demo")
     data = run_demo(tmp_path / "out", quick=True, progress=False, echo=lambda _: None)
     random, draws = data["results"]["random"], data["results"]["random"]["draws"]
@@ -220,7 +221,7 @@ def test_several_random_nets_are_each_probed_and_averaged(tmp_path, monkeypatch)
         assert random[key] == pytest.approx(np.mean([d[key] for d in draws]), abs=0.006)
     for c, v in random["per_class_ap"].items():
         assert v is None or v == pytest.approx(np.mean([d["per_class_ap"][c] for d in draws]), abs=0.006)
-    for net, plotted in zip(draws, (True, False, False), strict=True):  # plots for the first random net only
+    for net, plotted in zip(draws, (True, False, False), strict=True):  # probe plots: the first random net's only
         for key, report in (("linear_map", net["linear_report"]), ("knn_map", net["knn_report"])):
             assert Path(report).with_suffix(".png").is_file() == plotted, report
             assert json.loads(Path(report).read_text())["headline"] == net[key]

@@ -19,7 +19,7 @@ from vggfeat.demo.report import summary_lines
     type=click.Path(file_okay=False),
     help="Folder for everything the demo makes; the report is OUT/report. Rerunning resumes.",
 )
-@click.option("--quick", is_flag=True, help="Less data and fewer epochs: about 15 s (the tests use it).")
+@click.option("--quick", is_flag=True, help="Less data and fewer epochs: about 10 s (the tests use it).")
 @click.option(
     "--seed",
     type=click.IntRange(min=0),
@@ -40,7 +40,7 @@ def demo(out: str, quick: bool, seed: int) -> None:
     4. fc7 descriptors (multi-scale, flip-averaged; Appendix B) -> linear SVMs (11-point mAP) and faiss kNN
     5. the same for a randomly initialised net D: what does training add?
 
-    About 5 minutes on 2 CPU cores; --quick under one. Writes OUT/report/demo.md, demo.json and plots.
+    About 5 minutes on 2 CPU cores; --quick about 10 s. Writes OUT/report/demo.md, demo.json and plots.
     """
     from vggfeat.demo.pipeline import run_demo
 

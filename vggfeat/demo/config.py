@@ -44,6 +44,7 @@ class DemoConfig:
     # baseline nets averaged (init seeds random_seed + seed + 1000 i): one random net's own luck spans several
     # mAP points at quick size, as much as what training adds (scripts/demo_margins.py --random-draws)
     random_nets: int = 1
+    probe_plots: bool = True  # each probe's own plot beside its report (the trained and first random net's)
     threads: int = 1  # torch CPU threads, fixed (a seed's numbers depend on it); quick.yaml measured 2 faster
 
 

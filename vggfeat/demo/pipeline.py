@@ -199,7 +199,7 @@ def run_demo(
             probes[net] = {
                 # the extra random nets' plots add nothing the demo shows, and 0.4 s each
                 name: (
-                    write_report(result, folder, stem, with_plot=net in ("trained", "random")),
+                    write_report(result, folder, stem, with_plot=cfg.probe_plots and net in ("trained", "random")),
                     report_files(folder, stem)["json"],
                 )
                 for name, result, stem in (("linear", linear, "linear-probe"), ("knn", knn, "knn-probe"))
