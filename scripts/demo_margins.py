@@ -82,8 +82,11 @@ def main() -> None:
     if args.recipes is not None:
         demo_config.RECIPES = args.recipes.resolve()  # demo_file() reads it at call time
     print(f"quick demo from {demo_config.RECIPES}, {os.cpu_count()} CPUs\n")
-    print("| seed | linear trained | random | margin | kNN trained | random | margin | top-1 A | top-1 D | s | load |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| seed | linear trained | random | margin | kNN trained | random | margin | linear margin: source's classes "
+        "| other classes | top-1 A | top-1 D | s | load |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     margins: dict[str, list[float]] = {"linear_map": [], "knn_map": []}
     seconds: list[float] = []
     spread: dict[int, tuple[tuple[float, float], list[tuple[float, float]]]] = {}  # seed: trained, randoms
@@ -106,9 +109,13 @@ def main() -> None:
         r, m, t = report["results"], report["margin"], report["training"]
         for key in margins:
             margins[key].append(m[key])
+        split = report.get("by_source_class")  # a pictogram source: its classes apart from the target's others
+        parts = [split[p] for p in ("source", "other")] if split else []
+        by_class = [f"{p['trained'] - p['random']:+.1f}" if parts else "-" for p in parts or [None, None]]
         print(
             f"| {seed} | {r['trained']['linear_map']:.1f} | {r['random']['linear_map']:.1f} | {m['linear_map']:+.1f} "
             f"| {r['trained']['knn_map']:.1f} | {r['random']['knn_map']:.1f} | {m['knn_map']:+.1f} "
+            f"| {by_class[0]} | {by_class[1]} "
             f"| {t['net_a']['curve'][-1]['val_top1']:.0f} | {t['net_d']['curve'][-1]['val_top1']:.0f} "
             f"| {seconds[-1]:.1f} | {load:.2f} |",
             flush=True,

@@ -71,6 +71,17 @@ def test_quick_demo_writes_the_report(quick_demo):
     )
     md = (report / "demo.md").read_text()
     assert f"{data['results']['trained']['linear_map']:.1f}" in md
+    # the source's 10 classes apart from the 10 it never saw: the means of their per-class APs, shown in both
+    split, ap = data["by_source_class"], data["results"]["trained"]["per_class_ap"]
+    seen = [
+        c for c in ap if c in {"aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow"}
+    ]
+    assert split["source"]["classes"] == len(seen) == 10 and split["other"]["classes"] == 10
+    aps = [ap[c] for c in seen if ap[c] is not None]
+    assert split["source"]["trained"] == pytest.approx(sum(aps) / len(aps), abs=0.006)
+    for part, n in (("source", 10), ("other", 10)):
+        row = f"linear SVMs, the {'source' + chr(39) + 's' if part == 'source' else 'other'} {n}"
+        assert row in stdout and row in md
 
 
 def test_quick_demo_numbers_are_the_probes_numbers(quick_demo):
@@ -166,6 +177,11 @@ def test_random_baseline_is_the_mean_of_its_nets(tmp_path):
     assert [d["linear_map"] for d in random["draws"]] == [20.0, 14.0, 11.0]
     assert report["margin"] == {"linear_map": 15.0, "knn_map": 7.5}
     assert "random D, mean of 3" in summary_lines(report)[0] and "random D, mean of 3" in markdown(report)
+    # the target classes the source had, apart from the others (pictogram sources share the VOC classes)
+    split = demo_dict(probes=probes, shared_classes=("cat",), **parts)["by_source_class"]
+    assert split["source"] == {"trained": 40.0, "random": 14.5, "classes": 1}
+    assert split["other"] == {"trained": None, "random": None, "classes": 1}  # dog: no positives, no AP
+    assert "by_source_class" not in report  # a shapes source shares no class with the target
     # one random net: its own results, as before
     one = demo_dict(probes={k: probes[k] for k in ("trained", "random")}, **parts)["results"]["random"]
     assert one["linear_map"] == 20.0 and "draws" not in one and one["linear_report"].endswith("random.json")

@@ -17,7 +17,7 @@ import torch
 from vggfeat.benchmarks.base import benchmark_images
 from vggfeat.benchmarks.registry import load_benchmark
 from vggfeat.data.synthetic import KINDS
-from vggfeat.data.synthetic_voc import make_voc2007
+from vggfeat.data.synthetic_voc import VOC_CLASSES, make_voc2007
 from vggfeat.demo.config import load_demo_config
 from vggfeat.demo.report import write_demo_report
 from vggfeat.errors import VggfeatError
@@ -109,6 +109,12 @@ def target_classes(recipe_a: Recipe) -> str:
             f"20 classes ({d.synthetic_classes} of them the source's, here 1-3 to a scene, some tiny and 'difficult')"
         )
     return "20 classes the source never saw"
+
+
+def shared_classes(recipe_a: Recipe) -> tuple[str, ...]:
+    """The target classes the source has too: pictogram class c is VOC class c."""
+    d = recipe_a.data
+    return tuple(VOC_CLASSES[: d.synthetic_classes]) if d.synthetic_kind == "pictograms" else ()
 
 
 def run_demo(
@@ -217,6 +223,7 @@ def run_demo(
             timings=timings,
             source=f"{recipe_a.data.synthetic_classes} classes of generated {KINDS[recipe_a.data.synthetic_kind].what}",
             target=target_classes(recipe_a),
+            shared_classes=shared_classes(recipe_a),
         )
     finally:
         torch.set_num_threads(threads)

@@ -51,10 +51,12 @@ def demo_dict(
     seed: int = 0,
     source: str = "generated shapes and textures",
     target: str = "classes the source never saw",
+    shared_classes: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """`probes`: per net ("trained", then the random baselines "random", "random2", ...), per probe ("linear",
     "knn"), (the report dict write_report wrote, its JSON file); `source`, `target`: what the source's and the
-    target's classes are, in words. Several random nets: results["random"] holds
+    target's classes are, in words; `shared_classes`: the target classes the source had too, whose linear-SVM
+    mAP is then reported apart from the others' (by_source_class). Several random nets: results["random"] holds
     their mean mAP and per-class AP, and each net's own results under "draws"."""
     per_net: dict[str, dict[str, Any]] = {}
     for tag, reports in probes.items():
@@ -69,6 +71,7 @@ def demo_dict(
             "features": linear["features"],
         }
     results = {"trained": per_net.pop("trained"), "random": _mean_of(list(per_net.values()))}
+    extra = {"by_source_class": _by_source_class(results, shared_classes)} if shared_classes else {}
     return {
         "quick": quick,
         "seed": seed,
@@ -82,7 +85,37 @@ def demo_dict(
             "knn_map": round(results["trained"]["knn_map"] - results["random"]["knn_map"], 2),
         },
         "seconds": {k: round(v, 1) for k, v in timings.items()},
+        **extra,
     }
+
+
+def _by_source_class(results: dict[str, Any], shared: tuple[str, ...]) -> dict[str, Any]:
+    """Linear-SVM mAP of the trained and random nets over the target classes the source had and over the rest:
+    does training help only on the classes it saw?"""
+    out: dict[str, Any] = {}
+    for part, keep in (("source", lambda c: c in shared), ("other", lambda c: c not in shared)):
+        row: dict[str, Any] = {}
+        for net in ("trained", "random"):
+            aps = [v for c, v in results[net]["per_class_ap"].items() if keep(c) and v is not None]
+            row[net] = round(sum(aps) / len(aps), 2) if aps else None
+        row["classes"] = sum(1 for c in results["trained"]["per_class_ap"] if keep(c))
+        out[part] = row
+    return out
+
+
+def _split_rows(report: dict[str, Any]) -> list[tuple[str, float | None, float | None]]:
+    """(label, trained, random) rows of by_source_class, when the report has one."""
+    split = report.get("by_source_class")
+    if not split:
+        return []
+    return [
+        (
+            f"linear SVMs, the source's {split['source']['classes']} classes",
+            split["source"]["trained"],
+            split["source"]["random"],
+        ),
+        (f"linear SVMs, the other {split['other']['classes']}", split["other"]["trained"], split["other"]["random"]),
+    ]
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
@@ -94,6 +127,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         lines.append(
             f"{name:<38} {r['trained'][key]:>14.1f} {r['random'][key]:>{w}.1f} {report['margin'][key]:>+11.1f}"
         )
+    for name, tv, rv in _split_rows(report):
+        if tv is not None and rv is not None:
+            lines.append(f"{name:<38} {tv:>14.1f} {rv:>{w}.1f} {tv - rv:>+11.1f}")
     lines += ["", f"{'class AP %':<38} {'trained':>14} {'random':>{w}}"]
     for c, v in r["trained"]["per_class_ap"].items():
         rv = r["random"]["per_class_ap"][c]
@@ -129,6 +165,11 @@ def markdown(report: dict[str, Any]) -> str:
         f"| linear SVMs | {r['trained']['linear_map']:.1f} | {r['random']['linear_map']:.1f} "
         f"| {m['linear_map']:+.1f} |",
         f"| kNN (faiss) | {r['trained']['knn_map']:.1f} | {r['random']['knn_map']:.1f} | {m['knn_map']:+.1f} |",
+        *(
+            f"| {name} | {tv:.1f} | {rv:.1f} | {tv - rv:+.1f} |"
+            for name, tv, rv in _split_rows(report)
+            if tv is not None and rv is not None
+        ),
         "",
         "![per-class AP](per_class_ap.png)",
         "",
