@@ -40,7 +40,7 @@ def demo(out: str, quick: bool, seed: int) -> None:
     4. fc7 descriptors (multi-scale, flip-averaged; Appendix B) -> linear SVMs (11-point mAP) and faiss kNN
     5. the same for a randomly initialised net D: what does training add?
 
-    About 5 minutes on 2 CPU cores; --quick about 10 s. Writes OUT/report/demo.md, demo.json and plots.
+    About 1.5 minutes on 2 CPU cores; --quick about 10 s. Writes OUT/report/demo.md, demo.json and plots.
     """
     from vggfeat.demo.pipeline import run_demo
 
