@@ -4,11 +4,13 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -147,20 +149,16 @@ def generate_synthetic(
     return root
 
 
-def ensure_synthetic(root: str | Path, **kwargs: int | str | tuple[int, int]) -> Path:
+def ensure_synthetic(root: str | Path, **kwargs: Any) -> Path:
     """The dataset generate_synthetic(root, **kwargs) writes: reused when root holds one generated with the
     same settings; regenerated from scratch when it holds a generated one with other settings (another seed,
     kind, class count: a stale dataset, or its cached pixel statistics, must never be trained on) or an
     interrupted one. A folder with train/ or val/ that vggfeat did not generate is never touched:
     FileExistsError."""
     root = Path(root)
-    settings = _settings(
-        str(kwargs.get("kind", "shapes")),
-        int(kwargs.get("seed", 0)),
-        int(kwargs.get("classes", 10)),
-        int(kwargs.get("per_class", 40)),
-        tuple(kwargs.get("size", (72, 96))),  # type: ignore[arg-type]
-    )
+    call = inspect.signature(generate_synthetic).bind(root, **kwargs)  # its defaults: one place
+    call.apply_defaults()
+    settings = _settings(**{k: v for k, v in call.arguments.items() if k != "root"})
     done = root / DONE
     if done.is_file() and done.read_text() == settings:
         return root
@@ -170,7 +168,7 @@ def ensure_synthetic(root: str | Path, **kwargs: int | str | tuple[int, int]) ->
         for sub in ("train", "val"):
             shutil.rmtree(root / sub, ignore_errors=True)
         (root / STATS_CACHE).unlink(missing_ok=True)  # the old images' mean RGB and colour PCA
-    return generate_synthetic(root, **kwargs)  # type: ignore[arg-type]
+    return generate_synthetic(*call.args, **call.kwargs)
 
 
 def check_generatable(root: str | Path) -> None:

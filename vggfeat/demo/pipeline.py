@@ -101,20 +101,18 @@ def random_twin(trained: Path, recipe: Recipe, seed: int, out: Path) -> Path:
     return out
 
 
-def target_classes(recipe_a: Recipe) -> str:
-    """How the target's 20 classes relate to the source's, in words."""
-    d = recipe_a.data
-    if d.synthetic_kind == "pictograms":  # the source's classes are VOC_CLASSES[:k]: the target holds them too
-        return (
-            f"20 classes ({d.synthetic_classes} of them the source's, here 1-3 to a scene, some tiny and 'difficult')"
-        )
-    return "20 classes the source never saw"
-
-
 def shared_classes(recipe_a: Recipe) -> tuple[str, ...]:
-    """The target classes the source has too: pictogram class c is VOC class c."""
+    """The target classes the source has too: pictogram class c is VOC class c; shapes are no VOC class."""
     d = recipe_a.data
     return tuple(VOC_CLASSES[: d.synthetic_classes]) if d.synthetic_kind == "pictograms" else ()
+
+
+def target_classes(recipe_a: Recipe) -> str:
+    """How the target's 20 classes relate to the source's, in words."""
+    shared = shared_classes(recipe_a)
+    if shared:
+        return f"20 classes ({len(shared)} of them the source's, here 1-3 to a scene, some tiny and 'difficult')"
+    return "20 classes the source never saw"
 
 
 def run_demo(
@@ -141,10 +139,12 @@ def run_demo(
         seeded = [f"seed={seed}", f"data.synthetic_seed={seed}"] if seed else []
         recipe_a = load_recipe(cfg_path.parent / cfg.net_a, seeded)
         run_a = out / "runs" / f"{recipe_a.name}{tag}"
+        source_what = (
+            f"{recipe_a.data.synthetic_classes} classes of generated {KINDS[recipe_a.data.synthetic_kind].what}"
+        )
         echo(
             f"[1/{STEPS}] net A ({recipe_a.model.name}, width x{recipe_a.model.width_mult:g}) from scratch on "
-            f"{recipe_a.data.synthetic_classes} generated classes of {KINDS[recipe_a.data.synthetic_kind].what} "
-            f"-> {run_a}"
+            f"{source_what} -> {run_a}"
         )
         t = time.perf_counter()
         source = out / f"source{tag}"
@@ -221,7 +221,7 @@ def run_demo(
             summaries={"net_a": summary_a, "net_d": summary_d},
             probes=probes,
             timings=timings,
-            source=f"{recipe_a.data.synthetic_classes} classes of generated {KINDS[recipe_a.data.synthetic_kind].what}",
+            source=source_what,
             target=target_classes(recipe_a),
             shared_classes=shared_classes(recipe_a),
         )
