@@ -9,6 +9,7 @@ caller only needs a smallest side of `min_side` pixels, which makes decoding sev
 from __future__ import annotations
 
 import functools
+import io
 import os
 import warnings
 from collections.abc import Iterable
@@ -147,10 +148,21 @@ def load_rgb(path: str | Path, *, min_side: int | None = None, max_pixels: int =
             raise ImageError(path, "empty file (0 bytes)")
     except OSError as e:
         raise ImageError(path, f"unreadable ({e.strerror or e})") from e
+    return _open_rgb(path, path, min_side, max_pixels)
+
+
+def decode_rgb(data: bytes, name: str, *, min_side: int | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """`load_rgb` of an image held in memory (a tar shard's member); `name` is what errors call it."""
+    if not data:
+        raise ImageError(name, "empty file (0 bytes)")
+    return _open_rgb(io.BytesIO(data), name, min_side, max_pixels)
+
+
+def _open_rgb(source: Path | io.BytesIO, path: str | Path, min_side: int | None, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(source)
             w, h = img.size
             if w * h > max_pixels:
                 raise ImageError(path, f"decompression bomb refused ({w}x{h} = {w * h:,} pixels > {max_pixels:,})")
