@@ -4,10 +4,11 @@ Unreadable images are skipped with a warning naming them, and counted in the sta
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,7 +16,11 @@ from vggfeat.errors import VggfeatError
 from vggfeat.utils.files import atomic_write_json, read_json
 
 from .folder import scan_folder
-from .images import ImageError, load_rgb
+from .images import ImageError, decode_rgb, load_rgb
+from .tar_shards import TarSample, iter_tar_samples
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 log = logging.getLogger(__name__)
 CACHE_NAME = "mean_rgb.json"
@@ -33,10 +38,16 @@ def pixel_stats(paths: Sequence[Path], *, max_images: int = 0, min_side: int = 2
     of a rescaled image are those of the original to well within the colour shift's noise.
     """
     paths = list(paths)[:max_images] if max_images > 0 else list(paths)
-    n, s1, s2, skipped = 0, np.zeros(3), np.zeros((3, 3)), []
-    for p in paths:
+    return _stats(functools.partial(load_rgb, p, min_side=min_side) for p in paths)
+
+
+def _stats(images: Iterable[Callable[[], Image.Image]]) -> dict[str, Any]:
+    """pixel_stats of images given as decoders (each raises ImageError for a bad image)."""
+    n, s1, s2, skipped, seen = 0, np.zeros(3), np.zeros((3, 3)), [], 0
+    for load in images:
+        seen += 1
         try:
-            img = load_rgb(p, min_side=min_side)
+            img = load()
         except ImageError as e:
             log.warning("skipping an unreadable image: %s", e)
             skipped.append(str(e))
@@ -47,7 +58,7 @@ def pixel_stats(paths: Sequence[Path], *, max_images: int = 0, min_side: int = 2
         s2 += px.T @ px
     if n == 0:
         first = f" (first: {skipped[0]})" if skipped else ""
-        raise StatsError(f"no pixels: none of the {len(paths)} images can be read{first}")
+        raise StatsError(f"no pixels: none of the {seen} images can be read{first}")
     mean = s1 / n
     cov = s2 / n - np.outer(mean, mean)
     val, vec = np.linalg.eigh(cov)
@@ -59,7 +70,7 @@ def pixel_stats(paths: Sequence[Path], *, max_images: int = 0, min_side: int = 2
         "mean": mean.tolist(),
         "eigval": (val / 255.0).tolist(),
         "eigvec": vec.tolist(),
-        "images": len(paths) - len(skipped),
+        "images": seen - len(skipped),
         "pixels": int(n),
         "skipped": skipped,
     }
@@ -88,6 +99,25 @@ def cached_stats(
         except ValueError as e:  # no class folders or no images
             raise StatsError(str(e)) from None
     stats = pixel_stats(paths, max_images=max_images)
+    atomic_write_json(cache, stats)
+    return stats
+
+
+def cached_tar_stats(folder: str | Path, shards: Sequence[str], *, min_side: int = 256) -> dict[str, Any]:
+    """pixel_stats of every image in tar `shards` (streamed), cached as `folder`/mean_rgb.json - the run folder,
+    as shards are often shared and read-only."""
+    cache = Path(folder) / CACHE_NAME
+    if cache.exists():
+        return _read_cache(cache)
+
+    def images() -> Iterator[Callable[[], Image.Image]]:
+        for url in shards:
+            for item in iter_tar_samples(url):
+                if isinstance(item, TarSample):
+                    name = f"{item.url}:{item.image_member}"
+                    yield functools.partial(decode_rgb, item.data, name, min_side=min_side)
+
+    stats = _stats(images())
     atomic_write_json(cache, stats)
     return stats
 

@@ -74,9 +74,46 @@ class TrainSet(torch.utils.data.Dataset):
         epoch, index = key
         rng = sample_rng(self.seed, epoch, index)
         img, used, skipped = _load_or_next(self.samples, index, self.scale[1], self.decoded)  # decode-time downscaling
-        crop = train_crop(img, rng, scale=self.scale, crop=self.crop, flip=self.flip)
-        alpha = rng.normal(0.0, self.color_sigma, 3) if self.color_sigma > 0 else np.zeros(3)
-        return crop, torch.from_numpy(alpha.astype(np.float32)), self.samples.labels[used], skipped
+        crop, alpha = augment(img, rng, scale=self.scale, crop=self.crop, flip=self.flip, color_sigma=self.color_sigma)
+        return crop, alpha, self.samples.labels[used], skipped
+
+    def epoch_loader(
+        self,
+        *,
+        epoch: int,
+        start_step: int,
+        batch_size: int,
+        per_device: int,
+        rank: int,
+        world: int,
+        workers: int,
+        pin_memory: bool,
+        collate_fn: object,
+    ) -> torch.utils.data.DataLoader:
+        """This process's micro-batches of `epoch` from step `start_step`, in the order the loop takes them."""
+        sampler = GlobalBatchSampler(
+            len(self),
+            seed=self.seed,
+            epoch=epoch,
+            batch_size=batch_size,
+            per_device=per_device,
+            rank=rank,
+            world=world,
+            start_step=start_step,
+        )
+        return torch.utils.data.DataLoader(
+            self, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory, collate_fn=collate_fn
+        )
+
+
+def augment(
+    img: torch.Tensor, rng: np.random.Generator, *, scale: tuple[int, int], crop: int, flip: bool, color_sigma: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sect. 3.1's augmentation of one decoded (3, H, W) uint8 image: the (crop, crop, 3) uint8 crop at a random
+    scale and place, flipped at random, and the colour shift's alpha (3,) - applied on the batch later."""
+    out = train_crop(img, rng, scale=scale, crop=crop, flip=flip)
+    alpha = rng.normal(0.0, color_sigma, 3) if color_sigma > 0 else np.zeros(3)
+    return out, torch.from_numpy(alpha.astype(np.float32))
 
 
 class ValSet(torch.utils.data.Dataset):
@@ -97,6 +134,11 @@ class ValSet(torch.utils.data.Dataset):
         except ImageError as e:
             return torch.zeros(self.crop, self.crop, 3, dtype=torch.uint8), -1, (str(e),)
         return center_crop(img, size=self.size, crop=self.crop), self.samples.labels[index], ()
+
+    def rank_share(self, rank: int, world: int, max_val: int) -> torch.utils.data.Dataset:
+        """Every world-th image from `rank` on, of the first `max_val` (all when max_val <= 0)."""
+        n = len(self) if max_val <= 0 else min(max_val, len(self))
+        return torch.utils.data.Subset(self, list(range(rank, n, world)))
 
 
 def collate_skips(items: list[tuple]) -> tuple:

@@ -24,7 +24,7 @@ import yaml
 
 from vggfeat.config import ConfigError
 from vggfeat.data.folder import Samples, imagenet_splits
-from vggfeat.data.stats import cached_stats
+from vggfeat.data.stats import cached_stats, cached_tar_stats
 from vggfeat.data.synthetic import check_generatable, ensure_synthetic
 from vggfeat.data.transforms import normalize_batch
 from vggfeat.errors import InputError, VggfeatError, WeightsError
@@ -43,9 +43,11 @@ from .checkpoint import (
     load_latest_checkpoint,
     save_checkpoint,
 )
-from .data import GlobalBatchSampler, TrainSet, ValSet, collate_skips, steps_per_epoch
-from .recipe import Recipe, accumulation_steps, recipe_to_dict
+from .data import TrainSet, ValSet, collate_skips, steps_per_epoch
+from .recipe import Recipe, accumulation_steps, recipe_to_dict, shard_patterns
 from .schedule import PlateauState, plateau_step
+from .shard_index import index_digest
+from .tar_data import TarSplit, TarTrainSet, TarValSet, load_tar_splits
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -181,7 +183,7 @@ def train(
     # every process checks (all refuse together, none hangs in a barrier); only rank 0 clears with overwrite
     run = Path(out)
     check_run_folder(run, recipe.optim.epochs, resume=resume, overwrite=overwrite)
-    root = dataset_root(recipe, data_root)
+    root = dataset_root(recipe, data_root)  # None: tar shards
     try:
         device = resolve_device(recipe.runtime.device)
     except ValueError as e:
@@ -192,7 +194,7 @@ def train(
     try:
         accumulation_steps(recipe, info.world)  # a batch that does not split: say so before any data work
         check_writable(run)
-        data = _prepare_data(recipe, root, info)
+        data = _prepare_data(recipe, root, info, run)
         trainer = _Trainer(recipe, run, info, device, data, progress)
         trainer.start(resume)
         return trainer.fit()
@@ -204,9 +206,17 @@ def train(
         shutdown(info)
 
 
-def dataset_root(recipe: Recipe, data_root: str | Path | None) -> Path:
+def dataset_root(recipe: Recipe, data_root: str | Path | None) -> Path | None:
     """The dataset folder (--data-root, else data.root), checked before any work: a real dataset must exist
-    with train/ and val/; a synthetic one (data.synthetic_seed) is generated there if missing."""
+    with train/ and val/; a synthetic one (data.synthetic_seed) is generated there if missing. None for tar
+    shards (data.train_shards), whose files are checked when they are counted."""
+    if recipe.data.train_shards is not None:
+        if data_root:
+            raise ConfigError(
+                "--data-root names a dataset folder but the recipe reads tar shards (data.train_shards); "
+                "drop --data-root or unset data.train_shards and data.val_shards"
+            )
+        return None
     where = "--data-root" if data_root else "data.root"
     value = str(data_root or recipe.data.root or "")
     if not value:
@@ -249,18 +259,21 @@ def _write_error(run: Path, e: OSError) -> str:
 
 @dataclass(frozen=True)
 class _Data:
-    """The dataset as the loop needs it: samples, and the mean RGB and colour eigen-decomposition."""
+    """The dataset as the loop needs it: samples (class folders, or tar shards with `root` None), and the mean
+    RGB and colour eigen-decomposition."""
 
-    root: Path
-    train: Samples
-    val: Samples
+    root: Path | None
+    train: Samples | TarSplit
+    val: Samples | TarSplit
     mean: tuple[float, float, float]
     eigval: tuple[float, float, float]
     eigvec: tuple[tuple[float, float, float], ...]
 
 
-def _prepare_data(recipe: Recipe, root: Path, info: DistInfo) -> _Data:
+def _prepare_data(recipe: Recipe, root: Path | None, info: DistInfo, run: Path) -> _Data:
     d = recipe.data
+    if root is None:
+        return _prepare_tar_data(recipe, info, run)
     if d.synthetic_seed is not None and info.is_main:
         ensure_synthetic(
             root,
@@ -297,6 +310,29 @@ def _prepare_data(recipe: Recipe, root: Path, info: DistInfo) -> _Data:
     return _Data(root, train_s, val_s, mean, eigval, eigvec)
 
 
+def _prepare_tar_data(recipe: Recipe, info: DistInfo, run: Path) -> _Data:
+    """_prepare_data for tar shards: counted (and cached) in the run folder, as is a computed mean RGB."""
+    d = recipe.data
+    train_s, val_s = load_tar_splits(
+        shard_patterns(d.train_shards), shard_patterns(d.val_shards), recipe.model.num_classes, run, info
+    )
+    if steps_per_epoch(len(train_s), recipe.optim.batch_size) == 0:
+        raise ConfigError(
+            f"{len(train_s)} training samples in data.train_shards cannot fill one global batch of "
+            f"optim.batch_size={recipe.optim.batch_size}"
+        )
+    stats: dict[str, Any] = {}
+    if None in (d.mean_rgb, d.eigval, d.eigvec):
+        if info.is_main:
+            cached_tar_stats(run, [c.url for c in train_s.counts])
+        barrier(info)
+        stats = cached_tar_stats(run, [c.url for c in train_s.counts])
+    mean = d.mean_rgb or tuple(stats["mean"])
+    eigval = d.eigval or tuple(stats["eigval"])
+    eigvec = d.eigvec or tuple(tuple(r) for r in stats["eigvec"])
+    return _Data(None, train_s, val_s, mean, eigval, eigvec)
+
+
 class _Trainer:
     """One process's share of a run: the model, optimizer and schedule, the position in the run (what a
     checkpoint saves), and the steps that advance them."""
@@ -321,17 +357,16 @@ class _Trainer:
         self.net: torch.nn.Module = self.model  # DDP- and compile-wrapped in start()
         self.sched = PlateauState(lr=o.lr)
         self.epoch, self.step_in_epoch, self.global_step, self.history = 0, 0, 0, []
-        self.trainset = TrainSet(
-            data.train,
-            seed=recipe.seed,
-            scale=d.scale,
-            crop=d.crop,
-            flip=d.flip,
-            color_sigma=d.color_sigma,
-            cache=d.cache_decoded,
-        )
+        augment = dict(seed=recipe.seed, scale=d.scale, crop=d.crop, flip=d.flip, color_sigma=d.color_sigma)
         val_size = (d.scale[0] + d.scale[1]) // 2  # validation: central crop at the middle training scale
-        self.valset = ValSet(data.val, size=val_size, crop=d.crop, cache=d.cache_decoded)
+        self.trainset: TrainSet | TarTrainSet
+        self.valset: ValSet | TarValSet
+        if isinstance(data.train, TarSplit):
+            self.trainset = TarTrainSet(data.train, shuffle_buffer=d.shuffle_buffer, **augment)
+            self.valset = TarValSet(data.val, size=val_size, crop=d.crop)
+        else:
+            self.trainset = TrainSet(data.train, cache=d.cache_decoded, **augment)
+            self.valset = ValSet(data.val, size=val_size, crop=d.crop, cache=d.cache_decoded)
         self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda and recipe.runtime.amp else None
         self.preproc = Preprocessing("RGB", 255.0, tuple(data.mean), (1.0, 1.0, 1.0))
         self.logger = _Logger(run, info.is_main)
@@ -374,6 +409,7 @@ class _Trainer:
         self.epoch, self.step_in_epoch, self.global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
         self.history = list(ckpt["history"])
         torch.set_rng_state(ckpt["rng"]["torch"])
+        self._check_data_position(ckpt.get("data_position"), path)
         if self.info.is_main:
             log.info("resumed from %s (epoch %d, step %d)", path.name, self.epoch, self.step_in_epoch)
 
@@ -391,20 +427,14 @@ class _Trainer:
     def _train_epoch(self) -> None:
         """The rest of the current epoch, from `step_in_epoch` (mid-epoch after a resume)."""
         o = self.recipe.optim
-        sampler = GlobalBatchSampler(
-            len(self.trainset),
-            seed=self.recipe.seed,
+        loader = self.trainset.epoch_loader(
             epoch=self.epoch,
+            start_step=self.step_in_epoch,
             batch_size=o.batch_size,
             per_device=o.per_device_batch,
             rank=self.info.rank,
             world=self.info.world,
-            start_step=self.step_in_epoch,
-        )
-        loader = torch.utils.data.DataLoader(
-            self.trainset,
-            batch_sampler=sampler,
-            num_workers=self.recipe.data.workers,
+            workers=self.recipe.data.workers,
             pin_memory=self.cuda,
             collate_fn=collate_skips,
         )
@@ -459,7 +489,12 @@ class _Trainer:
         with contextlib.nullcontext() if last else self.net.no_sync():  # DDP: all-reduce once per step
             with self.amp or contextlib.nullcontext():
                 logits = self.net(x)
-            loss = F.cross_entropy(logits.float(), y)
+            # label -1: a tar sample whose image did not decode keeps its slot but no loss
+            loss = (
+                F.cross_entropy(logits.float(), y, ignore_index=-1)
+                if bool((y >= 0).any())
+                else logits.float().sum() * 0
+            )
             if self.recipe.debug.nan_at_step and self.global_step + 1 == self.recipe.debug.nan_at_step:
                 loss = loss * float("nan")
             (loss / self.accum).backward()
@@ -543,8 +578,39 @@ class _Trainer:
             "recipe": recipe_to_dict(self.recipe),
             "world": self.info.world,
             "mean_rgb": list(self.data.mean),
+            "data_position": self._data_position(),
             "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if self.cuda else []},
         }
+
+    def _data_position(self) -> dict[str, Any]:
+        """Where the run is in its data: (epoch, step) places it in a folder's permutation; tar shards add the
+        index of the shards read and the process count, which together fix each process's share of the stream."""
+        position: dict[str, Any] = {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "world": self.info.world}
+        if isinstance(self.data.train, TarSplit):
+            position["shards"] = index_digest(list(self.data.train.counts))
+            position["samples_done"] = self.step_in_epoch * self.recipe.optim.batch_size  # of this epoch's stream
+        return position
+
+    def _check_data_position(self, saved: dict[str, Any] | None, path: Path) -> None:
+        """A resumed tar-shard run reads the same stream: the same shards, and mid-epoch the same process count."""
+        if not isinstance(self.data.train, TarSplit):
+            return
+        now = self._data_position()
+        if saved is None or saved.get("shards") != now["shards"]:
+            raise CheckpointError(
+                f"{path} was written reading other training shards (other files or sample counts) than "
+                f"data.train_shards names now; resume with the same shards or start over with --overwrite"
+            )
+        if saved.get("world") != now["world"] and self.step_in_epoch > 0 and self.info.is_main:
+            log.warning(
+                "--resume: %s was written by %s processes and this run has %d; the rest of epoch %d is dealt "
+                "anew, so some of its samples are seen twice and others not at all (resume mid-epoch with the "
+                "same process count for an exact resume)",
+                path.name,
+                saved.get("world"),
+                now["world"],
+                self.epoch + 1,
+            )
 
     def _checkpoint(self, best: bool = False) -> None:
         if self.info.is_main:
@@ -561,7 +627,7 @@ class _Trainer:
 @torch.no_grad()
 def validate(
     model: torch.nn.Module,
-    valset: ValSet,
+    valset: ValSet | TarValSet,
     info: DistInfo,
     device: torch.device,
     mean: tuple[float, float, float],
@@ -573,10 +639,8 @@ def validate(
     images are left out, with a warning the first time (those already in `unreadable` are not repeated)."""
     unreadable = set() if unreadable is None else unreadable
     model.eval()
-    n = len(valset) if recipe.data.max_val <= 0 else min(recipe.data.max_val, len(valset))
-    idx = list(range(info.rank, n, info.world))
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(valset, idx),
+        valset.rank_share(info.rank, info.world, recipe.data.max_val),
         batch_size=recipe.optim.per_device_batch,
         num_workers=recipe.data.workers,
         pin_memory=device.type == "cuda",

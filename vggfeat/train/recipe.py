@@ -60,6 +60,11 @@ class DataConfig:
     workers: int = 8  # DataLoader workers per process
     cache_decoded: bool = False  # keep decoded images in memory (a small dataset read with workers: 0; the demo)
     max_val: int = 0  # > 0: validate on the first N val images only
+    # webdataset tars with integer .cls labels (brace patterns "s/{000000..000146}.tar" or globs), read as streams
+    # instead of root's class folders; a list of patterns or one pattern
+    train_shards: str | tuple[str, ...] | None = None
+    val_shards: str | tuple[str, ...] | None = None
+    shuffle_buffer: int = 1000  # tar shards: after a per-epoch shard order, each sample drawn from this many
 
 
 @dataclass(frozen=True)
@@ -145,7 +150,34 @@ class Recipe:
             )
         if not 0 <= self.model.dropout < 1:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.model.dropout}")
+        self._check_shards()
         self._check_choices()
+
+    def _check_shards(self) -> None:
+        d = self.data
+        if d.shuffle_buffer < 1:
+            raise ConfigError(
+                f"data.shuffle_buffer must be >= 1 (1: no shuffling past the shard order), got {d.shuffle_buffer}"
+            )
+        if d.train_shards is None and d.val_shards is None:
+            return
+        if d.train_shards is None or d.val_shards is None:
+            missing = "data.train_shards" if d.train_shards is None else "data.val_shards"
+            raise ConfigError(f"tar shards need both data.train_shards and data.val_shards; set {missing}")
+        for key, patterns in (("data.train_shards", d.train_shards), ("data.val_shards", d.val_shards)):
+            if not shard_patterns(patterns):
+                raise ConfigError(f"{key} is empty; give brace patterns or globs of .tar files")
+        clashes = {
+            "data.root": d.root is not None,
+            "data.synthetic_seed": d.synthetic_seed is not None,
+            "data.val_labels": d.val_labels is not None,
+            "data.cache_decoded": d.cache_decoded,
+        }
+        for key, clash in clashes.items():
+            if clash:
+                raise ConfigError(
+                    f"{key} is for a folder dataset but data.train_shards reads tar shards; unset one of them"
+                )
 
     def _check_choices(self) -> None:
         try:
@@ -158,6 +190,13 @@ class Recipe:
             raise ConfigError(
                 f"runtime.device: unknown device {self.runtime.device!r}; valid: {', '.join(DEVICE_CHOICES)}, cuda:N"
             )
+
+
+def shard_patterns(value: str | tuple[str, ...] | None) -> tuple[str, ...]:
+    """data.train_shards / data.val_shards as a tuple of patterns (one pattern may be given as a string)."""
+    if value is None:
+        return ()
+    return tuple(p for p in ((value,) if isinstance(value, str) else value) if p.strip())
 
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:

@@ -1,0 +1,186 @@
+"""Training from tar shards: every sample exactly once per epoch over processes and DataLoader workers, a
+seeded shard order and bounded shuffle, the same batches whatever the worker count, resuming mid-epoch, the
+recipe's data.train_shards checks, and a killed-and-resumed run equal to an uninterrupted one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vggfeat.config import ConfigError
+from vggfeat.data.synthetic import generate_synthetic
+from vggfeat.data.tar_shards import write_tar_shard
+from vggfeat.errors import DatasetError
+from vggfeat.train.data import collate_skips
+from vggfeat.train.recipe import load_recipe
+from vggfeat.train.shard_index import index_shards
+from vggfeat.train.tar_data import TarSplit, TarTrainSet, TarTrainStream, TarValSet, buffer_shuffle
+
+REPO = Path(__file__).parent.parent
+SMOKE = REPO / "recipes" / "train" / "smoke.yaml"
+
+
+def folder_to_shards(folder: Path, out: Path, sizes: list[int]) -> list[str]:
+    """A class-folder split (<class>/<image>) as webdataset tars of `sizes` samples (the last takes the rest),
+    labels the sorted class index, samples in a fixed interleaved order."""
+    classes = sorted(p.name for p in folder.iterdir())
+    images = sorted((p for c in classes for p in (folder / c).iterdir()), key=lambda p: (p.stem[-4:], p.name))
+    samples = [(f"{p.parent.name}/{p.stem}", classes.index(p.parent.name), p) for p in images]
+    out.mkdir(parents=True, exist_ok=True)
+    urls, start = [], 0
+    for i, size in enumerate([*sizes, len(samples)]):
+        chunk = samples[start : start + size]
+        start += size
+        if not chunk:
+            break
+        urls.append(str(out / f"{i:06d}.tar"))
+        write_tar_shard(urls[-1], [(k, {p.suffix[1:]: p.read_bytes(), "cls": b"%d" % y}) for k, y, p in chunk])
+    return urls
+
+
+def _keyed_shards(tmp_path: Path, sizes: list[int]) -> TarSplit:
+    """Shards of tiny fake samples (keys only matter), counted like a run counts them."""
+    urls, n = [], 0
+    for i, size in enumerate(sizes):
+        urls.append(str(tmp_path / f"k{i}.tar"))
+        write_tar_shard(urls[-1], [(f"s{n + j:03d}", {"jpg": b"x", "cls": b"0"}) for j in range(size)])
+        n += size
+    return TarSplit(tuple(index_shards(urls, tmp_path / "index.json")), ("0",))
+
+
+def _keys(split: TarSplit, *, epoch: int, world: int, workers: int, start_step: int = 0, buffer: int = 5) -> list:
+    """Per rank, its micro-batches' keys in the order the loop takes them (the DataLoader's round robin)."""
+    data = TarTrainSet(split, seed=3, scale=(8, 8), crop=8, flip=True, color_sigma=0.1, shuffle_buffer=buffer)
+    out = []
+    for rank in range(world):
+        s = TarTrainStream(data, epoch=epoch, start_step=start_step, batch_size=8, per_device=2, rank=rank, world=world)
+        per_worker = [[x.key for _, x, _ in s.positions(w, workers)] for w in range(workers)]
+        batches = [[ks[i : i + 2] for i in range(0, len(ks), 2)] for ks in per_worker]
+        rr = [b.pop(0) for _ in range(sum(map(len, batches))) for b in batches if b]
+        out.append(rr)
+    return out
+
+
+def test_every_sample_once_per_epoch_over_ranks_and_workers(tmp_path):
+    split = _keyed_shards(tmp_path, [7, 13, 5, 11])  # 36 samples, uneven shards; 4 global batches of 8
+    assert len(split) == 36
+    for epoch in (0, 1):
+        ref = _keys(split, epoch=epoch, world=2, workers=1)
+        for workers in (2, 3):
+            assert _keys(split, epoch=epoch, world=2, workers=workers) == ref  # the worker count changes nothing
+        keys = [k for rank in ref for batch in rank for k in batch]
+        assert len(keys) == 32 and len(set(keys)) == 32  # no duplicates; only the 4 that fill no batch are out
+        assert all(len(rank) == 8 for rank in ref)  # 4 steps x 2 accumulation micro-batches on each rank
+    e0, e1 = (_keys(split, epoch=e, world=2, workers=1) for e in (0, 1))
+    assert e0 != e1  # a new shard order and shuffle each epoch
+    assert e0 == _keys(split, epoch=0, world=2, workers=1)  # seeded
+
+
+def test_resume_mid_epoch_takes_the_remaining_batches(tmp_path):
+    split = _keyed_shards(tmp_path, [7, 13, 5, 11])
+    full = _keys(split, epoch=2, world=2, workers=2)
+    later = _keys(split, epoch=2, world=2, workers=3, start_step=3)  # steps 3.. = micro-batches 6.. per rank
+    assert later == [rank[6:] for rank in full]
+
+
+def test_buffer_shuffle_is_a_bounded_permutation():
+    rng = np.random.default_rng(0)
+    order = buffer_shuffle(1000, 50, rng)
+    assert sorted(order) == list(range(1000))
+    assert all(order[j] <= j + 49 for j in range(1000))  # drawn from what the buffer could hold
+    assert (order != np.arange(1000)).mean() > 0.9
+    assert list(buffer_shuffle(10, 1, rng)) == list(range(10))
+
+
+def test_changed_shard_is_an_error(tmp_path):
+    split = _keyed_shards(tmp_path, [8, 8])
+    write_tar_shard(split.counts[1].url, [(f"t{j}", {"jpg": b"x", "cls": b"0"}) for j in range(5)])
+    with pytest.raises(DatasetError, match="k1.tar now holds 5 labelled samples .* counted 8"):
+        _keys(split, epoch=0, world=1, workers=1, buffer=1)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """The synthetic 10-class set as tars: 80 training samples in uneven shards, 20 validation samples."""
+    root = tmp_path_factory.mktemp("tars")
+    data = generate_synthetic(root / "folder", classes=10, per_class=8, seed=0)
+    folder_to_shards(data / "train", root / "train", [30, 17])
+    folder_to_shards(data / "val", root / "val", [6, 6])
+    return root
+
+
+def test_workers_give_the_same_batches_and_validation_sees_each_sample_once(shards):
+    urls = sorted(str(p) for p in (shards / "train").glob("*.tar"))
+    split = TarSplit(tuple(index_shards(urls, shards / "train-index.json")), tuple("0123456789"))
+    data = TarTrainSet(split, seed=0, scale=(72, 88), crop=64, flip=True, color_sigma=0.1, shuffle_buffer=16)
+    kw = dict(epoch=1, start_step=1, batch_size=16, per_device=8, rank=0, world=1, pin_memory=False)
+    runs = [list(data.epoch_loader(workers=w, collate_fn=collate_skips, **kw)) for w in (0, 2)]
+    assert len(runs[0]) == 2 * 4  # steps 1..4 of 5, 2 micro-batches each
+    for a, b in zip(*runs, strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(a[:3], b[:3], strict=True)) and a[3] == b[3] == []
+    vurls = sorted(str(p) for p in (shards / "val").glob("*.tar"))
+    vsplit = TarSplit(tuple(index_shards(vurls, shards / "val-index.json")), tuple("0123456789"))
+    val = TarValSet(vsplit, size=80, crop=64)
+    labels = Counter()
+    for rank in range(2):
+        loader = torch.utils.data.DataLoader(val.rank_share(rank, 2, 0), batch_size=4, num_workers=2)
+        labels.update(y for _, ys, _ in loader for y in ys.tolist())
+    assert sum(labels.values()) == 20 and set(labels) == set(range(10))  # 2 per class, each once
+    assert sum(len(x) for x, _, _ in torch.utils.data.DataLoader(val.rank_share(0, 1, 9), batch_size=4)) == 9
+
+
+def test_recipe_checks_the_shard_keys(tmp_path):
+    sets = ["data.root=null", "data.synthetic_seed=null", "data.cache_decoded=false"]
+    r = load_recipe(SMOKE, [*sets, "data.train_shards=s/{000..002}.tar", "data.val_shards=[v/a.tar, v/b.tar]"])
+    assert r.data.train_shards == "s/{000..002}.tar" and r.data.val_shards == ("v/a.tar", "v/b.tar")
+    with pytest.raises(ConfigError, match="set data.val_shards"):
+        load_recipe(SMOKE, [*sets, "data.train_shards=s.tar"])
+    with pytest.raises(ConfigError, match="data.synthetic_seed is for a folder dataset"):
+        load_recipe(SMOKE, ["data.root=null", "data.train_shards=s.tar", "data.val_shards=v.tar"])
+    with pytest.raises(ConfigError, match="did you mean 'train_shards'"):
+        load_recipe(SMOKE, ["data.train_shard=s.tar"])
+    with pytest.raises(ConfigError, match="shuffle_buffer must be >= 1"):
+        load_recipe(SMOKE, ["data.shuffle_buffer=0"])
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "vggfeat", *args], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.slow  # ~25 s on 2 quiet cores: three subprocess runs
+def test_tar_shard_run_killed_and_resumed_equals_uninterrupted(tmp_path, shards):
+    sets = [
+        "data.root=null",
+        "data.synthetic_seed=null",
+        "data.cache_decoded=false",
+        f"data.train_shards={shards}/train/{{000000..000002}}.tar",
+        f"data.val_shards={shards}/val/*.tar",
+        "data.shuffle_buffer=16",
+        "data.workers=2",
+        "optim.epochs=1",
+        "optim.per_device_batch=8",  # 2 accumulation steps: micro-batches from both workers in one step
+        "checkpoint.every_steps=2",
+    ]
+    args = [a for s in sets for a in ("--set", s)]
+    full = _cli("train", str(SMOKE), *args, "--out", str(tmp_path / "full"))
+    assert full.returncode == 0, full.stderr
+    killed = _cli("train", str(SMOKE), *args, "--set", "debug.kill_at_step=4", "--out", str(tmp_path / "cut"))
+    assert killed.returncode == -9, killed.stderr  # mid-epoch (5 steps), after step 4's checkpoint
+    resumed = _cli("train", str(SMOKE), *args, "--set", "data.workers=0", "--resume", "--out", str(tmp_path / "cut"))
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bitwise, with other workers
+    ckpt = torch.load(sorted((tmp_path / "cut").glob("ckpt-*.pt"))[-1], weights_only=True)
+    assert ckpt["data_position"]["shards"] and ckpt["data_position"]["world"] == 1
+    assert (tmp_path / "full" / "mean_rgb.json").exists()  # computed on the shards, cached in the run folder
