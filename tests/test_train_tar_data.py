@@ -4,6 +4,7 @@ recipe's data.train_shards checks, and a killed-and-resumed run equal to an unin
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -184,3 +185,52 @@ def test_tar_shard_run_killed_and_resumed_equals_uninterrupted(tmp_path, shards)
     ckpt = torch.load(sorted((tmp_path / "cut").glob("ckpt-*.pt"))[-1], weights_only=True)
     assert ckpt["data_position"]["shards"] and ckpt["data_position"]["world"] == 1
     assert (tmp_path / "full" / "mean_rgb.json").exists()  # computed on the shards, cached in the run folder
+
+
+def test_undecodable_image_keeps_its_slot_with_label_minus_one(tmp_path, shards):
+    from vggfeat.data.tar_shards import iter_tar_samples
+
+    first = sorted((shards / "train").glob("*.tar"))[0]
+    samples = [(s.key, {"jpg": s.data, **s.extras}) for s in iter_tar_samples(first)][:8]
+    samples[3][1]["jpg"] = b"not a jpeg"
+    write_tar_shard(tmp_path / "bad.tar", samples)
+    split = TarSplit(tuple(index_shards([str(tmp_path / "bad.tar")], tmp_path / "i.json")), tuple("0123456789"))
+    data = TarTrainSet(split, seed=0, scale=(72, 88), crop=64, flip=True, color_sigma=0.1, shuffle_buffer=1)
+    items = list(TarTrainStream(data, epoch=0, start_step=0, batch_size=8, per_device=8, rank=0, world=1))
+    assert [y for _, _, y, _ in items] == [int(m["cls"]) if i != 3 else -1 for i, (_, m) in enumerate(samples)]
+    assert f"bad.tar:{samples[3][0]}.jpg" in items[3][3][0] and items[3][0].shape == (64, 64, 3)
+
+
+@pytest.mark.slow  # ~5 s on 2 quiet cores (12 s loaded): one short run in this process
+def test_undecodable_image_is_left_out_and_other_shards_refuse_to_resume(tmp_path, shards):
+    """One training image is garbage: with one image per micro-batch its micro-batch has no loss at all, and
+    the run goes on with finite losses; resuming the run with other shards is refused, naming the checkpoint."""
+    from vggfeat.data.tar_shards import iter_tar_samples
+    from vggfeat.train.checkpoint import CheckpointError
+    from vggfeat.train.loop import train
+
+    first = sorted((shards / "train").glob("*.tar"))[0]
+    samples = [(s.key, {"jpg": s.data, **s.extras}) for s in iter_tar_samples(first)][:16]
+    samples[5][1]["jpg"] = b"not a jpeg"
+    write_tar_shard(tmp_path / "bad.tar", samples)
+    sets = [
+        "data.root=null",
+        "data.synthetic_seed=null",
+        "data.cache_decoded=false",
+        f"data.train_shards={tmp_path}/bad.tar",
+        f"data.val_shards={shards}/val/000000.tar",
+        "optim.epochs=1",
+        "optim.per_device_batch=1",
+        "checkpoint.every_steps=100",
+        "checkpoint.log_every=1",
+        "data.mean_rgb=[120,120,120]",
+    ]
+    out = train(load_recipe(SMOKE, sets), tmp_path / "run", progress=False)
+    assert out["global_step"] == 1
+    steps = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    step = next(s for s in steps if s["kind"] == "step")
+    assert step["skipped_images"] == 1 and np.isfinite(step["loss"])
+    write_tar_shard(tmp_path / "other.tar", samples[:15] + [("zz", samples[0][1])])
+    again = [*sets[:3], f"data.train_shards={tmp_path}/other.tar", *sets[4:5], "optim.epochs=2", *sets[6:]]
+    with pytest.raises(CheckpointError, match="ckpt-e001-s00000001.pt was written reading other training shards"):
+        train(load_recipe(SMOKE, again), tmp_path / "run", resume=True, progress=False)
