@@ -234,3 +234,64 @@ def test_undecodable_image_is_left_out_and_other_shards_refuse_to_resume(tmp_pat
     again = [*sets[:3], f"data.train_shards={tmp_path}/other.tar", *sets[4:5], "optim.epochs=2", *sets[6:]]
     with pytest.raises(CheckpointError, match="ckpt-e001-s00000001.pt was written reading other training shards"):
         train(load_recipe(SMOKE, again), tmp_path / "run", resume=True, progress=False)
+
+
+def test_processes_share_the_counting(tmp_path, monkeypatch):
+    """Two processes (threads here, with a barrier) count each shard once between them and get the same index;
+    the next call reads the cache and counts nothing."""
+    import threading
+
+    import vggfeat.train.shard_index as shard_index
+
+    urls = []
+    for i, size in enumerate([3, 4, 5]):
+        urls.append(str(tmp_path / f"p{i}.tar"))
+        write_tar_shard(urls[-1], [(f"s{i}_{j}", {"jpg": b"x", "cls": b"%d" % j}) for j in range(size)])
+    counted, real = [], shard_index.count_shard
+    monkeypatch.setattr(shard_index, "count_shard", lambda url: counted.append(url) or real(url))
+    barrier, results = threading.Barrier(2), {}
+
+    def run(rank: int) -> None:
+        results[rank] = index_shards(urls, tmp_path / "idx.json", rank=rank, world=2, sync=barrier.wait)
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(counted) == urls and results[0] == results[1]
+    assert [(c.samples, c.max_label) for c in results[0]] == [(3, 2), (4, 3), (5, 4)]
+    assert index_shards(urls, tmp_path / "idx.json") == results[0] and len(counted) == 3
+    assert sorted(p.name for p in tmp_path.glob("idx*")) == ["idx.json"]  # the parts are gone
+
+
+@pytest.mark.slow  # ~20 s: torchrun with 2 gloo processes
+def test_two_processes_count_and_train_in_step(tmp_path, shards):
+    """Under torchrun the two processes count the shards between them and take equal shares: the run ends
+    (a share one micro-batch short would hang the other process in its all-reduce)."""
+    sets = [
+        "data.root=null",
+        "data.synthetic_seed=null",
+        "data.cache_decoded=false",
+        f"data.train_shards={shards}/train/*.tar",
+        f"data.val_shards={shards}/val/*.tar",
+        "data.mean_rgb=[120,120,120]",
+        "optim.epochs=1",
+        "optim.per_device_batch=4",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533"]
+        + ["-m", "vggfeat", "train", str(SMOKE), *[a for s in sets for a in ("--set", s)], "--out", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    index = json.loads((tmp_path / "shards-train.json").read_text())["shards"]
+    assert sum(e["samples"] for e in index) == 80 and not list(tmp_path.glob("*.part*"))
+    steps = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps if s["kind"] == "step"] == [5]  # 80 samples, global batch 16
+    ckpt = torch.load(sorted(tmp_path.glob("ckpt-*.pt"))[-1], weights_only=True)
+    assert ckpt["data_position"]["world"] == 2

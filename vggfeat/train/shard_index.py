@@ -8,7 +8,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -62,33 +62,61 @@ def count_shard(url: str) -> ShardCount:
     return ShardCount(url, st.st_size, st.st_mtime_ns, samples, problems, max_label)
 
 
-def index_shards(urls: list[str], cache: Path) -> list[ShardCount]:
-    """The count of every shard, from `cache` (a JSON file) where the shard's size and mtime are unchanged,
-    else by reading the shard; the cache is rewritten when anything was counted."""
-    known: dict[str, dict] = {}
-    if cache.exists():
-        try:
-            known = {e["url"]: e for e in json.loads(cache.read_text())["shards"]}
-        except (ValueError, KeyError, TypeError):
-            log.warning("%s is not a shard index; counting the shards again", cache)
-    out, counted = [], 0
-    for url in urls:
-        st = os.stat(url)
-        entry = known.get(url)
-        if entry and (entry.get("size"), entry.get("mtime_ns")) == (st.st_size, st.st_mtime_ns):
-            out.append(ShardCount(**entry))
-        else:
-            out.append(count_shard(url))
-            counted += 1
-    if counted:
-        log.info("counted the samples of %d tar shards (%d cached)", counted, len(urls) - counted)
-        atomic_write_json(cache, {"shards": [asdict(c) for c in out]})
-    if not any(c.samples for c in out):
+def _read_index(path: Path) -> dict[str, dict]:
+    if not path.exists():
+        return {}
+    try:
+        return {e["url"]: e for e in json.loads(path.read_text())["shards"]}
+    except (ValueError, KeyError, TypeError):
+        log.warning("%s is not a shard index; counting its shards again", path)
+        return {}
+
+
+def _fresh(entry: dict | None, url: str) -> ShardCount | None:
+    """The cached count of `url` if the file still has the size and mtime it was counted at."""
+    st = os.stat(url)
+    if entry and (entry.get("size"), entry.get("mtime_ns")) == (st.st_size, st.st_mtime_ns):
+        return ShardCount(**entry)
+    return None
+
+
+def index_shards(
+    urls: list[str], cache: Path, *, rank: int = 0, world: int = 1, sync: Callable[[], None] = lambda: None
+) -> list[ShardCount]:
+    """The count of every shard, from `cache` (a JSON file) where the shard's size and mtime are unchanged, else
+    by reading the shard. Under torchrun every process calls this: the shards to count are dealt over the
+    processes (`sync` is their barrier), each writes its part beside `cache`, rank 0 merges them into it."""
+    known = _read_index(cache)
+    out = {url: _fresh(known.get(url), url) for url in urls}
+    todo = [url for url, count in out.items() if count is None]
+    if todo:
+        part = cache.with_name(f"{cache.stem}.part{rank}.json")
+        mine = [count_shard(url) for url in todo[rank::world]]
+        atomic_write_json(part, {"shards": [asdict(c) for c in mine]})
+        sync()
+        for r in range(world):
+            out.update(
+                {url: ShardCount(**e) for url, e in _read_index(part.with_name(f"{cache.stem}.part{r}.json")).items()}
+            )
+        sync()  # every process has read every part
+        if rank == 0:
+            log.info("counted the samples of %d tar shards (%d cached)", len(todo), len(urls) - len(todo))
+            atomic_write_json(cache, {"shards": [asdict(c) for c in out.values()]})
+        part.unlink(missing_ok=True)
+    lost = [url for url, count in out.items() if count is None]
+    if lost:
+        raise DatasetError(
+            f"the counts of {len(lost)} tar shards (first {lost[0]}) written by other processes are not in "
+            f"{cache.parent}: the run folder must be one folder shared by every process"
+        )
+    counts = [out[url] for url in urls]
+    if not any(c.samples for c in counts):
         raise DatasetError(f"no labelled sample in the {len(urls)} tar shards from {urls[0]} on (see the warnings)")
-    return out
+    return counts
 
 
 def index_digest(counts: list[ShardCount]) -> str:
-    """What a checkpoint records of the shards: a resumed run must read the same samples in the same order."""
-    text = json.dumps([(c.url, c.size, c.samples) for c in counts])
+    """What a checkpoint records of the shards: a resumed run must read the same samples in the same order. File
+    names rather than paths, so a dataset moved to another folder (another node's scratch) still resumes."""
+    text = json.dumps([(os.path.basename(c.url), c.size, c.samples) for c in counts])
     return hashlib.sha256(text.encode()).hexdigest()[:16]

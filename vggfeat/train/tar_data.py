@@ -12,6 +12,7 @@ step s skips the positions of steps < s without decoding them.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,16 +261,13 @@ class TarValStream(torch.utils.data.IterableDataset):
 def load_tar_splits(
     train_patterns: tuple[str, ...], val_patterns: tuple[str, ...], num_classes: int, run: Path, info: DistInfo
 ) -> tuple[TarSplit, TarSplit]:
-    """The training and validation shards, counted once (by rank 0, cached in the run folder) and checked
-    against the recipe's number of classes."""
+    """The training and validation shards, counted once (the shards dealt over the processes, the counts cached
+    in the run folder) and checked against the recipe's number of classes."""
     splits = []
     for what, patterns in (("train", train_patterns), ("val", val_patterns)):
-        urls = expand_shard_patterns(patterns)
+        urls = [os.path.abspath(u) for u in expand_shard_patterns(patterns)]
         cache = run / f"shards-{what}.json"
-        if info.is_main:
-            index_shards(urls, cache)
-        barrier(info)
-        counts = index_shards(urls, cache)
+        counts = index_shards(urls, cache, rank=info.rank, world=info.world, sync=lambda: barrier(info))
         top = max(c.max_label for c in counts)
         if top >= num_classes:
             where = next(c.url for c in counts if c.max_label == top)
