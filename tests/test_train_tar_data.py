@@ -295,3 +295,19 @@ def test_two_processes_count_and_train_in_step(tmp_path, shards):
     assert [s["step"] for s in steps if s["kind"] == "step"] == [5]  # 80 samples, global batch 16
     ckpt = torch.load(sorted(tmp_path.glob("ckpt-*.pt"))[-1], weights_only=True)
     assert ckpt["data_position"]["world"] == 2
+
+
+def test_labels_beyond_num_classes_and_missing_shards_are_one_line_errors(tmp_path):
+    from vggfeat.errors import InputError
+    from vggfeat.train.tar_data import load_tar_splits
+    from vggfeat.utils.distributed import DistInfo
+
+    write_tar_shard(tmp_path / "t.tar", [(f"s{j}", {"jpg": b"x", "cls": b"%d" % (3 * j)}) for j in range(5)])
+    with pytest.raises(
+        ConfigError, match=r"model.num_classes is 10 but .*t.tar has label 12; set model.num_classes: 13"
+    ):
+        load_tar_splits((f"{tmp_path}/t.tar",), (f"{tmp_path}/t.tar",), 10, tmp_path, DistInfo())
+    with pytest.raises(InputError, match=r"1 of the 2 files it names are missing, first .*u.tar"):
+        load_tar_splits((f"{tmp_path}/{{t,u}}.tar",), (f"{tmp_path}/t.tar",), 13, tmp_path, DistInfo())
+    train, val = load_tar_splits((f"{tmp_path}/t.tar",), (f"{tmp_path}/*.tar",), 13, tmp_path, DistInfo())
+    assert len(train) == len(val) == 5 and len(train.classes) == 13

@@ -221,10 +221,11 @@ def iter_tar_samples(
     """Every sample of a webdataset tar in tar order: consecutive members with one key form a sample, which has
     exactly one image member (by extension, case-insensitive). Streams the file once; memory holds one sample.
 
-    A bad sample (no or two images, a member that is a link or device, a member over `max_member_bytes`, two
-    members of one name) is a TarProblem and reading goes on. A truncated or corrupt tar yields the samples
-    before the damage, then one TarProblem naming the sample it was in, and stops. A path that is not a
-    regular file (a FIFO would block forever) is one TarProblem, checked on the opened descriptor."""
+    A bad sample (no or two images, a member that is a link or device, members together over `max_member_bytes`
+    - such a member is skipped unread - or two members of one name) is a TarProblem and reading goes on. A
+    truncated or corrupt tar yields the samples before the damage, then one TarProblem naming the sample it was
+    in, and stops. A path that is not a regular file (a FIFO would block forever) is one TarProblem, checked on
+    the opened descriptor."""
     url = os.fspath(url)
     exts = frozenset(e.lower().lstrip(".") for e in image_exts)
     try:

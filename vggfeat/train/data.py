@@ -7,7 +7,7 @@ for the loop to warn about and count."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -88,7 +88,7 @@ class TrainSet(torch.utils.data.Dataset):
         world: int,
         workers: int,
         pin_memory: bool,
-        collate_fn: object,
+        collate_fn: Callable[[list], tuple],
     ) -> torch.utils.data.DataLoader:
         """This process's micro-batches of `epoch` from step `start_step`, in the order the loop takes them."""
         sampler = GlobalBatchSampler(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,7 +133,7 @@ class TarTrainSet:
         world: int,
         workers: int,
         pin_memory: bool,
-        collate_fn: object,
+        collate_fn: Callable[[list], tuple],
     ) -> torch.utils.data.DataLoader:
         stream = TarTrainStream(
             self,
