@@ -175,8 +175,10 @@ class Recipe:
         }
         for key, clash in clashes.items():
             if clash:
+                off = "false" if key == "data.cache_decoded" else "null"
                 raise ConfigError(
-                    f"{key} is for a folder dataset but data.train_shards reads tar shards; unset one of them"
+                    f"{key} is for a folder dataset but data.train_shards reads tar shards; set {key}: {off} "
+                    f"(--set {key}={off}) or unset data.train_shards and data.val_shards"
                 )
 
     def _check_choices(self) -> None:
