@@ -480,6 +480,7 @@ class _Trainer:
         x, alpha, y, skipped = batch
         self._warn_unreadable(skipped)
         d, rt = self.recipe.data, self.recipe.runtime
+        labelled = bool((y >= 0).any())  # label -1: a tar image that did not decode keeps its slot but no loss
         x, alpha, y = (t.to(self.device, non_blocking=True) for t in (x, alpha, y))
         x = normalize_batch(x, self.data.mean, self.data.eigval, self.data.eigvec, alpha if d.color_sigma > 0 else None)
         if rt.channels_last:
@@ -489,12 +490,7 @@ class _Trainer:
         with contextlib.nullcontext() if last else self.net.no_sync():  # DDP: all-reduce once per step
             with self.amp or contextlib.nullcontext():
                 logits = self.net(x)
-            # label -1: a tar sample whose image did not decode keeps its slot but no loss
-            loss = (
-                F.cross_entropy(logits.float(), y, ignore_index=-1)
-                if bool((y >= 0).any())
-                else logits.float().sum() * 0
-            )
+            loss = F.cross_entropy(logits.float(), y, ignore_index=-1) if labelled else logits.float().sum() * 0
             if self.recipe.debug.nan_at_step and self.global_step + 1 == self.recipe.debug.nan_at_step:
                 loss = loss * float("nan")
             (loss / self.accum).backward()
