@@ -247,3 +247,16 @@ def test_long_names_and_hostile_extended_headers(tmp_path):
     got = list(iter_tar_samples(tmp_path / "pax.tar"))
     assert time.perf_counter() - t0 < 0.5
     assert len(got) == 1 and isinstance(got[0], TarProblem) and "65536 bytes" in got[0].reason
+
+
+def test_compressed_tars_stream_too(tmp_path):
+    import gzip
+
+    write_tar_shard(tmp_path / "a.tar", _samples(4))
+    (tmp_path / "a.tar.gz").write_bytes(gzip.compress((tmp_path / "a.tar").read_bytes()))
+    plain, packed = (list(iter_tar_samples(tmp_path / n)) for n in ("a.tar", "a.tar.gz"))
+    assert [(s.key, s.data, s.extras) for s in packed] == [(s.key, s.data, s.extras) for s in plain]
+    data = (tmp_path / "a.tar.gz").read_bytes()
+    (tmp_path / "cut.tar.gz").write_bytes(data[: len(data) * 2 // 3])
+    got = list(iter_tar_samples(tmp_path / "cut.tar.gz"))
+    assert isinstance(got[-1], TarProblem) and all(isinstance(g, TarSample) for g in got[:-1]) and len(got) >= 2
