@@ -311,3 +311,17 @@ def test_labels_beyond_num_classes_and_missing_shards_are_one_line_errors(tmp_pa
         load_tar_splits((f"{tmp_path}/{{t,u}}.tar",), (f"{tmp_path}/t.tar",), 13, tmp_path, DistInfo())
     train, val = load_tar_splits((f"{tmp_path}/t.tar",), (f"{tmp_path}/*.tar",), 13, tmp_path, DistInfo())
     assert len(train) == len(val) == 5 and len(train.classes) == 13
+
+
+def test_cli_refuses_data_root_beside_shards(tmp_path):
+    from click.testing import CliRunner
+
+    from vggfeat.cli.main import cli
+
+    write_tar_shard(tmp_path / "t.tar", [("a", {"jpg": b"x", "cls": b"0"})])
+    sets = ["data.root=null", "data.synthetic_seed=null", "data.cache_decoded=false"]
+    sets += [f"data.train_shards={tmp_path}/t.tar", f"data.val_shards={tmp_path}/t.tar"]
+    args = ["train", "smoke", *[a for s in sets for a in ("--set", s)], "--out", str(tmp_path / "run")]
+    r = CliRunner().invoke(cli, [*args, "--data-root", str(tmp_path)])
+    assert r.exit_code == 1 and "--data-root names a dataset folder but the recipe reads tar shards" in r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
