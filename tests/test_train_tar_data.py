@@ -325,3 +325,17 @@ def test_cli_refuses_data_root_beside_shards(tmp_path):
     r = CliRunner().invoke(cli, [*args, "--data-root", str(tmp_path)])
     assert r.exit_code == 1 and "--data-root names a dataset folder but the recipe reads tar shards" in r.output
     assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_mean_rgb_of_shards_equals_that_of_the_folder_and_follows_the_shards(tmp_path, shards):
+    from vggfeat.data.stats import cached_tar_stats, pixel_stats
+
+    urls = sorted(str(p) for p in (shards / "train").glob("*.tar"))
+    folder = sorted((shards / "folder" / "train").rglob("*.jpg"))
+    want, got = pixel_stats(folder), cached_tar_stats(tmp_path, urls)
+    assert got["images"] == want["images"] == 80
+    for k in ("mean", "eigval", "eigvec"):
+        assert np.allclose(got[k], want[k], rtol=1e-9, atol=1e-9), k
+    assert cached_tar_stats(tmp_path, urls)["mean"] == got["mean"]  # read back
+    fewer = cached_tar_stats(tmp_path, urls[:1])  # other shards, same folder: computed afresh
+    assert fewer["images"] == 30 and fewer["mean"] != got["mean"]

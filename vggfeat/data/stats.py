@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -105,10 +106,17 @@ def cached_stats(
 
 def cached_tar_stats(folder: str | Path, shards: Sequence[str], *, min_side: int = 256) -> dict[str, Any]:
     """pixel_stats of every image in tar `shards` (streamed), cached as `folder`/mean_rgb.json - the run folder,
-    as shards are often shared and read-only."""
+    as shards are often shared and read-only - with the shards' names, sizes and mtimes, so other shards (a run
+    folder reused with --overwrite) are computed afresh rather than given another dataset's mean."""
     cache = Path(folder) / CACHE_NAME
+    key = [[os.path.basename(u), (st := os.stat(u)).st_size, st.st_mtime_ns] for u in shards]
     if cache.exists():
-        return _read_cache(cache)
+        try:
+            stats = _read_cache(cache)
+            if stats.get("shards") == key:
+                return stats
+        except StatsError as e:
+            log.warning("%s; recomputing it", e)
 
     def images() -> Iterator[Callable[[], Image.Image]]:
         for url in shards:
@@ -117,7 +125,7 @@ def cached_tar_stats(folder: str | Path, shards: Sequence[str], *, min_side: int
                     name = f"{item.url}:{item.image_member}"
                     yield functools.partial(decode_rgb, item.data, name, min_side=min_side)
 
-    stats = _stats(images())
+    stats = {**_stats(images()), "shards": key}
     atomic_write_json(cache, stats)
     return stats
 
