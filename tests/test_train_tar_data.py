@@ -159,7 +159,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.slow  # ~25 s on 2 quiet cores: three subprocess runs
+@pytest.mark.slow  # three subprocess runs: 92 s on 2 cores at load 19 (shared machine)
 def test_tar_shard_run_killed_and_resumed_equals_uninterrupted(tmp_path, shards):
     sets = [
         "data.root=null",
@@ -201,7 +201,7 @@ def test_undecodable_image_keeps_its_slot_with_label_minus_one(tmp_path, shards)
     assert f"bad.tar:{samples[3][0]}.jpg" in items[3][3][0] and items[3][0].shape == (64, 64, 3)
 
 
-@pytest.mark.slow  # ~5 s on 2 quiet cores (12 s loaded): one short run in this process
+@pytest.mark.slow  # one short run in this process: 11 s on 2 cores at load 19
 def test_undecodable_image_is_left_out_and_other_shards_refuse_to_resume(tmp_path, shards):
     """One training image is garbage: with one image per micro-batch its micro-batch has no loss at all, and
     the run goes on with finite losses; resuming the run with other shards is refused, naming the checkpoint."""
@@ -265,7 +265,7 @@ def test_processes_share_the_counting(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.glob("idx*")) == ["idx.json"]  # the parts are gone
 
 
-@pytest.mark.slow  # ~20 s: torchrun with 2 gloo processes
+@pytest.mark.slow  # torchrun with 2 gloo processes: 26 s on 2 cores at load 19
 def test_two_processes_count_and_train_in_step(tmp_path, shards):
     """Under torchrun the two processes count the shards between them and take equal shares: the run ends
     (a share one micro-batch short would hang the other process in its all-reduce)."""
