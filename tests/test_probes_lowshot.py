@@ -1,5 +1,5 @@
 """Low-shot VOC-2007 on generated descriptors: the sampling rule, the batched solve against one fit per
-problem, and the summary (issue 14.7)."""
+problem, the suites' scoring against a literal port of their code, the old scoring's numbers, and the summary."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ import pytest
 from vggfeat.data.synthetic_features import make_voc_like_features
 from vggfeat.errors import VggfeatError
 from vggfeat.probes import metrics
-from vggfeat.probes.lowshot import LowShotResult, draw_low_shot, plot_low_shot, run_low_shot
+from vggfeat.probes.lowshot import (
+    LowShotResult,
+    draw_low_shot,
+    normalize_rows,
+    plot_low_shot,
+    run_low_shot,
+)
 from vggfeat.probes.svm import fit_linear_svms
 
 
@@ -34,20 +40,36 @@ def test_each_class_draws_k_positives_and_19k_negatives_never_a_difficult_one(vo
     assert any(not np.array_equal(a[0], b[0]) for a, b in zip(draws, other, strict=False))
 
 
-def test_a_class_with_too_few_positives_gives_all_it_has():
+def test_the_negatives_are_k_times_the_other_classes_count():
+    # the suites draw (K - 1) k negatives: 19 k for VOC's 20 classes, 4 k for 5
+    y = -np.ones((60, 5), dtype=np.int8)
+    y[np.arange(60), np.arange(60) % 5] = 1
+    y[:5, 0] = 0  # difficult: never drawn
+    for c, (pos, neg) in enumerate(draw_low_shot(y, 2, seed=0, sample=0)):
+        assert len(pos) == 2 and len(neg) == 4 * 2
+        assert (y[pos, c] == 1).all() and (y[neg, c] == -1).all()
+
+
+def test_a_k_that_a_class_cannot_meet_is_refused_naming_the_class_not_drawn_short(voc_like):
     y = -np.ones((50, 2), dtype=np.int8)
     y[:3, 0] = 1
-    y[3:5, 0] = 0  # difficult: never drawn
+    y[3:5, 0] = 0  # difficult: not counted
     y[10:30, 1] = 1
-    pos, neg = draw_low_shot(y, 8, seed=0, sample=0)[0]
-    assert sorted(pos) == [0, 1, 2] and len(neg) == 45 and not set(neg) & {3, 4}
+    with pytest.raises(VggfeatError, match=r"k=8 needs 8 positives .* but '0' has 3 positives .* up to 3"):
+        draw_low_shot(y, 8, seed=0, sample=0)
+    assert [len(p) for p, _ in draw_low_shot(y, 3, seed=0, sample=0, negatives_per_positive=1)] == [3, 3]
+    x, y, x_test, y_test = voc_like  # before any solve, for every k asked
+    with pytest.raises(VggfeatError, match=r"k=100000000000000000000 needs .* up to"):
+        run_low_shot(x, y, x_test, y_test, ks=(1, 100000000000000000000), classes=[f"c{i}" for i in range(20)])
 
 
-def test_batched_run_equals_one_fit_per_sample_class_and_C(voc_like):
+def test_batched_run_equals_one_weighted_fit_per_sample_class_and_C(voc_like):
     x, y, x_test, y_test = voc_like
+    scale = np.random.default_rng(0).uniform(0.5, 4.0, size=(len(x), 1))  # unnormalised rows
     ks, samples, Cs = (1, 4), 2, (0.1, 10.0)
-    result = run_low_shot(x, y, x_test, y_test, ks=ks, samples=samples, Cs=Cs, seed=7)
+    result = run_low_shot(x * scale, y, x_test, y_test, ks=ks, samples=samples, Cs=Cs, seed=7)
     assert result.ap.shape == (2, 2, 2, 20) and result.drawn.shape == (2, 2, 20, 2)
+    xn, xn_test = normalize_rows(x * scale), normalize_rows(x_test)
     for i, k in enumerate(ks):
         for s in range(samples):
             draws = draw_low_shot(y, k, seed=7, sample=s)
@@ -56,9 +78,29 @@ def test_batched_run_equals_one_fit_per_sample_class_and_C(voc_like):
                 for c, (pos, neg) in enumerate(draws):
                     rows = np.concatenate([pos, neg])
                     t = np.where(y[rows, c] > 0, 1.0, -1.0)[:, None]
-                    coef, b, _ = fit_linear_svms(x[rows], t, np.ones_like(t), [C])
-                    scores[:, c] = x_test @ coef[0] + b[0]
-                np.testing.assert_allclose(result.ap[i, s, j], metrics.voc07_ap(scores, y_test), atol=2e-3)
+                    coef, b, _ = fit_linear_svms(xn[rows], t, np.where(t > 0, 2.0, 1.0), [C])  # class weight 2:1
+                    scores[:, c] = xn_test @ coef[0] + b[0]
+                np.testing.assert_allclose(result.ap[i, s, j], metrics.voc12_ap(scores, y_test), atol=2e-3)
+
+
+def test_features_are_scaled_inside_so_a_python_caller_gets_the_clis_numbers(voc_like):
+    x, y, x_test, y_test = voc_like
+    rng = np.random.default_rng(1)
+    kw = dict(ks=(2,), samples=2, Cs=(0.1, 1.0), seed=0)
+    raw = run_low_shot(x * rng.uniform(0.1, 10, (len(x), 1)), y, x_test * 7.0, y_test, **kw)
+    np.testing.assert_allclose(raw.map_table, run_low_shot(x, y, x_test, y_test, **kw).map_table, atol=1e-3)
+
+
+def test_the_old_11_point_unweighted_scoring_reproduces_its_numbers(voc_like):
+    # mAP per C that the first low-shot default printed for k = 4, sample 0, seed 7 on these features
+    x, y, x_test, y_test = voc_like
+    old = run_low_shot(x, y, x_test, y_test, ks=(4,), samples=1, seed=7, scoring="11point-unweighted")
+    assert old.Cs == (0.01, 0.1, 1.0, 10.0, 100.0) and old.to_dict()["rows"][0]["negatives"] == 19 * 4
+    first_default = [0.37992783, 0.64886388, 0.69117355, 0.67131360, 0.66344029]
+    np.testing.assert_allclose(old.map_table[0, 0], first_default, atol=2e-3)
+    new = run_low_shot(x, y, x_test, y_test, ks=(4,), samples=1, Cs=(1.0,), seed=7)
+    assert new.to_dict()["metric"] == "voc12_ap" and old.to_dict()["metric"] == "voc07_ap"
+    assert abs(new.mean[0] - old.map_table[0, 0, 2]) > 1e-3  # the two scorings give different numbers at C = 1
 
 
 def test_summary_more_shots_help_and_the_report_is_json_and_a_plot(voc_like, tmp_path):
@@ -108,19 +150,24 @@ def test_the_reports_metric_and_headline_come_from_the_benchmark_registry(voc_li
 
     x, y, x_test, y_test = voc_like
     result = run_low_shot(x, y, x_test, y_test, ks=(1,), samples=1, Cs=(1.0,), seed=0)
-    bench = registry.get_benchmark("voc2007")
+    bench, all_point = registry.get_benchmark("voc2007"), registry.get_benchmark("voc2012")
     report = result.to_dict()
+    # VOC-2007's title and headline; the metric is the all-point AP, registered as voc2012's
     assert (report["metric"], report["metric_title"], report["headline_name"]) == (
-        bench.metric,
-        bench.metric_title,
+        all_point.metric,
+        all_point.metric_title,
         bench.headline,
     )
+    assert report["class_weight"] == {"1": 2.0, "-1": 1.0} and report["negatives_per_positive"] == 19
     # the labels are the registry's, not a copy of them: renamed there, renamed in every output
-    renamed = replace(bench, headline="meanAP", metric_title="AP (renamed)", title="VOC renamed")
-    monkeypatch.setitem(registry.BENCHMARKS, "voc2007", renamed)
+    monkeypatch.setitem(
+        registry.BENCHMARKS, "voc2007", replace(bench, headline="meanAP", metric_title="x", title="VOC renamed")
+    )
+    monkeypatch.setitem(registry.BENCHMARKS, "voc2012", replace(all_point, metric_title="AP (renamed)"))
     report = result.to_dict()
     assert (report["metric_title"], report["headline_name"]) == ("AP (renamed)", "meanAP")
     lines = low_shot_lines(report)
     assert "meanAP %" in lines[0] and "mAP" not in lines[0] and lines[-1].startswith("low-shot VOC renamed"), lines
+    assert "scoring suites: AP (renamed), class weight {1: 2, -1: 1}" in lines[-2], lines
     md = write_low_shot(result, tmp_path)["markdown"].read_text()
-    assert "| meanAP % (mean +- std over samples) |" in md and "AP (renamed)" in md, md
+    assert "| meanAP % (mean +- std over samples) |" in md and "AP (renamed), class weight {1: 2, -1: 1}" in md, md

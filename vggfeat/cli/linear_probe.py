@@ -10,6 +10,8 @@ from vggfeat.cli.probe_options import echo_split, probe_options, run_low_shot_pr
 from vggfeat.probes.run import run_linear_probe
 from vggfeat.utils.device import resolve_device
 
+DEFAULT = click.core.ParameterSource.DEFAULT
+
 
 def parse_ks(value: str) -> tuple[int, ...]:
     try:
@@ -55,9 +57,11 @@ def parse_ks(value: str) -> tuple[int, ...]:
 @click.option(
     "--low-shot",
     is_flag=True,
-    help="voc2007 only, beyond the paper: low-shot VOC-2007 as self-supervised benchmark suites report it - per "
-    "class k positives and 19k negatives from trainval, 5 seeded samples per k, test mAP mean +- std per k "
-    "(OUT/low-shot.json, .md, .png). C is picked per k on test, as those suites do; default grid 0.01..100.",
+    help="voc2007 only, beyond the paper: low-shot VOC-2007 scored as the self-supervised suites (VISSL, "
+    "fair_self_supervision_benchmark) score it - per class k positives and 19k negatives from trainval, 5 "
+    "seeded samples per k, features scaled by 1/(|x|+1e-5), one SVM per class with class weight {1: 2, -1: 1}, "
+    "all-point AP on test, mAP mean +- std per k (OUT/low-shot.json, .md, .png). C is picked per k on test, as "
+    "those suites do, from their grid 0.01..1000. A k that some class cannot meet is refused.",
 )
 @click.option(
     "--low-shot-ks", "low_shot_ks", default="1,2,4,8,16,32,64,96", show_default=True, help="The k values of --low-shot."
@@ -69,7 +73,18 @@ def parse_ks(value: str) -> tuple[int, ...]:
     type=click.IntRange(min=1),
     help="Seeded samples per k for --low-shot.",
 )
-def linear_probe(cs, holdout, classifier, no_box, low_shot, low_shot_ks, low_shot_samples, **opts) -> None:
+@click.option(
+    "--low-shot-scoring",
+    type=click.Choice(["suites", "11point-unweighted"]),
+    default="suites",
+    show_default=True,
+    help="suites: as above, comparable with the suites' low-shot VOC07 tables; 11point-unweighted: vggfeat's "
+    "first scoring (the paper's 11-point AP, no class weight, features as given, grid 0.01..100), to reproduce "
+    "older numbers.",
+)
+def linear_probe(
+    cs, holdout, classifier, no_box, low_shot, low_shot_ks, low_shot_samples, low_shot_scoring, **opts
+) -> None:
     """Train one-vs-rest linear SVMs on frozen descriptors and score BENCHMARK by its own protocol.
 
     \b
@@ -96,13 +111,19 @@ def linear_probe(cs, holdout, classifier, no_box, low_shot, low_shot_ks, low_sho
       vggfeat linear-probe voc2007 --root /data --weights d.safetensors --low-shot
       vggfeat linear-probe voc2012-action --root /data --weights d.safetensors --weights e.safetensors
     """
+    ctx = click.get_current_context()
+    given = {p.name for p in ctx.command.params if ctx.get_parameter_source(p.name) not in (None, DEFAULT)}
     if low_shot:
-        # same VOC-2007 descriptors (and cache) as the full probe; a grid that spans k = 1 .. 96 by default
-        source = click.get_current_context().get_parameter_source("cs")
-        default_grid = source == click.core.ParameterSource.DEFAULT
-        low_shot_cs = (0.01, 0.1, 1.0, 10.0, 100.0)  # = probes.lowshot.LOW_SHOT_CS (not imported: torch)
+        apart, why = {"holdout", "classifier", "no_box"}, "do not apply to --low-shot (C is chosen per k on test)"
+    else:
+        apart, why = {"low_shot_ks", "low_shot_samples", "low_shot_scoring"}, "apply to --low-shot only"
+    if given & apart:  # an option the run would ignore is refused before anything is read or written
+        raise click.UsageError(f"{', '.join('--' + n.replace('_', '-') for n in sorted(given & apart))} {why}")
+    if low_shot:
+        # same VOC-2007 descriptors (and cache) as the full probe; the scoring's own grid unless --Cs is given
         ks = parse_ks(low_shot_ks)
-        return run_low_shot_probe(opts, ks=ks, samples=low_shot_samples, Cs=low_shot_cs if default_grid else cs)
+        Cs = cs if "cs" in given else None
+        return run_low_shot_probe(opts, ks=ks, samples=low_shot_samples, Cs=Cs, scoring=low_shot_scoring)
     opts["box"] = not no_box
 
     def probe(splits, store):

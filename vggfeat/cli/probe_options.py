@@ -211,9 +211,12 @@ def echo_split(split, result) -> None:
     )
 
 
-def run_low_shot_probe(opts: dict, *, ks: tuple[int, ...], samples: int, Cs: tuple[float, ...]) -> None:
+def run_low_shot_probe(
+    opts: dict, *, ks: tuple[int, ...], samples: int, Cs: tuple[float, ...] | None, scoring: str
+) -> None:
     """`linear-probe voc2007 --low-shot`: the same VOC-2007 descriptors (cached as for the full probe), then
-    vggfeat.probes.lowshot on them; writes OUT/low-shot.{json,md,png} and prints mean +- std of mAP per k."""
+    vggfeat.probes.lowshot on them; writes OUT/low-shot.{json,md,png} and prints mean +- std of mAP per k.
+    The ks are checked against the label lists before anything is extracted or written."""
     benchmark = opts["benchmark"]
     if benchmark != "voc2007":
         raise click.UsageError(
@@ -222,21 +225,27 @@ def run_low_shot_probe(opts: dict, *, ks: tuple[int, ...], samples: int, Cs: tup
     out_dir = Path(opts["out"] or Path("vggfeat-out") / benchmark)
     try:
         (split,) = load_splits(benchmark, opts["root"], out_dir, 1, opts["seed"])
-        store = probe_store(benchmark, [split], out_dir, opts)
         import numpy as np
 
-        from vggfeat.probes.lowshot import low_shot_lines, run_low_shot, write_low_shot
+        from vggfeat.probes.lowshot import check_low_shot_ks, get_scoring, low_shot_lines, run_low_shot, write_low_shot
 
-        click.echo(f"{benchmark} low-shot: k in {', '.join(map(str, ks))}, {samples} samples, {store.dim}-D features")
+        y_train = np.array(split.train_labels)
+        check_low_shot_ks(y_train, ks, get_scoring(scoring).negatives_for(y_train.shape[1]), split.classes)
+        store = probe_store(benchmark, [split], out_dir, opts)
+        click.echo(
+            f"{benchmark} low-shot ({scoring} scoring): k in {', '.join(map(str, ks))}, {samples} samples, "
+            f"{store.dim}-D features"
+        )
         x_train, x_test = split_features(store, split.train_paths, split.test_paths)
         result = run_low_shot(
             x_train,
-            np.array(split.train_labels),
+            y_train,
             x_test,
             np.array(split.test_labels),
             ks=ks,
             samples=samples,
             Cs=Cs,
+            scoring=scoring,
             seed=opts["seed"],
             classes=split.classes,
             device=resolve_device(opts["device"]),

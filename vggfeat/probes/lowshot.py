@@ -1,10 +1,12 @@
-"""Low-shot VOC-2007, beyond the paper: linear SVMs trained on k positives per class (issue 14.7).
+"""Low-shot VOC-2007, beyond the paper: linear SVMs trained on k positives per class.
 
-The protocol of self-supervised benchmark suites (e.g. VISSL's low-shot VOC07): for each class, a seeded sample
-of k positive and 19 k negative trainval images (the rest of that class's column, 'difficult' included, is
-ignored); that class's SVM is trained on its sample alone and scored on the full test set with the devkit's
-11-point AP. Five samples per k; mAP is reported as mean and std over the samples. The metric, its names and
-the scoring are voc2007's entry in the benchmark registry, as for the full probe.
+Scored as the self-supervised benchmark suites score it (VISSL's `low_shot_transfer/voc07` config and
+fair_self_supervision_benchmark, which share the code): per class a seeded sample of k positive and (K-1) k
+negative trainval images ('difficult' never drawn; a class short of either is refused, as their sampler is),
+features scaled by 1 / (|x| + 1e-5), a squared-hinge L2 SVM with class weight {1: 2, -1: 1} on that sample
+alone, all-point AP (area under the monotone precision envelope) on the full test set, and the C of their grid
+best on test by mean mAP over the samples. The scoring vggfeat used before (11-point AP, no class weight, raw
+features, grid 0.01..100) is kept as the named variant '11point-unweighted'.
 """
 
 from __future__ import annotations
@@ -31,26 +33,111 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOW_SHOT_KS = (1, 2, 4, 8, 16, 32, 64, 96)
-NEGATIVES_PER_POSITIVE = 19
 LOW_SHOT_SAMPLES = 5
-LOW_SHOT_CS = (0.01, 0.1, 1.0, 10.0, 100.0)
-BENCHMARK = "voc2007"  # the registry entry whose metric, names and scoring the low-shot report uses
+BENCHMARK = "voc2007"  # the registry entry whose title and headline name the low-shot report uses
+
+
+@dataclass(frozen=True)
+class LowShotScoring:
+    """How each low-shot sample is trained and scored; `SCORINGS` holds the named variants."""
+
+    name: str
+    metric_from: str  # registry entry whose metric scores the test set: its score, id and title
+    positive_weight: float  # per-row weight of a positive (LinearSVC's class_weight {1: w, -1: 1})
+    Cs: tuple[float, ...]  # the default cost grid; C is chosen per k on test
+    normalize: bool  # scale every feature by 1 / (|x| + 1e-5) first, as the suites' trainer does
+    negatives_per_positive: int | None  # None: K - 1 for K classes (the suites' sampler), else this many
+
+    def negatives_for(self, n_classes: int) -> int:
+        """Negatives drawn per positive for a label matrix of `n_classes` columns."""
+        return self.negatives_per_positive if self.negatives_per_positive is not None else n_classes - 1
+
+
+# VISSL vissl/utils/svm_utils: SVMLowShotTrainer (LinearSVC(C, class_weight={1: 2, -1: 1}, squared hinge, L2,
+# normalize: True), evaluate.calculate_ap (all-point; the same area as the VOC2010+ AP of voc2012's entry),
+# create_low_shot_samples (k positives, (K - 1) k negatives) and the voc07 low-shot config's costs_list.
+SUITES = LowShotScoring(
+    name="suites",
+    metric_from="voc2012",
+    positive_weight=2.0,
+    Cs=(0.01, 0.1, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 50.0, 100.0, 1000.0),
+    normalize=True,
+    negatives_per_positive=None,
+)
+# vggfeat's first scoring, kept so its numbers stay reproducible: the 2007 devkit's 11-point AP (the paper's
+# metric), no class weight, the features as given, 19 k negatives whatever K, a coarser grid.
+ELEVEN_POINT_UNWEIGHTED = LowShotScoring(
+    name="11point-unweighted",
+    metric_from="voc2007",
+    positive_weight=1.0,
+    Cs=(0.01, 0.1, 1.0, 10.0, 100.0),
+    normalize=False,
+    negatives_per_positive=19,
+)
+SCORINGS = {s.name: s for s in (SUITES, ELEVEN_POINT_UNWEIGHTED)}
+LOW_SHOT_CS = SUITES.Cs
+
+
+def get_scoring(scoring: str | LowShotScoring) -> LowShotScoring:
+    """A `LowShotScoring` by name (or as given); an InputError listing the names otherwise."""
+    if isinstance(scoring, LowShotScoring):
+        return scoring
+    if scoring not in SCORINGS:
+        raise InputError(f"unknown low-shot scoring {scoring!r}; choose one of {', '.join(SCORINGS)}")
+    return SCORINGS[scoring]
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """x / (|x| + 1e-5) per row, in float64 as the suites' trainer (their `_normalize_features`), as float32."""
+    x = np.asarray(x, np.float64)
+    return (x / (np.linalg.norm(x, axis=1) + 1e-5)[:, None]).astype(np.float32)
+
+
+def check_low_shot_ks(
+    labels: np.ndarray, ks: Sequence[int], negatives_per_positive: int, classes: Sequence[str] | None = None
+) -> None:
+    """Refuse (InputError) any k that some class of `labels` (N, K) cannot meet with k positives and
+    `negatives_per_positive` * k negatives, as the suites' sampler refuses it: a sample short of k would be
+    reported as k while fewer images were used."""
+    labels = np.asarray(labels)
+    names = list(classes) if classes is not None else [str(c) for c in range(labels.shape[1])]
+    n_pos, n_neg = (labels > 0).sum(axis=0), (labels < 0).sum(axis=0)
+    capacity = np.minimum(n_pos, n_neg // max(negatives_per_positive, 1))  # (K,) largest k each class meets
+    worst = int(capacity.argmin())
+    too_big = [int(k) for k in ks if int(k) > int(capacity[worst])]
+    if not too_big:
+        return
+    k = max(too_big)
+    short = f"{names[worst]!r} has {int(n_pos[worst])} positives and {int(n_neg[worst])} negatives"
+    fix = (
+        f"give ks up to {int(capacity[worst])} (--low-shot-ks)"
+        if capacity[worst] > 0
+        else "every class needs at least 1 positive and "
+        f"{negatives_per_positive} negatives in trainval: check the label lists"
+    )
+    raise InputError(
+        f"low-shot k={k} needs {k} positives and {negatives_per_positive * k} negatives of every class in "
+        f"trainval ('difficult' not counted), but {short}; {fix}"
+    )
 
 
 def draw_low_shot(
-    labels: np.ndarray, k: int, *, seed: int, sample: int, negatives_per_positive: int = NEGATIVES_PER_POSITIVE
+    labels: np.ndarray, k: int, *, seed: int, sample: int, negatives_per_positive: int | None = None
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per class of `labels` (N, K) in {1, -1, 0}: (positive rows, negative rows) of one seeded sample.
+    """Per class of `labels` (N, K) in {1, -1, 0}: (positive rows, negative rows) of one seeded sample, k
+    positives and (K - 1) k negatives (or `negatives_per_positive` k); a class short of either is refused.
 
     The generator is keyed by (seed, k, sample), so a sample does not change when other k values or samples
-    are added. A class with fewer than k positives (or 19 k negatives) gives all it has.
+    are added.
     """
+    labels = np.asarray(labels)
+    m = negatives_per_positive if negatives_per_positive is not None else labels.shape[1] - 1
+    check_low_shot_ks(labels, (k,), m)
     rng = np.random.default_rng([seed, k, sample])
     draws = []
     for c in range(labels.shape[1]):
         pos, neg = np.flatnonzero(labels[:, c] > 0), np.flatnonzero(labels[:, c] < 0)
-        n_pos, n_neg = min(k, len(pos)), min(negatives_per_positive * k, len(neg))
-        draws.append((np.sort(rng.choice(pos, n_pos, replace=False)), np.sort(rng.choice(neg, n_neg, replace=False))))
+        draws.append((np.sort(rng.choice(pos, k, replace=False)), np.sort(rng.choice(neg, m * k, replace=False))))
     return draws
 
 
@@ -63,10 +150,11 @@ class LowShotResult:
     classes: tuple[str, ...]
     seed: int
     ap: np.ndarray  # (len(ks), samples, len(Cs), K) test AP; NaN for a class without test positives
-    drawn: np.ndarray  # (len(ks), samples, K, 2) positives and negatives actually trained on
+    drawn: np.ndarray  # (len(ks), samples, K, 2) positives and negatives trained on (always k and m k)
     features: dict[str, Any] = field(default_factory=dict)
     seconds: list[float] = field(default_factory=list)  # per k
-    benchmark: str = BENCHMARK  # registry name: the metric and its names in the report
+    benchmark: str = BENCHMARK  # registry name: the title and headline name in the report
+    scoring: LowShotScoring = SUITES
 
     @property
     def map_table(self) -> np.ndarray:
@@ -94,8 +182,36 @@ class LowShotResult:
         """(len(ks),) standard deviation over the samples (population std, ddof 0)."""
         return self._at_chosen().std(axis=1)
 
+    @property
+    def negatives_per_positive(self) -> int:
+        """Negatives drawn per positive: K - 1 under the suites' scoring."""
+        return self.scoring.negatives_for(len(self.classes))
+
+    def describe(self) -> dict[str, Any]:
+        """The scoring in words and values, for every report format (metric, class weight, features, negatives)."""
+        bench, metric = get_benchmark(self.benchmark), get_benchmark(self.scoring.metric_from)
+        m = self.negatives_per_positive
+        weight = self.scoring.positive_weight
+        return {
+            "scoring": self.scoring.name,
+            "metric": metric.metric,
+            "metric_title": metric.metric_title,
+            "class_weight": {"1": weight, "-1": 1.0},
+            "normalize": "x / (|x| + 1e-5)" if self.scoring.normalize else None,
+            "negatives_per_positive": m,
+            "protocol": (
+                f"per class k positives and {m}k negatives from trainval ('difficult' never drawn; a class short "
+                f"of either is refused), {self.ap.shape[1]} seeded samples per k; "
+                + ("features scaled by 1/(|x| + 1e-5); " if self.scoring.normalize else "features as given; ")
+                + f"one squared-hinge L2 SVM per class on its sample, class weight {{1: {weight:g}, -1: 1}}; "
+                f"{metric.metric_title} on the full test set; C chosen per k by mean test {bench.headline} over "
+                "the samples"
+            ),
+        }
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready, in percent; metric and names from the benchmark registry (as probes.report does)."""
+        """JSON-ready, in percent; title and headline from the benchmark registry, metric from the scoring's
+        registry entry (as probes.report does)."""
         bench = get_benchmark(self.benchmark)
         table = self.map_table
         at_chosen, best = self._at_chosen(), table.mean(axis=1).argmax(axis=1)
@@ -104,11 +220,10 @@ class LowShotResult:
             with warnings.catch_warnings():  # a class without test positives is NaN in every sample: stays NaN
                 warnings.simplefilter("ignore", RuntimeWarning)
                 per_class = np.nanmean(self.ap[i, :, best[i]], axis=0)  # (K,) mean over samples
-            fewest = self.drawn[i].min(axis=0)  # (K, 2) over samples
             rows.append(
                 {
                     "k": int(k),
-                    "negatives": NEGATIVES_PER_POSITIVE * int(k),
+                    "negatives": self.negatives_per_positive * int(k),
                     "mAP": round(100 * float(self.mean[i]), 2),
                     "std": round(100 * float(self.std[i]), 2),
                     "chosen_C": float(self.chosen_C[i]),
@@ -118,26 +233,16 @@ class LowShotResult:
                         name: None if np.isnan(v) else round(100 * float(v), 2)
                         for name, v in zip(self.classes, per_class, strict=False)
                     },
-                    "fewer_than_asked": {
-                        name: [int(p), int(n)]
-                        for name, (p, n) in zip(self.classes, fewest, strict=False)
-                        if p < k or n < NEGATIVES_PER_POSITIVE * k
-                    },
+                    # positives and negatives each sample trained on, fewest over samples (always k and m k)
+                    "drawn": [int(v) for v in self.drawn[i].min(axis=(0, 1))],
                     "seconds": round(self.seconds[i], 3) if i < len(self.seconds) else None,
                 }
             )
         return {
             "benchmark": f"{bench.name}-lowshot",
             "title": bench.title,
-            "metric": bench.metric,
-            "metric_title": bench.metric_title,
             "headline_name": bench.headline,
-            "protocol": (
-                f"per class k positives and {NEGATIVES_PER_POSITIVE}k negatives from trainval (rest "
-                f"ignored), {self.ap.shape[1]} seeded samples per k; one SVM per class on its sample; "
-                f"{bench.metric_title} on the full test set; C chosen per k by mean test {bench.headline} over the "
-                "samples"
-            ),
+            **self.describe(),
             "ks": list(map(int, self.ks)),
             "Cs": list(map(float, self.Cs)),
             "samples": int(self.ap.shape[1]),
@@ -155,7 +260,8 @@ def run_low_shot(
     *,
     ks: Sequence[int] = LOW_SHOT_KS,
     samples: int = LOW_SHOT_SAMPLES,
-    Cs: Sequence[float] = LOW_SHOT_CS,
+    Cs: Sequence[float] | None = None,
+    scoring: str | LowShotScoring = SUITES,
     seed: int = 0,
     classes: Sequence[str] | None = None,
     tol: float = 1e-6,
@@ -163,11 +269,13 @@ def run_low_shot(
     features: dict[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> LowShotResult:
-    """The low-shot protocol on descriptors: x (N, D), VOC labels y (N, K) in {1, -1, 0}.
+    """The low-shot protocol on descriptors: x (N, D), VOC labels y (N, K) in {1, -1, 0}; `scoring` is 'suites'
+    (the default: as VISSL scores it) or '11point-unweighted' (vggfeat's first scoring); Cs None is its grid.
 
     For each k, every (sample, class, C) problem is one column of a single batched solve over the union of
     the rows any sample drew; a row outside a problem's sample has weight 0 there (see `fit_linear_svms`).
     """
+    scoring = get_scoring(scoring)
     x_train, x_test = np.asarray(x_train, np.float32), np.asarray(x_test, np.float32)
     y_train, y_test = np.asarray(y_train), np.asarray(y_test)
     if y_train.ndim != 2 or y_test.ndim != 2 or y_train.shape[1] != y_test.shape[1]:
@@ -180,20 +288,24 @@ def run_low_shot(
             f"{len(x_test)} vs {len(y_test)} test rows"
         )
     ks = tuple(int(k) for k in ks)
-    Cs = tuple(float(c) for c in Cs)
+    Cs = tuple(float(c) for c in (scoring.Cs if Cs is None else Cs))
     if not ks or min(ks) < 1 or samples < 1 or not Cs or min(Cs) <= 0:
         raise InputError(
             f"low-shot needs k >= 1, samples >= 1 and positive C values; got ks={ks}, samples={samples}, Cs={Cs}"
         )
-    score = get_benchmark(BENCHMARK).score  # (scores (N, K), labels) -> (per-class AP, mAP)
     n_classes = y_train.shape[1]
+    m = scoring.negatives_for(n_classes)
     classes = tuple(classes) if classes is not None else tuple(map(str, range(n_classes)))
+    check_low_shot_ks(y_train, ks, m, classes)  # every k before any solve
+    if scoring.normalize:
+        x_train, x_test = normalize_rows(x_train), normalize_rows(x_test)
+    score = get_benchmark(scoring.metric_from).score  # (scores (N, K), labels) -> (per-class AP, mAP)
     ap = np.full((len(ks), samples, len(Cs), n_classes), np.nan)
     drawn = np.zeros((len(ks), samples, n_classes, 2), dtype=np.int64)
     seconds = []
     for i, k in enumerate(ks):
         start = time.perf_counter()
-        draws = [draw_low_shot(y_train, k, seed=seed, sample=s) for s in range(samples)]
+        draws = [draw_low_shot(y_train, k, seed=seed, sample=s, negatives_per_positive=m) for s in range(samples)]
         rows = np.unique(np.concatenate([np.concatenate(d) for draw in draws for d in draw]))
         where = np.full(len(y_train), -1)
         where[rows] = np.arange(len(rows))  # trainval row -> row of the union
@@ -205,7 +317,9 @@ def run_low_shot(
             for c, (pos, neg) in enumerate(draw):
                 drawn[i, s, c] = len(pos), len(neg)
                 col = (s * n_classes + c) * len(Cs)
-                S[where[np.concatenate([pos, neg])], col : col + len(Cs)] = 1.0
+                # the class weight as per-row weights: LinearSVC's C * class_weight[y_i] is C * S_i here
+                S[where[pos], col : col + len(Cs)] = scoring.positive_weight
+                S[where[neg], col : col + len(Cs)] = 1.0
         C = np.tile(np.asarray(Cs), samples * n_classes)
         coef, intercept, _ = fit_linear_svms(x_train[rows], Y, S, C, tol=tol, device=device)
         scores = (x_test @ coef.T + intercept).reshape(len(x_test), samples, n_classes, len(Cs))
@@ -223,7 +337,7 @@ def run_low_shot(
         )
         if progress is not None:
             progress(k, i)
-    return LowShotResult(ks, Cs, classes, seed, ap, drawn, dict(features or {}), seconds)
+    return LowShotResult(ks, Cs, classes, seed, ap, drawn, dict(features or {}), seconds, scoring=scoring)
 
 
 def plot_low_shot(result: LowShotResult, path: str | Path) -> Path:
@@ -240,13 +354,28 @@ def plot_low_shot(result: LowShotResult, path: str | Path) -> Path:
     ax.errorbar(result.ks, 100 * result.mean, yerr=100 * result.std, marker="o", capsize=3)
     ax.set_xscale("log", base=2)
     ax.set_xticks(result.ks, [str(k) for k in result.ks])
-    ax.set_xlabel(f"k positives per class (+ {NEGATIVES_PER_POSITIVE}k negatives)")
-    ax.set_ylabel(f"test {bench.headline} %")
+    ax.set_xlabel(f"k positives per class (+ {result.negatives_per_positive}k negatives)")
+    ax.set_ylabel(f"test {bench.headline} % ({result.describe()['metric_title']})")
     ax.set_title(f"low-shot {bench.title}: mean +- std over {result.ap.shape[1]} samples")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     atomic_write_figure(fig, path)
     return path
+
+
+def scoring_line(report: dict[str, Any]) -> str:
+    """The metric, class weight and feature scaling of a low-shot report, in one line."""
+    weight = report["class_weight"]
+    scaled = "features scaled by 1/(|x| + 1e-5)" if report["normalize"] else "features as given"
+    comparable = (
+        "comparable with the self-supervised suites' low-shot VOC07 tables"
+        if report["scoring"] == SUITES.name
+        else "not the suites' scoring: their tables use all-point AP and class weight 2:1"
+    )
+    return (
+        f"scoring {report['scoring']}: {report['metric_title']}, class weight {{1: {weight['1']:g}, -1: "
+        f"{weight['-1']:g}}}, {scaled}, {report['negatives_per_positive']}k negatives ({comparable})"
+    )
 
 
 def low_shot_lines(report: dict[str, Any]) -> list[str]:
@@ -256,6 +385,7 @@ def low_shot_lines(report: dict[str, Any]) -> list[str]:
         lines.append(
             f"{row['k']:>4}  {row['negatives']:>9}  {row['mAP']:>7.2f} +- {row['std']:<4.2f}  {row['chosen_C']:>6g}"
         )
+    lines.append(scoring_line(report))
     lines.append(
         f"low-shot {report['title']} (ours; beyond the paper, which has no low-shot table): {report['protocol']}"
     )
@@ -275,6 +405,8 @@ def write_low_shot(result: LowShotResult, out: str | Path, stem: str = "low-shot
         f"# Low-shot {report['title']}: linear SVMs on k positives per class",
         "",
         f"Protocol: {report['protocol']}. Beyond the paper (no published reference).",
+        "",
+        f"Scoring: {scoring_line(report)}.",
         "",
         f"| k | negatives | {report['headline_name']} % (mean +- std over samples) | chosen C | per sample |",
         "|---|---|---|---|---|",
