@@ -41,7 +41,7 @@ def test_low_shot_writes_mean_std_per_k_on_the_probes_cached_features(tmp_path, 
     )
     assert f"{bench.headline} %" in result.output and f"low-shot {bench.title} (ours" in result.output
     # the metric and the class weight are stated wherever the result is shown
-    stated = f"scoring suites: {all_point.metric_title}, class weight {{1: 2, -1: 1}}"
+    stated = f"suites scoring: {all_point.metric_title}, class weight {{1: 2, -1: 1}}"
     assert stated in result.output and stated in (out / "low-shot.md").read_text(), result.output
     assert report["scoring"] == "suites" and report["class_weight"] == {"1": 2.0, "-1": 1.0}
     for row in report["rows"]:
@@ -126,7 +126,7 @@ def test_the_11_point_unweighted_scoring_reproduces_the_first_defaults_numbers(t
     report = json.loads((out / "low-shot.json").read_text())
     assert report["scoring"] == "11point-unweighted" and report["metric"] == "voc07_ap"
     assert report["Cs"] == [0.01, 0.1, 1.0, 10.0, 100.0] and report["class_weight"] == {"1": 1.0, "-1": 1.0}
-    assert "scoring 11point-unweighted: AP (VOC2007 11-point), class weight {1: 1, -1: 1}" in result.output
+    assert "11point-unweighted scoring: AP (VOC2007 11-point), class weight {1: 1, -1: 1}" in result.output
     store = load_store(report["features"]["store"])
     (split,) = load_benchmark("voc2007", tmp_path / "data")
     x_train = np.asarray(store.features[store.rows_for(list(split.train_paths))])

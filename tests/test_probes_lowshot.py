@@ -168,6 +168,6 @@ def test_the_reports_metric_and_headline_come_from_the_benchmark_registry(voc_li
     assert (report["metric_title"], report["headline_name"]) == ("AP (renamed)", "meanAP")
     lines = low_shot_lines(report)
     assert "meanAP %" in lines[0] and "mAP" not in lines[0] and lines[-1].startswith("low-shot VOC renamed"), lines
-    assert "scoring suites: AP (renamed), class weight {1: 2, -1: 1}" in lines[-2], lines
+    assert "suites scoring: AP (renamed), class weight {1: 2, -1: 1}" in lines[-2], lines
     md = write_low_shot(result, tmp_path)["markdown"].read_text()
     assert "| meanAP % (mean +- std over samples) |" in md and "AP (renamed), class weight {1: 2, -1: 1}" in md, md

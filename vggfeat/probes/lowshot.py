@@ -373,7 +373,7 @@ def scoring_line(report: dict[str, Any]) -> str:
         else "not the suites' scoring: their tables use all-point AP and class weight 2:1"
     )
     return (
-        f"scoring {report['scoring']}: {report['metric_title']}, class weight {{1: {weight['1']:g}, -1: "
+        f"{report['scoring']} scoring: {report['metric_title']}, class weight {{1: {weight['1']:g}, -1: "
         f"{weight['-1']:g}}}, {scaled}, {report['negatives_per_positive']}k negatives ({comparable})"
     )
 
@@ -404,9 +404,9 @@ def write_low_shot(result: LowShotResult, out: str | Path, stem: str = "low-shot
     md = [
         f"# Low-shot {report['title']}: linear SVMs on k positives per class",
         "",
-        f"Protocol: {report['protocol']}. Beyond the paper (no published reference).",
+        f"Protocol: {report['protocol']}. Beyond the paper (which has no low-shot table).",
         "",
-        f"Scoring: {scoring_line(report)}.",
+        f"{scoring_line(report)}.",
         "",
         f"| k | negatives | {report['headline_name']} % (mean +- std over samples) | chosen C | per sample |",
         "|---|---|---|---|---|",
