@@ -102,7 +102,8 @@ def check_low_shot_ks(
     labels = np.asarray(labels)
     names = list(classes) if classes is not None else [str(c) for c in range(labels.shape[1])]
     n_pos, n_neg = (labels > 0).sum(axis=0), (labels < 0).sum(axis=0)
-    capacity = np.minimum(n_pos, n_neg // max(negatives_per_positive, 1))  # (K,) largest k each class meets
+    m = negatives_per_positive
+    capacity = np.minimum(n_pos, n_neg // m) if m > 0 else n_pos  # (K,) the largest k each class meets
     worst = int(capacity.argmin())
     too_big = [int(k) for k in ks if int(k) > int(capacity[worst])]
     if not too_big:
@@ -112,11 +113,10 @@ def check_low_shot_ks(
     fix = (
         f"give ks up to {int(capacity[worst])} (--low-shot-ks)"
         if capacity[worst] > 0
-        else "every class needs at least 1 positive and "
-        f"{negatives_per_positive} negatives in trainval: check the label lists"
+        else f"every class needs at least 1 positive and {m} negatives in trainval: check the label lists"
     )
     raise InputError(
-        f"low-shot k={k} needs {k} positives and {negatives_per_positive * k} negatives of every class in "
+        f"low-shot k={k} needs {k} positives and {m * k} negatives of every class in "
         f"trainval ('difficult' not counted), but {short}; {fix}"
     )
 
