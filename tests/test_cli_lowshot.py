@@ -43,6 +43,7 @@ def test_low_shot_writes_mean_std_per_k_on_the_probes_cached_features(tmp_path, 
     # the metric and the class weight are stated wherever the result is shown
     stated = f"suites scoring: {all_point.metric_title}, class weight {{1: 2, -1: 1}}"
     assert stated in result.output and stated in (out / "low-shot.md").read_text(), result.output
+    assert "comparable with the self-supervised suites' low-shot VOC07 tables" in result.output
     assert report["scoring"] == "suites" and report["class_weight"] == {"1": 2.0, "-1": 1.0}
     for row in report["rows"]:
         assert f"{row['mAP']:>7.2f} +- {row['std']:<4.2f}" in result.output

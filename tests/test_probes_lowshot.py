@@ -169,5 +169,6 @@ def test_the_reports_metric_and_headline_come_from_the_benchmark_registry(voc_li
     lines = low_shot_lines(report)
     assert "meanAP %" in lines[0] and "mAP" not in lines[0] and lines[-1].startswith("low-shot VOC renamed"), lines
     assert "suites scoring: AP (renamed), class weight {1: 2, -1: 1}" in lines[-2], lines
+    assert "a grid other than the suites' (1)" in lines[-2], lines  # C = 1 only: not their tables' number
     md = write_low_shot(result, tmp_path)["markdown"].read_text()
     assert "| meanAP % (mean +- std over samples) |" in md and "AP (renamed), class weight {1: 2, -1: 1}" in md, md

@@ -367,11 +367,12 @@ def scoring_line(report: dict[str, Any]) -> str:
     """The metric, class weight and feature scaling of a low-shot report, in one line."""
     weight = report["class_weight"]
     scaled = "features scaled by 1/(|x| + 1e-5)" if report["normalize"] else "features as given"
-    comparable = (
-        "comparable with the self-supervised suites' low-shot VOC07 tables"
-        if report["scoring"] == SUITES.name
-        else "not the suites' scoring: their tables use all-point AP and class weight 2:1"
-    )
+    if report["scoring"] != SUITES.name:
+        comparable = "not the suites' scoring: their tables use all-point AP and class weight 2:1"
+    elif report["Cs"] != list(SUITES.Cs):  # C is chosen on test, so another grid gives another number
+        comparable = f"a grid other than the suites' ({', '.join(f'{c:g}' for c in report['Cs'])})"
+    else:
+        comparable = "comparable with the self-supervised suites' low-shot VOC07 tables"
     return (
         f"{report['scoring']} scoring: {report['metric_title']}, class weight {{1: {weight['1']:g}, -1: "
         f"{weight['-1']:g}}}, {scaled}, {report['negatives_per_positive']}k negatives ({comparable})"
