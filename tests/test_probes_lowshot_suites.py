@@ -129,6 +129,7 @@ def suites_low_shot(train_features, train_targets, test_features, test_targets, 
 
 
 def to_suites_labels(y: np.ndarray) -> np.ndarray:
+    # VISSL extra_scripts/datasets/create_voc_data_files.py: VOC's -1 (absent) becomes 0, 0 (difficult) -1
     return np.where(y > 0, 1, np.where(y < 0, 0, -1)).astype(np.int32)
 
 
