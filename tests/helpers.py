@@ -1,5 +1,6 @@
 """Helpers shared by several test modules (fixtures live in conftest.py): tiny net options, reading a VOC2007
-tree's labels, and a PNG that claims a huge size. Test modules import from here, never from each other."""
+tree's labels, a PNG that claims a huge size, a Hugging Face cache entry. Test modules import from here, never
+from each other."""
 
 from __future__ import annotations
 
@@ -57,3 +58,16 @@ def count_opens(monkeypatch, path: Path) -> list:
 
     monkeypatch.setattr(builtins, "open", counting_open)
     return opens
+
+
+def prime_hf(cache_root, repo_id: str, tensors: dict, revision: str = "0" * 40):
+    """A Hugging Face cache entry as huggingface_hub lays it out: refs/main names a snapshot holding the file."""
+    from safetensors.torch import save_file
+
+    folder = cache_root / f"models--{repo_id.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(revision)
+    (folder / "snapshots" / revision).mkdir(parents=True)
+    path = folder / "snapshots" / revision / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    return path

@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 from conftest import TINY, tiny_torchvision_vgg, torchvision_cache_file
+from helpers import prime_hf
 
 import vggfeat
 from vggfeat.models import TORCHVISION, WeightsError, load_model, resolve_weights
@@ -16,19 +17,6 @@ from vggfeat.weight_sources import WEIGHTS_HELP
 
 torchvision = pytest.importorskip("torchvision")
 X64 = torch.rand(2, 3, 64, 64)
-
-
-def prime_hf(cache_root, repo_id: str, tensors: dict, revision: str = "0" * 40):
-    """A Hugging Face cache entry as huggingface_hub lays it out: refs/main names a snapshot holding the file."""
-    from safetensors.torch import save_file
-
-    folder = cache_root / f"models--{repo_id.replace('/', '--')}"
-    (folder / "refs").mkdir(parents=True)
-    (folder / "refs" / "main").write_text(revision)
-    (folder / "snapshots" / revision).mkdir(parents=True)
-    path = folder / "snapshots" / revision / "model.safetensors"
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
-    return path
 
 
 def test_torchvision_name_resolves_to_torch_hubs_cached_file(primed_torch_home):

@@ -16,7 +16,7 @@ from torch import nn
 
 from vggfeat.errors import LayerError
 from vggfeat.models import Preprocessing, create_model, load_model
-from vggfeat.models.resolve import check_vggfeat_net, resolve_weights
+from vggfeat.models.resolve import check_timm_model, check_vggfeat_net, resolve_weights
 from vggfeat.models.weights import WeightsError, read_weights
 from vggfeat.weight_sources import RANDOM
 
@@ -178,6 +178,8 @@ def _load_timm(name: str, weights: str | None, seed: int) -> nn.Module:
 
 def build_feature_net(spec: NetSpec, layer: str = "fc7", seed: int = 0) -> FeatureNet:
     """The FeatureNet of a (model, weights) pair; without weights (or "random") the net is randomly initialised."""
+    if spec.model.startswith(TIMM_PREFIX):
+        check_timm_model(spec.model[len(TIMM_PREFIX) :])  # a net timm does not know: one line, not its RuntimeError
     resolved = None if spec.weights is None else resolve_weights(spec.weights)  # a missing file or name: here
     if spec.model.startswith(TIMM_PREFIX):
         return TimmFeatureNet(_load_timm(spec.model[len(TIMM_PREFIX) :], spec.weights, seed), layer)

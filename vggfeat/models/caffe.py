@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import mmap
 import re
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -51,6 +52,9 @@ V0_TYPES = {"conv": "Convolution", "innerproduct": "InnerProduct"}  # V0 named t
 VARINT, FIXED64, LENGTH, FIXED32 = 0, 1, 2, 5  # wire types (3 and 4, groups, never occur in caffe.proto)
 _WINDOW = 1 << 16  # bytes read at a time while walking message headers
 _UNPACKED = {BLOB_DATA: ("<f4", 0x2D), BLOB_DOUBLE_DATA: ("<f8", 0x41)}  # dtype, one-byte key of one value
+_MAX_AXES = 32  # Caffe's kMaxBlobAxes
+_MAX_LAYERS = 10_000  # a VGG has 40-odd (ReLUs, pools, dropouts included); the deepest Caffe nets a few thousand
+_MAX_BLOBS = 16  # blobs of one layer: weight and bias for a VGG, a few more for batch norm
 
 
 @dataclass
@@ -182,10 +186,34 @@ def _signed(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value  # int64 varints are two's complement
 
 
+def _unpacked_run(r: _Reader, pos: int, end: int, number: int, out: list) -> int:
+    """Append the values of a run of (one-byte key, value) records of field `number` from `pos` to `out`;
+    returns the position after the run. Read in windows that double from a few records, so a run costs time
+    linear in its own length however often the file breaks runs up (a blob is never re-read to its end)."""
+    dtype, key = _UNPACKED[number]
+    record = np.dtype([("key", "u1"), ("value", dtype)])  # itemsize 5 or 9, no padding
+    window = 16
+    while (count := min(window, (end - pos) // record.itemsize)) > 0:
+        raw = np.frombuffer(r.array(pos, count * record.itemsize, "u1"), record)
+        stop = np.flatnonzero(raw["key"] != key)
+        run = int(stop[0]) if stop.size else count
+        values = raw["value"][:run].tobytes()
+        if out and isinstance(out[-1], bytearray):  # one buffer for a blob's runs: no array per value
+            out[-1] += values
+        else:
+            out.append(bytearray(values))
+        pos += run * record.itemsize
+        if run < count:
+            break
+        window *= 2
+    return pos
+
+
 def _read_blob(r: _Reader, start: int, end: int) -> np.ndarray:
     legacy: dict[int, int] = {}
     shape: list[int] | None = None
-    chunks: dict[int, list[np.ndarray]] = {BLOB_DATA: [], BLOB_DOUBLE_DATA: []}
+    # per field: packed arrays as read, runs of unpacked values as bytearrays (in file order)
+    chunks: dict[int, list[np.ndarray | bytearray]] = {BLOB_DATA: [], BLOB_DOUBLE_DATA: []}
     pos = start
     while pos < end:
         key_pos = pos
@@ -197,6 +225,8 @@ def _read_blob(r: _Reader, start: int, end: int) -> np.ndarray:
             for dim_number, dim_wire, dim in r.fields(value[0], value[0] + value[1]):
                 if dim_number == 1:  # BlobShape.dim: packed (the default) or one varint each
                     shape += [_signed(d) for d in r.packed_varints(dim)] if dim_wire == LENGTH else [_signed(dim)]
+                if len(shape) > _MAX_AXES:
+                    raise _Damaged(f"blob at byte {start} has more than {_MAX_AXES} dims (Caffe's limit)")
         elif number in chunks and wire == LENGTH:  # packed: the values back to back, little-endian
             dtype, _ = _UNPACKED[number]
             width = np.dtype(dtype).itemsize
@@ -206,15 +236,19 @@ def _read_blob(r: _Reader, start: int, end: int) -> np.ndarray:
                 )
             chunks[number].append(r.array(value[0], value[1] // width, dtype))
         elif number in chunks and wire in (FIXED32, FIXED64):
-            # unpacked: a run of (one-byte key, value) records; read the whole run at once, vectorised
-            dtype, key = _UNPACKED[number]
-            record = np.dtype([("key", "u1"), ("value", dtype)])  # itemsize 5 or 9, no padding
-            raw = np.frombuffer(r.array(key_pos, (end - key_pos) // record.itemsize * record.itemsize, "u1"), record)
-            stop = np.flatnonzero(raw["key"] != key)
-            run = int(stop[0]) if stop.size else len(raw)
-            chunks[number].append(raw["value"][:run].copy())
-            pos = key_pos + run * record.itemsize
-    data_chunks = chunks[BLOB_DATA] or chunks[BLOB_DOUBLE_DATA]  # double_data only in double-precision nets
+            if wire != (FIXED32 if number == BLOB_DATA else FIXED64):
+                raise _Damaged(
+                    f"field {number} at byte {key_pos} has wire type {wire}: its values are "
+                    f"{'32-bit floats (wire type 5)' if number == BLOB_DATA else '64-bit doubles (wire type 1)'}"
+                )
+            # unpacked: a run of (one-byte key, value) records, read at once, vectorised
+            run_end = _unpacked_run(r, key_pos, end, number, chunks[number])
+            if run_end == key_pos:  # its key written in more than one byte (legal, if odd): this value alone
+                chunks[number].append(r.array(value, 1, _UNPACKED[number][0]))
+                run_end = pos
+            pos = run_end
+    number = BLOB_DATA if chunks[BLOB_DATA] else BLOB_DOUBLE_DATA  # double_data only in double-precision nets
+    data_chunks = [np.frombuffer(c, _UNPACKED[number][0]) if isinstance(c, bytearray) else c for c in chunks[number]]
     data = np.concatenate(data_chunks) if len(data_chunks) > 1 else data_chunks[0] if data_chunks else None
     if data is None:
         raise _Damaged(f"blob at byte {start} holds no data (a diff-only or empty blob)")
@@ -239,6 +273,7 @@ def _read_layer(r: _Reader, span: tuple[int, int], version: str) -> CaffeLayer:
         elif number == type_field and wire == VARINT:  # V1's LayerType enum
             layer.type = V1_TYPES.get(value, f"V1 type {value}")
         elif number == blobs_field and wire == LENGTH:
+            _check_blobs(layer, span)
             layer.blobs.append(_read_blob(r, value[0], value[0] + value[1]))
         elif version == "V1" and number == V1_V0LAYER and wire == LENGTH:  # V0: everything in a nested layer
             for v0_number, v0_wire, v0_value in r.fields(value[0], value[0] + value[1]):
@@ -248,8 +283,14 @@ def _read_layer(r: _Reader, span: tuple[int, int], version: str) -> CaffeLayer:
                     v0_type = r.string(v0_value)
                     layer.type = layer.type or V0_TYPES.get(v0_type, v0_type)
                 elif v0_number == V0_BLOBS and v0_wire == LENGTH:
+                    _check_blobs(layer, span)
                     layer.blobs.append(_read_blob(r, v0_value[0], v0_value[0] + v0_value[1]))
     return layer
+
+
+def _check_blobs(layer: CaffeLayer, span: tuple[int, int]) -> None:
+    if len(layer.blobs) >= _MAX_BLOBS:  # each blob is an array: bound the objects a small file can make
+        raise _Damaged(f"layer at byte {span[0]} has more than {_MAX_BLOBS} blobs")
 
 
 def parse_caffemodel(path: str | Path, data: Mapped | None = None) -> CaffeNet:
@@ -267,6 +308,8 @@ def parse_caffemodel(path: str | Path, data: Mapped | None = None) -> CaffeNet:
                 if number == NET_NAME and wire == LENGTH:
                     name = r.string(value)
                 elif number in (NET_LAYERS_V1, NET_LAYER_V2) and wire == LENGTH:
+                    if len(layers) >= _MAX_LAYERS:
+                        raise _Damaged(f"more than {_MAX_LAYERS:,} layers: not a VGG")
                     version = "V1" if number == NET_LAYERS_V1 else "V2"
                     layers.append(_read_layer(r, value, version))
                     versions.add(version)
@@ -290,7 +333,7 @@ def caffe_state_dict(net: CaffeNet, origin: str = "Caffe model") -> dict[str, to
     """vggfeat's state dict (conv1_1.weight ... fc8.bias) of a Caffe VGG; fc layers as convs (Sect. 3.2)."""
     weighted = [layer for layer in net.layers if layer.blobs]
     names = [layer.name for layer in weighted]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    dupes = sorted(n for n, count in Counter(names).items() if count > 1)
     if dupes:
         raise WeightsError(f"{origin}: layers {', '.join(dupes)} appear twice")
     others = [n for n in names if not _CONV.match(n) and n not in _FC]
@@ -305,6 +348,11 @@ def caffe_state_dict(net: CaffeNet, origin: str = "Caffe model") -> dict[str, to
         if len(layer.blobs) != 2:
             raise WeightsError(f"{origin}: layer {layer.name} has {len(layer.blobs)} blobs, expected weight and bias")
         weight, bias = layer.blobs
+        if weight.size == 0 or bias.size == 0:
+            raise WeightsError(
+                f"{origin}: layer {layer.name} has weights {weight.shape} and biases {bias.shape}: a layer without "
+                "inputs or outputs; the file is damaged or not a VGG"
+            )
         if _CONV.match(layer.name):
             if weight.ndim != 4 or layer.type not in ("Convolution", ""):
                 raise WeightsError(

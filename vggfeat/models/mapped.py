@@ -23,6 +23,7 @@ Mapped = mmap.mmap | bytes
 _KEEP = 4  # files mapped at once: a run uses one or two nets (the paper's D & E fusion)
 _MAPS: OrderedDict[tuple, tuple[Mapped, list[str]]] = OrderedDict()  # file key -> (map, [sha256] once known)
 
+_MAX_DIMS = 64  # dims of one tensor (torch allows 64)
 _DTYPES = {
     "F64": torch.float64,
     "F32": torch.float32,
@@ -67,30 +68,53 @@ def weights_sha256(path: str | Path) -> str:
 
 def read_safetensors(data: Mapped) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, metadata) of safetensors bytes: an 8-byte little-endian header size, a JSON header naming
-    each tensor's dtype, shape and byte range, then the data. Raises ValueError on anything inconsistent."""
+    each tensor's dtype, shape and byte range, then the data. Raises ValueError on anything inconsistent,
+    after work linear in the file's size (every shape is checked against the bytes before any view is made)."""
     if len(data) < 8:
         raise ValueError("file shorter than the 8-byte header size")
     (n,) = struct.unpack("<Q", data[:8])
     if n > len(data) - 8:
         raise ValueError(f"header size {n} exceeds the file")
-    header = json.loads(bytes(data[8 : 8 + n]))
+    try:
+        header = json.loads(bytes(data[8 : 8 + n]))
+    except RecursionError:  # json nests by recursion: '[' * 200000 would otherwise escape as a traceback
+        raise ValueError("header nests deeper than any safetensors header does") from None
     if not isinstance(header, dict):
         raise ValueError("header is not a JSON object")
     meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise ValueError("__metadata__ is not a JSON object of strings")
     start, size = 8 + n, len(data) - 8 - n
     tensors = {}
     for name, info in header.items():
-        dtype = _DTYPES.get(info.get("dtype")) if isinstance(info, dict) else None
-        if dtype is None:
-            raise ValueError(f"tensor {name!r}: unknown dtype {info!r}")
-        begin, end = info["data_offsets"]
-        shape = [int(s) for s in info["shape"]]
-        count = 1
-        for s in shape:
+        dtype, shape, (begin, end) = _entry_fields(name, info)
+        count = 0 if 0 in shape else 1
+        for s in shape:  # stop as soon as the count exceeds the data: no huge product of a long shape
             count *= s
+            if count > size:
+                break
         itemsize = torch.empty((), dtype=dtype).element_size()
         if not 0 <= begin <= end <= size or end - begin != count * itemsize:
-            raise ValueError(f"tensor {name!r}: byte range {begin}..{end} does not fit shape {shape}")
+            raise ValueError(f"tensor {name!r}: byte range {begin}..{end} of {size} does not fit shape {shape}")
         flat = torch.frombuffer(data, dtype=dtype, count=count, offset=start + begin) if count else torch.empty(0)
         tensors[name] = flat.to(dtype).reshape(shape)
-    return tensors, {str(k): str(v) for k, v in meta.items()}
+    return tensors, meta
+
+
+def _entry_fields(name: str, info: object) -> tuple[torch.dtype, list[int], tuple[int, int]]:
+    """A header entry's dtype, shape and byte range, each of the type the format prescribes."""
+
+    def ints(value: object) -> bool:
+        return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+
+    if not isinstance(info, dict):
+        raise ValueError(f"tensor {name!r}: entry is not a JSON object")
+    dtype = _DTYPES.get(info["dtype"]) if isinstance(info.get("dtype"), str) else None
+    if dtype is None:
+        raise ValueError(f"tensor {name!r}: unknown dtype {info.get('dtype')!r}; valid: {', '.join(_DTYPES)}")
+    shape, offsets = info.get("shape"), info.get("data_offsets")
+    if not ints(shape) or any(s < 0 for s in shape) or len(shape) > _MAX_DIMS:
+        raise ValueError(f"tensor {name!r}: shape {str(shape)[:80]} is not a list of at most {_MAX_DIMS} sizes >= 0")
+    if not ints(offsets) or len(offsets) != 2:
+        raise ValueError(f"tensor {name!r}: data_offsets {str(offsets)[:80]} is not a [begin, end] pair of integers")
+    return dtype, shape, (offsets[0], offsets[1])

@@ -71,6 +71,8 @@ def create_model(
     (`extract_features` does that itself, and gives the net its mode back).
     """
     spec = resolve_name(name)
+    if str(device) != "meta":
+        check_model_size(spec.name, num_classes=num_classes, **options)
     with torch.device(device) if device is not None else contextlib.nullcontext():
         model = VGG(spec.config, lrn=spec.lrn, num_classes=num_classes, **options)
     model.arch = spec.name
@@ -82,6 +84,27 @@ def create_model(
     if weights is not None:
         load_weights(model, weights)
     return model
+
+
+# Nets built from options alone (no weight file to match) stay within this many parameters: ~14x net E
+# (143.7 M), 8 GB of float32. A file holding more builds through load_model, whose size the file vouches for.
+MAX_PARAMETERS = 2_000_000_000
+
+
+def check_model_size(name: str, *, num_classes: int = 1000, **options: Any) -> int:
+    """The parameter count of a named net with these options, counted on the meta device (nothing allocated);
+    an InputError when it is beyond MAX_PARAMETERS (width_mult 200 would ask for terabytes)."""
+    spec = resolve_name(name)
+    with torch.device("meta"):
+        n = count_parameters(VGG(spec.config, lrn=spec.lrn, num_classes=num_classes, **options))
+    if n > MAX_PARAMETERS:
+        given = ", ".join(f"{k}={v:g}" for k, v in {"num_classes": num_classes, **options}.items())
+        raise InputError(
+            f"{spec.name} with {given} has {n:,} parameters ({4 * n / 1e9:,.0f} GB of float32), beyond the "
+            f"{MAX_PARAMETERS:,} a net built from options may have (net E has 143,667,240): lower width_mult, "
+            "fc_dim or fc6_kernel"
+        )
+    return n
 
 
 def load_model(
@@ -118,10 +141,9 @@ def load_model(
     model = create_model(arch, device="meta", **{**inferred, **options})
     # the tensors read above: the file is read once, not again by load_weights (issue 15.4). The Caffe reader's
     # arrays are this process's own memory: they become the parameters (one copy of a 528 MB net, not two).
-    # safetensors' tensors map the file (an in-place rewrite would change them), so they are copied in.
+    # safetensors' tensors map the file (an in-place rewrite would change them), so they are copied in, into
+    # memory that load_tensors allocates only once the net's shapes are found to be the file's.
     own = meta.get("format") == "caffe"
-    if not own:
-        model = model.to_empty(device="cpu")
     load_tensors(model, tensors, meta, preprocessing=preprocessing, origin=source, assign=own)
     return model.eval()
 

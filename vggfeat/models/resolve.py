@@ -76,6 +76,8 @@ def resolve_weights(value: str | os.PathLike | ResolvedWeights, *, download: boo
     text = os.fspath(value)
     if not isinstance(text, str):
         raise WeightsError(f"weights must be a path or a name, got {value!r}")
+    if not text.strip():
+        raise WeightsError(f"empty weights value {text!r}: give a weight file, a name or random. {WEIGHTS_HELP}")
     if text == RANDOM:
         return ResolvedWeights(RANDOM, RANDOM)
     if text.startswith(TORCHVISION_PREFIX):
@@ -102,9 +104,19 @@ def torch_hub_checkpoints() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def _fetch_hint(name: str) -> str:
-    stem = name.split(":", 1)[1].replace("/", "_").split(".")[0]
-    return f"vggfeat weights convert {name} {stem}.safetensors"
+def _fetch_hint(name: str, folder: Path | None = None) -> str:
+    """What fetches a name on a machine with network: `weights convert` for a VGG; for another timm net
+    (which convert refuses), timm itself, whose cache folder is then copied here."""
+    tag = name.split(":", 1)[1]
+    if name.startswith(TIMM_PREFIX) and split_timm_tag(tag)[0] not in _ARCH:
+        where = f" and copy its {folder.name} folder into {folder.parent}" if folder is not None else ""
+        return (
+            f"`python -c \"import timm; timm.create_model('{tag}', pretrained=True)\"` on a machine with network{where}"
+        )
+    stem = tag.replace("/", "_").split(".")[0]
+    return (
+        f"`vggfeat weights convert {name} {stem}.safetensors` on a machine with network and pass that file to --weights"
+    )
 
 
 def _torchvision(name: str, download: bool) -> ResolvedWeights:
@@ -130,7 +142,7 @@ def _torchvision(name: str, download: bool) -> ResolvedWeights:
     if offline() or not download:
         raise WeightsError(
             f"{name}: {filename} is not in torch.hub's cache and downloads are off (VGGFEAT_OFFLINE): {where}, or "
-            f"run `{_fetch_hint(name)}` on a machine with network and pass that file to --weights"
+            f"run {_fetch_hint(name)}"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     log.warning("downloading %s to %s (once; later runs read the cache)", url, path)
@@ -138,25 +150,51 @@ def _torchvision(name: str, download: bool) -> ResolvedWeights:
         download_url_to_file(url, str(path), resolved.hash_prefix, progress=True)
     except Exception as e:  # URLError, timeouts, torch.hub's hash mismatch (RuntimeError)
         raise WeightsError(
-            f"{name}: could not download {url} ({' '.join(str(e).split())}): {where}, or run "
-            f"`{_fetch_hint(name)}` on a machine with network and pass that file to --weights"
+            f"{name}: could not download {url} ({' '.join(str(e).split())}): {where}, or run {_fetch_hint(name)}"
         ) from None
     return resolved
 
 
 def _timm(name: str, download: bool) -> ResolvedWeights:
     """Any timm tag's hub file (a `--model timm:NAME` backbone loads it); vggfeat's own nets take timm's VGGs."""
-    from timm.models import get_pretrained_cfg, split_model_name_tag
+    from timm.models import get_pretrained_cfg
 
     tag = name[len(TIMM_PREFIX) :]
-    arch, _ = split_model_name_tag(tag)
-    cfg = get_pretrained_cfg(tag)
+    arch, _ = split_timm_tag(tag)
+    try:
+        cfg = get_pretrained_cfg(tag)
+    except RuntimeError:  # timm knows the net but not the tag
+        cfg = None
     if cfg is None or not cfg.hf_hub_id:
-        hint = f"e.g. timm:{arch}.tv_in1k" if arch in _ARCH else "see timm.list_models(pretrained=True)"
-        raise WeightsError(f"{name}: timm has no pretrained weights on the hub by that tag; {hint}")
+        raise WeightsError(f"{name}: timm has no pretrained weights on the hub by that tag; {timm_tags_hint(arch)}")
     filename = getattr(cfg, "hf_hub_filename", None)
     resolved = _hf_hub(name, cfg.hf_hub_id, filename, download)
     return ResolvedWeights(name, "timm", resolved.path, _ARCH.get(arch))  # layout: detected on load
+
+
+def split_timm_tag(tag: str) -> tuple[str, str]:
+    """(net, pretrained tag) of a timm name, as timm splits "vgg16.tv_in1k"."""
+    from timm.models import split_model_name_tag
+
+    return split_model_name_tag(tag)
+
+
+def timm_tags_hint(arch: str) -> str:
+    """The pretrained tags timm has for a net, or how to list its nets when it has none by that name."""
+    import timm
+
+    tags = timm.list_pretrained(f"{arch}.*") if timm.is_model(arch) else []
+    if tags:
+        return f"valid: {', '.join(f'timm:{t}' for t in tags[:12])}{' ...' if len(tags) > 12 else ''}"
+    return f"timm has no net {arch!r}; see timm.list_models(pretrained=True)"
+
+
+def check_timm_model(name: str) -> None:
+    """Refuse a `--model timm:NAME` that timm cannot build, before any file is read."""
+    import timm
+
+    if not timm.is_model(name):
+        raise WeightsError(f"--model timm:{name}: {timm_tags_hint(split_timm_tag(name)[0])}")
 
 
 def check_vggfeat_net(value: object) -> None:
@@ -165,9 +203,7 @@ def check_vggfeat_net(value: object) -> None:
     source = value.source if isinstance(value, ResolvedWeights) else value
     if not (isinstance(source, str) and source.startswith(TIMM_PREFIX)):
         return
-    from timm.models import split_model_name_tag
-
-    arch = split_model_name_tag(source[len(TIMM_PREFIX) :])[0]
+    arch = split_timm_tag(source[len(TIMM_PREFIX) :])[0]
     if arch not in _ARCH:
         why = " (batch-norm VGGs are not among the paper's nets)" if arch.removesuffix("_bn") in _ARCH else ""
         raise WeightsError(
@@ -202,22 +238,26 @@ def _hf_hub(name: str, repo: str, filename: str | None, download: bool) -> Resol
                 repo_id, file, revision=revision or None, cache_dir=cache, local_files_only=local_only
             )
             return ResolvedWeights(name, "hf-hub", Path(path))
+        except LocalEntryNotFoundError:  # first: it derives from EntryNotFoundError
+            problems.append(f"{file} not cached")
         except EntryNotFoundError:  # the repo exists but has no such file: try the next
             problems.append(f"{file} not in the repo")
-        except LocalEntryNotFoundError:
-            problems.append(f"{file} not cached")
         except Exception as e:  # network, missing repo, gated repo
             problems.append(f"{file}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
     folder = cache / f"models--{repo_id.replace('/', '--')}"
     file = filename or _HF_FILES[0]
+    belongs = f"it belongs at {folder}/snapshots/<revision>/{file} (copy that folder from a machine's cache)"
     if local_only:
         raise WeightsError(
             f"{name}: {file} of {repo_id} is not in the Hugging Face cache and downloads are off "
-            f"(VGGFEAT_OFFLINE/HF_HUB_OFFLINE): it belongs at {folder}/snapshots/<revision>/{file} (copy that "
-            f"folder from a machine's cache), or run `{_fetch_hint(name)}` on a machine with network and pass that "
-            "file to --weights"
+            f"(VGGFEAT_OFFLINE/HF_HUB_OFFLINE): {belongs}, or run {_fetch_hint(name, folder)}"
+        )
+    if all(p.endswith("not cached") for p in problems):  # what huggingface_hub raises when offline
+        raise WeightsError(
+            f"{name}: could not reach the Hugging Face hub (no network?) and {file} of {repo_id} is not in its "
+            f"cache: {belongs}, or run {_fetch_hint(name, folder)}"
         )
     raise WeightsError(
-        f"{name}: could not fetch {repo_id} from the Hugging Face hub ({'; '.join(problems)}); on a machine with "
-        f"network run `{_fetch_hint(name)}` and pass that file to --weights"
+        f"{name}: could not fetch {repo_id} from the Hugging Face hub ({'; '.join(problems)}); run "
+        f"{_fetch_hint(name, folder)}"
     )

@@ -40,11 +40,36 @@ FORMAT_VERSION = "1"
 
 
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors and metadata of a weight file, without unpickling arbitrary objects."""
+    """Tensors and metadata of a weight file, without unpickling arbitrary objects; every floating-point value
+    is finite (a NaN or inf would give descriptors of NaN or zeros, never an error)."""
 
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weight file not found: {path}")
+    tensors, meta = _read_file(path)
+    check_finite(tensors, str(path))
+    return tensors, meta
+
+
+_FINITE_STEP = 1 << 24  # values checked at a time: a bounded temporary, not one bool per weight of fc6
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], origin: str) -> None:
+    """Refuse a tensor holding NaN or inf, naming it and how many of its values are not numbers."""
+    for name, tensor in tensors.items():
+        if not tensor.is_floating_point():
+            continue
+        flat = tensor.reshape(-1)
+        for at in range(0, flat.numel(), _FINITE_STEP):
+            if not bool(torch.isfinite(flat[at : at + _FINITE_STEP]).all()):
+                bad = int((~torch.isfinite(flat)).sum())
+                raise WeightsError(
+                    f"{origin}: tensor {name} holds {bad} non-finite value{'s' if bad > 1 else ''} (NaN or inf) "
+                    f"among its {flat.numel():,}: the file is damaged or its training diverged; use another file"
+                )
+
+
+def _read_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     data = map_weights(path)  # one open per run: weights_sha256 hashes the same map (mapped.py)
     if path.suffix == ".caffemodel" or (path.suffix != ".safetensors" and is_caffemodel(path, data)):
         return read_caffemodel(path, data)  # the authors' Caffe release, with Caffe's preprocessing (caffe.py)
@@ -259,12 +284,17 @@ def load_tensors(
     """`load_weights` for tensors and metadata already read (`read_weights`), so a file is read once.
 
     `assign=True` makes the tensors the model's parameters instead of copying them in (a model built on the
-    meta device and tensors nobody else holds: a 528 MB net then takes one copy of memory, not two)."""
+    meta device and tensors nobody else holds: a 528 MB net then takes one copy of memory, not two); else a
+    model on the meta device is allocated on the CPU after its shapes are checked against the tensors."""
     with naming_file(origin):
         tensors = _strip_wrappers(tensors)
         layout = detect_layout(tensors)
         state = to_vggfeat_layout(tensors, model, layout)
         check_compatible(state, model, layout)
+    if not assign and any(p.is_meta for p in model.parameters()):
+        # a net built on the meta device is allocated only now, once its shapes are the file's: metadata that
+        # asks for a huge net around a small file is refused above, never given terabytes
+        model.to_empty(device="cpu")
     if assign:  # the model's dtype, dense memory: what copying in would have given
         expected = model.state_dict()
         state = {k: v.to(dtype=expected[k].dtype, memory_format=torch.contiguous_format) for k, v in state.items()}
@@ -329,6 +359,9 @@ def infer_architecture(state: Mapping[str, torch.Tensor]) -> tuple[str, dict[str
         convs = sorted((k for k in state if re.match(r"features\.\d+\.weight$", k)), key=lambda k: int(k.split(".")[1]))
         fc6 = state["classifier.0.weight" if layout == "torchvision" else "pre_logits.fc1.weight"]
         fc8 = state["classifier.6.weight" if layout == "torchvision" else "head.fc.weight"]
+    empty = [f"{k} {tuple(state[k].shape)}" for k in (*convs, *need) if state[k].numel() == 0]
+    if empty:
+        raise WeightsError(f"tensor {empty[0]} is empty: a layer without inputs or outputs; the file is damaged")
     kernels = [state[k].shape[-1] for k in convs]
     for name, config in (("vgg_a", "A"), ("vgg_b", "B"), ("vgg_c", "C"), ("vgg_d", "D"), ("vgg_e", "E")):  # noqa: B007 (name is used after the loop)
         if [k for stage in CONFIGS[config] for _, k in stage] == kernels:

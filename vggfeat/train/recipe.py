@@ -16,7 +16,7 @@ from vggfeat.config import ConfigError, from_dict, load_config, to_dict
 from vggfeat.data.synthetic import KINDS
 from vggfeat.errors import InputError
 from vggfeat.models.init import INIT_METHODS
-from vggfeat.models.registry import resolve_name
+from vggfeat.models.registry import check_model_size, resolve_name
 from vggfeat.utils.device import DEVICE_CHOICES
 
 # Krizhevsky et al. 2012's eigen-decomposition of ImageNet RGB pixel covariance (0-255 units), the usual
@@ -186,6 +186,13 @@ class Recipe:
             resolve_name(self.model.name)
         except InputError as e:
             raise ConfigError(f"model.name: {e}") from None
+        m = self.model
+        try:  # counted on the meta device: a net of terabytes is refused here, not by the allocator
+            check_model_size(
+                m.name, num_classes=m.num_classes, width_mult=m.width_mult, fc_dim=m.fc_dim, fc6_kernel=m.fc6_kernel
+            )
+        except InputError as e:
+            raise ConfigError(f"model.width_mult, model.fc_dim, model.fc6_kernel: {e}") from None
         if self.model.init not in INIT_METHODS:
             raise ConfigError(f"model.init: unknown init {self.model.init!r}; valid: {', '.join(INIT_METHODS)}")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.runtime.device):

@@ -1,0 +1,50 @@
+"""Fuzzing the weight readers: seeded random mutations (bit flips, truncations, inserted and deleted bytes,
+varint edits) of small valid .caffemodel and .safetensors files each end in a net or one Error line naming the
+file, within a time limit per file and memory bounded by the file's size (fuzz_weights.py runs them)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+COUNT = {"caffemodel": 600, "safetensors": 400}
+SECONDS_PER_FILE = 2.0  # a mutant takes milliseconds; a hang or a quadratic walk takes far longer
+BYTES_PER_FILE_BYTE = 64  # allocations (Python and numpy) per byte of the mutant, plus a fixed allowance
+FIXED_BYTES = 4 << 20
+
+
+@pytest.fixture(scope="module", params=sorted(COUNT))
+def fuzzed(request, tmp_path_factory):
+    fmt = request.param
+    folder = tmp_path_factory.mktemp(f"fuzz-{fmt}")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)])}
+    args = [sys.executable, str(TESTS / "fuzz_weights.py"), fmt, "0", str(COUNT[fmt]), str(folder)]
+    try:  # the whole run's limit: a mutant that hangs fails here instead of stalling the suite
+        done = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"fuzzing {fmt} did not finish in 120 s: a mutant hangs the reader (see {folder}/mutant.{fmt})")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return fmt, folder, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_every_mutant_ends_in_a_net_or_one_error_line(fuzzed):
+    fmt, folder, run = fuzzed
+    bad = [r for r in run["results"] if r["outcome"] not in ("ok", "error")]
+    assert not bad, f"{len(bad)} mutants escaped as other errors (kept in {folder}): {bad[:3]}"
+    errors = sum(r["outcome"] == "error" for r in run["results"])
+    assert errors > len(run["results"]) // 2  # the mutations do reach the checks
+
+
+def test_every_mutant_is_read_in_bounded_time_and_memory(fuzzed):
+    fmt, folder, run = fuzzed
+    slow = [r for r in run["results"] if r["seconds"] > SECONDS_PER_FILE]
+    assert not slow, f"mutants read slower than {SECONDS_PER_FILE} s: {slow[:3]}"
+    big = [r for r in run["results"] if r["peak"] > BYTES_PER_FILE_BYTE * r["size"] + FIXED_BYTES]
+    assert not big, f"mutants that allocated far more than their size: {big[:3]}"
+    assert run["rss_growth"] < 256 << 20, run["rss_growth"]  # no mutant made the process grow by much
