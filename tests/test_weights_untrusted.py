@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +167,19 @@ def test_non_finite_weights_are_refused_in_every_format(tiny_model, tmp_path, va
         "cpu",
     ]
     assert "non-finite" in run(*extract, "--weights", caffe).stderr and not (out / "features.npy").exists()
+
+
+def test_doubles_beyond_float32_are_refused_without_a_warning(tiny_model, tmp_path):
+    layers = caffe_layers(state_of(tiny_model("vgg_d")))
+    name, type_, (weight, bias) = layers[3]
+    weight = weight.astype(np.float64)
+    weight.reshape(-1)[0] = 1e300  # a double-precision net's value that float32 cannot hold
+    layers[3] = (name, type_, [weight, bias])
+    path = write_caffemodel(tmp_path / "big.caffemodel", net_pieces(layers, double=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's cast warning would be a second line
+        result = run("weights", "info", path)
+    assert f"{path}: tensor {name}.weight holds 1 non-finite value" in result.stderr
 
 
 def test_non_finite_weights_in_the_library_caches_are_refused(tiny_model, offline_caches):

@@ -252,7 +252,8 @@ def _read_blob(r: _Reader, start: int, end: int) -> np.ndarray:
     data = np.concatenate(data_chunks) if len(data_chunks) > 1 else data_chunks[0] if data_chunks else None
     if data is None:
         raise _Damaged(f"blob at byte {start} holds no data (a diff-only or empty blob)")
-    data = data.astype(np.float32, copy=False)  # '<f4' is float32 itself on little-endian machines
+    with np.errstate(over="ignore"):  # a double beyond float32's range becomes inf, which read_weights refuses
+        data = data.astype(np.float32, copy=False)  # '<f4' is float32 itself on little-endian machines
     if shape is None:
         shape = [legacy.get(n, 0) for n in BLOB_LEGACY_DIMS] if legacy else [data.size]
     if any(d < 0 for d in shape) or math.prod(shape) != data.size:
