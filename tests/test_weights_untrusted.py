@@ -266,6 +266,26 @@ def test_train_refuses_a_net_far_beyond_the_largest_vgg(tmp_path):
     assert not (tmp_path / "d").exists() and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_train_init_from_non_finite_weights_is_refused(tiny_model, tmp_path, suffix):
+    from vggfeat.errors import WeightsError
+    from vggfeat.train.loop import build_model
+    from vggfeat.train.recipe import load_recipe
+
+    model = tiny_model("vgg_a")
+    with torch.no_grad():
+        model.fc7.bias[1] = float("nan")
+    path = tmp_path / f"a{suffix}"
+    if suffix == ".pt":
+        torch.save({"model": model.state_dict()}, path)
+    else:
+        vggfeat.save_weights(model, path)
+    smoke = TESTS.parent / "recipes" / "train" / "smoke.yaml"
+    recipe = load_recipe(smoke, [f"model.init_from={path}", "model.init_layers=all", "model.name=vgg_a"])
+    with pytest.raises(WeightsError, match="tensor fc7.bias holds 1 non-finite value"):
+        build_model(recipe, TINY["num_classes"])
+
+
 def test_create_model_refuses_absurd_sizes_but_builds_them_on_meta():
     with pytest.raises(vggfeat.errors.InputError, match="parameters"):
         vggfeat.create_model("vgg_d", fc_dim=65536, fc6_kernel=32)
@@ -301,6 +321,12 @@ def test_unknown_timm_tags_and_nets_are_one_error(offline_caches, tmp_path):
     for weights in ([], ["--weights", "random"]):
         result = run(*extract, "--model", "timm:nosuchnet", *weights)
         assert "nosuchnet" in result.stderr and "timm" in result.stderr
+
+
+def test_a_fifo_as_weights_is_named_and_never_read(tmp_path):
+    fifo = tmp_path / "w.safetensors"
+    os.mkfifo(fifo)  # a read would block forever
+    assert "not a regular file" in run("weights", "info", fifo).stderr
 
 
 def test_an_empty_weights_value_is_named(tmp_path):

@@ -29,7 +29,7 @@ from vggfeat.data.synthetic import check_generatable, ensure_synthetic
 from vggfeat.data.transforms import normalize_batch
 from vggfeat.errors import InputError, VggfeatError, WeightsError
 from vggfeat.models import Preprocessing, create_model, init_from_net_a, read_weights, save_weights
-from vggfeat.models.weights import check_compatible
+from vggfeat.models.weights import check_compatible, check_finite
 from vggfeat.utils.device import resolve_device
 from vggfeat.utils.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
 from vggfeat.utils.files import atomic_write_text
@@ -119,7 +119,11 @@ def build_model(recipe: Recipe, num_classes: int) -> torch.nn.Module:
     )
     if m.init_from:
         path = Path(m.init_from)
-        state = load_checkpoint(path)["model"] if path.suffix == ".pt" else read_weights(path)[0]
+        if path.suffix == ".pt":
+            state = load_checkpoint(path)["model"]
+            check_finite(state, str(path))  # read_weights checks its files itself
+        else:
+            state = read_weights(path)[0]
         try:
             if m.init_layers == "net_a":  # Sect. 3.1: deeper nets take 4 convs and 3 FCs from net A
                 init_from_net_a(model, state)
