@@ -345,20 +345,37 @@ def one_image(tmp_path: Path) -> Path:
 
 
 def test_advice_for_a_timm_net_that_is_not_a_vgg_can_be_followed(offline_caches, tmp_path, monkeypatch):
+    import re
+
     import huggingface_hub
+    import timm
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    extract = ["extract", one_image(tmp_path), "-o", tmp_path / "o", "--scales", "64", "--workers", "0", "--quiet"]
-    result = run(*extract, "--model", "timm:resnet18")  # downloads off
-    assert "weights convert" not in result.stderr and "models--timm--resnet18" in result.stderr
-    monkeypatch.setenv("VGGFEAT_OFFLINE", "0")  # downloads on, but no network: the hub cannot be reached
+    extract = ["extract", one_image(tmp_path), "--scales", "64", "--workers", "0", "--quiet", "--device", "cpu"]
+    net = ["--model", "timm:test_resnet"]
+    result = run(*extract, "-o", tmp_path / "o", *net)  # downloads off
+    assert (
+        "weights convert" not in result.stderr and "timm.create_model('test_resnet', pretrained=True)" in result.stderr
+    )
+    folder = Path(re.search(r"it belongs at (\S+)/snapshots/", result.stderr).group(1))
+    with monkeypatch.context() as m:  # no network, downloads on: the hub cannot be reached
+        m.setenv("VGGFEAT_OFFLINE", "0")
+        m.setenv("HF_HUB_OFFLINE", "0")
+        m.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
 
-    def unreachable(*args, **kwargs):
-        raise LocalEntryNotFoundError("cannot reach the hub and the file is not in the local cache")
+        def unreachable(*args, **kwargs):
+            raise LocalEntryNotFoundError("cannot reach the hub and the file is not in the local cache")
 
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    result = run(*extract, "--model", "timm:resnet18")
-    assert "not in the repo" not in result.stderr and "weights convert" not in result.stderr
-    assert "could not reach" in result.stderr and "models--timm--resnet18" in result.stderr
+        m.setattr(huggingface_hub, "hf_hub_download", unreachable)
+        result = run(*extract, "-o", tmp_path / "o", *net)
+        assert "not in the repo" not in result.stderr and "weights convert" not in result.stderr
+        assert "could not reach the Hugging Face hub" in result.stderr and str(folder) in result.stderr
+    # the advice followed: timm's file in the folder named, the same command works offline
+    torch.manual_seed(0)
+    prime_hf(
+        folder.parent,
+        folder.name.removeprefix("models--").replace("--", "/"),
+        timm.create_model("test_resnet").state_dict(),
+    )
+    run(*extract, "-o", tmp_path / "o", *net, code=0)
+    assert (tmp_path / "o" / "features.npy").exists()
