@@ -2,7 +2,7 @@
 
 Run as a script by test_weights_fuzz.py (in a subprocess, so that a hang or a blowup fails the test instead of
 stalling the suite): `python fuzz_weights.py FORMAT SEED COUNT FOLDER` writes a valid tiny net as FORMAT
-(caffemodel or safetensors), reads COUNT mutants of it and prints one JSON object: per mutant, what it ended in
+(caffemodel, safetensors or pth), reads COUNT mutants of it and prints one JSON object: per mutant, what it ended in
 (ok, one Error line, or any other exception: a bug), its time and the peak of what it allocated.
 """
 
@@ -17,6 +17,7 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+import torch
 from caffe_wire import caffe_layers, net_pieces, write_caffemodel
 from helpers import TINY
 
@@ -31,6 +32,9 @@ def valid_file(fmt: str, folder: Path) -> bytes:
         state = {k: v.numpy() for k, v in model.state_dict().items()}
         # unpacked floats and legacy dims (the 2014 release's blobs) give the reader its every path to walk
         path = write_caffemodel(folder / "valid.caffemodel", net_pieces(caffe_layers(state), packed=False))
+    elif fmt == "pth":
+        path = folder / "valid.pth"
+        torch.save(model.state_dict(), path)
     else:
         path = vggfeat.save_weights(model, folder / "valid.safetensors")
     return path.read_bytes()

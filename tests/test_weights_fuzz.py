@@ -1,5 +1,5 @@
 """Fuzzing the weight readers: seeded random mutations (bit flips, truncations, inserted and deleted bytes,
-varint edits) of small valid .caffemodel and .safetensors files each end in a net or one Error line naming the
+varint edits) of small valid .caffemodel, .safetensors and .pth files each end in a net or one Error line naming the
 file, within a time limit per file and memory bounded by the file's size (fuzz_weights.py runs them)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 TESTS = Path(__file__).resolve().parent
-COUNT = {"caffemodel": 600, "safetensors": 400}
+COUNT = {"caffemodel": 600, "safetensors": 400, "pth": 150}  # pth: torch.load(weights_only=True) behind our errors
 SECONDS_PER_FILE = 2.0  # a mutant takes milliseconds; a hang or a quadratic walk takes far longer
 BYTES_PER_FILE_BYTE = 64  # allocations (Python and numpy) per byte of the mutant, plus a fixed allowance
 FIXED_BYTES = 4 << 20
