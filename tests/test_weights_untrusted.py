@@ -97,8 +97,8 @@ def unpacked_runs_of_one(path: Path, n: int) -> Path:
 
 def test_unpacked_runs_cost_time_linear_in_the_file(tmp_path):
     small, big = (
-        unpacked_runs_of_one(tmp_path / "s.caffemodel", 20_000),
-        unpacked_runs_of_one(tmp_path / "b.caffemodel", 160_000),
+        unpacked_runs_of_one(tmp_path / "s.caffemodel", 10_000),
+        unpacked_runs_of_one(tmp_path / "b.caffemodel", 80_000),
     )
     times = in_subprocess(
         f"""
