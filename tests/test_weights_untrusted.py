@@ -329,6 +329,18 @@ def test_a_fifo_as_weights_is_named_and_never_read(tmp_path):
     assert "not a regular file" in run("weights", "info", fifo).stderr
 
 
+def test_timm_weights_of_other_shapes_are_one_error(tmp_path):
+    import timm
+
+    state = timm.create_model("test_resnet").state_dict()
+    state["conv1.0.weight"] = torch.zeros(8, 3, 3, 3)  # another width of stem
+    path = tmp_path / "other.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    extract = ["extract", one_image(tmp_path), "-o", tmp_path / "o", "--scales", "64", "--workers", "0", "--quiet"]
+    result = run(*extract, "--model", "timm:test_resnet", "--weights", path)
+    assert "does not fit timm model 'test_resnet'" in result.stderr and "conv1.0.weight (8, 3, 3, 3)" in result.stderr
+
+
 def test_an_empty_weights_value_is_named(tmp_path):
     for args in (["weights", "info", ""], ["extract", one_image(tmp_path), "-o", tmp_path / "o", "--weights", ""]):
         result = run(*args)

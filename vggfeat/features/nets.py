@@ -165,6 +165,16 @@ def _load_timm(name: str, weights: str | None, seed: int) -> nn.Module:
         model = timm.create_model(name, pretrained=False, num_classes=0)
     if weights is not None and weights != RANDOM:
         tensors, _ = read_weights(resolve_weights(weights).path)
+        expected = model.state_dict()
+        shapes = [
+            f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}"
+            for k, v in tensors.items()
+            if k in expected and v.shape != expected[k].shape
+        ]
+        if shapes:  # load_state_dict would raise a RuntimeError, strict or not
+            raise WeightsError(
+                f"{weights} does not fit timm model {name!r}: shape conflicts (file vs model) {'; '.join(shapes[:8])}"
+            )
         result = model.load_state_dict(tensors, strict=False)
         head = ("head.", "fc.", "classifier.", "head_dist.")
         unexpected = [k for k in result.unexpected_keys if not k.startswith(head)]
