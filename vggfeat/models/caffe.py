@@ -186,7 +186,7 @@ def _signed(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value  # int64 varints are two's complement
 
 
-def _unpacked_run(r: _Reader, pos: int, end: int, number: int, out: list) -> int:
+def _unpacked_run(r: _Reader, pos: int, end: int, number: int, out: list[np.ndarray | bytearray]) -> int:
     """Append the values of a run of (one-byte key, value) records of field `number` from `pos` to `out`;
     returns the position after the run. Read in windows that double from a few records, so a run costs time
     linear in its own length however often the file breaks runs up (a blob is never re-read to its end)."""
