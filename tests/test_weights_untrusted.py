@@ -327,6 +327,8 @@ def test_a_fifo_as_weights_is_named_and_never_read(tmp_path):
     fifo = tmp_path / "w.safetensors"
     os.mkfifo(fifo)  # a read would block forever
     assert "not a regular file" in run("weights", "info", fifo).stderr
+    with pytest.raises(vggfeat.errors.WeightsError, match="not a regular file"):
+        read_weights(fifo)  # train's model.init_from reads a path directly
 
 
 def test_timm_weights_of_other_shapes_are_one_error(tmp_path):

@@ -93,10 +93,17 @@ def resolve_weights(value: str | os.PathLike | ResolvedWeights, *, download: boo
             raise WeightsError(f"unknown weights source {scheme.group(1) + ':'!r} in {text!r}. {WEIGHTS_HELP}")
         if path.is_dir():
             raise WeightsError(f"{text} is a folder, not a weight file. {WEIGHTS_HELP}")
-        if path.exists():  # a FIFO would block a read forever; a device or a socket is no file either
-            raise WeightsError(f"{text} is not a regular file (a FIFO, device or socket): give a weight file")
-        raise WeightsError(f"weight file not found: {text}")
+        check_weight_file(path)
     return ResolvedWeights(text, "file", path)
+
+
+def check_weight_file(path: Path) -> None:
+    """Refuse a path that is not a regular file: missing, or a FIFO (a read would block forever), device or socket."""
+    if path.is_file():
+        return
+    if path.exists():
+        raise WeightsError(f"{path} is not a regular file (a FIFO, device or socket): give a weight file")
+    raise WeightsError(f"weight file not found: {path}")
 
 
 def torch_hub_checkpoints() -> Path:

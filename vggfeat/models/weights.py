@@ -27,7 +27,7 @@ from vggfeat.utils.files import give_plain_permissions
 from .caffe import is_caffemodel, read_caffemodel
 from .mapped import map_weights, read_safetensors
 from .preprocessing import PRESETS, TIMM, TORCHVISION, Preprocessing, resolve_preprocessing
-from .resolve import check_vggfeat_net, resolve_weights
+from .resolve import check_vggfeat_net, check_weight_file, resolve_weights
 from .vgg import CONFIGS
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     is finite (a NaN or inf would give descriptors of NaN or zeros, never an error)."""
 
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"weight file not found: {path}")
+    check_weight_file(path)
     tensors, meta = _read_file(path)
     check_finite(tensors, str(path))
     return tensors, meta
