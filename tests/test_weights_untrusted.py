@@ -272,16 +272,31 @@ def test_train_init_from_non_finite_weights_is_refused(tiny_model, tmp_path, suf
     from vggfeat.train.loop import build_model
     from vggfeat.train.recipe import load_recipe
 
-    model = tiny_model("vgg_a")
+    smoke = TESTS.parent / "recipes" / "train" / "smoke.yaml"
+    path = tmp_path / f"a{suffix}"
+    recipe = load_recipe(smoke, [f"model.init_from={path}", "model.init_layers=all", "model.name=vgg_a"])
+    m = recipe.model
+    model = vggfeat.create_model(
+        "vgg_a",
+        num_classes=TINY["num_classes"],
+        width_mult=m.width_mult,
+        fc_dim=m.fc_dim,
+        fc6_kernel=m.fc6_kernel,
+        seed=3,
+    )
+
+    def save() -> None:
+        if suffix == ".pt":
+            torch.save({"model": model.state_dict()}, path)
+        else:
+            vggfeat.save_weights(model, path)
+
+    save()
+    built = build_model(recipe, TINY["num_classes"]).state_dict()
+    assert all(torch.equal(built[k], v) for k, v in model.state_dict().items())  # finite weights load as they are
     with torch.no_grad():
         model.fc7.bias[1] = float("nan")
-    path = tmp_path / f"a{suffix}"
-    if suffix == ".pt":
-        torch.save({"model": model.state_dict()}, path)
-    else:
-        vggfeat.save_weights(model, path)
-    smoke = TESTS.parent / "recipes" / "train" / "smoke.yaml"
-    recipe = load_recipe(smoke, [f"model.init_from={path}", "model.init_layers=all", "model.name=vgg_a"])
+    save()
     with pytest.raises(WeightsError, match="tensor fc7.bias holds 1 non-finite value"):
         build_model(recipe, TINY["num_classes"])
 
