@@ -1,9 +1,10 @@
 """Seeded random mutations of small valid weight files, read the way `vggfeat weights info` reads them.
 
 Run as a script by test_weights_fuzz.py (in a subprocess, so that a hang or a blowup fails the test instead of
-stalling the suite): `python fuzz_weights.py FORMAT SEED COUNT FOLDER` writes a valid tiny net as FORMAT
-(caffemodel, safetensors or pth), reads COUNT mutants of it and prints one JSON object: per mutant, what it ended in
-(ok, one Error line, or any other exception: a bug), its time and the peak of what it allocated.
+stalling the suite): `python fuzz_weights.py SEED FOLDER FORMAT:COUNT ...` writes a valid tiny net as each FORMAT
+(caffemodel, safetensors or pth), reads COUNT mutants of it and prints one JSON object: per mutant, what it ended
+in (ok, one Error line, or any other exception: a bug), its time and the peak of what it allocated. FORMAT caffegrid
+reads instead every field number / wire type / payload / nesting combination of a .caffemodel (grid()).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from caffe_wire import caffe_layers, net_pieces, write_caffemodel
+from caffe_wire import caffe_layers, net_pieces, varint, write_caffemodel
 from helpers import TINY
 
 import vggfeat
@@ -94,18 +95,58 @@ def mutate(data: bytes, rng: random.Random, fmt: str) -> bytes:
     return bytes(out)
 
 
+# Every place a field can sit in a .caffemodel (the enclosing length-delimited fields, outermost first) with the
+# field numbers that mean something there, plus one that does not; every wire type with payloads that fit, end
+# early, or claim more than there is.
+LEVELS = {
+    (): (1, 2, 100, 3),  # NetParameter
+    (2,): (1, 4, 5, 6, 9),  # V1 layer
+    (100,): (1, 2, 7, 9),  # V2 layer
+    (2, 1): (1, 2, 50, 9),  # V0 layer inside a V1 one
+    (2, 6): (1, 2, 3, 4, 5, 6, 7, 8),  # blob of a V1 layer
+    (100, 7): (1, 5, 7, 8),  # blob of a V2 layer
+    (2, 1, 50): (1, 5, 8),  # blob of a V0 layer
+    (100, 7, 7): (1, 2),  # BlobShape
+}
+PAYLOADS = {
+    0: [b"\x00", b"\x01", b"\xff" * 9 + b"\x01", b"\xff" * 11],  # varints: 0, 1, 2^64 - 1, too long
+    1: [bytes(8), bytes(3)],
+    2: [b"\x00", b"\x04" + bytes(4), b"\x04" + bytes(2), b"\x80\x80\x80\x80\x80\x01"],  # lengths: 0, 4, 4 cut, 2^35
+    5: [bytes(4), bytes(2)],
+    **{wire: [b"", b"\x01"] for wire in (3, 4, 6, 7)},  # groups and wire types that do not exist
+}
+
+
+def grid() -> list[bytes]:
+    """Each field number, wire type and payload of LEVELS and PAYLOADS, once and three times in a row, wrapped
+    in its enclosing messages."""
+    files = []
+    for path, numbers in LEVELS.items():
+        for number in numbers:
+            for wire, payloads in PAYLOADS.items():
+                for payload, times in ((p, t) for p in payloads for t in (1, 3)):
+                    body = (varint(number << 3 | wire) + payload) * times
+                    for outer in reversed(path):
+                        body = varint(outer << 3 | 2) + varint(len(body)) + body
+                    files.append(body)
+    return files
+
+
 def main(fmt: str, seed: int, count: int, folder: Path) -> dict:
+    """Mutants of a valid file (count of them), or with fmt "caffegrid" the files of grid()."""
     rng = random.Random(seed)
-    data = valid_file(fmt, folder)
+    data = valid_file("caffemodel" if fmt == "caffegrid" else fmt, folder)
+    mutants = grid() if fmt == "caffegrid" else (mutate(data, rng, fmt) for _ in range(count))
+    fmt = "caffemodel" if fmt == "caffegrid" else fmt
     path = folder / f"mutant.{fmt}"
     weights_info(folder / f"valid.{fmt}")  # the valid file reads: warm every import before timing
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     results = []
     tracemalloc.start()
-    for i in range(count):
-        mutant = mutate(data, rng, fmt)
+    for i, mutant in enumerate(mutants):
         path.write_bytes(mutant)
         tracemalloc.reset_peak()
+        held = tracemalloc.get_traced_memory()[0]  # what earlier work still holds: not this mutant's
         start = time.perf_counter()
         try:
             weights_info(path)
@@ -115,7 +156,7 @@ def main(fmt: str, seed: int, count: int, folder: Path) -> dict:
         except Exception as e:  # noqa: BLE001 (anything else is what the test looks for)
             outcome = f"{type(e).__name__}: {e}"
         seconds = time.perf_counter() - start
-        peak = tracemalloc.get_traced_memory()[1]
+        peak = tracemalloc.get_traced_memory()[1] - held
         results.append({"i": i, "size": len(mutant), "outcome": outcome, "seconds": seconds, "peak": peak})
         if outcome not in ("ok", "error"):
             (folder / f"failing-{i}.{fmt}").write_bytes(mutant)
@@ -125,5 +166,9 @@ def main(fmt: str, seed: int, count: int, folder: Path) -> dict:
 
 if __name__ == "__main__":
     np.seterr(all="raise")  # a float warning is a bug too
-    fmt, seed, count, folder = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
-    print(json.dumps(main(fmt, seed, count, folder)))
+    seed, folder, runs = int(sys.argv[1]), Path(sys.argv[2]), [a.split(":") for a in sys.argv[3:]]
+    out = {}
+    for fmt, count in runs:
+        (folder / fmt).mkdir()
+        out[fmt] = main(fmt, seed, int(count), folder / fmt)
+    print(json.dumps(out))
