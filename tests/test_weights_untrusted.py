@@ -217,6 +217,8 @@ F32 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
         ('{"a":' * 100_000 + "1" + "}" * 100_000, b""),
         ({"__metadata__": ["a", "b"], "w": F32}, bytes(8)),
         ({"__metadata__": {"a": {"b": 1}}, "w": F32}, bytes(8)),
+        ({"__metadata__": [], "w": F32}, bytes(8)),
+        ({"__metadata__": "text", "w": F32}, bytes(8)),
         ({"w": {**F32, "shape": [-2, -1]}}, bytes(8)),
         ({"w": {**F32, "shape": [3]}}, bytes(8)),  # 12 bytes of data for 8 bytes in the file
         ({"w": {**F32, "shape": [2**62, 2**62]}}, bytes(8)),

@@ -81,7 +81,8 @@ def read_safetensors(data: Mapped) -> tuple[dict[str, torch.Tensor], dict[str, s
         raise ValueError("header nests deeper than any safetensors header does") from None
     if not isinstance(header, dict):
         raise ValueError("header is not a JSON object")
-    meta = header.pop("__metadata__", None) or {}
+    meta = header.pop("__metadata__", None)
+    meta = {} if meta is None else meta  # null: no metadata, as safetensors itself reads it
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise ValueError("__metadata__ is not a JSON object of strings")
     start, size = 8 + n, len(data) - 8 - n
