@@ -11,7 +11,6 @@ import click
 
 from vggfeat.cli.params import SCALES
 from vggfeat.cli.weights import net_pairs
-from vggfeat.data.images import find_input_images
 from vggfeat.features.protocol import Protocol
 from vggfeat.features.runtime import Runtime
 from vggfeat.weight_sources import WEIGHTS_HELP
@@ -46,7 +45,8 @@ LAYER_HELP = (
     "-o",
     "--out",
     type=click.Path(file_okay=False),
-    help="Feature store folder: features.npy (N x D) and manifest.json. Default: vggfeat-out/<inputs>-<layer>, "
+    help="Feature store folder: shards emb/<i>.npy (N_i x D) + meta/<i>.parquet, and manifest.json. "
+    "Default: vggfeat-out/<inputs>-<layer>, "
     "named after the first input (e.g. vggfeat-out/imgs-fc7 for imgs/), printed when the run starts.",
 )
 @click.option(
@@ -114,7 +114,7 @@ LAYER_HELP = (
     type=click.Choice(["float32", "float16"]),
     default="float32",
     show_default=True,
-    help="Storage type of features.npy.",
+    help="Storage type of the rows (emb/<i>.npy); float16 refuses descriptors beyond its range.",
 )
 @click.option(
     "--precision",
@@ -132,12 +132,40 @@ LAYER_HELP = (
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the random init of --weights random.")
 @click.option(
+    "--shard-size",
     "--chunk-size",
-    default=256,
+    "shard_size",
+    default=10_000,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Images per resumable chunk (the most work an interruption can lose).",
+    help="Loose images (files, folders, @lists) per output shard, the unit a rerun redoes (each input tar is "
+    "one shard). --chunk-size is its former name.",
 )
+@click.option(
+    "--part",
+    default=None,
+    metavar="I/N",
+    help="Write only the I-th of N shares of the shards (0 <= I < N); parts may run at once on machines sharing "
+    "OUT. Default: SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT, else RANK/WORLD_SIZE, else all shards.",
+)
+@click.option(
+    "--array",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Run the extraction as N parts through submitit: a SLURM job array (--launcher slurm) or N local "
+    "processes (--launcher local).",
+)
+@click.option(
+    "--launcher",
+    type=click.Choice(["slurm", "local"]),
+    default="slurm",
+    show_default=True,
+    help="Where --array runs its parts.",
+)
+@click.option("--slurm-partition", default=None, help="SLURM partition of the --array jobs.")
+@click.option("--slurm-gpus-per-task", default=None, type=click.IntRange(min=0), help="GPUs per --array job.")
+@click.option("--slurm-cpus-per-task", default=None, type=click.IntRange(min=1), help="CPUs per --array job.")
+@click.option("--slurm-time", default=None, type=click.IntRange(min=1), help="Minutes per --array job.")
 @click.option(
     "--overwrite",
     is_flag=True,
@@ -172,7 +200,14 @@ def extract(
     precision,
     winograd,
     seed,
-    chunk_size,
+    shard_size,
+    part,
+    array,
+    launcher,
+    slurm_partition,
+    slurm_gpus_per_task,
+    slurm_cpus_per_task,
+    slurm_time,
     overwrite,
     hash_inputs,
     strict,
@@ -187,11 +222,16 @@ def extract(
     average-pooled and averaged with the mirrored image's; scales are averaged or stacked, nets stacked,
     and the result L2-normalised. Preprocessing follows the loaded weights' convention.
 
-    Interrupted runs continue where they stopped when the same command is run again; a finished store is
-    not recomputed, except for inputs changed since (size or modification time), which are re-extracted.
-    Unusable files (corrupt, truncated, empty, not images) are skipped and listed; when no input is usable
-    the command fails, naming why. One run writes OUT at a time: a second one stops, naming the process
-    that holds it.
+    IMAGES may instead be webdataset tar shards (shards/{000000..000099}.tar, shards/*.tar): each sample's
+    image member is one input, read by streaming the tar; each input tar becomes one output shard.
+
+    The store is a folder of shards (emb/<i>.npy rows + meta/<i>.parquet paths and keys, same order), each
+    written whole or not at all. Interrupted runs continue with the shards not done when the same command is
+    run again; a finished store is not recomputed, except for shards whose inputs changed since (size or
+    modification time). Unusable files (corrupt, truncated, empty, not images) are skipped and listed; when
+    no input is usable the command fails, naming why. Processes writing one store share its shards (each
+    shard is locked while written); --part I/N or --array N split the work over machines;
+    `vggfeat store status OUT` says what is done and what finishes the rest.
 
     \b
     Examples:
@@ -199,15 +239,22 @@ def extract(
       vggfeat extract photos/ -o feats --weights torchvision:vgg19
       vggfeat extract @trainval.txt -o voc --weights d.safetensors --weights e.safetensors \\
           --scales 256,384,512,640,768
+      vggfeat extract 'shards/{000000..000099}.tar' -o feats --array 100 --slurm-partition gpu \\
+          --slurm-gpus-per-task 1 --slurm-time 240
       torchrun --nproc-per-node 4 -m vggfeat extract imgs/ -o feats --weights d.safetensors
     """
+    import sys
+
+    from vggfeat.features.shard_files import finish_command
+    from vggfeat.features.shard_plan import parse_part, plan_shards
 
     try:  # before torch loads (seconds): a mistyped folder answers at once
-        find_input_images(images)
+        plan_shards(images, shard_size)
+        which = parse_part(part) if part is not None else None
     except FileNotFoundError as e:
         raise click.ClickException(str(e)) from None
-
-    from vggfeat.features.extract import extract_to_store
+    if which is not None and array is not None:
+        raise click.UsageError("--part and --array exclude each other: --array N runs parts 0/N ... N-1/N itself")
 
     if out is None:
         out = str(default_out(images, layer))
@@ -226,25 +273,37 @@ def extract(
     runtime = Runtime(device=device, batch_size=batch_size, workers=workers, precision=precision, winograd=winograd)
     pairs = net_pairs(models, weights, seed)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    argv = ["vggfeat", "extract", *sys.argv[sys.argv.index("extract") + 1 :]] if "extract" in sys.argv else None
+    call = dict(
+        images=list(images),
+        out=out,
+        protocol=protocol,
+        runtime=runtime,
+        models=pairs,
+        dtype=dtype,
+        seed=seed,
+        overwrite=overwrite,
+        strict=strict,
+        progress=not quiet,
+        shard_size=shard_size,
+        hash_inputs=hash_inputs,
+        command=finish_command(argv) if argv else None,
+    )
+    if array is not None:
+        from vggfeat.features.launch import submit_parts
+
+        slurm = dict(partition=slurm_partition, gpus=slurm_gpus_per_task, cpus=slurm_cpus_per_task, minutes=slurm_time)
+        submit_parts(call, array, launcher, slurm, echo=click.echo)
+        return
+
+    from vggfeat.features.extract import extract_part
+
     start = time.perf_counter()
     try:
-        store = extract_to_store(
-            images,
-            out,
-            protocol,
-            runtime,
-            models=pairs,
-            dtype=dtype,
-            seed=seed,
-            overwrite=overwrite,
-            strict=strict,
-            progress=not quiet,
-            chunk_size=chunk_size,
-            hash_inputs=hash_inputs,
-        )
+        result = extract_part(**call, part=which)
     except KeyboardInterrupt:
         click.secho(
-            f"\ninterrupted: finished chunks are kept in {out}; run the same command again to continue",
+            f"\ninterrupted: finished shards are kept in {out}; run the same command again to continue",
             fg="yellow",
             err=True,
         )
@@ -252,15 +311,26 @@ def extract(
     except (FileNotFoundError, FileExistsError) as e:  # VggfeatError is shown by LazyGroup; others are bugs
         raise click.ClickException(str(e)) from None
     seconds = time.perf_counter() - start
-    skipped = store.manifest["skipped"]
+    store = result.store
+    i, n = result.part
+    if store is None:
+        mine = f"part {i}/{n}: " if n > 1 else ""
+        click.echo(f"{mine}{len(result.written)} shards written in {seconds:.1f} s -> {out}")
+        if result.busy:
+            click.echo(f"{len(result.busy)} shards were being written by other processes (e.g. {result.busy[0]})")
+        click.echo(result.status.summary())
+        click.echo(f"progress: vggfeat store status {out}")
+        return
     what = f"({store.dim}-D {store.features.dtype}, layer {layer}, scales {','.join(map(str, scales))})"
     if store.already_complete:
         click.echo(f"{store.root} is already complete: {len(store)} images {what}; nothing recomputed")
     else:
-        click.echo(f"{len(store)} images -> {store.root} {what} in {seconds:.1f} s")
+        shards = len(store.shard_names)
+        click.echo(f"{len(store)} images -> {store.root} {what}, {shards} shard(s), in {seconds:.1f} s")
+    skipped = store.skipped
     if skipped:
         click.echo(f"skipped {len(skipped)} unusable inputs:")
         for item in skipped[:20]:
             click.echo(f"  {item['path']}: {item['reason']}")
         if len(skipped) > 20:
-            click.echo(f"  ... and {len(skipped) - 20} more (all listed in {store.root}/manifest.json)")
+            click.echo(f"  ... and {len(skipped) - 20} more (all listed in {store.root}/shards/*.json)")

@@ -23,6 +23,7 @@ COMMANDS = {
     "demo": "vggfeat.cli.demo:demo",
     "weights": "vggfeat.cli.weights:weights",
     "reproduce": "vggfeat.cli.reproduce:reproduce",
+    "store": "vggfeat.cli.store:store",
 }
 
 

@@ -1,8 +1,8 @@
-"""Extracting the paper's image descriptors (Appendix B): in memory, or into a resumable feature store.
+"""Extracting the paper's image descriptors (Appendix B): in memory, or into a resumable, sharded feature store.
 
-`extract_to_store` works chunk by chunk: each finished chunk is written atomically under OUT/.partial, so
-a run interrupted at any moment (Ctrl-C, kill -9) continues where it stopped when run again, and ends with
-exactly the uninterrupted result. Under torchrun, ranks take every world-size-th chunk; rank 0 assembles.
+`extract_part` writes shards (features.shard_files): each appears whole or not at all, so a run interrupted
+at any moment (Ctrl-C, kill -9) continues with the shards not done when run again, and ends with exactly the
+uninterrupted result. Parts (--part I/N, SLURM array tasks, torchrun ranks) write disjoint shards of one store.
 What is computed travels as one Protocol (features.protocol), how as one Runtime (features.runtime).
 """
 
@@ -15,7 +15,6 @@ import os
 import shutil
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,20 +24,23 @@ import torch
 from torch import nn
 
 from vggfeat import __version__
-from vggfeat.data.images import ImageError, find_input_images
+from vggfeat.data.images import ImageError, decode_rgb
 from vggfeat.errors import InputError
-from vggfeat.utils.distributed import DistInfo, all_reduce_sum, barrier, env_info, process_group
+from vggfeat.utils.distributed import DistInfo, barrier, env_info, process_group
 from vggfeat.utils.files import atomic_write_json
 from vggfeat.utils.locks import FolderLockedError, folder_lock
 from vggfeat.utils.progress import progress_bar
+from vggfeat.weight_sources import RANDOM
 
-from . import inputs
+from . import inputs, shard_files
 from . import store as fs
 from .engine import DescriptorEngine, describe_chunks
 from .loader import ImageInput
 from .nets import FeatureNet, NetSpec, as_feature_net, build_feature_net, random_init_note
 from .protocol import Protocol
 from .runtime import Runtime, settings_from
+from .shard_files import StoreStatus
+from .shard_plan import DEFAULT_SHARD_SIZE, ShardSource, default_part, part_shards, plan_shards
 
 log = logging.getLogger(__name__)
 STORE_DTYPES = ("float32", "float16")
@@ -118,94 +120,110 @@ def extract_features(
     return out
 
 
-def _settings(paths: list[str], specs: list[dict], protocol: Protocol, dtype: str, chunk_size: int) -> dict:
-    """What determines a store's content: a different value means a different store."""
-    inputs = hashlib.sha256("\n".join(paths).encode()).hexdigest()
-    return {
+CHUNK_IMAGES = 256  # images decoded and described at a time inside a shard: the memory bound, not the resume unit
+
+
+def _settings(
+    listing: list[str], specs: list[dict], protocol: Protocol, dtype: str, shard_size: int | None, seed: int
+) -> dict:
+    """What determines a store's content: a different value means a different store. A random net's seed is
+    part of it (its rows are another net's), a trained net's is not."""
+    inputs_sha = hashlib.sha256("\n".join(listing).encode("utf-8", "surrogateescape")).hexdigest()
+    settings = {
         "models": specs,
         **protocol.to_dict(),
         "dtype": dtype,
-        "chunk_size": chunk_size,
-        "n_inputs": len(paths),
-        "inputs_sha256": inputs,
+        "shard_size": shard_size,
+        "n_inputs": len(listing),
+        "inputs_sha256": inputs_sha,
     }
+    if any(s["weights"] is None or s["weights"] == RANDOM for s in specs):
+        settings["seed"] = seed
+    return settings
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
 def _differences(old: dict, new: dict) -> list[str]:
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in new if old.get(k) != new.get(k)]
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted({*old, *new}) if old.get(k) != new.get(k)]
+
+
+def _shard_identity(src: ShardSource, hash_inputs: bool) -> str:
+    """A hash of what a shard is made from: its inputs' paths and identities (size, mtime_ns[, sha256]), or
+    its tar's. A rerun redoes a shard whose inputs changed since it was written."""
+    paths = [src.tar] if src.tar is not None else list(src.paths)
+    ids = inputs.input_identities(paths, hash_inputs)
+    return _sha([[os.fsencode(p).hex(), i] for p, i in zip(paths, ids, strict=True)])
 
 
 @dataclass
-class _Plan:
-    """What `_prepare_out` found in OUT; nothing is changed there until the nets are built (a bad --layer or
-    weight file must not cost the old store)."""
+class PartResult:
+    """What one part of an extraction did, and where the whole store stands."""
 
-    done: bool = False  # OUT holds the finished store for these settings and inputs
-    discard_partial: bool = False  # .partial holds another run's chunks, to drop (none finished, or --overwrite)
-    reopen: list[int] | None = None  # inputs changed since the finished store was made: re-extract their chunks
-    drop: set[int] = field(default_factory=set)  # chunk ids of .partial whose inputs changed since written
+    status: StoreStatus
+    part: tuple[int, int]
+    written: list[str] = field(default_factory=list)  # shards this call wrote
+    busy: list[str] = field(default_factory=list)  # shards another live process was writing (left to it)
+    store: fs.FeatureStore | None = None  # the store, when complete
 
 
-def _prepare_out(out: Path, settings: dict, paths: list[str], identities: list, overwrite: bool) -> _Plan:
-    """Check OUT against the asked settings and inputs, refusing what must not be replaced; changes nothing."""
-    settings_file = fs.partial_dir(out) / fs.SETTINGS_FILE
-    plan = _Plan()
-    manifest = None
-    if fs.is_complete_store(out):
-        try:
-            manifest = fs.load_store(out).manifest
-        except fs.StoreError:  # truncated or not JSON: its message says --overwrite rebuilds it
+def _claim_plan(out: Path, plan: dict, overwrite: bool) -> None:
+    """Make OUT's plan.json this run's (under the manifest lock: parts start at once). Another store in OUT is
+    refused, or with `overwrite` removed; a store of the same settings is continued."""
+    with shard_files.manifest_lock(out):
+        if fs.is_single_file_store(out):
             if not overwrite:
-                raise
-    if manifest is not None:
-        diff = _differences(manifest.get("settings", {}), settings)
-        if not diff:
-            changed = inputs.changed_inputs(manifest.get("input_identities"), identities)
-            if not changed:
-                return _Plan(done=True)
-            log.warning("%s: %s; re-extracting them", out, inputs.describe_changes(paths, changed))
-            plan.reopen = changed
-        elif not overwrite:
-            raise FileExistsError(
-                f"{out} holds a finished store with other settings ({'; '.join(diff)}); "
-                "pass --overwrite to replace it, or choose another -o"
-            )
-    if settings_file.is_file():
-        diff = _differences(json.loads(settings_file.read_text()), settings)
-        has_work = any(fs.partial_dir(out).glob("chunk_*.npz"))
-        if diff and has_work and not overwrite:
-            raise FileExistsError(
-                f"{out} holds an unfinished run with other settings ({'; '.join(diff)}); "
-                "run it again with its own settings to finish it, or pass --overwrite"
-            )
-        plan.discard_partial = bool(diff)  # nothing of value is lost: no chunk was finished, or --overwrite
-        inputs_file = fs.partial_dir(out) / inputs.INPUTS_FILE
-        if not diff and inputs_file.is_file():
-            changed = inputs.changed_inputs(json.loads(inputs_file.read_text()), identities)
-            plan.drop = {i // settings["chunk_size"] for i in changed}
-    return plan
-
-
-def _apply(out: Path, plan: _Plan, settings: dict, identities: list, paths: list[str]) -> None:
-    """Carry out the plan (rank 0, after the nets were built): OUT/.partial ends up holding this run's settings,
-    its inputs' identities and only chunks that are still valid."""
-    partial = fs.partial_dir(out)
-    if plan.discard_partial:
-        shutil.rmtree(partial)
-    chunk_size = settings["chunk_size"]
-    drop = set(plan.drop)
-    if plan.reopen is not None:
-        drop |= {i // chunk_size for i in plan.reopen}
-        inputs.reopen_store(out, paths, chunk_size, plan.reopen)
-    for c_id in drop:
-        fs.chunk_path(out, c_id).unlink(missing_ok=True)
-    partial.mkdir(parents=True, exist_ok=True)
-    if not (partial / fs.SETTINGS_FILE).is_file():
-        atomic_write_json(partial / fs.SETTINGS_FILE, settings)
-    atomic_write_json(partial / inputs.INPUTS_FILE, identities)
+                raise FileExistsError(
+                    f"{out} holds a store of the single-file format (features.npy); convert it with "
+                    f"`vggfeat store convert {out} NEW`, or pass --overwrite to replace it"
+                )
+            for name in (fs.FEATURES_FILE, fs.MANIFEST_FILE):
+                (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / ".partial", ignore_errors=True)  # chunks of the format before shards
+        old = shard_files.read_plan(out)
+        if old is not None and old.get("settings") == plan["settings"]:
+            if old.get("command") is None and plan.get("command"):
+                atomic_write_json(out / fs.PLAN_FILE, {**old, "command": plan["command"]})
+            return
+        if old is not None:
+            done = any((out / fs.DONE_DIR).glob("*.json"))
+            if done and not overwrite:
+                finished = fs.is_complete_store(out)
+                diff = _differences(old.get("settings", {}), plan["settings"])
+                raise FileExistsError(
+                    f"{out} holds {'a finished store' if finished else 'an unfinished run'} with other settings "
+                    f"({'; '.join(diff)}); "
+                    + (
+                        "pass --overwrite to replace it, or choose another -o"
+                        if finished
+                        else "run it again with its own settings to finish it, or pass --overwrite"
+                    )
+                )
+        for sub in (fs.EMB_DIR, fs.META_DIR, fs.DONE_DIR):
+            shutil.rmtree(out / sub, ignore_errors=True)
+        (out / fs.MANIFEST_FILE).unlink(missing_ok=True)
+        atomic_write_json(out / fs.PLAN_FILE, plan)
 
 
 def extract_to_store(
+    images: Sequence[str | Path],
+    out: str | Path,
+    protocol: Protocol | None = None,
+    runtime: Runtime | None = None,
+    **kwargs: Any,
+) -> fs.FeatureStore:
+    """Extract descriptors of image files/folders/@lists (or tar shards) into the sharded store OUT, resuming
+    an unfinished run; returns the finished store. Keywords as `extract_part`; a `part` that leaves the store
+    unfinished raises StoreError with its status (use `extract_part` to run one part of many)."""
+    result = extract_part(images, out, protocol, runtime, **kwargs)
+    if result.store is None:
+        raise fs.StoreError(f"{out}: {result.status.summary(one_line=True)}")
+    return result.store
+
+
+def extract_part(
     images: Sequence[str | Path],
     out: str | Path,
     protocol: Protocol | None = None,
@@ -217,27 +235,32 @@ def extract_to_store(
     overwrite: bool = False,
     strict: bool = False,
     progress: bool = True,
-    chunk_size: int = 256,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    chunk_size: int | None = None,
     hash_inputs: bool = False,
+    part: tuple[int, int] | None = None,
+    command: str | None = None,
     **settings: Any,
-) -> fs.FeatureStore:
-    """Extract descriptors of image files/folders/@lists into the store OUT, resuming an unfinished run.
+) -> PartResult:
+    """Write this part's shards of the store OUT (every shard without `part` and outside a SLURM array or
+    torchrun; see shard_plan.default_part), skipping shards already done from the same settings and inputs.
 
-    `protocol` and `runtime` as for `extract_features` (their fields also as keywords); the runtime's
-    default here uses 2 loader workers. Under torchrun the ranks share the chunks and the process group
-    this call creates is destroyed before it returns.
-
-    OUT is locked for the run (a second writer stops with FolderLockedError). Each input's size and mtime
-    (with `hash_inputs`, also its sha256) are recorded: a rerun re-extracts the inputs that changed. With
-    `overwrite`, a store of other settings in OUT stays whole and loadable until the new one is complete.
+    One input tar is one shard; loose inputs form shards of `shard_size` (`chunk_size` is its former name).
+    Each shard is locked while written, so processes given the same part share the work and never write one
+    shard twice. Each input's size and mtime (with `hash_inputs`, also its sha256) are recorded: a rerun
+    redoes the shards whose inputs changed. Another store in OUT is refused, or replaced with `overwrite`.
+    `command` is recorded as the command that finishes an unfinished store (`vggfeat store status`).
     """
     protocol, runtime = settings_from(protocol, runtime, settings, runtime_defaults={"workers": 2})
     if dtype not in STORE_DTYPES:
         raise InputError(f"unknown store dtype {dtype!r}; valid: {', '.join(STORE_DTYPES)}")
-    paths = [str(p) for p in find_input_images(images)]
+    shard_size = chunk_size or shard_size
+    shards, listing = plan_shards([str(i) for i in images], shard_size)
+    tars = any(s.tar is not None for s in shards)
     specs = [NetSpec(str(m), None if w is None else str(w)) for m, w in models]
     spec_info = [s.describe() for s in specs]
-    settings = _settings(paths, spec_info, protocol, dtype, chunk_size)
+    store_settings = _settings(listing, spec_info, protocol, dtype, None if tars else shard_size, seed)
+    settings_sha = _sha(store_settings)
     out = Path(out)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -245,18 +268,29 @@ def extract_to_store(
     env = env_info()
     if env.world > 1 and runtime.device == "auto" and torch.cuda.is_available():
         runtime = replace(runtime, device=f"cuda:{env.local_rank}")
-    with process_group(runtime.torch_device().type) as info, _store_lock(out, info):
-        rank, world = info.rank, info.world
-        identities = inputs.input_identities(paths, hash_inputs)
-        plan = _prepare_out(out, settings, paths, identities, overwrite)
-        if plan.done:
-            log.info("%s is already complete with these settings: nothing to do", out)
-            store = fs.load_store(out)
-            store.already_complete = True
-            return store
+    with process_group(runtime.torch_device().type) as info:
+        which = part or ((info.rank, info.world) if info.world > 1 else default_part())
+        mine = part_shards(shards, *which)
+        identities: dict[str, str] = {}
+
+        def todo() -> list[ShardSource]:
+            return [
+                s
+                for s in mine
+                if shard_files.shard_problem(
+                    out, s.name, {"settings_sha256": settings_sha, "inputs_sha256": identities[s.name]}
+                )
+                is not None
+            ]
+
+        old_plan = shard_files.read_plan(out) if not overwrite else None
+        if old_plan is not None and old_plan.get("settings") == store_settings:
+            identities.update({s.name: _shard_identity(s, hash_inputs) for s in mine})
+            if not todo():  # this part's shards are all done: no net is built
+                return _finish(out, which, [], [], info, listing, created, already=True)
 
         for spec in specs:
-            if spec.weights is None:
+            if spec.is_random:
                 log.warning(
                     "no weights for %s: it is RANDOMLY INITIALISED (%s); its descriptors carry no learned information",
                     spec.model,
@@ -267,85 +301,218 @@ def extract_to_store(
             torch.cuda.set_device(torch_device)
         nets = [build_feature_net(s, protocol.layer, seed) for s in specs]  # a bad --layer fails here, before writes
         engine = DescriptorEngine(nets, protocol, runtime)
-        barrier(info)
-        if rank == 0:  # only now, with the nets built, may OUT change
-            _apply(out, plan, settings, identities, paths)
-        barrier(info)
-        chunks = _chunks(len(paths), chunk_size)
-        mine = [c for c_id, c in enumerate(chunks) if c_id % world == rank]
-        todo = [c for c in mine if not fs.chunk_path(out, c.start // chunk_size).is_file()]
-        done_images = sum(len(c) for c in mine) - sum(len(c) for c in todo)
-
-        bar = _ImageProgress(sum(len(c) for c in mine), done_images, len(protocol.scales), progress and rank == 0)
-        try:
-            for chunk, index, feats, skipped in describe_chunks(engine, paths, todo, bar.batch_done):
-                if skipped and strict:
-                    i, reason = skipped[0]
-                    raise ImageError(paths[i], f"{reason} (--strict makes bad inputs fatal)")
-                fs.write_chunk(out, chunk.start // chunk_size, index, feats, skipped)
-                bar.chunk_done(len(chunk))
-        finally:
-            bar.close()
-        barrier(info)
-        _check_some_usable(out, paths, images, len(chunks), info, created)
-        if rank == 0:
-            manifest = {
+        plan = {
+            "format": fs.FORMAT,
+            "settings": store_settings,
+            "settings_sha256": settings_sha,
+            "store": {
                 "vggfeat_version": __version__,
                 "models": spec_info,
                 **protocol.to_dict(),
                 "dim": engine.dim,
                 "dtype": dtype,
-                "n_inputs": len(paths),
+                "n_inputs": len(listing),
+                "input": "tar" if tars else "files",
+                "hash_inputs": hash_inputs,
                 "cwd": os.getcwd(),  # what relative input paths are relative to (index search prints openable paths)
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "settings": settings,
-                "input_identities": identities,
-            }
-            fs.assemble_store(out, len(chunks), paths, engine.dim, dtype, manifest)
+            },
+            "shards": [s.describe() for s in shards],
+            "command": command,
+        }
+        _claim_plan(out, plan, overwrite)
+        identities.update({s.name: _shard_identity(s, hash_inputs) for s in mine if s.name not in identities})
+        work = todo()
+        total = None if tars else sum(len(s.paths) for s in work)
+        bar = _ImageProgress(total, 0, len(protocol.scales), progress and info.rank == 0)
+        written, busy = [], []
+        writer = _ShardWriter(out, engine, dtype, strict, hash_inputs, bar)
+        fix = "it is being written by another process running the same part"
+        try:
+            for src in work:
+                try:
+                    with folder_lock(out / ".locks" / src.name, "written", fix):
+                        problem = shard_files.shard_problem(
+                            out, src.name, {"settings_sha256": settings_sha, "inputs_sha256": identities[src.name]}
+                        )
+                        if problem is None:  # another process finished it meanwhile
+                            continue
+                        if problem != "not started":
+                            log.warning("%s: shard %s %s; redoing it", out, src.name, problem)
+                        shard_files.clear_shard(out, src.name)
+                        writer.write(src, {"settings_sha256": settings_sha, "inputs_sha256": identities[src.name]})
+                        written.append(src.name)
+                except FolderLockedError:
+                    busy.append(src.name)
+        finally:
+            bar.close()
+        return _finish(out, which, written, busy, info, listing, created, already=False)
+
+
+def _finish(
+    out: Path,
+    part: tuple[int, int],
+    written: list[str],
+    busy: list[str],
+    info: DistInfo,
+    listing: list[str],
+    created: bool,
+    already: bool,
+) -> PartResult:
+    """The store's status after this part (manifest.json rebuilt from the done records); the store itself
+    when every shard is done. A store whose every input was skipped is an InputError (and removed)."""
+    barrier(info)  # under torchrun every rank returns the whole store
+    status = shard_files.store_status(out, rebuild=True)
+    result = PartResult(status, part, written, busy)
+    if not status.complete:
+        return result
+    if status.rows == 0:
+        skipped = [
+            s for name in status.done for s in (shard_files.read_done_record(out, name) or {}).get("skipped", [])
+        ]
         barrier(info)
-        return fs.load_store(out)
-
-
-@contextmanager
-def _store_lock(out: Path, info: DistInfo) -> Iterator[None]:
-    """OUT's writer lock, held by rank 0 for the whole torchrun job (its ranks are one writer); every rank
-    learns whether it was taken, so none waits at a barrier for a job that stopped."""
-    error = None
-    with ExitStack() as stack:
         if info.rank == 0:
-            try:
-                fix = "wait for that extraction to finish (or stop it), or choose another -o"
-                stack.enter_context(folder_lock(out, "written", fix))
-            except FolderLockedError as e:
-                error = e
-        if info.world > 1:
-            on = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
-            failed = all_reduce_sum(torch.tensor([int(error is not None)], device=on), info)
-            if failed.item() and error is None:
-                error = FolderLockedError(f"{out} is being written by another process (see rank 0's error)")
-        if error is not None:
-            raise error
-        yield
+            for sub in (fs.EMB_DIR, fs.META_DIR, fs.DONE_DIR, ".locks"):
+                shutil.rmtree(out / sub, ignore_errors=True)
+            for name in (fs.PLAN_FILE, fs.MANIFEST_FILE, shard_files.MANIFEST_LOCK):
+                (out / name).unlink(missing_ok=True)
+            if created and not any(out.iterdir()):
+                out.rmdir()
+        paths = [s["path"] for s in skipped]
+        raise no_usable_image(listing, paths, [(i, s["reason"]) for i, s in enumerate(skipped)])
+    result.store = fs.load_store(out)
+    result.store.already_complete = already
+    return result
 
 
-def _check_some_usable(
-    out: Path, paths: list[str], inputs: Sequence, n_chunks: int, info: DistInfo, created: bool
-) -> None:
-    """An InputError naming the inputs and why each image was skipped when not one was usable (every rank
-    raises it). The chunks are removed (and OUT, when this run made it): they hold nothing, and a rerun after
-    fixing the files decodes afresh."""
-    skipped: list[tuple[int, str]] = []
-    for c in range(n_chunks):
-        index, _, chunk_skipped = fs.read_chunk(out, c)
-        if len(index):
-            return
-        skipped.extend(chunk_skipped)
-    barrier(info)  # every rank has read the chunks before rank 0 removes them
-    if info.rank == 0:
-        shutil.rmtree(fs.partial_dir(out), ignore_errors=True)
-        if created and not any(out.iterdir()):
-            out.rmdir()
-    raise no_usable_image(inputs, paths, skipped)
+class _ShardWriter:
+    """Describes one shard's inputs (a group of files, or a tar's samples) in chunks of CHUNK_IMAGES decoded
+    images, and writes the shard whole."""
+
+    def __init__(
+        self, out: Path, engine: DescriptorEngine, dtype: str, strict: bool, hash_inputs: bool, bar: _ImageProgress
+    ) -> None:
+        self.out, self.engine, self.dtype, self.strict, self.hash_inputs, self.bar = (
+            out,
+            engine,
+            dtype,
+            strict,
+            hash_inputs,
+            bar,
+        )
+
+    def write(self, src: ShardSource, identity: dict[str, str]) -> None:
+        feats, columns, skipped, problem = self._tar(src) if src.tar is not None else self._files(src)
+        record: dict[str, Any] = {**identity, "source": src.describe(), "skipped": skipped}
+        if problem:
+            record["problem"] = problem
+        stored = _to_store_dtype(feats, self.dtype, columns["path"])
+        shard_files.write_shard(self.out, src.name, stored, columns, record)
+
+    def _describe(
+        self, images: Sequence[ImageInput], names: Sequence[str]
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, list]]:
+        chunks = _chunks(len(images), CHUNK_IMAGES)
+        for chunk, index, feats, bad in describe_chunks(self.engine, images, chunks, self.bar.batch_done):
+            if bad and self.strict:
+                i, reason = bad[0]
+                raise ImageError(names[i], f"{reason} (--strict makes bad inputs fatal)")
+            self.bar.chunk_done(len(chunk))
+            yield index, feats, bad
+
+    def _files(self, src: ShardSource) -> tuple[np.ndarray, dict[str, list], list[dict], str | None]:
+        paths = list(src.paths)
+        ids = inputs.input_identities(paths, self.hash_inputs)
+        rows, parts, skipped = [], [], []
+        for index, feats, bad in self._describe(paths, paths):
+            rows.extend(index.tolist())
+            parts.append(feats)
+            skipped.extend({"path": paths[i], "key": paths[i], "reason": r} for i, r in bad)
+        columns = {
+            "path": [paths[i] for i in rows],
+            "key": [paths[i] for i in rows],
+            "size": [ids[i][0] if ids[i] else None for i in rows],
+            "mtime_ns": [ids[i][1] if ids[i] else None for i in rows],
+            "sha256": [ids[i][2] if ids[i] and len(ids[i]) > 2 else None for i in rows],
+        }
+        return _stack(parts, self.engine.dim), columns, skipped, None
+
+    def _tar(self, src: ShardSource) -> tuple[np.ndarray, dict[str, list], list[dict], str | None]:
+        from vggfeat.data.tar_shards import TarProblem, iter_tar_samples
+
+        columns: dict[str, list] = {"path": [], "key": [], "size": [], "mtime_ns": [], "sha256": []}
+        parts, skipped, problems = [], [], []
+        window: list = []
+
+        def flush() -> None:
+            names = [f"{s.url}#{s.image_member}" for s in window]
+            images = _TarImages(window, max(self.engine.protocol.scales) if self.engine.protocol.fast_decode else None)
+            for index, feats, bad in self._describe(images, names):
+                parts.append(feats)
+                for i in index.tolist():
+                    s = window[i]
+                    columns["path"].append(names[i])
+                    columns["key"].append(s.key)
+                    columns["size"].append(len(s.data))
+                    columns["mtime_ns"].append(None)
+                    columns["sha256"].append(hashlib.sha256(s.data).hexdigest() if self.hash_inputs else None)
+                skipped.extend({"path": names[i], "key": window[i].key, "reason": r} for i, r in bad)
+            window.clear()
+
+        for item in iter_tar_samples(src.tar):
+            if isinstance(item, TarProblem):
+                skipped.append({"path": f"{item.url}#{item.key}", "key": item.key, "reason": item.reason})
+                problems.append(item.reason)
+                continue
+            window.append(item)
+            if len(window) == CHUNK_IMAGES:
+                flush()
+        if window:
+            flush()
+        return _stack(parts, self.engine.dim), columns, skipped, "; ".join(problems) or None
+
+
+class _TarImages(Sequence):
+    """A tar shard's samples as images for the loader: each decoded from its bytes in a loader worker."""
+
+    def __init__(self, samples: list, min_side: int | None) -> None:
+        self.samples, self.min_side = samples, min_side
+        self._last: tuple[int, Any] | None = None  # the loader asks for an item twice (decode, then its name)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> Any:
+        if self._last is None or self._last[0] != i:
+            s = self.samples[i]
+            self._last = (i, decode_rgb(s.data, f"{s.url}#{s.image_member}", min_side=self.min_side))
+        return self._last[1]
+
+
+def _stack(parts: list[np.ndarray], dim: int) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+
+
+def _to_store_dtype(feats: np.ndarray, dtype: str, paths: Sequence[str]) -> np.ndarray:
+    """The rows in the store's dtype; a non-finite descriptor, or one beyond float16's range under
+    --dtype float16, is refused (naming the input) instead of written."""
+    finite = np.isfinite(feats).all(axis=1)
+    if not finite.all():
+        i = int(np.flatnonzero(~finite)[0])
+        raise InputError(
+            f"{paths[i]}: its descriptor is not finite (NaN or inf) - the net's weights or input overflowed; "
+            "nothing of this shard was written (check the weights, e.g. `vggfeat weights info`)"
+        )
+    if dtype == "float16":
+        limit = float(np.finfo(np.float16).max)
+        big = np.abs(feats).max(axis=1) > limit if len(feats) else np.zeros(0, bool)
+        if big.any():
+            i = int(np.flatnonzero(big)[0])
+            raise InputError(
+                f"{paths[i]}: its descriptor reaches {float(np.abs(feats[i]).max()):.4g}, beyond float16's range "
+                f"({limit:g}); use --dtype float32, or keep --l2 (descriptors of length 1)"
+            )
+    return feats.astype(np.dtype(dtype), copy=False)
 
 
 def no_usable_image(inputs: Sequence, paths: Sequence[str], skipped: list[tuple[int, str]]) -> InputError:
@@ -362,7 +529,7 @@ class _ImageProgress:
     from the first batch. A batch runs its images at one of S scales: it is worth n / S images of progress
     (shown in whole images); a finished chunk counts all its inputs, skipped ones included."""
 
-    def __init__(self, total: int, initial: int, n_scales: int, enabled: bool) -> None:
+    def __init__(self, total: int | None, initial: int, n_scales: int, enabled: bool) -> None:
         self.n_scales, self.done, self.views = n_scales, initial, 0
         self.bar = None
         if enabled:  # on stderr: redrawn on a terminal, a line every 30 s in a log (utils.progress)

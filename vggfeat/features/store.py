@@ -1,40 +1,184 @@
-"""The feature store: a folder with `features.npy` (N x D) and `manifest.json`, readable by numpy alone.
+"""Reading a feature store without loading it: a folder of shards, each `emb/<i>.npy` (N_i x D) beside
+`meta/<i>.parquet` (one row per descriptor, same order: path, key, size, mtime_ns[, sha256]), and a small
+`manifest.json` (protocol, models, weight hashes, the shard list with counts and checksums; no per-row data).
 
-manifest.json: row i's image path in `paths`; the inputs that were skipped with their reasons; the
-models and their weights' sha256; layer, scales, flip, aggregate, l2, dim, dtype, vggfeat version.
+Rows are memory-mapped per shard and read by index or in bounded blocks; paths are read from the parquet
+files only when asked for. Stores of the single-file format before shards (`features.npy` + a manifest
+listing every path) still load, read-only; `vggfeat store convert` rewrites one.
 """
 
 from __future__ import annotations
 
-import io
+import json
 import os
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from vggfeat.errors import VggfeatError
-from vggfeat.utils.files import atomic_write_bytes, atomic_write_json, read_json
+from vggfeat.utils.files import read_json
 
-FEATURES_FILE = "features.npy"
+FORMAT = "vggfeat-shards/1"
 MANIFEST_FILE = "manifest.json"
+FEATURES_FILE = "features.npy"  # the single-file format before shards (read-only now)
+EMB_DIR, META_DIR, DONE_DIR = "emb", "meta", "shards"
+PLAN_FILE = "plan.json"
+BLOCK_ROWS = 4096  # rows per block of FeatureStore.blocks: bounded memory whatever N
 
 
 class StoreError(VggfeatError, ValueError):
     """A feature store that is missing, unfinished or inconsistent."""
 
 
+def emb_file(root: Path, name: str) -> Path:
+    return Path(root) / EMB_DIR / f"{name}.npy"
+
+
+def meta_file(root: Path, name: str) -> Path:
+    return Path(root) / META_DIR / f"{name}.parquet"
+
+
+def decode_path(path: str, raw: bytes | None) -> str:
+    """A row's path as the file system names it: parquet holds UTF-8, so a name that is not UTF-8 is kept
+    byte for byte in `path_raw` (and shown with escapes in `path`)."""
+    return os.fsdecode(raw) if raw is not None else path
+
+
+class ShardRows:
+    """The rows of every shard as one (N, D) array-like: `rows[i]`, `rows[a:b]`, `rows[index_array]` read only
+    those rows (each shard's .npy is memory-mapped); `np.asarray(rows)` reads all of them."""
+
+    def __init__(self, files: list[Path], counts: list[int], dim: int, dtype: str) -> None:
+        self.files, self.dim, self.dtype = files, dim, np.dtype(dtype)
+        self.offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+        self._maps: dict[int, np.ndarray] = {}
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.offsets[-1]), self.dim
+
+    ndim = 2
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def shard(self, s: int) -> np.ndarray:
+        if s not in self._maps:
+            if len(self._maps) > 64:  # a bounded number of open maps, however many shards
+                self._maps.clear()
+            self._maps[s] = np.load(self.files[s], mmap_mode="r")
+        return self._maps[s]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        n = len(self)
+        if isinstance(key, (int, np.integer)):
+            i = int(key) + (n if key < 0 else 0)
+            if not 0 <= i < n:
+                raise IndexError(f"row {key} out of range for {n} rows")
+            s = int(np.searchsorted(self.offsets, i, side="right")) - 1
+            return np.asarray(self.shard(s)[i - self.offsets[s]])
+        if isinstance(key, slice):
+            key = np.arange(n)[key]
+        index = np.asarray(key)
+        if index.dtype == bool:
+            index = np.flatnonzero(index)
+        index = index.astype(np.int64).ravel()
+        index = np.where(index < 0, index + n, index)
+        if index.size and (index.min() < 0 or index.max() >= n):
+            raise IndexError(f"row index out of range for {n} rows")
+        out = np.empty((len(index), self.dim), dtype=self.dtype)
+        shard_of = np.searchsorted(self.offsets, index, side="right") - 1
+        for s in np.unique(shard_of).tolist():
+            where = np.flatnonzero(shard_of == s)
+            out[where] = self.shard(s)[index[where] - self.offsets[s]]
+        return out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
 @dataclass
 class FeatureStore:
     root: Path
-    features: np.ndarray  # (N, D), float32 or float16, memory-mapped
+    features: np.ndarray | ShardRows  # (N, D), float32 or float16; memory-mapped, read by row index
     manifest: dict[str, Any]
     already_complete: bool = False  # set by extract_to_store when it found the store finished: nothing computed
+    _meta_cache: dict[str, list] = field(default_factory=dict, repr=False)
+
+    @property
+    def sharded(self) -> bool:
+        return self.manifest.get("format") == FORMAT
+
+    @property
+    def shard_names(self) -> list[str]:
+        return [s["name"] for s in self.manifest.get("shards", [])]
+
+    def shard_meta(self, name: str, columns: list[str] | None = None) -> dict[str, list]:
+        """The parquet columns of one shard as lists (read on demand, one shard at a time)."""
+        import pyarrow.parquet as pq
+
+        path = meta_file(self.root, name)
+        try:
+            table = pq.read_table(path, columns=columns)
+        except (OSError, ValueError) as e:  # pyarrow's errors derive from these
+            raise StoreError(f"{path}: unreadable ({e}); rerun the extraction into {self.root} to redo it") from None
+        return table.to_pydict()
+
+    def _column(self, name: str) -> list:
+        if name not in self._meta_cache:
+            values: list = []
+            for shard in self.shard_names:
+                cols = self.shard_meta(shard, ["path", "path_raw"] if name == "path" else [name])
+                if name == "path":
+                    values.extend(decode_path(p, r) for p, r in zip(cols["path"], cols["path_raw"], strict=True))
+                else:
+                    values.extend(cols[name])
+            self._meta_cache[name] = values
+        return self._meta_cache[name]
 
     @property
     def paths(self) -> list[str]:
-        return self.manifest["paths"]
+        """Row i's input path as given to `vggfeat extract` (read from the shards' parquet files on first use)."""
+        if not self.sharded:
+            return self.manifest["paths"]
+        return self._column("path")
+
+    @property
+    def keys(self) -> list[str]:
+        """Row i's key: the webdataset `__key__` of a tar sample, the path of a file."""
+        return self._column("key") if self.sharded else self.paths
+
+    @property
+    def skipped(self) -> list[dict[str, str]]:
+        """The inputs that have no row, with why: [{"path", "reason"}], in shard order."""
+        if not self.sharded:
+            return self.manifest.get("skipped", [])
+        from .shard_files import read_done_record
+
+        out: list[dict[str, str]] = []
+        for name in self.shard_names:
+            record = read_done_record(self.root, name) or {}
+            out.extend(record.get("skipped", []))
+        return out
+
+    @property
+    def row_identities(self) -> list[list | None]:
+        """Row i's input identity when extracted: [size, mtime_ns] or [size, mtime_ns, sha256]; None unknown."""
+        if self.sharded:
+            sizes, mtimes = self._column("size"), self._column("mtime_ns")
+            hashes = self._column("sha256") if self.manifest.get("settings", {}).get("hash_inputs") else None
+            return [
+                [s, m] if hashes is None or hashes[i] is None else [s, m, hashes[i]]
+                for i, (s, m) in enumerate(zip(sizes, mtimes, strict=True))
+            ]
+        identities = self.manifest.get("input_identities")
+        if identities is None or self.skipped or len(identities) != len(self):
+            return [None] * len(self)  # the single-file format lists identities per input, not per row
+        return list(identities)
 
     @property
     def absolute_paths(self) -> list[str]:
@@ -50,6 +194,25 @@ class FeatureStore:
     def __len__(self) -> int:
         return int(self.features.shape[0])
 
+    def rows(self, index: Any) -> np.ndarray:
+        """Rows by index (an int array, a slice), as float32."""
+        return np.asarray(self.features[index], dtype=np.float32)
+
+    def blocks(self, rows: int = BLOCK_ROWS) -> Iterator[tuple[np.ndarray, list[str]]]:
+        """(float32 rows, their paths) in store order, at most `rows` at a time: a full read in bounded memory."""
+        if not self.sharded:
+            for start in range(0, len(self), rows):
+                stop = min(start + rows, len(self))
+                yield self.rows(slice(start, stop)), self.paths[start:stop]
+            return
+        feats = self.features
+        for s, name in enumerate(self.shard_names):
+            cols = self.shard_meta(name, ["path", "path_raw"])
+            paths = [decode_path(p, r) for p, r in zip(cols["path"], cols["path_raw"], strict=True)]
+            emb = feats.shard(s)
+            for start in range(0, len(paths), rows):
+                yield np.asarray(emb[start : start + rows], dtype=np.float32), paths[start : start + rows]
+
     def rows_for(self, paths: list[str]) -> np.ndarray:
         """Row indices of `paths`. A store records paths as given to `vggfeat extract` (often relative to where
         it ran), so a path matches by resolved absolute path, then by its last two components (e.g.
@@ -63,7 +226,7 @@ class FeatureStore:
         rows = np.array([exact.get(str(Path(p).resolve()), tails.get(_tail(p), -1)) for p in paths], dtype=np.int64)
         missing = [p for p, i in zip(paths, rows, strict=False) if i < 0]
         if missing:
-            skipped = {_tail(s["path"]): s["reason"] for s in self.manifest.get("skipped", [])}
+            skipped = {_tail(s["path"]): s["reason"] for s in self.skipped}
             why = skipped.get(_tail(missing[0]))
             hint = f" (skipped at extraction: {why})" if why else ""
             # a skipped image cannot be extracted again as it is: its fix is the image (or the scales)
@@ -83,20 +246,47 @@ def _tail(path: str, parts: int = 2) -> str:
     return "/".join(Path(path).parts[-parts:])
 
 
-def is_complete_store(root: str | Path) -> bool:
+def is_single_file_store(root: str | Path) -> bool:
+    """A finished store of the format before shards: features.npy beside a manifest listing every path."""
     root = Path(root)
     return (root / FEATURES_FILE).is_file() and (root / MANIFEST_FILE).is_file()
 
 
-def load_store(root: str | Path, mmap: bool = True) -> FeatureStore:
-    """Open a finished store written by `vggfeat extract`."""
+def is_complete_store(root: str | Path) -> bool:
+    """A finished store of either format (a sharded one: its manifest says every shard is done)."""
     root = Path(root)
-    if not is_complete_store(root):
-        raise StoreError(
-            f"{root}: not a finished feature store (needs {FEATURES_FILE} and {MANIFEST_FILE}); "
-            "run `vggfeat extract IMAGES -o STORE` first, or again to finish it"
-        )
+    if is_single_file_store(root):
+        return True
+    try:
+        manifest = json.loads((root / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT and bool(manifest.get("complete"))
+
+
+def load_store(root: str | Path, mmap: bool = True) -> FeatureStore:
+    """Open a finished store written by `vggfeat extract` (rows memory-mapped, paths read on demand). An
+    unfinished sharded store is refused with its status: the shards done, missing and failed, and the command
+    that finishes it."""
+    root = Path(root)
     fix = "rerun `vggfeat extract IMAGES -o STORE --overwrite` to rebuild it"
+    if is_single_file_store(root):
+        return _load_single_file(root, mmap, fix)
+    if (root / PLAN_FILE).is_file() or (root / MANIFEST_FILE).is_file():
+        from .shard_files import store_status
+
+        status = store_status(root, rebuild=True)
+        if not status.complete:
+            raise StoreError(f"{root}: an unfinished feature store - {status.summary(one_line=True)}")
+        manifest = read_json(root / MANIFEST_FILE, StoreError, fix)
+        shards = manifest["shards"]  # each checked by store_status: present, with its recorded size
+        files = [emb_file(root, s["name"]) for s in shards]
+        rows = ShardRows(files, [s["rows"] for s in shards], int(manifest["dim"]), manifest["dtype"])
+        return FeatureStore(root, rows, manifest)
+    raise StoreError(f"{root}: not a feature store (no {MANIFEST_FILE}); run `vggfeat extract IMAGES -o STORE` first")
+
+
+def _load_single_file(root: Path, mmap: bool, fix: str) -> FeatureStore:
     manifest = read_json(root / MANIFEST_FILE, StoreError, fix)
     if not isinstance(manifest, dict):
         raise StoreError(f"{root / MANIFEST_FILE}: not a store manifest (a JSON object); {fix}")
@@ -110,93 +300,3 @@ def load_store(root: str | Path, mmap: bool = True) -> FeatureStore:
             f"{len(manifest.get('paths', ()))} images"
         )
     return FeatureStore(root, features, manifest)
-
-
-# --- writing: chunk files under .partial/, assembled into the final files at the end ---------------
-PARTIAL_DIR = ".partial"
-SETTINGS_FILE = "settings.json"
-
-
-def partial_dir(root: Path) -> Path:
-    return Path(root) / PARTIAL_DIR
-
-
-def chunk_path(root: Path, chunk_id: int) -> Path:
-    return partial_dir(root) / f"chunk_{chunk_id:06d}.npz"
-
-
-def write_chunk(
-    root: Path, chunk_id: int, indices: np.ndarray, features: np.ndarray, skipped: list[tuple[int, str]]
-) -> None:
-    """One chunk's results, written atomically: a crash leaves the whole file or none."""
-
-    buf = io.BytesIO()
-    np.savez(
-        buf,
-        index=indices.astype(np.int64),
-        features=features.astype(np.float32),
-        skipped_index=np.array([i for i, _ in skipped], dtype=np.int64),
-        skipped_reason=np.array([r for _, r in skipped], dtype=np.str_),
-    )
-    atomic_write_bytes(chunk_path(root, chunk_id), buf.getvalue())
-
-
-def read_chunk(root: Path, chunk_id: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
-    with np.load(chunk_path(root, chunk_id), allow_pickle=False) as z:
-        skipped = list(zip(z["skipped_index"].tolist(), z["skipped_reason"].tolist(), strict=False))
-        return z["index"], z["features"], skipped
-
-
-def _shrink_rows(path: Path, n_rows: int) -> None:
-    """Cut the .npy file at `path` to its first `n_rows` rows in place: rewrite the header's shape and truncate.
-    numpy pads every header so its first dimension can change without moving the data."""
-    fmt = np.lib.format
-    with open(path, "r+b") as f:
-        version = fmt.read_magic(f)
-        read, write = {
-            (1, 0): (fmt.read_array_header_1_0, fmt.write_array_header_1_0),
-            (2, 0): (fmt.read_array_header_2_0, fmt.write_array_header_2_0),
-        }[version]
-        shape, fortran, dtype = read(f)
-        offset = f.tell()
-        header = io.BytesIO()
-        write(header, {"descr": fmt.dtype_to_descr(dtype), "fortran_order": fortran, "shape": (n_rows, *shape[1:])})
-        if len(header.getvalue()) != offset:  # no room for the new shape: never expected, checked all the same
-            raise StoreError(f"{path}: cannot rewrite the .npy header in place")
-        f.seek(0)
-        f.write(header.getvalue())
-        f.truncate(offset + n_rows * int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
-
-
-def assemble_store(
-    root: Path, n_chunks: int, paths: list[str], dim: int, dtype: str, manifest: dict[str, Any]
-) -> FeatureStore:
-    """Stream the chunk files into features.npy, then write manifest.json (its presence marks a finished
-    store) and remove the chunks. Each final file appears atomically by rename; a store already in root is
-    replaced only here, once every chunk of the new one is there.
-
-    Each chunk is read once: rows go into room for every input, and the file is cut to the usable rows after."""
-    import shutil
-
-    root = Path(root)
-    tmp = root / f".{FEATURES_FILE}.tmp"
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=(len(paths), dim))
-    rows: list[str] = []
-    skipped: list[tuple[int, str]] = []
-    for c in range(n_chunks):
-        index, feats, chunk_skipped = read_chunk(root, c)
-        out[len(rows) : len(rows) + len(index)] = feats
-        rows.extend(paths[i] for i in index.tolist())
-        skipped.extend(chunk_skipped)
-    out.flush()
-    del out
-    if len(rows) < len(paths):  # skipped inputs have no row
-        _shrink_rows(tmp, len(rows))
-    # an older store in root (--overwrite, changed inputs) stays whole until here; without its manifest it is
-    # unfinished, so a crash before the new manifest is written leaves the chunks for a rerun to assemble
-    (root / MANIFEST_FILE).unlink(missing_ok=True)
-    tmp.replace(root / FEATURES_FILE)
-    manifest = {**manifest, "paths": rows, "skipped": [{"path": paths[i], "reason": r} for i, r in sorted(skipped)]}
-    atomic_write_json(root / MANIFEST_FILE, manifest)
-    shutil.rmtree(partial_dir(root), ignore_errors=True)
-    return load_store(root)

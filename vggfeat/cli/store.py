@@ -1,0 +1,51 @@
+"""`vggfeat store status|convert`: where a sharded feature store stands, and rewriting a single-file store."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group("store", context_settings={"max_content_width": 100})
+def store() -> None:
+    """Inspect feature stores written by `vggfeat extract`.
+
+    \b
+    Examples:
+      vggfeat store status feats
+      vggfeat store convert old-feats feats
+    """
+
+
+@store.command("status")
+@click.argument("out", type=click.Path(file_okay=False, exists=True))
+def status(out) -> None:
+    """Shards of OUT done, missing and failed (with the reason), rows, and the command that finishes it.
+    Exit status 0 when the store is complete, 1 otherwise."""
+    from vggfeat.features.shard_files import store_status
+    from vggfeat.features.store import is_single_file_store, load_store
+
+    if is_single_file_store(out):
+        fs = load_store(out)
+        click.echo(
+            f"{out}: a complete store of the single-file format ({len(fs)} rows, read-only); rewrite it "
+            f"as shards with `vggfeat store convert {out} NEW`"
+        )
+        return
+    st = store_status(out, rebuild=True)
+    click.echo(f"{out}: {'complete' if st.complete else 'unfinished'}")
+    click.echo(st.summary())
+    if not st.complete:
+        raise SystemExit(1)
+
+
+@store.command("convert")
+@click.argument("old", type=click.Path(file_okay=False, exists=True))
+@click.argument("new", type=click.Path(file_okay=False))
+@click.option("--shard-size", default=10_000, show_default=True, type=click.IntRange(min=1), help="Rows per shard.")
+def convert(old, new, shard_size) -> None:
+    """Rewrite OLD, a store of the single-file format (features.npy + manifest.json), as the sharded store NEW
+    (the rows, paths and identities as they are; nothing is recomputed)."""
+    from vggfeat.features.convert import convert_store
+
+    fs = convert_store(old, new, shard_size)
+    click.echo(f"{len(fs)} rows of {old} -> {new} ({len(fs.shard_names)} shards)")

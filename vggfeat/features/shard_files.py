@@ -1,0 +1,308 @@
+"""Writing a sharded feature store: a shard appears whole or not at all, and the store knows which are done.
+
+A shard's `emb/<i>.npy` and `meta/<i>.parquet` are written under names that end in neither suffix, renamed
+into place npy first, then parquet, and only then recorded done in `shards/<i>.json` (rows, skipped inputs
+with reasons, sizes and sha256 of both files). A reader (ours, or embedding-reader globbing `*.npy`) never
+meets a half-written file, and a shard without its record is not done, however far it got. The store-level
+manifest.json is rebuilt from the records under a lock, so parts running at once never lose each other's shards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shlex
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vggfeat.utils.files import atomic_write_json
+
+from .store import DONE_DIR, EMB_DIR, FORMAT, MANIFEST_FILE, META_DIR, PLAN_FILE, StoreError, emb_file, meta_file
+
+try:
+    import fcntl
+except ImportError:  # Windows: one writer at a time there
+    fcntl = None
+
+MANIFEST_LOCK = ".manifest.lock"
+
+
+def shard_name(i: int, n: int) -> str:
+    """Zero-padded, so lexicographic order is shard order (6 digits, more past a million shards)."""
+    return f"{i:0{max(6, len(str(max(n - 1, 0))))}d}"
+
+
+def record_file(root: Path, name: str) -> Path:
+    return Path(root) / DONE_DIR / f"{name}.json"
+
+
+def failed_file(root: Path, name: str) -> Path:
+    return Path(root) / DONE_DIR / f"{name}.failed.json"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def meta_table(columns: dict[str, list]) -> Any:
+    """The parquet table of one shard; a path that is not UTF-8 keeps its bytes in `path_raw`."""
+    import pyarrow as pa
+
+    paths, raw = [], []
+    for p in columns["path"]:
+        try:
+            p.encode("utf-8")
+            paths.append(p)
+            raw.append(None)
+        except UnicodeEncodeError:  # a file name in another encoding: shown escaped, kept exactly
+            paths.append(os.fsencode(p).decode("utf-8", "backslashreplace"))
+            raw.append(os.fsencode(p))
+    keys = [k.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") for k in columns["key"]]
+    return pa.table(
+        {
+            "path": pa.array(paths, pa.string()),
+            "key": pa.array(keys, pa.string()),
+            "size": pa.array(columns["size"], pa.int64()),
+            "mtime_ns": pa.array(columns["mtime_ns"], pa.int64()),
+            "sha256": pa.array(columns["sha256"], pa.string()),
+            "path_raw": pa.array(raw, pa.binary()),
+        }
+    )
+
+
+def write_shard(root: Path, name: str, feats: np.ndarray, columns: dict[str, list], record: dict[str, Any]) -> dict:
+    """Write shard `name` whole: both files under temporary names, renamed into place (npy, then parquet), then
+    its done record. Returns the record. `feats` (N, D) is already in the store's dtype; `columns` has N rows."""
+    import pyarrow.parquet as pq
+
+    root = Path(root)
+    if len(columns["path"]) != len(feats):
+        raise ValueError(f"shard {name}: {len(feats)} rows but {len(columns['path'])} metadata rows")
+    emb, meta = emb_file(root, name), meta_file(root, name)
+    emb.parent.mkdir(parents=True, exist_ok=True)
+    meta.parent.mkdir(parents=True, exist_ok=True)
+    record_file(root, name).parent.mkdir(parents=True, exist_ok=True)
+    tmp_emb = emb.with_name(f".{name}.emb.tmp-{os.getpid()}")
+    tmp_meta = meta.with_name(f".{name}.meta.tmp-{os.getpid()}")
+    try:
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(feats))
+        _write_synced(tmp_emb, buf.getvalue())
+        buf = io.BytesIO()
+        pq.write_table(meta_table(columns), buf)
+        _write_synced(tmp_meta, buf.getvalue())
+        files = {
+            "emb_bytes": tmp_emb.stat().st_size,
+            "meta_bytes": tmp_meta.stat().st_size,
+            "emb_sha256": _sha256(tmp_emb),
+            "meta_sha256": _sha256(tmp_meta),
+        }
+        os.replace(tmp_emb, emb)  # the npy first: a .parquet is never without its .npy
+        os.replace(tmp_meta, meta)
+    except BaseException:  # a full disk, Ctrl-C: no temporary left behind
+        tmp_emb.unlink(missing_ok=True)
+        tmp_meta.unlink(missing_ok=True)
+        raise
+    record = {**record, "name": name, "rows": len(feats), **files}
+    atomic_write_json(record_file(root, name), record)
+    failed_file(root, name).unlink(missing_ok=True)
+    return record
+
+
+def read_done_record(root: Path, name: str) -> dict | None:
+    try:
+        record = json.loads(record_file(root, name).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def shard_problem(root: Path, name: str, identity: dict[str, Any] | None = None) -> str | None:
+    """None when shard `name` is done (and, given `identity`, made from those settings and inputs); otherwise
+    why not, in a few words naming the file at fault."""
+    record = read_done_record(root, name)
+    if record is None:
+        if emb_file(root, name).exists() or meta_file(root, name).exists():
+            return "half-written (files without a done record)"
+        return "not started"
+    for key, value in (identity or {}).items():
+        if record.get(key) != value:
+            return f"made from other {key.replace('_sha256', '')}"
+    for path, size in (
+        (emb_file(root, name), record.get("emb_bytes")),
+        (meta_file(root, name), record.get("meta_bytes")),
+    ):
+        actual = path.stat().st_size if path.is_file() else None
+        if actual != size:
+            return f"{path} is {'missing' if actual is None else f'{actual} bytes'}, recorded {size} (damaged)"
+    return None
+
+
+def clear_shard(root: Path, name: str) -> None:
+    """Remove whatever a shard left (its record first, so it is never done with files half gone)."""
+    record_file(root, name).unlink(missing_ok=True)
+    emb_file(root, name).unlink(missing_ok=True)
+    meta_file(root, name).unlink(missing_ok=True)
+
+
+def record_failure(root: Path, name: str, reason: str) -> None:
+    failed_file(root, name).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(failed_file(root, name), {"name": name, "reason": reason})
+
+
+@contextlib.contextmanager
+def manifest_lock(root: Path) -> Iterator[None]:
+    """A blocking lock around reading the done records and writing manifest.json (parts finish at once)."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(Path(root) / MANIFEST_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def read_plan(root: Path) -> dict | None:
+    try:
+        plan = json.loads((Path(root) / PLAN_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise StoreError(f"{Path(root) / PLAN_FILE}: unreadable ({e}); rerun the extraction with --overwrite") from None
+    return plan if isinstance(plan, dict) else None
+
+
+@dataclass
+class StoreStatus:
+    root: Path
+    shards: list[str]
+    done: list[str] = field(default_factory=list)
+    missing: dict[str, str] = field(default_factory=dict)  # name -> why not done
+    failed: dict[str, str] = field(default_factory=dict)  # name -> the reason its last try failed
+    rows: int = 0
+    skipped: int = 0
+    command: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.shards) and len(self.done) == len(self.shards)
+
+    def finish_command(self) -> str:
+        if self.command:
+            return self.command
+        return f"the same extraction into {self.root} again"
+
+    def summary(self, one_line: bool = False) -> str:
+        head = (
+            f"{len(self.done)} of {len(self.shards)} shards done ({self.rows} rows, {self.skipped} inputs skipped), "
+            f"{len(self.missing)} missing, {len(self.failed)} failed"
+        )
+        if one_line:
+            first = next(iter({**self.missing, **self.failed}.items()), None)
+            example = f" (e.g. shard {first[0]}: {first[1]})" if first else ""
+            return f"{head}{example}; finish it with: {self.finish_command()}"
+        lines = [head]
+        for name, why in self.failed.items():
+            lines.append(f"  failed  {name}: {why}")
+        for name, why in list(self.missing.items())[:20]:
+            lines.append(f"  missing {name}: {why}")
+        if len(self.missing) > 20:
+            lines.append(f"  ... and {len(self.missing) - 20} more missing")
+        if not self.complete:
+            lines.append(f"finish it with: {self.finish_command()}")
+        return "\n".join(lines)
+
+
+def store_status(root: Path, rebuild: bool = False) -> StoreStatus:
+    """Shards done, missing and failed, from plan.json and the done records; with `rebuild`, manifest.json is
+    rewritten (under its lock) when it does not say what the records say."""
+    root = Path(root)
+    plan = read_plan(root)
+    if plan is None:
+        try:
+            manifest = json.loads((root / MANIFEST_FILE).read_text())
+        except (OSError, ValueError):
+            raise StoreError(f"{root}: not a sharded feature store (no {PLAN_FILE})") from None
+        names = [s["name"] for s in manifest.get("shards", [])]
+        plan = {"shards": [{"name": n} for n in names], "command": None}
+    status = StoreStatus(root, [s["name"] for s in plan["shards"]], command=plan.get("command"))
+    identity = {"settings_sha256": plan["settings_sha256"]} if "settings_sha256" in plan else None
+    records = []
+    for name in status.shards:
+        problem = shard_problem(root, name, identity)
+        if problem is None:
+            record = read_done_record(root, name)
+            status.done.append(name)
+            status.rows += int(record["rows"])
+            status.skipped += len(record.get("skipped", []))
+            records.append(record)
+            continue
+        try:
+            status.failed[name] = json.loads(failed_file(root, name).read_text())["reason"]
+        except (OSError, ValueError, KeyError, TypeError):
+            status.missing[name] = problem
+    if rebuild and "settings" in plan:
+        write_manifest(root, plan, status, records)
+    return status
+
+
+def write_manifest(root: Path, plan: dict, status: StoreStatus, records: list[dict]) -> None:
+    """manifest.json from the plan and the done records: store-level facts and the shard list, no per-row data.
+    Written only when it changes; `complete` says whether every planned shard is done."""
+    keep = ("name", "rows", "emb_bytes", "meta_bytes", "emb_sha256", "meta_sha256", "source", "problem")
+    manifest = {
+        "format": FORMAT,
+        **plan["store"],
+        "settings": plan["settings"],
+        "complete": status.complete,
+        "rows": status.rows,
+        "n_skipped": status.skipped,
+        "layout": {"emb": f"{EMB_DIR}/<shard>.npy", "meta": f"{META_DIR}/<shard>.parquet"},
+        "shards": [{**{k: r[k] for k in keep if k in r}, "skipped": len(r.get("skipped", []))} for r in records],
+    }
+    with manifest_lock(root):
+        path = root / MANIFEST_FILE
+        try:
+            if json.loads(path.read_text()) == manifest:
+                return
+        except (OSError, ValueError):
+            pass
+        atomic_write_json(path, manifest)
+
+
+def finish_command(argv: list[str]) -> str:
+    """The command that finishes whatever is missing: the command line as typed, less the options that split
+    the work (--part, --array, --launcher, --slurm-*): one process then does every shard not done."""
+    drop_with_value = {"--part", "--array", "--launcher"}
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        flag = arg.split("=", 1)[0]
+        if flag in drop_with_value or flag.startswith("--slurm-"):
+            skip = "=" not in arg
+            continue
+        out.append(arg)
+    return shlex.join(os.fsencode(a).decode("utf-8", "backslashreplace") for a in out)
