@@ -71,3 +71,16 @@ def prime_hf(cache_root, repo_id: str, tensors: dict, revision: str = "0" * 40):
     path = folder / "snapshots" / revision / "model.safetensors"
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
     return path
+
+
+def store_rows(out: Path) -> np.ndarray:
+    """Every row of the feature store in `out` (sharded, or the single-file format), in store order."""
+    from vggfeat.features.store import load_store
+
+    return np.asarray(load_store(out).features)
+
+
+def store_paths(out: Path) -> list[str]:
+    from vggfeat.features.store import load_store
+
+    return load_store(out).paths

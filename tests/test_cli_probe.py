@@ -64,9 +64,9 @@ def test_linear_probe_on_the_fly_matches_a_manual_probe_and_caches_features(voc,
     assert report["headline"] == pytest.approx(100 * np.nanmean(ap), abs=0.01)
 
     # a second probe with another grid reuses the cached features: nothing is extracted again
-    mtime = (store.root / "features.npy").stat().st_mtime_ns
+    mtime = (store.root / "emb" / "000000.npy").stat().st_mtime_ns
     invoke("linear-probe", "voc2007", "--root", voc, "-o", out, "--weights", weights, *FAST, "--Cs", "1")
-    assert (store.root / "features.npy").stat().st_mtime_ns == mtime
+    assert (store.root / "emb" / "000000.npy").stat().st_mtime_ns == mtime
     again = json.loads((out / "linear-probe.json").read_text())
     assert all(r["chosen_C"] == [1.0] for r in again["per_class"])
 
@@ -243,7 +243,7 @@ def test_missing_dataset_root_is_reported_before_torch_is_imported(tmp_path):
 def test_index_search_keeps_queries_in_memory(voc, weights, tmp_path, monkeypatch):
     import tempfile
 
-    from vggfeat.features import store as fs
+    from vggfeat.features import shard_files as fs
 
     store_dir = tmp_path / "store"
     jpegs = voc / "VOCdevkit" / "VOC2007" / "JPEGImages"
@@ -254,7 +254,7 @@ def test_index_search_keeps_queries_in_memory(voc, weights, tmp_path, monkeypatc
         raise AssertionError("index search wrote a temporary feature store")
 
     # before: the queries went through extract_to_store into a TemporaryDirectory, chunk files and all
-    for module, name in [(tempfile, "TemporaryDirectory"), (tempfile, "mkdtemp"), (fs, "write_chunk")]:
+    for module, name in [(tempfile, "TemporaryDirectory"), (tempfile, "mkdtemp"), (fs, "write_shard")]:
         monkeypatch.setattr(module, name, no_store)
     queries = sorted(jpegs.glob("*.jpg"))[:2]
     (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")

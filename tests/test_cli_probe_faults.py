@@ -4,7 +4,6 @@ extraction flags given beside --features are checked against the store instead o
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -12,6 +11,7 @@ from click.testing import CliRunner
 import vggfeat
 from vggfeat.cli.main import cli
 from vggfeat.data.synthetic_voc import make_voc2007
+from vggfeat.features.store import load_store
 
 TINY = dict(width_mult=1 / 16, fc_dim=32, fc6_kernel=2, num_classes=10, init="glorot")
 FAST = ["--scales", "64", "--workers", "0", "--quiet", "--Cs", "1"]
@@ -39,8 +39,8 @@ def test_cache_is_keyed_by_the_dataset(tmp_path, weights):
     clean = json.loads((fresh / "linear-probe.json").read_text())
     # before: the second run matched voc2's JPEGImages/<id>.jpg to voc1's cached rows and scored voc1's pictures
     assert second["per_class"] == clean["per_class"] and second["headline"] == clean["headline"]
-    store = json.loads((Path(second["features"]["store"]) / "manifest.json").read_text())
-    assert all(p.startswith(str(voc2)) for p in store["paths"])
+    store = load_store(second["features"]["store"])
+    assert all(p.startswith(str(voc2)) for p in store.paths)
     assert len(list((out / "features").iterdir())) >= 2  # voc1's cache is kept beside voc2's
 
 

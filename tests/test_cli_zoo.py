@@ -268,9 +268,9 @@ def test_extract_skips_an_image_enormous_after_rescaling_with_its_reason(zoo, tm
     r = CliRunner().invoke(cli, argv.split())
     assert r.exit_code == 0, r.output
     assert "strip.png: too large after rescaling (2000x1 at Q = 512 would be 512x1,024,000" in r.output
-    m = json.loads((tmp_path / "s" / "manifest.json").read_text())
-    assert [os.path.basename(p) for p in m["paths"]] == ["ok.png"]
-    assert "too large after rescaling" in m["skipped"][0]["reason"]
+    store = load_store(tmp_path / "s")
+    assert [os.path.basename(p) for p in store.paths] == ["ok.png"]
+    assert "too large after rescaling" in store.skipped[0]["reason"]
 
 
 def test_index_search_works_from_any_folder(zoo, tmp_path, monkeypatch):
@@ -295,7 +295,7 @@ def test_index_search_works_from_any_folder(zoo, tmp_path, monkeypatch):
 
 def test_zoo_left_the_good_store_intact(zoo):
     m = json.loads((zoo / "store" / "manifest.json").read_text())
-    assert m["scales"] == [64] and len(m["paths"]) == 2
+    assert m["scales"] == [64] and m["rows"] == 2 and len(load_store(zoo / "store")) == 2
 
 
 DISK_CASES = {
@@ -329,7 +329,9 @@ def test_disk_full_or_read_only_is_one_line_and_a_rerun_finishes(zoo, tmp_path, 
     r = CliRunner().invoke(cli, argv)  # space freed, disk writable again: the same command finishes
     assert r.exit_code == 0, r.output
     if command == "extract":  # ... with what an uninterrupted run writes (the zoo's store: same images, settings)
-        assert np.array_equal(np.load(tmp_path / "out" / "features.npy"), np.load(zoo / "store" / "features.npy"))
+        assert np.array_equal(
+            np.asarray(load_store(tmp_path / "out").features), np.asarray(load_store(zoo / "store").features)
+        )
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into a 0555 folder")
@@ -364,5 +366,12 @@ def test_results_get_the_permissions_a_plain_write_would(zoo, tmp_path):
     finally:
         os.umask(old)
     modes = {str(p.relative_to(tmp_path)): p.stat().st_mode & 0o777 for p in tmp_path.rglob("*") if p.is_file()}
-    assert {"s/features.npy", "i/index.faiss", "c.safetensors", "p/knn-probe.json"} <= set(modes)
+    assert {
+        "s/emb/000000.npy",
+        "s/meta/000000.parquet",
+        "s/manifest.json",
+        "i/index.faiss",
+        "c.safetensors",
+        "p/knn-probe.json",
+    } <= set(modes)
     assert {k: v for k, v in modes.items() if v != 0o640 and not k.endswith(".lock")} == {}, modes

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -14,11 +13,12 @@ import tracemalloc
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import write_png_header_only
+from helpers import store_paths, store_rows, write_png_header_only
 from PIL import Image
 
 import vggfeat
 from vggfeat.cli.main import cli
+from vggfeat.features import shard_files
 from vggfeat.features import store as fs
 from vggfeat.features.extract import extract_to_store
 
@@ -68,14 +68,14 @@ def test_cli_store_with_every_kind_of_bad_input(tmp_path, weights, monkeypatch):
     out = tmp_path / "store"
     result = run([str(src), "-o", str(out), "--weights", weights, *FAST])
     assert result.exit_code == 0, result.output
-    features = np.load(out / "features.npy")  # numpy alone reads the store
+    features = np.load(out / "emb" / "000000.npy")  # numpy alone reads a shard's rows
     manifest = json.loads((out / "manifest.json").read_text())
     assert features.shape == (6, 32) and features.dtype == np.float32
-    reasons = {os.path.basename(s["path"]): s["reason"] for s in manifest["skipped"]}
+    reasons = {os.path.basename(s["path"]): s["reason"] for s in vggfeat.load_store(out).skipped}
     assert set(reasons) == {"empty.jpg", "garbage.jpg", "truncated.jpg", "bomb.png", "unreadable.png"}
     assert "empty" in reasons["empty.jpg"] and "bomb" in reasons["bomb.png"]
     assert "truncated" in reasons["truncated.jpg"] and "permission" in reasons["unreadable.png"]
-    assert [os.path.basename(p) for p in manifest["paths"]] == [
+    assert [os.path.basename(p) for p in store_paths(out)] == [
         "cmyk.jpg",
         "img000.png",
         "img001.png",
@@ -88,7 +88,7 @@ def test_cli_store_with_every_kind_of_bad_input(tmp_path, weights, monkeypatch):
     assert manifest["vggfeat_version"] == vggfeat.__version__
     assert "skipped 5 unusable inputs" in result.output and "bomb.png" in result.output
     np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, rtol=1e-5)
-    assert not (out / ".partial").exists()
+    assert not (out / ".partial").exists() and manifest["complete"] and manifest["rows"] == 6
 
     strict = run([str(src), "-o", str(tmp_path / "strict"), "--weights", weights, "--strict", *FAST])
     assert strict.exit_code != 0 and "--strict" in strict.output and "bomb.png" in strict.output
@@ -132,7 +132,7 @@ def test_random_weights_only_when_asked_and_said(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "note: --weights random: vgg_a is randomly initialised (Glorot, seed 0)" in result.stderr
-    assert np.load(tmp_path / "o" / "features.npy").shape == (1, 512)
+    assert store_rows(tmp_path / "o").shape == (1, 512)
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert manifest["models"] == [{"model": "vgg_a", "weights": "random", "weights_sha256": None}]
 
@@ -141,22 +141,20 @@ def test_cli_winograd_switch(tmp_path, weights, monkeypatch):
     import vggfeat.features.extract as ex
 
     seen = []
-    real = ex.extract_to_store
-    monkeypatch.setattr(ex, "extract_to_store", lambda *a, **kw: seen.append(a[3].winograd) or real(*a, **kw))
+    real = ex.extract_part
+    monkeypatch.setattr(ex, "extract_part", lambda *a, **kw: seen.append(kw["runtime"].winograd) or real(*a, **kw))
     src = make_images(tmp_path / "imgs", 2)
     assert run([str(src), "-o", str(tmp_path / "w"), "--weights", weights, *FAST]).exit_code == 0
     assert run([str(src), "-o", str(tmp_path / "d"), "--weights", weights, "--no-winograd", *FAST]).exit_code == 0
     assert seen == [True, False]
-    np.testing.assert_allclose(
-        np.load(tmp_path / "w" / "features.npy"), np.load(tmp_path / "d" / "features.npy"), rtol=1e-4, atol=1e-6
-    )
+    np.testing.assert_allclose(store_rows(tmp_path / "w"), store_rows(tmp_path / "d"), rtol=1e-4, atol=1e-6)
 
 
 def test_finished_store_is_not_recomputed_and_settings_are_guarded(tmp_path, weights, monkeypatch):
     src = make_images(tmp_path / "imgs", 3)
     out = tmp_path / "store"
     assert run([str(src), "-o", str(out), "--weights", weights, *FAST]).exit_code == 0
-    first = np.load(out / "features.npy")
+    first = store_rows(out)
     import vggfeat.features.extract as ex
 
     def boom(*a, **kw):
@@ -167,7 +165,7 @@ def test_finished_store_is_not_recomputed_and_settings_are_guarded(tmp_path, wei
     monkeypatch.undo()
     other = run([str(src), "-o", str(out), "--weights", weights, "--scales", "64", "--workers", "0", "--quiet"])
     assert other.exit_code != 0 and "other settings" in other.output and "scales" in other.output
-    assert np.array_equal(np.load(out / "features.npy"), first)
+    assert np.array_equal(store_rows(out), first)
     replaced = run(
         [
             str(src),
@@ -186,7 +184,7 @@ def test_finished_store_is_not_recomputed_and_settings_are_guarded(tmp_path, wei
         ]
     )
     assert replaced.exit_code == 0, replaced.output
-    assert np.load(out / "features.npy").dtype == np.float16
+    assert store_rows(out).dtype == np.float16
     assert json.loads((out / "manifest.json").read_text())["scales"] == [64]
 
 
@@ -195,23 +193,21 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, weights, monkey
     kw = dict(models=[("auto", weights)], scales=(64, 80), workers=0, progress=False, chunk_size=3)
     reference = extract_to_store([src], tmp_path / "ref", **kw)
 
-    real_write, written = fs.write_chunk, []
+    real_write, written = shard_files.write_shard, []
 
     def interrupt_after_two(*args, **kwargs):
         if len(written) == 2:
-            raise KeyboardInterrupt  # Ctrl-C in the middle of the third chunk
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the third shard
         written.append(args[1])
         real_write(*args, **kwargs)
 
-    monkeypatch.setattr(fs, "write_chunk", interrupt_after_two)
+    monkeypatch.setattr(shard_files, "write_shard", interrupt_after_two)
     with pytest.raises(KeyboardInterrupt):
         extract_to_store([src], tmp_path / "out", **kw)
     monkeypatch.undo()
     assert not fs.is_complete_store(tmp_path / "out")
-    assert sorted(p.name for p in (tmp_path / "out" / ".partial").glob("chunk_*")) == [
-        "chunk_000000.npz",
-        "chunk_000001.npz",
-    ]
+    assert sorted(p.name for p in (tmp_path / "out" / "shards").glob("*.json")) == ["000000.json", "000001.json"]
+    assert sorted(p.name for p in (tmp_path / "out" / "emb").iterdir()) == ["000000.npy", "000001.npy"]
     resumed = extract_to_store([src], tmp_path / "out", **kw)
     assert np.array_equal(np.asarray(resumed.features), np.asarray(reference.features))
     assert resumed.paths == reference.paths
@@ -238,19 +234,16 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, weights):
     out = tmp_path / "killed"
     proc = subprocess.Popen([*args, "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
-    while time.time() < deadline and len(list((out / ".partial").glob("chunk_*.npz"))) < 3:
+    while time.time() < deadline and len(list((out / "shards").glob("*.json"))) < 3:
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = len(list((out / ".partial").glob("chunk_*.npz")))
-    assert 3 <= done < 20 and not fs.is_complete_store(out), f"kill came too late ({done} chunks)"
+    done = len(list((out / "shards").glob("*.json")))
+    assert 3 <= done < 20 and not fs.is_complete_store(out), f"kill came too late ({done} shards)"
     subprocess.run([*args, "-o", str(out)], check=True, capture_output=True)
     subprocess.run([*args, "-o", str(tmp_path / "ref")], check=True, capture_output=True)
-    assert np.array_equal(np.load(out / "features.npy"), np.load(tmp_path / "ref" / "features.npy"))
-    assert (
-        json.loads((out / "manifest.json").read_text())["paths"]
-        == json.loads((tmp_path / "ref" / "manifest.json").read_text())["paths"]
-    )
+    assert np.array_equal(store_rows(out), store_rows(tmp_path / "ref"))
+    assert store_paths(out) == store_paths(tmp_path / "ref")
 
 
 def test_memory_stays_flat(tmp_path):
@@ -321,7 +314,7 @@ def test_torchrun_two_processes_write_one_store(tmp_path, weights):
         timeout=240,
         env=env,
     )
-    assert np.array_equal(np.load(tmp_path / "ddp" / "features.npy"), np.load(tmp_path / "one" / "features.npy"))
+    assert np.array_equal(store_rows(tmp_path / "ddp"), store_rows(tmp_path / "one"))
 
 
 def test_timm_backbone_through_the_cli(tmp_path):
@@ -347,7 +340,7 @@ def test_timm_backbone_through_the_cli(tmp_path):
         ]
     )
     assert result.exit_code == 0, result.output
-    features = np.load(out / "features.npy")
+    features = store_rows(out)
     assert features.shape == (2, 2 * net.num_features)  # stacked over 2 scales
     expected = vggfeat.extract_features(
         net.eval(), [Image.open(p) for p in sorted(src.glob("*.png"))], scales=(64, 80), aggregate="stack", device="cpu"
@@ -387,38 +380,42 @@ def test_rows_for_matches_resolved_paths_then_unique_tails(tmp_path, monkeypatch
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_assemble_store_reads_each_chunk_once(tmp_path, monkeypatch, dtype):
-    paths = [f"img{i}.jpg" for i in range(7)]
-    rng = np.random.default_rng(0)
-    feats = rng.standard_normal((7, 5)).astype(np.float32)
-    chunks = [([0, 2], [(1, "corrupt")]), ([3, 4, 5], []), ([], [(6, "empty file")])]
-    fs.partial_dir(tmp_path).mkdir()
-    for c, (index, skipped) in enumerate(chunks):
-        fs.write_chunk(tmp_path, c, np.array(index, dtype=np.int64), feats[index], skipped)
-    real_load, loads = np.load, []
+def test_shard_layout_is_what_embedding_reader_reads(tmp_path, weights, dtype):
+    """embedding-reader's parquet_npy format: emb/*.npy and meta/*.parquet paired by sorted name, row i of
+    each npy described by row i of its parquet; nothing else under OUT ends in .npy or .parquet."""
+    import pyarrow.parquet as pq
 
-    def counting_load(file, *a, **k):
-        loads.append(os.path.basename(str(file)))
-        return real_load(file, *a, **k)
-
-    monkeypatch.setattr(np, "load", counting_load)
-    store = fs.assemble_store(tmp_path, len(chunks), paths, 5, dtype, {"layer": "fc7"})
-    # before: every chunk was opened twice, once to count the usable rows and once for their features
-    assert sorted(n for n in loads if n.startswith("chunk_")) == [f"chunk_{c:06d}.npz" for c in range(3)]
-    monkeypatch.undo()
-    ok = [0, 2, 3, 4, 5]
-    assert store.paths == [paths[i] for i in ok]
-    assert store.manifest["skipped"] == [
-        {"path": "img1.jpg", "reason": "corrupt"},
-        {"path": "img6.jpg", "reason": "empty file"},
+    src = make_images(tmp_path / "imgs", 7)
+    (src / "img003.png").write_bytes(b"broken")
+    out = tmp_path / "store"
+    store = extract_to_store(
+        [src], out, models=[("auto", weights)], scales=(64,), workers=0, progress=False, shard_size=3, dtype=dtype
+    )
+    embs, metas = sorted((out / "emb").glob("*.npy")), sorted((out / "meta").glob("*.parquet"))
+    assert [p.stem for p in embs] == [p.stem for p in metas] == ["000000", "000001", "000002"]
+    assert sorted(map(str, out.rglob("*.npy"))) == list(map(str, embs))
+    assert sorted(map(str, out.rglob("*.parquet"))) == list(map(str, metas))
+    rows, paths, keys = [], [], []
+    for emb, meta in zip(embs, metas, strict=True):
+        x, table = np.load(emb), pq.read_table(meta)
+        assert x.dtype == np.dtype(dtype) and len(x) == table.num_rows
+        assert {"path", "key", "size", "mtime_ns", "sha256"} <= set(table.column_names)
+        rows.append(x)
+        paths += table.column("path").to_pylist()
+        keys += table.column("key").to_pylist()
+    # 7 inputs in shards of 3: the broken one has no row, and is listed with its reason in its shard's record
+    assert [os.path.basename(p) for p in paths] == [f"img00{i}.png" for i in (0, 1, 2, 4, 5, 6)] and keys == paths
+    np.testing.assert_array_equal(np.concatenate(rows), np.asarray(store.features))
+    record = json.loads((out / "shards" / "000001.json").read_text())
+    assert [os.path.basename(s["path"]) for s in record["skipped"]] == ["img003.png"] and record["rows"] == 2
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [(s["name"], s["rows"], s["skipped"]) for s in manifest["shards"]] == [
+        ("000000", 3, 0),
+        ("000001", 2, 1),
+        ("000002", 1, 0),
     ]
-    on_disk = np.load(tmp_path / fs.FEATURES_FILE)  # a plain .npy: its header says 5 rows, nothing follows them
-    assert on_disk.shape == (5, 5) and on_disk.dtype == np.dtype(dtype)
-    np.testing.assert_array_equal(on_disk, feats[ok].astype(dtype))
-    saved = io.BytesIO()
-    np.save(saved, on_disk)
-    assert (tmp_path / fs.FEATURES_FILE).stat().st_size == len(saved.getvalue())  # truncated after the 5th row
-    assert not (tmp_path / fs.PARTIAL_DIR).exists()
+    assert manifest["shards"][1]["emb_sha256"] == vggfeat.utils.files.sha256_file(embs[1])
+    assert "paths" not in manifest and manifest["complete"] and manifest["rows"] == 6
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])

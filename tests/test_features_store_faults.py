@@ -1,5 +1,5 @@
 """A feature store under faults (issue 12.1, 12.2, 12.4): --overwrite that fails keeps the old store, a second
-writer stops, an image replaced at the same path is re-extracted."""
+writer never writes a shard being written, an image replaced at the same path is re-extracted."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from PIL import Image
 
 import vggfeat
 from vggfeat.cli.main import cli
+from vggfeat.features import shard_files
 from vggfeat.features import store as fs
 from vggfeat.features.extract import extract_to_store
 
@@ -55,7 +56,7 @@ def _one_error_line(r):
 def test_overwrite_that_fails_keeps_the_old_store(tmp_path, weights, bad):
     src, out = _images(tmp_path / "imgs", 3), tmp_path / "store"
     assert _extract(src, "-o", out, "--weights", weights, *FAST).exit_code == 0
-    before = np.load(out / "features.npy")
+    before = np.asarray(fs.load_store(out).features)
     if bad == "layer":
         args = ["--weights", weights, "--layer", "fc9"]
     elif bad == "weights":
@@ -79,15 +80,15 @@ def test_overwrite_interrupted_keeps_the_old_store_until_the_new_is_complete(tmp
     kw = dict(models=[("auto", weights)], workers=0, progress=False, chunk_size=2)
     old = extract_to_store([src], out, scales=(64,), **kw)
     before = np.asarray(old.features).copy()
-    real, written = fs.write_chunk, []
+    real, written = shard_files.write_shard, []
 
     def interrupt(*a, **k):
         if len(written) == 2:
-            raise KeyboardInterrupt  # Ctrl-C during the new run's last chunk
+            raise KeyboardInterrupt  # Ctrl-C during the new run's last shard
         written.append(a[1])
         real(*a, **k)
 
-    monkeypatch.setattr(fs, "write_chunk", interrupt)
+    monkeypatch.setattr(shard_files, "write_shard", interrupt)
     with pytest.raises(KeyboardInterrupt):
         extract_to_store([src], out, scales=(80,), overwrite=True, **kw)
     monkeypatch.undo()
@@ -99,14 +100,24 @@ def test_overwrite_interrupted_keeps_the_old_store_until_the_new_is_complete(tmp
     assert np.array_equal(np.asarray(new.features), np.asarray(fresh.features))
 
 
-def test_overwrite_rebuilds_a_broken_store(tmp_path, weights):
-    src, out = _images(tmp_path / "imgs", 2), tmp_path / "store"
-    assert _extract(src, "-o", out, "--weights", weights, *FAST).exit_code == 0
-    data = (out / "features.npy").read_bytes()
-    (out / "features.npy").write_bytes(data[:-40])
-    assert "--overwrite" in _one_error_line(_extract(src, "-o", out, "--weights", weights, *FAST))
-    assert _extract(src, "-o", out, "--weights", weights, *FAST, "--overwrite").exit_code == 0
-    assert len(fs.load_store(out)) == 2
+@pytest.mark.parametrize("damage", ["truncate", "empty", "delete"])
+def test_a_damaged_shard_file_is_named_and_redone(tmp_path, weights, damage, caplog):
+    src, out = _images(tmp_path / "imgs", 4), tmp_path / "store"
+    args = [src, "-o", out, "--weights", weights, *FAST, "--shard-size", "2"]
+    assert _extract(*args).exit_code == 0
+    good = np.asarray(fs.load_store(out).features)
+    victim = out / "emb" / "000001.npy"
+    if damage == "delete":
+        victim.unlink()
+    else:
+        victim.write_bytes(victim.read_bytes()[:-40] if damage == "truncate" else b"")
+    # before: a zero-length chunk ended in "Aborted!" and the rerun did not recover
+    error = _one_error_line(CliRunner().invoke(cli, ["index", "build", str(out), "-o", str(tmp_path / "i")]))
+    assert "000001" in error and "unfinished" in error and "vggfeat extract" in error
+    r = _extract(*args)
+    assert r.exit_code == 0, r.output
+    assert any("000001.npy" in m and "redoing it" in m for m in caplog.messages), caplog.messages
+    assert np.array_equal(np.asarray(fs.load_store(out).features), good)
 
 
 @pytest.mark.parametrize("hash_inputs", [False, True])
@@ -124,7 +135,6 @@ def test_an_image_replaced_at_the_same_path_is_re_extracted(tmp_path, weights, h
     assert np.array_equal(np.asarray(again.features), np.asarray(fresh.features))
     assert not np.allclose(again.features[3], first[3])
     assert np.array_equal(np.asarray(again.features)[[0, 1, 2, 4]], first[[0, 1, 2, 4]])
-    assert not fs.partial_dir(out).exists()
 
 
 def test_a_broken_image_fixed_at_the_same_path_gets_its_row(tmp_path, weights):
@@ -134,24 +144,29 @@ def test_a_broken_image_fixed_at_the_same_path_gets_its_row(tmp_path, weights):
     assert len(extract_to_store([src], out, **kw)) == 2
     _image(src / "img1.png", 1)
     store = extract_to_store([src], out, **kw)
-    assert len(store) == 3 and store.manifest["skipped"] == []
+    assert len(store) == 3 and store.skipped == []
 
 
-def test_a_second_writer_of_a_store_stops_naming_the_first(tmp_path, weights):
-    src, out = _images(tmp_path / "imgs", 2), tmp_path / "store"
+def test_a_second_writer_leaves_the_shard_being_written_to_the_first(tmp_path, weights):
+    src, out = _images(tmp_path / "imgs", 4), tmp_path / "store"
     hold = "import sys, time\nfrom vggfeat.utils.locks import folder_lock\n"
     hold += "with folder_lock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(60)\n"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    p = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True, env=env)
+    lock = out / ".locks" / "000000"  # a process writing shard 0
+    p = subprocess.Popen([sys.executable, "-c", hold, str(lock)], stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert p.stdout.readline().strip() == "locked"
-        r = _extract(src, "-o", out, "--weights", weights, *FAST)
+        r = _extract(src, "-o", out, "--weights", weights, *FAST, "--shard-size", "2")
     finally:
         p.kill()
         p.wait()
-    assert f"store is being written by process {p.pid}" in _one_error_line(r)
-    assert _extract(src, "-o", out, "--weights", weights, *FAST).exit_code == 0  # the holder is gone
-    assert json.loads((out / "manifest.json").read_text())["n_inputs"] == 2
+    assert r.exit_code == 0, r.output
+    assert "1 shards were being written by other processes (e.g. 000000)" in r.output
+    assert "1 of 2 shards done" in r.output and not fs.is_complete_store(out)
+    assert not (out / "emb" / "000000.npy").exists()  # left to its writer
+    again = _extract(src, "-o", out, "--weights", weights, *FAST, "--shard-size", "2")  # the holder is gone
+    assert again.exit_code == 0 and "4 images ->" in again.output, again.output
+    assert json.loads((out / "manifest.json").read_text())["n_inputs"] == 4
 
 
 @pytest.mark.slow
@@ -165,7 +180,7 @@ def test_two_real_extract_runs_into_one_store(tmp_path, weights):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
     first = subprocess.Popen(common, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
-    while time.time() < deadline and not any((out / ".partial").glob("chunk_*.npz")):
+    while time.time() < deadline and not any((out / "shards").glob("*.json")):
         time.sleep(0.01)
     first.send_signal(signal.SIGSTOP)  # hold the first mid-run (a stopped process keeps its lock) ...
     try:
@@ -175,7 +190,7 @@ def test_two_real_extract_runs_into_one_store(tmp_path, weights):
     _, err = first.communicate(timeout=120)
     assert first.returncode == 0, err
     # before: both wrote chunks into one .partial and the manifest said fc7 over rows of both layers
-    assert second.returncode == 1 and f"being written by process {first.pid}" in second.stderr, second.stderr
+    assert second.returncode == 1 and "unfinished run with other settings" in second.stderr, second.stderr
     assert "Traceback" not in second.stderr
     store = fs.load_store(out)
     fresh = extract_to_store([src], tmp_path / "fresh", models=[("auto", weights)], scales=(64, 96, 128), workers=0)
@@ -186,7 +201,7 @@ def test_two_real_extract_runs_into_one_store(tmp_path, weights):
 def test_an_image_replaced_between_interruption_and_resume_is_re_extracted(tmp_path, weights, monkeypatch):
     src, out = _images(tmp_path / "imgs", 6), tmp_path / "store"
     kw = dict(models=[("auto", weights)], scales=(64,), workers=0, progress=False, chunk_size=2)
-    real, written = fs.write_chunk, []
+    real, written = shard_files.write_shard, []
 
     def interrupt(*a, **k):
         if len(written) == 2:
@@ -194,7 +209,7 @@ def test_an_image_replaced_between_interruption_and_resume_is_re_extracted(tmp_p
         written.append(a[1])
         real(*a, **k)
 
-    monkeypatch.setattr(fs, "write_chunk", interrupt)
+    monkeypatch.setattr(shard_files, "write_shard", interrupt)
     with pytest.raises(KeyboardInterrupt):
         extract_to_store([src], out, **kw)
     monkeypatch.undo()

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import store_rows
 from PIL import Image, ImageOps
 
 import vggfeat
@@ -114,7 +115,7 @@ def test_cli_timm_layer_choices_and_no_glorot_claim(tmp_path):
     )
     assert bad.exit_code == 1, bad.output
     assert "Error: unknown layer 'banana' for timm model test_resnet; valid: fc7, pre_logits" in bad.output
-    assert "layer2" in bad.output and not (tmp_path / "bad" / "features.npy").exists()
+    assert "layer2" in bad.output and not (tmp_path / "bad" / "emb").exists()
     ok = runner.invoke(
         cli,
         [
@@ -133,7 +134,7 @@ def test_cli_timm_layer_choices_and_no_glorot_claim(tmp_path):
     )
     assert ok.exit_code == 0, ok.output
     assert "timm's own init" in ok.output and "Glorot" not in ok.output
-    features = np.load(tmp_path / "ok" / "features.npy")
+    features = store_rows(tmp_path / "ok")
     model = timm.create_model("test_resnet", pretrained=False, num_classes=0)
     assert features.shape == (2, model.feature_info[2]["num_chs"])
     help_text = runner.invoke(cli, ["extract", "--help"]).output
@@ -165,7 +166,7 @@ def test_cli_extract_with_a_timm_vgg11_state_dict(tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
-    features = np.load(tmp_path / "store" / "features.npy")
+    features = store_rows(tmp_path / "store")
     net.reset_classifier(0)
     expected = vggfeat.extract_features(
         net.eval(), [Image.open(p) for p in sorted(src.glob("*.png"))], scales=(64,), l2=False, device="cpu"

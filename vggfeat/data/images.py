@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import io
+import logging
 import os
 import warnings
 from collections.abc import Iterable
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 )
+log = logging.getLogger(__name__)
 MAX_PIXELS = 178_956_970  # twice PIL's warning threshold, PIL's own hard limit; larger is a bomb
 
 
@@ -58,12 +60,29 @@ def find_images(inputs: Iterable[str | Path]) -> list[Path]:
             continue
         path = Path(item)
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p)))
+            found.extend(_folder_images(path))
         elif path.is_file():
             found.append(path)
         else:
             raise FileNotFoundError(f"no such image file or folder: {path}")
     return found
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    """Image files under `folder`, sorted, following symlinked subfolders (a user's photos are often linked in
+    from elsewhere); a folder reached twice (a link back up the tree, a cycle) is searched once."""
+    seen: set[tuple[int, int]] = set()
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:  # a cycle or a second link to one folder: its files are in already
+            log.warning("%s: already searched (a symlink back into the tree); not searched again", dirpath)
+            dirnames.clear()
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames.sort()
+        found.extend(p for name in filenames if is_image_file(p := Path(dirpath) / name) and p.is_file())
+    return sorted(found)
 
 
 def find_input_images(inputs: Iterable[str | Path]) -> list[Path]:

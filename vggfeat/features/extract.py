@@ -120,6 +120,7 @@ def extract_features(
     return out
 
 
+NEXT_DIR = ".next"  # a store replacing OUT's (--overwrite) is made here and swapped in when complete
 CHUNK_IMAGES = 256  # images decoded and described at a time inside a shard: the memory bound, not the resume unit
 
 
@@ -272,22 +273,23 @@ def extract_part(
         which = part or ((info.rank, info.world) if info.world > 1 else default_part())
         mine = part_shards(shards, *which)
         identities: dict[str, str] = {}
+        target = _target(out, store_settings, overwrite)
 
         def todo() -> list[ShardSource]:
             return [
                 s
                 for s in mine
                 if shard_files.shard_problem(
-                    out, s.name, {"settings_sha256": settings_sha, "inputs_sha256": identities[s.name]}
+                    target, s.name, {"settings_sha256": settings_sha, "inputs_sha256": identities[s.name]}
                 )
                 is not None
             ]
 
-        old_plan = shard_files.read_plan(out) if not overwrite else None
+        old_plan = shard_files.read_plan(target)
         if old_plan is not None and old_plan.get("settings") == store_settings:
             identities.update({s.name: _shard_identity(s, hash_inputs) for s in mine})
             if not todo():  # this part's shards are all done: no net is built
-                return _finish(out, which, [], [], info, listing, created, already=True)
+                return _finish(out, target, which, [], [], info, images, created, already=target == out)
 
         for spec in specs:
             if spec.is_random:
@@ -320,66 +322,109 @@ def extract_part(
             "shards": [s.describe() for s in shards],
             "command": command,
         }
-        _claim_plan(out, plan, overwrite)
+        target.mkdir(exist_ok=True)
+        _claim_plan(target, plan, overwrite or target != out)
         identities.update({s.name: _shard_identity(s, hash_inputs) for s in mine if s.name not in identities})
         work = todo()
         total = None if tars else sum(len(s.paths) for s in work)
         bar = _ImageProgress(total, 0, len(protocol.scales), progress and info.rank == 0)
         written, busy = [], []
-        writer = _ShardWriter(out, engine, dtype, strict, hash_inputs, bar)
+        writer = _ShardWriter(target, engine, dtype, strict, hash_inputs, bar)
         fix = "it is being written by another process running the same part"
         try:
             for src in work:
                 try:
-                    with folder_lock(out / ".locks" / src.name, "written", fix):
+                    with folder_lock(target / ".locks" / src.name, "written", fix):
                         problem = shard_files.shard_problem(
-                            out, src.name, {"settings_sha256": settings_sha, "inputs_sha256": identities[src.name]}
+                            target, src.name, {"settings_sha256": settings_sha, "inputs_sha256": identities[src.name]}
                         )
                         if problem is None:  # another process finished it meanwhile
                             continue
                         if problem != "not started":
-                            log.warning("%s: shard %s %s; redoing it", out, src.name, problem)
-                        shard_files.clear_shard(out, src.name)
+                            log.warning("%s: shard %s %s; redoing it", target, src.name, problem)
+                        shard_files.clear_shard(target, src.name)
                         writer.write(src, {"settings_sha256": settings_sha, "inputs_sha256": identities[src.name]})
                         written.append(src.name)
                 except FolderLockedError:
                     busy.append(src.name)
         finally:
             bar.close()
-        return _finish(out, which, written, busy, info, listing, created, already=False)
+        return _finish(out, target, which, written, busy, info, images, created, already=False)
+
+
+def _target(out: Path, settings: dict, overwrite: bool) -> Path:
+    """Where this run writes: OUT, or with --overwrite over a finished store of other settings, OUT/.next,
+    swapped in when complete (the old store stays whole and loadable until then; a rerun resumes .next)."""
+    nxt = out / NEXT_DIR
+    pending = shard_files.read_plan(nxt) if nxt.is_dir() else None
+    if pending is not None and pending.get("settings") == settings:
+        return nxt
+    if not overwrite:
+        return out
+    if fs.is_single_file_store(out):
+        return nxt
+    old = shard_files.read_plan(out)
+    if old is not None and old.get("settings") != settings and fs.is_complete_store(out):
+        return nxt
+    return out
+
+
+def _swap_in(out: Path, nxt: Path) -> None:
+    """Replace OUT's store by the complete one in OUT/.next (under the manifest lock). OUT loses its manifest
+    first, so no reader takes a half-swapped folder for a finished store."""
+    with shard_files.manifest_lock(out):
+        if not nxt.is_dir():  # another part swapped it in already
+            return
+        (out / fs.MANIFEST_FILE).unlink(missing_ok=True)
+        for name in (fs.FEATURES_FILE, fs.PLAN_FILE):
+            (out / name).unlink(missing_ok=True)
+        for sub in (fs.EMB_DIR, fs.META_DIR, fs.DONE_DIR, ".partial"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+        for name in (fs.EMB_DIR, fs.META_DIR, fs.DONE_DIR, fs.PLAN_FILE):
+            os.replace(nxt / name, out / name)
+        shutil.rmtree(nxt, ignore_errors=True)
+    shard_files.store_status(out, rebuild=True)
 
 
 def _finish(
     out: Path,
+    target: Path,
     part: tuple[int, int],
     written: list[str],
     busy: list[str],
     info: DistInfo,
-    listing: list[str],
+    images: Sequence[str | Path],
     created: bool,
     already: bool,
 ) -> PartResult:
     """The store's status after this part (manifest.json rebuilt from the done records); the store itself
     when every shard is done. A store whose every input was skipped is an InputError (and removed)."""
     barrier(info)  # under torchrun every rank returns the whole store
-    status = shard_files.store_status(out, rebuild=True)
+    status = shard_files.store_status(target, rebuild=True)
     result = PartResult(status, part, written, busy)
     if not status.complete:
         return result
     if status.rows == 0:
-        skipped = [
-            s for name in status.done for s in (shard_files.read_done_record(out, name) or {}).get("skipped", [])
-        ]
+        records = [shard_files.read_done_record(target, name) or {} for name in status.done]
+        skipped = [s for r in records for s in r.get("skipped", [])]
         barrier(info)
         if info.rank == 0:
-            for sub in (fs.EMB_DIR, fs.META_DIR, fs.DONE_DIR, ".locks"):
-                shutil.rmtree(out / sub, ignore_errors=True)
+            for sub in (fs.EMB_DIR, fs.META_DIR, fs.DONE_DIR, ".locks", NEXT_DIR):
+                shutil.rmtree(target / sub, ignore_errors=True)
             for name in (fs.PLAN_FILE, fs.MANIFEST_FILE, shard_files.MANIFEST_LOCK):
-                (out / name).unlink(missing_ok=True)
-            if created and not any(out.iterdir()):
+                (target / name).unlink(missing_ok=True)
+            if target != out:
+                shutil.rmtree(target, ignore_errors=True)
+            elif created and not any(out.iterdir()):
                 out.rmdir()
         paths = [s["path"] for s in skipped]
-        raise no_usable_image(listing, paths, [(i, s["reason"]) for i, s in enumerate(skipped)])
+        raise no_usable_image(images, paths, [(i, s["reason"]) for i, s in enumerate(skipped)])
+    if target != out:
+        barrier(info)
+        if info.rank == 0:
+            _swap_in(out, target)
+        barrier(info)
+    result.status = shard_files.store_status(out)
     result.store = fs.load_store(out)
     result.store.already_complete = already
     return result

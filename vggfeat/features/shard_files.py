@@ -210,7 +210,7 @@ class StoreStatus:
     def finish_command(self) -> str:
         if self.command:
             return self.command
-        return f"the same extraction into {self.root} again"
+        return f"`vggfeat extract` with the same inputs and settings into {self.root}"
 
     def summary(self, one_line: bool = False) -> str:
         head = (

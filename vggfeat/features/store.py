@@ -283,7 +283,9 @@ def load_store(root: str | Path, mmap: bool = True) -> FeatureStore:
         files = [emb_file(root, s["name"]) for s in shards]
         rows = ShardRows(files, [s["rows"] for s in shards], int(manifest["dim"]), manifest["dtype"])
         return FeatureStore(root, rows, manifest)
-    raise StoreError(f"{root}: not a feature store (no {MANIFEST_FILE}); run `vggfeat extract IMAGES -o STORE` first")
+    raise StoreError(
+        f"{root}: not a finished feature store (no {MANIFEST_FILE}); run `vggfeat extract IMAGES -o STORE` first"
+    )
 
 
 def _load_single_file(root: Path, mmap: bool, fix: str) -> FeatureStore:

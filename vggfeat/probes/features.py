@@ -64,19 +64,22 @@ def cached_store(
     gets its own store; extract_to_store then checks each image's size and mtime, so an image replaced at the
     same path is re-extracted instead of served from the cache (issue 12.3)."""
     from vggfeat.features.extract import extract_to_store
+    from vggfeat.utils.locks import folder_lock
 
     images = sorted(set(images))
     root = Path(out) / "features" / cache_key(settings, images)
-    return extract_to_store(
-        images,
-        root,
-        settings.protocol,
-        runtime or Runtime(workers=2),
-        models=settings.models,
-        seed=settings.seed,
-        progress=progress,
-        overwrite=True,
-    )
+    # one probe fills a cache at a time (a store's shards may be shared by parts; a probe's cache is not)
+    with folder_lock(root, "written", "wait for that probe to finish, or choose another -o"):
+        return extract_to_store(
+            images,
+            root,
+            settings.protocol,
+            runtime or Runtime(workers=2),
+            models=settings.models,
+            seed=settings.seed,
+            progress=progress,
+            overwrite=True,
+        )
 
 
 def split_features(
