@@ -217,3 +217,13 @@ def test_an_image_replaced_between_interruption_and_resume_is_re_extracted(tmp_p
     resumed = extract_to_store([src], out, **kw)
     fresh = extract_to_store([src], tmp_path / "fresh", **kw)
     assert np.array_equal(np.asarray(resumed.features), np.asarray(fresh.features))
+
+
+def test_with_hash_inputs_a_touched_image_is_not_re_extracted(tmp_path, weights):
+    src, out = _images(tmp_path / "imgs", 2), tmp_path / "store"
+    args = [src, "-o", out, "--weights", weights, *FAST, "--hash-inputs"]
+    assert _extract(*args).exit_code == 0
+    os.utime(src / "img0.png", ns=(1, 1))  # another time, the same bytes
+    assert "already complete" in _extract(*args).output
+    _image(src / "img1.png", 7)  # other bytes
+    assert "2 images ->" in _extract(*args).output

@@ -173,6 +173,14 @@ def test_array_through_submitits_local_launcher_equals_one_process(tmp_path, wei
     np.testing.assert_array_equal(np.asarray(arr.features), np.asarray(one.features))
 
 
+def test_array_without_slurm_is_one_line(tmp_path, weights, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun, no sbatch
+    src = _folder(tmp_path / "imgs", 2)
+    r = _cli("extract", src, "-o", tmp_path / "s", "--weights", weights, *FAST, "--array", "2")
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("Error:")]
+    assert r.exit_code == 1 and len(errors) == 1 and "--launcher slurm" in errors[0] and "srun" in errors[0], r.output
+
+
 def _single_file_copy(store, root):
     """The same rows in the format before shards: features.npy and a manifest listing every path."""
     root.mkdir()

@@ -156,6 +156,8 @@ def _shard_identity(src: ShardSource, hash_inputs: bool) -> str:
     its tar's. A rerun redoes a shard whose inputs changed since it was written."""
     paths = [src.tar] if src.tar is not None else list(src.paths)
     ids = inputs.input_identities(paths, hash_inputs)
+    if hash_inputs:  # size and content: a file only touched is the same input
+        ids = [i if i is None else [i[0], i[2]] for i in ids]
     return _sha([[os.fsencode(p).hex(), i] for p, i in zip(paths, ids, strict=True)])
 
 

@@ -45,7 +45,12 @@ def submit_parts(
         raise InputError(f"--array needs the submitit package ({e}); pip install 'submitit>=1.5'") from None
     out = Path(call["out"])
     logs = out / "submitit"
-    executor = submitit.AutoExecutor(folder=logs / "%j", cluster="local" if launcher == "local" else "slurm")
+    try:
+        executor = submitit.AutoExecutor(folder=logs / "%j", cluster="local" if launcher == "local" else "slurm")
+    except RuntimeError as e:  # no srun/sbatch here
+        raise InputError(
+            f"--launcher {launcher}: {e}; run on a SLURM login node, or --launcher local, or --part I/N by hand"
+        ) from None
     params: dict[str, Any] = {"timeout_min": slurm.get("minutes") or 24 * 60, "name": f"vggfeat-extract-{out.name}"}
     if launcher == "slurm":
         extra = {"slurm_partition": slurm.get("partition"), "cpus_per_task": slurm.get("cpus")}
