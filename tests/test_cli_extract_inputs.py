@@ -85,6 +85,8 @@ def test_float16_refuses_descriptors_beyond_its_range_in_one_line(tmp_path):
     error = _one_error_line(r)
     assert "beyond float16's range" in error and "--dtype float32" in error and "img0.png" in error
     assert "RuntimeWarning" not in r.output and not (tmp_path / "f16" / "emb").exists()
+    status = CliRunner().invoke(cli, ["store", "status", str(tmp_path / "f16")])
+    assert status.exit_code == 1 and "failed  000000:" in status.output and "float16" in status.output
 
 
 def test_a_non_finite_descriptor_is_never_written(tmp_path):

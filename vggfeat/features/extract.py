@@ -25,7 +25,7 @@ from torch import nn
 
 from vggfeat import __version__
 from vggfeat.data.images import ImageError, decode_rgb
-from vggfeat.errors import InputError
+from vggfeat.errors import InputError, VggfeatError
 from vggfeat.utils.distributed import DistInfo, barrier, env_info, process_group
 from vggfeat.utils.files import atomic_write_json
 from vggfeat.utils.locks import FolderLockedError, folder_lock
@@ -345,7 +345,11 @@ def extract_part(
                         if problem != "not started":
                             log.warning("%s: shard %s %s; redoing it", target, src.name, problem)
                         shard_files.clear_shard(target, src.name)
-                        writer.write(src, {"settings_sha256": settings_sha, "inputs_sha256": identities[src.name]})
+                        try:
+                            writer.write(src, {"settings_sha256": settings_sha, "inputs_sha256": identities[src.name]})
+                        except VggfeatError as e:  # `vggfeat store status` says which shard failed, and why
+                            shard_files.record_failure(target, src.name, str(e))
+                            raise
                         written.append(src.name)
                 except FolderLockedError:
                     busy.append(src.name)

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 import shlex
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ try:
 except ImportError:  # Windows: one writer at a time there
     fcntl = None
 
+log = logging.getLogger(__name__)
 MANIFEST_LOCK = ".manifest.lock"
 
 
@@ -202,6 +204,7 @@ class StoreStatus:
     rows: int = 0
     skipped: int = 0
     command: str | None = None
+    manifest: dict | None = None  # manifest.json as the done records say it is (with `rebuild`)
 
     @property
     def complete(self) -> bool:
@@ -262,11 +265,11 @@ def store_status(root: Path, rebuild: bool = False) -> StoreStatus:
         except (OSError, ValueError, KeyError, TypeError):
             status.missing[name] = problem
     if rebuild and "settings" in plan:
-        write_manifest(root, plan, status, records)
+        status.manifest = write_manifest(root, plan, status, records)
     return status
 
 
-def write_manifest(root: Path, plan: dict, status: StoreStatus, records: list[dict]) -> None:
+def write_manifest(root: Path, plan: dict, status: StoreStatus, records: list[dict]) -> dict:
     """manifest.json from the plan and the done records: store-level facts and the shard list, no per-row data.
     Written only when it changes; `complete` says whether every planned shard is done."""
     keep = ("name", "rows", "emb_bytes", "meta_bytes", "emb_sha256", "meta_sha256", "source", "problem")
@@ -280,14 +283,23 @@ def write_manifest(root: Path, plan: dict, status: StoreStatus, records: list[di
         "layout": {"emb": f"{EMB_DIR}/<shard>.npy", "meta": f"{META_DIR}/<shard>.parquet"},
         "shards": [{**{k: r[k] for k in keep if k in r}, "skipped": len(r.get("skipped", []))} for r in records],
     }
-    with manifest_lock(root):
-        path = root / MANIFEST_FILE
+    path = root / MANIFEST_FILE
+
+    def current() -> bool:
         try:
-            if json.loads(path.read_text()) == manifest:
-                return
+            return json.loads(path.read_text()) == manifest
         except (OSError, ValueError):
-            pass
-        atomic_write_json(path, manifest)
+            return False
+
+    if current():  # nothing to write: a reader of a finished store (perhaps read-only) writes nothing
+        return manifest
+    try:
+        with manifest_lock(root):
+            if not current():
+                atomic_write_json(path, manifest)
+    except PermissionError as e:  # a store we may only read: its status is still known from the records
+        log.warning("%s: cannot update %s (%s)", root, MANIFEST_FILE, e.strerror)
+    return manifest
 
 
 def finish_command(argv: list[str]) -> str:

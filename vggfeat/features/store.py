@@ -278,7 +278,7 @@ def load_store(root: str | Path, mmap: bool = True) -> FeatureStore:
         status = store_status(root, rebuild=True)
         if not status.complete:
             raise StoreError(f"{root}: an unfinished feature store - {status.summary(one_line=True)}")
-        manifest = read_json(root / MANIFEST_FILE, StoreError, fix)
+        manifest = status.manifest or read_json(root / MANIFEST_FILE, StoreError, fix)
         shards = manifest["shards"]  # each checked by store_status: present, with its recorded size
         files = [emb_file(root, s["name"]) for s in shards]
         rows = ShardRows(files, [s["rows"] for s in shards], int(manifest["dim"]), manifest["dtype"])
