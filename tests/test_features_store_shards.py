@@ -237,3 +237,31 @@ def test_part_options():
         4,
     )
     assert default_part({"RANK": "1", "WORLD_SIZE": "2"}) == (1, 2) and default_part({}) == (0, 1)
+
+
+@pytest.mark.skipif(
+    not os.environ.get("VGGFEAT_EMBEDDING_READER_PYTHON"),
+    reason="embedding-reader pins an old numpy: set VGGFEAT_EMBEDDING_READER_PYTHON to a Python that has it",
+)
+def test_embedding_reader_reads_every_row_with_its_path_and_key(tmp_path, weights):
+    src = _folder(tmp_path / "imgs", 7)
+    out = tmp_path / "store"
+    store = extract_to_store(
+        [src], out, models=[("auto", weights)], scales=(64,), workers=0, progress=False, shard_size=3
+    )
+    code = (
+        "import sys, numpy as np, pandas as pd\n"
+        "from embedding_reader import EmbeddingReader\n"
+        "r = EmbeddingReader(sys.argv[1] + '/emb', file_format='parquet_npy', metadata_folder=sys.argv[1] + '/meta',"
+        " meta_columns=['path', 'key'])\n"
+        "parts = list(r(batch_size=10**6, start=0, end=r.count, show_progress=False))\n"
+        "np.save(sys.argv[2], np.concatenate([e for e, _ in parts]))\n"
+        "pd.concat([m for _, m in parts])[['path', 'key']].to_json(sys.argv[3], orient='records')\n"
+    )
+    python = os.environ["VGGFEAT_EMBEDDING_READER_PYTHON"]
+    rows, meta = tmp_path / "rows.npy", tmp_path / "meta.json"
+    subprocess.run([python, "-c", code, str(out), str(rows), str(meta)], check=True, capture_output=True, timeout=120)
+    np.testing.assert_array_equal(np.load(rows), np.asarray(store.features))
+    assert [(m["path"], m["key"]) for m in json.loads(meta.read_text())] == list(
+        zip(store.paths, store.keys, strict=True)
+    )
