@@ -227,3 +227,19 @@ def test_with_hash_inputs_a_touched_image_is_not_re_extracted(tmp_path, weights)
     assert "already complete" in _extract(*args).output
     _image(src / "img1.png", 7)  # other bytes
     assert "2 images ->" in _extract(*args).output
+
+
+def test_store_status_verify_finds_a_flipped_byte_and_the_rerun_redoes_that_shard(tmp_path, weights):
+    src, out = _images(tmp_path / "imgs", 4), tmp_path / "store"
+    args = [src, "-o", out, "--weights", weights, *FAST, "--shard-size", "2"]
+    assert _extract(*args).exit_code == 0
+    good = np.asarray(fs.load_store(out).features).copy()
+    victim = out / "emb" / "000001.npy"
+    data = bytearray(victim.read_bytes())
+    data[-3] ^= 0xFF  # same size, other content: only the checksum tells
+    victim.write_bytes(bytes(data))
+    assert CliRunner().invoke(cli, ["store", "status", str(out)]).exit_code == 0
+    r = CliRunner().invoke(cli, ["store", "status", str(out), "--verify"])
+    assert r.exit_code == 1 and "000001" in r.output and "sha256" in r.output, r.output
+    assert _extract(*args).exit_code == 0
+    assert np.array_equal(np.asarray(fs.load_store(out).features), good)

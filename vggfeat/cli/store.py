@@ -18,9 +18,11 @@ def store() -> None:
 
 @store.command("status")
 @click.argument("out", type=click.Path(file_okay=False, exists=True))
-def status(out) -> None:
+@click.option("--verify", is_flag=True, help="Also check every shard file against its recorded sha256 (reads them).")
+def status(out, verify) -> None:
     """Shards of OUT done, missing and failed (with the reason), rows, and the command that finishes it.
-    Exit status 0 when the store is complete, 1 otherwise."""
+    Exit status 0 when the store is complete, 1 otherwise. With --verify, a shard whose file does not match its
+    checksum loses its done record, so the finishing command redoes it."""
     from vggfeat.features.shard_files import store_status
     from vggfeat.features.store import is_single_file_store, load_store
 
@@ -31,6 +33,13 @@ def status(out) -> None:
             f"as shards with `vggfeat store convert {out} NEW`"
         )
         return
+    from vggfeat.features.shard_files import record_file
+
+    if verify:
+        for name, why in store_status(out, verify=True).missing.items():
+            if "sha256" in why:
+                record_file(out, name).unlink(missing_ok=True)  # never read as done again; the rerun redoes it
+                click.echo(f"damaged {name}: {why}; its done record is removed, so the finishing command redoes it")
     st = store_status(out, rebuild=True)
     click.echo(f"{out}: {'complete' if st.complete else 'unfinished'}")
     click.echo(st.summary())

@@ -137,9 +137,9 @@ def read_done_record(root: Path, name: str) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
-def shard_problem(root: Path, name: str, identity: dict[str, Any] | None = None) -> str | None:
+def shard_problem(root: Path, name: str, identity: dict[str, Any] | None = None, verify: bool = False) -> str | None:
     """None when shard `name` is done (and, given `identity`, made from those settings and inputs); otherwise
-    why not, in a few words naming the file at fault."""
+    why not, in a few words naming the file at fault. Files are checked by size, and with `verify` by sha256."""
     record = read_done_record(root, name)
     if record is None:
         if emb_file(root, name).exists() or meta_file(root, name).exists():
@@ -155,6 +155,13 @@ def shard_problem(root: Path, name: str, identity: dict[str, Any] | None = None)
         actual = path.stat().st_size if path.is_file() else None
         if actual != size:
             return f"{path} is {'missing' if actual is None else f'{actual} bytes'}, recorded {size} (damaged)"
+    if verify:
+        for path, digest in (
+            (emb_file(root, name), record.get("emb_sha256")),
+            (meta_file(root, name), record.get("meta_sha256")),
+        ):
+            if _sha256(path) != digest:
+                return f"{path} does not match its recorded sha256 (damaged)"
     return None
 
 
@@ -204,6 +211,7 @@ class StoreStatus:
     rows: int = 0
     skipped: int = 0
     command: str | None = None
+    cwd: str | None = None  # where the command was run (its relative paths are relative to it)
     manifest: dict | None = None  # manifest.json as the done records say it is (with `rebuild`)
 
     @property
@@ -212,7 +220,7 @@ class StoreStatus:
 
     def finish_command(self) -> str:
         if self.command:
-            return self.command
+            return f"cd {shlex.quote(self.cwd)} && {self.command}" if self.cwd else self.command
         return f"`vggfeat extract` with the same inputs and settings into {self.root}"
 
     def summary(self, one_line: bool = False) -> str:
@@ -236,9 +244,10 @@ class StoreStatus:
         return "\n".join(lines)
 
 
-def store_status(root: Path, rebuild: bool = False) -> StoreStatus:
-    """Shards done, missing and failed, from plan.json and the done records; with `rebuild`, manifest.json is
-    rewritten (under its lock) when it does not say what the records say."""
+def store_status(root: Path, rebuild: bool = False, verify: bool = False) -> StoreStatus:
+    """Shards done, missing and failed, from plan.json and the done records (with `verify`, each file's sha256
+    checked too); with `rebuild`, manifest.json is rewritten (under its lock) when it does not say what the
+    records say."""
     root = Path(root)
     plan = read_plan(root)
     if plan is None:
@@ -248,11 +257,12 @@ def store_status(root: Path, rebuild: bool = False) -> StoreStatus:
             raise StoreError(f"{root}: not a sharded feature store (no {PLAN_FILE})") from None
         names = [s["name"] for s in manifest.get("shards", [])]
         plan = {"shards": [{"name": n} for n in names], "command": None}
-    status = StoreStatus(root, [s["name"] for s in plan["shards"]], command=plan.get("command"))
+    cwd = plan.get("store", {}).get("cwd")
+    status = StoreStatus(root, [s["name"] for s in plan["shards"]], command=plan.get("command"), cwd=cwd)
     identity = {"settings_sha256": plan["settings_sha256"]} if "settings_sha256" in plan else None
     records = []
     for name in status.shards:
-        problem = shard_problem(root, name, identity)
+        problem = shard_problem(root, name, identity, verify)
         if problem is None:
             record = read_done_record(root, name)
             status.done.append(name)
