@@ -11,8 +11,11 @@ import click
 
 from vggfeat.cli.params import SCALES
 from vggfeat.cli.weights import net_pairs
+from vggfeat.features.launch import submit_parts
 from vggfeat.features.protocol import Protocol
 from vggfeat.features.runtime import Runtime
+from vggfeat.features.shard_files import finish_command
+from vggfeat.features.shard_plan import parse_part, plan_shards
 from vggfeat.weight_sources import WEIGHTS_HELP
 
 DEFAULT_OUT_DIR = Path("vggfeat-out")
@@ -245,9 +248,6 @@ def extract(
     """
     import sys
 
-    from vggfeat.features.shard_files import finish_command
-    from vggfeat.features.shard_plan import parse_part, plan_shards
-
     try:  # before torch loads (seconds): a mistyped folder answers at once
         plan_shards(images, shard_size)
         which = parse_part(part) if part is not None else None
@@ -290,8 +290,6 @@ def extract(
         command=finish_command(argv) if argv else None,
     )
     if array is not None:
-        from vggfeat.features.launch import submit_parts
-
         slurm = dict(partition=slurm_partition, gpus=slurm_gpus_per_task, cpus=slurm_cpus_per_task, minutes=slurm_time)
         submit_parts(call, array, launcher, slurm, echo=click.echo)
         return

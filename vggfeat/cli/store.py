@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import click
 
+from vggfeat.features.convert import convert_store
+from vggfeat.features.shard_files import record_file, store_status
+from vggfeat.features.store import is_single_file_store, load_store
+
 
 @click.group("store", context_settings={"max_content_width": 100})
 def store() -> None:
@@ -23,9 +27,6 @@ def status(out, verify) -> None:
     """Shards of OUT done, missing and failed (with the reason), rows, and the command that finishes it.
     Exit status 0 when the store is complete, 1 otherwise. With --verify, a shard whose file does not match its
     checksum loses its done record, so the finishing command redoes it."""
-    from vggfeat.features.shard_files import store_status
-    from vggfeat.features.store import is_single_file_store, load_store
-
     if is_single_file_store(out):
         fs = load_store(out)
         click.echo(
@@ -33,8 +34,6 @@ def status(out, verify) -> None:
             f"as shards with `vggfeat store convert {out} NEW`"
         )
         return
-    from vggfeat.features.shard_files import record_file
-
     if verify:
         for name, why in store_status(out, verify=True).missing.items():
             if "sha256" in why:
@@ -54,7 +53,5 @@ def status(out, verify) -> None:
 def convert(old, new, shard_size) -> None:
     """Rewrite OLD, a store of the single-file format (features.npy + manifest.json), as the sharded store NEW
     (the rows, paths and identities as they are; nothing is recomputed)."""
-    from vggfeat.features.convert import convert_store
-
     fs = convert_store(old, new, shard_size)
     click.echo(f"{len(fs)} rows of {old} -> {new} ({len(fs.shard_names)} shards)")

@@ -25,6 +25,7 @@ from torch import nn
 
 from vggfeat import __version__
 from vggfeat.data.images import ImageError, decode_rgb
+from vggfeat.data.tar_shards import TarProblem, iter_tar_samples
 from vggfeat.errors import InputError, VggfeatError
 from vggfeat.utils.distributed import DistInfo, barrier, env_info, process_group
 from vggfeat.utils.files import atomic_write_json
@@ -489,8 +490,6 @@ class _ShardWriter:
         return _stack(parts, self.engine.dim), columns, skipped, None
 
     def _tar(self, src: ShardSource) -> tuple[np.ndarray, dict[str, list], list[dict], str | None]:
-        from vggfeat.data.tar_shards import TarProblem, iter_tar_samples
-
         columns: dict[str, list] = {"path": [], "key": [], "size": [], "mtime_ns": [], "sha256": []}
         parts, skipped, problems = [], [], []
         window: list = []

@@ -25,7 +25,7 @@ import numpy as np
 
 from vggfeat.utils.files import atomic_write_json
 
-from .store import DONE_DIR, EMB_DIR, FORMAT, MANIFEST_FILE, META_DIR, PLAN_FILE, StoreError, emb_file, meta_file
+from .store_layout import DONE_DIR, EMB_DIR, FORMAT, MANIFEST_FILE, META_DIR, PLAN_FILE, StoreError, emb_file, meta_file
 
 try:
     import fcntl

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from vggfeat.data.images import find_input_images
+from vggfeat.data.tar_shards import expand_shard_patterns
 from vggfeat.errors import InputError
 
 from .shard_files import shard_name
@@ -53,8 +54,6 @@ def plan_shards(inputs: Sequence[str], shard_size: int = DEFAULT_SHARD_SIZE) -> 
             "files/folders/@lists, and extract the other into a store of its own"
         )
     if tars:
-        from vggfeat.data.tar_shards import expand_shard_patterns
-
         urls = expand_shard_patterns(tars)
         return [ShardSource(shard_name(i, len(urls)), tar=u) for i, u in enumerate(urls)], urls
     paths = [str(p) for p in find_input_images(inputs)]

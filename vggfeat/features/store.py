@@ -18,33 +18,40 @@ from typing import Any
 
 import numpy as np
 
-from vggfeat.errors import VggfeatError
 from vggfeat.utils.files import read_json
 
-FORMAT = "vggfeat-shards/1"
-MANIFEST_FILE = "manifest.json"
-FEATURES_FILE = "features.npy"  # the single-file format before shards (read-only now)
-EMB_DIR, META_DIR, DONE_DIR = "emb", "meta", "shards"
-PLAN_FILE = "plan.json"
-BLOCK_ROWS = 4096  # rows per block of FeatureStore.blocks: bounded memory whatever N
+from . import shard_files
+from .store_layout import (
+    BLOCK_ROWS,
+    DONE_DIR,
+    EMB_DIR,
+    FEATURES_FILE,
+    FORMAT,
+    MANIFEST_FILE,
+    META_DIR,
+    PLAN_FILE,
+    StoreError,
+    decode_path,
+    emb_file,
+    meta_file,
+)
 
-
-class StoreError(VggfeatError, ValueError):
-    """A feature store that is missing, unfinished or inconsistent."""
-
-
-def emb_file(root: Path, name: str) -> Path:
-    return Path(root) / EMB_DIR / f"{name}.npy"
-
-
-def meta_file(root: Path, name: str) -> Path:
-    return Path(root) / META_DIR / f"{name}.parquet"
-
-
-def decode_path(path: str, raw: bytes | None) -> str:
-    """A row's path as the file system names it: parquet holds UTF-8, so a name that is not UTF-8 is kept
-    byte for byte in `path_raw` (and shown with escapes in `path`)."""
-    return os.fsdecode(raw) if raw is not None else path
+__all__ = [
+    "BLOCK_ROWS",
+    "DONE_DIR",
+    "EMB_DIR",
+    "FEATURES_FILE",
+    "FORMAT",
+    "MANIFEST_FILE",
+    "META_DIR",
+    "PLAN_FILE",
+    "FeatureStore",
+    "ShardRows",
+    "StoreError",
+    "is_complete_store",
+    "is_single_file_store",
+    "load_store",
+]
 
 
 class ShardRows:
@@ -157,11 +164,9 @@ class FeatureStore:
         """The inputs that have no row, with why: [{"path", "reason"}], in shard order."""
         if not self.sharded:
             return self.manifest.get("skipped", [])
-        from .shard_files import read_done_record
-
         out: list[dict[str, str]] = []
         for name in self.shard_names:
-            record = read_done_record(self.root, name) or {}
+            record = shard_files.read_done_record(self.root, name) or {}
             out.extend(record.get("skipped", []))
         return out
 
@@ -273,9 +278,7 @@ def load_store(root: str | Path, mmap: bool = True) -> FeatureStore:
     if is_single_file_store(root):
         return _load_single_file(root, mmap, fix)
     if (root / PLAN_FILE).is_file() or (root / MANIFEST_FILE).is_file():
-        from .shard_files import store_status
-
-        status = store_status(root, rebuild=True)
+        status = shard_files.store_status(root, rebuild=True)
         if not status.complete:
             raise StoreError(f"{root}: an unfinished feature store - {status.summary(one_line=True)}")
         manifest = status.manifest or read_json(root / MANIFEST_FILE, StoreError, fix)

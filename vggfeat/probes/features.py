@@ -19,6 +19,7 @@ import numpy as np
 from vggfeat.features.protocol import Protocol
 from vggfeat.features.runtime import Runtime
 from vggfeat.features.store import FeatureStore
+from vggfeat.utils.locks import folder_lock
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,6 @@ def cached_store(
     gets its own store; extract_to_store then checks each image's size and mtime, so an image replaced at the
     same path is re-extracted instead of served from the cache (issue 12.3)."""
     from vggfeat.features.extract import extract_to_store
-    from vggfeat.utils.locks import folder_lock
 
     images = sorted(set(images))
     root = Path(out) / "features" / cache_key(settings, images)
