@@ -58,12 +58,12 @@ def test_a_random_nets_seed_is_part_of_the_store(tmp_path):
 
 def test_a_resumed_random_net_with_another_seed_does_not_mix_rows(tmp_path):
     src, out = _images(tmp_path / "imgs", 4), tmp_path / "store"
-    first = _extract(src, "-o", out, *RANDOM, "--quiet", "--seed", "0", "--chunk-size", "2")
+    first = _extract(src, "-o", out, *RANDOM, "--quiet", "--seed", "0", "--shard-size", "2")
     assert first.exit_code == 0
     (out / "manifest.json").unlink()  # as if killed before the end: an unfinished run of seed 0
     for record in sorted((out / "shards").glob("*.json"))[1:]:
         record.unlink()
-    resumed = _extract(src, "-o", out, *RANDOM, "--quiet", "--seed", "1", "--chunk-size", "2")
+    resumed = _extract(src, "-o", out, *RANDOM, "--quiet", "--seed", "1", "--shard-size", "2")
     assert "unfinished run with other settings" in _one_error_line(resumed) and "seed" in resumed.output
 
 

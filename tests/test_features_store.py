@@ -190,7 +190,7 @@ def test_finished_store_is_not_recomputed_and_settings_are_guarded(tmp_path, wei
 
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, weights, monkeypatch):
     src = make_images(tmp_path / "imgs", 10)
-    kw = dict(models=[("auto", weights)], scales=(64, 80), workers=0, progress=False, chunk_size=3)
+    kw = dict(models=[("auto", weights)], scales=(64, 80), workers=0, progress=False, shard_size=3)
     reference = extract_to_store([src], tmp_path / "ref", **kw)
 
     real_write, written = shard_files.write_shard, []
@@ -228,7 +228,7 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, weights):
         "--workers",
         "1",
         "--quiet",
-        "--chunk-size",
+        "--shard-size",
         "2",
     ]
     out = tmp_path / "killed"
@@ -254,7 +254,14 @@ def test_memory_stays_flat(tmp_path):
         src = make_images(tmp_path / f"imgs{n}", n, sizes=((64, 64),))
         tracemalloc.start()
         extract_to_store(
-            [src], tmp_path / f"out{n}", models=[("auto", path)], scales=(64,), workers=0, progress=False, chunk_size=8
+            [src],
+            tmp_path / f"out{n}",
+            models=[("auto", path)],
+            scales=(64,),
+            workers=0,
+            progress=False,
+            chunk_size=8,
+            shard_size=8,
         )
         peaks[n] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
@@ -274,7 +281,7 @@ def test_torchrun_two_processes_write_one_store(tmp_path, weights):
         "--workers",
         "0",
         "--quiet",
-        "--chunk-size",
+        "--shard-size",
         "2",
         "--device",
         "cpu",

@@ -77,7 +77,7 @@ def test_overwrite_that_fails_keeps_the_old_store(tmp_path, weights, bad):
 
 def test_overwrite_interrupted_keeps_the_old_store_until_the_new_is_complete(tmp_path, weights, monkeypatch):
     src, out = _images(tmp_path / "imgs", 5), tmp_path / "store"
-    kw = dict(models=[("auto", weights)], workers=0, progress=False, chunk_size=2)
+    kw = dict(models=[("auto", weights)], workers=0, progress=False, shard_size=2)
     old = extract_to_store([src], out, scales=(64,), **kw)
     before = np.asarray(old.features).copy()
     real, written = shard_files.write_shard, []
@@ -123,7 +123,7 @@ def test_a_damaged_shard_file_is_named_and_redone(tmp_path, weights, damage, cap
 @pytest.mark.parametrize("hash_inputs", [False, True])
 def test_an_image_replaced_at_the_same_path_is_re_extracted(tmp_path, weights, hash_inputs):
     src, out = _images(tmp_path / "imgs", 5), tmp_path / "store"
-    kw = dict(models=[("auto", weights)], scales=(64,), workers=0, progress=False, chunk_size=2)
+    kw = dict(models=[("auto", weights)], scales=(64,), workers=0, progress=False, shard_size=2)
     if hash_inputs:  # (main had no such option; the default must catch the replacement too)
         kw["hash_inputs"] = True
     first = np.asarray(extract_to_store([src], out, **kw).features).copy()
@@ -176,7 +176,7 @@ def test_two_real_extract_runs_into_one_store(tmp_path, weights):
 
     src, out = _images(tmp_path / "imgs", 24), tmp_path / "store"
     common = [sys.executable, "-m", "vggfeat", "extract", str(src), "-o", str(out), "--weights", weights]
-    common += ["--scales", "64,96,128", "--workers", "0", "--quiet", "--chunk-size", "1"]
+    common += ["--scales", "64,96,128", "--workers", "0", "--quiet", "--shard-size", "1"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
     first = subprocess.Popen(common, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
@@ -200,7 +200,7 @@ def test_two_real_extract_runs_into_one_store(tmp_path, weights):
 
 def test_an_image_replaced_between_interruption_and_resume_is_re_extracted(tmp_path, weights, monkeypatch):
     src, out = _images(tmp_path / "imgs", 6), tmp_path / "store"
-    kw = dict(models=[("auto", weights)], scales=(64,), workers=0, progress=False, chunk_size=2)
+    kw = dict(models=[("auto", weights)], scales=(64,), workers=0, progress=False, shard_size=2)
     real, written = shard_files.write_shard, []
 
     def interrupt(*a, **k):
@@ -243,3 +243,40 @@ def test_store_status_verify_finds_a_flipped_byte_and_the_rerun_redoes_that_shar
     assert r.exit_code == 1 and "000001" in r.output and "sha256" in r.output, r.output
     assert _extract(*args).exit_code == 0
     assert np.array_equal(np.asarray(fs.load_store(out).features), good)
+
+
+def test_an_interrupted_shard_resumes_from_its_finished_chunks(tmp_path, weights, monkeypatch, caplog):
+    """A shard of 10,000 images must not cost 10,000 images when Ctrl-C comes: finished chunks are kept."""
+    from vggfeat.features import chunk_files, engine
+
+    src, out = _images(tmp_path / "imgs", 7), tmp_path / "store"
+    kw = dict(models=[("auto", weights)], scales=(64,), workers=0, progress=False, chunk_size=2)
+    reference = np.asarray(extract_to_store([src], tmp_path / "ref", **kw).features)
+    real, written = chunk_files.ChunkCache.write, []
+
+    def interrupt(self, k, *a):
+        if len(written) == 2:
+            raise KeyboardInterrupt  # Ctrl-C in the third chunk of the one shard
+        written.append(k)
+        real(self, k, *a)
+
+    monkeypatch.setattr(chunk_files.ChunkCache, "write", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        extract_to_store([src], out, **kw)
+    monkeypatch.undo()
+    kept = sorted(p.name for p in (out / ".partial" / "000000").glob("chunk_*"))
+    assert kept == ["chunk_000000.npz", "chunk_000001.npz"] and not fs.is_complete_store(out)
+    (out / ".partial" / "000000" / "chunk_000001.npz").write_bytes(b"")  # and one of them damaged since
+    described, real_describe = [], engine.DescriptorEngine.describe
+
+    def counting(self, items, *a, **k):
+        described.extend(i for i, _ in items)
+        return real_describe(self, items, *a, **k)
+
+    monkeypatch.setattr(engine.DescriptorEngine, "describe", counting)
+    resumed = extract_to_store([src], out, **kw)
+    # before: the rerun said only "Aborted!" on a zero-length chunk and never recovered
+    assert sorted(described) == [2, 3, 4, 5, 6]  # chunk 0 read back, the emptied chunk 1 and the rest computed
+    assert any("chunk_000001.npz: unreadable" in m for m in caplog.messages), caplog.messages
+    np.testing.assert_array_equal(np.asarray(resumed.features), reference)
+    assert not (out / ".partial").exists()

@@ -135,14 +135,18 @@ LAYER_HELP = (
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the random init of --weights random.")
 @click.option(
-    "--shard-size",
     "--chunk-size",
-    "shard_size",
+    default=256,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Images per resumable chunk (the most work an interruption can lose; also what is decoded at a time).",
+)
+@click.option(
+    "--shard-size",
     default=10_000,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Loose images (files, folders, @lists) per output shard, the unit a rerun redoes (each input tar is "
-    "one shard). --chunk-size is its former name.",
+    help="Loose images (files, folders, @lists) per output shard (each input tar is one shard).",
 )
 @click.option(
     "--part",
@@ -203,6 +207,7 @@ def extract(
     precision,
     winograd,
     seed,
+    chunk_size,
     shard_size,
     part,
     array,
@@ -286,6 +291,7 @@ def extract(
         strict=strict,
         progress=not quiet,
         shard_size=shard_size,
+        chunk_size=chunk_size,
         hash_inputs=hash_inputs,
         command=finish_command(argv) if argv else None,
     )
@@ -301,7 +307,7 @@ def extract(
         result = extract_part(**call, part=which)
     except KeyboardInterrupt:
         click.secho(
-            f"\ninterrupted: finished shards are kept in {out}; run the same command again to continue",
+            f"\ninterrupted: finished shards and chunks are kept in {out}; run the same command again to continue",
             fg="yellow",
             err=True,
         )

@@ -33,7 +33,7 @@ from vggfeat.utils.locks import FolderLockedError, folder_lock
 from vggfeat.utils.progress import progress_bar
 from vggfeat.weight_sources import RANDOM
 
-from . import inputs, shard_files
+from . import chunk_files, inputs, shard_files
 from . import store as fs
 from .engine import DescriptorEngine, describe_chunks
 from .loader import ImageInput
@@ -122,7 +122,6 @@ def extract_features(
 
 
 NEXT_DIR = ".next"  # a store replacing OUT's (--overwrite) is made here and swapped in when complete
-CHUNK_IMAGES = 256  # images decoded and described at a time inside a shard: the memory bound, not the resume unit
 
 
 def _settings(
@@ -185,7 +184,8 @@ def _claim_plan(out: Path, plan: dict, overwrite: bool) -> None:
                 )
             for name in (fs.FEATURES_FILE, fs.MANIFEST_FILE):
                 (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / ".partial", ignore_errors=True)  # chunks of the format before shards
+        for old_chunk in (out / chunk_files.PARTIAL_DIR).glob("*.*"):  # chunk files of the format before shards
+            old_chunk.unlink(missing_ok=True)
         old = shard_files.read_plan(out)
         if old is not None and old.get("settings") == plan["settings"]:
             if old.get("command") is None and plan.get("command"):
@@ -205,7 +205,7 @@ def _claim_plan(out: Path, plan: dict, overwrite: bool) -> None:
                         else "run it again with its own settings to finish it, or pass --overwrite"
                     )
                 )
-        for sub in (fs.EMB_DIR, fs.META_DIR, fs.DONE_DIR):
+        for sub in (fs.EMB_DIR, fs.META_DIR, fs.DONE_DIR, chunk_files.PARTIAL_DIR):
             shutil.rmtree(out / sub, ignore_errors=True)
         (out / fs.MANIFEST_FILE).unlink(missing_ok=True)
         atomic_write_json(out / fs.PLAN_FILE, plan)
@@ -240,7 +240,7 @@ def extract_part(
     strict: bool = False,
     progress: bool = True,
     shard_size: int = DEFAULT_SHARD_SIZE,
-    chunk_size: int | None = None,
+    chunk_size: int = 256,
     hash_inputs: bool = False,
     part: tuple[int, int] | None = None,
     command: str | None = None,
@@ -249,7 +249,8 @@ def extract_part(
     """Write this part's shards of the store OUT (every shard without `part` and outside a SLURM array or
     torchrun; see shard_plan.default_part), skipping shards already done from the same settings and inputs.
 
-    One input tar is one shard; loose inputs form shards of `shard_size` (`chunk_size` is its former name).
+    One input tar is one shard; loose inputs form shards of `shard_size`. Within a shard, `chunk_size` images are
+    decoded at a time, and each finished chunk is kept, so an interruption loses at most one chunk's work.
     Each shard is locked while written, so processes given the same part share the work and never write one
     shard twice. Each input's size and mtime (with `hash_inputs`, also its sha256) are recorded: a rerun
     redoes the shards whose inputs changed. Another store in OUT is refused, or replaced with `overwrite`.
@@ -258,7 +259,8 @@ def extract_part(
     protocol, runtime = settings_from(protocol, runtime, settings, runtime_defaults={"workers": 2})
     if dtype not in STORE_DTYPES:
         raise InputError(f"unknown store dtype {dtype!r}; valid: {', '.join(STORE_DTYPES)}")
-    shard_size = chunk_size or shard_size
+    if chunk_size < 1:
+        raise InputError(f"chunk_size must be at least 1, not {chunk_size}")
     shards, listing = plan_shards([str(i) for i in images], shard_size)
     tars = any(s.tar is not None for s in shards)
     specs = [NetSpec(str(m), None if w is None else str(w)) for m, w in models]
@@ -332,7 +334,7 @@ def extract_part(
         total = None if tars else sum(len(s.paths) for s in work)
         bar = _ImageProgress(total, 0, len(protocol.scales), progress and info.rank == 0)
         written, busy = [], []
-        writer = _ShardWriter(target, engine, dtype, strict, hash_inputs, bar)
+        writer = _ShardWriter(target, engine, dtype, strict, hash_inputs, bar, chunk_size)
         fix = "it is being written by another process running the same part"
         try:
             for src in work:
@@ -438,39 +440,56 @@ def _finish(
 
 
 class _ShardWriter:
-    """Describes one shard's inputs (a group of files, or a tar's samples) in chunks of CHUNK_IMAGES decoded
-    images, and writes the shard whole."""
+    """Describes one shard's inputs (a group of files, or a tar's samples) in chunks of `chunk_size` decoded
+    images, and writes the shard whole. Each finished chunk is kept under OUT/.partial/<shard>/ (chunk_files),
+    so an interruption loses at most one chunk's work, not the shard's."""
 
     def __init__(
-        self, out: Path, engine: DescriptorEngine, dtype: str, strict: bool, hash_inputs: bool, bar: _ImageProgress
+        self,
+        out: Path,
+        engine: DescriptorEngine,
+        dtype: str,
+        strict: bool,
+        hash_inputs: bool,
+        bar: _ImageProgress,
+        chunk_size: int,
     ) -> None:
-        self.out, self.engine, self.dtype, self.strict, self.hash_inputs, self.bar = (
-            out,
-            engine,
-            dtype,
-            strict,
-            hash_inputs,
-            bar,
-        )
+        self.out, self.engine, self.dtype, self.strict, self.hash_inputs = out, engine, dtype, strict, hash_inputs
+        self.bar, self.chunk_size = bar, chunk_size
+        self.chunks: chunk_files.ChunkCache | None = None
 
     def write(self, src: ShardSource, identity: dict[str, str]) -> None:
+        self.chunks = chunk_files.ChunkCache(self.out, src.name, {**identity, "chunk_size": self.chunk_size})
         feats, columns, skipped, problem = self._tar(src) if src.tar is not None else self._files(src)
         record: dict[str, Any] = {**identity, "source": src.describe(), "skipped": skipped}
         if problem:
             record["problem"] = problem
         stored = _to_store_dtype(feats, self.dtype, columns["path"])
         shard_files.write_shard(self.out, src.name, stored, columns, record)
+        self.chunks.remove()
 
     def _describe(
-        self, images: Sequence[ImageInput], names: Sequence[str]
+        self, images: Sequence[ImageInput], names: Sequence[str], first: int = 0
     ) -> Iterator[tuple[np.ndarray, np.ndarray, list]]:
-        chunks = _chunks(len(images), CHUNK_IMAGES)
-        for chunk, index, feats, bad in describe_chunks(self.engine, images, chunks, self.bar.batch_done):
-            if bad and self.strict:
-                i, reason = bad[0]
-                raise ImageError(names[i], f"{reason} (--strict makes bad inputs fatal)")
+        """(ok indices, descriptors, [(index, reason)]) per chunk of `images`, in order; chunk k of these images
+        is the shard's chunk first + k, read back from its chunk file when an earlier run finished it."""
+        chunks = _chunks(len(images), self.chunk_size)
+        done = {k: self.chunks.read(first + k) for k in range(len(chunks))}
+        done = {k: v for k, v in done.items() if v is not None}
+        todo = [c for k, c in enumerate(chunks) if k not in done]
+        computed = describe_chunks(self.engine, images, todo, self.bar.batch_done)
+        for k, chunk in enumerate(chunks):
+            if k in done:
+                index, feats, bad = done[k]
+            else:
+                _, index, feats, bad = next(computed)
+                if bad and self.strict:
+                    i, reason = bad[0]
+                    raise ImageError(names[i], f"{reason} (--strict makes bad inputs fatal)")
+                self.chunks.write(first + k, index - chunk.start, feats, [(i - chunk.start, r) for i, r in bad])
+                index, bad = index - chunk.start, [(i - chunk.start, r) for i, r in bad]
             self.bar.chunk_done(len(chunk))
-            yield index, feats, bad
+            yield index + chunk.start, feats, [(i + chunk.start, r) for i, r in bad]
 
     def _files(self, src: ShardSource) -> tuple[np.ndarray, dict[str, list], list[dict], str | None]:
         paths = list(src.paths)
@@ -493,11 +512,14 @@ class _ShardWriter:
         columns: dict[str, list] = {"path": [], "key": [], "size": [], "mtime_ns": [], "sha256": []}
         parts, skipped, problems = [], [], []
         window: list = []
+        windows = 0
 
         def flush() -> None:
+            nonlocal windows
             names = [f"{s.url}#{s.image_member}" for s in window]
             images = _TarImages(window, max(self.engine.protocol.scales) if self.engine.protocol.fast_decode else None)
-            for index, feats, bad in self._describe(images, names):
+            windows += 1
+            for index, feats, bad in self._describe(images, names, first=windows - 1):
                 parts.append(feats)
                 for i in index.tolist():
                     s = window[i]
@@ -515,7 +537,7 @@ class _ShardWriter:
                 problems.append(item.reason)
                 continue
             window.append(item)
-            if len(window) == CHUNK_IMAGES:
+            if len(window) == self.chunk_size:
                 flush()
         if window:
             flush()
