@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ class ProbeSplit:
     test_labels: np.ndarray
     train_name: str  # 'trainval' (VOC07), 'train' (VOC12, Caltech, folder)
     test_name: str  # 'test' (VOC07, Caltech, folder), 'val' (VOC12)
+    files: tuple[str, ...] = field(default=(), kw_only=True)  # the split files read or written (random splits)
 
     def __post_init__(self) -> None:
         for labels in (self.train_labels, self.test_labels):

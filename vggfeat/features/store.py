@@ -6,8 +6,11 @@ models and their weights' sha256; layer, scales, flip, aggregate, l2, dim, dtype
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 import io
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,13 +57,16 @@ class FeatureStore:
         """Row indices of `paths`. A store records paths as given to `vggfeat extract` (often relative to where
         it ran), so a path matches by resolved absolute path, then by its last two components (e.g.
         JPEGImages/000005.jpg, accordion/image_0001.jpg) when those are unique in the store. A path with no
-        row is an error (naming why it was skipped at extraction, when it was)."""
-        exact = {str(Path(p).resolve()): i for i, p in enumerate(self.paths)}
+        row is an error (naming why it was skipped at extraction, when it was), and so is a row whose recorded
+        file is not the file at `path` (`check_row_files`): another dataset's rows never pass for these."""
+        exact = {str(Path(p).resolve()): i for i, p in enumerate(self.absolute_paths)}
         tails: dict[str, int] = {}
         for i, p in enumerate(self.paths):
             t = _tail(p)
             tails[t] = -1 if t in tails else i  # -1 marks an ambiguous tail
-        rows = np.array([exact.get(str(Path(p).resolve()), tails.get(_tail(p), -1)) for p in paths], dtype=np.int64)
+        resolved = [str(Path(p).resolve()) for p in paths]
+        rows = np.array([exact.get(r, tails.get(_tail(p), -1)) for p, r in zip(paths, resolved, strict=True)])
+        rows = rows.astype(np.int64)
         missing = [p for p, i in zip(paths, rows, strict=False) if i < 0]
         if missing:
             skipped = {_tail(s["path"]): s["reason"] for s in self.manifest.get("skipped", [])}
@@ -76,7 +82,71 @@ class FeatureStore:
                 f"{self.root}: {len(missing)} of the {len(paths)} images asked for have no row in the "
                 f"store, e.g. {missing[0]}{hint}; {fix}"
             )
+        check_row_files(self, paths, rows, by_path=[r in exact for r in resolved])
         return rows
+
+
+def row_identities(manifest: dict[str, Any]) -> list[Any] | None:
+    """Each row's input identity as extraction recorded it ([size, mtime_ns] or [size, mtime_ns, sha256]), or
+    None when the store recorded none or they cannot be lined up with its rows. Extraction records them per
+    input (skipped ones included, in input order); rows are the usable inputs in that order, so with skipped
+    inputs the order is rebuilt and confirmed by the recorded hash of the input list."""
+    ids, rows = manifest.get("input_identities"), manifest.get("paths") or []
+    skipped = [s["path"] for s in manifest.get("skipped", [])]
+    if not isinstance(ids, list) or len(ids) != len(rows) + len(skipped):
+        return None
+    if not skipped:
+        return ids
+    inputs = list(heapq.merge(rows, skipped))  # inputs of one folder are found in sorted order
+    listing = hashlib.sha256("\n".join(inputs).encode("utf-8", "surrogateescape")).hexdigest()
+    if listing != (manifest.get("settings") or {}).get("inputs_sha256"):
+        return None
+    usable = set(rows)
+    return [ident for p, ident in zip(inputs, ids, strict=True) if p in usable]
+
+
+def _identity_text(ident: Any) -> str:
+    if not ident:
+        return "unreadable"
+    seconds, ns = divmod(int(ident[1]), 10**9)
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds)) + f".{ns // 1000:06d}"
+    return f"{ident[0]} bytes, modified {when} UTC" + (f", sha256 {ident[2][:16]}" if len(ident) > 2 else "")
+
+
+def check_row_files(store: FeatureStore, paths: list[str], rows: np.ndarray, by_path: list[bool]) -> None:
+    """A StoreError unless each row of `rows` was extracted from the file now at the matching path of `paths`:
+    same size and modification time as recorded, or the same sha256 where the store recorded one. A store that
+    recorded no identities passes only on rows matched by their full path (a file name alone proves nothing)."""
+    from vggfeat.features.inputs import input_identities, same_input
+
+    recorded = row_identities(store.manifest)
+    fix = "extract the benchmark's own images into a store (`vggfeat extract IMAGES -o STORE`) and probe that"
+    if recorded is None:
+        named = [i for i, exact in enumerate(by_path) if not exact]
+        if named and not store.manifest.get("stacked_from"):
+            i = named[0]
+            raise StoreError(
+                f"{store.root}: {len(named)} of the {len(paths)} images asked for match a row by file name only "
+                f"(e.g. {paths[i]} matched {store.absolute_paths[rows[i]]}) and the store records no file sizes "
+                f"or times to show they are the same images; {fix}"
+            )
+        return
+    wrong = []
+    for i, (path, row) in enumerate(zip(paths, rows.tolist(), strict=True)):
+        (now,) = input_identities([path])
+        old = recorded[row]
+        if old is not None and now is not None and len(old) > 2 and now[:2] != old[:2] and now[0] == old[0]:
+            (now,) = input_identities([path], content_hash=True)  # touched, perhaps not changed: compare content
+        if not same_input(old, now):
+            wrong.append((i, old, now))
+    if wrong:
+        i, old, now = wrong[0]
+        raise StoreError(
+            f"{store.root}: {len(wrong)} of the {len(paths)} images asked for are not the files the store's rows "
+            f"were extracted from, e.g. {paths[i]} ({_identity_text(now)}) has the row of "
+            f"{store.absolute_paths[rows[i]]} ({_identity_text(old)} at extraction) - a store of another dataset, "
+            f"or images changed since; {fix}"
+        )
 
 
 def _tail(path: str, parts: int = 2) -> str:

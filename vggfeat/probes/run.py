@@ -71,6 +71,12 @@ def store_summary(store: FeatureStore) -> dict[str, Any]:
     return {"store": str(store.root), **{k: m.get(k) for k in keys}}
 
 
+def split_sources(splits: Sequence[ProbeSplit]) -> dict[str, Any]:
+    """The split files a result was computed on (random splits), for its report; nothing for fixed splits."""
+    files = [list(s.files) for s in splits]
+    return {"split_files": files} if any(files) else {}
+
+
 def run_linear_probe(
     splits: Sequence[ProbeSplit],
     store: FeatureStore,
@@ -129,7 +135,13 @@ def run_linear_probe(
         first.classes,
         results,
         store_summary(store),
-        {"Cs": list(map(float, Cs)), "holdout": holdout, "seed": seed, "classifier": classifier},
+        {
+            "Cs": list(map(float, Cs)),
+            "holdout": holdout,
+            "seed": seed,
+            "classifier": classifier,
+            **split_sources(splits),
+        },
     )
 
 
@@ -175,5 +187,5 @@ def run_knn_probe(
         first.classes,
         results,
         store_summary(store),
-        {"k": k, "index": kind, "temperature": temperature},
+        {"k": k, "index": kind, "temperature": temperature, **split_sources(splits)},
     )
