@@ -159,3 +159,25 @@ def test_split_files_drawn_with_another_seed_are_not_reused(tmp_path):
     assert json.loads((out / "linear-probe.json").read_text())["params"]["seed"] == 0
 
     invoke(*args, "--seed", "0")  # the seed that drew them reads them again
+
+
+def test_action_probe_after_an_image_is_replaced_equals_a_fresh_run(tmp_path):
+    """The person-box crops are cut from the images: an image replaced at the same path must not leave its old
+    crops to be described again (the image store noticed the change, the box store did not)."""
+    from PIL import Image, ImageOps
+
+    from vggfeat.benchmarks.voc_action import load_voc_action
+    from vggfeat.data.synthetic_voc_action import make_voc2012_action
+
+    root = tmp_path / "data"
+    make_voc2012_action(root, n_train=20, n_val=14, seed=6, size=(96, 72))
+    weights = save_net(tmp_path / "net.safetensors", seed=0)
+    probe = ("linear-probe", "voc2012-action", "--root", root, "--weights", weights, "--Cs", "1", *FAST, "-o")
+    invoke(*probe, tmp_path / "out")
+    train, _ = load_voc_action(root)
+    image = train.image_paths[0]
+    ImageOps.invert(Image.open(image).convert("RGB")).save(image, quality=92)  # same size, other pixels
+    invoke(*probe, tmp_path / "out")
+    invoke(*probe, tmp_path / "fresh")
+    again, fresh = (json.loads((tmp_path / o / "linear-probe.json").read_text()) for o in ("out", "fresh"))
+    assert again["per_class"] == fresh["per_class"] and again["headline"] == fresh["headline"]

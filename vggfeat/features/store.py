@@ -145,7 +145,7 @@ def check_row_files(store: FeatureStore, paths: list[str], rows: np.ndarray, by_
             f"{store.root}: {len(wrong)} of the {len(paths)} images asked for are not the files the store's rows "
             f"were extracted from, e.g. {paths[i]} ({_identity_text(now)}) has the row of "
             f"{store.absolute_paths[rows[i]]} ({_identity_text(old)} at extraction) - a store of another dataset, "
-            f"or images changed since; {fix}"
+            f"or images changed since; {fix} (with --hash-inputs, a copy whose times changed still matches)"
         )
 
 
