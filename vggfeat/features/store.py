@@ -40,6 +40,24 @@ class FeatureStore:
         return self.manifest["paths"]
 
     @property
+    def row_identities(self) -> list[list | None]:
+        """Row i's input identity when extracted: [size, mtime_ns] or [size, mtime_ns, sha256]; None unknown.
+        Extraction records them per input, skipped ones included, in input order; rows are the usable inputs in
+        that order, so with skipped inputs the order is rebuilt and confirmed by the recorded hash of the list."""
+        ids, skipped = self.manifest.get("input_identities"), [s["path"] for s in self.manifest.get("skipped", [])]
+        unknown: list[list | None] = [None] * len(self)
+        if not isinstance(ids, list) or len(ids) != len(self.paths) + len(skipped):
+            return unknown
+        if not skipped:
+            return list(ids)
+        inputs = list(heapq.merge(self.paths, skipped))  # inputs of one folder are found in sorted order
+        listing = hashlib.sha256("\n".join(inputs).encode("utf-8", "surrogateescape")).hexdigest()
+        if listing != (self.manifest.get("settings") or {}).get("inputs_sha256"):
+            return unknown
+        usable = set(self.paths)
+        return [ident for p, ident in zip(inputs, ids, strict=True) if p in usable]
+
+    @property
     def absolute_paths(self) -> list[str]:
         """Row paths that open from any folder: relative ones joined to the folder extraction ran in (recorded
         as `cwd`; stores written before it was recorded keep their paths as given)."""
@@ -86,25 +104,6 @@ class FeatureStore:
         return rows
 
 
-def row_identities(manifest: dict[str, Any]) -> list[Any] | None:
-    """Each row's input identity as extraction recorded it ([size, mtime_ns] or [size, mtime_ns, sha256]), or
-    None when the store recorded none or they cannot be lined up with its rows. Extraction records them per
-    input (skipped ones included, in input order); rows are the usable inputs in that order, so with skipped
-    inputs the order is rebuilt and confirmed by the recorded hash of the input list."""
-    ids, rows = manifest.get("input_identities"), manifest.get("paths") or []
-    skipped = [s["path"] for s in manifest.get("skipped", [])]
-    if not isinstance(ids, list) or len(ids) != len(rows) + len(skipped):
-        return None
-    if not skipped:
-        return ids
-    inputs = list(heapq.merge(rows, skipped))  # inputs of one folder are found in sorted order
-    listing = hashlib.sha256("\n".join(inputs).encode("utf-8", "surrogateescape")).hexdigest()
-    if listing != (manifest.get("settings") or {}).get("inputs_sha256"):
-        return None
-    usable = set(rows)
-    return [ident for p, ident in zip(inputs, ids, strict=True) if p in usable]
-
-
 def _identity_text(ident: Any) -> str:
     if not ident:
         return "unreadable"
@@ -115,30 +114,24 @@ def _identity_text(ident: Any) -> str:
 
 def check_row_files(store: FeatureStore, paths: list[str], rows: np.ndarray, by_path: list[bool]) -> None:
     """A StoreError unless each row of `rows` was extracted from the file now at the matching path of `paths`:
-    same size and modification time as recorded, or the same sha256 where the store recorded one. A store that
-    recorded no identities passes only on rows matched by their full path (a file name alone proves nothing)."""
+    same size and modification time as recorded, or the same sha256 where the store recorded one. A row whose
+    identity the store did not record passes only when matched by its full path (a file name proves nothing)."""
     from vggfeat.features.inputs import input_identities, same_input
 
-    recorded = row_identities(store.manifest)
-    fix = "extract the benchmark's own images into a store (`vggfeat extract IMAGES -o STORE`) and probe that"
-    if recorded is None:
-        named = [i for i, exact in enumerate(by_path) if not exact]
-        if named and not store.manifest.get("stacked_from"):
-            i = named[0]
-            raise StoreError(
-                f"{store.root}: {len(named)} of the {len(paths)} images asked for match a row by file name only "
-                f"(e.g. {paths[i]} matched {store.absolute_paths[rows[i]]}) and the store records no file sizes "
-                f"or times to show they are the same images; {fix}"
-            )
-        return
-    wrong = []
+    recorded = store.row_identities
+    wrong, by_name = [], []
     for i, (path, row) in enumerate(zip(paths, rows.tolist(), strict=True)):
-        (now,) = input_identities([path])
         old = recorded[row]
-        if old is not None and now is not None and len(old) > 2 and now[:2] != old[:2] and now[0] == old[0]:
+        if old is None:
+            if not by_path[i]:
+                by_name.append(i)
+            continue
+        (now,) = input_identities([path])
+        if now is not None and len(old) > 2 and now[:2] != old[:2] and now[0] == old[0]:
             (now,) = input_identities([path], content_hash=True)  # touched, perhaps not changed: compare content
         if not same_input(old, now):
             wrong.append((i, old, now))
+    fix = "extract the benchmark's own images into a store (`vggfeat extract IMAGES -o STORE`) and probe that"
     if wrong:
         i, old, now = wrong[0]
         raise StoreError(
@@ -146,6 +139,13 @@ def check_row_files(store: FeatureStore, paths: list[str], rows: np.ndarray, by_
             f"were extracted from, e.g. {paths[i]} ({_identity_text(now)}) has the row of "
             f"{store.absolute_paths[rows[i]]} ({_identity_text(old)} at extraction) - a store of another dataset, "
             f"or images changed since; {fix} (with --hash-inputs, a copy whose times changed still matches)"
+        )
+    if by_name:
+        i = by_name[0]
+        raise StoreError(
+            f"{store.root}: {len(by_name)} of the {len(paths)} images asked for match a row by file name only "
+            f"(e.g. {paths[i]} matched {store.absolute_paths[rows[i]]}) and the store records no file sizes or "
+            f"times to show they are the same images; {fix}"
         )
 
 
