@@ -80,7 +80,9 @@ def test_voc2007_synthetic_tree_and_lenient_roots(tmp_path):
 
 def test_voc2012_train_val_beside_2007(tmp_path):
     write_voc(tmp_path, "2007", HAND)
-    write_voc(tmp_path, "2012", {"train": {"2008_000001": {"cat": 1}}, "val": {"2008_000002": {"cat": 0}}})
+    write_voc(
+        tmp_path, "2012", {"train": {"2008_000001": {"cat": 1, "dog": 1}}, "val": {"2008_000002": {"cat": 0, "dog": 1}}}
+    )
     (split,) = load_benchmark("voc2012", tmp_path)
     assert (split.metric, split.train_name, split.test_name) == ("voc12_ap", "train", "val")
     assert [Path(p).name for p in split.train_paths + split.test_paths] == ["2008_000001.jpg", "2008_000002.jpg"]

@@ -20,7 +20,16 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from vggfeat.benchmarks.base import DatasetError, ProbeSplit, SplitOptions, check_inside, find_dataset_dir
+from vggfeat.benchmarks.base import (
+    DatasetError,
+    ProbeSplit,
+    SplitOptions,
+    check_inside,
+    check_regular,
+    find_dataset_dir,
+    present,
+    read_dataset_file,
+)
 from vggfeat.data.images import is_image_file
 from vggfeat.probes import metrics
 from vggfeat.utils.files import atomic_write_text
@@ -214,7 +223,7 @@ def read_split_file(path: Path, data_dir: Path, classes: tuple[str, ...]) -> lis
     index = {c: i for i, c in enumerate(classes)}
     rows, seen = [], {}
     # only "\n" ends a line: splitlines() would also cut at \r, \f or U+2028, which plain lines never hold
-    text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    text = read_dataset_file(path, "split file").decode("utf-8", errors="surrogateescape")
     for n, raw in enumerate(text.split("\n"), start=1):
         parsed = _split_line(path, n, raw)
         if parsed is None:
@@ -232,13 +241,14 @@ def read_split_file(path: Path, data_dir: Path, classes: tuple[str, ...]) -> lis
                 f"{classes[label]!r} (class ids follow the sorted class folders)"
             )
         image = data_dir / pure
-        if not image.is_file():
-            raise DatasetError(f"{path}, line {n}: image not found: {image}")
+        check_regular(image, "image", f"{path}, line {n}")
         real = str(check_inside(image, data_dir, f"{path}, line {n}"))
         if real in seen:
             raise DatasetError(f"{path}, line {n}: {rel!r} repeats line {seen[real]}")
         seen[real] = n
         rows.append((real, label, n))
+    if not rows:
+        raise DatasetError(f"{path} lists no images; delete it to draw the split again, or list the split's images")
     return rows
 
 
@@ -291,8 +301,8 @@ def load_random_splits(
     out = []
     for i in range(splits):
         files = [Path(splits_dir) / f"{name}_split{i}_{part}.txt" for part in ("train", "test")] if splits_dir else []
-        present = [f.is_file() for f in files]
-        if files and all(present):
+        found = [present(f) for f in files]
+        if files and all(found):
             for f in files:
                 check_split_record(f, rule)
             train, test = (read_split_file(f, data_dir, classes) for f in files)
@@ -303,8 +313,8 @@ def load_random_splits(
             log.info("%s split %d: read %s and %s", name, i, files[0], files[1])
             out.append(_split_from_rows(name, i, classes, [r[:2] for r in train], [r[:2] for r in test], files))
             continue
-        if any(present):
-            have, lack = (files[0], files[1]) if present[0] else (files[1], files[0])
+        if any(found):
+            have, lack = (files[0], files[1]) if found[0] else (files[1], files[0])
             raise DatasetError(f"{have} exists but {lack} does not: supply both files of the split or neither")
         train_rel, test_rel = draw_split(
             table,

@@ -120,7 +120,7 @@ def extract_features(
 
 def _settings(paths: list[str], specs: list[dict], protocol: Protocol, dtype: str, chunk_size: int) -> dict:
     """What determines a store's content: a different value means a different store."""
-    inputs = hashlib.sha256("\n".join(paths).encode()).hexdigest()
+    inputs = hashlib.sha256("\n".join(paths).encode("utf-8", "surrogateescape")).hexdigest()
     return {
         "models": specs,
         **protocol.to_dict(),

@@ -69,10 +69,10 @@ def extract_action_stores(
     """(image store, box store or None, crops or None), each extracted once and cached under OUT: the images in
     OUT/features/<settings>, the boxes in OUT/boxes/features/<settings>."""
 
+    crops = box_crops(train, val, out) if box else None  # first: a box outside its image stops before extracting
     images = sorted({*train.image_paths, *val.image_paths})
     image_store = cached_store(images, out, settings, runtime, progress=progress)
-    if not box:
+    if crops is None:
         return image_store, None, None
-    crops = box_crops(train, val, out)
     box_store = cached_store([*crops[0], *crops[1]], Path(out) / BOX_DIR, settings, runtime, progress=progress)
     return image_store, box_store, crops
