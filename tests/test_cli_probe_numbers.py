@@ -123,7 +123,20 @@ def test_voc2012_action_without_training_positives_of_an_action(tmp_path, weight
     rows = [line.split() for line in (action / "phoning_train.txt").read_text().splitlines()]
     (action / "phoning_train.txt").write_text("".join(f"{i} {o} -1\n" for i, o, _ in rows))
     out = tmp_path / "o"
-    text = invoke("linear-probe", "voc2012-action", "--root", root, "-o", out, "--weights", weights, *FAST, "--Cs", "1")
+    text = invoke(
+        "linear-probe",
+        "voc2012-action",
+        "--root",
+        root,
+        "-o",
+        out,
+        "--weights",
+        weights,
+        *FAST,
+        "--Cs",
+        "1",
+        "--no-box",
+    )
     report = json.loads((out / "linear-probe.json").read_text())
     assert report["excluded_classes"]["phoning"] == "no positives in train" and "phoning" in text
     assert [r["class"] for r in report["per_class"]] == list(VOC_ACTIONS)
@@ -156,3 +169,42 @@ def test_empty_val_lists_are_one_error_line(tmp_path, weights, benchmark):
     text = invoke("linear-probe", benchmark, "--root", root, "-o", tmp_path / "o", "--weights", weights, *FAST, code=1)
     assert text.startswith("Error: ") and len(text.strip().splitlines()) == 1, text
     assert "lists no" in text and "val" in text
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["knn-probe", "--temperature", "nan"],
+        ["knn-probe", "--temperature", "inf"],
+        ["knn-probe", "--temperature", "1000"],
+        ["knn-probe", "--temperature", "0"],
+        ["linear-probe", "--holdout", "nan"],
+    ],
+)
+def test_number_options_refuse_nan_inf_and_out_of_range(voc, tmp_path, args):
+    command, *option = args
+    text = invoke(command, "voc2007", "--root", voc, "-o", tmp_path / "o", *option, code=2)
+    assert f"Invalid value for '{option[0]}'" in text and not (tmp_path / "o").exists()
+
+
+def test_reproduce_table12_marks_an_action_without_training_positives(tmp_path, weights):
+    root = tmp_path / "data"
+    make_voc2012_action(root, n_train=16, n_val=10, seed=6, size=(96, 72))
+    action = root / "VOCdevkit" / "VOC2012" / "ImageSets" / "Action"
+    rows = [line.split() for line in (action / "phoning_train.txt").read_text().splitlines()]
+    (action / "phoning_train.txt").write_text("".join(f"{i} {o} -1\n" for i, o, _ in rows))
+    out = tmp_path / "t"
+    nets = ["--net-d", weights, "--net-e", weights, "-o", out, "--device", "cpu", "--Cs", "1"]
+    text = invoke("reproduce", "table12", "--root", root, *nets, *FAST)
+    line = next(ln for ln in text.splitlines() if ln.startswith("voc2012-action:image: ") and "excluded" in ln)
+    assert "classes excluded from ours:" in line and "phoning (no positives in train)" in line
+    md = (out / "table12.md").read_text()
+    assert "## Classes left out of our numbers" in md and "phoning (no positives in train)" in md
+    table = json.loads((out / "table12.json").read_text())
+    cells = [cell for r in table["rows"] for cell in r["cells"].values()]
+    assert len(cells) == 6 and all(cell["excluded"]["phoning"] == "no positives in train" for cell in cells)
+
+    for f in action.glob("*_val.txt"):  # no positive left in val: the column is empty with the reason, no NaN
+        _relabel(f, "1", "-1")
+    text = invoke("reproduce", "table12", "--root", root, *nets, "-o", tmp_path / "t2", *FAST, code=1)
+    assert "no class has a positive in val" in text and "Traceback" not in text

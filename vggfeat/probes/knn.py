@@ -251,8 +251,8 @@ def knn_scores(
     train_X, test_X = l2_normalize(_as_matrix(train_X, "train_X")), l2_normalize(_as_matrix(test_X, "test_X"))
     if len(labels) != len(train_X):
         raise ValueError(f"{len(train_X)} training rows but {len(labels)} labels")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not (math.isfinite(temperature) and temperature > 0):  # NaN would pass a plain `<= 0` test
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
     if not multilabel and len(np.unique(labels)) < 2:
         # one class: every vote is for it and the 'accuracy' is 100 %; refused like the linear probe's SVMs
         raise FaissIndexError(f"need at least 2 classes for a kNN probe, got {len(np.unique(labels))}")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vggfeat.benchmarks.base import DatasetError, benchmark_images, resolve_root
+from vggfeat.benchmarks.base import DatasetError, benchmark_images, check_scorable, resolve_root
 from vggfeat.benchmarks.registry import get_benchmark, load_benchmark
 from vggfeat.benchmarks.voc2012_action import IMAGE_AND_BOX, IMAGE_ONLY
 from vggfeat.benchmarks.voc_action import action_probe_split, load_voc_action
@@ -126,8 +126,9 @@ class _Column:
     def _load(self) -> list[ProbeSplit]:
         if self.benchmark == "voc2012-action":
             self.action = load_voc_action(self.root)
-
-            return [action_probe_split(*self.action)]
+            split = action_probe_split(*self.action)
+            check_scorable(split)  # as Benchmark.load_splits does for the other benchmarks
+            return [split]
 
         return load_benchmark(
             self.benchmark,
@@ -208,6 +209,7 @@ def _cell(result: ProbeResult, report_file: Path) -> dict[str, Any]:
         "std": round(100 * result.headline_std, 2) if len(result.splits) > 1 else None,
         "per_split": per_split,
         "report": str(report_file),
+        "excluded": result.excluded,  # {class: why}: not in "ours"
     }
 
 
