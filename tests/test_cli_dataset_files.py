@@ -20,6 +20,7 @@ import vggfeat
 from vggfeat.cli.main import cli
 from vggfeat.data.synthetic_voc import make_voc2007
 from vggfeat.data.synthetic_voc_action import make_voc2012_action
+from vggfeat.features.store import load_store
 
 FAST = ["--scales", "64", "--workers", "0", "--quiet"]
 LATIN1 = sys.platform != "darwin"  # macOS file systems refuse names that are not UTF-8
@@ -185,3 +186,16 @@ def test_caltech_file_and_class_names_that_are_not_utf8_work(tmp_path, weights, 
     assert '["ant/caf\\udce9.jpg", 0]' in split
     invoke(*args)  # a rerun reads the split files and the cached store back
     assert json.loads((out / f"{command}.json").read_text())["headline"] == report["headline"]
+
+
+@pytest.mark.skipif(not LATIN1, reason="the file system refuses names that are not UTF-8")
+def test_extract_of_a_folder_with_a_non_utf8_file_name_works_and_resumes(tmp_path, weights):
+    name = os.fsdecode(b"caf\xe9.jpg")
+    data = _classes(tmp_path / "data", {"a": [name, "b.jpg"]})
+    store = tmp_path / "store"
+    invoke("extract", data, "-o", store, "--weights", weights, *FAST)
+    s = load_store(store)
+    assert sorted(os.path.basename(p) for p in s.paths) == sorted([name, "b.jpg"])
+    assert np.isfinite(np.asarray(s.features)).all()
+    again = invoke("extract", data, "-o", store, "--weights", weights, *FAST)
+    assert "complete" in again or "nothing to do" in again.lower(), again
