@@ -199,3 +199,21 @@ def test_extract_of_a_folder_with_a_non_utf8_file_name_works_and_resumes(tmp_pat
     assert np.isfinite(np.asarray(s.features)).all()
     again = invoke("extract", data, "-o", store, "--weights", weights, *FAST)
     assert "complete" in again or "nothing to do" in again.lower(), again
+
+
+def test_a_clipped_crop_left_by_an_older_version_is_not_reused(tmp_path, weights):
+    import hashlib
+
+    root, voc = _action(tmp_path)
+    image_id, obj = _first_person(voc)
+    _set_box(voc / "Annotations" / f"{image_id}.xml", obj, (120, 10, 300, 60), None)
+    out = tmp_path / "o"
+    source = str(voc.resolve())  # the crops' folder is keyed by the VOC folder of the images
+    crops = out / "boxes" / "crops" / hashlib.sha256(source.encode()).hexdigest()[:12]
+    crops.mkdir(parents=True)
+    Image.new("RGB", (1, 1)).save(crops / f"{image_id}_{obj}_120_10_300_60.png")  # what the clipping cut
+    err = one_error_line(
+        invoke("linear-probe", "voc2012-action", "--root", root, "-o", out, "--weights", weights, *FAST, code=1)
+    )
+    assert f"object {obj}'s box (120, 10, 300, 60)" in err and "96x72" in err
+    assert [p.name for p in crops.iterdir()] == [f"{image_id}_{obj}_120_10_300_60.png"]  # the stale crop was seen

@@ -204,6 +204,17 @@ def load_voc_action(root: str | Path) -> tuple[ActionSplit, ActionSplit]:
     return read_action_split(voc, "train"), read_action_split(voc, "val")
 
 
+def _image_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from an image file's header, None when it does not open."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, ValueError):
+        return None
+
+
 def write_box_crops(split: ActionSplit, out: str | Path) -> list[str]:
     """Each sample's person box cut from the fully decoded image, as a lossless PNG OUT/<image id>_<object>.png
     (so the box descriptor is exactly that of the crop in memory); written atomically, reused when present."""
@@ -219,8 +230,8 @@ def write_box_crops(split: ActionSplit, out: str | Path) -> list[str]:
         x0, y0, x1, y1 = (int(v) for v in box)
         target = out / f"{name}_{x0}_{y0}_{x1}_{y1}.png"  # the box in the name: an edited box is a new crop
         crops.append(str(target))
-        if target.is_file():
-            continue
+        if target.is_file() and _image_size(target) == (x1 - x0 + 1, y1 - y0 + 1):
+            continue  # a crop of another size (cut clipped by an older version) is cut again, and checked
         if decoded is None or decoded[0] != path:
             decoded = (path, load_rgb(path))
         img = decoded[1]
