@@ -217,3 +217,12 @@ def test_a_clipped_crop_left_by_an_older_version_is_not_reused(tmp_path, weights
     )
     assert f"object {obj}'s box (120, 10, 300, 60)" in err and "96x72" in err
     assert [p.name for p in crops.iterdir()] == [f"{image_id}_{obj}_120_10_300_60.png"]  # the stale crop was seen
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_named_like_an_image_in_a_class_folder_is_refused(tmp_path, weights):
+    data = _classes(tmp_path / "data", {"a": [f"{k}.jpg" for k in range(3)], "b": [f"{k}.jpg" for k in range(3)]})
+    os.mkfifo(data / "b" / "pipe.jpg")
+    args = ["linear-probe", "folder", "--root", data, "-o", tmp_path / "o", "--weights", weights, *FAST]
+    err = one_error_line(invoke(*args, code=1))
+    assert f"{data / 'b' / 'pipe.jpg'} is a FIFO, not a regular file" in err

@@ -73,8 +73,9 @@ def scan_classes(data_dir: Path, recursive: bool) -> ClassFiles:
         rel = []
         for p in files:
             parts = p.relative_to(data_dir).parts
-            if any(part.startswith(".") for part in parts) or not is_image_file(p) or not p.is_file():
+            if any(part.startswith(".") for part in parts) or not is_image_file(p) or p.is_dir():
                 continue
+            check_regular(p, "image")  # a FIFO named like an image would block its decoder: refused by name
             check_inside(p, data_dir, str(p))  # a symlink out of the dataset is an error
             rel.append(PurePosixPath(*parts).as_posix())
         table[cls] = sorted(rel)
