@@ -1,4 +1,5 @@
-"""Atomic writes give the permissions a plain write would (0666 & ~umask), not safetensors' 0600."""
+"""Atomic writes give the permissions a plain write would (0666 & ~umask), not safetensors' 0600; JSON results
+refuse NaN."""
 
 import os
 import stat
