@@ -26,10 +26,12 @@ def _fmt(mean: float, std: float | None) -> str:
 
 
 def _value(row: dict[str, Any]) -> str:
-    """A class's value as the terminal and markdown show it; an excluded class says why it has none."""
-    if row["value"] is not None:
-        return f"{row['value']:.1f}"
-    return f"- (excluded: {row['excluded']})" if row.get("excluded") else "-"
+    return "-" if row["value"] is None else f"{row['value']:.1f}"
+
+
+def _why(row: dict[str, Any]) -> str:
+    """' (excluded: no positives in trainval)' for a class left out of the headline, else ''."""
+    return f" (excluded: {row['excluded']})" if row.get("excluded") else ""
 
 
 def report_dict(result: ProbeResult) -> dict[str, Any]:
@@ -84,7 +86,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     lines = [f"{'class':<{name_w}}  {unit + ' %':>8}" + ("  C (per split)" if has_c else "")]
     for r in report["per_class"]:
         cs = "  " + ",".join(f"{c:g}" for c in r["chosen_C"]) if has_c else ""
-        lines.append(f"{display_name(r['class']):<{name_w}}  {_value(r):>8}{cs}")
+        lines.append(f"{display_name(r['class']):<{name_w}}  {_value(r):>8}{cs}{_why(r)}")
     head = _fmt(report["headline"], report["headline_std"])
     lines.append("")
     lines.append(
@@ -99,13 +101,13 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
 
 
 def _coverage(report: dict[str, Any]) -> str:
-    """' over 19 of 20 classes (bird excluded)' when some class has no value; '' when all have one."""
+    """', 19 of 20 classes (bird excluded: ...)' when some class has no value; '' when all have one."""
     excluded = report.get("excluded_classes") or {}
     if not excluded:
         return ""
     names = ", ".join(display_name(c) for c in list(excluded)[:5]) + (", ..." if len(excluded) > 5 else "")
     n = len(report["per_class"])
-    return f" over {n - len(excluded)} of {n} classes ({names} excluded: see the class rows)"
+    return f", {n - len(excluded)} of {n} classes ({names} excluded: see the class rows)"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -135,7 +137,7 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for r in report["per_class"]:
         cs = f" {', '.join(f'{c:g}' for c in r['chosen_C'])} |" if has_c else ""
-        out.append(f"| {display_name(r['class'])} | {_value(r)} |" + cs)
+        out.append(f"| {display_name(r['class'])} | {_value(r)}{_why(r)} |" + cs)
     out += [
         "",
         "## Features",
