@@ -165,8 +165,9 @@ def split_rule(
 
 def split_record(path: Path) -> dict | None:
     """The seed and rule recorded in a split file's header; None for a file vggfeat did not draw."""
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:
-        head = [f.readline() for _ in range(3)]
+    # read without blocking (a FIFO is refused by name); split files are small, read whole
+    lines = read_dataset_file(path, "split file").decode("utf-8", errors="surrogateescape").splitlines(keepends=True)
+    head = (lines + ["", "", ""])[:3]
     for line in head:
         if line.startswith(DRAWN_BY):
             try:
