@@ -80,7 +80,9 @@ def test_voc2007_synthetic_tree_and_lenient_roots(tmp_path):
 
 def test_voc2012_train_val_beside_2007(tmp_path):
     write_voc(tmp_path, "2007", HAND)
-    write_voc(tmp_path, "2012", {"train": {"2008_000001": {"cat": 1}}, "val": {"2008_000002": {"cat": 0}}})
+    write_voc(
+        tmp_path, "2012", {"train": {"2008_000001": {"cat": 1, "dog": 1}}, "val": {"2008_000002": {"cat": 0, "dog": 1}}}
+    )
     (split,) = load_benchmark("voc2012", tmp_path)
     assert (split.metric, split.train_name, split.test_name) == ("voc12_ap", "train", "val")
     assert [Path(p).name for p in split.train_paths + split.test_paths] == ["2008_000001.jpg", "2008_000002.jpg"]
@@ -218,7 +220,17 @@ def test_split_files_written_then_read(tmp_path):
     assert [(str((data / rel).resolve()), int(c)) for rel, c in rows] == list(
         zip(first[0].train_paths, first[0].train_labels.tolist(), strict=False)
     )
-    reread = load_benchmark("caltech101", data, seed=7, splits=2, splits_dir=sdir)  # files win over seed/quota
+    again = load_benchmark("caltech101", data, splits=2, splits_dir=sdir, train_per_class=4, test_per_class=3)
+    assert [s.files for s in again] == [s.files for s in first]
+    assert first[1].files == tuple(str(sdir / f"caltech101_split1_{part}.txt") for part in ("train", "test"))
+    # files vggfeat drew are reused only with the seed and rule that drew them
+    with pytest.raises(
+        DatasetError, match=r"split0_train\.txt was drawn with seed 0, rule '4 train per class.*not seed 7"
+    ):
+        load_benchmark("caltech101", data, seed=7, splits=2, splits_dir=sdir)
+    for f in sdir.iterdir():  # as official files would be: no record, so they win over seed and quota
+        f.write_text("".join(line for line in f.read_text().splitlines(True) if not line.startswith("#")))
+    reread = load_benchmark("caltech101", data, seed=7, splits=2, splits_dir=sdir)
     for a, b in zip(first, reread, strict=False):
         assert a.train_paths == b.train_paths and a.test_paths == b.test_paths
         assert np.array_equal(a.train_labels, b.train_labels) and np.array_equal(a.test_labels, b.test_labels)

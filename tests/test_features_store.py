@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -369,21 +370,35 @@ def test_timm_backbone_through_the_cli(tmp_path):
 
 
 def test_rows_for_matches_resolved_paths_then_unique_tails(tmp_path, monkeypatch):
+    from vggfeat.features.inputs import input_identities
     from vggfeat.features.store import FeatureStore, StoreError
 
     monkeypatch.chdir(tmp_path)
+    for name in ("imgs/a/1.jpg", "data/b/2.jpg", "x/c/3.jpg", "y/c/3.jpg", "data/c/3.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(name.encode())
+    paths = ["imgs/a/1.jpg", "/elsewhere/b/2.jpg", "x/c/3.jpg", "y/c/3.jpg"]
+    inputs = ["imgs/a/1.jpg", "/elsewhere/b/2.jpg", "imgs/a/9.jpg", "x/c/3.jpg", "y/c/3.jpg"]  # in input order
     manifest = {
-        "paths": ["imgs/a/1.jpg", "/elsewhere/b/2.jpg", "x/c/3.jpg", "y/c/3.jpg"],
+        "paths": paths,
         "skipped": [{"path": "imgs/a/9.jpg", "reason": "empty file (0 bytes)"}],
+        # the moved dataset's b/2.jpg is data/b/2.jpg: the same file (size and time) as was extracted
+        "input_identities": input_identities(["imgs/a/1.jpg", "data/b/2.jpg", "imgs/a/9.jpg", *paths[2:]]),
+        "settings": {"inputs_sha256": hashlib.sha256("\n".join(inputs).encode()).hexdigest()},
     }
     store = FeatureStore(tmp_path, np.zeros((4, 2), np.float32), manifest)
     # a relative path recorded at extraction equals its absolute form; a moved dataset matches by class/file
-    assert store.rows_for([str(tmp_path / "imgs" / "a" / "1.jpg"), "/data/b/2.jpg"]).tolist() == [0, 1]
+    assert store.rows_for([str(tmp_path / "imgs" / "a" / "1.jpg"), "data/b/2.jpg"]).tolist() == [0, 1]
     assert store.rows_for(["x/c/3.jpg", "y/c/3.jpg"]).tolist() == [2, 3]
     with pytest.raises(StoreError, match="1 of the 1 images"):
         store.rows_for(["/data/c/3.jpg"])  # two rows end in c/3.jpg: ambiguous, so no match
     with pytest.raises(StoreError, match="skipped at extraction: empty file"):
         store.rows_for(["/data/a/9.jpg"])
+    # a file name alone is no match: without recorded identities the moved dataset cannot be told from another
+    bare = FeatureStore(tmp_path, store.features, {k: manifest[k] for k in ("paths", "skipped")})
+    assert bare.rows_for(["x/c/3.jpg"]).tolist() == [2]
+    with pytest.raises(StoreError, match="by file name only"):
+        bare.rows_for(["data/b/2.jpg"])
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])

@@ -1,4 +1,5 @@
-"""Atomic writes give the permissions a plain write would (0666 & ~umask), not safetensors' 0600."""
+"""Atomic writes give the permissions a plain write would (0666 & ~umask), not safetensors' 0600; JSON results
+refuse NaN."""
 
 import os
 import stat
@@ -42,3 +43,14 @@ def test_figures_are_written_whole_with_plain_permissions(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plot.png"]  # no temporary left
     assert not plt.get_fignums()  # the figure is closed
+
+
+def test_json_results_refuse_nan_rather_than_write_invalid_json(tmp_path):
+    import math
+
+    import pytest
+
+    for bad in (math.nan, math.inf):
+        with pytest.raises(ValueError, match="not JSON compliant"):
+            atomic_write_json(tmp_path / "r.json", {"headline": bad})
+    assert not (tmp_path / "r.json").exists() and not list(tmp_path.iterdir())  # nothing half-written either

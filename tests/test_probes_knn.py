@@ -130,6 +130,18 @@ def test_knn_scores_multilabel_difficult_not_positive():
     assert got.dtype == np.float32
 
 
+@pytest.mark.parametrize("T", [0.0013, 1e-6])
+def test_knn_vote_at_a_tiny_temperature_is_the_softmax_without_overflow(T):
+    # cos 1 and 0.999: exp(1 / T) is inf in float64, so the naive vote is inf / inf = NaN
+    train = np.array([[1, 0], [0.999, np.sqrt(1 - 0.999**2)], [0, 1]], dtype=np.float32)
+    labels = np.array([0, 1, 1])
+    with np.errstate(over="raise", invalid="raise", divide="raise"):  # underflow to 0 is the right weight
+        got = knn_scores(train, labels, np.array([[1, 0]], dtype=np.float32), k=3, temperature=T)
+    share = 1 / (1 + np.exp((0.999 - 1) / T) + np.exp(-1 / T))  # the nearest row's share, shifted by its cos
+    np.testing.assert_allclose(got, [[share, 1 - share]], rtol=1e-4)
+    assert np.isfinite(got).all()
+
+
 def test_knn_classifies_clusters():
     X, y = clustered(n=600, noise=0.3)
     Xt, yt = X[500:], y[500:]

@@ -131,3 +131,14 @@ def test_11_point_ap_equals_the_devkit_with_ten_positives(seed):
     labels = rng.permutation(np.array([1] * 10 + [-1] * 25 + [0] * 3))
     scores = rng.standard_normal(len(labels))
     assert metrics.voc07_ap(scores, labels) == pytest.approx(devkit_ap(list(scores), list(labels), True), abs=1e-12)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_scores_never_reach_a_metric(bad):
+    scores = SCORES.copy()
+    scores[2] = bad
+    for ap in (metrics.voc07_ap, metrics.voc12_ap):
+        with pytest.raises(
+            metrics.NonFiniteScoresError, match=r"1 of 5 scores are NaN or infinite \(the first at \(2,\)\)"
+        ):
+            ap(scores, LABELS)

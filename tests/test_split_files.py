@@ -93,3 +93,18 @@ def test_malformed_json_lines_are_named(tmp_path, line):
     (sdir / "folder_split0_test.txt").write_text("a/y.png 0\nb/b1.png 1\n")
     with pytest.raises(DatasetError, match=r"folder_split0_train\.txt, line 1"):
         load_benchmark("folder", data, splits=1, splits_dir=sdir)
+
+
+def test_split_files_of_an_older_vggfeat_are_checked_by_the_seed_in_their_header(tmp_path):
+    """Files written before the JSON record existed name their seed and rule in the first line: another seed is
+    refused there too (the seed-0 lists were reused while the report said seed 1)."""
+    data = _dataset(tmp_path / "data", ["x.png", "y.png", "z.png"])
+    sdir = tmp_path / "splits"
+    sdir.mkdir()
+    header = f"# vggfeat folder split 0 {{}}: seed 0, test fraction 0.3, test cap None; dataset folder {data}\n"
+    (sdir / "folder_split0_train.txt").write_text(header.format("train") + "a/x.png 0\na/y.png 0\nb/b0.png 1\n")
+    (sdir / "folder_split0_test.txt").write_text(header.format("test") + "a/z.png 0\nb/b1.png 1\n")
+    (split,) = load_benchmark("folder", data, splits=1, splits_dir=sdir)  # seed 0: read as written
+    assert split.test_labels.tolist() == [0, 1]
+    with pytest.raises(vggfeat.errors.DatasetError, match="drawn with seed 0, not seed 1"):
+        load_benchmark("folder", data, seed=1, splits=1, splits_dir=sdir)

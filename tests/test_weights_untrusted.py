@@ -166,7 +166,7 @@ def test_non_finite_weights_are_refused_in_every_format(tiny_model, tmp_path, va
         "--device",
         "cpu",
     ]
-    assert "non-finite" in run(*extract, "--weights", caffe).stderr and not (out / "features.npy").exists()
+    assert "non-finite" in run(*extract, "--weights", caffe).stderr and not (out / "emb").exists()
 
 
 def test_doubles_beyond_float32_are_refused_without_a_warning(tiny_model, tmp_path):
@@ -409,4 +409,4 @@ def test_advice_for_a_timm_net_that_is_not_a_vgg_can_be_followed(offline_caches,
         timm.create_model("test_resnet").state_dict(),
     )
     run(*extract, "-o", tmp_path / "o", *net, code=0)
-    assert (tmp_path / "o" / "features.npy").exists()
+    assert (tmp_path / "o" / "emb" / "000000.npy").exists()

@@ -1,13 +1,15 @@
 """What every transfer benchmark of Sect. 4 / Appendix B shares: its record (`Benchmark`), its splits
-(`ProbeSplit`), the paper's numbers (`PaperRow`), the error for bad data (`DatasetError`) and the path helpers of
-the readers. A leaf: it imports no vggfeat module but vggfeat.errors, so every benchmark module can import it.
+(`ProbeSplit`), the paper's numbers (`PaperRow`), the error for bad data (`DatasetError`) and the path and file
+helpers of the readers. A leaf: it imports no vggfeat module but vggfeat.errors, so every benchmark module can
+import it.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,7 @@ class ProbeSplit:
     test_labels: np.ndarray
     train_name: str  # 'trainval' (VOC07), 'train' (VOC12, Caltech, folder)
     test_name: str  # 'test' (VOC07, Caltech, folder), 'val' (VOC12)
+    files: tuple[str, ...] = field(default=(), kw_only=True)  # the split files read or written (random splits)
 
     def __post_init__(self) -> None:
         for labels in (self.train_labels, self.test_labels):
@@ -38,6 +41,20 @@ class ProbeSplit:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def unscored_classes(self) -> dict[int, str]:
+        """{class index: why} for the classes that cannot be scored: no training positive (a probe would rank
+        test images with no evidence, and its AP would count in the mean) or no test positive (no AP exists)."""
+        reasons = {}
+        for k in range(self.num_classes):
+            missing = [
+                name
+                for name, labels in ((self.train_name, self.train_labels), (self.test_name, self.test_labels))
+                if not (labels[:, k] == 1 if self.multilabel else labels == k).any()
+            ]
+            if missing:
+                reasons[k] = f"no positives in {' or '.join(missing)}"
+        return reasons
 
     def summary(self) -> str:
         return (
@@ -94,7 +111,28 @@ class Benchmark:
         options = options or SplitOptions()
         if options.splits < 1:
             raise DatasetError(f"splits must be >= 1, got {options.splits}")
-        return self.load(resolve_root(root), options)
+        splits = self.load(resolve_root(root), options)
+        for split in splits:
+            check_scorable(split)
+        return splits
+
+
+def check_scorable(split: ProbeSplit) -> None:
+    """A DatasetError when no class of `split` has a positive in both its train and test sets: every score would
+    be undefined (an all-negative test set is not 'mAP nan'). Classes that cannot be scored beside ones that can
+    are excluded from the mean and marked in the reports (vggfeat.probes.run)."""
+    if len(split.unscored_classes()) < split.num_classes:
+        return
+    for name, labels in ((split.test_name, split.test_labels), (split.train_name, split.train_labels)):
+        if split.multilabel and not (labels == 1).any():
+            raise DatasetError(
+                f"{split.benchmark}: no class has a positive in {name} ({len(labels)} samples, every label -1 or 0): "
+                f"nothing can be scored; check the {name} lists under --root"
+            )
+    raise DatasetError(
+        f"{split.benchmark}: no class has a positive in both {split.train_name} and {split.test_name}: nothing can "
+        f"be scored; check the lists under --root"
+    )
 
 
 def resolve_root(root: str | Path | None) -> Path:
@@ -121,6 +159,68 @@ def check_inside(path: Path, root: Path, where: str) -> Path:
     if real != root and root not in real.parents:
         raise DatasetError(f"{where}: {path} resolves to {real}, outside the dataset folder {root}")
     return real
+
+
+def file_kind(mode: int) -> str:
+    """'a FIFO', 'a folder', ... for a stat mode: what a path that should be a regular file is instead."""
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+    kinds += ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((name for test, name in kinds if test(mode)), "not a plain file")
+
+
+def present(path: Path) -> bool:
+    """Whether anything is at `path` (a FIFO or a folder too, which the readers then refuse by name): an optional
+    dataset file that is there but unreadable must not pass for an absent one."""
+    return os.path.exists(path)
+
+
+def check_regular(path: Path, what: str = "file", where: str = "") -> None:
+    """A DatasetError unless `path` (symlinks followed) is a regular file: missing, or a FIFO, device or folder
+    that a reader would block on or misread. `what` names it ("image '0001'"); `where` (a list file and line)
+    prefixes the message."""
+    prefix = f"{where}: " if where else ""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DatasetError(f"{prefix}{what} not found: no file {path}") from None
+    except OSError as e:
+        raise DatasetError(f"{prefix}{what}: {path} is unreadable ({e.strerror or e})") from None
+    if not stat.S_ISREG(mode):
+        raise DatasetError(f"{prefix}{what}: {path} is {file_kind(mode)}, not a regular file; put the file there")
+
+
+def read_dataset_file(path: Path, what: str = "file") -> bytes:
+    """The bytes of a file under a dataset root, read only when it is a regular file. It is opened without
+    blocking and checked on the open descriptor, so a FIFO (which would block a plain open or read until a
+    writer comes) or a device is refused at once, even if it replaced a regular file after a check."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise DatasetError(f"missing {what} {path}") from None
+    except OSError as e:
+        raise DatasetError(f"{what} {path} is unreadable ({e.strerror or e})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise DatasetError(f"{what} {path} is {file_kind(mode)}, not a regular file; put the file itself there")
+        with open(fd, "rb", closefd=False) as f:
+            return f.read()
+    except OSError as e:
+        raise DatasetError(f"{what} {path} is unreadable ({e.strerror or e})") from None
+    finally:
+        os.close(fd)
+
+
+def read_dataset_text(path: Path, what: str = "file") -> str:
+    """`read_dataset_file` decoded as UTF-8; a byte that is not UTF-8 is a DatasetError naming the file and line."""
+    data = read_dataset_file(path, what)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DatasetError(
+            f"{path}, line {line}: byte 0x{data[e.start]:02x} is not UTF-8 text; save the {what} as UTF-8 (or ASCII)"
+        ) from None
 
 
 def find_dataset_dir(root: Path, names: tuple[str, ...], accept: Callable[[Path], bool]) -> Path | None:

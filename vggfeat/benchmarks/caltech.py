@@ -3,21 +3,33 @@
 Split i is drawn with numpy's generator seeded by (seed, i) and written as text (`relative/path class_id` per
 line, or the JSON line `["relative/path", class_id]` for a name that a plain line cannot hold: a newline, edge
 spaces, a leading # or [) so that runs compare on the same images; split files that already exist are read
-instead, which also admits official splits. A class with no more images than the training quota keeps one
-image for testing and trains on the rest (logged as a warning); a class with fewer than two images is an
-error. Single-label benchmarks score with mean class recall.
+instead, which also admits official splits. A file vggfeat drew records the seed and rule that drew it and is
+reused only for them (a hand-supplied file records none and is used as given). A class with no more images
+than the training quota keeps one image for testing and trains on the rest (logged as a warning); a class with
+fewer than two images is an error. Single-label benchmarks score with mean class recall.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from vggfeat.benchmarks.base import DatasetError, ProbeSplit, SplitOptions, check_inside, find_dataset_dir
+from vggfeat.benchmarks.base import (
+    DatasetError,
+    ProbeSplit,
+    SplitOptions,
+    check_inside,
+    check_regular,
+    find_dataset_dir,
+    present,
+    read_dataset_file,
+)
 from vggfeat.data.images import is_image_file
 from vggfeat.probes import metrics
 from vggfeat.utils.files import atomic_write_text
@@ -61,8 +73,9 @@ def scan_classes(data_dir: Path, recursive: bool) -> ClassFiles:
         rel = []
         for p in files:
             parts = p.relative_to(data_dir).parts
-            if any(part.startswith(".") for part in parts) or not is_image_file(p) or not p.is_file():
+            if any(part.startswith(".") for part in parts) or not is_image_file(p) or p.is_dir():
                 continue
+            check_regular(p, "image")  # a FIFO named like an image would block its decoder: refused by name
             check_inside(p, data_dir, str(p))  # a symlink out of the dataset is an error
             rel.append(PurePosixPath(*parts).as_posix())
         table[cls] = sorted(rel)
@@ -124,15 +137,67 @@ def _escape(text: str) -> str:
     return "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in text)
 
 
-def write_split_file(path: Path, rows: list[tuple[str, int]], header: str) -> None:
+DRAWN_BY = "# drawn by: "  # a split file's JSON record of the seed and rule that drew it
+# the header vggfeat wrote before the record existed: it names the seed and the rule too
+_OLD_HEADER = re.compile(r"# vggfeat \S+ split \d+ (?:train|test): seed (-?\d+), (.*), test cap (\S+); dataset folder ")
+
+
+def write_split_file(path: Path, rows: list[tuple[str, int]], header: str, record: dict | None = None) -> None:
     """One line per image: `relative/path class_id`, or `["relative/path", class_id]` (JSON, ASCII) for a file
-    name the plain form would break, so any legal name round-trips (issue 12.6)."""
+    name the plain form would break, so any legal name round-trips. `record`: the seed and rule that drew it."""
     body = "".join(f"{rel} {label}\n" if _plain(rel) else json.dumps([rel, label]) + "\n" for rel, label in rows)
+    drawn = f"{DRAWN_BY}{json.dumps(record)}\n" if record is not None else ""
     atomic_write_text(
         path,
-        f"# {_escape(header)}\n# lines: <image path relative to the dataset folder> <class id>, "
+        f"# {_escape(header)}\n{drawn}# lines: <image path relative to the dataset folder> <class id>, "
         'or ["<path>", <class id>] as JSON\n' + body,
     )
+
+
+def split_rule(
+    table: ClassFiles, seed: int, train_per_class: int | None, test_per_class: int | None, test_fraction: float
+) -> dict:
+    """What a drawn split depends on: the seed, the per-class quotas and the images of each class folder."""
+    quota = f"{train_per_class} train per class" if train_per_class is not None else f"test fraction {test_fraction}"
+    images = hashlib.sha256(json.dumps(list(table.items())).encode()).hexdigest()[:16]
+    return {"seed": seed, "rule": f"{quota}, test cap {test_per_class}", "images": images}
+
+
+def split_record(path: Path) -> dict | None:
+    """The seed and rule recorded in a split file's header; None for a file vggfeat did not draw."""
+    # read without blocking (a FIFO is refused by name); split files are small, read whole
+    lines = read_dataset_file(path, "split file").decode("utf-8", errors="surrogateescape").splitlines(keepends=True)
+    head = (lines + ["", "", ""])[:3]
+    for line in head:
+        if line.startswith(DRAWN_BY):
+            try:
+                record = json.loads(line[len(DRAWN_BY) :])
+            except ValueError:
+                raise DatasetError(f"{path}, line {head.index(line) + 1}: unreadable record {line.strip()!r}") from None
+            return record if isinstance(record, dict) else None
+    old = _OLD_HEADER.match(head[0])
+    return {"seed": int(old[1]), "rule": f"{old[2]}, test cap {old[3]}"} if old else None
+
+
+def _rule_text(record: dict, key: str) -> str:
+    if key == "images":
+        return "the class folders' images as they were then"
+    return f"seed {record[key]}" if key == "seed" else f"rule {record[key]!r}"
+
+
+def check_split_record(path: Path, asked: dict) -> None:
+    """A DatasetError unless the split file at `path` was drawn with the asked seed and rule (or by hand)."""
+    record = split_record(path)
+    if record is None:
+        return  # official or hand-written splits are used as they are
+    differ = [k for k in asked if k in record and record[k] != asked[k]]
+    if differ:
+        then = ", ".join(_rule_text(record, k) for k in differ)
+        now = ", ".join(_rule_text(asked, k).replace("as they were then", "as they are now") for k in differ)
+        raise DatasetError(
+            f"{path} was drawn with {then}, not {now} as asked: split files are reused only with the seed and "
+            f"rule that drew them; choose another -o for this run, or delete {path.parent} to draw them again"
+        )
 
 
 def _split_line(path: Path, n: int, line: str) -> tuple[str, str, bool] | None:
@@ -160,7 +225,7 @@ def read_split_file(path: Path, data_dir: Path, classes: tuple[str, ...]) -> lis
     index = {c: i for i, c in enumerate(classes)}
     rows, seen = [], {}
     # only "\n" ends a line: splitlines() would also cut at \r, \f or U+2028, which plain lines never hold
-    text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    text = read_dataset_file(path, "split file").decode("utf-8", errors="surrogateescape")
     for n, raw in enumerate(text.split("\n"), start=1):
         parsed = _split_line(path, n, raw)
         if parsed is None:
@@ -178,17 +243,20 @@ def read_split_file(path: Path, data_dir: Path, classes: tuple[str, ...]) -> lis
                 f"{classes[label]!r} (class ids follow the sorted class folders)"
             )
         image = data_dir / pure
-        if not image.is_file():
-            raise DatasetError(f"{path}, line {n}: image not found: {image}")
+        check_regular(image, "image", f"{path}, line {n}")
         real = str(check_inside(image, data_dir, f"{path}, line {n}"))
         if real in seen:
             raise DatasetError(f"{path}, line {n}: {rel!r} repeats line {seen[real]}")
         seen[real] = n
         rows.append((real, label, n))
+    if not rows:
+        raise DatasetError(f"{path} lists no images; delete it to draw the split again, or list the split's images")
     return rows
 
 
-def _split_from_rows(name: str, split: int, classes: tuple[str, ...], train: list, test: list) -> ProbeSplit:
+def _split_from_rows(
+    name: str, split: int, classes: tuple[str, ...], train: list, test: list, files: list[Path]
+) -> ProbeSplit:
     return ProbeSplit(
         name,
         split,
@@ -201,6 +269,7 @@ def _split_from_rows(name: str, split: int, classes: tuple[str, ...], train: lis
         np.array([c for _, c in test], dtype=np.int64),
         "train",
         "test",
+        files=tuple(map(str, files)),
     )
 
 
@@ -230,21 +299,24 @@ def load_random_splits(
     classes = tuple(table)
     if expected_classes is not None and len(classes) != expected_classes:
         log.warning("%s: %d class folders, but %s has %d", data_dir, len(classes), name, expected_classes)
+    rule = split_rule(table, seed, train_per_class, test_per_class, test_fraction)
     out = []
     for i in range(splits):
         files = [Path(splits_dir) / f"{name}_split{i}_{part}.txt" for part in ("train", "test")] if splits_dir else []
-        present = [f.is_file() for f in files]
-        if files and all(present):
+        found = [present(f) for f in files]
+        if files and all(found):
+            for f in files:
+                check_split_record(f, rule)
             train, test = (read_split_file(f, data_dir, classes) for f in files)
             train_set = {p for p, _, _ in train}
             clash = next((r for r in test if r[0] in train_set), None)
             if clash is not None:
                 raise DatasetError(f"{files[1]}, line {clash[2]}: {clash[0]} is also in {files[0]}")
             log.info("%s split %d: read %s and %s", name, i, files[0], files[1])
-            out.append(_split_from_rows(name, i, classes, [r[:2] for r in train], [r[:2] for r in test]))
+            out.append(_split_from_rows(name, i, classes, [r[:2] for r in train], [r[:2] for r in test], files))
             continue
-        if any(present):
-            have, lack = (files[0], files[1]) if present[0] else (files[1], files[0])
+        if any(found):
+            have, lack = (files[0], files[1]) if found[0] else (files[1], files[0])
             raise DatasetError(f"{have} exists but {lack} does not: supply both files of the split or neither")
         train_rel, test_rel = draw_split(
             table,
@@ -268,8 +340,9 @@ def load_random_splits(
                     rows,
                     f"vggfeat {name} split {i} {part}: seed {seed}, {quota}, "
                     f"test cap {test_per_class}; dataset folder {data_dir}",
+                    rule,
                 )
         train_abs = [(os.path.realpath(data_dir / rel), c) for rel, c in train_rel]
         test_abs = [(os.path.realpath(data_dir / rel), c) for rel, c in test_rel]
-        out.append(_split_from_rows(name, i, classes, train_abs, test_abs))
+        out.append(_split_from_rows(name, i, classes, train_abs, test_abs, files))
     return out

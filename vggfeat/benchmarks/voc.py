@@ -12,7 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from vggfeat.benchmarks.base import DatasetError, ProbeSplit, check_inside, find_dataset_dir
+from vggfeat.benchmarks.base import (
+    DatasetError,
+    ProbeSplit,
+    check_inside,
+    check_regular,
+    find_dataset_dir,
+    present,
+    read_dataset_text,
+)
 
 VOC_CLASSES = (
     "aeroplane",
@@ -66,9 +74,8 @@ def _check_id(image_id: str, file: Path, lineno: int) -> str:
 
 
 def _lines(file: Path) -> list[tuple[int, str]]:
-    if not file.is_file():
-        raise DatasetError(f"missing list file {file}")
-    return [(n, line.strip()) for n, line in enumerate(file.read_text().splitlines(), start=1) if line.strip()]
+    text = read_dataset_text(file, "list file")
+    return [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
 
 
 def read_id_list(file: Path) -> dict[str, int]:
@@ -117,13 +124,18 @@ def read_voc_split(voc: Path, split: str, classes: tuple[str, ...] = VOC_CLASSES
     main = voc / "ImageSets" / "Main"
     ids_file = main / f"{split}.txt"
     tables = {cls: read_class_list(main / f"{cls}_{split}.txt") for cls in classes}
-    if ids_file.is_file():
+    if present(ids_file):
         ids = read_id_list(ids_file)
         refs: dict[str, Ref] = {i: (ids_file, n) for i, n in ids.items()}
     else:  # no <split>.txt: the first class file fixes the ids and their order
         ids_file = main / f"{classes[0]}_{split}.txt"
         ids = {i: n for i, (_, n) in tables[classes[0]].items()}
         refs = {i: (ids_file, n) for i, n in ids.items()}
+    if not ids:
+        raise DatasetError(
+            f"{ids_file} lists no images (nor does any <class>_{split}.txt): there is nothing to "
+            f"{'test' if split in ('test', 'val') else 'train'} on; fill the {split} lists of {voc}"
+        )
     index = {image_id: row for row, image_id in enumerate(ids)}
     labels = np.empty((len(ids), len(classes)), dtype=np.int8)
     for col, cls in enumerate(classes):
@@ -136,8 +148,7 @@ def read_voc_split(voc: Path, split: str, classes: tuple[str, ...] = VOC_CLASSES
     for image_id in ids:
         file, n = refs[image_id]
         path = voc / "JPEGImages" / f"{image_id}.jpg"
-        if not path.is_file():
-            raise DatasetError(f"{file}, line {n}: image {image_id!r} not found: no file {path}")
+        check_regular(path, f"image {image_id!r}", f"{file}, line {n}")
         paths.append(str(check_inside(path, voc, f"{file}, line {n}")))
     return tuple(paths), labels
 

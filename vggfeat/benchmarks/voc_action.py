@@ -10,13 +10,23 @@ person whose <bndbox> (1-based, inclusive) is the region of the box descriptor. 
 from __future__ import annotations
 
 import io
+import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from vggfeat.benchmarks.base import DatasetError, ProbeSplit, check_inside, find_dataset_dir, resolve_root
+from vggfeat.benchmarks.base import (
+    DatasetError,
+    ProbeSplit,
+    check_inside,
+    check_regular,
+    find_dataset_dir,
+    present,
+    read_dataset_file,
+    resolve_root,
+)
 from vggfeat.benchmarks.voc import _check_id, _lines, read_id_list
 from vggfeat.data.images import load_rgb
 from vggfeat.utils.files import atomic_write_bytes
@@ -102,17 +112,18 @@ def read_action_list(file: Path) -> dict[tuple[str, int], tuple[int, int]]:
 def _int(node: ET.Element | None, tag: str, file: Path, where: str) -> int:
     child = None if node is None else node.find(tag)
     try:
-        return int(round(float(child.text)))  # a few devkit boxes are written as floats
+        value = float(child.text)  # a few devkit boxes are written as floats
     except (AttributeError, TypeError, ValueError):
         raise DatasetError(f"{file}: {where} has no numeric <{tag}>") from None
+    if not math.isfinite(value):  # 'inf', 'nan', or '1e400', which float() reads as inf
+        raise DatasetError(f"{file}: {where} has <{tag}>{child.text.strip()}</{tag}>, not a finite number of pixels")
+    return int(round(value))
 
 
 def read_person_boxes(file: Path) -> tuple[dict[int, tuple[int, int, int, int] | str], tuple[int, int] | None]:
     """Annotations/<id>.xml -> ({object index: box, or the object's name when it is not a person}, (w, h))."""
     try:
-        root = ET.parse(file).getroot()
-    except FileNotFoundError:
-        raise DatasetError(f"missing annotation file {file}") from None
+        root = ET.fromstring(read_dataset_file(file, "annotation file"))
     except ET.ParseError as e:
         raise DatasetError(f"{file}: not valid XML ({e})") from None
     size = root.find("size")
@@ -139,10 +150,15 @@ def read_action_split(voc: Path, split: str, actions: tuple[str, ...] = VOC_ACTI
     image of <split>.txt."""
     action_dir = voc / "ImageSets" / "Action"
     ids_file = action_dir / f"{split}.txt"
-    image_ids = read_id_list(ids_file) if ids_file.is_file() else None
+    image_ids = read_id_list(ids_file) if present(ids_file) else None
     tables = {a: read_action_list(action_dir / f"{a}_{split}.txt") for a in actions}
     first_file = action_dir / f"{actions[0]}_{split}.txt"
     keys = list(tables[actions[0]])
+    if not keys:
+        raise DatasetError(
+            f"{first_file} lists no person instances: there is nothing to {'test' if split == 'val' else 'train'} "
+            f"on; fill the <action>_{split}.txt lists of {action_dir}"
+        )
     index = {k: row for row, k in enumerate(keys)}
     labels = np.empty((len(keys), len(actions)), dtype=np.int8)
     for col, a in enumerate(actions):
@@ -177,8 +193,7 @@ def read_action_split(voc: Path, split: str, actions: tuple[str, ...] = VOC_ACTI
             raise DatasetError(f"{xml}: object {obj}'s box {found} lies outside the {wh[0]}x{wh[1]} image")
         boxes[row] = found
         path = voc / "JPEGImages" / f"{image_id}.jpg"
-        if not path.is_file():
-            raise DatasetError(f"{where}: image {image_id!r} not found: no file {path}")
+        check_regular(path, f"image {image_id!r}", where)
         paths.append(str(check_inside(path, voc, where)))
     return ActionSplit(split, tuple(k[0] for k in keys), tuple(k[1] for k in keys), tuple(paths), boxes, labels)
 
@@ -187,6 +202,17 @@ def load_voc_action(root: str | Path) -> tuple[ActionSplit, ActionSplit]:
     """(train, val) person instances of VOC2012 action classification under `root`."""
     voc = find_voc_action(resolve_root(root))
     return read_action_split(voc, "train"), read_action_split(voc, "val")
+
+
+def _image_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from an image file's header, None when it does not open."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, ValueError):
+        return None
 
 
 def write_box_crops(split: ActionSplit, out: str | Path) -> list[str]:
@@ -198,19 +224,25 @@ def write_box_crops(split: ActionSplit, out: str | Path) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     crops: list[str] = []
     decoded: tuple[str, Image.Image] | None = None  # samples of one image are adjacent: decode it once
-    for name, path, box in zip(split.sample_names(), split.image_paths, split.boxes, strict=True):
+    samples = zip(split.image_ids, split.object_indices, split.image_paths, split.boxes, strict=True)
+    for image_id, obj, path, box in samples:
+        name = f"{image_id}_{obj}"
         x0, y0, x1, y1 = (int(v) for v in box)
         target = out / f"{name}_{x0}_{y0}_{x1}_{y1}.png"  # the box in the name: an edited box is a new crop
         crops.append(str(target))
-        if target.is_file():
-            continue
+        if target.is_file() and _image_size(target) == (x1 - x0 + 1, y1 - y0 + 1):
+            continue  # a crop of another size (cut clipped by an older version) is cut again, and checked
         if decoded is None or decoded[0] != path:
             decoded = (path, load_rgb(path))
         img = decoded[1]
-        # 1-based inclusive devkit box -> PIL's 0-based half-open crop, clipped to the decoded image
-        crop = img.crop(
-            (min(x0 - 1, img.width - 1), min(y0 - 1, img.height - 1), min(x1, img.width), min(y1, img.height))
-        )
+        if x1 > img.width or y1 > img.height:  # the XML's <size> is absent or wrong: the pixels decide
+            xml = Path(path).parent.parent / "Annotations" / f"{image_id}.xml"
+            raise DatasetError(
+                f"{xml}: object {obj}'s box {(x0, y0, x1, y1)} (xmin, ymin, xmax, ymax) lies outside the decoded "
+                f"{img.width}x{img.height} image {path}; fix the box (or the <size>) in the annotation"
+            )
+        # 1-based inclusive devkit box -> PIL's 0-based half-open crop
+        crop = img.crop((x0 - 1, y0 - 1, x1, y1))
         buf = io.BytesIO()
         crop.save(buf, format="PNG")
         atomic_write_bytes(target, buf.getvalue())

@@ -83,7 +83,7 @@ def search(index_dir, images, k, device, seed) -> None:
     """Describe IMAGES (files, folders, @lists) exactly as the indexed store was made, and print each one's
     K nearest indexed images with their similarity."""
     from vggfeat.features.extract import describe_images, no_usable_image
-    from vggfeat.features.nets import NetSpec, build_feature_net
+    from vggfeat.features.nets import build_feature_net, recorded_net
     from vggfeat.probes.knn import load_index
     from vggfeat.probes.knn import search as knn_search
 
@@ -93,7 +93,9 @@ def search(index_dir, images, k, device, seed) -> None:
     protocol = Protocol.from_dict(f)
     try:
         paths = [str(p) for p in find_input_images(images)]
-        nets = [build_feature_net(NetSpec(m["model"], m["weights"]), protocol.layer, seed) for m in f["models"]]
+        # the weights now at each recorded path must be the ones the indexed rows were made with (sha256 checked)
+        specs = [recorded_net(m, Path(index_dir) / "index.json") for m in f["models"]]
+        nets = [build_feature_net(spec, protocol.layer, seed) for spec in specs]
     except FileNotFoundError as e:  # VggfeatError is shown by LazyGroup; other exceptions are bugs
         raise click.ClickException(str(e)) from None
     rows, q, skipped = describe_images(nets, paths, protocol, Runtime(device=device))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import click
 
+from vggfeat.cli.params import FiniteRange
 from vggfeat.cli.probe_options import echo_split, probe_options, run_probe
 from vggfeat.probes.run import run_knn_probe
 
@@ -24,8 +25,9 @@ from vggfeat.probes.run import run_knn_probe
     "--temperature",
     default=0.07,
     show_default=True,
-    type=click.FloatRange(min=1e-6, min_open=True),
-    help="Votes are weighted by exp(similarity / T).",
+    type=FiniteRange(min=1e-6, max=100.0),
+    help="Votes are weighted by exp(similarity / T) (computed stably at any T; above 100 every neighbour's "
+    "weight is within 2 % of the others').",
 )
 def knn_probe(k, kind, temperature, **opts) -> None:
     """Score BENCHMARK by k-nearest-neighbour votes among its training images' descriptors.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from vggfeat.cli.params import COST_GRID
+from vggfeat.cli.params import COST_GRID, FiniteRange
 from vggfeat.cli.probe_options import echo_split, probe_options, run_low_shot_probe, run_probe
 from vggfeat.probes.run import run_linear_probe
 from vggfeat.utils.device import resolve_device
@@ -37,7 +37,7 @@ def parse_ks(value: str) -> tuple[int, ...]:
     "--holdout",
     default=0.2,
     show_default=True,
-    type=click.FloatRange(0.05, 0.5),
+    type=FiniteRange(0.05, 0.5),
     help="Fraction of the training images held out to choose C (the paper's 20%).",
 )
 @click.option(

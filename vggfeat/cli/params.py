@@ -1,10 +1,13 @@
-"""Click parameter types shared by the commands: test scales Q (Appendix B, Sect. 3.2) and SVM cost grids.
+"""Click parameter types shared by the commands: test scales Q (Appendix B, Sect. 3.2), SVM cost grids and
+bounded finite numbers.
 
 A bad value is a usage error (exit 2) naming the value and an example, raised while click parses, before
 any work. Light: no torch import, so `--help` stays instant.
 """
 
 from __future__ import annotations
+
+import math
 
 import click
 
@@ -61,6 +64,17 @@ class CostGridParam(click.ParamType):
         if not cs or min(cs) <= 0 or not all(c < float("inf") for c in cs):
             self.fail(f"{value!r}: expected comma-separated positive numbers, e.g. 0.01,0.1,1,10", param, ctx)
         return cs
+
+
+class FiniteRange(click.FloatRange):
+    """click.FloatRange that also refuses nan and inf: a NaN compares false with both bounds, so a plain range
+    lets `--temperature nan` through to NaN scores."""
+
+    def convert(self, value, param, ctx) -> float:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number; give a value {self._describe_range()}", param, ctx)
+        return number
 
 
 SCALES = ScalesParam()

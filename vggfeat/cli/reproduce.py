@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from vggfeat.cli.params import COST_GRID, SCALES
+from vggfeat.cli.params import COST_GRID, SCALES, FiniteRange
 from vggfeat.features.runtime import Runtime
 from vggfeat.reproduce.report import table_lines
 from vggfeat.reproduce.tables import Nets, ReproduceOptions, parse_net, reproduce_table
@@ -45,7 +45,7 @@ from vggfeat.reproduce.tables import Nets, ReproduceOptions, parse_net, reproduc
     show_default=True,
     help="SVM cost grid; C is chosen per class on held-out training images.",
 )
-@click.option("--holdout", default=0.2, show_default=True, type=click.FloatRange(0.05, 0.5))
+@click.option("--holdout", default=0.2, show_default=True, type=FiniteRange(0.05, 0.5))
 @click.option("--splits", "n_splits", default=3, show_default=True, type=click.IntRange(min=1), help="Caltech splits.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")

@@ -32,3 +32,15 @@ def input_identities(paths: Sequence[str], content_hash: bool = False) -> list[I
             ident = None  # reported as unreadable when it is decoded
         out.append(ident)
     return out
+
+
+def same_input(old: Identity, new: Identity) -> bool:
+    """Equal sizes and, when both carry a content hash, equal hashes (a touched but identical file is the
+    same input); otherwise equal mtimes."""
+    if old is None or new is None:
+        return old == new
+    if old[0] != new[0]:
+        return False
+    if len(old) > 2 and len(new) > 2:
+        return old[2] == new[2]
+    return old[1] == new[1]

@@ -9,6 +9,7 @@ Each applies the input convention of the weights it loaded.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
@@ -184,6 +185,27 @@ def _load_timm(name: str, weights: str | None, seed: int) -> nn.Module:
                 f"{result.missing_keys[:8]}, unexpected keys {unexpected[:8]}"
             )
     return model
+
+
+def recorded_net(record: dict, recorded_in: str | os.PathLike) -> NetSpec:
+    """The net a store manifest or index.json recorded ({"model", "weights", "weights_sha256"}), once the weights
+    found today at the recorded path (or name) are checked to be the ones recorded: a file replaced there (another
+    net, the same net retrained) would describe new images with another net than the stored rows, silently.
+    Every reader that reopens recorded weights goes through here."""
+    spec = NetSpec(record["model"], record.get("weights"))
+    if spec.is_random:
+        return spec
+    expected = record.get("weights_sha256")
+    actual = resolve_weights(spec.weights).sha256()
+    if expected is None:  # written before hashes were recorded: nothing to check against
+        log.warning("%s records no sha256 for %s; using the file as it is now", recorded_in, spec.weights)
+    elif actual != expected:
+        raise WeightsError(
+            f"{spec.weights} has sha256 {actual}, but {recorded_in} was made with weights of sha256 {expected}: "
+            "the file at the recorded path has changed; put the original weights back there, or extract and "
+            "index again with these"
+        )
+    return spec
 
 
 def build_feature_net(spec: NetSpec, layer: str = "fc7", seed: int = 0) -> FeatureNet:

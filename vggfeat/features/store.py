@@ -9,8 +9,11 @@ listing every path) still load, read-only; `vggfeat store convert` rewrites one.
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 import json
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +24,7 @@ import numpy as np
 from vggfeat.utils.files import read_json
 
 from . import shard_files
+from .inputs import input_identities, same_input
 from .store_layout import (
     BLOCK_ROWS,
     DONE_DIR,
@@ -173,17 +177,28 @@ class FeatureStore:
     @property
     def row_identities(self) -> list[list | None]:
         """Row i's input identity when extracted: [size, mtime_ns] or [size, mtime_ns, sha256]; None unknown."""
-        if self.sharded:
+        if self.sharded:  # the parquet columns, row by row
             sizes, mtimes = self._column("size"), self._column("mtime_ns")
-            hashes = self._column("sha256") if self.manifest.get("settings", {}).get("hash_inputs") else None
+            hashes = self._column("sha256")  # None where --hash-inputs was not given
             return [
-                [s, m] if hashes is None or hashes[i] is None else [s, m, hashes[i]]
-                for i, (s, m) in enumerate(zip(sizes, mtimes, strict=True))
+                None if s is None else [s, m] if h is None else [s, m, h]
+                for s, m, h in zip(sizes, mtimes, hashes, strict=True)
             ]
-        identities = self.manifest.get("input_identities")
-        if identities is None or self.skipped or len(identities) != len(self):
-            return [None] * len(self)  # the single-file format lists identities per input, not per row
-        return list(identities)
+        # the single-file format records them per input, skipped ones included, in input order; rows are the
+        # usable inputs in that order, so with skipped inputs the order is rebuilt and confirmed by the recorded
+        # hash of the list
+        ids, skipped = self.manifest.get("input_identities"), [s["path"] for s in self.manifest.get("skipped", [])]
+        unknown: list[list | None] = [None] * len(self)
+        if not isinstance(ids, list) or len(ids) != len(self.paths) + len(skipped):
+            return unknown
+        if not skipped:
+            return list(ids)
+        inputs = list(heapq.merge(self.paths, skipped))  # inputs of one folder are found in sorted order
+        listing = hashlib.sha256("\n".join(inputs).encode("utf-8", "surrogateescape")).hexdigest()
+        if listing != (self.manifest.get("settings") or {}).get("inputs_sha256"):
+            return unknown
+        usable = set(self.paths)
+        return [ident for p, ident in zip(inputs, ids, strict=True) if p in usable]
 
     @property
     def absolute_paths(self) -> list[str]:
@@ -222,13 +237,16 @@ class FeatureStore:
         """Row indices of `paths`. A store records paths as given to `vggfeat extract` (often relative to where
         it ran), so a path matches by resolved absolute path, then by its last two components (e.g.
         JPEGImages/000005.jpg, accordion/image_0001.jpg) when those are unique in the store. A path with no
-        row is an error (naming why it was skipped at extraction, when it was)."""
-        exact = {str(Path(p).resolve()): i for i, p in enumerate(self.paths)}
+        row is an error (naming why it was skipped at extraction, when it was), and so is a row whose recorded
+        file is not the file at `path` (`check_row_files`): another dataset's rows never pass for these."""
+        exact = {str(Path(p).resolve()): i for i, p in enumerate(self.absolute_paths)}
         tails: dict[str, int] = {}
         for i, p in enumerate(self.paths):
             t = _tail(p)
             tails[t] = -1 if t in tails else i  # -1 marks an ambiguous tail
-        rows = np.array([exact.get(str(Path(p).resolve()), tails.get(_tail(p), -1)) for p in paths], dtype=np.int64)
+        resolved = [str(Path(p).resolve()) for p in paths]
+        rows = np.array([exact.get(r, tails.get(_tail(p), -1)) for p, r in zip(paths, resolved, strict=True)])
+        rows = rows.astype(np.int64)
         missing = [p for p, i in zip(paths, rows, strict=False) if i < 0]
         if missing:
             skipped = {_tail(s["path"]): s["reason"] for s in self.skipped}
@@ -244,7 +262,51 @@ class FeatureStore:
                 f"{self.root}: {len(missing)} of the {len(paths)} images asked for have no row in the "
                 f"store, e.g. {missing[0]}{hint}; {fix}"
             )
+        check_row_files(self, paths, rows, by_path=[r in exact for r in resolved])
         return rows
+
+
+def _identity_text(ident: Any) -> str:
+    if not ident:
+        return "unreadable"
+    seconds, ns = divmod(int(ident[1]), 10**9)
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds)) + f".{ns // 1000:06d}"
+    return f"{ident[0]} bytes, modified {when} UTC" + (f", sha256 {ident[2][:16]}" if len(ident) > 2 else "")
+
+
+def check_row_files(store: FeatureStore, paths: list[str], rows: np.ndarray, by_path: list[bool]) -> None:
+    """A StoreError unless each row of `rows` was extracted from the file now at the matching path of `paths`:
+    same size and modification time as recorded, or the same sha256 where the store recorded one. A row whose
+    identity the store did not record passes only when matched by its full path (a file name proves nothing)."""
+    recorded = store.row_identities
+    wrong, by_name = [], []
+    for i, (path, row) in enumerate(zip(paths, rows.tolist(), strict=True)):
+        old = recorded[row]
+        if old is None:
+            if not by_path[i]:
+                by_name.append(i)
+            continue
+        (now,) = input_identities([path])
+        if now is not None and len(old) > 2 and now[:2] != old[:2] and now[0] == old[0]:
+            (now,) = input_identities([path], content_hash=True)  # touched, perhaps not changed: compare content
+        if not same_input(old, now):
+            wrong.append((i, old, now))
+    fix = "extract the benchmark's own images into a store (`vggfeat extract IMAGES -o STORE`) and probe that"
+    if wrong:
+        i, old, now = wrong[0]
+        raise StoreError(
+            f"{store.root}: {len(wrong)} of the {len(paths)} images asked for are not the files the store's rows "
+            f"were extracted from, e.g. {paths[i]} ({_identity_text(now)}) has the row of "
+            f"{store.absolute_paths[rows[i]]} ({_identity_text(old)} at extraction) - a store of another dataset, "
+            f"or images changed since; {fix} (with --hash-inputs, a copy whose times changed still matches)"
+        )
+    if by_name:
+        i = by_name[0]
+        raise StoreError(
+            f"{store.root}: {len(by_name)} of the {len(paths)} images asked for match a row by file name only "
+            f"(e.g. {paths[i]} matched {store.absolute_paths[rows[i]]}) and the store records no file sizes or "
+            f"times to show they are the same images; {fix}"
+        )
 
 
 def _tail(path: str, parts: int = 2) -> str:

@@ -23,12 +23,17 @@ BOX_DIR = "boxes"  # OUT/boxes/crops: the person boxes as PNG files; OUT/boxes/f
 def box_crops(train: ActionSplit, val: ActionSplit, out: str | Path) -> tuple[list[str], list[str]]:
     """The person boxes of both splits as image files under OUT/boxes/crops/<dataset> (written once, then reused).
 
-    <dataset> hashes the VOC folder the images come from, so a crop cut from one dataset is never served for
-    another dataset's image of the same id and box written to the same OUT."""
+    <dataset> hashes the VOC folder the images come from and each image's identity (size, mtime_ns, as a store
+    records it), so a crop cut from one dataset, or from an image replaced since, is never served for another."""
     import hashlib
+    import json
+
+    from vggfeat.features.inputs import input_identities
 
     source = str(Path(train.image_paths[0]).parent.parent) if len(train) else ""
-    crops = Path(out) / BOX_DIR / "crops" / hashlib.sha256(source.encode()).hexdigest()[:12]
+    images = sorted({*train.image_paths, *val.image_paths})
+    key = json.dumps([source, images, input_identities(images)])
+    crops = Path(out) / BOX_DIR / "crops" / hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:12]
     return write_box_crops(train, crops), write_box_crops(val, crops)
 
 
@@ -64,10 +69,10 @@ def extract_action_stores(
     """(image store, box store or None, crops or None), each extracted once and cached under OUT: the images in
     OUT/features/<settings>, the boxes in OUT/boxes/features/<settings>."""
 
+    crops = box_crops(train, val, out) if box else None  # first: a box outside its image stops before extracting
     images = sorted({*train.image_paths, *val.image_paths})
     image_store = cached_store(images, out, settings, runtime, progress=progress)
-    if not box:
+    if crops is None:
         return image_store, None, None
-    crops = box_crops(train, val, out)
     box_store = cached_store([*crops[0], *crops[1]], Path(out) / BOX_DIR, settings, runtime, progress=progress)
     return image_store, box_store, crops

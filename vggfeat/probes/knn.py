@@ -240,7 +240,8 @@ def knn_scores(
     """(M, K) class scores of the test rows by a weighted vote of their k nearest training rows.
 
     Rows are L2-normalised here, so similarity s is cosine. Neighbour j of test row i has weight
-    w_ij = exp(s_ij / T); score[i, c] = sum_j w_ij [j is in class c] / sum_j w_ij. Multi-label
+    w_ij = exp(s_ij / T), computed as exp((s_ij - max_j s_ij) / T) so that no T overflows;
+    score[i, c] = sum_j w_ij [j is in class c] / sum_j w_ij. Multi-label
     (train_labels (N, K) in {1, -1, 0}, VOC): 'in class c' means label 1, so a 'difficult' 0 neighbour
     counts as not positive; the scores rank test images per class for AP. Multi-class (train_labels (N,)
     class ids): argmax of a row is the prediction. `multilabel` defaults to train_labels being 2-D.
@@ -250,13 +251,18 @@ def knn_scores(
     train_X, test_X = l2_normalize(_as_matrix(train_X, "train_X")), l2_normalize(_as_matrix(test_X, "test_X"))
     if len(labels) != len(train_X):
         raise ValueError(f"{len(train_X)} training rows but {len(labels)} labels")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not (math.isfinite(temperature) and temperature > 0):  # NaN would pass a plain `<= 0` test
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
     if not multilabel and len(np.unique(labels)) < 2:
         # one class: every vote is for it and the 'accuracy' is 100 %; refused like the linear probe's SVMs
         raise FaissIndexError(f"need at least 2 classes for a kNN probe, got {len(np.unique(labels))}")
     sims, ids = search(build_index(train_X, kind, metric="ip"), test_X, k)  # (M, k) each
-    weights = np.where(ids >= 0, np.exp(sims.astype(np.float64) / temperature), 0.0)  # -1: IVF padding
+    valid = ids >= 0  # -1: IVF padding
+    # exp(s / T) overflows float64 once s / T > 709 (cos 0.93 at T = 0.0013); the vote is a ratio of weights, so
+    # each row's best similarity is subtracted first: the same shares, every weight in (0, 1]
+    best = np.max(np.where(valid, sims, -np.inf), axis=1, keepdims=True)
+    shifted = (sims.astype(np.float64) - np.where(np.isfinite(best), best, 0.0)) / temperature
+    weights = np.where(valid, np.exp(np.minimum(shifted, 0.0)), 0.0)
     ids = np.maximum(ids, 0)
     if multilabel:
         if labels.ndim != 2:

@@ -12,8 +12,25 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from vggfeat.errors import VggfeatError
+
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
+
+
+class NonFiniteScoresError(VggfeatError, ValueError):
+    """Scores holding NaN or infinity: a ranking of them, hence an AP or a recall, would be a silent wrong number."""
+
+
+def check_finite_scores(scores: np.ndarray, what: str = "scores") -> None:
+    """A NonFiniteScoresError naming how many of `scores` are NaN or infinite (and where the first is)."""
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise NonFiniteScoresError(
+            f"{int(bad.sum())} of {scores.size} {what} are NaN or infinite (the first at {first}): the descriptors "
+            "or the probe produced non-numbers, so no metric is computed; check the feature store for NaN or inf"
+        )
 
 
 def _columns(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -25,6 +42,7 @@ def _columns(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarr
     bad = ~np.isin(labels, (1, -1, 0))
     if bad.any():
         raise ValueError(f"VOC labels must be 1, -1 or 0; found {labels[bad].flat[0]!r}")
+    check_finite_scores(scores)
     single = scores.ndim == 1
     return (scores[:, None], labels[:, None], single) if single else (scores, labels, single)
 

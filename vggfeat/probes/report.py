@@ -12,7 +12,7 @@ import numpy as np
 from vggfeat.benchmarks.registry import get_benchmark
 from vggfeat.probes import metrics
 from vggfeat.probes.run import ProbeResult
-from vggfeat.utils.files import atomic_write_figure, atomic_write_json, atomic_write_text
+from vggfeat.utils.files import atomic_write_figure, atomic_write_json, atomic_write_text, display_name
 
 PAPER_LABEL = "paper (Simonyan & Zisserman 2015, Table 11) - reference, not measured here"
 
@@ -25,10 +25,21 @@ def _fmt(mean: float, std: float | None) -> str:
     return f"{mean:.1f}" if std is None else f"{mean:.1f} +- {std:.1f}"
 
 
+def _value(row: dict[str, Any]) -> str:
+    return "-" if row["value"] is None else f"{row['value']:.1f}"
+
+
+def _why(row: dict[str, Any]) -> str:
+    """' (excluded: no positives in trainval)' for a class left out of the headline, else ''."""
+    return f" (excluded: {row['excluded']})" if row.get("excluded") else ""
+
+
 def report_dict(result: ProbeResult) -> dict[str, Any]:
-    """Everything the report shows, in percent, JSON-ready."""
+    """Everything the report shows, in percent, JSON-ready: a class without a value (no positives in train or
+    test) has value None and says why under "excluded"; "excluded_classes" lists them all."""
     per_class = result.per_class
     chosen = [s.chosen_C for s in result.splits]
+    excluded = result.excluded
     rows = []
     for k, name in enumerate(result.classes):
         row = {
@@ -36,6 +47,8 @@ def report_dict(result: ProbeResult) -> dict[str, Any]:
             "value": _pct(per_class[k]) if np.isfinite(per_class[k]) else None,
             "per_split": [_pct(s.per_class[k]) if np.isfinite(s.per_class[k]) else None for s in result.splits],
         }
+        if name in excluded:
+            row["excluded"] = excluded[name]
         if chosen[0] is not None:
             row["chosen_C"] = [float(c[k]) for c in chosen]
         rows.append(row)
@@ -55,6 +68,7 @@ def report_dict(result: ProbeResult) -> dict[str, Any]:
             {"split": s.split, "headline": _pct(s.headline), "seconds": round(s.seconds, 3)} for s in result.splits
         ],
         "per_class": rows,
+        "excluded_classes": excluded,  # {class: why}: not in the headline
         # key kept from when every benchmark was Table 11's; "table" says which table (voc2012-action: Table 12)
         "paper_table11": {"label": PAPER_LABEL.replace("Table 11", table), "table": table, "rows": paper}
         if paper
@@ -66,25 +80,34 @@ def report_dict(result: ProbeResult) -> dict[str, Any]:
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """The terminal table: per class, then ours beside the paper's rows."""
-    name_w = max(12, *(len(r["class"]) for r in report["per_class"]))
+    name_w = max(12, *(len(display_name(r["class"])) for r in report["per_class"]))
     has_c = "chosen_C" in report["per_class"][0]
     unit = report["metric_title"].split(" ")[0]
     lines = [f"{'class':<{name_w}}  {unit + ' %':>8}" + ("  C (per split)" if has_c else "")]
     for r in report["per_class"]:
-        v = "-" if r["value"] is None else f"{r['value']:.1f}"
         cs = "  " + ",".join(f"{c:g}" for c in r["chosen_C"]) if has_c else ""
-        lines.append(f"{r['class']:<{name_w}}  {v:>8}{cs}")
+        lines.append(f"{display_name(r['class']):<{name_w}}  {_value(r):>8}{cs}{_why(r)}")
     head = _fmt(report["headline"], report["headline_std"])
     lines.append("")
     lines.append(
         f"{report['benchmark']} {report['headline_name']} (ours, {report['method']}, "
-        f"{len(report['per_split'])} split(s)): {head} %"
+        f"{len(report['per_split'])} split(s)): {head} %{_coverage(report)}"
     )
     if report["paper_table11"]:
         lines.append(f"{report['paper_table11']['label']}:")
         for row, v in report["paper_table11"]["rows"].items():
             lines.append(f"  {row:<20} {_fmt(v['mean'], v['std'])} %")
     return lines
+
+
+def _coverage(report: dict[str, Any]) -> str:
+    """', 19 of 20 classes (bird excluded: ...)' when some class has no value; '' when all have one."""
+    excluded = report.get("excluded_classes") or {}
+    if not excluded:
+        return ""
+    names = ", ".join(display_name(c) for c in list(excluded)[:5]) + (", ..." if len(excluded) > 5 else "")
+    n = len(report["per_class"])
+    return f", {n - len(excluded)} of {n} classes ({names} excluded: see the class rows)"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -97,8 +120,8 @@ def markdown(report: dict[str, Any]) -> str:
     out = [
         f"# {report['benchmark']}: {report['method']}",
         "",
-        f"**{report['headline_name']} (ours): {head} %** over {len(report['per_split'])} split(s); "
-        f"metric: {report['metric_title']}.",
+        f"**{report['headline_name']} (ours): {head} %** over {len(report['per_split'])} split(s)"
+        f"{_coverage(report)}; metric: {report['metric_title']}.",
         "",
     ]
     if report["paper_table11"]:
@@ -113,8 +136,8 @@ def markdown(report: dict[str, Any]) -> str:
         "|---|---|" + ("---|" if has_c else ""),
     ]
     for r in report["per_class"]:
-        v = "-" if r["value"] is None else f"{r['value']:.1f}"
-        out.append(f"| {r['class']} | {v} |" + (f" {', '.join(f'{c:g}' for c in r['chosen_C'])} |" if has_c else ""))
+        cs = f" {', '.join(f'{c:g}' for c in r['chosen_C'])} |" if has_c else ""
+        out.append(f"| {display_name(r['class'])} | {_value(r)}{_why(r)} |" + cs)
     out += [
         "",
         "## Features",
@@ -144,7 +167,9 @@ def plot(result: ProbeResult, path: Path) -> None:
         fig, ax = plt.subplots(figsize=(8, 6))
         for k, name in enumerate(result.classes):
             precision, recall = metrics.precision_recall(split.scores[:, k], split.labels[:, k])
-            ax.plot(recall, precision, lw=1, label=f"{name} {100 * split.per_class[k]:.0f}")
+            value = split.per_class[k]
+            shown = f"{100 * value:.0f}" if np.isfinite(value) else "excluded"
+            ax.plot(recall, precision, lw=1, label=f"{display_name(name)} {shown}")
         ax.set_xlabel("recall")
         ax.set_ylabel("precision")
         ax.set_xlim(0, 1)
@@ -155,7 +180,7 @@ def plot(result: ProbeResult, path: Path) -> None:
         order = np.argsort(values)
         fig, ax = plt.subplots(figsize=(8, max(3, 0.12 * len(values))))
         ax.barh(np.arange(len(values)), values[order])
-        ax.set_yticks(np.arange(len(values)), [result.classes[i] for i in order], fontsize=5)
+        ax.set_yticks(np.arange(len(values)), [display_name(result.classes[i]) for i in order], fontsize=5)
         ax.set_xlabel("recall %")
     ax.set_title(
         f"{result.benchmark}: {result.method}, {get_benchmark(result.benchmark).headline} {100 * result.headline:.1f} %"

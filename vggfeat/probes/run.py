@@ -16,6 +16,7 @@ from vggfeat.benchmarks.base import ProbeSplit
 from vggfeat.benchmarks.registry import get_benchmark
 from vggfeat.features.store import FeatureStore
 from vggfeat.probes.features import split_features
+from vggfeat.probes.metrics import check_finite_scores
 
 if TYPE_CHECKING:
     import torch
@@ -35,6 +36,7 @@ class SplitResult:
     scores: np.ndarray  # (N_test, K) decision values, for PR curves
     labels: np.ndarray  # test labels: (N_test, K) in {1,-1,0}, or (N_test,) class ids
     seconds: float
+    excluded: dict[int, str] = field(default_factory=dict)  # class index -> why it has no value (not in headline)
 
 
 @dataclass
@@ -59,16 +61,44 @@ class ProbeResult:
     def per_class(self) -> np.ndarray:
         return np.mean([s.per_class for s in self.splits], axis=0)
 
+    @property
+    def excluded(self) -> dict[str, str]:
+        """{class name: why} for the classes left out of the headline in some split."""
+        out: dict[str, str] = {}
+        for s in self.splits:
+            for k, why in s.excluded.items():
+                out.setdefault(self.classes[k], why if len(self.splits) == 1 else f"split {s.split}: {why}")
+        return out
 
-def score_split(split: ProbeSplit, scores: np.ndarray) -> tuple[np.ndarray, float]:
-    """Per-class values and headline of test `scores` (N_test, K) under the split's benchmark's metric."""
-    return get_benchmark(split.benchmark).score(np.asarray(scores), split.test_labels)
+
+def score_split(split: ProbeSplit, scores: np.ndarray) -> tuple[np.ndarray, float, dict[int, str]]:
+    """(per-class values, headline, {class index: why excluded}) of test `scores` (N_test, K) under the split's
+    benchmark's metric. A class without a positive in train or test has no value and is left out of the
+    headline, with a warning: a probe that never saw a positive still ranks the test images, and its AP would
+    count in the mean silently (ProbeSplit.unscored_classes)."""
+    scores = np.asarray(scores)
+    check_finite_scores(scores, f"{split.benchmark} {split.test_name} scores")
+    per_class, _ = get_benchmark(split.benchmark).score(scores, split.test_labels)
+    excluded = split.unscored_classes()
+    per_class = np.array(per_class, dtype=np.float64)
+    per_class[list(excluded)] = np.nan
+    headline = get_benchmark(split.benchmark).headline
+    for k, why in excluded.items():
+        log.warning("%s: %s, excluded from the %s (split %d)", split.classes[k], why, headline, split.split)
+    # every headline is the mean over the classes that have a value (mAP, mean class recall)
+    return per_class, float(np.mean(per_class[np.isfinite(per_class)])), excluded
 
 
 def store_summary(store: FeatureStore) -> dict[str, Any]:
     m = store.manifest
     keys = ("models", "layer", "scales", "flip", "aggregate", "l2", "l2_parts", "dim", "dtype", "vggfeat_version")
     return {"store": str(store.root), **{k: m.get(k) for k in keys}}
+
+
+def split_sources(splits: Sequence[ProbeSplit]) -> dict[str, Any]:
+    """The split files a result was computed on (random splits), for its report; nothing for fixed splits."""
+    files = [list(s.files) for s in splits]
+    return {"split_files": files} if any(files) else {}
 
 
 def run_linear_probe(
@@ -105,7 +135,7 @@ def run_linear_probe(
             **kwargs,
         )
         scores = np.asarray(probe.class_scores(x_test), dtype=np.float64)  # (N, K) even for 2 classes
-        per_class, headline = score_split(split, scores)
+        per_class, headline, excluded = score_split(split, scores)
         results.append(
             SplitResult(
                 split.split,
@@ -115,6 +145,7 @@ def run_linear_probe(
                 scores,
                 split.test_labels,
                 time.perf_counter() - start,
+                excluded,
             )
         )
         log.info("%s split %d: %.4f", split.benchmark, split.split, headline)
@@ -129,7 +160,13 @@ def run_linear_probe(
         first.classes,
         results,
         store_summary(store),
-        {"Cs": list(map(float, Cs)), "holdout": holdout, "seed": seed, "classifier": classifier},
+        {
+            "Cs": list(map(float, Cs)),
+            "holdout": holdout,
+            "seed": seed,
+            "classifier": classifier,
+            **split_sources(splits),
+        },
     )
 
 
@@ -161,9 +198,10 @@ def run_knn_probe(
             ),
             dtype=np.float64,
         )
-        per_class, headline = score_split(split, scores)
+        per_class, headline, excluded = score_split(split, scores)
+        seconds = time.perf_counter() - start
         results.append(
-            SplitResult(split.split, per_class, headline, None, scores, split.test_labels, time.perf_counter() - start)
+            SplitResult(split.split, per_class, headline, None, scores, split.test_labels, seconds, excluded)
         )
         if progress is not None:
             progress(split, results[-1])
@@ -175,5 +213,5 @@ def run_knn_probe(
         first.classes,
         results,
         store_summary(store),
-        {"k": k, "index": kind, "temperature": temperature},
+        {"k": k, "index": kind, "temperature": temperature, **split_sources(splits)},
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vggfeat.utils.files import atomic_write_figure, atomic_write_json, atomic_write_text
+from vggfeat.utils.files import atomic_write_figure, atomic_write_json, atomic_write_text, display_name
 
 
 def _fmt(mean: float | None, std: float | None = None) -> str:
@@ -49,7 +49,21 @@ def table_lines(result: dict[str, Any]) -> list[str]:
     for c in cols:
         if c["status"] == "missing":
             lines.append(f"{c['id']}: empty - {c['reason']}")
+    lines += _excluded(result)
     return lines
+
+
+def _excluded(result: dict[str, Any]) -> list[str]:
+    """One line per column whose classes were not all scored: which, and why (its report has them per class)."""
+    out = []
+    for c in result["columns"]:
+        excluded: dict[str, str] = {}
+        for row in result["rows"]:
+            excluded.update(row["cells"][c["id"]].get("excluded") or {})
+        if excluded:
+            names = ", ".join(f"{display_name(k)} ({v})" for k, v in excluded.items())
+            out.append(f"{c['id']}: {len(excluded)} classes excluded from ours: {names}")
+    return out
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -72,6 +86,8 @@ def markdown(result: dict[str, Any]) -> str:
     missing = [c for c in cols if c["status"] == "missing"]
     if missing:
         out += ["## Empty columns", ""] + [f"- {c['title']}: {c['reason']}" for c in missing] + [""]
+    if excluded := _excluded(result):
+        out += ["## Classes left out of our numbers", ""] + [f"- {line}" for line in excluded] + [""]
     nets = result["nets"]
     out += [
         "## Settings",

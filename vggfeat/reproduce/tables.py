@@ -3,7 +3,8 @@ settings (Appendix B) for net D, net E and their late fusion D & E, our numbers 
 
 Each net's descriptors of a benchmark are extracted once into a cached store (OUT/<benchmark>/features/...);
 the D & E row stacks the D and E stores, extracting nothing. Each finished row is written to
-OUT/<benchmark>/rows/<row>.json with a key of everything it depends on, so a rerun only does what is missing.
+OUT/<benchmark>/rows/<row>.json with a key of everything it depends on (weights by content, protocol, probe
+options, samples, labels, images' size and mtime), so a rerun only does what is missing or changed.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vggfeat.benchmarks.base import DatasetError, benchmark_images, resolve_root
+from vggfeat.benchmarks.base import DatasetError, benchmark_images, check_scorable, resolve_root
 from vggfeat.benchmarks.registry import get_benchmark, load_benchmark
 from vggfeat.benchmarks.voc2012_action import IMAGE_AND_BOX, IMAGE_ONLY
 from vggfeat.benchmarks.voc_action import action_probe_split, load_voc_action
@@ -120,12 +121,14 @@ class _Column:
         }
         self._stores: dict[str, NetStores] = {}
         self.splits = self._load()
+        self.samples = self._samples_key()
 
     def _load(self) -> list[ProbeSplit]:
         if self.benchmark == "voc2012-action":
             self.action = load_voc_action(self.root)
-
-            return [action_probe_split(*self.action)]
+            split = action_probe_split(*self.action)
+            check_scorable(split)  # as Benchmark.load_splits does for the other benchmarks
+            return [split]
 
         return load_benchmark(
             self.benchmark,
@@ -135,7 +138,27 @@ class _Column:
             splits_dir=self.out / "splits",
         )
 
+    def _samples_key(self) -> str:
+        """What a row depends on in the data: each split's samples with their labels and classes, and every
+        image's identity (size, mtime_ns, as a store records it), plus the person boxes of voc2012-action. Labels
+        enter as read (not the list files' bytes): a label flipped in any file the reader uses changes them."""
+        from vggfeat.features.inputs import input_identities
+
+        if self.benchmark == "voc2012-action":
+            images = sorted({p for a in self.action for p in a.image_paths})
+            boxes = [a.boxes.tolist() for a in self.action]
+        else:
+            images, boxes = benchmark_images(self.splits), None
+        samples = [
+            (s.classes, s.train_paths, s.train_labels.tolist(), s.test_paths, s.test_labels.tolist())
+            for s in self.splits
+        ]
+        return _key(
+            {"samples": samples, "images": list(zip(images, input_identities(images), strict=True)), "boxes": boxes}
+        )
+
     def key(self, row: str, variant: str) -> str:
+        """A finished row's key: everything its numbers depend on (features, probe options, data)."""
         nets = ("D", "E") if row == "D&E" else (row,)
         o = self.options
         return _key(
@@ -145,7 +168,7 @@ class _Column:
                 "Cs": o.Cs,
                 "holdout": o.holdout,
                 "seed": o.seed,
-                "samples": [(s.train_paths, s.test_paths) for s in self.splits],
+                "samples": self.samples,
             }
         )
 
@@ -186,6 +209,7 @@ def _cell(result: ProbeResult, report_file: Path) -> dict[str, Any]:
         "std": round(100 * result.headline_std, 2) if len(result.splits) > 1 else None,
         "per_split": per_split,
         "report": str(report_file),
+        "excluded": result.excluded,  # {class: why}: not in "ours"
     }
 
 

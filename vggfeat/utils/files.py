@@ -52,7 +52,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    # surrogateescape: a file name that is not UTF-8 (Python holds its bytes as surrogates) is written back as
+    # those bytes rather than failing; reports show such names through `display_name` instead
+    return atomic_write_bytes(path, text.encode("utf-8", "surrogateescape"))
+
+
+def display_name(name: str) -> str:
+    """A file or class name as text any terminal, markdown file or plot can show: the bytes of a name that is not
+    UTF-8 (held by Python as surrogates, os.fsdecode) appear as \\xNN escapes; any other name is unchanged."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def atomic_write_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
@@ -71,7 +79,10 @@ def atomic_write_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """`obj` as JSON. NaN and infinity are refused (ValueError): json.dumps would write `NaN`, which is not JSON,
+    and a result that is not a number must be handled where it arises, not stored as one. Strings are written
+    ASCII-escaped, so a file name that is not UTF-8 is recorded as its surrogates and reads back the same."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def read_json(path: Path, error: type[Exception], fix: str) -> Any:
