@@ -5,6 +5,7 @@ parts merge into the same index, and a build killed at any stage leaves the old 
 from __future__ import annotations
 
 import json
+import re
 
 import faiss
 import numpy as np
@@ -76,9 +77,9 @@ def held_out_recall(x, out, k=10, n_queries=1000, seed=0):
     [
         ("1GB", 5000, "Flat"),
         ("1GB", 500, "HNSW32"),
-        ("300KB", 500, "IVF64,Flat"),
-        ("60KB", 500, "IVF64,PQ"),
-        ("8KB", 500, "IVF64,PQ8x8"),  # nothing fits: lists on disk
+        ("300KB", 500, "IVF*,Flat"),
+        ("60KB", 500, "IVF*,PQ"),
+        ("8KB", 500, "IVF*,PQ8x8"),  # nothing fits: lists on disk
     ],
 )
 def test_every_automatic_choice_builds_and_reaches_its_reported_recall(tmp_path, monkeypatch, budget, flat_max, expect):
@@ -87,7 +88,7 @@ def test_every_automatic_choice_builds_and_reaches_its_reported_recall(tmp_path,
     out = tmp_path / "idx"
     text = build(emb_meta(tmp_path / "v", x), out, "--max-memory", budget, "--queries", "200", "--block-rows", "700")
     recall, meta = held_out_recall(x, out, n_queries=200)
-    assert meta["factory"].startswith(expect) and meta["reason"] in text
+    assert re.fullmatch(expect.replace("*", "[0-9]+") + ".*", meta["factory"]) and meta["reason"] in text
     assert meta["ondisk"] == (budget == "8KB") and (out / "index.ivfdata").is_file() == meta["ondisk"]
     assert recall == pytest.approx(meta["measured"]["recall@10"], abs=1e-4)  # what it reports is what it reaches
     assert recall >= (0.999 if expect == "Flat" else 0.5)
@@ -100,34 +101,34 @@ def test_every_automatic_choice_builds_and_reaches_its_reported_recall(tmp_path,
 def test_ondisk_merged_index_searches_like_the_in_memory_one_and_parts_merge_into_it(tmp_path):
     x = vectors(3000, 16, seed=1)
     src = emb_meta(tmp_path / "v", x, files=3)
-    args = ["--factory", "IVF32,Flat", "--queries", "100", "--block-rows", "500"]
-    build(src, tmp_path / "mem", *args, "--max-memory", "1GB")
+    args = ["--factory", "IVF32,Flat", "--queries", "100", "--block-rows", "500", "--max-memory", "10KB"]
     for part in ("1/3", "0/3"):  # the parts in any order, then one command merges
-        text = build(src, tmp_path / "disk", *args, "--max-memory", "10KB", "--part", part)
+        text = build(src, tmp_path / "disk", *args, "--part", part)
         assert "still to build" in text
-    assert not (tmp_path / "disk").exists() and len(list((tmp_path / "disk.blocks").glob("*.index"))) == 5
-    text = build(src, tmp_path / "disk", *args, "--max-memory", "10KB")
-    assert "merged 6 blocks" in text
-    mem, mem_meta = load_index(tmp_path / "mem")
-    disk, disk_meta = load_index(tmp_path / "disk")
-    assert ondisk.is_ondisk(disk) and not ondisk.is_ondisk(mem)
-    assert mem_meta["search_params"] == disk_meta["search_params"]
+    blocks = tmp_path / "disk.blocks"
+    assert not (tmp_path / "disk").exists() and len(list(blocks.glob("block_*.index"))) == 4  # parts 0 and 1 of 3
+    # the in-memory reference: the same trained index, every row added at once
+    mem = faiss.read_index(str(blocks / ondisk.TRAINED_FILE))
+    mem.add(x)
+    text = build(src, tmp_path / "disk", *args)
+    assert "merged 6 blocks" in text and not blocks.exists()
+    disk, meta = load_index(tmp_path / "disk")
+    assert ondisk.is_ondisk(disk) and not ondisk.is_ondisk(mem) and disk.ntotal == 3000
     q = vectors(50, 16, seed=2)
     for nprobe in (1, 4, 32):
         faiss.ParameterSpace().set_index_parameters(mem, f"nprobe={nprobe}")
         faiss.ParameterSpace().set_index_parameters(disk, f"nprobe={nprobe}")
         (sm, im), (sd, idd) = mem.search(q, 10), disk.search(q, 10)
         assert np.array_equal(im, idd) and np.array_equal(sm, sd)
-    # the same answer through the command, as JSON
+    # the command searches the memory-mapped lists with the tuned parameters, and answers in JSON
     np.save(tmp_path / "q.npy", q[:3])
-    outs = []
-    for name in ("mem", "disk"):
-        r = CliRunner().invoke(
-            main.cli, ["index", "search", str(tmp_path / name), "--vectors", str(tmp_path / "q.npy"), "--json"]
-        )
-        assert r.exit_code == 0, r.output
-        outs.append(json.loads(r.output)["queries"])
-    assert outs[0] == outs[1] and outs[0][0]["results"][0]["path"].startswith("img_")
+    cmd = ["index", "search", str(tmp_path / "disk"), "--vectors", str(tmp_path / "q.npy"), "--json"]
+    r = CliRunner().invoke(main.cli, cmd)
+    assert r.exit_code == 0, r.output
+    faiss.ParameterSpace().set_index_parameters(mem, meta["search_params"])
+    want = mem.search(q[:3], 10)[1]
+    got = [[hit["path"] for hit in res["results"]] for res in json.loads(r.output)["queries"]]
+    assert got == [[f"img_{i}.jpg" for i in row] for row in want]
 
 
 def test_streamed_build_peak_memory_stays_below_the_store_size(tmp_path):
@@ -135,7 +136,7 @@ def test_streamed_build_peak_memory_stays_below_the_store_size(tmp_path):
     import subprocess
     import sys
 
-    x = vectors(60_000, 128, seed=3)  # 30.7 MB of float32, the budget 1 MB
+    x = vectors(50_000, 256, seed=3)  # 51 MB of float32, the budget 1 MB
     src = store(tmp_path / "s", x)
     del x
     size = (src / "features.npy").stat().st_size
@@ -146,6 +147,7 @@ def test_streamed_build_peak_memory_stays_below_the_store_size(tmp_path):
         "import vggfeat.index.build, vggfeat.cli.index, pyarrow\n"
         "def kb(key):\n"
         "    return int(next(l for l in open('/proc/self/status') if l.startswith(key)).split()[1])\n"
+        "open('/proc/self/clear_refs', 'w').write('5')\n"  # peak RSS := RSS now (imports peak higher)
         "base = kb('VmRSS:')\n"
         "main.cli(sys.argv[1:], standalone_mode=False)\n"
         "print('GROWTH', (kb('VmHWM:') - base) * 1024)\n"
@@ -156,9 +158,10 @@ def test_streamed_build_peak_memory_stays_below_the_store_size(tmp_path):
     p = subprocess.run([sys.executable, "-c", run, *cmd], capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     growth = int(p.stdout.split("GROWTH")[1])
-    # before: every row was loaded (np.ascontiguousarray of the store) - a growth of at least the store's size
-    assert growth < size / 2, (growth, size)
-    assert json.loads((tmp_path / "idx" / "index.json").read_text())["ntotal"] == 60_000
+    # before: every row was loaded (np.ascontiguousarray of the store) - a growth of at least the store's size.
+    # Now: the sample, a block, the index and faiss's fixed scratch buffers (tens of MB whatever the data)
+    assert growth < size, (growth, size)
+    assert json.loads((tmp_path / "idx" / "index.json").read_text())["ntotal"] == 50_000
 
 
 @pytest.mark.parametrize("stage", ["train", "block", "merge", "save"])
@@ -184,7 +187,7 @@ def test_a_build_killed_at_any_stage_leaves_the_old_index_searchable(tmp_path, m
     r = CliRunner().invoke(
         main.cli, ["index", "build", str(src), "-o", str(out), "--device", "cpu", *args, "--seed", "1"]
     )
-    assert isinstance(r.exception, KeyboardInterrupt)
+    assert r.exit_code == 1 and "Aborted!" in r.output  # click's answer to the interrupt
     index, meta = load_index(out)  # the old one, whole
     assert meta["measured"]["seed"] == 0
     got = index.search(q, 5)
@@ -223,11 +226,11 @@ def test_old_options_and_image_queries_on_plain_vectors_are_one_line(tmp_path):
 @pytest.mark.parametrize(
     "n, d, budget, want",
     [
-        (50_000, 128, 4 << 20, "IVF1024,PQ64x7"),  # the bench: 1024 lists as autofaiss, the largest code that fits
-        (1_000_000, 256, 64 << 20, "IVF4096,PQ64x6"),
+        (50_000, 128, 4 << 20, "IVF512,PQ64x8"),  # the bench: the largest code that fits
+        (1_000_000, 256, 64 << 20, "IVF2048,PQ64x7"),
         (200_000, 128, 1 << 30, "HNSW32"),
         (2_000_000, 96, 8 << 30, "IVF65536_HNSW32,PQ96x8"),  # 10^6 rows and more: 2^16 lists, a graph finds them
-        (10**8, 256, 64 << 20, "IVF4096,PQ64x8"),  # nothing fits: on disk
+        (10**8, 256, 64 << 20, "IVF2048,PQ64x8"),  # nothing fits: on disk
     ],
 )
 def test_choice_at_scale_fits_its_budget(n, d, budget, want):
@@ -236,4 +239,4 @@ def test_choice_at_scale_fits_its_budget(n, d, budget, want):
     assert plan.ondisk == (n == 10**8) and (plan.index_bytes <= budget) != plan.ondisk
     if want.startswith("IVF"):  # 30+ training rows per list, never more than the budget plus a block holds
         assert 30 * int(want.split(",")[0][3:].split("_")[0]) <= plan.train_rows <= n
-        assert plan.train_rows * d * 4 <= max(budget + (64 << 20), 30 * 256 * d * 4)
+        assert plan.train_rows * d * 4 <= max(budget + (64 << 20), 30 * 256 * d * 4) / 2

@@ -54,7 +54,7 @@ def build(
 ) -> None:
     """Index the vectors of STORE (a `vggfeat extract` store, or an emb/*.npy + meta/*.parquet folder) by inner
     product (cosine on L2-normalised descriptors); report the recall@K and query time it reaches."""
-    from vggfeat.index.budget import default_budget, format_size, parse_size
+    from vggfeat.index.budget import default_budget, parse_size
     from vggfeat.index.build import build_index
     from vggfeat.index.ondisk import parse_part
     from vggfeat.index.source import open_source
@@ -72,7 +72,6 @@ def build(
         )
     budget = parse_size(max_memory) if max_memory else default_budget()
     parts = parse_part(part) if part else None
-    click.echo(f"{store}: {src.count} x {src.dim} vectors ({format_size(src.nbytes)}), budget {format_size(budget)}")
     run = dict(budget=budget, factory=factory, max_query_ms=max_query_ms, recall_k=recall_k, n_queries=queries)
     run.update(seed=seed, device=device, part=parts, block_rows=block_rows, echo=click.echo)
     if parts:  # parts run at once: only the final merge (save_index) takes the folder's lock

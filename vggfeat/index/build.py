@@ -121,10 +121,12 @@ def build_index(
     n, d = source.count, source.dim
     if n == 0:
         raise InputError(f"{source.root}: holds no rows (every image was skipped?); nothing to index")
-    plan = plan_for_factory(factory, n, d, budget) if factory else choose_index(n, d, budget)
-    echo(f"{plan.factory}: {plan.reason}")
-    gpus = gpu.faiss_gpus(device)
     block_rows = block_rows or budget_block_rows(budget, d)
+    plan = plan_for_factory(factory, n, d, budget, block_rows) if factory else choose_index(n, d, budget, block_rows)
+    gpus = gpu.faiss_gpus(device)
+    size = format_size(source.nbytes)
+    echo(f"{source.root}: {n} x {d} vectors ({size}), budget {format_size(budget)}, blocks of {block_rows} rows")
+    echo(f"{plan.factory}: {plan.reason}")
     k = min(recall_k, n)
     q_rows, t_rows = sample_rows(n, n_queries, plan.train_rows, seed)
     truth = ExactTopK(source.read_rows(q_rows), k)

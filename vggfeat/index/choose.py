@@ -6,6 +6,7 @@ IVF + PQ with the largest code that fits; past the budget the lists go to disk. 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import faiss
@@ -34,28 +35,30 @@ def _pow2_floor(x: float) -> int:
     return 1 << max(0, int(math.floor(math.log2(max(x, 1)))))
 
 
-def default_nlist(n: int, budget: int, d: int) -> int:
+def default_nlist(n: int, budget: int, d: int, block: int | None = None) -> int:
     """~4 sqrt(N) lists below 10^6 rows, 2^16 to 2^20 above; never more than the training sample (capped by the
     budget) gives 30 points each."""
     if n < 1_000_000:
         k = _pow2_floor(4 * math.sqrt(n) * 1.5)  # the power of two nearest 4 sqrt(N) from above or below
     else:
         k = 1 << 16 if n < 10**8 else 1 << 18 if n < 3 * 10**8 else 1 << 20
-    return max(1, min(k, _pow2_floor(_sample_cap(n, budget, d) / MIN_PER_CENTROID)))
+    return max(1, min(k, _pow2_floor(sample_cap(n, budget, d, block) / MIN_PER_CENTROID)))
 
 
-def _sample_cap(n: int, budget: int, d: int) -> int:
-    """Training rows that fit the budget plus a block (float32: nothing else is held while training), at least
-    the 30 x 256 that an 8-bit codebook needs."""
-    return min(n, max(budget // (4 * d) + block_rows(budget, d), MIN_PER_CENTROID * 256))
+def sample_cap(n: int, budget: int, d: int, block: int | None = None) -> int:
+    """Training rows that fit the budget plus a block of `block` rows: nothing else is held while training, and
+    faiss makes one copy of the sample (its residuals), so the sample takes half of that room."""
+    block = block or block_rows(budget, d)
+    return min(n, (budget // (4 * d) + block) // 2)
 
 
-def train_rows(n: int, d: int, budget: int, nlist: int, nbits: int = 0) -> int:
-    """30-256 points per centroid of the largest codebook (IVF lists or PQ's 2^nbits), capped by the budget."""
+def train_rows(n: int, d: int, budget: int, nlist: int, nbits: int = 0, block: int | None = None) -> int:
+    """30-256 points per centroid of the largest codebook (IVF lists or PQ's 2^nbits), capped by the budget plus a
+    block; never fewer than 30 per centroid (k-means needs them: the build then exceeds the budget by that much)."""
     centroids = max(nlist, (1 << nbits) if nbits else 0)
     if centroids <= 1:
         return 0
-    want = min(MAX_PER_CENTROID * centroids, max(MIN_PER_CENTROID * centroids, _sample_cap(n, budget, d)))
+    want = min(MAX_PER_CENTROID * centroids, max(MIN_PER_CENTROID * centroids, sample_cap(n, budget, d, block)))
     return min(n, want)
 
 
@@ -98,7 +101,7 @@ def _ivf_pq_code(d: int, per_vector: float, rows: int) -> tuple[int, int] | None
     return best[1] if best else None
 
 
-def choose_index(n: int, d: int, budget: int) -> Plan:
+def choose_index(n: int, d: int, budget: int, block: int | None = None) -> Plan:
     """The index for n x d float vectors within `budget` bytes (see the module docstring)."""
     if n < 1:
         raise InputError("no vectors to index")
@@ -111,9 +114,9 @@ def choose_index(n: int, d: int, budget: int) -> Plan:
     if hnsw <= budget and n <= HNSW_MAX_ROWS:
         why = f"the vectors with a 32-link graph ({format_size(hnsw)}) {fits}: HNSW, tuned efSearch"
         return Plan("HNSW32", why, 0, hnsw, False)
-    nlist = default_nlist(n, budget, d)
+    nlist = default_nlist(n, budget, d, block)
     q = "_HNSW32" if nlist >= 1 << 14 else ""  # a graph finds the nearest of many centroids fast
-    rows = train_rows(n, d, budget, nlist)
+    rows = train_rows(n, d, budget, nlist, block=block)
     if n < IVF_FLAT_MAX_ROWS:
         fac = f"IVF{nlist}{q},Flat"
         size = estimate_bytes(faiss.index_factory(d, fac), n)
@@ -122,11 +125,11 @@ def choose_index(n: int, d: int, budget: int) -> Plan:
             return Plan(fac, why + f"; trained on {rows} rows", rows, size, False)
     fixed = estimate_bytes(faiss.index_factory(d, f"IVF{nlist}{q},PQ1x8"), 0)
     per_vector = (budget - fixed) / n - ID_BYTES
-    code = _ivf_pq_code(d, per_vector, _sample_cap(n, budget, d))
+    code = _ivf_pq_code(d, per_vector, max(sample_cap(n, budget, d, block), MIN_PER_CENTROID << 8))
     if code is not None:
         m, nbits = code
         fac = f"IVF{nlist}{q},PQ{m}x{nbits}"
-        rows = train_rows(n, d, budget, nlist, nbits)
+        rows = train_rows(n, d, budget, nlist, nbits, block)
         size = estimate_bytes(faiss.index_factory(d, fac), n)
         why = (
             f"whole vectors exceed the {format_size(budget)} budget; the largest PQ code that fits is {m} x {nbits} "
@@ -136,7 +139,7 @@ def choose_index(n: int, d: int, budget: int) -> Plan:
     # not even a 1-byte code per row fits: keep a useful code and put its inverted lists on disk
     m = max(x for x in range(1, min(64, max(1, d // 2)) + 1) if d % x == 0)
     fac = f"IVF{nlist}{q},PQ{m}x8"
-    rows = train_rows(n, d, budget, nlist, 8)
+    rows = train_rows(n, d, budget, nlist, 8, block)
     size = estimate_bytes(faiss.index_factory(d, fac), n)
     why = (
         f"no code of {n} rows fits the {format_size(budget)} budget: PQ{m} codes ({format_size(size)}) in inverted "
@@ -145,12 +148,12 @@ def choose_index(n: int, d: int, budget: int) -> Plan:
     return Plan(fac, why, rows, size, True)
 
 
-def plan_for_factory(factory: str, n: int, d: int, budget: int) -> Plan:
+def plan_for_factory(factory: str, n: int, d: int, budget: int, block: int | None = None) -> Plan:
     """A Plan for a factory string the user gave; its lists go to disk when the index exceeds the budget."""
     try:
         index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[-1][:200]
+        first = re.split(r"(?:Error|failed): ", str(e).strip().splitlines()[-1])[-1][:200]
         raise InputError(
             f"--factory {factory!r}: faiss cannot build it for {d}-D vectors ({first}); give a faiss.index_factory "
             "string such as 'IVF1024,PQ32' or 'HNSW32', or leave --factory out to choose one"
@@ -161,9 +164,9 @@ def plan_for_factory(factory: str, n: int, d: int, budget: int) -> Plan:
     nbits = 0
     if ivf is not None and hasattr(faiss.downcast_index(ivf), "pq"):
         nbits = int(faiss.downcast_index(ivf).pq.nbits)
-    rows = train_rows(n, d, budget, nlist, nbits) if not index.is_trained else 0
+    rows = train_rows(n, d, budget, nlist, nbits, block) if not index.is_trained else 0
     if not index.is_trained and rows == 0:
-        rows = min(n, max(_sample_cap(n, budget, d), 1000))  # e.g. a PCA or an SQ: any sample trains it
+        rows = min(n, max(sample_cap(n, budget, d, block), 1000))  # e.g. a PCA or an SQ: any sample trains it
     ondisk = size > budget and ivf is not None
     why = f"given by --factory ({format_size(size)} estimated"
     why += "; its inverted lists exceed the budget: merged on disk)" if ondisk else ")"

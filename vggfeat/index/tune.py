@@ -23,11 +23,19 @@ class ExactTopK:
         self.heap = faiss.ResultHeap(len(queries), k, keep_max=True)
 
     def block_result(self, rows: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ids) of the queries' top-K within one block, ids counted from row 0 of the source."""
-        flat = faiss.IndexFlatIP(rows.shape[1])
-        flat.add(rows)
-        s, i = flat.search(self.queries, min(self.k, len(rows)))
-        return s, np.where(i >= 0, i + start, -1)
+        """(scores, ids) of the queries' top-K within one block, ids counted from row 0 of the source.
+
+        Products are taken a slice of rows at a time, so the score matrix stays as small as a block of rows
+        (faiss's own flat search holds 16 MB of scores whatever the block)."""
+        heap = faiss.ResultHeap(len(self.queries), self.k, keep_max=True)
+        step = max(256, rows.size // max(1, len(self.queries)))  # (queries x step) scores <= the block's size
+        for lo in range(0, len(rows), step):
+            s = self.queries @ rows[lo : lo + step].T  # (Q, step)
+            kk = min(self.k, s.shape[1])
+            top = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+            heap.add_result(np.take_along_axis(s, top, 1), top + (start + lo))
+        heap.finalize()
+        return heap.D, heap.I
 
     def add_result(self, scores: np.ndarray, ids: np.ndarray) -> None:
         if scores.shape[1] < self.k:  # a block shorter than K: pad with nothing-found
