@@ -12,6 +12,8 @@ import click
 from vggfeat.data.images import find_input_images
 from vggfeat.features.protocol import Protocol
 from vggfeat.features.runtime import Runtime
+from vggfeat.index.budget import default_budget, format_size, parse_size
+from vggfeat.index.source import open_source
 from vggfeat.utils.locks import folder_lock
 
 
@@ -54,10 +56,8 @@ def build(
 ) -> None:
     """Index the vectors of STORE (a `vggfeat extract` store, or an emb/*.npy + meta/*.parquet folder) by inner
     product (cosine on L2-normalised descriptors); report the recall@K and query time it reaches."""
-    from vggfeat.index.budget import default_budget, parse_size
     from vggfeat.index.build import build_index
     from vggfeat.index.ondisk import parse_part
-    from vggfeat.index.source import open_source
 
     if gpu is not None:
         raise click.ClickException(f"--{'' if gpu else 'no-'}gpu is gone: use --device {'cuda' if gpu else 'cpu'}")
@@ -84,8 +84,6 @@ def build(
 
 
 def summary(meta, out) -> str:
-    from vggfeat.index.budget import format_size
-
     m, b = meta["measured"], meta["build"]
     k = m["recall_k"]
     lines = [
