@@ -49,7 +49,9 @@ def index() -> None:
 @click.option("--part", default=None, help="I/N: build only this share of an on-disk index's blocks.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (faiss's GPUs).")
 @click.option("--block-rows", default=None, type=click.IntRange(min=1), hidden=True)  # rows read at a time
-@click.option("--type", "kind", default=None, hidden=True)  # replaced by --factory: refused with its equivalent
+@click.option(
+    "--type", "kind", default=None, hidden=True, type=click.Choice(["flat", "ivf", "ivfpq", "hnsw"])
+)  # replaced by --factory: refused with its equivalent
 @click.option("--gpu/--no-gpu", default=None, hidden=True)  # replaced by --device
 def build(
     store, out, max_memory, max_query_ms, factory, recall_k, queries, seed, part, device, block_rows, kind, gpu
