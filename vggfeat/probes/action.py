@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vggfeat.benchmarks.voc_action import ActionSplit, sample_keys, write_box_crops
+from vggfeat.features.inputs import input_identities
 from vggfeat.features.runtime import Runtime
 from vggfeat.features.store import FeatureStore
 from vggfeat.probes.features import ExtractionSettings, cached_store, stack_stores
@@ -27,8 +28,6 @@ def box_crops(train: ActionSplit, val: ActionSplit, out: str | Path) -> tuple[li
     records it), so a crop cut from one dataset, or from an image replaced since, is never served for another."""
     import hashlib
     import json
-
-    from vggfeat.features.inputs import input_identities
 
     source = str(Path(train.image_paths[0]).parent.parent) if len(train) else ""
     images = sorted({*train.image_paths, *val.image_paths})

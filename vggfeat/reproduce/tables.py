@@ -22,6 +22,7 @@ from vggfeat.benchmarks.registry import get_benchmark, load_benchmark
 from vggfeat.benchmarks.voc2012_action import IMAGE_AND_BOX, IMAGE_ONLY
 from vggfeat.benchmarks.voc_action import action_probe_split, load_voc_action
 from vggfeat.errors import InputError
+from vggfeat.features.inputs import input_identities
 from vggfeat.features.protocol import Protocol
 from vggfeat.features.runtime import Runtime
 from vggfeat.probes.action import action_store, extract_action_stores
@@ -142,8 +143,6 @@ class _Column:
         """What a row depends on in the data: each split's samples with their labels and classes, and every
         image's identity (size, mtime_ns, as a store records it), plus the person boxes of voc2012-action. Labels
         enter as read (not the list files' bytes): a label flipped in any file the reader uses changes them."""
-        from vggfeat.features.inputs import input_identities
-
         if self.benchmark == "voc2012-action":
             images = sorted({p for a in self.action for p in a.image_paths})
             boxes = [a.boxes.tolist() for a in self.action]
