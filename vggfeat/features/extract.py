@@ -37,6 +37,7 @@ from . import store as fs
 from .engine import DescriptorEngine, describe_chunks
 from .loader import ImageInput
 from .nets import FeatureNet, NetSpec, as_feature_net, build_feature_net, random_init_note
+from .overlap import BackgroundWriter
 from .protocol import Protocol
 from .runtime import Runtime, settings_from
 
@@ -118,12 +119,15 @@ def extract_features(
     return out
 
 
-def _settings(paths: list[str], specs: list[dict], protocol: Protocol, dtype: str, chunk_size: int) -> dict:
+def _settings(
+    paths: list[str], specs: list[dict], protocol: Protocol, dtype: str, chunk_size: int, runtime: Runtime
+) -> dict:
     """What determines a store's content: a different value means a different store."""
     inputs = hashlib.sha256("\n".join(paths).encode("utf-8", "surrogateescape")).hexdigest()
     return {
         "models": specs,
         **protocol.to_dict(),
+        **({"gpu_decode": True} if runtime.gpu_decode else {}),  # other pixels (kept out when off: older stores)
         "dtype": dtype,
         "chunk_size": chunk_size,
         "n_inputs": len(paths),
@@ -237,7 +241,7 @@ def extract_to_store(
     paths = [str(p) for p in find_input_images(images)]
     specs = [NetSpec(str(m), None if w is None else str(w)) for m, w in models]
     spec_info = [s.describe() for s in specs]
-    settings = _settings(paths, spec_info, protocol, dtype, chunk_size)
+    settings = _settings(paths, spec_info, protocol, dtype, chunk_size, runtime)
     out = Path(out)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -278,12 +282,13 @@ def extract_to_store(
 
         bar = _ImageProgress(sum(len(c) for c in mine), done_images, len(protocol.scales), progress and rank == 0)
         try:
-            for chunk, index, feats, skipped in describe_chunks(engine, paths, todo, bar.batch_done):
-                if skipped and strict:
-                    i, reason = skipped[0]
-                    raise ImageError(paths[i], f"{reason} (--strict makes bad inputs fatal)")
-                fs.write_chunk(out, chunk.start // chunk_size, index, feats, skipped)
-                bar.chunk_done(len(chunk))
+            with BackgroundWriter() as writer:  # the next chunk computes while this one is written
+                for chunk, index, feats, skipped in describe_chunks(engine, paths, todo, bar.batch_done):
+                    if skipped and strict:
+                        i, reason = skipped[0]
+                        raise ImageError(paths[i], f"{reason} (--strict makes bad inputs fatal)")
+                    writer.submit(fs.write_chunk, out, chunk.start // chunk_size, index, feats, skipped)
+                    bar.chunk_done(len(chunk))
         finally:
             bar.close()
         barrier(info)
