@@ -175,3 +175,48 @@ def test_a_view_too_small_for_the_dense_head_is_refused_padded_or_not():
     for pad in (True, False):
         with pytest.raises(InputError, match="at least 64 px per side"):
             DescriptorEngine([tiny_net()], protocol, replace_runtime(runtime, pad=pad)).describe(items)
+
+
+def test_gpu_decode_needs_cuda_and_says_so():
+    from vggfeat.errors import InputError
+
+    with pytest.raises(InputError, match="--gpu-decode decodes on a CUDA GPU.*--device cuda"):
+        Runtime(device="cpu", gpu_decode=True)
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="--gpu-decode decodes JPEGs on a CUDA GPU.*drop --gpu-decode"):
+            DescriptorEngine([tiny_net()], Protocol(scales=(64,)), Runtime(device="auto", gpu_decode=True))
+
+
+def test_gpu_decode_path_run_on_the_cpu_is_close_to_the_exact_path(tmp_path, monkeypatch):
+    """The --gpu-decode code path (raw bytes from the workers, batched decode_jpeg, EXIF orientation, torch's
+    antialiased rescale) run with the CPU standing in for the GPU: same images, descriptors close to the
+    exact PIL path, a PNG and a corrupt JPEG handled on their own."""
+    import vggfeat.features.engine as engine_module
+    import vggfeat.features.gpudecode as gpudecode
+
+    monkeypatch.setattr(gpudecode, "check_gpu_decode", lambda device: None)
+    monkeypatch.setattr(engine_module, "check_gpu_decode", lambda device: None)
+    rng = np.random.default_rng(0)
+    base = np.kron(rng.integers(0, 256, (12, 16, 3)), np.ones((8, 8, 1))).astype(np.uint8)  # smooth-ish photo
+    paths = []
+    for i, orientation in enumerate((1, 6, 3)):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        paths.append(tmp_path / f"{i}.jpg")
+        Image.fromarray(base).save(paths[-1], quality=95, exif=exif)
+    paths.append(tmp_path / "3.png")
+    Image.fromarray(base[:, :100]).save(paths[-1])
+    paths.append(tmp_path / "4.jpg")
+    paths[-1].write_bytes(paths[0].read_bytes()[:300])  # truncated
+    protocol = Protocol(scales=(64, 80))
+    net = tiny_net()
+    runtime = Runtime(device="auto", batch_size=4, max_batch_pixels=1 << 30)
+    exact = list(describe_chunks(DescriptorEngine([net], protocol, runtime), paths, [range(5)]))
+    gpu = list(
+        describe_chunks(DescriptorEngine([net], protocol, replace_runtime(runtime, gpu_decode=True)), paths, [range(5)])
+    )
+    (_, index, feats, skipped), (_, index_g, feats_g, skipped_g) = exact[0], gpu[0]
+    assert list(index) == list(index_g) == [0, 1, 2, 3] and [i for i, _ in skipped] == [i for i, _ in skipped_g] == [4]
+    assert np.abs(feats - feats_g).max() < 0.05  # other rescale filter: close, not equal
+    cos = (feats * feats_g).sum(1)
+    assert cos.min() > 0.995

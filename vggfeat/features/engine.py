@@ -13,6 +13,7 @@ recurring bucket shapes, and only when the runtime asks.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 
@@ -63,6 +64,7 @@ class DescriptorEngine:
         self.pad = runtime.pad and all(net.supports_padding for net in self.nets)
         self.forwards = _Forwards(self.nets, runtime.compile)
         self.shapes_run: list[Batch] = []  # every batch run, for reports (distinct shapes per scale)
+        self.loader_wait_s = 0.0  # time describe_chunks spent waiting for decoded images (the loader's share)
 
     @property
     def dim(self) -> int:
@@ -131,9 +133,9 @@ class _CudnnFlag:
 
 
 class _Forwards:
-    """Each net's forward, eager or (with compile) torch.compile'd for the recurring bucket shapes only:
-    a compiled graph per shape pays back when the shape recurs, and odd shapes would only exhaust the
-    recompile limit."""
+    """Each net's forward, eager or (with compile) torch.compile'd, used for the plan's recurring bucket shapes
+    only: odd shapes would only add graphs. After its first shape change torch marks the sizes dynamic and
+    compiles one more graph for them all (cuDNN still picks its kernels per shape)."""
 
     def __init__(self, nets: Sequence[FeatureNet], compile: bool) -> None:
         self.nets, self.compile = list(nets), compile
@@ -144,12 +146,7 @@ class _Forwards:
         if not (self.compile and recurring):
             return net(x, sizes)
         if self.compiled[k] is None:
-            import torch._dynamo
-
-            for name in ("recompile_limit", "cache_size_limit"):  # one graph per bucket shape, not 8 at most
-                if hasattr(torch._dynamo.config, name):
-                    setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 256))
-            self.compiled[k] = torch.compile(net, dynamic=False)
+            self.compiled[k] = torch.compile(net)
         return self.compiled[k](x, sizes)
 
 
@@ -329,8 +326,14 @@ def describe_chunks(
     order = deque(chunks)
     chunk_of = {i: c.start for c in chunks for i in c}
     streams: dict[int, tuple[Stream, dict[int, str | None]]] = {}  # chunk start -> (stream, image -> reason)
+    batches = iter(loader)
     with engine.autotuning():
-        for loaded in loader:
+        while True:
+            waited = time.perf_counter()
+            loaded = next(batches, None)
+            engine.loader_wait_s += time.perf_counter() - waited
+            if loaded is None:
+                break
             if gpu_decode:
                 loaded = decode_views(loaded, engine.protocol, engine.device)
             for i, views, reason in loaded:

@@ -8,6 +8,7 @@ CMYK, corrupt) arrive already decoded by the loader, or with their reason.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -64,15 +65,17 @@ def decode_views(loaded: Sequence[Loaded], protocol: Protocol, device: torch.dev
     if not raws:
         return out
     datas = [r.data for _, r in raws]
-    try:
-        images = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
-    except RuntimeError:  # one bad file fails the batch: decode one by one to find it
-        images = []
-        for data in datas:
-            try:
-                images.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
-            except RuntimeError as e:
-                images.append(str(e))
+    with warnings.catch_warnings():  # torchvision's notice that its decoders move to torchcodec one day
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            images = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:  # one bad file fails the batch: decode one by one to find it
+            images = []
+            for data in datas:
+                try:
+                    images.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+                except RuntimeError as e:
+                    images.append(str(e))
     for (k, raw), img in zip(raws, images, strict=True):
         i = loaded[k][0]
         if isinstance(img, str):
