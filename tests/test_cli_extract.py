@@ -289,3 +289,35 @@ def test_inputs_without_images_are_reported_before_torch_is_imported(tmp_path):
     assert empty["output"].startswith("Error: no input images found in empty/ (image files: .bmp, .gif, .jpeg")
     assert empty["output"].count("\n") == 1
     assert not (tmp_path / "vggfeat-out").exists()
+
+
+def test_gpu_decode_without_a_gpu_is_one_line_naming_the_fix(tmp_path, weights):
+    src = make_images(tmp_path / "imgs", 1)
+    result = extract(src, "-o", tmp_path / "store", "--weights", weights, "--gpu-decode", "--device", "cpu", *FAST)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "Error: --gpu-decode decodes on a CUDA GPU, but the device is cpu; use --device cuda" in result.output
+    assert not (tmp_path / "store").exists()
+
+
+def test_the_extract_command_sizes_its_threads_to_the_usable_cpus(tmp_path, weights, monkeypatch):
+    """A container quota of 1 CPU on a bigger machine: the command computes with one thread, not one per core."""
+    import torch
+
+    from vggfeat.utils import cpus
+
+    monkeypatch.setattr(cpus, "usable_cpus", lambda *a, **k: 1)
+    before = torch.get_num_threads()
+    seen = []
+    real = extract_to_store
+
+    def recording(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("vggfeat.features.extract.extract_to_store", recording)
+    try:
+        result = extract(make_images(tmp_path / "imgs", 1), "-o", tmp_path / "store", "--weights", weights, *FAST)
+    finally:
+        torch.set_num_threads(before)
+    assert result.exit_code == 0, result.output
+    assert seen == [1]
