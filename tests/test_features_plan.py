@@ -220,3 +220,13 @@ def test_gpu_decode_path_run_on_the_cpu_is_close_to_the_exact_path(tmp_path, mon
     assert np.abs(feats - feats_g).max() < 0.05  # other rescale filter: close, not equal
     cos = (feats * feats_g).sum(1)
     assert cos.min() > 0.995
+
+
+def test_header_size_with_fast_decode_is_the_draft_decoded_size(tmp_path):
+    from vggfeat.data.images import load_rgb
+
+    path = tmp_path / "big.jpg"
+    Image.new("RGB", (1200, 900)).save(path)
+    protocol = Protocol(scales=(256,), fast_decode=True)
+    decoded = load_rgb(path, min_side=256)
+    assert header_size(path, protocol) == (decoded.height, decoded.width) != (900, 1200)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .gpudecode import check_gpu_decode
+from .gpudecode import check_gpu_decode, decode_views
 from .loader import ImageInput, ScaledImages, make_loader
 from .nets import FeatureNet
 from .plan import Batch, Batcher, Plan, Shape, count_shapes, header_size, make_plan
@@ -317,9 +317,6 @@ def describe_chunks(
         return
     plan = plan_input(engine, images)
     gpu_decode = engine.runtime.gpu_decode
-    if gpu_decode:
-        from .gpudecode import decode_views
-
     dataset = ScaledImages(images, engine.protocol, indices, raw_jpeg=gpu_decode)
     loader = make_loader(dataset, engine.runtime.workers, pin_memory=engine.cuda, device=engine.device.type)
     window = engine.runtime.plan_window or (2048 if engine.cuda else 64)

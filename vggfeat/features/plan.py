@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vggfeat.data.images import _draft_request
+
 from .protocol import Protocol, scaled_size
 
 Shape = tuple[int, int]  # (H, W) of a view or of a forward's canvas
@@ -38,11 +40,8 @@ def header_size(item: object, protocol: Protocol) -> Shape | None:
         return None
     try:
         with Image.open(item) as img:  # lazy: reads the header, decodes nothing
-            if protocol.fast_decode and img.format == "JPEG":
-                from vggfeat.data.images import _draft_request
-
-                if min(img.size) > max(protocol.scales):
-                    img.draft("RGB", _draft_request(img.size, max(protocol.scales)))
+            if protocol.fast_decode and img.format == "JPEG" and min(img.size) > max(protocol.scales):
+                img.draft("RGB", _draft_request(img.size, max(protocol.scales)))
             w, h = img.size
             transposed = img.getexif().get(EXIF_ORIENTATION) in TRANSPOSED
     except Exception:  # any unreadable header: the loader names the problem when it decodes the file
