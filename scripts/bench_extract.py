@@ -1,18 +1,27 @@
 """Benchmark: `vggfeat extract` against a naive torchvision baseline on the same images and weights.
 
 The baseline is what a user would write from the paper's Appendix B with torchvision: one image at a
-time, PIL resizing, one forward per scale and per flip, FC layers applied as convolutions by hand. Prints
-both throughputs, their ratio, the largest deviation between the two sets of descriptors and, on CUDA,
-the fraction of the card's bf16 peak reached (multiply-adds of the dense protocol).
+time, PIL resizing, one forward per scale and per flip, FC layers applied as convolutions by hand, torch's
+default threads. Each side runs in a process of its own (vggfeat's sized as the `vggfeat` command sizes
+itself: utils.cpus), optionally beside K busy processes (`--contend K`, another user's jobs on the same
+cores). Prints both throughputs, their ratio, the largest deviation between the two sets of descriptors,
+vggfeat's distinct forward shapes per scale and its loader share (time waiting for decoded images) and,
+on CUDA, the fraction of the card's bf16 peak reached (multiply-adds of the dense protocol).
 
     python scripts/bench_extract.py --images 16 --scales 256,384,512            # full-size VGG-16
-    python scripts/bench_extract.py --device cuda --images 512 --batch-size 32 --workers 12
+    python scripts/bench_extract.py --images 8 --contend 2                     # beside 2 busy processes
+    python scripts/bench_extract.py --device cuda --images 2048 --batch-size 32 --workers 12 --chunk-size 2048
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -65,7 +74,9 @@ def loader_alone(paths: list[Path], protocol: Protocol, runtime: Runtime, device
     from vggfeat.features.loader import ScaledImages, make_loader
 
     start = time.perf_counter()
-    loader = make_loader(ScaledImages(paths, protocol), runtime.workers, pin_memory=device.type == "cuda")
+    loader = make_loader(
+        ScaledImages(paths, protocol), runtime.workers, pin_memory=device.type == "cuda", device=device.type
+    )
     n = sum(len(batch) for batch in loader)
     seconds = time.perf_counter() - start
     print(f"loader alone    : {seconds:8.2f} s  {n / seconds:8.2f} images/s ({runtime.workers} workers)")
@@ -105,12 +116,115 @@ def dense_macs(model: torch.nn.Module, height: int, width: int, scales: list[int
     return 2 * total  # the image and its mirror
 
 
+class Contenders:
+    """K busy processes for the duration of a `with` block (started and stopped by their own pids)."""
+
+    def __init__(self, k: int) -> None:
+        self.k, self.procs = k, []
+
+    def __enter__(self) -> Contenders:
+        code = "while True: pass"
+        self.procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(self.k)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for p in self.procs:
+            p.kill()
+            p.wait()
+
+
+def run_side(side: str, args: argparse.Namespace, tmp: Path, contend: int) -> dict:
+    """One side in a fresh process (its own threads and OpenMP settings), beside `contend` busy processes."""
+    env = dict(os.environ)
+    if side == "ours":
+        from vggfeat.utils.cpus import quiet_env
+
+        quiet_env(env)  # what the vggfeat command does before torch loads
+    cmd = [sys.executable, __file__, "--side", side, "--tmp", str(tmp), *sys.argv[1:]]
+    with Contenders(contend):
+        subprocess.run(cmd, env=env, check=True)
+    return json.loads((tmp / f"{side}.json").read_text())
+
+
+def side_ours(args: argparse.Namespace, tmp: Path, paths: list[Path], device: torch.device) -> dict:
+    import vggfeat.features.extract as extract_module
+
+    engines = []
+
+    class Capturing(extract_module.DescriptorEngine):  # the engine extract_to_store makes, for its report
+        def __init__(self, *a, **k) -> None:
+            super().__init__(*a, **k)
+            engines.append(self)
+
+    extract_module.DescriptorEngine = Capturing
+    scales = [int(s) for s in args.scales.split(",")]
+    weights = tmp / "vgg16.pth"
+    # warm-up on two images (cuDNN autotuning, oneDNN primitive caches), then the timed run
+    protocol = Protocol(scales=tuple(scales))
+    runtime = Runtime(
+        device=str(device),
+        batch_size=args.batch_size,
+        workers=args.workers,
+        precision=args.precision,
+        winograd=args.winograd,
+        cudnn_benchmark=args.cudnn_benchmark == "on",
+        compile=args.compile,
+        gpu_decode=args.gpu_decode,
+    )
+    extract_to_store(
+        paths[:2], tmp / "warm", protocol, replace(runtime, workers=0), models=[("vgg16", weights)], progress=False
+    )
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    store = extract_to_store(
+        paths,
+        tmp / "store",
+        protocol,
+        runtime,
+        models=[("vgg16", weights)],
+        progress=False,
+        chunk_size=args.chunk_size,
+    )
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    np.save(tmp / "ours.npy", np.asarray(store.features))
+    engine = engines[-1]
+    if args.loader:
+        loader_alone(paths, protocol, runtime, device)
+    if args.profile:
+        profile(paths[: args.profile], tmp / "profiled", protocol, runtime, weights, device)
+    return {
+        "seconds": seconds,
+        "threads": torch.get_num_threads(),
+        "shapes": engine.distinct_shapes(),
+        "loader_wait": engine.loader_wait_s,
+        "batches": len(engine.shapes_run),
+    }
+
+
+def side_naive(args: argparse.Namespace, tmp: Path, paths: list[Path], device: torch.device) -> dict:
+    scales = [int(s) for s in args.scales.split(",")]
+    tv = torchvision.models.vgg16(weights=None).eval()
+    tv.load_state_dict(torch.load(tmp / "vgg16.pth"))
+    tv = tv.to(device)
+    baseline(tv, paths[:1], scales, device)  # warm-up
+    start = time.perf_counter()
+    base = baseline(tv, paths, scales, device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    np.save(tmp / "naive.npy", base)
+    return {"seconds": time.perf_counter() - start, "threads": torch.get_num_threads()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=16)
     p.add_argument("--scales", default="256,384,512")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--chunk-size", type=int, default=256, help="images per store chunk (batches never span two)")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", help="vggfeat's compute precision (auto: bf16 on CUDA)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="the card's dense bf16 peak (H100 SXM: 989)")
@@ -122,56 +236,65 @@ def main() -> None:
     )
     p.add_argument("--skip-baseline", action="store_true")
     p.add_argument(
-        "--cudnn-benchmark", choices=("on", "off"), default="off", help="vggfeat's cuDNN autotuning per input shape"
+        "--cudnn-benchmark",
+        choices=("on", "off"),
+        default="off",
+        help="vggfeat's cuDNN autotuning, for the plan's recurring bucket shapes only",
     )
+    p.add_argument("--compile", action="store_true", help="vggfeat with torch.compile per bucket shape")
+    p.add_argument("--gpu-decode", action="store_true", help="vggfeat decoding JPEGs on the GPU (CUDA only)")
+    p.add_argument("--contend", type=int, default=0, help="run K busy processes beside each side")
+    p.add_argument("--image-dir", help="keep the generated images here and reuse them in later runs")
+    p.add_argument("--save", help="save vggfeat's descriptors to this .npy file (to compare runs)")
     p.add_argument("--loader", action="store_true", help="also time the loader alone (decode, rescale, pin)")
     p.add_argument("--profile", type=int, default=0, help="profile vggfeat on this many images; print the top ops")
+    p.add_argument("--side", choices=("ours", "naive"), help=argparse.SUPPRESS)  # a side's own process
+    p.add_argument("--tmp", help=argparse.SUPPRESS)
     args = p.parse_args()
     scales = [int(s) for s in args.scales.split(",")]
     device = resolve_device(args.device)
+
+    if args.side:
+        tmp = Path(args.tmp)
+        paths = sorted((tmp / "imgs").glob("*.jpg"))
+        result = (side_ours if args.side == "ours" else side_naive)(args, tmp, paths, device)
+        (tmp / f"{args.side}.json").write_text(json.dumps(result))
+        return
 
     torch.manual_seed(0)
     tv = torchvision.models.vgg16(weights=None).eval()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        paths = photo_jpegs(tmp / "imgs", args.images, VOC_SIZES)
-        weights = tmp / "vgg16.pth"
-        torch.save(tv.state_dict(), weights)  # the same weights for both, torchvision layout
+        images = Path(args.image_dir) if args.image_dir else tmp / "imgs"
+        paths = sorted(images.glob("*.jpg")) if images.is_dir() else []
+        if len(paths) != args.images:
+            paths = photo_jpegs(images, args.images, VOC_SIZES)
+        if images != tmp / "imgs":
+            (tmp / "imgs").symlink_to(images.resolve())
+        torch.save(tv.state_dict(), tmp / "vgg16.pth")  # the same weights for both, torchvision layout
         print(
             f"{args.images} VOC-sized images, scales {scales}, full-size VGG-16 fc7, device {device} "
-            f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu'}, "
-            f"{torch.get_num_threads()} threads), torch {torch.__version__}"
+            f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu'}), "
+            f"torch {torch.__version__}, {os.cpu_count()} CPUs"
             f"{'' if args.winograd or device.type != 'cpu' else ', direct convolutions only'}"
+            f"{f', beside {args.contend} busy processes' if args.contend else ''}; load average "
+            f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at the start"
         )
-
-        # warm-up on two images (cuDNN autotuning, oneDNN primitive caches), then the timed run
-        protocol = Protocol(scales=tuple(scales))
-        runtime = Runtime(
-            device=str(device),
-            batch_size=args.batch_size,
-            workers=args.workers,
-            precision=args.precision,
-            winograd=args.winograd,
-            cudnn_benchmark=args.cudnn_benchmark == "on",
+        ours = run_side("ours", args, tmp, args.contend)
+        ours_ips = args.images / ours["seconds"]
+        print(
+            f"vggfeat extract : {ours['seconds']:8.2f} s  {ours_ips:8.2f} images/s ({ours['threads']} threads, "
+            f"cuDNN autotuning {args.cudnn_benchmark}{', compiled' if args.compile else ''}"
+            f"{', GPU decode' if args.gpu_decode else ''})"
         )
-        extract_to_store(
-            paths[:2], tmp / "warm", protocol, replace(runtime, workers=0), models=[("vgg16", weights)], progress=False
+        print(
+            f"forward shapes  : {ours['batches']} batches, distinct (batch, H, W) per scale "
+            f"{', '.join(f'Q={scales[int(s)]}: {n}' for s, n in ours['shapes'].items())}"
         )
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        store = extract_to_store(paths, tmp / "store", protocol, runtime, models=[("vgg16", weights)], progress=False)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        ours_s = time.perf_counter() - start
-        ours = np.asarray(store.features)
-        ours_ips = args.images / ours_s
-        print(f"vggfeat extract : {ours_s:8.2f} s  {ours_ips:8.2f} images/s (cuDNN autotuning {args.cudnn_benchmark})")
-        if args.loader:
-            loader_alone(paths, protocol, runtime, device)
-        if args.profile:
-            profile(paths[: args.profile], tmp / "profiled", protocol, runtime, weights, device)
-
+        print(
+            f"loader share    : {ours['loader_wait']:.2f} s waiting for decoded images "
+            f"({100 * ours['loader_wait'] / ours['seconds']:.1f}% of the run)"
+        )
         sizes = [Image.open(p).size[::-1] for p in paths]
         per_size = {hw: dense_macs(vggfeat.create_model("vgg16", device="meta"), *hw, scales) for hw in set(sizes)}
         macs = np.mean([per_size[hw] for hw in sizes])
@@ -179,20 +302,21 @@ def main() -> None:
         print(f"dense protocol  : {macs / 1e9:.0f} GMACs per image -> {achieved:.2f} TFLOP/s achieved")
         if device.type == "cuda":
             print(" " * 18 + f"{100 * achieved / args.peak_tflops:.1f}% of a {args.peak_tflops:.0f} TFLOP/s bf16 peak")
+        if args.save:
+            shutil.copyfile(tmp / "ours.npy", args.save)
         if args.skip_baseline:
             return
-        tv = tv.to(device)
-        baseline(tv, paths[:1], scales, device)  # warm-up
-        start = time.perf_counter()
-        base = baseline(tv, paths, scales, device)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        base_s = time.perf_counter() - start
-        base_ips = args.images / base_s
-        print(f"naive baseline  : {base_s:8.2f} s  {base_ips:8.2f} images/s (torch's default: no cuDNN autotuning)")
+        naive = run_side("naive", args, tmp, args.contend)
+        base_ips = args.images / naive["seconds"]
         print(
-            f"speed-up        : {ours_ips / base_ips:.2f}x   max |ours - baseline| = {np.abs(ours - base).max():.2e} "
-            f"(L2-normalised {ours.shape[1]}-D descriptors)"
+            f"naive baseline  : {naive['seconds']:8.2f} s  {base_ips:8.2f} images/s ({naive['threads']} threads, "
+            "torch's defaults: no cuDNN autotuning)"
+        )
+        a, b = np.load(tmp / "ours.npy"), np.load(tmp / "naive.npy")
+        print(
+            f"speed-up        : {ours_ips / base_ips:.2f}x   max |ours - baseline| = {np.abs(a - b).max():.2e} "
+            f"(L2-normalised {a.shape[1]}-D descriptors); load average "
+            f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end"
         )
 
 

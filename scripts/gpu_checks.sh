@@ -3,8 +3,9 @@
 # figures it produced). Each step has its own time limit, so a slow one cannot take the rest down; every step's
 # output goes to $OUT/gpu_checks.log (or ./gpu-checks.log) and a one-line verdict per step to stdout.
 #
-#   bash scripts/gpu_checks.sh            # the default steps (about 8 minutes on one H200, estimated)
+#   bash scripts/gpu_checks.sh            # the default steps (about 13 minutes on one H100/H200, estimated)
 #   STEPS="gpu_tests cli" bash scripts/gpu_checks.sh
+#   STEPS=pace bash scripts/gpu_checks.sh   # extraction pace only (about 8 minutes, estimated; see below)
 #
 # Run from the repository root with torch, torchvision, timm, scikit-learn, click, safetensors and faiss importable
 # (vggfeat itself is taken from the checkout through PYTHONPATH, so nothing needs installing). WHEELS=DIR installs
@@ -18,7 +19,11 @@ log=$out/gpu_checks.log
 work=$(mktemp -d /tmp/vggfeat-gpu-checks.XXXXXX)
 py=${PYTHON:-python3}
 # also: suite (the whole default suite, which runs on the CPU there too; about 6 minutes on 16 cores)
-steps=${STEPS:-"env gpu_tests cuda_tests cli bench_train bench_extract extract_steady bench_probe"}
+# extraction pace (planned batches): 2,048 VOC-sized JPEGs, VGG-16 fc7, 3 scales + flip, eager and --compile,
+# with and without --gpu-decode; the target is >= 45% of the bf16 peak (about 500 images/s at 0.9 TFLOP each)
+pace_steps="env pace_images pace_eager pace_eager_tuned pace_compile pace_gpu_decode pace_gpu_decode_compile pace_diff"
+steps=${STEPS:-"env gpu_tests cuda_tests cli bench_extract $pace_steps bench_train bench_probe"}
+[ "$steps" = pace ] && steps=$pace_steps
 export work py PYTHONUNBUFFERED=1 PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH} VGGFEAT_OFFLINE=1
 if [ -n "${WHEELS:-}" ]; then
   "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$work/site" "$WHEELS"/*.whl \
@@ -102,12 +107,39 @@ step bench_train 150 "$py" scripts/bench_train.py --device cuda --batch 256 --st
 step cuda_tests 90 env VGGFEAT_TEST_CUDA=1 "$py" -m pytest -q -p no:cacheprovider -rf --tb=line \
   tests/test_features_extract.py tests/test_evaluate.py tests/test_features_store.py
 step bench_extract 100 "$py" scripts/bench_extract.py --device cuda --images 256 --batch-size 32 --workers 12 --loader
-# many images: shapes recur, so per-shape costs (cuDNN plans) are paid once; not measured yet (2026-12-04)
-step extract_steady 120 "$py" scripts/bench_extract.py --device cuda --images 2048 --batch-size 32 --workers 12 \
-  --skip-baseline
+# pace: one set of 2,048 images for every variant; one store chunk holds them all (batches never span chunks), so
+# the plan's recurring shapes fill whole batches. Each prints images/s, % of peak, distinct shapes, loader share
+pace=(--device cuda --images 2048 --batch-size 32 --workers 12 --chunk-size 2048 --image-dir "$work/pace-imgs"
+  --skip-baseline)
+step pace_images 120 "$py" -c "from vggfeat.data.photos import photo_jpegs, VOC_SIZES
+photo_jpegs('$work/pace-imgs', 2048, VOC_SIZES)"
+step pace_eager 120 "$py" scripts/bench_extract.py "${pace[@]}" --save "$out/pace_eager.npy"
+step pace_eager_tuned 120 "$py" scripts/bench_extract.py "${pace[@]}" --cudnn-benchmark on
+step pace_compile 300 "$py" scripts/bench_extract.py "${pace[@]}" --cudnn-benchmark on --compile \
+  --save "$out/pace_compile.npy"
+step pace_gpu_decode 120 "$py" scripts/bench_extract.py "${pace[@]}" --gpu-decode --save "$out/pace_gpu_decode.npy"
+step pace_gpu_decode_compile 300 "$py" scripts/bench_extract.py "${pace[@]}" --gpu-decode --cudnn-benchmark on \
+  --compile
+pace_diff() {  # the variants' descriptors against the exact eager run: compile is rounding, GPU decode other pixels
+  "$py" - "$out" <<'EOF'
+import sys, numpy as np
+out = sys.argv[1]
+ref = np.load(f"{out}/pace_eager.npy")
+for name in ("pace_compile", "pace_gpu_decode"):
+    try:
+        x = np.load(f"{out}/{name}.npy")
+    except OSError:
+        print(f"{name}: no descriptors (its step failed or did not run)")
+        continue
+    cos = (ref * x).sum(1)
+    print(f"{name} vs eager: max abs {np.abs(ref - x).max():.2e}, lowest cosine {cos.min():.6f}")
+EOF
+}
+export out
+step pace_diff 60 pace_diff
 step bench_probe 60 bash -c "'$py' scripts/bench_probe.py --device cuda --skip-suite --skip-sklearn \
   && '$py' scripts/bench_probe.py --device cpu --skip-suite --skip-sklearn"
 step suite ${SUITE_LIMIT:-200} "$py" -m pytest -q -p no:cacheprovider --durations=15 tests/
-grep -E "^(=====|vggfeat|naive|ratio|dense|device|net |vgg_|sklearn|method|\|)|TFLOP|peak|passed|failed|error|Error" \
+grep -E "^(=====|vggfeat|naive|ratio|dense|device|net |vgg_|sklearn|method|forward|loader|speed|pace|\|)|TFLOP|peak|passed|failed|error|Error" \
   "$log" | tail -n 80
 rm -rf "$work"

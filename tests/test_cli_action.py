@@ -59,10 +59,10 @@ def test_voc2012_action_image_and_box_then_image_only(tmp_path, monkeypatch):
 
     # knn-probe on the same output folder: the same image and box stores, nothing described again
     described = []
-    real_describe = engine_module.DescriptorEngine.describe
+    real_describe = engine_module.DescriptorEngine.feed
     monkeypatch.setattr(
         engine_module.DescriptorEngine,
-        "describe",
+        "feed",
         lambda self, items, *a, **k: described.append(items) or real_describe(self, items, *a, **k),
     )
     invoke("knn-probe", "voc2012-action", *common, "-k", "3")

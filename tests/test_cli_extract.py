@@ -202,12 +202,19 @@ def test_loader_workers_are_capped_at_the_cpus_and_the_work(monkeypatch):
     import os
 
     from vggfeat.features.loader import usable_workers
+    from vggfeat.utils import cpus
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    assert usable_workers(4, 1000) == 2  # the default 4 on a 2-core machine (torch warned, then contended)
+    monkeypatch.setattr(cpus, "cgroup_cpu_limit", lambda *a, **k: None)
+    # the default 4 on a 2-core machine: both cores compute, one (niced) worker decodes ahead
+    assert usable_workers(4, 1000) == 1
     assert usable_workers(4, 3) == 1  # one loader batch of 4 images
     assert usable_workers(0, 1000) == 0
     assert usable_workers(1, 1000) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert usable_workers(12, 1000, "cuda") == 12 and usable_workers(4, 1000, "cpu") == 2
+    monkeypatch.setattr(cpus, "cgroup_cpu_limit", lambda *a, **k: 4.0)  # a container's quota of 4 CPUs
+    assert usable_workers(12, 1000, "cuda") == 3
 
 
 def test_on_cuda_a_batch_is_reported_when_its_event_completes_not_when_queued(monkeypatch):
@@ -282,3 +289,35 @@ def test_inputs_without_images_are_reported_before_torch_is_imported(tmp_path):
     assert empty["output"].startswith("Error: no input images found in empty/ (image files: .bmp, .gif, .jpeg")
     assert empty["output"].count("\n") == 1
     assert not (tmp_path / "vggfeat-out").exists()
+
+
+def test_gpu_decode_without_a_gpu_is_one_line_naming_the_fix(tmp_path, weights):
+    src = make_images(tmp_path / "imgs", 1)
+    result = extract(src, "-o", tmp_path / "store", "--weights", weights, "--gpu-decode", "--device", "cpu", *FAST)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "Error: --gpu-decode decodes on a CUDA GPU, but the device is cpu; use --device cuda" in result.output
+    assert not (tmp_path / "store").exists()
+
+
+def test_the_extract_command_sizes_its_threads_to_the_usable_cpus(tmp_path, weights, monkeypatch):
+    """A container quota of 1 CPU on a bigger machine: the command computes with one thread, not one per core."""
+    import torch
+
+    from vggfeat.utils import cpus
+
+    monkeypatch.setattr(cpus, "usable_cpus", lambda *a, **k: 1)
+    before = torch.get_num_threads()
+    seen = []
+    real = extract_to_store
+
+    def recording(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("vggfeat.features.extract.extract_to_store", recording)
+    try:
+        result = extract(make_images(tmp_path / "imgs", 1), "-o", tmp_path / "store", "--weights", weights, *FAST)
+    finally:
+        torch.set_num_threads(before)
+    assert result.exit_code == 0, result.output
+    assert seen == [1]

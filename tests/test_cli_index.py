@@ -119,7 +119,7 @@ def test_index_build_on_a_broken_store_is_one_line(tmp_path, damage, message):
     elif damage == "gpu":
         if knn.faiss.get_num_gpus():
             pytest.skip("faiss sees a GPU here")
-        extra = ["--gpu"]
+        extra = ["--device", "cuda"]
     r = CliRunner().invoke(main.cli, ["index", "build", str(store), "-o", str(tmp_path / "idx"), *extra])
     assert r.exit_code == 1, r.output
     assert r.output.startswith("Error: ") and message in r.output and len(r.output.strip().splitlines()) == 1

@@ -62,10 +62,10 @@ def test_low_shot_writes_mean_std_per_k_on_the_probes_cached_features(tmp_path, 
 
     # the full probe afterwards reuses the same cached descriptors: nothing is extracted again
     described = []
-    real = engine_module.DescriptorEngine.describe
+    real = engine_module.DescriptorEngine.feed
     monkeypatch.setattr(
         engine_module.DescriptorEngine,
-        "describe",
+        "feed",
         lambda self, items, *a, **k: described.append(items) or real(self, items, *a, **k),
     )
     args = ["linear-probe", "voc2007", *common, "--Cs", "1"]

@@ -103,7 +103,7 @@ def test_index_build_and_search_agree_with_brute_force(voc, weights, tmp_path):
     store_dir = tmp_path / "store"
     jpegs = voc / "VOCdevkit" / "VOC2007" / "JPEGImages"
     invoke("extract", jpegs, "-o", store_dir, "--weights", weights, *FAST)
-    invoke("index", "build", store_dir, "-o", tmp_path / "idx", "--type", "flat")
+    invoke("index", "build", store_dir, "-o", tmp_path / "idx", "--factory", "Flat")
     store = load_store(store_dir)
     query = sorted(jpegs.glob("*.jpg"))[7]
     text = invoke("index", "search", tmp_path / "idx", query, "-k", "3")

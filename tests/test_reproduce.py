@@ -35,7 +35,7 @@ def counted(monkeypatch):
     """The images each extraction described (a finished store that is reused describes none)."""
     calls: list[list[str]] = []
     real = extract_module.extract_to_store
-    real_describe = engine_module.DescriptorEngine.describe
+    real_describe = engine_module.DescriptorEngine.feed
 
     def counting(images, out, *args, **kwargs):
         calls.append([])
@@ -46,7 +46,7 @@ def counted(monkeypatch):
         return real_describe(self, items, *args, **kwargs)
 
     monkeypatch.setattr(extract_module, "extract_to_store", counting)
-    monkeypatch.setattr(engine_module.DescriptorEngine, "describe", describing)
+    monkeypatch.setattr(engine_module.DescriptorEngine, "feed", describing)
     return calls
 
 

@@ -133,13 +133,27 @@ LAYER_HELP = (
     help="On the CPU, run VGG's wide 3x3 convs (conv2_2 on) as Winograd F(4x4,3x3) in float32: "
     "about 1.35x faster VGG-16 extraction; descriptors agree with direct convolution to ~1e-7.",
 )
+@click.option(
+    "--compile",
+    "compile_",
+    is_flag=True,
+    help="torch.compile the net once per recurring batch shape (the plan keeps at most 32 per scale): for "
+    "long runs on a GPU; off by default until measured there (docs/benchmarks.md).",
+)
+@click.option(
+    "--gpu-decode",
+    is_flag=True,
+    help="Decode JPEGs on the GPU in batches and rescale there (CUDA only): frees the CPU loader; antialiased "
+    "bilinear instead of PIL's, so descriptors deviate slightly from the exact default (recorded in the store).",
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the random init of --weights random.")
 @click.option(
     "--chunk-size",
     default=256,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Images per resumable chunk (the most work an interruption can lose; also what is decoded at a time).",
+    help="Images per resumable chunk (the most work an interruption can lose). Batches never span two chunks "
+    "(a resumed run reproduces each bit for bit): on a GPU, chunks of a few thousand images fill more batches.",
 )
 @click.option(
     "--shard-size",
@@ -206,6 +220,8 @@ def extract(
     dtype,
     precision,
     winograd,
+    compile_,
+    gpu_decode,
     seed,
     chunk_size,
     shard_size,
@@ -275,7 +291,15 @@ def extract(
         snap=snap,
         fast_decode=fast_decode,
     )
-    runtime = Runtime(device=device, batch_size=batch_size, workers=workers, precision=precision, winograd=winograd)
+    runtime = Runtime(
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+        precision=precision,
+        winograd=winograd,
+        compile=compile_,
+        gpu_decode=gpu_decode,
+    )
     pairs = net_pairs(models, weights, seed)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     argv = ["vggfeat", "extract", *sys.argv[sys.argv.index("extract") + 1 :]] if "extract" in sys.argv else None

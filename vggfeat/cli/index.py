@@ -1,8 +1,10 @@
-"""`vggfeat index build|search`: faiss indices over a feature store, searched with new images described by
-the same nets and protocol as the store (retrieval with the paper's descriptors)."""
+"""`vggfeat index build|search|info`: faiss indices over a feature store (or any emb/meta folder of vectors),
+chosen under a memory budget and measured (vggfeat.index), searched with images described by the store's nets
+and protocol (retrieval with the paper's descriptors) or with query vectors."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -10,19 +12,22 @@ import click
 from vggfeat.data.images import find_input_images
 from vggfeat.features.protocol import Protocol
 from vggfeat.features.runtime import Runtime
-from vggfeat.features.store import load_store
+from vggfeat.index.budget import default_budget, format_size, parse_size
+from vggfeat.index.source import open_source
 from vggfeat.utils.locks import folder_lock
 
 
 @click.group("index", context_settings={"max_content_width": 100})
 def index() -> None:
-    """Build a faiss index over a feature store, and search it with images.
+    """Build a faiss index over a feature store or emb/meta folder, and search it.
 
     \b
     Examples:
       vggfeat extract photos/ -o feats --weights vgg16.safetensors
-      vggfeat index build feats -o photos.index --type hnsw
+      vggfeat index build feats -o photos.index --max-memory 4GB
       vggfeat index search photos.index query.jpg more/ -k 5
+      vggfeat index build clip_out/ -o big.index --max-memory 64GB --part 0/8   (x8, then once without --part)
+      vggfeat index search big.index --vectors q.npy --json
     """
 
 
@@ -33,62 +38,154 @@ def index() -> None:
     "--out",
     required=True,
     type=click.Path(file_okay=False),
-    help="Index folder: index.faiss and index.json (row paths, settings).",
+    help="Index folder: index.faiss, index.json (row paths, factory, tuned search, measured recall).",
 )
+@click.option("--max-memory", default=None, help="Memory budget, e.g. 500MB, 4GB [default: half the free RAM].")
+@click.option("--max-query-ms", default=10.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--factory", default=None, help="A faiss.index_factory string [default: chosen from N, D, budget].")
+@click.option("--recall-k", default=10, show_default=True, type=click.IntRange(min=1), help="K of recall@K.")
+@click.option("--queries", default=1000, show_default=True, type=click.IntRange(min=1), help="Held-out queries.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the training sample and the queries.")
+@click.option("--part", default=None, help="I/N: build only this share of an on-disk index's blocks.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (faiss's GPUs).")
+@click.option("--block-rows", default=None, type=click.IntRange(min=1), hidden=True)  # rows read at a time
 @click.option(
-    "--type",
-    "kind",
-    type=click.Choice(["flat", "ivf", "ivfpq", "hnsw"]),
-    default="flat",
-    show_default=True,
-    help="flat: exact; ivf/ivfpq: inverted lists (pq compresses); hnsw: graph.",
-)
-@click.option("--gpu/--no-gpu", default=None, help="Build on the GPU (default: when faiss sees one).")
-def build(store, out, kind, gpu) -> None:
-    """Index the descriptors of STORE (made by `vggfeat extract`) by inner product (cosine on L2-normalised
-    descriptors)."""
-    import numpy as np
+    "--type", "kind", default=None, hidden=True, type=click.Choice(["flat", "ivf", "ivfpq", "hnsw"])
+)  # replaced by --factory: refused with its equivalent
+@click.option("--gpu/--no-gpu", default=None, hidden=True)  # replaced by --device
+def build(
+    store, out, max_memory, max_query_ms, factory, recall_k, queries, seed, part, device, block_rows, kind, gpu
+) -> None:
+    """Index the vectors of STORE (a `vggfeat extract` store, or an emb/*.npy + meta/*.parquet folder) by inner
+    product (cosine on L2-normalised descriptors); report the recall@K and query time it reaches."""
+    from vggfeat.index.build import build_index
+    from vggfeat.index.ondisk import parse_part
 
-    from vggfeat.probes.knn import build_index, save_index
+    if gpu is not None:
+        raise click.ClickException(f"--{'' if gpu else 'no-'}gpu is gone: use --device {'cuda' if gpu else 'cpu'}")
+    src = open_source(store)  # StoreError / SourceError are VggfeatErrors: LazyGroup shows them as one line
+    if kind is not None:
+        from vggfeat.probes.knn import kind_factory
 
-    fs = load_store(store)  # StoreError is a VggfeatError: LazyGroup shows it as one line
-    if len(fs) == 0:
-        raise click.ClickException(f"{store}: the store holds no rows (every image was skipped?); nothing to index")
+        equiv = kind_factory(kind, src.count, src.dim)
+        raise click.ClickException(
+            f"--type {kind} is gone: give --factory '{equiv}' for the same index, or leave both out to have one "
+            "chosen from the rows and --max-memory, with its recall measured"
+        )
+    budget = parse_size(max_memory) if max_memory else default_budget()
+    parts = parse_part(part) if part else None
+    run = dict(budget=budget, factory=factory, max_query_ms=max_query_ms, recall_k=recall_k, n_queries=queries)
+    run.update(seed=seed, device=device, part=parts, block_rows=block_rows, echo=click.echo)
+    if parts:  # parts run at once: only the final merge (save_index) takes the folder's lock
+        build_index(src, out, **run)
+        return
     # one build per folder at a time; the old index stays searchable until the new one replaces it whole
     with folder_lock(out, "written", "wait for that `vggfeat index build` to finish, or choose another -o"):
-        x = np.ascontiguousarray(fs.features, dtype=np.float32)
-        idx = build_index(x, kind, use_gpu=gpu)
-        meta = {
-            "store": str(Path(store).resolve()),
-            "paths": fs.absolute_paths,  # results open from wherever `index search` runs
-            "kind": kind,
-            "metric": "ip",
-            "dim": fs.dim,
-            "features": {
-                k: fs.manifest.get(k)
-                for k in ("models", "layer", "scales", "flip", "aggregate", "l2", "l2_parts", "snap", "fast_decode")
-            },
-        }
-        save_index(idx, out, meta)
-    click.echo(f"{kind} index of {len(fs)} x {fs.dim}-D descriptors -> {out}")
+        meta = build_index(src, out, **run)
+    click.echo(summary(meta, out))
+
+
+def summary(meta, out) -> str:
+    m, b = meta["measured"], meta["build"]
+    k = m["recall_k"]
+    lines = [
+        f"{meta['factory']} index of {meta['ntotal']} x {meta['dim']} -> {out}"
+        + (" (inverted lists on disk, memory-mapped)" if meta.get("ondisk") else ""),
+        f"  why: {meta['reason']}",
+        f"  recall@{k} {m[f'recall@{k}']:.4f} against exact search on {m['queries']} held-out queries, "
+        f"{m['ms_per_query']:.3f} ms per query with {meta['search_params'] or 'exact search'} "
+        f"(limit {m['max_query_ms']:g} ms)",
+        f"  built in {b['seconds']:.1f} s, peak RSS {format_size(b['peak_rss'])}, "
+        f"budget {format_size(b['max_memory'])}",
+    ]
+    if m.get("note"):
+        lines.append(f"  note: {m['note']}")
+    return "\n".join(lines)
+
+
+@index.command("info")
+@click.argument("index_dir", metavar="INDEX", type=click.Path(file_okay=False, exists=True))
+def info(index_dir) -> None:
+    """What INDEX is and what it measured: factory, why, search parameters, recall@K, query time, build."""
+    from vggfeat.probes.knn import load_index
+
+    _, meta = load_index(index_dir)
+    if "measured" not in meta:
+        click.echo(
+            f"{meta.get('kind')} index of {meta.get('ntotal')} x {meta.get('dim')} (built before recall was measured)"
+        )
+        return
+    click.echo(summary(meta, index_dir))
 
 
 @index.command("search")
 @click.argument("index_dir", metavar="INDEX", type=click.Path(file_okay=False, exists=True))
-@click.argument("images", nargs=-1, required=True)
-@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(min=1), help="Results per image.")
-@click.option("--device", default="auto", show_default=True, help="Where the query images are described.")
+@click.argument("images", nargs=-1)
+@click.option("--vectors", type=click.Path(dir_okay=False, exists=True), help="Query vectors: an (M, D) .npy file.")
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(min=1), help="Results per query.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON document.")
+@click.option("--device", default="auto", show_default=True, help="Where queries are described and searched.")
 @click.option("--seed", default=0, show_default=True, help="Seed of a random net (stores made without weights).")
-def search(index_dir, images, k, device, seed) -> None:
-    """Describe IMAGES (files, folders, @lists) exactly as the indexed store was made, and print each one's
-    K nearest indexed images with their similarity."""
-    from vggfeat.features.extract import describe_images, no_usable_image
-    from vggfeat.features.nets import build_feature_net, recorded_net
+def search(index_dir, images, vectors, k, as_json, device, seed) -> None:
+    """Print each query's K nearest indexed rows with their similarity. Queries: IMAGES (files, folders, @lists)
+    described exactly as the indexed store was made, or the rows of --vectors."""
+    import numpy as np
+
+    from vggfeat.index.gpu import faiss_gpus, to_gpus
     from vggfeat.probes.knn import load_index
     from vggfeat.probes.knn import search as knn_search
 
+    if bool(images) == bool(vectors):
+        raise click.UsageError("give query IMAGES or --vectors Q.npy (one of the two)")
     idx, meta = load_index(index_dir)
-    f = meta["features"]
+    skipped, paths = [], []
+    if vectors:
+        try:
+            q = np.load(vectors, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise click.ClickException(f"{vectors}: not a readable .npy file ({e})") from None
+        if q.ndim != 2 or q.shape[1] != idx.d or not len(q):
+            raise click.ClickException(f"{vectors}: shape {q.shape}, need (M, {idx.d}) query vectors")
+        labels = [f"{vectors}[{i}]" for i in range(len(q))]
+    else:
+        q, labels, skipped, paths = describe_queries(index_dir, meta, images, device, seed)
+    if not meta.get("ondisk"):  # memory-mapped lists stay on the CPU
+        idx = to_gpus(idx, faiss_gpus(device))
+    scores, ids = knn_search(idx, q, min(k, len(meta["paths"])))
+    results = [
+        {
+            "query": label,
+            "results": [
+                {"rank": r, "score": float(s), "path": meta["paths"][i], "row": int(i)}
+                for r, (s, i) in enumerate(zip(row_s, row_i, strict=False), 1)
+                if i >= 0
+            ],
+        }
+        for label, row_s, row_i in zip(labels, scores, ids, strict=False)
+    ]
+    if as_json:
+        click.echo(json.dumps({"index": str(index_dir), "k": k, "queries": results}, indent=1))
+    else:
+        for res in results:
+            click.echo(res["query"])
+            for hit in res["results"]:
+                click.echo(f"  {hit['rank']:>3}  {hit['score']:.4f}  {hit['path']}")
+    for i, reason in skipped:
+        click.echo(f"skipped {paths[i]}: {reason}", err=True)
+
+
+def describe_queries(index_dir, meta, images, device, seed):
+    """(vectors, labels, skipped, paths) of query images, described with the nets and protocol recorded in
+    index.json (the store's); an index of other vectors cannot describe images."""
+    from vggfeat.features.extract import describe_images, no_usable_image
+    from vggfeat.features.nets import build_feature_net, recorded_net
+
+    f = meta.get("features") or {}
+    if not f.get("models"):
+        raise click.ClickException(
+            f"this index was built from {meta.get('source', 'vectors')}, not a vggfeat store: it has no nets to "
+            "describe images with; search it with --vectors Q.npy"
+        )
     # the store's protocol, rebuilt from index.json; queries are described in memory (no temporary store)
     protocol = Protocol.from_dict(f)
     try:
@@ -101,12 +198,4 @@ def search(index_dir, images, k, device, seed) -> None:
     rows, q, skipped = describe_images(nets, paths, protocol, Runtime(device=device))
     if not len(rows):
         raise no_usable_image(images, paths, skipped)
-    q_paths = [paths[i] for i in rows.tolist()]
-    scores, ids = knn_search(idx, q, min(k, len(meta["paths"])))
-    for path, row_s, row_i in zip(q_paths, scores, ids, strict=False):
-        click.echo(path)
-        for rank, (s, i) in enumerate(zip(row_s, row_i, strict=False), 1):
-            if i >= 0:
-                click.echo(f"  {rank:>3}  {s:.4f}  {meta['paths'][i]}")
-    for i, reason in skipped:
-        click.echo(f"skipped {paths[i]}: {reason}", err=True)
+    return q, [paths[i] for i in rows.tolist()], skipped, paths

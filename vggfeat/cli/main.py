@@ -9,6 +9,7 @@ import click
 
 from vggfeat import __version__
 from vggfeat.errors import VggfeatError
+from vggfeat.utils.cpus import prepare_process
 
 # command name -> "module:attribute"; modules import torch and friends inside their functions only
 COMMANDS = {
@@ -73,3 +74,6 @@ def cli() -> None:
       vggfeat models            the six nets of Table 1 with their sizes
       vggfeat COMMAND --help    what a command does and its options
     """
+    # threads sized to the CPUs this process may use (affinity, cgroup quota), waiting passively at barriers:
+    # every command that computes runs sized, and does not collapse when the cores are shared
+    prepare_process()

@@ -125,7 +125,13 @@ NEXT_DIR = ".next"  # a store replacing OUT's (--overwrite) is made here and swa
 
 
 def _settings(
-    listing: list[str], specs: list[dict], protocol: Protocol, dtype: str, shard_size: int | None, seed: int
+    listing: list[str],
+    specs: list[dict],
+    protocol: Protocol,
+    dtype: str,
+    shard_size: int | None,
+    seed: int,
+    runtime: Runtime,
 ) -> dict:
     """What determines a store's content: a different value means a different store. A random net's seed is
     part of it (its rows are another net's), a trained net's is not."""
@@ -133,6 +139,7 @@ def _settings(
     settings = {
         "models": specs,
         **protocol.to_dict(),
+        **({"gpu_decode": True} if runtime.gpu_decode else {}),  # other pixels (kept out when off: older stores)
         "dtype": dtype,
         "shard_size": shard_size,
         "n_inputs": len(listing),
@@ -265,7 +272,7 @@ def extract_part(
     tars = any(s.tar is not None for s in shards)
     specs = [NetSpec(str(m), None if w is None else str(w)) for m, w in models]
     spec_info = [s.describe() for s in specs]
-    store_settings = _settings(listing, spec_info, protocol, dtype, None if tars else shard_size, seed)
+    store_settings = _settings(listing, spec_info, protocol, dtype, None if tars else shard_size, seed, runtime)
     settings_sha = _sha(store_settings)
     out = Path(out)
     created = not out.exists()

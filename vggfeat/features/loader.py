@@ -8,16 +8,18 @@ A bad file arrives as its reason instead, so one corrupt JPEG never stops a run.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from vggfeat.data.images import ImageError, check_scaled_pixels, load_rgb, to_rgb
+from vggfeat.data.images import MAX_PIXELS, ImageError, check_scaled_pixels, load_rgb, to_rgb
+from vggfeat.utils.cpus import share_cpus, worker_init
 
+from .plan import EXIF_ORIENTATION
 from .protocol import Protocol, scaled_size
 
 # what the extraction API accepts as one image: a file, a PIL image or an (H, W, 3) uint8 array
@@ -25,10 +27,17 @@ ImageInput = str | Path | Image.Image | np.ndarray
 
 
 class ScaledImages(torch.utils.data.Dataset):
-    """Item i: (i, [(3, H_q, W_q) uint8 per scale], None) or (i, None, reason)."""
+    """Item i: (i, [(3, H_q, W_q) uint8 per scale], None) or (i, None, reason); with `raw_jpeg`, a JPEG file
+    arrives still compressed, as (i, RawJpeg, None), for the GPU to decode (features.gpudecode)."""
 
-    def __init__(self, images: Sequence[ImageInput], protocol: Protocol, indices: Sequence[int] | None = None) -> None:
-        self.images, self.protocol = images, protocol
+    def __init__(
+        self,
+        images: Sequence[ImageInput],
+        protocol: Protocol,
+        indices: Sequence[int] | None = None,
+        raw_jpeg: bool = False,
+    ) -> None:
+        self.images, self.protocol, self.raw_jpeg = images, protocol, raw_jpeg
         self.indices = list(range(len(images))) if indices is None else list(indices)
 
     def __len__(self) -> int:
@@ -42,8 +51,12 @@ class ScaledImages(torch.utils.data.Dataset):
         # with fast_decode: JPEG draft decoding at 1/2..1/8 size, only while the smallest side stays >= the largest Q
         return load_rgb(item, min_side=max(self.protocol.scales) if self.protocol.fast_decode else None)
 
-    def __getitem__(self, k: int) -> tuple[int, list[torch.Tensor] | None, str | None]:
+    def __getitem__(self, k: int) -> tuple[int, list[torch.Tensor] | RawJpeg | None, str | None]:
         i = self.indices[k]
+        if self.raw_jpeg and isinstance(self.images[i], (str, Path)):
+            raw = read_raw_jpeg(self.images[i], max(self.protocol.scales))
+            if raw is not None:
+                return i, raw, None
         try:
             img = self._decode(self.images[i])
             check_scaled_pixels(img.height, img.width, max(self.protocol.scales), self.images[i])
@@ -57,6 +70,32 @@ class ScaledImages(torch.utils.data.Dataset):
         return i, views, None
 
 
+@dataclass(frozen=True)
+class RawJpeg:
+    """A JPEG file's bytes, undecoded: what a worker hands over for GPU decoding (never float pixels)."""
+
+    data: torch.Tensor  # (n_bytes,) uint8
+    orientation: int  # EXIF orientation (1: as stored)
+    height: int  # as stored, before orientation
+    width: int
+
+
+def read_raw_jpeg(path: str | Path, q_max: int) -> RawJpeg | None:
+    """The bytes of a baseline 8-bit RGB or grayscale JPEG that passes the loader's size checks; None for
+    anything else (it is decoded on the CPU as usual, which also names what is wrong with a bad file)."""
+    try:
+        with Image.open(path) as img:
+            if img.format != "JPEG" or img.mode not in ("RGB", "L") or img.width * img.height > MAX_PIXELS:
+                return None
+            orientation = int(img.getexif().get(EXIF_ORIENTATION, 1) or 1)
+            h, w = img.height, img.width
+        check_scaled_pixels(h, w, q_max, path)
+        data = torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
+    except Exception:  # unreadable, corrupt or too large: the CPU path reports it
+        return None
+    return RawJpeg(data, orientation, h, w)
+
+
 def _as_list(batch: list) -> list:
     return batch
 
@@ -64,16 +103,18 @@ def _as_list(batch: list) -> list:
 LOADER_BATCH = 4
 
 
-def usable_workers(workers: int, n_items: int) -> int:
-    """`workers` capped at the CPUs this process may use (more only contend, and torch warns about them) and
-    at the loader batches there are (3 images need no 4 processes)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(0, min(workers, cpus, -(-n_items // LOADER_BATCH)))
+def usable_workers(workers: int, n_items: int, device_type: str = "cpu") -> int:
+    """`workers` as the CPUs this process may use allow beside its compute threads (utils.cpus: more only
+    contend, and torch warns about them), and at most the loader batches there are (3 images need no 4)."""
+    return max(0, min(share_cpus(workers, device_type).workers, -(-n_items // LOADER_BATCH)))
 
 
-def make_loader(dataset: ScaledImages, workers: int, pin_memory: bool) -> torch.utils.data.DataLoader:
-    """An ordered loader yielding lists of items; workers (at most `usable_workers`) decode ahead of the net."""
-    workers = usable_workers(workers, len(dataset))
+def make_loader(
+    dataset: ScaledImages, workers: int, pin_memory: bool, device: str = "cpu"
+) -> torch.utils.data.DataLoader:
+    """An ordered loader yielding lists of items; workers (at most `usable_workers`, niced below the compute
+    threads) decode ahead of the net."""
+    workers = usable_workers(workers, len(dataset), device)
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=LOADER_BATCH,
@@ -83,4 +124,5 @@ def make_loader(dataset: ScaledImages, workers: int, pin_memory: bool) -> torch.
         pin_memory=pin_memory,
         prefetch_factor=4 if workers > 0 else None,
         persistent_workers=False,
+        worker_init_fn=worker_init if workers > 0 else None,
     )

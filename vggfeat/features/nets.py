@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vggfeat.errors import LayerError
+from vggfeat.errors import InputError, LayerError
 from vggfeat.models import Preprocessing, create_model, load_model
 from vggfeat.models.resolve import check_timm_model, check_vggfeat_net, resolve_weights
 from vggfeat.models.weights import WeightsError, read_weights
@@ -63,26 +63,92 @@ class FeatureNet(nn.Module):
         self.channels_last, self.autocast_dtype = channels_last, autocast_dtype
         return self
 
+    # whether `forward` can take images padded bottom/right with their true sizes and stay exact
+    supports_padding = False
+
     def pooled_map(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def padded_pooled_map(self, x: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} cannot run padded batches")
+
+    def layer_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
+        raise NotImplementedError(f"{type(self).__name__} cannot run padded batches")
+
+    def forward(self, images: torch.Tensor, sizes: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, dim) descriptors of a uint8 batch. With `sizes` ((L + 1, B, 2) int64, see `true_sizes`), image
+        b fills only the top-left sizes[0, b] of the batch and its pooled vector is the unpadded image's."""
         x = self.preprocessing.apply(images.float().div_(255.0))
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.autocast_dtype is None:
-            return self.pooled_map(x).float()
+            return self._pooled(x, sizes).float()
         with torch.autocast(x.device.type, dtype=self.autocast_dtype):
-            return self.pooled_map(x).float()
+            return self._pooled(x, sizes).float()
+
+    def _pooled(self, x: torch.Tensor, sizes: torch.Tensor | None) -> torch.Tensor:
+        return self.pooled_map(x) if sizes is None else self.padded_pooled_map(x, sizes)
+
+    def true_sizes(self, shapes: list[tuple[int, int]]) -> torch.Tensor:
+        """(L + 1, B, 2) int64: each image's (h, w) at the input and after each of the L layers run."""
+        per_image = [[(h, w), *self.layer_sizes(h, w)] for h, w in shapes]
+        return torch.tensor(per_image, dtype=torch.int64).permute(1, 0, 2).contiguous()
+
+
+def mask_to(x: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """Zero x (B, C, H, W) outside each image's top-left sizes[b] = (h, w) region, in place."""
+    rows = torch.arange(x.shape[2], device=x.device)
+    cols = torch.arange(x.shape[3], device=x.device)
+    keep = (rows[None, :, None] < sizes[:, 0, None, None]) & (cols[None, None, :] < sizes[:, 1, None, None])
+    return x.mul_(keep[:, None].to(x.dtype))  # (B, 1, H, W) broadcast over channels
+
+
+def _out_size(module: nn.Module, h: int, w: int) -> tuple[int, int]:
+    """A conv's or max-pool's output size for an (h, w) input: torch's floor rounding (ceil_mode off)."""
+    if not isinstance(module, (nn.Conv2d, nn.MaxPool2d)):
+        return h, w  # ReLU, LRN, dropout: pointwise over positions
+    k, s, p = (module.kernel_size, module.stride, module.padding)
+    k, s, p = ((v, v) if isinstance(v, int) else v for v in (k, s, p))
+    return (h + 2 * p[0] - k[0]) // s[0] + 1, (w + 2 * p[1] - k[1]) // s[1] + 1
 
 
 class VGGFeatureNet(FeatureNet):
     def __init__(self, model: nn.Module, layer: str = "fc7") -> None:
         super().__init__(model, model.preprocessing, model.layer_channels(layer), layer)
 
+    supports_padding = True
+
     def pooled_map(self, x: torch.Tensor) -> torch.Tensor:
         # Appendix B: the layer's dense map over the whole image, globally average-pooled
         return self.model.forward_features(x, self.layer).float().mean(dim=(2, 3))
+
+    def layer_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
+        """(h, w) of the image's map after each layer up to the pooled one, as the unpadded image has it."""
+        out, h, w = [], height, width
+        for layer, modules in self.model._blocks:
+            for name in modules:
+                h, w = _out_size(getattr(self.model, name), h, w)
+            if h < 1 or w < 1:  # what the unpadded forward would refuse; a padded one must not average nothing
+                raise InputError(
+                    f"input too small for the dense head: a {height}x{width} view has no {layer} positions; "
+                    f"images need at least {self.model.min_input_size()} px per side (give scales Q >= "
+                    f"{self.model.min_input_size()})"
+                )
+            out.append((h, w))
+            if layer == self.layer:
+                return out
+        raise LayerError(f"unknown layer {self.layer!r}")
+
+    def padded_pooled_map(self, x: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+        """The pooled map of images padded bottom/right (Sect. 3.2's dense evaluation, made exact): the padding
+        is zeroed at the input and after every layer, so each conv sees the zeros its own padding would give
+        and each max-pool keeps the floor-rounded size; the final map is averaged over the true positions."""
+        mask_to(x, sizes[0])
+        out = x
+        for k, (_, out) in enumerate(self.model.iter_layers(x, until=self.layer), start=1):
+            mask_to(out, sizes[k])  # in place: iter_layers feeds this same tensor to the next layer
+        area = (sizes[-1, :, 0] * sizes[-1, :, 1]).to(torch.float32)
+        return out.float().sum(dim=(2, 3)) / area[:, None]
 
 
 PRE_LOGITS = "pre_logits"

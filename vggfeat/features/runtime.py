@@ -1,6 +1,7 @@
 """How descriptors are computed, as opposed to what they are (features.protocol): device, batching, loader
-workers, compute precision and convolution algorithm. None of these changes a descriptor beyond float
-rounding, so a store's identity (its settings) holds the Protocol, never the Runtime.
+workers, compute precision, convolution algorithm, batch planning. None of these changes a descriptor beyond
+float rounding, so a store's identity (its settings) holds the Protocol, never the Runtime - except
+`gpu_decode`, which changes the pixels and is recorded in a store's settings when on.
 """
 
 from __future__ import annotations
@@ -32,6 +33,19 @@ class Runtime:
     # for the engine's own forwards (the caller's setting is restored). Off: every (batch, H, W) of the dense
     # protocol is a new shape, and on an H200 the timing cost 3.6x the extraction (docs/benchmarks.md)
     cudnn_benchmark: bool = False
+    # Batches are planned (features.plan): views padded bottom/right into at most max_shapes recurring shapes
+    # per scale (exact for the VGGs, which mask the padding; other nets batch equal sizes only). pad=False:
+    # equal sizes only. plan_window: images a view may wait for its batch to fill before it is run partial
+    # (None: 2048 on CUDA, 64 on the CPU, where batches are small); bounds the work an interruption loses
+    pad: bool = True
+    max_shapes: int = 32
+    plan_window: int | None = None
+    # torch.compile each net once per recurring bucket shape (CUDA: to be measured against eager before it
+    # becomes a default; on the CPU it changes nothing measurable)
+    compile: bool = False
+    # decode JPEGs on the GPU (torchvision.io.decode_jpeg, batched) and rescale there (antialiased bilinear):
+    # off the CPU's critical path, but not PIL's pixels, so descriptors differ slightly; CUDA only
+    gpu_decode: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -42,6 +56,10 @@ class Runtime:
             raise InputError(f"workers must be >= 0, got {self.workers}")
         if self.max_batch_pixels is not None and self.max_batch_pixels < 1:
             raise InputError(f"max_batch_pixels must be >= 1, got {self.max_batch_pixels}")
+        if self.max_shapes < 1 or (self.plan_window is not None and self.plan_window < 1):
+            raise InputError(f"max_shapes and plan_window must be >= 1, got {self.max_shapes}, {self.plan_window}")
+        if self.gpu_decode and str(self.device) != "auto" and not str(self.device).startswith("cuda"):
+            raise InputError(f"--gpu-decode decodes on a CUDA GPU, but the device is {self.device}; use --device cuda")
 
     def torch_device(self) -> torch.device:
         """The resolved torch.device (`auto` picks CUDA when there is a GPU)."""

@@ -21,13 +21,13 @@ import numpy as np
 
 from ..errors import VggfeatError
 from ..features.protocol import l2_normalize
-from ..utils.files import atomic_write_bytes, atomic_write_json, read_json, replace_dir
+from ..utils.files import atomic_write_bytes, atomic_write_json, read_json, replace_dir, sha256_file
 from ..utils.locks import folder_lock
 
 log = logging.getLogger(__name__)
 
 INDEX_KINDS = ("flat", "ivf", "ivfpq", "hnsw")
-INDEX_FILE, META_FILE = "index.faiss", "index.json"
+INDEX_FILE, META_FILE, IVFDATA_FILE = "index.faiss", "index.json", "index.ivfdata"
 _METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 
 
@@ -64,45 +64,43 @@ def _gpu_wanted(use_gpu: bool | None) -> bool:
     return bool(gpus) and use_gpu is not False
 
 
+def kind_factory(kind: str, n: int, d: int, m: int | None = None) -> str:
+    """The faiss.index_factory string of a named kind for n x d rows: flat (exact), ivf / ivfpq (inverted lists,
+    `default_nlist(n)` of them; pq codes of `m` sub-quantizers of up to 8 bits, fewer when N < 39 * 256), hnsw
+    (a graph of `m` links per node, default 32)."""
+    if kind not in INDEX_KINDS:
+        raise FaissIndexError(f"unknown index kind {kind!r}; choose one of {', '.join(INDEX_KINDS)}")
+    nlist = default_nlist(n)
+    if kind == "ivfpq":
+        m = m or default_pq_m(d)
+        if d % m:
+            raise FaissIndexError(f"ivfpq: m={m} must divide the dimension {d}")
+        nbits = max(1, min(8, int(math.log2(max(n // 39, 2)))))  # 39 points per PQ centroid
+        return f"IVF{nlist},PQ{m}x{nbits}"
+    return {"flat": "Flat", "ivf": f"IVF{nlist},Flat", "hnsw": f"HNSW{m or 32}"}[kind]
+
+
 def build_index(
     X: np.ndarray,
     kind: str = "flat",
     *,
     metric: str = "ip",
-    nlist: int | None = None,
     m: int | None = None,
     use_gpu: bool | None = None,
 ) -> faiss.Index:
-    """An index holding the rows of X (N, D); IVF kinds are trained on X itself.
-
-    ivf/ivfpq: `nlist` lists (default `default_nlist(N)`), nprobe set to max(4, sqrt(nlist)) capped at nlist;
-    ivfpq: `m` sub-quantizers of up to 8 bits (fewer when N < 39 * 256); hnsw: `m` links per node (default 32),
-    efSearch 128. On the GPU(s) when faiss has one and use_gpu is not False (hnsw stays on the CPU).
-    """
+    """An in-memory index of the rows of X (N, D) built from `kind_factory(kind, ...)`, trained on X itself; ivf
+    kinds probe max(4, sqrt(nlist)) lists, hnsw searches with efSearch 128. On the GPU(s) when faiss has one and
+    use_gpu is not False (hnsw stays on the CPU). `vggfeat index build` chooses and tunes its own (vggfeat.index)."""
     X = _as_matrix(X, "X")
     n, d = X.shape
-    if kind not in INDEX_KINDS:
-        raise FaissIndexError(f"unknown index kind {kind!r}; choose one of {', '.join(INDEX_KINDS)}")
     if metric not in _METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose 'ip' or 'l2'")
-    mt = _METRICS[metric]
-    if kind == "flat":
-        index = faiss.IndexFlat(d, mt)
+    index = faiss.index_factory(d, kind_factory(kind, n, d, m), _METRICS[metric])
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.nprobe = min(ivf.nlist, max(4, int(math.sqrt(ivf.nlist))))
     elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(d, m or 32, mt)
-        index.hnsw.efSearch = 128
-    else:
-        nlist = min(nlist or default_nlist(n), n)
-        quantizer = faiss.IndexFlat(d, mt)
-        if kind == "ivf":
-            index = faiss.IndexIVFFlat(quantizer, d, nlist, mt)
-        else:
-            m = m or default_pq_m(d)
-            if d % m:
-                raise FaissIndexError(f"ivfpq: m={m} must divide the dimension {d}")
-            nbits = max(1, min(8, int(math.log2(max(n // 39, 2)))))  # 39 points per PQ centroid
-            index = faiss.IndexIVFPQ(quantizer, d, nlist, m, nbits, mt)
-        index.nprobe = min(nlist, max(4, int(math.sqrt(nlist))))
+        faiss.downcast_index(index).hnsw.efSearch = 128
     if kind != "hnsw" and _gpu_wanted(use_gpu):
         try:
             index = faiss.index_cpu_to_all_gpus(index)
@@ -137,14 +135,15 @@ def describe_index(index: faiss.Index) -> dict[str, Any]:
     return {"kind": kind, "metric": metric, "dim": int(index.d), "ntotal": int(index.ntotal)}
 
 
-def save_index(index: faiss.Index, path: str | Path, meta: dict[str, Any]) -> Path:
+def save_index(index: faiss.Index, path: str | Path, meta: dict[str, Any], ivfdata: Path | None = None) -> Path:
     """Write `index.faiss` and `index.json` (meta plus kind, metric, dim, ntotal) into folder `path`.
 
     Both files are written into a sibling temporary folder that then replaces `path` whole (utils.files.
     replace_dir): a build that dies at any moment leaves the old index with its own paths, searchable. The
     json also records the sha256 of index.faiss, so files mixed by hand are refused by `load_index`. `meta`
     should carry the row paths (`paths`, one per row) and the feature store's manifest summary. A folder
-    holding anything but an index is refused rather than replaced.
+    holding anything but an index is refused rather than replaced. An index whose inverted lists are on disk
+    (OnDiskInvertedLists) brings their file `ivfdata`, moved in as index.ivfdata and recorded by size.
     """
     path = Path(path)
     cpu = to_cpu(index)
@@ -153,7 +152,7 @@ def save_index(index: faiss.Index, path: str | Path, meta: dict[str, Any]) -> Pa
         raise ValueError(f"meta lists {len(meta['paths'])} paths but the index holds {info['ntotal']} rows")
     with folder_lock(path, "written", "wait for that `vggfeat index build` to finish, or choose another -o"):
         if path.is_dir():
-            other = sorted(p.name for p in path.iterdir() if p.name not in (INDEX_FILE, META_FILE))
+            other = sorted(p.name for p in path.iterdir() if p.name not in (INDEX_FILE, META_FILE, IVFDATA_FILE))
             if other:
                 raise FaissIndexError(
                     f"{path} holds files that are not an index ({', '.join(other[:3])}"
@@ -166,6 +165,13 @@ def save_index(index: faiss.Index, path: str | Path, meta: dict[str, Any]) -> Pa
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         tmp.mkdir(parents=True)
         try:
+            if ivfdata is not None:
+                os.replace(ivfdata, tmp / IVFDATA_FILE)  # the lists already mapped stay valid through the rename
+                meta = {**meta, "ivfdata_bytes": (tmp / IVFDATA_FILE).stat().st_size}
+                # plain faiss.read_index finds the lists where the folder ends up; load_index looks beside it
+                faiss.downcast_InvertedLists(faiss.extract_index_ivf(cpu).invlists).filename = str(
+                    path.resolve() / IVFDATA_FILE
+                )
             data = faiss.serialize_index(cpu).tobytes()
             atomic_write_bytes(tmp / INDEX_FILE, data)
             atomic_write_json(
@@ -196,11 +202,19 @@ def load_index(path: str | Path) -> tuple[faiss.Index, dict[str, Any]]:
     meta = read_json(path / META_FILE, FaissIndexError, fix)
     if not isinstance(meta, dict) or not isinstance(meta.get("paths"), list):
         raise FaissIndexError(f"{path / META_FILE}: no list of row paths; {fix}")
-    data = (path / INDEX_FILE).read_bytes()
-    if "index_sha256" in meta and hashlib.sha256(data).hexdigest() != meta["index_sha256"]:
+    if "index_sha256" in meta and sha256_file(path / INDEX_FILE) != meta["index_sha256"]:
         raise FaissIndexError(f"{path}: {INDEX_FILE} does not belong to {META_FILE} (an interrupted build?); {fix}")
+    flags = 0
+    if "ivfdata_bytes" in meta:  # inverted lists on disk: memory-mapped read-only from beside index.faiss
+        size = (path / IVFDATA_FILE).stat().st_size if (path / IVFDATA_FILE).is_file() else None
+        if size != meta["ivfdata_bytes"]:
+            raise FaissIndexError(
+                f"{path / IVFDATA_FILE}: {'missing' if size is None else f'{size} bytes'} but {META_FILE} records "
+                f"{meta['ivfdata_bytes']}; {fix}"
+            )
+        flags = faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY
     try:
-        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        index = faiss.read_index(str(path / INDEX_FILE), flags)
     except RuntimeError as e:
         raise FaissIndexError(f"{path / INDEX_FILE}: unreadable ({str(e).splitlines()[0][:200]}); {fix}") from None
     info = describe_index(index)

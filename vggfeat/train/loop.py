@@ -30,6 +30,7 @@ from vggfeat.data.transforms import normalize_batch
 from vggfeat.errors import InputError, VggfeatError, WeightsError
 from vggfeat.models import Preprocessing, create_model, init_from_net_a, read_weights, save_weights
 from vggfeat.models.weights import check_compatible, check_finite
+from vggfeat.utils.cpus import usable_cpus
 from vggfeat.utils.device import resolve_device
 from vggfeat.utils.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
 from vggfeat.utils.files import atomic_write_text
@@ -438,7 +439,7 @@ class _Trainer:
             per_device=o.per_device_batch,
             rank=self.info.rank,
             world=self.info.world,
-            workers=self.recipe.data.workers,
+            workers=min(self.recipe.data.workers, usable_cpus()),  # more only contend for the cores
             pin_memory=self.cuda,
             collate_fn=collate_skips,
         )
@@ -642,7 +643,7 @@ def validate(
     loader = torch.utils.data.DataLoader(
         valset.rank_share(info.rank, info.world, recipe.data.max_val),
         batch_size=recipe.optim.per_device_batch,
-        num_workers=recipe.data.workers,
+        num_workers=min(recipe.data.workers, usable_cpus()),
         pin_memory=device.type == "cuda",
         collate_fn=collate_skips,
     )

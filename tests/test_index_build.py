@@ -1,0 +1,243 @@
+"""`vggfeat index build|search|info` past RAM: every automatic choice builds and reaches the recall it reports,
+rows are streamed (peak memory below the store's size), blocks merged on disk search like the in-memory index,
+parts merge into the same index, and a build killed at any stage leaves the old index searchable."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from vggfeat.cli import main
+from vggfeat.index import build as build_mod
+from vggfeat.index import choose, ondisk
+from vggfeat.index.build import sample_rows
+from vggfeat.index.tune import recall_at_k
+from vggfeat.probes.knn import load_index
+
+
+@pytest.fixture(autouse=True)
+def one_faiss_thread():
+    # tiny k-means runs spend seconds in OpenMP waits on a busy 2-core machine; one thread takes milliseconds
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+def vectors(n, d, seed=0, centres=20):
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centres, d)).astype(np.float32)
+    x = c[rng.integers(0, centres, n)] + 0.5 * rng.standard_normal((n, d), dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def emb_meta(root, x, files=2):
+    """An embedding-reader folder: emb/<i>.npy + meta/<i>.parquet with a `path` column."""
+    (root / "emb").mkdir(parents=True)
+    (root / "meta").mkdir()
+    for i, part in enumerate(np.array_split(np.arange(len(x)), files)):
+        np.save(root / "emb" / f"{i}.npy", x[part])
+        pq.write_table(pa.table({"path": [f"img_{j}.jpg" for j in part]}), root / "meta" / f"{i}.parquet")
+    return root
+
+
+def store(root, x):
+    root.mkdir()
+    np.save(root / "features.npy", x)
+    (root / "manifest.json").write_text(json.dumps({"paths": [f"{i}.jpg" for i in range(len(x))], "models": []}))
+    return root
+
+
+def build(src, out, *args):
+    r = CliRunner().invoke(main.cli, ["index", "build", str(src), "-o", str(out), "--device", "cpu", *args])
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+def held_out_recall(x, out, k=10, n_queries=1000, seed=0):
+    """The index's recall@k re-measured from scratch: plain faiss.read_index (tuned parameters already set),
+    the build's own held-out queries, exact top-k by numpy."""
+    meta = json.loads((out / "index.json").read_text())
+    q_rows, _ = sample_rows(len(x), n_queries, meta["build"]["train_rows"], seed)
+    q = x[q_rows]
+    truth = np.argsort(-(q @ x.T), axis=1, kind="stable")[:, :k]
+    index = faiss.read_index(str(out / "index.faiss"))
+    return recall_at_k(index.search(q, k)[1], truth), meta
+
+
+@pytest.mark.parametrize(
+    "budget, flat_max, expect",
+    [
+        ("1GB", 5000, "Flat"),
+        ("1GB", 500, "HNSW32"),
+        ("300KB", 500, "IVF*,Flat"),
+        ("60KB", 500, "IVF*,PQ"),
+        ("8KB", 500, "IVF*,PQ8x8"),  # nothing fits: lists on disk
+    ],
+)
+def test_every_automatic_choice_builds_and_reaches_its_reported_recall(tmp_path, monkeypatch, budget, flat_max, expect):
+    monkeypatch.setattr(choose, "FLAT_MAX_ROWS", flat_max)  # small data, every branch of the choice
+    x = vectors(2000, 16)
+    out = tmp_path / "idx"
+    text = build(emb_meta(tmp_path / "v", x), out, "--max-memory", budget, "--queries", "200", "--block-rows", "700")
+    recall, meta = held_out_recall(x, out, n_queries=200)
+    assert re.fullmatch(expect.replace("*", "[0-9]+") + ".*", meta["factory"]) and meta["reason"] in text
+    assert meta["ondisk"] == (budget == "8KB") and (out / "index.ivfdata").is_file() == meta["ondisk"]
+    assert recall == pytest.approx(meta["measured"]["recall@10"], abs=1e-4)  # what it reports is what it reaches
+    assert recall >= (0.999 if expect == "Flat" else 0.5)
+    assert f"recall@10 {recall:.4f}" in text
+    info = CliRunner().invoke(main.cli, ["index", "info", str(out)])
+    assert info.exit_code == 0 and meta["factory"] in info.output and f"recall@10 {recall:.4f}" in info.output
+    assert not (tmp_path / "idx.blocks").exists()  # the blocks are gone once merged
+
+
+def test_ondisk_merged_index_searches_like_the_in_memory_one_and_parts_merge_into_it(tmp_path):
+    x = vectors(3000, 16, seed=1)
+    src = emb_meta(tmp_path / "v", x, files=3)
+    args = ["--factory", "IVF32,Flat", "--queries", "100", "--block-rows", "500", "--max-memory", "10KB"]
+    for part in ("1/3", "0/3"):  # the parts in any order, then one command merges
+        text = build(src, tmp_path / "disk", *args, "--part", part)
+        assert "still to build" in text
+    blocks = tmp_path / "disk.blocks"
+    assert not (tmp_path / "disk").exists() and len(list(blocks.glob("block_*.index"))) == 4  # parts 0 and 1 of 3
+    # the in-memory reference: the same trained index, every row added at once
+    mem = faiss.read_index(str(blocks / ondisk.TRAINED_FILE))
+    mem.add(x)
+    text = build(src, tmp_path / "disk", *args)
+    assert "merged 6 blocks" in text and not blocks.exists()
+    disk, meta = load_index(tmp_path / "disk")
+    assert ondisk.is_ondisk(disk) and not ondisk.is_ondisk(mem) and disk.ntotal == 3000
+    q = vectors(50, 16, seed=2)
+    for nprobe in (1, 4, 32):
+        faiss.ParameterSpace().set_index_parameters(mem, f"nprobe={nprobe}")
+        faiss.ParameterSpace().set_index_parameters(disk, f"nprobe={nprobe}")
+        (sm, im), (sd, idd) = mem.search(q, 10), disk.search(q, 10)
+        assert np.array_equal(im, idd) and np.array_equal(sm, sd)
+    # the command searches the memory-mapped lists with the tuned parameters, and answers in JSON
+    np.save(tmp_path / "q.npy", q[:3])
+    cmd = ["index", "search", str(tmp_path / "disk"), "--vectors", str(tmp_path / "q.npy"), "--json"]
+    r = CliRunner().invoke(main.cli, cmd)
+    assert r.exit_code == 0, r.output
+    faiss.ParameterSpace().set_index_parameters(mem, meta["search_params"])
+    want = mem.search(q[:3], 10)[1]
+    got = [[hit["path"] for hit in res["results"]] for res in json.loads(r.output)["queries"]]
+    assert got == [[f"img_{i}.jpg" for i in row] for row in want]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="peak RSS is read from Linux's /proc")
+def test_streamed_build_peak_memory_stays_below_the_store_size(tmp_path):
+    import subprocess
+    import sys
+
+    x = vectors(50_000, 256, seed=3)  # 51 MB of float32, the budget 1 MB
+    src = store(tmp_path / "s", x)
+    del x
+    size = (src / "features.npy").stat().st_size
+    run = (
+        "import sys, faiss, numpy\n"
+        "faiss.omp_set_num_threads(1)\n"
+        "from vggfeat.cli import main\n"
+        "import vggfeat.index.build, vggfeat.cli.index, pyarrow\n"
+        "def kb(key):\n"
+        "    return int(next(l for l in open('/proc/self/status') if l.startswith(key)).split()[1])\n"
+        "open('/proc/self/clear_refs', 'w').write('5')\n"  # peak RSS := RSS now (imports peak higher)
+        "base = kb('VmRSS:')\n"
+        "main.cli(sys.argv[1:], standalone_mode=False)\n"
+        "print('GROWTH', (kb('VmHWM:') - base) * 1024)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd = ["index", "build", str(src), "-o", str(tmp_path / "idx"), "--max-memory", "1MB", "--device", "cpu"]
+    cmd += ["--factory", "IVF32,PQ8", "--block-rows", "2048", "--queries", "200"]
+    p = subprocess.run([sys.executable, "-c", run, *cmd], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    growth = int(p.stdout.split("GROWTH")[1])
+    # before: every row was loaded (np.ascontiguousarray of the store) - a growth of at least the store's size.
+    # Now: the sample, a block, the index and faiss's fixed scratch buffers (tens of MB whatever the data)
+    assert growth < size, (growth, size)
+    assert json.loads((tmp_path / "idx" / "index.json").read_text())["ntotal"] == 50_000
+
+
+@pytest.mark.parametrize("stage", ["train", "block", "merge", "save"])
+def test_a_build_killed_at_any_stage_leaves_the_old_index_searchable(tmp_path, monkeypatch, stage):
+    x = vectors(1500, 16, seed=4)
+    src = emb_meta(tmp_path / "v", x)
+    out = tmp_path / "idx"
+    args = ["--factory", "IVF16,Flat", "--queries", "50", "--block-rows", "400", "--max-memory", "4KB"]
+    build(src, out, *args)
+    before = faiss.read_index(str(out / "index.faiss"))
+    q = x[:5]
+    want = before.search(q, 5)
+
+    def die(*a, **k):
+        raise KeyboardInterrupt
+
+    target = {"train": (build_mod.gpu, "train"), "block": (ondisk, "write_block"), "merge": (ondisk, "merge")}
+    if stage == "save":
+        from vggfeat.probes import knn
+
+        target["save"] = (knn, "atomic_write_json")
+    monkeypatch.setattr(*target[stage], die)
+    r = CliRunner().invoke(
+        main.cli, ["index", "build", str(src), "-o", str(out), "--device", "cpu", *args, "--seed", "1"]
+    )
+    assert r.exit_code == 1 and "Aborted!" in r.output  # click's answer to the interrupt
+    index, meta = load_index(out)  # the old one, whole
+    assert meta["measured"]["seed"] == 0
+    got = index.search(q, 5)
+    assert np.array_equal(got[1], want[1])
+    monkeypatch.undo()
+    build(src, out, *args, "--seed", "1")  # a rerun finishes (kept blocks of the killed run are reused)
+    assert load_index(out)[1]["measured"]["seed"] == 1 and not (tmp_path / "idx.blocks").exists()
+
+
+def test_old_options_and_image_queries_on_plain_vectors_are_one_line(tmp_path):
+    x = vectors(500, 16)
+    src = emb_meta(tmp_path / "v", x)
+    runner = CliRunner()
+    r = runner.invoke(main.cli, ["index", "build", str(src), "-o", str(tmp_path / "i"), "--type", "ivfpq"])
+    assert r.exit_code == 1 and "--type ivfpq is gone: give --factory 'IVF" in r.output and ",PQ" in r.output
+    assert len(r.output.strip().splitlines()) == 1
+    r = runner.invoke(main.cli, ["index", "build", str(src), "-o", str(tmp_path / "i"), "--gpu"])
+    assert r.exit_code == 1 and "use --device cuda" in r.output
+    r = runner.invoke(main.cli, ["index", "build", str(src), "-o", str(tmp_path / "i"), "--factory", "IVF9,Bogus"])
+    assert r.exit_code == 1 and "--factory 'IVF9,Bogus': faiss cannot build it" in r.output
+    assert len(r.output.strip().splitlines()) == 1
+    build(src, tmp_path / "i")
+    (tmp_path / "q.jpg").write_bytes(b"")
+    r = runner.invoke(main.cli, ["index", "search", str(tmp_path / "i"), str(tmp_path / "q.jpg")])
+    assert r.exit_code == 1 and "not a vggfeat store" in r.output and "--vectors Q.npy" in r.output
+    np.save(tmp_path / "q.npy", x[:2, :8])
+    r = runner.invoke(main.cli, ["index", "search", str(tmp_path / "i"), "--vectors", str(tmp_path / "q.npy")])
+    assert r.exit_code == 1 and "need (M, 16) query vectors" in r.output
+    np.save(tmp_path / "q.npy", x[7:8])
+    r = runner.invoke(
+        main.cli, ["index", "search", str(tmp_path / "i"), "--vectors", str(tmp_path / "q.npy"), "-k", "2"]
+    )
+    assert r.exit_code == 0 and r.output.splitlines()[1].split()[2] == "img_7.jpg"
+
+
+@pytest.mark.parametrize(
+    "n, d, budget, want",
+    [
+        (50_000, 128, 4 << 20, "IVF512,PQ64x8"),  # the bench: the largest code that fits
+        (1_000_000, 256, 64 << 20, "IVF2048,PQ64x7"),
+        (200_000, 128, 1 << 30, "HNSW32"),
+        (2_000_000, 96, 8 << 30, "IVF65536_HNSW32,PQ96x8"),  # 10^6 rows and more: 2^16 lists, a graph finds them
+        (10**8, 256, 64 << 20, "IVF2048,PQ64x8"),  # nothing fits: on disk
+    ],
+)
+def test_choice_at_scale_fits_its_budget(n, d, budget, want):
+    plan = choose.choose_index(n, d, budget)
+    assert plan.factory == want, plan.reason
+    assert plan.ondisk == (n == 10**8) and (plan.index_bytes <= budget) != plan.ondisk
+    if want.startswith("IVF"):  # 30+ training rows per list, never more than the budget plus a block holds
+        assert 30 * int(want.split(",")[0][3:].split("_")[0]) <= plan.train_rows <= n
+        assert plan.train_rows * d * 4 <= max(budget + (64 << 20), 30 * 256 * d * 4) / 2

@@ -1,0 +1,129 @@
+"""Indices past RAM (faiss's demos/demo_ondisk_ivf.py): the trained, empty index is written once; rows are added
+block by block into small indices on disk (by any number of parts at once, `--part I/N`); one merge then joins
+their inverted lists into a single OnDiskInvertedLists file that searches memory-mapped.
+
+The blocks live in OUT.blocks/ beside the index folder, with plan.json naming the settings they belong to, so a
+rerun resumes (finished blocks are kept) and blocks of other settings are never merged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from vggfeat.errors import InputError
+from vggfeat.utils.files import atomic_write_bytes, atomic_write_json
+from vggfeat.utils.locks import FolderLockedError, folder_lock
+
+log = logging.getLogger(__name__)
+
+IVFDATA_FILE = "index.ivfdata"
+PLAN_FILE, TRAINED_FILE = "plan.json", "trained.index"
+
+
+def blocks_dir(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + ".blocks")
+
+
+def parse_part(text: str) -> tuple[int, int]:
+    """(I, N) of '--part I/N', 0 <= I < N."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+        if not 0 <= i < n:
+            raise ValueError
+    except ValueError:
+        raise InputError(f"--part {text!r}: write it I/N with 0 <= I < N, e.g. 0/4 ... 3/4") from None
+    return i, n
+
+
+def check_plan(folder: Path, plan: dict[str, Any]) -> None:
+    """Write plan.json into a new blocks folder, or check that an existing one was started with the same plan."""
+    path = folder / PLAN_FILE
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != plan:
+            diff = ", ".join(f"{k} {old.get(k)!r} -> {plan.get(k)!r}" for k in plan if old.get(k) != plan.get(k))
+            raise InputError(
+                f"{folder} holds blocks of another build ({diff}); use the same settings, or remove that folder"
+            )
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, plan)
+
+
+@contextlib.contextmanager
+def waiting_lock(folder: Path, poll_s: float = 1.0) -> Iterator[None]:
+    """folder_lock, waiting for the holder (another part training the shared index) instead of failing."""
+    while True:
+        try:
+            with folder_lock(folder, "trained", "wait"):
+                yield
+                return
+        except FolderLockedError:
+            time.sleep(poll_s)
+
+
+def write_index(index: faiss.Index, path: Path) -> None:
+    atomic_write_bytes(path, faiss.serialize_index(index).tobytes())
+
+
+def block_files(folder: Path, b: int) -> tuple[Path, Path]:
+    return folder / f"block_{b:06d}.index", folder / f"block_{b:06d}.truth.npz"
+
+
+def block_done(folder: Path, b: int) -> bool:
+    index, truth = block_files(folder, b)
+    return index.is_file() and truth.is_file()  # the index is written last
+
+
+def write_block(folder: Path, b: int, index: faiss.Index, scores: np.ndarray, ids: np.ndarray) -> None:
+    """One block's index and its queries' exact top-K within the block; the index file last marks it done."""
+    index_path, truth_path = block_files(folder, b)
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, scores=scores, ids=ids)
+    atomic_write_bytes(truth_path, buf.getvalue())
+    write_index(index, index_path)
+
+
+def read_truth(folder: Path, b: int) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(block_files(folder, b)[1]) as z:
+        return z["scores"], z["ids"]
+
+
+def merge(trained: faiss.Index, folder: Path, n_blocks: int, ivfdata: Path) -> faiss.Index:
+    """`trained` (empty) filled with every block's lists, held in one OnDiskInvertedLists file `ivfdata`."""
+    from faiss.contrib.ondisk import merge_ondisk
+
+    ivfdata.unlink(missing_ok=True)  # left by a merge that was killed
+    merge_ondisk(trained, [str(block_files(folder, b)[0]) for b in range(n_blocks)], str(ivfdata))
+    return trained
+
+
+def point_to(index: faiss.Index, ivfdata: Path) -> None:
+    """Record where the on-disk lists will live (the final index folder) in the index that refers to them."""
+    invlists = faiss.extract_index_ivf(index).invlists
+    faiss.downcast_InvertedLists(invlists).filename = str(ivfdata)
+
+
+def is_ondisk(index: faiss.Index) -> bool:
+    ivf = faiss.try_extract_index_ivf(index)
+    return ivf is not None and isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.OnDiskInvertedLists)
+
+
+def remove(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        os.unlink(folder.parent / f".{folder.name}.lock")
