@@ -14,6 +14,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -168,6 +169,14 @@ def load_rgb(path: str | Path, *, min_side: int | None = None, max_pixels: int =
     except OSError as e:
         raise ImageError(path, f"unreadable ({e.strerror or e})") from e
     return _open_rgb(path, path, min_side, max_pixels)
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """An image file's bytes held in memory (a tar shard's member), decoded where it is used, by `decode_rgb`."""
+
+    data: bytes
+    name: str  # what errors call it, e.g. shards/000000.tar#key.jpg
 
 
 def decode_rgb(data: bytes, name: str, *, min_side: int | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from vggfeat import __version__
-from vggfeat.data.images import ImageError, decode_rgb
+from vggfeat.data.images import EncodedImage, ImageError
 from vggfeat.data.tar_shards import TarProblem, iter_tar_samples
 from vggfeat.errors import InputError, VggfeatError
 from vggfeat.utils.distributed import DistInfo, barrier, env_info, process_group
@@ -524,7 +524,7 @@ class _ShardWriter:
         def flush() -> None:
             nonlocal windows
             names = [f"{s.url}#{s.image_member}" for s in window]
-            images = _TarImages(window, max(self.engine.protocol.scales) if self.engine.protocol.fast_decode else None)
+            images = [EncodedImage(s.data, name) for s, name in zip(window, names, strict=True)]
             windows += 1
             for index, feats, bad in self._describe(images, names, first=windows - 1):
                 parts.append(feats)
@@ -549,23 +549,6 @@ class _ShardWriter:
         if window:
             flush()
         return _stack(parts, self.engine.dim), columns, skipped, "; ".join(problems) or None
-
-
-class _TarImages(Sequence):
-    """A tar shard's samples as images for the loader: each decoded from its bytes in a loader worker."""
-
-    def __init__(self, samples: list, min_side: int | None) -> None:
-        self.samples, self.min_side = samples, min_side
-        self._last: tuple[int, Any] | None = None  # the loader asks for an item twice (decode, then its name)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> Any:
-        if self._last is None or self._last[0] != i:
-            s = self.samples[i]
-            self._last = (i, decode_rgb(s.data, f"{s.url}#{s.image_member}", min_side=self.min_side))
-        return self._last[1]
 
 
 def _stack(parts: list[np.ndarray], dim: int) -> np.ndarray:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vggfeat.data.images import MAX_PIXELS, ImageError, check_scaled_pixels, load_rgb, to_rgb
+from vggfeat.data.images import MAX_PIXELS, EncodedImage, ImageError, check_scaled_pixels, decode_rgb, load_rgb, to_rgb
 from vggfeat.utils.cpus import share_cpus, worker_init
 
 from .plan import EXIF_ORIENTATION
@@ -48,6 +48,9 @@ class ScaledImages(torch.utils.data.Dataset):
             return to_rgb(item)
         if isinstance(item, np.ndarray):
             return to_rgb(Image.fromarray(item))
+        if isinstance(item, EncodedImage):  # a tar member's bytes: decoded here, in the loader worker
+            min_side = max(self.protocol.scales) if self.protocol.fast_decode else None
+            return decode_rgb(item.data, item.name, min_side=min_side)
         # with fast_decode: JPEG draft decoding at 1/2..1/8 size, only while the smallest side stays >= the largest Q
         return load_rgb(item, min_side=max(self.protocol.scales) if self.protocol.fast_decode else None)
 
