@@ -308,13 +308,15 @@ def test_the_extract_command_sizes_its_threads_to_the_usable_cpus(tmp_path, weig
     monkeypatch.setattr(cpus, "usable_cpus", lambda *a, **k: 1)
     before = torch.get_num_threads()
     seen = []
-    real = extract_to_store
+    import vggfeat.features.extract as fx
+
+    real = fx.extract_part  # what the command calls
 
     def recording(*args, **kwargs):
         seen.append(torch.get_num_threads())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr("vggfeat.features.extract.extract_to_store", recording)
+    monkeypatch.setattr(fx, "extract_part", recording)
     try:
         result = extract(make_images(tmp_path / "imgs", 1), "-o", tmp_path / "store", "--weights", weights, *FAST)
     finally:

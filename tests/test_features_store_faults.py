@@ -247,7 +247,7 @@ def test_store_status_verify_finds_a_flipped_byte_and_the_rerun_redoes_that_shar
 
 def test_an_interrupted_shard_resumes_from_its_finished_chunks(tmp_path, weights, monkeypatch, caplog):
     """A shard of 10,000 images must not cost 10,000 images when Ctrl-C comes: finished chunks are kept."""
-    from vggfeat.features import chunk_files, engine
+    from vggfeat.features import chunk_files
 
     src, out = _images(tmp_path / "imgs", 7), tmp_path / "store"
     kw = dict(models=[("auto", weights)], scales=(64,), workers=0, progress=False, chunk_size=2)
@@ -267,16 +267,16 @@ def test_an_interrupted_shard_resumes_from_its_finished_chunks(tmp_path, weights
     kept = sorted(p.name for p in (out / ".partial" / "000000").glob("chunk_*"))
     assert kept == ["chunk_000000.npz", "chunk_000001.npz"] and not fs.is_complete_store(out)
     (out / ".partial" / "000000" / "chunk_000001.npz").write_bytes(b"")  # and one of them damaged since
-    described, real_describe = [], engine.DescriptorEngine.describe
+    computed = []
 
-    def counting(self, items, *a, **k):
-        described.extend(i for i, _ in items)
-        return real_describe(self, items, *a, **k)
+    def counting(self, k, *a):
+        computed.append(k)
+        real(self, k, *a)
 
-    monkeypatch.setattr(engine.DescriptorEngine, "describe", counting)
+    monkeypatch.setattr(chunk_files.ChunkCache, "write", counting)
     resumed = extract_to_store([src], out, **kw)
     # before: the rerun said only "Aborted!" on a zero-length chunk and never recovered
-    assert sorted(described) == [2, 3, 4, 5, 6]  # chunk 0 read back, the emptied chunk 1 and the rest computed
+    assert computed == [1, 2, 3]  # chunk 0 read back; the emptied chunk 1 and the rest computed
     assert any("chunk_000001.npz: unreadable" in m for m in caplog.messages), caplog.messages
     np.testing.assert_array_equal(np.asarray(resumed.features), reference)
     assert not (out / ".partial").exists()

@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 
 from vggfeat.errors import VggfeatError
-from vggfeat.features.store import FEATURES_FILE, MANIFEST_FILE, StoreError, load_store
+from vggfeat.features.store import FEATURES_FILE, MANIFEST_FILE, PLAN_FILE, StoreError, emb_file, load_store
+
+STORE_KEYS = ("models", "layer", "scales", "flip", "aggregate", "l2", "l2_parts", "snap", "fast_decode")
 
 
 class SourceError(VggfeatError, ValueError):
@@ -137,6 +139,12 @@ def is_emb_meta(root: Path) -> bool:
 def open_source(root: str | Path) -> VectorSource:
     """The vectors of a vggfeat store or an emb/meta folder; a one-line SourceError/StoreError otherwise."""
     root = Path(root)
+    if (root / PLAN_FILE).is_file():  # a sharded vggfeat store: its reader refuses an unfinished one, with its status
+        fs = load_store(root)
+        parts = [_npy_part(emb_file(root, name)) for name in fs.shard_names]
+        src = VectorSource(root, "store", parts, fs.dim, features={k: fs.manifest.get(k) for k in STORE_KEYS})
+        src._paths = fs.absolute_paths  # results open from wherever `index search` runs
+        return src
     if is_emb_meta(root):
         embs = sorted((root / "emb").glob("*.npy"), key=_natural)
         metas = sorted((root / "meta").glob("*.parquet"), key=_natural)
@@ -161,7 +169,6 @@ def open_source(root: str | Path) -> VectorSource:
     part = _npy_part(root / FEATURES_FILE)
     if part.rows != len(fs):
         raise StoreError(f"{root}: {FEATURES_FILE} has {part.rows} rows but the manifest lists {len(fs)} images")
-    keys = ("models", "layer", "scales", "flip", "aggregate", "l2", "l2_parts", "snap", "fast_decode")
-    src = VectorSource(root, "store", [part], fs.dim, features={k: fs.manifest.get(k) for k in keys})
+    src = VectorSource(root, "store", [part], fs.dim, features={k: fs.manifest.get(k) for k in STORE_KEYS})
     src._paths = fs.absolute_paths  # results open from wherever `index search` runs
     return src
