@@ -18,6 +18,7 @@ import yaml
 
 from vggfeat.errors import VggfeatError
 from vggfeat.recipe_files import recipes_dir
+from vggfeat.utils.files import read_dataset_text
 
 T = TypeVar("T")
 
@@ -123,12 +124,9 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path.resolve() in _seen:
         chain = " -> ".join(str(p) for p in (*_seen, path.resolve()))
         raise ConfigError(f"{path}: 'base:' makes a loop ({chain}); point it at another recipe")
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read it ({e})") from None
+    if not path.exists():
+        raise ConfigError(f"{path}: no such file")
+    text = read_dataset_text(path, "recipe", ConfigError)  # a FIFO or a folder is refused, never waited on
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from vggfeat.errors import InputError, VggfeatError
+from vggfeat.utils.files import read_dataset_file
 
 if TYPE_CHECKING:
     import torch
@@ -80,10 +81,11 @@ def find_input_images(inputs: Iterable[str | Path]) -> list[Path]:
 
 
 def _read_list(list_file: Path) -> list[Path]:
-    if not list_file.is_file():
+    if not list_file.exists():
         raise FileNotFoundError(f"no such list file: {list_file}")
+    data = read_dataset_file(list_file, "list file", InputError)  # a FIFO or a folder is refused, never waited on
     try:
-        lines = list_file.read_text(encoding="utf-8").splitlines()
+        lines = data.decode("utf-8").splitlines()
     except UnicodeDecodeError as e:
         raise InputError(
             f"{list_file}: not a text file (byte {e.start} is not UTF-8); an @list holds one image path per line"
