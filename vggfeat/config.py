@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -71,14 +72,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         try:
-            number = float(value) if isinstance(value, str) else value
-            if tp is int:
-                if float(number) != int(float(number)):
-                    raise ValueError
-                return int(float(number))
-            return float(number)
-        except (TypeError, ValueError):
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond float's range
             raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+        if not math.isfinite(number):  # NaN or inf: no setting means it (and int() of it raises OverflowError)
+            raise ConfigError(f"{where}: expected a finite {tp.__name__}, got {value!r}")
+        if tp is int and number != int(number):
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+        return int(number) if tp is int else number
     if tp is str:
         if isinstance(value, (dict, list)) or value is None:
             raise ConfigError(f"{where}: expected a string, got {value!r}")

@@ -165,8 +165,11 @@ class _Logger:
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        nonfinite = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
+        if nonfinite:  # JSON has no NaN: such a value is written null and named, never as a number
+            record = {**{k: None if k in nonfinite else v for k, v in record.items()}, "nonfinite": nonfinite}
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(record, allow_nan=False) + "\n")
         if self.tb is not None:
             for k, v in record.items():
                 if isinstance(v, float):
@@ -401,6 +404,7 @@ class _Trainer:
         path, ckpt, bad = found
         for old, reason in bad if self.info.is_main else []:
             log.warning("--resume: %s cannot be loaded (%s); falling back to an earlier checkpoint", old, reason)
+        _check_finite_checkpoint(ckpt, path)
         try:
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])  # an old checkpoint's "scaler" entry is ignored
@@ -626,6 +630,22 @@ class _Trainer:
 
 
 @torch.no_grad()
+def _check_finite_checkpoint(ckpt: dict[str, Any], path: Path) -> None:
+    """A CheckpointError naming the tensor when the weights or the momentum of `ckpt` hold NaN or inf: resuming
+    would train on from them silently (model.init_from checks its files the same way)."""
+    state = ckpt["optimizer"].get("state", {}) if isinstance(ckpt["optimizer"], dict) else {}
+    tensors = {**ckpt["model"]}
+    tensors.update(
+        (f"optimizer state {i} {k}", v) for i, s in state.items() for k, v in s.items() if isinstance(v, torch.Tensor)
+    )
+    try:
+        check_finite(tensors, str(path))
+    except WeightsError as e:
+        raise CheckpointError(
+            f"{e}; delete it to resume from the checkpoint before, or start over with --overwrite"
+        ) from None
+
+
 def validate(
     model: torch.nn.Module,
     valset: ValSet | TarValSet,
