@@ -35,7 +35,7 @@ def _images(root: Path, classes: int = 2, per_class: int = 2) -> Path:
     return root
 
 
-def _run_refused(tmp_path: Path, args: list[str], fifo: Path) -> str:
+def _run_refused(tmp_path: Path, args: list[str], fifo: Path, regular: str = "not a regular file") -> str:
     """Run vggfeat with `args` in a subprocess while `fifo` is a FIFO; its one Error line, naming the FIFO."""
     fifo.unlink(missing_ok=True)
     os.mkfifo(fifo)
@@ -48,7 +48,7 @@ def _run_refused(tmp_path: Path, args: list[str], fifo: Path) -> str:
     assert done.returncode == 1, done.stderr
     lines = done.stderr.strip().splitlines()
     assert [ln for ln in lines if ln.startswith("Error: ")] == lines[-1:] and "Traceback" not in done.stderr, lines
-    assert str(fifo) in lines[-1] and "FIFO" in lines[-1] and "not a regular file" in lines[-1], lines[-1]
+    assert str(fifo) in lines[-1] and "FIFO" in lines[-1] and regular in lines[-1], lines[-1]
     return lines[-1]
 
 
@@ -56,6 +56,16 @@ def test_extract_at_list_that_is_a_fifo(tmp_path, weights):
     lst = tmp_path / "list.txt"
     args = ["extract", f"@{lst}", "--weights", weights, "-o", tmp_path / "s", "--scales", "64", "--quiet"]
     _run_refused(tmp_path, args, lst)
+
+
+@pytest.mark.parametrize("how", ["argument", "@list line"])
+def test_extract_image_that_is_a_fifo_is_named(tmp_path, weights, how):
+    fifo = tmp_path / "a.jpg"
+    (tmp_path / "list.txt").write_text("a.jpg\n")
+    given = fifo if how == "argument" else f"@{tmp_path / 'list.txt'}"
+    args = ["extract", given, "--weights", weights, "-o", tmp_path / "s", "--scales", "64", "--quiet"]
+    line = _run_refused(tmp_path, args, fifo, regular="not a regular file" if how == "@list line" else "not an image")
+    assert "empty file" not in line and "no such" not in line
 
 
 @pytest.mark.parametrize("option", ["--classes", "--val-labels"])

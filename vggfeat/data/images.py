@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import stat
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from vggfeat.errors import InputError, VggfeatError
-from vggfeat.utils.files import read_dataset_file
+from vggfeat.utils.files import file_kind, read_dataset_file
 
 if TYPE_CHECKING:
     import torch
@@ -62,6 +63,8 @@ def find_images(inputs: Iterable[str | Path]) -> list[Path]:
             found.extend(sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p)))
         elif path.is_file():
             found.append(path)
+        elif path.exists():  # a FIFO or a device: never opened (a read would wait for a writer)
+            raise InputError(f"{path} is {file_kind(path.stat().st_mode)}, not an image file or folder")
         else:
             raise FileNotFoundError(f"no such image file or folder: {path}")
     return found
@@ -146,7 +149,10 @@ def load_rgb(path: str | Path, *, min_side: int | None = None, max_pixels: int =
     """
     path = Path(path)
     try:
-        if path.stat().st_size == 0:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block the decoder until a writer comes
+            raise ImageError(path, f"{file_kind(st.st_mode)}, not a regular file")
+        if st.st_size == 0:
             raise ImageError(path, "empty file (0 bytes)")
     except OSError as e:
         raise ImageError(path, f"unreadable ({e.strerror or e})") from e
