@@ -86,6 +86,12 @@ def test_train_val_labels_that_is_a_fifo(tmp_path):
     _run_refused(tmp_path, [*args, *(a for s in sets for a in ("--set", s))], fifo)
 
 
+def test_train_init_from_a_checkpoint_that_is_a_fifo(tmp_path):
+    fifo = tmp_path / "ckpt.pt"  # a .pt is read as a training checkpoint, not through the weight readers
+    args = ["train", "smoke", "--set", f"model.init_from={fifo}", "--out", tmp_path / "run", "--quiet"]
+    _run_refused(tmp_path, args, fifo)
+
+
 def test_cached_mean_rgb_that_is_a_fifo_is_named_and_recomputed(tmp_path):
     root = _images(tmp_path / "data" / "train").parent
     cache = root / "mean_rgb.json"

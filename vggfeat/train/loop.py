@@ -29,6 +29,7 @@ from vggfeat.data.synthetic import check_generatable, ensure_synthetic
 from vggfeat.data.transforms import normalize_batch
 from vggfeat.errors import InputError, VggfeatError, WeightsError
 from vggfeat.models import Preprocessing, create_model, init_from_net_a, read_weights, save_weights
+from vggfeat.models.resolve import check_weight_file
 from vggfeat.models.weights import check_compatible, check_finite
 from vggfeat.utils.cpus import usable_cpus
 from vggfeat.utils.device import resolve_device
@@ -121,6 +122,7 @@ def build_model(recipe: Recipe, num_classes: int) -> torch.nn.Module:
     if m.init_from:
         path = Path(m.init_from)
         if path.suffix == ".pt":
+            check_weight_file(path)  # a FIFO would block torch.load until a writer comes: named instead
             state = load_checkpoint(path)["model"]
             check_finite(state, str(path))  # read_weights checks its files itself
         else:
