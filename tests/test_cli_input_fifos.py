@@ -64,8 +64,10 @@ def test_extract_image_that_is_a_fifo_is_named(tmp_path, weights, how):
     (tmp_path / "list.txt").write_text("a.jpg\n")
     given = fifo if how == "argument" else f"@{tmp_path / 'list.txt'}"
     args = ["extract", given, "--weights", weights, "-o", tmp_path / "s", "--scales", "64", "--quiet"]
-    line = _run_refused(tmp_path, args, fifo, regular="not a regular file" if how == "@list line" else "not an image")
+    line = _run_refused(tmp_path, args, fifo, regular="not an image file or folder")
     assert "empty file" not in line and "no such" not in line
+    if how == "@list line":
+        assert f"{tmp_path / 'list.txt'}, line 1: " in line
 
 
 @pytest.mark.parametrize("option", ["--classes", "--val-labels"])

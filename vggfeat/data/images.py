@@ -101,6 +101,9 @@ def _read_list(list_file: Path) -> list[Path]:
         path = Path(line) if os.path.isabs(line) else list_file.parent / line
         if not path.exists():
             raise FileNotFoundError(f"{list_file}, line {lineno}: no such file {line!r}")
+        if not path.is_dir() and not path.is_file():  # refused before any decoder (CPU or GPU) could open it
+            kind = file_kind(path.stat().st_mode)
+            raise InputError(f"{list_file}, line {lineno}: {path} is {kind}, not an image file or folder")
         paths.extend(find_images([path]) if path.is_dir() else [path])
     return paths
 
