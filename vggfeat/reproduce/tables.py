@@ -2,7 +2,8 @@
 settings (Appendix B) for net D, net E and their late fusion D & E, our numbers beside the paper's.
 
 Each net's descriptors of a benchmark are extracted once into a cached store (OUT/<benchmark>/features/...);
-the D & E row stacks the D and E stores, extracting nothing. Each finished row is written to
+the D & E row fuses the D and E stores (probes.features.stack_stores, as `linear-probe --weights D --weights E`
+does), extracting nothing. Each finished row is written to
 OUT/<benchmark>/rows/<row>.json with a key of everything it depends on (weights by content, protocol, probe
 options, samples, labels, images' size and mtime), so a rerun only does what is missing or changed.
 """
@@ -26,7 +27,7 @@ from vggfeat.features.inputs import input_identities
 from vggfeat.features.protocol import Protocol
 from vggfeat.features.runtime import Runtime
 from vggfeat.probes.action import action_store, extract_action_stores
-from vggfeat.probes.features import ExtractionSettings, cached_store, stack_stores
+from vggfeat.probes.features import ExtractionSettings, cached_store, net_settings, stack_stores
 from vggfeat.probes.report import report_files, write_report
 from vggfeat.probes.run import run_linear_probe
 from vggfeat.reproduce.report import write_table
@@ -78,6 +79,7 @@ class ReproduceOptions:
     seed: int = 0
     splits: int = 3  # Caltech: the paper's three random splits
     runtime: Runtime | None = None  # device, batch size, loader workers of the extractions
+    fusion_l2: str = "per-net"  # D & E: each net L2-normalised before stacking, or only the whole
     progress: bool = True  # extraction progress bars
 
 
@@ -108,18 +110,12 @@ class _Column:
     def __init__(self, benchmark: str, root: Path, out: Path, nets: Nets, options: ReproduceOptions) -> None:
         self.benchmark, self.root, self.out, self.options = benchmark, root, out, options
         defaults = get_benchmark(benchmark)  # Appendix B's scales and aggregation for this benchmark
-        self.settings = {
-            net: ExtractionSettings(
-                (pair,),
-                Protocol(
-                    layer=options.layer,
-                    scales=tuple(options.scales or defaults.scales),
-                    aggregate=defaults.aggregate,
-                ),
-                seed=options.seed,
-            )
-            for net, pair in (("D", nets.d), ("E", nets.e))
-        }
+        protocol = Protocol(
+            layer=options.layer, scales=tuple(options.scales or defaults.scales), aggregate=defaults.aggregate
+        )
+        # each net's own raw store, as linear-probe extracts them: D, E and D & E are fused from the same stores
+        d, e = net_settings(ExtractionSettings((nets.d, nets.e), protocol, seed=options.seed))
+        self.settings = {"D": d, "E": e}
         self._stores: dict[str, NetStores] = {}
         self.splits = self._load()
         self.samples = self._samples_key()
@@ -167,6 +163,7 @@ class _Column:
                 "Cs": o.Cs,
                 "holdout": o.holdout,
                 "seed": o.seed,
+                "fusion_l2": o.fusion_l2,
                 "samples": self.samples,
             }
         )
@@ -192,13 +189,14 @@ class _Column:
         if self.benchmark == "voc2012-action":
             box = variant == "image+box"
             return action_store(
-                *self.action, [p[0] for p in parts], [p[1] for p in parts] if box else (), parts[0][2] if box else None
+                *self.action,
+                [p[0] for p in parts],
+                [p[1] for p in parts] if box else (),
+                parts[0][2] if box else None,
+                fusion_l2=self.options.fusion_l2,
             )
-        if len(parts) == 1:
-            return parts[0][0]
-
-        images = benchmark_images(self.splits)
-        return stack_stores([(p[0], images) for p in parts], images)
+        images = sorted(set(benchmark_images(self.splits)))  # as probe_features names the rows
+        return stack_stores([(p[0], images) for p in parts], images, fusion_l2=self.options.fusion_l2)
 
 
 def _cell(result: ProbeResult, report_file: Path) -> dict[str, Any]:
@@ -288,6 +286,7 @@ def reproduce_table(
             "holdout": options.holdout,
             "seed": options.seed,
             "splits": options.splits,
+            "fusion_l2": options.fusion_l2,
         },
     }
     result["files"] = {k: str(v) for k, v in write_table(result, out).items()}
