@@ -68,14 +68,15 @@ def action_features(
     fusion_l2: str = "per-net",
     progress: bool = True,
 ) -> FeatureStore:
-    """The probe's store of voc2012-action: each net's image (and box) store extracted once (raw, as
-    probe_features does), then fused by action_store."""
+    """The probe's store of voc2012-action: each net's image (and box) store extracted once (as probe_features
+    extracts each net), then fused by action_store."""
     stores = [
-        extract_action_stores(train, val, out, s, runtime, box=box, progress=progress) for s in net_settings(settings)
+        extract_action_stores(train, val, out, s, runtime, box=box, progress=progress)
+        for s in net_settings(settings, fusion_l2)
     ]
-    crops = stores[0][2]
+    fusion = fusion_l2 if len(stores) > 1 else "per-net"  # one net's image and box stores are L2-normalised
     return action_store(
-        train, val, [s[0] for s in stores], [s[1] for s in stores] if box else (), crops, fusion_l2=fusion_l2
+        train, val, [s[0] for s in stores], [s[1] for s in stores] if box else (), stores[0][2], fusion_l2=fusion
     )
 
 

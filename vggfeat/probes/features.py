@@ -79,10 +79,12 @@ def cached_store(
     )
 
 
-def net_settings(settings: ExtractionSettings) -> list[ExtractionSettings]:
-    """One ExtractionSettings per net of `settings`, each without the final L2: a net's store keeps its raw
-    descriptor, so D, E and D & E (either fusion) are all built from the same stores, extracting each net once."""
-    protocol = replace(settings.protocol, l2=False)
+def net_settings(settings: ExtractionSettings, fusion_l2: str = "per-net") -> list[ExtractionSettings]:
+    """One ExtractionSettings per net of `settings`, each net's store extracted on its own and fused by
+    stack_stores. Per-net fusion uses each net's own (L2-normalised) store, the one a probe of that net alone
+    uses, so D, E and D & E extract each net once; "whole" needs each net's raw descriptor (no final L2)."""
+    raw = fusion_l2 == "whole" and len(settings.models) > 1
+    protocol = replace(settings.protocol, l2=False) if raw else settings.protocol
     return [ExtractionSettings((pair,), protocol, settings.seed) for pair in settings.models]
 
 
@@ -95,9 +97,11 @@ def probe_features(
     fusion_l2: str = "per-net",
     progress: bool = True,
 ) -> FeatureStore:
-    """The descriptors a probe uses for `images`: each net's store (cached under OUT/features), fused by
-    `stack_stores` - for one net its L2-normalised descriptor, for several their late fusion (Appendix B)."""
-    stores = [cached_store(images, out, s, runtime, progress=progress) for s in net_settings(settings)]
+    """The descriptors a probe uses for `images`: one net's cached store (OUT/features/<key>), or for several
+    nets each net's cached store fused by `stack_stores` (Appendix B's late fusion, as `reproduce` fuses D & E)."""
+    stores = [cached_store(images, out, s, runtime, progress=progress) for s in net_settings(settings, fusion_l2)]
+    if len(stores) == 1:
+        return stores[0]
     images = sorted(set(images))
     return stack_stores([(store, images) for store in stores], images, fusion_l2=fusion_l2)
 

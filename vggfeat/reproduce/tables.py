@@ -113,9 +113,12 @@ class _Column:
         protocol = Protocol(
             layer=options.layer, scales=tuple(options.scales or defaults.scales), aggregate=defaults.aggregate
         )
-        # each net's own raw store, as linear-probe extracts them: D, E and D & E are fused from the same stores
-        d, e = net_settings(ExtractionSettings((nets.d, nets.e), protocol, seed=options.seed))
-        self.settings = {"D": d, "E": e}
+        alone = {
+            n: ExtractionSettings((pair,), protocol, seed=options.seed) for n, pair in (("D", nets.d), ("E", nets.e))
+        }
+        both = ExtractionSettings((nets.d, nets.e), protocol, seed=options.seed)
+        # each row's nets' stores, as linear-probe extracts them (per-net fusion reuses the D and E stores)
+        self.settings = {"D": [alone["D"]], "E": [alone["E"]], "D&E": net_settings(both, options.fusion_l2)}
         self._stores: dict[str, NetStores] = {}
         self.splits = self._load()
         self.samples = self._samples_key()
@@ -154,38 +157,40 @@ class _Column:
 
     def key(self, row: str, variant: str) -> str:
         """A finished row's key: everything its numbers depend on (features, probe options, data)."""
-        nets = ("D", "E") if row == "D&E" else (row,)
         o = self.options
+        fusion = {"fusion_l2": o.fusion_l2} if row == "D&E" else {}
         return _key(
             {
-                "features": [self.settings[n].key() for n in nets],
+                "features": [s.key() for s in self.settings[row]],
                 "variant": variant,
                 "Cs": o.Cs,
                 "holdout": o.holdout,
                 "seed": o.seed,
-                "fusion_l2": o.fusion_l2,
                 "samples": self.samples,
+                **fusion,
             }
         )
 
-    def net_stores(self, net: str) -> NetStores:
+    def net_stores(self, settings: ExtractionSettings) -> NetStores:
         """(image store, box store or None, crops or None) of one net, extracted once."""
-        if net not in self._stores:
+        key = settings.key()
+        if key not in self._stores:
             o = self.options
             if self.benchmark == "voc2012-action":
-                self._stores[net] = extract_action_stores(
-                    *self.action, self.out, self.settings[net], o.runtime, box=True, progress=o.progress
+                self._stores[key] = extract_action_stores(
+                    *self.action, self.out, settings, o.runtime, box=True, progress=o.progress
                 )
             else:
                 images = benchmark_images(self.splits)
-                store = cached_store(images, self.out, self.settings[net], o.runtime, progress=o.progress)
-                self._stores[net] = (store, None, None)
-        return self._stores[net]
+                store = cached_store(images, self.out, settings, o.runtime, progress=o.progress)
+                self._stores[key] = (store, None, None)
+        return self._stores[key]
 
     def store(self, row: str, variant: str) -> FeatureStore:
-        """The store a row probes: a net's own, or D and E stacked (late fusion; nothing extracted again)."""
-        nets = ("D", "E") if row == "D&E" else (row,)
-        parts = [self.net_stores(n) for n in nets]
+        """The store a row probes: a net's own, or D and E fused by stack_stores (late fusion, as
+        `linear-probe --weights D --weights E` fuses them; with per-net fusion nothing is extracted again)."""
+        parts = [self.net_stores(s) for s in self.settings[row]]
+        fusion = self.options.fusion_l2 if len(parts) > 1 else "per-net"  # one net's store is L2-normalised
         if self.benchmark == "voc2012-action":
             box = variant == "image+box"
             return action_store(
@@ -193,10 +198,12 @@ class _Column:
                 [p[0] for p in parts],
                 [p[1] for p in parts] if box else (),
                 parts[0][2] if box else None,
-                fusion_l2=self.options.fusion_l2,
+                fusion_l2=fusion,
             )
+        if len(parts) == 1:
+            return parts[0][0]
         images = sorted(set(benchmark_images(self.splits)))  # as probe_features names the rows
-        return stack_stores([(p[0], images) for p in parts], images, fusion_l2=self.options.fusion_l2)
+        return stack_stores([(p[0], images) for p in parts], images, fusion_l2=fusion)
 
 
 def _cell(result: ProbeResult, report_file: Path) -> dict[str, Any]:
