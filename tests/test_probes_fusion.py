@@ -74,6 +74,20 @@ def test_fusion_l2_whole_changes_the_descriptor_and_is_recorded(tmp_path, data):
     de, table, _ = reproduce_de(data, tmp_path / "t11", "--fusion-l2", "whole")
     assert abs(whole["headline"] - de["headline"]) < 1e-6 and table["settings"]["fusion_l2"] == "whole"
     assert de["features"]["fusion_l2"] == "whole"
+    assert len(whole["features"]["stacked_from"]) == 2  # the report names both nets' stores
+
+
+def test_a_store_of_two_nets_records_its_fusion_and_refuses_another(tmp_path, data):
+    root, d, e = data
+    store = tmp_path / "store"
+    images = root / "VOCdevkit" / "VOC2007" / "JPEGImages"
+    invoke("extract", images, "-o", store, "--weights", d, "--weights", e, *FAST[:4], "--quiet")
+    args = ["linear-probe", "voc2007", "--root", root, "--features", store, "-o", tmp_path / "p", "--Cs", "1"]
+    text = invoke(*args)
+    report = json.loads((tmp_path / "p" / "linear-probe.json").read_text())
+    assert report["features"]["fusion_l2"] == "whole" and "fusion: L2 of the stacked descriptor only" in text
+    result = CliRunner().invoke(cli, [str(a) for a in args] + ["--fusion-l2", "per-net"])
+    assert result.exit_code == 1 and "--fusion-l2 per-net but the store's nets were fused whole" in result.output
 
 
 def test_fuse_nets_weighs_each_net_the_same_only_per_net():

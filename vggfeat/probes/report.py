@@ -143,7 +143,9 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "## Features",
         "",
-        f"- store: `{f.get('store')}`",
+        f"- store: `{f.get('store')}`"
+        if not f.get("stacked_from")
+        else "- stores (fused in memory): " + ", ".join(f"`{x}`" for x in f["stacked_from"]),
         f"- nets: {nets}",
         f"- layer {f.get('layer')}, scales {f.get('scales')}, aggregate {f.get('aggregate')}, flip {f.get('flip')}, "
         f"L2 {f.get('l2')}, {f.get('dim')}-D",
