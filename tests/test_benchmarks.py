@@ -83,7 +83,6 @@ class _Stop(VggfeatError):
 @pytest.mark.parametrize("name", list(BENCHMARKS))
 def test_probe_extracts_at_the_papers_scales_unless_told(name, command, tmp_path, monkeypatch):
     """Nothing is extracted: the cached-store step records the settings the command resolved and stops."""
-    import vggfeat.cli.probe_options as probe_options
     import vggfeat.probes.action as probe_action
     import vggfeat.probes.features as probe_features
 
@@ -93,7 +92,7 @@ def test_probe_extracts_at_the_papers_scales_unless_told(name, command, tmp_path
         seen.append((settings.protocol.scales, settings.protocol.aggregate))
         raise _Stop("stop before extracting")
 
-    for module in (probe_features, probe_options, probe_action):  # every module that names cached_store
+    for module in (probe_features, probe_action):  # every module that names cached_store
         monkeypatch.setattr(module, "cached_store", record)
     root = LAYOUTS[name](tmp_path / "data")
     b = BENCHMARKS[name]

@@ -57,7 +57,7 @@ EVALUATE_CASES = {  # case -> (data root, labels file or None, what the line mus
     "labels with an unknown class": ("flat", "unknown", ["unknown.txt, line 1: unknown class 'zebra'", "0..1"]),
     "labels naming a missing image": ("flat", "missing", ["missing.txt, line 1: no such image", "flat/val/zz.png"]),
     "labels file with no lines": ("flat", "empty", ["empty.txt: no 'file label' lines"]),
-    "labels file not text": ("flat", "binary", ["binary.txt: not a text file", "'file label'"]),
+    "labels file not text": ("flat", "binary", ["binary.txt, line 1: byte 0xff is not UTF-8", "labels file"]),
 }
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -57,3 +61,18 @@ def test_overrides_and_base_file(tmp_path):
     with pytest.raises(ConfigError, match="key=value"):
         apply_overrides({}, ["inner.steps"], Outer)
     assert from_dict(Outer, to_dict(cfg)) == cfg  # round trip
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_recipe_that_is_a_fifo_is_named_not_waited_on(tmp_path):
+    os.mkfifo(tmp_path / "r.yaml")  # every command checks is_file first; the reader itself is bounded too
+    code = (
+        "from vggfeat.config import ConfigError, read_yaml\n"
+        f"try:\n    read_yaml({str(tmp_path / 'r.yaml')!r})\nexcept ConfigError as e:\n    print(e)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail("read_yaml hung reading a FIFO")
+    assert f"recipe {tmp_path / 'r.yaml'} is a FIFO, not a regular file" in done.stdout, done.stdout + done.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -137,3 +139,10 @@ def test_tensor_decoder_equals_pil_decoder(tmp_path, rgb, monkeypatch):
     calls.clear()  # 1/2 DCT scaling applies: PIL's draft mode, not the full-size decoder
     assert load_rgb_tensor(tmp_path / "big.jpg", min_side=300).shape == (3, 400, 600) and not calls
     assert load_rgb_tensor(tmp_path / "big.jpg", min_side=500).shape == (3, 800, 1200) and calls
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_is_refused_by_name_before_decoding(tmp_path):
+    os.mkfifo(tmp_path / "a.jpg")  # a decoder opening it would wait for a writer: refused from its stat alone
+    with pytest.raises(ImageError, match=r"a\.jpg: a FIFO, not a regular file"):
+        load_rgb(tmp_path / "a.jpg")

@@ -227,6 +227,34 @@ def test_read_only_run_folder_is_one_line_even_as_root(tmp_path, data, monkeypat
     assert f"Error: cannot write to {run}: Read-only file system; choose another folder with --out" in res.output
 
 
+@pytest.mark.parametrize("where", ["model", "optimizer"])
+def test_resume_from_non_finite_weights_is_one_line_naming_the_tensor(tmp_path, data, finished, where):
+    run = _damaged_copy(finished, tmp_path / "run", {})
+    newest = run / "ckpt-e001-s00000005.pt"
+    ckpt = load_checkpoint(newest)
+    if where == "model":
+        name = next(iter(ckpt["model"]))  # the first conv's weights
+        ckpt["model"][name][(0,) * ckpt["model"][name].ndim] = float("nan")
+        tensor = f"tensor {name} holds 1 non-finite value"
+    else:
+        momentum = ckpt["optimizer"]["state"][0]["momentum_buffer"]
+        momentum[(0,) * momentum.ndim] = float("inf")
+        tensor = "tensor optimizer state 0 momentum_buffer holds 1 non-finite value"
+    torch.save(ckpt, newest)
+    res = _train_cli(*_sets(ONE_EPOCH), "--resume", "--data-root", str(data), "--out", str(run))
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
+    assert res.output.startswith(f"Error: {newest}: {tensor}") and len(res.output.strip().splitlines()) == 1, res.output
+    assert "delete it to resume from the checkpoint before" in res.output
+
+
+@pytest.mark.parametrize("setting", ["optim.lr=inf", "optim.lr=nan", "optim.epochs=inf", "optim.momentum=-inf"])
+def test_non_finite_recipe_numbers_are_one_line(tmp_path, setting):
+    res = _train_cli("--set", setting, "--out", str(tmp_path / "run"))
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit), res.output
+    key, value = setting.split("=")
+    assert f": {key}: expected a finite " in res.output and f"got '{value}'" in res.output, res.output
+
+
 def test_resume_with_a_changed_recipe_is_one_line(tmp_path, data, finished):
     run = _damaged_copy(finished, tmp_path / "run", {})
     res = _train_cli(*_sets(ONE_EPOCH + ["model.fc_dim=32"]), "--resume", "--data-root", str(data), "--out", str(run))

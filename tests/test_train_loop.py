@@ -155,3 +155,21 @@ def test_ddp_two_gloo_processes_match_one(tmp_path, data):
     assert moved > 1e-3  # training changed the weights
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
+
+
+def test_metrics_lines_stay_json_when_a_value_is_not_finite(tmp_path):
+    from vggfeat.train.loop import _Logger
+
+    logger = _Logger(tmp_path, enabled=True)
+    logger.tb = None  # the file alone is under test
+    logger.write({"kind": "step", "global_step": 1, "loss": float("nan"), "lr": float("inf"), "top1": 0.5})
+    line = (tmp_path / "metrics.jsonl").read_text()
+    record = json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} written as a number: {line}"))
+    assert record == {
+        "kind": "step",
+        "global_step": 1,
+        "loss": None,
+        "lr": None,
+        "top1": 0.5,
+        "nonfinite": ["loss", "lr"],
+    }

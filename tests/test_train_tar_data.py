@@ -339,3 +339,25 @@ def test_mean_rgb_of_shards_equals_that_of_the_folder_and_follows_the_shards(tmp
     assert cached_tar_stats(tmp_path, urls)["mean"] == got["mean"]  # read back
     fewer = cached_tar_stats(tmp_path, urls[:1])  # other shards, same folder: computed afresh
     assert fewer["images"] == 30 and fewer["mean"] != got["mean"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_as_the_shard_index_is_named_and_recounted(tmp_path):
+    url = str(tmp_path / "k0.tar")
+    write_tar_shard(url, [(f"s{j}", {"jpg": b"x", "cls": b"0"}) for j in range(3)])
+    os.mkfifo(tmp_path / "index.json")  # a plain read blocks until a writer comes
+    code = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from vggfeat.train.shard_index import index_shards\n"
+        f"print(json.dumps([c.samples for c in index_shards([{url!r}], Path({str(tmp_path / 'index.json')!r}))]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail("counting the shards hung reading the FIFO index.json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == [3]
+    assert "is a FIFO, not a regular file" in done.stderr and "counting its shards again" in done.stderr
+    assert (tmp_path / "index.json").is_file()  # replaced by the fresh count

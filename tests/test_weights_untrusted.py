@@ -18,7 +18,8 @@ import torch
 from caffe_wire import caffe_layers, key, net_pieces, string, submessage, varint, write_caffemodel
 from click.testing import CliRunner
 from helpers import TINY, prime_hf
-from safetensors.torch import save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 import vggfeat
 from vggfeat.cli.main import cli
@@ -49,6 +50,11 @@ def in_subprocess(script: str, timeout: float) -> dict:
         pytest.fail(f"did not finish within {timeout} s")
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def safe_metadata(path: Path) -> dict[str, str]:
+    with safe_open(str(path), "pt") as f:
+        return dict(f.metadata())
 
 
 def state_of(model) -> dict[str, np.ndarray]:
@@ -167,6 +173,19 @@ def test_non_finite_weights_are_refused_in_every_format(tiny_model, tmp_path, va
         "cpu",
     ]
     assert "non-finite" in run(*extract, "--weights", caffe).stderr and not (out / "emb").exists()
+
+
+@pytest.mark.parametrize("field, value", [("mean", float("nan")), ("std", float("inf")), ("value_range", float("inf"))])
+def test_non_finite_preprocessing_metadata_is_one_error(tiny_model, tmp_path, field, value):
+    path = vggfeat.save_weights(tiny_model(), tmp_path / "w.safetensors")
+    meta = safe_metadata(path)
+    pre = json.loads(meta["preprocessing"])
+    pre[field] = [value, 1.0, 1.0] if field != "value_range" else value
+    meta["preprocessing"] = json.dumps(pre)  # what a careless writer makes: `NaN` in the metadata's JSON
+    save_file(load_file(str(path)), str(path), metadata=meta)
+    for args in (("weights", "info", path), ("weights", "info", "--json", path)):
+        err = run(*args).stderr  # never `"mean": [NaN, ...]` printed as if it were JSON
+        assert f"{path}: metadata 'preprocessing' is not usable (" in err and "must be finite numbers" in err, err
 
 
 def test_doubles_beyond_float32_are_refused_without_a_warning(tiny_model, tmp_path):

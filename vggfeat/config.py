@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,7 @@ import yaml
 
 from vggfeat.errors import VggfeatError
 from vggfeat.recipe_files import recipes_dir
+from vggfeat.utils.files import read_dataset_text
 
 T = TypeVar("T")
 
@@ -70,14 +72,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         try:
-            number = float(value) if isinstance(value, str) else value
-            if tp is int:
-                if float(number) != int(float(number)):
-                    raise ValueError
-                return int(float(number))
-            return float(number)
-        except (TypeError, ValueError):
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond float's range
             raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+        if not math.isfinite(number):  # NaN or inf: no setting means it (and int() of it raises OverflowError)
+            raise ConfigError(f"{where}: expected a finite {tp.__name__}, got {value!r}")
+        if tp is int and number != int(number):
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+        return int(number) if tp is int else number
     if tp is str:
         if isinstance(value, (dict, list)) or value is None:
             raise ConfigError(f"{where}: expected a string, got {value!r}")
@@ -123,12 +125,9 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path.resolve() in _seen:
         chain = " -> ".join(str(p) for p in (*_seen, path.resolve()))
         raise ConfigError(f"{path}: 'base:' makes a loop ({chain}); point it at another recipe")
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read it ({e})") from None
+    if not path.exists():
+        raise ConfigError(f"{path}: no such file")
+    text = read_dataset_text(path, "recipe", ConfigError)  # a FIFO or a folder is refused, never waited on
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -1,13 +1,12 @@
 """What every transfer benchmark of Sect. 4 / Appendix B shares: its record (`Benchmark`), its splits
 (`ProbeSplit`), the paper's numbers (`PaperRow`), the error for bad data (`DatasetError`) and the path and file
-helpers of the readers. A leaf: it imports no vggfeat module but vggfeat.errors, so every benchmark module can
-import it.
+helpers of the readers (the bounded file readers live in vggfeat.utils.files, shared with data/ and evaluate/). A
+leaf: it imports no vggfeat module but vggfeat.errors and vggfeat.utils.files, so every benchmark module can import it.
 """
 
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from vggfeat.errors import DatasetError  # defined beside the other user-facing errors; the readers import it here
+from vggfeat.utils.files import check_regular, file_kind, read_dataset_file, read_dataset_text  # noqa: F401 (the readers import them here)
 
 DATA_ENV = "VGGFEAT_DATA"
 
@@ -161,66 +161,10 @@ def check_inside(path: Path, root: Path, where: str) -> Path:
     return real
 
 
-def file_kind(mode: int) -> str:
-    """'a FIFO', 'a folder', ... for a stat mode: what a path that should be a regular file is instead."""
-    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
-    kinds += ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
-    return next((name for test, name in kinds if test(mode)), "not a plain file")
-
-
 def present(path: Path) -> bool:
     """Whether anything is at `path` (a FIFO or a folder too, which the readers then refuse by name): an optional
     dataset file that is there but unreadable must not pass for an absent one."""
     return os.path.exists(path)
-
-
-def check_regular(path: Path, what: str = "file", where: str = "") -> None:
-    """A DatasetError unless `path` (symlinks followed) is a regular file: missing, or a FIFO, device or folder
-    that a reader would block on or misread. `what` names it ("image '0001'"); `where` (a list file and line)
-    prefixes the message."""
-    prefix = f"{where}: " if where else ""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise DatasetError(f"{prefix}{what} not found: no file {path}") from None
-    except OSError as e:
-        raise DatasetError(f"{prefix}{what}: {path} is unreadable ({e.strerror or e})") from None
-    if not stat.S_ISREG(mode):
-        raise DatasetError(f"{prefix}{what}: {path} is {file_kind(mode)}, not a regular file; put the file there")
-
-
-def read_dataset_file(path: Path, what: str = "file") -> bytes:
-    """The bytes of a file under a dataset root, read only when it is a regular file. It is opened without
-    blocking and checked on the open descriptor, so a FIFO (which would block a plain open or read until a
-    writer comes) or a device is refused at once, even if it replaced a regular file after a check."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except FileNotFoundError:
-        raise DatasetError(f"missing {what} {path}") from None
-    except OSError as e:
-        raise DatasetError(f"{what} {path} is unreadable ({e.strerror or e})") from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise DatasetError(f"{what} {path} is {file_kind(mode)}, not a regular file; put the file itself there")
-        with open(fd, "rb", closefd=False) as f:
-            return f.read()
-    except OSError as e:
-        raise DatasetError(f"{what} {path} is unreadable ({e.strerror or e})") from None
-    finally:
-        os.close(fd)
-
-
-def read_dataset_text(path: Path, what: str = "file") -> str:
-    """`read_dataset_file` decoded as UTF-8; a byte that is not UTF-8 is a DatasetError naming the file and line."""
-    data = read_dataset_file(path, what)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise DatasetError(
-            f"{path}, line {line}: byte 0x{data[e.start]:02x} is not UTF-8 text; save the {what} as UTF-8 (or ASCII)"
-        ) from None
 
 
 def find_dataset_dir(root: Path, names: tuple[str, ...], accept: Callable[[Path], bool]) -> Path | None:

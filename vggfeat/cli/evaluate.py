@@ -115,7 +115,7 @@ def evaluate(
         if bar is not None:
             bar.close()
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps(rows, indent=2, allow_nan=False))  # strict JSON: a NaN here is a bug, not a result
         return
     click.echo(f"{len(samples)} images, Q = {', '.join(map(str, qs))}")
     width = max(32, *(len(r["net"]) for r in rows))

@@ -19,7 +19,7 @@ def models(as_json: bool) -> None:
 
     rows = model_table()
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps(rows, indent=2, allow_nan=False))  # strict JSON: a NaN here is a bug, not a result
         return
     header = ("name", "aliases", "config", "weight layers", "parameters")
     cells = [

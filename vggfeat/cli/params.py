@@ -11,6 +11,8 @@ import math
 
 import click
 
+from vggfeat.features.protocol import FUSION_L2, FUSION_L2_HELP
+
 # Five 2x2 max-pools: below 32 px a VGG has no pool5 cell left, so no scale under it is usable (Sect. 2.1)
 MIN_SCALE = 32
 
@@ -79,3 +81,22 @@ class FiniteRange(click.FloatRange):
 
 SCALES = ScalesParam()
 COST_GRID = CostGridParam()
+
+
+FUSION_HELP = (
+    "How several nets' descriptors are stacked (Appendix B's D & E late fusion; the paper does not say): "
+    f"per-net = {FUSION_L2_HELP['per-net']} (each net weighs the same), whole = {FUSION_L2_HELP['whole']}. "
+    "Recorded in the report."
+)
+
+
+def fusion_option(fn):
+    """--fusion-l2, the same on linear-probe, knn-probe and reproduce."""
+    return click.option(
+        "--fusion-l2",
+        "fusion_l2",
+        type=click.Choice(FUSION_L2),
+        default="per-net",
+        show_default=True,
+        help=FUSION_HELP,
+    )(fn)

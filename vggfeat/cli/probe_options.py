@@ -12,13 +12,13 @@ import click
 from vggfeat.benchmarks.base import benchmark_images
 from vggfeat.benchmarks.registry import BENCHMARKS, get_benchmark, load_benchmark
 from vggfeat.cli.extract import LAYER_HELP
-from vggfeat.cli.params import SCALES
+from vggfeat.cli.params import SCALES, fusion_option
 from vggfeat.cli.weights import net_pairs
 from vggfeat.features.protocol import Protocol
 from vggfeat.features.runtime import Runtime
 from vggfeat.features.store import StoreError, load_store
-from vggfeat.probes.action import action_store, extract_action_stores
-from vggfeat.probes.features import ExtractionSettings, cached_store, split_features
+from vggfeat.probes.action import action_features
+from vggfeat.probes.features import ExtractionSettings, fusion_line, probe_features, split_features, store_fusion
 from vggfeat.probes.report import report_files, summary_lines, write_report
 from vggfeat.probes.run import store_summary
 from vggfeat.utils.device import resolve_device
@@ -85,6 +85,7 @@ def probe_options(fn):
             default=None,
             help="Over scales. Default: the benchmark's, as for --scales.",
         ),
+        fusion_option,
         click.option(
             "--splits",
             "n_splits",
@@ -129,6 +130,7 @@ def probe_store(benchmark: str, splits, out: Path, opts: dict):
     if opts["features"]:
         store = load_store(opts["features"])
         check_store_matches(store, opts["layer"], opts["scales"], opts["aggregate"], opts["weights"])
+        check_fusion_matches(store, opts["fusion_l2"])
         if opts["models"]:
             click.secho("note: --features given, so --model is not used", fg="yellow", err=True)
         return store
@@ -142,13 +144,24 @@ def probe_store(benchmark: str, splits, out: Path, opts: dict):
     runtime = Runtime(device=opts["device"], batch_size=opts["batch_size"], workers=opts["workers"])
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     settings = ExtractionSettings(pairs, protocol, seed=opts["seed"])
+    fusion, progress = opts["fusion_l2"], not opts["quiet"]
     if benchmark == "voc2012-action":  # each image and each person box described once, stacked per person
         train, val, box = splits[0].train_action, splits[0].test_action, opts.get("box", True)
-        image_store, box_store, crops = extract_action_stores(
-            train, val, out, settings, runtime, box=box, progress=not opts["quiet"]
+        return action_features(train, val, out, settings, runtime, box=box, fusion_l2=fusion, progress=progress)
+    return probe_features(benchmark_images(splits), out, settings, runtime, fusion_l2=fusion, progress=progress)
+
+
+def check_fusion_matches(store, fusion_l2: str) -> None:
+    """--fusion-l2 given beside --features of several nets must be how the store fused them (a store from
+    `vggfeat extract` is fused when extracted: per-net with its l2_parts, else whole)."""
+    ctx = click.get_current_context(silent=True)
+    given = ctx is not None and ctx.get_parameter_source("fusion_l2") not in (None, click.core.ParameterSource.DEFAULT)
+    stored = store_fusion(store.manifest)
+    if given and stored is not None and stored != fusion_l2:
+        raise StoreError(
+            f"{store.root}: --fusion-l2 {fusion_l2} but the store's nets were fused {stored} when extracted; "
+            "drop --fusion-l2, or probe with --model/--weights to fuse the nets here"
         )
-        return action_store(train, val, [image_store], [box_store] if box else (), crops)
-    return cached_store(benchmark_images(splits), out, settings, runtime, progress=not opts["quiet"])
 
 
 def check_store_matches(store, layer: str, scales, aggregate: str | None, weights) -> None:
@@ -191,6 +204,8 @@ def run_probe(opts: dict, *, stem: str, probe) -> None:
             f"{benchmark}: {len(splits[0].classes)} classes, {len(splits)} split(s), "
             f"{store.dim}-D features from {store.root}"
         )
+        if line := fusion_line(store.manifest):
+            click.echo(line)
 
         report = write_report(probe(splits, store), out_dir, stem)
     except FileNotFoundError as e:  # VggfeatError is shown by LazyGroup; other exceptions are bugs
@@ -236,6 +251,8 @@ def run_low_shot_probe(
             f"{benchmark} low-shot ({scoring} scoring): k in {', '.join(map(str, ks))}, {samples} samples, "
             f"{store.dim}-D features"
         )
+        if line := fusion_line(store.manifest):
+            click.echo(line)
         x_train, x_test = split_features(store, split.train_paths, split.test_paths)
         result = run_low_shot(
             x_train,

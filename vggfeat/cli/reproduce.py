@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from vggfeat.cli.params import COST_GRID, SCALES, FiniteRange
+from vggfeat.cli.params import COST_GRID, SCALES, FiniteRange, fusion_option
 from vggfeat.features.runtime import Runtime
 from vggfeat.reproduce.report import table_lines
 from vggfeat.reproduce.tables import Nets, ReproduceOptions, parse_net, reproduce_table
@@ -52,7 +52,10 @@ from vggfeat.reproduce.tables import Nets, ReproduceOptions, parse_net, reproduc
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0))
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def reproduce(table, root, net_d, net_e, out, scales, cs, holdout, n_splits, seed, device, batch_size, workers, quiet):
+@fusion_option
+def reproduce(
+    table, root, net_d, net_e, out, scales, cs, holdout, n_splits, seed, device, batch_size, workers, quiet, fusion_l2
+):
     """Reproduce TABLE with nets D and E: every benchmark found under --root, probed with the paper's settings
     for D, E and D & E (the D and E descriptors stacked: nothing extracted twice), printed and written to
     OUT/TABLE.{md,json,png} with the paper's numbers beside ours, labelled "paper".
@@ -86,6 +89,7 @@ def reproduce(table, root, net_d, net_e, out, scales, cs, holdout, n_splits, see
         splits=n_splits,
         runtime=Runtime(device=device, batch_size=batch_size, workers=workers),
         progress=not quiet,
+        fusion_l2=fusion_l2,
     )
     out_dir = Path(out or Path("vggfeat-out") / table)
     try:

@@ -76,7 +76,7 @@ def info(source, as_json) -> None:
 
     d = weights_info(source)
     if as_json:
-        click.echo(json.dumps(d, indent=2))
+        click.echo(json.dumps(d, indent=2, allow_nan=False))  # strict JSON: a NaN here is a bug, not a result
         return
     pre = d["preprocessing"]
     options = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in d["options"].items())

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vggfeat.errors import DatasetError
+from vggfeat.utils.files import read_dataset_text
 
 from .images import IMAGE_EXTENSIONS, is_image_file
 
@@ -88,14 +89,8 @@ def scan_flat(root: str | Path, labels_file: str | Path, classes: tuple[str, ...
 
 
 def _read_labels(labels_file: Path) -> list[str]:
-    try:
-        return labels_file.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise DatasetError(
-            f"{labels_file}: not a text file (byte {e.start} is not UTF-8); give a labels file of 'file label' lines"
-        ) from None
-    except OSError as e:  # missing, a folder, unreadable
-        raise DatasetError(f"{labels_file}: cannot read the labels file ({e.strerror or e})") from None
+    # read bounded: missing, a folder or a FIFO (which a plain read would wait on forever) is one DatasetError
+    return read_dataset_text(labels_file, "labels file").splitlines()
 
 
 def imagenet_splits(root: str | Path, val_labels: str | Path | None = None) -> tuple[Samples, Samples]:

@@ -12,6 +12,7 @@ import functools
 import io
 import logging
 import os
+import stat
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from vggfeat.errors import InputError, VggfeatError
+from vggfeat.utils.files import file_kind, read_dataset_file
 
 if TYPE_CHECKING:
     import torch
@@ -64,6 +66,8 @@ def find_images(inputs: Iterable[str | Path]) -> list[Path]:
             found.extend(_folder_images(path))
         elif path.is_file():
             found.append(path)
+        elif path.exists():  # a FIFO or a device: never opened (a read would wait for a writer)
+            raise InputError(f"{path} is {file_kind(path.stat().st_mode)}, not an image file or folder")
         else:
             raise FileNotFoundError(f"no such image file or folder: {path}")
     return found
@@ -100,10 +104,11 @@ def find_input_images(inputs: Iterable[str | Path]) -> list[Path]:
 
 
 def _read_list(list_file: Path) -> list[Path]:
-    if not list_file.is_file():
+    if not list_file.exists():
         raise FileNotFoundError(f"no such list file: {list_file}")
+    data = read_dataset_file(list_file, "list file", InputError)  # a FIFO or a folder is refused, never waited on
     try:
-        lines = list_file.read_text(encoding="utf-8").splitlines()
+        lines = data.decode("utf-8").splitlines()
     except UnicodeDecodeError as e:
         raise InputError(
             f"{list_file}: not a text file (byte {e.start} is not UTF-8); an @list holds one image path per line"
@@ -116,6 +121,9 @@ def _read_list(list_file: Path) -> list[Path]:
         path = Path(line) if os.path.isabs(line) else list_file.parent / line
         if not path.exists():
             raise FileNotFoundError(f"{list_file}, line {lineno}: no such file {line!r}")
+        if not path.is_dir() and not path.is_file():  # refused before any decoder (CPU or GPU) could open it
+            kind = file_kind(path.stat().st_mode)
+            raise InputError(f"{list_file}, line {lineno}: {path} is {kind}, not an image file or folder")
         paths.extend(find_images([path]) if path.is_dir() else [path])
     return paths
 
@@ -164,7 +172,10 @@ def load_rgb(path: str | Path, *, min_side: int | None = None, max_pixels: int =
     """
     path = Path(path)
     try:
-        if path.stat().st_size == 0:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block the decoder until a writer comes
+            raise ImageError(path, f"{file_kind(st.st_mode)}, not a regular file")
+        if st.st_size == 0:
             raise ImageError(path, "empty file (0 bytes)")
     except OSError as e:
         raise ImageError(path, f"unreadable ({e.strerror or e})") from e

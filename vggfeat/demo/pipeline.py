@@ -24,7 +24,7 @@ from vggfeat.errors import VggfeatError
 from vggfeat.features.protocol import Protocol
 from vggfeat.features.runtime import Runtime
 from vggfeat.models import WeightsError, create_model, load_model, read_weights, save_weights
-from vggfeat.probes.features import ExtractionSettings, cached_store
+from vggfeat.probes.features import ExtractionSettings, probe_features
 from vggfeat.probes.report import report_files, write_report
 from vggfeat.probes.run import run_knn_probe, run_linear_probe
 from vggfeat.train.checkpoint import latest_checkpoint
@@ -199,7 +199,7 @@ def run_demo(
             protocol = Protocol(layer=fc.layer, scales=tuple(fc.scales), aggregate=fc.aggregate)
             settings = ExtractionSettings((("auto", str(weights)),), protocol)
             folder = out / "probe" / f"{net}{tag}"
-            store = cached_store(images, folder, settings, runtime, progress=progress)
+            store = probe_features(images, folder, settings, runtime, progress=progress)  # as linear-probe
             linear = run_linear_probe(splits, store, Cs=cfg.probe.Cs, device="cpu")
             knn = run_knn_probe(splits, store, k=cfg.probe.k)
             probes[net] = {

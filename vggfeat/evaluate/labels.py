@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vggfeat.errors import VggfeatError
+from vggfeat.utils.files import read_dataset_text
 
 
 class EvaluateError(VggfeatError, ValueError):
@@ -15,7 +16,8 @@ class EvaluateError(VggfeatError, ValueError):
 
 def read_class_file(path: str | Path) -> tuple[str, ...]:
     """One class name (e.g. a wnid) per line, in the net's output order; blank lines and '#' comments skipped."""
-    names = [ln.split()[0] for ln in Path(path).read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    text = read_dataset_text(Path(path), "class file", EvaluateError)  # a FIFO is refused, never waited on
+    names = [ln.split()[0] for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
     if not names:
         raise EvaluateError(f"{path}: no class names (expected one class name per line)")
     dup = sorted({n for n in names if names.count(n) > 1})

@@ -17,6 +17,13 @@ from vggfeat.data.transforms import isotropic_size
 from vggfeat.errors import InputError
 
 AGGREGATES = ("mean", "stack")
+# Late fusion of nets (D & E): L2-normalise each net's descriptor before stacking ("per-net"), or only the
+# stacked whole ("whole"). The paper does not say; per-net lets each net weigh the same, whatever its scale.
+FUSION_L2 = ("per-net", "whole")
+FUSION_L2_HELP = {
+    "per-net": "per-net L2 before stacking, then L2 of the whole",
+    "whole": "L2 of the stacked descriptor only",
+}
 
 
 @dataclass(frozen=True)
@@ -88,8 +95,18 @@ def combine(parts: Sequence[np.ndarray], protocol: Protocol) -> np.ndarray:
             d = p.mean(axis=1)  # (N, D_net)
         else:
             d = p.reshape(p.shape[0], -1)  # (N, S * D_net): scale-major stacking
-        if protocol.l2_parts and len(parts) > 1:
-            d = l2_normalize(d)
         per_net.append(d)
-    out = np.concatenate(per_net, axis=1)  # (N, sum of net dims): late fusion of nets
-    return (l2_normalize(out) if protocol.l2 else out).astype(np.float32)
+    return fuse_nets(per_net, "per-net" if protocol.l2_parts else "whole", l2=protocol.l2)
+
+
+def fuse_nets(per_net: Sequence[np.ndarray], fusion_l2: str, *, l2: bool = True) -> np.ndarray:
+    """The late fusion of Appendix B (D & E), the one definition every command uses: each net's (N, D_net)
+    descriptor L2-normalised first when `fusion_l2` is "per-net" (and there are several), stacked, then the
+    whole L2-normalised when `l2`. Returns (N, sum of D_net) float32."""
+    if fusion_l2 not in FUSION_L2:
+        raise InputError(f"unknown fusion_l2 {fusion_l2!r}; valid: {', '.join(FUSION_L2)}")
+    blocks = [np.asarray(p, dtype=np.float32) for p in per_net]
+    if fusion_l2 == "per-net" and len(blocks) > 1:
+        blocks = [l2_normalize(b) for b in blocks]
+    out = np.concatenate(blocks, axis=1)  # (N, sum of net dims)
+    return (l2_normalize(out) if l2 else out).astype(np.float32, copy=False)

@@ -8,6 +8,7 @@ in [0, 1] normalised by mean and std. A weight file carries its convention; extr
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -34,6 +35,8 @@ class Preprocessing:
             if len(values) != 3:
                 raise ValueError(f"{field} needs 3 values (one per channel), got {values!r}")
             object.__setattr__(self, field, values)
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std, self.value_range)):
+            raise ValueError(f"mean, std and value_range must be finite numbers, got {self.to_dict()!r}")
         if min(self.std) <= 0:
             raise ValueError(f"std must be positive, got {self.std!r}")
         object.__setattr__(self, "value_range", float(self.value_range))

@@ -15,7 +15,7 @@ from vggfeat.benchmarks.voc_action import ActionSplit, sample_keys, write_box_cr
 from vggfeat.features.inputs import input_identities
 from vggfeat.features.runtime import Runtime
 from vggfeat.features.store import FeatureStore
-from vggfeat.probes.features import ExtractionSettings, cached_store, stack_stores
+from vggfeat.probes.features import ExtractionSettings, cached_store, net_settings, stack_stores
 
 log = logging.getLogger(__name__)
 BOX_DIR = "boxes"  # OUT/boxes/crops: the person boxes as PNG files; OUT/boxes/features: their store
@@ -42,9 +42,11 @@ def action_store(
     image_stores: Sequence[FeatureStore],
     box_stores: Sequence[FeatureStore] = (),
     crops: tuple[Sequence[str], Sequence[str]] | None = None,
+    *,
+    fusion_l2: str = "per-net",
 ) -> FeatureStore:
-    """Per sample, each image store's row of its image and each box store's row of its crop, stacked and
-    L2-normalised (one net: image + box; D & E: image D, box D, image E, box E, as late fusion stacks nets)."""
+    """Per sample, each image store's row of its image and each box store's row of its crop, fused by
+    stack_stores (one net: image + box; D & E: image D, box D, image E, box E, as late fusion stacks nets)."""
     images = [*train.image_paths, *val.image_paths]
     boxes = [*crops[0], *crops[1]] if crops is not None else []
     parts: list[tuple[FeatureStore, Sequence[str]]] = []
@@ -52,7 +54,30 @@ def action_store(
         parts.append((image_store, images))
         if box_stores:
             parts.append((box_stores[k], boxes))
-    return stack_stores(parts, [*sample_keys(train), *sample_keys(val)])
+    return stack_stores(parts, [*sample_keys(train), *sample_keys(val)], fusion_l2=fusion_l2)
+
+
+def action_features(
+    train: ActionSplit,
+    val: ActionSplit,
+    out: str | Path,
+    settings: ExtractionSettings,
+    runtime: Runtime | None = None,
+    *,
+    box: bool = True,
+    fusion_l2: str = "per-net",
+    progress: bool = True,
+) -> FeatureStore:
+    """The probe's store of voc2012-action: each net's image (and box) store extracted once (as probe_features
+    extracts each net), then fused by action_store."""
+    stores = [
+        extract_action_stores(train, val, out, s, runtime, box=box, progress=progress)
+        for s in net_settings(settings, fusion_l2)
+    ]
+    fusion = fusion_l2 if len(stores) > 1 else "per-net"  # one net's image and box stores are L2-normalised
+    return action_store(
+        train, val, [s[0] for s in stores], [s[1] for s in stores] if box else (), stores[0][2], fusion_l2=fusion
+    )
 
 
 def extract_action_stores(

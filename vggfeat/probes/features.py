@@ -11,12 +11,12 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from vggfeat.features.protocol import Protocol
+from vggfeat.features.protocol import FUSION_L2_HELP, Protocol, fuse_nets
 from vggfeat.features.runtime import Runtime
 from vggfeat.features.store import FeatureStore
 from vggfeat.utils.locks import folder_lock
@@ -82,6 +82,51 @@ def cached_store(
         )
 
 
+def net_settings(settings: ExtractionSettings, fusion_l2: str = "per-net") -> list[ExtractionSettings]:
+    """One ExtractionSettings per net of `settings`, each net's store extracted on its own and fused by
+    stack_stores. Per-net fusion uses each net's own (L2-normalised) store, the one a probe of that net alone
+    uses, so D, E and D & E extract each net once; "whole" needs each net's raw descriptor (no final L2)."""
+    raw = fusion_l2 == "whole" and len(settings.models) > 1
+    protocol = replace(settings.protocol, l2=False) if raw else settings.protocol
+    return [ExtractionSettings((pair,), protocol, settings.seed) for pair in settings.models]
+
+
+def probe_features(
+    images: Sequence[str],
+    out: str | Path,
+    settings: ExtractionSettings,
+    runtime: Runtime | None = None,
+    *,
+    fusion_l2: str = "per-net",
+    progress: bool = True,
+) -> FeatureStore:
+    """The descriptors a probe uses for `images`: one net's cached store (OUT/features/<key>), or for several
+    nets each net's cached store fused by `stack_stores` (Appendix B's late fusion, as `reproduce` fuses D & E)."""
+    stores = [cached_store(images, out, s, runtime, progress=progress) for s in net_settings(settings, fusion_l2)]
+    if len(stores) == 1:
+        return stores[0]
+    images = sorted(set(images))
+    return stack_stores([(store, images) for store in stores], images, fusion_l2=fusion_l2)
+
+
+def store_fusion(manifest: dict) -> str | None:
+    """How a store's nets were fused ("per-net" or "whole"), None for one net. A store of `vggfeat extract`
+    with several nets records no fusion_l2: its nets were L2-normalised before stacking only with l2_parts."""
+    if manifest.get("fusion_l2"):
+        return manifest["fusion_l2"]
+    if len(manifest.get("models") or []) < 2:
+        return None
+    return "per-net" if manifest.get("l2_parts") else "whole"
+
+
+def fusion_line(manifest: dict) -> str | None:
+    """'fusion: per-net L2 before stacking, then L2 of the whole' for a store of several parts, else None."""
+    fusion = store_fusion(manifest)
+    if len(manifest.get("models") or []) < 2 and len(manifest.get("stacked_from") or []) < 2:
+        return None
+    return f"fusion: {FUSION_L2_HELP[fusion]} (--fusion-l2 {fusion})" if fusion else None
+
+
 def split_features(
     store: FeatureStore, train_paths: Sequence[str], test_paths: Sequence[str]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -94,21 +139,25 @@ def split_features(
     )
 
 
-def stack_stores(parts: Sequence[tuple[FeatureStore, Sequence[str]]], names: Sequence[str]) -> FeatureStore:
-    """An in-memory store whose row i stacks, for each (store, keys) part, that store's row of keys[i] - then
-    L2-normalised (Appendix B: late fusion of nets D & E; Table 12's image + person box).
+def stack_stores(
+    parts: Sequence[tuple[FeatureStore, Sequence[str]]], names: Sequence[str], *, fusion_l2: str = "per-net"
+) -> FeatureStore:
+    """An in-memory store whose row i stacks, for each (store, keys) part, that store's row of keys[i], fused by
+    `fuse_nets` (Appendix B: late fusion of nets D & E; Table 12's image + person box): with "per-net" each
+    part is L2-normalised before stacking, so every part weighs the same; then the whole is L2-normalised.
 
     Row i is named names[i], so a probe looks samples up by those names. Nothing is extracted: each part is a
-    finished store, and each keeps its own L2 normalisation before stacking, so every part weighs the same.
+    finished store. The manifest records fusion_l2.
     """
     if not parts or any(len(keys) != len(names) for _, keys in parts):
         raise ValueError("stack_stores needs one key per name in every part")
     blocks = [np.asarray(store.features[store.rows_for(list(keys))], dtype=np.float32) for store, keys in parts]
-    x = np.concatenate(blocks, axis=1)  # (N, sum of D)
-    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    x = fuse_nets(blocks, fusion_l2)  # (N, sum of D)
     first = parts[0][0].manifest
     manifest = {
-        **{k: first.get(k) for k in ("layer", "scales", "flip", "aggregate", "l2", "l2_parts")},
+        **{k: first.get(k) for k in ("layer", "scales", "flip", "aggregate", "l2_parts")},
+        "l2": True,
+        "fusion_l2": fusion_l2,
         "models": [m for store, _ in parts for m in store.manifest.get("models", [])],
         "dim": int(x.shape[1]),
         "dtype": "float32",

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from vggfeat.benchmarks.registry import get_benchmark
+from vggfeat.features.protocol import FUSION_L2_HELP
 from vggfeat.probes import metrics
 from vggfeat.probes.run import ProbeResult
 from vggfeat.utils.files import atomic_write_figure, atomic_write_json, atomic_write_text, display_name
@@ -142,10 +143,17 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "## Features",
         "",
-        f"- store: `{f.get('store')}`",
+        f"- store: `{f.get('store')}`"
+        if not f.get("stacked_from")
+        else "- stores (fused in memory): " + ", ".join(f"`{x}`" for x in f["stacked_from"]),
         f"- nets: {nets}",
         f"- layer {f.get('layer')}, scales {f.get('scales')}, aggregate {f.get('aggregate')}, flip {f.get('flip')}, "
         f"L2 {f.get('l2')}, {f.get('dim')}-D",
+        *(
+            [f"- fusion: {FUSION_L2_HELP[f['fusion_l2']]} (`--fusion-l2 {f['fusion_l2']}`)"]
+            if f.get("fusion_l2") in FUSION_L2_HELP
+            else []
+        ),
         "",
         "## Settings",
         "",

@@ -15,7 +15,7 @@ import numpy as np
 from vggfeat.benchmarks.base import ProbeSplit
 from vggfeat.benchmarks.registry import get_benchmark
 from vggfeat.features.store import FeatureStore
-from vggfeat.probes.features import split_features
+from vggfeat.probes.features import split_features, store_fusion
 from vggfeat.probes.metrics import check_finite_scores
 
 if TYPE_CHECKING:
@@ -92,7 +92,10 @@ def score_split(split: ProbeSplit, scores: np.ndarray) -> tuple[np.ndarray, floa
 def store_summary(store: FeatureStore) -> dict[str, Any]:
     m = store.manifest
     keys = ("models", "layer", "scales", "flip", "aggregate", "l2", "l2_parts", "dim", "dtype", "vggfeat_version")
-    return {"store": str(store.root), **{k: m.get(k) for k in keys}}
+    summary = {"store": str(store.root), **{k: m.get(k) for k in keys}, "fusion_l2": store_fusion(m)}
+    if len(m.get("stacked_from") or []) > 1:  # fused in memory: STORE alone holds only the first part
+        summary["stacked_from"] = list(m["stacked_from"])
+    return summary
 
 
 def split_sources(splits: Sequence[ProbeSplit]) -> dict[str, Any]:

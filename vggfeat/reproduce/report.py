@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from vggfeat.features.protocol import FUSION_L2_HELP
 from vggfeat.utils.files import atomic_write_figure, atomic_write_json, atomic_write_text, display_name
 
 
@@ -46,6 +47,8 @@ def table_lines(result: dict[str, Any]) -> list[str]:
                 f"{label:<{name_w}}" + "".join(f"  {v:>{widths[c['id']]}}" for v, c in zip(values, cols, strict=True))
             )
     lines.append(f"'paper' rows: {result['paper_label']}.")
+    if fusion := result["settings"].get("fusion_l2"):
+        lines.append(f"D & E: fusion_l2: {fusion} ({FUSION_L2_HELP[fusion]})")
     for c in cols:
         if c["status"] == "missing":
             lines.append(f"{c['id']}: empty - {c['reason']}")

@@ -2,7 +2,8 @@
 settings (Appendix B) for net D, net E and their late fusion D & E, our numbers beside the paper's.
 
 Each net's descriptors of a benchmark are extracted once into a cached store (OUT/<benchmark>/features/...);
-the D & E row stacks the D and E stores, extracting nothing. Each finished row is written to
+the D & E row fuses the D and E stores (probes.features.stack_stores, as `linear-probe --weights D --weights E`
+does), extracting nothing. Each finished row is written to
 OUT/<benchmark>/rows/<row>.json with a key of everything it depends on (weights by content, protocol, probe
 options, samples, labels, images' size and mtime), so a rerun only does what is missing or changed.
 """
@@ -26,7 +27,7 @@ from vggfeat.features.inputs import input_identities
 from vggfeat.features.protocol import Protocol
 from vggfeat.features.runtime import Runtime
 from vggfeat.probes.action import action_store, extract_action_stores
-from vggfeat.probes.features import ExtractionSettings, cached_store, stack_stores
+from vggfeat.probes.features import ExtractionSettings, cached_store, net_settings, stack_stores
 from vggfeat.probes.report import report_files, write_report
 from vggfeat.probes.run import run_linear_probe
 from vggfeat.reproduce.report import write_table
@@ -78,6 +79,7 @@ class ReproduceOptions:
     seed: int = 0
     splits: int = 3  # Caltech: the paper's three random splits
     runtime: Runtime | None = None  # device, batch size, loader workers of the extractions
+    fusion_l2: str = "per-net"  # D & E: each net L2-normalised before stacking, or only the whole
     progress: bool = True  # extraction progress bars
 
 
@@ -108,18 +110,15 @@ class _Column:
     def __init__(self, benchmark: str, root: Path, out: Path, nets: Nets, options: ReproduceOptions) -> None:
         self.benchmark, self.root, self.out, self.options = benchmark, root, out, options
         defaults = get_benchmark(benchmark)  # Appendix B's scales and aggregation for this benchmark
-        self.settings = {
-            net: ExtractionSettings(
-                (pair,),
-                Protocol(
-                    layer=options.layer,
-                    scales=tuple(options.scales or defaults.scales),
-                    aggregate=defaults.aggregate,
-                ),
-                seed=options.seed,
-            )
-            for net, pair in (("D", nets.d), ("E", nets.e))
+        protocol = Protocol(
+            layer=options.layer, scales=tuple(options.scales or defaults.scales), aggregate=defaults.aggregate
+        )
+        alone = {
+            n: ExtractionSettings((pair,), protocol, seed=options.seed) for n, pair in (("D", nets.d), ("E", nets.e))
         }
+        both = ExtractionSettings((nets.d, nets.e), protocol, seed=options.seed)
+        # each row's nets' stores, as linear-probe extracts them (per-net fusion reuses the D and E stores)
+        self.settings = {"D": [alone["D"]], "E": [alone["E"]], "D&E": net_settings(both, options.fusion_l2)}
         self._stores: dict[str, NetStores] = {}
         self.splits = self._load()
         self.samples = self._samples_key()
@@ -158,47 +157,53 @@ class _Column:
 
     def key(self, row: str, variant: str) -> str:
         """A finished row's key: everything its numbers depend on (features, probe options, data)."""
-        nets = ("D", "E") if row == "D&E" else (row,)
         o = self.options
+        fusion = {"fusion_l2": o.fusion_l2} if row == "D&E" else {}
         return _key(
             {
-                "features": [self.settings[n].key() for n in nets],
+                "features": [s.key() for s in self.settings[row]],
                 "variant": variant,
                 "Cs": o.Cs,
                 "holdout": o.holdout,
                 "seed": o.seed,
                 "samples": self.samples,
+                **fusion,
             }
         )
 
-    def net_stores(self, net: str) -> NetStores:
+    def net_stores(self, settings: ExtractionSettings) -> NetStores:
         """(image store, box store or None, crops or None) of one net, extracted once."""
-        if net not in self._stores:
+        key = settings.key()
+        if key not in self._stores:
             o = self.options
             if self.benchmark == "voc2012-action":
-                self._stores[net] = extract_action_stores(
-                    *self.action, self.out, self.settings[net], o.runtime, box=True, progress=o.progress
+                self._stores[key] = extract_action_stores(
+                    *self.action, self.out, settings, o.runtime, box=True, progress=o.progress
                 )
             else:
                 images = benchmark_images(self.splits)
-                store = cached_store(images, self.out, self.settings[net], o.runtime, progress=o.progress)
-                self._stores[net] = (store, None, None)
-        return self._stores[net]
+                store = cached_store(images, self.out, settings, o.runtime, progress=o.progress)
+                self._stores[key] = (store, None, None)
+        return self._stores[key]
 
     def store(self, row: str, variant: str) -> FeatureStore:
-        """The store a row probes: a net's own, or D and E stacked (late fusion; nothing extracted again)."""
-        nets = ("D", "E") if row == "D&E" else (row,)
-        parts = [self.net_stores(n) for n in nets]
+        """The store a row probes: a net's own, or D and E fused by stack_stores (late fusion, as
+        `linear-probe --weights D --weights E` fuses them; with per-net fusion nothing is extracted again)."""
+        parts = [self.net_stores(s) for s in self.settings[row]]
+        fusion = self.options.fusion_l2 if len(parts) > 1 else "per-net"  # one net's store is L2-normalised
         if self.benchmark == "voc2012-action":
             box = variant == "image+box"
             return action_store(
-                *self.action, [p[0] for p in parts], [p[1] for p in parts] if box else (), parts[0][2] if box else None
+                *self.action,
+                [p[0] for p in parts],
+                [p[1] for p in parts] if box else (),
+                parts[0][2] if box else None,
+                fusion_l2=fusion,
             )
         if len(parts) == 1:
             return parts[0][0]
-
-        images = benchmark_images(self.splits)
-        return stack_stores([(p[0], images) for p in parts], images)
+        images = sorted(set(benchmark_images(self.splits)))  # as probe_features names the rows
+        return stack_stores([(p[0], images) for p in parts], images, fusion_l2=fusion)
 
 
 def _cell(result: ProbeResult, report_file: Path) -> dict[str, Any]:
@@ -288,6 +293,7 @@ def reproduce_table(
             "holdout": options.holdout,
             "seed": options.seed,
             "splits": options.splits,
+            "fusion_l2": options.fusion_l2,
         },
     }
     result["files"] = {k: str(v) for k, v in write_table(result, out).items()}

@@ -29,6 +29,7 @@ from vggfeat.data.synthetic import check_generatable, ensure_synthetic
 from vggfeat.data.transforms import normalize_batch
 from vggfeat.errors import InputError, VggfeatError, WeightsError
 from vggfeat.models import Preprocessing, create_model, init_from_net_a, read_weights, save_weights
+from vggfeat.models.resolve import check_weight_file
 from vggfeat.models.weights import check_compatible, check_finite
 from vggfeat.utils.cpus import usable_cpus
 from vggfeat.utils.device import resolve_device
@@ -121,6 +122,7 @@ def build_model(recipe: Recipe, num_classes: int) -> torch.nn.Module:
     if m.init_from:
         path = Path(m.init_from)
         if path.suffix == ".pt":
+            check_weight_file(path)  # a FIFO would block torch.load until a writer comes: named instead
             state = load_checkpoint(path)["model"]
             check_finite(state, str(path))  # read_weights checks its files itself
         else:
@@ -165,8 +167,11 @@ class _Logger:
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        nonfinite = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
+        if nonfinite:  # JSON has no NaN: such a value is written null and named, never as a number
+            record = {**{k: None if k in nonfinite else v for k, v in record.items()}, "nonfinite": nonfinite}
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(record, allow_nan=False) + "\n")
         if self.tb is not None:
             for k, v in record.items():
                 if isinstance(v, float):
@@ -401,6 +406,7 @@ class _Trainer:
         path, ckpt, bad = found
         for old, reason in bad if self.info.is_main else []:
             log.warning("--resume: %s cannot be loaded (%s); falling back to an earlier checkpoint", old, reason)
+        _check_finite_checkpoint(ckpt, path)
         try:
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])  # an old checkpoint's "scaler" entry is ignored
@@ -626,6 +632,22 @@ class _Trainer:
 
 
 @torch.no_grad()
+def _check_finite_checkpoint(ckpt: dict[str, Any], path: Path) -> None:
+    """A CheckpointError naming the tensor when the weights or the momentum of `ckpt` hold NaN or inf: resuming
+    would train on from them silently (model.init_from checks its files the same way)."""
+    state = ckpt["optimizer"].get("state", {}) if isinstance(ckpt["optimizer"], dict) else {}
+    tensors = {**ckpt["model"]}
+    tensors.update(
+        (f"optimizer state {i} {k}", v) for i, s in state.items() for k, v in s.items() if isinstance(v, torch.Tensor)
+    )
+    try:
+        check_finite(tensors, str(path))
+    except WeightsError as e:
+        raise CheckpointError(
+            f"{e}; delete it to resume from the checkpoint before, or start over with --overwrite"
+        ) from None
+
+
 def validate(
     model: torch.nn.Module,
     valset: ValSet | TarValSet,

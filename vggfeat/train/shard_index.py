@@ -14,7 +14,7 @@ from pathlib import Path
 
 from vggfeat.data.tar_shards import TarProblem, TarSample, iter_tar_samples
 from vggfeat.errors import DatasetError
-from vggfeat.utils.files import atomic_write_json
+from vggfeat.utils.files import atomic_write_json, read_dataset_text
 
 log = logging.getLogger(__name__)
 LABEL_EXT = "cls"  # webdataset's class-index member: ASCII digits
@@ -65,10 +65,10 @@ def count_shard(url: str) -> ShardCount:
 def _read_index(path: Path) -> dict[str, dict]:
     if not path.exists():
         return {}
-    try:
-        return {e["url"]: e for e in json.loads(path.read_text())["shards"]}
-    except (ValueError, KeyError, TypeError):
-        log.warning("%s is not a shard index; counting its shards again", path)
+    try:  # read bounded: a FIFO there is named (a DatasetError, a ValueError), never waited on
+        return {e["url"]: e for e in json.loads(read_dataset_text(path, "shard index"))["shards"]}
+    except (ValueError, KeyError, TypeError) as e:
+        log.warning("%s is not a shard index (%s); counting its shards again", path, e)
         return {}
 
 

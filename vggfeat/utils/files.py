@@ -1,12 +1,17 @@
-"""Crash-safe file writing and hashing: a file either appears whole or not at all."""
+"""Crash-safe file writing and hashing (a file either appears whole or not at all), and the bounded readers of
+files a user or a dataset gives: only a regular file is read, so a FIFO or a device named as input is refused by
+name instead of blocking the command forever."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
+
+from vggfeat.errors import DatasetError
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -86,10 +91,12 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 
 
 def read_json(path: Path, error: type[Exception], fix: str) -> Any:
-    """JSON of `path`; a file that does not parse raises `error` naming it, with `fix` (what to run)."""
+    """JSON of `path`, read bounded (`read_dataset_text`: a FIFO or a folder is refused, never waited on); a file
+    that does not parse raises `error` naming it, with `fix` (what to run)."""
+    text = read_dataset_text(Path(path), "JSON file", error)
     try:
-        return json.loads(Path(path).read_text())
-    except (ValueError, UnicodeDecodeError) as e:
+        return json.loads(text)
+    except ValueError as e:
         raise error(f"{path}: not valid JSON ({e}); {fix}") from None
 
 
@@ -124,3 +131,60 @@ def replace_dir(new: str | Path, dst: str | Path) -> Path:
 
     shutil.rmtree(old, ignore_errors=True)
     return dst
+
+
+def file_kind(mode: int) -> str:
+    """'a FIFO', 'a folder', ... for a stat mode: what a path that should be a regular file is instead."""
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+    kinds += ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((name for test, name in kinds if test(mode)), "not a plain file")
+
+
+def check_regular(path: Path, what: str = "file", where: str = "", error: type[Exception] = DatasetError) -> None:
+    """An `error` unless `path` (symlinks followed) is a regular file: missing, or a FIFO, device or folder
+    that a reader would block on or misread. `what` names it ("image '0001'"); `where` (a list file and line)
+    prefixes the message."""
+    prefix = f"{where}: " if where else ""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise error(f"{prefix}{what} not found: no file {path}") from None
+    except OSError as e:
+        raise error(f"{prefix}{what}: {path} is unreadable ({e.strerror or e})") from None
+    if not stat.S_ISREG(mode):
+        raise error(f"{prefix}{what}: {path} is {file_kind(mode)}, not a regular file; put the file there")
+
+
+def read_dataset_file(path: Path, what: str = "file", error: type[Exception] = DatasetError) -> bytes:
+    """The bytes of a file a user or a dataset gives, read only when it is a regular file. It is opened without
+    blocking and checked on the open descriptor, so a FIFO (which would block a plain open or read until a
+    writer comes) or a device is refused at once, even if it replaced a regular file after a check. Every
+    problem is an `error` naming the file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise error(f"missing {what} {path}") from None
+    except OSError as e:
+        raise error(f"{what} {path} is unreadable ({e.strerror or e})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise error(f"{what} {path} is {file_kind(mode)}, not a regular file; put the file itself there")
+        with open(fd, "rb", closefd=False) as f:
+            return f.read()
+    except OSError as e:
+        raise error(f"{what} {path} is unreadable ({e.strerror or e})") from None
+    finally:
+        os.close(fd)
+
+
+def read_dataset_text(path: Path, what: str = "file", error: type[Exception] = DatasetError) -> str:
+    """`read_dataset_file` decoded as UTF-8; a byte that is not UTF-8 is an `error` naming the file and line."""
+    data = read_dataset_file(path, what, error)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise error(
+            f"{path}, line {line}: byte 0x{data[e.start]:02x} is not UTF-8 text; save the {what} as UTF-8 (or ASCII)"
+        ) from None
