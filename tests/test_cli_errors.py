@@ -54,7 +54,7 @@ def test_extract_bug_keeps_traceback(tmp_path, monkeypatch):
     def broken(*a, **k):
         raise ValueError("bug")
 
-    monkeypatch.setattr(fx, "extract_to_store", broken)
+    monkeypatch.setattr(fx, "extract_part", broken)
     r = CliRunner().invoke(main.cli, ["extract", str(_tiny_images(tmp_path)), "--out", str(tmp_path / "o")])
     assert isinstance(r.exception, ValueError) and str(r.exception) == "bug"
     assert "Error: bug" not in r.output
