@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vggfeat.errors import WeightsError
+from vggfeat.utils.files import check_regular
 from vggfeat.weight_sources import (
     DEFAULT_WEIGHTS,
     HF_HUB_PREFIX,
@@ -98,12 +99,11 @@ def resolve_weights(value: str | os.PathLike | ResolvedWeights, *, download: boo
 
 
 def check_weight_file(path: Path) -> None:
-    """Refuse a path that is not a regular file: missing, or a FIFO (a read would block forever), device or socket."""
-    if path.is_file():
-        return
-    if path.exists():
-        raise WeightsError(f"{path} is not a regular file (a FIFO, device or socket): give a weight file")
-    raise WeightsError(f"weight file not found: {path}")
+    """Refuse a path that is not a regular file: missing, or a FIFO (a read would block forever), device, socket
+    or folder, named by `check_regular`."""
+    if not os.path.lexists(path):
+        raise WeightsError(f"weight file not found: {path}")
+    check_regular(path, "weight file", error=WeightsError)
 
 
 def torch_hub_checkpoints() -> Path:
