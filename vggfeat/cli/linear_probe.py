@@ -6,11 +6,9 @@ from __future__ import annotations
 import click
 
 from vggfeat.cli.params import COST_GRID, FiniteRange
-from vggfeat.cli.probe_options import echo_split, probe_options, run_low_shot_probe, run_probe
+from vggfeat.cli.probe_options import echo_split, option_given, probe_options, run_low_shot_probe, run_probe
 from vggfeat.probes.run import run_linear_probe
 from vggfeat.utils.device import resolve_device
-
-DEFAULT = click.core.ParameterSource.DEFAULT
 
 
 def parse_ks(value: str) -> tuple[int, ...]:
@@ -111,8 +109,7 @@ def linear_probe(
       vggfeat linear-probe voc2007 --root /data --weights d.safetensors --low-shot
       vggfeat linear-probe voc2012-action --root /data --weights d.safetensors --weights e.safetensors
     """
-    ctx = click.get_current_context()
-    given = {p.name for p in ctx.command.params if ctx.get_parameter_source(p.name) not in (None, DEFAULT)}
+    given = {p.name for p in click.get_current_context().command.params if option_given(p.name)}
     if low_shot:
         apart, why = {"holdout", "classifier", "no_box"}, "do not apply to --low-shot (C is chosen per k on test)"
     else:

@@ -151,11 +151,17 @@ def probe_store(benchmark: str, splits, out: Path, opts: dict):
     return probe_features(benchmark_images(splits), out, settings, runtime, fusion_l2=fusion, progress=progress)
 
 
+def option_given(name: str) -> bool:
+    """Whether the running command's option `name` was given (command line or environment), not left at its
+    default; False outside a click command."""
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
+
+
 def check_fusion_matches(store, fusion_l2: str) -> None:
     """--fusion-l2 given beside --features of several nets must be how the store fused them (a store from
     `vggfeat extract` is fused when extracted: per-net with its l2_parts, else whole)."""
-    ctx = click.get_current_context(silent=True)
-    given = ctx is not None and ctx.get_parameter_source("fusion_l2") not in (None, click.core.ParameterSource.DEFAULT)
+    given = option_given("fusion_l2")
     stored = store_fusion(store.manifest)
     if given and stored is not None and stored != fusion_l2:
         raise StoreError(
@@ -168,8 +174,7 @@ def check_store_matches(store, layer: str, scales, aggregate: str | None, weight
     """Extraction flags given beside --features must describe the store, or the report would claim settings
     that were never used (issue 12.8): each one given on the command line is compared with its manifest."""
 
-    ctx = click.get_current_context(silent=True)
-    given = ctx is not None and ctx.get_parameter_source("layer") not in (None, click.core.ParameterSource.DEFAULT)
+    given = option_given("layer")
     m = store.manifest
     wrong = []
     if (given or layer != "fc7") and layer != m.get("layer"):
