@@ -54,7 +54,9 @@ def action_store(
         parts.append((image_store, images))
         if box_stores:
             parts.append((box_stores[k], boxes))
-    return stack_stores(parts, [*sample_keys(train), *sample_keys(val)], fusion_l2=fusion_l2)
+    # one net's image and box stores are each L2-normalised (net_settings keeps the L2 of a single net)
+    fusion = fusion_l2 if len(image_stores) > 1 else "per-net"
+    return stack_stores(parts, [*sample_keys(train), *sample_keys(val)], fusion_l2=fusion)
 
 
 def action_features(
@@ -74,9 +76,8 @@ def action_features(
         extract_action_stores(train, val, out, s, runtime, box=box, progress=progress)
         for s in net_settings(settings, fusion_l2)
     ]
-    fusion = fusion_l2 if len(stores) > 1 else "per-net"  # one net's image and box stores are L2-normalised
     return action_store(
-        train, val, [s[0] for s in stores], [s[1] for s in stores] if box else (), stores[0][2], fusion_l2=fusion
+        train, val, [s[0] for s in stores], [s[1] for s in stores] if box else (), stores[0][2], fusion_l2=fusion_l2
     )
 
 

@@ -190,7 +190,6 @@ class _Column:
         """The store a row probes: a net's own, or D and E fused by stack_stores (late fusion, as
         `linear-probe --weights D --weights E` fuses them; with per-net fusion nothing is extracted again)."""
         parts = [self.net_stores(s) for s in self.settings[row]]
-        fusion = self.options.fusion_l2 if len(parts) > 1 else "per-net"  # one net's store is L2-normalised
         if self.benchmark == "voc2012-action":
             box = variant == "image+box"
             return action_store(
@@ -198,12 +197,12 @@ class _Column:
                 [p[0] for p in parts],
                 [p[1] for p in parts] if box else (),
                 parts[0][2] if box else None,
-                fusion_l2=fusion,
+                fusion_l2=self.options.fusion_l2,
             )
         if len(parts) == 1:
             return parts[0][0]
         images = sorted(set(benchmark_images(self.splits)))  # as probe_features names the rows
-        return stack_stores([(p[0], images) for p in parts], images, fusion_l2=fusion)
+        return stack_stores([(p[0], images) for p in parts], images, fusion_l2=self.options.fusion_l2)
 
 
 def _cell(result: ProbeResult, report_file: Path) -> dict[str, Any]:
