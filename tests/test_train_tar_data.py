@@ -21,9 +21,11 @@ from vggfeat.data.synthetic import generate_synthetic
 from vggfeat.data.tar_shards import write_tar_shard
 from vggfeat.errors import DatasetError
 from vggfeat.train.data import collate_skips
+from vggfeat.train.loop import validate
 from vggfeat.train.recipe import load_recipe
 from vggfeat.train.shard_index import index_shards
 from vggfeat.train.tar_data import TarSplit, TarTrainSet, TarTrainStream, TarValSet, buffer_shuffle
+from vggfeat.utils.distributed import DistInfo
 
 REPO = Path(__file__).parent.parent
 SMOKE = REPO / "recipes" / "train" / "smoke.yaml"
@@ -361,3 +363,17 @@ def test_a_fifo_as_the_shard_index_is_named_and_recounted(tmp_path):
     assert json.loads(done.stdout.splitlines()[-1]) == [3]
     assert "is a FIFO, not a regular file" in done.stderr and "counting its shards again" in done.stderr
     assert (tmp_path / "index.json").is_file()  # replaced by the fresh count
+
+
+def test_validation_builds_no_autograd_graph(shards):
+    vurls = sorted(str(p) for p in (shards / "val").glob("*.tar"))
+    val = TarValSet(
+        TarSplit(tuple(index_shards(vurls, shards / "val-index.json")), tuple("0123456789")), size=80, crop=64
+    )
+    grad_seen = []
+    model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 10))
+    model.register_forward_hook(lambda m, i, o: grad_seen.append(o.requires_grad))
+    recipe = load_recipe(SMOKE, ["data.workers=0"])
+    top1, top5 = validate(model, val, DistInfo(), torch.device("cpu"), (0.0, 0.0, 0.0), None, recipe)
+    assert grad_seen and not any(grad_seen)  # no graph kept over the validation set
+    assert 0.0 <= top1 <= top5 <= 1.0

@@ -631,7 +631,6 @@ class _Trainer:
         save_weights(self.model, self.run / name, metadata={"recipe": json.dumps(recipe_to_dict(self.recipe))})
 
 
-@torch.no_grad()
 def _check_finite_checkpoint(ckpt: dict[str, Any], path: Path) -> None:
     """A CheckpointError naming the tensor when the weights or the momentum of `ckpt` hold NaN or inf: resuming
     would train on from them silently (model.init_from checks its files the same way)."""
@@ -648,6 +647,7 @@ def _check_finite_checkpoint(ckpt: dict[str, Any], path: Path) -> None:
         ) from None
 
 
+@torch.no_grad()
 def validate(
     model: torch.nn.Module,
     valset: ValSet | TarValSet,
