@@ -13,7 +13,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -303,21 +303,15 @@ def _prepare_data(recipe: Recipe, root: Path | None, info: DistInfo, run: Path) 
             f"model.num_classes is {recipe.model.num_classes} but {root}/train has {k} class folders; "
             f"set model.num_classes: {k} (or --set model.num_classes={k})"
         )
-    if steps_per_epoch(len(train_s), recipe.optim.batch_size) == 0:
-        raise ConfigError(
-            f"{len(train_s)} training images in {root}/train cannot fill one global batch of "
-            f"optim.batch_size={recipe.optim.batch_size}"
-        )
-    stats: dict[str, Any] = {}
-    if None in (d.mean_rgb, d.eigval, d.eigvec):
-        if info.is_main:
-            cached_stats(root, train_s.paths)
-        barrier(info)
-        stats = cached_stats(root, train_s.paths)
-    mean = d.mean_rgb or tuple(stats["mean"])
-    eigval = d.eigval or tuple(stats["eigval"])
-    eigvec = d.eigvec or tuple(tuple(r) for r in stats["eigvec"])
-    return _Data(root, train_s, val_s, mean, eigval, eigvec)
+    return _checked_data(
+        recipe,
+        info,
+        root,
+        train_s,
+        val_s,
+        f"training images in {root}/train",
+        lambda: cached_stats(root, train_s.paths),
+    )
 
 
 def _prepare_tar_data(recipe: Recipe, info: DistInfo, run: Path) -> _Data:
@@ -326,21 +320,38 @@ def _prepare_tar_data(recipe: Recipe, info: DistInfo, run: Path) -> _Data:
     train_s, val_s = load_tar_splits(
         shard_patterns(d.train_shards), shard_patterns(d.val_shards), recipe.model.num_classes, run, info
     )
+    urls = [c.url for c in train_s.counts]
+    return _checked_data(
+        recipe, info, None, train_s, val_s, "training samples in data.train_shards", lambda: cached_tar_stats(run, urls)
+    )
+
+
+def _checked_data(
+    recipe: Recipe,
+    info: DistInfo,
+    root: Path | None,
+    train_s: Samples | TarSplit,
+    val_s: Samples | TarSplit,
+    what: str,
+    stats_of: Callable[[], dict[str, Any]],
+) -> _Data:
+    """Either dataset kind once listed: one global batch at least, and the colour statistics the recipe does not
+    give, computed by rank 0 (`stats_of` caches them) and then read by every process."""
+    d = recipe.data
     if steps_per_epoch(len(train_s), recipe.optim.batch_size) == 0:
         raise ConfigError(
-            f"{len(train_s)} training samples in data.train_shards cannot fill one global batch of "
-            f"optim.batch_size={recipe.optim.batch_size}"
+            f"{len(train_s)} {what} cannot fill one global batch of optim.batch_size={recipe.optim.batch_size}"
         )
     stats: dict[str, Any] = {}
     if None in (d.mean_rgb, d.eigval, d.eigvec):
         if info.is_main:
-            cached_tar_stats(run, [c.url for c in train_s.counts])
+            stats_of()
         barrier(info)
-        stats = cached_tar_stats(run, [c.url for c in train_s.counts])
+        stats = stats_of()
     mean = d.mean_rgb or tuple(stats["mean"])
     eigval = d.eigval or tuple(stats["eigval"])
     eigvec = d.eigvec or tuple(tuple(r) for r in stats["eigvec"])
-    return _Data(None, train_s, val_s, mean, eigval, eigvec)
+    return _Data(root, train_s, val_s, mean, eigval, eigvec)
 
 
 class _Trainer:
