@@ -10,7 +10,7 @@ import torch
 from helpers import write_png_header_only
 from PIL import Image
 
-from vggfeat.data.images import ImageError, find_images, load_rgb, load_rgb_tensor
+from vggfeat.data.images import ImageError, decode_rgb_tensor, find_images, load_rgb, load_rgb_tensor
 
 
 @pytest.fixture
@@ -125,6 +125,10 @@ def test_tensor_decoder_equals_pil_decoder(tmp_path, rgb, monkeypatch):
     for name in sorted(fast) + ["cmyk.jpg", "photo.png"]:
         calls.clear()
         got = _tensor_as_array(load_rgb_tensor(tmp_path / name, min_side=150))
+        np.testing.assert_array_equal(got, np.asarray(load_rgb(tmp_path / name, min_side=150)), err_msg=name)
+        assert bool(calls) == (name in fast), name
+        calls.clear()  # a tar member's bytes take the same way
+        got = _tensor_as_array(decode_rgb_tensor((tmp_path / name).read_bytes(), f"s.tar:{name}", min_side=150))
         np.testing.assert_array_equal(got, np.asarray(load_rgb(tmp_path / name, min_side=150)), err_msg=name)
         assert bool(calls) == (name in fast), name
     assert load_rgb_tensor(tmp_path / "rotated.jpg").shape == (3, 300, 200)

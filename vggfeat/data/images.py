@@ -14,7 +14,7 @@ import logging
 import os
 import stat
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -255,12 +255,37 @@ def load_rgb_tensor(path: str | Path, *, min_side: int | None = None, max_pixels
     chunks and 4-byte-per-pixel internal image, about 20% faster. Anything else, and any file that
     decoder refuses, goes through `load_rgb`, which also names what is wrong with a bad file.
     """
+    path = Path(path)
+    return _rgb_tensor(
+        path, path.read_bytes, lambda: load_rgb(path, min_side=min_side, max_pixels=max_pixels), min_side, max_pixels
+    )
+
+
+def decode_rgb_tensor(
+    data: bytes, name: str, *, min_side: int | None = None, max_pixels: int = MAX_PIXELS
+) -> torch.Tensor:
+    """`load_rgb_tensor` of an image held in memory (a tar shard's member); `name` is what errors call it."""
+    return _rgb_tensor(
+        io.BytesIO(data),
+        lambda: data,
+        lambda: decode_rgb(data, name, min_side=min_side, max_pixels=max_pixels),
+        min_side,
+        max_pixels,
+    )
+
+
+def _rgb_tensor(
+    source: Path | io.BytesIO,
+    read: Callable[[], bytes],
+    fallback: Callable[[], Image.Image],
+    min_side: int | None,
+    max_pixels: int,
+) -> torch.Tensor:
     import torch
 
-    path = Path(path)
     tvio = _torchvision_io()
     try:
-        with Image.open(path) as header:  # reads the header only
+        with Image.open(source) as header:  # reads the header only
             fast = (
                 tvio is not None
                 and header.format == "JPEG"
@@ -268,17 +293,17 @@ def load_rgb_tensor(path: str | Path, *, min_side: int | None = None, max_pixels
                 and header.width * header.height <= max_pixels
                 and not _draft_reduces(header.size, min_side)
             )
-    except Exception:  # load_rgb below classifies the problem
+    except Exception:  # the fallback below classifies the problem
         fast = False
     if fast:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
-                data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+                data = torch.frombuffer(bytearray(read()), dtype=torch.uint8)
                 return tvio.decode_jpeg(data, mode=tvio.ImageReadMode.RGB, apply_exif_orientation=True)
         except (OSError, RuntimeError):  # truncated or corrupt (PIL may still read a corrupt one)
             pass
-    arr = np.array(load_rgb(path, min_side=min_side, max_pixels=max_pixels), dtype=np.uint8)  # (H, W, 3)
+    arr = np.array(fallback(), dtype=np.uint8)  # (H, W, 3)
     return torch.from_numpy(arr).permute(2, 0, 1)
 
 

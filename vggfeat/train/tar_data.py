@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from vggfeat.config import ConfigError
-from vggfeat.data.images import ImageError, decode_rgb
+from vggfeat.data.images import ImageError, decode_rgb_tensor
 from vggfeat.data.tar_shards import TarProblem, TarSample, expand_shard_patterns
 from vggfeat.data.transforms import center_crop, sample_rng
 from vggfeat.errors import DatasetError
@@ -65,8 +65,7 @@ def buffer_shuffle(n: int, buffer: int, rng: np.random.Generator) -> np.ndarray:
 
 def _decode(sample: TarSample, min_side: int) -> torch.Tensor:
     """The sample's image as a (3, H, W) uint8 tensor; ImageError names the tar and member."""
-    img = decode_rgb(sample.data, f"{sample.url}:{sample.image_member}", min_side=min_side)
-    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
+    return decode_rgb_tensor(sample.data, f"{sample.url}:{sample.image_member}", min_side=min_side)
 
 
 def _stream(split: TarSplit, order: np.ndarray, start: int, stop: int) -> Iterator[tuple[int, TarSample, int]]:
