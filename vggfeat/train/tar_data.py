@@ -6,9 +6,9 @@ only the tail that cannot fill a global batch is left out, as with folders), eac
 bounded buffer. The shuffle is computed on sample positions before any reading, so every DataLoader worker
 knows which positions its micro-batches hold: each streams its process's share and decodes only its own. The
 data of a step depends on (seed, epoch, step, process count) only - not on the worker count - and resuming at
-step s skips the positions of steps < s without decoding them. The price: each of W workers parses all the
-tar headers of its process's share (the bytes come from the page cache after the first), W-fold work that is
-small next to decoding the JPEGs.
+step s skips the positions of steps < s without decoding them. The price: each of W workers reads every
+sample of its process's share - headers and member bytes, copied into memory (from the page cache after the
+first) - W-fold work that is small next to decoding the JPEGs.
 """
 
 from __future__ import annotations
