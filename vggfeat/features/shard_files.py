@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from vggfeat.utils.files import atomic_write_json
+from vggfeat.utils.files import atomic_write_json, sha256_file
 
 from .store_layout import DONE_DIR, EMB_DIR, FORMAT, MANIFEST_FILE, META_DIR, PLAN_FILE, StoreError, emb_file, meta_file
 
@@ -47,14 +47,6 @@ def record_file(root: Path, name: str) -> Path:
 
 def failed_file(root: Path, name: str) -> Path:
     return Path(root) / DONE_DIR / f"{name}.failed.json"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_synced(path: Path, data: bytes) -> None:
@@ -107,15 +99,18 @@ def write_shard(root: Path, name: str, feats: np.ndarray, columns: dict[str, lis
     try:
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(feats))
-        _write_synced(tmp_emb, buf.getvalue())
+        emb_data = buf.getvalue()
+        _write_synced(tmp_emb, emb_data)
         buf = io.BytesIO()
         pq.write_table(meta_table(columns), buf)
-        _write_synced(tmp_meta, buf.getvalue())
+        meta_data = buf.getvalue()
+        _write_synced(tmp_meta, meta_data)
+        # sizes and hashes of the bytes just written, from memory: no second read of the files
         files = {
-            "emb_bytes": tmp_emb.stat().st_size,
-            "meta_bytes": tmp_meta.stat().st_size,
-            "emb_sha256": _sha256(tmp_emb),
-            "meta_sha256": _sha256(tmp_meta),
+            "emb_bytes": len(emb_data),
+            "meta_bytes": len(meta_data),
+            "emb_sha256": hashlib.sha256(emb_data).hexdigest(),
+            "meta_sha256": hashlib.sha256(meta_data).hexdigest(),
         }
         os.replace(tmp_emb, emb)  # the npy first: a .parquet is never without its .npy
         os.replace(tmp_meta, meta)
@@ -160,7 +155,7 @@ def shard_problem(root: Path, name: str, identity: dict[str, Any] | None = None,
             (emb_file(root, name), record.get("emb_sha256")),
             (meta_file(root, name), record.get("meta_sha256")),
         ):
-            if _sha256(path) != digest:
+            if sha256_file(path) != digest:
                 return f"{path} does not match its recorded sha256 (damaged)"
     return None
 
