@@ -70,6 +70,7 @@ class VectorSource:
     features: dict[str, Any] = field(default_factory=dict)  # a store's protocol, for image queries
     _paths: list[str] | None = None
     _meta: list[Path] = field(default_factory=list)
+    _store: Any = None  # a vggfeat FeatureStore: its absolute paths, read on first use
 
     @property
     def count(self) -> int:
@@ -84,6 +85,8 @@ class VectorSource:
 
     def paths(self) -> list[str]:
         """One path per row: the store's absolute paths, or the meta parquet files' `path` column."""
+        if self._paths is None and self._store is not None:
+            self._paths = self._store.absolute_paths  # results open from wherever `index search` runs
         if self._paths is None:
             import pyarrow.parquet as pq
 
@@ -142,9 +145,10 @@ def open_source(root: str | Path) -> VectorSource:
     if (root / PLAN_FILE).is_file():  # a sharded vggfeat store: its reader refuses an unfinished one, with its status
         fs = load_store(root)
         parts = [_npy_part(emb_file(root, name)) for name in fs.shard_names]
-        src = VectorSource(root, "store", parts, fs.dim, features={k: fs.manifest.get(k) for k in STORE_KEYS})
-        src._paths = fs.absolute_paths  # results open from wherever `index search` runs
-        return src
+        # paths are read when asked for: the parts of a split build never need them
+        return VectorSource(
+            root, "store", parts, fs.dim, features={k: fs.manifest.get(k) for k in STORE_KEYS}, _store=fs
+        )
     if is_emb_meta(root):
         embs = sorted((root / "emb").glob("*.npy"), key=_natural)
         metas = sorted((root / "meta").glob("*.parquet"), key=_natural)
@@ -169,6 +173,4 @@ def open_source(root: str | Path) -> VectorSource:
     part = _npy_part(root / FEATURES_FILE)
     if part.rows != len(fs):
         raise StoreError(f"{root}: {FEATURES_FILE} has {part.rows} rows but the manifest lists {len(fs)} images")
-    src = VectorSource(root, "store", [part], fs.dim, features={k: fs.manifest.get(k) for k in STORE_KEYS})
-    src._paths = fs.absolute_paths  # results open from wherever `index search` runs
-    return src
+    return VectorSource(root, "store", [part], fs.dim, features={k: fs.manifest.get(k) for k in STORE_KEYS}, _store=fs)
