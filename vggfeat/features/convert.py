@@ -3,11 +3,9 @@ store: the same rows, paths and input identities in shards of a fixed number of 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
-from vggfeat.utils.files import atomic_write_json
+from vggfeat.utils.files import atomic_write_json, sha256_json
 
 from . import shard_files
 from . import store as fs
@@ -25,7 +23,7 @@ def convert_store(old: str | Path, new: str | Path, shard_size: int = 10_000) ->
     src = fs.load_store(old)
     m = src.manifest
     settings = {**m.get("settings", {}), "converted_from": fs.FEATURES_FILE}
-    settings_sha = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    settings_sha = sha256_json(settings)  # the recipe extract uses: the shards' identity checks compare it
     n = len(src)
     n_shards = max(1, -(-n // shard_size))
     names = [shard_files.shard_name(i, n_shards) for i in range(n_shards)]

@@ -9,7 +9,6 @@ What is computed travels as one Protocol (features.protocol), how as one Runtime
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -28,7 +27,7 @@ from vggfeat.data.images import EncodedImage, ImageError
 from vggfeat.data.tar_shards import TarProblem, iter_tar_samples
 from vggfeat.errors import InputError, VggfeatError
 from vggfeat.utils.distributed import DistInfo, barrier, env_info, process_group
-from vggfeat.utils.files import atomic_write_json
+from vggfeat.utils.files import atomic_write_json, sha256_json
 from vggfeat.utils.locks import FolderLockedError, folder_lock
 from vggfeat.utils.progress import progress_bar
 from vggfeat.weight_sources import RANDOM
@@ -150,10 +149,6 @@ def _settings(
     return settings
 
 
-def _sha(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
-
-
 def _differences(old: dict, new: dict) -> list[str]:
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted({*old, *new}) if old.get(k) != new.get(k)]
 
@@ -165,7 +160,7 @@ def _shard_identity(src: ShardSource, hash_inputs: bool) -> str:
     ids = inputs.input_identities(paths, hash_inputs)
     if hash_inputs:  # size and content: a file only touched is the same input
         ids = [i if i is None else [i[0], i[2]] for i in ids]
-    return _sha([[os.fsencode(p).hex(), i] for p, i in zip(paths, ids, strict=True)])
+    return sha256_json([[os.fsencode(p).hex(), i] for p, i in zip(paths, ids, strict=True)])
 
 
 @dataclass
@@ -273,7 +268,7 @@ def extract_part(
     specs = [NetSpec(str(m), None if w is None else str(w)) for m, w in models]
     spec_info = [s.describe() for s in specs]
     store_settings = _settings(listing, spec_info, protocol, dtype, None if tars else shard_size, seed, runtime)
-    settings_sha = _sha(store_settings)
+    settings_sha = sha256_json(store_settings)
     out = Path(out)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)

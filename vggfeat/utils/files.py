@@ -22,6 +22,11 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def sha256_json(obj: Any) -> str:
+    """The sha256 of `obj` as key-sorted JSON: one recipe for every recorded hash of settings or identities."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
 def plain_file_mode() -> int:
     """The mode `open(path, "w")` would give a new file: 0666 minus the process umask."""
     mask = os.umask(0)  # umask can only be read by setting it; restore at once
