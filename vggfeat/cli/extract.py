@@ -270,7 +270,7 @@ def extract(
     import sys
 
     try:  # before torch loads (seconds): a mistyped folder answers at once
-        plan_shards(images, shard_size)
+        planned = plan_shards(images, shard_size)
         which = parse_part(part) if part is not None else None
     except FileNotFoundError as e:
         raise click.ClickException(str(e)) from None
@@ -328,7 +328,9 @@ def extract(
 
     start = time.perf_counter()
     try:
-        result = extract_part(**call, part=which)
+        # the inputs as walked above: a folder of millions of images is listed once (not in `call`: --array
+        # pickles that to every part, which lists its inputs itself)
+        result = extract_part(**call, part=which, planned=planned)
     except KeyboardInterrupt:
         click.secho(
             f"\ninterrupted: finished shards and chunks are kept in {out}; run the same command again to continue",

@@ -246,6 +246,7 @@ def extract_part(
     hash_inputs: bool = False,
     part: tuple[int, int] | None = None,
     command: str | None = None,
+    planned: tuple[list[ShardSource], list[str]] | None = None,
     **settings: Any,
 ) -> PartResult:
     """Write this part's shards of the store OUT (every shard without `part` and outside a SLURM array or
@@ -257,13 +258,14 @@ def extract_part(
     shard twice. Each input's size and mtime (with `hash_inputs`, also its sha256) are recorded: a rerun
     redoes the shards whose inputs changed. Another store in OUT is refused, or replaced with `overwrite`.
     `command` is recorded as the command that finishes an unfinished store (`vggfeat store status`).
+    `planned`: what `plan_shards(images, shard_size)` returned, when the caller has it (inputs walked once).
     """
     protocol, runtime = settings_from(protocol, runtime, settings, runtime_defaults={"workers": 2})
     if dtype not in STORE_DTYPES:
         raise InputError(f"unknown store dtype {dtype!r}; valid: {', '.join(STORE_DTYPES)}")
     if chunk_size < 1:
         raise InputError(f"chunk_size must be at least 1, not {chunk_size}")
-    shards, listing = plan_shards([str(i) for i in images], shard_size)
+    shards, listing = planned if planned is not None else plan_shards([str(i) for i in images], shard_size)
     tars = any(s.tar is not None for s in shards)
     specs = [NetSpec(str(m), None if w is None else str(w)) for m, w in models]
     spec_info = [s.describe() for s in specs]
