@@ -58,8 +58,8 @@ def build(
 ) -> None:
     """Index the vectors of STORE (a `vggfeat extract` store, or an emb/*.npy + meta/*.parquet folder) by inner
     product (cosine on L2-normalised descriptors); report the recall@K and query time it reaches."""
+    from vggfeat.features.shard_plan import parse_part  # the one --part I/N reading, as extract's
     from vggfeat.index.build import build_index
-    from vggfeat.index.ondisk import parse_part
 
     if gpu is not None:
         raise click.ClickException(f"--{'' if gpu else 'no-'}gpu is gone: use --device {'cuda' if gpu else 'cpu'}")

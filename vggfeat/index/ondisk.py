@@ -36,17 +36,6 @@ def blocks_dir(out: str | Path) -> Path:
     return out.with_name(out.name + ".blocks")
 
 
-def parse_part(text: str) -> tuple[int, int]:
-    """(I, N) of '--part I/N', 0 <= I < N."""
-    try:
-        i, n = (int(x) for x in text.split("/"))
-        if not 0 <= i < n:
-            raise ValueError
-    except ValueError:
-        raise InputError(f"--part {text!r}: write it I/N with 0 <= I < N, e.g. 0/4 ... 3/4") from None
-    return i, n
-
-
 def check_plan(folder: Path, plan: dict[str, Any]) -> None:
     """Write plan.json into a new blocks folder, or check that an existing one was started with the same plan."""
     path = folder / PLAN_FILE
