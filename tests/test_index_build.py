@@ -241,3 +241,16 @@ def test_choice_at_scale_fits_its_budget(n, d, budget, want):
     if want.startswith("IVF"):  # 30+ training rows per list, never more than the budget plus a block holds
         assert 30 * int(want.split(",")[0][3:].split("_")[0]) <= plan.train_rows <= n
         assert plan.train_rows * d * 4 <= max(budget + (64 << 20), 30 * 256 * d * 4) / 2
+
+
+def test_an_error_inside_the_waiting_lock_is_the_callers_not_a_retry(tmp_path):
+    # before: the retry loop's except also caught a FolderLockedError raised by the block itself, so the
+    # generator yielded twice and Python raised RuntimeError instead of the caller's error
+    from vggfeat.index.ondisk import waiting_lock
+    from vggfeat.utils.locks import FolderLockedError
+
+    with pytest.raises(FolderLockedError, match="inner"):
+        with waiting_lock(tmp_path / "blocks", poll_s=0.01):
+            raise FolderLockedError("inner")
+    with waiting_lock(tmp_path / "blocks", poll_s=0.01):  # released: taken again at once
+        pass

@@ -55,12 +55,16 @@ def check_plan(folder: Path, plan: dict[str, Any]) -> None:
 def waiting_lock(folder: Path, poll_s: float = 1.0) -> Iterator[None]:
     """folder_lock, waiting for the holder (another part training the shared index) instead of failing."""
     while True:
+        lock = folder_lock(folder, "trained", "wait")
         try:
-            with folder_lock(folder, "trained", "wait"):
-                yield
-                return
-        except FolderLockedError:
+            lock.__enter__()
+        except FolderLockedError:  # only taking the lock is retried: an error inside the block is the caller's
             time.sleep(poll_s)
+            continue
+        break
+    with contextlib.ExitStack() as stack:
+        stack.push(lock)  # releases the lock however the block ends
+        yield
 
 
 def write_index(index: faiss.Index, path: Path) -> None:
