@@ -12,6 +12,7 @@ import click
 from vggfeat.data.images import find_input_images
 from vggfeat.features.protocol import Protocol
 from vggfeat.features.runtime import Runtime
+from vggfeat.features.shard_plan import parse_part  # the one --part I/N reading, as extract's
 from vggfeat.index.budget import default_budget, format_size, parse_size
 from vggfeat.index.source import open_source
 from vggfeat.utils.locks import folder_lock
@@ -58,7 +59,6 @@ def build(
 ) -> None:
     """Index the vectors of STORE (a `vggfeat extract` store, or an emb/*.npy + meta/*.parquet folder) by inner
     product (cosine on L2-normalised descriptors); report the recall@K and query time it reaches."""
-    from vggfeat.features.shard_plan import parse_part  # the one --part I/N reading, as extract's
     from vggfeat.index.build import build_index
 
     if gpu is not None:
