@@ -25,7 +25,7 @@ DEFAULT_CS = "0.001,0.003,0.01,0.03,0.1,0.3,1,3,10,30,100"
 
 def suite_probe(x, y, x_test, Cs, folds, seed):
     """LinearSVC per class, per C, per cross-validation fold; the best mean fold AP picks C; refit."""
-    from vggfeat.probes import metrics
+    from vggfeat import metrics
     from vggfeat.probes.sklearn_ref import fit_linear_svc
 
     rng = np.random.default_rng(seed)
@@ -65,8 +65,8 @@ def suite_probe(x, y, x_test, Cs, folds, seed):
 def main(n_train, n_test, dim, cs, folds, device, threads, skip_suite, skip_sklearn, seed):
     import torch
 
+    from vggfeat import metrics
     from vggfeat.data.synthetic_features import make_voc_like_features
-    from vggfeat.probes import metrics
     from vggfeat.probes.selection import fit_probe
     from vggfeat.probes.sklearn_ref import fit_sklearn_probe
     from vggfeat.utils.device import resolve_device

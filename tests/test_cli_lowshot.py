@@ -134,8 +134,8 @@ def test_the_11_point_unweighted_scoring_reproduces_the_first_defaults_numbers(t
     x_test = np.asarray(store.features[store.rows_for(list(split.test_paths))])
     y_train, y_test = np.array(split.train_labels), np.array(split.test_labels)
     # the first default, written out: 11-point AP, one unweighted SVM per class on the features as given
+    from vggfeat.metrics import voc07_ap
     from vggfeat.probes.lowshot import draw_low_shot
-    from vggfeat.probes.metrics import voc07_ap
     from vggfeat.probes.svm import fit_linear_svms
 
     table = np.empty((2, 5))

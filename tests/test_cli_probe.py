@@ -10,11 +10,12 @@ from click.testing import CliRunner
 from helpers import voc_labels
 
 import vggfeat
+from vggfeat import metrics
 from vggfeat.benchmarks.base import DATA_ENV
 from vggfeat.cli.main import cli
 from vggfeat.data.synthetic_voc import VOC_CLASSES, make_voc2007
 from vggfeat.features.store import load_store
-from vggfeat.probes import LinearSVMProbe, metrics
+from vggfeat.probes import LinearSVMProbe
 
 TINY = dict(width_mult=1 / 16, fc_dim=32, fc6_kernel=2, num_classes=10, init="glorot")
 FAST = ["--scales", "64,96", "--workers", "0", "--quiet"]

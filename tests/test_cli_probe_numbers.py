@@ -13,12 +13,12 @@ from click.testing import CliRunner
 from helpers import TINY, voc_labels
 
 import vggfeat
+from vggfeat import metrics
 from vggfeat.benchmarks.voc_action import VOC_ACTIONS
 from vggfeat.cli.main import cli
 from vggfeat.data.synthetic_voc import VOC_CLASSES, make_voc2007, make_voc2012
 from vggfeat.data.synthetic_voc_action import make_voc2012_action
 from vggfeat.features.store import load_store
-from vggfeat.probes import metrics
 
 FAST = ["--scales", "64", "--workers", "0", "--quiet"]
 

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 from helpers import voc_labels
 
+from vggfeat import metrics
 from vggfeat.config import load_config
 from vggfeat.demo.config import RECIPES, DemoConfig, load_demo_config
 from vggfeat.demo.report import demo_dict, markdown, summary_lines
 from vggfeat.features.store import load_store
-from vggfeat.probes import LinearSVMProbe, metrics
+from vggfeat.probes import LinearSVMProbe
 from vggfeat.train.recipe import load_recipe
 
 # issue 13.8: on every seed tried, trained net D beats the random baseline clearly; MARGIN mAP points on both

@@ -1,7 +1,7 @@
-"""The package's import structure (issue 15.2): every module imports on its own, module-level imports among vggfeat
-modules form no cycle (so an import-sorting tool cannot break the package), and a vggfeat module is imported inside
-a function only to defer a heavy third-party import (torch, sklearn, faiss, ...) that the caller does not
-already load, which keeps `vggfeat --help` fast."""
+"""The package's import structure: every module imports on its own, imports among vggfeat modules form no cycle
+(so an import-sorting tool cannot break the package) and its packages follow the layering of LAYERS, and a vggfeat
+module is imported inside a function only to defer a heavy third-party import (torch, sklearn, faiss, ...) that
+the caller does not already load, which keeps `vggfeat --help` fast."""
 
 from __future__ import annotations
 
@@ -129,6 +129,93 @@ def test_in_function_imports_of_vggfeat_only_defer_heavy_packages():
 def test_cli_modules_load_no_heavy_package_at_module_level():
     heavy = {m: sorted(_heavy(m)) for m in MODULES if m.startswith("vggfeat.cli") or m == "vggfeat"}
     assert {m: h for m, h in heavy.items() if h} == {}
+
+
+# The packages of vggfeat from the bottom up: a package imports only packages of lower layers, never one of its own
+# layer or above, so the package graph has no cycle and a package can be read (and tested) without those above it.
+# A node is a subpackage (vggfeat.data) or a top-level module (vggfeat.metrics); "vggfeat" is the root package,
+# which needs only errors when it runs (it loads the rest lazily, by name, on first use).
+LAYERS = (
+    ("vggfeat.errors",),  # the user-facing errors
+    ("vggfeat", "vggfeat.utils", "vggfeat.metrics", "vggfeat.recipe_files", "vggfeat.weight_sources"),  # leaves
+    ("vggfeat.config", "vggfeat.data", "vggfeat.models"),  # recipes; images, datasets, transforms; the nets
+    ("vggfeat.benchmarks", "vggfeat.features", "vggfeat.evaluate", "vggfeat.train"),  # built on data and models
+    ("vggfeat.probes",),  # fits and scores the benchmarks on stored features
+    ("vggfeat.index", "vggfeat.reproduce", "vggfeat.demo"),  # applications of the probes
+    ("vggfeat.cli",),  # one module per command
+    ("vggfeat.__main__",),
+)
+LAYER = {node: level for level, nodes in enumerate(LAYERS) for node in nodes}
+
+
+def _node(name: str) -> str:
+    """The package-graph node of a vggfeat module or package: vggfeat.data.images -> vggfeat.data."""
+    return ".".join(name.split(".")[:2])
+
+
+@cache
+def _package_edges() -> dict[tuple[str, str], list[str]]:
+    """(node A, node B) -> the 'path:line' sites where a module of A imports one of B. Every import statement
+    counts: at module level, inside a function (a deferred import is still a dependency) and under TYPE_CHECKING (a
+    type from B in A's signatures ties A to B's design). Lookups by name (importlib.import_module) are not seen."""
+    edges: dict[tuple[str, str], list[str]] = {}
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            for target in _targets(module, node):
+                if target.split(".")[0] == "vggfeat" and _node(target) != _node(module):
+                    sites = edges.setdefault((_node(module), _node(target)), [])
+                    if (site := f"{path.relative_to(PACKAGE.parent)}:{node.lineno}") not in sites:
+                        sites.append(site)
+    return edges
+
+
+def _package_cycles(edges: dict[tuple[str, str], list[str]]) -> list[str]:
+    """Each cycle a depth-first walk of the package graph closes, as 'A -> B (site) -> ... -> A (site)'."""
+    graph: dict[str, list[str]] = {}
+    for a, b in sorted(edges):
+        graph.setdefault(a, []).append(b)
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    cycles = []
+
+    def walk(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for dep in graph.get(node, []):
+            if state.get(dep) == 1:
+                loop = [*path[path.index(dep) :], dep]
+                steps = [f" -> {b} ({edges[a, b][0]})" for a, b in zip(loop, loop[1:], strict=False)]
+                cycles.append(loop[0] + "".join(steps))
+            elif dep not in state:
+                walk(dep, [*path, dep])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            walk(node, [node])
+    return cycles
+
+
+def test_package_graph_has_no_cycle():
+    cycles = _package_cycles(_package_edges())
+    assert cycles == [], "packages importing each other (move what they share to the lower one):\n" + "\n".join(cycles)
+
+
+def test_package_cycles_are_found_with_their_path():
+    edges = {("a", "b"): ["a.py:1"], ("b", "c"): ["b.py:2"], ("c", "a"): ["c.py:3"], ("c", "d"): ["c.py:4"]}
+    assert _package_cycles(edges) == ["a -> b (a.py:1) -> c (b.py:2) -> a (c.py:3)"]
+    assert _package_cycles({("a", "b"): ["a.py:1"], ("c", "b"): ["c.py:1"]}) == []
+
+
+def test_packages_import_only_lower_layers():
+    nodes = {_node(m) for m in MODULES}
+    assert sorted(nodes - set(LAYER)) == [], "place these packages in LAYERS"
+    upward = [
+        f"{a} (layer {LAYER[a]}) imports {b} (layer {LAYER[b]}) at {', '.join(sites)}"
+        for (a, b), sites in sorted(_package_edges().items())
+        if LAYER[b] >= LAYER[a]
+    ]
+    assert upward == [], "import only from lower layers, or move the package in LAYERS:\n" + "\n".join(upward)
 
 
 # One fresh interpreter: each module imported with every vggfeat entry of sys.modules cleared before it, so a

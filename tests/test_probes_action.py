@@ -7,11 +7,12 @@ import pytest
 from PIL import Image
 
 import vggfeat
+from vggfeat import metrics
 from vggfeat.benchmarks.voc_action import VOC_ACTIONS, action_probe_split, load_voc_action
 from vggfeat.data.synthetic_voc_action import make_voc2012_action
 from vggfeat.features.protocol import Protocol
 from vggfeat.features.runtime import Runtime
-from vggfeat.probes import LinearSVMProbe, metrics
+from vggfeat.probes import LinearSVMProbe
 from vggfeat.probes.action import action_store, extract_action_stores
 from vggfeat.probes.features import ExtractionSettings
 from vggfeat.probes.run import run_linear_probe

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
+from vggfeat import metrics
 from vggfeat.data.synthetic_features import make_voc_like_features
 from vggfeat.errors import VggfeatError
-from vggfeat.probes import metrics
 from vggfeat.probes.lowshot import (
     LowShotResult,
     draw_low_shot,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
+from vggfeat import metrics
 from vggfeat.data.synthetic_features import make_voc_like_features
-from vggfeat.probes import metrics
 from vggfeat.probes.selection import choose, fit_probe, holdout_split
 from vggfeat.probes.sklearn_ref import fit_sklearn_probe
 

@@ -12,8 +12,9 @@ from sklearn.exceptions import NotFittedError
 from sklearn.svm import LinearSVC
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from vggfeat import metrics
 from vggfeat.data.synthetic_features import make_voc_like_features
-from vggfeat.probes import LinearSVMProbe, fit_linear_svms, metrics
+from vggfeat.probes import LinearSVMProbe, fit_linear_svms
 from vggfeat.probes.sklearn_ref import SklearnSVMProbe
 
 

@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from vggfeat import metrics
 from vggfeat.benchmarks.base import (
     DatasetError,
     ProbeSplit,
@@ -31,7 +32,6 @@ from vggfeat.benchmarks.base import (
     read_dataset_file,
 )
 from vggfeat.data.images import is_image_file
-from vggfeat.probes import metrics
 from vggfeat.utils.files import atomic_write_text
 
 log = logging.getLogger(__name__)

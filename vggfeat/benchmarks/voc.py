@@ -21,29 +21,8 @@ from vggfeat.benchmarks.base import (
     present,
     read_dataset_text,
 )
+from vggfeat.data.voc_names import VOC_CLASSES
 
-VOC_CLASSES = (
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-)
 VOC_LABELS = (1, -1, 0)
 
 Ref = tuple[Path, int]  # (list file, line number) that named an image

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from vggfeat import metrics
 from vggfeat.benchmarks.base import Benchmark, PaperRow, ProbeSplit, SplitOptions
 from vggfeat.benchmarks.voc import load_voc
-from vggfeat.probes import metrics
 
 
 def load(root: Path, options: SplitOptions) -> list[ProbeSplit]:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from vggfeat import metrics
 from vggfeat.benchmarks import voc2012
 from vggfeat.benchmarks.base import Benchmark, PaperRow, ProbeSplit, SplitOptions
 from vggfeat.benchmarks.voc_action import action_probe_split, load_voc_action
-from vggfeat.probes import metrics
 
 IMAGE_AND_BOX = "VGG Net-D & Net-E, image + person box"
 IMAGE_ONLY = "VGG Net-D & Net-E, image only"

@@ -29,21 +29,9 @@ from vggfeat.benchmarks.base import (
 )
 from vggfeat.benchmarks.voc import _check_id, _lines, read_id_list
 from vggfeat.data.images import load_rgb
+from vggfeat.data.voc_names import VOC_ACTIONS
 from vggfeat.utils.files import atomic_write_bytes
 
-VOC_ACTIONS = (
-    "jumping",
-    "phoning",
-    "playinginstrument",
-    "reading",
-    "ridingbike",
-    "ridinghorse",
-    "running",
-    "takingphoto",
-    "usingcomputer",
-    "walking",
-)
-ACTION_OTHER = "other"  # annotated, but not one of the 10 scored actions
 ACTION_FLAGS = (1, -1, 0)
 
 

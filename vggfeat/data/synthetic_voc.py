@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from vggfeat.benchmarks.voc import VOC_CLASSES  # the devkit's 20 classes, defined with the reader
+from vggfeat.data.voc_names import VOC_CLASSES
 
 Colour = tuple[int, ...]  # RGB ink
 # a pictogram: (canvas, centre x, centre y, size s, ink, line width) draws one instance

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vggfeat.benchmarks.voc_action import ACTION_OTHER, VOC_ACTIONS
+from vggfeat.data.voc_names import ACTION_OTHER, VOC_ACTIONS
 
 from .synthetic_voc import PICTOGRAMS, Colour, _box, _person, draw_background
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from vggfeat import metrics
 from vggfeat.benchmarks.registry import get_benchmark
 from vggfeat.features.protocol import FUSION_L2_HELP
-from vggfeat.probes import metrics
 from vggfeat.probes.run import ProbeResult
 from vggfeat.utils.files import atomic_write_figure, atomic_write_json, atomic_write_text, display_name
 

@@ -15,8 +15,8 @@ import numpy as np
 from vggfeat.benchmarks.base import ProbeSplit
 from vggfeat.benchmarks.registry import get_benchmark
 from vggfeat.features.store import FeatureStore
+from vggfeat.metrics import check_finite_scores
 from vggfeat.probes.features import split_features, store_fusion
-from vggfeat.probes.metrics import check_finite_scores
 
 if TYPE_CHECKING:
     import torch

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
-from vggfeat.probes import metrics
+from vggfeat import metrics
 from vggfeat.probes.svm import LinearSVMProbe, fit_linear_svms, svm_targets
 
 if TYPE_CHECKING:

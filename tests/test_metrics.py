@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score
 
-from vggfeat.probes import metrics
+from vggfeat import metrics
 
 # ranked: TP, FP, TP, difficult, FP -> precision 1, 1/2, 2/3, 2/3, 1/2 at recall 1/2, 1/2, 1, 1, 1
 SCORES = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
