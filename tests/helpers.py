@@ -14,6 +14,9 @@ from vggfeat.benchmarks.voc import VOC_CLASSES
 
 # 1/16 of the paper's widths: 4, 8, 16, 32, 32 channels; fc6 spans 2x2 of pool5, so 64 px inputs work.
 TINY = dict(width_mult=1 / 16, fc_dim=32, fc6_kernel=2, num_classes=10)
+# TINY with Glorot init, for tests that read a random net's descriptors: the paper's normal(0, 0.01) makes the
+# activations of a deep net vanish, so every descriptor would be near zero.
+TINY_GLOROT = {**TINY, "init": "glorot"}
 
 
 def voc_labels(voc: Path, split: str) -> tuple[list[str], np.ndarray]:

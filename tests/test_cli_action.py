@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 from click.testing import CliRunner
+from helpers import TINY_GLOROT
 
 import vggfeat
 import vggfeat.features.engine as engine_module
@@ -15,8 +16,6 @@ from vggfeat.benchmarks.voc_action import VOC_ACTIONS, load_voc_action
 from vggfeat.cli.main import cli
 from vggfeat.data.synthetic_voc_action import make_voc2012_action
 from vggfeat.features.store import load_store
-
-TINY = dict(width_mult=1 / 16, fc_dim=32, fc6_kernel=2, num_classes=10, init="glorot")
 
 
 def invoke(*args, code=0):
@@ -28,7 +27,7 @@ def invoke(*args, code=0):
 def test_voc2012_action_image_and_box_then_image_only(tmp_path, monkeypatch):
     root = tmp_path / "data"
     make_voc2012_action(root, n_train=20, n_val=14, seed=6, size=(96, 72))
-    weights = vggfeat.save_weights(vggfeat.create_model("vgg_a", seed=0, **TINY), tmp_path / "a.safetensors")
+    weights = vggfeat.save_weights(vggfeat.create_model("vgg_a", seed=0, **TINY_GLOROT), tmp_path / "a.safetensors")
     out = tmp_path / "out"
     common = ["--root", root, "-o", out, "--weights", weights, "--scales", "64", "--workers", "0", "--quiet"]
     calls = []

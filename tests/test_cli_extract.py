@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import TINY_GLOROT
 from PIL import Image
 
 import vggfeat
 from vggfeat.features.extract import extract_to_store
 
-TINY = dict(width_mult=1 / 16, fc_dim=32, fc6_kernel=2, num_classes=10, init="glorot")
-
 
 @pytest.fixture
 def weights(tmp_path):
-    return str(vggfeat.save_weights(vggfeat.create_model("vgg_d", seed=0, **TINY), tmp_path / "tiny.safetensors"))
+    return str(
+        vggfeat.save_weights(vggfeat.create_model("vgg_d", seed=0, **TINY_GLOROT), tmp_path / "tiny.safetensors")
+    )
 
 
 def make_images(folder, n, size=(64, 64), seed=0):

@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import TINY_GLOROT
 
 import vggfeat
 import vggfeat.features.engine as engine_module
@@ -17,13 +18,11 @@ from vggfeat.data.synthetic_voc import make_voc2007
 from vggfeat.features.store import load_store
 from vggfeat.probes.lowshot import LOW_SHOT_CS, run_low_shot
 
-TINY = dict(width_mult=1 / 16, fc_dim=32, fc6_kernel=2, num_classes=10, init="glorot")
-
 
 def test_low_shot_writes_mean_std_per_k_on_the_probes_cached_features(tmp_path, monkeypatch):
     root = tmp_path / "data"
     make_voc2007(root, n_trainval=80, n_test=24, seed=5, size=(72, 64))  # every class meets k = 2
-    weights = vggfeat.save_weights(vggfeat.create_model("vgg_a", seed=0, **TINY), tmp_path / "a.safetensors")
+    weights = vggfeat.save_weights(vggfeat.create_model("vgg_a", seed=0, **TINY_GLOROT), tmp_path / "a.safetensors")
     out = tmp_path / "out"
     common = ["--root", root, "-o", out, "--weights", weights, "--scales", "64", "--workers", "0", "--quiet"]
     args = ["linear-probe", "voc2007", *common, "--low-shot", "--low-shot-ks", "2,1", "--low-shot-samples", "2"]
@@ -80,7 +79,7 @@ def test_low_shot_is_voc2007_only(tmp_path):
 def voc_and_weights(tmp_path, n_trainval=40):
     root = tmp_path / "data"
     make_voc2007(root, n_trainval=n_trainval, n_test=12, seed=5, size=(72, 64))
-    weights = vggfeat.save_weights(vggfeat.create_model("vgg_a", seed=0, **TINY), tmp_path / "a.safetensors")
+    weights = vggfeat.save_weights(vggfeat.create_model("vgg_a", seed=0, **TINY_GLOROT), tmp_path / "a.safetensors")
     common = ["--root", root, "--weights", weights, "--scales", "64", "--workers", "0", "--quiet"]
     return [str(a) for a in ["linear-probe", "voc2007", *common, "--low-shot"]]
 

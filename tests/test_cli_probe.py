@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import voc_labels
+from helpers import TINY_GLOROT, voc_labels
 
 import vggfeat
 from vggfeat import metrics
@@ -17,7 +17,6 @@ from vggfeat.data.synthetic_voc import VOC_CLASSES, make_voc2007
 from vggfeat.features.store import load_store
 from vggfeat.probes import LinearSVMProbe
 
-TINY = dict(width_mult=1 / 16, fc_dim=32, fc6_kernel=2, num_classes=10, init="glorot")
 FAST = ["--scales", "64,96", "--workers", "0", "--quiet"]
 
 
@@ -31,7 +30,7 @@ def voc(tmp_path_factory):
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    return str(vggfeat.save_weights(vggfeat.create_model("vgg_a", seed=0, **TINY), path))
+    return str(vggfeat.save_weights(vggfeat.create_model("vgg_a", seed=0, **TINY_GLOROT), path))
 
 
 def invoke(*args):

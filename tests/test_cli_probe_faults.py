@@ -7,20 +7,20 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from helpers import TINY_GLOROT
 
 import vggfeat
 from vggfeat.cli.main import cli
 from vggfeat.data.synthetic_voc import make_voc2007
 from vggfeat.features.store import load_store
 
-TINY = dict(width_mult=1 / 16, fc_dim=32, fc6_kernel=2, num_classes=10, init="glorot")
 FAST = ["--scales", "64", "--workers", "0", "--quiet", "--Cs", "1"]
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    return str(vggfeat.save_weights(vggfeat.create_model("vgg_a", seed=0, **TINY), path))
+    return str(vggfeat.save_weights(vggfeat.create_model("vgg_a", seed=0, **TINY_GLOROT), path))
 
 
 def invoke(*args):

@@ -10,20 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import TINY_GLOROT
 from PIL import Image
 
 import vggfeat
 from vggfeat.cli.main import cli
 from vggfeat.features.store import load_store
 
-TINY = dict(width_mult=1 / 16, fc_dim=32, fc6_kernel=2, num_classes=10, init="glorot")
-
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
     """Files the bad invocations point at: tiny weights, images (good and broken), a store, an index."""
     d = tmp_path_factory.mktemp("zoo")
-    weights = vggfeat.save_weights(vggfeat.create_model("vgg_a", seed=0, **TINY), d / "w.safetensors")
+    weights = vggfeat.save_weights(vggfeat.create_model("vgg_a", seed=0, **TINY_GLOROT), d / "w.safetensors")
     (d / "random.safetensors").write_bytes(np.random.default_rng(0).bytes(4096))
     (d / "truncated.safetensors").write_bytes(weights.read_bytes()[:1000])
     imgs = d / "imgs"
@@ -83,7 +82,7 @@ def _bad_weights(d, weights) -> None:
     metadata options that are absurd, unknown or not JSON."""
     import torch
 
-    net = vggfeat.create_model("vgg_a", seed=0, **TINY)
+    net = vggfeat.create_model("vgg_a", seed=0, **TINY_GLOROT)
     torch.save({k: v for k, v in net.state_dict().items() if not k.startswith("fc6")}, d / "nofc6.pth")
     torch.save({"features.0.weight": torch.zeros(8, 3, 3, 3), "features.1.running_mean": torch.zeros(8)}, d / "bn.pth")
     resnet = {"conv1.weight": torch.zeros(8, 3, 7, 7), "bn1.running_mean": torch.zeros(8)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_GLOROT
 from PIL import Image, ImageOps
 from sklearn.datasets import load_sample_images
 
@@ -12,11 +13,9 @@ import vggfeat
 from vggfeat.features.extract import extract_features
 from vggfeat.models import CAFFE
 
-TINY = dict(width_mult=1 / 16, fc_dim=32, fc6_kernel=2, num_classes=10, init="glorot")
-
 
 def tiny(name="vgg_d", seed=0, **kw):
-    return vggfeat.create_model(name, seed=seed, **{**TINY, **kw}).eval()
+    return vggfeat.create_model(name, seed=seed, **{**TINY_GLOROT, **kw}).eval()
 
 
 def random_images(sizes, seed=0):

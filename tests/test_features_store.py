@@ -14,7 +14,7 @@ import tracemalloc
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import store_paths, store_rows, write_png_header_only
+from helpers import TINY_GLOROT, store_paths, store_rows, write_png_header_only
 from PIL import Image
 
 import vggfeat
@@ -23,13 +23,14 @@ from vggfeat.features import shard_files
 from vggfeat.features import store as fs
 from vggfeat.features.extract import extract_to_store
 
-TINY = dict(width_mult=1 / 16, fc_dim=32, fc6_kernel=2, num_classes=10, init="glorot")
 FAST = ["--scales", "64,80", "--workers", "0", "--quiet"]
 
 
 @pytest.fixture
 def weights(tmp_path):
-    return str(vggfeat.save_weights(vggfeat.create_model("vgg_d", seed=0, **TINY), tmp_path / "tiny.safetensors"))
+    return str(
+        vggfeat.save_weights(vggfeat.create_model("vgg_d", seed=0, **TINY_GLOROT), tmp_path / "tiny.safetensors")
+    )
 
 
 def make_images(folder, n, seed=0, sizes=((60, 90), (80, 80), (90, 60))):
@@ -249,7 +250,9 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, weights):
 
 def test_memory_stays_flat(tmp_path):
     model = dict(fc_dim=2048)
-    path = vggfeat.save_weights(vggfeat.create_model("vgg_a", seed=0, **{**TINY, **model}), tmp_path / "w.safetensors")
+    path = vggfeat.save_weights(
+        vggfeat.create_model("vgg_a", seed=0, **{**TINY_GLOROT, **model}), tmp_path / "w.safetensors"
+    )
     peaks = {}
     for n in (16, 96):
         src = make_images(tmp_path / f"imgs{n}", n, sizes=((64, 64),))
@@ -448,7 +451,7 @@ def test_extraction_opens_the_weight_file_once(tmp_path, monkeypatch, suffix):
     import torch
     from helpers import count_opens
 
-    net = vggfeat.create_model("vgg_d", seed=0, **TINY)
+    net = vggfeat.create_model("vgg_d", seed=0, **TINY_GLOROT)
     path = tmp_path / f"net{suffix}"
     if suffix == ".pt":
         torch.save(net.state_dict(), path)

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import TINY_GLOROT
 from PIL import Image
 
 import vggfeat
@@ -20,13 +21,14 @@ from vggfeat.features import shard_files
 from vggfeat.features import store as fs
 from vggfeat.features.extract import extract_to_store
 
-TINY = dict(width_mult=1 / 16, fc_dim=32, fc6_kernel=2, num_classes=10, init="glorot")
 FAST = ["--scales", "64", "--workers", "0", "--quiet"]
 
 
 @pytest.fixture
 def weights(tmp_path):
-    return str(vggfeat.save_weights(vggfeat.create_model("vgg_a", seed=0, **TINY), tmp_path / "tiny.safetensors"))
+    return str(
+        vggfeat.save_weights(vggfeat.create_model("vgg_a", seed=0, **TINY_GLOROT), tmp_path / "tiny.safetensors")
+    )
 
 
 def _image(path, seed, size=(64, 80)):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import store_rows
+from helpers import TINY, store_rows
 from PIL import Image, ImageOps
 
 import vggfeat
@@ -89,7 +89,7 @@ def test_resnet_layers_and_refused_names():
 
 
 def test_vgg_layer_errors_are_layer_errors_too():
-    model = vggfeat.create_model("vgg_a", width_mult=1 / 16, fc_dim=32, num_classes=10)
+    model = vggfeat.create_model("vgg_a", **TINY)
     with pytest.raises(LayerError, match="valid: conv1_1"):
         vggfeat.extract_features(model, images(1), layer="banana", scales=(64,))
 

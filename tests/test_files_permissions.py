@@ -4,6 +4,8 @@ refuse NaN."""
 import os
 import stat
 
+from helpers import TINY
+
 from vggfeat.models import create_model
 from vggfeat.models.weights import save_weights
 from vggfeat.utils.files import atomic_write_json
@@ -17,7 +19,7 @@ def test_atomic_and_weight_files_get_plain_permissions(tmp_path):
     old = os.umask(0o022)
     try:
         atomic_write_json(tmp_path / "a.json", {"x": 1})
-        save_weights(create_model("vgg_a", num_classes=3, width_mult=0.125, fc_dim=16), tmp_path / "model.safetensors")
+        save_weights(create_model("vgg_a", **TINY), tmp_path / "model.safetensors")
     finally:
         os.umask(old)
     assert _mode(tmp_path / "a.json") == 0o644

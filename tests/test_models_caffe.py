@@ -11,14 +11,12 @@ import pytest
 import torch
 from caffe_wire import caffe_layers, key, layer, net_pieces, string, submessage, varint, write_caffemodel
 from click.testing import CliRunner
-from helpers import store_rows
+from helpers import TINY, store_rows
 from PIL import Image
 
 import vggfeat
 from vggfeat.models import CAFFE, PAPER, Preprocessing, WeightsError, load_model, read_weights
 from vggfeat.models.caffe import parse_caffemodel, read_caffemodel
-
-TINY = dict(width_mult=1 / 16, fc_dim=32, fc6_kernel=2, num_classes=10)
 
 
 def tiny(name="vgg_d", seed=0):

@@ -5,7 +5,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import vggfeat
 from vggfeat.models import fastconv
 
 
@@ -112,12 +111,12 @@ def test_conv_relu_inference_picks_a_kernel_or_declines(monkeypatch):
     assert not fastconv.winograd_applies(strided) and fastconv.winograd_applies(wide)
 
 
-def test_vgg_layers_with_winograd_equal_the_modules(monkeypatch):
+def test_vgg_layers_with_winograd_equal_the_modules(monkeypatch, tiny_model):
     """Every 3x3 conv of a net through Winograd (threshold lowered for the tiny test net), against the
     plain modules and against the direct kernels: the same activations to fp32 rounding."""
     from vggfeat.models import vgg as vgg_module
 
-    model = vggfeat.create_model("vgg_d", width_mult=1 / 16, fc_dim=32, num_classes=5, seed=3).eval()
+    model = tiny_model("vgg_d", seed=3).eval()
     model = model.to(memory_format=torch.channels_last)
     x = torch.randn(2, 3, 230, 260).contiguous(memory_format=torch.channels_last)
     monkeypatch.setattr(fastconv, "WINOGRAD_MIN_CHANNEL_PRODUCT", 1)

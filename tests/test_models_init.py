@@ -27,10 +27,8 @@ def test_glorot_init():
         init_weights(model, "he")
 
 
-def test_seed_reproducible():
-    a = vggfeat.create_model("vgg_b", width_mult=1 / 16, fc_dim=16, seed=3)
-    b = vggfeat.create_model("vgg_b", width_mult=1 / 16, fc_dim=16, seed=3)
-    c = vggfeat.create_model("vgg_b", width_mult=1 / 16, fc_dim=16, seed=4)
+def test_seed_reproducible(tiny_model):
+    a, b, c = tiny_model("vgg_b", seed=3), tiny_model("vgg_b", seed=3), tiny_model("vgg_b", seed=4)
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
     assert not torch.equal(a.conv1_1.weight, c.conv1_1.weight)
 

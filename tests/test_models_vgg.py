@@ -99,9 +99,9 @@ def test_input_too_small_is_a_clear_error(tiny_model):
         model(torch.randn(1, 3, 32, 96))
 
 
-def test_dense_head_equals_linear_head_at_224():
+def test_dense_head_equals_linear_head_at_224(tiny_model):
     torch.manual_seed(0)
-    model = vggfeat.create_model("vgg_d", width_mult=1 / 16, fc_dim=64, num_classes=7, seed=1).eval()
+    model = tiny_model("vgg_d", seed=1, fc6_kernel=7, fc_dim=64, num_classes=7).eval()  # the paper's 7x7 fc6
     x = torch.randn(2, 3, 224, 224)
     pool5 = model.forward_features(x, "pool5")  # (2, 32, 7, 7)
     # the classic head: flatten pool5, three Linear layers with the conv kernels as matrices

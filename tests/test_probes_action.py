@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import TINY_GLOROT
 from PIL import Image
 
 import vggfeat
@@ -17,7 +18,6 @@ from vggfeat.probes.action import action_store, extract_action_stores
 from vggfeat.probes.features import ExtractionSettings
 from vggfeat.probes.run import run_linear_probe
 
-TINY = dict(width_mult=1 / 16, fc_dim=32, fc6_kernel=2, num_classes=10, init="glorot")
 RUNTIME = Runtime(device="cpu", batch_size=8, workers=0)
 
 
@@ -26,7 +26,7 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("act")
     make_voc2012_action(root, n_train=24, n_val=16, seed=4)
     weights = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    vggfeat.save_weights(vggfeat.create_model("vgg_a", seed=0, **TINY), weights)
+    vggfeat.save_weights(vggfeat.create_model("vgg_a", seed=0, **TINY_GLOROT), weights)
     return root, str(weights)
 
 
@@ -39,7 +39,7 @@ def test_image_and_box_stacked_per_person(data, tmp_path):
     assert len(box_store) == len(train) + len(val) and image_store.dim == box_store.dim == 32
 
     # a box row is the descriptor of the box cut from the decoded image in memory
-    model = vggfeat.create_model("vgg_a", seed=0, **TINY)
+    model = vggfeat.create_model("vgg_a", seed=0, **TINY_GLOROT)
     x0, y0, x1, y1 = val.boxes[3]
     crop = np.asarray(Image.open(val.image_paths[3]).convert("RGB"))[y0 - 1 : y1, x0 - 1 : x1]
     ref = vggfeat.extract_features(model, [crop], scales=(64, 96), device="cpu")[0]

@@ -12,6 +12,7 @@ import click
 import pytest
 import torch
 from caffe_wire import caffe_layers, net_pieces, write_caffemodel
+from helpers import TINY
 
 import vggfeat
 import vggfeat.models
@@ -19,9 +20,9 @@ from vggfeat.cli.main import cli
 from vggfeat.models.vgg import CONFIGS
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-# Narrow stand-in for a full-size net: 1/16 of the widths and a 32-wide fc, but the paper's 7x7 fc6 and 1000
+# Narrow stand-in for a full-size net: the tiny net's widths and fc, but the paper's 7x7 fc6 and 1000
 # classes, so the tour's shapes (spatial size of the dense maps, number of classes) are the real ones.
-SMALL = dict(width_mult=1 / 16, fc_dim=32)
+SMALL = {**TINY, "fc6_kernel": 7, "num_classes": 1000}
 
 
 def code_blocks(*languages: str) -> list[tuple[int, str]]:

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import TINY_GLOROT
 
 import vggfeat
 import vggfeat.features.engine as engine_module
@@ -18,15 +19,14 @@ from vggfeat.data.synthetic_voc import draw_scene, make_voc2007
 from vggfeat.data.synthetic_voc_action import make_voc2012_action
 from vggfeat.features.store import load_store
 
-TINY = dict(width_mult=1 / 16, fc_dim=32, fc6_kernel=2, num_classes=10, init="glorot")
 FAST = ["--scales", "64", "--workers", "0", "--quiet", "--Cs", "0.1,1,10", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
 def nets(tmp_path_factory):
     folder = tmp_path_factory.mktemp("w")
-    d = vggfeat.save_weights(vggfeat.create_model("vgg_d", seed=0, **TINY), folder / "d.safetensors")
-    e = vggfeat.save_weights(vggfeat.create_model("vgg_e", seed=1, **TINY), folder / "e.safetensors")
+    d = vggfeat.save_weights(vggfeat.create_model("vgg_d", seed=0, **TINY_GLOROT), folder / "d.safetensors")
+    e = vggfeat.save_weights(vggfeat.create_model("vgg_e", seed=1, **TINY_GLOROT), folder / "e.safetensors")
     return str(d), str(e)
 
 

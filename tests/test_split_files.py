@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import TINY
 from PIL import Image
 
 import vggfeat
@@ -65,7 +66,7 @@ def test_old_plain_split_files_still_read(tmp_path):
 def test_linear_probe_reruns_on_a_folder_with_a_newline_in_a_file_name(tmp_path):
     data = _dataset(tmp_path / "data", ["a0.png", "a1.png", "a\n2.png", "a3.png"])
     w = vggfeat.save_weights(
-        vggfeat.create_model("vgg_a", seed=0, width_mult=1 / 16, fc_dim=32, fc6_kernel=2, num_classes=10),
+        vggfeat.create_model("vgg_a", seed=0, **TINY),
         tmp_path / "w.safetensors",
     )
     store, out = tmp_path / "store", tmp_path / "out"

@@ -1,0 +1,53 @@
+"""Rules about the source text itself: the tiny test net is declared once, in tests/helpers.py, and other test
+modules take it from there (with overrides where they need another size) instead of spelling it out again."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from helpers import TINY
+
+TESTS = Path(__file__).resolve().parent
+
+
+def _constant(node: ast.expr) -> object:
+    """The value of a literal expression such as `1 / 16`; None when it names anything."""
+    literal = (ast.Constant, ast.BinOp, ast.UnaryOp, ast.operator, ast.unaryop)
+    if not all(isinstance(n, literal) for n in ast.walk(node)):
+        return None
+    return eval(compile(ast.Expression(node), "<literal>", "eval"), {"__builtins__": {}})
+
+
+def tiny_redeclarations(source: str) -> list[int]:
+    """Lines where `source` spells out TINY's width multiplier as a literal option (a dict entry or a keyword)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Dict):
+            pairs = [(k.value, v) for k, v in zip(node.keys, node.values, strict=True) if isinstance(k, ast.Constant)]
+        elif isinstance(node, ast.Call):
+            pairs = [(k.arg, k.value) for k in node.keywords if k.arg]
+        else:
+            continue
+        if any(key == "width_mult" and _constant(value) == TINY["width_mult"] for key, value in pairs):
+            found.append(node.lineno)
+    return sorted(found)
+
+
+def test_tiny_redeclarations_are_found():
+    spelled = 'TINY = dict(width_mult=1 / 16, fc_dim=32)\nnet = make(width_mult=0.0625)\nx = {"width_mult": 1/16}'
+    assert tiny_redeclarations(spelled) == [1, 2, 3]
+    taken = 'make(**{**TINY, "width_mult": 1 / 32}, fc_dim=32)\nmake(width_mult=m.width_mult)\nx = "width_mult=0.0625"'
+    assert tiny_redeclarations(taken) == []
+
+
+def test_no_test_module_redeclares_the_tiny_net():
+    found = [
+        f"{path.name}:{line}"
+        for path in sorted(TESTS.glob("*.py"))
+        if path.name != "helpers.py"
+        for line in tiny_redeclarations(path.read_text())
+    ]
+    assert found == [], "take the tiny net from tests/helpers.py (TINY, TINY_GLOROT, the tiny_model fixture):\n" + (
+        "\n".join(found)
+    )
