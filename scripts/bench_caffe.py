@@ -1,4 +1,4 @@
-"""Benchmark: reading a full-size Caffe model (issue 13.2) - vggfeat's wire-format reader against baselines.
+"""Benchmark: reading a full-size Caffe model - vggfeat's wire-format reader against baselines.
 
 Writes a net D caffemodel the way the 2014 release is laid out (V1 `layers`, legacy num/channels/height/width
 blobs, packed floats, ReLU/pool/dropout layers between; random weights, ~553 MB) to a temporary folder, then

@@ -1,5 +1,5 @@
 """Benchmark: `--fast-decode` (JPEG draft decoding at 1/2..1/8 size, then rescale) against the default exact
-rescale of the fully decoded image, on large photos (issue 14.3, Appendix B's rescale to smallest side Q).
+rescale of the fully decoded image, on large photos (Appendix B's rescale to smallest side Q).
 
 Photos: scikit-learn's china.jpg and flower.jpg upscaled with PIL to at least 2000 px (JPEG q=90). For each
 scale set, prints the decode+rescale time per image (the loader's work), end-to-end `extract_features` time,

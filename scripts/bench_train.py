@@ -1,4 +1,4 @@
-"""Training benchmarks (issue 5): the training step's images/s for nets A-E at 224 with bf16 autocast +
+"""Training benchmarks: the training step's images/s for nets A-E at 224 with bf16 autocast +
 channels_last on and off, and the data pipeline's images/s per worker (one process) against a
 torchvision-transforms baseline doing the same augmentation (Sect. 3.1): JPEGs of ImageNet's usual
 500 x 375 size cut from real photos, one thread (as in a DataLoader worker), best of three passes each.

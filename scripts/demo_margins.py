@@ -1,4 +1,4 @@
-"""Measure what `vggfeat demo --quick` exists to show (issue 13.8): trained net D minus the random net D, in
+"""Measure what `vggfeat demo --quick` exists to show: trained net D minus the random net D, in
 linear-SVM and kNN mAP on the generated voc2007, seed by seed. Each seed runs the whole quick demo in a fresh
 temporary folder (training included), so the times are a user's first run. Prints a markdown table, then the
 smallest and mean margins. `--recipes DIR` measures a candidate copy of recipes/demo (with ../train beside it).

@@ -34,7 +34,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-# Weights by name without the network (issue 13.1): torch.hub and the Hugging Face hub read a file that is in
+# Weights by name without the network: torch.hub and the Hugging Face hub read a file that is in
 # their cache as is - torch.hub checks the sha256 prefix of torchvision's file name only when it downloads, so
 # random weights under the right name stand in for torchvision's ImageNet file.
 TINY_TV_CFG = {  # torchvision's make_layers cfgs at TINY's widths (1/16): conv channels, "M" for a max-pool

@@ -1,4 +1,4 @@
-"""The benchmark registry (issue 15.2) and each benchmark's defaults (Appendix B, issue 14.2): one module per
+"""The benchmark registry and each benchmark's defaults (Appendix B): one module per
 benchmark, every module registered, and the on-the-fly extraction of linear-probe/knn-probe resolving to the
 paper's scales and aggregate when --scales is not given."""
 

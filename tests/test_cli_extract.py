@@ -1,4 +1,4 @@
-"""`vggfeat extract` as a user types it (issue 13.5, 13.6): a default store folder without -o, a finished store
+"""`vggfeat extract` as a user types it: a default store folder without -o, a finished store
 reported as such, no usable image is an error, and a progress bar that moves batch by batch."""
 
 from __future__ import annotations
@@ -176,8 +176,7 @@ MISSION = ["--layer", "fc7", "imgs/"]  # the command users are told to type, exa
 @pytest.mark.parametrize("extra", [[], ["--weights", "torchvision:vgg16"]], ids=["exactly-as-typed", "named-weights"])
 def test_the_mission_command_as_typed_runs_end_to_end(primed_torch_home, tmp_path, monkeypatch, recwarn, extra):
     """`vggfeat extract --layer fc7 imgs/`, nothing more: net D with the default weights torchvision:vgg16 (a
-    primed, offline torch.hub cache holding a narrow stand-in), the paper's scales, into vggfeat-out/imgs-fc7
-    (issue 13, 'Done when')."""
+    primed, offline torch.hub cache holding a narrow stand-in), the paper's scales, into vggfeat-out/imgs-fc7."""
     from vggfeat.features.extract import extract_features
     from vggfeat.utils.files import sha256_file
 

@@ -1,5 +1,5 @@
 """`vggfeat index`: an index folder whose files do not belong together, or are broken, is refused with one
-clear line - never searched with wrong row paths (issue 12.5 and the index bullets)."""
+clear line - never searched with wrong row paths."""
 
 import numpy as np
 import pytest

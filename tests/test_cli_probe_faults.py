@@ -1,4 +1,4 @@
-"""Probes under faults (issue 12.3, 12.8): the feature cache never serves another dataset's descriptors, and
+"""Probes under faults: the feature cache never serves another dataset's descriptors, and
 extraction flags given beside --features are checked against the store instead of silently ignored."""
 
 from __future__ import annotations

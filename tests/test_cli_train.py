@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_help_names_every_option_without_importing_torch():
-    # --help must be instant: the commands import torch only when they run (STYLE.md)
+    # --help must be instant: the commands import torch only when they run (tests/test_imports.py checks the rule)
     code = (
         "import json, sys\n"
         "from click.testing import CliRunner\n"

@@ -1,4 +1,4 @@
-"""`vggfeat train` refuses user mistakes with one clear line before any work starts (issue 12)."""
+"""`vggfeat train` refuses user mistakes with one clear line before any work starts."""
 
 from __future__ import annotations
 

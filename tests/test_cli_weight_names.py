@@ -1,4 +1,4 @@
-"""`--weights NAME` on every command that computes features (issue 13.1): torchvision:vgg16 from a primed
+"""`--weights NAME` on every command that computes features: torchvision:vgg16 from a primed
 torch.hub cache, recorded by name in manifests, the same descriptors as the file itself; offline without the
 file, one `Error:` line."""
 
@@ -82,7 +82,7 @@ def test_offline_without_cache_is_one_error_line(offline_caches, tmp_path, comma
     assert "hub/checkpoints/vgg13-" in lines[0] and "vggfeat weights convert torchvision:vgg13" in lines[0]
 
 
-# issue 13.4: without --weights, commands that compute features use net D with torchvision's ImageNet weights
+# without --weights, commands that compute features use net D with torchvision's ImageNet weights
 
 
 def test_extract_without_weights_uses_the_default_pretrained_net(primed_torch_home, tmp_path):

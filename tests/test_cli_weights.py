@@ -1,4 +1,4 @@
-"""`vggfeat weights info|convert` (issue 13.3): what a file or name holds, and its conversion to vggfeat's
+"""`vggfeat weights info|convert`: what a file or name holds, and its conversion to vggfeat's
 safetensors with its preprocessing, written atomically."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A zoo of bad invocations across every command (issue 12): each ends in exit code 1 with exactly one
+"""A zoo of bad invocations across every command: each ends in exit code 1 with exactly one
 `Error:` line (2 for usage errors, as click does), and never in a Python traceback."""
 
 from __future__ import annotations

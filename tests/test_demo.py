@@ -21,7 +21,7 @@ from vggfeat.features.store import load_store
 from vggfeat.probes import LinearSVMProbe
 from vggfeat.train.recipe import load_recipe
 
-# issue 13.8: on every seed tried, trained net D beats the random baseline clearly; MARGIN mAP points on both
+# on every seed tried, trained net D beats the random baseline clearly; MARGIN mAP points on both
 # probes, a little under the smallest margin measured on seeds 0-9 (docs/benchmarks.md, "Quick demo margins")
 MARGIN = 4.0
 
@@ -60,7 +60,7 @@ def test_quick_demo_writes_the_report(quick_demo):
     assert data["margin"]["linear_map"] == pytest.approx(
         data["results"]["trained"]["linear_map"] - data["results"]["random"]["linear_map"], abs=0.011
     )
-    # what the demo exists to show (issue 13.8): training beats a random net of the same architecture
+    # what the demo exists to show: training beats a random net of the same architecture
     assert data["seed"] == 0
     assert cfg.random_nets == 1 and "draws" not in data["results"]["random"]
     assert data["margin"]["linear_map"] >= MARGIN and data["margin"]["knn_map"] >= MARGIN, data["margin"]
@@ -201,7 +201,7 @@ def test_demo_files_load_strictly():
 @pytest.mark.slow  # ~2.5 min: nine more quick demos
 @pytest.mark.parametrize("seed", range(1, 10))
 def test_quick_demo_trained_features_beat_random_on_other_seeds(tmp_path, seed):
-    # issue 13.8 on the seeds beside the default run's 0: every one of them, by the same margin
+    # the same claim on the seeds beside the default run's 0: every one of them, by the same margin
     proc = run_demo_cli(tmp_path / "out", "--quick", "--seed", str(seed))
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads((tmp_path / "out" / f"report-seed{seed}" / "demo.json").read_text())

@@ -74,7 +74,7 @@ def test_errors_protocols_and_fusion(tmp_path, tiny_model):
     assert topk_errors(p, torch.tensor([0, 4, 6])) == pytest.approx((2 / 3, 1 / 3))  # hit, top-5 only, miss
 
 
-# issue 16: the paper's rescale, labels that cannot shift, Q smaller than the crop, exact error ratios
+# the paper's rescale, labels that cannot shift, Q smaller than the crop, exact error ratios
 
 
 def test_evaluate_rescales_the_fully_decoded_jpeg(tmp_path, tiny_model, monkeypatch):

@@ -203,7 +203,7 @@ def test_cudnn_autotuning_is_switched_on_for_extraction_only():
             assert torch.backends.cudnn.benchmark is previous  # the caller's setting again
 
 
-# issue 14.3: one definition of the rescale; issue 12: an image enormous after rescaling
+# one definition of the rescale (a path and a decoded array agree); an image enormous after rescaling
 
 
 def _photo_jpeg(path, size=(600, 512)):

@@ -445,7 +445,7 @@ def test_shard_layout_is_what_embedding_reader_reads(tmp_path, weights, dtype):
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
 def test_extraction_opens_the_weight_file_once(tmp_path, monkeypatch, suffix):
-    """The manifest's weights_sha256 and the tensors come from one open of the file (issue 15.4); before, a
+    """The manifest's weights_sha256 and the tensors come from one open of the file; before, a
     sha256 pass read it whole and loading read it again."""
     import safetensors
     import torch

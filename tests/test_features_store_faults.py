@@ -1,4 +1,4 @@
-"""A feature store under faults (issue 12.1, 12.2, 12.4): --overwrite that fails keeps the old store, a second
+"""A feature store under faults: --overwrite that fails keeps the old store, a second
 writer never writes a shard being written, an image replaced at the same path is re-extracted."""
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def pre_logits(model):
 
 
 def test_timm_vgg11_gives_its_4096_wide_pre_logits():
-    # issue 14.4: num_features is pool5's 512, the pre-logits (fc7) are head_hidden_size = 4096 wide
+    # num_features is pool5's 512, the pre-logits (fc7) are head_hidden_size = 4096 wide
     torch.manual_seed(0)
     model = timm.create_model("vgg11", pretrained=False, num_classes=0).eval()
     assert (model.num_features, model.head_hidden_size) == (512, 4096)
@@ -143,7 +143,7 @@ def test_cli_timm_layer_choices_and_no_glorot_claim(tmp_path):
 
 @pytest.mark.slow
 def test_cli_extract_with_a_timm_vgg11_state_dict(tmp_path):
-    # the exact command of issue 14.4: a full-size timm vgg11 state dict (about 530 MB)
+    # extract from a full-size timm vgg11 state dict file (about 530 MB), as a user of timm weights would
     from safetensors.torch import save_file
 
     torch.manual_seed(0)

@@ -251,8 +251,8 @@ def test_load_model_takes_the_read_arrays_as_parameters(tmp_path):
 
 
 def test_extraction_opens_a_caffemodel_once(tmp_path, monkeypatch):
-    """The manifest's sha256 and the tensors come from one open of the file, as for safetensors and torch files
-    (issue 15.4): the reader parses the map the hash was computed from instead of opening the file again."""
+    """The manifest's sha256 and the tensors come from one open of the file, as for safetensors and torch files:
+    the reader parses the map the hash was computed from instead of opening the file again."""
     from helpers import count_opens
 
     from vggfeat.features.extract import extract_to_store

@@ -1,4 +1,4 @@
-"""Weights by name (issue 13.1): torchvision:, timm:, hf-hub:, random and files, through the libraries' own caches;
+"""Weights by name: torchvision:, timm:, hf-hub:, random and files, through the libraries' own caches;
 never the network (the offline_caches fixture turns every download into a failure)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Weight-file problems give one clear WeightsError naming the file (issue 12), never a traceback or a hang."""
+"""Weight-file problems give one clear WeightsError naming the file, never a traceback or a hang."""
 
 from __future__ import annotations
 

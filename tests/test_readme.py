@@ -1,6 +1,6 @@
 """The README is run, not just read: every ```python block executes (with narrow stand-ins for the full-size
 nets and weight files it names), and every `vggfeat ...` command in its sh/console blocks names a real
-command and real options of that command (issue 13.7)."""
+command and real options of that command."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Recipes ship inside the wheel (vggfeat/recipes/) and resolve by name (issue 15.1, 13.5)."""
+"""Recipes ship inside the wheel (vggfeat/recipes/) and resolve by name."""
 
 from __future__ import annotations
 

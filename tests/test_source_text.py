@@ -1,14 +1,21 @@
 """Rules about the source text itself: the tiny test net is declared once, in tests/helpers.py, and other test
-modules take it from there (with overrides where they need another size) instead of spelling it out again."""
+modules take it from there (with overrides where they need another size) instead of spelling it out again; and
+no comment or docstring cites an issue number, which means nothing to a reader of the code (the commit message is
+the place for it)."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from helpers import TINY
 
 TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+# the word issue (or issues) then a number, '#' allowed between: an issue tracker's number. The examples below
+# are built from pieces, so this file passes its own check.
+ISSUE_NUMBER = re.compile(r"\bissues?\s*#?\d", re.IGNORECASE)
 
 
 def _constant(node: ast.expr) -> object:
@@ -51,3 +58,26 @@ def test_no_test_module_redeclares_the_tiny_net():
     assert found == [], "take the tiny net from tests/helpers.py (TINY, TINY_GLOROT, the tiny_model fixture):\n" + (
         "\n".join(found)
     )
+
+
+def issue_citations(text: str) -> list[int]:
+    """Line numbers of `text` that cite an issue by number."""
+    return [n for n, line in enumerate(text.splitlines(), 1) if ISSUE_NUMBER.search(line)]
+
+
+def test_issue_citations_are_found():
+    word = "issue"
+    cited = f'# see {word} 12.3\n"""Checkpoints ({word.title()} #5)."""\nx = 1  # {word}s 4 and 5\n'
+    assert issue_citations(cited) == [1, 2, 3]
+    assert issue_citations("# a known issue with PIL's draft mode\n# tissue 3\n") == []
+
+
+def test_no_source_file_cites_an_issue_number():
+    found = [
+        f"{path.relative_to(ROOT)}:{line}"
+        for folder in ("vggfeat", "scripts", "tests", "recipes")
+        for path in sorted((ROOT / folder).rglob("*"))
+        if path.suffix in (".py", ".yaml", ".yml", ".md", ".txt", ".toml") and "__pycache__" not in path.parts
+        for line in issue_citations(path.read_text(encoding="utf-8"))
+    ]
+    assert found == [], "say why in the comment instead of citing an issue number:\n" + "\n".join(found)

@@ -1,4 +1,4 @@
-"""Split files written by the seeded benchmarks (folder, Caltech) round-trip any legal file name (issue 12.6):
+"""Split files written by the seeded benchmarks (folder, Caltech) round-trip any legal file name:
 before, a name with a newline wrote a line that the next run could not read, so the first probe worked and
 every rerun failed."""
 

@@ -1,4 +1,4 @@
-"""`vggfeat train` and `mean-rgb` under user mistakes and faults (issue 12): wrong choices and data roots are
+"""`vggfeat train` and `mean-rgb` under user mistakes and faults: wrong choices and data roots are
 one line before any work; a damaged newest checkpoint falls back to the one before; unreadable images are
 skipped, named and counted; a full disk or read-only run folder is one line."""
 
@@ -110,7 +110,7 @@ def test_resume_falls_back_from_a_damaged_newest_checkpoint(tmp_path, data, fini
     names = [p.name for p in list_checkpoints(finished)]
     assert names == ["ckpt-e000-s00000002.pt", "ckpt-e000-s00000004.pt", "ckpt-e001-s00000005.pt"]
     run = _damaged_copy(finished, tmp_path / "run", {names[2]: None})
-    # an old checkpoint still holding the always-empty "scaler" entry (issue 15.6) resumes as before
+    # an old checkpoint still holding the always-empty "scaler" entry (no longer written) resumes as before
     old = load_checkpoint(run / names[1])
     torch.save({**old, "scaler": {}}, run / names[1])
     with caplog.at_level(logging.WARNING):

@@ -97,7 +97,7 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, data):
         "recipe",
         "history",
     } <= set(ck)
-    assert "scaler" not in ck  # an always-empty entry, gone (issue 15.6); old checkpoints with it still load
+    assert "scaler" not in ck  # an always-empty entry, gone; old checkpoints with it still load
     assert ck["recipe"]["optim"]["epochs"] == 2 and ck["global_step"] == 10 and ck["epoch"] == 2
     assert not list((tmp_path / "full").glob(".*tmp*"))
     assert (tmp_path / "full" / "recipe.yaml").exists() and (tmp_path / "full" / "best.pt").exists()

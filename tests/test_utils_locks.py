@@ -1,4 +1,4 @@
-"""Writer locks (issue 12.2): a second writer of a folder stops with one line naming the holder; a holder
+"""Writer locks: a second writer of a folder stops with one line naming the holder; a holder
 killed with kill -9 leaves no lock behind. Real processes, since the lock excludes processes, not threads."""
 
 import contextlib

@@ -9,7 +9,7 @@ import os
 
 from vggfeat.errors import InputError
 
-# Net D (VGG-16) with torchvision's ImageNet weights: the net most transfer results use (issue 13.4)
+# Net D (VGG-16) with torchvision's ImageNet weights: the net most transfer results use
 DEFAULT_WEIGHTS = "torchvision:vgg16"
 RANDOM = "random"
 TORCHVISION_PREFIX = "torchvision:"
@@ -43,7 +43,7 @@ def offline(hf: bool = False) -> bool:
 
 
 def default_weights(model: str = "auto") -> str:
-    """The pretrained weights a net gets when no --weights is given (issue 13.4: never a silent random net)."""
+    """The pretrained weights a net gets when no --weights is given (never a silent random net)."""
     if model.startswith(TIMM_PREFIX):
         return model  # timm's own pretrained weights of that tag, from the Hugging Face cache
     key = model.lower().replace("-", "_")

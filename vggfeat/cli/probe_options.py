@@ -172,7 +172,7 @@ def check_fusion_matches(store, fusion_l2: str) -> None:
 
 def check_store_matches(store, layer: str, scales, aggregate: str | None, weights) -> None:
     """Extraction flags given beside --features must describe the store, or the report would claim settings
-    that were never used (issue 12.8): each one given on the command line is compared with its manifest."""
+    that were never used: each one given on the command line is compared with its manifest."""
 
     given = option_given("layer")
     m = store.manifest

@@ -21,7 +21,7 @@ GROUP_HELP = (
 
 def net_pairs(models: tuple[str, ...], weights: tuple[str, ...], seed: int) -> list[tuple[str, str]]:
     """(model, weights) of each net of a feature command: one --weights per --model, else each net's default
-    pretrained weights (issue 13.4: random init only with --weights random, said on stderr)."""
+    pretrained weights (random init only with --weights random, and said so on stderr)."""
     if weights and models and len(models) != len(weights):
         raise click.UsageError(
             f"{len(models)} --model but {len(weights)} --weights: give one --weights (a file, a name or random) "

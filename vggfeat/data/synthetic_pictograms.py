@@ -2,7 +2,7 @@
 
 The same drawings as the generated VOC scenes (synthetic_voc.py), one clear instance per image, near the
 centre: a classification task a few seconds of training on a CPU can learn, so that the quick demo's net
-D carries features worth more than a random net's (issue 13.8; shapes and textures did not, on some seeds).
+D carries features worth more than a random net's (shapes and textures did not, on some seeds).
 """
 
 from __future__ import annotations

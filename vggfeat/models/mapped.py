@@ -1,5 +1,5 @@
 """A weight file opened once per run: one private memory map serves both its sha256 (recorded in store and
-index manifests, cache keys) and its tensors (issue 15.4: the file was read once to hash, again to load).
+index manifests, cache keys) and its tensors, instead of reading the file once to hash it and again to load it.
 
 The map is kept while the file is unchanged (same size, mtime and inode), for the few files a run uses.
 safetensors are parsed here from the map (zero-copy tensor views, as safetensors' own safe_open gives).

@@ -139,7 +139,7 @@ def load_model(
     if name is not None:
         arch = name
     model = create_model(arch, device="meta", **{**inferred, **options})
-    # the tensors read above: the file is read once, not again by load_weights (issue 15.4). The Caffe reader's
+    # the tensors read above: the file is read once, not again by load_weights. The Caffe reader's
     # arrays are this process's own memory: they become the parameters (one copy of a 528 MB net, not two).
     # safetensors' tensors map the file (an in-place rewrite would change them), so they are copied in, into
     # memory that load_tensors allocates only once the net's shapes are found to be the file's.

@@ -63,7 +63,7 @@ def cached_store(
 
     The key covers the settings and the image list, so another dataset (`--root voc2` after `--root voc1`)
     gets its own store; extract_to_store then checks each image's size and mtime, so an image replaced at the
-    same path is re-extracted instead of served from the cache (issue 12.3)."""
+    same path is re-extracted instead of served from the cache."""
     from vggfeat.features.extract import extract_to_store
 
     images = sorted(set(images))

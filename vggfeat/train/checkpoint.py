@@ -1,4 +1,4 @@
-"""Checkpoints that lose nothing (issue 5): model, optimizer, schedule, RNG, sampler position and the
+"""Checkpoints that lose nothing: model, optimizer, schedule, RNG, sampler position and the
 resolved recipe, as plain containers (loadable with torch.load(weights_only=True)), written atomically;
 the last K and the best are kept. Resuming takes the newest checkpoint that loads: a truncated or corrupt
 newest one (a full disk, a copy cut short) falls back to the one before."""

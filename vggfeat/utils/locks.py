@@ -1,7 +1,7 @@
 """One writer per output folder: a lock file beside the folder, locked for the whole run.
 
 Two `vggfeat extract` runs into one store, two probes filling one feature cache or two `index build`s into
-one folder would mix their results into a folder whose manifest describes only one of them (issue 12.2).
+one folder would mix their results into a folder whose manifest describes only one of them.
 The lock is a POSIX record lock (fcntl) on `.NAME.lock` next to the folder: it dies with its process, so a
 run killed with kill -9 never blocks the next one - not even while its forked loader workers linger, since
 unlike flock a record lock is not inherited by children. A second writer stops at once with one line naming the
