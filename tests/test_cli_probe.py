@@ -63,12 +63,36 @@ def test_linear_probe_on_the_fly_matches_a_manual_probe_and_caches_features(voc,
     np.testing.assert_allclose(ours, np.round(100 * ap, 2), atol=0.011)
     assert report["headline"] == pytest.approx(100 * np.nanmean(ap), abs=0.01)
 
-    # a second probe with another grid reuses the cached features: nothing is extracted again
+    # a second probe with another grid reuses the cached features: nothing is extracted again; its report
+    # replaces the first one's only when asked to
     mtime = (store.root / "emb" / "000000.npy").stat().st_mtime_ns
-    invoke("linear-probe", "voc2007", "--root", voc, "-o", out, "--weights", weights, *FAST, "--Cs", "1")
+    args = ("linear-probe", "voc2007", "--root", voc, "-o", out, "--weights", weights, *FAST, "--Cs", "1")
+    refused = CliRunner().invoke(cli, [str(a) for a in args])
+    assert refused.exit_code == 1 and refused.output.count("\n") == 1, refused.output
+    assert f"{out / 'linear-probe.json'} holds another linear-probe (its probe differ)" in refused.output
+    assert "--overwrite" in refused.output
+    assert json.loads((out / "linear-probe.json").read_text()) == report  # untouched
+    invoke(*args, "--overwrite")
     assert (store.root / "emb" / "000000.npy").stat().st_mtime_ns == mtime
     again = json.loads((out / "linear-probe.json").read_text())
     assert all(r["chosen_C"] == [1.0] for r in again["per_class"])
+    invoke(*args)  # the same probe again rewrites its own report: nothing to refuse
+
+
+def test_probes_of_other_weights_data_or_kind_never_replace_a_report_silently(voc, weights, tmp_path, monkeypatch):
+    """The default OUT is vggfeat-out/BENCHMARK for every probe of that benchmark: a probe of other weights or
+    other data is refused there; kNN, low-shot and linear probes write their own reports side by side."""
+    monkeypatch.chdir(tmp_path)
+    other = tmp_path / "other.safetensors"
+    vggfeat.save_weights(vggfeat.create_model("vgg_a", seed=7, **TINY), other)
+    base = ("voc2007", "--root", voc, *FAST, "--Cs", "1")
+    invoke("linear-probe", *base, "--weights", weights)
+    first = (tmp_path / "vggfeat-out" / "voc2007" / "linear-probe.json").read_text()
+    invoke("knn-probe", *base[:-2], "--weights", weights, "-k", "3")  # its own report, beside
+    r = CliRunner().invoke(cli, ["linear-probe", *map(str, base), "--weights", str(other)])
+    assert r.exit_code == 1 and "its features differ" in r.output and "--overwrite" in r.output, r.output
+    assert (tmp_path / "vggfeat-out" / "voc2007" / "linear-probe.json").read_text() == first
+    assert (tmp_path / "vggfeat-out" / "voc2007" / "knn-probe.json").is_file()
 
 
 def test_features_store_path_knn_probe_and_sklearn_reference(voc, weights, tmp_path):

@@ -68,7 +68,7 @@ def test_linear_probe_and_reproduce_give_d_and_e_the_same_map(tmp_path, data):
 
 def test_fusion_l2_whole_changes_the_descriptor_and_is_recorded(tmp_path, data):
     per_net, _ = linear_probe(data, tmp_path / "lp")
-    whole, text = linear_probe(data, tmp_path / "lp", "--fusion-l2", "whole")
+    whole, text = linear_probe(data, tmp_path / "lp", "--fusion-l2", "whole", "--overwrite")
     assert whole["features"]["fusion_l2"] == "whole" and "fusion: L2 of the stacked descriptor only" in text
     assert whole["headline"] != per_net["headline"]
     de, table, _ = reproduce_de(data, tmp_path / "t11", "--fusion-l2", "whole")

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import click
 
+from vggfeat import defaults
 from vggfeat.cli.params import COST_GRID, FiniteRange
-from vggfeat.cli.probe_options import echo_split, option_given, probe_options, run_low_shot_probe, run_probe
-from vggfeat.probes.run import run_linear_probe
-from vggfeat.utils.device import resolve_device
+from vggfeat.cli.probe_options import option_given, probe_options, run_probe
+from vggfeat.probes.benchmark import LinearProbe, LowShotProbe
 
 
 def parse_ks(value: str) -> tuple[int, ...]:
@@ -27,13 +27,13 @@ def parse_ks(value: str) -> tuple[int, ...]:
     "--Cs",
     "cs",
     type=COST_GRID,
-    default="0.001,0.003,0.01,0.03,0.1,0.3,1,3,10,30,100",
+    default=defaults.grid_text(defaults.COSTS),
     show_default=True,
     help="SVM cost grid; each class's C is chosen on held-out training images, then refit on all.",
 )
 @click.option(
     "--holdout",
-    default=0.2,
+    default=defaults.HOLDOUT,
     show_default=True,
     type=FiniteRange(0.05, 0.5),
     help="Fraction of the training images held out to choose C (the paper's 20%).",
@@ -62,11 +62,15 @@ def parse_ks(value: str) -> tuple[int, ...]:
     "those suites do, from their grid 0.01..1000. A k that some class cannot meet is refused.",
 )
 @click.option(
-    "--low-shot-ks", "low_shot_ks", default="1,2,4,8,16,32,64,96", show_default=True, help="The k values of --low-shot."
+    "--low-shot-ks",
+    "low_shot_ks",
+    default=",".join(map(str, defaults.LOW_SHOT_KS)),
+    show_default=True,
+    help="The k values of --low-shot.",
 )
 @click.option(
     "--low-shot-samples",
-    default=5,
+    default=defaults.LOW_SHOT_SAMPLES,
     show_default=True,
     type=click.IntRange(min=1),
     help="Seeded samples per k for --low-shot.",
@@ -97,7 +101,8 @@ def linear_probe(
 
     Descriptors come from --features STORE (made by `vggfeat extract`) or are extracted here from
     --model/--weights with the paper's settings for the benchmark and cached in OUT/features, so a
-    second probe extracts nothing. The report (JSON, markdown, PNG) is written to OUT.
+    second probe extracts nothing. The report is OUT/linear-probe.{json,md,png}; a report of another probe
+    there (other settings, data or features) is not replaced without --overwrite.
 
     \b
     Examples:
@@ -116,23 +121,15 @@ def linear_probe(
         apart, why = {"low_shot_ks", "low_shot_samples", "low_shot_scoring"}, "apply to --low-shot only"
     if given & apart:  # an option the run would ignore is refused before anything is read or written
         raise click.UsageError(f"{', '.join('--' + n.replace('_', '-') for n in sorted(given & apart))} {why}")
+    if low_shot and opts["benchmark"] != "voc2007":
+        raise click.UsageError(
+            f"--low-shot is a VOC-2007 protocol (k positives per class): use it with voc2007, not {opts['benchmark']}"
+        )
     if low_shot:
         # same VOC-2007 descriptors (and cache) as the full probe; the scoring's own grid unless --Cs is given
-        ks = parse_ks(low_shot_ks)
         Cs = cs if "cs" in given else None
-        return run_low_shot_probe(opts, ks=ks, samples=low_shot_samples, Cs=Cs, scoring=low_shot_scoring)
+        probe = LowShotProbe(ks=parse_ks(low_shot_ks), samples=low_shot_samples, Cs=Cs, scoring=low_shot_scoring)
+        run_probe(opts, probe)
+        return
     opts["box"] = not no_box
-
-    def probe(splits, store):
-        return run_linear_probe(
-            splits,
-            store,
-            Cs=cs,
-            classifier=classifier,
-            holdout=holdout,
-            seed=opts["seed"],
-            device=resolve_device(opts["device"]),
-            progress=echo_split,
-        )
-
-    run_probe(opts, stem="linear-probe", probe=probe)
+    run_probe(opts, LinearProbe(Cs=tuple(cs), holdout=holdout, classifier=classifier))

@@ -11,6 +11,7 @@ import math
 
 import click
 
+from vggfeat import defaults
 from vggfeat.features.protocol import FUSION_L2, FUSION_L2_HELP
 
 # Five 2x2 max-pools: below 32 px a VGG has no pool5 cell left, so no scale under it is usable (Sect. 2.1)
@@ -86,7 +87,7 @@ COST_GRID = CostGridParam()
 FUSION_HELP = (
     "How several nets' descriptors are stacked (Appendix B's D & E late fusion; the paper does not say): "
     f"per-net = {FUSION_L2_HELP['per-net']} (each net weighs the same), whole = {FUSION_L2_HELP['whole']}. "
-    "Recorded in the report."
+    f"Recorded in the report. Default: {defaults.FUSION_L2}."
 )
 
 
@@ -96,7 +97,6 @@ def fusion_option(fn):
         "--fusion-l2",
         "fusion_l2",
         type=click.Choice(FUSION_L2),
-        default="per-net",
-        show_default=True,
+        default=None,
         help=FUSION_HELP,
     )(fn)

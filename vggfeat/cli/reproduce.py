@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import click
 
+from vggfeat import defaults
 from vggfeat.cli.params import COST_GRID, SCALES, FiniteRange, fusion_option
 from vggfeat.features.runtime import Runtime
 from vggfeat.reproduce.report import table_lines
@@ -29,7 +30,11 @@ from vggfeat.reproduce.tables import Nets, ReproduceOptions, parse_net, reproduc
 )
 @click.option("--net-e", "net_e", required=True, help="Net E's weights, as --net-d (e.g. torchvision:vgg19).")
 @click.option(
-    "-o", "--out", type=click.Path(file_okay=False), default=None, help="Output folder. Default: vggfeat-out/TABLE."
+    "-o",
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help=f"Output folder. Default: {defaults.OUT_ROOT}/TABLE.",
 )
 @click.option(
     "--scales",
@@ -41,16 +46,43 @@ from vggfeat.reproduce.tables import Nets, ReproduceOptions, parse_net, reproduc
     "--Cs",
     "cs",
     type=COST_GRID,
-    default="0.001,0.003,0.01,0.03,0.1,0.3,1,3,10,30,100",
+    default=defaults.grid_text(defaults.COSTS),
     show_default=True,
     help="SVM cost grid; C is chosen per class on held-out training images.",
 )
-@click.option("--holdout", default=0.2, show_default=True, type=FiniteRange(0.05, 0.5))
-@click.option("--splits", "n_splits", default=3, show_default=True, type=click.IntRange(min=1), help="Caltech splits.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0))
+@click.option(
+    "--holdout",
+    default=defaults.HOLDOUT,
+    show_default=True,
+    type=FiniteRange(0.05, 0.5),
+    help="Fraction of the training images held out to choose C (the paper's 20%).",
+)
+@click.option(
+    "--splits",
+    "n_splits",
+    default=defaults.SPLITS,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Caltech's random splits (the paper's 3); their lists are written to OUT/<benchmark>/splits and reused.",
+)
+@click.option(
+    "--seed", default=defaults.SEED, show_default=True, help="Seed of the splits, the held-out sets and random nets."
+)
+@click.option("--device", default=defaults.DEVICE, show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--batch-size",
+    default=defaults.BATCH_SIZE,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Images per forward pass when extracting (their flipped copies ride along).",
+)
+@click.option(
+    "--workers",
+    default=defaults.WORKERS,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Image loader processes when extracting (capped to the CPUs this process may use).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @fusion_option
 def reproduce(
@@ -89,9 +121,9 @@ def reproduce(
         splits=n_splits,
         runtime=Runtime(device=device, batch_size=batch_size, workers=workers),
         progress=not quiet,
-        fusion_l2=fusion_l2,
+        fusion_l2=fusion_l2 or defaults.FUSION_L2,
     )
-    out_dir = Path(out or Path("vggfeat-out") / table)
+    out_dir = Path(out) if out else defaults.out_dir(table)
     try:
         result = reproduce_table(table, root, out_dir, nets, options, echo=click.echo)
     except OSError as e:  # VggfeatError is shown by the group as one line; other exceptions are bugs

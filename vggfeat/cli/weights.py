@@ -19,9 +19,12 @@ GROUP_HELP = (
 )
 
 
-def net_pairs(models: tuple[str, ...], weights: tuple[str, ...], seed: int) -> list[tuple[str, str]]:
+def net_pairs(
+    models: tuple[str, ...], weights: tuple[str, ...], seed: int, *, announce: bool = True
+) -> list[tuple[str, str]]:
     """(model, weights) of each net of a feature command: one --weights per --model, else each net's default
-    pretrained weights (random init only with --weights random, and said so on stderr)."""
+    pretrained weights (random init only with --weights random, said on stderr). `announce=False` leaves naming
+    the default weights (`say_default`, which imports torch) to the caller, after its own input checks."""
     if weights and models and len(models) != len(weights):
         raise click.UsageError(
             f"{len(models)} --model but {len(weights)} --weights: give one --weights (a file, a name or random) "
@@ -35,7 +38,8 @@ def net_pairs(models: tuple[str, ...], weights: tuple[str, ...], seed: int) -> l
         ]
     else:
         pairs = [(m, default_weights(m)) for m in models or ["auto"]]
-        say_default([w for _, w in pairs])
+        if announce:
+            say_default([w for _, w in pairs])
     for name, w in pairs:
         if w == RANDOM:
             init = "timm's own init" if name.startswith(TIMM_PREFIX) else "Glorot"

@@ -14,19 +14,15 @@ from typing import Any
 
 import torch
 
-from vggfeat.benchmarks.base import benchmark_images
 from vggfeat.benchmarks.registry import load_benchmark
 from vggfeat.data.synthetic import KINDS
 from vggfeat.data.synthetic_voc import VOC_CLASSES, make_voc2007
 from vggfeat.demo.config import load_demo_config
 from vggfeat.demo.report import write_demo_report
 from vggfeat.errors import VggfeatError
-from vggfeat.features.protocol import Protocol
 from vggfeat.features.runtime import Runtime
 from vggfeat.models import WeightsError, create_model, load_model, read_weights, save_weights
-from vggfeat.probes.features import ExtractionSettings, probe_features
-from vggfeat.probes.report import report_files, write_report
-from vggfeat.probes.run import run_knn_probe, run_linear_probe
+from vggfeat.probes.benchmark import KnnProbe, LinearProbe, probe_benchmark
 from vggfeat.train.checkpoint import latest_checkpoint
 from vggfeat.train.loop import train
 from vggfeat.train.recipe import Recipe, load_recipe, recipe_to_dict
@@ -170,7 +166,6 @@ def run_demo(
             voc = make_voc2007(target, tc.n_trainval, tc.n_test, seed=tc.seed + seed, size=tc.size)
             (voc / "DONE").write_text("complete\n")
         splits = load_benchmark("voc2007", target)
-        images = benchmark_images(splits)
         timings["target"] = time.perf_counter() - t
 
         nets = {"trained": run_d / "model.safetensors"}
@@ -196,20 +191,28 @@ def run_demo(
                     "and kNN on voc2007"
                 )
             t = time.perf_counter()
-            protocol = Protocol(layer=fc.layer, scales=tuple(fc.scales), aggregate=fc.aggregate)
-            settings = ExtractionSettings((("auto", str(weights)),), protocol)
             folder = out / "probe" / f"{net}{tag}"
-            store = probe_features(images, folder, settings, runtime, progress=progress)  # as linear-probe
-            linear = run_linear_probe(splits, store, Cs=cfg.probe.Cs, device="cpu")
-            knn = run_knn_probe(splits, store, k=cfg.probe.k)
-            probes[net] = {
-                # the extra random nets' plots add nothing the demo shows, and 0.4 s each
-                name: (
-                    write_report(result, folder, stem, with_plot=cfg.probe_plots and net in ("trained", "random")),
-                    report_files(folder, stem)["json"],
+            # the extra random nets' plots add nothing the demo shows, and 0.4 s each
+            plots = cfg.probe_plots and net in ("trained", "random")
+            probes[net] = {}
+            for name, probe in (("linear", LinearProbe(Cs=tuple(cfg.probe.Cs))), ("knn", KnnProbe(k=cfg.probe.k))):
+                outcome = probe_benchmark(  # as `vggfeat linear-probe` / `knn-probe` probe
+                    "voc2007",
+                    target,
+                    probe=probe,
+                    nets=[("auto", str(weights))],
+                    layer=fc.layer,
+                    scales=fc.scales,
+                    aggregate=fc.aggregate,
+                    runtime=runtime,
+                    out=folder,
+                    overwrite=True,  # the demo's own folder, rewritten by every run
+                    splits=splits,
+                    with_plot=plots,
+                    progress=progress,
+                    echo=log.debug,
                 )
-                for name, result, stem in (("linear", linear, "linear-probe"), ("knn", knn, "knn-probe"))
-            }
+                probes[net][name] = (outcome.report, outcome.files["json"])
             timings[f"probe_{net}"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - start
         return write_demo_report(

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vggfeat import defaults
 from vggfeat.benchmarks.registry import get_benchmark
 from vggfeat.errors import InputError
 from vggfeat.probes.svm import fit_linear_svms
@@ -32,8 +33,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LOW_SHOT_KS = (1, 2, 4, 8, 16, 32, 64, 96)
-LOW_SHOT_SAMPLES = 5
+LOW_SHOT_KS = defaults.LOW_SHOT_KS
+LOW_SHOT_SAMPLES = defaults.LOW_SHOT_SAMPLES
 BENCHMARK = "voc2007"  # the registry entry whose title and headline name the low-shot report uses
 
 
@@ -60,7 +61,7 @@ SUITES = LowShotScoring(
     name="suites",
     metric_from="voc2012",
     positive_weight=2.0,
-    Cs=(0.01, 0.1, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 50.0, 100.0, 1000.0),
+    Cs=defaults.LOW_SHOT_SUITES_COSTS,
     normalize=True,
     negatives_per_positive=None,
 )
@@ -70,7 +71,7 @@ ELEVEN_POINT_UNWEIGHTED = LowShotScoring(
     name="11point-unweighted",
     metric_from="voc2007",
     positive_weight=1.0,
-    Cs=(0.01, 0.1, 1.0, 10.0, 100.0),
+    Cs=defaults.COARSE_COSTS,
     normalize=False,
     negatives_per_positive=19,
 )
@@ -393,13 +394,17 @@ def low_shot_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_low_shot(result: LowShotResult, out: str | Path, stem: str = "low-shot") -> dict[str, Path]:
+def write_low_shot(
+    result: LowShotResult, out: str | Path, stem: str = "low-shot", *, identity: dict[str, Any] | None = None
+) -> dict[str, Path]:
     """OUT/STEM.json (every k, sample, C), OUT/STEM.md (mean +- std of the headline per k) and OUT/STEM.png,
-    atomically."""
+    atomically; `identity` (what the probe was computed from) is recorded in the JSON."""
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report = result.to_dict()
+    if identity is not None:
+        report["identity"] = identity
     files = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md", "plot": out / f"{stem}.png"}
     atomic_write_json(files["json"], report)
     md = [

@@ -203,12 +203,21 @@ def report_files(out: str | Path, stem: str) -> dict[str, Path]:
     return {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md", "plot": out / f"{stem}.png"}
 
 
-def write_report(result: ProbeResult, out: str | Path, stem: str, *, with_plot: bool = True) -> dict[str, Any]:
+def write_report(
+    result: ProbeResult,
+    out: str | Path,
+    stem: str,
+    *,
+    with_plot: bool = True,
+    identity: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Write STEM.json, STEM.md and STEM.png into OUT (each atomically; the plot, about 0.2 s, only
     `with_plot`); returns the report dict written to STEM.json, so callers need not read it back
-    (`report_files` names the files)."""
+    (`report_files` names the files). `identity` (what the probe was computed from) is recorded in the JSON."""
     Path(out).mkdir(parents=True, exist_ok=True)
     report = report_dict(result)
+    if identity is not None:
+        report["identity"] = identity
     paths = report_files(out, stem)
     atomic_write_json(paths["json"], report)
     atomic_write_text(paths["markdown"], markdown(report))

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vggfeat import defaults
 from vggfeat.benchmarks.base import ProbeSplit
 from vggfeat.benchmarks.registry import get_benchmark
 from vggfeat.features.store import FeatureStore
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CS = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+DEFAULT_CS = defaults.COSTS
 CLASSIFIERS = ("svm", "sklearn")
 
 
@@ -110,8 +111,8 @@ def run_linear_probe(
     *,
     Cs: Sequence[float] = DEFAULT_CS,
     classifier: str = "svm",
-    holdout: float = 0.2,
-    seed: int = 0,
+    holdout: float = defaults.HOLDOUT,
+    seed: int = defaults.SEED,
     device: torch.device | str | None = None,
     progress: Callable[[ProbeSplit, SplitResult], None] | None = None,
 ) -> ProbeResult:
@@ -177,9 +178,9 @@ def run_knn_probe(
     splits: Sequence[ProbeSplit],
     store: FeatureStore,
     *,
-    k: int = 20,
-    kind: str = "flat",
-    temperature: float = 0.07,
+    k: int = defaults.KNN_K,
+    kind: str = defaults.KNN_INDEX,
+    temperature: float = defaults.KNN_TEMPERATURE,
     progress: Callable[[ProbeSplit, SplitResult], None] | None = None,
 ) -> ProbeResult:
     """kNN classification with a faiss index over each split's training descriptors, same splits and metric."""

@@ -1,9 +1,9 @@
 """Tables 11 and 12 of the paper in one call: every benchmark found under a data root, probed with the paper's
 settings (Appendix B) for net D, net E and their late fusion D & E, our numbers beside the paper's.
 
-Each net's descriptors of a benchmark are extracted once into a cached store (OUT/<benchmark>/features/...);
-the D & E row fuses the D and E stores (probes.features.stack_stores, as `linear-probe --weights D --weights E`
-does), extracting nothing. Each finished row is written to
+Each row is probed as `linear-probe` probes (probes.benchmark.probe_benchmark): each net's descriptors of a
+benchmark are extracted once into a cached store (OUT/<benchmark>/features/...), and the D & E row fuses the
+D and E stores, extracting nothing. Each finished row is written to
 OUT/<benchmark>/rows/<row>.json with a key of everything it depends on (weights by content, protocol, probe
 options, samples, labels, images' size and mtime), so a rerun only does what is missing or changed.
 """
@@ -18,29 +18,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vggfeat.benchmarks.base import DatasetError, benchmark_images, check_scorable, resolve_root
+from vggfeat import defaults
+from vggfeat.benchmarks.base import DatasetError, benchmark_images, resolve_root
 from vggfeat.benchmarks.registry import get_benchmark, load_benchmark
 from vggfeat.benchmarks.voc2012_action import IMAGE_AND_BOX, IMAGE_ONLY
-from vggfeat.benchmarks.voc_action import action_probe_split, load_voc_action
 from vggfeat.errors import InputError
 from vggfeat.features.inputs import input_identities
-from vggfeat.features.protocol import Protocol
 from vggfeat.features.runtime import Runtime
-from vggfeat.probes.action import action_store, extract_action_stores
-from vggfeat.probes.features import ExtractionSettings, cached_store, net_settings, stack_stores
-from vggfeat.probes.report import report_files, write_report
-from vggfeat.probes.run import run_linear_probe
+from vggfeat.probes.benchmark import LinearProbe, extraction_settings, features_key, probe_benchmark
+from vggfeat.probes.report import report_files
 from vggfeat.reproduce.report import write_table
 from vggfeat.utils.files import atomic_write_json
 from vggfeat.weight_sources import NAME_PREFIXES, RANDOM
 
 if TYPE_CHECKING:
-    from vggfeat.benchmarks.base import ProbeSplit
-    from vggfeat.features.store import FeatureStore
     from vggfeat.probes.run import ProbeResult
-
-    # (image store, box store or None, box crops or None) of one net
-    NetStores = tuple[FeatureStore, FeatureStore | None, tuple[list[str], list[str]] | None]
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +65,13 @@ class ReproduceOptions:
     """How to probe: the paper's settings unless overridden (tests pass small scales)."""
 
     scales: tuple[int, ...] | None = None  # None: each benchmark's Appendix B scales
-    layer: str = "fc7"
-    Cs: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
-    holdout: float = 0.2
-    seed: int = 0
-    splits: int = 3  # Caltech: the paper's three random splits
+    layer: str = defaults.LAYER
+    Cs: tuple[float, ...] = defaults.COSTS
+    holdout: float = defaults.HOLDOUT
+    seed: int = defaults.SEED
+    splits: int = defaults.SPLITS  # Caltech: the paper's three random splits
     runtime: Runtime | None = None  # device, batch size, loader workers of the extractions
-    fusion_l2: str = "per-net"  # D & E: each net L2-normalised before stacking, or only the whole
+    fusion_l2: str = defaults.FUSION_L2  # D & E: each net L2-normalised before stacking, or only the whole
     progress: bool = True  # extraction progress bars
 
 
@@ -105,46 +97,24 @@ def _key(obj: Any) -> str:
 
 
 class _Column:
-    """One benchmark of the table: its splits, and each net's store extracted at most once (lazily)."""
+    """One benchmark of the table: its splits loaded once, and what its rows' numbers depend on in the data."""
 
     def __init__(self, benchmark: str, root: Path, out: Path, nets: Nets, options: ReproduceOptions) -> None:
         self.benchmark, self.root, self.out, self.options = benchmark, root, out, options
-        defaults = get_benchmark(benchmark)  # Appendix B's scales and aggregation for this benchmark
-        protocol = Protocol(
-            layer=options.layer, scales=tuple(options.scales or defaults.scales), aggregate=defaults.aggregate
+        self.nets = {"D": [nets.d], "E": [nets.e], "D&E": [nets.d, nets.e]}
+        self.splits = load_benchmark(
+            benchmark, root, seed=options.seed, splits=options.splits, splits_dir=out / "splits"
         )
-        alone = {
-            n: ExtractionSettings((pair,), protocol, seed=options.seed) for n, pair in (("D", nets.d), ("E", nets.e))
-        }
-        both = ExtractionSettings((nets.d, nets.e), protocol, seed=options.seed)
-        # each row's nets' stores, as linear-probe extracts them (per-net fusion reuses the D and E stores)
-        self.settings = {"D": [alone["D"]], "E": [alone["E"]], "D&E": net_settings(both, options.fusion_l2)}
-        self._stores: dict[str, NetStores] = {}
-        self.splits = self._load()
         self.samples = self._samples_key()
-
-    def _load(self) -> list[ProbeSplit]:
-        if self.benchmark == "voc2012-action":
-            self.action = load_voc_action(self.root)
-            split = action_probe_split(*self.action)
-            check_scorable(split)  # as Benchmark.load_splits does for the other benchmarks
-            return [split]
-
-        return load_benchmark(
-            self.benchmark,
-            self.root,
-            seed=self.options.seed,
-            splits=self.options.splits,
-            splits_dir=self.out / "splits",
-        )
 
     def _samples_key(self) -> str:
         """What a row depends on in the data: each split's samples with their labels and classes, and every
         image's identity (size, mtime_ns, as a store records it), plus the person boxes of voc2012-action. Labels
         enter as read (not the list files' bytes): a label flipped in any file the reader uses changes them."""
         if self.benchmark == "voc2012-action":
-            images = sorted({p for a in self.action for p in a.image_paths})
-            boxes = [a.boxes.tolist() for a in self.action]
+            action = (self.splits[0].train_action, self.splits[0].test_action)
+            images = sorted({p for a in action for p in a.image_paths})
+            boxes = [a.boxes.tolist() for a in action]
         else:
             images, boxes = benchmark_images(self.splits), None
         samples = [
@@ -158,51 +128,41 @@ class _Column:
     def key(self, row: str, variant: str) -> str:
         """A finished row's key: everything its numbers depend on (features, probe options, data)."""
         o = self.options
-        fusion = {"fusion_l2": o.fusion_l2} if row == "D&E" else {}
+        settings = extraction_settings(self.benchmark, self.nets[row], layer=o.layer, scales=o.scales, seed=o.seed)
         return _key(
             {
-                "features": [s.key() for s in self.settings[row]],
+                "features": features_key(settings, o.fusion_l2),
                 "variant": variant,
                 "Cs": o.Cs,
                 "holdout": o.holdout,
                 "seed": o.seed,
                 "samples": self.samples,
-                **fusion,
             }
         )
 
-    def net_stores(self, settings: ExtractionSettings) -> NetStores:
-        """(image store, box store or None, crops or None) of one net, extracted once."""
-        key = settings.key()
-        if key not in self._stores:
-            o = self.options
-            if self.benchmark == "voc2012-action":
-                self._stores[key] = extract_action_stores(
-                    *self.action, self.out, settings, o.runtime, box=True, progress=o.progress
-                )
-            else:
-                images = benchmark_images(self.splits)
-                store = cached_store(images, self.out, settings, o.runtime, progress=o.progress)
-                self._stores[key] = (store, None, None)
-        return self._stores[key]
-
-    def store(self, row: str, variant: str) -> FeatureStore:
-        """The store a row probes: a net's own, or D and E fused by stack_stores (late fusion, as
-        `linear-probe --weights D --weights E` fuses them; with per-net fusion nothing is extracted again)."""
-        parts = [self.net_stores(s) for s in self.settings[row]]
-        if self.benchmark == "voc2012-action":
-            box = variant == "image+box"
-            return action_store(
-                *self.action,
-                [p[0] for p in parts],
-                [p[1] for p in parts] if box else (),
-                parts[0][2] if box else None,
-                fusion_l2=self.options.fusion_l2,
-            )
-        if len(parts) == 1:
-            return parts[0][0]
-        images = sorted(set(benchmark_images(self.splits)))  # as probe_features names the rows
-        return stack_stores([(p[0], images) for p in parts], images, fusion_l2=self.options.fusion_l2)
+    def probe(self, row: str, variant: str, stem: str) -> ProbeResult:
+        """The row's linear probe, as `linear-probe` runs it (probe_benchmark): D & E fuses the D and E stores,
+        so with per-net fusion nothing is extracted again."""
+        o = self.options
+        outcome = probe_benchmark(
+            self.benchmark,
+            self.root,
+            probe=LinearProbe(Cs=tuple(o.Cs), holdout=o.holdout),
+            nets=self.nets[row],
+            layer=o.layer,
+            scales=o.scales,
+            fusion_l2=o.fusion_l2,
+            runtime=o.runtime,
+            out=self.out,
+            seed=o.seed,
+            box=variant == "image+box",
+            overwrite=True,  # the row's key (checked above) already says whether this report is stale
+            stem=stem,
+            splits=self.splits,
+            progress=o.progress,
+            echo=log.debug,
+        )
+        return outcome.result  # type: ignore[return-value]
 
 
 def _cell(result: ProbeResult, report_file: Path) -> dict[str, Any]:
@@ -260,15 +220,7 @@ def reproduce_table(
             cell = _reuse(row_file, key)
             if cell is None:
                 echo(f"{column}: probing {ROWS[r]}")
-                result = run_linear_probe(
-                    col.splits,
-                    col.store(r, variant),
-                    Cs=options.Cs,
-                    holdout=options.holdout,
-                    seed=options.seed,
-                    device=options.runtime.torch_device() if options.runtime else None,
-                )
-                write_report(result, col.out, f"linear-probe-{slug}")
+                result = col.probe(r, variant, f"linear-probe-{slug}")
                 cell = _cell(result, report_files(col.out, f"linear-probe-{slug}")["json"])
                 row_file.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_json(row_file, {"key": key, "cell": cell})
