@@ -33,7 +33,11 @@ def test_cache_is_keyed_by_the_dataset(tmp_path, weights):
     voc1, voc2 = make_voc2007(tmp_path / "voc1", 24, 24, seed=1), make_voc2007(tmp_path / "voc2", 24, 24, seed=2)
     out, fresh = tmp_path / "out", tmp_path / "fresh"
     invoke("linear-probe", "voc2007", "--root", voc1.parent.parent, "-o", out, "--weights", weights, *FAST)
-    invoke("linear-probe", "voc2007", "--root", voc2.parent.parent, "-o", out, "--weights", weights, *FAST)
+    # another dataset's probe in the same OUT: refused without --overwrite (the report is voc1's)
+    args = ("linear-probe", "voc2007", "--root", voc2.parent.parent, "-o", out, "--weights", weights, *FAST)
+    r = CliRunner().invoke(cli, [str(a) for a in args])
+    assert r.exit_code == 1 and "its data differ" in r.output and "--overwrite" in r.output, r.output
+    invoke(*args, "--overwrite")
     invoke("linear-probe", "voc2007", "--root", voc2.parent.parent, "-o", fresh, "--weights", weights, *FAST)
     second = json.loads((out / "linear-probe.json").read_text())
     clean = json.loads((fresh / "linear-probe.json").read_text())

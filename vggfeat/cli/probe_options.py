@@ -125,6 +125,10 @@ def run_probe(opts: dict, probe: Probe) -> ProbeOutcome:
     or faiss is imported: a wrong --root answers at once."""
     benchmark = opts["benchmark"]
     out_dir = Path(opts["out"]) if opts["out"] else defaults.out_dir(benchmark)
+    if opts["features"] and benchmark == "voc2012-action":
+        raise click.UsageError(
+            "voc2012-action describes the images and the person boxes itself: give --model/--weights, not --features"
+        )
     if opts["features"]:
         if opts["models"]:
             click.secho("note: --features given, so --model is not used", fg="yellow", err=True)

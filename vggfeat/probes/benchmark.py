@@ -24,7 +24,15 @@ from vggfeat.features.protocol import FUSION_L2, Protocol
 from vggfeat.features.runtime import Runtime
 from vggfeat.features.store import FeatureStore, StoreError, load_store
 from vggfeat.probes.action import action_features
-from vggfeat.probes.features import ExtractionSettings, net_settings, probe_features, split_features, store_fusion
+from vggfeat.probes.features import (
+    ExtractionSettings,
+    fusion_line,
+    net_settings,
+    probe_features,
+    split_features,
+    store_fusion,
+)
+from vggfeat.probes.report import write_report
 from vggfeat.probes.run import run_knn_probe, run_linear_probe, store_summary
 from vggfeat.utils.files import sha256_file
 
@@ -174,22 +182,25 @@ def probe_benchmark(
         store = features if isinstance(features, FeatureStore) else load_store(features)
         _check_store_matches(store, layer, scales, aggregate, nets)
         _check_fusion_matches(store, fusion_l2)
-        source: dict[str, Any] = {"store": store_summary(store)}
     else:
         settings = extraction_settings(benchmark, nets, layer=layer, scales=scales, aggregate=aggregate, seed=seed)
-        source = features_key(settings, fusion)
-    identity = {
-        "benchmark": benchmark,
-        "data": str(resolve_root(root).resolve()) if root is not None or given_splits is None else None,
-        "probe": {"kind": stem, **_probe_settings(probe)},
-        "features": source,
-        "seed": seed,
-        "splits": len(splits),
-        "box": box if benchmark == "voc2012-action" else None,
-    }
+
+    def identity() -> dict[str, Any]:
+        """What the report is computed from; weights enter by content (hashed: computed only when needed)."""
+        source = {"store": store_summary(store)} if features is not None else features_key(settings, fusion)
+        return {
+            "benchmark": benchmark,
+            "data": str(resolve_root(root).resolve()) if root is not None or given_splits is None else None,
+            "probe": {"kind": stem, **_probe_settings(probe)},
+            "features": source,
+            "seed": seed,
+            "splits": len(splits),
+            "box": box if benchmark == "voc2012-action" else None,
+        }
+
     files = _report_files(out, stem)
-    if not overwrite:
-        _refuse_another_report(files["json"], identity, stem)
+    if not overwrite and files["json"].exists():
+        _refuse_another_report(files["json"], identity(), stem)
 
     if features is None:
         runtime = runtime or Runtime(workers=defaults.WORKERS)
@@ -206,15 +217,13 @@ def probe_benchmark(
 
     n_classes = len(splits[0].classes)
     echo(f"{benchmark}: {n_classes} classes, {len(splits)} split(s), {store.dim}-D features from {store.root}")
-    if line := _fusion_line(store):
+    if line := fusion_line(store.manifest):
         echo(line)
     if low_shot:
-        result, report, files = _run_low_shot(probe, splits[0], store, seed, device, out, stem, identity, echo)
+        result, report, files = _run_low_shot(probe, splits[0], store, seed, device, out, stem, identity(), echo)
     else:
         result = probe.run(splits, store, seed=seed, device=device, on_split=_split_echo(echo))
-        from vggfeat.probes.report import write_report  # deferred: matplotlib
-
-        report = write_report(result, out, stem, with_plot=with_plot, identity=identity)
+        report = write_report(result, out, stem, with_plot=with_plot, identity=identity())
     return ProbeOutcome(result, report, files, store, splits)
 
 
@@ -256,8 +265,6 @@ def _report_files(out: Path, stem: str) -> dict[str, Path]:
 
 def _refuse_another_report(path: Path, identity: dict[str, Any], stem: str) -> None:
     """A report at `path` of another probe (other identity, or none recorded) is not replaced silently."""
-    if not path.exists():
-        return
     saved = _read_json(path)
     old = saved.get("identity") if isinstance(saved, dict) else None
     if old == _jsonable(identity):
@@ -338,12 +345,6 @@ def _split_echo(echo: Callable[[str], None]) -> OnSplit:
         )
 
     return on_split
-
-
-def _fusion_line(store: FeatureStore) -> str | None:
-    from vggfeat.probes.features import fusion_line
-
-    return fusion_line(store.manifest)
 
 
 def _check_fusion_matches(store: FeatureStore, fusion_l2: str | None) -> None:
