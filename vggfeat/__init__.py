@@ -22,6 +22,10 @@ _LAZY = {
     "extract_features": "vggfeat.features.extract",
     "extract_to_store": "vggfeat.features.extract",
     "load_store": "vggfeat.features.store",
+    "probe_benchmark": "vggfeat.probes.benchmark",
+    "LinearProbe": "vggfeat.probes.benchmark",
+    "KnnProbe": "vggfeat.probes.benchmark",
+    "LowShotProbe": "vggfeat.probes.benchmark",
 }
 
 __all__ = ["__version__", "VggfeatError", *_LAZY]

@@ -1,7 +1,10 @@
-"""Transfer probes on stored descriptors (Sect. 4): batched linear SVMs, faiss kNN, cost selection, reports.
+"""Transfer probes on stored descriptors (Sect. 4): batched linear SVMs, faiss kNN, low-shot SVMs.
 
-The estimator loads on first use (it imports scikit-learn), so importing a light module of this package does
-not pay for it. The benchmarks' metrics are `vggfeat.metrics` (numpy only), below both probes and benchmarks."""
+`benchmark.probe_benchmark` is the one way a benchmark is probed (every command and the Python API): the
+benchmark's splits, its Appendix B settings, the descriptors (features.py: a store, or nets extracted and
+cached, fused per net), a probe over the splits (run.py, lowshot.py), the report (report.py). The estimator
+loads on first use (it imports scikit-learn). The benchmarks' metrics are `vggfeat.metrics` (numpy only),
+below both probes and benchmarks."""
 
 from __future__ import annotations
 
