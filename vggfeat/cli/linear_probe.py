@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from vggfeat import defaults
-from vggfeat.cli.params import COST_GRID, FiniteRange
+from vggfeat.cli.params import svm_options
 from vggfeat.cli.probe_options import option_given, probe_options, run_probe
 from vggfeat.probes.benchmark import LinearProbe, LowShotProbe
 
@@ -23,21 +23,7 @@ def parse_ks(value: str) -> tuple[int, ...]:
 
 @click.command("linear-probe", context_settings={"max_content_width": 100})
 @probe_options
-@click.option(
-    "--Cs",
-    "cs",
-    type=COST_GRID,
-    default=defaults.grid_text(defaults.COSTS),
-    show_default=True,
-    help="SVM cost grid; each class's C is chosen on held-out training images, then refit on all.",
-)
-@click.option(
-    "--holdout",
-    default=defaults.HOLDOUT,
-    show_default=True,
-    type=FiniteRange(0.05, 0.5),
-    help="Fraction of the training images held out to choose C (the paper's 20%).",
-)
+@svm_options
 @click.option(
     "--classifier",
     type=click.Choice(["svm", "sklearn"]),

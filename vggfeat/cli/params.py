@@ -100,3 +100,23 @@ def fusion_option(fn):
         default=None,
         help=FUSION_HELP,
     )(fn)
+
+
+def svm_options(fn):
+    """--Cs and --holdout, the same on linear-probe and reproduce (Appendix B gives no C: it is chosen per class
+    on held-out training images, then the SVM is refit on all of them)."""
+    fn = click.option(
+        "--holdout",
+        default=defaults.HOLDOUT,
+        show_default=True,
+        type=FiniteRange(0.05, 0.5),
+        help="Fraction of the training images held out to choose C (the paper's 20%).",
+    )(fn)
+    return click.option(
+        "--Cs",
+        "cs",
+        type=COST_GRID,
+        default=defaults.grid_text(defaults.COSTS),
+        show_default=True,
+        help="SVM cost grid; each class's C is chosen on held-out training images, then refit on all.",
+    )(fn)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from vggfeat import defaults
-from vggfeat.cli.params import COST_GRID, SCALES, FiniteRange, fusion_option
+from vggfeat.cli.params import SCALES, fusion_option, svm_options
 from vggfeat.features.runtime import Runtime
 from vggfeat.reproduce.report import table_lines
 from vggfeat.reproduce.tables import Nets, ReproduceOptions, parse_net, reproduce_table
@@ -42,21 +42,7 @@ from vggfeat.reproduce.tables import Nets, ReproduceOptions, parse_net, reproduc
     default=None,
     help="Override every benchmark's scales Q (e.g. 64,96 for a quick run). Default: the paper's, per benchmark.",
 )
-@click.option(
-    "--Cs",
-    "cs",
-    type=COST_GRID,
-    default=defaults.grid_text(defaults.COSTS),
-    show_default=True,
-    help="SVM cost grid; C is chosen per class on held-out training images.",
-)
-@click.option(
-    "--holdout",
-    default=defaults.HOLDOUT,
-    show_default=True,
-    type=FiniteRange(0.05, 0.5),
-    help="Fraction of the training images held out to choose C (the paper's 20%).",
-)
+@svm_options
 @click.option(
     "--splits",
     "n_splits",
