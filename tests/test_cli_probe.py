@@ -84,7 +84,7 @@ def test_probes_of_other_weights_data_or_kind_never_replace_a_report_silently(vo
     other data is refused there; kNN, low-shot and linear probes write their own reports side by side."""
     monkeypatch.chdir(tmp_path)
     other = tmp_path / "other.safetensors"
-    vggfeat.save_weights(vggfeat.create_model("vgg_a", seed=7, **TINY), other)
+    vggfeat.save_weights(vggfeat.create_model("vgg_a", seed=7, **TINY_GLOROT), other)
     base = ("voc2007", "--root", voc, *FAST, "--Cs", "1")
     invoke("linear-probe", *base, "--weights", weights)
     first = (tmp_path / "vggfeat-out" / "voc2007" / "linear-probe.json").read_text()

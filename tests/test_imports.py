@@ -137,7 +137,14 @@ def test_cli_modules_load_no_heavy_package_at_module_level():
 # which needs only errors when it runs (it loads the rest lazily, by name, on first use).
 LAYERS = (
     ("vggfeat.errors",),  # the user-facing errors
-    ("vggfeat", "vggfeat.utils", "vggfeat.metrics", "vggfeat.recipe_files", "vggfeat.weight_sources"),  # leaves
+    (
+        "vggfeat",
+        "vggfeat.defaults",
+        "vggfeat.utils",
+        "vggfeat.metrics",
+        "vggfeat.recipe_files",
+        "vggfeat.weight_sources",
+    ),  # leaves
     ("vggfeat.config", "vggfeat.data", "vggfeat.models"),  # recipes; images, datasets, transforms; the nets
     ("vggfeat.benchmarks", "vggfeat.features", "vggfeat.evaluate", "vggfeat.train"),  # built on data and models
     ("vggfeat.probes",),  # fits and scores the benchmarks on stored features
