@@ -1,6 +1,6 @@
 """Helpers shared by several test modules (fixtures live in conftest.py): tiny net options, reading a VOC2007
-tree's labels, a PNG that claims a huge size, a Hugging Face cache entry. Test modules import from here, never
-from each other."""
+tree's labels, a PNG that claims a huge size, a Hugging Face cache entry, a snapshot of a net's state. Test
+modules import from here, never from each other."""
 
 from __future__ import annotations
 
@@ -87,3 +87,35 @@ def store_paths(out: Path) -> list[str]:
     from vggfeat.features.store import load_store
 
     return load_store(out).paths
+
+
+def module_state(module) -> dict:
+    """What running a net could change in it: per parameter and buffer the tensor object, its memory (address,
+    strides, dtype, device), version counter, requires_grad and values; per submodule the train/eval flag and
+    the plain attributes (flags, names, numbers). Compare two with `assert_same_state`."""
+    import torch
+
+    tensors = {}
+    for name, t in [*module.named_parameters(), *module.named_buffers()]:
+        meta = (t.data_ptr(), t.stride(), t.dtype, t.device, t._version, t.requires_grad)
+        tensors[name] = (t, meta, t.detach().clone())
+    plain = (bool, int, float, str, type(None), torch.device, torch.dtype)
+    modules = {
+        name: (m.training, {k: v for k, v in vars(m).items() if isinstance(v, plain)})
+        for name, m in module.named_modules()
+    }
+    return {"tensors": tensors, "modules": modules}
+
+
+def assert_same_state(before: dict, after: dict) -> None:
+    import torch
+
+    assert after["modules"].keys() == before["modules"].keys()
+    for name, was in before["modules"].items():
+        assert after["modules"][name] == was, f"module {name!r} (mode, attributes): {was} -> {after['modules'][name]}"
+    assert after["tensors"].keys() == before["tensors"].keys()
+    for name, (t, meta, values) in before["tensors"].items():
+        t2, meta2, values2 = after["tensors"][name]
+        assert t2 is t, f"{name} is another tensor object"
+        assert meta2 == meta, f"{name}: (address, strides, dtype, device, version, requires_grad) {meta} -> {meta2}"
+        assert torch.equal(values2, values), f"{name} changed values"

@@ -112,9 +112,10 @@ def test_conv_relu_inference_picks_a_kernel_or_declines(monkeypatch):
 
 
 def test_vgg_layers_with_winograd_equal_the_modules(monkeypatch, tiny_model):
-    """Every 3x3 conv of a net through Winograd (threshold lowered for the tiny test net), against the
-    plain modules and against the direct kernels: the same activations to fp32 rounding."""
-    from vggfeat.models import vgg as vgg_module
+    """Every 3x3 conv of a net's fused inference copy through Winograd (threshold lowered for the tiny test net),
+    against the plain modules of the net itself and against the direct kernels: the same activations to fp32
+    rounding, and the net itself keeps its plain modules."""
+    from vggfeat.models.inference import inference_copy
 
     model = tiny_model("vgg_d", seed=3).eval()
     model = model.to(memory_format=torch.channels_last)
@@ -123,19 +124,35 @@ def test_vgg_layers_with_winograd_equal_the_modules(monkeypatch, tiny_model):
     calls = []
     real = fastconv.winograd_conv3x3_relu
     monkeypatch.setattr(fastconv, "winograd_conv3x3_relu", lambda *a: calls.append(1) or real(*a))
+    fast = fastconv.fuse_conv_relu(inference_copy(model))
+    slow = fastconv.fuse_conv_relu(inference_copy(model), winograd=False)
+    fused = [name for name, m in fast.named_modules() if isinstance(m, fastconv.ConvReLU)]
+    assert len(fused) == 13 and not any(isinstance(m, fastconv.ConvReLU) for m in model.modules())
+    assert fast.state_dict().keys() == model.state_dict().keys()
     with torch.inference_mode():
-        winograd = {name: a.clone() for name, a in model.iter_layers(x, until="fc7")}
+        winograd = {name: a.clone() for name, a in fast.iter_layers(x, until="fc7")}
         assert len(calls) == 13  # every 3x3 conv of config D
-        model.winograd = False
-        direct = {name: a.clone() for name, a in model.iter_layers(x, until="fc7")}
+        direct = {name: a.clone() for name, a in slow.iter_layers(x, until="fc7")}
         assert len(calls) == 13
-    monkeypatch.setattr(vgg_module, "conv_relu_inference", lambda *a, **k: None)
-    with torch.inference_mode():
         plain = dict(model.iter_layers(x, until="fc7"))
+    assert len(calls) == 13  # the net itself runs its modules
     for name in plain:
         scale = plain[name].abs().max()
         torch.testing.assert_close(direct[name], plain[name], rtol=1e-5, atol=1e-6 * scale)
         torch.testing.assert_close(winograd[name], plain[name], rtol=1e-4, atol=2e-5 * scale)
+
+
+def test_conv_relu_module_falls_back_to_the_modules_where_no_kernel_applies():
+    """With autograd (or any case conv_relu_inference declines) a ConvReLU is its conv then ReLU, gradients too."""
+    conv = nn.Conv2d(8, 16, 3, padding=1)
+    fused = fastconv.ConvReLU(conv)
+    assert fused.weight is conv.weight and fused.bias is conv.bias
+    x = torch.randn(2, 8, 9, 11, requires_grad=True)
+    torch.testing.assert_close(fused(x), F.relu(conv(x)), rtol=0, atol=0)
+    fused(x).sum().backward()
+    assert conv.weight.grad is not None and x.grad is not None
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(x.detach()), F.relu(conv(x.detach())), rtol=1e-5, atol=1e-6)
 
 
 def test_fused_onednn_conv_relu_equals_the_modules():

@@ -165,3 +165,33 @@ def test_configs_match_table_1():
     assert [len(v) + 3 for v in convs.values()] == [11, 13, 16, 16, 19]
     assert [c for c, k in convs["C"] if k == 1] == [256, 512, 512]
     assert [len(stage) for stage in CONFIGS["E"]] == [2, 2, 4, 4, 4]
+
+
+def test_the_model_runs_its_own_modules_only(monkeypatch):
+    """The model stays a model: no CPU kernel choice inside VGG (that is the extraction engine's transform on its
+    own copy, models.fastconv), so an inference-mode forward on the CPU runs exactly the modules a grad-mode one
+    runs, and no kernel of models.fastconv is reached."""
+    import inspect
+
+    from vggfeat.models import fastconv
+    from vggfeat.models import vgg as vgg_module
+
+    source = inspect.getsource(vgg_module)
+    assert "fastconv" not in source and "winograd" not in source.lower()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a VGG forward reached a kernel of models.fastconv")
+
+    monkeypatch.setattr(fastconv, "WINOGRAD_MIN_CHANNEL_PRODUCT", 1)
+    for name in ("conv_relu_inference", "winograd_conv3x3_relu", "onednn_conv_relu"):
+        monkeypatch.setattr(fastconv, name, refuse)
+    model = vggfeat.create_model("vgg_d", width_mult=1 / 16, fc_dim=32, fc6_kernel=2, num_classes=5, seed=1).eval()
+    x = torch.randn(2, 3, 70, 90)
+    want = {name: a.detach().clone() for name, a in model.iter_layers(x, until="fc8")}  # autograd: the modules
+    with torch.inference_mode():
+        got = dict(model.iter_layers(x, until="fc8"))
+        scores = model(x)
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=0)
+    torch.testing.assert_close(scores, want["fc8"].mean(dim=(2, 3)), rtol=0, atol=0)

@@ -5,9 +5,10 @@ Images stream in from the loader; each view (image at one scale) joins the batch
 images sit in the input. A view smaller than its bucket is padded bottom/right and the net masks the padding
 (exact). Flipped copies ride in the same batch as their originals. Descriptors come back in input order.
 
-channels_last everywhere; on CUDA bf16 autocast, non-blocking copies both ways and no device sync per batch
-(results are read back once their chunk is complete); cuDNN autotuning and torch.compile only for the plan's
-recurring bucket shapes, and only when the runtime asks.
+The nets run as the engine's own copies (the caller's are never changed): channels_last, on the CPU in fp32
+the fused conv + ReLU kernels of models.fastconv, on CUDA bf16 autocast, non-blocking copies both ways and no
+device sync per batch (results are read back once their chunk is complete); cuDNN autotuning and torch.compile
+only for the plan's recurring bucket shapes, and only when the runtime asks.
 """
 
 from __future__ import annotations
@@ -38,10 +39,11 @@ Item = tuple[int, list[torch.Tensor]]  # (image index, one (3, H, W) uint8 tenso
 class DescriptorEngine:
     def __init__(self, nets: Sequence[FeatureNet], protocol: Protocol, runtime: Runtime | None = None) -> None:
         """At most `runtime.batch_size` images (with their flips) per forward; on CPU also at most
-        `runtime.max_batch_pixels` input pixels (default CPU_BATCH_PIXELS; no limit on CUDA)."""
+        `runtime.max_batch_pixels` input pixels (default CPU_BATCH_PIXELS; no limit on CUDA). The nets run as
+        `FeatureNet.prepared` copies, which share the given nets' weight memory where no conversion is needed."""
         runtime = runtime or Runtime()
         device = runtime.torch_device()
-        self.nets, self.protocol, self.runtime, self.device = list(nets), protocol, runtime, device
+        self.protocol, self.runtime, self.device = protocol, runtime, device
         self.batch_size = runtime.batch_size
         self.cuda = device.type == "cuda"
         self.max_batch_pixels = (
@@ -50,13 +52,16 @@ class DescriptorEngine:
             else (None if self.cuda else CPU_BATCH_PIXELS)
         )
         bf16 = runtime.precision == "bfloat16" or (runtime.precision == "auto" and self.cuda)
-        for net in self.nets:
-            net.configure(
+        # the engine's own copies: the caller's nets are never moved, converted or switched to eval mode
+        self.nets = [
+            net.prepared(
                 device,
                 channels_last=runtime.channels_last,
                 autocast_dtype=torch.bfloat16 if bf16 else None,
                 winograd=runtime.winograd,
             )
+            for net in nets
+        ]
         if runtime.gpu_decode:
             check_gpu_decode(device)
         self.cudnn_benchmark = self.cuda and runtime.cudnn_benchmark

@@ -81,8 +81,9 @@ def extract_features(
     """Descriptors (N, D) of `images` (paths, PIL images or HxWx3 uint8 arrays), in input order.
 
     `model` is a vggfeat VGG (pooled at the protocol's layer), a timm model, or a list of them (their
-    descriptors are stacked, the paper's D & E fusion); it runs in eval mode (no dropout) on the runtime's
-    device and gets its own mode, device and memory layout back (put it on the GPU first to avoid the copies).
+    descriptors are stacked, the paper's D & E fusion). It is never changed: the engine runs its own copy, in
+    eval mode (no dropout) on the runtime's device and memory layout, sharing the net's weight memory where no
+    conversion is needed (put the net on the GPU first to avoid the copies).
     `protocol` says what is computed (features.protocol: layer, scales, flip, aggregate, l2, ...),
     `runtime` how (features.runtime: device, batch_size, workers, precision, winograd, ...); their fields are
     also accepted as keywords, e.g. `scales=(256, 384)`, `device="cpu"`. A bad image file raises ImageError
@@ -90,28 +91,8 @@ def extract_features(
     """
     protocol, runtime = settings_from(protocol, runtime, settings)
     models = list(model) if isinstance(model, (list, tuple)) else [model]
-    # descriptors are inference: dropout off whatever mode the caller's net is in (create_model returns a net
-    # in training mode); each submodule's mode is put back afterwards, so a net being trained stays in training.
-    # The engine moves the nets to the runtime's device and memory layout; the caller's tensors are put back
-    # too, so a CPU net stays usable on the CPU after a CUDA extraction (no copy: the originals are kept)
-    modes = [(module, module.training) for m in models for module in m.modules()]
-    placement = [
-        (table, name, tensor, tensor.data)
-        for m in models
-        for module in m.modules()
-        for table in (module._parameters, module._buffers)
-        for name, tensor in table.items()
-        if tensor is not None
-    ]
-    try:
-        nets = [as_feature_net(m, protocol.layer).eval() for m in models]
-        index, feats, skipped = describe_images(nets, images, protocol, runtime, chunk_size)
-    finally:
-        for module, training in modes:
-            module.training = training
-        for table, name, tensor, data in placement:
-            table[name] = tensor  # the same object, should a conversion have replaced it
-            tensor.data = data
+    nets = [as_feature_net(m, protocol.layer) for m in models]
+    index, feats, skipped = describe_images(nets, images, protocol, runtime, chunk_size)
     if skipped:
         i, reason = skipped[0]
         raise ImageError(images[i], reason)
@@ -312,6 +293,7 @@ def extract_part(
             torch.cuda.set_device(torch_device)
         nets = [build_feature_net(s, protocol.layer, seed) for s in specs]  # a bad --layer fails here, before writes
         engine = DescriptorEngine(nets, protocol, runtime)
+        del nets  # the engine runs its own copies: the built nets' memory is freed where the copies converted it
         plan = {
             "format": fs.FORMAT,
             "settings": store_settings,

@@ -17,6 +17,8 @@ from torch import nn
 
 from vggfeat.errors import InputError, LayerError
 from vggfeat.models import Preprocessing, create_model, load_model
+from vggfeat.models.fastconv import fuse_conv_relu
+from vggfeat.models.inference import inference_copy
 from vggfeat.models.resolve import check_timm_model, check_vggfeat_net, resolve_weights
 from vggfeat.models.weights import WeightsError, read_weights
 from vggfeat.weight_sources import RANDOM
@@ -44,24 +46,32 @@ class NetSpec:
 
 
 class FeatureNet(nn.Module):
-    """Pooled descriptors of one net: (B, 3, H, W) uint8 RGB -> (B, dim) float32."""
+    """Pooled descriptors of one net: (B, 3, H, W) uint8 RGB -> (B, dim) float32.
+
+    Wrapping a net changes nothing in it; the engine runs `prepared` copies (eval mode, its device and layout)."""
 
     def __init__(self, model: nn.Module, preprocessing: Preprocessing, dim: int, layer: str | None) -> None:
         super().__init__()
-        self.model, self.preprocessing, self.dim, self.layer = model.eval(), preprocessing, dim, layer
+        self.model, self.preprocessing, self.dim, self.layer = model, preprocessing, dim, layer
         self.channels_last = False
         self.autocast_dtype: torch.dtype | None = None
 
-    def configure(
+    def prepared(
         self, device: torch.device, *, channels_last: bool, autocast_dtype: torch.dtype | None, winograd: bool = True
     ) -> FeatureNet:
-        self.to(device)
+        """This net as the engine runs it: its own inference copy (models.inference) on `device`, in the memory
+        layout and precision asked, with the runtime's CPU kernels in fp32 on the CPU. `self` and the net it wraps
+        are left as they are (they may be in use elsewhere, on another device, in training)."""
+        net = inference_copy(self).to(device)
         if channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        if hasattr(self.model, "winograd"):  # a vggfeat VGG: Winograd for its wide 3x3 convs in fp32 CPU inference
-            self.model.winograd = winograd
-        self.channels_last, self.autocast_dtype = channels_last, autocast_dtype
-        return self
+            net.model.to(memory_format=torch.channels_last)
+        if device.type == "cpu" and autocast_dtype is None:
+            net.use_cpu_kernels(winograd)
+        net.channels_last, net.autocast_dtype = channels_last, autocast_dtype
+        return net
+
+    def use_cpu_kernels(self, winograd: bool) -> None:
+        """Switch this (engine-owned) copy to faster fp32 CPU kernels where the net has them; most nets have none."""
 
     # whether `forward` can take images padded bottom/right with their true sizes and stay exact
     supports_padding = False
@@ -118,6 +128,9 @@ class VGGFeatureNet(FeatureNet):
 
     supports_padding = True
 
+    def use_cpu_kernels(self, winograd: bool) -> None:
+        fuse_conv_relu(self.model, winograd)  # Winograd or oneDNN for each conv + ReLU (models.fastconv)
+
     def pooled_map(self, x: torch.Tensor) -> torch.Tensor:
         # Appendix B: the layer's dense map over the whole image, globally average-pooled
         return self.model.forward_features(x, self.layer).float().mean(dim=(2, 3))
@@ -125,7 +138,7 @@ class VGGFeatureNet(FeatureNet):
     def layer_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
         """(h, w) of the image's map after each layer up to the pooled one, as the unpadded image has it."""
         out, h, w = [], height, width
-        for layer, modules in self.model._blocks:
+        for layer, modules in self.model.blocks:
             for name in modules:
                 h, w = _out_size(getattr(self.model, name), h, w)
             if h < 1 or w < 1:  # what the unpadded forward would refuse; a padded one must not average nothing

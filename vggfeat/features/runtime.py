@@ -26,7 +26,9 @@ class Runtime:
     batch_size: int = 16  # images per forward pass; their flipped copies ride in the same batch
     workers: int = 0  # loader processes decoding and rescaling images (0: in the calling process)
     precision: str = "auto"  # auto: bf16 autocast on CUDA, float32 on the CPU
-    winograd: bool = True  # on the CPU a VGG's wide 3x3 convs run as Winograd F(4x4, 3x3) (models.fastconv)
+    # on the CPU (fp32) a VGG's wide 3x3 convs run as Winograd F(4x4, 3x3), the others as oneDNN conv + ReLU:
+    # models.fastconv's kernels, fused into the engine's own copy of the net (the model itself runs its modules)
+    winograd: bool = True
     channels_last: bool = True  # NHWC: cuDNN and oneDNN run 3x3 convs fastest so (1.1-1.2x on CPU)
     max_batch_pixels: int | None = None  # input pixels per CPU forward; None: engine.CPU_BATCH_PIXELS
     # CUDA: let cuDNN time its algorithms for each new input shape (torch.backends.cudnn.benchmark), set only

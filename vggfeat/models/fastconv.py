@@ -5,7 +5,9 @@ Two kernels compute what nn.Conv2d followed by nn.ReLU computes:
 - Winograd F(4x4, 3x3) (Lavin & Gray, CVPR 2016) for the wide 3x3 layers: a 4x4 output tile costs 36
   multiply-adds per channel pair instead of 144. On 2 AVX-512 cores it ran conv2_2..conv5_3 of VGG-16
   1.1-2.5x faster than oneDNN; its fp32 rounding is 3-5e-6 of a layer's largest output, against 1-2e-6
-  for the direct convolution. `VGG.winograd = False` keeps every conv direct.
+  for the direct convolution. `Runtime(winograd=False)` keeps every conv direct.
+The choice is the runtime's, not the model's: `fuse_conv_relu` turns an inference copy of a VGG (models.inference)
+into one whose conv + ReLU pairs run these kernels; a VGG itself only ever runs its modules.
 """
 
 from __future__ import annotations
@@ -156,3 +158,46 @@ def conv_relu_inference(conv: nn.Conv2d, x: torch.Tensor, winograd: bool = True)
     except (AttributeError, RuntimeError, TypeError):  # the op is internal to torch: fall back for good
         _ONEDNN["ok"] = False
         return None
+
+
+class ConvReLU(nn.Conv2d):
+    """ReLU(conv(x)) in one module, by `conv_relu_inference` where it applies and by the convolution then torch's
+    ReLU elsewhere. The conv's own parameters (the same objects, so the same state-dict keys and shapes), and a
+    Conv2d, so output sizes are computed as for the conv it replaces."""
+
+    def __init__(self, conv: nn.Conv2d, winograd: bool = True) -> None:
+        super().__init__(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+            conv.padding_mode,
+            device="meta",  # no memory: the conv's parameters replace these
+        )
+        self.weight, self.bias = conv.weight, conv.bias
+        self.winograd = winograd
+        self.train(conv.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = conv_relu_inference(self, x, winograd=self.winograd)
+        return F.relu(super().forward(x), inplace=True) if y is None else y
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, relu=True, winograd={self.winograd}"
+
+
+def fuse_conv_relu(model: nn.Module, winograd: bool = True) -> nn.Module:
+    """`model` (a VGG's inference copy: this changes it in place) with each plain conv followed by its ReLU as
+    one ConvReLU and an Identity, so its layers run the kernels above on the CPU; returns `model`."""
+    for _, names in model.blocks:  # (layer, the submodules that produce it), input to output
+        if len(names) != 2:
+            continue
+        conv, relu = getattr(model, names[0]), getattr(model, names[1])
+        if type(conv) is nn.Conv2d and isinstance(relu, nn.ReLU):  # not DenseFC: its GEMM is faster than these
+            setattr(model, names[0], ConvReLU(conv, winograd))
+            setattr(model, names[1], nn.Identity())
+    return model

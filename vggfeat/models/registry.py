@@ -68,7 +68,7 @@ def create_model(
     Sect. 3.1 (`init` "normal" with `init_std`, or "glorot"; `seed` makes it reproducible), then loaded
     from `weights` if given. `device="meta"` builds it without allocating memory. Like torchvision's models
     it is returned in training mode (dropout on): call `.eval()` before `forward_features` for descriptors
-    (`extract_features` does that itself, and gives the net its mode back).
+    (`extract_features` runs its own eval-mode copy and leaves the net as it is).
     """
     spec = resolve_name(name)
     if str(device) != "meta":

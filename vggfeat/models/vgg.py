@@ -18,7 +18,6 @@ from torch import nn
 
 from vggfeat.errors import InputError, LayerError
 
-from .fastconv import conv_relu_inference
 from .preprocessing import PAPER, Preprocessing
 
 Conv = tuple[int, int]  # (output channels, kernel size)
@@ -114,7 +113,6 @@ class VGG(nn.Module):
         self.fc_dim, self.fc6_kernel = fc_dim, fc6_kernel
         self.num_features = fc_dim  # timm's contract: the width of the pre-logits features (fc7)
         self.preprocessing: Preprocessing = PAPER
-        self.winograd = True  # wide 3x3 convs by Winograd F(4x4, 3x3) in fp32 CPU inference (fastconv.py)
         # Each named layer is the run of submodules that produces it.
         self._blocks: list[tuple[str, tuple[str, ...]]] = []
         self._channels: dict[str, int] = {}
@@ -153,6 +151,11 @@ class VGG(nn.Module):
         """Every layer `forward_features` accepts, input to output."""
         return [name for name, _ in self._blocks]
 
+    @property
+    def blocks(self) -> list[tuple[str, tuple[str, ...]]]:
+        """(layer name, the submodules that produce it, in order) for every layer, input to output."""
+        return list(self._blocks)
+
     def weight_layers(self) -> list[str]:
         """The conv and fc layers, Table 1's 'weight layers'."""
         return [name for name in self.layer_names if isinstance(getattr(self, name), nn.Conv2d)]
@@ -181,15 +184,8 @@ class VGG(nn.Module):
                     f"{self.fc6_kernel}x{self.fc6_kernel}; images need at least {self.min_input_size()} px per side "
                     f"(give scales Q >= {self.min_input_size()})"
                 )
-            conv = getattr(self, modules[0])
-            fused = None
-            if len(modules) == 2 and modules[1].startswith("relu") and type(conv) is nn.Conv2d:
-                fused = conv_relu_inference(conv, x, winograd=self.winograd)  # fp32 CPU inference only
-            if fused is not None:
-                x = fused
-            else:
-                for name in modules:
-                    x = getattr(self, name)(x)
+            for name in modules:
+                x = getattr(self, name)(x)
             yield layer, x
             if layer == until:
                 return
