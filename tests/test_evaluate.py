@@ -260,3 +260,23 @@ def test_flat_val_labelled_by_index_without_a_class_list(tmp_path, tiny_model):
     )
     assert res.exit_code == 0, res.output
     assert "4 images" in res.stdout
+
+
+def test_evaluation_never_changes_the_callers_net(tmp_path, tiny_model, monkeypatch):
+    """A net given in training mode is evaluated without dropout and handed back as it was: mode, parameters
+    (objects, memory, values), attributes; the CPU kernels run on evaluation's own copy of it."""
+    from helpers import assert_same_state, module_state
+
+    from vggfeat.models import fastconv
+
+    monkeypatch.setattr(fastconv, "WINOGRAD_MIN_CHANNEL_PRODUCT", 1)
+    root = generate_synthetic(tmp_path, classes=3, per_class=2, seed=1)
+    samples = scan_folder(root / "val")
+    net = tiny_model("vgg_a", seed=1, num_classes=3)  # training mode
+    before = module_state(net)
+    rows = evaluate_nets([net], samples, protocols=["dense", "multicrop"], scales=(64,))
+    assert_same_state(before, module_state(net))
+    want = evaluate_nets(
+        [tiny_model("vgg_a", seed=1, num_classes=3).eval()], samples, protocols=["dense", "multicrop"], scales=(64,)
+    )
+    assert rows == want

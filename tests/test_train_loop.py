@@ -173,3 +173,22 @@ def test_metrics_lines_stay_json_when_a_value_is_not_finite(tmp_path):
         "top1": 0.5,
         "nonfinite": ["loss", "lr"],
     }
+
+
+def test_validate_gives_each_module_its_mode_back(data):
+    """validate runs the net in eval mode, then gives every submodule the mode it had (not train() for all)."""
+    from vggfeat.data.folder import scan_folder
+    from vggfeat.train.data import ValSet
+    from vggfeat.train.loop import build_model, validate
+    from vggfeat.utils.distributed import DistInfo
+
+    recipe = load_recipe(SMOKE)
+    model = build_model(recipe, 10).eval()
+    model.fc7.train()  # a mixed state
+    valset = ValSet(scan_folder(data / "val"), size=72, crop=64)
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append([x.training for x in m.modules()]))
+    top1, top5 = validate(model, valset, DistInfo(), torch.device("cpu"), (128.0, 128.0, 128.0), None, recipe)
+    assert seen and not any(any(modes) for modes in seen)  # dropout off while validating
+    assert 0.0 <= top1 <= top5 <= 1.0
+    assert not model.training and model.fc7.training and not model.drop6.training

@@ -15,6 +15,8 @@ from PIL import Image
 
 from vggfeat.data.images import check_scaled_pixels, load_rgb
 from vggfeat.data.transforms import isotropic_size
+from vggfeat.models.fastconv import fuse_conv_relu
+from vggfeat.models.inference import inference_copy
 
 from .labels import EvaluateError
 
@@ -172,9 +174,14 @@ def evaluate_nets(
     bases = _bases(protocols)
     per_net = []
     for model in models:
-        model.eval().to(device)
+        # the caller's net is left as it is (mode, device, parameters): evaluation runs its own copy, in eval
+        # mode, with the fused CPU kernels on the CPU (models.fastconv)
+        net = inference_copy(model).to(device)
+        if torch.device(device).type == "cpu":
+            fuse_conv_relu(net)
         images = (load(p) for p in samples.paths)
-        per_net.append(_base_posteriors(model, images, scales, bases, device, progress))
+        per_net.append(_base_posteriors(net, images, scales, bases, device, progress))
+        del net
     rows = []
     for protocol in protocols:
         posts = [_combine(b, protocol) for b in per_net]

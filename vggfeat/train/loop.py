@@ -672,6 +672,7 @@ def validate(
     """Top-1 and top-5 accuracy of central crops, each process taking every world-th image; unreadable
     images are left out, with a warning the first time (those already in `unreadable` are not repeated)."""
     unreadable = set() if unreadable is None else unreadable
+    modes = [(m, m.training) for m in model.modules()]  # given back module by module (not train() for all)
     model.eval()
     loader = torch.utils.data.DataLoader(
         valset.rank_share(info.rank, info.world, recipe.data.max_val),
@@ -697,5 +698,6 @@ def validate(
         t1, t5 = _topk_correct(logits.float(), y)
         counts += torch.tensor([t1, t5, len(y)], dtype=torch.float64)
     all_reduce_sum(counts, info)
-    model.train()
+    for m, training in modes:
+        m.training = training
     return counts[0].item() / max(1.0, counts[2].item()), counts[1].item() / max(1.0, counts[2].item())
