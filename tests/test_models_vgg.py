@@ -167,7 +167,7 @@ def test_configs_match_table_1():
     assert [len(stage) for stage in CONFIGS["E"]] == [2, 2, 4, 4, 4]
 
 
-def test_the_model_runs_its_own_modules_only(monkeypatch):
+def test_the_model_runs_its_own_modules_only(monkeypatch, tiny_model):
     """The model stays a model: no CPU kernel choice inside VGG (that is the extraction engine's transform on its
     own copy, models.fastconv), so an inference-mode forward on the CPU runs exactly the modules a grad-mode one
     runs, and no kernel of models.fastconv is reached."""
@@ -185,7 +185,7 @@ def test_the_model_runs_its_own_modules_only(monkeypatch):
     monkeypatch.setattr(fastconv, "WINOGRAD_MIN_CHANNEL_PRODUCT", 1)
     for name in ("conv_relu_inference", "winograd_conv3x3_relu", "onednn_conv_relu"):
         monkeypatch.setattr(fastconv, name, refuse)
-    model = vggfeat.create_model("vgg_d", width_mult=1 / 16, fc_dim=32, fc6_kernel=2, num_classes=5, seed=1).eval()
+    model = tiny_model("vgg_d", seed=1, num_classes=5).eval()
     x = torch.randn(2, 3, 70, 90)
     want = {name: a.detach().clone() for name, a in model.iter_layers(x, until="fc8")}  # autograd: the modules
     with torch.inference_mode():
