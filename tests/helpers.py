@@ -1,6 +1,6 @@
 """Helpers shared by several test modules (fixtures live in conftest.py): tiny net options, reading a VOC2007
-tree's labels, a PNG that claims a huge size, a Hugging Face cache entry, a snapshot of a net's state. Test
-modules import from here, never from each other."""
+tree's labels, a PNG that claims a huge size, a Hugging Face cache entry, a snapshot of a net's state, a
+training run killed at a step. Test modules import from here, never from each other."""
 
 from __future__ import annotations
 
@@ -11,6 +11,21 @@ from pathlib import Path
 import numpy as np
 
 from vggfeat.benchmarks.voc import VOC_CLASSES
+
+# `python -c KILLED_AT_STEP STEP vggfeat-args...`: the command line with training SIGKILLed right after global step
+# STEP's checkpoint, like a crashed node, for the resume tests; the hook is monkeypatched in, never in the library
+KILLED_AT_STEP = """
+import os, signal, sys
+from vggfeat.train import loop
+step, save = int(sys.argv.pop(1)), loop._Trainer._checkpoint
+def checkpoint(self, best=False):
+    save(self, best)
+    if self.global_step == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+loop._Trainer._checkpoint = checkpoint
+from vggfeat.cli.main import cli
+cli(prog_name="vggfeat")
+"""
 
 # 1/16 of the paper's widths: 4, 8, 16, 32, 32 channels; fc6 spans 2x2 of pool5, so 64 px inputs work.
 TINY = dict(width_mult=1 / 16, fc_dim=32, fc6_kernel=2, num_classes=10)

@@ -15,6 +15,7 @@ from helpers import TINY
 from PIL import Image
 
 import vggfeat
+from vggfeat.data.synthetic import generate_synthetic
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
 
@@ -83,14 +84,16 @@ def test_train_val_labels_that_is_a_fifo(tmp_path):
     _images(data / "train")
     _images(data / "val")
     fifo = tmp_path / "val_labels.txt"
-    sets = ["data.synthetic_seed=null", f"data.val_labels={fifo}", "optim.epochs=1"]
+    sets = [f"data.val_labels={fifo}", "optim.epochs=1"]
     args = ["train", "smoke", "--data-root", data, "--out", tmp_path / "run", "--quiet"]
     _run_refused(tmp_path, [*args, *(a for s in sets for a in ("--set", s))], fifo)
 
 
 def test_train_init_from_a_checkpoint_that_is_a_fifo(tmp_path):
     fifo = tmp_path / "ckpt.pt"  # a .pt is read as a training checkpoint, not through the weight readers
-    args = ["train", "smoke", "--set", f"model.init_from={fifo}", "--out", tmp_path / "run", "--quiet"]
+    data = generate_synthetic(tmp_path / "data", classes=10, per_class=2)  # one global batch of 16: the net is built
+    args = ["train", "smoke", "--set", f"model.init_from={fifo}", "--data-root", data, "--out", tmp_path / "run"]
+    args.append("--quiet")
     _run_refused(tmp_path, args, fifo)
 
 

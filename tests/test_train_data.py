@@ -10,20 +10,20 @@ from vggfeat.data.folder import imagenet_splits
 from vggfeat.data.stats import pixel_stats
 from vggfeat.data.synthetic import generate_synthetic
 from vggfeat.data.transforms import normalize_batch
-from vggfeat.train.data import GlobalBatchSampler, TrainSet, ValSet
+from vggfeat.train.data import GlobalBatchSampler, TrainSet, ValSet, batch_split
 
 
 def test_sampler_union_is_the_global_batch():
-    one = list(GlobalBatchSampler(50, seed=1, epoch=2, batch_size=8, per_device=2, rank=0, world=1))
-    two = [list(GlobalBatchSampler(50, seed=1, epoch=2, batch_size=8, per_device=2, rank=r, world=2)) for r in (0, 1)]
+    one = list(GlobalBatchSampler(50, seed=1, epoch=2, split=batch_split(8, 2, 1), rank=0))
+    two = [list(GlobalBatchSampler(50, seed=1, epoch=2, split=batch_split(8, 2, 2), rank=r)) for r in (0, 1)]
     assert len(one) == 6 * 4 and len(two[0]) == 6 * 2
     for step in range(6):
         a = sum(one[step * 4 : step * 4 + 4], [])
         b = sum(two[0][step * 2 : step * 2 + 2] + two[1][step * 2 : step * 2 + 2], [])
         assert a == b and len(set(a)) == 8
-    resumed = list(GlobalBatchSampler(50, seed=1, epoch=2, batch_size=8, per_device=2, rank=0, world=1, start_step=4))
+    resumed = list(GlobalBatchSampler(50, seed=1, epoch=2, split=batch_split(8, 2, 1), rank=0, start_step=4))
     assert resumed == one[16:]
-    other = list(GlobalBatchSampler(50, seed=1, epoch=3, batch_size=8, per_device=2, rank=0, world=1))
+    other = list(GlobalBatchSampler(50, seed=1, epoch=3, split=batch_split(8, 2, 1), rank=0))
     assert other != one  # reseeded per epoch
 
 

@@ -30,7 +30,6 @@ ONE_EPOCH = [
     "checkpoint.every_steps=2",
     "checkpoint.keep_last=3",
     "checkpoint.log_every=5",
-    "data.synthetic_seed=null",
 ]
 
 
@@ -87,10 +86,10 @@ def test_missing_or_absent_data_root_is_named(tmp_path):
     res = _train_cli("--set", "data.root=null", *run)
     assert res.exit_code == 1, res.output
     assert "no dataset: data.root is not set in the recipe and no --data-root was given" in res.output
-    res = _train_cli("--set", "data.synthetic_seed=null", "--data-root", str(tmp_path / "nowhere"), *run)
+    res = _train_cli("--data-root", str(tmp_path / "nowhere"), *run)
     assert res.exit_code == 1 and f"--data-root {tmp_path / 'nowhere'} does not exist" in res.output, res.output
     (tmp_path / "empty").mkdir()
-    res = _train_cli("--set", "data.synthetic_seed=null", "--set", f"data.root={tmp_path / 'empty'}", *run)
+    res = _train_cli("--set", f"data.root={tmp_path / 'empty'}", *run)
     assert res.exit_code == 1 and f"data.root {tmp_path / 'empty'} has no train/ folder" in res.output, res.output
     assert "Traceback" not in res.output and not (tmp_path / "run").exists()
 
@@ -287,7 +286,7 @@ def test_train_cli_skips_a_corrupt_image_saying_so_and_writes_plain_permissions(
 
 
 @pytest.mark.parametrize("layers", ["net_a", "all"])
-def test_init_from_weights_that_do_not_fit_is_one_line_naming_the_file(tmp_path, layers):
+def test_init_from_weights_that_do_not_fit_is_one_line_naming_the_file(tmp_path, data, layers):
     """model.init_from pointing at a net of other widths (Sect. 3.1's init from net A, or a whole net for
     S=384 from S=256) was a ValueError / RuntimeError traceback."""
     import vggfeat
@@ -298,7 +297,7 @@ def test_init_from_weights_that_do_not_fit_is_one_line_naming_the_file(tmp_path,
     )
     name = "model.name=vgg_d" if layers == "net_a" else "model.name=vgg_a"
     sets = [name, f"model.init_layers={layers}", f"model.init_from={wide}", "optim.epochs=1"]
-    res = _train_cli(*_sets(sets), "--out", str(tmp_path / "run"))
+    res = _train_cli(*_sets(sets), "--data-root", str(data), "--out", str(tmp_path / "run"))
     assert res.exit_code == 1 and isinstance(res.exception, SystemExit), repr(res.exception)
     assert res.output.startswith(f"Error: model.init_from {wide}: ") and len(res.output.strip().splitlines()) == 1
     assert "fc6.weight: file (64, 64, 7, 7) vs model (" in res.output or "fc6.weight: net A has (64, 64, 7, 7)" in (

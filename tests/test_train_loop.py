@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import KILLED_AT_STEP
 from safetensors.torch import load_file
 
 import vggfeat
@@ -23,13 +24,7 @@ from vggfeat.train.recipe import load_recipe
 REPO = Path(__file__).parent.parent
 SMOKE = REPO / "recipes" / "train" / "smoke.yaml"
 # 10 classes x 8 images, global batch 16: 5 steps an epoch
-FAST = [
-    "data.synthetic_per_class=8",
-    "optim.epochs=2",
-    "checkpoint.every_steps=2",
-    "checkpoint.keep_last=2",
-    "data.synthetic_seed=null",
-]
+FAST = ["optim.epochs=2", "checkpoint.every_steps=2", "checkpoint.keep_last=2"]
 
 
 @pytest.fixture(scope="module")
@@ -37,16 +32,16 @@ def data(tmp_path_factory):
     return generate_synthetic(tmp_path_factory.mktemp("synthetic"), classes=10, per_class=8, seed=0)
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
+def _cli(*args: str, killed_at: int | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "vggfeat", *args], env=env, capture_output=True, text=True, timeout=300
-    )
+    how = ["-m", "vggfeat"] if killed_at is None else ["-c", KILLED_AT_STEP, str(killed_at)]
+    return subprocess.run([sys.executable, *how, *args], env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.slow  # ~17 s on 2 cores
 def test_smoke_recipe_learns(tmp_path):
     r = load_recipe(SMOKE, ["optim.epochs=12"])
+    generate_synthetic(tmp_path / "data", classes=10, per_class=60, seed=0)
     out = train(r, tmp_path / "run", data_root=tmp_path / "data", progress=False)
     accs = [h["val_top1"] for h in out["history"]]
     assert max(accs[-3:]) >= 0.2 and accs[-1] > accs[0], accs  # chance 0.1 (10 classes, 150 val images)
@@ -64,17 +59,7 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, data):
     sets = [a for s in FAST for a in ("--set", s)]
     full = _cli("train", str(SMOKE), *sets, "--data-root", str(data), "--out", str(tmp_path / "full"))
     assert full.returncode == 0, full.stderr
-    killed = _cli(
-        "train",
-        str(SMOKE),
-        *sets,
-        "--set",
-        "debug.kill_at_step=8",
-        "--data-root",
-        str(data),
-        "--out",
-        str(tmp_path / "cut"),
-    )
+    killed = _cli("train", str(SMOKE), *sets, "--data-root", str(data), "--out", str(tmp_path / "cut"), killed_at=8)
     assert killed.returncode == -9, killed.stderr  # died by SIGKILL mid-epoch 2, after step 8's checkpoint
     assert not (tmp_path / "cut" / "model.safetensors").exists()
     assert list_checkpoints(tmp_path / "cut")[-1].name == "ckpt-e001-s00000008.pt"
@@ -103,8 +88,18 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, data):
     assert (tmp_path / "full" / "recipe.yaml").exists() and (tmp_path / "full" / "best.pt").exists()
 
 
-def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, data):
-    r = load_recipe(SMOKE, FAST + ["debug.nan_at_step=4"])
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, data, monkeypatch):
+    import torch.nn.functional as F
+
+    calls, cross_entropy = [], F.cross_entropy
+
+    def nan_at_step_4(*args, **kwargs):  # one micro-batch a step: call k is step k's loss
+        calls.append(1)
+        loss = cross_entropy(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 4 else loss
+
+    monkeypatch.setattr(F, "cross_entropy", nan_at_step_4)
+    r = load_recipe(SMOKE, FAST)
     with pytest.raises(NonFiniteLoss, match=r"global step 4.*ckpt-e000-s00000002\.pt"):
         train(r, tmp_path / "run", data_root=data, progress=False)
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["ckpt-e000-s00000002.pt"]

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from vggfeat.config import ConfigError
-from vggfeat.train.recipe import accumulation_steps, load_recipe, recipe_from_dict, recipe_to_dict
+from vggfeat.train.data import batch_split
+from vggfeat.train.recipe import load_recipe, recipe_from_dict, recipe_to_dict
 
 RECIPES = sorted((Path(__file__).parent.parent / "recipes" / "train").glob("*.yaml"))
 
@@ -46,18 +47,18 @@ def test_unknown_key_and_overrides(tmp_path):
 
 
 def test_accumulation_keeps_the_global_batch():
-    r = load_recipe(RECIPES[0].parent / "vgg_d_s256.yaml")
-    assert [accumulation_steps(r, w) for w in (1, 2, 4)] == [4, 2, 1]
+    o = load_recipe(RECIPES[0].parent / "vgg_d_s256.yaml").optim
+    splits = [batch_split(o.batch_size, o.per_device_batch, w) for w in (1, 2, 4)]
+    assert [s.accum for s in splits] == [4, 2, 1]
+    assert [s.steps_per_epoch(1000) for s in splits] == [3, 3, 3]  # 1000 // 256: the tail is dropped
     with pytest.raises(ValueError, match="multiple"):
-        accumulation_steps(r, 3)
+        batch_split(o.batch_size, o.per_device_batch, 3)
 
 
-def test_synthetic_kind_is_checked():
+def test_a_recipe_has_no_data_generator_or_test_hooks():
+    # a recipe trains on data.root like any dataset: the demo and the tests generate their data beforehand
     smoke = RECIPES[0].parent / "smoke.yaml"
-    assert load_recipe(smoke).data.synthetic_kind == "shapes"
-    r = load_recipe(smoke, ["data.synthetic_kind=pictograms", "data.synthetic_classes=20"])
-    assert r.data.synthetic_kind == "pictograms"
-    with pytest.raises(ConfigError, match="data.synthetic_kind must be one of shapes, pictograms"):
-        load_recipe(smoke, ["data.synthetic_kind=faces"])
-    with pytest.raises(ConfigError, match=r"data.synthetic_classes must be 1..20 \(the generated pictograms"):
-        load_recipe(smoke, ["data.synthetic_kind=pictograms", "data.synthetic_classes=21"])
+    with pytest.raises(ConfigError, match="unknown key data.synthetic_seed"):
+        load_recipe(smoke, ["data.synthetic_seed=0"])
+    with pytest.raises(ConfigError, match="unknown key debug"):
+        load_recipe(smoke, ["debug.kill_at_step=1"])

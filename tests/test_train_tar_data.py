@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import KILLED_AT_STEP
 from safetensors.torch import load_file
 
 from vggfeat.config import ConfigError
 from vggfeat.data.synthetic import generate_synthetic
 from vggfeat.data.tar_shards import write_tar_shard
 from vggfeat.errors import DatasetError
-from vggfeat.train.data import collate_skips
+from vggfeat.train.data import batch_split, collate_skips
 from vggfeat.train.loop import validate
 from vggfeat.train.recipe import load_recipe
 from vggfeat.train.shard_index import index_shards
@@ -64,7 +65,7 @@ def _keys(split: TarSplit, *, epoch: int, world: int, workers: int, start_step: 
     data = TarTrainSet(split, seed=3, scale=(8, 8), crop=8, flip=True, color_sigma=0.1, shuffle_buffer=buffer)
     out = []
     for rank in range(world):
-        s = TarTrainStream(data, epoch=epoch, start_step=start_step, batch_size=8, per_device=2, rank=rank, world=world)
+        s = TarTrainStream(data, epoch=epoch, start_step=start_step, split=batch_split(8, 2, world), rank=rank)
         per_worker = [[x.key for _, x, _ in s.positions(w, workers)] for w in range(workers)]
         batches = [[ks[i : i + 2] for i in range(0, len(ks), 2)] for ks in per_worker]
         rr = [b.pop(0) for _ in range(sum(map(len, batches))) for b in batches if b]
@@ -124,7 +125,7 @@ def test_workers_give_the_same_batches_and_validation_sees_each_sample_once(shar
     urls = sorted(str(p) for p in (shards / "train").glob("*.tar"))
     split = TarSplit(tuple(index_shards(urls, shards / "train-index.json")), tuple("0123456789"))
     data = TarTrainSet(split, seed=0, scale=(72, 88), crop=64, flip=True, color_sigma=0.1, shuffle_buffer=16)
-    kw = dict(epoch=1, start_step=1, batch_size=16, per_device=8, rank=0, world=1, pin_memory=False)
+    kw = dict(epoch=1, start_step=1, split=batch_split(16, 8, 1), rank=0, pin_memory=False)
     runs = [list(data.epoch_loader(workers=w, collate_fn=collate_skips, **kw)) for w in (0, 2)]
     assert len(runs[0]) == 2 * 4  # steps 1..4 of 5, 2 micro-batches each
     for a, b in zip(*runs, strict=True):
@@ -141,12 +142,12 @@ def test_workers_give_the_same_batches_and_validation_sees_each_sample_once(shar
 
 
 def test_recipe_checks_the_shard_keys(tmp_path):
-    sets = ["data.root=null", "data.synthetic_seed=null", "data.cache_decoded=false"]
+    sets = ["data.root=null", "data.cache_decoded=false"]
     r = load_recipe(SMOKE, [*sets, "data.train_shards=s/{000..002}.tar", "data.val_shards=[v/a.tar, v/b.tar]"])
     assert r.data.train_shards == "s/{000..002}.tar" and r.data.val_shards == ("v/a.tar", "v/b.tar")
     with pytest.raises(ConfigError, match="set data.val_shards"):
         load_recipe(SMOKE, [*sets, "data.train_shards=s.tar"])
-    with pytest.raises(ConfigError, match="data.synthetic_seed is for a folder dataset"):
+    with pytest.raises(ConfigError, match="data.cache_decoded is for a folder dataset"):
         load_recipe(SMOKE, ["data.root=null", "data.train_shards=s.tar", "data.val_shards=v.tar"])
     with pytest.raises(ConfigError, match="did you mean 'train_shards'"):
         load_recipe(SMOKE, ["data.train_shard=s.tar"])
@@ -154,18 +155,16 @@ def test_recipe_checks_the_shard_keys(tmp_path):
         load_recipe(SMOKE, ["data.shuffle_buffer=0"])
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
+def _cli(*args: str, killed_at: int | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "vggfeat", *args], env=env, capture_output=True, text=True, timeout=300
-    )
+    how = ["-m", "vggfeat"] if killed_at is None else ["-c", KILLED_AT_STEP, str(killed_at)]
+    return subprocess.run([sys.executable, *how, *args], env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.slow  # three subprocess runs: 92 s on 2 cores at load 19 (shared machine)
 def test_tar_shard_run_killed_and_resumed_equals_uninterrupted(tmp_path, shards):
     sets = [
         "data.root=null",
-        "data.synthetic_seed=null",
         "data.cache_decoded=false",
         f"data.train_shards={shards}/train/{{000000..000002}}.tar",
         f"data.val_shards={shards}/val/*.tar",
@@ -178,7 +177,7 @@ def test_tar_shard_run_killed_and_resumed_equals_uninterrupted(tmp_path, shards)
     args = [a for s in sets for a in ("--set", s)]
     full = _cli("train", str(SMOKE), *args, "--out", str(tmp_path / "full"))
     assert full.returncode == 0, full.stderr
-    killed = _cli("train", str(SMOKE), *args, "--set", "debug.kill_at_step=4", "--out", str(tmp_path / "cut"))
+    killed = _cli("train", str(SMOKE), *args, "--out", str(tmp_path / "cut"), killed_at=4)
     assert killed.returncode == -9, killed.stderr  # mid-epoch (5 steps), after step 4's checkpoint
     resumed = _cli("train", str(SMOKE), *args, "--set", "data.workers=0", "--resume", "--out", str(tmp_path / "cut"))
     assert resumed.returncode == 0, resumed.stderr
@@ -198,7 +197,7 @@ def test_undecodable_image_keeps_its_slot_with_label_minus_one(tmp_path, shards)
     write_tar_shard(tmp_path / "bad.tar", samples)
     split = TarSplit(tuple(index_shards([str(tmp_path / "bad.tar")], tmp_path / "i.json")), tuple("0123456789"))
     data = TarTrainSet(split, seed=0, scale=(72, 88), crop=64, flip=True, color_sigma=0.1, shuffle_buffer=1)
-    items = list(TarTrainStream(data, epoch=0, start_step=0, batch_size=8, per_device=8, rank=0, world=1))
+    items = list(TarTrainStream(data, epoch=0, start_step=0, split=batch_split(8, 8, 1), rank=0))
     assert [y for _, _, y, _ in items] == [int(m["cls"]) if i != 3 else -1 for i, (_, m) in enumerate(samples)]
     assert f"bad.tar:{samples[3][0]}.jpg" in items[3][3][0] and items[3][0].shape == (64, 64, 3)
 
@@ -217,7 +216,6 @@ def test_undecodable_image_is_left_out_and_other_shards_refuse_to_resume(tmp_pat
     write_tar_shard(tmp_path / "bad.tar", samples)
     sets = [
         "data.root=null",
-        "data.synthetic_seed=null",
         "data.cache_decoded=false",
         f"data.train_shards={tmp_path}/bad.tar",
         f"data.val_shards={shards}/val/000000.tar",
@@ -273,7 +271,6 @@ def test_two_processes_count_and_train_in_step(tmp_path, shards):
     (a share one micro-batch short would hang the other process in its all-reduce)."""
     sets = [
         "data.root=null",
-        "data.synthetic_seed=null",
         "data.cache_decoded=false",
         f"data.train_shards={shards}/train/*.tar",
         f"data.val_shards={shards}/val/*.tar",
@@ -321,7 +318,7 @@ def test_cli_refuses_data_root_beside_shards(tmp_path):
     from vggfeat.cli.main import cli
 
     write_tar_shard(tmp_path / "t.tar", [("a", {"jpg": b"x", "cls": b"0"})])
-    sets = ["data.root=null", "data.synthetic_seed=null", "data.cache_decoded=false"]
+    sets = ["data.root=null", "data.cache_decoded=false"]
     sets += [f"data.train_shards={tmp_path}/t.tar", f"data.val_shards={tmp_path}/t.tar"]
     args = ["train", "smoke", *[a for s in sets for a in ("--set", s)], "--out", str(tmp_path / "run")]
     r = CliRunner().invoke(cli, [*args, "--data-root", str(tmp_path)])

@@ -84,7 +84,7 @@ def test_train_into_a_log_prints_a_few_progress_lines_and_quiet_none(tmp_path):
     from vggfeat.data.synthetic import generate_synthetic
 
     data = generate_synthetic(tmp_path / "d", classes=10, per_class=8, seed=0)
-    sets = ["optim.epochs=1", "optim.batch_size=4", "optim.per_device_batch=4", "data.synthetic_seed=null"]
+    sets = ["optim.epochs=1", "optim.batch_size=4", "optim.per_device_batch=4"]
     argv = ["train", "smoke", "--data-root", str(data), "--set", "checkpoint.log_every=100"]
     for s in sets:
         argv += ["--set", s]

@@ -25,6 +25,7 @@ COMMANDS = {
     "weights": "vggfeat.cli.weights:weights",
     "reproduce": "vggfeat.cli.reproduce:reproduce",
     "store": "vggfeat.cli.store:store",
+    "synthetic": "vggfeat.cli.synthetic:synthetic",
 }
 
 

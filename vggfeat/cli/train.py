@@ -6,6 +6,7 @@ import click
 
 from vggfeat.config import ConfigError
 from vggfeat.recipe_files import find_recipe, recipe_description, recipe_names, recipes_dir
+from vggfeat.utils.distributed import env_info
 
 
 @click.command()
@@ -47,7 +48,6 @@ def train(
     Checkpoints, recipe.yaml, metrics.jsonl and model.safetensors go to the run folder.
     """
     import logging
-    import os
 
     if recipe is None:  # a first look: what can be trained, and how
         click.echo(f"Shipped training recipes ({recipes_dir() / 'train'}):")
@@ -63,7 +63,7 @@ def train(
     from vggfeat.train.loop import train as run_training
     from vggfeat.train.recipe import load_recipe
 
-    rank0 = os.environ.get("RANK", "0") == "0"
+    rank0 = env_info().is_main
     logging.basicConfig(level=logging.INFO if rank0 else logging.WARNING, format="%(message)s")
     try:
         r = load_recipe(recipe, overrides)

@@ -5,10 +5,32 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vggfeat.config import load_config
+from vggfeat.config import ConfigError, load_config
+from vggfeat.data.synthetic import KINDS
 from vggfeat.recipe_files import RecipeNotFound, recipes_dir
 
 RECIPES = recipes_dir() / "demo"  # installed vggfeat/recipes/demo in a wheel, else the checkout's recipes/demo
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """The generated dataset nets A and D train on (vggfeat.data.synthetic), written before training."""
+
+    kind: str = "shapes"  # "shapes" (drawn shapes and textures) or "pictograms" (single VOC pictograms)
+    classes: int = 30  # net A's model.num_classes
+    per_class: int = 40  # training images per class (val gets a quarter)
+    seed: int = 0  # --seed S adds S
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"source.kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if not 1 <= self.classes <= KINDS[self.kind].max_classes:
+            raise ConfigError(
+                f"source.classes must be 1..{KINDS[self.kind].max_classes} (the generated {self.kind}), "
+                f"got {self.classes}"
+            )
+        if self.per_class < 1:
+            raise ConfigError(f"source.per_class must be > 0, got {self.per_class}")
 
 
 @dataclass(frozen=True)
@@ -37,6 +59,7 @@ class DemoConfig:
     name: str = "demo"
     net_a: str = "vgg_a.yaml"  # training recipe of net A, relative to the demo file
     net_d: str = "vgg_d.yaml"  # training recipe of net D (initialised from A)
+    source: SourceConfig = field(default_factory=SourceConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)

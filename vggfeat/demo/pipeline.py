@@ -15,9 +15,10 @@ from typing import Any
 import torch
 
 from vggfeat.benchmarks.registry import load_benchmark
-from vggfeat.data.synthetic import KINDS
+from vggfeat.config import to_dict
+from vggfeat.data.synthetic import KINDS, ensure_synthetic
 from vggfeat.data.synthetic_voc import VOC_CLASSES, make_voc2007
-from vggfeat.demo.config import load_demo_config
+from vggfeat.demo.config import SourceConfig, load_demo_config
 from vggfeat.demo.report import write_demo_report
 from vggfeat.errors import VggfeatError
 from vggfeat.features.runtime import Runtime
@@ -47,22 +48,37 @@ def check_writable(out: Path) -> None:
         raise DemoError(f"cannot write to {out}: {e.strerror or e}; choose another folder with --out") from None
 
 
-def _train(recipe: Recipe, run: Path, data_root: Path, progress: bool) -> dict[str, Any]:
-    """Train, or reuse a finished run of the same recipe; an interrupted run resumes from its checkpoint."""
+def _make_source(source: SourceConfig, seed: int, root: Path) -> dict[str, Any]:
+    """The generated source dataset at `root` (reused when it is there with the same settings), written before
+    any training; returns its settings, which a finished run must have been trained on to be reused."""
+    settings = {**to_dict(source), "seed": source.seed + seed}
+    try:
+        ensure_synthetic(
+            root, kind=source.kind, classes=source.classes, per_class=source.per_class, seed=settings["seed"]
+        )
+    except FileExistsError as e:  # a dataset of the user's own where the demo would write its source
+        raise DemoError(f"{e} with --out") from None
+    return settings
+
+
+def _train(recipe: Recipe, run: Path, data_root: Path, source: dict[str, Any], progress: bool) -> dict[str, Any]:
+    """Train on the dataset at `data_root`, or reuse a finished run of the same recipe on the same `source`
+    settings; an interrupted run resumes from its checkpoint."""
     import json
 
     done = run / "demo-summary.json"
+    key = json.loads(json.dumps({"recipe": recipe_to_dict(recipe), "source": source}))
     if done.is_file() and _weights_load(run / "model.safetensors"):
         try:
             summary = json.loads(done.read_text())
         except ValueError:  # a damaged summary: train (resume) again, which rewrites it
             summary = {}
-        if summary.get("recipe") == json.loads(json.dumps(recipe_to_dict(recipe))):
+        if {k: summary.get(k) for k in key} == key:
             return summary
     resume = run.is_dir() and latest_checkpoint(run) is not None
     # no checkpoint to resume: the demo owns its run folder and retrains over a stale or broken one
     summary = train(recipe, run, data_root=data_root, resume=resume, overwrite=True, progress=progress)
-    atomic_write_json(done, {**summary, "recipe": recipe_to_dict(recipe)})
+    atomic_write_json(done, {**summary, **key})
     return summary
 
 
@@ -97,15 +113,14 @@ def random_twin(trained: Path, recipe: Recipe, seed: int, out: Path) -> Path:
     return out
 
 
-def shared_classes(recipe_a: Recipe) -> tuple[str, ...]:
+def shared_classes(source: SourceConfig) -> tuple[str, ...]:
     """The target classes the source has too: pictogram class c is VOC class c; shapes are no VOC class."""
-    d = recipe_a.data
-    return tuple(VOC_CLASSES[: d.synthetic_classes]) if d.synthetic_kind == "pictograms" else ()
+    return tuple(VOC_CLASSES[: source.classes]) if source.kind == "pictograms" else ()
 
 
-def target_classes(recipe_a: Recipe) -> str:
+def target_classes(source: SourceConfig) -> str:
     """How the target's 20 classes relate to the source's, in words."""
-    shared = shared_classes(recipe_a)
+    shared = shared_classes(source)
     if shared:
         return f"20 classes ({len(shared)} of them the source's, here 1-3 to a scene, some tiny and 'difficult')"
     return "20 classes the source never saw"
@@ -132,19 +147,18 @@ def run_demo(
     timings: dict[str, float] = {}
     try:
         tag = f"-seed{seed}" if seed else ""
-        seeded = [f"seed={seed}", f"data.synthetic_seed={seed}"] if seed else []
+        seeded = [f"seed={seed}"] if seed else []
         recipe_a = load_recipe(cfg_path.parent / cfg.net_a, seeded)
         run_a = out / "runs" / f"{recipe_a.name}{tag}"
-        source_what = (
-            f"{recipe_a.data.synthetic_classes} classes of generated {KINDS[recipe_a.data.synthetic_kind].what}"
-        )
+        source_what = f"{cfg.source.classes} classes of generated {KINDS[cfg.source.kind].what}"
         echo(
             f"[1/{STEPS}] net A ({recipe_a.model.name}, width x{recipe_a.model.width_mult:g}) from scratch on "
             f"{source_what} -> {run_a}"
         )
         t = time.perf_counter()
         source = out / f"source{tag}"
-        summary_a = _train(recipe_a, run_a, source, progress)
+        made = _make_source(cfg.source, seed, source)
+        summary_a = _train(recipe_a, run_a, source, made, progress)
         timings["train_a"] = time.perf_counter() - t
 
         weights_a = run_a / "model.safetensors"
@@ -152,14 +166,14 @@ def run_demo(
         run_d = out / "runs" / f"{recipe_d.name}{tag}"
         echo(f"[2/{STEPS}] net D ({recipe_d.model.name}) initialised from net A (Sect. 3.1), then trained -> {run_d}")
         t = time.perf_counter()
-        summary_d = _train(recipe_d, run_d, source, progress)
+        summary_d = _train(recipe_d, run_d, source, made, progress)
         timings["train_d"] = time.perf_counter() - t
 
         tc = cfg.target
         target = out / f"target{tag}"
         echo(
             f"[3/{STEPS}] target task: {tc.n_trainval} + {tc.n_test} VOC2007-layout scenes of "
-            f"{target_classes(recipe_a)} -> {target}"
+            f"{target_classes(cfg.source)} -> {target}"
         )
         t = time.perf_counter()
         if not (target / "VOCdevkit" / "VOC2007" / "DONE").is_file():
@@ -225,8 +239,8 @@ def run_demo(
             probes=probes,
             timings=timings,
             source=source_what,
-            target=target_classes(recipe_a),
-            shared_classes=shared_classes(recipe_a),
+            target=target_classes(cfg.source),
+            shared_classes=shared_classes(cfg.source),
         )
     finally:
         torch.set_num_threads(threads)

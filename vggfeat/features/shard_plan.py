@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from vggfeat.data.images import find_input_images
 from vggfeat.data.tar_shards import expand_shard_patterns
 from vggfeat.errors import InputError
+from vggfeat.utils.distributed import env_info
 
 from .shard_files import shard_name
 
@@ -76,8 +77,9 @@ def default_part(env: Mapping[str, str] | None = None) -> tuple[int, int]:
     if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
         first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
         return parse_part(f"{int(env['SLURM_ARRAY_TASK_ID']) - first}/{env['SLURM_ARRAY_TASK_COUNT']}")
-    if int(env.get("WORLD_SIZE", "1")) > 1:
-        return parse_part(f"{env.get('RANK', '0')}/{env['WORLD_SIZE']}")
+    torchrun = env_info(env)
+    if torchrun.world > 1:
+        return parse_part(f"{torchrun.rank}/{torchrun.world}")
     return 0, 1
 
 

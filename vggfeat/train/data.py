@@ -8,10 +8,12 @@ for the loop to warn about and count."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from vggfeat.config import ConfigError
 from vggfeat.data.folder import Samples
 from vggfeat.data.images import ImageError, load_rgb_tensor
 from vggfeat.data.transforms import center_crop, sample_rng, train_crop
@@ -82,24 +84,15 @@ class TrainSet(torch.utils.data.Dataset):
         *,
         epoch: int,
         start_step: int,
-        batch_size: int,
-        per_device: int,
+        split: BatchSplit,
         rank: int,
-        world: int,
         workers: int,
         pin_memory: bool,
         collate_fn: Callable[[list], tuple],
     ) -> torch.utils.data.DataLoader:
         """This process's micro-batches of `epoch` from step `start_step`, in the order the loop takes them."""
         sampler = GlobalBatchSampler(
-            len(self),
-            seed=self.seed,
-            epoch=epoch,
-            batch_size=batch_size,
-            per_device=per_device,
-            rank=rank,
-            world=world,
-            start_step=start_step,
+            len(self), seed=self.seed, epoch=epoch, split=split, rank=rank, start_step=start_step
         )
         return torch.utils.data.DataLoader(
             self, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory, collate_fn=collate_fn
@@ -152,9 +145,31 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, 0x5EED, epoch]).permutation(n)
 
 
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    """Full global batches per epoch (the remainder is dropped, as iterations of fixed size)."""
-    return n // batch_size
+@dataclass(frozen=True)
+class BatchSplit:
+    """How every global batch is dealt (Sect. 3.1: the same batch whatever the number of GPUs): each of `world`
+    processes takes `accum` micro-batches of `per_device` samples per step. Made once per run by batch_split."""
+
+    batch_size: int  # global: per_device x world x accum
+    per_device: int
+    world: int
+    accum: int  # gradient-accumulation steps
+
+    def steps_per_epoch(self, n: int) -> int:
+        """Full global batches in an epoch of `n` samples (the remainder is dropped, as iterations of fixed size)."""
+        return n // self.batch_size
+
+
+def batch_split(batch_size: int, per_device: int, world: int) -> BatchSplit:
+    """The split of optim.batch_size into `world` processes of optim.per_device_batch; a ConfigError when the
+    global batch is not a multiple of per_device x world."""
+    per_step = per_device * world
+    if batch_size % per_step:
+        raise ConfigError(
+            f"global batch optim.batch_size={batch_size} is not a multiple of "
+            f"optim.per_device_batch={per_device} x {world} processes; change one of them"
+        )
+    return BatchSplit(batch_size, per_device, world, batch_size // per_step)
 
 
 class GlobalBatchSampler(torch.utils.data.Sampler):
@@ -165,29 +180,17 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
     so the union over processes and micro-steps is the same global batch whatever the process count.
     """
 
-    def __init__(
-        self,
-        n: int,
-        *,
-        seed: int,
-        epoch: int,
-        batch_size: int,
-        per_device: int,
-        rank: int,
-        world: int,
-        start_step: int = 0,
-    ) -> None:
-        self.n, self.seed, self.epoch, self.batch_size, self.per_device = n, seed, epoch, batch_size, per_device
-        self.rank, self.world, self.start_step = rank, world, start_step
-        self.accum = batch_size // (per_device * world)
+    def __init__(self, n: int, *, seed: int, epoch: int, split: BatchSplit, rank: int, start_step: int = 0) -> None:
+        self.n, self.seed, self.epoch, self.split, self.rank, self.start_step = n, seed, epoch, split, rank, start_step
 
     def __len__(self) -> int:
-        return (steps_per_epoch(self.n, self.batch_size) - self.start_step) * self.accum
+        return (self.split.steps_per_epoch(self.n) - self.start_step) * self.split.accum
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         order = epoch_order(self.n, self.seed, self.epoch)
-        for step in range(self.start_step, steps_per_epoch(self.n, self.batch_size)):
-            batch = order[step * self.batch_size : (step + 1) * self.batch_size]
-            for micro in range(self.accum):
-                chunk = (self.rank * self.accum + micro) * self.per_device
-                yield [(self.epoch, int(i)) for i in batch[chunk : chunk + self.per_device]]
+        b, accum, per_device = self.split.batch_size, self.split.accum, self.split.per_device
+        for step in range(self.start_step, self.split.steps_per_epoch(self.n)):
+            batch = order[step * b : (step + 1) * b]
+            for micro in range(accum):
+                chunk = (self.rank * accum + micro) * per_device
+                yield [(self.epoch, int(i)) for i in batch[chunk : chunk + per_device]]

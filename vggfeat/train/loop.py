@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,7 +24,6 @@ import yaml
 from vggfeat.config import ConfigError
 from vggfeat.data.folder import Samples, imagenet_splits
 from vggfeat.data.stats import cached_stats, cached_tar_stats
-from vggfeat.data.synthetic import check_generatable, ensure_synthetic
 from vggfeat.data.transforms import normalize_batch
 from vggfeat.errors import InputError, VggfeatError, WeightsError
 from vggfeat.models import Preprocessing, create_model, init_from_net_a, read_weights, save_weights
@@ -33,7 +31,7 @@ from vggfeat.models.resolve import check_weight_file
 from vggfeat.models.weights import check_compatible, check_finite
 from vggfeat.utils.cpus import usable_cpus
 from vggfeat.utils.device import resolve_device
-from vggfeat.utils.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
+from vggfeat.utils.distributed import DistInfo, all_reduce_sum, barrier, env_info, init_distributed, shutdown
 from vggfeat.utils.files import atomic_write_text
 from vggfeat.utils.progress import progress_bar
 
@@ -45,14 +43,18 @@ from .checkpoint import (
     load_latest_checkpoint,
     save_checkpoint,
 )
-from .data import TrainSet, ValSet, collate_skips, steps_per_epoch
-from .recipe import Recipe, accumulation_steps, recipe_to_dict, shard_patterns
+from .data import BatchSplit, TrainSet, ValSet, batch_split, collate_skips
+from .recipe import Recipe, recipe_to_dict, shard_patterns
 from .schedule import PlateauState, plateau_step
 from .shard_index import index_digest
 from .tar_data import TarSplit, TarTrainSet, TarValSet, load_tar_splits
 
 if TYPE_CHECKING:
     from tqdm import tqdm
+
+# what a training step counts, kept on the device until _flush: loss summed over labelled samples, top-1 and top-5
+# hits, labelled samples, unreadable images skipped
+_STATS = ("loss", "top1", "top5", "labelled", "skipped")
 
 # one micro-batch as collate_skips gives it: images (B, H, W, 3) uint8, colour-shift alphas (B, 3), labels (B,),
 # the skipped images' messages
@@ -90,7 +92,7 @@ def check_run_folder(run: str | Path, epochs: int, *, resume: bool, overwrite: b
     if last is None and not (run / "model.safetensors").exists():
         return
     if overwrite:
-        if os.environ.get("RANK", "0") != "0":
+        if not env_info().is_main:
             return
         for pattern in _RUN_FILES:
             for f in run.glob(pattern):
@@ -145,10 +147,11 @@ def _dropout_seed(seed: int, step: int, rank: int, micro: int) -> int:
     return (seed * 1_000_003 + step * 4099 + rank * 131 + micro) % (2**63 - 1)
 
 
-def _topk_correct(logits: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
+def _topk_correct(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-1 and top-5 hits as 0-d tensors on the logits' device (no host sync); label -1 never hits."""
     top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (B, 5)
     hit = top5 == y[:, None]
-    return int(hit[:, 0].sum()), int(hit.any(dim=1).sum())
+    return hit[:, 0].sum(), hit.any(dim=1).sum()
 
 
 class _Logger:
@@ -193,6 +196,8 @@ def train(
     # every process checks (all refuse together, none hangs in a barrier); only rank 0 clears with overwrite
     run = Path(out)
     check_run_folder(run, recipe.optim.epochs, resume=resume, overwrite=overwrite)
+    o = recipe.optim  # a batch that does not split over torchrun's processes: said before any work
+    split = batch_split(o.batch_size, o.per_device_batch, env_info().world)
     root = dataset_root(recipe, data_root)  # None: tar shards
     try:
         device = resolve_device(recipe.runtime.device)
@@ -202,10 +207,9 @@ def train(
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
     try:
-        accumulation_steps(recipe, info.world)  # a batch that does not split: say so before any data work
         check_writable(run)
-        data = _prepare_data(recipe, root, info, run)
-        trainer = _Trainer(recipe, run, info, device, data, progress)
+        data = _prepare_data(recipe, root, info, run, split)
+        trainer = _Trainer(recipe, run, info, device, data, split, progress)
         trainer.start(resume)
         return trainer.fit()
     except OSError as e:
@@ -217,9 +221,8 @@ def train(
 
 
 def dataset_root(recipe: Recipe, data_root: str | Path | None) -> Path | None:
-    """The dataset folder (--data-root, else data.root), checked before any work: a real dataset must exist
-    with train/ and val/; a synthetic one (data.synthetic_seed) is generated there if missing. None for tar
-    shards (data.train_shards), whose files are checked when they are counted."""
+    """The dataset folder (--data-root, else data.root), checked before any work: it must exist with train/ and
+    val/. None for tar shards (data.train_shards), whose files are checked when they are counted."""
     if recipe.data.train_shards is not None:
         if data_root:
             raise ConfigError(
@@ -232,14 +235,11 @@ def dataset_root(recipe: Recipe, data_root: str | Path | None) -> Path | None:
     if not value:
         raise ConfigError("no dataset: data.root is not set in the recipe and no --data-root was given; set one")
     root = Path(value)
-    if recipe.data.synthetic_seed is not None:
-        try:
-            check_generatable(root)
-        except FileExistsError as e:  # a user's own dataset where the recipe would generate one
-            raise ConfigError(str(e)) from None
-        return root
     if not root.is_dir():
-        raise ConfigError(f"{where} {root} does not exist; point it at a dataset folder holding train/ and val/")
+        raise ConfigError(
+            f"{where} {root} does not exist; point it at a dataset folder holding train/ and val/ "
+            f"(`vggfeat synthetic {root}` generates a small one, the smoke recipe's)"
+        )
     for sub in ("train", "val"):
         if not (root / sub).is_dir():
             raise ConfigError(f"{where} {root} has no {sub}/ folder (expected {root}/{sub}/<class>/<image>)")
@@ -280,19 +280,10 @@ class _Data:
     eigvec: tuple[tuple[float, float, float], ...]
 
 
-def _prepare_data(recipe: Recipe, root: Path | None, info: DistInfo, run: Path) -> _Data:
+def _prepare_data(recipe: Recipe, root: Path | None, info: DistInfo, run: Path, split: BatchSplit) -> _Data:
     d = recipe.data
     if root is None:
-        return _prepare_tar_data(recipe, info, run)
-    if d.synthetic_seed is not None and info.is_main:
-        ensure_synthetic(
-            root,
-            kind=d.synthetic_kind,
-            classes=d.synthetic_classes,
-            per_class=d.synthetic_per_class,
-            seed=d.synthetic_seed,
-        )
-    barrier(info)
+        return _prepare_tar_data(recipe, info, run, split)
     try:
         train_s, val_s = imagenet_splits(root, d.val_labels)
     except (ValueError, FileNotFoundError) as e:  # no class folders, no images, a bad val labels file
@@ -306,6 +297,7 @@ def _prepare_data(recipe: Recipe, root: Path | None, info: DistInfo, run: Path) 
     return _checked_data(
         recipe,
         info,
+        split,
         root,
         train_s,
         val_s,
@@ -314,7 +306,7 @@ def _prepare_data(recipe: Recipe, root: Path | None, info: DistInfo, run: Path) 
     )
 
 
-def _prepare_tar_data(recipe: Recipe, info: DistInfo, run: Path) -> _Data:
+def _prepare_tar_data(recipe: Recipe, info: DistInfo, run: Path, split: BatchSplit) -> _Data:
     """_prepare_data for tar shards: counted (and cached) in the run folder, as is a computed mean RGB."""
     d = recipe.data
     train_s, val_s = load_tar_splits(
@@ -322,13 +314,21 @@ def _prepare_tar_data(recipe: Recipe, info: DistInfo, run: Path) -> _Data:
     )
     urls = [c.url for c in train_s.counts]
     return _checked_data(
-        recipe, info, None, train_s, val_s, "training samples in data.train_shards", lambda: cached_tar_stats(run, urls)
+        recipe,
+        info,
+        split,
+        None,
+        train_s,
+        val_s,
+        "training samples in data.train_shards",
+        lambda: cached_tar_stats(run, urls),
     )
 
 
 def _checked_data(
     recipe: Recipe,
     info: DistInfo,
+    split: BatchSplit,
     root: Path | None,
     train_s: Samples | TarSplit,
     val_s: Samples | TarSplit,
@@ -338,7 +338,7 @@ def _checked_data(
     """Either dataset kind once listed: one global batch at least, and the colour statistics the recipe does not
     give, computed by rank 0 (`stats_of` caches them) and then read by every process."""
     d = recipe.data
-    if steps_per_epoch(len(train_s), recipe.optim.batch_size) == 0:
+    if split.steps_per_epoch(len(train_s)) == 0:
         raise ConfigError(
             f"{len(train_s)} {what} cannot fill one global batch of optim.batch_size={recipe.optim.batch_size}"
         )
@@ -359,7 +359,14 @@ class _Trainer:
     checkpoint saves), and the steps that advance them."""
 
     def __init__(
-        self, recipe: Recipe, run: Path, info: DistInfo, device: torch.device, data: _Data, progress: bool
+        self,
+        recipe: Recipe,
+        run: Path,
+        info: DistInfo,
+        device: torch.device,
+        data: _Data,
+        split: BatchSplit,
+        progress: bool,
     ) -> None:
         d, o = recipe.data, recipe.optim
         self.recipe, self.run, self.info, self.device, self.data = recipe, run, info, device, data
@@ -367,8 +374,7 @@ class _Trainer:
         self.cuda = device.type == "cuda"
         if self.cuda:  # one crop size for every step: cuDNN's autotuned kernels are picked once and reused
             torch.backends.cudnn.benchmark = True
-        self.accum = accumulation_steps(recipe, info.world)
-        self.steps = steps_per_epoch(len(data.train), o.batch_size)
+        self.split, self.steps = split, split.steps_per_epoch(len(data.train))
         self.model = build_model(recipe, len(data.train.classes)).to(device)
         if recipe.runtime.channels_last:  # NHWC: faster 3x3 convs with cuDNN and oneDNN (2-8x on CPU for narrow nets)
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -392,6 +398,8 @@ class _Trainer:
         self.preproc = Preprocessing("RGB", 255.0, tuple(data.mean), (1.0, 1.0, 1.0))
         self.logger = _Logger(run, info.is_main)
         self.unreadable: set[str] = set()  # images already warned about
+        self.pending: list[torch.Tensor] = []  # each step's _STATS since the last _flush, on the device
+        self.last_step = [0.0] * len(_STATS)  # the last flushed step's _STATS, summed over processes
         self.skips = 0  # images skipped (by every process) since the last log line
         self.t0, self.seen = time.perf_counter(), 0  # images/s of the log line
 
@@ -448,14 +456,11 @@ class _Trainer:
 
     def _train_epoch(self) -> None:
         """The rest of the current epoch, from `step_in_epoch` (mid-epoch after a resume)."""
-        o = self.recipe.optim
         loader = self.trainset.epoch_loader(
             epoch=self.epoch,
             start_step=self.step_in_epoch,
-            batch_size=o.batch_size,
-            per_device=o.per_device_batch,
+            split=self.split,
             rank=self.info.rank,
-            world=self.info.world,
             workers=min(self.recipe.data.workers, usable_cpus()),  # more only contend for the cores
             pin_memory=self.cuda,
             collate_fn=collate_skips,
@@ -465,11 +470,11 @@ class _Trainer:
         batches = iter(loader)
         self.t0, self.seen = time.perf_counter(), 0
         while self.step_in_epoch < self.steps:
-            totals = self._train_step(batches)
+            self._train_step(batches)
             if bar is not None:
                 bar.update(1)
             if self.global_step % self.recipe.checkpoint.log_every == 0 or self.step_in_epoch == self.steps:
-                self._log_step(totals)
+                self._log_step()
             if self.global_step % self.recipe.checkpoint.every_steps == 0 and self.step_in_epoch < self.steps:
                 self._checkpoint()
         if bar is not None:
@@ -481,44 +486,43 @@ class _Trainer:
         desc = f"epoch {self.epoch + 1}/{self.recipe.optim.epochs}"
         return progress_bar(self.steps, initial=self.step_in_epoch, desc=desc, unit="step", leave=False)
 
-    def _train_step(self, batches: Iterator[Batch]) -> torch.Tensor:
-        """One SGD step on one global batch (accumulated micro-batches, reduced over processes); returns its
-        summed loss, top-1 and top-5 hits and skipped images."""
+    def _train_step(self, batches: Iterator[Batch]) -> None:
+        """One SGD step on one global batch (micro-batches accumulated; DDP averages the gradients over processes).
+        Its _STATS stay on the device, queued for _flush: no host sync here (nanoGPT's rule)."""
         for g in self.optimizer.param_groups:
             g["lr"] = self.sched.lr
-        totals = torch.zeros(4, dtype=torch.float64)  # loss, top-1 hits, top-5 hits, skipped images
-        for micro in range(self.accum):
-            totals += self._forward_backward(next(batches), micro)
-        all_reduce_sum(totals, self.info)
-        self._check_finite(totals[0].item())
+        stats = torch.zeros(len(_STATS), dtype=torch.float64, device=self.device)
+        for micro in range(self.split.accum):
+            self._forward_backward(next(batches), micro, stats)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step_in_epoch += 1
         self.global_step += 1
-        self.skips += int(totals[3].item())
-        return totals
+        self.pending.append(stats)
 
-    def _forward_backward(self, batch: Batch, micro: int) -> torch.Tensor:
+    def _forward_backward(self, batch: Batch, micro: int, stats: torch.Tensor) -> None:
+        """Forward and backward of one micro-batch, its _STATS added to `stats` on the device."""
         x, alpha, y, skipped = batch
         self._warn_unreadable(skipped)
         d, rt = self.recipe.data, self.recipe.runtime
-        labelled = bool((y >= 0).any())  # label -1: a tar image that did not decode keeps its slot but no loss
         x, alpha, y = (t.to(self.device, non_blocking=True) for t in (x, alpha, y))
         x = normalize_batch(x, self.data.mean, self.data.eigval, self.data.eigvec, alpha if d.color_sigma > 0 else None)
         if rt.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         torch.manual_seed(_dropout_seed(self.recipe.seed, self.global_step, self.info.rank, micro))
-        last = self.info.world == 1 or micro == self.accum - 1
+        # label -1: a tar image that did not decode keeps its slot but adds no loss and no hit, and is not counted
+        labelled = (y >= 0).sum()
+        last = self.info.world == 1 or micro == self.split.accum - 1
         with contextlib.nullcontext() if last else self.net.no_sync():  # DDP: all-reduce once per step
             with self.amp or contextlib.nullcontext():
                 logits = self.net(x)
-            loss = F.cross_entropy(logits.float(), y, ignore_index=-1) if labelled else logits.float().sum() * 0
-            if self.recipe.debug.nan_at_step and self.global_step + 1 == self.recipe.debug.nan_at_step:
-                loss = loss * float("nan")
-            (loss / self.accum).backward()
+            loss_sum = F.cross_entropy(logits.float(), y, ignore_index=-1, reduction="sum")  # 0 when none labelled
+            (loss_sum / labelled.clamp(min=1) / self.split.accum).backward()  # the micro-batch's mean loss
         t1, t5 = _topk_correct(logits.detach(), y)
+        stats[:4] += torch.stack([loss_sum.detach(), t1, t5, labelled]).to(stats.dtype)
+        if skipped:
+            stats[4] += len(skipped)
         self.seen += len(y)
-        return torch.tensor([loss.item() * len(y), t1, t5, len(skipped)], dtype=torch.float64)
 
     def _warn_unreadable(self, skipped: list[str]) -> None:
         for msg in skipped:
@@ -526,26 +530,39 @@ class _Trainer:
                 self.unreadable.add(msg)
                 log.warning("skipping an unreadable training image: %s", msg)
 
-    def _check_finite(self, loss: float) -> None:
-        if not math.isfinite(loss):
+    def _flush(self) -> None:
+        """The queued steps' _STATS to the host in one sync, summed over processes (every process flushes at the
+        same steps). A non-finite loss stops the run here, before anything is logged or saved from it."""
+        if not self.pending:
+            return
+        rows = all_reduce_sum(torch.stack(self.pending), self.info).tolist()  # (steps, len(_STATS))
+        self.pending = []
+        bad = [i for i, row in enumerate(rows) if not math.isfinite(row[0])]
+        if bad:  # rows never span two epochs (an epoch's last step is logged): steps back from this one
+            first, back = bad[0], len(rows) - 1 - bad[0]
             raise NonFiniteLoss(
-                f"loss is {loss} at epoch {self.epoch + 1}, step {self.step_in_epoch + 1} "
-                f"(global step {self.global_step + 1}); stopped without saving. Last good "
+                f"loss is {rows[first][0]} at epoch {self.epoch + 1}, step {self.step_in_epoch - back} "
+                f"(global step {self.global_step - back}); stopped without saving. Last good "
                 f"checkpoint: {latest_checkpoint(self.run) or 'none'} (lower optim.lr or check the data, then --resume)"
             )
+        self.last_step = rows[-1]
+        self.skips += int(sum(row[4] for row in rows))
 
-    def _log_step(self, totals: torch.Tensor) -> None:
-        dt, batch = time.perf_counter() - self.t0, self.recipe.optim.batch_size
+    def _log_step(self) -> None:
+        self._flush()
+        dt = time.perf_counter() - self.t0
+        loss, top1, top5, labelled, _ = self.last_step
+        labelled = max(labelled, 1.0)
         self.logger.write(
             {
                 "kind": "step",
                 "epoch": self.epoch + 1,
                 "step": self.step_in_epoch,
                 "global_step": self.global_step,
-                "loss": totals[0].item() / batch,
+                "loss": loss / labelled,  # of the step's global batch, its labelled samples only
                 "lr": self.sched.lr,
-                "top1": totals[1].item() / batch,
-                "top5": totals[2].item() / batch,
+                "top1": top1 / labelled,
+                "top5": top5 / labelled,
                 "images_per_s": self.seen * self.info.world / dt if dt > 0 else 0.0,
                 "skipped_images": self.skips,  # unreadable images replaced since the last line
             }
@@ -631,11 +648,10 @@ class _Trainer:
             )
 
     def _checkpoint(self, best: bool = False) -> None:
+        self._flush()  # a non-finite loss since the last log line is never saved
         if self.info.is_main:
             save_checkpoint(self.run, self._state(), keep_last=self.recipe.checkpoint.keep_last, best=best)
         barrier(self.info)
-        if self.recipe.debug.kill_at_step and self.global_step == self.recipe.debug.kill_at_step:
-            os.kill(os.getpid(), signal.SIGKILL)  # tests: die like a crashed node, right after the save
 
     def _save_weights(self, name: str) -> None:
         self.model.preprocessing = self.preproc
@@ -681,7 +697,7 @@ def validate(
         pin_memory=device.type == "cuda",
         collate_fn=collate_skips,
     )
-    counts = torch.zeros(3, dtype=torch.float64)
+    counts = torch.zeros(3, dtype=torch.float64, device=device)  # top-1 hits, top-5 hits, images: synced once
     for x, y, skipped in loader:
         for msg in set(skipped) - unreadable:
             log.warning("skipping an unreadable validation image: %s", msg)
@@ -696,8 +712,9 @@ def validate(
         with amp or contextlib.nullcontext():
             logits = model(x)
         t1, t5 = _topk_correct(logits.float(), y)
-        counts += torch.tensor([t1, t5, len(y)], dtype=torch.float64)
-    all_reduce_sum(counts, info)
+        counts[:2] += torch.stack([t1, t5]).to(counts.dtype)
+        counts[2] += len(y)
+    top1, top5, n = all_reduce_sum(counts, info).tolist()
     for m, training in modes:
         m.training = training
-    return counts[0].item() / max(1.0, counts[2].item()), counts[1].item() / max(1.0, counts[2].item())
+    return top1 / max(1.0, n), top5 / max(1.0, n)

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vggfeat.config import ConfigError, from_dict, load_config, to_dict
-from vggfeat.data.synthetic import KINDS
 from vggfeat.errors import InputError
 from vggfeat.models.init import INIT_METHODS
 from vggfeat.models.registry import check_model_size, resolve_name
@@ -43,10 +42,6 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     root: str | None = None  # dataset folder (train/, val/); --data-root overrides
-    synthetic_seed: int | None = None  # generate a synthetic dataset at root if missing (smoke, demo)
-    synthetic_kind: str = "shapes"  # "shapes" (drawn shapes and textures) or "pictograms" (single VOC pictograms)
-    synthetic_classes: int = 10
-    synthetic_per_class: int = 40  # training images per class (val gets a quarter)
     scale: tuple[int, int] = (256, 256)  # (Smin, Smax): S fixed when equal, else uniform per image
     crop: int = 224
     flip: bool = True
@@ -97,12 +92,6 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True)
-class DebugConfig:
-    kill_at_step: int = 0  # tests: SIGKILL this process right after step N's checkpoint
-    nan_at_step: int = 0  # tests: make step N's loss NaN
-
-
-@dataclass(frozen=True)
 class Recipe:
     name: str = "recipe"
     seed: int = 0
@@ -111,7 +100,6 @@ class Recipe:
     optim: OptimConfig = field(default_factory=OptimConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    debug: DebugConfig = field(default_factory=DebugConfig)
 
     def __post_init__(self) -> None:
         # every mistake here would otherwise surface minutes later as a ZeroDivisionError or a silent no-op
@@ -136,18 +124,10 @@ class Recipe:
             "model.width_mult": self.model.width_mult,
             "model.fc_dim": self.model.fc_dim,
             "model.num_classes": self.model.num_classes,
-            "data.synthetic_per_class": self.data.synthetic_per_class,
         }
         for key, value in positive.items():
             if not value > 0:  # also catches NaN
                 raise ConfigError(f"{key} must be > 0, got {value}")
-        kind, k = self.data.synthetic_kind, self.data.synthetic_classes
-        if kind not in KINDS:
-            raise ConfigError(f"data.synthetic_kind must be one of {', '.join(KINDS)}, got {kind!r}")
-        if not 1 <= k <= KINDS[kind].max_classes:
-            raise ConfigError(
-                f"data.synthetic_classes must be 1..{KINDS[kind].max_classes} (the generated {kind}), got {k}"
-            )
         if not 0 <= self.model.dropout < 1:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.model.dropout}")
         self._check_shards()
@@ -169,7 +149,6 @@ class Recipe:
                 raise ConfigError(f"{key} is empty; give brace patterns or globs of .tar files")
         clashes = {
             "data.root": d.root is not None,
-            "data.synthetic_seed": d.synthetic_seed is not None,
             "data.val_labels": d.val_labels is not None,
             "data.cache_decoded": d.cache_decoded,
         }
@@ -232,15 +211,3 @@ def _resolve_paths(recipe: Recipe, folder: Path) -> Recipe:
         return str((folder / p).resolve()) if (folder / p).exists() else p
 
     return replace(recipe, model=replace(recipe.model, init_from=resolve(recipe.model.init_from)))
-
-
-def accumulation_steps(recipe: Recipe, world_size: int) -> int:
-    """Gradient-accumulation steps so per_device_batch x world_size x steps == the global batch."""
-    per_step = recipe.optim.per_device_batch * world_size
-    if recipe.optim.batch_size % per_step:
-        raise ConfigError(
-            f"global batch optim.batch_size={recipe.optim.batch_size} is not a multiple of "
-            f"optim.per_device_batch={recipe.optim.per_device_batch} x {world_size} processes; "
-            "change one of them"
-        )
-    return recipe.optim.batch_size // per_step

@@ -29,7 +29,7 @@ from vggfeat.data.transforms import center_crop, sample_rng
 from vggfeat.errors import DatasetError
 from vggfeat.utils.distributed import DistInfo, barrier
 
-from .data import augment, steps_per_epoch
+from .data import BatchSplit, augment
 from .shard_index import ShardCount, index_shards, labelled_samples
 
 
@@ -126,25 +126,15 @@ class TarTrainSet:
         *,
         epoch: int,
         start_step: int,
-        batch_size: int,
-        per_device: int,
+        split: BatchSplit,
         rank: int,
-        world: int,
         workers: int,
         pin_memory: bool,
         collate_fn: Callable[[list], tuple],
     ) -> torch.utils.data.DataLoader:
-        stream = TarTrainStream(
-            self,
-            epoch=epoch,
-            start_step=start_step,
-            batch_size=batch_size,
-            per_device=per_device,
-            rank=rank,
-            world=world,
-        )
+        stream = TarTrainStream(self, epoch=epoch, start_step=start_step, split=split, rank=rank)
         return torch.utils.data.DataLoader(
-            stream, batch_size=per_device, num_workers=workers, pin_memory=pin_memory, collate_fn=collate_fn
+            stream, batch_size=split.per_device, num_workers=workers, pin_memory=pin_memory, collate_fn=collate_fn
         )
 
 
@@ -156,22 +146,11 @@ class TarTrainStream(torch.utils.data.IterableDataset):
     them. An image that does not decode comes back blank with label -1, which the loss leaves out: its slot
     stays, so the positions (and a resumed run) do not shift."""
 
-    def __init__(
-        self,
-        data: TarTrainSet,
-        *,
-        epoch: int,
-        start_step: int,
-        batch_size: int,
-        per_device: int,
-        rank: int,
-        world: int,
-    ) -> None:
+    def __init__(self, data: TarTrainSet, *, epoch: int, start_step: int, split: BatchSplit, rank: int) -> None:
         self.data, self.epoch, self.start_step = data, epoch, start_step
-        self.per_device, self.rank = per_device, rank
-        self.accum = batch_size // (per_device * world)
-        self.steps = steps_per_epoch(len(data), batch_size)
-        self.share = self.steps * batch_size // world  # samples per process per epoch
+        self.per_device, self.accum, self.rank = split.per_device, split.accum, rank
+        self.steps = split.steps_per_epoch(len(data))
+        self.share = self.steps * split.batch_size // split.world  # samples per process per epoch
 
     def slots(self, worker: int, workers: int) -> np.ndarray:
         """The share's output positions that `worker` yields, in order."""
