@@ -72,6 +72,21 @@ def test_timm_vgg16_pre_logits_and_an_intermediate_stage():
     np.testing.assert_allclose(stage[0], manual(model, images()[0], conv4_3), rtol=1e-4, atol=1e-5)
 
 
+def test_timm_normalisation_is_timms_own_data_config():
+    from timm.data import resolve_model_data_config
+
+    from vggfeat.features.nets import TimmFeatureNet
+
+    torch.manual_seed(0)
+    own = {"mean": (0.1, 0.2, 0.3), "std": (0.4, 0.5, 0.6)}  # a net trained on inputs normalised its own way
+    for overlay in (own, None):
+        model = timm.create_model("test_resnet", pretrained=False, num_classes=0, pretrained_cfg_overlay=overlay)
+        cfg, pre = resolve_model_data_config(model), TimmFeatureNet(model).preprocessing
+        assert (pre.mean, pre.std) == (tuple(cfg["mean"]), tuple(cfg["std"]))
+        assert pre.value_range == 1.0 and pre.channel_order == "RGB"
+        assert (pre.mean, pre.std) == (own["mean"], own["std"]) if overlay else pre.mean != own["mean"]
+
+
 def test_resnet_layers_and_refused_names():
     torch.manual_seed(0)
     model = timm.create_model("test_resnet", pretrained=False, num_classes=0).eval()

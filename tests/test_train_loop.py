@@ -5,6 +5,7 @@ checkpoints hold everything as plain containers; a NaN loss stops the run and ke
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -150,6 +151,64 @@ def test_ddp_two_gloo_processes_match_one(tmp_path, data):
     assert moved > 1e-3  # training changed the weights
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
+
+
+def _step_lines(run: Path) -> list[dict]:
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "step"]
+
+
+def test_one_host_sync_per_log_line(tmp_path, data, monkeypatch):
+    """nanoGPT's rule: the loop reads its numbers back from the device only when it logs them (the loss,
+    hits and counts of each step stay on the device till then), not several times per micro-batch."""
+    import vggfeat.train.loop as loop
+
+    syncs, counting = [], [False]
+    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _real=real, _name=name, **kwargs):
+            if counting[0] and sys._getframe(1).f_code.co_filename == loop.__file__:
+                syncs.append(_name)  # a read-back written in the loop itself
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    train_epoch = loop._Trainer._train_epoch
+
+    def counted_epoch(self):  # the steps, without the validation and checkpoint that end an epoch
+        counting[0] = True
+        try:
+            train_epoch(self)
+        finally:
+            counting[0] = False
+
+    monkeypatch.setattr(loop._Trainer, "_train_epoch", counted_epoch)
+    # 2 epochs of 5 steps of 2 micro-batches, a log line every 5 steps
+    sets = ["optim.epochs=2", "optim.per_device_batch=8", "checkpoint.every_steps=1000", "checkpoint.log_every=5"]
+    train(load_recipe(SMOKE, sets), tmp_path / "run", data_root=data, progress=False)
+    logged = _step_lines(tmp_path / "run")
+    assert [s["global_step"] for s in logged] == [5, 10]
+    assert len(syncs) <= len(logged), syncs  # before: 4 per micro-batch and 2 per step, 100 in all
+
+
+def test_logged_accuracy_counts_labelled_samples_only(tmp_path, monkeypatch):
+    """A sample with label -1 (a tar image that did not decode keeps its slot) has no loss and no hit; the
+    logged top-1 and top-5 were divided by the whole batch, as if such a sample were a miss."""
+    from vggfeat.train.data import TrainSet
+
+    root = generate_synthetic(tmp_path / "d", classes=5, per_class=16, seed=0)
+    real = TrainSet.__getitem__
+
+    def half_unlabelled(self, key):
+        crop, alpha, label, skipped = real(self, key)
+        return crop, alpha, label if key[1] % 2 else -1, skipped
+
+    monkeypatch.setattr(TrainSet, "__getitem__", half_unlabelled)
+    sets = ["optim.epochs=1", "model.num_classes=5", "checkpoint.log_every=1", "checkpoint.every_steps=1000"]
+    train(load_recipe(SMOKE, sets), tmp_path / "run", data_root=root, progress=False)
+    logged = _step_lines(tmp_path / "run")
+    assert len(logged) == 5  # 80 images, global batch 16
+    assert [s["top5"] for s in logged] == [1.0] * 5  # 5 classes: every labelled sample is in the top 5
+    assert all(0 <= s["top1"] <= 1 and math.isfinite(s["loss"]) for s in logged), logged
 
 
 def test_metrics_lines_stay_json_when_a_value_is_not_finite(tmp_path):

@@ -205,10 +205,10 @@ class TimmFeatureNet(FeatureNet):
     """A timm backbone: its pooled pre-logits features, or the global average of one intermediate map."""
 
     def __init__(self, model: nn.Module, layer: str = "fc7") -> None:
-        cfg = getattr(model, "pretrained_cfg", {}) or {}
-        pre = Preprocessing(
-            "RGB", 1.0, tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
-        )
+        from timm.data import resolve_model_data_config
+
+        cfg = resolve_model_data_config(model)  # the net's normalisation as timm's own transforms read it
+        pre = Preprocessing("RGB", 1.0, tuple(cfg["mean"]), tuple(cfg["std"]))
         self.index, dim = _timm_tap(model, layer)
         super().__init__(model, pre, dim, layer)
 

@@ -17,6 +17,12 @@ class PlateauState:
         return asdict(self)
 
 
+# Not torch.optim.lr_scheduler.ReduceLROnPlateau: it drops at the same epochs only when set up as mode="max",
+# threshold_mode="abs", patience one less than ours (it tolerates `patience` bad epochs; we drop at the
+# `patience`-th), eps=0 (its default ignores any drop below 1e-8) and min_lr = lr x 0.1^3 for the 3 drops (it
+# keeps no count); even then it multiplies by 0.1 where the paper divides by 10, so from lr 0.1 (and most others)
+# it drops to 0.010000000000000002, not 0.01, and a run resumed from a checkpoint written here would change its lr
+# in the last bit. tests/test_train_schedule.py runs both on the same accuracies, resumed and not.
 def plateau_step(
     state: PlateauState,
     metric: float,
