@@ -93,6 +93,7 @@ print(f"Q=256 CPU fp32 vs CUDA bf16: max abs {np.abs(c - g).max():.4f}, lowest c
 assert np.abs(a - b).max() < 1e-2 and cos.min() > 0.99
 EOF
   vggfeat demo --quick --out demo
+  vggfeat synthetic smoke-data
   "$py" -m torch.distributed.run --standalone --nproc-per-node 1 -m vggfeat train smoke --out run \
     --data-root smoke-data --set optim.epochs=1
   test -s run/model.safetensors
