@@ -395,6 +395,10 @@ class _Trainer:
             self.trainset = TrainSet(data.train, cache=d.cache_decoded, **augment)
             self.valset = ValSet(data.val, size=val_size, crop=d.crop, cache=d.cache_decoded)
         self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda and recipe.runtime.amp else None
+        # on the device once: a tensor made from a list each micro-batch would be a blocking host-to-device copy
+        self.colour = tuple(
+            torch.tensor(v, dtype=torch.float32, device=device) for v in (data.mean, data.eigval, data.eigvec)
+        )
         self.preproc = Preprocessing("RGB", 255.0, tuple(data.mean), (1.0, 1.0, 1.0))
         self.logger = _Logger(run, info.is_main)
         self.unreadable: set[str] = set()  # images already warned about
@@ -506,7 +510,7 @@ class _Trainer:
         self._warn_unreadable(skipped)
         d, rt = self.recipe.data, self.recipe.runtime
         x, alpha, y = (t.to(self.device, non_blocking=True) for t in (x, alpha, y))
-        x = normalize_batch(x, self.data.mean, self.data.eigval, self.data.eigvec, alpha if d.color_sigma > 0 else None)
+        x = normalize_batch(x, *self.colour, alpha if d.color_sigma > 0 else None)  # mean, eigval, eigvec
         if rt.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         torch.manual_seed(_dropout_seed(self.recipe.seed, self.global_step, self.info.rank, micro))
@@ -698,22 +702,20 @@ def validate(
         collate_fn=collate_skips,
     )
     counts = torch.zeros(3, dtype=torch.float64, device=device)  # top-1 hits, top-5 hits, images: synced once
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=device)
     for x, y, skipped in loader:
         for msg in set(skipped) - unreadable:
             log.warning("skipping an unreadable validation image: %s", msg)
         unreadable.update(skipped)
-        keep = y >= 0
-        x, y = x[keep].to(device, non_blocking=True), y[keep].to(device)
-        if len(y) == 0:
-            continue
-        x = normalize_batch(x, mean)
+        # an unreadable image (label -1, a blank crop) is counted nowhere; dropping it here would cost a host sync
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x = normalize_batch(x, mean_t)
         if recipe.runtime.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with amp or contextlib.nullcontext():
             logits = model(x)
         t1, t5 = _topk_correct(logits.float(), y)
-        counts[:2] += torch.stack([t1, t5]).to(counts.dtype)
-        counts[2] += len(y)
+        counts += torch.stack([t1, t5, (y >= 0).sum()]).to(counts.dtype)
     top1, top5, n = all_reduce_sum(counts, info).tolist()
     for m, training in modes:
         m.training = training
