@@ -16,6 +16,7 @@ from vggfeat.features.protocol import Protocol
 from vggfeat.features.runtime import Runtime
 from vggfeat.features.shard_files import finish_command
 from vggfeat.features.shard_plan import parse_part, plan_shards
+from vggfeat.utils.ranks import is_main_process
 from vggfeat.weight_sources import WEIGHTS_HELP
 
 DEFAULT_OUT_DIR = Path("vggfeat-out")
@@ -277,9 +278,11 @@ def extract(
     if which is not None and array is not None:
         raise click.UsageError("--part and --array exclude each other: --array N runs parts 0/N ... N-1/N itself")
 
+    main = is_main_process()  # under torchrun, rank 0 speaks for the run: one summary, not one per process
     if out is None:
         out = str(default_out(images, layer))
-        click.echo(f"no -o given: the store goes to {out}", err=True)
+        if main:
+            click.echo(f"no -o given: the store goes to {out}", err=True)
     # what is computed and how, each built once here (a bad combination is one Error line)
     protocol = Protocol(
         layer=layer,
@@ -332,6 +335,8 @@ def extract(
         # pickles that to every part, which lists its inputs itself)
         result = extract_part(**call, part=which, planned=planned)
     except KeyboardInterrupt:
+        if not main:
+            raise SystemExit(130) from None
         click.secho(
             f"\ninterrupted: finished shards and chunks are kept in {out}; run the same command again to continue",
             fg="yellow",
@@ -341,6 +346,8 @@ def extract(
     except (FileNotFoundError, FileExistsError) as e:  # VggfeatError is shown by LazyGroup; others are bugs
         raise click.ClickException(str(e)) from None
     seconds = time.perf_counter() - start
+    if not main:
+        return
     store = result.store
     i, n = result.part
     if store is None:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import errno
 import importlib
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import click
 
 from vggfeat import __version__
 from vggfeat.errors import VggfeatError
 from vggfeat.utils.cpus import prepare_process
+from vggfeat.utils.ranks import launched_rank
 
 # command name -> "module:attribute"; modules import torch and friends inside their functions only
 COMMANDS = {
@@ -39,18 +43,44 @@ class LazyGroup(click.Group):
         module, attr = COMMANDS[name].split(":")
         return getattr(importlib.import_module(module), attr)
 
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        with said_once():  # a mistyped command or option under torchrun
+            return super().make_context(info_name, args, parent, **extra)
+
     def invoke(self, ctx: click.Context):
         # a user-facing error is one red line and exit 1; anything else is a bug and keeps its traceback
-        try:
-            return super().invoke(ctx)
-        except VggfeatError as e:
-            raise click.ClickException(str(e)) from None
-        except OSError as e:  # a full disk or a folder we may not write is the user's to fix, not a bug
-            fix = _OS_FIXES.get(e.errno)
-            if fix is None:
-                raise
-            where = f"{e.filename}: " if e.filename else ""
-            raise click.ClickException(f"{where}{e.strerror or e}; {fix}") from None
+        with said_once():
+            try:
+                return super().invoke(ctx)
+            except VggfeatError as e:
+                raise click.ClickException(str(e)) from None
+            except OSError as e:  # a full disk or a folder we may not write is the user's to fix, not a bug
+                fix = _OS_FIXES.get(e.errno)
+                if fix is None:
+                    raise
+                where = f"{e.filename}: " if e.filename else ""
+                raise click.ClickException(f"{where}{e.strerror or e}; {fix}") from None
+
+
+# how long a rank other than 0 waits, after its error, for torchrun to stop it (which it does once rank 0 has
+# exited with that error, printed); a process still running then met an error of its own, and says it
+OTHER_RANK_GRACE_S = 10.0
+
+
+@contextmanager
+def said_once() -> Iterator[None]:
+    """Under torchrun every process meets the same mistake (an option, a store with other settings): rank 0
+    prints the Error line and the others exit with its code without printing it again."""
+    try:
+        yield
+    except click.ClickException as e:
+        rank, world = launched_rank()
+        if world <= 1 or rank == 0:
+            raise
+        time.sleep(OTHER_RANK_GRACE_S)
+        e.message = f"(rank {rank}) {e.message}"
+        e.show()
+        raise SystemExit(e.exit_code) from None
 
 
 # errno -> what to do; every command writes its results atomically and resumes, so a rerun loses nothing
