@@ -227,6 +227,7 @@ def tour_env(root: Path, port: int) -> dict[str, str]:
     env.update(
         PATH=f"{root / 'bin'}{os.pathsep}{env.get('PATH', '')}",
         PYTHONPATH=os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p),
+        VGGFEAT_DATA=str(root / "data"),  # where --root defaults to
         TORCH_HOME=str(root / "torch-home"),
         HF_HOME=str(root / "hf-home"),
         VGGFEAT_OFFLINE="1",

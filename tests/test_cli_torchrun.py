@@ -62,7 +62,7 @@ def test_torchrun_prints_one_summary_and_one_error_line(inputs):
     assert refused.returncode != 0
     errors = [line for line in output.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1 and "other settings" in errors[0], output
-    assert "rank 1" not in output.split("ChildFailedError")[0]  # rank 1 was stopped, not left to speak
+    assert "(rank 1)" not in output  # torchrun stopped rank 1 once rank 0 had said it: it never spoke
 
 
 def test_torchrun_usage_error_is_one_line(inputs):
@@ -82,6 +82,18 @@ def test_other_rank_that_is_not_stopped_says_its_error_with_its_rank(monkeypatch
     result = CliRunner().invoke(main.cli, ["extract", "nowhere/"])
     assert result.exit_code == 1
     assert result.stderr.strip().startswith("Error: (rank 1) ") and "nowhere" in result.stderr
+
+
+def test_other_rank_usage_errors_wait_too(monkeypatch):
+    """A mistyped command or option is met before any command runs (click parsing): the same rule holds."""
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setattr(main, "OTHER_RANK_GRACE_S", 0.0)
+    for args, where in ((["extrct"], "No such command"), (["extract", "x", "--scales", "10"], "--scales")):
+        result = CliRunner().invoke(main.cli, args)
+        assert result.exit_code == 2
+        errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+        assert len(errors) == 1 and errors[0].startswith("Error: (rank 3) ") and where in errors[0], result.stderr
 
 
 def test_rank_zero_and_single_processes_print_at_once(monkeypatch):

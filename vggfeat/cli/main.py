@@ -63,8 +63,9 @@ class LazyGroup(click.Group):
 
 
 # how long a rank other than 0 waits, after its error, for torchrun to stop it (which it does once rank 0 has
-# exited with that error, printed); a process still running then met an error of its own, and says it
-OTHER_RANK_GRACE_S = 10.0
+# exited with that error, printed); a process still running then met an error of its own, and says it. Generous:
+# rank 0 may reach the same error seconds later on a loaded machine, and a second copy of the line is the bug
+OTHER_RANK_GRACE_S = 30.0
 
 
 @contextmanager
@@ -78,8 +79,7 @@ def said_once() -> Iterator[None]:
         if world <= 1 or rank == 0:
             raise
         time.sleep(OTHER_RANK_GRACE_S)
-        e.message = f"(rank {rank}) {e.message}"
-        e.show()
+        click.ClickException(f"(rank {rank}) {e.format_message()}").show()
         raise SystemExit(e.exit_code) from None
 
 
