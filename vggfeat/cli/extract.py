@@ -16,7 +16,7 @@ from vggfeat.features.protocol import Protocol
 from vggfeat.features.runtime import Runtime
 from vggfeat.features.shard_files import finish_command
 from vggfeat.features.shard_plan import parse_part, plan_shards
-from vggfeat.utils.ranks import is_main_process
+from vggfeat.utils.distributed import env_info
 from vggfeat.weight_sources import WEIGHTS_HELP
 
 DEFAULT_OUT_DIR = Path("vggfeat-out")
@@ -278,7 +278,7 @@ def extract(
     if which is not None and array is not None:
         raise click.UsageError("--part and --array exclude each other: --array N runs parts 0/N ... N-1/N itself")
 
-    main = is_main_process()  # under torchrun, rank 0 speaks for the run: one summary, not one per process
+    main = env_info().is_main  # under torchrun, rank 0 speaks for the run: one summary, not one per process
     if out is None:
         out = str(default_out(images, layer))
         if main:

@@ -13,7 +13,7 @@ import click
 from vggfeat import __version__
 from vggfeat.errors import VggfeatError
 from vggfeat.utils.cpus import prepare_process
-from vggfeat.utils.ranks import launched_rank
+from vggfeat.utils.distributed import env_info
 
 # command name -> "module:attribute"; modules import torch and friends inside their functions only
 COMMANDS = {
@@ -75,8 +75,8 @@ def said_once() -> Iterator[None]:
     try:
         yield
     except click.ClickException as e:
-        rank, world = launched_rank()
-        if world <= 1 or rank == 0:
+        rank = env_info().rank
+        if rank == 0:
             raise
         time.sleep(OTHER_RANK_GRACE_S)
         click.ClickException(f"(rank {rank}) {e.format_message()}").show()

@@ -32,7 +32,11 @@ def env_info(env: Mapping[str, str] | None = None) -> DistInfo:
     """Rank, world size and local rank from torchrun's environment (`env`, default os.environ), without joining
     any group: the one place that reads RANK, WORLD_SIZE and LOCAL_RANK."""
     env = os.environ if env is None else env
-    return DistInfo(int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0")))
+    try:
+        info = DistInfo(int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0")))
+    except ValueError:  # not torchrun's: a value we cannot read is not a rank
+        return DistInfo()
+    return info if info.world > 1 else DistInfo()  # outside torchrun this process speaks for the run
 
 
 def init_distributed(device_type: str) -> DistInfo:
