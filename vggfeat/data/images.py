@@ -93,11 +93,11 @@ def _folder_images(folder: Path) -> list[Path]:
 def find_input_images(inputs: Iterable[str | Path]) -> list[Path]:
     """`find_images`, and an InputError naming the inputs when they hold no image at all. Light (no torch), so
     a command checks its inputs before loading its nets."""
-    inputs = [str(i) for i in inputs]
-    found = find_images(inputs)
+    names = [str(i) for i in inputs]
+    found = find_images(names)
     if not found:
         raise InputError(
-            f"no input images found in {', '.join(inputs) or 'the arguments'} (image files: "
+            f"no input images found in {', '.join(names) or 'the arguments'} (image files: "
             f"{', '.join(sorted(IMAGE_EXTENSIONS))}; folders are searched recursively)"
         )
     return found
@@ -201,7 +201,7 @@ def _open_rgb(source: Path | io.BytesIO, path: str | Path, min_side: int | None,
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(source)
+            img: Image.Image = Image.open(source)
             w, h = img.size
             if w * h > max_pixels:
                 raise ImageError(path, f"decompression bomb refused ({w}x{h} = {w * h:,} pixels > {max_pixels:,})")
@@ -296,6 +296,7 @@ def _rgb_tensor(
     except Exception:  # the fallback below classifies the problem
         fast = False
     if fast:
+        assert tvio is not None  # fast needs it
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)

@@ -27,7 +27,7 @@ def photo_jpegs(folder: str | Path, n: int, sizes: Sequence[tuple[int, int]] = V
     for k in range(n):
         h, w = sizes[int(rng.integers(len(sizes)))]
         x0, y0 = int(rng.integers(0, 60)), int(rng.integers(0, 40))
-        crop = photos[k % 2].crop((x0, y0, x0 + 560, y0 + 380)).resize((w, h), Image.BILINEAR)
+        crop = photos[k % 2].crop((x0, y0, x0 + 560, y0 + 380)).resize((w, h), Image.Resampling.BILINEAR)
         if k % 3 == 1:
             crop = ImageOps.mirror(crop)
         paths.append(folder / f"img{k:05d}.jpg")

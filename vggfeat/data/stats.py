@@ -133,6 +133,6 @@ def cached_tar_stats(folder: str | Path, shards: Sequence[str], *, min_side: int
 def _read_cache(cache: Path) -> dict[str, Any]:
     stats = read_json(cache, StatsError, f"delete it or run `vggfeat mean-rgb {cache.parent} --refresh`")
     shapes = {"mean": (3,), "eigval": (3,), "eigvec": (3, 3)}
-    if not isinstance(stats, dict) or any(np.shape(stats.get(k)) != shape for k, shape in shapes.items()):
+    if not isinstance(stats, dict) or any(k not in stats or np.shape(stats[k]) != shape for k, shape in shapes.items()):
         raise StatsError(f"{cache}: not a mean_rgb.json (needs mean, eigval and eigvec of RGB)")
     return stats

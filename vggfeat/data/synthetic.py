@@ -141,8 +141,8 @@ def generate_synthetic(
             folder = root / split / spec.class_name(c)
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                wh = tuple(int(v) for v in rng.integers(size[0], size[1] + 1, 2))
-                spec.draw(c, wh, rng).save(folder / f"{split}_{c:02d}_{i:04d}.jpg", quality=92)
+                w, h = (int(v) for v in rng.integers(size[0], size[1] + 1, 2))
+                spec.draw(c, (w, h), rng).save(folder / f"{split}_{c:02d}_{i:04d}.jpg", quality=92)
     (root / DONE).write_text(settings)
     (root / PARTIAL).unlink()
     log.info("generated a synthetic dataset of %d classes of %s at %s", classes, kind, root)

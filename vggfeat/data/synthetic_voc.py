@@ -239,7 +239,7 @@ def draw_background(rng: np.random.Generator, size: tuple[int, int]) -> Image.Im
     """Smooth coloured noise with a gradient: clutter that is not any class."""
     w, h = size
     low = rng.integers(90, 230, (max(2, h // 16), max(2, w // 16), 3)).astype(np.uint8)
-    img = Image.fromarray(low).resize((w, h), Image.BICUBIC)
+    img = Image.fromarray(low).resize((w, h), Image.Resampling.BICUBIC)
     noise = rng.normal(0, 12, (h, w, 3))
     return Image.fromarray(np.clip(np.asarray(img, np.float64) + noise, 0, 255).astype(np.uint8))
 
@@ -284,7 +284,7 @@ def _make_voc(root: str | Path, year: str, counts: dict[str, int], seed: int, si
         ids[split] = [f"{k:06d}" for k in range(start, start + n)]
         start += n
     for split, names in ids.items():
-        rows = {cls: [] for cls in VOC_CLASSES}
+        rows: dict[str, list[str]] = {cls: [] for cls in VOC_CLASSES}
         for name in names:
             img, labels = draw_scene(rng, size)
             img.save(voc / "JPEGImages" / f"{name}.jpg", quality=92)

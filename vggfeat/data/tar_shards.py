@@ -86,7 +86,7 @@ def expand_braces(pattern: str, *, _whole: str | None = None) -> list[str]:
             depth -= 1
             if depth == 0:
                 head, tail = pattern[:start], pattern[i + 1 :]
-                out = []
+                out: list[str] = []
                 for alt in _alternatives(pattern[start + 1 : i], whole):
                     out.extend(head + x for x in expand_braces(alt + tail, _whole=whole))
                     if len(out) > MAX_EXPANSION:
@@ -151,11 +151,12 @@ def split_key(name: str) -> tuple[str, str] | None:
 
 def _watched_tarinfo(ends: list[BaseException]) -> type[tarfile.TarInfo]:
     """A TarInfo class that records why header reading stopped (tarfile ends iteration silently on a truncated or
-    invalid header past the first), and refuses oversized pax / long-name headers before tarfile reads them."""
+    invalid header past the first), and refuses oversized pax / long-name headers before tarfile reads them.
+    The header errors and the _proc_* hooks are CPython's tarfile internals, which typeshed does not declare."""
 
     class WatchedTarInfo(tarfile.TarInfo):
         @classmethod
-        def fromtarfile(cls, tf: tarfile.TarFile) -> tarfile.TarInfo:
+        def fromtarfile(cls, tf: tarfile.TarFile) -> WatchedTarInfo:
             try:
                 return super().fromtarfile(tf)
             except tarfile.HeaderError as e:
@@ -164,15 +165,15 @@ def _watched_tarinfo(ends: list[BaseException]) -> type[tarfile.TarInfo]:
 
         def _proc_gnulong(self, tf: tarfile.TarFile) -> tarfile.TarInfo:
             self._check_header_size()
-            return super()._proc_gnulong(tf)
+            return super()._proc_gnulong(tf)  # type: ignore[misc]
 
         def _proc_pax(self, tf: tarfile.TarFile) -> tarfile.TarInfo:
             self._check_header_size()
-            return super()._proc_pax(tf)
+            return super()._proc_pax(tf)  # type: ignore[misc]
 
         def _check_header_size(self) -> None:
             if not 0 <= self.size <= MAX_HEADER_BYTES:
-                raise tarfile.InvalidHeaderError(f"an extended header of {self.size} bytes")
+                raise tarfile.InvalidHeaderError(f"an extended header of {self.size} bytes")  # type: ignore[attr-defined]
 
     return WatchedTarInfo
 
@@ -206,9 +207,9 @@ class _Group:
 def _end_reason(ends: list[BaseException], offset: int, done: int) -> str | None:
     """Why the member headers stopped at byte `offset`: None for the end-of-archive blocks."""
     last = ends[-1] if ends else None
-    if last is None or isinstance(last, tarfile.EOFHeaderError):
+    if last is None or isinstance(last, tarfile.EOFHeaderError):  # type: ignore[attr-defined]
         return None
-    if isinstance(last, (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError)):
+    if isinstance(last, (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError)):  # type: ignore[attr-defined]
         return f"truncated tar after {done} samples: it ends at byte {offset} without the end-of-archive blocks"
     return f"damaged tar after {done} samples: invalid member header at byte {offset} ({last})"
 
@@ -255,7 +256,8 @@ def _read_stream(
     while True:
         try:
             member = tf.next()
-            tf.members.clear()  # tarfile keeps every header it read; a long tar would grow without bound
+            # tarfile keeps every header it read (.members, not in typeshed); a long tar would grow without bound
+            tf.members.clear()  # type: ignore[attr-defined]
             if member is None:
                 reason = _end_reason(ends, tf.offset, done)
                 break
@@ -283,7 +285,9 @@ def _read_stream(
                     " limit (max_member_bytes)"
                 )
             elif not group.reason:
-                data = tf.extractfile(member).read()
+                reader = tf.extractfile(member)
+                assert reader is not None  # a regular member (checked above) always has data
+                data = reader.read()
                 if len(data) != member.size:
                     raise tarfile.ReadError(f"unexpected end of data in {member.name}")
                 group.members[ext] = (member.name, data)

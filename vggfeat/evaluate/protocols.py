@@ -32,7 +32,7 @@ PROTOCOLS = ("dense", "multicrop", "both")
 def _rescaled(img: Image.Image, q: int, model: VGG) -> torch.Tensor:
     """(1, 3, H, W) net input of `img` rescaled to smallest side Q, in the weights' convention."""
     h, w = isotropic_size(img.height, img.width, q)
-    arr = np.asarray(img.resize((w, h), Image.BILINEAR, reducing_gap=None), dtype=np.float32) / 255.0
+    arr = np.asarray(img.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=None), dtype=np.float32) / 255.0
     x = torch.from_numpy(arr).permute(2, 0, 1)[None]  # (H, W, 3) -> (1, 3, H, W)
     return model.preprocessing.apply(x)
 

@@ -61,9 +61,9 @@ def cgroup_cpu_limit(
         if v1 is None or not base.is_dir():
             continue
         for group in _ancestors(base, v1):
-            quota, period = _read(group / "cpu.cfs_quota_us"), _read(group / "cpu.cfs_period_us")
-            if quota and period and int(quota) > 0 and int(period) > 0:
-                limits.append(int(quota) / int(period))
+            quota_us, period_us = _read(group / "cpu.cfs_quota_us"), _read(group / "cpu.cfs_period_us")
+            if quota_us and period_us and int(quota_us) > 0 and int(period_us) > 0:
+                limits.append(int(quota_us) / int(period_us))
         break
     return min(limits) if limits else None
 

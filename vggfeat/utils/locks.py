@@ -19,9 +19,11 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 from vggfeat.errors import VggfeatError
 
+fcntl: ModuleType | None
 try:
     import fcntl
 except ImportError:  # Windows
@@ -52,6 +54,7 @@ def _holder(fd: int) -> str:
 
 
 def _acquire(path: Path, folder: Path, what: str, fix: str) -> int:
+    assert fcntl is not None  # the caller returns before locking where there is no fcntl
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)

@@ -8,7 +8,7 @@ a carriage return plus a line per batch, so there the bar is a plain line when i
 from __future__ import annotations
 
 import sys
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -24,7 +24,7 @@ def progress_bar(
     from tqdm import tqdm  # looked up at each call, so tests can stand in for it
 
     stream = file if file is not None else sys.stderr
-    common = dict(total=total, initial=initial, desc=desc, unit=unit)
+    common: dict[str, Any] = dict(total=total, initial=initial, desc=desc, unit=unit)
     if _is_terminal(stream):
         return tqdm(**common, file=stream, leave=leave, dynamic_ncols=True, smoothing=0.1)
     # miniters=1 leaves the pace to the clock alone; the final line stays (leave) as the loop's record in the log
