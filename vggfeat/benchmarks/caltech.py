@@ -223,7 +223,8 @@ def read_split_file(path: Path, data_dir: Path, classes: tuple[str, ...]) -> lis
     """(resolved path, class id, line) per line of `relative/path class` or `["relative/path", class]` (class:
     an id or a class name)."""
     index = {c: i for i, c in enumerate(classes)}
-    rows, seen = [], {}
+    rows: list[tuple[str, int, int]] = []
+    seen: dict[str, int] = {}  # resolved image path -> its line
     # only "\n" ends a line: splitlines() would also cut at \r, \f or U+2028, which plain lines never hold
     text = read_dataset_file(path, "split file").decode("utf-8", errors="surrogateescape")
     for n, raw in enumerate(text.split("\n"), start=1):
@@ -328,7 +329,7 @@ def load_random_splits(
             where=data_dir,
         )
         if files:
-            os.makedirs(splits_dir, exist_ok=True)
+            os.makedirs(files[0].parent, exist_ok=True)
             quota = (
                 f"{train_per_class} train per class"
                 if train_per_class is not None

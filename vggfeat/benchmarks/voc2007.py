@@ -18,7 +18,7 @@ def load(root: Path, options: SplitOptions) -> list[ProbeSplit]:
 
 
 def score(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, float]:
-    per_class = metrics.voc07_ap(scores, labels)
+    per_class = np.asarray(metrics.voc07_ap(scores, labels))  # (K,): scores are (N, K)
     return per_class, float(np.nanmean(per_class))
 
 

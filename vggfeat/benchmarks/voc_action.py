@@ -99,12 +99,13 @@ def read_action_list(file: Path) -> dict[tuple[str, int], tuple[int, int]]:
 
 def _int(node: ET.Element | None, tag: str, file: Path, where: str) -> int:
     child = None if node is None else node.find(tag)
+    text = "" if child is None or child.text is None else child.text
     try:
-        value = float(child.text)  # a few devkit boxes are written as floats
-    except (AttributeError, TypeError, ValueError):
+        value = float(text)  # a few devkit boxes are written as floats
+    except ValueError:
         raise DatasetError(f"{file}: {where} has no numeric <{tag}>") from None
     if not math.isfinite(value):  # 'inf', 'nan', or '1e400', which float() reads as inf
-        raise DatasetError(f"{file}: {where} has <{tag}>{child.text.strip()}</{tag}>, not a finite number of pixels")
+        raise DatasetError(f"{file}: {where} has <{tag}>{text.strip()}</{tag}>, not a finite number of pixels")
     return int(round(value))
 
 
@@ -126,7 +127,8 @@ def read_person_boxes(file: Path) -> tuple[dict[int, tuple[int, int, int, int] |
             continue
         where = f"object {index} (person)"
         bb = obj.find("bndbox")
-        box = tuple(_int(bb, t, file, where) for t in ("xmin", "ymin", "xmax", "ymax"))
+        xmin, ymin, xmax, ymax = (_int(bb, t, file, where) for t in ("xmin", "ymin", "xmax", "ymax"))
+        box = (xmin, ymin, xmax, ymax)
         if not (1 <= box[0] <= box[2] and 1 <= box[1] <= box[3]):
             raise DatasetError(f"{file}: {where} has an empty or negative box {box} (xmin, ymin, xmax, ymax)")
         objects[index] = box
