@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -78,6 +78,16 @@ class _Damaged(Exception):
 _COPY_STEP = 1 << 24  # bytes copied out of a map between two page releases (16 MiB)
 
 
+class _BinaryFile(Protocol):
+    """What a _Reader needs of its file: an open binary file or a _MappedFile."""
+
+    def seek(self, pos: int, /) -> object: ...
+
+    def read(self, n: int, /) -> bytes: ...
+
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
+
+
 class _MappedFile:
     """The seek/read/readinto a _Reader uses, over a file's bytes that are already mapped (no second open)."""
 
@@ -114,7 +124,7 @@ class _Reader:
     """Protobuf wire format over a seekable binary file: message headers through a small window, packed
     numbers straight into numpy arrays."""
 
-    def __init__(self, f: IO[bytes], size: int) -> None:
+    def __init__(self, f: _BinaryFile, size: int) -> None:
         self.f, self.size = f, size
         self.buf, self.start = b"", 0
 
@@ -142,6 +152,7 @@ class _Reader:
         at = pos
         key, pos = self.varint(pos, end)
         number, wire = key >> 3, key & 7
+        value: int | tuple[int, int]  # a varint or a fixed field's start; (start, length) of a length-delimited one
         if number == 0:
             raise _Damaged(f"field number 0 at byte {at}")
         if wire == VARINT:
@@ -170,7 +181,7 @@ class _Reader:
     def array(self, pos: int, count: int, dtype: str) -> np.ndarray:
         out = np.empty(count, dtype)
         self.f.seek(pos)
-        if self.f.readinto(memoryview(out).cast("B")) != out.nbytes:
+        if self.f.readinto(out.data.cast("B")) != out.nbytes:
             raise _Damaged(f"{count} values at byte {pos} run past the end of the file (byte {self.size})")
         return out
 
@@ -301,7 +312,8 @@ def parse_caffemodel(path: str | Path, data: Mapped | None = None) -> CaffeNet:
     size = path.stat().st_size if data is None else len(data)
     if size == 0:
         raise WeightsError(f"{path}: empty file, not a Caffe model")
-    name, layers, versions = "", [], set()
+    name, versions = "", set()
+    layers: list[CaffeLayer] = []
     try:
         with open(path, "rb") if data is None else nullcontext(_MappedFile(data)) as f:
             r = _Reader(f, size)

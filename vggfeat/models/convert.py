@@ -51,6 +51,7 @@ def weights_info(value: str | Path | ResolvedWeights) -> dict[str, Any]:
             "preprocessing_from": "vggfeat's default (the paper's mean RGB)",
             "metadata": {},
         }
+    assert resolved.path is not None  # only random weights have no file
     tensors, meta = read_weights(resolved.path)
     source = resolved.source
     with naming_file(source):

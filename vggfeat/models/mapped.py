@@ -14,6 +14,7 @@ import os
 import struct
 from collections import OrderedDict
 from pathlib import Path
+from typing import TypeGuard
 
 import torch
 
@@ -105,7 +106,7 @@ def read_safetensors(data: Mapped) -> tuple[dict[str, torch.Tensor], dict[str, s
 def _entry_fields(name: str, info: object) -> tuple[torch.dtype, list[int], tuple[int, int]]:
     """A header entry's dtype, shape and byte range, each of the type the format prescribes."""
 
-    def ints(value: object) -> bool:
+    def ints(value: object) -> TypeGuard[list[int]]:
         return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
 
     if not isinstance(info, dict):

@@ -65,7 +65,8 @@ class Preprocessing:
             raise ValueError(
                 f"unknown preprocessing fields {sorted(unknown)}; valid: channel_order, value_range, mean, std"
             )
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**fields)
 
 
 # Sect. 2.1: subtract the mean RGB of the ImageNet training set, pixels in 0-255.

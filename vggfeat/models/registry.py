@@ -126,6 +126,7 @@ def load_model(
         # Glorot keeps activations alive through a random deep net; normal(0, 0.01) makes them vanish
         return create_model(name or "vgg_d", **{"init": "glorot", **options}).eval()
     source = resolved.source  # errors name the value as given
+    assert resolved.path is not None  # only random weights have no file
     tensors, meta = read_weights(resolved.path)
     with naming_file(source):
         if meta.get("arch") in SPECS and "options" in meta:

@@ -141,10 +141,8 @@ def _torchvision(name: str, download: bool) -> ResolvedWeights:
     match = HASH_REGEX.search(filename)
     # torch.hub checks the sha256 prefix in the file name when it downloads, and reads a cached file as is
     # (load_state_dict_from_url skips the check when the file exists): so do we.
-    resolved = ResolvedWeights(
-        name, "torchvision", torch_hub_checkpoints() / filename, _ARCH[arch], "torchvision", match and match.group(1)
-    )
-    path = resolved.path
+    path = torch_hub_checkpoints() / filename
+    resolved = ResolvedWeights(name, "torchvision", path, _ARCH[arch], "torchvision", match and match.group(1))
     if path.is_file():
         return resolved
     where = f"put {filename} (from {url}) at {path}"

@@ -83,6 +83,10 @@ class DenseFC(nn.Conv2d):
 class VGG(nn.Module):
     """A Table 1 net. Submodules are named as in Caffe, so state-dict keys read `conv3_2.weight`."""
 
+    # for the type checker, which cannot see through add_module and nn.Module's __getattr__
+    arch: str  # the registry name (vgg_d, ...), set by models.registry.create_model
+    fc6: DenseFC
+
     def __init__(
         self,
         config: str = "D",

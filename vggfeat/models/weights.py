@@ -28,7 +28,7 @@ from .caffe import is_caffemodel, read_caffemodel
 from .mapped import map_weights, read_safetensors
 from .preprocessing import PRESETS, TIMM, TORCHVISION, Preprocessing, resolve_preprocessing
 from .resolve import check_vggfeat_net, check_weight_file, resolve_weights
-from .vgg import CONFIGS
+from .vgg import CONFIGS, VGG
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def detect_layout(state: Mapping[str, torch.Tensor]) -> str:
     raise WeightsError(f"unrecognised weight layout (keys like {sample}); known layouts: {', '.join(LAYOUTS)}")
 
 
-def to_vggfeat_layout(state: Mapping[str, torch.Tensor], model: nn.Module, layout: str) -> dict[str, torch.Tensor]:
+def to_vggfeat_layout(state: Mapping[str, torch.Tensor], model: VGG, layout: str) -> dict[str, torch.Tensor]:
     """Rename keys into vggfeat's layout and reshape FC matrices into the dense head's conv kernels."""
     if layout == "vggfeat":
         renamed = dict(state)
@@ -254,8 +254,8 @@ def check_options(options: Any, origin: str) -> dict[str, Any]:
 
 
 def load_weights(
-    model: nn.Module, source: str | Path | Mapping[str, Any], *, preprocessing: Preprocessing | str | None = None
-) -> nn.Module:
+    model: VGG, source: str | Path | Mapping[str, Any], *, preprocessing: Preprocessing | str | None = None
+) -> VGG:
     """Load a state dict or weight file into `model` (in place) and set `model.preprocessing`.
 
     The preprocessing comes from, in order: the `preprocessing` argument, the file's own metadata, the
@@ -269,6 +269,7 @@ def load_weights(
         if resolved.is_random:
             log.info("weights 'random': keeping the model's random initialisation")
             return model
+        assert resolved.path is not None  # only random weights have no file
         tensors, meta = read_weights(resolved.path)
     else:
         tensors, meta = split_container(source)
@@ -276,14 +277,14 @@ def load_weights(
 
 
 def load_tensors(
-    model: nn.Module,
+    model: VGG,
     tensors: Mapping[str, torch.Tensor],
     meta: Mapping[str, Any],
     *,
     preprocessing: Preprocessing | str | None = None,
     origin: Any = None,
     assign: bool = False,
-) -> nn.Module:
+) -> VGG:
     """`load_weights` for tensors and metadata already read (`read_weights`), so a file is read once.
 
     `assign=True` makes the tensors the model's parameters instead of copying them in (a model built on the
