@@ -58,10 +58,11 @@ def _train(source: VectorSource, plan: Plan, rows: np.ndarray, gpus: list[int]) 
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
         ivf.cp.niter = COARSE_ITERATIONS
-        if hasattr(faiss.downcast_index(ivf), "do_polysemous_training"):
+        inner = faiss.downcast_index(ivf)
+        if hasattr(inner, "do_polysemous_training"):
             # index_factory turns on polysemous training for 8-bit PQ: minutes of simulated annealing that only
             # serve a Hamming pre-filter (`ht`), which these searches do not use
-            faiss.downcast_index(ivf).do_polysemous_training = False
+            inner.do_polysemous_training = False
     if not index.is_trained:
         x = source.read_rows(rows)
         t = time.perf_counter()

@@ -67,8 +67,7 @@ def estimate_bytes(index: faiss.Index, n: int) -> int:
     d = index.d
     inner = index
     extra = 0
-    while isinstance(faiss.downcast_index(inner), faiss.IndexPreTransform):
-        pre = faiss.downcast_index(inner)
+    while isinstance(pre := faiss.downcast_index(inner), faiss.IndexPreTransform):
         extra += 4 * d * pre.index.d  # the transform's matrix
         inner = pre.index
     ivf = faiss.try_extract_index_ivf(inner)
@@ -79,7 +78,8 @@ def estimate_bytes(index: faiss.Index, n: int) -> int:
         return extra + qbytes + book + ivf.nlist * 48 + n * (ivf.code_size + ID_BYTES)
     hnsw = faiss.downcast_index(inner)
     if isinstance(hnsw, faiss.IndexHNSW):
-        links = 2 * hnsw.hnsw.nb_neighbors(0) * 4 * 1.1  # level 0 has 2M links, upper levels ~10% more
+        # level 0 has 2M links, upper levels ~10% more (faiss's bundled stub lacks HNSW.nb_neighbors)
+        links = 2 * hnsw.hnsw.nb_neighbors(0) * 4 * 1.1  # type: ignore[attr-defined]
         return int(extra + n * (faiss.downcast_index(hnsw.storage).sa_code_size() + links + 12))
     return extra + n * inner.sa_code_size()
 
@@ -162,8 +162,9 @@ def plan_for_factory(factory: str, n: int, d: int, budget: int, block: int | Non
     ivf = faiss.try_extract_index_ivf(index)
     nlist = ivf.nlist if ivf is not None else 1
     nbits = 0
-    if ivf is not None and hasattr(faiss.downcast_index(ivf), "pq"):
-        nbits = int(faiss.downcast_index(ivf).pq.nbits)
+    inner = faiss.downcast_index(ivf) if ivf is not None else None
+    if inner is not None and hasattr(inner, "pq"):
+        nbits = int(inner.pq.nbits)
     rows = train_rows(n, d, budget, nlist, nbits, block) if not index.is_trained else 0
     if not index.is_trained and rows == 0:
         rows = min(n, max(sample_cap(n, budget, d, block), 1000))  # e.g. a PCA or an SQ: any sample trains it

@@ -108,12 +108,15 @@ def merge(trained: faiss.Index, folder: Path, n_blocks: int, ivfdata: Path) -> f
 def point_to(index: faiss.Index, ivfdata: Path) -> None:
     """Record where the on-disk lists will live (the final index folder) in the index that refers to them."""
     invlists = faiss.extract_index_ivf(index).invlists
-    faiss.downcast_InvertedLists(invlists).filename = str(ivfdata)
+    lists = faiss.downcast_InvertedLists(invlists) if invlists is not None else None
+    assert isinstance(lists, faiss.OnDiskInvertedLists)  # only an on-disk index is pointed to its lists
+    lists.filename = str(ivfdata)
 
 
 def is_ondisk(index: faiss.Index) -> bool:
     ivf = faiss.try_extract_index_ivf(index)
-    return ivf is not None and isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.OnDiskInvertedLists)
+    lists = ivf.invlists if ivf is not None else None
+    return lists is not None and isinstance(faiss.downcast_InvertedLists(lists), faiss.OnDiskInvertedLists)
 
 
 def remove(folder: Path) -> None:

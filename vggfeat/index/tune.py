@@ -80,8 +80,8 @@ def _candidates(index: faiss.Index, k: int) -> list[str]:
                 return out
             p *= 2
     inner = index
-    while isinstance(faiss.downcast_index(inner), faiss.IndexPreTransform):
-        inner = faiss.downcast_index(inner).index
+    while isinstance(pre := faiss.downcast_index(inner), faiss.IndexPreTransform):
+        inner = pre.index
     if isinstance(faiss.downcast_index(inner), faiss.IndexHNSW):
         return [f"efSearch={e}" for e in (16, 32, 64, 128, 256, 512, 1024, 2048) if e >= k]
     return [""]
@@ -90,7 +90,8 @@ def _candidates(index: faiss.Index, k: int) -> list[str]:
 def measure(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, params: str = "") -> tuple[float, float]:
     """(recall@K, ms per query) of `index` searched with `params` (a batch of all queries, as served)."""
     if params:
-        faiss.ParameterSpace().set_index_parameters(index, params)
+        # faiss's bundled stub declares this str overload without @overload, so only the int one counts
+        faiss.ParameterSpace().set_index_parameters(index, params)  # type: ignore[arg-type]
     t = time.perf_counter()
     _, found = index.search(queries, truth.shape[1])
     ms = (time.perf_counter() - t) * 1000 / len(queries)
