@@ -77,7 +77,12 @@ def action_features(
         for s in net_settings(settings, fusion_l2)
     ]
     return action_store(
-        train, val, [s[0] for s in stores], [s[1] for s in stores] if box else (), stores[0][2], fusion_l2=fusion_l2
+        train,
+        val,
+        [s[0] for s in stores],
+        [s[1] for s in stores if s[1] is not None],
+        stores[0][2],
+        fusion_l2=fusion_l2,
     )
 
 

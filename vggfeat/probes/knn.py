@@ -100,7 +100,9 @@ def build_index(
     if ivf is not None:
         ivf.nprobe = min(ivf.nlist, max(4, int(math.sqrt(ivf.nlist))))
     elif kind == "hnsw":
-        faiss.downcast_index(index).hnsw.efSearch = 128
+        hnsw = faiss.downcast_index(index)
+        assert isinstance(hnsw, faiss.IndexHNSW)  # kind_factory's hnsw is an IndexHNSWFlat
+        hnsw.hnsw.efSearch = 128
     if kind != "hnsw" and _gpu_wanted(use_gpu):
         try:
             index = faiss.index_cpu_to_all_gpus(index)
@@ -169,9 +171,10 @@ def save_index(index: faiss.Index, path: str | Path, meta: dict[str, Any], ivfda
                 os.replace(ivfdata, tmp / IVFDATA_FILE)  # the lists already mapped stay valid through the rename
                 meta = {**meta, "ivfdata_bytes": (tmp / IVFDATA_FILE).stat().st_size}
                 # plain faiss.read_index finds the lists where the folder ends up; load_index looks beside it
-                faiss.downcast_InvertedLists(faiss.extract_index_ivf(cpu).invlists).filename = str(
-                    path.resolve() / IVFDATA_FILE
-                )
+                invlists = faiss.extract_index_ivf(cpu).invlists
+                lists = faiss.downcast_InvertedLists(invlists) if invlists is not None else None
+                assert isinstance(lists, faiss.OnDiskInvertedLists)  # an ivfdata file comes with on-disk lists
+                lists.filename = str(path.resolve() / IVFDATA_FILE)
             data = faiss.serialize_index(cpu).tobytes()
             atomic_write_bytes(tmp / INDEX_FILE, data)
             atomic_write_json(

@@ -51,7 +51,7 @@ def report_dict(result: ProbeResult) -> dict[str, Any]:
         if name in excluded:
             row["excluded"] = excluded[name]
         if chosen[0] is not None:
-            row["chosen_C"] = [float(c[k]) for c in chosen]
+            row["chosen_C"] = [float(c[k]) for c in chosen if c is not None]  # every split has one, or none
         rows.append(row)
     bench = get_benchmark(result.benchmark)
     # the paper's numbers are printed as references beside measured ones - never as our results

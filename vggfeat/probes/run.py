@@ -120,6 +120,7 @@ def run_linear_probe(
     a seeded 20% of the training images, then refit on all of them (Appendix B gives no C), scored on test."""
     if classifier not in CLASSIFIERS:
         raise ValueError(f"unknown classifier {classifier!r}; valid: {', '.join(CLASSIFIERS)}")
+    fit: Callable[..., tuple[Any, Any]]  # (probe, Selection): the two fitters differ only in their extra kwargs
     if classifier == "svm":
         from vggfeat.probes.selection import fit_probe as fit
     else:
@@ -128,7 +129,7 @@ def run_linear_probe(
     for split in splits:
         start = time.perf_counter()
         x_train, x_test = split_features(store, split.train_paths, split.test_paths)
-        kwargs = {"device": device} if classifier == "svm" else {}
+        kwargs: dict[str, Any] = {"device": device} if classifier == "svm" else {}
         probe, selection = fit(
             x_train,
             np.array(split.train_labels),

@@ -50,12 +50,12 @@ def holdout_split(y: ArrayLike, fraction: float, seed: int) -> tuple[np.ndarray,
     y = np.asarray(y)
     rng = np.random.default_rng(seed)
     if y.ndim == 1:
-        held = []
+        picked: list[int] = []
         for c in np.unique(y):
             rows = rng.permutation(np.flatnonzero(y == c))
             if len(rows) >= 2:
-                held.extend(rows[: max(1, int(round(fraction * len(rows))))])
-        held = np.sort(np.array(held, dtype=np.int64))
+                picked.extend(rows[: max(1, int(round(fraction * len(rows))))])
+        held = np.sort(np.array(picked, dtype=np.int64))
     else:
         held = np.sort(rng.permutation(len(y))[: max(1, int(round(fraction * len(y))))])
     fit = np.setdiff1d(np.arange(len(y)), held)
@@ -75,10 +75,10 @@ def heldout_table(scores: np.ndarray, y_val: np.ndarray, classes: np.ndarray, me
 def choose(Cs: Sequence[float], table: np.ndarray, num_classes: int) -> np.ndarray:
     """Best C per column of the table (the smallest C on ties); a column with no held-out value at all (a
     class without held-out positives) takes the C that is best on average."""
-    Cs = np.asarray(Cs, dtype=float)
-    mean = np.nanmean(table, axis=1) if np.isfinite(table).any() else np.zeros(len(Cs))
-    fallback = Cs[int(np.nanargmax(np.where(np.isnan(mean), -np.inf, mean)))]
-    chosen = np.array([Cs[int(np.nanargmax(col))] if np.isfinite(col).any() else fallback for col in table.T])
+    costs = np.asarray(Cs, dtype=float)
+    mean = np.nanmean(table, axis=1) if np.isfinite(table).any() else np.zeros(len(costs))
+    fallback = costs[int(np.nanargmax(np.where(np.isnan(mean), -np.inf, mean)))]
+    chosen = np.array([costs[int(np.nanargmax(col))] if np.isfinite(col).any() else fallback for col in table.T])
     return np.broadcast_to(chosen, (num_classes,)).copy() if len(chosen) == 1 else chosen
 
 

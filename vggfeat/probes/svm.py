@@ -131,11 +131,11 @@ def fit_linear_svms(
         raise ValueError(f"shapes disagree: X {X.shape}, Y {Y.shape}, S {S.shape}, C {C.shape}")
     if not (C > 0).all():
         raise ValueError("every C must be positive")
-    Xa = np.empty((n, d + 1), dtype=np.float32)  # (N, D+1): the features and the constant bias feature
-    Xa[:, :d] = X
-    Xa[:, d] = intercept_scaling
-    Xa = torch.from_numpy(Xa).to(device)
-    Y, S, C = (torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in (Y, S, C))
+    xa = np.empty((n, d + 1), dtype=np.float32)  # (N, D+1): the features and the constant bias feature
+    xa[:, :d] = X
+    xa[:, d] = intercept_scaling
+    Xa = torch.from_numpy(xa).to(device)
+    Yd, Sd, Cd = (torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in (Y, S, C))  # on the device
     Xa2 = Xa * Xa
     W = torch.zeros(d + 1, m, dtype=f32, device=device)
     iters = torch.zeros(m, dtype=torch.long, device=device)
@@ -143,7 +143,7 @@ def fit_linear_svms(
     f_prev = torch.full((m,), float("inf"), device=device)
     todo = torch.arange(m, device=device)
     for _ in range(max_iter):
-        Wt, Yt, St, Ct = W[:, todo], Y[:, todo], S[:, todo], C[todo]
+        Wt, Yt, St, Ct = W[:, todo], Yd[:, todo], Sd[:, todo], Cd[todo]
         z = 1 - Yt * (Xa @ Wt)  # (N, M'): margin shortfall
         c2s = 2 * Ct * St  # (N, M'): loss weights
         act = c2s * (z > 0).to(f32)  # Hessian weights of the violators
@@ -246,7 +246,7 @@ class OneVsRestLinear(ClassifierMixin, BaseEstimator):
         self, X: ArrayLike, y: ArrayLike
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
         """Checked (X (N, D) float32, Y, S, C per problem, classes, multilabel) for `fit`; see `svm_targets`."""
-        X, y = validate_data(self, X, y, dtype=np.float32, multi_output=True)
+        Xc, y = validate_data(self, X, y, dtype=np.float32, multi_output=True)
         check_classification_targets(y)  # refuses a continuous target with sklearn's "Unknown label type"
         Y, S, classes, multilabel = svm_targets(y)
         C = per_class_costs(self.C, Y.shape[1])
@@ -254,7 +254,7 @@ class OneVsRestLinear(ClassifierMixin, BaseEstimator):
             if C[0] != C[1]:
                 raise ValueError(f"two classes are one SVM (classes_[1] vs classes_[0]): give one C, not {C}")
             Y, S, C = Y[:, 1:], S[:, 1:], C[1:]
-        return X, Y, S, C, classes, multilabel
+        return Xc, Y, S, C, classes, multilabel
 
     def _set_fitted(
         self, coef: ArrayLike, intercept: ArrayLike, classes: np.ndarray, multilabel: bool
