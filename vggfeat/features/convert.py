@@ -4,6 +4,7 @@ store: the same rows, paths and input identities in shards of a fixed number of 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from vggfeat.utils.files import atomic_write_json, sha256_json
 
@@ -44,7 +45,7 @@ def convert_store(old: str | Path, new: str | Path, shard_size: int = 10_000) ->
     for i, name in enumerate(names):
         rows = slice(i * shard_size, min((i + 1) * shard_size, n))
         ids = identities[rows]
-        columns = {
+        columns: dict[str, list[Any]] = {
             "path": paths[rows],
             "key": paths[rows],
             "size": [d[0] if d else None for d in ids],

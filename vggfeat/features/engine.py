@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .gpudecode import check_gpu_decode, decode_views
-from .loader import ImageInput, ScaledImages, make_loader
+from .loader import ImageInput, RawJpeg, ScaledImages, make_loader
 from .nets import FeatureNet
 from .plan import Batch, Batcher, Plan, Shape, count_shapes, header_size, make_plan
 from .protocol import Protocol, combine
@@ -150,9 +150,10 @@ class _Forwards:
         net = self.nets[k]
         if not (self.compile and recurring):
             return net(x, sizes)
-        if self.compiled[k] is None:
-            self.compiled[k] = torch.compile(net)
-        return self.compiled[k](x, sizes)
+        fn = self.compiled[k]
+        if fn is None:
+            fn = self.compiled[k] = torch.compile(net)
+        return fn(x, sizes)
 
 
 class Stream:
@@ -292,6 +293,7 @@ class BatchReporter:
     def _report_oldest(self) -> None:
         event, n, _ = self.in_flight.popleft()
         event.synchronize()
+        assert self.on_batch is not None  # only batches with a callback are put in flight
         self.on_batch(n)
 
     def flush_until(self, seq: int) -> None:
@@ -342,6 +344,7 @@ def describe_chunks(
                 stream, arrived = streams.setdefault(chunk_of[i], (engine.stream(plan, on_batch), {}))
                 arrived[i] = reason
                 if views is not None:
+                    assert not isinstance(views, RawJpeg)  # decode_views has decoded every raw JPEG
                     engine.feed([(i, views)], stream)
                     if len(arrived) % window == 0:
                         stream.flush()  # bounds how long an image waits (and what an interruption loses)
@@ -350,7 +353,7 @@ def describe_chunks(
                 stream, arrived = streams.pop(chunk.start)
                 stream.flush()
                 index = [i for i in chunk if arrived[i] is None]
-                skipped = [(i, arrived[i]) for i in chunk if arrived[i] is not None]
+                skipped = [(i, reason) for i in chunk if (reason := arrived[i]) is not None]
                 yield chunk, np.array(index, dtype=np.int64), stream.take(index), skipped
     log.debug("distinct forward shapes per scale: %s", engine.distinct_shapes())
 

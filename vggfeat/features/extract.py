@@ -95,7 +95,8 @@ def extract_features(
     index, feats, skipped = describe_images(nets, images, protocol, runtime, chunk_size)
     if skipped:
         i, reason = skipped[0]
-        raise ImageError(images[i], reason)
+        bad = images[i]
+        raise ImageError(bad if isinstance(bad, (str, Path)) else f"image {i}", reason)
     out = np.empty_like(feats)
     out[index] = feats  # every image, in input order
     return out
@@ -459,9 +460,11 @@ class _ShardWriter:
     ) -> Iterator[tuple[np.ndarray, np.ndarray, list]]:
         """(ok indices, descriptors, [(index, reason)]) per chunk of `images`, in order; chunk k of these images
         is the shard's chunk first + k, read back from its chunk file when an earlier run finished it."""
+        cache = self.chunks
+        assert cache is not None  # set by write() for the shard being written
         chunks = _chunks(len(images), self.chunk_size)
-        done = {k: self.chunks.read(first + k) for k in range(len(chunks))}
-        done = {k: v for k, v in done.items() if v is not None}
+        cached = {k: cache.read(first + k) for k in range(len(chunks))}
+        done = {k: v for k, v in cached.items() if v is not None}
         todo = [c for k, c in enumerate(chunks) if k not in done]
         computed = describe_chunks(self.engine, images, todo, self.bar.batch_done)
         for k, chunk in enumerate(chunks):
@@ -472,7 +475,7 @@ class _ShardWriter:
                 if bad and self.strict:
                     i, reason = bad[0]
                     raise ImageError(names[i], f"{reason} (--strict makes bad inputs fatal)")
-                self.chunks.write(first + k, index - chunk.start, feats, [(i - chunk.start, r) for i, r in bad])
+                cache.write(first + k, index - chunk.start, feats, [(i - chunk.start, r) for i, r in bad])
                 index, bad = index - chunk.start, [(i - chunk.start, r) for i, r in bad]
             self.bar.chunk_done(len(chunk))
             yield index + chunk.start, feats, [(i + chunk.start, r) for i, r in bad]
@@ -480,23 +483,28 @@ class _ShardWriter:
     def _files(self, src: ShardSource) -> tuple[np.ndarray, dict[str, list], list[dict], str | None]:
         paths = list(src.paths)
         ids = inputs.input_identities(paths, self.hash_inputs)
-        rows, parts, skipped = [], [], []
+        rows: list[int] = []
+        parts: list[np.ndarray] = []
+        skipped: list[dict] = []
         for index, feats, bad in self._describe(paths, paths):
             rows.extend(index.tolist())
             parts.append(feats)
             skipped.extend({"path": paths[i], "key": paths[i], "reason": r} for i, r in bad)
-        columns = {
+        idents = [ids[i] for i in rows]
+        columns: dict[str, list] = {
             "path": [paths[i] for i in rows],
             "key": [paths[i] for i in rows],
-            "size": [ids[i][0] if ids[i] else None for i in rows],
-            "mtime_ns": [ids[i][1] if ids[i] else None for i in rows],
-            "sha256": [ids[i][2] if ids[i] and len(ids[i]) > 2 else None for i in rows],
+            "size": [d[0] if d else None for d in idents],
+            "mtime_ns": [d[1] if d else None for d in idents],
+            "sha256": [d[2] if d and len(d) > 2 else None for d in idents],
         }
         return _stack(parts, self.engine.dim), columns, skipped, None
 
     def _tar(self, src: ShardSource) -> tuple[np.ndarray, dict[str, list], list[dict], str | None]:
         columns: dict[str, list] = {"path": [], "key": [], "size": [], "mtime_ns": [], "sha256": []}
-        parts, skipped, problems = [], [], []
+        parts: list[np.ndarray] = []
+        skipped: list[dict] = []
+        problems: list[str] = []
         window: list = []
         windows = 0
 
@@ -517,6 +525,7 @@ class _ShardWriter:
                 skipped.extend({"path": names[i], "key": window[i].key, "reason": r} for i, r in bad)
             window.clear()
 
+        assert src.tar is not None  # write() sends only tar shards here
         for item in iter_tar_samples(src.tar):
             if isinstance(item, TarProblem):
                 skipped.append({"path": f"{item.url}#{item.key}", "key": item.key, "reason": item.reason})

@@ -25,12 +25,12 @@ def input_identities(paths: Sequence[str], content_hash: bool = False) -> list[I
     for p in paths:
         try:
             st = os.stat(p)
-            ident = [st.st_size, st.st_mtime_ns]
+            ident: list[int | str] = [st.st_size, st.st_mtime_ns]
             if content_hash:
                 ident.append(sha256_file(p))
+            out.append(ident)
         except OSError:
-            ident = None  # reported as unreadable when it is decoded
-        out.append(ident)
+            out.append(None)  # reported as unreadable when it is decoded
     return out
 
 

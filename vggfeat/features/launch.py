@@ -16,7 +16,7 @@ from vggfeat.errors import InputError
 try:
     from submitit.helpers import Checkpointable
 except ImportError:  # submitit is a dependency; a broken install fails at submit time with one line
-    Checkpointable = object
+    Checkpointable = object  # type: ignore[misc,assignment]
 
 
 class PartJob(Checkpointable):

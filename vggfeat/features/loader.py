@@ -22,8 +22,9 @@ from vggfeat.utils.cpus import share_cpus, worker_init
 from .plan import EXIF_ORIENTATION
 from .protocol import Protocol, scaled_size
 
-# what the extraction API accepts as one image: a file, a PIL image or an (H, W, 3) uint8 array
-ImageInput = str | Path | Image.Image | np.ndarray
+# what the extraction API accepts as one image: a file, a PIL image or an (H, W, 3) uint8 array; the shard
+# writer also passes a tar member's bytes (EncodedImage)
+ImageInput = str | Path | Image.Image | np.ndarray | EncodedImage
 
 
 class ScaledImages(torch.utils.data.Dataset):
@@ -56,8 +57,9 @@ class ScaledImages(torch.utils.data.Dataset):
 
     def __getitem__(self, k: int) -> tuple[int, list[torch.Tensor] | RawJpeg | None, str | None]:
         i = self.indices[k]
-        if self.raw_jpeg and isinstance(self.images[i], (str, Path)):
-            raw = read_raw_jpeg(self.images[i], max(self.protocol.scales))
+        item = self.images[i]
+        if self.raw_jpeg and isinstance(item, (str, Path)):
+            raw = read_raw_jpeg(item, max(self.protocol.scales))
             if raw is not None:
                 return i, raw, None
         try:
@@ -68,7 +70,7 @@ class ScaledImages(torch.utils.data.Dataset):
         views = []
         for q in self.protocol.scales:
             h, w = scaled_size(img.height, img.width, q, self.protocol.snap)
-            resized = img if (w, h) == img.size else img.resize((w, h), Image.BILINEAR)
+            resized = img if (w, h) == img.size else img.resize((w, h), Image.Resampling.BILINEAR)
             views.append(torch.from_numpy(np.array(resized, dtype=np.uint8)).permute(2, 0, 1))  # (3, H, W)
         return i, views, None
 

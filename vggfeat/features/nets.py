@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,11 +21,15 @@ from vggfeat.models import Preprocessing, create_model, load_model
 from vggfeat.models.fastconv import fuse_conv_relu
 from vggfeat.models.inference import inference_copy
 from vggfeat.models.resolve import check_timm_model, check_vggfeat_net, resolve_weights
+from vggfeat.models.vgg import VGG
 from vggfeat.models.weights import WeightsError, read_weights
 from vggfeat.weight_sources import RANDOM
 
 log = logging.getLogger(__name__)
 TIMM_PREFIX = "timm:"
+# a timm net: an nn.Module whose forward_features / forward_head / forward_intermediates / num_features are timm's
+# API, which nn.Module does not declare (and timm nets share no base class that does)
+TimmNet = Any
 
 
 @dataclass(frozen=True)
@@ -117,13 +122,20 @@ def _out_size(module: nn.Module, h: int, w: int) -> tuple[int, int]:
     """A conv's or max-pool's output size for an (h, w) input: torch's floor rounding (ceil_mode off)."""
     if not isinstance(module, (nn.Conv2d, nn.MaxPool2d)):
         return h, w  # ReLU, LRN, dropout: pointwise over positions
-    k, s, p = (module.kernel_size, module.stride, module.padding)
-    k, s, p = ((v, v) if isinstance(v, int) else v for v in (k, s, p))
+    k, s, p = (_pair(v) for v in (module.kernel_size, module.stride, module.padding))
     return (h + 2 * p[0] - k[0]) // s[0] + 1, (w + 2 * p[1] - k[1]) // s[1] + 1
 
 
+def _pair(v: int | tuple[int, ...] | str) -> tuple[int, int]:
+    assert not isinstance(v, str)  # padding="same" never occurs in a VGG
+    return (v, v) if isinstance(v, int) else (v[0], v[1])
+
+
 class VGGFeatureNet(FeatureNet):
-    def __init__(self, model: nn.Module, layer: str = "fc7") -> None:
+    model: VGG
+    layer: str  # a VGG layer name (conv5_3, fc7, ...)
+
+    def __init__(self, model: VGG, layer: str = "fc7") -> None:
         super().__init__(model, model.preprocessing, model.layer_channels(layer), layer)
 
     supports_padding = True
@@ -184,7 +196,7 @@ def timm_layers(model: nn.Module) -> list[str]:
     return [*TIMM_DEFAULT_ALIASES, *map(str, range(len(taps))), *(name for name, _ in taps)]
 
 
-def _timm_tap(model: nn.Module, layer: str) -> tuple[int | None, int]:
+def _timm_tap(model: TimmNet, layer: str) -> tuple[int | None, int]:
     """(forward_intermediates index or None for pre-logits, descriptor width) of a --layer."""
     if layer in TIMM_DEFAULT_ALIASES:
         # a timm VGG's pre-logits are its 4096-wide fc7 (head_hidden_size); num_features is pool5's 512
@@ -244,7 +256,9 @@ def _load_timm(name: str, weights: str | None, seed: int) -> nn.Module:
     except TypeError:
         model = timm.create_model(name, pretrained=False, num_classes=0)
     if weights is not None and weights != RANDOM:
-        tensors, _ = read_weights(resolve_weights(weights).path)
+        path = resolve_weights(weights).path
+        assert path is not None  # only random weights have no file
+        tensors, _ = read_weights(path)
         expected = model.state_dict()
         shapes = [
             f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}"
@@ -275,6 +289,7 @@ def recorded_net(record: dict, recorded_in: str | os.PathLike) -> NetSpec:
     if spec.is_random:
         return spec
     expected = record.get("weights_sha256")
+    assert spec.weights is not None  # not random
     actual = resolve_weights(spec.weights).sha256()
     if expected is None:  # written before hashes were recorded: nothing to check against
         log.warning("%s records no sha256 for %s; using the file as it is now", recorded_in, spec.weights)
@@ -306,7 +321,7 @@ def as_feature_net(model: nn.Module | FeatureNet, layer: str = "fc7") -> Feature
     """Wrap a model object for extraction: a vggfeat VGG, or any timm model."""
     if isinstance(model, FeatureNet):
         return model
-    if hasattr(model, "layer_channels"):
+    if isinstance(model, VGG):
         return VGGFeatureNet(model, layer)
     if hasattr(model, "forward_head") and hasattr(model, "num_features"):
         return TimmFeatureNet(model, layer)

@@ -65,10 +65,10 @@ def _partition(values: np.ndarray, counts: np.ndarray, k_max: int) -> list[list[
         total = prev[:, None] + cost  # (i, j)
         back.append(total.argmin(axis=0))
         best = total.min(axis=0)
-        ends, j = [n - 1], n - 1
+        ends, end = [n - 1], n - 1
         for b in reversed(back):
-            j = int(b[j]) - 1
-            ends.append(j)
+            end = int(b[end]) - 1
+            ends.append(end)
         out.append(sorted(ends))
     return out
 

@@ -53,7 +53,10 @@ class Protocol:
     def from_dict(cls, d: dict[str, Any]) -> Protocol:
         """The protocol a store manifest or index.json records; fields it lacks (older files) keep defaults."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: (tuple(v) if k == "scales" else v) for k, v in d.items() if k in names and v is not None})
+        known: dict[str, Any] = {
+            k: (tuple(v) if k == "scales" else v) for k, v in d.items() if k in names and v is not None
+        }
+        return cls(**known)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -19,6 +19,7 @@ import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from vggfeat.utils.files import atomic_write_json, sha256_file
 
 from .store_layout import DONE_DIR, EMB_DIR, FORMAT, MANIFEST_FILE, META_DIR, PLAN_FILE, StoreError, emb_file, meta_file
 
+fcntl: ModuleType | None
 try:
     import fcntl
 except ImportError:  # Windows: one writer at a time there
@@ -60,7 +62,8 @@ def meta_table(columns: dict[str, list]) -> Any:
     """The parquet table of one shard; a path that is not UTF-8 keeps its bytes in `path_raw`."""
     import pyarrow as pa
 
-    paths, raw = [], []
+    paths: list[str] = []
+    raw: list[bytes | None] = []
     for p in columns["path"]:
         try:
             p.encode("utf-8")
@@ -260,6 +263,7 @@ def store_status(root: Path, rebuild: bool = False, verify: bool = False) -> Sto
         problem = shard_problem(root, name, identity, verify)
         if problem is None:
             record = read_done_record(root, name)
+            assert record is not None  # shard_problem found it
             status.done.append(name)
             status.rows += int(record["rows"])
             status.skipped += len(record.get("skipped", []))

@@ -14,7 +14,7 @@ import heapq
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -226,6 +226,7 @@ class FeatureStore:
                 yield self.rows(slice(start, stop)), self.paths[start:stop]
             return
         feats = self.features
+        assert isinstance(feats, ShardRows)  # a sharded store's rows
         for s, name in enumerate(self.shard_names):
             cols = self.shard_meta(name, ["path", "path_raw"])
             paths = [decode_path(p, r) for p, r in zip(cols["path"], cols["path_raw"], strict=True)]
@@ -233,7 +234,7 @@ class FeatureStore:
             for start in range(0, len(paths), rows):
                 yield np.asarray(emb[start : start + rows], dtype=np.float32), paths[start : start + rows]
 
-    def rows_for(self, paths: list[str]) -> np.ndarray:
+    def rows_for(self, paths: Sequence[str]) -> np.ndarray:
         """Row indices of `paths`. A store records paths as given to `vggfeat extract` (often relative to where
         it ran), so a path matches by resolved absolute path, then by its last two components (e.g.
         JPEGImages/000005.jpg, accordion/image_0001.jpg) when those are unique in the store. A path with no
@@ -274,7 +275,7 @@ def _identity_text(ident: Any) -> str:
     return f"{ident[0]} bytes, modified {when} UTC" + (f", sha256 {ident[2][:16]}" if len(ident) > 2 else "")
 
 
-def check_row_files(store: FeatureStore, paths: list[str], rows: np.ndarray, by_path: list[bool]) -> None:
+def check_row_files(store: FeatureStore, paths: Sequence[str], rows: np.ndarray, by_path: list[bool]) -> None:
     """A StoreError unless each row of `rows` was extracted from the file now at the matching path of `paths`:
     same size and modification time as recorded, or the same sha256 where the store recorded one. A row whose
     identity the store did not record passes only when matched by its full path (a file name proves nothing)."""

@@ -18,7 +18,7 @@ LINE_FORMAT = "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} {unit} [{elapsed}<
 
 
 def progress_bar(
-    total: int, *, desc: str, unit: str = "it", initial: int = 0, leave: bool = True, file: IO[str] | None = None
+    total: int | None, *, desc: str, unit: str = "it", initial: int = 0, leave: bool = True, file: IO[str] | None = None
 ) -> tqdm:
     """A tqdm bar on `file` (default: stderr): redrawn in place on a terminal, sparse whole lines elsewhere."""
     from tqdm import tqdm  # looked up at each call, so tests can stand in for it
