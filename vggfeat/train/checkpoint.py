@@ -47,8 +47,8 @@ def save_checkpoint(run: Path, state: dict[str, Any], *, keep_last: int, best: b
 
 def list_checkpoints(run: Path) -> list[Path]:
     """Step checkpoints in the run folder, oldest first."""
-    found = [p for p in Path(run).glob("ckpt-*.pt") if PATTERN.match(p.name)]
-    return sorted(found, key=lambda p: int(PATTERN.match(p.name).group(2)))
+    found = [(int(m.group(2)), p) for p in Path(run).glob("ckpt-*.pt") if (m := PATTERN.match(p.name))]
+    return [p for _, p in sorted(found, key=lambda step_path: step_path[0])]
 
 
 def latest_checkpoint(run: Path) -> Path | None:

@@ -28,6 +28,7 @@ from vggfeat.data.transforms import normalize_batch
 from vggfeat.errors import InputError, VggfeatError, WeightsError
 from vggfeat.models import Preprocessing, create_model, init_from_net_a, read_weights, save_weights
 from vggfeat.models.resolve import check_weight_file
+from vggfeat.models.vgg import VGG
 from vggfeat.models.weights import check_compatible, check_finite
 from vggfeat.utils.cpus import usable_cpus
 from vggfeat.utils.device import resolve_device
@@ -107,7 +108,7 @@ def check_run_folder(run: str | Path, epochs: int, *, resume: bool, overwrite: b
     )
 
 
-def build_model(recipe: Recipe, num_classes: int) -> torch.nn.Module:
+def build_model(recipe: Recipe, num_classes: int) -> VGG:
     """The recipe's net, freshly initialised, then (optionally) initialised from another run's weights."""
     m = recipe.model
     model = create_model(
@@ -381,17 +382,23 @@ class _Trainer:
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
         )
-        self.net: torch.nn.Module = self.model  # DDP- and compile-wrapped in start()
+        # DDP- and compile-wrapped in start(): a module, a DDP (no_sync) or torch.compile's callable wrapper
+        self.net: Any = self.model
         self.sched = PlateauState(lr=o.lr)
-        self.epoch, self.step_in_epoch, self.global_step, self.history = 0, 0, 0, []
-        augment = dict(seed=recipe.seed, scale=d.scale, crop=d.crop, flip=d.flip, color_sigma=d.color_sigma)
+        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.history: list[dict[str, Any]] = []  # one entry per epoch: val_top1, val_top5, lr_next
+        augment: dict[str, Any] = dict(
+            seed=recipe.seed, scale=d.scale, crop=d.crop, flip=d.flip, color_sigma=d.color_sigma
+        )
         val_size = (d.scale[0] + d.scale[1]) // 2  # validation: central crop at the middle training scale
         self.trainset: TrainSet | TarTrainSet
         self.valset: ValSet | TarValSet
         if isinstance(data.train, TarSplit):
+            assert isinstance(data.val, TarSplit)  # both splits come from the same source
             self.trainset = TarTrainSet(data.train, shuffle_buffer=d.shuffle_buffer, **augment)
             self.valset = TarValSet(data.val, size=val_size, crop=d.crop)
         else:
+            assert not isinstance(data.val, TarSplit)
             self.trainset = TrainSet(data.train, cache=d.cache_decoded, **augment)
             self.valset = ValSet(data.val, size=val_size, crop=d.crop, cache=d.cache_decoded)
         self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda and recipe.runtime.amp else None

@@ -8,7 +8,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,7 +30,7 @@ class ShardCount:
     max_label: int  # -1 when the shard has no sample
 
 
-def labelled_samples(url: str) -> Iterator[tuple[TarSample, int] | TarProblem]:
+def labelled_samples(url: str) -> Generator[tuple[TarSample, int] | TarProblem, None, None]:
     """The shard's samples with their integer .cls label, in tar order; a sample without one is a TarProblem.
     The one filter both the counting and the reading apply, so their counts agree."""
     for item in iter_tar_samples(url):
@@ -101,7 +101,7 @@ def index_shards(
         sync()  # every process has read every part
         if rank == 0:
             log.info("counted the samples of %d tar shards (%d cached)", len(todo), len(urls) - len(todo))
-            atomic_write_json(cache, {"shards": [asdict(c) for c in out.values()]})
+            atomic_write_json(cache, {"shards": [asdict(c) for c in out.values() if c is not None]})
         part.unlink(missing_ok=True)
     lost = [url for url, count in out.items() if count is None]
     if lost:
@@ -109,7 +109,7 @@ def index_shards(
             f"the counts of {len(lost)} tar shards (first {lost[0]}) written by other processes are not in "
             f"{cache.parent}: the run folder must be one folder shared by every process"
         )
-    counts = [out[url] for url in urls]
+    counts = [c for url in urls if (c := out[url]) is not None]  # every one, after the check above
     if not any(c.samples for c in counts):
         raise DatasetError(f"no labelled sample in the {len(urls)} tar shards from {urls[0]} on (see the warnings)")
     return counts
