@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -152,7 +153,7 @@ def search(index_dir, images, vectors, k, as_json, device, seed) -> None:
     if not meta.get("ondisk"):  # memory-mapped lists stay on the CPU
         idx = to_gpus(idx, faiss_gpus(device))
     scores, ids = knn_search(idx, q, min(k, len(meta["paths"])))
-    results = [
+    results: list[dict[str, Any]] = [
         {
             "query": label,
             "results": [

@@ -85,6 +85,7 @@ class VGG(nn.Module):
 
     # for the type checker, which cannot see through add_module and nn.Module's __getattr__
     arch: str  # the registry name (vgg_d, ...), set by models.registry.create_model
+    source: str  # the weights as given to `vggfeat evaluate`, which names its rows by it (evaluate.protocols)
     fc6: DenseFC
 
     def __init__(
