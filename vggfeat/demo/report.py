@@ -24,7 +24,8 @@ def _mean_of(draws: list[dict[str, Any]]) -> dict[str, Any]:
         return draws[0]
 
     def mean(values: list[float | None]) -> float | None:  # None: a class without test positives, for every net
-        return None if None in values else round(sum(values) / len(values), 2)
+        numbers = [v for v in values if v is not None]
+        return None if len(numbers) < len(values) else round(sum(numbers) / len(numbers), 2)
 
     classes = draws[0]["per_class_ap"]
     return {

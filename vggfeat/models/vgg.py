@@ -11,6 +11,7 @@ the raw class-score map; `pool*` the max-pool output; `norm1` the LRN output of 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -107,7 +108,7 @@ class VGG(nn.Module):
             raise ValueError("width_mult, fc_dim, fc6_kernel and num_classes must be positive")
         self.config, self.lrn, self.num_classes = config, lrn, num_classes
         # what rebuilds this net (saved with its weights, so a weight file alone builds the right net)
-        self.options = dict(
+        self.options: dict[str, Any] = dict(
             num_classes=num_classes,
             width_mult=width_mult,
             fc_dim=fc_dim,
