@@ -80,7 +80,7 @@ def action_features(
         train,
         val,
         [s[0] for s in stores],
-        [s[1] for s in stores if s[1] is not None],
+        [b for _, b, _ in stores if b is not None] if box else (),  # with box, every net has one
         stores[0][2],
         fusion_l2=fusion_l2,
     )
