@@ -231,7 +231,7 @@ def reproduce_table(
     if all(c["status"] == "missing" for c in columns):
         reasons = "; ".join(f"{c['id']}: {c['reason']}" for c in columns)
         raise DatasetError(f"none of {table}'s datasets is under {root} ({reasons}); check --root")
-    result = {
+    summary: dict[str, Any] = {
         "table": table,
         "columns": columns,
         "rows": [{"row": r, "method": ROWS[r], "cells": rows[r]} for r in ROWS],
@@ -247,8 +247,8 @@ def reproduce_table(
             "fusion_l2": options.fusion_l2,
         },
     }
-    result["files"] = {k: str(v) for k, v in write_table(result, out).items()}
-    return result
+    summary["files"] = {k: str(v) for k, v in write_table(summary, out).items()}
+    return summary
 
 
 def check_nets(nets: Nets) -> None:
@@ -262,7 +262,9 @@ def check_nets(nets: Nets) -> None:
         if weights is None:
             continue
         with naming_file(weights):
-            state, _ = read_weights(resolve_weights(weights).path)
+            path = resolve_weights(weights).path
+            assert path is not None  # weights is a file or a name: a random net has weights None
+            state, _ = read_weights(path)
             if model == "auto":
                 infer_architecture(state)
 
