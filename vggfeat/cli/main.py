@@ -55,7 +55,7 @@ class LazyGroup(click.Group):
             except VggfeatError as e:
                 raise click.ClickException(str(e)) from None
             except OSError as e:  # a full disk or a folder we may not write is the user's to fix, not a bug
-                fix = _OS_FIXES.get(e.errno)
+                fix = _OS_FIXES.get(e.errno) if e.errno is not None else None
                 if fix is None:
                     raise
                 where = f"{e.filename}: " if e.filename else ""

@@ -156,7 +156,7 @@ def run_probe(opts: dict, probe: Probe) -> ProbeOutcome:
             overwrite=opts["overwrite"],
             progress=not opts["quiet"],
             echo=click.echo,
-            on_loaded=lambda _: defaulted and say_default(defaulted),
+            on_loaded=lambda _: say_default(defaulted) if defaulted else None,
         )
     except FileNotFoundError as e:  # VggfeatError is shown by LazyGroup; other exceptions are bugs
         raise click.ClickException(str(e)) from None

@@ -90,7 +90,7 @@ def extract_features(
     naming it.
     """
     protocol, runtime = settings_from(protocol, runtime, settings)
-    models = list(model) if isinstance(model, (list, tuple)) else [model]
+    models = [model] if isinstance(model, nn.Module) else list(model)
     nets = [as_feature_net(m, protocol.layer) for m in models]
     index, feats, skipped = describe_images(nets, images, protocol, runtime, chunk_size)
     if skipped:

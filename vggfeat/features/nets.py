@@ -216,7 +216,9 @@ def _timm_tap(model: TimmNet, layer: str) -> tuple[int | None, int]:
 class TimmFeatureNet(FeatureNet):
     """A timm backbone: its pooled pre-logits features, or the global average of one intermediate map."""
 
-    def __init__(self, model: nn.Module, layer: str = "fc7") -> None:
+    model: TimmNet
+
+    def __init__(self, model: TimmNet, layer: str = "fc7") -> None:
         from timm.data import resolve_model_data_config
 
         cfg = resolve_model_data_config(model)  # the net's normalisation as timm's own transforms read it

@@ -12,10 +12,15 @@ into one whose conv + ReLU pairs run these kernels; a VGG itself only ever runs 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.weak import WeakIdKeyDictionary
+
+if TYPE_CHECKING:
+    from vggfeat.models.vgg import VGG
 
 M, R = 4, 3  # output tile side, kernel side
 A = M + R - 1  # input tile side: 6
@@ -166,13 +171,14 @@ class ConvReLU(nn.Conv2d):
     Conv2d, so output sizes are computed as for the conv it replaces."""
 
     def __init__(self, conv: nn.Conv2d, winograd: bool = True) -> None:
+        pair = tuple[int, int]  # a 2-d conv's sizes, typed by torch as tuple[int, ...]
         super().__init__(
             conv.in_channels,
             conv.out_channels,
-            conv.kernel_size,
-            conv.stride,
-            conv.padding,
-            conv.dilation,
+            cast(pair, conv.kernel_size),
+            cast(pair, conv.stride),
+            cast("str | tuple[int, int]", conv.padding),
+            cast(pair, conv.dilation),
             conv.groups,
             conv.bias is not None,
             conv.padding_mode,
@@ -190,7 +196,7 @@ class ConvReLU(nn.Conv2d):
         return f"{super().extra_repr()}, relu=True, winograd={self.winograd}"
 
 
-def fuse_conv_relu(model: nn.Module, winograd: bool = True) -> nn.Module:
+def fuse_conv_relu(model: VGG, winograd: bool = True) -> VGG:
     """`model` (a VGG's inference copy: this changes it in place) with each plain conv followed by its ReLU as
     one ConvReLU and an Identity, so its layers run the kernels above on the CPU; returns `model`."""
     for _, names in model.blocks:  # (layer, the submodules that produce it), input to output

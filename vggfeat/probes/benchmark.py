@@ -19,6 +19,7 @@ import numpy as np
 from vggfeat import defaults
 from vggfeat.benchmarks.base import ProbeSplit, benchmark_images, resolve_root
 from vggfeat.benchmarks.registry import get_benchmark, load_benchmark
+from vggfeat.benchmarks.voc_action import ActionProbeSplit
 from vggfeat.errors import InputError
 from vggfeat.features.protocol import FUSION_L2, Protocol
 from vggfeat.features.runtime import Runtime
@@ -162,7 +163,7 @@ def probe_benchmark(
     if features is None and not nets:
         raise InputError(f"{benchmark}: give a feature store (--features) or nets to extract (--model/--weights)")
     low_shot = isinstance(probe, LowShotProbe)
-    if low_shot and benchmark != "voc2007":
+    if isinstance(probe, LowShotProbe) and benchmark != "voc2007":
         raise InputError(
             f"low-shot is a VOC-2007 protocol (k positives per class): use it with voc2007, not {benchmark}"
         )
@@ -175,7 +176,7 @@ def probe_benchmark(
     splits = list(splits)
     if on_loaded is not None:
         on_loaded(splits)
-    if low_shot:
+    if isinstance(probe, LowShotProbe):
         _check_low_shot(probe, splits[0])  # a k some class cannot meet stops before anything is extracted
 
     if features is not None:
@@ -206,6 +207,8 @@ def probe_benchmark(
         runtime = runtime or Runtime(workers=defaults.WORKERS)
         if benchmark == "voc2012-action":  # each image and each person box described once, stacked per person
             first = splits[0]
+            assert isinstance(first, ActionProbeSplit)  # the voc2012-action benchmark's splits
+            assert first.train_action is not None and first.test_action is not None
             store = action_features(
                 first.train_action, first.test_action, out, settings, runtime, box=box, fusion_l2=fusion,
                 progress=progress,
@@ -219,11 +222,11 @@ def probe_benchmark(
     echo(f"{benchmark}: {n_classes} classes, {len(splits)} split(s), {store.dim}-D features from {store.root}")
     if line := fusion_line(store.manifest):
         echo(line)
-    if low_shot:
-        result, report, files = _run_low_shot(probe, splits[0], store, seed, device, out, stem, identity(), echo)
-    else:
-        result = probe.run(splits, store, seed=seed, device=device, on_split=_split_echo(echo))
-        report = write_report(result, out, stem, with_plot=with_plot, identity=identity())
+    if isinstance(probe, LowShotProbe):
+        low, report, files = _run_low_shot(probe, splits[0], store, seed, device, out, stem, identity(), echo)
+        return ProbeOutcome(low, report, files, store, splits)
+    result = probe.run(splits, store, seed=seed, device=device, on_split=_split_echo(echo))
+    report = write_report(result, out, stem, with_plot=with_plot, identity=identity())
     return ProbeOutcome(result, report, files, store, splits)
 
 

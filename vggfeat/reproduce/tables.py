@@ -22,6 +22,7 @@ from vggfeat import defaults
 from vggfeat.benchmarks.base import DatasetError, benchmark_images, resolve_root
 from vggfeat.benchmarks.registry import get_benchmark, load_benchmark
 from vggfeat.benchmarks.voc2012_action import IMAGE_AND_BOX, IMAGE_ONLY
+from vggfeat.benchmarks.voc_action import ActionProbeSplit
 from vggfeat.errors import InputError
 from vggfeat.features.inputs import input_identities
 from vggfeat.features.runtime import Runtime
@@ -112,7 +113,10 @@ class _Column:
         image's identity (size, mtime_ns, as a store records it), plus the person boxes of voc2012-action. Labels
         enter as read (not the list files' bytes): a label flipped in any file the reader uses changes them."""
         if self.benchmark == "voc2012-action":
-            action = (self.splits[0].train_action, self.splits[0].test_action)
+            first = self.splits[0]
+            assert isinstance(first, ActionProbeSplit)  # the voc2012-action benchmark's splits
+            assert first.train_action is not None and first.test_action is not None
+            action = (first.train_action, first.test_action)
             images = sorted({p for a in action for p in a.image_paths})
             boxes = [a.boxes.tolist() for a in action]
         else:

@@ -403,10 +403,12 @@ class _Trainer:
             self.valset = ValSet(data.val, size=val_size, crop=d.crop, cache=d.cache_decoded)
         self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda and recipe.runtime.amp else None
         # on the device once: a tensor made from a list each micro-batch would be a blocking host-to-device copy
-        self.colour = tuple(
+        mean, eigval, eigvec = (
             torch.tensor(v, dtype=torch.float32, device=device) for v in (data.mean, data.eigval, data.eigvec)
         )
-        self.preproc = Preprocessing("RGB", 255.0, tuple(data.mean), (1.0, 1.0, 1.0))
+        self.colour = (mean, eigval, eigvec)
+        m = data.mean
+        self.preproc = Preprocessing("RGB", 255.0, (m[0], m[1], m[2]), (1.0, 1.0, 1.0))
         self.logger = _Logger(run, info.is_main)
         self.unreadable: set[str] = set()  # images already warned about
         self.pending: list[torch.Tensor] = []  # each step's _STATS since the last _flush, on the device
