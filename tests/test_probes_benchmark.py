@@ -1,0 +1,101 @@
+"""vggfeat.probe_benchmark is the one way a benchmark is probed: the Python call gives the numbers the commands
+give, every command goes through it (no second copy of the splits -> settings -> store -> probe -> report
+sequence elsewhere), and a report records what it was computed from."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from helpers import TINY_GLOROT
+
+import vggfeat
+from vggfeat.cli.main import cli
+from vggfeat.data.synthetic_voc import make_voc2007
+from vggfeat.errors import InputError
+from vggfeat.features.runtime import Runtime
+
+PACKAGE = Path(vggfeat.__file__).parent
+# the steps of probing a benchmark: only vggfeat.probes may call them; commands, reproduce and demo call
+# probe_benchmark, which does
+STEPS = {
+    "run_linear_probe",
+    "run_knn_probe",
+    "run_low_shot",
+    "probe_features",
+    "action_features",
+    "cached_store",
+    "stack_stores",
+    "write_report",
+    "write_low_shot",
+}
+
+
+@pytest.fixture(scope="module")
+def voc(tmp_path_factory):
+    root = tmp_path_factory.mktemp("voc")
+    make_voc2007(root, n_trainval=80, n_test=24, seed=5, size=(72, 64))  # every class meets low-shot k = 1
+    return root
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
+    return str(vggfeat.save_weights(vggfeat.create_model("vgg_a", seed=0, **TINY_GLOROT), path))
+
+
+def test_only_the_probes_package_runs_the_steps_of_a_probe():
+    """Before, cli/probe_options.py, reproduce/tables.py and demo/pipeline.py each wrote the sequence."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.parent.name == "probes":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
+            if name in STEPS:
+                found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {name}")
+    assert found == [], "call vggfeat.probes.benchmark.probe_benchmark instead:\n" + "\n".join(found)
+
+
+def test_the_python_call_gives_the_commands_numbers_and_records_its_identity(voc, weights, tmp_path):
+    outcome = vggfeat.probe_benchmark(
+        "voc2007",
+        voc,
+        nets=[("auto", weights)],
+        scales=(64,),
+        probe=vggfeat.LinearProbe(Cs=(0.1, 1.0)),
+        runtime=Runtime(device="cpu", workers=0),
+        out=tmp_path / "api",
+        progress=False,
+    )
+    args = ["linear-probe", "voc2007", "--root", voc, "--weights", weights, "--scales", "64", "--Cs", "0.1,1"]
+    r = CliRunner().invoke(cli, [str(a) for a in [*args, "-o", tmp_path / "cli", "--workers", "0", "--quiet"]])
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "cli" / "linear-probe.json").read_text())
+    assert report["headline"] == outcome.report["headline"]
+    assert outcome.files["json"] == tmp_path / "api" / "linear-probe.json" and outcome.files["json"].is_file()
+    identity = outcome.report["identity"]
+    assert identity["probe"] == {"kind": "linear-probe", "Cs": [0.1, 1.0], "holdout": 0.2, "classifier": "svm"}
+    assert identity["benchmark"] == "voc2007" and identity["data"] == str(Path(voc).resolve())
+    assert report["identity"]["features"] == identity["features"]  # the same weights, by content
+
+
+def test_knn_and_low_shot_probes_write_their_own_reports(voc, weights, tmp_path):
+    common = dict(nets=[("auto", weights)], scales=(64,), runtime=Runtime(device="cpu", workers=0), progress=False)
+    knn = vggfeat.probe_benchmark("voc2007", voc, probe=vggfeat.KnnProbe(k=3), out=tmp_path, **common)
+    assert knn.files["json"].name == "knn-probe.json" and knn.report["method"] == "knn"
+    with pytest.raises(InputError, match="low-shot is a VOC-2007 protocol"):
+        vggfeat.probe_benchmark("caltech101", voc, probe=vggfeat.LowShotProbe(ks=(1,)), out=tmp_path, **common)
+    low = vggfeat.probe_benchmark(
+        "voc2007", voc, probe=vggfeat.LowShotProbe(ks=(1,), samples=2), out=tmp_path, **common
+    )
+    assert low.files["json"].name == "low-shot.json" and [row["k"] for row in low.report["rows"]] == [1]
+    assert low.report["identity"]["probe"]["kind"] == "low-shot"
+
+
+def test_a_probe_needs_descriptors_from_somewhere(voc, tmp_path):
+    with pytest.raises(InputError, match="give a feature store"):
+        vggfeat.probe_benchmark("voc2007", voc, out=tmp_path)
