@@ -36,10 +36,27 @@ def test_yaml_strings_are_coerced(tmp_path):
 
 
 def test_unknown_key_names_the_nearest():
-    with pytest.raises(ConfigError, match=r"unknown key inner\.lrr.*'lr'"):
+    with pytest.raises(ConfigError, match=r"unknown key inner\.lrr; did you mean 'inner\.lr'"):
         from_dict(Outer, {"inner": {"lrr": 1}})
     with pytest.raises(ConfigError, match="did you mean 'name'"):
         from_dict(Outer, {"nmae": "y"})
+
+
+@pytest.mark.parametrize(
+    "data, key",
+    [
+        ({"lr": 1}, "inner.lr"),  # a key of another section, by its name alone
+        ({"inner": {"flag": True}}, "flag"),  # in the wrong section
+        ({"inner": {"lrr": 1}}, "inner.lr"),  # a typo: the close name in the key's own section
+        ({"flg": True}, "flag"),
+    ],
+)
+def test_an_unknown_key_suggests_the_full_key_matched_across_sections(data, key):
+    with pytest.raises(ConfigError, match=f"did you mean '{key}'\\?$"):
+        from_dict(Outer, data)
+    flat = next(f"{k}.{next(iter(v))}" if isinstance(v, dict) else k for k, v in data.items())
+    with pytest.raises(ConfigError, match=f"did you mean '{key}'\\?$"):
+        apply_overrides({}, [f"{flat}=1"], Outer)
 
 
 def test_wrong_types_are_errors():
@@ -56,7 +73,7 @@ def test_overrides_and_base_file(tmp_path):
     (tmp_path / "c.yaml").write_text("base: base.yaml\ninner: {lr: 0.25}\n")
     cfg = load_config(Outer, tmp_path / "c.yaml", ["inner.steps=11", "inner.mean=[1,2,3]", "name=over"])
     assert cfg == Outer(name="over", inner=Inner(lr=0.25, steps=11, mean=(1.0, 2.0, 3.0)))
-    with pytest.raises(ConfigError, match="did you mean 'steps'"):
+    with pytest.raises(ConfigError, match="did you mean 'inner.steps'"):
         apply_overrides({}, ["inner.stpes=1"], Outer)
     with pytest.raises(ConfigError, match="key=value"):
         apply_overrides({}, ["inner.steps"], Outer)

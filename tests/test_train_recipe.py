@@ -36,11 +36,11 @@ def test_unknown_key_and_overrides(tmp_path):
     smoke = RECIPES[0].parent / "smoke.yaml"
     r = load_recipe(smoke, ["optim.lr=5e-4", "data.scale=[80,96]"])
     assert r.optim.lr == 5e-4 and r.data.scale == (80, 96)
-    with pytest.raises(ConfigError, match="did you mean 'weight_decay'"):
+    with pytest.raises(ConfigError, match="did you mean 'optim.weight_decay'"):
         load_recipe(smoke, ["optim.weight_decy=1"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: {nmae: vgg_a}\n")
-    with pytest.raises(ConfigError, match="did you mean 'name'"):
+    with pytest.raises(ConfigError, match="did you mean 'model.name'"):
         load_recipe(bad)
     with pytest.raises(ValueError, match="crop"):
         load_recipe(smoke, ["data.crop=96"])

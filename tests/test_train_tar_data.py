@@ -149,7 +149,7 @@ def test_recipe_checks_the_shard_keys(tmp_path):
         load_recipe(SMOKE, [*sets, "data.train_shards=s.tar"])
     with pytest.raises(ConfigError, match="data.cache_decoded is for a folder dataset"):
         load_recipe(SMOKE, ["data.root=null", "data.train_shards=s.tar", "data.val_shards=v.tar"])
-    with pytest.raises(ConfigError, match="did you mean 'train_shards'"):
+    with pytest.raises(ConfigError, match="did you mean 'data.train_shards'"):
         load_recipe(SMOKE, ["data.train_shard=s.tar"])
     with pytest.raises(ConfigError, match="shuffle_buffer must be >= 1"):
         load_recipe(SMOKE, ["data.shuffle_buffer=0"])

@@ -31,12 +31,33 @@ class ConfigError(VggfeatError, ValueError):
     """A recipe that cannot be read: unknown key, wrong type, bad override."""
 
 
+def dotted_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every key of dataclass `cls` as --set names it: a nested dataclass's fields as section.field."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += dotted_keys(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            out.append(f"{prefix}{f.name}")
+    return out
+
+
 def _nearest(key: str, valid: Sequence[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    """'; did you mean X?' naming the full key: one of the same name in another section first (device ->
+    runtime.device), then a close name, in the key's own section first (optim.lrr -> optim.lr), then the
+    nearest key."""
+    section, _, name = key.rpartition(".")
+    ratio = {k: difflib.SequenceMatcher(None, name, k.rpartition(".")[2]).ratio() for k in valid}
+    close = [k for k in valid if ratio[k] >= 0.6]
+    if close:
+        best = max(close, key=lambda k: (ratio[k] == 1, k.rpartition(".")[0] == section, ratio[k]))
+        return f"; did you mean {best!r}?"
+    nearest = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
+    return f"; did you mean {nearest[0]!r}?" if nearest else ""
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
+def _coerce(value: Any, tp: Any, where: str, root: tuple[type, str] | None = None) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -44,14 +65,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
-                return _coerce(value, arg, where)
+                return _coerce(value, arg, where, root)
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):  # a dataclass type, not an instance
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
-        return from_dict(tp, value, where)
+        return from_dict(tp, value, where, root)
     if origin is tuple:
         if isinstance(value, str):
             value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
@@ -60,7 +81,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         items = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
         if len(items) != len(value):
             raise ConfigError(f"{where}: expected {len(items)} values, got {len(value)} ({value!r})")
-        return tuple(_coerce(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, items, strict=False)))
+        return tuple(_coerce(v, t, f"{where}[{i}]", root) for i, (v, t) in enumerate(zip(value, items, strict=False)))
     if origin is typing.Literal:
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
@@ -92,14 +113,18 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported field type {tp!r}")
 
 
-def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
-    """Build dataclass `cls` from a mapping, strictly: unknown keys and wrong types are errors."""
+def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "", root: tuple[type, str] | None = None) -> T:
+    """Build dataclass `cls` from a mapping, strictly: unknown keys and wrong types are errors. `root`, the
+    outermost (dataclass, where) of a nested build, is what an unknown key's suggestion is drawn from."""
     hints = typing.get_type_hints(cls)
     fields = [f.name for f in dataclasses.fields(cls)]
+    root = root or (cls, where)
     for key in data:
         if key not in fields:
-            raise ConfigError(f"unknown key {where + '.' if where else ''}{key}{_nearest(str(key), fields)}")
-    kwargs = {k: _coerce(v, hints[k], f"{where + '.' if where else ''}{k}") for k, v in data.items()}
+            full = f"{where + '.' if where else ''}{key}"
+            keys = dotted_keys(root[0], f"{root[1]}." if root[1] else "")
+            raise ConfigError(f"unknown key {full}{_nearest(full, keys)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where + '.' if where else ''}{k}", root) for k, v in data.items()}
     try:
         return cls(**kwargs)
     except TypeError as e:
@@ -183,7 +208,8 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str], cls: type | 
             if tp is not None and dataclasses.is_dataclass(tp):
                 names = [f.name for f in dataclasses.fields(tp)]
                 if part not in names:
-                    raise ConfigError(f"--set: unknown key {'.'.join(parts[: i + 1])}{_nearest(part, names)}")
+                    bad = ".".join(parts[: i + 1])
+                    raise ConfigError(f"--set: unknown key {bad}{_nearest(bad, dotted_keys(cls))}")
                 tp = typing.get_type_hints(tp)[part]
             else:
                 tp = None
