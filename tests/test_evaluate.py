@@ -84,10 +84,8 @@ def test_evaluate_rescales_the_fully_decoded_jpeg(tmp_path, tiny_model, monkeypa
     arr = np.random.default_rng(0).integers(0, 256, (140, 160, 3), dtype=np.uint8)
     Image.fromarray(arr).save(tmp_path / "val" / "a" / "x.jpg", quality=90)  # smallest side >= 2 Q: draft would kick in
     seen = []
-    real = protocols.dense_posterior
-    monkeypatch.setattr(
-        protocols, "dense_posterior", lambda m, img, *a, **k: (seen.append(img.size), real(m, img, *a, **k))[1]
-    )
+    real = protocols._rescaled
+    monkeypatch.setattr(protocols, "_rescaled", lambda img, *a: (seen.append(img.size), real(img, *a))[1])
     net = tiny_model("vgg_a", seed=1, num_classes=3).eval()
     samples = scan_folder(tmp_path / "val")
     evaluate_nets([net], samples, protocols=["dense"], scales=(64,))
@@ -106,6 +104,39 @@ def test_q_smaller_than_crop_refused_up_front(tmp_path, tiny_model, protocol):
         evaluate_nets([net], scan_folder(root / "val"), protocols=[protocol], scales=(48, 64))
 
 
+def test_batched_and_loaded_by_workers_equals_one_image_at_a_time(tmp_path, tiny_model):
+    # images of two sizes: dense batches only equal rescaled sizes together; multi-crop batches crops across images
+    (tmp_path / "val" / "a").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate([(70, 90), (64, 64), (70, 90), (90, 70), (64, 64)]):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / "val" / "a" / f"{i}.png")
+    samples = scan_folder(tmp_path / "val")
+    net = tiny_model("vgg_a", seed=1).eval()
+    from vggfeat.data.images import load_rgb
+    from vggfeat.evaluate import protocols
+
+    for protocol, one in (("dense", dense_posterior), ("multicrop", multicrop_posterior)):
+        want = torch.stack([one(net, load_rgb(p), (64, 80)) for p in samples.paths])
+        for batch_size, workers in ((1, 0), (3, 0), (16, 2)):
+            got = protocols.posteriors(net, map(load_rgb, samples.paths), (64, 80), protocol, batch_size=batch_size)
+            assert torch.allclose(got, want, atol=1e-6), (protocol, batch_size)
+            rows = evaluate_nets(
+                [net], samples, protocols=[protocol], scales=(64, 80), batch_size=batch_size, workers=workers
+            )
+            assert (rows[0]["top1_err"], rows[0]["top5_err"]) == topk_errors(want, torch.tensor(samples.labels))
+
+
+def test_an_unreadable_image_loaded_by_a_worker_is_one_line(tmp_path, tiny_model):
+    from vggfeat.data.images import ImageError
+
+    root = generate_synthetic(tmp_path, classes=2, per_class=2, seed=1)
+    bad = sorted((root / "val").rglob("*.*"))[1]
+    bad.write_bytes(b"not an image")
+    net = tiny_model("vgg_a", seed=1, num_classes=2).eval()
+    with pytest.raises(ImageError, match=f"^{bad}: "):
+        evaluate_nets([net], scan_folder(root / "val"), protocols=["dense"], scales=(64,), workers=2)
+
+
 def test_error_values_are_exact_ratios_of_counts():
     post = torch.zeros(36, 6)
     post[:, 0] = 1.0
@@ -122,13 +153,13 @@ def test_protocol_all_computes_each_posterior_once(tmp_path, tiny_model):
         net = tiny_model("vgg_a", seed=1, num_classes=3).eval()
         calls = []
         net.register_forward_hook(lambda *a: calls.append(1))
-        rows = evaluate_nets([net], samples, protocols=protocols, scales=(64,))
+        rows = evaluate_nets([net], samples, protocols=protocols, scales=(64,), batch_size=1)
         return len(calls), rows
 
     n_all, rows = counted(["dense", "multicrop", "both"])
     n_dense, _ = counted(["dense"])
     n_multi, _ = counted(["multicrop"])
-    assert n_all == n_dense + n_multi == 2 * len(samples)
+    assert n_all == n_dense + n_multi and (n_dense, n_multi) == (len(samples), 25 * len(samples))  # 1 pass a crop
     assert [r["protocol"] for r in rows] == ["dense", "multicrop", "both"]
 
 

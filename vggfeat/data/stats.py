@@ -5,6 +5,7 @@ Unreadable images are skipped with a warning naming them, and counted in the sta
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -13,7 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vggfeat import defaults
 from vggfeat.errors import VggfeatError
+from vggfeat.utils.cpus import share_cpus, worker_init
+from vggfeat.utils.device import resolve_device
 from vggfeat.utils.files import atomic_write_json, read_json
 
 from .folder import scan_folder
@@ -21,6 +25,7 @@ from .images import ImageError, decode_rgb, load_rgb
 from .tar_shards import TarSample, iter_tar_samples
 
 if TYPE_CHECKING:
+    import torch
     from PIL import Image
 
 log = logging.getLogger(__name__)
@@ -31,37 +36,94 @@ class StatsError(VggfeatError, ValueError):
     """Pixel statistics that cannot be had: no training folder, no readable image, a broken cache file."""
 
 
-def pixel_stats(paths: Sequence[Path], *, max_images: int = 0, min_side: int = 256) -> dict[str, Any]:
+def pixel_stats(
+    paths: Sequence[Path],
+    *,
+    max_images: int = 0,
+    min_side: int = 256,
+    device: str | torch.device = "cpu",
+    batch_size: int = defaults.BATCH_SIZE,
+    workers: int = 0,
+) -> dict[str, Any]:
     """mean (3,), eigval (3,) descending and eigvec (3x3, columns) of RGB pixels in 0-255 units; `images`
     counts the images used, `skipped` lists the unreadable ones ("path: reason").
 
     Images are decoded with their smallest side reduced to about `min_side` (JPEG draft) - the statistics
-    of a rescaled image are those of the original to well within the colour shift's noise.
+    of a rescaled image are those of the original to well within the colour shift's noise - by `workers`
+    loader processes; the pixels of `batch_size` images at a time are summed on `device` (in float64).
     """
     paths = list(paths)[:max_images] if max_images > 0 else list(paths)
-    return _stats(functools.partial(load_rgb, p, min_side=min_side) for p in paths)
+    loads = [functools.partial(load_rgb, p, min_side=min_side) for p in paths]
+    return _stats(loads, device=device, batch_size=batch_size, workers=workers)
 
 
-def _stats(images: Iterable[Callable[[], Image.Image]]) -> dict[str, Any]:
+class _Pixels:
+    """Each image's (P, 3) uint8 pixels, or the reason it cannot be read (ImageErrors do not survive pickling)."""
+
+    def __init__(self, loads: Sequence[Callable[[], Image.Image]]) -> None:
+        self.loads = loads
+
+    def __len__(self) -> int:
+        return len(self.loads)
+
+    def __getitem__(self, i: int) -> torch.Tensor | str:
+        return _pixels(self.loads[i])
+
+
+def _pixels(load: Callable[[], Image.Image]) -> torch.Tensor | str:
+    import torch
+
+    try:
+        return torch.from_numpy(np.array(load(), dtype=np.uint8).reshape(-1, 3))  # a copy: PIL's buffer is read-only
+    except ImageError as e:
+        return str(e)
+
+
+def _decoded(images: Iterable[Callable[[], Image.Image]], workers: int, device_type: str) -> Iterator:
+    """The pixels of each image in order: decoded by loader workers when `images` is a list and the CPUs allow."""
+    import torch
+
+    if isinstance(images, Sequence):  # a stream (tar shards) is decoded here, in order
+        workers = min(share_cpus(workers, device_type).workers, len(images))
+        if workers:
+            loader = torch.utils.data.DataLoader(
+                _Pixels(images), batch_size=None, num_workers=workers, worker_init_fn=worker_init
+            )
+            return iter(loader)
+    return map(_pixels, images)
+
+
+def _stats(
+    images: Iterable[Callable[[], Image.Image]],
+    *,
+    device: str | torch.device = "cpu",
+    batch_size: int = defaults.BATCH_SIZE,
+    workers: int = 0,
+) -> dict[str, Any]:
     """pixel_stats of images given as decoders (each raises ImageError for a bad image)."""
-    n, s1, s2, skipped, seen = 0, np.zeros(3), np.zeros((3, 3)), [], 0
-    for load in images:
-        seen += 1
-        try:
-            img = load()
-        except ImageError as e:
-            log.warning("skipping an unreadable image: %s", e)
-            skipped.append(str(e))
-            continue
-        px = np.asarray(img, dtype=np.float64).reshape(-1, 3)  # (N, 3)
-        n += len(px)
-        s1 += px.sum(0)
-        s2 += px.T @ px
+    import torch
+
+    dev = resolve_device(device) if isinstance(device, str) else device
+    n, s1, s2 = 0, torch.zeros(3, dtype=torch.float64, device=dev), torch.zeros(3, 3, dtype=torch.float64, device=dev)
+    skipped: list[str] = []
+    seen = 0
+    items = _decoded(images, workers, dev.type)
+    while chunk := list(itertools.islice(items, batch_size)):
+        seen += len(chunk)
+        for reason in (item for item in chunk if isinstance(item, str)):
+            log.warning("skipping an unreadable image: %s", reason)
+            skipped.append(reason)
+        pixels = [item for item in chunk if not isinstance(item, str)]
+        if pixels:
+            px = torch.cat(pixels).to(dev).double()  # (P, 3): the batch's pixels, sent as uint8
+            n += len(px)
+            s1 += px.sum(0)
+            s2 += px.T @ px
     if n == 0:
         first = f" (first: {skipped[0]})" if skipped else ""
         raise StatsError(f"no pixels: none of the {seen} images can be read{first}")
-    mean = s1 / n
-    cov = s2 / n - np.outer(mean, mean)
+    mean = s1.cpu().numpy() / n
+    cov = s2.cpu().numpy() / n - np.outer(mean, mean)
     val, vec = np.linalg.eigh(cov)
     order = np.argsort(val)[::-1]
     val, vec = np.clip(val[order], 0, None), vec[:, order]
@@ -78,7 +140,14 @@ def _stats(images: Iterable[Callable[[], Image.Image]]) -> dict[str, Any]:
 
 
 def cached_stats(
-    root: str | Path, paths: Sequence[Path] | None = None, *, refresh: bool = False, max_images: int = 0
+    root: str | Path,
+    paths: Sequence[Path] | None = None,
+    *,
+    refresh: bool = False,
+    max_images: int = 0,
+    device: str | torch.device = "cpu",
+    batch_size: int = defaults.BATCH_SIZE,
+    workers: int = 0,
 ) -> dict[str, Any]:
     """Stats of `root`/train from `root`/mean_rgb.json, computed and cached if missing; a broken cache is
     recomputed (with a warning) when `root`/train is there to recompute it from."""
@@ -99,7 +168,7 @@ def cached_stats(
             paths = scan_folder(train).paths
         except ValueError as e:  # no class folders or no images
             raise StatsError(str(e)) from None
-    stats = pixel_stats(paths, max_images=max_images)
+    stats = pixel_stats(paths, max_images=max_images, device=device, batch_size=batch_size, workers=workers)
     atomic_write_json(cache, stats)
     return stats
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
+from vggfeat import defaults
 from vggfeat.errors import InputError
 from vggfeat.utils.device import resolve_device
 
@@ -23,7 +24,7 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 @dataclass(frozen=True)
 class Runtime:
     device: str = "auto"  # auto (CUDA when torch sees a GPU), cpu, cuda or cuda:N; a torch.device works too
-    batch_size: int = 16  # images per forward pass; their flipped copies ride in the same batch
+    batch_size: int = defaults.BATCH_SIZE  # images per forward pass; their flipped copies ride in the same batch
     workers: int = 0  # loader processes decoding and rescaling images (0: in the calling process)
     precision: str = "auto"  # auto: bf16 autocast on CUDA, float32 on the CPU
     # on the CPU (fp32) a VGG's wide 3x3 convs run as Winograd F(4x4, 3x3), the others as oneDNN conv + ReLU:
