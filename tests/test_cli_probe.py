@@ -282,9 +282,9 @@ def test_index_search_keeps_queries_in_memory(voc, weights, tmp_path, monkeypatc
         monkeypatch.setattr(module, name, no_store)
     queries = sorted(jpegs.glob("*.jpg"))[:2]
     (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
-    result = CliRunner().invoke(
-        cli, ["index", "search", str(tmp_path / "idx"), *map(str, queries), str(tmp_path / "bad.jpg"), "-k", "1"]
-    )
+    # in this process: loader workers pass tensors through a socket in a mkdtemp folder, patched away above
+    args = ["index", "search", str(tmp_path / "idx"), *map(str, queries), str(tmp_path / "bad.jpg"), "-k", "1"]
+    result = CliRunner().invoke(cli, [*args, "--workers", "0"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert [line for line in lines if not line.startswith(" ")][:2] == [str(q) for q in queries]

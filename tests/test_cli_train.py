@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -47,7 +48,7 @@ def test_help_names_every_option_without_importing_torch():
 
 def test_bad_recipe_key_names_the_nearest_one():
     res = CliRunner().invoke(cli, ["train", "recipes/train/smoke.yaml", "--set", "optim.lrr=1"])
-    assert res.exit_code == 2 and "did you mean 'lr'" in res.output, res.output
+    assert res.exit_code == 2 and "did you mean 'optim.lr'" in res.output, res.output
 
 
 def test_mean_rgb_and_evaluate(tmp_path, tiny_model):
@@ -87,6 +88,27 @@ def test_mean_rgb_and_evaluate(tmp_path, tiny_model):
     assert [(r["top1_err"], r["top5_err"]) for r in rows] == [(r["top1_err"], r["top5_err"]) for r in want]
 
 
+def test_mean_rgb_with_workers_and_batches_equals_the_sums_by_hand(tmp_path):
+    from vggfeat.data.images import load_rgb
+
+    root = generate_synthetic(tmp_path / "d", classes=3, per_class=3, seed=4)
+    paths = scan_folder(root / "train").paths
+    px = np.concatenate([np.asarray(load_rgb(p, min_side=256), np.float64).reshape(-1, 3) for p in paths])
+    bad = paths[4]
+    bad.write_bytes(b"not an image")  # skipped, named, and not counted
+    good = np.concatenate([np.asarray(load_rgb(p, min_side=256), np.float64).reshape(-1, 3) for p in paths if p != bad])
+    for args in (["--workers", "0", "--batch-size", "1"], ["--workers", "2", "--batch-size", "4"]):
+        res = CliRunner().invoke(cli, ["mean-rgb", str(root), "--refresh", "--device", "cpu", *args])
+        assert res.exit_code == 0, res.output
+        got = json.loads((root / "mean_rgb.json").read_text())
+        assert got["mean"] == pytest.approx(good.mean(0).tolist(), rel=1e-12) and got["pixels"] == len(good)
+        assert got["eigval"] == pytest.approx(
+            sorted(np.linalg.eigvalsh(np.cov(good.T, bias=True)) / 255)[::-1], rel=1e-9
+        )
+        assert got["images"] == len(paths) - 1 and len(got["skipped"]) == 1 and str(bad) in got["skipped"][0]
+    assert len(px) > len(good)
+
+
 def test_train_without_recipe_lists_shipped_recipes():
     res = CliRunner().invoke(cli, ["train"])
     assert res.exit_code == 0, res.output
@@ -99,6 +121,6 @@ def test_train_without_recipe_lists_shipped_recipes():
 def test_train_recipe_by_name_and_unknown_name():
     r = CliRunner()
     res = r.invoke(cli, ["train", "smoke", "--set", "optim.lrr=1"])  # a name resolves; the bad key proves it was read
-    assert res.exit_code == 2 and "did you mean 'lr'" in res.output
+    assert res.exit_code == 2 and "did you mean 'optim.lr'" in res.output
     res = r.invoke(cli, ["train", "smok"])
     assert res.exit_code == 1 and "shipped train recipes: smoke, vgg_a_glorot" in res.output

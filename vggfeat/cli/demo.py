@@ -7,6 +7,7 @@ import logging
 
 import click
 
+from vggfeat.cli.params import device_option
 from vggfeat.demo.report import summary_lines
 
 
@@ -28,7 +29,8 @@ from vggfeat.demo.report import summary_lines
     help="Redraw everything random (data, initialisation, order, the random net); S > 0 keeps its own "
     "folders in OUT (report-seedS, ...).",
 )
-def demo(out: str, quick: bool, seed: int) -> None:
+@device_option(default="cpu", more="The demo's numbers are the CPU's; a GPU's differ by float rounding.")
+def demo(out: str, quick: bool, seed: int, device: str) -> None:
     """Train a net, transfer its features to a new task, and compare with a random net - no downloads.
 
     \b
@@ -46,9 +48,12 @@ def demo(out: str, quick: bool, seed: int) -> None:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
-        report = run_demo(out, quick=quick, seed=seed, progress=True, echo=lambda m: click.secho(m, bold=True))
+        report = run_demo(
+            out, quick=quick, seed=seed, device=device, progress=True, echo=lambda m: click.secho(m, bold=True)
+        )
     except KeyboardInterrupt:
         again = f"vggfeat demo --out {out}" + (" --quick" if quick else "") + (f" --seed {seed}" if seed else "")
+        again += f" --device {device}" if device != "cpu" else ""
         click.secho(
             f"\ninterrupted: run `{again}` again to resume",
             fg="yellow",

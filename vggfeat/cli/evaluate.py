@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from vggfeat.cli.params import SCALES
+from vggfeat.cli.params import SCALES, batch_size_option, device_option, workers_option
 from vggfeat.cli.weights import say_default
 from vggfeat.data.folder import Samples, class_folders, scan_flat, scan_folder
 from vggfeat.utils.device import resolve_device
@@ -55,11 +55,25 @@ from vggfeat.weight_sources import DEFAULT_WEIGHTS, WEIGHTS_HELP
     "pixels. Default: the exact rescale of the fully decoded image.",
 )
 @click.option("--limit", type=int, default=0, help="Evaluate the first N images only.")
-@click.option("--device", default="auto", show_default=True)
+@device_option()
+@batch_size_option(help="Images (dense) or crops (multi-crop) per forward pass; their flipped copies ride along.")
+@workers_option()
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as one JSON list instead of a table.")
 def evaluate(
-    weights, data_root, classes_file, val_labels, protocol, scales, fast_decode, limit, device, quiet, as_json
+    weights,
+    data_root,
+    classes_file,
+    val_labels,
+    protocol,
+    scales,
+    fast_decode,
+    limit,
+    device,
+    batch_size,
+    workers,
+    quiet,
+    as_json,
 ) -> None:
     """Top-1 and top-5 error of one or more trained nets on a validation set."""
     import json
@@ -110,6 +124,8 @@ def evaluate(
             device=dev,
             progress=bar.update if bar else None,
             fast_decode=fast_decode,
+            batch_size=batch_size,
+            workers=workers,
         )
     finally:
         if bar is not None:

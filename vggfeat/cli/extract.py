@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from vggfeat.cli.params import SCALES
+from vggfeat.cli.params import SCALES, batch_size_option, device_option, workers_option
 from vggfeat.cli.weights import net_pairs
 from vggfeat.features.launch import submit_parts
 from vggfeat.features.protocol import Protocol
@@ -98,21 +98,9 @@ LAYER_HELP = (
     help="Decode large JPEGs at 1/2..1/8 size before rescaling (PIL draft mode): faster on big photos, "
     "descriptors deviate slightly (docs/benchmarks.md). Default: the exact rescale of the full decode.",
 )
-@click.option(
-    "--batch-size",
-    default=16,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Images per forward pass (their flipped copies ride along).",
-)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option(
-    "--workers",
-    default=4,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="Loader processes decoding and rescaling images.",
-)
+@batch_size_option()
+@device_option()
+@workers_option()
 @click.option(
     "--dtype",
     type=click.Choice(["float32", "float16"]),

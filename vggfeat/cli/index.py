@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from vggfeat.cli.params import batch_size_option, device_option, workers_option
 from vggfeat.data.images import find_input_images
 from vggfeat.features.protocol import Protocol
 from vggfeat.features.runtime import Runtime
@@ -43,18 +44,29 @@ def index() -> None:
     help="Index folder: index.faiss, index.json (row paths, factory, tuned search, measured recall).",
 )
 @click.option("--max-memory", default=None, help="Memory budget, e.g. 500MB, 4GB [default: half the free RAM].")
-@click.option("--max-query-ms", default=10.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option(
+    "--max-query-ms",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Query time limit: the search parameters are tuned for the best recall within it.",
+)
 @click.option("--factory", default=None, help="A faiss.index_factory string [default: chosen from N, D, budget].")
 @click.option("--recall-k", default=10, show_default=True, type=click.IntRange(min=1), help="K of recall@K.")
 @click.option("--queries", default=1000, show_default=True, type=click.IntRange(min=1), help="Held-out queries.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the training sample and the queries.")
 @click.option("--part", default=None, help="I/N: build only this share of an on-disk index's blocks.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (faiss's GPUs).")
-@click.option("--block-rows", default=None, type=click.IntRange(min=1), hidden=True)  # rows read at a time
+@device_option(more="faiss trains, adds and measures on the GPUs it sees (auto: all of them).")
+@click.option("--block-rows", default=None, type=click.IntRange(min=1), hidden=True, help="Rows read at a time.")
 @click.option(
-    "--type", "kind", default=None, hidden=True, type=click.Choice(["flat", "ivf", "ivfpq", "hnsw"])
-)  # replaced by --factory: refused with its equivalent
-@click.option("--gpu/--no-gpu", default=None, hidden=True)  # replaced by --device
+    "--type",
+    "kind",
+    default=None,
+    hidden=True,
+    type=click.Choice(["flat", "ivf", "ivfpq", "hnsw"]),
+    help="Gone: refused with the --factory that builds the same index.",
+)
+@click.option("--gpu/--no-gpu", default=None, hidden=True, help="Gone: refused with the --device to use instead.")
 def build(
     store, out, max_memory, max_query_ms, factory, recall_k, queries, seed, part, device, block_rows, kind, gpu
 ) -> None:
@@ -125,9 +137,11 @@ def info(index_dir) -> None:
 @click.option("--vectors", type=click.Path(dir_okay=False, exists=True), help="Query vectors: an (M, D) .npy file.")
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(min=1), help="Results per query.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON document.")
-@click.option("--device", default="auto", show_default=True, help="Where queries are described and searched.")
+@device_option(more="Query images are described there, and faiss searches on its GPUs (auto: all it sees).")
+@batch_size_option()
+@workers_option()
 @click.option("--seed", default=0, show_default=True, help="Seed of a random net (stores made without weights).")
-def search(index_dir, images, vectors, k, as_json, device, seed) -> None:
+def search(index_dir, images, vectors, k, as_json, device, batch_size, workers, seed) -> None:
     """Print each query's K nearest indexed rows with their similarity. Queries: IMAGES (files, folders, @lists)
     described exactly as the indexed store was made, or the rows of --vectors."""
     import numpy as np
@@ -149,7 +163,8 @@ def search(index_dir, images, vectors, k, as_json, device, seed) -> None:
             raise click.ClickException(f"{vectors}: shape {q.shape}, need (M, {idx.d}) query vectors")
         labels = [f"{vectors}[{i}]" for i in range(len(q))]
     else:
-        q, labels, skipped, paths = describe_queries(index_dir, meta, images, device, seed)
+        runtime = Runtime(device=device, batch_size=batch_size, workers=workers)
+        q, labels, skipped, paths = describe_queries(index_dir, meta, images, runtime, seed)
     if not meta.get("ondisk"):  # memory-mapped lists stay on the CPU
         idx = to_gpus(idx, faiss_gpus(device))
     scores, ids = knn_search(idx, q, min(k, len(meta["paths"])))
@@ -175,7 +190,7 @@ def search(index_dir, images, vectors, k, as_json, device, seed) -> None:
         click.echo(f"skipped {paths[i]}: {reason}", err=True)
 
 
-def describe_queries(index_dir, meta, images, device, seed):
+def describe_queries(index_dir, meta, images, runtime: Runtime, seed):
     """(vectors, labels, skipped, paths) of query images, described with the nets and protocol recorded in
     index.json (the store's); an index of other vectors cannot describe images."""
     from vggfeat.features.extract import describe_images, no_usable_image
@@ -196,7 +211,7 @@ def describe_queries(index_dir, meta, images, device, seed):
         nets = [build_feature_net(spec, protocol.layer, seed) for spec in specs]
     except FileNotFoundError as e:  # VggfeatError is shown by LazyGroup; other exceptions are bugs
         raise click.ClickException(str(e)) from None
-    rows, q, skipped = describe_images(nets, paths, protocol, Runtime(device=device))
+    rows, q, skipped = describe_images(nets, paths, protocol, runtime)
     if not len(rows):
         raise no_usable_image(images, paths, skipped)
     return q, [paths[i] for i in rows.tolist()], skipped, paths

@@ -1,5 +1,6 @@
-"""Click parameter types shared by the commands: test scales Q (Appendix B, Sect. 3.2), SVM cost grids and
-bounded finite numbers.
+"""Click parameter types and options shared by the commands: test scales Q (Appendix B, Sect. 3.2), SVM cost
+grids, bounded finite numbers, and --device, --batch-size and --workers (one definition, so every command's help,
+choices and defaults are the same).
 
 A bad value is a usage error (exit 2) naming the value and an example, raised while click parses, before
 any work. Light: no torch import, so `--help` stays instant.
@@ -8,6 +9,7 @@ any work. Light: no torch import, so `--help` stays instant.
 from __future__ import annotations
 
 import math
+import re
 
 import click
 
@@ -80,8 +82,50 @@ class FiniteRange(click.FloatRange):
         return number
 
 
+class DeviceParam(click.ParamType):
+    """auto, cpu, cuda or cuda:N, checked as written (whether there is such a GPU is known once torch loads)."""
+
+    name = "DEVICE"
+
+    def convert(self, value, param, ctx) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(value)):
+            self.fail(f"{value!r}: choose auto, cpu, cuda or cuda:N", param, ctx)
+        return str(value)
+
+
 SCALES = ScalesParam()
 COST_GRID = CostGridParam()
+DEVICE = DeviceParam()
+DEVICE_HELP = "Where to compute: auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or cuda:N."
+
+
+def device_option(default: str | None = "auto", more: str = ""):
+    """--device, the same on every command that computes; `more` adds what is particular to one command."""
+    return click.option(
+        "--device",
+        type=DEVICE,
+        default=default,
+        show_default=default is not None,
+        help=f"{DEVICE_HELP} {more}".strip(),
+    )
+
+
+def batch_size_option(
+    default: int | None = defaults.BATCH_SIZE, help: str = "Images per forward pass (their flipped copies ride along)."
+):
+    """--batch-size wherever images are read."""
+    return click.option(
+        "--batch-size", type=click.IntRange(min=1), default=default, show_default=default is not None, help=help
+    )
+
+
+def workers_option(
+    default: int | None = defaults.WORKERS, help: str = "Loader processes decoding and rescaling images."
+):
+    """--workers wherever images are read; the CPUs this process may use cap it (utils.cpus)."""
+    return click.option(
+        "--workers", type=click.IntRange(min=0), default=default, show_default=default is not None, help=help
+    )
 
 
 FUSION_HELP = (

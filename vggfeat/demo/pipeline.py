@@ -27,6 +27,7 @@ from vggfeat.probes.benchmark import KnnProbe, LinearProbe, probe_benchmark
 from vggfeat.train.checkpoint import latest_checkpoint
 from vggfeat.train.loop import train
 from vggfeat.train.recipe import Recipe, load_recipe, recipe_to_dict
+from vggfeat.utils.device import resolve_device
 from vggfeat.utils.files import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -131,14 +132,17 @@ def run_demo(
     *,
     quick: bool = False,
     seed: int = 0,
+    device: str = "cpu",
     progress: bool = True,
     echo: Callable[[str], None] = log.info,
 ) -> dict[str, Any]:
     """Run every step into OUT and write OUT/report; returns the report's contents. `seed` > 0 redraws
     everything random (source and target data, initialisation, data order, the random baseline) and keeps
-    its own folders (OUT/source-seedS, runs/NAME-seedS, ..., report-seedS) beside seed 0's."""
+    its own folders (OUT/source-seedS, runs/NAME-seedS, ..., report-seedS) beside seed 0's. `device` (auto,
+    cpu, cuda, cuda:N) trains, describes and probes; the demo's recipes and reported numbers are the CPU's."""
 
     cfg, cfg_path = load_demo_config(quick)
+    dev = resolve_device(device)  # an unusable device is refused before anything is written
     out = Path(out)
     check_writable(out)
     threads = torch.get_num_threads()
@@ -147,8 +151,8 @@ def run_demo(
     timings: dict[str, float] = {}
     try:
         tag = f"-seed{seed}" if seed else ""
-        seeded = [f"seed={seed}"] if seed else []
-        recipe_a = load_recipe(cfg_path.parent / cfg.net_a, seeded)
+        overrides = [f"runtime.device={dev}", *([f"seed={seed}"] if seed else [])]
+        recipe_a = load_recipe(cfg_path.parent / cfg.net_a, overrides)
         run_a = out / "runs" / f"{recipe_a.name}{tag}"
         source_what = f"{cfg.source.classes} classes of generated {KINDS[cfg.source.kind].what}"
         echo(
@@ -162,7 +166,7 @@ def run_demo(
         timings["train_a"] = time.perf_counter() - t
 
         weights_a = run_a / "model.safetensors"
-        recipe_d = load_recipe(cfg_path.parent / cfg.net_d, [f"model.init_from={weights_a}", *seeded])
+        recipe_d = load_recipe(cfg_path.parent / cfg.net_d, [f"model.init_from={weights_a}", *overrides])
         run_d = out / "runs" / f"{recipe_d.name}{tag}"
         echo(f"[2/{STEPS}] net D ({recipe_d.model.name}) initialised from net A (Sect. 3.1), then trained -> {run_d}")
         t = time.perf_counter()
@@ -192,7 +196,7 @@ def run_demo(
                 out / "runs" / f"{name}{tag}" / "model.safetensors",
             )
         fc = cfg.features
-        runtime = Runtime(device="cpu", batch_size=32, workers=0)
+        runtime = Runtime(device=dev, batch_size=32, workers=0)
         probes: dict[str, dict[str, tuple[dict, Path]]] = {}
         for net, weights in nets.items():
             if net in ("trained", "random"):

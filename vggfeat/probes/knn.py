@@ -60,7 +60,7 @@ def default_pq_m(d: int) -> int:
 def _gpu_wanted(use_gpu: bool | None) -> bool:
     gpus = faiss.get_num_gpus()
     if use_gpu and gpus == 0:
-        raise FaissIndexError("--gpu asked for, but faiss sees no GPU; build on the CPU (drop --gpu)")
+        raise FaissIndexError("use_gpu=True asked for, but faiss sees no GPU; build on the CPU (use_gpu=None or False)")
     return bool(gpus) and use_gpu is not False
 
 
