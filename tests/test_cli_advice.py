@@ -143,7 +143,8 @@ def test_every_option_and_command_that_advice_names_exists():
 
 def test_the_advice_of_a_missing_gpu_names_an_option_train_has_and_following_it_trains(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without a GPU
-    tiny = ["--set", "data.synthetic_per_class=4", "--set", "optim.epochs=1", "--data-root", str(tmp_path / "d")]
+    root = generate_synthetic(tmp_path / "d", classes=10, per_class=4, seed=0)  # smoke's 10 classes, fewer images
+    tiny = ["--set", "optim.epochs=1", "--data-root", str(root)]
     res = CliRunner().invoke(
         cli, ["train", "smoke", "--set", "runtime.device=cuda", *tiny, "--out", str(tmp_path / "a")]
     )

@@ -204,12 +204,14 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str], cls: type | 
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
         node, tp = data, cls
+        root = cls  # the recipe's class, whose dotted keys an unknown key is matched against
         for i, part in enumerate(parts):
             if tp is not None and dataclasses.is_dataclass(tp):
                 names = [f.name for f in dataclasses.fields(tp)]
                 if part not in names:
                     bad = ".".join(parts[: i + 1])
-                    raise ConfigError(f"--set: unknown key {bad}{_nearest(bad, dotted_keys(cls))}")
+                    assert root is not None  # tp is a dataclass only when cls is given
+                    raise ConfigError(f"--set: unknown key {bad}{_nearest(bad, dotted_keys(root))}")
                 tp = typing.get_type_hints(tp)[part]
             else:
                 tp = None

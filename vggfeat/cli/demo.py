@@ -7,6 +7,7 @@ import logging
 
 import click
 
+from vggfeat import defaults
 from vggfeat.cli.params import device_option
 from vggfeat.demo.report import summary_lines
 
@@ -15,7 +16,7 @@ from vggfeat.demo.report import summary_lines
 @click.option(
     "-o",
     "--out",
-    default="vggfeat-out/demo",
+    default=str(defaults.out_dir("demo")),
     show_default=True,
     type=click.Path(file_okay=False),
     help="Folder for everything the demo makes; the report is OUT/report. Rerunning resumes.",

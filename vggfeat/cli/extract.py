@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from vggfeat import defaults
 from vggfeat.cli.params import SCALES, batch_size_option, device_option, workers_option
 from vggfeat.cli.weights import net_pairs
 from vggfeat.features.launch import submit_parts
@@ -18,8 +19,6 @@ from vggfeat.features.shard_files import finish_command
 from vggfeat.features.shard_plan import parse_part, plan_shards
 from vggfeat.utils.distributed import env_info
 from vggfeat.weight_sources import WEIGHTS_HELP
-
-DEFAULT_OUT_DIR = Path("vggfeat-out")
 
 
 def default_out(images: tuple[str, ...], layer: str) -> Path:
@@ -31,7 +30,7 @@ def default_out(images: tuple[str, ...], layer: str) -> Path:
         name = path.name if path.is_dir() else path.stem
         names.append(name or path.resolve().name or "inputs")  # `.` names the current folder
     stem = names[0] if len(names) == 1 else f"{names[0]}-and-{len(names) - 1}-more"
-    return DEFAULT_OUT_DIR / re.sub(r"[^\w.+-]+", "_", f"{stem}-{layer}")
+    return defaults.OUT_ROOT / re.sub(r"[^\w.+-]+", "_", f"{stem}-{layer}")
 
 
 # vggfeat.features.nets checks these names; written out here so --help does not import torch

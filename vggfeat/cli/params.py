@@ -99,7 +99,7 @@ DEVICE = DeviceParam()
 DEVICE_HELP = "Where to compute: auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or cuda:N."
 
 
-def device_option(default: str | None = "auto", more: str = ""):
+def device_option(default: str | None = defaults.DEVICE, more: str = ""):
     """--device, the same on every command that computes; `more` adds what is particular to one command."""
     return click.option(
         "--device",

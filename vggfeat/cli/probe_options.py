@@ -13,7 +13,7 @@ import click
 from vggfeat import defaults
 from vggfeat.benchmarks.registry import BENCHMARKS
 from vggfeat.cli.extract import LAYER_HELP
-from vggfeat.cli.params import SCALES, fusion_option
+from vggfeat.cli.params import SCALES, batch_size_option, device_option, fusion_option, workers_option
 from vggfeat.cli.weights import net_pairs, say_default
 from vggfeat.features.runtime import Runtime
 from vggfeat.probes.benchmark import Probe, ProbeOutcome, probe_benchmark
@@ -99,21 +99,9 @@ def probe_options(fn):
         click.option(
             "--seed", default=defaults.SEED, show_default=True, help="Seed of splits, held-out sets and random nets."
         ),
-        click.option("--device", default=defaults.DEVICE, show_default=True, help="auto, cpu, cuda or cuda:N."),
-        click.option(
-            "--batch-size",
-            default=defaults.BATCH_SIZE,
-            show_default=True,
-            type=click.IntRange(min=1),
-            help="Images per forward pass when extracting.",
-        ),
-        click.option(
-            "--workers",
-            default=defaults.WORKERS,
-            show_default=True,
-            type=click.IntRange(min=0),
-            help="Image loader processes when extracting (capped to the CPUs this process may use).",
-        ),
+        device_option(),
+        batch_size_option(help="Images per forward pass when extracting (their flipped copies ride along)."),
+        workers_option(help="Loader processes decoding and rescaling images when extracting."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
     return functools.reduce(lambda f, option: option(f), reversed(options), fn)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from vggfeat import defaults
-from vggfeat.cli.params import SCALES, fusion_option, svm_options
+from vggfeat.cli.params import SCALES, batch_size_option, device_option, fusion_option, svm_options, workers_option
 from vggfeat.features.runtime import Runtime
 from vggfeat.reproduce.report import table_lines
 from vggfeat.reproduce.tables import Nets, ReproduceOptions, parse_net, reproduce_table
@@ -54,21 +54,9 @@ from vggfeat.reproduce.tables import Nets, ReproduceOptions, parse_net, reproduc
 @click.option(
     "--seed", default=defaults.SEED, show_default=True, help="Seed of the splits, the held-out sets and random nets."
 )
-@click.option("--device", default=defaults.DEVICE, show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option(
-    "--batch-size",
-    default=defaults.BATCH_SIZE,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Images per forward pass when extracting (their flipped copies ride along).",
-)
-@click.option(
-    "--workers",
-    default=defaults.WORKERS,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="Image loader processes when extracting (capped to the CPUs this process may use).",
-)
+@device_option()
+@batch_size_option(help="Images per forward pass when extracting (their flipped copies ride along).")
+@workers_option(help="Loader processes decoding and rescaling images when extracting.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @fusion_option
 def reproduce(

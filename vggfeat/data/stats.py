@@ -10,7 +10,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -86,8 +86,12 @@ def _decoded(images: Iterable[Callable[[], Image.Image]], workers: int, device_t
     if isinstance(images, Sequence):  # a stream (tar shards) is decoded here, in order
         workers = min(share_cpus(workers, device_type).workers, len(images))
         if workers:
-            loader = torch.utils.data.DataLoader(
-                _Pixels(images), batch_size=None, num_workers=workers, worker_init_fn=worker_init
+            loader: torch.utils.data.DataLoader = torch.utils.data.DataLoader(
+                # a map-style dataset by duck typing: torch is imported lazily here, not to subclass its Dataset
+                cast("torch.utils.data.Dataset", _Pixels(images)),
+                batch_size=None,
+                num_workers=workers,
+                worker_init_fn=worker_init,
             )
             return iter(loader)
     return map(_pixels, images)

@@ -196,7 +196,7 @@ def run_demo(
                 out / "runs" / f"{name}{tag}" / "model.safetensors",
             )
         fc = cfg.features
-        runtime = Runtime(device=dev, batch_size=32, workers=0)
+        runtime = Runtime(device=str(dev), batch_size=32, workers=0)
         probes: dict[str, dict[str, tuple[dict, Path]]] = {}
         for net, weights in nets.items():
             if net in ("trained", "random"):
