@@ -99,3 +99,30 @@ def test_knn_and_low_shot_probes_write_their_own_reports(voc, weights, tmp_path)
 def test_a_probe_needs_descriptors_from_somewhere(voc, tmp_path):
     with pytest.raises(InputError, match="give a feature store"):
         vggfeat.probe_benchmark("voc2007", voc, out=tmp_path)
+
+
+def test_every_cost_grid_and_default_is_read_from_one_home():
+    """The C grid was written in four places (two of them click strings) and the workers default was 0, 2 or 4
+    depending on the path; the commands and the library now read vggfeat/defaults.py."""
+    import inspect
+
+    from vggfeat import defaults
+    from vggfeat.cli.params import COST_GRID
+    from vggfeat.probes.lowshot import ELEVEN_POINT_UNWEIGHTED, SUITES
+    from vggfeat.probes.run import run_knn_probe, run_linear_probe
+    from vggfeat.reproduce.tables import ReproduceOptions
+
+    params = {
+        (command, p.name): p.default
+        for command in ("linear-probe", "knn-probe", "reproduce")
+        for p in cli.get_command(None, command).params
+    }
+    for command in ("linear-probe", "reproduce"):
+        assert tuple(COST_GRID.convert(params[command, "cs"], None, None)) == defaults.COSTS
+    for command in ("linear-probe", "knn-probe", "reproduce"):
+        assert params[command, "workers"] == defaults.WORKERS and params[command, "batch_size"] == defaults.BATCH_SIZE
+    assert inspect.signature(run_linear_probe).parameters["Cs"].default == defaults.COSTS
+    assert ReproduceOptions().Cs == vggfeat.LinearProbe().Cs == defaults.COSTS
+    assert inspect.signature(run_knn_probe).parameters["k"].default == vggfeat.KnnProbe().k == params["knn-probe", "k"]
+    assert (SUITES.Cs, ELEVEN_POINT_UNWEIGHTED.Cs) == (defaults.LOW_SHOT_SUITES_COSTS, defaults.COARSE_COSTS)
+    assert Runtime().batch_size == defaults.BATCH_SIZE

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vggfeat import defaults
 from vggfeat.config import ConfigError, load_config
 from vggfeat.data.synthetic import KINDS
 from vggfeat.recipe_files import RecipeNotFound, recipes_dir
@@ -50,7 +51,7 @@ class FeatureConfig:
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    Cs: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
+    Cs: tuple[float, ...] = defaults.COARSE_COSTS  # a coarse grid: the demo's probes are small
     k: int = 10  # kNN neighbours
 
 
