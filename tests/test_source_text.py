@@ -81,3 +81,16 @@ def test_no_source_file_cites_an_issue_number():
         for line in issue_citations(path.read_text(encoding="utf-8"))
     ]
     assert found == [], "say why in the comment instead of citing an issue number:\n" + "\n".join(found)
+
+
+def test_torchruns_environment_is_read_in_one_place():
+    """RANK, WORLD_SIZE and LOCAL_RANK were read in three places; utils.distributed.env_info reads them for all."""
+    package = ROOT / "vggfeat"
+    reads = []
+    for path in sorted(package.rglob("*.py")):
+        if path == package / "utils" / "distributed.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Constant) and node.value in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+                reads.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value}")
+    assert reads == [], "use vggfeat.utils.distributed.env_info():\n" + "\n".join(reads)
