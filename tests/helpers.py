@@ -27,6 +27,20 @@ from vggfeat.cli.main import cli
 cli(prog_name="vggfeat")
 """
 
+# the commands that compute (and so take --device), as `vggfeat COMMAND [SUBCOMMAND]`
+COMPUTING = (
+    "train",
+    "demo",
+    "mean-rgb",
+    "extract",
+    "evaluate",
+    "linear-probe",
+    "knn-probe",
+    "reproduce",
+    "index build",
+    "index search",
+)
+
 # 1/16 of the paper's widths: 4, 8, 16, 32, 32 channels; fc6 spans 2x2 of pool5, so 64 px inputs work.
 TINY = dict(width_mult=1 / 16, fc_dim=32, fc6_kernel=2, num_classes=10)
 # TINY with Glorot init, for tests that read a random net's descriptors: the paper's normal(0, 0.01) makes the

@@ -12,6 +12,7 @@ import click
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import COMPUTING
 
 import vggfeat
 from vggfeat.cli.main import cli
@@ -22,18 +23,6 @@ PACKAGE = Path(vggfeat.__file__).parent
 OPTION = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*[a-z0-9])(?![\w*-])")
 GONE = re.compile(r"--[a-z-]+(?: \{\})? is gone")  # a refused old option, named as such
 COMMAND = re.compile(r"`vggfeat ([a-z-]+)(?: ([a-z]+))?([^`]*)`")
-COMPUTING = (
-    "train",
-    "demo",
-    "mean-rgb",
-    "extract",
-    "evaluate",
-    "linear-probe",
-    "knn-probe",
-    "reproduce",
-    "index build",
-    "index search",
-)
 PROBES = ("linear-probe", "knn-probe", "reproduce")
 # where a module's messages are shown (longest prefix wins): each option they name must exist on every one of
 # these commands. A module not listed here is shared: its options must exist on some command.

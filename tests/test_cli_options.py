@@ -7,23 +7,12 @@ import click
 import pytest
 import yaml
 from click.testing import CliRunner
+from helpers import COMPUTING
 
 from vggfeat import defaults
 from vggfeat.cli import params
 from vggfeat.cli.main import cli
 
-COMPUTING = (
-    "train",
-    "demo",
-    "mean-rgb",
-    "extract",
-    "evaluate",
-    "linear-probe",
-    "knn-probe",
-    "reproduce",
-    "index build",
-    "index search",
-)
 READING_IMAGES = ("evaluate", "index search", "mean-rgb", "extract", "linear-probe", "knn-probe", "reproduce")
 
 
