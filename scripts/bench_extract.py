@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
+from contention import Contenders
 from PIL import Image, ImageOps
 
 import vggfeat
@@ -114,23 +115,6 @@ def dense_macs(model: torch.nn.Module, height: int, width: int, scales: list[int
                 k = module.kernel_size[0] * module.kernel_size[1]
                 total += act.shape[2] * act.shape[3] * module.in_channels * module.out_channels * k
     return 2 * total  # the image and its mirror
-
-
-class Contenders:
-    """K busy processes for the duration of a `with` block (started and stopped by their own pids)."""
-
-    def __init__(self, k: int) -> None:
-        self.k, self.procs = k, []
-
-    def __enter__(self) -> Contenders:
-        code = "while True: pass"
-        self.procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(self.k)]
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for p in self.procs:
-            p.kill()
-            p.wait()
 
 
 def run_side(side: str, args: argparse.Namespace, tmp: Path, contend: int) -> dict:

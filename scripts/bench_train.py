@@ -2,19 +2,28 @@
 channels_last on and off, and the data pipeline's images/s per worker (one process) against a
 torchvision-transforms baseline doing the same augmentation (Sect. 3.1): JPEGs of ImageNet's usual
 500 x 375 size cut from real photos, one thread (as in a DataLoader worker), best of three passes each.
+With `--contend K`: only the CPU training step of a narrow net, sized as the `vggfeat` command sizes itself
+(utils.cpus: passive OpenMP waits, threads from the usable CPUs) against torch's defaults (a user's script),
+each in a fresh process, quiet and beside K busy processes.
 
     python scripts/bench_train.py [--device auto] [--batch 64] [--steps 5] [--nets vgg_a,...,vgg_e]
+    python scripts/bench_train.py --contend 2 [--net vgg_a --width 0.25 --size 128 --batch 16 --steps 8]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from contention import Contenders
 
 
 def forward_macs(name: str, size: int = 224) -> int:
@@ -126,18 +135,104 @@ def bench_torchvision(paths, scale, crop) -> float:
     return len(paths) / (time.perf_counter() - t)
 
 
+def narrow_step_times(args: argparse.Namespace) -> list[float]:
+    """Seconds per training step (fp32, SGD with momentum, cross-entropy) of a narrow net on the CPU, one
+    figure per timed step after two warm-ups; the input stays in memory, so this is the compute alone."""
+    import vggfeat
+
+    torch.manual_seed(0)
+    fc6 = args.size // 32  # fc6 spans all of pool5
+    model = vggfeat.create_model(args.net, width_mult=args.width, fc_dim=256, fc6_kernel=fc6, num_classes=100)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(args.batch, 3, args.size, args.size)
+    y = torch.randint(0, 100, (args.batch,))
+    times = []
+    for k in range(args.steps + 2):
+        t = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if k >= 2:
+            times.append(time.perf_counter() - t)
+    return times
+
+
+def share_side(side: str, contend: int) -> dict:
+    """One side's step times in a fresh process (its own OpenMP settings), beside `contend` busy processes."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OMP_WAIT_POLICY", "KMP_BLOCKTIME", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    }
+    if side == "ours":
+        from vggfeat.utils.cpus import quiet_env, share_cpus
+
+        quiet_env(env, cpus=share_cpus(0).threads)  # what the vggfeat command does before torch loads
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "side.json"
+        cmd = [sys.executable, __file__, "--side", side, "--side-out", str(out), *sys.argv[1:]]
+        with Contenders(contend):
+            subprocess.run(cmd, env=env, check=True)
+        return json.loads(out.read_text())
+
+
+def run_side(args: argparse.Namespace) -> None:
+    if args.side == "ours":
+        from vggfeat.utils.cpus import prepare_process
+
+        prepare_process()  # torch is loaded here: sets the compute threads (the env already has the rest)
+    times = narrow_step_times(args)
+    result = {"times": times, "threads": torch.get_num_threads(), "wait": os.environ.get("OMP_WAIT_POLICY", "-")}
+    Path(args.side_out).write_text(json.dumps(result))
+
+
+def contention_table(args: argparse.Namespace) -> None:
+    print(
+        f"CPU training step, {args.net} x{args.width} width, {args.size} px, batch {args.batch}, fp32, "
+        f"{args.steps} timed steps (median s/step; min-max), {os.cpu_count()} CPUs, torch {torch.__version__}; "
+        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the start"
+    )
+    print(f"{'busy procs':<11} {'vggfeat sizing':>24} {'torch defaults':>24} {'ratio':>7}")
+    for contend in sorted({0, args.contend}):
+        row = {}
+        for side in ("ours", "torch"):
+            r = share_side(side, contend)
+            t = sorted(r["times"])
+            row[side] = (t[len(t) // 2], t[0], t[-1], r["threads"], r["wait"])
+        cells = [f"{m:6.3f} ({lo:.3f}-{hi:.3f}) {th}t" for m, lo, hi, th, _ in row.values()]
+        ratio = row["torch"][0] / row["ours"][0]
+        print(f"{contend:<11} {cells[0]:>24} {cells[1]:>24} {ratio:6.2f}x")
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--batch", type=int, help="default 64 (16 with --contend)")
+    ap.add_argument("--steps", type=int, help="default 5 (8 with --contend)")
     ap.add_argument("--nets", default="vgg_a,vgg_b,vgg_c,vgg_d,vgg_e")
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--skip-step", action="store_true", help="data pipeline only")
     ap.add_argument("--fp32-only", action="store_true", help="skip bf16+channels_last (CPU bf16 is emulated, slow)")
     ap.add_argument("--compile", default="", help="nets to time once more with torch.compile (bf16+cl), e.g. vgg_d")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="the card's dense bf16 peak (H100/H200 SXM: 989)")
+    ap.add_argument(
+        "--contend",
+        type=int,
+        default=-1,
+        help="CPU step only: vggfeat's sizing vs torch's, quiet and beside K busy processes",
+    )
+    ap.add_argument("--net", default="vgg_a", help="with --contend: the net")
+    ap.add_argument("--width", type=float, default=0.25, help="with --contend: width multiplier")
+    ap.add_argument("--size", type=int, default=128, help="with --contend: input side (a multiple of 32)")
+    ap.add_argument("--side", choices=("ours", "torch"), help=argparse.SUPPRESS)  # a side's own process
+    ap.add_argument("--side-out", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.contend >= 0:
+        args.batch, args.steps = args.batch or 16, args.steps or 8
+        return run_side(args) if args.side else contention_table(args)
+    args.batch, args.steps = args.batch or 64, args.steps or 5
     from vggfeat.utils.device import resolve_device
 
     device = resolve_device(args.device)
