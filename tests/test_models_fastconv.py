@@ -92,8 +92,8 @@ def test_conv_relu_inference_picks_a_kernel_or_declines(monkeypatch):
     calls = []
     real_winograd = fastconv.winograd_conv3x3_relu
     monkeypatch.setattr(fastconv, "winograd_conv3x3_relu", lambda *a: calls.append("winograd") or real_winograd(*a))
-    wide, narrow = nn.Conv2d(128, 128, 3, padding=1), nn.Conv2d(128, 64, 3, padding=1)
-    x = torch.randn(1, 128, 10, 11)
+    wide, narrow = nn.Conv2d(256, 256, 3, padding=1), nn.Conv2d(256, 128, 3, padding=1)
+    x = torch.randn(1, 256, 10, 11)
     with torch.inference_mode():
         expected = F.relu(wide(x))
         torch.testing.assert_close(fastconv.conv_relu_inference(wide, x), expected, rtol=1e-4, atol=1e-5)
@@ -102,12 +102,12 @@ def test_conv_relu_inference_picks_a_kernel_or_declines(monkeypatch):
         torch.testing.assert_close(
             fastconv.conv_relu_inference(wide, x, winograd=False), expected, rtol=1e-5, atol=1e-6
         )
-        assert calls == ["winograd"]  # 128 -> 64 is below the threshold; winograd=False means direct
+        assert calls == ["winograd"]  # 256 -> 128 is below the threshold; winograd=False means direct
         assert fastconv.conv_relu_inference(wide, x.double()) is None
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert fastconv.conv_relu_inference(wide, x) is None
     assert fastconv.conv_relu_inference(wide, x) is None  # autograd needs the modules
-    strided = nn.Conv2d(128, 128, 3, padding=1, stride=2)
+    strided = nn.Conv2d(256, 256, 3, padding=1, stride=2)
     assert not fastconv.winograd_applies(strided) and fastconv.winograd_applies(wide)
 
 

@@ -3,8 +3,8 @@
 Two kernels compute what nn.Conv2d followed by nn.ReLU computes:
 - oneDNN's direct convolution with the ReLU as a post-op (one pass less over each activation map);
 - Winograd F(4x4, 3x3) (Lavin & Gray, CVPR 2016) for the wide 3x3 layers: a 4x4 output tile costs 36
-  multiply-adds per channel pair instead of 144. On 2 AVX-512 cores it ran conv2_2..conv5_3 of VGG-16
-  1.1-2.5x faster than oneDNN; its fp32 rounding is 3-5e-6 of a layer's largest output, against 1-2e-6
+  multiply-adds per channel pair instead of 144. On 2 AVX-512 cores it runs conv3_2..conv5_3 of VGG-16
+  1.2-2.2x faster than oneDNN; its fp32 rounding is 3-5e-6 of a layer's largest output, against 1-2e-6
   for the direct convolution. `Runtime(winograd=False)` keeps every conv direct.
 The choice is the runtime's, not the model's: `fuse_conv_relu` turns an inference copy of a VGG (models.inference)
 into one whose conv + ReLU pairs run these kernels; a VGG itself only ever runs its modules.
@@ -28,10 +28,10 @@ A = M + R - 1  # input tile side: 6
 # of Lavin & Gray's 2 and -2 the transforms are better conditioned: fp32 error 3.7e-6 instead of 9.6e-6
 # relative, measured on a 256-channel layer against float64.
 POINTS = (0.0, 1.0, -1.0, 0.5, -2.0)
-# Winograd pays off where channel products outweigh its tile transforms. Measured on VGG-16's layers at
-# Q=512 (2 cores, scripts/bench_conv.py): 64 -> 64 (conv1_2) 0.8x, 64 -> 128 0.8-1.08x over five runs,
-# 128 -> 128 1.1-1.4x, 256 -> 256 1.9-2.0x, 512 -> 512 2.4x.
-WINOGRAD_MIN_CHANNEL_PRODUCT = 128 * 128
+# Winograd pays off where channel products outweigh its tile transforms. Measured on VGG-16's layers (2 cores,
+# fused oneDNN conv + ReLU on channels_last maps as the reference): 128 -> 128 0.73-0.76x, 128 -> 256 0.8-1.2x,
+# 256 -> 256 1.2x, 512 -> 512 2.2x (an earlier oneDNN path lost at 128 -> 128 too, 1.1-1.4x in its favour).
+WINOGRAD_MIN_CHANNEL_PRODUCT = 256 * 256
 # A band of output tiles is transformed at a time, its buffers (36 x tiles x channels floats) sized to stay
 # in the caches: 2x faster than whole maps at 256 channels.
 BAND_BYTES = 4 << 20
@@ -66,6 +66,9 @@ def winograd_matrices(points: tuple[float, ...] = POINTS) -> tuple[torch.Tensor,
 _AT, _G, _BT = winograd_matrices()
 _INPUT_TRANSFORM = torch.kron(_BT, _BT).float()  # (36, 36): vec(B^T d B) = (B^T kron B^T) vec(d)
 _OUTPUT_TRANSFORM = torch.kron(_AT, _AT).float()  # (16, 36)
+# the transformed tile's entry that A^T (.) A spreads to every output unchanged: both of its coordinates at the
+# point 1, whose column of A^T is all ones (a bias added there costs 1/36 of a pass over the tiles, not a whole one)
+_BIAS_SLOT = (POINTS.index(1.0) * A) + POINTS.index(1.0)
 # transformed weights per conv weight tensor, (weight version, data pointer, (36, C, K) tensor)
 _WEIGHTS = WeakIdKeyDictionary()
 
@@ -90,33 +93,33 @@ def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
 def winograd_conv3x3_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """ReLU(conv2d(x, weight, bias, padding=1)) for (B, C, H, W) float32 x, by Winograd F(4x4, 3x3).
 
-    The map is cut into bands of whole tile rows; each band is padded, gathered into 6x6 tiles, transformed,
-    multiplied with the transformed kernel (36 GEMMs of tiles x C by C x K), transformed back and written.
-    Returns a (B, K, H, W) channels_last tensor.
+    The map is copied once into a zero border (padding=1 plus whole tiles), then cut into bands of tile rows;
+    each band is gathered into 6x6 tiles, transformed, multiplied with the transformed kernel (36 GEMMs of
+    tiles x C by C x K), transformed back with the bias, and written through the ReLU straight into the
+    output. Returns a (B, K, H, W) channels_last tensor.
     """
     b, c, h, w = x.shape
     u = winograd_weight(weight)  # (36, C, K)
     k = u.shape[2]
     th, tw = -(-h // M), -(-w // M)  # tiles down and across
-    xh = x.permute(0, 2, 3, 1)  # (B, H, W, C) view
-    y = torch.empty(b, h, w, k, dtype=x.dtype, device=x.device)
+    # one copy into a zeroed (B, th*4+2, tw*4+2, C) map: bands are then views (padding each band was 2-3x slower)
+    xp = x.new_zeros(b, th * M + 2, tw * M + 2, c)
+    xp[:, 1 : h + 1, 1 : w + 1].copy_(x.permute(0, 2, 3, 1))
+    y = torch.empty(b, th * M, tw * M, k, dtype=x.dtype, device=x.device)  # whole tiles; cropped at the end
+    y_tiles = y.view(b, th, M, tw, M, k)
     rows = max(1, BAND_BYTES // (A * A * max(c, k) * x.element_size() * b * tw))  # tile rows per band
     for r0 in range(0, th, rows):
         nr = min(rows, th - r0)
-        top = r0 * M - 1  # input row of the band's first padded row
-        lo, hi = max(top, 0), min(top + nr * M + 2, h)
-        band = F.pad(xh[:, lo:hi], (0, 0, 1, tw * M + 1 - w, lo - top, top + nr * M + 2 - hi))  # (B, nr*4+2, tw*4+2, C)
-        tiles = band.unfold(1, A, M).unfold(2, A, M)  # (B, nr, tw, C, 6, 6) view
+        tiles = xp[:, r0 * M : r0 * M + nr * M + 2].unfold(1, A, M).unfold(2, A, M)  # (B, nr, tw, C, 6, 6) view
         tiles = tiles.permute(4, 5, 0, 1, 2, 3).reshape(A * A, -1)  # (36, B*nr*tw*C)
         v = torch.mm(_INPUT_TRANSFORM, tiles).view(A * A, b * nr * tw, c)  # B^T d B of every tile
         p = torch.bmm(v, u)  # (36, T, K)
-        o = torch.mm(_OUTPUT_TRANSFORM, p.view(A * A, -1)).view(M, M, b, nr, tw, k)  # A^T p A: 4x4 output tiles
         if bias is not None:
-            o.add_(bias)
-        o.clamp_min_(0.0)
-        out = o.permute(2, 3, 0, 4, 1, 5).reshape(b, nr * M, tw * M, k)  # (B, rows, cols, K)
-        valid = min(nr * M, h - r0 * M)
-        y[:, r0 * M : r0 * M + valid].copy_(out[:, :valid, :w])
+            p[_BIAS_SLOT].add_(bias)  # A^T e e^T A is all ones there: the bias reaches all 16 outputs
+        o = torch.mm(_OUTPUT_TRANSFORM, p.view(A * A, -1)).view(M, M, b, nr, tw, k)  # A^T p A: 4x4 output tiles
+        torch.clamp_min(o.permute(2, 3, 0, 4, 1, 5), 0.0, out=y_tiles[:, r0 : r0 + nr])  # ReLU, (B, nr, 4, tw, 4, K)
+    if th * M != h or tw * M != w:
+        y = y[:, :h, :w].contiguous()
     return y.permute(0, 3, 1, 2)
 
 
