@@ -8,6 +8,7 @@ low-shot SVMs) -> a report in OUT named after the probe, which records what it w
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -186,8 +187,9 @@ def probe_benchmark(
     else:
         settings = extraction_settings(benchmark, nets, layer=layer, scales=scales, aggregate=aggregate, seed=seed)
 
+    @functools.cache
     def identity() -> dict[str, Any]:
-        """What the report is computed from; weights enter by content (hashed: computed only when needed)."""
+        """What the report is computed from; weights enter by content (computed once, and only when needed)."""
         source = {"store": store_summary(store)} if features is not None else features_key(settings, fusion)
         return {
             "benchmark": benchmark,
