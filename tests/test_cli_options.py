@@ -122,3 +122,22 @@ def test_train_help_says_where_the_keys_are():
 def test_an_unknown_set_key_suggests_the_full_dotted_key(setting, key):
     res = _train("--set", setting, "--print-recipe")
     assert res.exit_code == 2 and f"did you mean {key!r}?" in res.output, res.output
+
+
+def test_demo_takes_batch_size_and_workers_with_its_own_defaults(monkeypatch, tmp_path):
+    """The demo reads images too; its defaults are its config's (small images batch well, no loader process)."""
+    from vggfeat.demo import pipeline
+    from vggfeat.demo.config import DEMO_BATCH_SIZE, DEMO_WORKERS
+
+    params = {p.name: p.default for p in COMMANDS["demo"].params}
+    assert (params["batch_size"], params["workers"]) == (DEMO_BATCH_SIZE, DEMO_WORKERS)
+    seen = {}
+
+    def fake_run_demo(out, **kwargs):
+        seen.update(kwargs)
+        raise KeyboardInterrupt  # stop before any work: the resume line repeats the options given
+
+    monkeypatch.setattr(pipeline, "run_demo", fake_run_demo)
+    res = CliRunner().invoke(cli, ["demo", "-o", str(tmp_path), "--batch-size", "8", "--workers", "1"])
+    assert res.exit_code == 130 and (seen["batch_size"], seen["workers"]) == (8, 1), res.output
+    assert "--batch-size 8 --workers 1" in res.output

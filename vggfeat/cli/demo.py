@@ -8,7 +8,8 @@ import logging
 import click
 
 from vggfeat import defaults
-from vggfeat.cli.params import device_option
+from vggfeat.cli.params import batch_size_option, device_option, workers_option
+from vggfeat.demo.config import DEMO_BATCH_SIZE, DEMO_WORKERS
 from vggfeat.demo.report import summary_lines
 
 
@@ -31,7 +32,9 @@ from vggfeat.demo.report import summary_lines
     "folders in OUT (report-seedS, ...).",
 )
 @device_option(default="cpu", more="The demo's numbers are the CPU's; a GPU's differ by float rounding.")
-def demo(out: str, quick: bool, seed: int, device: str) -> None:
+@batch_size_option(default=DEMO_BATCH_SIZE, help="Images per forward pass when describing the target images.")
+@workers_option(default=DEMO_WORKERS, help="Loader processes when describing the target images (its images are small).")
+def demo(out: str, quick: bool, seed: int, device: str, batch_size: int, workers: int) -> None:
     """Train a net, transfer its features to a new task, and compare with a random net - no downloads.
 
     \b
@@ -50,11 +53,20 @@ def demo(out: str, quick: bool, seed: int, device: str) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         report = run_demo(
-            out, quick=quick, seed=seed, device=device, progress=True, echo=lambda m: click.secho(m, bold=True)
+            out,
+            quick=quick,
+            seed=seed,
+            device=device,
+            batch_size=batch_size,
+            workers=workers,
+            progress=True,
+            echo=lambda m: click.secho(m, bold=True),
         )
     except KeyboardInterrupt:
         again = f"vggfeat demo --out {out}" + (" --quick" if quick else "") + (f" --seed {seed}" if seed else "")
         again += f" --device {device}" if device != "cpu" else ""
+        again += f" --batch-size {batch_size}" if batch_size != DEMO_BATCH_SIZE else ""
+        again += f" --workers {workers}" if workers != DEMO_WORKERS else ""
         click.secho(
             f"\ninterrupted: run `{again}` again to resume",
             fg="yellow",

@@ -12,6 +12,11 @@ from vggfeat.recipe_files import RecipeNotFound, recipes_dir
 
 RECIPES = recipes_dir() / "demo"  # installed vggfeat/recipes/demo in a wheel, else the checkout's recipes/demo
 
+# how the demo describes its target images: its 64-96 px images batch well, and a loader process would cost more
+# to start than it saves
+DEMO_BATCH_SIZE = 32
+DEMO_WORKERS = 0
+
 
 @dataclass(frozen=True)
 class SourceConfig:

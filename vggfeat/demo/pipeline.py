@@ -18,7 +18,7 @@ from vggfeat.benchmarks.registry import load_benchmark
 from vggfeat.config import to_dict
 from vggfeat.data.synthetic import KINDS, ensure_synthetic
 from vggfeat.data.synthetic_voc import VOC_CLASSES, make_voc2007
-from vggfeat.demo.config import SourceConfig, load_demo_config
+from vggfeat.demo.config import DEMO_BATCH_SIZE, DEMO_WORKERS, SourceConfig, load_demo_config
 from vggfeat.demo.report import write_demo_report
 from vggfeat.errors import VggfeatError
 from vggfeat.features.runtime import Runtime
@@ -133,13 +133,17 @@ def run_demo(
     quick: bool = False,
     seed: int = 0,
     device: str = "cpu",
+    batch_size: int = DEMO_BATCH_SIZE,
+    workers: int = DEMO_WORKERS,
     progress: bool = True,
     echo: Callable[[str], None] = log.info,
 ) -> dict[str, Any]:
     """Run every step into OUT and write OUT/report; returns the report's contents. `seed` > 0 redraws
     everything random (source and target data, initialisation, data order, the random baseline) and keeps
     its own folders (OUT/source-seedS, runs/NAME-seedS, ..., report-seedS) beside seed 0's. `device` (auto,
-    cpu, cuda, cuda:N) trains, describes and probes; the demo's recipes and reported numbers are the CPU's."""
+    cpu, cuda, cuda:N) trains, describes and probes; the demo's recipes and reported numbers are the CPU's.
+    `batch_size` and `workers` are how the target images are described (the numbers depend on them only by
+    float rounding)."""
 
     cfg, cfg_path = load_demo_config(quick)
     dev = resolve_device(device)  # an unusable device is refused before anything is written
@@ -196,7 +200,7 @@ def run_demo(
                 out / "runs" / f"{name}{tag}" / "model.safetensors",
             )
         fc = cfg.features
-        runtime = Runtime(device=str(dev), batch_size=32, workers=0)
+        runtime = Runtime(device=str(dev), batch_size=batch_size, workers=workers)
         probes: dict[str, dict[str, tuple[dict, Path]]] = {}
         for net, weights in nets.items():
             if net in ("trained", "random"):
