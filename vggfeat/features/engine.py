@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from vggfeat.utils.heap import keep_freed_memory
+
 from .gpudecode import check_gpu_decode, decode_views
 from .loader import ImageInput, RawJpeg, ScaledImages, make_loader
 from .nets import FeatureNet
@@ -64,6 +66,8 @@ class DescriptorEngine:
         ]
         if runtime.gpu_decode:
             check_gpu_decode(device)
+        if not self.cuda and runtime.keep_freed_memory:
+            keep_freed_memory()
         self.cudnn_benchmark = self.cuda and runtime.cudnn_benchmark
         # padding is exact only for nets that mask it (the VGGs); others batch only equal sizes
         self.pad = runtime.pad and all(net.supports_padding for net in self.nets)
