@@ -17,14 +17,23 @@ def relative_error(y, ref):
     return ((y.double() - ref).abs().max() / ref.abs().max()).item()
 
 
-@pytest.mark.parametrize("points", [fastconv.POINTS, (0.0, 1.0, -1.0, 2.0, -2.0)])
-def test_winograd_matrices_compute_a_1d_correlation_exactly(points):
-    at, g, bt = fastconv.winograd_matrices(points)
+@pytest.mark.parametrize(
+    "points, m, r",
+    [
+        (fastconv.POINTS, 4, 3),
+        ((0.0, 1.0, -1.0, 2.0, -2.0), 4, 3),
+        (fastconv.DENSE_POINTS, 2, 7),  # fc6's F(2, 7)
+        (fastconv.DENSE_POINTS[:2], 2, 2),
+    ],
+)
+def test_winograd_matrices_compute_a_1d_correlation_exactly(points, m, r):
+    at, g, bt = fastconv.winograd_matrices(points, m, r)
     gen = torch.Generator().manual_seed(0)
-    d, k = torch.randn(6, dtype=torch.float64, generator=gen), torch.randn(3, dtype=torch.float64, generator=gen)
-    y = at @ ((g @ k) * (bt @ d))  # F(4, 3): 4 outputs of a 3-tap correlation over 6 inputs
-    expected = torch.stack([d[i : i + 3] @ k for i in range(4)])
-    torch.testing.assert_close(y, expected, rtol=0, atol=1e-12)
+    a = m + r - 1
+    d, k = torch.randn(a, dtype=torch.float64, generator=gen), torch.randn(r, dtype=torch.float64, generator=gen)
+    y = at @ ((g @ k) * (bt @ d))  # F(m, r): m outputs of an r-tap correlation over m + r - 1 inputs
+    expected = torch.stack([d[i : i + r] @ k for i in range(m)])
+    torch.testing.assert_close(y, expected, rtol=0, atol=1e-10)
 
 
 def test_winograd_matrices_refuse_repeated_points():
@@ -162,3 +171,78 @@ def test_fused_onednn_conv_relu_equals_the_modules():
     x = torch.randn(2, 16, 19, 21).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         torch.testing.assert_close(fastconv.onednn_conv_relu(conv, x), F.relu(conv(x)), rtol=1e-5, atol=1e-6)
+
+
+def dense_reference(x, weight, bias):
+    """A DenseFC's conv (no padding) in float64."""
+    return F.conv2d(x.double(), weight.double(), None if bias is None else bias.double())
+
+
+@pytest.mark.parametrize(
+    "b, c, k_out, kernel, h, w",
+    [(1, 16, 24, 7, 7, 7), (2, 16, 24, 7, 12, 16), (3, 8, 16, 7, 16, 21), (2, 8, 8, 2, 5, 9), (1, 8, 8, 3, 10, 3)],
+)
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_winograd_dense_equals_the_dense_conv(b, c, k_out, kernel, h, w, channels_last):
+    """F(2x2, kxk) for fc6-like layers: one output position (an image at the net's input size) or many, odd
+    output sizes (tiles cropped), either layout; fp32 rounding only, deterministic."""
+    gen = torch.Generator().manual_seed(h * w + kernel)
+    x = torch.randn(b, c, h, w, generator=gen).relu()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(k_out, c, kernel, kernel, generator=gen) / (kernel * c**0.5)
+    bias = torch.randn(k_out, generator=gen)
+    y = fastconv.winograd_dense(x, weight, bias)
+    assert y.shape == (b, k_out, h - kernel + 1, w - kernel + 1)
+    assert y.is_contiguous(memory_format=torch.channels_last) or y.shape[2] * y.shape[3] == 1
+    assert relative_error(y, dense_reference(x, weight, bias)) < 3e-5
+    assert torch.equal(fastconv.winograd_dense(x, weight, bias), y)
+    assert relative_error(fastconv.winograd_dense(x, weight, None), dense_reference(x, weight, None)) < 3e-5
+
+
+def test_winograd_dense_passes_give_the_same_map(monkeypatch):
+    gen = torch.Generator().manual_seed(4)
+    x, weight = torch.randn(2, 8, 19, 23, generator=gen).relu(), torch.randn(16, 8, 7, 7, generator=gen) / 20
+    bias = torch.randn(16, generator=gen)
+    monkeypatch.setattr(fastconv, "DENSE_BAND_BYTES", 1 << 40)
+    whole = fastconv.winograd_dense(x, weight, bias)
+    monkeypatch.setattr(fastconv, "DENSE_BAND_BYTES", 1)  # one tile row per pass
+    torch.testing.assert_close(fastconv.winograd_dense(x, weight, bias), whole, rtol=0, atol=1e-6)
+
+
+def test_winograd_dense_rounding_is_fp32_sized_on_fc6():
+    """VGG-16's fc6 shape (512 -> 4096 channels in the test: 256 -> 512, a 7 x 7 kernel) at a Q=384 pool5 map:
+    about 1e-5 of the largest output, not a wrong algorithm's 1e-2; the GEMM's own error is below it."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 256, 12, 16, generator=gen).relu()
+    weight, bias = torch.randn(512, 256, 7, 7, generator=gen) * (2 / (49 * 256)) ** 0.5, torch.zeros(512)
+    ref = dense_reference(x, weight, bias)
+    err = relative_error(fastconv.winograd_dense(x, weight, bias), ref)
+    direct = relative_error(F.conv2d(x, weight, bias), ref)
+    assert 0 < err < 3e-5 and direct < err
+
+
+def test_fused_net_runs_fc6_by_winograd_with_the_layers_parameters(monkeypatch, tiny_model):
+    """fuse_conv_relu turns fc6 (a DenseFC of kernel >= 2) into a WinogradDenseFC sharing its parameters; fc7
+    (1 x 1) stays; winograd=False keeps fc6's GEMM; under autograd the layer is its own GEMM, gradients too."""
+    from vggfeat.models.inference import inference_copy
+    from vggfeat.models.vgg import DenseFC
+
+    model = tiny_model("vgg_a", seed=1).eval()
+    monkeypatch.setattr(fastconv, "WINOGRAD_MIN_CHANNEL_PRODUCT", 1)
+    fast = fastconv.fuse_conv_relu(inference_copy(model))
+    assert type(fast.fc6) is fastconv.WinogradDenseFC and type(fast.fc7) is DenseFC
+    assert fast.fc6.weight is not model.fc6.weight and fast.fc6.weight.data_ptr() == model.fc6.weight.data_ptr()
+    assert type(fastconv.fuse_conv_relu(inference_copy(model), winograd=False).fc6) is DenseFC
+    calls = []
+    real = fastconv.winograd_dense
+    monkeypatch.setattr(fastconv, "winograd_dense", lambda *a: calls.append(1) or real(*a))
+    x = torch.randn(2, model.fc6.in_channels, 5, 6).relu()
+    with torch.inference_mode():
+        y = fast.fc6(x)
+    assert calls == [1]
+    torch.testing.assert_close(y, model.fc6(x).detach(), rtol=1e-4, atol=1e-5)
+    layer = fastconv.WinogradDenseFC(DenseFC(8, 4, 2))
+    xg = torch.randn(1, 8, 3, 3, requires_grad=True)
+    layer(xg).sum().backward()
+    assert calls == [1] and xg.grad is not None and layer.weight.grad is not None

@@ -1,13 +1,17 @@
-"""Conv + ReLU for fp32 inference on the CPU: the cost of dense evaluation (Sect. 3.2) is almost all 3x3 convs.
+"""fp32 inference kernels for the CPU: the cost of dense evaluation (Sect. 3.2) is almost all 3x3 convs and fc6.
 
-Two kernels compute what nn.Conv2d followed by nn.ReLU computes:
+Three kernels compute what the modules compute:
 - oneDNN's direct convolution with the ReLU as a post-op (one pass less over each activation map);
 - Winograd F(4x4, 3x3) (Lavin & Gray, CVPR 2016) for the wide 3x3 layers: a 4x4 output tile costs 36
   multiply-adds per channel pair instead of 144. On 2 AVX-512 cores it runs conv3_2..conv5_3 of VGG-16
   1.2-2.2x faster than oneDNN; its fp32 rounding is 3-5e-6 of a layer's largest output, against 1-2e-6
-  for the direct convolution. `Runtime(winograd=False)` keeps every conv direct.
+  for the direct convolution;
+- Winograd F(2x2, 7x7) for fc6 applied densely (a 7x7 conv over pool5): 64 multiply-adds per 2x2 output tile
+  and channel pair instead of 196; 1.5-1.8x faster than fc6's GEMM on VOC-sized maps, rounding about 8e-6 of
+  its largest output, and 512 MB for VGG-16's transformed fc6 weight.
+`Runtime(winograd=False)` keeps every layer direct.
 The choice is the runtime's, not the model's: `fuse_conv_relu` turns an inference copy of a VGG (models.inference)
-into one whose conv + ReLU pairs run these kernels; a VGG itself only ever runs its modules.
+into one whose conv + ReLU pairs and fc6 run these kernels; a VGG itself only ever runs its modules.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.weak import WeakIdKeyDictionary
+
+from vggfeat.models.vgg import DenseFC
 
 if TYPE_CHECKING:
     from vggfeat.models.vgg import VGG
@@ -37,54 +43,75 @@ WINOGRAD_MIN_CHANNEL_PRODUCT = 256 * 256
 BAND_BYTES = 4 << 20
 
 
-def winograd_matrices(points: tuple[float, ...] = POINTS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(A^T (M, A), G (A, R), B^T (A, A)) in float64, with Y = A^T [(G g G^T) * (B^T d B)] A for a 6x6
-    input tile d and a 3x3 kernel g giving the 4x4 tile of their cross-correlation (what conv2d computes)."""
-    if len(points) != A - 1 or len(set(points)) != len(points):
-        raise ValueError(f"F({M},{R}) needs {A - 1} distinct finite points, got {points}")
-    at = torch.zeros(M, A, dtype=torch.float64)
-    g = torch.zeros(A, R, dtype=torch.float64)
+def winograd_matrices(
+    points: tuple[float, ...] = POINTS, m: int = M, r: int = R
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(A^T (m, a), G (a, r), B^T (a, a)) in float64 for F(m, r), a = m + r - 1 input positions, with
+    Y = A^T [(G g G^T) * (B^T d B)] A for an a x a input tile d and an r x r kernel g giving the m x m tile of
+    their cross-correlation (what conv2d computes). `points`: a - 1 distinct finite interpolation points."""
+    a = m + r - 1
+    if len(points) != a - 1 or len(set(points)) != len(points):
+        raise ValueError(f"F({m},{r}) needs {a - 1} distinct finite points, got {points}")
+    at = torch.zeros(m, a, dtype=torch.float64)
+    g = torch.zeros(a, r, dtype=torch.float64)
     for j, p in enumerate(points):
         f = 1.0
         for q in points:
             f *= (p - q) if q != p else 1.0
-        at[:, j] = torch.tensor([p**i for i in range(M)], dtype=torch.float64)
-        g[j] = torch.tensor([p**k / f for k in range(R)], dtype=torch.float64)
-    at[M - 1, A - 1] = g[A - 1, R - 1] = 1.0  # the point at infinity
+        at[:, j] = torch.tensor([p**i for i in range(m)], dtype=torch.float64)
+        g[j] = torch.tensor([p**k / f for k in range(r)], dtype=torch.float64)
+    at[m - 1, a - 1] = g[a - 1, r - 1] = 1.0  # the point at infinity
     # B^T is what makes sum_j A^T[i, j] G[j, k] B^T[j, l] = [l == i + k]: a linear system, solved exactly
-    products = torch.einsum("ij,jk->ikj", at, g).reshape(M * R, A)  # row (i, k), column j
-    target = torch.zeros(M * R, A, dtype=torch.float64)
-    for i in range(M):
-        for k in range(R):
-            target[i * R + k, i + k] = 1.0
-    bt = torch.linalg.solve(products.T @ products, products.T @ target)  # (A, A): row j, input position l
+    products = torch.einsum("ij,jk->ikj", at, g).reshape(m * r, a)  # row (i, k), column j
+    target = torch.zeros(m * r, a, dtype=torch.float64)
+    for i in range(m):
+        for k in range(r):
+            target[i * r + k, i + k] = 1.0
+    bt = torch.linalg.solve(products.T @ products, products.T @ target)  # (a, a): row j, input position l
     if not torch.allclose(products @ bt, target, atol=1e-9):
-        raise ValueError(f"points {points} give no exact F({M},{R}) algorithm")
+        raise ValueError(f"points {points} give no exact F({m},{r}) algorithm")
     return at, g, bt
 
 
-_AT, _G, _BT = winograd_matrices()
-_INPUT_TRANSFORM = torch.kron(_BT, _BT).float()  # (36, 36): vec(B^T d B) = (B^T kron B^T) vec(d)
-_OUTPUT_TRANSFORM = torch.kron(_AT, _AT).float()  # (16, 36)
-# the transformed tile's entry that A^T (.) A spreads to every output unchanged: both of its coordinates at the
-# point 1, whose column of A^T is all ones (a bias added there costs 1/36 of a pass over the tiles, not a whole one)
-_BIAS_SLOT = (POINTS.index(1.0) * A) + POINTS.index(1.0)
-# transformed weights per conv weight tensor, (weight version, data pointer, (36, C, K) tensor)
+class Transforms:
+    """F(m x m, r x r) as the kernels use it: vec(B^T d B) = (B^T kron B^T) vec(d) for the input tiles, the
+    (m^2, a^2) A^T kron A^T for the outputs, G kron G for the kernels, and the transformed tile's slot where a bias
+    goes: both coordinates at the point 1, whose column of A^T is all ones, so A^T (.) A spreads it to every
+    output unchanged (1/a^2 of a pass over the tiles instead of a whole one)."""
+
+    def __init__(self, points: tuple[float, ...], m: int, r: int) -> None:
+        at, g, bt = winograd_matrices(points, m, r)
+        self.m, self.r, self.a = m, r, m + r - 1
+        self.input = torch.kron(bt, bt).float()  # (a^2, a^2)
+        self.weight = torch.kron(g, g)  # (a^2, r^2), float64: kernels are transformed once, exactly
+        self.output = torch.kron(at, at).float()  # (m^2, a^2)
+        self.bias_slot = points.index(1.0) * self.a + points.index(1.0)
+
+
+_F43 = Transforms(POINTS, M, R)
+# transformed weights per conv weight tensor, (weight version, data pointer, (a^2, C, K) tensor)
 _WEIGHTS = WeakIdKeyDictionary()
+# float64 scratch per chunk of output channels while transforming a weight (fc6's whole would be 1 GB)
+TRANSFORM_CHUNK_BYTES = 64 << 20
 
 
-def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
-    """(K, C, 3, 3) kernel -> (36, C, K) transformed kernel G g G^T, computed in float64, kept per weight
+def winograd_weight(weight: torch.Tensor, t: Transforms = _F43) -> torch.Tensor:
+    """(K, C, r, r) kernel -> (a^2, C, K) transformed kernel G g G^T, computed in float64, kept per weight
     tensor until the weight changes (an optimizer step or load_state_dict bumps its version) or is freed.
-    4x the weight's memory: about 240 MB for VGG-16's conv2_2..conv5_3."""
+    (a/r)^2 times the weight's memory: about 240 MB for VGG-16's conv3_2..conv5_3 (F(4x4, 3x3)), 512 MB for its
+    fc6 (F(2x2, 7x7))."""
     # an inference tensor has no version counter: its transform is recomputed (~0.05 s for 512 x 512)
     key = None if weight.is_inference() else (weight._version, weight.data_ptr())
     cached = _WEIGHTS.get(weight) if key else None
     if cached is not None and cached[:2] == key:
         return cached[2]
     k, c = weight.shape[:2]
-    u = torch.einsum("ik,ockl,jl->ijco", _G, weight.detach().double(), _G)  # (6, 6, C, K)
-    u = u.reshape(A * A, c, k).to(weight.dtype).contiguous()
+    u = weight.new_empty(t.a * t.a, c, k)
+    step = max(1, TRANSFORM_CHUNK_BYTES // (t.a * t.a * c * 8))
+    for o in range(0, k, step):
+        g = weight[o : o + step].detach().reshape(-1, t.r * t.r).double()  # (k' * C, r^2)
+        # vec(G g G^T) = (G kron G) vec(g) for every (output, input) channel pair at once
+        u[:, :, o : o + step] = torch.mm(t.weight, g.T).view(t.a * t.a, -1, c).transpose(1, 2)
     if key:
         _WEIGHTS[weight] = (*key, u)
     return u
@@ -112,15 +139,100 @@ def winograd_conv3x3_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
         nr = min(rows, th - r0)
         tiles = xp[:, r0 * M : r0 * M + nr * M + 2].unfold(1, A, M).unfold(2, A, M)  # (B, nr, tw, C, 6, 6) view
         tiles = tiles.permute(4, 5, 0, 1, 2, 3).reshape(A * A, -1)  # (36, B*nr*tw*C)
-        v = torch.mm(_INPUT_TRANSFORM, tiles).view(A * A, b * nr * tw, c)  # B^T d B of every tile
+        v = torch.mm(_F43.input, tiles).view(A * A, b * nr * tw, c)  # B^T d B of every tile
         p = torch.bmm(v, u)  # (36, T, K)
         if bias is not None:
-            p[_BIAS_SLOT].add_(bias)  # A^T e e^T A is all ones there: the bias reaches all 16 outputs
-        o = torch.mm(_OUTPUT_TRANSFORM, p.view(A * A, -1)).view(M, M, b, nr, tw, k)  # A^T p A: 4x4 output tiles
+            p[_F43.bias_slot].add_(bias)  # A^T e e^T A is all ones there: the bias reaches all 16 outputs
+        o = torch.mm(_F43.output, p.view(A * A, -1)).view(M, M, b, nr, tw, k)  # A^T p A: 4x4 output tiles
         torch.clamp_min(o.permute(2, 3, 0, 4, 1, 5), 0.0, out=y_tiles[:, r0 : r0 + nr])  # ReLU, (B, nr, 4, tw, 4, K)
     if th * M != h or tw * M != w:
         y = y[:, :h, :w].contiguous()
     return y.permute(0, 3, 1, 2)
+
+
+# fc6 applied densely (Sect. 3.2) is a k x k convolution without padding over pool5 (7 x 7, 512 -> 4096 for
+# the VGGs): F(2x2, kxk) computes each 2x2 output tile from a (k+1) x (k+1) input tile, (k+1)^2 multiply-adds per
+# channel pair instead of 4 k^2 (64 instead of 196). The points are the conditioned ones of F(4x4, 3x3) and their
+# halves' negatives: fp32 error about 8e-6 of the largest output of fc6, against 3e-7 for the direct GEMM.
+DENSE_M = 2
+DENSE_POINTS = (0.0, 1.0, -1.0, 0.5, -0.5, 2.0, -2.0)  # the first k for a k x k kernel (k <= 7)
+# transformed tiles per pass: the (a^2, tiles, K) products of a pass stay under this (fc6: 256 tiles)
+DENSE_BAND_BYTES = 256 << 20
+_DENSE: dict[int, Transforms] = {}
+
+
+def dense_transforms(k: int) -> Transforms:
+    if k not in _DENSE:
+        _DENSE[k] = Transforms(DENSE_POINTS[:k], DENSE_M, k)
+    return _DENSE[k]
+
+
+def winograd_dense_applies(conv: nn.Conv2d) -> bool:
+    """Whether a DenseFC (a k x k conv, stride 1, no padding) can run as F(2x2, kxk)."""
+    k = conv.kernel_size
+    return (
+        k[0] == k[1]
+        and 2 <= k[0] <= len(DENSE_POINTS)
+        and conv.stride == (1, 1)
+        and conv.padding == (0, 0)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and conv.in_channels * conv.out_channels >= WINOGRAD_MIN_CHANNEL_PRODUCT
+    )
+
+
+def winograd_dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """conv2d(x, weight, bias) without padding for a (K, C, k, k) kernel and (B, C, H, W) float32 x (H, W >= k),
+    by Winograd F(2x2, kxk): the map is copied once into a zero-extended (whole tiles) NHWC buffer, its
+    (k+1) x (k+1) tiles (stride 2) transformed, multiplied with the transformed kernel (a^2 GEMMs of tiles x C by
+    C x K), transformed back with the bias, and cropped. Returns a (B, K, H - k + 1, W - k + 1) channels_last
+    tensor."""
+    t = dense_transforms(weight.shape[-1])
+    b, c, h, w = x.shape
+    u = winograd_weight(weight, t)  # (a^2, C, K)
+    k = u.shape[2]
+    ho, wo = h - t.r + 1, w - t.r + 1
+    th, tw = -(-ho // t.m), -(-wo // t.m)
+    xp = x.new_zeros(b, th * t.m + t.r - 1, tw * t.m + t.r - 1, c)
+    xp[:, :h, :w].copy_(x.permute(0, 2, 3, 1))
+    y = torch.empty(b, th * t.m, tw * t.m, k, dtype=x.dtype, device=x.device)
+    y_tiles = y.view(b, th, t.m, tw, t.m, k)
+    rows = max(1, DENSE_BAND_BYTES // (t.a * t.a * k * x.element_size() * b * tw))  # tile rows per pass
+    for r0 in range(0, th, rows):
+        nr = min(rows, th - r0)
+        tiles = xp[:, r0 * t.m : (r0 + nr) * t.m + t.r - 1].unfold(1, t.a, t.m).unfold(2, t.a, t.m)
+        tiles = tiles.permute(4, 5, 0, 1, 2, 3).reshape(t.a * t.a, -1)  # (a^2, B*nr*tw*C)
+        v = torch.mm(t.input, tiles).view(t.a * t.a, b * nr * tw, c)
+        p = torch.bmm(v, u)  # (a^2, T, K)
+        if bias is not None:
+            p[t.bias_slot].add_(bias)
+        o = torch.mm(t.output, p.view(t.a * t.a, -1)).view(t.m, t.m, b, nr, tw, k)
+        y_tiles[:, r0 : r0 + nr].copy_(o.permute(2, 3, 0, 4, 1, 5))
+    if th * t.m != ho or tw * t.m != wo:
+        y = y[:, :ho, :wo].contiguous()
+    return y.permute(0, 3, 1, 2)
+
+
+def dense_inference(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor | None:
+    """A DenseFC's output by Winograd where it applies (fp32 CPU inference, a kernel of 2-7 and a map at least
+    that large); None elsewhere: the caller then runs the layer's own GEMM."""
+    if not (_fp32_cpu_inference(conv, x) and winograd_dense_applies(conv)):
+        return None
+    if x.shape[2] < conv.kernel_size[0] or x.shape[3] < conv.kernel_size[1]:
+        return None
+    return winograd_dense(x, conv.weight, conv.bias)
+
+
+def _fp32_cpu_inference(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """fp32 on the CPU, outside autocast and autograd: where these kernels compute what the modules would."""
+    if not (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and conv.weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+    ):
+        return False
+    return not (torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad))
 
 
 def onednn_conv_relu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -148,14 +260,7 @@ def winograd_applies(conv: nn.Conv2d) -> bool:
 def conv_relu_inference(conv: nn.Conv2d, x: torch.Tensor, winograd: bool = True) -> torch.Tensor | None:
     """ReLU(conv(x)) by the fastest CPU kernel that applies, for fp32 inference; None where none does
     (autograd, CUDA, autocast, another dtype): the caller then runs the modules."""
-    if not (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and conv.weight.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")
-    ):
-        return None
-    if torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad):
+    if not _fp32_cpu_inference(conv, x):
         return None
     if winograd and winograd_applies(conv):
         return winograd_conv3x3_relu(x, conv.weight, conv.bias)
@@ -199,14 +304,35 @@ class ConvReLU(nn.Conv2d):
         return f"{super().extra_repr()}, relu=True, winograd={self.winograd}"
 
 
+class WinogradDenseFC(DenseFC):
+    """A DenseFC (fc6) computed by `dense_inference` where it applies and by the layer's own GEMM elsewhere; the
+    layer's own parameters (the same objects), as ConvReLU has."""
+
+    def __init__(self, layer: DenseFC) -> None:
+        k = cast("tuple[int, int]", layer.kernel_size)
+        nn.Conv2d.__init__(self, layer.in_channels, layer.out_channels, k, device="meta")  # parameters replaced below
+        self.weight, self.bias = layer.weight, layer.bias
+        self.train(layer.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = dense_inference(self, x)
+        return super().forward(x) if y is None else y
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, winograd=F(2x2)"
+
+
 def fuse_conv_relu(model: VGG, winograd: bool = True) -> VGG:
     """`model` (a VGG's inference copy: this changes it in place) with each plain conv followed by its ReLU as
-    one ConvReLU and an Identity, so its layers run the kernels above on the CPU; returns `model`."""
+    one ConvReLU and an Identity, and (with `winograd`) fc6 as a WinogradDenseFC, so its layers run the kernels
+    above on the CPU; returns `model`."""
     for _, names in model.blocks:  # (layer, the submodules that produce it), input to output
         if len(names) != 2:
             continue
         conv, relu = getattr(model, names[0]), getattr(model, names[1])
-        if type(conv) is nn.Conv2d and isinstance(relu, nn.ReLU):  # not DenseFC: its GEMM is faster than these
+        if type(conv) is nn.Conv2d and isinstance(relu, nn.ReLU):
             setattr(model, names[0], ConvReLU(conv, winograd))
             setattr(model, names[1], nn.Identity())
+        elif type(conv) is DenseFC and winograd and winograd_dense_applies(conv):
+            setattr(model, names[0], WinogradDenseFC(conv))
     return model
