@@ -53,12 +53,36 @@ def test_winograd_equals_conv2d_relu(b, c, k, h, w, channels_last):
         x = x.contiguous(memory_format=torch.channels_last)
     weight, bias = torch.randn(k, c, 3, 3, generator=gen) / (3 * c**0.5), torch.randn(k, generator=gen)
     y = fastconv.winograd_conv3x3_relu(x, weight, bias)
-    assert y.shape == (b, k, h, w) and y.is_contiguous(memory_format=torch.channels_last)
+    assert y.shape == (b, k, h, w) and y.stride(1) == 1  # channels last (the interior of a bordered buffer)
     ref = reference(x, weight, bias)
     assert relative_error(y, ref) < 2e-5
     assert torch.equal(fastconv.winograd_conv3x3_relu(x, weight, bias), y)  # deterministic: resumed runs match
     assert (y[ref == 0] == 0).float().mean() > 0.99  # the ReLU is applied (up to rounding at the kink)
     assert relative_error(fastconv.winograd_conv3x3_relu(x, weight, None), reference(x, weight, None)) < 2e-5
+
+
+@pytest.mark.parametrize("h, w", [(16, 20), (13, 18), (5, 7)])
+def test_a_chain_of_winograd_layers_reads_its_predecessors_buffer(h, w, monkeypatch):
+    """The second layer tiles the first one's zero-bordered buffer instead of copying the map (whole-tile
+    overhang zeroed, so the conv's padding holds), the same numbers as from a fresh copy; a map changed in
+    place between the layers (the padded-batch masks) is read as changed."""
+    gen = torch.Generator().manual_seed(h + w)
+    x = torch.randn(2, 8, h, w, generator=gen).contiguous(memory_format=torch.channels_last)
+    w1, w2 = (torch.randn(8, 8, 3, 3, generator=gen) / 8 for _ in range(2))
+    b1, b2 = torch.randn(8, generator=gen), torch.randn(8, generator=gen)
+    copies = []
+    real_zeros = torch.Tensor.new_zeros
+    monkeypatch.setattr(torch.Tensor, "new_zeros", lambda self, *a, **k: copies.append(1) or real_zeros(self, *a, **k))
+    y1 = fastconv.winograd_conv3x3_relu(x, w1, b1)
+    y2 = fastconv.winograd_conv3x3_relu(y1, w2, b2)
+    assert len(copies) == 1  # only the net's input was copied into a border
+    fresh = fastconv.winograd_conv3x3_relu(y1.contiguous(memory_format=torch.channels_last), w2, b2)
+    assert len(copies) == 2
+    torch.testing.assert_close(y2, fresh, rtol=0, atol=0)
+    assert relative_error(y2, reference(reference(x, w1, b1).float(), w2, b2)) < 4e-5
+    y1[:, :, h // 2 :] = 0.0  # in place, as a mask between layers does
+    masked = fastconv.winograd_conv3x3_relu(y1, w2, b2)
+    torch.testing.assert_close(masked, reference(y1, w2, b2).float(), rtol=1e-4, atol=1e-5)
 
 
 def test_winograd_bands_give_the_same_map(monkeypatch):
@@ -101,7 +125,7 @@ def test_conv_relu_inference_picks_a_kernel_or_declines(monkeypatch):
     calls = []
     real_winograd = fastconv.winograd_conv3x3_relu
     monkeypatch.setattr(fastconv, "winograd_conv3x3_relu", lambda *a: calls.append("winograd") or real_winograd(*a))
-    wide, narrow = nn.Conv2d(256, 256, 3, padding=1), nn.Conv2d(256, 128, 3, padding=1)
+    wide, narrow = nn.Conv2d(256, 256, 3, padding=1), nn.Conv2d(256, 32, 3, padding=1)
     x = torch.randn(1, 256, 10, 11)
     with torch.inference_mode():
         expected = F.relu(wide(x))
@@ -111,7 +135,7 @@ def test_conv_relu_inference_picks_a_kernel_or_declines(monkeypatch):
         torch.testing.assert_close(
             fastconv.conv_relu_inference(wide, x, winograd=False), expected, rtol=1e-5, atol=1e-6
         )
-        assert calls == ["winograd"]  # 256 -> 128 is below the threshold; winograd=False means direct
+        assert calls == ["winograd"]  # 256 -> 32 is below the threshold; winograd=False means direct
         assert fastconv.conv_relu_inference(wide, x.double()) is None
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert fastconv.conv_relu_inference(wide, x) is None
@@ -246,3 +270,32 @@ def test_fused_net_runs_fc6_by_winograd_with_the_layers_parameters(monkeypatch, 
     xg = torch.randn(1, 8, 3, 3, requires_grad=True)
     layer(xg).sum().backward()
     assert calls == [1] and xg.grad is not None and layer.weight.grad is not None
+
+
+@pytest.mark.parametrize("h, w", [(8, 8), (9, 13), (2, 3), (33, 2)])
+def test_max_pool_2x2_equals_torchs_on_any_layout(h, w):
+    """Exact (a max is), floor-rounded, for a contiguous map, a channels_last one and a bordered buffer's view."""
+    gen = torch.Generator().manual_seed(h * w)
+    x = torch.randn(2, 5, h, w, generator=gen)
+    x[0, 1, 0, 0] = float("nan")  # propagated as torch's pool propagates it
+    buffer = torch.zeros(2, h + 3, w + 3, 5)
+    buffer[:, 1 : h + 1, 1 : w + 1] = x.permute(0, 2, 3, 1)
+    view = buffer[:, 1 : h + 1, 1 : w + 1].permute(0, 3, 1, 2)
+    for x_ in (x, x.contiguous(memory_format=torch.channels_last), view):
+        torch.testing.assert_close(fastconv.max_pool_2x2(x_), F.max_pool2d(x, 2, 2), rtol=0, atol=0, equal_nan=True)
+
+
+def test_fused_net_pools_by_the_strided_kernel(tiny_model):
+    from vggfeat.models.inference import inference_copy
+
+    model = tiny_model("vgg_a", seed=2).eval()
+    fast = fastconv.fuse_conv_relu(inference_copy(model))
+    pools = [name for name, m in fast.named_children() if isinstance(m, nn.MaxPool2d)]
+    assert len(pools) == 5 and all(type(getattr(fast, n)) is fastconv.MaxPool2x2 for n in pools)
+    assert all(type(getattr(model, n)) is nn.MaxPool2d for n in pools)  # the net itself keeps its modules
+    x = torch.randn(1, 3, 70, 90)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast.forward_features(x, "pool5"), model.forward_features(x, "pool5"))
+    xg = torch.randn(1, 4, 6, 6, requires_grad=True)
+    getattr(fast, pools[0])(xg).sum().backward()  # autograd: torch's own pool
+    assert xg.grad is not None and xg.grad.sum() == 4 * 9  # one argmax per output

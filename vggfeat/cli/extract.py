@@ -118,9 +118,9 @@ LAYER_HELP = (
     "--winograd/--no-winograd",
     default=True,
     show_default=True,
-    help="On the CPU, run VGG's wide 3x3 convs (256 channels and more: conv3_2 on) as Winograd F(4x4,3x3) and fc6 "
-    "as Winograd F(2x2,7x7), in float32: faster VGG-16 extraction (+512 MB for fc6's transformed weight); "
-    "descriptors agree with direct convolution to ~1e-7.",
+    help="On the CPU, run VGG's wide 3x3 convs (128 x 128 channels and more: conv2_2 on) as Winograd F(4x4,3x3) "
+    "and fc6 as Winograd F(2x2,7x7), in float32: faster VGG-16 extraction (+512 MB for fc6's transformed "
+    "weight); descriptors agree with direct convolution to ~1e-7.",
 )
 @click.option(
     "--compile",

@@ -3,8 +3,8 @@
 Three kernels compute what the modules compute:
 - oneDNN's direct convolution with the ReLU as a post-op (one pass less over each activation map);
 - Winograd F(4x4, 3x3) (Lavin & Gray, CVPR 2016) for the wide 3x3 layers: a 4x4 output tile costs 36
-  multiply-adds per channel pair instead of 144. On 2 AVX-512 cores it runs conv3_2..conv5_3 of VGG-16
-  1.2-2.2x faster than oneDNN; its fp32 rounding is 3-5e-6 of a layer's largest output, against 1-2e-6
+  multiply-adds per channel pair instead of 144. On 2 AVX-512 cores it runs conv2_2..conv5_3 of VGG-16
+  1.1-2.2x faster than oneDNN; its fp32 rounding is 3-5e-6 of a layer's largest output, against 1-2e-6
   for the direct convolution;
 - Winograd F(2x2, 7x7) for fc6 applied densely (a 7x7 conv over pool5): 64 multiply-adds per 2x2 output tile
   and channel pair instead of 196; 1.5-1.8x faster than fc6's GEMM on VOC-sized maps, rounding about 8e-6 of
@@ -34,10 +34,11 @@ A = M + R - 1  # input tile side: 6
 # of Lavin & Gray's 2 and -2 the transforms are better conditioned: fp32 error 3.7e-6 instead of 9.6e-6
 # relative, measured on a 256-channel layer against float64.
 POINTS = (0.0, 1.0, -1.0, 0.5, -2.0)
-# Winograd pays off where channel products outweigh its tile transforms. Measured on VGG-16's layers (2 cores,
-# fused oneDNN conv + ReLU on channels_last maps as the reference): 128 -> 128 0.73-0.76x, 128 -> 256 0.8-1.2x,
-# 256 -> 256 1.2x, 512 -> 512 2.2x (an earlier oneDNN path lost at 128 -> 128 too, 1.1-1.4x in its favour).
-WINOGRAD_MIN_CHANNEL_PRODUCT = 256 * 256
+# Winograd pays off where channel products outweigh its tile transforms. Measured on VGG-16's layers at Q=512
+# (2 cores, freed memory kept (utils.heap), against the fused oneDNN conv + ReLU on channels_last maps; a map
+# from a copy / from the previous Winograd layer's buffer): 64 -> 128 0.93x / 1.06x, 128 -> 128 1.14x / 1.50x,
+# 128 -> 256 1.66x / 1.44x, 256 -> 256 1.56x / 1.71x. Without the kept memory 128 -> 128 lost (0.73-0.76x).
+WINOGRAD_MIN_CHANNEL_PRODUCT = 128 * 128
 # A band of output tiles is transformed at a time, its buffers (36 x tiles x channels floats) sized to stay
 # in the caches: 2x faster than whole maps at 256 channels.
 BAND_BYTES = 4 << 20
@@ -98,7 +99,7 @@ TRANSFORM_CHUNK_BYTES = 64 << 20
 def winograd_weight(weight: torch.Tensor, t: Transforms = _F43) -> torch.Tensor:
     """(K, C, r, r) kernel -> (a^2, C, K) transformed kernel G g G^T, computed in float64, kept per weight
     tensor until the weight changes (an optimizer step or load_state_dict bumps its version) or is freed.
-    (a/r)^2 times the weight's memory: about 240 MB for VGG-16's conv3_2..conv5_3 (F(4x4, 3x3)), 512 MB for its
+    (a/r)^2 times the weight's memory: about 250 MB for VGG-16's conv2_2..conv5_3 (F(4x4, 3x3)), 512 MB for its
     fc6 (F(2x2, 7x7))."""
     # an inference tensor has no version counter: its transform is recomputed (~0.05 s for 512 x 512)
     key = None if weight.is_inference() else (weight._version, weight.data_ptr())
@@ -117,23 +118,45 @@ def winograd_weight(weight: torch.Tensor, t: Transforms = _F43) -> torch.Tensor:
     return u
 
 
+# maps this kernel returned -> the zero-bordered buffer they are the interior of: the next Winograd layer tiles
+# that buffer as it is, so a chain of them (conv3_2 -> conv3_3, conv4_1 -> conv4_2 -> conv4_3, ...) copies no map
+# into a new border and crops none out of whole tiles
+_BORDERED = WeakIdKeyDictionary()
+
+
+def _bordered(x: torch.Tensor, th: int, tw: int) -> torch.Tensor:
+    """x (B, C, H, W) as a (B, th*4+2, tw*4+2, C) NHWC map with x at [1:H+1, 1:W+1] and zeros elsewhere: the
+    buffer x was written into when it is one of ours of this geometry, else a new one holding a copy of x."""
+    b, c, h, w = x.shape
+    buf = _BORDERED.get(x)
+    if (
+        buf is not None
+        and buf.shape == (b, th * M + 2, tw * M + 2, c)
+        and x.data_ptr() == buf[:, 1:, 1:].data_ptr()
+        and x.stride() == buf.permute(0, 3, 1, 2).stride()
+    ):
+        return buf
+    xp = x.new_zeros(b, th * M + 2, tw * M + 2, c)
+    xp[:, 1 : h + 1, 1 : w + 1].copy_(x.permute(0, 2, 3, 1))
+    return xp
+
+
 def winograd_conv3x3_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """ReLU(conv2d(x, weight, bias, padding=1)) for (B, C, H, W) float32 x, by Winograd F(4x4, 3x3).
 
-    The map is copied once into a zero border (padding=1 plus whole tiles), then cut into bands of tile rows;
-    each band is gathered into 6x6 tiles, transformed, multiplied with the transformed kernel (36 GEMMs of
-    tiles x C by C x K), transformed back with the bias, and written through the ReLU straight into the
-    output. Returns a (B, K, H, W) channels_last tensor.
+    The map sits in a zero border (padding=1 plus whole tiles): the buffer an earlier call wrote it into, or a copy.
+    It is cut into bands of tile rows; each band is gathered into 6x6 tiles, transformed, multiplied with the
+    transformed kernel (36 GEMMs of tiles x C by C x K), transformed back with the bias, and written through the
+    ReLU straight into the output's own zero-bordered buffer. Returns the (B, K, H, W) interior of that buffer,
+    channels last (a view: the next such call reads the buffer itself).
     """
     b, c, h, w = x.shape
     u = winograd_weight(weight)  # (36, C, K)
     k = u.shape[2]
     th, tw = -(-h // M), -(-w // M)  # tiles down and across
-    # one copy into a zeroed (B, th*4+2, tw*4+2, C) map: bands are then views (padding each band was 2-3x slower)
-    xp = x.new_zeros(b, th * M + 2, tw * M + 2, c)
-    xp[:, 1 : h + 1, 1 : w + 1].copy_(x.permute(0, 2, 3, 1))
-    y = torch.empty(b, th * M, tw * M, k, dtype=x.dtype, device=x.device)  # whole tiles; cropped at the end
-    y_tiles = y.view(b, th, M, tw, M, k)
+    xp = _bordered(x, th, tw)  # bands are views of it (padding each band was 2-3x slower)
+    out = torch.empty(b, th * M + 2, tw * M + 2, k, dtype=x.dtype, device=x.device)
+    y_tiles = out[:, 1 : th * M + 1, 1 : tw * M + 1].unflatten(1, (th, M)).unflatten(3, (tw, M))  # (B, th, 4, tw, 4, K)
     rows = max(1, BAND_BYTES // (A * A * max(c, k) * x.element_size() * b * tw))  # tile rows per band
     for r0 in range(0, th, rows):
         nr = min(rows, th - r0)
@@ -145,9 +168,14 @@ def winograd_conv3x3_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
             p[_F43.bias_slot].add_(bias)  # A^T e e^T A is all ones there: the bias reaches all 16 outputs
         o = torch.mm(_F43.output, p.view(A * A, -1)).view(M, M, b, nr, tw, k)  # A^T p A: 4x4 output tiles
         torch.clamp_min(o.permute(2, 3, 0, 4, 1, 5), 0.0, out=y_tiles[:, r0 : r0 + nr])  # ReLU, (B, nr, 4, tw, 4, K)
-    if th * M != h or tw * M != w:
-        y = y[:, :h, :w].contiguous()
-    return y.permute(0, 3, 1, 2)
+    # the border: the conv's zero padding and, past the map's last row and column, what whole tiles overhang
+    out[:, 0].zero_()
+    out[:, h + 1 :].zero_()
+    out[:, :, 0].zero_()
+    out[:, :, w + 1 :].zero_()
+    y = out[:, 1 : h + 1, 1 : w + 1].permute(0, 3, 1, 2)
+    _BORDERED[y] = out
+    return y
 
 
 # fc6 applied densely (Sect. 3.2) is a k x k convolution without padding over pool5 (7 x 7, 512 -> 4096 for
@@ -322,10 +350,45 @@ class WinogradDenseFC(DenseFC):
         return f"{super().extra_repr()}, winograd=F(2x2)"
 
 
+def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+    """F.max_pool2d(x, 2, 2) (floor rounding) as the maximum of the four strided quarter views: exact, any strides
+    (a bordered map's interior needs no copy first), and no argmax indices written, which torch's CPU kernel
+    computes even in inference. Returns a channels_last tensor for a channels-last x."""
+    h, w = x.shape[2] // 2 * 2, x.shape[3] // 2 * 2
+    y = torch.maximum(x[:, :, 0:h:2, 0:w:2], x[:, :, 0:h:2, 1:w:2])
+    torch.maximum(y, x[:, :, 1:h:2, 0:w:2], out=y)
+    return torch.maximum(y, x[:, :, 1:h:2, 1:w:2], out=y)
+
+
+class MaxPool2x2(nn.MaxPool2d):
+    """A 2x2, stride-2 max-pool (VGG's) by `max_pool_2x2` for fp32 CPU inference; the module's own elsewhere."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            x.device.type == "cpu"
+            and not (torch.is_grad_enabled() and x.requires_grad)
+            and x.shape[2] >= 2 <= x.shape[3]
+        ):
+            return max_pool_2x2(x)
+        return super().forward(x)
+
+
+def _is_vgg_pool(m: nn.Module) -> bool:
+    return (
+        type(m) is nn.MaxPool2d
+        and m.kernel_size in (2, (2, 2))
+        and m.stride in (2, (2, 2))
+        and m.padding in (0, (0, 0))
+        and m.dilation in (1, (1, 1))
+        and not m.ceil_mode
+        and not m.return_indices
+    )
+
+
 def fuse_conv_relu(model: VGG, winograd: bool = True) -> VGG:
     """`model` (a VGG's inference copy: this changes it in place) with each plain conv followed by its ReLU as
-    one ConvReLU and an Identity, and (with `winograd`) fc6 as a WinogradDenseFC, so its layers run the kernels
-    above on the CPU; returns `model`."""
+    one ConvReLU and an Identity, (with `winograd`) fc6 as a WinogradDenseFC and each 2x2 max-pool as a MaxPool2x2,
+    so its layers run the kernels above on the CPU; returns `model`."""
     for _, names in model.blocks:  # (layer, the submodules that produce it), input to output
         if len(names) != 2:
             continue
@@ -335,4 +398,7 @@ def fuse_conv_relu(model: VGG, winograd: bool = True) -> VGG:
             setattr(model, names[1], nn.Identity())
         elif type(conv) is DenseFC and winograd and winograd_dense_applies(conv):
             setattr(model, names[0], WinogradDenseFC(conv))
+    for name, module in list(model.named_children()):
+        if _is_vgg_pool(module):
+            setattr(model, name, MaxPool2x2(2, 2))
     return model
