@@ -299,3 +299,19 @@ def test_fused_net_pools_by_the_strided_kernel(tiny_model):
     xg = torch.randn(1, 4, 6, 6, requires_grad=True)
     getattr(fast, pools[0])(xg).sum().backward()  # autograd: torch's own pool
     assert xg.grad is not None and xg.grad.sum() == 4 * 9  # one argmax per output
+
+
+def test_fc6_on_a_lone_position_stays_direct(monkeypatch):
+    """A 224 px crop gives fc6 one output: Winograd would pay 64 multiply-adds per channel pair for 49."""
+    from vggfeat.models.vgg import DenseFC
+
+    monkeypatch.setattr(fastconv, "WINOGRAD_MIN_CHANNEL_PRODUCT", 1)
+    layer = fastconv.WinogradDenseFC(DenseFC(8, 16, 7))
+    calls = []
+    real = fastconv.winograd_dense
+    monkeypatch.setattr(fastconv, "winograd_dense", lambda *a: calls.append(a[0].shape[-2:]) or real(*a))
+    with torch.inference_mode():
+        for size in (7, 8, 9):
+            x = torch.randn(1, 8, size, size)
+            torch.testing.assert_close(layer(x), F.conv2d(x, layer.weight, layer.bias), rtol=1e-4, atol=1e-5)
+    assert calls == [(8, 8), (9, 9)]  # 2x2 and 3x3 outputs: one tile (64 < 4 * 49), four tiles (256 < 9 * 49)

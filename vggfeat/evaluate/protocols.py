@@ -20,6 +20,7 @@ from vggfeat.data.transforms import isotropic_size
 from vggfeat.models.fastconv import fuse_conv_relu
 from vggfeat.models.inference import inference_copy
 from vggfeat.utils.cpus import share_cpus, worker_init
+from vggfeat.utils.heap import keep_freed_memory
 
 from .labels import EvaluateError
 
@@ -262,6 +263,7 @@ def evaluate_nets(
         net = inference_copy(model).to(device)
         if torch.device(device).type == "cpu":
             fuse_conv_relu(net)
+            keep_freed_memory()  # each batch's maps on the last one's pages (utils.heap)
         inputs = _load(_Inputs(samples.paths, scales, model.preprocessing, fast_decode), workers, device)
         per_net.append(_base_posteriors(net, inputs, bases, device, progress, batch_size))
         del net

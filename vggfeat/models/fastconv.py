@@ -242,11 +242,15 @@ def winograd_dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 
 
 def dense_inference(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor | None:
-    """A DenseFC's output by Winograd where it applies (fp32 CPU inference, a kernel of 2-7 and a map at least
-    that large); None elsewhere: the caller then runs the layer's own GEMM."""
+    """A DenseFC's output by Winograd where it applies (fp32 CPU inference, a kernel of 2-7, a map large enough
+    for Winograd's tiles to cost less than the direct outputs); None elsewhere: the caller then runs the layer's
+    own GEMM."""
     if not (_fp32_cpu_inference(conv, x) and winograd_dense_applies(conv)):
         return None
-    if x.shape[2] < conv.kernel_size[0] or x.shape[3] < conv.kernel_size[1]:
+    k = conv.kernel_size[0]
+    ho, wo = x.shape[2] - k + 1, x.shape[3] - k + 1
+    # (k+1)^2 multiply-adds per 2x2 tile against k^2 per output: a lone output (a 224 px crop) is cheaper direct
+    if ho < 1 or wo < 1 or (k + 1) ** 2 * -(-ho // DENSE_M) * -(-wo // DENSE_M) >= k * k * ho * wo:
         return None
     return winograd_dense(x, conv.weight, conv.bias)
 
