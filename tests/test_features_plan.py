@@ -17,6 +17,7 @@ from vggfeat.features.nets import VGGFeatureNet
 from vggfeat.features.plan import Batcher, count_shapes, header_size, make_plan
 from vggfeat.features.protocol import Protocol, scaled_size
 from vggfeat.features.runtime import Runtime
+from vggfeat.models import fastconv
 
 # VOC 2007's common sizes (both orientations) and some odd ones
 VOC_MIX = [(375, 500), (500, 375), (333, 500), (500, 333), (281, 500), (500, 281), (366, 500), (375, 499)]
@@ -41,8 +42,16 @@ def items_at(sizes, protocol, seed=0):
 
 
 @pytest.mark.parametrize("flip", [True, False])
-def test_padded_mixed_batches_give_each_image_its_own_descriptor(flip):
-    """Every image alone (its own shape, no padding) against all of them in padded mixed batches."""
+@pytest.mark.parametrize("cpu_kernels", ["default", "winograd everywhere"])
+def test_padded_mixed_batches_give_each_image_its_own_descriptor(flip, cpu_kernels, monkeypatch):
+    """Every image alone (its own shape, no padding) against all of them in padded mixed batches; also with every
+    conv and fc6 of the tiny net on the Winograd kernels (their bordered maps masked in place between layers)."""
+    calls: list[str] = []
+    if cpu_kernels == "winograd everywhere":
+        monkeypatch.setattr(fastconv, "WINOGRAD_MIN_CHANNEL_PRODUCT", 1)
+        for name in ("winograd_conv3x3_relu", "winograd_dense"):
+            real = getattr(fastconv, name)
+            monkeypatch.setattr(fastconv, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
     protocol = Protocol(scales=(64, 77, 96), flip=flip, aggregate="stack", l2=False)  # each scale visible
     sizes = [(64, 97), (71, 64), (64, 64), (83, 101), (65, 77), (99, 64), (67, 67), (64, 97)]
     items = items_at(sizes, protocol)
@@ -59,6 +68,9 @@ def test_padded_mixed_batches_give_each_image_its_own_descriptor(flip):
     assert together.shape == (len(sizes), 3 * net.dim)
     assert np.abs(together - alone).max() <= 1e-5
     assert np.abs(alone).max() > 0.05  # the descriptors are not all zero
+    fc6 = mixed.nets[0].model.fc6
+    assert (type(fc6) is fastconv.WinogradDenseFC) == (cpu_kernels == "winograd everywhere")
+    assert {"winograd_conv3x3_relu", "winograd_dense"} <= set(calls) or cpu_kernels == "default"
 
 
 def replace_runtime(runtime, **kw):
