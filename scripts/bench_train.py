@@ -180,8 +180,10 @@ def share_side(side: str, contend: int) -> dict:
 def run_side(args: argparse.Namespace) -> None:
     if args.side == "ours":
         from vggfeat.utils.cpus import prepare_process
+        from vggfeat.utils.heap import keep_freed_memory
 
         prepare_process()  # torch is loaded here: sets the compute threads (the env already has the rest)
+        keep_freed_memory()  # as vggfeat.train does on the CPU
     times = narrow_step_times(args)
     result = {"times": times, "threads": torch.get_num_threads(), "wait": os.environ.get("OMP_WAIT_POLICY", "-")}
     Path(args.side_out).write_text(json.dumps(result))

@@ -34,6 +34,7 @@ from vggfeat.utils.cpus import usable_cpus
 from vggfeat.utils.device import resolve_device
 from vggfeat.utils.distributed import DistInfo, all_reduce_sum, barrier, env_info, init_distributed, shutdown
 from vggfeat.utils.files import atomic_write_text
+from vggfeat.utils.heap import keep_freed_memory
 from vggfeat.utils.progress import progress_bar
 
 from .checkpoint import (
@@ -207,6 +208,8 @@ def train(
     info = init_distributed(device.type)
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
+    else:
+        keep_freed_memory()  # each step's activations and gradients on the last step's pages (utils.heap)
     try:
         check_writable(run)
         data = _prepare_data(recipe, root, info, run, split)
