@@ -247,6 +247,26 @@ def test_store_status_verify_finds_a_flipped_byte_and_the_rerun_redoes_that_shar
     assert np.array_equal(np.asarray(fs.load_store(out).features), good)
 
 
+def test_store_status_verify_clears_a_damaged_shard_that_also_has_a_stale_failure_record(tmp_path, weights):
+    """A crash between a shard's done record and the removal of an earlier try's failure record leaves both; the
+    shard is still done. If its file is then damaged, `status --verify` must clear its done record all the same
+    (it did so only for shards it listed as missing, so the rerun kept the damaged rows)."""
+    src, out = _images(tmp_path / "imgs", 4), tmp_path / "store"
+    args = [src, "-o", out, "--weights", weights, *FAST, "--shard-size", "2"]
+    assert _extract(*args).exit_code == 0
+    good = np.asarray(fs.load_store(out).features).copy()
+    shard_files.record_failure(out, "000001", "an earlier try ran out of memory")
+    victim = out / "emb" / "000001.npy"
+    data = bytearray(victim.read_bytes())
+    data[-3] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    r = CliRunner().invoke(cli, ["store", "status", str(out), "--verify"])
+    assert r.exit_code == 1 and "damaged 000001" in r.output, r.output
+    assert shard_files.read_done_record(out, "000001") is None
+    assert _extract(*args).exit_code == 0
+    assert np.array_equal(np.asarray(fs.load_store(out).features), good)
+
+
 def test_an_interrupted_shard_resumes_from_its_finished_chunks(tmp_path, weights, monkeypatch, caplog):
     """A shard of 10,000 images must not cost 10,000 images when Ctrl-C comes: finished chunks are kept."""
     from vggfeat.features import chunk_files

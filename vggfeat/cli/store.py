@@ -35,10 +35,9 @@ def status(out, verify) -> None:
         )
         return
     if verify:
-        for name, why in store_status(out, verify=True).missing.items():
-            if "sha256" in why:
-                record_file(out, name).unlink(missing_ok=True)  # never read as done again; the rerun redoes it
-                click.echo(f"damaged {name}: {why}; its done record is removed, so the finishing command redoes it")
+        for name, why in store_status(out, verify=True).damaged.items():
+            record_file(out, name).unlink(missing_ok=True)  # never read as done again; the rerun redoes it
+            click.echo(f"damaged {name}: {why}; its done record is removed, so the finishing command redoes it")
     st = store_status(out, rebuild=True)
     click.echo(f"{out}: {'complete' if st.complete else 'unfinished'}")
     click.echo(st.summary())

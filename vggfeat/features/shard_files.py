@@ -135,31 +135,48 @@ def read_done_record(root: Path, name: str) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
-def shard_problem(root: Path, name: str, identity: dict[str, Any] | None = None, verify: bool = False) -> str | None:
+class Problem(str):
+    """Why a shard is not done, in a few words naming the file at fault; `damaged` when it has a done record
+    whose files are not what the record says (as opposed to a shard never finished or made from other inputs)."""
+
+    damaged = False
+
+
+def _damaged(why: str) -> Problem:
+    problem = Problem(why)
+    problem.damaged = True
+    return problem
+
+
+def shard_problem(
+    root: Path, name: str, identity: dict[str, Any] | None = None, verify: bool = False
+) -> Problem | None:
     """None when shard `name` is done (and, given `identity`, made from those settings and inputs); otherwise
-    why not, in a few words naming the file at fault. Files are checked by size, and with `verify` by sha256."""
+    why not (a Problem). Files are checked by size, and with `verify` by sha256."""
     record = read_done_record(root, name)
     if record is None:
         if emb_file(root, name).exists() or meta_file(root, name).exists():
-            return "half-written (files without a done record)"
-        return "not started"
+            return Problem("half-written (files without a done record)")
+        return Problem("not started")
     for key, value in (identity or {}).items():
         if record.get(key) != value:
-            return f"made from other {key.replace('_sha256', '')}"
+            return Problem(f"made from other {key.replace('_sha256', '')}")
     for path, size in (
         (emb_file(root, name), record.get("emb_bytes")),
         (meta_file(root, name), record.get("meta_bytes")),
     ):
         actual = path.stat().st_size if path.is_file() else None
         if actual != size:
-            return f"{path} is {'missing' if actual is None else f'{actual} bytes'}, recorded {size} (damaged)"
+            return _damaged(
+                f"{path} is {'missing' if actual is None else f'{actual} bytes'}, recorded {size} (damaged)"
+            )
     if verify:
         for path, digest in (
             (emb_file(root, name), record.get("emb_sha256")),
             (meta_file(root, name), record.get("meta_sha256")),
         ):
             if sha256_file(path) != digest:
-                return f"{path} does not match its recorded sha256 (damaged)"
+                return _damaged(f"{path} does not match its recorded sha256 (damaged)")
     return None
 
 
@@ -206,6 +223,8 @@ class StoreStatus:
     done: list[str] = field(default_factory=list)
     missing: dict[str, str] = field(default_factory=dict)  # name -> why not done
     failed: dict[str, str] = field(default_factory=dict)  # name -> the reason its last try failed
+    # name -> why: shards with a done record whose files are not what it says (listed as missing or failed too)
+    damaged: dict[str, str] = field(default_factory=dict)
     rows: int = 0
     skipped: int = 0
     command: str | None = None
@@ -269,6 +288,8 @@ def store_status(root: Path, rebuild: bool = False, verify: bool = False) -> Sto
             status.skipped += len(record.get("skipped", []))
             records.append(record)
             continue
+        if problem.damaged:
+            status.damaged[name] = problem
         try:
             status.failed[name] = json.loads(failed_file(root, name).read_text())["reason"]
         except (OSError, ValueError, KeyError, TypeError):
