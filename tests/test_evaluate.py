@@ -311,3 +311,17 @@ def test_evaluation_never_changes_the_callers_net(tmp_path, tiny_model, monkeypa
         [tiny_model("vgg_a", seed=1, num_classes=3).eval()], samples, protocols=["dense", "multicrop"], scales=(64,)
     )
     assert rows == want
+
+
+def test_cpu_evaluation_keeps_freed_memory(tmp_path, tiny_model, monkeypatch):
+    """Evaluation on the CPU runs the fused kernels with each batch's maps on the last one's pages (utils.heap),
+    as extraction does."""
+    import vggfeat.evaluate.protocols as protocols
+
+    calls = []
+    monkeypatch.setattr(protocols, "keep_freed_memory", lambda: calls.append(1) or True)
+    root = generate_synthetic(tmp_path, classes=3, per_class=2, seed=1)
+    evaluate_nets(
+        [tiny_model("vgg_a", seed=1, num_classes=3)], scan_folder(root / "val"), protocols=["dense"], scales=(64,)
+    )
+    assert calls == [1]
