@@ -206,13 +206,13 @@ def test_loader_workers_are_capped_at_the_cpus_and_the_work(monkeypatch):
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.setattr(cpus, "cgroup_cpu_limit", lambda *a, **k: None)
-    # the default 4 on a 2-core machine: both cores compute, one (niced) worker decodes ahead
-    assert usable_workers(4, 1000) == 1
-    assert usable_workers(4, 3) == 1  # one loader batch of 4 images
+    # the default 4 on a 2-core machine: both cores compute, images decode between batches (no worker)
+    assert usable_workers(4, 1000) == 0
     assert usable_workers(0, 1000) == 0
-    assert usable_workers(1, 1000) == 1
+    assert usable_workers(4, 1000, "cuda") == 1  # a GPU computes: a core decodes
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     assert usable_workers(12, 1000, "cuda") == 12 and usable_workers(4, 1000, "cpu") == 2
+    assert usable_workers(4, 3, "cpu") == 1  # one loader batch of 4 images
     monkeypatch.setattr(cpus, "cgroup_cpu_limit", lambda *a, **k: 4.0)  # a container's quota of 4 CPUs
     assert usable_workers(12, 1000, "cuda") == 3
 
