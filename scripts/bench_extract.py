@@ -245,6 +245,9 @@ def main() -> None:
         (tmp / f"{args.side}.json").write_text(json.dumps(result))
         return
 
+    # this process only prepares the inputs and waits: one thread, so that no OpenMP thread of its own (spinning
+    # after its last parallel region under torch's default wait policy) shares the cores with the timed sides
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     tv = torchvision.models.vgg16(weights=None).eval()
     with tempfile.TemporaryDirectory() as tmp:
