@@ -30,7 +30,7 @@ from vggfeat.models import Preprocessing, create_model, init_from_net_a, read_we
 from vggfeat.models.resolve import check_weight_file
 from vggfeat.models.vgg import VGG
 from vggfeat.models.weights import check_compatible, check_finite
-from vggfeat.utils.cpus import usable_cpus
+from vggfeat.utils.cpus import share_cpus
 from vggfeat.utils.device import resolve_device
 from vggfeat.utils.distributed import DistInfo, all_reduce_sum, barrier, env_info, init_distributed, shutdown
 from vggfeat.utils.files import atomic_write_text
@@ -477,7 +477,8 @@ class _Trainer:
             start_step=self.step_in_epoch,
             split=self.split,
             rank=self.info.rank,
-            workers=min(self.recipe.data.workers, usable_cpus()),  # more only contend for the cores
+            # none beside the compute threads on a small CPU machine (utils.cpus), never more than the cores
+            workers=share_cpus(self.recipe.data.workers, self.device.type).workers,
             pin_memory=self.cuda,
             collate_fn=collate_skips,
         )
@@ -709,7 +710,7 @@ def validate(
     loader = torch.utils.data.DataLoader(
         valset.rank_share(info.rank, info.world, recipe.data.max_val),
         batch_size=recipe.optim.per_device_batch,
-        num_workers=min(recipe.data.workers, usable_cpus()),
+        num_workers=share_cpus(recipe.data.workers, device.type).workers,
         pin_memory=device.type == "cuda",
         collate_fn=collate_skips,
     )
