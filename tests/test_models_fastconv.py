@@ -315,3 +315,13 @@ def test_fc6_on_a_lone_position_stays_direct(monkeypatch):
             x = torch.randn(1, 8, size, size)
             torch.testing.assert_close(layer(x), F.conv2d(x, layer.weight, layer.bias), rtol=1e-4, atol=1e-5)
     assert calls == [(8, 8), (9, 9)]  # 2x2 and 3x3 outputs: one tile (64 < 4 * 49), four tiles (256 < 9 * 49)
+
+
+def test_a_weights_cached_transform_is_keyed_by_the_algorithm_too():
+    """One (K, C, 3, 3) kernel transformed for F(4x4, 3x3) and for F(2x2, 3x3) (a dense head of kernel 3): each
+    call gets its own algorithm's transform, never the other one's from the cache."""
+    weight = nn.Conv2d(4, 6, 3).weight
+    f43 = fastconv.winograd_weight(weight)
+    f23 = fastconv.winograd_weight(weight, fastconv.dense_transforms(3))
+    assert f43.shape == (36, 4, 6) and f23.shape == (16, 4, 6)
+    assert fastconv.winograd_weight(weight) is f43 or torch.equal(fastconv.winograd_weight(weight), f43)

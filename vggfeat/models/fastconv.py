@@ -90,7 +90,8 @@ class Transforms:
 
 
 _F43 = Transforms(POINTS, M, R)
-# transformed weights per conv weight tensor, (weight version, data pointer, (a^2, C, K) tensor)
+# transformed weights per weight tensor: (weight version, data pointer, id of its Transforms, (a^2, C, K) tensor);
+# the Transforms are module-level objects (_F43, _DENSE), alive as long as the process
 _WEIGHTS = WeakIdKeyDictionary()
 # float64 scratch per chunk of output channels while transforming a weight (fc6's whole would be 1 GB)
 TRANSFORM_CHUNK_BYTES = 64 << 20
@@ -102,10 +103,10 @@ def winograd_weight(weight: torch.Tensor, t: Transforms = _F43) -> torch.Tensor:
     (a/r)^2 times the weight's memory: about 250 MB for VGG-16's conv2_2..conv5_3 (F(4x4, 3x3)), 512 MB for its
     fc6 (F(2x2, 7x7))."""
     # an inference tensor has no version counter: its transform is recomputed (~0.05 s for 512 x 512)
-    key = None if weight.is_inference() else (weight._version, weight.data_ptr())
+    key = None if weight.is_inference() else (weight._version, weight.data_ptr(), id(t))
     cached = _WEIGHTS.get(weight) if key else None
-    if cached is not None and cached[:2] == key:
-        return cached[2]
+    if cached is not None and cached[:3] == key:
+        return cached[3]
     k, c = weight.shape[:2]
     u = weight.new_empty(t.a * t.a, c, k)
     step = max(1, TRANSFORM_CHUNK_BYTES // (t.a * t.a * c * 8))
