@@ -119,12 +119,23 @@ def batch_size_option(
     )
 
 
+# what utils.cpus.share_cpus does with --workers, said once for every command that reads images
+WORKERS_CAP = (
+    "Capped by the CPUs this process may use: computing on the CPU, none below 8 CPUs (images decode between "
+    "batches: a worker beside the compute threads slows them more than it saves) and one per 8 CPUs above."
+)
+
+
 def workers_option(
     default: int | None = defaults.WORKERS, help: str = "Loader processes decoding and rescaling images."
 ):
     """--workers wherever images are read; the CPUs this process may use cap it (utils.cpus)."""
     return click.option(
-        "--workers", type=click.IntRange(min=0), default=default, show_default=default is not None, help=help
+        "--workers",
+        type=click.IntRange(min=0),
+        default=default,
+        show_default=default is not None,
+        help=f"{help} {WORKERS_CAP}",
     )
 
 
