@@ -142,6 +142,24 @@ def _bordered(x: torch.Tensor, th: int, tw: int) -> torch.Tensor:
     return xp
 
 
+def _band_tiles(
+    t: Transforms, xp: torch.Tensor, r0: int, nr: int, u: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """Output tiles of tile rows r0 .. r0+nr-1 of the zero-extended NHWC map xp: its (a x a, stride m) tiles
+    gathered, transformed (B^T d B), multiplied with the transformed kernel u (a^2 GEMMs of tiles x C by C x K),
+    the bias added and transformed back (A^T p A). Returns them as a (B, nr, m, tw, m, K) view."""
+    b, _, _, c = xp.shape
+    tiles = xp[:, r0 * t.m : (r0 + nr) * t.m + t.r - 1].unfold(1, t.a, t.m).unfold(2, t.a, t.m)  # (B, nr, tw, C, a, a)
+    tw = tiles.shape[2]
+    tiles = tiles.permute(4, 5, 0, 1, 2, 3).reshape(t.a * t.a, -1)  # (a^2, B*nr*tw*C)
+    v = torch.mm(t.input, tiles).view(t.a * t.a, b * nr * tw, c)
+    p = torch.bmm(v, u)  # (a^2, T, K)
+    if bias is not None:
+        p[t.bias_slot].add_(bias)  # A^T e e^T A is all ones there: the bias reaches every output of the tile
+    o = torch.mm(t.output, p.view(t.a * t.a, -1)).view(t.m, t.m, b, nr, tw, u.shape[2])
+    return o.permute(2, 3, 0, 4, 1, 5)
+
+
 def winograd_conv3x3_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """ReLU(conv2d(x, weight, bias, padding=1)) for (B, C, H, W) float32 x, by Winograd F(4x4, 3x3).
 
@@ -161,14 +179,7 @@ def winograd_conv3x3_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     rows = max(1, BAND_BYTES // (A * A * max(c, k) * x.element_size() * b * tw))  # tile rows per band
     for r0 in range(0, th, rows):
         nr = min(rows, th - r0)
-        tiles = xp[:, r0 * M : r0 * M + nr * M + 2].unfold(1, A, M).unfold(2, A, M)  # (B, nr, tw, C, 6, 6) view
-        tiles = tiles.permute(4, 5, 0, 1, 2, 3).reshape(A * A, -1)  # (36, B*nr*tw*C)
-        v = torch.mm(_F43.input, tiles).view(A * A, b * nr * tw, c)  # B^T d B of every tile
-        p = torch.bmm(v, u)  # (36, T, K)
-        if bias is not None:
-            p[_F43.bias_slot].add_(bias)  # A^T e e^T A is all ones there: the bias reaches all 16 outputs
-        o = torch.mm(_F43.output, p.view(A * A, -1)).view(M, M, b, nr, tw, k)  # A^T p A: 4x4 output tiles
-        torch.clamp_min(o.permute(2, 3, 0, 4, 1, 5), 0.0, out=y_tiles[:, r0 : r0 + nr])  # ReLU, (B, nr, 4, tw, 4, K)
+        torch.clamp_min(_band_tiles(_F43, xp, r0, nr, u, bias), 0.0, out=y_tiles[:, r0 : r0 + nr])  # with the ReLU
     # the border: the conv's zero padding and, past the map's last row and column, what whole tiles overhang
     out[:, 0].zero_()
     out[:, h + 1 :].zero_()
@@ -229,14 +240,7 @@ def winograd_dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     rows = max(1, DENSE_BAND_BYTES // (t.a * t.a * k * x.element_size() * b * tw))  # tile rows per pass
     for r0 in range(0, th, rows):
         nr = min(rows, th - r0)
-        tiles = xp[:, r0 * t.m : (r0 + nr) * t.m + t.r - 1].unfold(1, t.a, t.m).unfold(2, t.a, t.m)
-        tiles = tiles.permute(4, 5, 0, 1, 2, 3).reshape(t.a * t.a, -1)  # (a^2, B*nr*tw*C)
-        v = torch.mm(t.input, tiles).view(t.a * t.a, b * nr * tw, c)
-        p = torch.bmm(v, u)  # (a^2, T, K)
-        if bias is not None:
-            p[t.bias_slot].add_(bias)
-        o = torch.mm(t.output, p.view(t.a * t.a, -1)).view(t.m, t.m, b, nr, tw, k)
-        y_tiles[:, r0 : r0 + nr].copy_(o.permute(2, 3, 0, 4, 1, 5))
+        y_tiles[:, r0 : r0 + nr].copy_(_band_tiles(t, xp, r0, nr, u, bias))
     if th * t.m != ho or tw * t.m != wo:
         y = y[:, :ho, :wo].contiguous()
     return y.permute(0, 3, 1, 2)
