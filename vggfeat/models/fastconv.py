@@ -376,7 +376,7 @@ class MaxPool2x2(nn.MaxPool2d):
         if (
             x.device.type == "cpu"
             and not (torch.is_grad_enabled() and x.requires_grad)
-            and x.shape[2] >= 2 <= x.shape[3]
+            and min(x.shape[2], x.shape[3]) >= 2
         ):
             return max_pool_2x2(x)
         return super().forward(x)
