@@ -17,7 +17,7 @@ def _rows(seed, n=6, d=8):
 
 def _save(folder, seed, tag):
     x = _rows(seed)
-    save_index(build_index(x), folder, {"paths": [f"{tag}_{i}.jpg" for i in range(len(x))], "features": {}})
+    save_index(build_index(x), folder, {"features": {}}, paths=[f"{tag}_{i}.jpg" for i in range(len(x))])
     return x
 
 
@@ -65,7 +65,7 @@ def test_build_refuses_to_replace_a_folder_that_is_not_an_index(tmp_path):
     [
         ("truncate_index", "index.faiss: unreadable"),
         ("bad_json", "index.json: not valid JSON"),
-        ("no_paths", "no list of row paths"),
+        ("no_paths", "no row paths recorded"),
         ("missing", "not a saved index"),
     ],
 )
@@ -157,7 +157,7 @@ def test_index_search_whose_queries_are_all_unusable_is_one_line(tmp_path):
     model = {"model": "vgg_a", "weights": str(weights)}
     features = {"models": [model], "layer": "fc7", "scales": [48], "flip": True, "aggregate": "mean", "l2": True}
     x = _rows(0, d=32)
-    save_index(build_index(x), tmp_path / "idx", {"paths": [f"{i}.jpg" for i in range(len(x))], "features": features})
+    save_index(build_index(x), tmp_path / "idx", {"features": features}, paths=[f"{i}.jpg" for i in range(len(x))])
     (tmp_path / "q").mkdir()
     (tmp_path / "q" / "broken.jpg").write_bytes(b"not a jpeg")
     (tmp_path / "q" / "empty.png").write_bytes(b"")
@@ -178,3 +178,39 @@ def test_rebuild_where_folders_cannot_be_swapped_in_one_step(tmp_path, monkeypat
     index, meta = load_index(tmp_path / "idx")
     assert meta["paths"][knn.search(index, new[3:4], 1)[1][0, 0]] == "new_3.jpg"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]  # the old folder, set aside, is gone
+
+
+def test_a_store_row_whose_file_name_is_not_utf8_is_indexed_and_printed_byte_for_byte(tmp_path):
+    import io
+    import os
+
+    from helpers import TINY
+    from PIL import Image
+
+    import vggfeat
+    from vggfeat.features.store import load_store
+
+    net = vggfeat.create_model("vgg_a", seed=0, **{**TINY, "init": "glorot"})
+    weights = str(vggfeat.save_weights(net, tmp_path / "tiny.safetensors"))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    names = [b"caf\xe9.png", b"plain.png"]  # latin-1: not UTF-8
+    for k, name in enumerate(names):
+        buf = io.BytesIO()
+        pixels = np.random.default_rng(k).integers(0, 256, (64, 72, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(buf, format="PNG")
+        with open(os.path.join(os.fsencode(photos), name), "wb") as f:
+            f.write(buf.getvalue())
+    run = CliRunner().invoke
+    args = ["--weights", weights, "--scales", "64", "--workers", "0", "--quiet"]
+    assert run(main.cli, ["extract", str(photos), "-o", str(tmp_path / "st"), *args]).exit_code == 0
+    assert run(main.cli, ["index", "build", str(tmp_path / "st"), "-o", str(tmp_path / "ix")]).exit_code == 0
+    store = load_store(tmp_path / "st")
+    row = [os.fsencode(p) for p in store.paths].index(os.fsencode(photos) + b"/" + names[0])
+    _, meta = load_index(tmp_path / "ix")
+    assert os.fsencode(meta["paths"][row]) == os.path.join(os.fsencode(photos), names[0])
+    np.save(tmp_path / "q.npy", np.asarray(store.features)[[row]])
+    r = run(main.cli, ["index", "search", str(tmp_path / "ix"), "--vectors", str(tmp_path / "q.npy"), "-k", "1"])
+    # before: UnicodeEncodeError under a UTF-8 locale (surrogates not allowed); now the name's own bytes
+    assert r.exit_code == 0, r.output
+    assert os.path.join(os.fsencode(photos), names[0]) in r.output_bytes

@@ -254,3 +254,101 @@ def test_an_error_inside_the_waiting_lock_is_the_callers_not_a_retry(tmp_path):
             raise FolderLockedError("inner")
     with waiting_lock(tmp_path / "blocks", poll_s=0.01):  # released: taken again at once
         pass
+
+
+def _rss_growth_of(cmd, tmp_path):
+    """Peak RSS growth in bytes of `vggfeat CMD` in a fresh interpreter, counted from after its imports."""
+    import subprocess
+    import sys
+
+    run = (
+        "import sys, faiss, numpy\n"
+        "faiss.omp_set_num_threads(1)\n"
+        "from vggfeat.cli import main\n"
+        "import vggfeat.index.build, vggfeat.cli.index, pyarrow, pyarrow.parquet\n"
+        "def kb(key):\n"
+        "    return int(next(l for l in open('/proc/self/status') if l.startswith(key)).split()[1])\n"
+        "open('/proc/self/clear_refs', 'w').write('5')\n"
+        "base = kb('VmRSS:')\n"
+        "main.cli(sys.argv[1:], standalone_mode=False)\n"
+        "print('GROWTH', (kb('VmHWM:') - base) * 1024)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    p = subprocess.run([sys.executable, "-c", run, *cmd], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return int(p.stdout.split("GROWTH")[1])
+
+
+def _long_path_folder(root, rows, d=4, file_rows=10_000):
+    """An emb/meta folder whose paths (200 bytes each) outweigh its vectors 12 to 1."""
+    x = vectors(rows, d, seed=5)
+    (root / "emb").mkdir(parents=True)
+    (root / "meta").mkdir()
+    for i, start in enumerate(range(0, rows, file_rows)):
+        part = np.arange(start, min(start + file_rows, rows))
+        np.save(root / "emb" / f"{i}.npy", x[part])
+        pq.write_table(pa.table({"path": [_long_path(j) for j in part]}), root / "meta" / f"{i}.parquet")
+    return root, x
+
+
+def _long_path(j):
+    return "photos/" + "x" * 180 + f"/{j:09d}.jpg"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="peak RSS is read from Linux's /proc")
+def test_row_paths_are_streamed_beside_the_index_never_held_or_written_into_index_json(tmp_path):
+    growth = {}
+    for rows in (100_000, 400_000):
+        root, x = _long_path_folder(tmp_path / f"v{rows}", rows)
+        out = tmp_path / f"idx{rows}"
+        cmd = ["index", "build", str(root), "-o", str(out), "--device", "cpu", "--factory", "Flat", "--queries", "50"]
+        growth[rows] = _rss_growth_of(cmd, tmp_path)
+    extra_paths = 300_000 * len(_long_path(0))  # 60 MB more paths (and 4.8 MB more vectors)
+    # before: every path held as a Python string, then all of them in index.json's text: 143 -> 380 MB here.
+    # Now a batch of one meta file at a time, whatever the number of rows: 112 -> 117 MB
+    assert growth[400_000] - growth[100_000] < extra_paths / 4, growth
+    text = (out / "index.json").read_text()
+    assert "photos/" not in text and len(text) < 10_000  # no per-row data: the same size for any number of rows
+    _, meta = load_index(out)
+    picks = [0, 7, 9_999, 10_000, 399_999]
+    assert meta["paths"].lookup(picks[::-1]) == [_long_path(j) for j in picks[::-1]]
+    np.save(tmp_path / "q.npy", x[[123_456]])
+    r = CliRunner().invoke(main.cli, ["index", "search", str(out), "--vectors", str(tmp_path / "q.npy"), "-k", "1"])
+    assert r.exit_code == 0 and _long_path(123_456) in r.output, r.output
+
+
+def test_damaged_row_path_files_are_refused_with_one_line_never_a_wrong_path(tmp_path):
+    x = vectors(300, 8, seed=6)
+    out = tmp_path / "idx"
+    build(emb_meta(tmp_path / "v", x), out, "--factory", "Flat", "--queries", "20")
+    good_paths = (out / "row_paths.bin").read_bytes()
+    good_offsets = (out / "row_offsets.npy").read_bytes()
+    assert load_index(out)[1]["paths"][299] == "img_299.jpg"
+    from vggfeat.probes.knn import FaissIndexError
+
+    (out / "row_paths.bin").write_bytes(good_paths[:-3])  # truncated
+    with pytest.raises(FaissIndexError, match="row_paths.bin: .* bytes but .* were written"):
+        load_index(out)
+    (out / "row_paths.bin").write_bytes(good_paths)
+    (out / "row_offsets.npy").write_bytes(good_offsets[:-8])
+    with pytest.raises(FaissIndexError, match="row_offsets.npy: .* is not the 301 offsets of 300 rows"):
+        load_index(out)
+    # fuzz: any one byte of either file changed gives the true paths (a header byte numpy reads the same), or one
+    # error naming the file - never another row's path, an exception of another kind, or a hang
+    from vggfeat.index.row_paths import RowPathsError
+
+    rng = np.random.default_rng(0)
+    truth = [f"img_{i}.jpg" for i in range(300)]
+    for name, good in (("row_offsets.npy", good_offsets), ("row_paths.bin", good_paths)):
+        for pos in [*range(0, 12), *rng.integers(0, len(good), 200).tolist()]:
+            bad = bytearray(good)
+            bad[pos] ^= int(rng.integers(1, 256))
+            (out / name).write_bytes(bytes(bad))
+            try:
+                got = load_index(out)[1]["paths"].lookup(range(300))
+            except (FaissIndexError, RowPathsError) as e:
+                assert name in str(e) and len(str(e).splitlines()) == 1, e
+                continue
+            assert name == "row_offsets.npy" and got == truth, pos
+        (out / name).write_bytes(good)
+    assert load_index(out)[1]["paths"].lookup(range(300)) == truth

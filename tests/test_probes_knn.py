@@ -90,15 +90,19 @@ def test_save_load_roundtrip(tmp_path, kind):
     X, _ = clustered(n=500)
     index = build_index(X, kind)
     paths = [f"/data/img_{i}.jpg" for i in range(len(X))]
-    save_index(index, tmp_path / "idx", {"paths": paths, "store": {"layer": "fc7", "dim": 32}})
+    save_index(index, tmp_path / "idx", {"store": {"layer": "fc7", "dim": 32}}, paths=iter(paths))
     meta = json.loads((tmp_path / "idx" / "index.json").read_text())
     assert (meta["kind"], meta["metric"], meta["dim"], meta["ntotal"]) == (kind, "ip", 32, 500)
     loaded, meta2 = load_index(tmp_path / "idx")
-    assert meta2 == meta and meta2["paths"] == paths and meta2["store"]["layer"] == "fc7"
+    assert {k: v for k, v in meta2.items() if k != "paths"} == meta and meta2["store"]["layer"] == "fc7"
+    assert list(meta2["paths"]) == paths and meta2["paths"][7] == paths[7] and meta2["paths"][-1] == paths[-1]
     a, b = search(index, X[:20], 5), search(loaded, X[:20], 5)
     assert np.array_equal(a[1], b[1]) and np.array_equal(a[0], b[0])
-    with pytest.raises(ValueError, match="meta lists 2 paths"):
-        save_index(index, tmp_path / "bad", {"paths": ["a", "b"]})
+    for few in (["a", "b"], paths + ["extra"]):
+        with pytest.raises(ValueError, match="row paths for 500 rows|more than 500 row paths"):
+            save_index(index, tmp_path / "bad", {}, paths=few)
+    with pytest.raises(ValueError, match="not in it"):
+        save_index(index, tmp_path / "bad", {"paths": paths}, paths=paths)
     with pytest.raises(FileNotFoundError, match="not a saved index"):
         load_index(tmp_path / "bad")
 

@@ -41,7 +41,7 @@ def index() -> None:
     "--out",
     required=True,
     type=click.Path(file_okay=False),
-    help="Index folder: index.faiss, index.json (row paths, factory, tuned search, measured recall).",
+    help="Index folder: index.faiss, index.json (factory, tuned search, measured recall), the row paths.",
 )
 @click.option("--max-memory", default=None, help="Memory budget, e.g. 500MB, 4GB [default: half the free RAM].")
 @click.option(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import importlib
+import io
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -105,6 +107,11 @@ def cli() -> None:
       vggfeat models            the six nets of Table 1 with their sizes
       vggfeat COMMAND --help    what a command does and its options
     """
+    # a file name that is not UTF-8 (kept with surrogate escapes, as os.fsdecode gives it) prints as its own bytes,
+    # as ls prints it, instead of stopping the command with a UnicodeEncodeError under a UTF-8 locale
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="surrogateescape")
     # threads sized to the CPUs this process may use (affinity, cgroup quota), waiting passively at barriers:
     # every command that computes runs sized, and does not collapse when the cores are shared
     prepare_process()

@@ -139,15 +139,17 @@ class FeatureStore:
             raise StoreError(f"{path}: unreadable ({e}); rerun the extraction into {self.root} to redo it") from None
         return table.to_pydict()
 
+    def shard_paths(self, name: str) -> list[str]:
+        """The input paths of one shard's rows, as given to `vggfeat extract` (a name that is not UTF-8 as the
+        file system spells it)."""
+        cols = self.shard_meta(name, ["path", "path_raw"])
+        return [decode_path(p, r) for p, r in zip(cols["path"], cols["path_raw"], strict=True)]
+
     def _column(self, name: str) -> list:
         if name not in self._meta_cache:
             values: list = []
             for shard in self.shard_names:
-                cols = self.shard_meta(shard, ["path", "path_raw"] if name == "path" else [name])
-                if name == "path":
-                    values.extend(decode_path(p, r) for p, r in zip(cols["path"], cols["path_raw"], strict=True))
-                else:
-                    values.extend(cols[name])
+                values.extend(self.shard_paths(shard) if name == "path" else self.shard_meta(shard, [name])[name])
             self._meta_cache[name] = values
         return self._meta_cache[name]
 
@@ -204,8 +206,14 @@ class FeatureStore:
     def absolute_paths(self) -> list[str]:
         """Row paths that open from any folder: relative ones joined to the folder extraction ran in (recorded
         as `cwd`; stores written before it was recorded keep their paths as given)."""
+        return list(self.iter_absolute_paths())
+
+    def iter_absolute_paths(self) -> Iterator[str]:
+        """`absolute_paths` one at a time, read shard by shard: memory for one shard's paths, not the store's."""
         cwd = self.manifest.get("cwd")
-        return [p if cwd is None or os.path.isabs(p) else os.path.join(cwd, p) for p in self.paths]
+        shards = (self.shard_paths(name) for name in self.shard_names) if self.sharded else iter([self.paths])
+        for paths in shards:
+            yield from (p if cwd is None or os.path.isabs(p) else os.path.join(cwd, p) for p in paths)
 
     @property
     def dim(self) -> int:
@@ -228,8 +236,7 @@ class FeatureStore:
         feats = self.features
         assert isinstance(feats, ShardRows)  # a sharded store's rows
         for s, name in enumerate(self.shard_names):
-            cols = self.shard_meta(name, ["path", "path_raw"])
-            paths = [decode_path(p, r) for p, r in zip(cols["path"], cols["path_raw"], strict=True)]
+            paths = self.shard_paths(name)
             emb = feats.shard(s)
             for start in range(0, len(paths), rows):
                 yield np.asarray(emb[start : start + rows], dtype=np.float32), paths[start : start + rows]

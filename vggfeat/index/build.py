@@ -167,7 +167,6 @@ def build_index(
     meta: dict[str, Any] = {
         "source": str(source.root.resolve()),
         "source_kind": source.kind,
-        "paths": source.paths(),
         "features": source.features,
         "metric": "ip",
         "factory": plan.factory,
@@ -193,7 +192,7 @@ def build_index(
             "device": "gpu" if gpus else "cpu",
         },
     }
-    save_index(index, out, meta, ivfdata=ivfdata)
+    save_index(index, out, meta, paths=source.iter_paths(), ivfdata=ivfdata)
     if ivfdata is not None:
         ondisk.remove(ondisk.blocks_dir(out))
     return {**meta, **describe_index(index)}

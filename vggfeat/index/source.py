@@ -18,6 +18,7 @@ import numpy as np
 from vggfeat.errors import VggfeatError
 from vggfeat.features.store import FEATURES_FILE, MANIFEST_FILE, PLAN_FILE, StoreError, emb_file, load_store
 
+PATH_BATCH_ROWS = 1 << 15  # meta rows read at a time
 STORE_KEYS = ("models", "layer", "scales", "flip", "aggregate", "l2", "l2_parts", "snap", "fast_decode")
 
 
@@ -68,7 +69,6 @@ class VectorSource:
     parts: list[_NpyPart]
     dim: int
     features: dict[str, Any] = field(default_factory=dict)  # a store's protocol, for image queries
-    _paths: list[str] | None = None
     _meta: list[Path] = field(default_factory=list)
     _store: Any = None  # a vggfeat FeatureStore: its absolute paths, read on first use
 
@@ -83,21 +83,26 @@ class VectorSource:
     def nbytes(self) -> int:
         return sum(p.rows * self.dim * p.dtype.itemsize for p in self.parts)
 
-    def paths(self) -> list[str]:
-        """One path per row: the store's absolute paths, or the meta parquet files' `path` column."""
-        if self._paths is None and self._store is not None:
-            self._paths = self._store.absolute_paths  # results open from wherever `index search` runs
-        if self._paths is None:
-            import pyarrow.parquet as pq
+    def iter_paths(self) -> Iterator[str]:
+        """One path per row, in row order, read part by part (never the whole list at once): the store's absolute
+        paths, or the meta parquet files' `path` column."""
+        if self._store is not None:
+            yield from self._store.iter_absolute_paths()  # results open from wherever `index search` runs
+            return
+        import pyarrow.parquet as pq
 
-            out: list[str] = []
-            for part, meta in zip(self.parts, self._meta, strict=True):
-                col = pq.read_table(meta, columns=["path"]).column("path").to_pylist()
-                if len(col) != part.rows:
-                    raise SourceError(f"{meta}: {len(col)} rows but {part.path.name} has {part.rows}")
-                out.extend(str(p) for p in col)
-            self._paths = out
-        return self._paths
+        for part, meta in zip(self.parts, self._meta, strict=True):
+            try:
+                f = pq.ParquetFile(meta)
+                if f.metadata.num_rows != part.rows:
+                    raise SourceError(f"{meta}: {f.metadata.num_rows} rows but {part.path.name} has {part.rows}")
+                # in batches: a clip-retrieval meta file holds a million rows
+                for batch in f.iter_batches(batch_size=PATH_BATCH_ROWS, columns=["path"]):
+                    yield from (str(p) for p in batch.column(0).to_pylist())
+            except (OSError, ValueError, KeyError) as e:  # pyarrow's errors derive from these
+                if isinstance(e, SourceError):
+                    raise
+                raise SourceError(f"{meta}: no readable `path` column ({e}); rewrite that file") from None
 
     def iter_vector_blocks(
         self, block_rows: int, start: int = 0, stop: int | None = None
@@ -145,7 +150,7 @@ def open_source(root: str | Path) -> VectorSource:
     if (root / PLAN_FILE).is_file():  # a sharded vggfeat store: its reader refuses an unfinished one, with its status
         fs = load_store(root)
         parts = [_npy_part(emb_file(root, name)) for name in fs.shard_names]
-        # paths are read when asked for: the parts of a split build never need them
+        # paths are read when the index is saved, shard by shard: the parts of a split build never read them
         return VectorSource(
             root, "store", parts, fs.dim, features={k: fs.manifest.get(k) for k in STORE_KEYS}, _store=fs
         )

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import numpy as np
 
 from ..errors import VggfeatError
 from ..features.protocol import l2_normalize
+from ..index.row_paths import ROW_PATH_FILES, RowPaths, RowPathsError, write_row_paths
 from ..utils.files import atomic_write_bytes, atomic_write_json, read_json, replace_dir, sha256_file
 from ..utils.locks import folder_lock
 
@@ -137,24 +139,34 @@ def describe_index(index: faiss.Index) -> dict[str, Any]:
     return {"kind": kind, "metric": metric, "dim": int(index.d), "ntotal": int(index.ntotal)}
 
 
-def save_index(index: faiss.Index, path: str | Path, meta: dict[str, Any], ivfdata: Path | None = None) -> Path:
-    """Write `index.faiss` and `index.json` (meta plus kind, metric, dim, ntotal) into folder `path`.
+def save_index(
+    index: faiss.Index,
+    path: str | Path,
+    meta: dict[str, Any],
+    *,
+    paths: Iterable[str],
+    ivfdata: Path | None = None,
+) -> Path:
+    """Write `index.faiss`, `index.json` (meta plus kind, metric, dim, ntotal) and the row paths (`paths`, one per
+    row, any iterable: consumed once, streamed into row_paths.bin / row_offsets.npy, never held) into folder `path`.
 
     Both files are written into a sibling temporary folder that then replaces `path` whole (utils.files.
     replace_dir): a build that dies at any moment leaves the old index with its own paths, searchable. The
     json also records the sha256 of index.faiss, so files mixed by hand are refused by `load_index`. `meta`
-    should carry the row paths (`paths`, one per row) and the feature store's manifest summary. A folder
+    should carry the feature store's manifest summary. A folder
     holding anything but an index is refused rather than replaced. An index whose inverted lists are on disk
     (OnDiskInvertedLists) brings their file `ivfdata`, moved in as index.ivfdata and recorded by size.
     """
     path = Path(path)
     cpu = to_cpu(index)
     info = describe_index(cpu)
-    if "paths" in meta and len(meta["paths"]) != info["ntotal"]:
-        raise ValueError(f"meta lists {len(meta['paths'])} paths but the index holds {info['ntotal']} rows")
+    if "paths" in meta:
+        raise ValueError("row paths go in save_index(paths=...), written beside index.json, not in it")
     with folder_lock(path, "written", "wait for that `vggfeat index build` to finish, or choose another -o"):
         if path.is_dir():
-            other = sorted(p.name for p in path.iterdir() if p.name not in (INDEX_FILE, META_FILE, IVFDATA_FILE))
+            other = sorted(
+                p.name for p in path.iterdir() if p.name not in (INDEX_FILE, META_FILE, IVFDATA_FILE, *ROW_PATH_FILES)
+            )
             if other:
                 raise FaissIndexError(
                     f"{path} holds files that are not an index ({', '.join(other[:3])}"
@@ -175,11 +187,21 @@ def save_index(index: faiss.Index, path: str | Path, meta: dict[str, Any], ivfda
                 lists = faiss.downcast_InvertedLists(invlists) if invlists is not None else None
                 assert isinstance(lists, faiss.OnDiskInvertedLists)  # an ivfdata file comes with on-disk lists
                 lists.filename = str(path.resolve() / IVFDATA_FILE)
+            try:
+                paths_bytes = write_row_paths(tmp, paths, info["ntotal"])
+            except ValueError as e:
+                raise ValueError(f"{path}: {e} (the index holds {info['ntotal']} rows)") from None
             data = faiss.serialize_index(cpu).tobytes()
             atomic_write_bytes(tmp / INDEX_FILE, data)
             atomic_write_json(
                 tmp / META_FILE,
-                {**meta, **info, "faiss_version": faiss.__version__, "index_sha256": hashlib.sha256(data).hexdigest()},
+                {
+                    **meta,
+                    **info,
+                    "row_paths": {"rows": info["ntotal"], "bytes": paths_bytes},
+                    "faiss_version": faiss.__version__,
+                    "index_sha256": hashlib.sha256(data).hexdigest(),
+                },
             )
             replace_dir(tmp, path)
         except OSError as e:  # a full disk: name the index folder asked for, not the removed temporary one
@@ -194,7 +216,8 @@ def save_index(index: faiss.Index, path: str | Path, meta: dict[str, Any], ivfda
 
 
 def load_index(path: str | Path) -> tuple[faiss.Index, dict[str, Any]]:
-    """(index, meta) of a folder written by `save_index`; the index is on the CPU."""
+    """(index, meta) of a folder written by `save_index`; the index is on the CPU. meta["paths"] is the row paths:
+    a RowPaths that reads only the rows asked for (a list for an index written before they left index.json)."""
     path = Path(path)
     if not (path / INDEX_FILE).is_file() or not (path / META_FILE).is_file():
         raise IndexNotFoundError(
@@ -203,8 +226,16 @@ def load_index(path: str | Path) -> tuple[faiss.Index, dict[str, Any]]:
         )
     fix = "rebuild it with `vggfeat index build STORE -o FOLDER`"
     meta = read_json(path / META_FILE, FaissIndexError, fix)
-    if not isinstance(meta, dict) or not isinstance(meta.get("paths"), list):
-        raise FaissIndexError(f"{path / META_FILE}: no list of row paths; {fix}")
+    if not isinstance(meta, dict):
+        raise FaissIndexError(f"{path / META_FILE}: not an index description; {fix}")
+    rows = meta.get("row_paths")
+    if isinstance(rows, dict) and all(type(rows.get(k)) is int and rows[k] >= 0 for k in ("rows", "bytes")):
+        try:
+            meta["paths"] = RowPaths(path, rows["rows"], rows["bytes"], fix)
+        except RowPathsError as e:
+            raise FaissIndexError(str(e)) from None
+    elif not isinstance(meta.get("paths"), list):  # written before the paths left index.json: a list there
+        raise FaissIndexError(f"{path / META_FILE}: no row paths recorded; {fix}")
     if "index_sha256" in meta and sha256_file(path / INDEX_FILE) != meta["index_sha256"]:
         raise FaissIndexError(f"{path}: {INDEX_FILE} does not belong to {META_FILE} (an interrupted build?); {fix}")
     flags = 0
