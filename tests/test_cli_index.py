@@ -6,8 +6,10 @@ import pytest
 from click.testing import CliRunner
 
 from vggfeat.cli import main
+from vggfeat.index import folder as index_folder
+from vggfeat.index.folder import FaissIndexError, load_index, save_index
 from vggfeat.probes import knn
-from vggfeat.probes.knn import FaissIndexError, build_index, load_index, save_index
+from vggfeat.probes.knn import build_index
 
 
 def _rows(seed, n=6, d=8):
@@ -28,7 +30,7 @@ def test_build_dying_between_index_and_paths_leaves_the_old_index_searchable(tmp
     def die(*a, **k):
         raise KeyboardInterrupt  # killed after index.faiss was written, before index.json
 
-    monkeypatch.setattr(knn, "atomic_write_json", die)
+    monkeypatch.setattr(index_folder, "atomic_write_json", die)
     with pytest.raises(KeyboardInterrupt):
         _save(folder, 1, "new")
     # before: the new vectors were served with the old paths; then: the folder was refused. Now the new index

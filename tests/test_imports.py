@@ -147,8 +147,9 @@ LAYERS = (
     ),  # leaves
     ("vggfeat.config", "vggfeat.data", "vggfeat.models"),  # recipes; images, datasets, transforms; the nets
     ("vggfeat.benchmarks", "vggfeat.features", "vggfeat.evaluate", "vggfeat.train"),  # built on data and models
+    ("vggfeat.index",),  # faiss indices over stored features, and their folder format
     ("vggfeat.probes",),  # fits and scores the benchmarks on stored features
-    ("vggfeat.index", "vggfeat.reproduce", "vggfeat.demo"),  # applications of the probes
+    ("vggfeat.reproduce", "vggfeat.demo"),  # applications of the probes
     ("vggfeat.cli",),  # one module per command
     ("vggfeat.__main__",),
 )

@@ -19,8 +19,8 @@ from vggfeat.cli import main
 from vggfeat.index import build as build_mod
 from vggfeat.index import choose, ondisk
 from vggfeat.index.build import sample_rows
+from vggfeat.index.folder import load_index
 from vggfeat.index.tune import recall_at_k
-from vggfeat.probes.knn import load_index
 
 
 @pytest.fixture(autouse=True)
@@ -181,9 +181,9 @@ def test_a_build_killed_at_any_stage_leaves_the_old_index_searchable(tmp_path, m
 
     target = {"train": (build_mod.gpu, "train"), "block": (ondisk, "write_block"), "merge": (ondisk, "merge")}
     if stage == "save":
-        from vggfeat.probes import knn
+        from vggfeat.index import folder
 
-        target["save"] = (knn, "atomic_write_json")
+        target["save"] = (folder, "atomic_write_json")
     monkeypatch.setattr(*target[stage], die)
     r = CliRunner().invoke(
         main.cli, ["index", "build", str(src), "-o", str(out), "--device", "cpu", *args, "--seed", "1"]
@@ -324,7 +324,7 @@ def test_damaged_row_path_files_are_refused_with_one_line_never_a_wrong_path(tmp
     good_paths = (out / "row_paths.bin").read_bytes()
     good_offsets = (out / "row_offsets.npy").read_bytes()
     assert load_index(out)[1]["paths"][299] == "img_299.jpg"
-    from vggfeat.probes.knn import FaissIndexError
+    from vggfeat.index.folder import FaissIndexError
 
     (out / "row_paths.bin").write_bytes(good_paths[:-3])  # truncated
     with pytest.raises(FaissIndexError, match="row_paths.bin: .* bytes but .* were written"):

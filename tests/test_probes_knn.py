@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 
 from vggfeat.features.protocol import l2_normalize
+from vggfeat.index.folder import load_index, save_index
 from vggfeat.probes.knn import (
     build_index,
     default_nlist,
     default_pq_m,
     knn_scores,
-    load_index,
-    save_index,
     search,
 )
 

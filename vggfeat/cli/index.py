@@ -120,7 +120,7 @@ def summary(meta, out) -> str:
 @click.argument("index_dir", metavar="INDEX", type=click.Path(file_okay=False, exists=True))
 def info(index_dir) -> None:
     """What INDEX is and what it measured: factory, why, search parameters, recall@K, query time, build."""
-    from vggfeat.probes.knn import load_index
+    from vggfeat.index.folder import load_index
 
     _, meta = load_index(index_dir)
     if "measured" not in meta:
@@ -146,8 +146,8 @@ def search(index_dir, images, vectors, k, as_json, device, batch_size, workers, 
     described exactly as the indexed store was made, or the rows of --vectors."""
     import numpy as np
 
+    from vggfeat.index.folder import load_index
     from vggfeat.index.gpu import faiss_gpus, to_gpus
-    from vggfeat.probes.knn import load_index
     from vggfeat.probes.knn import search as knn_search
 
     if bool(images) == bool(vectors):

@@ -20,7 +20,7 @@ import faiss
 import numpy as np
 
 from vggfeat.errors import InputError
-from vggfeat.probes.knn import describe_index, save_index
+from vggfeat.index.folder import describe_index, save_index
 
 from . import gpu, ondisk
 from .budget import block_rows as budget_block_rows
