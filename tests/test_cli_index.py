@@ -104,7 +104,7 @@ def _store(folder, n=4):
 @pytest.mark.parametrize(
     "damage, message",
     [
-        ("truncate", "features.npy: unreadable"),
+        ("truncate", "features.npy: truncated (216 bytes for 4 x 8 float32)"),
         ("bad_manifest", "manifest.json: not valid JSON"),
         ("empty", "holds no rows"),
         ("gpu", "faiss sees no GPU"),

@@ -2,7 +2,7 @@
 `meta/<i>.parquet` (one row per descriptor, same order: path, key, size, mtime_ns[, sha256]), and a small
 `manifest.json` (protocol, models, weight hashes, the shard list with counts and checksums; no per-row data).
 
-Rows are memory-mapped per shard and read by index or in bounded blocks; paths are read from the parquet
+Rows are read per shard by index or in bounded blocks (plain reads: npy_rows); paths are read from the parquet
 files only when asked for. Stores of the single-file format before shards (`features.npy` + a manifest
 listing every path) still load, read-only; `vggfeat store convert` rewrites one.
 """
@@ -14,7 +14,7 @@ import heapq
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from vggfeat.utils.files import read_json
 
 from . import shard_files
 from .inputs import input_identities, same_input
+from .npy_rows import NpyRows, open_npy_rows
 from .store_layout import (
     BLOCK_ROWS,
     DONE_DIR,
@@ -39,6 +40,8 @@ from .store_layout import (
     emb_file,
     meta_file,
 )
+
+REBUILD = "rerun `vggfeat extract IMAGES -o STORE --overwrite` to rebuild it"
 
 __all__ = [
     "BLOCK_ROWS",
@@ -60,12 +63,47 @@ __all__ = [
 
 class ShardRows:
     """The rows of every shard as one (N, D) array-like: `rows[i]`, `rows[a:b]`, `rows[index_array]` read only
-    those rows (each shard's .npy is memory-mapped); `np.asarray(rows)` reads all of them."""
+    those rows, with plain reads (npy_rows: never a memory map); `np.asarray(rows)` reads all of them. Each part's
+    header is read on first use and must hold the rows, dimension and dtype recorded for it."""
 
-    def __init__(self, files: list[Path], counts: list[int], dim: int, dtype: str) -> None:
+    def __init__(
+        self,
+        files: list[Path],
+        counts: list[int],
+        dim: int,
+        dtype: str | np.dtype,
+        error: Callable[[str], Exception] = StoreError,
+        fix: str = REBUILD,
+    ) -> None:
         self.files, self.dim, self.dtype = files, dim, np.dtype(dtype)
-        self.offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
-        self._maps: dict[int, np.ndarray] = {}
+        self.offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
+        self._error, self._fix = error, fix
+        self._parts: dict[int, NpyRows] = {}
+
+    @classmethod
+    def of_parts(cls, parts: list[NpyRows], error: Callable[[str], Exception], fix: str) -> ShardRows:
+        """Rows of .npy files already opened (their headers are what they hold), of one dimension."""
+        dims = sorted({p.dim for p in parts})
+        if len(dims) > 1:
+            raise error(f"{parts[0].path.parent}: the .npy files have different dimensions {dims}; {fix}")
+        dim = dims[0] if dims else 0
+        dtype = np.result_type(*[p.dtype for p in parts]) if parts else np.dtype(np.float32)  # rows come out in it
+        rows = cls([p.path for p in parts], [p.rows for p in parts], dim, dtype, error, fix)
+        rows._parts = dict(enumerate(parts))
+        return rows
+
+    def part(self, s: int) -> NpyRows:
+        """Shard s's rows, its header checked against what the manifest records for it."""
+        if s not in self._parts:
+            p = open_npy_rows(self.files[s], self._error, self._fix)
+            want = (int(self.offsets[s + 1] - self.offsets[s]), self.dim, self.dtype)
+            if (p.rows, p.dim, p.dtype) != want:
+                raise self._error(
+                    f"{p.path}: holds {p.rows} x {p.dim} {p.dtype} but {want[0]} x {want[1]} {want[2]} are recorded "
+                    f"for it; {self._fix}"
+                )
+            self._parts[s] = p
+        return self._parts[s]
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -76,13 +114,6 @@ class ShardRows:
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
-    def shard(self, s: int) -> np.ndarray:
-        if s not in self._maps:
-            if len(self._maps) > 64:  # a bounded number of open maps, however many shards
-                self._maps.clear()
-            self._maps[s] = np.load(self.files[s], mmap_mode="r")
-        return self._maps[s]
-
     def __getitem__(self, key: Any) -> np.ndarray:
         n = len(self)
         if isinstance(key, (int, np.integer)):
@@ -90,9 +121,12 @@ class ShardRows:
             if not 0 <= i < n:
                 raise IndexError(f"row {key} out of range for {n} rows")
             s = int(np.searchsorted(self.offsets, i, side="right")) - 1
-            return np.asarray(self.shard(s)[i - self.offsets[s]])
+            return self.part(s).read(i - int(self.offsets[s]), i - int(self.offsets[s]) + 1)[0]
         if isinstance(key, slice):
-            key = np.arange(n)[key]
+            start, stop, step = key.indices(n)
+            if step == 1:
+                return self._range(start, stop)
+            key = np.arange(start, stop, step)
         index = np.asarray(key)
         if index.dtype == bool:
             index = np.flatnonzero(index)
@@ -104,8 +138,24 @@ class ShardRows:
         shard_of = np.searchsorted(self.offsets, index, side="right") - 1
         for s in np.unique(shard_of).tolist():
             where = np.flatnonzero(shard_of == s)
-            out[where] = self.shard(s)[index[where] - self.offsets[s]]
+            out[where] = self.part(s).take(index[where] - self.offsets[s])
         return out
+
+    def _range(self, start: int, stop: int) -> np.ndarray:
+        blocks = [b for b, _ in self.blocks(max(1, stop - start), start, stop)]
+        return np.concatenate(blocks) if blocks else np.empty((0, self.dim), dtype=self.dtype)
+
+    def blocks(self, rows: int, start: int = 0, stop: int | None = None) -> Iterator[tuple[np.ndarray, int]]:
+        """(rows as stored, index of the first) for rows start..stop, at most `rows` at a time and never across two
+        shards: memory for one block, whatever the store's size."""
+        stop = len(self) if stop is None else min(stop, len(self))
+        for s in range(len(self.files)):
+            base, end = int(self.offsets[s]), int(self.offsets[s + 1])
+            lo, hi = max(start, base), min(stop, end)
+            if lo >= hi:
+                continue
+            for i, block in zip(range(lo, hi, rows), self.part(s).blocks(rows, lo - base, hi - base), strict=True):
+                yield block, i
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = self[:]
@@ -115,7 +165,9 @@ class ShardRows:
 @dataclass
 class FeatureStore:
     root: Path
-    features: np.ndarray | ShardRows  # (N, D), float32 or float16; memory-mapped, read by row index
+    # (N, D), float32 or float16: a store's files read by row index, block or whole (never memory-mapped), or the
+    # rows themselves for a store made in memory (probes.features.stack_stores)
+    features: ShardRows | np.ndarray
     manifest: dict[str, Any]
     already_complete: bool = False  # set by extract_to_store when it found the store finished: nothing computed
     _meta_cache: dict[str, list] = field(default_factory=dict, repr=False)
@@ -227,19 +279,19 @@ class FeatureStore:
         return np.asarray(self.features[index], dtype=np.float32)
 
     def blocks(self, rows: int = BLOCK_ROWS) -> Iterator[tuple[np.ndarray, list[str]]]:
-        """(float32 rows, their paths) in store order, at most `rows` at a time: a full read in bounded memory."""
-        if not self.sharded:
-            for start in range(0, len(self), rows):
-                stop = min(start + rows, len(self))
-                yield self.rows(slice(start, stop)), self.paths[start:stop]
+        """(float32 rows, their paths) in store order, at most `rows` at a time: a full read in bounded memory
+        (one block of rows and one shard's paths)."""
+        feats, shard, paths = self.features, -1, []
+        if isinstance(feats, np.ndarray):
+            for i in range(0, len(feats), rows):
+                yield np.asarray(feats[i : i + rows], dtype=np.float32), self.paths[i : i + rows]
             return
-        feats = self.features
-        assert isinstance(feats, ShardRows)  # a sharded store's rows
-        for s, name in enumerate(self.shard_names):
-            paths = self.shard_paths(name)
-            emb = feats.shard(s)
-            for start in range(0, len(paths), rows):
-                yield np.asarray(emb[start : start + rows], dtype=np.float32), paths[start : start + rows]
+        for block, i in feats.blocks(rows):  # never across two shards
+            s = int(np.searchsorted(feats.offsets, i, side="right")) - 1
+            if s != shard:
+                shard, paths = s, self.shard_paths(self.shard_names[s]) if self.sharded else self.paths
+            j = i - int(feats.offsets[s])
+            yield np.asarray(block, dtype=np.float32), paths[j : j + len(block)]
 
     def rows_for(self, paths: Sequence[str]) -> np.ndarray:
         """Row indices of `paths`. A store records paths as given to `vggfeat extract` (often relative to where
@@ -339,19 +391,18 @@ def is_complete_store(root: str | Path) -> bool:
     return isinstance(manifest, dict) and manifest.get("format") == FORMAT and bool(manifest.get("complete"))
 
 
-def load_store(root: str | Path, mmap: bool = True) -> FeatureStore:
-    """Open a finished store written by `vggfeat extract` (rows memory-mapped, paths read on demand). An
+def load_store(root: str | Path) -> FeatureStore:
+    """Open a finished store written by `vggfeat extract` (rows read on demand, paths read on demand). An
     unfinished sharded store is refused with its status: the shards done, missing and failed, and the command
     that finishes it."""
     root = Path(root)
-    fix = "rerun `vggfeat extract IMAGES -o STORE --overwrite` to rebuild it"
     if is_single_file_store(root):
-        return _load_single_file(root, mmap, fix)
+        return _load_single_file(root)
     if (root / PLAN_FILE).is_file() or (root / MANIFEST_FILE).is_file():
         status = shard_files.store_status(root, rebuild=True)
         if not status.complete:
             raise StoreError(f"{root}: an unfinished feature store - {status.summary(one_line=True)}")
-        manifest = status.manifest or read_json(root / MANIFEST_FILE, StoreError, fix)
+        manifest = status.manifest or read_json(root / MANIFEST_FILE, StoreError, REBUILD)
         shards = manifest["shards"]  # each checked by store_status: present, with its recorded size
         files = [emb_file(root, s["name"]) for s in shards]
         rows = ShardRows(files, [s["rows"] for s in shards], int(manifest["dim"]), manifest["dtype"])
@@ -361,17 +412,14 @@ def load_store(root: str | Path, mmap: bool = True) -> FeatureStore:
     )
 
 
-def _load_single_file(root: Path, mmap: bool, fix: str) -> FeatureStore:
-    manifest = read_json(root / MANIFEST_FILE, StoreError, fix)
+def _load_single_file(root: Path) -> FeatureStore:
+    manifest = read_json(root / MANIFEST_FILE, StoreError, REBUILD)
     if not isinstance(manifest, dict):
-        raise StoreError(f"{root / MANIFEST_FILE}: not a store manifest (a JSON object); {fix}")
-    try:
-        features = np.load(root / FEATURES_FILE, mmap_mode="r" if mmap else None)
-    except (ValueError, OSError, EOFError) as e:  # truncated or not a .npy file
-        raise StoreError(f"{root / FEATURES_FILE}: unreadable ({e}); {fix}") from None
-    if features.ndim != 2 or features.shape[0] != len(manifest.get("paths", ())):
+        raise StoreError(f"{root / MANIFEST_FILE}: not a store manifest (a JSON object); {REBUILD}")
+    part = open_npy_rows(root / FEATURES_FILE, StoreError, REBUILD)
+    if part.rows != len(manifest.get("paths", ())):
         raise StoreError(
-            f"{root}: {FEATURES_FILE} has shape {features.shape} but the manifest lists "
+            f"{root}: {FEATURES_FILE} has shape {(part.rows, part.dim)} but the manifest lists "
             f"{len(manifest.get('paths', ()))} images"
         )
-    return FeatureStore(root, features, manifest)
+    return FeatureStore(root, ShardRows.of_parts([part], StoreError, REBUILD), manifest)

@@ -1,0 +1,92 @@
+"""Rows of an (N, D) float .npy file read with plain reads: the one reader of a store's `emb/<i>.npy` shards, its
+older single `features.npy`, and an embedding-reader folder's `emb/*.npy`.
+
+The header is parsed once (numpy's own parser, bounded in size) and checked against the file's size; rows are
+then read by `pread` - never a memory map, whose pages count in the RSS of a process that streams a store larger
+than its memory, and never a whole file unless asked for.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class NpyRows:
+    path: Path
+    offset: int  # bytes before row 0
+    rows: int
+    dim: int
+    dtype: np.dtype
+
+    @property
+    def row_bytes(self) -> int:
+        return self.dim * self.dtype.itemsize
+
+    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows start..stop (as stored: float16 or float32), one read."""
+        stop = self.rows if stop is None else min(stop, self.rows)
+        n = max(0, stop - start)
+        with open(self.path, "rb") as f:
+            data = os.pread(f.fileno(), n * self.row_bytes, self.offset + start * self.row_bytes)
+        if len(data) != n * self.row_bytes:  # the file shrank since its header was read
+            raise OSError(f"{self.path}: ends before row {stop} (was it rewritten meanwhile?)")
+        return np.frombuffer(data, dtype=self.dtype).reshape(n, self.dim)
+
+    def take(self, index: np.ndarray) -> np.ndarray:
+        """Rows `index` (int64, in range, any order, repeats allowed), one read per run of consecutive rows."""
+        index = np.asarray(index, dtype=np.int64)
+        out = np.empty((len(index), self.dim), dtype=self.dtype)
+        if not len(index):
+            return out
+        order = np.argsort(index, kind="stable")
+        wanted = index[order]
+        # runs of consecutive (or repeated) row numbers are read at once
+        breaks = np.flatnonzero(np.diff(wanted) > 1) + 1
+        with open(self.path, "rb") as f:
+            for lo, hi in zip(np.r_[0, breaks].tolist(), np.r_[breaks, len(wanted)].tolist(), strict=True):
+                first, last = int(wanted[lo]), int(wanted[hi - 1])
+                size = (last - first + 1) * self.row_bytes
+                data = os.pread(f.fileno(), size, self.offset + first * self.row_bytes)
+                if len(data) != size:
+                    raise OSError(f"{self.path}: ends before row {last} (was it rewritten meanwhile?)")
+                block = np.frombuffer(data, dtype=self.dtype).reshape(-1, self.dim)
+                out[order[lo:hi]] = block[wanted[lo:hi] - first]
+        return out
+
+    def blocks(self, rows: int, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
+        """Rows start..stop, at most `rows` at a time."""
+        stop = self.rows if stop is None else min(stop, self.rows)
+        for lo in range(start, stop, rows):
+            yield self.read(lo, min(lo + rows, stop))
+
+
+def open_npy_rows(path: str | Path, error: Callable[[str], Exception], fix: str) -> NpyRows:
+    """The rows of .npy file `path`, its header checked: a C-order 2-D float16/32/64 array whose data the file
+    holds whole. Anything else raises `error(message)`, the message naming the file and ending with `fix`."""
+    path = Path(path)
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as f:
+            version = fmt.read_magic(f)
+            read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+            if read is None:
+                raise ValueError(f".npy format version {version}")
+            shape, fortran, dtype = read(f)  # the header only, at most numpy's 10,000 bytes of it
+            offset = f.tell()
+            size = os.fstat(f.fileno()).st_size
+    except OSError as e:
+        raise error(f"{path}: {e.strerror or e}; {fix}") from None
+    except Exception as e:  # numpy's header parser raises ValueError, SyntaxError, EOFError, ...
+        raise error(f"{path}: unreadable .npy ({type(e).__name__}: {str(e)[:200]}); {fix}") from None
+    if len(shape) != 2 or fortran or dtype.kind != "f" or dtype.hasobject:
+        raise error(f"{path}: holds a {dtype} array of shape {shape}; need a C-order (N, D) float matrix; {fix}")
+    rows, dim = int(shape[0]), int(shape[1])
+    if size < offset + rows * dim * dtype.itemsize:
+        raise error(f"{path}: truncated ({size} bytes for {rows} x {dim} {dtype}); {fix}")
+    return NpyRows(path, offset, rows, dim, np.dtype(dtype))
