@@ -265,3 +265,23 @@ def test_embedding_reader_reads_every_row_with_its_path_and_key(tmp_path, weight
     assert [(m["path"], m["key"]) for m in json.loads(meta.read_text())] == list(
         zip(store.paths, store.keys, strict=True)
     )
+
+
+def test_store_status_reads_each_done_record_once_and_counts_the_one_it_checked(tmp_path, weights, monkeypatch):
+    data = _folder(tmp_path / "imgs", 7)
+    out = tmp_path / "st"
+    assert _cli("extract", data, "-o", out, "--weights", weights, *FAST, "--shard-size", "3").exit_code == 0
+    reads = []
+    real = shard_files.read_done_record
+
+    def counted(root, name):
+        reads.append(name)
+        record = real(root, name)
+        # a writer replacing the record between two reads (here: on the second read) must not be counted
+        return {**record, "rows": 1000} if record and reads.count(name) > 1 else record
+
+    monkeypatch.setattr(shard_files, "read_done_record", counted)
+    status = shard_files.store_status(out)
+    # before: each record was read to check it, then again to count it (the second copy counted: 3000 rows)
+    assert sorted(reads) == sorted(status.shards) and len(status.shards) == 3
+    assert status.complete and status.rows == 7

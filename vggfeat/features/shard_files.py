@@ -153,31 +153,38 @@ def shard_problem(
 ) -> Problem | None:
     """None when shard `name` is done (and, given `identity`, made from those settings and inputs); otherwise
     why not (a Problem). Files are checked by size, and with `verify` by sha256."""
+    return checked_record(root, name, identity, verify)[1]
+
+
+def checked_record(
+    root: Path, name: str, identity: dict[str, Any] | None = None, verify: bool = False
+) -> tuple[dict | None, Problem | None]:
+    """(shard `name`'s done record, None) when the shard is done, as `shard_problem` checks it; (None, why not)
+    otherwise. The record is read once, so what is checked is what the caller counts."""
     record = read_done_record(root, name)
     if record is None:
         if emb_file(root, name).exists() or meta_file(root, name).exists():
-            return Problem("half-written (files without a done record)")
-        return Problem("not started")
+            return None, Problem("half-written (files without a done record)")
+        return None, Problem("not started")
     for key, value in (identity or {}).items():
         if record.get(key) != value:
-            return Problem(f"made from other {key.replace('_sha256', '')}")
+            return None, Problem(f"made from other {key.replace('_sha256', '')}")
     for path, size in (
         (emb_file(root, name), record.get("emb_bytes")),
         (meta_file(root, name), record.get("meta_bytes")),
     ):
         actual = path.stat().st_size if path.is_file() else None
         if actual != size:
-            return _damaged(
-                f"{path} is {'missing' if actual is None else f'{actual} bytes'}, recorded {size} (damaged)"
-            )
+            why = f"{path} is {'missing' if actual is None else f'{actual} bytes'}, recorded {size} (damaged)"
+            return None, _damaged(why)
     if verify:
         for path, digest in (
             (emb_file(root, name), record.get("emb_sha256")),
             (meta_file(root, name), record.get("meta_sha256")),
         ):
             if sha256_file(path) != digest:
-                return _damaged(f"{path} does not match its recorded sha256 (damaged)")
-    return None
+                return None, _damaged(f"{path} does not match its recorded sha256 (damaged)")
+    return record, None
 
 
 def clear_shard(root: Path, name: str) -> None:
@@ -279,15 +286,14 @@ def store_status(root: Path, rebuild: bool = False, verify: bool = False) -> Sto
     identity = {"settings_sha256": plan["settings_sha256"]} if "settings_sha256" in plan else None
     records = []
     for name in status.shards:
-        problem = shard_problem(root, name, identity, verify)
-        if problem is None:
-            record = read_done_record(root, name)
-            assert record is not None  # shard_problem found it
+        record, problem = checked_record(root, name, identity, verify)
+        if record is not None:
             status.done.append(name)
             status.rows += int(record["rows"])
             status.skipped += len(record.get("skipped", []))
             records.append(record)
             continue
+        assert problem is not None  # no record comes with why not
         if problem.damaged:
             status.damaged[name] = problem
         try:
