@@ -110,3 +110,35 @@ def test_cached_mean_rgb_that_is_a_fifo_is_named_and_recomputed(tmp_path):
     assert done.returncode == 0, done.stderr
     assert f"{cache} is a FIFO, not a regular file" in done.stderr and "recomputing" in done.stderr, done.stderr
     assert cache.is_file() and '"mean"' in cache.read_text()  # a broken cache is replaced, as a damaged one is
+
+
+def _emb_meta(root: Path) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (root / "emb").mkdir(parents=True)
+    (root / "meta").mkdir()
+    x = np.random.default_rng(0).standard_normal((20, 4)).astype(np.float32)
+    for i in range(2):
+        np.save(root / "emb" / f"{i}.npy", x[i * 10 : (i + 1) * 10])
+        pq.write_table(pa.table({"path": [f"{i}_{j}.jpg" for j in range(10)]}), root / "meta" / f"{i}.parquet")
+    return root
+
+
+@pytest.mark.parametrize("which", ["emb/1.npy", "meta/1.parquet"])
+def test_index_build_over_vectors_or_paths_that_are_a_fifo(tmp_path, which):
+    src = _emb_meta(tmp_path / "v")
+    (src / which).unlink()
+    _run_refused(tmp_path, ["index", "build", src, "-o", tmp_path / "idx", "--device", "cpu"], src / which)
+
+
+@pytest.mark.parametrize("which", ["row_paths.bin", "row_offsets.npy"])
+def test_index_search_with_row_paths_that_are_a_fifo(tmp_path, which):
+    src = _emb_meta(tmp_path / "v")
+    env = {**os.environ, "PYTHONPATH": str(Path(vggfeat.__file__).parent.parent)}
+    build = [sys.executable, "-m", "vggfeat", "index", "build", src, "-o", tmp_path / "idx", "--device", "cpu"]
+    assert subprocess.run(build, capture_output=True, env=env, timeout=120).returncode == 0
+    np.save(tmp_path / "q.npy", np.load(src / "emb" / "0.npy")[:1])
+    (tmp_path / "idx" / which).unlink()
+    args = ["index", "search", tmp_path / "idx", "--vectors", tmp_path / "q.npy"]
+    _run_refused(tmp_path, args, tmp_path / "idx" / which)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vggfeat.utils.files import NotRegularFileError, open_regular
+
 
 @dataclass(frozen=True)
 class NpyRows:
@@ -32,7 +34,7 @@ class NpyRows:
         """Rows start..stop (as stored: float16 or float32), one read."""
         stop = self.rows if stop is None else min(stop, self.rows)
         n = max(0, stop - start)
-        with open(self.path, "rb") as f:
+        with open_regular(self.path) as f:
             data = os.pread(f.fileno(), n * self.row_bytes, self.offset + start * self.row_bytes)
         if len(data) != n * self.row_bytes:  # the file shrank since its header was read
             raise OSError(f"{self.path}: ends before row {stop} (was it rewritten meanwhile?)")
@@ -48,7 +50,7 @@ class NpyRows:
         wanted = index[order]
         # runs of consecutive (or repeated) row numbers are read at once
         breaks = np.flatnonzero(np.diff(wanted) > 1) + 1
-        with open(self.path, "rb") as f:
+        with open_regular(self.path) as f:
             for lo, hi in zip(np.r_[0, breaks].tolist(), np.r_[breaks, len(wanted)].tolist(), strict=True):
                 first, last = int(wanted[lo]), int(wanted[hi - 1])
                 size = (last - first + 1) * self.row_bytes
@@ -72,7 +74,7 @@ def open_npy_rows(path: str | Path, error: Callable[[str], Exception], fix: str)
     path = Path(path)
     fmt = np.lib.format
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:  # a FIFO is refused, not waited on
             version = fmt.read_magic(f)
             read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
             if read is None:
@@ -80,6 +82,8 @@ def open_npy_rows(path: str | Path, error: Callable[[str], Exception], fix: str)
             shape, fortran, dtype = read(f)  # the header only, at most numpy's 10,000 bytes of it
             offset = f.tell()
             size = os.fstat(f.fileno()).st_size
+    except NotRegularFileError as e:
+        raise error(f"{e}; {fix}") from None
     except OSError as e:
         raise error(f"{path}: {e.strerror or e}; {fix}") from None
     except Exception as e:  # numpy's header parser raises ValueError, SyntaxError, EOFError, ...

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from vggfeat.utils.files import read_json
+from vggfeat.utils.files import open_regular, read_json
 
 from . import shard_files
 from .inputs import input_identities, same_input
@@ -186,7 +186,8 @@ class FeatureStore:
 
         path = meta_file(self.root, name)
         try:
-            table = pq.read_table(path, columns=columns)
+            with open_regular(path) as fh:  # a FIFO is refused, not waited on
+                table = pq.read_table(fh, columns=columns)
         except (OSError, ValueError) as e:  # pyarrow's errors derive from these
             raise StoreError(f"{path}: unreadable ({e}); rerun the extraction into {self.root} to redo it") from None
         return table.to_pydict()

@@ -20,6 +20,7 @@ from typing import overload
 import numpy as np
 
 from vggfeat.errors import VggfeatError
+from vggfeat.utils.files import NotRegularFileError, open_regular
 
 PATHS_FILE, OFFSETS_FILE = "row_paths.bin", "row_offsets.npy"
 ROW_PATH_FILES = (PATHS_FILE, OFFSETS_FILE)
@@ -90,8 +91,10 @@ class RowPaths(Sequence[str]):
         self.folder, self.rows, self.fix = Path(folder), int(rows), fix
         self._data_path, self._offsets_path = self.folder / PATHS_FILE, self.folder / OFFSETS_FILE
         try:
-            self._data = open(self._data_path, "rb")  # noqa: SIM115 (kept open: see the class docstring)
-            self._offsets = open(self._offsets_path, "rb")  # noqa: SIM115
+            self._data = open_regular(self._data_path)  # kept open: see the class docstring
+            self._offsets = open_regular(self._offsets_path)
+        except NotRegularFileError as e:
+            raise RowPathsError(f"{e}; {fix}") from None
         except OSError as e:
             raise RowPathsError(f"{e.filename}: {e.strerror}; {fix}") from None
         size = os.fstat(self._data.fileno()).st_size

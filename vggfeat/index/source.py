@@ -19,6 +19,7 @@ import numpy as np
 from vggfeat.errors import VggfeatError
 from vggfeat.features.npy_rows import open_npy_rows
 from vggfeat.features.store import FEATURES_FILE, MANIFEST_FILE, PLAN_FILE, ShardRows, load_store
+from vggfeat.utils.files import NotRegularFileError, check_regular, open_regular
 
 PATH_BATCH_ROWS = 1 << 15  # meta rows read at a time
 STORE_KEYS = ("models", "layer", "scales", "flip", "aggregate", "l2", "l2_parts", "snap", "fast_decode")
@@ -71,16 +72,19 @@ class VectorSource:
         counts = np.diff(self.rows.offsets).tolist()
         for emb, rows, meta in zip(self.rows.files, counts, self._meta, strict=True):
             try:
-                f = pq.ParquetFile(meta)
-                if f.metadata.num_rows != rows:
-                    raise SourceError(f"{meta}: {f.metadata.num_rows} rows but {emb.name} has {rows}")
-                # in batches: a clip-retrieval meta file holds a million rows
-                for batch in f.iter_batches(batch_size=PATH_BATCH_ROWS, columns=["path"]):
-                    yield from (str(p) for p in batch.column(0).to_pylist())
+                with open_regular(meta) as fh:  # a FIFO is refused, not waited on
+                    f = pq.ParquetFile(fh)
+                    if f.metadata.num_rows != rows:
+                        raise SourceError(f"{meta}: {f.metadata.num_rows} rows but {emb.name} has {rows}")
+                    # in batches: a clip-retrieval meta file holds a million rows
+                    for batch in f.iter_batches(batch_size=PATH_BATCH_ROWS, columns=["path"]):
+                        yield from (str(p) for p in batch.column(0).to_pylist())
+            except NotRegularFileError as e:
+                raise SourceError(f"{e}; {REWRITE}") from None
             except (OSError, ValueError, KeyError) as e:  # pyarrow's errors derive from these
                 if isinstance(e, SourceError):
                     raise
-                raise SourceError(f"{meta}: no readable `path` column ({e}); rewrite that file") from None
+                raise SourceError(f"{meta}: no readable `path` column ({e}); {REWRITE}") from None
 
     def iter_vector_blocks(
         self, block_rows: int, start: int = 0, stop: int | None = None
@@ -121,6 +125,8 @@ def open_source(root: str | Path) -> VectorSource:
                 "file needs its metadata file (paired in sorted order)"
             )
         parts = [open_npy_rows(p, SourceError, REWRITE) for p in embs]
+        for meta in metas:  # read at the end of a build: checked now rather than hours in
+            check_regular(meta, "metadata file", error=SourceError)
         return VectorSource(root, "emb_meta", ShardRows.of_parts(parts, SourceError, REWRITE), _meta=metas)
     raise SourceError(
         f"{root}: neither a vggfeat store (features.npy + manifest.json) nor an emb/meta folder "

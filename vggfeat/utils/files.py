@@ -9,7 +9,7 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from vggfeat.errors import DatasetError
 
@@ -148,6 +148,25 @@ def file_kind(mode: int) -> str:
         (stat.S_ISBLK, "a block device"),
     )
     return next((name for test, name in kinds if test(mode)), "not a plain file")
+
+
+class NotRegularFileError(OSError):
+    """A path that should be a regular file is a FIFO, a device, a folder..."""
+
+
+def open_regular(path: str | Path) -> BinaryIO:
+    """`path` opened for binary reading, when it is a regular file. It is opened without blocking and checked on
+    the open descriptor, so a FIFO (a plain open would wait for a writer) or a device is refused at once with a
+    NotRegularFileError naming it, even if it replaced a regular file after an earlier check."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(f"{path} is {file_kind(mode)}, not a regular file")
+        return open(fd, "rb")  # noqa: SIM115 (the caller's to close; O_NONBLOCK changes nothing for a regular file)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def check_regular(path: Path, what: str = "file", where: str = "", error: type[Exception] = DatasetError) -> None:
