@@ -142,3 +142,24 @@ def test_index_search_with_row_paths_that_are_a_fifo(tmp_path, which):
     (tmp_path / "idx" / which).unlink()
     args = ["index", "search", tmp_path / "idx", "--vectors", tmp_path / "q.npy"]
     _run_refused(tmp_path, args, tmp_path / "idx" / which)
+
+
+def test_store_bookkeeping_files_that_are_a_fifo_are_never_waited_on(tmp_path, weights):
+    photos = _images(tmp_path / "photos")
+    env = {**os.environ, "PYTHONPATH": str(Path(vggfeat.__file__).parent.parent)}
+    run = [sys.executable, "-m", "vggfeat"]
+    extract = [*run, "extract", photos, "-o", tmp_path / "st", "--weights", weights, "--scales", "64", "--quiet"]
+    assert subprocess.run(extract, capture_output=True, env=env, timeout=120).returncode == 0
+    from vggfeat.features.shard_files import record_file
+
+    record = record_file(tmp_path / "st", "000000")
+    record.unlink()
+    os.mkfifo(record)  # a done record: the shard is not done (half-written), reported at once
+    try:
+        done = subprocess.run(
+            [*run, "store", "status", tmp_path / "st"], capture_output=True, text=True, env=env, timeout=60
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"store status hung reading the FIFO {record}")
+    assert "half-written" in done.stdout + done.stderr and "Traceback" not in done.stderr, done.stderr
+    _run_refused(tmp_path, ["store", "status", tmp_path / "st"], tmp_path / "st" / "plan.json")

@@ -9,7 +9,6 @@ short, emptied) is named in a warning and computed again.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from vggfeat.utils.files import atomic_write_bytes, atomic_write_json
+from vggfeat.utils.files import atomic_write_bytes, atomic_write_json, load_json_file
 
 log = logging.getLogger(__name__)
 PARTIAL_DIR = ".partial"
@@ -30,7 +29,7 @@ class ChunkCache:
     def __init__(self, out: Path, shard: str, identity: dict[str, Any]) -> None:
         self.folder = Path(out) / PARTIAL_DIR / shard
         try:
-            same = json.loads((self.folder / IDENTITY_FILE).read_text()) == identity
+            same = load_json_file(self.folder / IDENTITY_FILE) == identity
         except (OSError, ValueError):
             same = False
         if not same:  # chunks of other settings, inputs or chunk size: not this shard's

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import logging
 import os
 import shlex
@@ -24,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from vggfeat.utils.files import atomic_write_json, sha256_file
+from vggfeat.utils.files import atomic_write_json, load_json_file, sha256_file
 
 from .store_layout import DONE_DIR, EMB_DIR, FORMAT, MANIFEST_FILE, META_DIR, PLAN_FILE, StoreError, emb_file, meta_file
 
@@ -129,7 +128,7 @@ def write_shard(root: Path, name: str, feats: np.ndarray, columns: dict[str, lis
 
 def read_done_record(root: Path, name: str) -> dict | None:
     try:
-        record = json.loads(record_file(root, name).read_text())
+        record = load_json_file(record_file(root, name))
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None
@@ -215,7 +214,7 @@ def manifest_lock(root: Path) -> Iterator[None]:
 
 def read_plan(root: Path) -> dict | None:
     try:
-        plan = json.loads((Path(root) / PLAN_FILE).read_text())
+        plan = load_json_file(Path(root) / PLAN_FILE)
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
@@ -276,7 +275,7 @@ def store_status(root: Path, rebuild: bool = False, verify: bool = False) -> Sto
     plan = read_plan(root)
     if plan is None:
         try:
-            manifest = json.loads((root / MANIFEST_FILE).read_text())
+            manifest = load_json_file(root / MANIFEST_FILE)
         except (OSError, ValueError):
             raise StoreError(f"{root}: not a sharded feature store (no {PLAN_FILE})") from None
         names = [s["name"] for s in manifest.get("shards", [])]
@@ -297,7 +296,7 @@ def store_status(root: Path, rebuild: bool = False, verify: bool = False) -> Sto
         if problem.damaged:
             status.damaged[name] = problem
         try:
-            status.failed[name] = json.loads(failed_file(root, name).read_text())["reason"]
+            status.failed[name] = load_json_file(failed_file(root, name))["reason"]
         except (OSError, ValueError, KeyError, TypeError):
             status.missing[name] = problem
     if rebuild and "settings" in plan:
@@ -323,7 +322,7 @@ def write_manifest(root: Path, plan: dict, status: StoreStatus, records: list[di
 
     def current() -> bool:
         try:
-            return json.loads(path.read_text()) == manifest
+            return load_json_file(path) == manifest
         except (OSError, ValueError):
             return False
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import json
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -21,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from vggfeat.utils.files import open_regular, read_json
+from vggfeat.utils.files import load_json_file, open_regular, read_json
 
 from . import shard_files
 from .inputs import input_identities, same_input
@@ -386,7 +385,7 @@ def is_complete_store(root: str | Path) -> bool:
     if is_single_file_store(root):
         return True
     try:
-        manifest = json.loads((root / MANIFEST_FILE).read_text())
+        manifest = load_json_file(root / MANIFEST_FILE)
     except (OSError, ValueError):
         return False
     return isinstance(manifest, dict) and manifest.get("format") == FORMAT and bool(manifest.get("complete"))

@@ -9,7 +9,6 @@ rerun resumes (finished blocks are kept) and blocks of other settings are never 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -22,7 +21,7 @@ import faiss
 import numpy as np
 
 from vggfeat.errors import InputError
-from vggfeat.utils.files import atomic_write_bytes, atomic_write_json
+from vggfeat.utils.files import atomic_write_bytes, atomic_write_json, load_json_file
 from vggfeat.utils.locks import FolderLockedError, folder_lock
 
 log = logging.getLogger(__name__)
@@ -39,8 +38,11 @@ def blocks_dir(out: str | Path) -> Path:
 def check_plan(folder: Path, plan: dict[str, Any]) -> None:
     """Write plan.json into a new blocks folder, or check that an existing one was started with the same plan."""
     path = folder / PLAN_FILE
-    if path.is_file():
-        old = json.loads(path.read_text())
+    if path.exists():
+        try:
+            old = load_json_file(path)
+        except (OSError, ValueError) as e:
+            raise InputError(f"{path}: unreadable ({e}); remove the folder {folder} (blocks are rebuilt)") from None
         if old != plan:
             diff = ", ".join(f"{k} {old.get(k)!r} -> {plan.get(k)!r}" for k in plan if old.get(k) != plan.get(k))
             raise InputError(

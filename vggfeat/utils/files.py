@@ -169,6 +169,13 @@ def open_regular(path: str | Path) -> BinaryIO:
         raise
 
 
+def load_json_file(path: str | Path) -> Any:
+    """The JSON in file `path`, opened without blocking (`open_regular`): an OSError when it is missing, a FIFO or
+    unreadable, a ValueError when it does not parse - for bookkeeping files a caller treats as absent or damaged."""
+    with open_regular(path) as f:
+        return json.loads(f.read())
+
+
 def check_regular(path: Path, what: str = "file", where: str = "", error: type[Exception] = DatasetError) -> None:
     """An `error` unless `path` (symlinks followed) is a regular file: missing, or a FIFO, device or folder
     that a reader would block on or misread. `what` names it ("image '0001'"); `where` (a list file and line)
