@@ -163,3 +163,19 @@ def test_store_bookkeeping_files_that_are_a_fifo_are_never_waited_on(tmp_path, w
         pytest.fail(f"store status hung reading the FIFO {record}")
     assert "half-written" in done.stdout + done.stderr and "Traceback" not in done.stderr, done.stderr
     _run_refused(tmp_path, ["store", "status", tmp_path / "st"], tmp_path / "st" / "plan.json")
+
+
+def test_index_search_query_vectors_that_are_a_fifo_or_an_archive(tmp_path):
+    src = _emb_meta(tmp_path / "v")
+    env = {**os.environ, "PYTHONPATH": str(Path(vggfeat.__file__).parent.parent)}
+    build = [sys.executable, "-m", "vggfeat", "index", "build", src, "-o", tmp_path / "idx", "--device", "cpu"]
+    assert subprocess.run(build, capture_output=True, env=env, timeout=120).returncode == 0
+    q = tmp_path / "q.npy"
+    _run_refused(tmp_path, ["index", "search", tmp_path / "idx", "--vectors", q], q)
+    # an .npz archive: before, an AttributeError traceback ('NpzFile' object has no attribute 'ndim')
+    q.unlink()
+    np.savez(tmp_path / "q.npz", a=np.zeros((1, 4), np.float32))
+    cmd = [sys.executable, "-m", "vggfeat", "index", "search", tmp_path / "idx", "--vectors", tmp_path / "q.npz"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(f"Error: {tmp_path / 'q.npz'}: an .npz archive (a)")

@@ -17,6 +17,7 @@ from vggfeat.features.runtime import Runtime
 from vggfeat.features.shard_plan import parse_part  # the one --part I/N reading, as extract's
 from vggfeat.index.budget import default_budget, format_size, parse_size
 from vggfeat.index.source import open_source
+from vggfeat.utils.files import NotRegularFileError, open_regular
 from vggfeat.utils.locks import folder_lock
 
 
@@ -156,11 +157,19 @@ def search(index_dir, images, vectors, k, as_json, device, batch_size, workers, 
     skipped, paths = [], []
     if vectors:
         try:
-            q = np.load(vectors, allow_pickle=False)
+            with open_regular(vectors) as fh:  # a FIFO is refused, not waited on
+                q = np.load(fh, allow_pickle=False)
+        except NotRegularFileError as e:
+            raise click.ClickException(f"{e}; give a .npy file of query vectors") from None
         except (ValueError, OSError, EOFError) as e:
             raise click.ClickException(f"{vectors}: not a readable .npy file ({e})") from None
-        if q.ndim != 2 or q.shape[1] != idx.d or not len(q):
-            raise click.ClickException(f"{vectors}: shape {q.shape}, need (M, {idx.d}) query vectors")
+        if not isinstance(q, np.ndarray):  # an .npz archive
+            raise click.ClickException(
+                f"{vectors}: an .npz archive ({', '.join(q.files[:3]) or 'empty'}); give one (M, {idx.d}) array saved "
+                "with np.save as .npy"
+            )
+        if q.ndim != 2 or q.shape[1] != idx.d or not len(q) or q.dtype.kind not in "fiu":
+            raise click.ClickException(f"{vectors}: {q.dtype} of shape {q.shape}, need (M, {idx.d}) query vectors")
         labels = [f"{vectors}[{i}]" for i in range(len(q))]
     else:
         runtime = Runtime(device=device, batch_size=batch_size, workers=workers)
