@@ -126,8 +126,12 @@ class RowPaths(Sequence[str]):
         return start, end
 
     def close(self) -> None:
-        self._data.close()
-        self._offsets.close()
+        for f in (getattr(self, "_data", None), getattr(self, "_offsets", None)):  # (an __init__ that failed)
+            if f is not None:
+                f.close()
+
+    def __del__(self) -> None:
+        self.close()
 
     def __len__(self) -> int:
         return self.rows
