@@ -250,9 +250,9 @@ def test_an_error_inside_the_waiting_lock_is_the_callers_not_a_retry(tmp_path):
     from vggfeat.utils.locks import FolderLockedError
 
     with pytest.raises(FolderLockedError, match="inner"):
-        with waiting_lock(tmp_path / "blocks", poll_s=0.01):
+        with waiting_lock(tmp_path / "blocks"):
             raise FolderLockedError("inner")
-    with waiting_lock(tmp_path / "blocks", poll_s=0.01):  # released: taken again at once
+    with waiting_lock(tmp_path / "blocks"):  # released: taken again at once
         pass
 
 

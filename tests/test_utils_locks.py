@@ -99,3 +99,51 @@ def test_a_folder_in_a_parent_we_may_not_write_is_locked_inside(tmp_path, monkey
     with pytest.raises(PermissionError):  # a folder that does not exist cannot hold it: the CLI's one line
         with folder_lock(missing):
             pass
+
+
+def test_a_waiting_lock_blocks_until_the_holder_lets_go_then_holds_it(tmp_path):
+    folder = tmp_path / "store"
+    p = _holder(folder)
+    released = []
+
+    def let_go():
+        time.sleep(0.5)
+        released.append(time.monotonic())
+        p.terminate()
+
+    import threading
+
+    threading.Thread(target=let_go, daemon=True).start()
+    try:
+        with folder_lock(folder, wait=True):  # no FolderLockedError: it waits for the holder
+            got = time.monotonic()
+            assert released and got >= released[0]
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_the_manifest_lock_is_kept_through_a_nested_use_in_one_process(tmp_path):
+    # before: each use opened and closed its own descriptor of .manifest.lock, and closing any descriptor of a
+    # file drops every POSIX record lock the process holds on it - the inner exit unlocked the outer block
+    from vggfeat.features.shard_files import MANIFEST_LOCK, manifest_lock
+
+    probe = (
+        "import fcntl, os, sys\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o666)\n"
+        "try:\n"
+        "    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "    print('free')\n"
+        "except OSError:\n"
+        "    print('held')\n"
+    )
+
+    def state():
+        out = subprocess.run([sys.executable, "-c", probe, str(tmp_path / MANIFEST_LOCK)], capture_output=True)
+        return out.stdout.decode().strip()
+
+    with manifest_lock(tmp_path):
+        assert state() == "held"
+        with manifest_lock(tmp_path):
+            pass
+        assert state() == "held"

@@ -18,23 +18,18 @@ import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from vggfeat.utils.files import atomic_write_json, load_json_file, sha256_file
+from vggfeat.utils.locks import folder_lock
 
 from .store_layout import DONE_DIR, EMB_DIR, FORMAT, MANIFEST_FILE, META_DIR, PLAN_FILE, StoreError, emb_file, meta_file
 
-fcntl: ModuleType | None
-try:
-    import fcntl
-except ImportError:  # Windows: one writer at a time there
-    fcntl = None
-
 log = logging.getLogger(__name__)
-MANIFEST_LOCK = ".manifest.lock"
+MANIFEST_LOCK_OF = "manifest"  # folder_lock's lock file of root/manifest: root/.manifest.lock
+MANIFEST_LOCK = f".{MANIFEST_LOCK_OF}.lock"
 
 
 def shard_name(i: int, n: int) -> str:
@@ -200,16 +195,10 @@ def record_failure(root: Path, name: str, reason: str) -> None:
 
 @contextlib.contextmanager
 def manifest_lock(root: Path) -> Iterator[None]:
-    """A blocking lock around reading the done records and writing manifest.json (parts finish at once)."""
-    if fcntl is None:
+    """A lock around reading the done records and writing manifest.json, waited for (parts finish at once):
+    `.manifest.lock` inside the store (utils.locks.folder_lock of its `manifest`)."""
+    with folder_lock(Path(root) / MANIFEST_LOCK_OF, "written", "", wait=True):
         yield
-        return
-    fd = os.open(Path(root) / MANIFEST_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def read_plan(root: Path) -> dict | None:

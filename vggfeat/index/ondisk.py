@@ -12,8 +12,6 @@ import contextlib
 import logging
 import os
 import shutil
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,7 @@ import numpy as np
 
 from vggfeat.errors import InputError
 from vggfeat.utils.files import atomic_write_bytes, atomic_write_json, load_json_file
-from vggfeat.utils.locks import FolderLockedError, folder_lock
+from vggfeat.utils.locks import folder_lock
 
 log = logging.getLogger(__name__)
 
@@ -53,20 +51,9 @@ def check_plan(folder: Path, plan: dict[str, Any]) -> None:
     atomic_write_json(path, plan)
 
 
-@contextlib.contextmanager
-def waiting_lock(folder: Path, poll_s: float = 1.0) -> Iterator[None]:
+def waiting_lock(folder: Path) -> contextlib.AbstractContextManager[None]:
     """folder_lock, waiting for the holder (another part training the shared index) instead of failing."""
-    while True:
-        lock = folder_lock(folder, "trained", "wait")
-        try:
-            lock.__enter__()
-        except FolderLockedError:  # only taking the lock is retried: an error inside the block is the caller's
-            time.sleep(poll_s)
-            continue
-        break
-    with contextlib.ExitStack() as stack:
-        stack.push(lock)  # releases the lock however the block ends
-        yield
+    return folder_lock(folder, "trained", "wait", wait=True)
 
 
 def write_index(index: faiss.Index, path: Path) -> None:

@@ -53,13 +53,13 @@ def _holder(fd: int) -> str:
     return "another process"  # it has the lock but has not written its name yet
 
 
-def _acquire(path: Path, folder: Path, what: str, fix: str) -> int:
+def _acquire(path: Path, folder: Path, what: str, fix: str, wait: bool) -> int:
     assert fcntl is not None  # the caller returns before locking where there is no fcntl
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             if e.errno not in (errno.EACCES, errno.EAGAIN):
                 os.close(fd)
@@ -89,8 +89,10 @@ def folder_lock(
     what: str = "written",
     fix: str = "wait for it to finish, or choose another output folder",
     enabled: bool = True,
+    wait: bool = False,
 ) -> Iterator[None]:
-    """Hold `folder`'s writer lock for the block; raise FolderLockedError at once if another process holds it.
+    """Hold `folder`'s writer lock for the block; raise FolderLockedError at once if another process holds it,
+    or with `wait` block until it lets go (the parts of one job taking turns at a shared step).
 
     Re-entrant within a process (a probe's cache extraction inside the probe's own lock). `enabled=False`
     is a no-op, for the ranks of a torchrun job other than rank 0 (one job is one writer).
@@ -105,13 +107,13 @@ def folder_lock(
         return
     path = lock_path(folder)
     try:
-        fd = _acquire(path, folder, what, fix)
+        fd = _acquire(path, folder, what, fix, wait)
     except OSError as e:
         # a folder we may write inside a parent we may not (an admin-made /scratch/USER): lock inside it
         if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or not folder.is_dir():
             raise
         path = folder / INSIDE_LOCK
-        fd = _acquire(path, folder, what, fix)
+        fd = _acquire(path, folder, what, fix, wait)
     _held[key] = fd
     try:
         yield
