@@ -352,3 +352,25 @@ def test_damaged_row_path_files_are_refused_with_one_line_never_a_wrong_path(tmp
             assert name == "row_offsets.npy" and got == truth, pos
         (out / name).write_bytes(good)
     assert load_index(out)[1]["paths"].lookup(range(300)) == truth
+
+
+def test_blocks_of_vectors_rewritten_since_are_never_merged_into_the_index(tmp_path):
+    x = vectors(3000, 16, seed=7)
+    src = emb_meta(tmp_path / "v", x, files=3)
+    args = ["--factory", "IVF32,Flat", "--queries", "100", "--block-rows", "500", "--max-memory", "10KB"]
+    build(src, tmp_path / "disk", *args, "--part", "0/2")
+    y = vectors(3000, 16, seed=8)  # the vectors re-extracted (same shape) before the other part and the merge run
+    for i, part in enumerate(np.array_split(np.arange(3000), 3)):
+        np.save(src / "emb" / f"{i}.npy", y[part])
+    cmd = ["index", "build", str(src), "-o", str(tmp_path / "disk"), "--device", "cpu", *args]
+    r = CliRunner().invoke(main.cli, cmd)
+    # before: part 0's blocks of the old vectors were merged with new ones into one index, silently
+    assert r.exit_code == 1 and "holds blocks built from other vectors" in r.output, r.output
+    assert not (tmp_path / "disk").exists()
+    import shutil
+
+    shutil.rmtree(tmp_path / "disk.blocks")
+    build(src, tmp_path / "disk", *args)
+    index, meta = load_index(tmp_path / "disk")
+    faiss.ParameterSpace().set_index_parameters(index, "nprobe=32")
+    assert (index.search(y[[5, 2999]], 1)[1].ravel() == [5, 2999]).all()

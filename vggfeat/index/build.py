@@ -147,7 +147,8 @@ def build_index(
         folder = ondisk.blocks_dir(out)
         n_blocks = math.ceil(n / block_rows)
         settings = {"factory": plan.factory, "rows": n, "dim": d, "block_rows": block_rows, "seed": seed}
-        ondisk.check_plan(folder, {**settings, "queries": len(q_rows), "k": k, "source": str(source.root.resolve())})
+        source_id = {"source": str(source.root.resolve()), "source_identity": source.identity()}
+        ondisk.check_plan(folder, {**settings, "queries": len(q_rows), "k": k, **source_id})
         with ondisk.waiting_lock(folder / ondisk.TRAINED_FILE):  # one part trains, the others wait and read it
             if not (folder / ondisk.TRAINED_FILE).is_file():
                 ondisk.write_index(_train(source, plan, t_rows, gpus), folder / ondisk.TRAINED_FILE)

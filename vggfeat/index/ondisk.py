@@ -41,8 +41,14 @@ def check_plan(folder: Path, plan: dict[str, Any]) -> None:
             old = load_json_file(path)
         except (OSError, ValueError) as e:
             raise InputError(f"{path}: unreadable ({e}); remove the folder {folder} (blocks are rebuilt)") from None
-        if old != plan:
-            diff = ", ".join(f"{k} {old.get(k)!r} -> {plan.get(k)!r}" for k in plan if old.get(k) != plan.get(k))
+        differ = [k for k in plan if old.get(k) != plan.get(k)]
+        if differ == ["source_identity"]:  # the same command, but the vectors were rewritten since those blocks
+            raise InputError(
+                f"{folder} holds blocks built from other vectors: {plan.get('source')} was rewritten since (its "
+                "files' checksums, sizes or times differ); remove that folder to build from the vectors as they are"
+            )
+        if differ:
+            diff = ", ".join(f"{k} {old.get(k)!r} -> {plan.get(k)!r}" for k in differ)
             raise InputError(
                 f"{folder} holds blocks of another build ({diff}); use the same settings, or remove that folder"
             )

@@ -8,6 +8,9 @@ build to the store's size.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -60,6 +63,21 @@ class VectorSource:
     @property
     def nbytes(self) -> int:
         return self.count * self.dim * self.rows.dtype.itemsize
+
+    def identity(self) -> str:
+        """A sha256 of what the vectors and paths are, cheap to take: a sharded store's shards by the checksums
+        its manifest recorded when they were written; other files (an older store's, an emb/meta folder's) by
+        name, size and modification time. Whatever rewrites them changes it."""
+        manifest = self._store.manifest if self._store is not None else {}
+        if manifest.get("shards"):
+            what: Any = [[s.get(k) for k in ("name", "rows", "emb_sha256", "meta_sha256")] for s in manifest["shards"]]
+        else:
+            files = [*self.rows.files, *self._meta] + ([self.root / MANIFEST_FILE] if self._store is not None else [])
+            what = []
+            for f in files:
+                st = os.stat(f)
+                what.append([f.name, st.st_size, st.st_mtime_ns])
+        return hashlib.sha256(json.dumps([self.kind, self.dim, what]).encode()).hexdigest()
 
     def iter_paths(self) -> Iterator[str]:
         """One path per row, in row order, read part by part (never the whole list at once): the store's absolute
