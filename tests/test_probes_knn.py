@@ -151,3 +151,20 @@ def test_knn_classifies_clusters():
     for kind in ("flat", "hnsw"):
         pred = knn_scores(X[:500], y[:500], Xt, k=10, kind=kind, num_classes=12).argmax(1)
         assert np.mean(pred == yt) > 0.95
+
+
+def test_row_paths_of_any_count_round_trip_byte_for_byte(tmp_path):
+    import os
+
+    from vggfeat.index.row_paths import RowPaths, write_row_paths
+
+    odd = [os.fsdecode(b"caf\xe9.jpg"), "line\nbreak.jpg", "", "plain.jpg", "é/ü.png"]
+    for n in (0, 1, 5):
+        folder = tmp_path / str(n)
+        folder.mkdir()
+        size = write_row_paths(folder, iter(odd[:n]), n)
+        paths = RowPaths(folder, n, size, "rebuild")
+        # before: an empty index's row paths failed to open (a ValueError unpacking a missing offset)
+        assert len(paths) == n and list(paths) == odd[:n] and paths[:] == odd[:n]
+        assert [os.fsencode(p) for p in paths.lookup(range(n)[::-1])] == [os.fsencode(p) for p in odd[:n][::-1]]
+        paths.close()

@@ -115,9 +115,13 @@ class RowPaths(Sequence[str]):
                 f"{self._offsets_path}: {shape} {dtype} ({have} bytes) is not the {self.rows + 1} offsets of "
                 f"{self.rows} rows; {fix}"
             )
-        first, last = self._bounds(0)[0], self._bounds(self.rows - 1)[1] if self.rows else 0
+        first, last = (self._bounds(0)[0], self._bounds(self.rows - 1)[1]) if self.rows else (self._offset(0), 0)
         if (first, last) != (0, size):
             raise RowPathsError(f"{self._offsets_path}: offsets run {first}..{last}, not 0..{size}; {fix}")
+
+    def _offset(self, i: int) -> int:
+        raw = os.pread(self._offsets.fileno(), _OFFSET.itemsize, self._start + i * _OFFSET.itemsize)
+        return int(np.frombuffer(raw, _OFFSET)[0])
 
     def _bounds(self, i: int) -> tuple[int, int]:
         """Byte range of row i's path in row_paths.bin."""
