@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vggfeat.errors import InputError
+from vggfeat.utils.files import NotRegularFileError, open_regular
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 MAX_MEMBER_BYTES = 256 << 20  # a member (and a sample's members together) larger than this is refused unread
@@ -230,15 +231,14 @@ def iter_tar_samples(
     url = os.fspath(url)
     exts = frozenset(e.lower().lstrip(".") for e in image_exts)
     try:
-        fd = os.open(url, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO opens without waiting for a writer
+        f = open_regular(url)  # a FIFO opens without waiting for a writer, and is refused
+    except NotRegularFileError:
+        yield TarProblem("", url, "not a regular file (a FIFO, device or folder); give tar files")
+        return
     except OSError as e:
         yield TarProblem("", url, f"cannot open the tar: {e.strerror}")
         return
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        yield TarProblem("", url, "not a regular file (a FIFO, device or folder); give tar files")
-        return
-    with os.fdopen(fd, "rb") as f:
+    with f:
         yield from _read_stream(f, url, exts, max_member_bytes)
 
 

@@ -5,11 +5,12 @@ name instead of blocking the command forever."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import stat
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from vggfeat.errors import DatasetError
 
@@ -154,7 +155,7 @@ class NotRegularFileError(OSError):
     """A path that should be a regular file is a FIFO, a device, a folder..."""
 
 
-def open_regular(path: str | Path) -> BinaryIO:
+def open_regular(path: str | Path) -> io.BufferedReader:
     """`path` opened for binary reading, when it is a regular file. It is opened without blocking and checked on
     the open descriptor, so a FIFO (a plain open would wait for a writer) or a device is refused at once with a
     NotRegularFileError naming it, even if it replaced a regular file after an earlier check."""
@@ -197,21 +198,14 @@ def read_dataset_file(path: Path, what: str = "file", error: type[Exception] = D
     writer comes) or a device is refused at once, even if it replaced a regular file after a check. Every
     problem is an `error` naming the file."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with open_regular(path) as f:
+            return f.read()
     except FileNotFoundError:
         raise error(f"missing {what} {path}") from None
+    except NotRegularFileError as e:  # "PATH is a FIFO, not a regular file"
+        raise error(f"{what} {e}; put the file itself there") from None
     except OSError as e:
         raise error(f"{what} {path} is unreadable ({e.strerror or e})") from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise error(f"{what} {path} is {file_kind(mode)}, not a regular file; put the file itself there")
-        with open(fd, "rb", closefd=False) as f:
-            return f.read()
-    except OSError as e:
-        raise error(f"{what} {path} is unreadable ({e.strerror or e})") from None
-    finally:
-        os.close(fd)
 
 
 def read_dataset_text(path: Path, what: str = "file", error: type[Exception] = DatasetError) -> str:
