@@ -216,3 +216,19 @@ def test_a_store_row_whose_file_name_is_not_utf8_is_indexed_and_printed_byte_for
     # before: UnicodeEncodeError under a UTF-8 locale (surrogates not allowed); now the name's own bytes
     assert r.exit_code == 0, r.output
     assert os.path.join(os.fsencode(photos), names[0]) in r.output_bytes
+
+
+def test_an_index_whose_row_paths_are_in_index_json_still_searches(tmp_path):
+    import json
+
+    folder = tmp_path / "idx"
+    x = _save(folder, 0, "old")
+    meta = json.loads((folder / "index.json").read_text())
+    meta["paths"] = [f"old_{i}.jpg" for i in range(len(x))]  # how indices were written before row_paths.bin
+    del meta["row_paths"]
+    (folder / "index.json").write_text(json.dumps(meta))
+    (folder / "row_paths.bin").unlink()
+    (folder / "row_offsets.npy").unlink()
+    np.save(tmp_path / "q.npy", x[3:4])
+    r = CliRunner().invoke(main.cli, ["index", "search", str(folder), "--vectors", str(tmp_path / "q.npy"), "-k", "1"])
+    assert r.exit_code == 0 and "old_3.jpg" in r.output, r.output

@@ -177,11 +177,15 @@ def search(index_dir, images, vectors, k, as_json, device, batch_size, workers, 
     if not meta.get("ondisk"):  # memory-mapped lists stay on the CPU
         idx = to_gpus(idx, faiss_gpus(device))
     scores, ids = knn_search(idx, q, min(k, len(meta["paths"])))
+    # every result row's path in one pass over the row-path files (a list for an index written before them)
+    hits = sorted({int(i) for i in ids.ravel() if i >= 0})
+    rows = meta["paths"]
+    row_path = dict(zip(hits, rows.lookup(hits) if hasattr(rows, "lookup") else [rows[i] for i in hits], strict=True))
     results: list[dict[str, Any]] = [
         {
             "query": label,
             "results": [
-                {"rank": r, "score": float(s), "path": meta["paths"][i], "row": int(i)}
+                {"rank": r, "score": float(s), "path": row_path[int(i)], "row": int(i)}
                 for r, (s, i) in enumerate(zip(row_s, row_i, strict=False), 1)
                 if i >= 0
             ],
