@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -68,18 +69,26 @@ class NpyRows:
             yield self.read(lo, min(lo + rows, stop))
 
 
+def read_npy_header(f: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran order, dtype) from the header of the .npy file open at its start, leaving `f` at the first
+    data byte. numpy's own parser, at most its 10,000 header bytes; it raises ValueError, SyntaxError, EOFError
+    and more on a damaged header (a caller catches Exception)."""
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+    if read is None:
+        raise ValueError(f".npy format version {version}")
+    shape, fortran, dtype = read(f)
+    return shape, fortran, dtype
+
+
 def open_npy_rows(path: str | Path, error: Callable[[str], Exception], fix: str) -> NpyRows:
     """The rows of .npy file `path`, its header checked: a C-order 2-D float16/32/64 array whose data the file
     holds whole. Anything else raises `error(message)`, the message naming the file and ending with `fix`."""
     path = Path(path)
-    fmt = np.lib.format
     try:
         with open_regular(path) as f:  # a FIFO is refused, not waited on
-            version = fmt.read_magic(f)
-            read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
-            if read is None:
-                raise ValueError(f".npy format version {version}")
-            shape, fortran, dtype = read(f)  # the header only, at most numpy's 10,000 bytes of it
+            shape, fortran, dtype = read_npy_header(f)
             offset = f.tell()
             size = os.fstat(f.fileno()).st_size
     except NotRegularFileError as e:

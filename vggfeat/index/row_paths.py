@@ -20,6 +20,7 @@ from typing import overload
 import numpy as np
 
 from vggfeat.errors import VggfeatError
+from vggfeat.features.npy_rows import read_npy_header
 from vggfeat.utils.files import NotRegularFileError, open_regular
 
 PATHS_FILE, OFFSETS_FILE = "row_paths.bin", "row_offsets.npy"
@@ -101,9 +102,7 @@ class RowPaths(Sequence[str]):
         if size != paths_bytes:
             raise RowPathsError(f"{self._data_path}: {size} bytes but {paths_bytes} were written; {fix}")
         try:
-            version = np.lib.format.read_magic(self._offsets)
-            read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-            shape, fortran, dtype = read[version](self._offsets)
+            shape, fortran, dtype = read_npy_header(self._offsets)
         except Exception as e:  # numpy's header parser raises ValueError, SyntaxError, tokenize errors, ...
             raise RowPathsError(f"{self._offsets_path}: unreadable header ({type(e).__name__}); {fix}") from None
         self._start = self._offsets.tell()
