@@ -114,7 +114,7 @@ class RowPaths(Sequence[str]):
                 f"{self._offsets_path}: {shape} {dtype} ({have} bytes) is not the {self.rows + 1} offsets of "
                 f"{self.rows} rows; {fix}"
             )
-        first, last = (self._bounds(0)[0], self._bounds(self.rows - 1)[1]) if self.rows else (self._offset(0), 0)
+        first, last = self._offset(0), self._offset(self.rows)
         if (first, last) != (0, size):
             raise RowPathsError(f"{self._offsets_path}: offsets run {first}..{last}, not 0..{size}; {fix}")
 
