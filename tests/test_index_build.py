@@ -374,3 +374,39 @@ def test_blocks_of_vectors_rewritten_since_are_never_merged_into_the_index(tmp_p
     index, meta = load_index(tmp_path / "disk")
     faiss.ParameterSpace().set_index_parameters(index, "nprobe=32")
     assert (index.search(y[[5, 2999]], 1)[1].ravel() == [5, 2999]).all()
+
+
+def _refused(src, out, *args):
+    """The one error line of a build that must be refused."""
+    r = CliRunner().invoke(main.cli, ["index", "build", str(src), "-o", str(out), "--device", "cpu", *args])
+    errors = [line for line in r.output.splitlines() if line.startswith("Error: ")]
+    assert r.exit_code == 1 and len(errors) == 1 and "Traceback" not in r.output, r.output
+    return errors[0]
+
+
+def test_blocks_trained_at_another_budget_are_refused_and_the_merge_reports_the_rows_it_trained_on(tmp_path):
+    x = vectors(3000, 16, seed=3)
+    src = emb_meta(tmp_path / "v", x, files=3)
+    args = ["--factory", "IVF32,Flat", "--queries", "100", "--block-rows", "500"]
+    build(src, tmp_path / "disk", *args, "--max-memory", "10KB", "--part", "0/2")  # trains on 960 rows
+    # 100KB samples 1,050 training rows: before, the merge reused the 960-row trained.index and reported 1,050
+    error = _refused(src, tmp_path / "disk", *args, "--max-memory", "100KB")
+    assert "holds blocks of another build (train_rows 960 -> 1050 (--max-memory))" in error
+    assert not (tmp_path / "disk").exists()
+    build(src, tmp_path / "disk", *args, "--max-memory", "60KB")  # another budget, the same 960 training rows
+    meta = json.loads((tmp_path / "disk" / "index.json").read_text())
+    assert meta["build"]["train_rows"] == 960 and meta["build"]["max_memory"] == 60 << 10
+
+
+def test_blocks_trained_on_a_gpu_are_refused_by_a_merge_on_the_cpu(tmp_path, monkeypatch):
+    x = vectors(3000, 16, seed=4)
+    src = emb_meta(tmp_path / "v", x, files=3)
+    args = ["--factory", "IVF32,Flat", "--queries", "100", "--block-rows", "500", "--max-memory", "10KB"]
+    with monkeypatch.context() as m:  # a part whose k-means ran on a GPU (here, faiss's CPU k-means stands in)
+        m.setattr(build_mod.gpu, "faiss_gpus", lambda device: [0])
+        m.setattr(build_mod.gpu, "train", lambda index, x, gpus: index.train(x))
+        build(src, tmp_path / "disk", *args, "--part", "0/2")
+    # before: merged on the CPU into an index that index.json said was trained there
+    assert "holds blocks of another build (train_device 'gpu' -> 'cpu' (--device))" in _refused(
+        src, tmp_path / "disk", *args
+    )

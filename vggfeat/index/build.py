@@ -129,11 +129,13 @@ def build_index(
     block_rows = block_rows or budget_block_rows(budget, d)
     plan = plan_for_factory(factory, n, d, budget, block_rows) if factory else choose_index(n, d, budget, block_rows)
     gpus = gpu.faiss_gpus(device)
+    device_kind = "gpu" if gpus else "cpu"
     size = format_size(source.nbytes)
     echo(f"{source.root}: {n} x {d} vectors ({size}), budget {format_size(budget)}, blocks of {block_rows} rows")
     echo(f"{plan.factory}: {plan.reason}")
     k = min(recall_k, n)
     q_rows, t_rows = sample_rows(n, n_queries, plan.train_rows, seed)
+    n_train = int(len(t_rows)) if plan.train_rows else 0
     truth = ExactTopK(source.read_rows(q_rows), k)
     if part is not None and not plan.ondisk:
         raise InputError(
@@ -146,9 +148,12 @@ def build_index(
     else:
         folder = ondisk.blocks_dir(out)
         n_blocks = math.ceil(n / block_rows)
-        settings = {"factory": plan.factory, "rows": n, "dim": d, "block_rows": block_rows, "seed": seed}
+        # everything trained.index and the blocks depend on: the training sample (its size is set by the budget),
+        # where its k-means ran (a GPU's centroids are not the CPU's), the queries of the kept exact top-K
+        settings = {"factory": plan.factory, "metric": "ip", "rows": n, "dim": d, "block_rows": block_rows}
+        settings.update(seed=seed, train_rows=n_train, train_device=device_kind, queries=len(q_rows), k=k)
         source_id = {"source": str(source.root.resolve()), "source_identity": source.identity()}
-        ondisk.check_plan(folder, {**settings, "queries": len(q_rows), "k": k, **source_id})
+        ondisk.check_plan(folder, {**settings, **source_id})
         with ondisk.waiting_lock(folder / ondisk.TRAINED_FILE):  # one part trains, the others wait and read it
             if not (folder / ondisk.TRAINED_FILE).is_file():
                 ondisk.write_index(_train(source, plan, t_rows, gpus), folder / ondisk.TRAINED_FILE)
@@ -187,10 +192,10 @@ def build_index(
         "build": {
             "max_memory": budget,
             "block_rows": block_rows,
-            "train_rows": int(len(t_rows)) if plan.train_rows else 0,
+            "train_rows": n_train,
             "seconds": round(time.perf_counter() - t0, 2),
             "peak_rss": peak_rss(),
-            "device": "gpu" if gpus else "cpu",
+            "device": device_kind,
         },
     }
     save_index(index, out, meta, paths=source.iter_paths(), ivfdata=ivfdata)

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 IVFDATA_FILE = "index.ivfdata"
 PLAN_FILE, TRAINED_FILE = "plan.json", "trained.index"
+# the `index build` option that sets a plan field whose name does not say it
+SET_BY = {"train_rows": "--max-memory", "train_device": "--device", "k": "--recall-k", "queries": "--queries"}
 
 
 def blocks_dir(out: str | Path) -> Path:
@@ -48,13 +50,17 @@ def check_plan(folder: Path, plan: dict[str, Any]) -> None:
                 "files' checksums, sizes or times differ); remove that folder to build from the vectors as they are"
             )
         if differ:
-            diff = ", ".join(f"{k} {old.get(k)!r} -> {plan.get(k)!r}" for k in differ)
+            diff = ", ".join(f"{k} {old.get(k)!r} -> {plan.get(k)!r}" + _set_by(k) for k in differ)
             raise InputError(
                 f"{folder} holds blocks of another build ({diff}); use the same settings, or remove that folder"
             )
         return
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, plan)
+
+
+def _set_by(field: str) -> str:
+    return f" ({SET_BY[field]})" if field in SET_BY else ""
 
 
 def waiting_lock(folder: Path) -> contextlib.AbstractContextManager[None]:
