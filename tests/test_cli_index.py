@@ -232,3 +232,61 @@ def test_an_index_whose_row_paths_are_in_index_json_still_searches(tmp_path):
     np.save(tmp_path / "q.npy", x[3:4])
     r = CliRunner().invoke(main.cli, ["index", "search", str(folder), "--vectors", str(tmp_path / "q.npy"), "-k", "1"])
     assert r.exit_code == 0 and "old_3.jpg" in r.output, r.output
+
+
+def _pngs(folder, n):
+    from PIL import Image
+
+    folder.mkdir()
+    for k in range(n):
+        pixels = np.random.default_rng(k).integers(0, 256, (64, 80, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"img{k}.png")
+    return folder
+
+
+def test_image_queries_on_a_random_net_store_are_described_with_the_stores_seed(tmp_path):
+    import json
+
+    photos = _pngs(tmp_path / "photos", 3)
+    run = CliRunner().invoke
+    net = ["--model", "timm:test_resnet", "--weights", "random", "--seed", "3", "--scales", "64", "--workers", "0"]
+    assert run(main.cli, ["extract", str(photos), "-o", str(tmp_path / "st"), *net, "--quiet"]).exit_code == 0
+    assert run(main.cli, ["index", "build", str(tmp_path / "st"), "-o", str(tmp_path / "ix")]).exit_code == 0
+    search = ["index", "search", str(tmp_path / "ix"), str(photos / "img1.png"), "-k", "1", "--workers", "0", "--json"]
+    # before: described by the net of seed 0 (the option's default), another net than the indexed rows'
+    for seed in ([], ["--seed", "3"]):
+        r = run(main.cli, [*search, *seed])
+        assert r.exit_code == 0, r.output
+        hit = json.loads(r.output)["queries"][0]["results"][0]
+        assert hit["path"] == str(photos / "img1.png") and hit["score"] == pytest.approx(1.0, abs=1e-4)
+    r = run(main.cli, [*search, "--seed", "0"])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "made with --seed 3" in r.output and "--seed 0" in r.output
+    assert load_index(tmp_path / "ix")[1]["features"]["seed"] == 3
+
+
+def test_image_queries_on_a_gpu_decoded_store_are_refused_on_the_cpu(tmp_path):
+    import json
+
+    from helpers import TINY
+
+    import vggfeat
+
+    weights = vggfeat.save_weights(vggfeat.create_model("vgg_a", seed=0, **TINY), tmp_path / "w.safetensors")
+    store = _store(tmp_path / "s")
+    np.save(store / "features.npy", _rows(0, n=4, d=32))
+    manifest = {
+        "paths": [f"{i}.jpg" for i in range(4)],
+        "models": [{"model": "vgg_a", "weights": str(weights)}],
+        **{"layer": "fc7", "scales": [64], "flip": True, "aggregate": "mean", "l2": True},
+        "settings": {"gpu_decode": True},  # JPEGs decoded on the GPU: other pixels than PIL's
+    }
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    assert CliRunner().invoke(main.cli, ["index", "build", str(store), "-o", str(tmp_path / "ix")]).exit_code == 0
+    _pngs(tmp_path / "q", 1)
+    cmd = ["index", "search", str(tmp_path / "ix"), str(tmp_path / "q"), "--device", "cpu", "--workers", "0"]
+    r = CliRunner().invoke(main.cli, cmd)
+    # before: described from PIL's pixels on the CPU, not the GPU decoder's the rows were made from
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "--gpu-decode" in r.output and "--vectors" in r.output
+    assert load_index(tmp_path / "ix")[1]["features"]["gpu_decode"] is True

@@ -5,6 +5,7 @@ and protocol (retrieval with the paper's descriptors) or with query vectors."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +142,12 @@ def info(index_dir) -> None:
 @device_option(more="Query images are described there, and faiss searches on its GPUs (auto: all it sees).")
 @batch_size_option()
 @workers_option()
-@click.option("--seed", default=0, show_default=True, help="Seed of a random net (stores made without weights).")
+@click.option(
+    "--seed",
+    default=None,
+    type=int,
+    help="Seed of the store's random net (made without weights) [default: the one index.json records, else 0].",
+)
 def search(index_dir, images, vectors, k, as_json, device, batch_size, workers, seed) -> None:
     """Print each query's K nearest indexed rows with their similarity. Queries: IMAGES (files, folders, @lists)
     described exactly as the indexed store was made, or the rows of --vectors."""
@@ -217,10 +223,14 @@ def describe_queries(index_dir, meta, images, runtime: Runtime, seed):
         )
     # the store's protocol, rebuilt from index.json; queries are described in memory (no temporary store)
     protocol = Protocol.from_dict(f)
+    recorded_in = Path(index_dir) / "index.json"
+    seed = recorded_seed(f, seed, recorded_in)
+    if f.get("gpu_decode"):
+        runtime = gpu_decoding(runtime, recorded_in)
     try:
         paths = [str(p) for p in find_input_images(images)]
         # the weights now at each recorded path must be the ones the indexed rows were made with (sha256 checked)
-        specs = [recorded_net(m, Path(index_dir) / "index.json") for m in f["models"]]
+        specs = [recorded_net(m, recorded_in) for m in f["models"]]
         nets = [build_feature_net(spec, protocol.layer, seed) for spec in specs]
     except FileNotFoundError as e:  # VggfeatError is shown by LazyGroup; other exceptions are bugs
         raise click.ClickException(str(e)) from None
@@ -228,3 +238,26 @@ def describe_queries(index_dir, meta, images, runtime: Runtime, seed):
     if not len(rows):
         raise no_usable_image(images, paths, skipped)
     return q, [paths[i] for i in rows.tolist()], skipped, paths
+
+
+def recorded_seed(features: dict, seed: int | None, recorded_in: Path) -> int:
+    """The seed of the store's random nets: the one recorded (another --seed would describe the queries with
+    another net than the rows), else --seed or 0 (an index built before the seed was recorded)."""
+    if "seed" not in features:
+        return 0 if seed is None else seed
+    if seed is not None and seed != features["seed"]:
+        raise click.ClickException(
+            f"{recorded_in}: its store was made with --seed {features['seed']} (a random net); --seed {seed} would "
+            "describe the queries with another net than the indexed rows: drop --seed"
+        )
+    return int(features["seed"])
+
+
+def gpu_decoding(runtime: Runtime, recorded_in: Path) -> Runtime:
+    """`runtime` decoding JPEGs on the GPU, as the store's were: PIL's pixels differ, and so would the queries."""
+    if runtime.torch_device().type != "cuda":
+        raise click.ClickException(
+            f"{recorded_in}: its store was extracted with --gpu-decode (JPEGs decoded on a GPU, not PIL's pixels); "
+            "describe the query images on a CUDA GPU (--device cuda), or search with --vectors"
+        )
+    return replace(runtime, gpu_decode=True)

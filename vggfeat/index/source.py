@@ -26,6 +26,8 @@ from vggfeat.utils.files import NotRegularFileError, check_regular, open_regular
 
 PATH_BATCH_ROWS = 1 << 15  # meta rows read at a time
 STORE_KEYS = ("models", "layer", "scales", "flip", "aggregate", "l2", "l2_parts", "snap", "fast_decode")
+# the store's settings that also decide its descriptors, when present: a random net's seed, GPU-decoded pixels
+SETTINGS_KEYS = ("seed", "gpu_decode")
 REWRITE = "rewrite that file"
 
 
@@ -45,7 +47,7 @@ class VectorSource:
     root: Path
     kind: str  # "store" or "emb_meta"
     rows: ShardRows
-    features: dict[str, Any] = field(default_factory=dict)  # a store's protocol, for image queries
+    features: dict[str, Any] = field(default_factory=dict)  # how a store's rows were made, for image queries
     _meta: list[Path] = field(default_factory=list)
     _store: Any = None  # a vggfeat FeatureStore: its absolute paths, read on first use
 
@@ -131,7 +133,10 @@ def open_source(root: str | Path) -> VectorSource:
         for s in range(len(rows.files)):  # every shard's header, checked now rather than hours in
             rows.part(s)
         # paths are read when the index is saved, shard by shard: the parts of a split build never read them
-        return VectorSource(root, "store", rows, features={k: fs.manifest.get(k) for k in STORE_KEYS}, _store=fs)
+        settings = fs.manifest.get("settings") or {}
+        features = {k: fs.manifest.get(k) for k in STORE_KEYS}
+        features.update((k, settings[k]) for k in SETTINGS_KEYS if k in settings)
+        return VectorSource(root, "store", rows, features=features, _store=fs)
     if is_emb_meta(root):
         embs = sorted((root / "emb").glob("*.npy"), key=_natural)
         metas = sorted((root / "meta").glob("*.parquet"), key=_natural)
