@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from click.testing import CliRunner
 import vggfeat
 from vggfeat.cli.main import cli
 from vggfeat.data.folder import scan_folder
-from vggfeat.data.stats import pixel_stats
+from vggfeat.data.stats import cached_stats, pixel_stats
 from vggfeat.data.synthetic import generate_synthetic
 from vggfeat.evaluate import evaluate_nets
 
@@ -107,6 +108,49 @@ def test_mean_rgb_with_workers_and_batches_equals_the_sums_by_hand(tmp_path):
         )
         assert got["images"] == len(paths) - 1 and len(got["skipped"]) == 1 and str(bad) in got["skipped"][0]
     assert len(px) > len(good)
+
+
+def _mean_rgb(root: Path, *args: str) -> tuple[list[float], str]:
+    """The mean `vggfeat mean-rgb ROOT ARGS` prints (to its 3 decimals) and its output."""
+    res = CliRunner().invoke(cli, ["mean-rgb", str(root), "--device", "cpu", *args])
+    assert res.exit_code == 0, res.output
+    first = res.output.splitlines()[0]  # "mean RGB: r, g, b  (N images)"
+    return [float(v) for v in first.split(":")[1].split("(")[0].split(",")], res.output
+
+
+def test_mean_rgb_cache_is_reused_only_for_the_same_images_and_settings(tmp_path, monkeypatch):
+    from vggfeat.data import stats
+
+    root = generate_synthetic(tmp_path / "d", classes=3, per_class=4, seed=2)
+    paths = scan_folder(root / "train").paths
+    full = pixel_stats(paths)["mean"]
+    two, out = _mean_rgb(root, "--max-images", "2")
+    assert two == pytest.approx(pixel_stats(paths[:2])["mean"], abs=1e-3) and "(2 images)" in out
+    mean, out = _mean_rgb(root)  # all images: the 2-image estimate is not the answer
+    assert mean == pytest.approx(full, abs=1e-3) and "(12 images)" in out and "computed" in out
+
+    computed = []
+    monkeypatch.setattr(stats, "_stats", lambda *a, **k: computed.append(1))  # any computation fails the test
+    before = (root / "mean_rgb.json").stat().st_mtime_ns
+    mean, out = _mean_rgb(root)  # nothing changed: read back, not recomputed
+    assert mean == pytest.approx(full, abs=1e-3) and f"reused {root}/mean_rgb.json" in out
+    assert computed == [] and (root / "mean_rgb.json").stat().st_mtime_ns == before
+    monkeypatch.undo()
+
+    other = generate_synthetic(tmp_path / "other", classes=3, per_class=4, seed=5)  # same names, other pixels
+    shutil.rmtree(root / "train")
+    shutil.copytree(other / "train", root / "train")
+    new_paths = scan_folder(root / "train").paths
+    assert [p.name for p in new_paths] == [p.name for p in paths]
+    want = pixel_stats(new_paths)["mean"]
+    assert want != pytest.approx(full, abs=1e-3)
+    assert cached_stats(root, new_paths)["mean"] == pytest.approx(want)  # as training asks for it
+    assert _mean_rgb(root)[0] == pytest.approx(want, abs=1e-3)
+
+    key_less = {k: v for k, v in json.loads((root / "mean_rgb.json").read_text()).items() if k != "key"}
+    (root / "mean_rgb.json").write_text(json.dumps({**key_less, "mean": [1.0, 2.0, 3.0]}))  # an older file
+    assert cached_stats(root)["mean"] == pytest.approx(want)  # not trusted: recomputed and rewritten
+    assert json.loads((root / "mean_rgb.json").read_text())["mean"] == pytest.approx(want)
 
 
 def test_train_without_recipe_lists_shipped_recipes():

@@ -373,8 +373,8 @@ def test_timm_backbone_through_the_cli(tmp_path):
 
 
 def test_rows_for_matches_resolved_paths_then_unique_tails(tmp_path, monkeypatch):
-    from vggfeat.features.inputs import input_identities
     from vggfeat.features.store import FeatureStore, StoreError
+    from vggfeat.utils.inputs import input_identities
 
     monkeypatch.chdir(tmp_path)
     for name in ("imgs/a/1.jpg", "data/b/2.jpg", "x/c/3.jpg", "y/c/3.jpg", "data/c/3.jpg"):

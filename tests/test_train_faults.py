@@ -171,7 +171,7 @@ def test_mean_rgb_skips_unreadable_images_and_names_broken_roots(tmp_path):
     (bare / "mean_rgb.json").write_text("{not json")
     res = CliRunner().invoke(cli, ["mean-rgb", str(bare)])
     assert res.exit_code == 1 and "Traceback" not in res.output, res.output
-    assert f"Error: {bare}/mean_rgb.json: not valid JSON" in res.output and "no train/ folder" in res.output
+    assert f"Error: {bare} has no train/ folder to check {bare}/mean_rgb.json against" in res.output
     (bare / "mean_rgb.json").unlink()
     res = CliRunner().invoke(cli, ["mean-rgb", str(bare)])
     assert res.exit_code == 1 and f"{bare} has no train/ folder" in res.output, res.output

@@ -338,6 +338,10 @@ def test_mean_rgb_of_shards_equals_that_of_the_folder_and_follows_the_shards(tmp
     assert cached_tar_stats(tmp_path, urls)["mean"] == got["mean"]  # read back
     fewer = cached_tar_stats(tmp_path, urls[:1])  # other shards, same folder: computed afresh
     assert fewer["images"] == 30 and fewer["mean"] != got["mean"]
+    small = cached_tar_stats(tmp_path, urls[:1], min_side=16)  # decoded smaller (JPEG draft): other pixels
+    (tmp_path / "fresh").mkdir()
+    want = cached_tar_stats(tmp_path / "fresh", urls[:1], min_side=16)
+    assert small["pixels"] == want["pixels"] < fewer["pixels"] and small["mean"] == want["mean"]
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")

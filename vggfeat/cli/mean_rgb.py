@@ -12,7 +12,9 @@ from vggfeat.data.stats import CACHE_NAME, cached_stats
 @click.command("mean-rgb")
 @click.argument("root", type=click.Path(exists=True, file_okay=False))
 @click.option("--max-images", type=int, default=0, help="Use the first N training images only (0: all).")
-@click.option("--refresh", is_flag=True, help="Recompute even if ROOT/mean_rgb.json exists.")
+@click.option(
+    "--refresh", is_flag=True, help="Recompute even if ROOT/mean_rgb.json holds the statistics of the same images."
+)
 @device_option(more="The pixel sums are accumulated there, in float64.")
 @batch_size_option(help="Images whose pixels are summed together.")
 @workers_option()
@@ -31,4 +33,7 @@ def mean_rgb(root: str, max_images: int, refresh: bool, device: str, batch_size:
     click.echo(f"eigval:   {', '.join(f'{v:.4f}' for v in s['eigval'])}")
     for row in s["eigvec"]:
         click.echo(f"eigvec:   {', '.join(f'{v:+.4f}' for v in row)}")
-    click.echo(f"cached in {root}/{CACHE_NAME}")
+    if s["reused"]:
+        click.echo(f"reused {root}/{CACHE_NAME} (same images, sizes, mtimes and settings; --refresh recomputes)")
+    else:
+        click.echo(f"computed; cached in {root}/{CACHE_NAME}")

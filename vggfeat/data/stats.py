@@ -19,6 +19,7 @@ from vggfeat.errors import VggfeatError
 from vggfeat.utils.cpus import share_cpus, worker_init
 from vggfeat.utils.device import resolve_device
 from vggfeat.utils.files import atomic_write_json, read_json
+from vggfeat.utils.inputs import listing_digest
 
 from .folder import scan_folder
 from .images import ImageError, decode_rgb, load_rgb
@@ -149,47 +150,52 @@ def cached_stats(
     *,
     refresh: bool = False,
     max_images: int = 0,
+    min_side: int = 256,
     device: str | torch.device = "cpu",
     batch_size: int = defaults.BATCH_SIZE,
     workers: int = 0,
 ) -> dict[str, Any]:
-    """Stats of `root`/train from `root`/mean_rgb.json, computed and cached if missing; a broken cache is
-    recomputed (with a warning) when `root`/train is there to recompute it from."""
+    """pixel_stats of `paths` (default: the images of `root`/train), cached as `root`/mean_rgb.json under a key
+    of all they depend on: max_images, min_side, and a digest of the images used with their sizes and mtimes.
+    A cache of other images or settings, a broken one, or one without a key is recomputed and replaced;
+    `reused` in the result says whether it was read from the cache."""
     root = Path(root)
-    cache = root / CACHE_NAME
+    paths = list(_train_paths(root) if paths is None else paths)
+    paths = paths[:max_images] if max_images > 0 else paths
+    key = {
+        "max_images": max_images,
+        "min_side": min_side,
+        "n_images": len(paths),
+        "images_sha256": listing_digest([os.path.abspath(p) for p in paths]),  # however `root` is spelled
+    }
+    compute = functools.partial(
+        pixel_stats, paths, min_side=min_side, device=device, batch_size=batch_size, workers=workers
+    )
+    return _reuse_or_compute(root / CACHE_NAME, key, compute, refresh)
+
+
+def _train_paths(root: Path) -> Sequence[Path]:
     train = root / "train"
-    if cache.exists() and not refresh:
-        try:
-            return _read_cache(cache)
-        except StatsError as e:
-            if paths is None and not train.is_dir():
-                raise StatsError(f"{e}, and {root} has no train/ folder to recompute it from") from None
-            log.warning("%s; recomputing it", e)
-    if paths is None:
-        if not train.is_dir():
-            raise StatsError(f"{root} has no train/ folder (expected {train}/<class>/<image>); give the dataset root")
-        try:
-            paths = scan_folder(train).paths
-        except ValueError as e:  # no class folders or no images
-            raise StatsError(str(e)) from None
-    stats = pixel_stats(paths, max_images=max_images, device=device, batch_size=batch_size, workers=workers)
-    atomic_write_json(cache, stats)
-    return stats
+    if not train.is_dir():
+        cache = f" to check {root / CACHE_NAME} against" if (root / CACHE_NAME).exists() else ""
+        raise StatsError(
+            f"{root} has no train/ folder{cache} (expected {train}/<class>/<image>); give the dataset root"
+        )
+    try:
+        return scan_folder(train).paths
+    except ValueError as e:  # no class folders or no images
+        raise StatsError(str(e)) from None
 
 
 def cached_tar_stats(folder: str | Path, shards: Sequence[str], *, min_side: int = 256) -> dict[str, Any]:
     """pixel_stats of every image in tar `shards` (streamed), cached as `folder`/mean_rgb.json - the run folder,
-    as shards are often shared and read-only - with the shards' names, sizes and mtimes, so other shards (a run
-    folder reused with --overwrite) are computed afresh rather than given another dataset's mean."""
-    cache = Path(folder) / CACHE_NAME
-    key = [[os.path.basename(u), (st := os.stat(u)).st_size, st.st_mtime_ns] for u in shards]
-    if cache.exists():
-        try:
-            stats = _read_cache(cache)
-            if stats.get("shards") == key:
-                return stats
-        except StatsError as e:
-            log.warning("%s; recomputing it", e)
+    as shards are often shared and read-only - under a key of min_side and the shards' names, sizes and mtimes,
+    so other shards (a run folder reused with --overwrite) are computed afresh rather than given another
+    dataset's mean."""
+    key = {
+        "min_side": min_side,
+        "shards": [[os.path.basename(u), (st := os.stat(u)).st_size, st.st_mtime_ns] for u in shards],
+    }
 
     def images() -> Iterator[Callable[[], Image.Image]]:
         for url in shards:
@@ -198,9 +204,25 @@ def cached_tar_stats(folder: str | Path, shards: Sequence[str], *, min_side: int
                     name = f"{item.url}:{item.image_member}"
                     yield functools.partial(decode_rgb, item.data, name, min_side=min_side)
 
-    stats = {**_stats(images()), "shards": key}
+    return _reuse_or_compute(Path(folder) / CACHE_NAME, key, lambda: _stats(images()))
+
+
+def _reuse_or_compute(
+    cache: Path, key: dict[str, Any], compute: Callable[[], dict[str, Any]], refresh: bool = False
+) -> dict[str, Any]:
+    """The statistics in `cache` if they were computed under `key`; else `compute()`'s, written there with it."""
+    if cache.exists() and not refresh:
+        try:
+            stats = _read_cache(cache)
+        except StatsError as e:
+            log.warning("%s; recomputing it", e)
+        else:
+            if stats.get("key") == key:
+                return {**stats, "reused": True}
+            log.info("%s was computed from other images or settings; recomputing it", cache)
+    stats = {**compute(), "key": key}
     atomic_write_json(cache, stats)
-    return stats
+    return {**stats, "reused": False}
 
 
 def _read_cache(cache: Path) -> dict[str, Any]:

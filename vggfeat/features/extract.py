@@ -28,11 +28,12 @@ from vggfeat.data.tar_shards import TarProblem, iter_tar_samples
 from vggfeat.errors import InputError, VggfeatError
 from vggfeat.utils.distributed import DistInfo, barrier, env_info, process_group
 from vggfeat.utils.files import atomic_write_json, sha256_json
+from vggfeat.utils.inputs import input_identities, listing_digest
 from vggfeat.utils.locks import FolderLockedError, folder_lock
 from vggfeat.utils.progress import progress_bar
 from vggfeat.weight_sources import RANDOM
 
-from . import chunk_files, inputs, shard_files
+from . import chunk_files, shard_files
 from . import store as fs
 from .engine import DescriptorEngine, describe_chunks
 from .loader import ImageInput
@@ -138,11 +139,7 @@ def _differences(old: dict, new: dict) -> list[str]:
 def _shard_identity(src: ShardSource, hash_inputs: bool) -> str:
     """A hash of what a shard is made from: its inputs' paths and identities (size, mtime_ns[, sha256]), or
     its tar's. A rerun redoes a shard whose inputs changed since it was written."""
-    paths = [src.tar] if src.tar is not None else list(src.paths)
-    ids = inputs.input_identities(paths, hash_inputs)
-    if hash_inputs:  # size and content: a file only touched is the same input
-        ids = [i if i is None else [i[0], i[2]] for i in ids]
-    return sha256_json([[os.fsencode(p).hex(), i] for p, i in zip(paths, ids, strict=True)])
+    return listing_digest([src.tar] if src.tar is not None else list(src.paths), hash_inputs)
 
 
 @dataclass
@@ -482,7 +479,7 @@ class _ShardWriter:
 
     def _files(self, src: ShardSource) -> tuple[np.ndarray, dict[str, list], list[dict], str | None]:
         paths = list(src.paths)
-        ids = inputs.input_identities(paths, self.hash_inputs)
+        ids = input_identities(paths, self.hash_inputs)
         rows: list[int] = []
         parts: list[np.ndarray] = []
         skipped: list[dict] = []

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from vggfeat.utils.files import load_json_file, open_regular, read_json
+from vggfeat.utils.inputs import input_identities, same_input
 
 from . import shard_files
-from .inputs import input_identities, same_input
 from .npy_rows import NpyRows, open_npy_rows
 from .store_layout import (
     BLOCK_ROWS,

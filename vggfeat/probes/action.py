@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vggfeat.benchmarks.voc_action import ActionSplit, sample_keys, write_box_crops
-from vggfeat.features.inputs import input_identities
 from vggfeat.features.runtime import Runtime
 from vggfeat.features.store import FeatureStore
 from vggfeat.probes.features import ExtractionSettings, cached_store, net_settings, stack_stores
+from vggfeat.utils.inputs import input_identities
 
 log = logging.getLogger(__name__)
 BOX_DIR = "boxes"  # OUT/boxes/crops: the person boxes as PNG files; OUT/boxes/features: their store

@@ -24,12 +24,12 @@ from vggfeat.benchmarks.registry import get_benchmark, load_benchmark
 from vggfeat.benchmarks.voc2012_action import IMAGE_AND_BOX, IMAGE_ONLY
 from vggfeat.benchmarks.voc_action import ActionProbeSplit
 from vggfeat.errors import InputError
-from vggfeat.features.inputs import input_identities
 from vggfeat.features.runtime import Runtime
 from vggfeat.probes.benchmark import LinearProbe, extraction_settings, features_key, probe_benchmark
 from vggfeat.probes.report import report_files
 from vggfeat.reproduce.report import write_table
 from vggfeat.utils.files import atomic_write_json
+from vggfeat.utils.inputs import input_identities
 from vggfeat.weight_sources import NAME_PREFIXES, RANDOM
 
 if TYPE_CHECKING:

@@ -1,8 +1,9 @@
-"""Which inputs a feature store was made from, beyond their paths: each file's size and modification time
-(and, on request, its sha256), so a rerun notices an image replaced at the same path.
+"""What a cached result was made from, beyond its inputs' paths: each file's size and modification time (and,
+on request, its sha256), so a rerun notices an image replaced at the same path.
 
-A changed input is re-extracted, not refused: each shard records its inputs' identities, and a rerun redoes
-the shards whose inputs changed (features.extract).
+A changed input is recomputed, not refused: a feature store's shards record their inputs' identities and a rerun
+redoes the shards whose inputs changed (features.extract); mean_rgb.json records
+a digest of its images' paths and identities (data.stats).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import os
 from collections.abc import Sequence
 
-from vggfeat.utils.files import sha256_file
+from vggfeat.utils.files import sha256_file, sha256_json
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,15 @@ def input_identities(paths: Sequence[str], content_hash: bool = False) -> list[I
         except OSError:
             out.append(None)  # reported as unreadable when it is decoded
     return out
+
+
+def listing_digest(paths: Sequence[str], content_hash: bool = False) -> str:
+    """A sha256 of the paths in order with each file's size and mtime (with `content_hash`, its size and sha256:
+    a file only touched is the same input). It changes when a file is added, removed, renamed or replaced."""
+    ids = input_identities(paths, content_hash)
+    if content_hash:
+        ids = [i if i is None else [i[0], i[2]] for i in ids]
+    return sha256_json([[os.fsencode(p).hex(), i] for p, i in zip(paths, ids, strict=True)])
 
 
 def same_input(old: Identity, new: Identity) -> bool:
