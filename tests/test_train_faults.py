@@ -181,6 +181,33 @@ def test_mean_rgb_skips_unreadable_images_and_names_broken_roots(tmp_path):
         pixel_stats(paths[:1])
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"mean": [float("nan")] * 3},
+        {"eigval": [float("inf"), 0.1, 0.01]},
+        {"eigval": [1.0, 0.1, -5.0]},
+        {"eigvec": [[1, 0, 0], [0, "x", 0], [0, 0, 1]]},
+        {"mean": ["a", "b", "c"]},
+        {"images": "many"},
+        {"images": None},
+    ],
+)
+def test_a_mean_rgb_cache_with_values_no_computation_gives_is_recomputed_never_trained_with(tmp_path, damage):
+    root = generate_synthetic(tmp_path / "d", classes=2, per_class=2, seed=3)
+    want = cached_stats(root)
+    cache = root / "mean_rgb.json"
+    stats = json.loads(cache.read_text())
+    stats.update(damage)
+    if damage.get("images", 0) is None:
+        del stats["images"]
+    cache.write_text(json.dumps(stats))  # its key still matches: only the values are wrong
+    got = cached_stats(root)
+    assert not got["reused"]
+    assert got["mean"] == pytest.approx(want["mean"]) and got["eigval"] == pytest.approx(want["eigval"])
+    assert json.loads(cache.read_text())["images"] == want["images"]  # and rewritten
+
+
 def test_full_disk_while_training_is_one_line(tmp_path, data, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")

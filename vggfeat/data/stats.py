@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -228,6 +229,21 @@ def _reuse_or_compute(
 def _read_cache(cache: Path) -> dict[str, Any]:
     stats = read_json(cache, StatsError, f"delete it or run `vggfeat mean-rgb {cache.parent} --refresh`")
     shapes = {"mean": (3,), "eigval": (3,), "eigvec": (3, 3)}
-    if not isinstance(stats, dict) or any(k not in stats or np.shape(stats[k]) != shape for k, shape in shapes.items()):
-        raise StatsError(f"{cache}: not a mean_rgb.json (needs mean, eigval and eigvec of RGB)")
+    if not isinstance(stats, dict) or any(not _real_array(stats.get(k), shape) for k, shape in shapes.items()):
+        raise StatsError(f"{cache}: not a mean_rgb.json (needs mean, eigval and eigvec of RGB, as finite numbers)")
+    images = stats.get("images")
+    if min(stats["eigval"]) < 0 or not (isinstance(images, int) and not isinstance(images, bool) and images > 0):
+        # what no computation gives (_stats clips the eigenvalues at 0 and counts the images it read)
+        raise StatsError(f"{cache}: its eigval or images are not pixel statistics (eigval >= 0, images >= 1)")
     return stats
+
+
+def _real_array(value: Any, shape: tuple[int, ...]) -> bool:
+    """Whether `value` (parsed JSON) is an array of `shape` of finite real numbers (json reads NaN and Infinity)."""
+    try:
+        if np.shape(value) != shape:
+            return False
+    except ValueError:  # ragged lists
+        return False
+    flat = np.ravel(np.array(value, dtype=object))
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in flat)
