@@ -93,6 +93,12 @@ class Runtime:
         return d
 
 
+def recorded_precision(settings: dict[str, Any]) -> str:
+    """The effective precision a store's settings (or an index's copy of them) record: bfloat16 where
+    `Runtime.identity` wrote it, else float32."""
+    return "bfloat16" if settings.get("precision") == "bfloat16" else "float32"
+
+
 def settings_from(
     protocol: Protocol | None,
     runtime: Runtime | None,

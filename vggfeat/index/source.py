@@ -21,6 +21,7 @@ import numpy as np
 
 from vggfeat.errors import VggfeatError
 from vggfeat.features.npy_rows import open_npy_rows
+from vggfeat.features.runtime import recorded_precision
 from vggfeat.features.store import FEATURES_FILE, MANIFEST_FILE, PLAN_FILE, ShardRows, load_store
 from vggfeat.utils.files import NotRegularFileError, check_regular, open_regular
 
@@ -45,7 +46,7 @@ class VectorSource:
     root: Path
     kind: str  # "store" or "emb_meta"
     rows: ShardRows
-    features: dict[str, Any] = field(default_factory=dict)  # a store's protocol, for image queries
+    features: dict[str, Any] = field(default_factory=dict)  # a store's protocol and precision, for image queries
     _meta: list[Path] = field(default_factory=list)
     _store: Any = None  # a vggfeat FeatureStore: its absolute paths, read on first use
 
@@ -131,7 +132,10 @@ def open_source(root: str | Path) -> VectorSource:
         for s in range(len(rows.files)):  # every shard's header, checked now rather than hours in
             rows.part(s)
         # paths are read when the index is saved, shard by shard: the parts of a split build never read them
-        return VectorSource(root, "store", rows, features={k: fs.manifest.get(k) for k in STORE_KEYS}, _store=fs)
+        features = {k: fs.manifest.get(k) for k in STORE_KEYS}
+        # what image queries are computed in (index search), as the store's rows were
+        features["precision"] = recorded_precision(fs.manifest.get("settings") or {})
+        return VectorSource(root, "store", rows, features=features, _store=fs)
     if is_emb_meta(root):
         embs = sorted((root / "emb").glob("*.npy"), key=_natural)
         metas = sorted((root / "meta").glob("*.parquet"), key=_natural)
