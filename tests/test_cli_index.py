@@ -290,3 +290,35 @@ def test_image_queries_on_a_gpu_decoded_store_are_refused_on_the_cpu(tmp_path):
     assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
     assert "--gpu-decode" in r.output and "--vectors" in r.output
     assert load_index(tmp_path / "ix")[1]["features"]["gpu_decode"] is True
+
+
+def test_image_queries_are_described_in_the_precision_of_the_indexed_store(tmp_path):
+    """A store computed in bf16 (--precision bfloat16, or auto on CUDA) records it, and `index search` describes
+    query images the same way on any device: an indexed image finds itself with the similarity 1, as in a
+    float32 store, instead of ~1 - 5e-5."""
+    import json
+
+    from helpers import TINY_GLOROT
+    from PIL import Image
+
+    import vggfeat
+
+    weights = vggfeat.save_weights(vggfeat.create_model("vgg_a", seed=0, **TINY_GLOROT), tmp_path / "w.safetensors")
+    images = tmp_path / "imgs"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(4):
+        Image.fromarray(rng.integers(0, 256, (64 + 8 * k, 72, 3), dtype=np.uint8)).save(images / f"i{k}.png")
+
+    def invoke(*args):
+        r = CliRunner().invoke(main.cli, [str(a) for a in args], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        return r.output
+
+    fast = ["--weights", weights, "--scales", "64", "--workers", "0", "--quiet"]
+    invoke("extract", images, "-o", tmp_path / "store", *fast, "--precision", "bfloat16")
+    invoke("index", "build", tmp_path / "store", "-o", tmp_path / "idx")
+    found = json.loads(invoke("index", "search", tmp_path / "idx", images, "-k", "1", "--json", "--device", "cpu"))
+    top = [(q["query"], q["results"][0]["path"], q["results"][0]["score"]) for q in found["queries"]]
+    assert [query for query, path, _ in top] == [path for _, path, _ in top]
+    np.testing.assert_allclose([score for *_, score in top], 1.0, atol=1e-6)  # before: 0.99995

@@ -21,7 +21,7 @@ import vggfeat
 from vggfeat.cli.main import cli
 from vggfeat.features import shard_files
 from vggfeat.features import store as fs
-from vggfeat.features.extract import extract_to_store
+from vggfeat.features.extract import extract_part, extract_to_store
 
 FAST = ["--scales", "64,80", "--workers", "0", "--quiet"]
 
@@ -188,6 +188,44 @@ def test_finished_store_is_not_recomputed_and_settings_are_guarded(tmp_path, wei
     assert replaced.exit_code == 0, replaced.output
     assert store_rows(out).dtype == np.float16
     assert json.loads((out / "manifest.json").read_text())["scales"] == [64]
+
+
+def test_a_store_computed_in_bfloat16_is_not_reused_or_resumed_at_float32(tmp_path, weights):
+    """bf16 changes a descriptor by ~1e-3, far beyond float rounding: a store records it in its settings, so
+    the same command at float32 is refused (and with --overwrite computes what a fresh float32 store holds),
+    and a part at float32 never joins the shards of a bf16 run."""
+    from vggfeat.features.protocol import Protocol
+    from vggfeat.features.runtime import Runtime
+    from vggfeat.utils.files import sha256_json
+
+    src = make_images(tmp_path / "imgs", 3)
+    out, fresh = tmp_path / "store", tmp_path / "fresh"
+    command = [str(src), "-o", str(out), "--weights", weights, *FAST]
+    assert run([*command, "--precision", "bfloat16"]).exit_code == 0
+    bf16 = store_rows(out)
+    again = run(command)  # the default on the CPU: float32
+    assert again.exit_code != 0 and "other settings" in again.output and "precision" in again.output
+    assert "already complete" not in again.output  # before: the bf16 rows served as float32 ones
+    assert np.array_equal(store_rows(out), bf16)
+    assert run([*command, "--overwrite"]).exit_code == 0
+    assert run([str(src), "-o", str(fresh), "--weights", weights, *FAST]).exit_code == 0
+    np.testing.assert_array_equal(store_rows(out), store_rows(fresh))
+    assert np.abs(bf16 - store_rows(fresh)).max() > 1e-4  # what reuse would have served
+
+    # float32 (asked, or auto on the CPU) records nothing: a store made before precision was recorded keeps
+    # its settings and their hash, and stays complete
+    settings = json.loads((fresh / "manifest.json").read_text())["settings"]
+    assert set(settings) == {"models", *Protocol().to_dict(), "dtype", "shard_size", "n_inputs", "inputs_sha256"}
+    assert json.loads((fresh / "plan.json").read_text())["settings_sha256"] == sha256_json(settings)
+    same = run([str(src), "-o", str(fresh), "--weights", weights, *FAST, "--precision", "float32"])
+    assert same.exit_code == 0 and "already complete" in same.output
+
+    kw = dict(models=[("auto", weights)], scales=(64, 80), progress=False, shard_size=1)
+    half = extract_part([src], tmp_path / "parts", runtime=Runtime(device="cpu", workers=0, precision="bfloat16"),
+                        part=(0, 2), **kw)  # fmt: skip
+    assert half.written and not half.status.complete
+    with pytest.raises(FileExistsError, match="unfinished run with other settings.*precision"):
+        extract_part([src], tmp_path / "parts", runtime=Runtime(device="cpu", workers=0), part=(1, 2), **kw)
 
 
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, weights, monkeypatch):

@@ -83,6 +83,49 @@ def test_the_python_call_gives_the_commands_numbers_and_records_its_identity(voc
     assert report["identity"]["features"] == identity["features"]  # the same weights, by content
 
 
+def test_features_cached_in_bfloat16_are_not_served_to_a_float32_probe(voc, weights, tmp_path):
+    """A probe's feature cache and its report are keyed by the effective compute precision: bf16 descriptors
+    (--device cuda, or precision="bfloat16") differ by ~1e-3 from float32 ones and are never reused for them."""
+    import numpy as np
+
+    kw = dict(nets=[("auto", weights)], scales=(64,), probe=vggfeat.LinearProbe(Cs=(1.0,)), progress=False)
+    bf16 = Runtime(device="cpu", workers=0, precision="bfloat16")
+    first = vggfeat.probe_benchmark("voc2007", voc, runtime=bf16, out=tmp_path / "p", **kw)
+    f32 = Runtime(device="cpu", workers=0)
+    with pytest.raises(InputError, match="another linear-probe \\(its features differ\\)"):
+        vggfeat.probe_benchmark("voc2007", voc, runtime=f32, out=tmp_path / "p", **kw)
+    second = vggfeat.probe_benchmark("voc2007", voc, runtime=f32, out=tmp_path / "p", overwrite=True, **kw)
+    fresh = vggfeat.probe_benchmark("voc2007", voc, runtime=f32, out=tmp_path / "fresh", **kw)
+    rows = [np.asarray(o.store.features) for o in (first, second, fresh)]
+    np.testing.assert_array_equal(rows[1], rows[2])  # before: the bf16 cache, reused
+    assert np.abs(rows[0] - rows[2]).max() > 1e-4 and first.store.root != second.store.root
+    assert second.report["headline"] == fresh.report["headline"]
+
+
+def test_feature_keys_follow_the_effective_precision(monkeypatch):
+    """auto is bf16 on CUDA and float32 on the CPU: the probe cache key and the features key of reports and
+    reproduce rows follow what is computed."""
+    import torch
+
+    import vggfeat.features.runtime as runtime_module
+    from vggfeat.probes.benchmark import extraction_settings, features_key
+    from vggfeat.probes.features import cache_key
+
+    settings = extraction_settings("voc2007", [("vgg_a", None)], scales=(64,))
+    images = ["a.jpg", "b.jpg"]
+
+    def keys(runtime):
+        return cache_key(settings, images, runtime), features_key(settings, runtime=runtime)
+
+    cpu = keys(Runtime(device="cpu"))
+    assert keys(Runtime(device="cpu", precision="float32")) == cpu
+    bf16 = keys(Runtime(device="cpu", precision="bfloat16"))
+    assert bf16[0] != cpu[0] and bf16[1] != cpu[1]
+    monkeypatch.setattr(runtime_module, "resolve_device", lambda name: torch.device("cuda"))  # a GPU machine
+    assert Runtime().effective_precision() == "bfloat16" and keys(Runtime()) == bf16
+    assert Runtime(precision="float32").identity() == {} and keys(Runtime(precision="float32")) == cpu
+
+
 def test_knn_and_low_shot_probes_write_their_own_reports(voc, weights, tmp_path):
     common = dict(nets=[("auto", weights)], scales=(64,), runtime=Runtime(device="cpu", workers=0), progress=False)
     knn = vggfeat.probe_benchmark("voc2007", voc, probe=vggfeat.KnnProbe(k=3), out=tmp_path, **common)

@@ -128,6 +128,29 @@ def test_table11_fast_voc_only_resumes(tmp_path, nets, counted):
     assert "probing" not in invoke(*args) and not any(counted)
 
 
+def test_rows_computed_in_bfloat16_are_not_reused_at_float32(tmp_path, nets, counted):
+    """A finished row is keyed by the effective compute precision (bf16 with --device cuda): a CPU (float32)
+    rerun probes again and reports what a fresh float32 run does."""
+    from vggfeat.features.runtime import Runtime
+    from vggfeat.reproduce import Nets, ReproduceOptions, reproduce_table
+
+    root = tmp_path / "data"
+    make_voc2007(root, n_trainval=12, n_test=8, seed=2, size=(64, 64))
+    pair = Nets(("auto", nets[0]), ("auto", nets[1]))
+
+    def table(out, precision):
+        runtime = Runtime(device="cpu", workers=0, precision=precision)
+        options = ReproduceOptions(scales=(64,), Cs=(1.0,), runtime=runtime, progress=False)
+        found = reproduce_table("table11", root, out, pair, options)
+        return [r["cells"]["voc2007"]["ours"] for r in found["rows"]]
+
+    table(tmp_path / "t", "bfloat16")
+    counted.clear()
+    float32 = table(tmp_path / "t", "float32")
+    assert sorted(len(c) for c in counted if c) == [20, 20]  # before: every row reused, nothing extracted
+    assert float32 == table(tmp_path / "fresh", "float32")
+
+
 def test_table12_image_and_box(tmp_path, nets, counted):
     root = tmp_path / "data"
     make_voc2012_action(root, n_train=20, n_val=14, seed=3, size=(96, 72))

@@ -112,7 +112,8 @@ LAYER_HELP = (
     type=click.Choice(["auto", "float32", "bfloat16"]),
     default="auto",
     show_default=True,
-    help="Compute precision: auto is bf16 autocast on CUDA, float32 on the CPU.",
+    help="Compute precision: auto is bf16 autocast on CUDA, float32 on the CPU. bf16 is recorded in the store's "
+    "settings: a float32 run never reuses its rows.",
 )
 @click.option(
     "--winograd/--no-winograd",

@@ -14,7 +14,7 @@ import click
 from vggfeat.cli.params import batch_size_option, device_option, workers_option
 from vggfeat.data.images import find_input_images
 from vggfeat.features.protocol import Protocol
-from vggfeat.features.runtime import Runtime
+from vggfeat.features.runtime import Runtime, recorded_precision
 from vggfeat.features.shard_plan import parse_part  # the one --part I/N reading, as extract's
 from vggfeat.index.budget import default_budget, format_size, parse_size
 from vggfeat.index.source import open_source
@@ -210,8 +210,8 @@ def search(index_dir, images, vectors, k, as_json, device, batch_size, workers, 
 
 
 def describe_queries(index_dir, meta, images, runtime: Runtime, seed):
-    """(vectors, labels, skipped, paths) of query images, described with the nets and protocol recorded in
-    index.json (the store's); an index of other vectors cannot describe images."""
+    """(vectors, labels, skipped, paths) of query images, described with the nets, protocol and compute
+    precision recorded in index.json (the store's); an index of other vectors cannot describe images."""
     from vggfeat.features.extract import describe_images, no_usable_image
     from vggfeat.features.nets import build_feature_net, recorded_net
 
@@ -234,6 +234,7 @@ def describe_queries(index_dir, meta, images, runtime: Runtime, seed):
         nets = [build_feature_net(spec, protocol.layer, seed) for spec in specs]
     except FileNotFoundError as e:  # VggfeatError is shown by LazyGroup; other exceptions are bugs
         raise click.ClickException(str(e)) from None
+    runtime = replace(runtime, precision=recorded_precision(f))  # bf16 rows: bf16 queries, on any device
     rows, q, skipped = describe_images(nets, paths, protocol, runtime)
     if not len(rows):
         raise no_usable_image(images, paths, skipped)

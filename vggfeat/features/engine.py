@@ -53,7 +53,7 @@ class DescriptorEngine:
             if runtime.max_batch_pixels is not None
             else (None if self.cuda else CPU_BATCH_PIXELS)
         )
-        bf16 = runtime.precision == "bfloat16" or (runtime.precision == "auto" and self.cuda)
+        bf16 = runtime.effective_precision() == "bfloat16"
         # the engine's own copies: the caller's nets are never moved, converted or switched to eval mode
         self.nets = [
             net.prepared(

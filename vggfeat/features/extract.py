@@ -121,7 +121,7 @@ def _settings(
     settings = {
         "models": specs,
         **protocol.to_dict(),
-        **({"gpu_decode": True} if runtime.gpu_decode else {}),  # other pixels (kept out when off: older stores)
+        **runtime.identity(),  # other pixels or bf16 rounding (kept out when off: older stores)
         "dtype": dtype,
         "shard_size": shard_size,
         "n_inputs": len(listing),

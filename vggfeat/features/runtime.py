@@ -1,7 +1,9 @@
 """How descriptors are computed, as opposed to what they are (features.protocol): device, batching, loader
-workers, compute precision, convolution algorithm, batch planning. None of these changes a descriptor beyond
-float rounding, so a store's identity (its settings) holds the Protocol, never the Runtime - except
-`gpu_decode`, which changes the pixels and is recorded in a store's settings when on.
+workers, compute precision, convolution algorithm, batch planning. Most of these change a descriptor only by
+float rounding, so a store's identity (its settings) holds the Protocol and, of the Runtime, only what
+`Runtime.identity` returns: `gpu_decode`, which changes the pixels, and bf16 compute (explicit, or `auto` on
+CUDA), which changes a descriptor by ~1e-3. Each is recorded only when on, so a float32 store made before
+either was recorded keeps its settings; probe caches and reproduce rows are keyed by the same dict.
 """
 
 from __future__ import annotations
@@ -73,10 +75,28 @@ class Runtime:
 
         return self.device if isinstance(self.device, torch.device) else resolve_device(self.device)
 
+    def effective_precision(self) -> str:
+        """float32 or bfloat16: the precision the engine computes in, `auto` resolved with the device."""
+        if self.precision != "auto":
+            return self.precision
+        return "bfloat16" if self.torch_device().type == "cuda" else "float32"
+
+    def identity(self) -> dict[str, Any]:
+        """The settings of this runtime that change descriptors beyond float rounding, as a store's settings
+        (and the keys of probe caches and reproduce rows) record them: each only when on."""
+        bf16 = self.effective_precision() == "bfloat16"
+        return {**({"gpu_decode": True} if self.gpu_decode else {}), **({"precision": "bfloat16"} if bf16 else {})}
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["device"] = str(self.device)
         return d
+
+
+def recorded_precision(settings: dict[str, Any]) -> str:
+    """The effective precision a store's settings (or an index's copy of them) record: bfloat16 where
+    `Runtime.identity` wrote it, else float32."""
+    return "bfloat16" if settings.get("precision") == "bfloat16" else "float32"
 
 
 def settings_from(

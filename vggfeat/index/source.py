@@ -21,6 +21,7 @@ import numpy as np
 
 from vggfeat.errors import VggfeatError
 from vggfeat.features.npy_rows import open_npy_rows
+from vggfeat.features.runtime import recorded_precision
 from vggfeat.features.store import FEATURES_FILE, MANIFEST_FILE, PLAN_FILE, ShardRows, load_store
 from vggfeat.utils.files import NotRegularFileError, check_regular, open_regular
 
@@ -136,6 +137,8 @@ def open_source(root: str | Path) -> VectorSource:
         settings = fs.manifest.get("settings") or {}
         features = {k: fs.manifest.get(k) for k in STORE_KEYS}
         features.update((k, settings[k]) for k in SETTINGS_KEYS if k in settings)
+        # what image queries are computed in (index search), as the store's rows were
+        features["precision"] = recorded_precision(settings)
         return VectorSource(root, "store", rows, features=features, _store=fs)
     if is_emb_meta(root):
         embs = sorted((root / "emb").glob("*.npy"), key=_natural)

@@ -190,7 +190,10 @@ def probe_benchmark(
     @functools.cache
     def identity() -> dict[str, Any]:
         """What the report is computed from; weights enter by content (computed once, and only when needed)."""
-        source = {"store": store_summary(store)} if features is not None else features_key(settings, fusion)
+        if features is not None:
+            source = {"store": store_summary(store)}
+        else:  # bf16 descriptors (explicit, or auto on CUDA) are other features than float32 ones
+            source = features_key(settings, fusion, runtime=runtime)
         return {
             "benchmark": benchmark,
             "data": str(resolve_root(root).resolve()) if root is not None or given_splits is None else None,
@@ -251,10 +254,12 @@ def extraction_settings(
     return ExtractionSettings(tuple(nets), protocol, seed=seed)
 
 
-def features_key(settings: ExtractionSettings, fusion_l2: str = defaults.FUSION_L2) -> dict[str, Any]:
-    """What the descriptors of `settings` are, by content: each net's cached store's key (weights hashed), and
-    the fusion where there are several nets."""
-    key: dict[str, Any] = {"nets": [s.key() for s in net_settings(settings, fusion_l2)]}
+def features_key(
+    settings: ExtractionSettings, fusion_l2: str = defaults.FUSION_L2, *, runtime: Runtime | None
+) -> dict[str, Any]:
+    """What the descriptors of `settings` computed by `runtime` (None: the default one) are, by content: each
+    net's cached store's key (weights hashed, bf16 compute recorded), and the fusion where there are several."""
+    key: dict[str, Any] = {"nets": [s.key(runtime) for s in net_settings(settings, fusion_l2)]}
     if len(settings.models) > 1:
         key["fusion_l2"] = fusion_l2
     return key

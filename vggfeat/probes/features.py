@@ -32,8 +32,9 @@ class ExtractionSettings:
     protocol: Protocol = Protocol()
     seed: int = 0
 
-    def key(self) -> str:
-        """A short hash naming the cache folder; weight files and names enter by content, not by name."""
+    def key(self, runtime: Runtime | None) -> str:
+        """A short hash naming the cache folder; weight files and names enter by content, not by name, and the
+        runtime (None: the default one) by what changes descriptors beyond rounding (Runtime.identity)."""
         from vggfeat.models.resolve import resolve_weights
 
         p = self.protocol.to_dict()
@@ -42,13 +43,15 @@ class ExtractionSettings:
         desc.update({k: p[k] for k in ("snap", "fast_decode") if p[k] != getattr(Protocol(), k)})
         desc["models"] = [(m, w if w is None or w == "random" else resolve_weights(w).sha256()) for m, w in self.models]
         desc["seed"] = self.seed
+        desc.update((runtime or Runtime()).identity())  # empty for float32 without GPU decoding: older keys hold
         return hashlib.sha256(json.dumps(desc, sort_keys=True, default=list).encode()).hexdigest()[:12]
 
 
-def cache_key(settings: ExtractionSettings, images: Sequence[str]) -> str:
-    """The cache folder's name: a short hash of the settings and of the sorted image paths."""
+def cache_key(settings: ExtractionSettings, images: Sequence[str], runtime: Runtime | None) -> str:
+    """The cache folder's name: a short hash of the settings (with the runtime's identity) and of the sorted
+    image paths."""
     listing = hashlib.sha256("\n".join(images).encode("utf-8", "surrogateescape")).hexdigest()
-    return hashlib.sha256(f"{settings.key()} {listing}".encode()).hexdigest()[:12]
+    return hashlib.sha256(f"{settings.key(runtime)} {listing}".encode()).hexdigest()[:12]
 
 
 def cached_store(
@@ -67,14 +70,15 @@ def cached_store(
     from vggfeat.features.extract import extract_to_store
 
     images = sorted(set(images))
-    root = Path(out) / "features" / cache_key(settings, images)
+    runtime = runtime or Runtime(workers=2)
+    root = Path(out) / "features" / cache_key(settings, images, runtime)
     # one probe fills a cache at a time (a store's shards may be shared by parts; a probe's cache is not)
     with folder_lock(root, "written", "wait for that probe to finish, or choose another -o"):
         return extract_to_store(
             images,
             root,
             settings.protocol,
-            runtime or Runtime(workers=2),
+            runtime,
             models=settings.models,
             seed=settings.seed,
             progress=progress,

@@ -135,7 +135,7 @@ class _Column:
         settings = extraction_settings(self.benchmark, self.nets[row], layer=o.layer, scales=o.scales, seed=o.seed)
         return _key(
             {
-                "features": features_key(settings, o.fusion_l2),
+                "features": features_key(settings, o.fusion_l2, runtime=o.runtime),
                 "variant": variant,
                 "Cs": o.Cs,
                 "holdout": o.holdout,
