@@ -25,7 +25,7 @@ from vggfeat.features.runtime import recorded_precision
 from vggfeat.features.store import FEATURES_FILE, MANIFEST_FILE, PLAN_FILE, ShardRows, load_store
 from vggfeat.utils.files import NotRegularFileError, check_regular, open_regular
 
-PATH_BATCH_ROWS = 1 << 15  # meta rows read at a time
+PATH_BATCH_ROWS = 1 << 12  # meta rows read at a time: a few MB of paths in flight, whatever the rows
 STORE_KEYS = ("models", "layer", "scales", "flip", "aggregate", "l2", "l2_parts", "snap", "fast_decode")
 # the store's settings that also decide its descriptors, when present: a random net's seed, GPU-decoded pixels
 SETTINGS_KEYS = ("seed", "gpu_decode")
