@@ -148,3 +148,45 @@ def assert_same_state(before: dict, after: dict) -> None:
         assert t2 is t, f"{name} is another tensor object"
         assert meta2 == meta, f"{name}: (address, strides, dtype, device, version, requires_grad) {meta} -> {meta2}"
         assert torch.equal(values2, values), f"{name} changed values"
+
+
+# allocators that give freed memory back at once, so a peak RSS is what the code holds, not what the allocators
+# kept: mimalloc's (pyarrow's pool) and glibc's retention moved a build's growth by 10-25 MB from run to run
+QUIET_ALLOCATORS = {
+    "ARROW_DEFAULT_MEMORY_POOL": "system",
+    "MALLOC_ARENA_MAX": "1",
+    "MALLOC_MMAP_THRESHOLD_": "131072",
+    "MALLOC_TRIM_THRESHOLD_": "131072",
+}
+
+
+def peak_rss_growth(setup: str, code: str, args: list[str], timeout: float = 300) -> tuple[int, str]:
+    """(bytes, the rest of stdout): the peak RSS growth of Python `code` run in a fresh interpreter with `args` as
+    sys.argv[1:], counted from after `setup` (its imports, which peak higher; Linux only: /proc/self/clear_refs)."""
+    import os
+    import subprocess
+    import sys
+
+    run = (
+        f"{setup}\n"
+        "def kb(key):\n"
+        "    return int(next(l for l in open('/proc/self/status') if l.startswith(key)).split()[1])\n"
+        "open('/proc/self/clear_refs', 'w').write('5')\n"  # peak RSS := RSS now
+        "base = kb('VmRSS:')\n"
+        f"{code}\n"
+        "print('GROWTH', (kb('VmHWM:') - base) * 1024)\n"
+    )
+    env = {**os.environ, **QUIET_ALLOCATORS, "PYTHONPATH": os.pathsep.join(sys.path)}
+    p = subprocess.run([sys.executable, "-c", run, *args], capture_output=True, text=True, env=env, timeout=timeout)
+    assert p.returncode == 0, p.stderr[-2000:]
+    out, growth = p.stdout.rsplit("GROWTH", 1)
+    return int(growth), out
+
+
+# `vggfeat index build|search ...` in peak_rss_growth, with the imports it would do counted before the base
+VGGFEAT_COMMAND = (
+    "import sys, faiss, numpy\n"
+    "faiss.omp_set_num_threads(1)\n"
+    "from vggfeat.cli import main\n"
+    "import vggfeat.index.build, vggfeat.cli.index, pyarrow, pyarrow.parquet"
+)

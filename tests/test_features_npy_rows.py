@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from helpers import peak_rss_growth
 
 from vggfeat.features.npy_rows import open_npy_rows
 from vggfeat.features.store import ShardRows, StoreError, load_store
@@ -100,21 +99,9 @@ def test_streaming_a_store_keeps_one_block_in_memory_not_the_store(tmp_path):
     rows, dim = 50_000, 320  # 64 MB of float32
     np.save(root / "features.npy", np.ones((rows, dim), np.float32))
     (root / "manifest.json").write_text(json.dumps({"paths": [f"{i}.jpg" for i in range(rows)], "models": []}))
-    run = (
-        "import sys, numpy as np\n"
-        "from vggfeat.features.store import load_store\n"
-        "store = load_store(sys.argv[1])\n"
-        "def kb(key):\n"
-        "    return int(next(l for l in open('/proc/self/status') if l.startswith(key)).split()[1])\n"
-        "open('/proc/self/clear_refs', 'w').write('5')\n"
-        "base = kb('VmRSS:')\n"
-        "total = sum(float(b.sum()) for b, _ in store.blocks(rows=2048))\n"
-        "print('GROWTH', (kb('VmHWM:') - base) * 1024, total)\n"
-    )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    p = subprocess.run([sys.executable, "-c", run, str(root)], capture_output=True, text=True, env=env, timeout=120)
-    assert p.returncode == 0, p.stderr[-2000:]
-    growth, total = p.stdout.split("GROWTH")[1].split()
+    setup = "import sys, numpy as np\nfrom vggfeat.features.store import load_store\nstore = load_store(sys.argv[1])"
+    code = "print(sum(float(b.sum()) for b, _ in store.blocks(rows=2048)))"
+    growth, total = peak_rss_growth(setup, code, [str(root)], timeout=120)
     assert float(total) == rows * dim
     # before: the file was memory-mapped, and every page read stayed in the process's RSS: 64 MB and more.
     # Now a 2,048-row block (2.6 MB) at a time

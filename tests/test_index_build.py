@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from helpers import VGGFEAT_COMMAND, peak_rss_growth
 
 from vggfeat.cli import main
 from vggfeat.index import build as build_mod
@@ -134,31 +135,13 @@ def test_ondisk_merged_index_searches_like_the_in_memory_one_and_parts_merge_int
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="peak RSS is read from Linux's /proc")
 def test_streamed_build_peak_memory_stays_below_the_store_size(tmp_path):
-    import subprocess
-    import sys
-
     x = vectors(50_000, 256, seed=3)  # 51 MB of float32, the budget 1 MB
     src = store(tmp_path / "s", x)
     del x
     size = (src / "features.npy").stat().st_size
-    run = (
-        "import sys, faiss, numpy\n"
-        "faiss.omp_set_num_threads(1)\n"
-        "from vggfeat.cli import main\n"
-        "import vggfeat.index.build, vggfeat.cli.index, pyarrow\n"
-        "def kb(key):\n"
-        "    return int(next(l for l in open('/proc/self/status') if l.startswith(key)).split()[1])\n"
-        "open('/proc/self/clear_refs', 'w').write('5')\n"  # peak RSS := RSS now (imports peak higher)
-        "base = kb('VmRSS:')\n"
-        "main.cli(sys.argv[1:], standalone_mode=False)\n"
-        "print('GROWTH', (kb('VmHWM:') - base) * 1024)\n"
-    )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     cmd = ["index", "build", str(src), "-o", str(tmp_path / "idx"), "--max-memory", "1MB", "--device", "cpu"]
     cmd += ["--factory", "IVF32,PQ8", "--block-rows", "2048", "--queries", "200"]
-    p = subprocess.run([sys.executable, "-c", run, *cmd], capture_output=True, text=True, env=env, timeout=300)
-    assert p.returncode == 0, p.stderr[-2000:]
-    growth = int(p.stdout.split("GROWTH")[1])
+    growth, _ = peak_rss_growth(VGGFEAT_COMMAND, "main.cli(sys.argv[1:], standalone_mode=False)", cmd)
     # before: every row was loaded (np.ascontiguousarray of the store) - a growth of at least the store's size.
     # Now: the sample, a block, the index and faiss's fixed scratch buffers (tens of MB whatever the data)
     assert growth < size, (growth, size)
@@ -256,37 +239,6 @@ def test_an_error_inside_the_waiting_lock_is_the_callers_not_a_retry(tmp_path):
         pass
 
 
-def _rss_growth_of(cmd, tmp_path):
-    """Peak RSS growth in bytes of `vggfeat CMD` in a fresh interpreter, counted from after its imports."""
-    import subprocess
-    import sys
-
-    run = (
-        "import sys, faiss, numpy\n"
-        "faiss.omp_set_num_threads(1)\n"
-        "from vggfeat.cli import main\n"
-        "import vggfeat.index.build, vggfeat.cli.index, pyarrow, pyarrow.parquet\n"
-        "def kb(key):\n"
-        "    return int(next(l for l in open('/proc/self/status') if l.startswith(key)).split()[1])\n"
-        "open('/proc/self/clear_refs', 'w').write('5')\n"
-        "base = kb('VmRSS:')\n"
-        "main.cli(sys.argv[1:], standalone_mode=False)\n"
-        "print('GROWTH', (kb('VmHWM:') - base) * 1024)\n"
-    )
-    # allocators that give freed memory back at once, so the peak is what the build holds, not what the
-    # allocators kept (mimalloc's and glibc's retention varied the growth by 10-25 MB from run to run under load)
-    quiet = {
-        "ARROW_DEFAULT_MEMORY_POOL": "system",
-        "MALLOC_ARENA_MAX": "1",
-        "MALLOC_MMAP_THRESHOLD_": "131072",
-        "MALLOC_TRIM_THRESHOLD_": "131072",
-    }
-    env = {**os.environ, **quiet, "PYTHONPATH": os.pathsep.join(sys.path)}
-    p = subprocess.run([sys.executable, "-c", run, *cmd], capture_output=True, text=True, env=env, timeout=300)
-    assert p.returncode == 0, p.stderr[-2000:]
-    return int(p.stdout.split("GROWTH")[1])
-
-
 def _long_path_folder(root, rows, d=4, file_rows=10_000):
     """An emb/meta folder whose paths (200 bytes each) outweigh its vectors 12 to 1."""
     x = vectors(rows, d, seed=5)
@@ -310,7 +262,7 @@ def test_row_paths_are_streamed_beside_the_index_never_held_or_written_into_inde
         root, x = _long_path_folder(tmp_path / f"v{rows}", rows)
         out = tmp_path / f"idx{rows}"
         cmd = ["index", "build", str(root), "-o", str(out), "--device", "cpu", "--factory", "Flat", "--queries", "50"]
-        growth[rows] = _rss_growth_of(cmd, tmp_path)
+        growth[rows], _ = peak_rss_growth(VGGFEAT_COMMAND, "main.cli(sys.argv[1:], standalone_mode=False)", cmd)
     extra_paths = 300_000 * len(_long_path(0))  # 60 MB more paths
     extra_vectors = 300_000 * 4 * 4  # 4.8 MB more vectors: the Flat index holds them, and copies them to save
     # before: every path held as a Python string, then all of them in index.json's text: 143 -> 380 MB here.
