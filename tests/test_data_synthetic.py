@@ -64,6 +64,21 @@ def test_an_interrupted_generation_is_redone(tmp_path):
     assert not (root / "SYNTHETIC_PARTIAL").exists()
 
 
+@pytest.mark.parametrize("marker", ["SYNTHETIC_DONE", "SYNTHETIC_PARTIAL"])
+def test_a_marker_that_is_not_text_is_a_stale_dataset(tmp_path, caplog, marker):
+    """A marker holding bytes that are not UTF-8, or a long one: the dataset is regenerated, and the warning
+    shows a bounded line of it rather than failing to decode it or quoting it whole."""
+    root = generate_synthetic(tmp_path / "d", classes=2, per_class=4, seed=0)
+    (root / "SYNTHETIC_DONE").unlink()
+    (root / marker).write_bytes(b"kind=shapes \xff\n" + b"x" * 100_000)
+    caplog.set_level("WARNING")
+    ensure_synthetic(root, classes=2, per_class=4, seed=0)
+    assert (root / "SYNTHETIC_DONE").read_text() == "kind=shapes seed=0 classes=2 per_class=4 size=72x96\n"
+    assert not (root / "SYNTHETIC_PARTIAL").exists() and len(_files(root)) == 10
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert f"generated with other settings ({marker}: kind=shapes \ufffd)" in warning and len(warning) < 300
+
+
 def test_a_folder_that_was_not_generated_is_never_overwritten(tmp_path):
     root = tmp_path / "mine"
     (root / "train" / "cats").mkdir(parents=True)

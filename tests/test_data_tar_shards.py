@@ -155,6 +155,33 @@ def test_corrupt_header_mid_tar(tmp_path):
     assert "invalid member header" in got[-1].reason
 
 
+@pytest.mark.parametrize("compress", ["", "gz", "bz2", "xz"])
+@pytest.mark.parametrize("declared", [10**15, 1 << 30, 20000])
+def test_member_declaring_more_than_the_tar_holds(tmp_path, compress, declared):
+    """A valid header declaring more data than the file holds - tarfile's stream reader would skip a 10**15-byte
+    member 10 KiB at a time, for days, past the file's end - is refused at the end of the file, naming it."""
+    import bz2
+    import gzip
+    import lzma
+
+    path = tmp_path / "h.tar"
+    write_tar_shard(path, [("a", {"jpg": b"a" * 10}), ("b", {"jpg": b"b" * 10})])
+    with tarfile.open(path) as tf:
+        header = tf.getmember("b.jpg").offset
+    data = bytearray(path.read_bytes())
+    _set_size(data, header, declared)
+    pack = {"": bytes, "gz": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress}[compress]
+    path.write_bytes(pack(bytes(data)))
+    t0 = time.perf_counter()
+    got = _run(lambda: list(iter_tar_samples(path)))
+    assert time.perf_counter() - t0 < 2.0
+    assert [type(g).__name__ for g in got] == ["TarSample", "TarProblem"] and got[0].data == b"a" * 10
+    assert got[1].key == "b" and got[1].url == str(path)
+    assert got[1].reason == (
+        f"truncated tar after 1 samples: member b.jpg declares {declared} bytes, more than the file holds"
+    )
+
+
 def test_not_a_tar_and_empty(tmp_path):
     (tmp_path / "x.tar").write_bytes(b"hello, not a tar" * 100)
     (tmp_path / "e.tar").write_bytes(b"")
@@ -191,9 +218,17 @@ def test_expand_shard_patterns(tmp_path):
             expand_shard_patterns([bad])
 
 
-def _mutate(data: bytes, rng: random.Random) -> bytes:
+def _set_size(b: bytearray, header: int, size: int) -> None:
+    """Member header at byte `header` declares `size` bytes (GNU base-256 for any size), its checksum kept valid
+    so tarfile believes it."""
+    b[header + 124 : header + 136] = b"\x80" + size.to_bytes(11, "big")
+    b[header + 148 : header + 156] = b" " * 8  # the checksum counts its own field as spaces
+    b[header + 148 : header + 156] = b"%06o\0 " % sum(b[header : header + 512])
+
+
+def _mutate(data: bytes, rng: random.Random, headers: list[int]) -> bytes:
     b = bytearray(data)
-    kind = rng.randrange(5)
+    kind = rng.randrange(6)
     if kind == 0:  # flip bytes
         for _ in range(rng.randint(1, 8)):
             b[rng.randrange(len(b))] = rng.randrange(256)
@@ -202,7 +237,9 @@ def _mutate(data: bytes, rng: random.Random) -> bytes:
     elif kind == 2:  # overwrite a header field (size, type, checksum, name) with junk or a huge number
         off = 512 * rng.randrange(len(b) // 512) + rng.choice([0, 124, 148, 156, 345])
         b[off : off + 12] = rng.choice([b"\x80" + b"\xff" * 11, b"\xff" * 12, rng.randbytes(12), b"77777777777\0"])
-    elif kind == 3:  # drop or duplicate a block
+    elif kind == 3:  # a member (or pax header) declaring up to 2**87 bytes, behind a valid checksum
+        _set_size(b, rng.choice(headers), rng.choice([len(b), 1 << 30, 10**15, 1 << 87]) + rng.randrange(512))
+    elif kind == 4:  # drop or duplicate a block
         i = 512 * rng.randrange(len(b) // 512)
         b[i : i + 512] = b"" if rng.random() < 0.5 else b[i : i + 512] * 2
     else:  # a gzip, bz2 or xz magic up front
@@ -215,12 +252,14 @@ def test_fuzz_ends_with_samples_and_problems(tmp_path):
     path = tmp_path / "f.tar"
     write_tar_shard(path, _samples(3, size=200))
     clean = path.read_bytes()
+    with tarfile.open(path) as tf:
+        headers = [m.offset for m in tf.getmembers()]
     rng = random.Random(0)
 
     def all_cases() -> float:
         worst = 0.0
         for case in range(300):
-            path.write_bytes(_mutate(clean, rng))
+            path.write_bytes(_mutate(clean, rng, headers))
             t0 = time.perf_counter()
             got = list(iter_tar_samples(path, max_member_bytes=1 << 16))
             worst = max(worst, time.perf_counter() - t0)

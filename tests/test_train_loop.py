@@ -89,6 +89,21 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, data):
     assert (tmp_path / "full" / "recipe.yaml").exists() and (tmp_path / "full" / "best.pt").exists()
 
 
+def test_resume_passes_over_a_checkpoint_without_weights(tmp_path):
+    """The newest checkpoint has every entry but its "model" is not named tensors: resuming takes the one before,
+    naming why, rather than failing on it later."""
+    from vggfeat.train.checkpoint import REQUIRED, load_latest_checkpoint, save_checkpoint
+
+    good = {**dict.fromkeys(REQUIRED, 0), "model": {"fc8.bias": torch.zeros(2)}, "epoch": 1, "global_step": 2}
+    save_checkpoint(tmp_path, good, keep_last=3)
+    for step, model in [(4, [torch.zeros(2)]), (6, {"fc8.bias": "zeros"}), (8, torch.zeros(2))]:
+        save_checkpoint(tmp_path, {**good, "global_step": step, "model": model}, keep_last=9)
+    path, ckpt, bad = load_latest_checkpoint(tmp_path)
+    assert path.name == "ckpt-e001-s00000002.pt" and torch.equal(ckpt["model"]["fc8.bias"], torch.zeros(2))
+    why = 'not a training checkpoint (no "model" entry of named tensors)'
+    assert [(p.name, r) for p, r in bad] == [(f"ckpt-e001-s0000000{s}.pt", why) for s in (8, 6, 4)]
+
+
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, data, monkeypatch):
     import torch.nn.functional as F
 

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -263,6 +264,39 @@ def test_processes_share_the_counting(tmp_path, monkeypatch):
     assert [(c.samples, c.max_label) for c in results[0]] == [(3, 2), (4, 3), (5, 4)]
     assert index_shards(urls, tmp_path / "idx.json") == results[0] and len(counted) == 3
     assert sorted(p.name for p in tmp_path.glob("idx*")) == ["idx.json"]  # the parts are gone
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"samples": None},  # missing
+        {"samples": "many", "max_label": 10**9},
+        {"samples": True},
+        {"samples": -1},
+        {"max_label": -1},  # a sample but no label
+        {"problems": 1.5},
+        {"url": 5},
+        {"extra": 1},
+    ],
+)
+def test_damaged_cache_entries_are_counted_again(tmp_path, monkeypatch, damage):
+    """A cached count with a field missing, of the wrong type or out of range is counted again, not trusted."""
+    import vggfeat.train.shard_index as shard_index
+
+    urls = [str(tmp_path / f"d{i}.tar") for i in range(2)]
+    for i, url in enumerate(urls):
+        write_tar_shard(url, [(f"s{j}", {"jpg": b"x", "cls": b"%d" % (i + j)}) for j in range(2)])
+    first = index_shards(urls, tmp_path / "idx.json")
+    cache = json.loads((tmp_path / "idx.json").read_text())
+    entry = {**cache["shards"][1], **damage}
+    cache["shards"][1] = {k: v for k, v in entry.items() if v is not None}
+    (tmp_path / "idx.json").write_text(json.dumps(cache))
+    counted, real = [], shard_index.count_shard
+    monkeypatch.setattr(shard_index, "count_shard", lambda url: counted.append(url) or real(url))
+    again = index_shards(urls, tmp_path / "idx.json")
+    assert again == first and [(c.samples, c.problems, c.max_label) for c in again] == [(2, 0, 1), (2, 0, 2)]
+    assert counted == [urls[1]]  # the intact entry is still used
+    assert json.loads((tmp_path / "idx.json").read_text())["shards"][1] == asdict(first[1])
 
 
 @pytest.mark.slow  # torchrun with 2 gloo processes: 26 s on 2 cores at load 19

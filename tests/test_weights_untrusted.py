@@ -322,6 +322,48 @@ def test_train_init_from_non_finite_weights_is_refused(tiny_model, tmp_path, suf
         build_model(recipe, TINY["num_classes"])
 
 
+def _checkpoint_bytes(obj: object) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["cut short", "empty", "a plain tensor", "no model entry", "a list as model", "model of strings", "not a zip"],
+)
+def test_train_init_from_a_checkpoint_that_is_not_one_is_one_line(tmp_path, case):
+    """model.init_from naming a .pt that is damaged or holds something other than a checkpoint's weights: a
+    WeightsError naming the file, not torch's RuntimeError or an IndexError from the code that reads it."""
+    from vggfeat.errors import WeightsError
+    from vggfeat.train.loop import build_model
+    from vggfeat.train.recipe import load_recipe
+
+    path = tmp_path / "init.pt"
+    whole = _checkpoint_bytes({"model": {}, "x": torch.zeros(1000)})
+    path.write_bytes(
+        {
+            "cut short": whole[: len(whole) // 2],
+            "empty": b"",
+            "a plain tensor": _checkpoint_bytes(torch.zeros(3)),
+            "no model entry": _checkpoint_bytes({"weights": {"fc8.bias": torch.zeros(3)}}),
+            "a list as model": _checkpoint_bytes({"model": [torch.zeros(3)]}),
+            "model of strings": _checkpoint_bytes({"model": {"fc8.bias": "zeros"}}),
+            "not a zip": b"PK\x03\x04" + b"\0" * 100,
+        }[case]
+    )
+    smoke = TESTS.parent / "recipes" / "train" / "smoke.yaml"
+    recipe = load_recipe(smoke, [f"model.init_from={path}", "model.init_layers=all", "model.name=vgg_a"])
+    with pytest.raises(WeightsError) as e:
+        build_model(recipe, TINY["num_classes"])
+    what = 'not a training checkpoint (no "model" entry of named tensors)'
+    if case in ("cut short", "empty", "not a zip"):
+        what = "truncated or corrupt, torch cannot load it"
+    assert str(e.value).startswith(f"{path}: {what}") and "\n" not in str(e.value), str(e.value)
+
+
 def test_create_model_refuses_absurd_sizes_but_builds_them_on_meta():
     with pytest.raises(vggfeat.errors.InputError, match="parameters"):
         vggfeat.create_model("vgg_d", fc_dim=65536, fc6_kernel=32)

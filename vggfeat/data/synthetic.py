@@ -17,9 +17,11 @@ from PIL import Image, ImageDraw
 
 from vggfeat.data import synthetic_pictograms
 from vggfeat.data.stats import CACHE_NAME as STATS_CACHE
+from vggfeat.utils.files import open_regular
 
 log = logging.getLogger(__name__)
 DONE, PARTIAL = "SYNTHETIC_DONE", "SYNTHETIC_PARTIAL"  # markers: the settings of a finished / started generation
+MARKER_BYTES = 4096  # what is read of a marker: far more than its one line of settings
 
 SHAPES = ("disc", "square", "triangle", "hstripes", "vstripes", "checker", "ring", "cross", "diagonal", "dots")
 # Classes beyond the first ten draw the same patterns in another form: small and off-centre objects with
@@ -160,7 +162,7 @@ def ensure_synthetic(root: str | Path, **kwargs: Any) -> Path:
     call.apply_defaults()
     settings = _settings(**{k: v for k, v in call.arguments.items() if k != "root"})
     done = root / DONE
-    if done.is_file() and done.read_text() == settings:
+    if _read_marker(done) == settings.encode():
         return root
     check_generatable(root)
     if done.is_file() or (root / PARTIAL).is_file():
@@ -183,7 +185,20 @@ def check_generatable(root: str | Path) -> None:
 
 
 def _read(root: Path) -> str:
+    """The first marker there and the first line of its settings, for a log line."""
     for name in (DONE, PARTIAL):
-        if (root / name).is_file():
-            return f"{name}: {(root / name).read_text()}"
+        data = _read_marker(root / name)
+        if data is not None:
+            line = data.decode("utf-8", "replace").partition("\n")[0]
+            return f"{name}: {line[:200]}"
     return ""
+
+
+def _read_marker(path: Path) -> bytes | None:
+    """The start of marker `path`, as bytes (whatever it holds compares; nothing fails to decode): a marker is one
+    short line of settings, so a longer one differs from any settings; None when it is not a regular file."""
+    try:
+        with open_regular(path) as f:
+            return f.read(MARKER_BYTES)
+    except OSError:
+        return None

@@ -205,6 +205,26 @@ class _Group:
         return TarSample(self.key, url, name, data, extras)
 
 
+class _EndOfFile:
+    """The tar file as tarfile's stream reader sees it. That reader skips a member's data by reading it 10 KiB at a
+    time, on past the file's end: a valid header declaring 10**15 bytes would keep it looping for days over an
+    empty read. A read past the end is refused once tarfile has asked a few times (a tar, whole or cut short, asks
+    once at most), so skipping takes time linear in what the file holds, compressed or not."""
+
+    READS_PAST_END = 8
+
+    def __init__(self, f: io.BufferedReader) -> None:
+        self.f, self.past_end = f, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.f.read(size)
+        if not data and size:
+            self.past_end += 1
+            if self.past_end > self.READS_PAST_END:
+                raise tarfile.ReadError("unexpected end of data")
+        return data
+
+
 def _end_reason(ends: list[BaseException], offset: int, done: int) -> str | None:
     """Why the member headers stopped at byte `offset`: None for the end-of-archive blocks."""
     last = ends[-1] if ends else None
@@ -213,6 +233,18 @@ def _end_reason(ends: list[BaseException], offset: int, done: int) -> str | None
     if isinstance(last, (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError)):  # type: ignore[attr-defined]
         return f"truncated tar after {done} samples: it ends at byte {offset} without the end-of-archive blocks"
     return f"damaged tar after {done} samples: invalid member header at byte {offset} ({last})"
+
+
+def _damage_reason(e: BaseException, member: tarfile.TarInfo | None, done: int) -> str:
+    """Why reading stopped at an exception. tarfile's "unexpected end of data" comes from reading or skipping the
+    data of the last member it returned: that member's data runs past the end of the file."""
+    if "unexpected end of data" in str(e) and member is not None:
+        return (
+            f"truncated tar after {done} samples: member {member.name} declares {member.size} bytes,"
+            " more than the file holds"
+        )
+    kind = "truncated" if "unexpected end" in str(e) else "damaged"
+    return f"{kind} tar after {done} samples: {type(e).__name__}: {e}"
 
 
 def iter_tar_samples(
@@ -248,8 +280,10 @@ def _read_stream(
     ends: list[BaseException] = []
     group: _Group | None = None
     done = 0  # samples yielded
+    member: tarfile.TarInfo | None = None  # the last member read
     try:
-        tf = tarfile.open(fileobj=f, mode="r|*", tarinfo=_watched_tarinfo(ends))
+        # the stream reader only reads; typeshed asks every fileobj for write, seek and tell too
+        tf: tarfile.TarFile = tarfile.open(fileobj=_EndOfFile(f), mode="r|*", tarinfo=_watched_tarinfo(ends))  # type: ignore[call-overload]
     except _DAMAGE as e:
         yield TarProblem("", url, f"not a readable tar: {e}")
         return
@@ -289,12 +323,11 @@ def _read_stream(
                 assert reader is not None  # a regular member (checked above) always has data
                 data = reader.read()
                 if len(data) != member.size:
-                    raise tarfile.ReadError(f"unexpected end of data in {member.name}")
+                    raise tarfile.ReadError("unexpected end of data")
                 group.members[ext] = (member.name, data)
                 group.nbytes += len(data)
         except _DAMAGE as e:
-            kind = "truncated" if "unexpected end" in str(e) else "damaged"
-            reason = f"{kind} tar after {done} samples: {type(e).__name__}: {e}"
+            reason = _damage_reason(e, member, done)
             break
     if reason is None:
         if group is not None:

@@ -14,13 +14,16 @@ from typing import Any
 
 import torch
 
-from vggfeat.errors import VggfeatError
+from vggfeat.errors import VggfeatError, WeightsError
+from vggfeat.models.resolve import check_weight_file
+from vggfeat.models.weights import check_finite
 from vggfeat.utils.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 PATTERN = re.compile(r"^ckpt-e(\d+)-s(\d+)\.pt$")
 # what resuming reads from a checkpoint (older ones also hold an unused "scaler" entry: ignored)
 REQUIRED = ("model", "optimizer", "schedule", "epoch", "step_in_epoch", "global_step", "history", "rng")
+NO_WEIGHTS = 'no "model" entry of named tensors'  # why a checkpoint without usable weights is refused
 
 
 class CheckpointError(VggfeatError, RuntimeError):
@@ -60,6 +63,29 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def load_checkpoint_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The net's weights in checkpoint `path` (its "model" entry), as model.init_from reads them: a WeightsError
+    naming the file when it is not a regular file, does not load, holds no such entry or a non-finite weight."""
+    check_weight_file(path)  # a FIFO would block torch.load until a writer comes: named instead
+    try:
+        ckpt = load_checkpoint(path)
+    except Exception as e:  # torch reports damage as RuntimeError, EOFError, UnpicklingError, zip errors...
+        raise WeightsError(f"{path}: truncated or corrupt, torch cannot load it ({type(e).__name__})") from None
+    state = _weights(ckpt)
+    if state is None:
+        raise WeightsError(f"{path}: not a training checkpoint ({NO_WEIGHTS})")
+    check_finite(state, str(path))
+    return state
+
+
+def _weights(ckpt: object) -> dict[str, torch.Tensor] | None:
+    """The checkpoint's "model" entry when it is a dict of named tensors, else None."""
+    state = ckpt.get("model") if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        return None
+    return state
+
+
 def load_latest_checkpoint(run: Path) -> tuple[Path, dict[str, Any], list[tuple[Path, str]]] | None:
     """(path, contents, skipped) of the newest checkpoint in `run` that loads, `skipped` the newer ones that
     did not with the reason; None when the run has no checkpoint. CheckpointError when none loads."""
@@ -84,4 +110,6 @@ def _unloadable(path: Path) -> dict[str, Any] | str:
     except Exception as e:  # torch reports damage as RuntimeError, EOFError, UnpicklingError, zip errors...
         return f"truncated or corrupt: {type(e).__name__}"
     missing = [k for k in REQUIRED if k not in ckpt] if isinstance(ckpt, dict) else list(REQUIRED)
-    return ckpt if not missing else f"not a training checkpoint (no {', '.join(missing)})"
+    if missing:
+        return f"not a training checkpoint (no {', '.join(missing)})"
+    return ckpt if _weights(ckpt) is not None else f"not a training checkpoint ({NO_WEIGHTS})"

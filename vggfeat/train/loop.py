@@ -27,7 +27,6 @@ from vggfeat.data.stats import cached_stats, cached_tar_stats
 from vggfeat.data.transforms import normalize_batch
 from vggfeat.errors import InputError, VggfeatError, WeightsError
 from vggfeat.models import Preprocessing, create_model, init_from_net_a, read_weights, save_weights
-from vggfeat.models.resolve import check_weight_file
 from vggfeat.models.vgg import VGG
 from vggfeat.models.weights import check_compatible, check_finite
 from vggfeat.utils.cpus import share_cpus
@@ -41,7 +40,7 @@ from .checkpoint import (
     PATTERN,
     CheckpointError,
     latest_checkpoint,
-    load_checkpoint,
+    load_checkpoint_weights,
     load_latest_checkpoint,
     save_checkpoint,
 )
@@ -126,9 +125,7 @@ def build_model(recipe: Recipe, num_classes: int) -> VGG:
     if m.init_from:
         path = Path(m.init_from)
         if path.suffix == ".pt":
-            check_weight_file(path)  # a FIFO would block torch.load until a writer comes: named instead
-            state = load_checkpoint(path)["model"]
-            check_finite(state, str(path))  # read_weights checks its files itself
+            state = load_checkpoint_weights(path)
         else:
             state = read_weights(path)[0]
         try:

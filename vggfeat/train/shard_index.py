@@ -9,7 +9,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Generator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from vggfeat.data.tar_shards import TarProblem, TarSample, iter_tar_samples
@@ -62,21 +62,41 @@ def count_shard(url: str) -> ShardCount:
     return ShardCount(url, st.st_size, st.st_mtime_ns, samples, problems, max_label)
 
 
-def _read_index(path: Path) -> dict[str, dict]:
+def _read_index(path: Path) -> dict[str, ShardCount]:
+    """The counts in a shard index file by url; a damaged file or entry is left out (its shards counted again)."""
     if not path.exists():
         return {}
     try:  # read bounded: a FIFO there is named (a DatasetError, a ValueError), never waited on
-        return {e["url"]: e for e in json.loads(read_dataset_text(path, "shard index"))["shards"]}
-    except (ValueError, KeyError, TypeError) as e:
+        entries = json.loads(read_dataset_text(path, "shard index"))["shards"]
+        if not isinstance(entries, list):
+            raise TypeError(f"its shards are a {type(entries).__name__}, not a list")
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
         log.warning("%s is not a shard index (%s); counting its shards again", path, e)
         return {}
+    counts = [_checked(e) for e in entries]
+    if None in counts:
+        log.warning("%s: %d damaged entries; counting their shards again", path, counts.count(None))
+    return {c.url: c for c in counts if c is not None}
 
 
-def _fresh(entry: dict | None, url: str) -> ShardCount | None:
+def _checked(entry: object) -> ShardCount | None:
+    """The entry as a ShardCount if it has exactly its fields, with values a count can have."""
+    if not isinstance(entry, dict) or set(entry) != {f.name for f in fields(ShardCount)}:
+        return None
+    c = ShardCount(**entry)
+    ints = (c.size, c.mtime_ns, c.samples, c.problems, c.max_label)
+    if not isinstance(c.url, str) or any(type(v) is not int for v in ints):  # bool is an int subclass
+        return None
+    if min(c.size, c.samples, c.problems) < 0 or c.max_label < -1 or (c.samples == 0) != (c.max_label == -1):
+        return None
+    return c
+
+
+def _fresh(count: ShardCount | None, url: str) -> ShardCount | None:
     """The cached count of `url` if the file still has the size and mtime it was counted at."""
     st = os.stat(url)
-    if entry and (entry.get("size"), entry.get("mtime_ns")) == (st.st_size, st.st_mtime_ns):
-        return ShardCount(**entry)
+    if count is not None and (count.size, count.mtime_ns) == (st.st_size, st.st_mtime_ns):
+        return count
     return None
 
 
@@ -95,9 +115,7 @@ def index_shards(
         atomic_write_json(part, {"shards": [asdict(c) for c in mine]})
         sync()
         for r in range(world):
-            out.update(
-                {url: ShardCount(**e) for url, e in _read_index(part.with_name(f"{cache.stem}.part{r}.json")).items()}
-            )
+            out.update(_read_index(part.with_name(f"{cache.stem}.part{r}.json")))
         sync()  # every process has read every part
         if rank == 0:
             log.info("counted the samples of %d tar shards (%d cached)", len(todo), len(urls) - len(todo))
