@@ -463,7 +463,7 @@ class _ShardWriter:
         cache = self.chunks
         assert cache is not None  # set by write() for the shard being written
         chunks = _chunks(len(images), self.chunk_size)
-        cached = {k: cache.read(first + k) for k in range(len(chunks))}
+        cached = {k: cache.read(first + k, len(c), self.engine.dim) for k, c in enumerate(chunks)}
         done = {k: v for k, v in cached.items() if v is not None}
         todo = [c for k, c in enumerate(chunks) if k not in done]
         computed = describe_chunks(self.engine, images, todo, self.bar.batch_done)
