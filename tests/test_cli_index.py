@@ -322,3 +322,24 @@ def test_image_queries_are_described_in_the_precision_of_the_indexed_store(tmp_p
     top = [(q["query"], q["results"][0]["path"], q["results"][0]["score"]) for q in found["queries"]]
     assert [query for query, path, _ in top] == [path for _, path, _ in top]
     np.testing.assert_allclose([score for *_, score in top], 1.0, atol=1e-6)  # before: 0.99995
+
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ((10**10, 8), "declares a float32 array of shape (10000000000, 8): 320000000000 bytes, but the file holds 0"),
+        ((3, 8), "declares a float32 array of shape (3, 8): 96 bytes, but the file holds 64"),
+    ],
+)
+def test_query_vectors_larger_than_their_file_are_one_line(tmp_path, shape, message):
+    _save(tmp_path / "idx", 0, "img")
+    q = tmp_path / "q.npy"
+    with open(q, "wb") as f:  # a 128-byte header; the second file also holds 2 of its 3 rows
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": shape})
+        if shape[0] == 3:
+            f.write(_rows(1, n=2).tobytes())
+    # before: np.load allocated what the header declared first: a MemoryError traceback for 298 GiB
+    r = CliRunner().invoke(main.cli, ["index", "search", str(tmp_path / "idx"), "--vectors", str(q)])
+    assert r.exit_code == 1 and r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    assert r.output.startswith(f"Error: {q}: ") and message in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1

@@ -106,3 +106,21 @@ def test_streaming_a_store_keeps_one_block_in_memory_not_the_store(tmp_path):
     # before: the file was memory-mapped, and every page read stayed in the process's RSS: 64 MB and more.
     # Now a 2,048-row block (2.6 MB) at a time
     assert int(growth) < rows * dim * 4 / 4, growth
+
+
+def _header_only(path, shape):
+    with open(path, "wb") as f:  # a 128-byte header, no data
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": shape})
+
+
+def test_vectors_of_dimension_zero_or_a_negative_length_are_refused_naming_the_file(tmp_path):
+    path = tmp_path / "0.npy"
+    _header_only(path, (10**15, 0))
+    # before: accepted, and `index build` died dividing by the row size (ZeroDivisionError)
+    with pytest.raises(Refused, match=r"0.npy: holds 1000000000000000 rows of dimension 0; .*; rewrite it$"):
+        open_npy_rows(path, Refused, "rewrite it")
+    _header_only(path, (-5, 3))  # before: accepted as -5 rows, which the file "holds"
+    with pytest.raises(Refused, match=r"0.npy: unreadable .npy \(ValueError: shape \(-5, 3\) has a negative length"):
+        open_npy_rows(path, Refused, "rewrite it")
+    np.save(path, np.zeros((0, 4), np.float32))  # no rows of a real dimension: an empty part, not an error
+    assert (open_npy_rows(path, Refused, "rewrite it").rows, open_npy_rows(path, Refused, "rewrite it").dim) == (0, 4)

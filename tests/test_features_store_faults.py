@@ -302,3 +302,89 @@ def test_an_interrupted_shard_resumes_from_its_finished_chunks(tmp_path, weights
     assert any("chunk_000001.npz: unreadable" in m for m in caplog.messages), caplog.messages
     np.testing.assert_array_equal(np.asarray(resumed.features), reference)
     assert not (out / ".partial").exists()
+
+
+def _damage_bookkeeping(out, damage):
+    plan = json.loads((out / "plan.json").read_text())
+    record = json.loads((out / "shards" / "000000.json").read_text())
+    if damage == "plan_empty_object":
+        plan = {}
+    elif damage == "plan_shards_not_list":
+        plan["shards"] = 5
+    elif damage == "plan_shard_listed_twice":
+        plan["shards"] = plan["shards"] * 2
+    elif damage == "plan_shard_name_a_path":
+        plan["shards"][0]["name"] = "../../elsewhere"
+    elif damage == "plan_store_not_object":
+        plan["store"] = [1]
+    elif damage == "plan_dim_text":
+        plan["store"]["dim"] = "sixteen"
+    elif damage == "record_rows_text":
+        record["rows"] = "four"
+    elif damage == "record_skipped_not_list":
+        record["skipped"] = 3
+    (out / "plan.json").write_text(json.dumps(plan))
+    (out / "shards" / "000000.json").write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("plan_empty_object", 'plan.json: "shards" must be a list of objects'),
+        ("plan_shards_not_list", 'plan.json: "shards" must be a list of objects'),
+        ("plan_shard_listed_twice", "plan.json: shard 000000 is listed twice"),
+        ("plan_shard_name_a_path", "plan.json: shard name '../../elsewhere' is not a shard number"),
+        ("plan_store_not_object", 'plan.json: "store" must be an object'),
+        ("plan_dim_text", "plan.json: dimension 'sixteen' is not a positive whole number"),
+    ],
+)
+def test_a_damaged_plan_is_one_line_and_overwrite_replaces_it(tmp_path, weights, damage, message):
+    src, out = _images(tmp_path / "imgs", 4), tmp_path / "store"
+    args = [src, "-o", out, "--weights", weights, *FAST]
+    assert _extract(*args).exit_code == 0
+    good = np.asarray(fs.load_store(out).features)
+    _damage_bookkeeping(out, damage)
+    # before: KeyError/TypeError tracebacks, or (a shard listed twice) every row indexed twice: "8 x 16 vectors"
+    for command in (["index", "build", out, "-o", tmp_path / "i"], ["store", "status", out]):
+        error = _one_error_line(CliRunner().invoke(cli, list(map(str, command))))
+        assert message in error and str(out) in error and "--overwrite" in error, error
+    assert not (tmp_path / "i").exists()
+    # the fix the message names works: --overwrite replaces the damaged plan and the store reads whole again
+    assert _extract(*args, "--overwrite").exit_code == 0
+    np.testing.assert_array_equal(np.asarray(fs.load_store(out).features), good)
+
+
+@pytest.mark.parametrize("damage", ["record_rows_text", "record_skipped_not_list"])
+def test_a_damaged_done_record_leaves_its_shard_to_be_redone(tmp_path, weights, damage, caplog):
+    src, out = _images(tmp_path / "imgs", 4), tmp_path / "store"
+    args = [src, "-o", out, "--weights", weights, *FAST, "--shard-size", "2"]
+    assert _extract(*args).exit_code == 0
+    good = np.asarray(fs.load_store(out).features)
+    _damage_bookkeeping(out, damage)
+    status = shard_files.store_status(out)
+    assert status.done == ["000001"] and status.rows == 2 and list(status.damaged) == ["000000"]
+    assert "000000.json: not a done record" in status.damaged["000000"], status.damaged
+    # before: ValueError/TypeError tracebacks from `index build`; now the store is unfinished, and says so
+    error = _one_error_line(CliRunner().invoke(cli, ["index", "build", str(out), "-o", str(tmp_path / "i")]))
+    assert "000000" in error and "unfinished" in error and "not a done record" in error, error
+    assert _extract(*args).exit_code == 0
+    assert any("000000" in m and "redoing it" in m for m in caplog.messages), caplog.messages
+    np.testing.assert_array_equal(np.asarray(fs.load_store(out).features), good)
+
+
+def test_a_store_without_plan_json_is_read_through_its_checked_manifest(tmp_path, weights):
+    src, out = _images(tmp_path / "imgs", 4), tmp_path / "store"
+    assert _extract(src, "-o", out, "--weights", weights, *FAST).exit_code == 0
+    good = np.asarray(fs.load_store(out).features)
+    (out / "plan.json").unlink()
+    np.testing.assert_array_equal(np.asarray(fs.load_store(out).features), good)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for damage, message in (
+        ({"shards": manifest["shards"] * 2}, "manifest.json: shard 000000 is listed twice"),
+        ({"dim": "x"}, "manifest.json: dimension 'x' is not a positive whole number"),
+        ({"shards": [{**manifest["shards"][0], "rows": -4}]}, "manifest.json: shard 000000 has rows -4"),
+    ):
+        (out / "manifest.json").write_text(json.dumps({**manifest, **damage}))
+        # before: the shard listed twice was read twice (8 rows from 4 images); the others, tracebacks
+        with pytest.raises(fs.StoreError, match=message):
+            fs.load_store(out)

@@ -18,7 +18,6 @@ from vggfeat.features.runtime import Runtime, recorded_precision
 from vggfeat.features.shard_plan import parse_part  # the one --part I/N reading, as extract's
 from vggfeat.index.budget import default_budget, format_size, parse_size
 from vggfeat.index.source import open_source
-from vggfeat.utils.files import NotRegularFileError, open_regular
 from vggfeat.utils.locks import folder_lock
 
 
@@ -151,8 +150,7 @@ def info(index_dir) -> None:
 def search(index_dir, images, vectors, k, as_json, device, batch_size, workers, seed) -> None:
     """Print each query's K nearest indexed rows with their similarity. Queries: IMAGES (files, folders, @lists)
     described exactly as the indexed store was made, or the rows of --vectors."""
-    import numpy as np
-
+    from vggfeat.features.npy_rows import load_npy
     from vggfeat.index.folder import load_index
     from vggfeat.index.gpu import faiss_gpus, to_gpus
     from vggfeat.probes.knn import search as knn_search
@@ -162,18 +160,8 @@ def search(index_dir, images, vectors, k, as_json, device, batch_size, workers, 
     idx, meta = load_index(index_dir)
     skipped, paths = [], []
     if vectors:
-        try:
-            with open_regular(vectors) as fh:  # a FIFO is refused, not waited on
-                q = np.load(fh, allow_pickle=False)
-        except NotRegularFileError as e:
-            raise click.ClickException(f"{e}; give a .npy file of query vectors") from None
-        except (ValueError, OSError, EOFError) as e:
-            raise click.ClickException(f"{vectors}: not a readable .npy file ({e})") from None
-        if not isinstance(q, np.ndarray):  # an .npz archive
-            raise click.ClickException(
-                f"{vectors}: an .npz archive ({', '.join(q.files[:3]) or 'empty'}); give one (M, {idx.d}) array saved "
-                "with np.save as .npy"
-            )
+        # a FIFO is refused, and a header declaring more rows than the file holds allocates nothing
+        q = load_npy(vectors, click.ClickException, f"give one (M, {idx.d}) array saved with np.save as .npy")
         if q.ndim != 2 or q.shape[1] != idx.d or not len(q) or q.dtype.kind not in "fiu":
             raise click.ClickException(f"{vectors}: {q.dtype} of shape {q.shape}, need (M, {idx.d}) query vectors")
         labels = [f"{vectors}[{i}]" for i in range(len(q))]

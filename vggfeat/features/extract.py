@@ -167,7 +167,7 @@ def _claim_plan(out: Path, plan: dict, overwrite: bool) -> None:
                 (out / name).unlink(missing_ok=True)
         for old_chunk in (out / chunk_files.PARTIAL_DIR).glob("*.*"):  # chunk files of the format before shards
             old_chunk.unlink(missing_ok=True)
-        old = shard_files.read_plan(out)
+        old = shard_files.read_plan(out, replacing=overwrite)
         if old is not None and old.get("settings") == plan["settings"]:
             if old.get("command") is None and plan.get("command"):
                 atomic_write_json(out / fs.PLAN_FILE, {**old, "command": plan["command"]})
@@ -273,7 +273,7 @@ def extract_part(
                 is not None
             ]
 
-        old_plan = shard_files.read_plan(target)
+        old_plan = shard_files.read_plan(target, replacing=overwrite or target != out)
         if old_plan is not None and old_plan.get("settings") == store_settings:
             identities.update({s.name: _shard_identity(s, hash_inputs) for s in mine})
             if not todo():  # this part's shards are all done: no net is built
@@ -349,14 +349,14 @@ def _target(out: Path, settings: dict, overwrite: bool) -> Path:
     """Where this run writes: OUT, or with --overwrite over a finished store of other settings, OUT/.next,
     swapped in when complete (the old store stays whole and loadable until then; a rerun resumes .next)."""
     nxt = out / NEXT_DIR
-    pending = shard_files.read_plan(nxt) if nxt.is_dir() else None
+    pending = shard_files.read_plan(nxt, replacing=overwrite) if nxt.is_dir() else None
     if pending is not None and pending.get("settings") == settings:
         return nxt
     if not overwrite:
         return out
     if fs.is_single_file_store(out):
         return nxt
-    old = shard_files.read_plan(out)
+    old = shard_files.read_plan(out, replacing=True)  # only read with --overwrite
     if old is not None and old.get("settings") != settings and fs.is_complete_store(out):
         return nxt
     return out
@@ -460,7 +460,7 @@ class _ShardWriter:
         cache = self.chunks
         assert cache is not None  # set by write() for the shard being written
         chunks = _chunks(len(images), self.chunk_size)
-        cached = {k: cache.read(first + k) for k in range(len(chunks))}
+        cached = {k: cache.read(first + k, len(c), self.engine.dim) for k, c in enumerate(chunks)}
         done = {k: v for k, v in cached.items() if v is not None}
         todo = [c for k, c in enumerate(chunks) if k not in done]
         computed = describe_chunks(self.engine, images, todo, self.bar.batch_done)

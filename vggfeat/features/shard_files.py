@@ -14,11 +14,12 @@ import hashlib
 import io
 import logging
 import os
+import reprlib
 import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -30,6 +31,7 @@ from .store_layout import DONE_DIR, EMB_DIR, FORMAT, MANIFEST_FILE, META_DIR, PL
 log = logging.getLogger(__name__)
 MANIFEST_LOCK_OF = "manifest"  # folder_lock's lock file of root/manifest: root/.manifest.lock
 MANIFEST_LOCK = f".{MANIFEST_LOCK_OF}.lock"
+REPLACE = "rerun the extraction with --overwrite"
 
 
 def shard_name(i: int, n: int) -> str:
@@ -129,6 +131,23 @@ def read_done_record(root: Path, name: str) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
+def is_count(value: Any) -> TypeGuard[int]:
+    """A whole number of at least 0 (JSON's true is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _record_fault(record: dict) -> str | None:
+    """What is wrong with a done record's rows and skipped inputs, which the store's readers count and list."""
+    rows, skipped = record.get("rows"), record.get("skipped", [])
+    if not is_count(rows):
+        return f"rows {reprlib.repr(rows)}"
+    if not isinstance(skipped, list) or not all(
+        isinstance(s, dict) and isinstance(s.get("path"), str) and isinstance(s.get("reason"), str) for s in skipped
+    ):
+        return "skipped is not a list of {path, reason}"
+    return None
+
+
 class Problem(str):
     """Why a shard is not done, in a few words naming the file at fault; `damaged` when it has a done record
     whose files are not what the record says (as opposed to a shard never finished or made from other inputs)."""
@@ -160,6 +179,9 @@ def checked_record(
         if emb_file(root, name).exists() or meta_file(root, name).exists():
             return None, Problem("half-written (files without a done record)")
         return None, Problem("not started")
+    wrong = _record_fault(record)
+    if wrong:  # what its readers would count or list is not there
+        return None, _damaged(f"{record_file(root, name)}: not a done record ({wrong}) (damaged)")
     for key, value in (identity or {}).items():
         if record.get(key) != value:
             return None, Problem(f"made from other {key.replace('_sha256', '')}")
@@ -201,14 +223,68 @@ def manifest_lock(root: Path) -> Iterator[None]:
         yield
 
 
-def read_plan(root: Path) -> dict | None:
+def read_plan(root: Path, replacing: bool = False) -> dict | None:
+    """The store's plan.json, None when there is none. A plan that does not read or is not a plan (`check_plan`)
+    is a StoreError naming it - or with `replacing` (the caller is about to replace the store), a plan of no
+    settings, which is nobody's."""
+    path = Path(root) / PLAN_FILE
     try:
-        plan = load_json_file(Path(root) / PLAN_FILE)
+        plan = load_json_file(path)
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
-        raise StoreError(f"{Path(root) / PLAN_FILE}: unreadable ({e}); rerun the extraction with --overwrite") from None
-    return plan if isinstance(plan, dict) else None
+        if replacing:
+            return {}
+        raise StoreError(f"{path}: unreadable ({e}); {REPLACE}") from None
+    try:
+        return check_plan(plan, path)
+    except StoreError:
+        if replacing:
+            return {}
+        raise
+
+
+def check_plan(plan: Any, path: Path) -> dict:
+    """`plan` when it is what extract writes to plan.json, as far as its readers use it; else a StoreError."""
+    check_shard_list(plan, path, REPLACE)
+    for key in ("settings", "store"):
+        if not isinstance(plan.get(key), dict):
+            raise StoreError(f'{path}: "{key}" must be an object; {REPLACE}')
+    check_rows_format(plan["store"], path, REPLACE)
+    for name, value in (("command", plan.get("command")), ("cwd", plan["store"].get("cwd"))):
+        if value is not None and not isinstance(value, str):
+            raise StoreError(f"{path}: {name} {reprlib.repr(value)} is not text; {REPLACE}")
+    return plan
+
+
+def check_shard_list(doc: Any, path: Path, fix: str) -> list[str]:
+    """The shard names a plan or manifest lists: a list of objects whose names are distinct shard numbers (a name
+    becomes file names in the store, so a path never passes). Anything else is a StoreError."""
+    shards = doc.get("shards") if isinstance(doc, dict) else None
+    if not isinstance(shards, list) or not all(isinstance(s, dict) for s in shards):
+        raise StoreError(f'{path}: "shards" must be a list of objects; {fix}')
+    names, seen = [s.get("name") for s in shards], set()
+    for name in names:
+        if not isinstance(name, str) or not name.isascii() or not name.isdigit():
+            raise StoreError(f"{path}: shard name {reprlib.repr(name)} is not a shard number; {fix}")
+        if name in seen:  # its rows would be counted, indexed and probed twice
+            raise StoreError(f"{path}: shard {name} is listed twice; {fix}")
+        seen.add(name)
+    return names
+
+
+def check_rows_format(facts: Any, path: Path, fix: str) -> None:
+    """A StoreError unless `facts` (a plan's "store", a manifest) record rows of a positive whole `dim` and a
+    float `dtype`."""
+    dim, dtype = (facts.get("dim"), facts.get("dtype")) if isinstance(facts, dict) else (None, None)
+    if not is_count(dim) or dim < 1:
+        raise StoreError(f"{path}: dimension {reprlib.repr(dim)} is not a positive whole number; {fix}")
+    try:
+        ok = isinstance(dtype, str) and np.dtype(dtype).kind == "f"
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise StoreError(f"{path}: dtype {reprlib.repr(dtype)} is not a float type; {fix}")
 
 
 @dataclass
@@ -267,7 +343,7 @@ def store_status(root: Path, rebuild: bool = False, verify: bool = False) -> Sto
             manifest = load_json_file(root / MANIFEST_FILE)
         except (OSError, ValueError):
             raise StoreError(f"{root}: not a sharded feature store (no {PLAN_FILE})") from None
-        names = [s["name"] for s in manifest.get("shards", [])]
+        names = check_shard_list(manifest, root / MANIFEST_FILE, REPLACE)
         plan = {"shards": [{"name": n} for n in names], "command": None}
     cwd = plan.get("store", {}).get("cwd")
     status = StoreStatus(root, [s["name"] for s in plan["shards"]], command=plan.get("command"), cwd=cwd)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import os
+import reprlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -402,14 +403,27 @@ def load_store(root: str | Path) -> FeatureStore:
         status = shard_files.store_status(root, rebuild=True)
         if not status.complete:
             raise StoreError(f"{root}: an unfinished feature store - {status.summary(one_line=True)}")
-        manifest = status.manifest or read_json(root / MANIFEST_FILE, StoreError, REBUILD)
+        manifest = status.manifest or _manifest_without_plan(root)
         shards = manifest["shards"]  # each checked by store_status: present, with its recorded size
         files = [emb_file(root, s["name"]) for s in shards]
-        rows = ShardRows(files, [s["rows"] for s in shards], int(manifest["dim"]), manifest["dtype"])
+        rows = ShardRows(files, [s["rows"] for s in shards], manifest["dim"], manifest["dtype"])
         return FeatureStore(root, rows, manifest)
     raise StoreError(
         f"{root}: not a finished feature store (no {MANIFEST_FILE}); run `vggfeat extract IMAGES -o STORE` first"
     )
+
+
+def _manifest_without_plan(root: Path) -> dict:
+    """manifest.json of a store without plan.json (whose manifest store_status rebuilds from the plan and the done
+    records), its shard list, row counts, dimension and dtype checked."""
+    path = root / MANIFEST_FILE
+    manifest = read_json(path, StoreError, REBUILD)
+    shard_files.check_shard_list(manifest, path, REBUILD)
+    shard_files.check_rows_format(manifest, path, REBUILD)
+    for s in manifest["shards"]:
+        if not shard_files.is_count(s.get("rows")):
+            raise StoreError(f"{path}: shard {s['name']} has rows {reprlib.repr(s.get('rows'))}; {REBUILD}")
+    return manifest
 
 
 def _load_single_file(root: Path) -> FeatureStore:
