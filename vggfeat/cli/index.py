@@ -13,6 +13,7 @@ import click
 
 from vggfeat.cli.params import batch_size_option, device_option, workers_option
 from vggfeat.data.images import find_input_images
+from vggfeat.features.npy_rows import load_npy
 from vggfeat.features.protocol import Protocol
 from vggfeat.features.runtime import Runtime, recorded_precision
 from vggfeat.features.shard_plan import parse_part  # the one --part I/N reading, as extract's
@@ -150,7 +151,6 @@ def info(index_dir) -> None:
 def search(index_dir, images, vectors, k, as_json, device, batch_size, workers, seed) -> None:
     """Print each query's K nearest indexed rows with their similarity. Queries: IMAGES (files, folders, @lists)
     described exactly as the indexed store was made, or the rows of --vectors."""
-    from vggfeat.features.npy_rows import load_npy
     from vggfeat.index.folder import load_index
     from vggfeat.index.gpu import faiss_gpus, to_gpus
     from vggfeat.probes.knn import search as knn_search
