@@ -110,3 +110,14 @@ def test_an_object_that_is_not_a_person_is_refused(voc, tmp_path):
         f.write_text(f.read_text() + f"{image_id} 1 -1\n")
     with pytest.raises(DatasetError, match=rf"object 1 of .*{image_id}\.xml is a (chair|pottedplant), not a person"):
         read_action_split(vocdir, split)
+
+
+@pytest.mark.parametrize("encoding", ["x-unknown", "rot13", "utf-32", "punycode", "idna"])
+def test_an_annotation_declaring_an_encoding_expat_cannot_use_is_named(tmp_path, encoding):
+    """Python's XML parser raises LookupError, ValueError or UnicodeError (not ParseError) for these."""
+    from vggfeat.benchmarks.voc_action import read_person_boxes
+
+    xml = tmp_path / "2012_000001.xml"
+    xml.write_bytes(f'<?xml version="1.0" encoding="{encoding}"?>\n<annotation></annotation>\n'.encode())
+    with pytest.raises(DatasetError, match=rf"^{xml}: not valid XML \(.+\)$"):
+        read_person_boxes(xml)

@@ -33,6 +33,8 @@ def data(tmp_path_factory):
         "unknown": "a0.png zebra\n",
         "missing": "zz.png 0\n",
         "empty": "# no images listed\n\n",
+        "superscript": "a0.png \u00b2\n",  # str.isdigit() is True, int() refuses it
+        "longindex": "a0.png " + "1" * 5000 + "\n",  # digits beyond int()'s limit
     }
     for name, text in labels.items():
         (d / f"{name}.txt").write_text(text)
@@ -55,6 +57,8 @@ EVALUATE_CASES = {  # case -> (data root, labels file or None, what the line mus
     "class folders without images": ("noimages", None, ["noimages/val: no images", ".jpg", "<class>/"]),
     "labels line without a label": ("flat", "nolabel", ["nolabel.txt, line 1: expected 'file label'", "'a0.png'"]),
     "labels with an unknown class": ("flat", "unknown", ["unknown.txt, line 1: unknown class 'zebra'", "0..1"]),
+    "labels with a superscript digit": ("flat", "superscript", ["superscript.txt, line 1: unknown class '\u00b2'"]),
+    "labels with a huge index": ("flat", "longindex", ["longindex.txt, line 1: unknown class '1111", "0..1"]),
     "labels naming a missing image": ("flat", "missing", ["missing.txt, line 1: no such image", "flat/val/zz.png"]),
     "labels file with no lines": ("flat", "empty", ["empty.txt: no 'file label' lines"]),
     "labels file not text": ("flat", "binary", ["binary.txt, line 1: byte 0xff is not UTF-8", "labels file"]),

@@ -325,3 +325,20 @@ def test_cpu_evaluation_keeps_freed_memory(tmp_path, tiny_model, monkeypatch):
         [tiny_model("vgg_a", seed=1, num_classes=3)], scan_folder(root / "val"), protocols=["dense"], scales=(64,)
     )
     assert calls == [1]
+
+
+def test_a_class_file_is_read_in_time_linear_in_its_lines(tmp_path):
+    """The check for repeated names counted each name over the whole list: 20,000 wnids took 9 s."""
+    import time
+
+    from vggfeat.evaluate.labels import EvaluateError, read_class_file
+
+    path = tmp_path / "classes.txt"
+    path.write_text("# wnids\n" + "".join(f"n{i:08d} name {i}\n" for i in range(20_000)))
+    start = time.perf_counter()
+    names = read_class_file(path)
+    assert time.perf_counter() - start < 1.5
+    assert len(names) == 20_000 and names[:2] == ("n00000000", "n00000001") and names[-1] == "n00019999"
+    path.write_text("a\nb\n\nc\nb\na\n")
+    with pytest.raises(EvaluateError, match=rf"^{path}, line 5: class name 'b' repeats line 2$"):
+        read_class_file(path)

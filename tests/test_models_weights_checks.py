@@ -120,3 +120,14 @@ def test_any_random_bytes_are_one_weights_error(tmp_path, seed):
     with pytest.raises(WeightsError) as err:
         load_model(junk)
     assert str(junk) in str(err.value)
+
+
+@pytest.mark.parametrize("count", ["\u00b2", "1" * 5000])
+def test_a_class_count_in_metadata_that_is_no_number_is_one_error(tiny_model, tmp_path, count):
+    """'²' and 5000 digits pass str.isdigit(), but int() refuses both: the count is read as absent, as in a file
+    without one, and the net of the default 1000 classes does not fit the file's fc8."""
+    model = tiny_model("vgg_a")
+    options = {k: v for k, v in model.options.items() if k != "num_classes"}
+    path = _save(tmp_path, model, options=json.dumps(options), num_classes=count)
+    with pytest.raises(WeightsError, match=rf"^{path}: weights .* do not fit VGG config A with 1000 classes"):
+        load_model(path)

@@ -169,3 +169,28 @@ def test_every_cost_grid_and_default_is_read_from_one_home():
     assert inspect.signature(run_knn_probe).parameters["k"].default == vggfeat.KnnProbe().k == params["knn-probe", "k"]
     assert (SUITES.Cs, ELEVEN_POINT_UNWEIGHTED.Cs) == (defaults.LOW_SHOT_SUITES_COSTS, defaults.COARSE_COSTS)
     assert Runtime().batch_size == defaults.BATCH_SIZE
+
+
+def test_an_earlier_report_that_is_a_fifo_is_named_not_waited_on(voc, weights, tmp_path):
+    """The report already in OUT is read to compare what it was computed from; a FIFO there would block the read."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / "linear-probe.json")
+    code = (
+        "import vggfeat\n"
+        "from vggfeat.errors import InputError\n"
+        f"try:\n    vggfeat.probe_benchmark('voc2007', {str(voc)!r}, nets=[('auto', {weights!r})], scales=(64,), "
+        f"out={str(out)!r}, progress=False)\n"
+        "except InputError as e:\n    print(e)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent)}
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail("probe_benchmark hung reading the FIFO at OUT/linear-probe.json")
+    assert done.stdout.startswith(f"{out / 'linear-probe.json'} is a FIFO, not a regular file;"), done.stderr[-2000:]
+    assert "pass --overwrite to replace it" in done.stdout  # the report is renamed over whatever is there

@@ -205,3 +205,15 @@ def test_a_missing_weight_file_is_one_error_line(tmp_path):
         cli, ["reproduce", "table11", "--root", str(tmp_path), "--net-d", "nope.safetensors", "--net-e", "random"]
     )
     assert result.exit_code == 1 and "Error: weight file 'nope.safetensors' not found" in result.output
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, '{"key": "\xff"}'])
+def test_a_damaged_finished_row_is_probed_again(tmp_path, text):
+    """A row file that does not read back (nested past Python's recursion limit, not UTF-8) is no finished row."""
+    from vggfeat.reproduce.tables import _reuse
+
+    row = tmp_path / "row.json"
+    row.write_bytes(text.encode("latin-1") if "\xff" in text else text.encode())
+    assert _reuse(row, "key") is None
+    row.write_text(json.dumps({"key": "key", "cell": {"ours": 1.5}}))
+    assert _reuse(row, "key") == {"ours": 1.5}

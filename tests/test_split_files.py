@@ -83,7 +83,17 @@ def test_linear_probe_reruns_on_a_folder_with_a_newline_in_a_file_name(tmp_path)
     )
 
 
-@pytest.mark.parametrize("line", ['["a/x.png"]', '["a/x.png", 0, 1]', "[1, 0]"])
+@pytest.mark.parametrize(
+    "line",
+    [
+        '["a/x.png"]',
+        '["a/x.png", 0, 1]',
+        "[1, 0]",
+        "[" * 100_000,  # nested past Python's recursion limit
+        "a/x.png \u00b2",  # str.isdigit() is True, int() refuses it
+        "a/x.png " + "1" * 5000,  # digits beyond int()'s limit
+    ],
+)
 def test_malformed_json_lines_are_named(tmp_path, line):
     from vggfeat.benchmarks.base import DatasetError
 
@@ -92,8 +102,9 @@ def test_malformed_json_lines_are_named(tmp_path, line):
     sdir.mkdir()
     (sdir / "folder_split0_train.txt").write_text(f"{line}\nb/b0.png 1\n")
     (sdir / "folder_split0_test.txt").write_text("a/y.png 0\nb/b1.png 1\n")
-    with pytest.raises(DatasetError, match=r"folder_split0_train\.txt, line 1"):
+    with pytest.raises(DatasetError, match=r"folder_split0_train\.txt, line 1") as e:
         load_benchmark("folder", data, splits=1, splits_dir=sdir)
+    assert len(str(e.value)) < 400  # the line is shown shortened
 
 
 def test_split_files_of_an_older_vggfeat_are_checked_by_the_seed_in_their_header(tmp_path):
@@ -109,3 +120,16 @@ def test_split_files_of_an_older_vggfeat_are_checked_by_the_seed_in_their_header
     assert split.test_labels.tolist() == [0, 1]
     with pytest.raises(vggfeat.errors.DatasetError, match="drawn with seed 0, not seed 1"):
         load_benchmark("folder", data, seed=1, splits=1, splits_dir=sdir)
+
+
+def test_a_seed_of_thousands_of_digits_in_an_old_header_is_named(tmp_path):
+    data = _dataset(tmp_path / "data", ["x.png", "y.png"])
+    sdir = tmp_path / "splits"
+    sdir.mkdir()
+    seed = "9" * 5000  # the header's pattern matches it; int() refuses it
+    header = f"# vggfeat folder split 0 {{}}: seed {seed}, test fraction 0.3, test cap None; dataset folder {data}\n"
+    (sdir / "folder_split0_train.txt").write_text(header.format("train") + "a/x.png 0\nb/b0.png 1\n")
+    (sdir / "folder_split0_test.txt").write_text(header.format("test") + "a/y.png 0\nb/b1.png 1\n")
+    with pytest.raises(vggfeat.errors.DatasetError, match=r"folder_split0_train\.txt, line 1: ") as e:
+        load_benchmark("folder", data, splits=1, splits_dir=sdir)
+    assert len(str(e.value)) < 400

@@ -400,6 +400,15 @@ def test_a_fifo_as_the_shard_index_is_named_and_recounted(tmp_path):
     assert (tmp_path / "index.json").is_file()  # replaced by the fresh count
 
 
+def test_a_shard_index_nested_past_the_recursion_limit_is_recounted(tmp_path, caplog):
+    url = str(tmp_path / "k0.tar")
+    write_tar_shard(url, [(f"s{j}", {"jpg": b"x", "cls": b"0"}) for j in range(3)])
+    (tmp_path / "index.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert [c.samples for c in index_shards([url], tmp_path / "index.json")] == [3]
+    assert "is not a shard index (nested" in caplog.text and "counting its shards again" in caplog.text
+    assert json.loads((tmp_path / "index.json").read_text())["shards"][0]["samples"] == 3
+
+
 def test_validation_builds_no_autograd_graph(shards):
     vurls = sorted(str(p) for p in (shards / "val").glob("*.tar"))
     val = TarValSet(

@@ -188,6 +188,17 @@ def test_non_finite_preprocessing_metadata_is_one_error(tiny_model, tmp_path, fi
         assert f"{path}: metadata 'preprocessing' is not usable (" in err and "must be finite numbers" in err, err
 
 
+@pytest.mark.parametrize("key", ["preprocessing", "options"])
+def test_metadata_json_nested_past_the_recursion_limit_is_one_error(tiny_model, tmp_path, key):
+    path = vggfeat.save_weights(tiny_model(), tmp_path / "w.safetensors")
+    meta = safe_metadata(path)
+    meta[key] = "[" * 100_000
+    save_file(load_file(str(path)), str(path), metadata=meta)
+    for args in (("weights", "info", path), ("weights", "convert", path, tmp_path / "out.safetensors")):
+        err = run(*args).stderr
+        assert err.startswith(f"Error: {path}: metadata {key!r} is not valid JSON (nested "), err
+
+
 def test_doubles_beyond_float32_are_refused_without_a_warning(tiny_model, tmp_path):
     layers = caffe_layers(state_of(tiny_model("vgg_d")))
     name, type_, (weight, bias) = layers[3]

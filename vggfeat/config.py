@@ -20,6 +20,7 @@ import yaml
 from vggfeat.errors import VggfeatError
 from vggfeat.recipe_files import recipes_dir
 from vggfeat.utils.files import read_dataset_text
+from vggfeat.utils.text import shorten
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -29,6 +30,61 @@ T = TypeVar("T", bound="DataclassInstance")  # a dataclass type: what from_dict 
 
 class ConfigError(VggfeatError, ValueError):
     """A recipe that cannot be read: unknown key, wrong type, bad override."""
+
+
+MAX_YAML_DEPTH = 100  # nesting far beyond any recipe's (PyYAML composes by recursion: deeper would overflow it)
+MAX_INT_CHARS = 100  # an integer written longer is no setting (and YAML's base 60, 1:0:0:..., costs quadratic time)
+MAX_NAME_CHARS = 4096  # the longest path Linux takes: a longer `base:` names no file
+MAX_KEY_CHARS = 100  # a longer key is no setting's, nor a typo of one: shown shortened, with no suggestion
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """YAML that parses, but as no recipe is written: an alias, nesting or an integer beyond any recipe's."""
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, in time and memory linear in the text. Aliases are refused: a list whose every level
+    names the one before ten times makes a few lines stand for 10^levels values. A value that its tag's
+    constructor cannot build (`!!float abc`, the date 2001-02-31) is a YAML error at its line, not a traceback."""
+
+    depth = 0  # of the node being composed
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        mark: Any = event.start_mark  # the pure-Python parser's Mark (the stubs also allow libyaml's)
+        if isinstance(event, yaml.AliasEvent):
+            problem = f"an alias (*{event.anchor}): recipes take no YAML aliases; write the value out, or inherit a "
+            raise _Refused(None, None, problem + "recipe with base: FILE", mark)
+        if self.depth >= MAX_YAML_DEPTH:
+            raise _Refused(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels, as no recipe is", mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        if node.tag == "tag:yaml.org,2002:int" and len(node.value) > MAX_INT_CHARS:
+            problem = f"an integer of {len(node.value)} characters, as no setting is"
+            raise _Refused(None, None, problem, node.start_mark)
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as e:
+            tag = node.tag.rpartition(":")[2]
+            raise yaml.constructor.ConstructorError(None, None, f"not a valid {tag} ({e})", node.start_mark) from None
+
+
+def _parse_yaml(text: str, where: str, marks: bool = True) -> Any:
+    """`text` read by _RecipeLoader; a problem is a ConfigError starting with `where` (a file, with the line and
+    column when `marks`; a key or --set KEY for a value)."""
+    try:
+        return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 (a SafeLoader: plain data only)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f", line {mark.line + 1}, column {mark.column + 1}" if marks and mark is not None else ""
+        problem = (getattr(e, "problem", None) or str(e).splitlines()[0])[:300]  # it may quote a huge value
+        what = problem if isinstance(e, _Refused) else f"not valid YAML ({problem})"
+        raise ConfigError(f"{where}{at}: {what}") from None
 
 
 def dotted_keys(cls: type, prefix: str = "") -> list[str]:
@@ -68,45 +124,48 @@ def _coerce(value: Any, tp: Any, where: str, root: tuple[type, str] | None = Non
                 return _coerce(value, arg, where, root)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {shorten(value)}")
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):  # a dataclass type, not an instance
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields, got {shorten(value)}")
         return from_dict(tp, value, where, root)
     if origin is tuple:
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            if value.strip().startswith("["):
+                value = _parse_yaml(value, where, marks=False)
+            else:
+                value = [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
             value = [value]
         items = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
         if len(items) != len(value):
-            raise ConfigError(f"{where}: expected {len(items)} values, got {len(value)} ({value!r})")
+            raise ConfigError(f"{where}: expected {len(items)} values, got {len(value)} ({shorten(value)})")
         return tuple(_coerce(v, t, f"{where}[{i}]", root) for i, (v, t) in enumerate(zip(value, items, strict=False)))
     if origin is typing.Literal:
         if value not in args:
-            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+            raise ConfigError(f"{where}: {shorten(value)} is not one of {', '.join(map(repr, args))}")
         return value
     if tp is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        raise ConfigError(f"{where}: expected true or false, got {shorten(value)}")
     if tp in (int, float):
         if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            raise ConfigError(f"{where}: expected a number, got {shorten(value)}")
         try:
             number = float(value)
         except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond float's range
-            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {shorten(value)}") from None
         if not math.isfinite(number):  # NaN or inf: no setting means it (and int() of it raises OverflowError)
-            raise ConfigError(f"{where}: expected a finite {tp.__name__}, got {value!r}")
+            raise ConfigError(f"{where}: expected a finite {tp.__name__}, got {shorten(value)}")
         if tp is int and number != int(number):
-            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {shorten(value)}")
         return int(number) if tp is int else number
     if tp is str:
         if isinstance(value, (dict, list)) or value is None:
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {shorten(value)}")
         return str(value)
     if tp is Any:
         return value
@@ -121,6 +180,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "", root: tupl
     root = root or (cls, where)
     for key in data:
         if key not in fields:
+            if not isinstance(key, str) or not key.isprintable() or len(key) > MAX_KEY_CHARS:
+                raise ConfigError(f"unknown key {shorten(key)} in {where or 'the recipe'}: no setting is named so")
             full = f"{where + '.' if where else ''}{key}"
             keys = dotted_keys(root[0], f"{root[1]}." if root[1] else "")
             raise ConfigError(f"unknown key {full}{_nearest(full, keys)}")
@@ -156,23 +217,19 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not path.exists():
         raise ConfigError(f"{path}: no such file")
     text = read_dataset_text(path, "recipe", ConfigError)  # a FIFO or a folder is refused, never waited on
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
+    data = _parse_yaml(text, str(path))
     if data is None:
         raise ConfigError(f"{path}: the file is empty; a recipe needs at least a name and its settings")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     base = data.pop("base", None)
     if base is not None:
-        base_path = path.parent / str(base)
-        if not base_path.is_file():
-            base_path = _shipped_base(str(base)) or base_path
-        if not base_path.is_file():
+        if not isinstance(base, str) or not base.isprintable() or len(base) > MAX_NAME_CHARS:
+            raise ConfigError(f"{path}: base: expected the file name of a recipe, got {shorten(base)}")
+        base_path = path.parent / base
+        if not _is_file(base_path):
+            base_path = _shipped_base(base) or base_path
+        if not _is_file(base_path):
             raise ConfigError(
                 f"{path}: base: {base} not found (looked for {base_path} and the shipped recipes: "
                 f"{', '.join(_shipped_base_names())})"
@@ -181,13 +238,21 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return data
 
 
+def _is_file(path: Path) -> bool:
+    """Path.is_file, False also for a name the system refuses outright (a part longer than a file name may be)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def _shipped_base(name: str) -> Path | None:
     """A shipped recipe named by a plain name ('smoke', '_imagenet.yaml'): a recipe of one's own can build on
     it as `vggfeat train NAME` runs it, without copying the shipped file beside it."""
     if Path(name).name != name:
         return None
     stem = name[:-5] if name.endswith(".yaml") else name
-    found = sorted(recipes_dir().glob(f"*/{stem}.yaml"))
+    found = sorted(p for p in recipes_dir().glob("*/*.yaml") if p.stem == stem)  # a name is no glob pattern
     return found[0] if found else None
 
 
@@ -200,7 +265,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str], cls: type | 
     data = _merge({}, data)
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
+            raise ConfigError(f"--set expects key=value, got {shorten(item)}")
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
         node, tp = data, cls
@@ -219,7 +284,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str], cls: type | 
                 node = node.setdefault(part, {})
                 if not isinstance(node, dict):
                     raise ConfigError(f"--set: {'.'.join(parts[: i + 1])} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        node[parts[-1]] = _parse_yaml(raw, f"--set {key.strip()}", marks=False) if raw.strip() else ""
     return data
 
 

@@ -32,7 +32,8 @@ from vggfeat.benchmarks.base import (
     read_dataset_file,
 )
 from vggfeat.data.images import is_image_file
-from vggfeat.utils.files import atomic_write_text
+from vggfeat.utils.files import atomic_write_text, parse_json
+from vggfeat.utils.text import decimal_int, shorten
 
 log = logging.getLogger(__name__)
 
@@ -171,12 +172,18 @@ def split_record(path: Path) -> dict | None:
     for line in head:
         if line.startswith(DRAWN_BY):
             try:
-                record = json.loads(line[len(DRAWN_BY) :])
+                record = parse_json(line[len(DRAWN_BY) :])
             except ValueError:
-                raise DatasetError(f"{path}, line {head.index(line) + 1}: unreadable record {line.strip()!r}") from None
+                where = f"{path}, line {head.index(line) + 1}"
+                raise DatasetError(f"{where}: unreadable record {shorten(line.strip())}") from None
             return record if isinstance(record, dict) else None
     old = _OLD_HEADER.match(head[0])
-    return {"seed": int(old[1]), "rule": f"{old[2]}, test cap {old[3]}"} if old else None
+    if old is None:
+        return None
+    try:
+        return {"seed": int(old[1]), "rule": f"{old[2]}, test cap {old[3]}"}
+    except ValueError:  # thousands of digits, which int() refuses
+        raise DatasetError(f"{path}, line 1: unreadable seed {shorten(old[1])}") from None
 
 
 def _rule_text(record: dict, key: str) -> str:
@@ -206,7 +213,7 @@ def _split_line(path: Path, n: int, line: str) -> tuple[str, str, bool] | None:
     line = line.strip()
     if line.startswith("["):
         try:
-            rel, cls = json.loads(line)
+            rel, cls = parse_json(line)
             if isinstance(rel, str) and isinstance(cls, (int, str)) and not isinstance(cls, bool):
                 return rel, str(cls), True
         except (ValueError, TypeError):
@@ -215,7 +222,7 @@ def _split_line(path: Path, n: int, line: str) -> tuple[str, str, bool] | None:
         return None
     parts = line.rsplit(None, 1)  # file names may hold spaces; the class never does
     if len(parts) != 2:
-        raise DatasetError(f"{path}, line {n}: expected '<relative/path> <class id>', got {line!r}")
+        raise DatasetError(f"{path}, line {n}: expected '<relative/path> <class id>', got {shorten(line)}")
     return parts[0], parts[1], False
 
 
@@ -232,9 +239,11 @@ def read_split_file(path: Path, data_dir: Path, classes: tuple[str, ...]) -> lis
         if parsed is None:
             continue
         rel, cls, is_json = parsed
-        label = int(cls) if cls.isdigit() else index.get(cls, -1)  # written files hold ids
+        label = decimal_int(cls)  # written files hold ids
+        label = index.get(cls, -1) if label is None else label
         if not 0 <= label < len(classes):
-            raise DatasetError(f"{path}, line {n}: unknown class {cls!r} ({len(classes)} classes) in {raw.strip()!r}")
+            where = f"{path}, line {n}: unknown class {shorten(cls)} ({len(classes)} classes)"
+            raise DatasetError(f"{where} in {shorten(raw.strip())}")
         pure = PurePosixPath(rel if is_json else rel.replace("\\", "/"))
         if pure.is_absolute() or ".." in pure.parts:
             raise DatasetError(f"{path}, line {n}: path {rel!r} escapes the dataset folder {data_dir}")

@@ -111,9 +111,12 @@ def _int(node: ET.Element | None, tag: str, file: Path, where: str) -> int:
 
 def read_person_boxes(file: Path) -> tuple[dict[int, tuple[int, int, int, int] | str], tuple[int, int] | None]:
     """Annotations/<id>.xml -> ({object index: box, or the object's name when it is not a person}, (w, h))."""
+    data = read_dataset_file(file, "annotation file")
+    # an encoding the file declares that the parser cannot use is a LookupError or a ValueError (UnicodeError),
+    # not a ParseError: <?xml encoding="rot13"?>, "utf-32", "idna"
     try:
-        root = ET.fromstring(read_dataset_file(file, "annotation file"))
-    except ET.ParseError as e:
+        root = ET.fromstring(data)
+    except (ET.ParseError, LookupError, ValueError) as e:
         raise DatasetError(f"{file}: not valid XML ({e})") from None
     size = root.find("size")
     wh = None

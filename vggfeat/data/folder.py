@@ -8,6 +8,7 @@ from pathlib import Path
 
 from vggfeat.errors import DatasetError
 from vggfeat.utils.files import read_dataset_text
+from vggfeat.utils.text import decimal_int, shorten
 
 from .images import IMAGE_EXTENSIONS, is_image_file
 
@@ -67,17 +68,16 @@ def scan_flat(root: str | Path, labels_file: str | Path, classes: tuple[str, ...
         parts = line.split()
         if len(parts) != 2:
             raise DatasetError(
-                f"{labels_file}, line {lineno}: expected 'file label' (an image in {root} and its class), got {line!r}"
+                f"{labels_file}, line {lineno}: expected 'file label' (an image in {root} and its class), "
+                f"got {shorten(line)}"
             )
         name, label = parts
-        lab = index.get(label, None)
-        if lab is None:
-            if not label.isdigit() or int(label) >= len(classes):
-                raise DatasetError(
-                    f"{labels_file}, line {lineno}: unknown class {label!r}; a label is one of the "
-                    f"{len(classes)} class names or an index 0..{len(classes) - 1}"
-                )
-            lab = int(label)
+        lab = index.get(label, decimal_int(label))
+        if lab is None or lab >= len(classes):
+            raise DatasetError(
+                f"{labels_file}, line {lineno}: unknown class {shorten(label)}; a label is one of the "
+                f"{len(classes)} class names or an index 0..{len(classes) - 1}"
+            )
         path = root / name
         if not path.is_file():
             raise DatasetError(f"{labels_file}, line {lineno}: no such image {path}; fix the line or add the image")

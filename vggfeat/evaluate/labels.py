@@ -8,6 +8,7 @@ from pathlib import Path
 
 from vggfeat.errors import VggfeatError
 from vggfeat.utils.files import read_dataset_text
+from vggfeat.utils.text import shorten
 
 
 class EvaluateError(VggfeatError, ValueError):
@@ -17,13 +18,17 @@ class EvaluateError(VggfeatError, ValueError):
 def read_class_file(path: str | Path) -> tuple[str, ...]:
     """One class name (e.g. a wnid) per line, in the net's output order; blank lines and '#' comments skipped."""
     text = read_dataset_text(Path(path), "class file", EvaluateError)  # a FIFO is refused, never waited on
-    names = [ln.split()[0] for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
-    if not names:
+    lines: dict[str, int] = {}  # class name -> its line
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        name = line.split()[0]
+        if name in lines:
+            raise EvaluateError(f"{path}, line {n}: class name {shorten(name)} repeats line {lines[name]}")
+        lines[name] = n
+    if not lines:
         raise EvaluateError(f"{path}: no class names (expected one class name per line)")
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise EvaluateError(f"{path}: class names listed twice: {', '.join(dup)}")
-    return tuple(names)
+    return tuple(lines)
 
 
 def resolve_classes(

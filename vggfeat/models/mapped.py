@@ -8,7 +8,6 @@ safetensors are parsed here from the map (zero-copy tensor views, as safetensors
 from __future__ import annotations
 
 import hashlib
-import json
 import mmap
 import os
 import struct
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import TypeGuard
 
 import torch
+
+from vggfeat.utils.files import parse_json
 
 # a weight file's bytes: a private memory map, or b"" for an empty file (mmap cannot map zero bytes)
 Mapped = mmap.mmap | bytes
@@ -76,10 +77,7 @@ def read_safetensors(data: Mapped) -> tuple[dict[str, torch.Tensor], dict[str, s
     (n,) = struct.unpack("<Q", data[:8])
     if n > len(data) - 8:
         raise ValueError(f"header size {n} exceeds the file")
-    try:
-        header = json.loads(bytes(data[8 : 8 + n]))
-    except RecursionError:  # json nests by recursion: '[' * 200000 would otherwise escape as a traceback
-        raise ValueError("header nests deeper than any safetensors header does") from None
+    header = parse_json(bytes(data[8 : 8 + n]))  # '[' * 200000 is a ValueError too, not a RecursionError
     if not isinstance(header, dict):
         raise ValueError("header is not a JSON object")
     meta = header.pop("__metadata__", None)

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from vggfeat.errors import InputError
+from vggfeat.utils.text import decimal_int
 
 from .init import init_weights
 from .preprocessing import Preprocessing
@@ -131,10 +132,10 @@ def load_model(
     with naming_file(source):
         if meta.get("arch") in SPECS and "options" in meta:
             arch, inferred = meta["arch"], check_options(meta["options"], source)
-            if meta.get("num_classes", "").isdigit() and "num_classes" not in inferred:
-                inferred["num_classes"] = check_options({"num_classes": int(meta["num_classes"])}, source)[
-                    "num_classes"
-                ]
+            count = meta.get("num_classes")  # the text of a number in safetensors metadata; None when it is not
+            count = decimal_int(count) if isinstance(count, str) else None
+            if count is not None and "num_classes" not in inferred:
+                inferred["num_classes"] = check_options({"num_classes": count}, source)["num_classes"]
         else:
             arch, inferred = infer_architecture(tensors)
     if name is not None:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from vggfeat.errors import WeightsError
-from vggfeat.utils.files import give_plain_permissions
+from vggfeat.utils.files import give_plain_permissions, parse_json
 
 from .caffe import is_caffemodel, read_caffemodel
 from .mapped import map_weights, read_safetensors
@@ -85,7 +85,7 @@ def _read_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         for key in ("preprocessing", "options"):
             if key in meta:
                 try:
-                    meta[key] = json.loads(meta[key])
+                    meta[key] = parse_json(meta[key])
                 except ValueError as e:
                     raise WeightsError(f"{path}: metadata {key!r} is not valid JSON ({e}): {meta[key][:80]!r}") from e
         if "preprocessing" in meta:  # checked here, so every reader (load, weights info) refuses it alike

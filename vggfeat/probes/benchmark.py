@@ -36,7 +36,7 @@ from vggfeat.probes.features import (
 )
 from vggfeat.probes.report import write_report
 from vggfeat.probes.run import run_knn_probe, run_linear_probe, store_summary
-from vggfeat.utils.files import sha256_file
+from vggfeat.utils.files import NotRegularFileError, load_json_file, sha256_file
 
 if TYPE_CHECKING:
     import torch
@@ -275,7 +275,12 @@ def _report_files(out: Path, stem: str) -> dict[str, Path]:
 
 def _refuse_another_report(path: Path, identity: dict[str, Any], stem: str) -> None:
     """A report at `path` of another probe (other identity, or none recorded) is not replaced silently."""
-    saved = _read_json(path)
+    try:
+        saved = load_json_file(path)
+    except NotRegularFileError as e:  # a FIFO would block a plain read: named, never read
+        raise InputError(f"{e}; pass --overwrite to replace it (overwrite=True), or choose another -o") from None
+    except (OSError, ValueError):
+        saved = None  # damaged: a report that does not record what it was computed from
     old = saved.get("identity") if isinstance(saved, dict) else None
     if old == _jsonable(identity):
         return  # the same probe again: its report is rewritten with what this run computes
@@ -288,11 +293,9 @@ def _refuse_another_report(path: Path, identity: dict[str, Any], stem: str) -> N
 
 
 def _read_json(path: Path) -> Any:
-    """A report written by an earlier run (our own output folder), or None where it does not parse."""
-    import json
-
+    """The report just written, as it reads back, or None where it does not (replaced meanwhile)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return load_json_file(path)
     except (OSError, ValueError):
         return None
 

@@ -28,7 +28,7 @@ from vggfeat.features.runtime import Runtime
 from vggfeat.probes.benchmark import LinearProbe, extraction_settings, features_key, probe_benchmark
 from vggfeat.probes.report import report_files
 from vggfeat.reproduce.report import write_table
-from vggfeat.utils.files import atomic_write_json
+from vggfeat.utils.files import atomic_write_json, load_json_file
 from vggfeat.utils.inputs import input_identities
 from vggfeat.weight_sources import NAME_PREFIXES, RANDOM
 
@@ -275,12 +275,10 @@ def check_nets(nets: Nets) -> None:
 
 def _reuse(row_file: Path, key: str) -> dict[str, Any] | None:
     """A finished row's cell when its key matches (same features, grid, samples), else None."""
-    if not row_file.is_file():
-        return None
     try:
-        saved = json.loads(row_file.read_text())
-    except ValueError:
-        return None  # unreadable: probe again (rows are written atomically, so this is a hand edit)
+        saved = load_json_file(row_file)
+    except (OSError, ValueError):
+        return None  # none, or unreadable: probe again (rows are written atomically, so this is a hand edit)
     return saved.get("cell") if isinstance(saved, dict) and saved.get("key") == key else None
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from vggfeat.data.tar_shards import TarProblem, TarSample, iter_tar_samples
 from vggfeat.errors import DatasetError
-from vggfeat.utils.files import atomic_write_json, read_dataset_text
+from vggfeat.utils.files import atomic_write_json, parse_json, read_dataset_text
 
 log = logging.getLogger(__name__)
 LABEL_EXT = "cls"  # webdataset's class-index member: ASCII digits
@@ -67,10 +67,10 @@ def _read_index(path: Path) -> dict[str, ShardCount]:
     if not path.exists():
         return {}
     try:  # read bounded: a FIFO there is named (a DatasetError, a ValueError), never waited on
-        entries = json.loads(read_dataset_text(path, "shard index"))["shards"]
+        entries = parse_json(read_dataset_text(path, "shard index"))["shards"]
         if not isinstance(entries, list):
             raise TypeError(f"its shards are a {type(entries).__name__}, not a list")
-    except (ValueError, KeyError, TypeError, RecursionError) as e:
+    except (ValueError, KeyError, TypeError) as e:
         log.warning("%s is not a shard index (%s); counting its shards again", path, e)
         return {}
     counts = [_checked(e) for e in entries]

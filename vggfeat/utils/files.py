@@ -96,12 +96,21 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
+def parse_json(text: str | bytes) -> Any:
+    """json.loads, where text nested deeper than its recursion allows ('[' * 100000, 200 kB) is a ValueError like
+    any other text that is not JSON, so every reader's one-line error covers it."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested deeper than the JSON reader allows") from None
+
+
 def read_json(path: Path, error: type[Exception], fix: str) -> Any:
     """JSON of `path`, read bounded (`read_dataset_text`: a FIFO or a folder is refused, never waited on); a file
     that does not parse raises `error` naming it, with `fix` (what to run)."""
     text = read_dataset_text(Path(path), "JSON file", error)
     try:
-        return json.loads(text)
+        return parse_json(text)
     except ValueError as e:
         raise error(f"{path}: not valid JSON ({e}); {fix}") from None
 
@@ -174,7 +183,7 @@ def load_json_file(path: str | Path) -> Any:
     """The JSON in file `path`, opened without blocking (`open_regular`): an OSError when it is missing, a FIFO or
     unreadable, a ValueError when it does not parse - for bookkeeping files a caller treats as absent or damaged."""
     with open_regular(path) as f:
-        return json.loads(f.read())
+        return parse_json(f.read())
 
 
 def check_regular(path: Path, what: str = "file", where: str = "", error: type[Exception] = DatasetError) -> None:
