@@ -1,6 +1,8 @@
 """`vggfeat index`: an index folder whose files do not belong together, or are broken, is refused with one
 clear line - never searched with wrong row paths."""
 
+import os
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -128,7 +130,6 @@ def test_index_build_on_a_broken_store_is_one_line(tmp_path, damage, message):
 
 
 def test_second_index_build_into_a_locked_folder_is_one_line(tmp_path):
-    import os
     import subprocess
     import sys
 
@@ -184,7 +185,6 @@ def test_rebuild_where_folders_cannot_be_swapped_in_one_step(tmp_path, monkeypat
 
 def test_a_store_row_whose_file_name_is_not_utf8_is_indexed_and_printed_byte_for_byte(tmp_path):
     import io
-    import os
 
     from helpers import TINY
     from PIL import Image
@@ -343,3 +343,69 @@ def test_query_vectors_larger_than_their_file_are_one_line(tmp_path, shape, mess
     assert r.exit_code == 1 and r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
     assert r.output.startswith(f"Error: {q}: ") and message in r.output, r.output
     assert len(r.output.strip().splitlines()) == 1
+
+
+def _patch_meta(folder, **fields):
+    import json
+
+    meta = json.loads((folder / "index.json").read_text())
+    meta.update(fields)
+    for k in [k for k, v in fields.items() if v is None]:
+        del meta[k]
+    (folder / "index.json").write_text(json.dumps(meta))
+
+
+def _size_field_bomb(folder, n):
+    """index.faiss of a Flat index (237 bytes) whose codes-vector size field claims `n` entries, as an index
+    written before index.json recorded the file's sha256."""
+    import struct
+
+    data = bytearray((folder / "index.faiss").read_bytes())
+    assert struct.unpack_from("<Q", data, 0x25)[0] == 48  # 6 rows x 8 dims
+    struct.pack_into("<Q", data, 0x25, n)
+    (folder / "index.faiss").write_bytes(bytes(data))
+    _patch_meta(folder, index_sha256=None)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="the address space is read from Linux's /proc")
+def test_an_index_file_claiming_huge_vectors_is_refused_before_allocating(tmp_path):
+    import resource
+
+    folder = tmp_path / "idx"
+    _save(folder, 0, "img")
+    _size_field_bomb(folder, 1 << 30)  # 4 GiB of floats claimed by a 237-byte file
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/status") as f:
+        vm = int(next(line for line in f if line.startswith("VmSize:")).split()[1]) * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (vm + (1 << 30), hard))  # 1 GiB more address space than now
+    try:
+        # before: faiss allocated what the file claims (1.2 GB of RSS for 2^28), here a MemoryError traceback
+        with pytest.raises(FaissIndexError, match=r"index\.faiss: unreadable \(.*\); rebuild it"):
+            load_index(folder)
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_fuzzed_index_files_load_whole_or_are_refused_in_one_line(tmp_path, kind):
+    """Damaged index.faiss of an index from before its checksum: faiss parses it bounded by the file's size, and
+    what it accepts searches with rows of the index only."""
+    x = _rows(0, n=40)
+    folder = tmp_path / "idx"
+    save_index(build_index(x, kind), folder, {}, paths=[f"{i}.jpg" for i in range(len(x))])
+    _patch_meta(folder, index_sha256=None)
+    good = (folder / "index.faiss").read_bytes()
+    rng = np.random.default_rng(2)
+    for _ in range(100):
+        bad = bytearray(good)
+        for pos in rng.integers(0, len(bad), int(rng.integers(1, 5))).tolist():
+            bad[pos : pos + 4] = rng.choice([b"\xff\xff\xff\x7f", b"\0\0\0\0", rng.bytes(4)])
+        (folder / "index.faiss").write_bytes(bytes(bad))
+        try:
+            index, meta = load_index(folder)
+            _, ids = knn.search(index, x[:3], 5)
+        except FaissIndexError as e:
+            assert "index.faiss" in str(e) or "outside the index" in str(e), e
+            assert len(str(e).splitlines()) == 1, e
+            continue
+        assert ((ids >= -1) & (ids < len(x))).all()

@@ -371,3 +371,30 @@ def test_blocks_trained_on_a_gpu_are_refused_by_a_merge_on_the_cpu(tmp_path, mon
     assert "holds blocks of another build (train_device 'gpu' -> 'cpu' (--device))" in _refused(
         src, tmp_path / "disk", *args
     )
+
+
+ONDISK = ["--factory", "IVF16,Flat", "--queries", "50", "--block-rows", "400", "--max-memory", "4KB"]
+
+
+def _ondisk_index(tmp_path, *extra):
+    """An index of 1,200 rows whose inverted lists are on disk (index.ivfdata), or with `extra` (--part 0/2) the
+    blocks folder such a build leaves: blocks 0 and 2 of 3."""
+    x = vectors(1200, 16, seed=9)
+    src, out = emb_meta(tmp_path / "v", x), tmp_path / "disk"
+    build(src, out, *ONDISK, *extra)
+    return x, src, out
+
+
+def test_search_json_on_an_ondisk_index_is_only_json_on_stdout(tmp_path):
+    import subprocess
+    import sys
+
+    x, _, out = _ondisk_index(tmp_path)
+    np.save(tmp_path / "q.npy", x[5:7])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd = [sys.executable, "-m", "vggfeat", "index", "search", str(out), "--vectors", str(tmp_path / "q.npy")]
+    p = subprocess.run([*cmd, "-k", "2", "--json"], capture_output=True, text=True, env=env, timeout=120)
+    # before: faiss's "IO_FLAG_ONDISK_SAME_DIR: updating ondisk filename ..." came first on stdout
+    assert p.returncode == 0, p.stderr[-2000:]
+    doc = json.loads(p.stdout)
+    assert [q["results"][0]["path"] for q in doc["queries"]] == ["img_5.jpg", "img_6.jpg"]

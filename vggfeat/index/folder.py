@@ -16,6 +16,7 @@ import faiss
 from ..errors import VggfeatError
 from ..utils.files import atomic_write_bytes, atomic_write_json, read_json, replace_dir, sha256_file
 from ..utils.locks import folder_lock
+from .faiss_io import read_index_file
 from .gpu import to_cpu
 from .ondisk import IVFDATA_FILE
 from .row_paths import ROW_PATH_FILES, RowPaths, RowPathsError, write_row_paths
@@ -154,10 +155,7 @@ def load_index(path: str | Path) -> tuple[faiss.Index, dict[str, Any]]:
                 f"{meta['ivfdata_bytes']}; {fix}"
             )
         flags = faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY
-    try:
-        index = faiss.read_index(str(path / INDEX_FILE), flags)
-    except RuntimeError as e:
-        raise FaissIndexError(f"{path / INDEX_FILE}: unreadable ({str(e).splitlines()[0][:200]}); {fix}") from None
+    index = read_index_file(path / INDEX_FILE, FaissIndexError, fix, flags)
     info = describe_index(index)
     if (info["dim"], info["ntotal"], len(meta["paths"])) != (meta.get("dim"), meta.get("ntotal"), info["ntotal"]):
         raise FaissIndexError(
