@@ -398,3 +398,50 @@ def test_search_json_on_an_ondisk_index_is_only_json_on_stdout(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     doc = json.loads(p.stdout)
     assert [q["results"][0]["path"] for q in doc["queries"]] == ["img_5.jpg", "img_6.jpg"]
+
+
+def _one_line_error(r, *names, after_progress=False):
+    """`r` failed with one "Error: " line naming `names`: its whole output, or its last line after the progress
+    lines a build prints."""
+    text = r.output.strip().splitlines()[-1] if after_progress else r.output
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit) and text.startswith("Error: "), r.output
+    assert len(text.strip().splitlines()) == 1 and all(n in text for n in names), r.output
+
+
+def _overwrite(path, data):
+    """`data` written over the bytes of `path` in place: an index that a search left memory-mapped (the failed
+    search's traceback holds it) must never see its file shrink (SIGBUS)."""
+    with open(path, "r+b") as f:
+        f.write(data)
+
+
+def test_damaged_inverted_lists_on_disk_are_refused_never_searched(tmp_path):
+    from vggfeat.index.folder import FaissIndexError
+
+    x, _, out = _ondisk_index(tmp_path)
+    np.save(tmp_path / "q.npy", x[:3])
+    search = ["index", "search", str(out), "--vectors", str(tmp_path / "q.npy"), "-k", "3"]
+    good = (out / "index.ivfdata").read_bytes()
+    rng = np.random.default_rng(0)
+    zeroed, noise = bytes(len(good)), rng.integers(0, 256, len(good), dtype=np.uint8).tobytes()
+    flips = []
+    for pos in rng.integers(0, len(good), 40).tolist():
+        bad = bytearray(good)
+        bad[pos] ^= int(rng.integers(1, 256))
+        flips.append(bytes(bad))
+    # before: zeroed lists (what a crash can leave) answered every query with row 0 at score 0, exit 0; random
+    # bytes crashed in the row-path lookup with an IndexError
+    for bad in (zeroed, noise, *flips):
+        _overwrite(out / "index.ivfdata", bad)
+        with pytest.raises(FaissIndexError, match=r"index\.ivfdata: its content differs from .*; rebuild it"):
+            load_index(out)
+    _overwrite(out / "index.ivfdata", noise)
+    _one_line_error(CliRunner().invoke(main.cli, search), "index.ivfdata", "rebuild it")
+    # an index written before the lists' checksum: the ids its damaged lists give are refused at search
+    meta = json.loads((out / "index.json").read_text())
+    del meta["ivfdata_sha256"]
+    (out / "index.json").write_text(json.dumps(meta))
+    _one_line_error(CliRunner().invoke(main.cli, search), str(out), "outside the index's 1200 rows")
+    _overwrite(out / "index.ivfdata", good)
+    r = CliRunner().invoke(main.cli, search)
+    assert r.exit_code == 0 and r.output.splitlines()[1].split()[2] == "img_0.jpg", r.output

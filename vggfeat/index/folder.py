@@ -63,7 +63,7 @@ def save_index(
     json also records the sha256 of index.faiss, so files mixed by hand are refused by `load_index`. `meta`
     should carry the feature store's manifest summary. A folder
     holding anything but an index is refused rather than replaced. An index whose inverted lists are on disk
-    (OnDiskInvertedLists) brings their file `ivfdata`, moved in as index.ivfdata and recorded by size.
+    (OnDiskInvertedLists) brings their file `ivfdata`, moved in as index.ivfdata and recorded by size and sha256.
     """
     path = Path(path)
     cpu = to_cpu(index)
@@ -89,7 +89,8 @@ def save_index(
         try:
             if ivfdata is not None:
                 os.replace(ivfdata, tmp / IVFDATA_FILE)  # the lists already mapped stay valid through the rename
-                meta = {**meta, "ivfdata_bytes": (tmp / IVFDATA_FILE).stat().st_size}
+                size, sha = (tmp / IVFDATA_FILE).stat().st_size, sha256_file(tmp / IVFDATA_FILE)
+                meta = {**meta, "ivfdata_bytes": size, "ivfdata_sha256": sha}
                 # plain faiss.read_index finds the lists where the folder ends up; load_index looks beside it
                 invlists = faiss.extract_index_ivf(cpu).invlists
                 lists = faiss.downcast_InvertedLists(invlists) if invlists is not None else None
@@ -153,6 +154,13 @@ def load_index(path: str | Path) -> tuple[faiss.Index, dict[str, Any]]:
             raise FaissIndexError(
                 f"{path / IVFDATA_FILE}: {'missing' if size is None else f'{size} bytes'} but {META_FILE} records "
                 f"{meta['ivfdata_bytes']}; {fix}"
+            )
+        # the lists' content too: a crash can leave a file of the right size holding zeros, which faiss would
+        # search. This reads the whole file once per load, sequentially (about a second per GB from disk, less
+        # from the page cache): the price of never answering from damaged lists, paid by each `index search`
+        if "ivfdata_sha256" in meta and sha256_file(path / IVFDATA_FILE) != meta["ivfdata_sha256"]:
+            raise FaissIndexError(
+                f"{path / IVFDATA_FILE}: its content differs from what {META_FILE} records (damaged); {fix}"
             )
         flags = faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY
     index = read_index_file(path / INDEX_FILE, FaissIndexError, fix, flags)
