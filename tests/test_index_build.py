@@ -445,3 +445,72 @@ def test_damaged_inverted_lists_on_disk_are_refused_never_searched(tmp_path):
     _overwrite(out / "index.ivfdata", good)
     r = CliRunner().invoke(main.cli, search)
     assert r.exit_code == 0 and r.output.splitlines()[1].split()[2] == "img_0.jpg", r.output
+
+
+def knn_ids(index, q):
+    faiss.ParameterSpace().set_index_parameters(index, "nprobe=16")  # every list: exact
+    return index.search(q, 1)[1].ravel().tolist()
+
+
+def _damage_blocks(blocks, damage):
+    if damage == "plan":
+        (blocks / "plan.json").write_text("[]")
+    elif damage == "swapped":  # another block's index (whole, valid for faiss) in block 0's place
+        (blocks / "block_000000.index").write_bytes((blocks / "block_000002.index").read_bytes())
+    else:
+        name = {"trained": "trained.index", "truth": "block_000000.truth.npz", "block": "block_000000.index"}[damage]
+        data = (blocks / name).read_bytes()
+        (blocks / name).write_bytes(data[: len(data) // 2])  # cut short: a copy interrupted, a disk error
+
+
+@pytest.mark.parametrize(
+    "damage, names",
+    [
+        ("plan", ["plan.json", "remove the folder"]),
+        ("trained", ["trained.index", "remove the folder"]),
+        ("truth", ["block_000000.truth.npz", "delete block_000000.index and block_000000.truth.npz"]),
+        ("block", ["block_000000.index", "does not match", "delete block_000000.index and"]),
+        ("swapped", ["block_000000.index", "does not match", "delete block_000000.index and"]),
+    ],
+)
+def test_a_damaged_blocks_folder_is_one_line_and_never_merged(tmp_path, damage, names):
+    x, src, out = _ondisk_index(tmp_path, "--part", "0/2")
+    _damage_blocks(tmp_path / "disk.blocks", damage)
+    r = CliRunner().invoke(main.cli, ["index", "build", str(src), "-o", str(out), "--device", "cpu", *ONDISK])
+    # before: AttributeError, RuntimeError and BadZipFile tracebacks; another block's index merged silently
+    _one_line_error(r, *names, after_progress=True)
+    assert not out.exists()
+    if damage == "swapped":  # as the line says: that block's two files deleted, the next run rebuilds it
+        for name in ("block_000000.index", "block_000000.truth.npz"):
+            (tmp_path / "disk.blocks" / name).unlink()
+        build(src, out, *ONDISK)
+        index, meta = load_index(out)
+        assert meta["paths"].lookup(knn_ids(index, x[[5, 1100]])) == ["img_5.jpg", "img_1100.jpg"]
+
+
+def test_fuzzed_blocks_folder_files_are_read_whole_or_refused_in_one_line(tmp_path):
+    from vggfeat.errors import InputError
+
+    _ondisk_index(tmp_path, "--part", "0/2")
+    blocks = tmp_path / "disk.blocks"
+    scores, ids = ondisk.read_truth(blocks, 0, (50, 10))
+    assert scores.shape == ids.shape == (50, 10) and ids.dtype == np.int64 and (ids >= 0).all()
+    trained = ondisk.read_trained(blocks)
+    assert (trained.d, trained.ntotal, faiss.extract_index_ivf(trained).nlist) == (16, 0, 16)
+    rng = np.random.default_rng(1)
+    for name in ("trained.index", "block_000000.truth.npz"):
+        good = (blocks / name).read_bytes()
+        for _ in range(100):
+            bad = bytearray(good)
+            for pos in rng.integers(0, len(bad), int(rng.integers(1, 4))).tolist():
+                bad[pos : pos + 4] = rng.choice([b"\xff\xff\xff\x7f", b"\0\0\0\0", rng.bytes(4)])
+            (blocks / name).write_bytes(bytes(bad[: int(rng.integers(len(bad) // 2, len(bad) + 1))]))
+            try:
+                if name == "trained.index":
+                    ondisk.read_trained(blocks)
+                else:
+                    got = ondisk.read_truth(blocks, 0, (50, 10))
+                    assert np.array_equal(got[0], scores) and np.array_equal(got[1], ids)
+            except InputError as e:
+                assert name in str(e) and len(str(e).splitlines()) == 1, e
+        (blocks / name).write_bytes(good)
