@@ -409,3 +409,53 @@ def test_fuzzed_index_files_load_whole_or_are_refused_in_one_line(tmp_path, kind
             assert len(str(e).splitlines()) == 1, e
             continue
         assert ((ids >= -1) & (ids < len(x))).all()
+
+
+MEASURED = {"recall@10": 0.9, "recall_k": 10, "ms_per_query": 0.1, "max_query_ms": 10.0, "queries": 6}
+BUILD = {"seconds": 1.0, "peak_rss": 1 << 20, "max_memory": 1 << 30}
+MODEL = {"model": "vgg_a", "weights": "w.safetensors"}
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"measured": {}}, "'measured' lacks recall_k"),
+        ({"measured": {**MEASURED, "recall_k": "ten"}}, "'measured.recall_k' is 'ten', not an integer"),
+        ({"measured": {k: v for k, v in MEASURED.items() if k != "recall@10"}}, "'measured' lacks recall@10"),
+        ({"measured": MEASURED, "build": {}}, "'build' lacks seconds"),
+        ({"measured": 5}, "'measured' is 5, not an object"),
+        ({"search_params": 3}, "'search_params' is 3, not a string"),
+        ({"ondisk": "yes"}, "'ondisk' is 'yes', not true or false"),
+        ({"features": {"models": 5}}, "'features.models' is 5, not a list"),
+        ({"features": {"models": [{"weights": "w"}]}}, "'features.models[0]' lacks model"),
+        ({"features": {"models": [MODEL], "scales": "abc"}}, "'features.scales' is 'abc', not a list"),
+        ({"features": {"models": [MODEL], "scales": [0]}}, "scales must be positive integers"),
+        ({"features": {"models": [MODEL], "flip": 1}}, "'features.flip' is 1, not true or false"),
+    ],
+)
+def test_index_json_fields_of_the_wrong_kind_are_one_line_naming_the_file(tmp_path, fields, message):
+    folder = tmp_path / "idx"
+    _save(folder, 0, "img")
+    full = {"factory": "Flat", "reason": "given", "search_params": "", "measured": MEASURED, "build": BUILD}
+    _patch_meta(folder, **{**full, **fields})
+    # before: KeyError in `index info`, TypeError in `index search IMAGE` (the index.faiss itself intact)
+    with pytest.raises(FaissIndexError, match="index.json: ") as e:
+        load_index(folder)
+    assert message in str(e.value) and "rebuild it" in str(e.value) and len(str(e.value).splitlines()) == 1
+    (tmp_path / "q.jpg").write_bytes(b"")
+    for cmd in (["info", str(folder)], ["search", str(folder), str(tmp_path / "q.jpg")]):
+        r = CliRunner().invoke(main.cli, ["index", *cmd])
+        assert r.exit_code == 1 and r.output.startswith("Error: ") and message in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1
+
+
+def test_an_index_json_of_every_recorded_field_loads_and_reports(tmp_path):
+    folder = tmp_path / "idx"
+    _save(folder, 0, "img")
+    features = {"models": [MODEL], "layer": "fc7", "scales": [48], "flip": True, "aggregate": "mean", "seed": 3}
+    _patch_meta(folder, factory="Flat", reason="given", search_params="", measured=MEASURED, build=BUILD)
+    _patch_meta(folder, features={**features, "l2": True, "snap": 1, "fast_decode": None, "gpu_decode": False})
+    _, meta = load_index(folder)
+    assert meta["measured"] == MEASURED and meta["features"]["seed"] == 3
+    r = CliRunner().invoke(main.cli, ["index", "info", str(folder)])
+    assert r.exit_code == 0 and "recall@10 0.9000 against exact search on 6 held-out queries" in r.output

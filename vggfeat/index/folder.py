@@ -13,11 +13,12 @@ from typing import Any
 
 import faiss
 
-from ..errors import VggfeatError
+from ..errors import InputError, VggfeatError
 from ..utils.files import atomic_write_bytes, atomic_write_json, read_json, replace_dir, sha256_file
 from ..utils.locks import folder_lock
 from .faiss_io import read_index_file
 from .gpu import to_cpu
+from .meta_check import check_meta
 from .ondisk import IVFDATA_FILE
 from .row_paths import ROW_PATH_FILES, RowPaths, RowPathsError, write_row_paths
 
@@ -137,6 +138,10 @@ def load_index(path: str | Path) -> tuple[faiss.Index, dict[str, Any]]:
     meta = read_json(path / META_FILE, FaissIndexError, fix)
     if not isinstance(meta, dict):
         raise FaissIndexError(f"{path / META_FILE}: not an index description; {fix}")
+    try:
+        check_meta(meta)
+    except InputError as e:
+        raise FaissIndexError(f"{path / META_FILE}: {e}; {fix}") from None
     rows = meta.get("row_paths")
     if isinstance(rows, dict) and all(type(rows.get(k)) is int and rows[k] >= 0 for k in ("rows", "bytes")):
         try:
