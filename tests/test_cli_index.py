@@ -1,6 +1,8 @@
 """`vggfeat index`: an index folder whose files do not belong together, or are broken, is refused with one
 clear line - never searched with wrong row paths."""
 
+import os
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -128,7 +130,6 @@ def test_index_build_on_a_broken_store_is_one_line(tmp_path, damage, message):
 
 
 def test_second_index_build_into_a_locked_folder_is_one_line(tmp_path):
-    import os
     import subprocess
     import sys
 
@@ -184,7 +185,6 @@ def test_rebuild_where_folders_cannot_be_swapped_in_one_step(tmp_path, monkeypat
 
 def test_a_store_row_whose_file_name_is_not_utf8_is_indexed_and_printed_byte_for_byte(tmp_path):
     import io
-    import os
 
     from helpers import TINY
     from PIL import Image
@@ -343,3 +343,119 @@ def test_query_vectors_larger_than_their_file_are_one_line(tmp_path, shape, mess
     assert r.exit_code == 1 and r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
     assert r.output.startswith(f"Error: {q}: ") and message in r.output, r.output
     assert len(r.output.strip().splitlines()) == 1
+
+
+def _patch_meta(folder, **fields):
+    import json
+
+    meta = json.loads((folder / "index.json").read_text())
+    meta.update(fields)
+    for k in [k for k, v in fields.items() if v is None]:
+        del meta[k]
+    (folder / "index.json").write_text(json.dumps(meta))
+
+
+def _size_field_bomb(folder, n):
+    """index.faiss of a Flat index (237 bytes) whose codes-vector size field claims `n` entries, as an index
+    written before index.json recorded the file's sha256."""
+    import struct
+
+    data = bytearray((folder / "index.faiss").read_bytes())
+    assert struct.unpack_from("<Q", data, 0x25)[0] == 48  # 6 rows x 8 dims
+    struct.pack_into("<Q", data, 0x25, n)
+    (folder / "index.faiss").write_bytes(bytes(data))
+    _patch_meta(folder, index_sha256=None)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="the address space is read from Linux's /proc")
+def test_an_index_file_claiming_huge_vectors_is_refused_before_allocating(tmp_path):
+    import resource
+
+    folder = tmp_path / "idx"
+    _save(folder, 0, "img")
+    _size_field_bomb(folder, 1 << 30)  # 4 GiB of floats claimed by a 237-byte file
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/status") as f:
+        vm = int(next(line for line in f if line.startswith("VmSize:")).split()[1]) * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (vm + (1 << 30), hard))  # 1 GiB more address space than now
+    try:
+        # before: faiss allocated what the file claims (1.2 GB of RSS for 2^28), here a MemoryError traceback
+        with pytest.raises(FaissIndexError, match=r"index\.faiss: unreadable \(.*\); rebuild it"):
+            load_index(folder)
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_fuzzed_index_files_load_whole_or_are_refused_in_one_line(tmp_path, kind):
+    """Damaged index.faiss of an index from before its checksum: faiss parses it bounded by the file's size, and
+    what it accepts searches with rows of the index only."""
+    x = _rows(0, n=40)
+    folder = tmp_path / "idx"
+    save_index(build_index(x, kind), folder, {}, paths=[f"{i}.jpg" for i in range(len(x))])
+    _patch_meta(folder, index_sha256=None)
+    good = (folder / "index.faiss").read_bytes()
+    rng = np.random.default_rng(2)
+    for _ in range(100):
+        bad = bytearray(good)
+        for pos in rng.integers(0, len(bad), int(rng.integers(1, 5))).tolist():
+            bad[pos : pos + 4] = rng.choice([b"\xff\xff\xff\x7f", b"\0\0\0\0", rng.bytes(4)])
+        (folder / "index.faiss").write_bytes(bytes(bad))
+        try:
+            index, meta = load_index(folder)
+            _, ids = knn.search(index, x[:3], 5)
+        except FaissIndexError as e:
+            assert "index.faiss" in str(e) or "outside the index" in str(e), e
+            assert len(str(e).splitlines()) == 1, e
+            continue
+        assert ((ids >= -1) & (ids < len(x))).all()
+
+
+MEASURED = {"recall@10": 0.9, "recall_k": 10, "ms_per_query": 0.1, "max_query_ms": 10.0, "queries": 6}
+BUILD = {"seconds": 1.0, "peak_rss": 1 << 20, "max_memory": 1 << 30}
+MODEL = {"model": "vgg_a", "weights": "w.safetensors"}
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"measured": {}}, "'measured' lacks recall_k"),
+        ({"measured": {**MEASURED, "recall_k": "ten"}}, "'measured.recall_k' is 'ten', not an integer"),
+        ({"measured": {k: v for k, v in MEASURED.items() if k != "recall@10"}}, "'measured' lacks recall@10"),
+        ({"measured": MEASURED, "build": {}}, "'build' lacks seconds"),
+        ({"measured": 5}, "'measured' is 5, not an object"),
+        ({"search_params": 3}, "'search_params' is 3, not a string"),
+        ({"ondisk": "yes"}, "'ondisk' is 'yes', not true or false"),
+        ({"features": {"models": 5}}, "'features.models' is 5, not a list"),
+        ({"features": {"models": [{"weights": "w"}]}}, "'features.models[0]' lacks model"),
+        ({"features": {"models": [MODEL], "scales": "abc"}}, "'features.scales' is 'abc', not a list"),
+        ({"features": {"models": [MODEL], "scales": [0]}}, "scales must be positive integers"),
+        ({"features": {"models": [MODEL], "flip": 1}}, "'features.flip' is 1, not true or false"),
+    ],
+)
+def test_index_json_fields_of_the_wrong_kind_are_one_line_naming_the_file(tmp_path, fields, message):
+    folder = tmp_path / "idx"
+    _save(folder, 0, "img")
+    full = {"factory": "Flat", "reason": "given", "search_params": "", "measured": MEASURED, "build": BUILD}
+    _patch_meta(folder, **{**full, **fields})
+    # before: KeyError in `index info`, TypeError in `index search IMAGE` (the index.faiss itself intact)
+    with pytest.raises(FaissIndexError, match="index.json: ") as e:
+        load_index(folder)
+    assert message in str(e.value) and "rebuild it" in str(e.value) and len(str(e.value).splitlines()) == 1
+    (tmp_path / "q.jpg").write_bytes(b"")
+    for cmd in (["info", str(folder)], ["search", str(folder), str(tmp_path / "q.jpg")]):
+        r = CliRunner().invoke(main.cli, ["index", *cmd])
+        assert r.exit_code == 1 and r.output.startswith("Error: ") and message in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1
+
+
+def test_an_index_json_of_every_recorded_field_loads_and_reports(tmp_path):
+    folder = tmp_path / "idx"
+    _save(folder, 0, "img")
+    features = {"models": [MODEL], "layer": "fc7", "scales": [48], "flip": True, "aggregate": "mean", "seed": 3}
+    _patch_meta(folder, factory="Flat", reason="given", search_params="", measured=MEASURED, build=BUILD)
+    _patch_meta(folder, features={**features, "l2": True, "snap": 1, "fast_decode": None, "gpu_decode": False})
+    _, meta = load_index(folder)
+    assert meta["measured"] == MEASURED and meta["features"]["seed"] == 3
+    r = CliRunner().invoke(main.cli, ["index", "info", str(folder)])
+    assert r.exit_code == 0 and "recall@10 0.9000 against exact search on 6 held-out queries" in r.output

@@ -371,3 +371,146 @@ def test_blocks_trained_on_a_gpu_are_refused_by_a_merge_on_the_cpu(tmp_path, mon
     assert "holds blocks of another build (train_device 'gpu' -> 'cpu' (--device))" in _refused(
         src, tmp_path / "disk", *args
     )
+
+
+ONDISK = ["--factory", "IVF16,Flat", "--queries", "50", "--block-rows", "400", "--max-memory", "4KB"]
+
+
+def _ondisk_index(tmp_path, *extra):
+    """An index of 1,200 rows whose inverted lists are on disk (index.ivfdata), or with `extra` (--part 0/2) the
+    blocks folder such a build leaves: blocks 0 and 2 of 3."""
+    x = vectors(1200, 16, seed=9)
+    src, out = emb_meta(tmp_path / "v", x), tmp_path / "disk"
+    build(src, out, *ONDISK, *extra)
+    return x, src, out
+
+
+def test_search_json_on_an_ondisk_index_is_only_json_on_stdout(tmp_path):
+    import subprocess
+    import sys
+
+    x, _, out = _ondisk_index(tmp_path)
+    np.save(tmp_path / "q.npy", x[5:7])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd = [sys.executable, "-m", "vggfeat", "index", "search", str(out), "--vectors", str(tmp_path / "q.npy")]
+    p = subprocess.run([*cmd, "-k", "2", "--json"], capture_output=True, text=True, env=env, timeout=120)
+    # before: faiss's "IO_FLAG_ONDISK_SAME_DIR: updating ondisk filename ..." came first on stdout
+    assert p.returncode == 0, p.stderr[-2000:]
+    doc = json.loads(p.stdout)
+    assert [q["results"][0]["path"] for q in doc["queries"]] == ["img_5.jpg", "img_6.jpg"]
+
+
+def _one_line_error(r, *names, after_progress=False):
+    """`r` failed with one "Error: " line naming `names`: its whole output, or its last line after the progress
+    lines a build prints."""
+    text = r.output.strip().splitlines()[-1] if after_progress else r.output
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit) and text.startswith("Error: "), r.output
+    assert len(text.strip().splitlines()) == 1 and all(n in text for n in names), r.output
+
+
+def _overwrite(path, data):
+    """`data` written over the bytes of `path` in place: an index that a search left memory-mapped (the failed
+    search's traceback holds it) must never see its file shrink (SIGBUS)."""
+    with open(path, "r+b") as f:
+        f.write(data)
+
+
+def test_damaged_inverted_lists_on_disk_are_refused_never_searched(tmp_path):
+    from vggfeat.index.folder import FaissIndexError
+
+    x, _, out = _ondisk_index(tmp_path)
+    np.save(tmp_path / "q.npy", x[:3])
+    search = ["index", "search", str(out), "--vectors", str(tmp_path / "q.npy"), "-k", "3"]
+    good = (out / "index.ivfdata").read_bytes()
+    rng = np.random.default_rng(0)
+    zeroed, noise = bytes(len(good)), rng.integers(0, 256, len(good), dtype=np.uint8).tobytes()
+    flips = []
+    for pos in rng.integers(0, len(good), 40).tolist():
+        bad = bytearray(good)
+        bad[pos] ^= int(rng.integers(1, 256))
+        flips.append(bytes(bad))
+    # before: zeroed lists (what a crash can leave) answered every query with row 0 at score 0, exit 0; random
+    # bytes crashed in the row-path lookup with an IndexError
+    for bad in (zeroed, noise, *flips):
+        _overwrite(out / "index.ivfdata", bad)
+        with pytest.raises(FaissIndexError, match=r"index\.ivfdata: its content differs from .*; rebuild it"):
+            load_index(out)
+    _overwrite(out / "index.ivfdata", noise)
+    _one_line_error(CliRunner().invoke(main.cli, search), "index.ivfdata", "rebuild it")
+    # an index written before the lists' checksum: the ids its damaged lists give are refused at search
+    meta = json.loads((out / "index.json").read_text())
+    del meta["ivfdata_sha256"]
+    (out / "index.json").write_text(json.dumps(meta))
+    _one_line_error(CliRunner().invoke(main.cli, search), str(out), "outside the index's 1200 rows")
+    _overwrite(out / "index.ivfdata", good)
+    r = CliRunner().invoke(main.cli, search)
+    assert r.exit_code == 0 and r.output.splitlines()[1].split()[2] == "img_0.jpg", r.output
+
+
+def knn_ids(index, q):
+    faiss.ParameterSpace().set_index_parameters(index, "nprobe=16")  # every list: exact
+    return index.search(q, 1)[1].ravel().tolist()
+
+
+def _damage_blocks(blocks, damage):
+    if damage == "plan":
+        (blocks / "plan.json").write_text("[]")
+    elif damage == "swapped":  # another block's index (whole, valid for faiss) in block 0's place
+        (blocks / "block_000000.index").write_bytes((blocks / "block_000002.index").read_bytes())
+    else:
+        name = {"trained": "trained.index", "truth": "block_000000.truth.npz", "block": "block_000000.index"}[damage]
+        data = (blocks / name).read_bytes()
+        (blocks / name).write_bytes(data[: len(data) // 2])  # cut short: a copy interrupted, a disk error
+
+
+@pytest.mark.parametrize(
+    "damage, names",
+    [
+        ("plan", ["plan.json", "remove the folder"]),
+        ("trained", ["trained.index", "remove the folder"]),
+        ("truth", ["block_000000.truth.npz", "delete block_000000.index and block_000000.truth.npz"]),
+        ("block", ["block_000000.index", "does not match", "delete block_000000.index and"]),
+        ("swapped", ["block_000000.index", "does not match", "delete block_000000.index and"]),
+    ],
+)
+def test_a_damaged_blocks_folder_is_one_line_and_never_merged(tmp_path, damage, names):
+    x, src, out = _ondisk_index(tmp_path, "--part", "0/2")
+    _damage_blocks(tmp_path / "disk.blocks", damage)
+    r = CliRunner().invoke(main.cli, ["index", "build", str(src), "-o", str(out), "--device", "cpu", *ONDISK])
+    # before: AttributeError, RuntimeError and BadZipFile tracebacks; another block's index merged silently
+    _one_line_error(r, *names, after_progress=True)
+    assert not out.exists()
+    if damage == "swapped":  # as the line says: that block's two files deleted, the next run rebuilds it
+        for name in ("block_000000.index", "block_000000.truth.npz"):
+            (tmp_path / "disk.blocks" / name).unlink()
+        build(src, out, *ONDISK)
+        index, meta = load_index(out)
+        assert meta["paths"].lookup(knn_ids(index, x[[5, 1100]])) == ["img_5.jpg", "img_1100.jpg"]
+
+
+def test_fuzzed_blocks_folder_files_are_read_whole_or_refused_in_one_line(tmp_path):
+    from vggfeat.errors import InputError
+
+    _ondisk_index(tmp_path, "--part", "0/2")
+    blocks = tmp_path / "disk.blocks"
+    scores, ids = ondisk.read_truth(blocks, 0, (50, 10))
+    assert scores.shape == ids.shape == (50, 10) and ids.dtype == np.int64 and (ids >= 0).all()
+    trained = ondisk.read_trained(blocks)
+    assert (trained.d, trained.ntotal, faiss.extract_index_ivf(trained).nlist) == (16, 0, 16)
+    rng = np.random.default_rng(1)
+    for name in ("trained.index", "block_000000.truth.npz"):
+        good = (blocks / name).read_bytes()
+        for _ in range(100):
+            bad = bytearray(good)
+            for pos in rng.integers(0, len(bad), int(rng.integers(1, 4))).tolist():
+                bad[pos : pos + 4] = rng.choice([b"\xff\xff\xff\x7f", b"\0\0\0\0", rng.bytes(4)])
+            (blocks / name).write_bytes(bytes(bad[: int(rng.integers(len(bad) // 2, len(bad) + 1))]))
+            try:
+                if name == "trained.index":
+                    ondisk.read_trained(blocks)
+                else:
+                    got = ondisk.read_truth(blocks, 0, (50, 10))
+                    assert np.array_equal(got[0], scores) and np.array_equal(got[1], ids)
+            except InputError as e:
+                assert name in str(e) and len(str(e).splitlines()) == 1, e
+        (blocks / name).write_bytes(good)

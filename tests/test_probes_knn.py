@@ -106,6 +106,18 @@ def test_save_load_roundtrip(tmp_path, kind):
         load_index(tmp_path / "bad")
 
 
+def test_an_l2_ivfpq_index_loads_with_its_precomputed_table_and_searches_the_same(tmp_path):
+    # the table is not stored: load_index reads the file bounded by its size, then rebuilds it as faiss would
+    X, _ = clustered(n=1000)
+    index = build_index(X, "ivfpq", metric="l2")
+    save_index(index, tmp_path / "idx", {}, paths=[f"{i}.jpg" for i in range(len(X))])
+    loaded, _ = load_index(tmp_path / "idx")
+    inner = faiss.downcast_index(faiss.extract_index_ivf(loaded))
+    assert inner.use_precomputed_table == 1 and inner.precomputed_table.size() > 0
+    a, b = search(index, X[:20], 5), search(loaded, X[:20], 5)
+    assert np.array_equal(a[1], b[1]) and np.allclose(a[0], b[0])
+
+
 def test_knn_scores_multiclass_by_hand():
     train = np.array([[1, 0], [0.8, 0.6], [0, 1], [-1, 0]], dtype=np.float32)  # unit rows
     labels = np.array([0, 1, 1, 2])

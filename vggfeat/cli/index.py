@@ -170,7 +170,7 @@ def search(index_dir, images, vectors, k, as_json, device, batch_size, workers, 
         q, labels, skipped, paths = describe_queries(index_dir, meta, images, runtime, seed)
     if not meta.get("ondisk"):  # memory-mapped lists stay on the CPU
         idx = to_gpus(idx, faiss_gpus(device))
-    scores, ids = knn_search(idx, q, min(k, len(meta["paths"])))
+    scores, ids = knn_search(idx, q, min(k, len(meta["paths"])), where=str(index_dir))
     # every result row's path in one pass over the row-path files (a list for an index written before them)
     hits = sorted({int(i) for i in ids.ravel() if i >= 0})
     rows = meta["paths"]

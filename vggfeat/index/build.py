@@ -157,7 +157,7 @@ def build_index(
         with ondisk.waiting_lock(folder / ondisk.TRAINED_FILE):  # one part trains, the others wait and read it
             if not (folder / ondisk.TRAINED_FILE).is_file():
                 ondisk.write_index(_train(source, plan, t_rows, gpus), folder / ondisk.TRAINED_FILE)
-        trained = faiss.read_index(str(folder / ondisk.TRAINED_FILE))
+        trained = ondisk.read_trained(folder)
         mine = [b for b in range(n_blocks) if part is None or b % part[1] == part[0]]
         _blocks(source, trained, folder, mine, block_rows, truth, echo)
         if part is not None:
@@ -165,7 +165,7 @@ def build_index(
             echo(f"part {part[0]}/{part[1]}: {len(mine)} of {n_blocks} blocks in {folder}; {left} still to build")
             return None
         for b in range(n_blocks):
-            truth.add_result(*ondisk.read_truth(folder, b))
+            truth.add_result(*ondisk.read_truth(folder, b, (len(q_rows), k)))
         ivfdata = folder / ondisk.IVFDATA_FILE
         index = ondisk.merge(trained, folder, n_blocks, ivfdata)
         echo(f"  merged {n_blocks} blocks into on-disk inverted lists ({format_size(ivfdata.stat().st_size)})")

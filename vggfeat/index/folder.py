@@ -13,10 +13,12 @@ from typing import Any
 
 import faiss
 
-from ..errors import VggfeatError
+from ..errors import InputError, VggfeatError
 from ..utils.files import atomic_write_bytes, atomic_write_json, read_json, replace_dir, sha256_file
 from ..utils.locks import folder_lock
+from .faiss_io import read_index_file
 from .gpu import to_cpu
+from .meta_check import check_meta
 from .ondisk import IVFDATA_FILE
 from .row_paths import ROW_PATH_FILES, RowPaths, RowPathsError, write_row_paths
 
@@ -62,7 +64,7 @@ def save_index(
     json also records the sha256 of index.faiss, so files mixed by hand are refused by `load_index`. `meta`
     should carry the feature store's manifest summary. A folder
     holding anything but an index is refused rather than replaced. An index whose inverted lists are on disk
-    (OnDiskInvertedLists) brings their file `ivfdata`, moved in as index.ivfdata and recorded by size.
+    (OnDiskInvertedLists) brings their file `ivfdata`, moved in as index.ivfdata and recorded by size and sha256.
     """
     path = Path(path)
     cpu = to_cpu(index)
@@ -88,7 +90,8 @@ def save_index(
         try:
             if ivfdata is not None:
                 os.replace(ivfdata, tmp / IVFDATA_FILE)  # the lists already mapped stay valid through the rename
-                meta = {**meta, "ivfdata_bytes": (tmp / IVFDATA_FILE).stat().st_size}
+                size, sha = (tmp / IVFDATA_FILE).stat().st_size, sha256_file(tmp / IVFDATA_FILE)
+                meta = {**meta, "ivfdata_bytes": size, "ivfdata_sha256": sha}
                 # plain faiss.read_index finds the lists where the folder ends up; load_index looks beside it
                 invlists = faiss.extract_index_ivf(cpu).invlists
                 lists = faiss.downcast_InvertedLists(invlists) if invlists is not None else None
@@ -135,6 +138,10 @@ def load_index(path: str | Path) -> tuple[faiss.Index, dict[str, Any]]:
     meta = read_json(path / META_FILE, FaissIndexError, fix)
     if not isinstance(meta, dict):
         raise FaissIndexError(f"{path / META_FILE}: not an index description; {fix}")
+    try:
+        check_meta(meta)
+    except InputError as e:
+        raise FaissIndexError(f"{path / META_FILE}: {e}; {fix}") from None
     rows = meta.get("row_paths")
     if isinstance(rows, dict) and all(type(rows.get(k)) is int and rows[k] >= 0 for k in ("rows", "bytes")):
         try:
@@ -153,11 +160,15 @@ def load_index(path: str | Path) -> tuple[faiss.Index, dict[str, Any]]:
                 f"{path / IVFDATA_FILE}: {'missing' if size is None else f'{size} bytes'} but {META_FILE} records "
                 f"{meta['ivfdata_bytes']}; {fix}"
             )
+        # the lists' content too: a crash can leave a file of the right size holding zeros, which faiss would
+        # search. This reads the whole file once per load, sequentially (about a second per GB from disk, less
+        # from the page cache): the price of never answering from damaged lists, paid by each `index search`
+        if "ivfdata_sha256" in meta and sha256_file(path / IVFDATA_FILE) != meta["ivfdata_sha256"]:
+            raise FaissIndexError(
+                f"{path / IVFDATA_FILE}: its content differs from what {META_FILE} records (damaged); {fix}"
+            )
         flags = faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY
-    try:
-        index = faiss.read_index(str(path / INDEX_FILE), flags)
-    except RuntimeError as e:
-        raise FaissIndexError(f"{path / INDEX_FILE}: unreadable ({str(e).splitlines()[0][:200]}); {fix}") from None
+    index = read_index_file(path / INDEX_FILE, FaissIndexError, fix, flags)
     info = describe_index(index)
     if (info["dim"], info["ntotal"], len(meta["paths"])) != (meta.get("dim"), meta.get("ntotal"), info["ntotal"]):
         raise FaissIndexError(

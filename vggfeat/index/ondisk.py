@@ -3,12 +3,15 @@ block by block into small indices on disk (by any number of parts at once, `--pa
 their inverted lists into a single OnDiskInvertedLists file that searches memory-mapped.
 
 The blocks live in OUT.blocks/ beside the index folder, with plan.json naming the settings they belong to, so a
-rerun resumes (finished blocks are kept) and blocks of other settings are never merged.
+rerun resumes (finished blocks are kept) and blocks of other settings are never merged. Each index file there is
+written after NAME.sha256, its checksum, and read only when it matches: a damaged or swapped file is refused by
+name, never trained on or merged.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -19,8 +22,10 @@ import faiss
 import numpy as np
 
 from vggfeat.errors import InputError
-from vggfeat.utils.files import atomic_write_bytes, atomic_write_json, load_json_file
+from vggfeat.utils.files import atomic_write_bytes, atomic_write_json, load_json_file, open_regular, sha256_file
 from vggfeat.utils.locks import folder_lock
+
+from .faiss_io import read_index_file
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +47,9 @@ def check_plan(folder: Path, plan: dict[str, Any]) -> None:
         try:
             old = load_json_file(path)
         except (OSError, ValueError) as e:
-            raise InputError(f"{path}: unreadable ({e}); remove the folder {folder} (blocks are rebuilt)") from None
+            raise InputError(f"{path}: unreadable ({e}); {_remove(folder)}") from None
+        if not isinstance(old, dict):
+            raise InputError(f"{path}: not a plan (a JSON object); {_remove(folder)}")
         differ = [k for k in plan if old.get(k) != plan.get(k)]
         if differ == ["source_identity"]:  # the same command, but the vectors were rewritten since those blocks
             raise InputError(
@@ -63,13 +70,44 @@ def _set_by(field: str) -> str:
     return f" ({SET_BY[field]})" if field in SET_BY else ""
 
 
+def _remove(folder: Path) -> str:
+    return f"remove the folder {folder} (its blocks are rebuilt)"
+
+
 def waiting_lock(folder: Path) -> contextlib.AbstractContextManager[None]:
     """folder_lock, waiting for the holder (another part training the shared index) instead of failing."""
     return folder_lock(folder, "trained", "wait", wait=True)
 
 
 def write_index(index: faiss.Index, path: Path) -> None:
-    atomic_write_bytes(path, faiss.serialize_index(index).tobytes())
+    """`path` and, first, its checksum: a `path` that exists has its NAME.sha256 written whole beside it."""
+    data = faiss.serialize_index(index).tobytes()
+    atomic_write_bytes(_sha_file(path), hashlib.sha256(data).hexdigest().encode())
+    atomic_write_bytes(path, data)
+
+
+def _sha_file(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def check_index_file(path: Path, fix: str) -> None:
+    """InputError naming `path`, with `fix`, unless its content has the sha256 recorded beside it (write_index).
+    Reads it whole once, as the read that follows does."""
+    try:
+        with open_regular(_sha_file(path)) as f:
+            recorded = f.read(100).decode("ascii", "replace")
+        actual = sha256_file(path)
+    except OSError as e:
+        raise InputError(f"{e.filename or path}: unreadable ({e.strerror or e}); {fix}") from None
+    if actual != recorded:
+        raise InputError(f"{path}: does not match the sha256 in {_sha_file(path).name} (damaged); {fix}")
+
+
+def read_trained(folder: Path) -> faiss.Index:
+    """The trained, empty index every block starts from, checked against its checksum."""
+    path = folder / TRAINED_FILE
+    check_index_file(path, _remove(folder))
+    return read_index_file(path, InputError, _remove(folder))
 
 
 def block_files(folder: Path, b: int) -> tuple[Path, Path]:
@@ -92,15 +130,37 @@ def write_block(folder: Path, b: int, index: faiss.Index, scores: np.ndarray, id
     write_index(index, index_path)
 
 
-def read_truth(folder: Path, b: int) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(block_files(folder, b)[1]) as z:
-        return z["scores"], z["ids"]
+def _remove_block(folder: Path, b: int) -> str:
+    index, truth = block_files(folder, b)
+    return f"delete {index.name} and {truth.name} (that block is rebuilt by the next run), or {_remove(folder)}"
+
+
+def read_truth(folder: Path, b: int, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Block b's exact top-K: (scores, ids), float32 and int64 of `shape` (queries, K). The zip's CRC-32 of each
+    member makes a damaged file an error, never other numbers."""
+    path = block_files(folder, b)[1]
+    try:
+        with open_regular(path) as f, np.load(f) as z:
+            scores, ids = z["scores"], z["ids"]
+    except Exception as e:  # zipfile and numpy raise BadZipFile, ValueError, KeyError, EOFError, zlib.error, ...
+        raise InputError(
+            f"{path}: unreadable ({type(e).__name__}: {str(e)[:100]}); {_remove_block(folder, b)}"
+        ) from None
+    if (scores.shape, ids.shape, scores.dtype, ids.dtype) != (shape, shape, np.float32, np.int64):
+        raise InputError(
+            f"{path}: {scores.dtype} {scores.shape} scores and {ids.dtype} {ids.shape} ids, not the float32 and int64 "
+            f"{shape} of this build; {_remove_block(folder, b)}"
+        )
+    return scores, ids
 
 
 def merge(trained: faiss.Index, folder: Path, n_blocks: int, ivfdata: Path) -> faiss.Index:
-    """`trained` (empty) filled with every block's lists, held in one OnDiskInvertedLists file `ivfdata`."""
+    """`trained` (empty) filled with every block's lists, held in one OnDiskInvertedLists file `ivfdata`. Each
+    block is checked against its checksum first: one more sequential read of the blocks (as large as the index)."""
     from faiss.contrib.ondisk import merge_ondisk
 
+    for b in range(n_blocks):
+        check_index_file(block_files(folder, b)[0], _remove_block(folder, b))
     ivfdata.unlink(missing_ok=True)  # left by a merge that was killed
     merge_ondisk(trained, [str(block_files(folder, b)[0]) for b in range(n_blocks)], str(ivfdata))
     return trained

@@ -100,17 +100,24 @@ def build_index(
     return index
 
 
-def search(index: faiss.Index, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def search(index: faiss.Index, Q: np.ndarray, k: int, where: str = "the index") -> tuple[np.ndarray, np.ndarray]:
     """(scores (M, k), ids (M, k)), best first; k is capped at the index size.
 
     Scores are inner products ('ip', larger is nearer) or squared distances ('l2', smaller is nearer).
-    An IVF search that probes fewer than k rows pads with id -1.
+    An IVF search that probes fewer than k rows pads with id -1. An id outside the index's rows (damaged lists
+    of an index folder written before they were checksummed) raises FaissIndexError naming `where`.
     """
     Q = _as_matrix(Q, "Q")
     if Q.shape[1] != index.d:
         raise FaissIndexError(f"queries have dimension {Q.shape[1]} but the index has {index.d}")
     k = max(1, min(int(k), int(index.ntotal)))
     scores, ids = index.search(Q, k)
+    bad = ids[(ids < -1) | (ids >= index.ntotal)]
+    if bad.size:
+        raise FaissIndexError(
+            f"{where}: a search returned row {bad[0]}, outside the index's {index.ntotal} rows (its files are "
+            "damaged); rebuild it"
+        )
     return scores, ids
 
 

@@ -16,8 +16,9 @@ from vggfeat.errors import DatasetError
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """The sha256 of a regular file: a FIFO or a device is refused (NotRegularFileError), never waited on."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
