@@ -97,7 +97,8 @@ def test_resnet_layers_and_refused_names():
     )
     layer2 = vggfeat.extract_features(model, images(), layer="layer2", scales=(64,), l2=False)
     assert layer2.shape[1] == model.feature_info[2]["num_chs"] and not np.allclose(layer2[:, :8], fc7[:, :8])
-    for bad in ("banana", "pool5", "conv5_3", str(len(model.feature_info))):
+    # "²" passes str.isdigit() but not int(); int() refuses 5,000 digits: both were ValueError tracebacks
+    for bad in ("banana", "pool5", "conv5_3", str(len(model.feature_info)), "²", "1" + "0" * 5000):
         with pytest.raises(LayerError, match=r"unknown layer .* for timm model test_resnet; valid: fc7, pre_logits, 0"):
             vggfeat.extract_features(model, images(1), layer=bad, scales=(64,))
     assert issubclass(LayerError, VggfeatError) and issubclass(LayerError, ValueError)

@@ -181,6 +181,22 @@ def test_a_build_killed_at_any_stage_leaves_the_old_index_searchable(tmp_path, m
     assert load_index(out)[1]["measured"]["seed"] == 1 and not (tmp_path / "idx.blocks").exists()
 
 
+def test_parts_are_taken_in_natural_order_whatever_digits_their_names_hold(tmp_path):
+    root = tmp_path / "v"
+    (root / "emb").mkdir(parents=True)
+    (root / "meta").mkdir()
+    # "²" passes str.isdigit() but not int(): the sort key was a ValueError traceback
+    names = ["p10", "p²1", "p2"]
+    for i, name in enumerate(names):
+        np.save(root / "emb" / f"{name}.npy", vectors(3, 4, seed=i))
+        pq.write_table(pa.table({"path": [f"{name}/{j}.jpg" for j in range(3)]}), root / "meta" / f"{name}.parquet")
+    from vggfeat.index.source import open_source
+
+    source = open_source(root)
+    assert [f.stem for f in source.rows.files] == ["p2", "p10", "p²1"]
+    assert list(source.iter_paths())[::3] == ["p2/0.jpg", "p10/0.jpg", "p²1/0.jpg"]
+
+
 def test_old_options_and_image_queries_on_plain_vectors_are_one_line(tmp_path):
     x = vectors(500, 16)
     src = emb_meta(tmp_path / "v", x)

@@ -23,6 +23,7 @@ from vggfeat.models.inference import inference_copy
 from vggfeat.models.resolve import check_timm_model, check_vggfeat_net, resolve_weights
 from vggfeat.models.vgg import VGG
 from vggfeat.models.weights import WeightsError, read_weights
+from vggfeat.utils.text import decimal_int
 from vggfeat.weight_sources import RANDOM
 
 log = logging.getLogger(__name__)
@@ -203,8 +204,9 @@ def _timm_tap(model: TimmNet, layer: str) -> tuple[int | None, int]:
         return None, int(getattr(model, "head_hidden_size", None) or model.num_features)
     taps = _timm_taps(model)
     names = [name for name, _ in taps]
-    if layer.isdigit() and int(layer) < len(taps):
-        index = int(layer)
+    number = decimal_int(layer)
+    if number is not None and number < len(taps):
+        index = number
     elif layer in names:
         index = names.index(layer)
     else:

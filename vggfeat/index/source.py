@@ -37,8 +37,11 @@ class SourceError(VggfeatError, ValueError):
 
 
 def _natural(p: Path) -> list[Any]:
-    """img_emb_2 before img_emb_10: the order clip-retrieval numbered its partitions."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)]
+    """img_emb_2 before img_emb_10: the order clip-retrieval numbered its partitions. The name splits into text
+    and runs of ASCII digits, alternately; a run compares as its number (fewer significant digits first), without
+    int(), which refuses digits other than ASCII ones."""
+    parts = re.split(r"([0-9]+)", p.name)
+    return [(len(t.lstrip("0")), t.lstrip("0")) if i % 2 else t for i, t in enumerate(parts)]
 
 
 @dataclass
