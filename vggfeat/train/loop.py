@@ -82,7 +82,7 @@ _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EP
 
 
 # what a run leaves in its folder; --overwrite removes exactly these (never the user's other files)
-_RUN_FILES = ("ckpt-*.pt", "best.pt", "last.json", "model.safetensors", "metrics.jsonl")
+_RUN_FILES = ("ckpt-*.pt", "best.pt", "last.json", "model.safetensors", "best.safetensors", "metrics.jsonl")
 
 
 def check_run_folder(run: str | Path, epochs: int, *, resume: bool, overwrite: bool) -> None:
