@@ -33,7 +33,8 @@ def test_train_refuses_a_folder_holding_a_run(tmp_path):
 
 def test_overwrite_clears_only_the_run_files(tmp_path):
     (tmp_path / "ckpt-e001-s00000004.pt").write_bytes(b"a")
-    for name in ("model.safetensors", "metrics.jsonl", "best.pt", "last.json", "notes.txt"):
+    # best.safetensors too: an old run's best weights must not stand beside a new run's until its first epoch ends
+    for name in ("model.safetensors", "best.safetensors", "metrics.jsonl", "best.pt", "last.json", "notes.txt"):
         (tmp_path / name).write_text("x")
     try:
         check_run_folder(tmp_path, 3, resume=False, overwrite=False)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import voc_labels
 
 from vggfeat import metrics
@@ -296,3 +297,133 @@ def test_several_random_nets_are_each_probed_and_averaged(tmp_path, monkeypatch)
         for key, report in (("linear_map", net["linear_report"]), ("knn_map", net["knn_report"])):
             assert Path(report).with_suffix(".png").is_file() == plotted, report
             assert json.loads(Path(report).read_text())["headline"] == net[key]
+
+
+def test_demo_rebuilds_a_target_of_other_settings(tmp_path, monkeypatch, tiny_model):
+    """`vggfeat demo` after `vggfeat demo --quick` in one OUT: the target's DONE marker records its settings, so
+    a target of other settings is generated again rather than reused."""
+    import vggfeat
+    import vggfeat.demo.config as demo_config
+    import vggfeat.demo.pipeline as pipeline
+
+    class Stop(Exception):
+        pass
+
+    def train(recipe, run, **kwargs):
+        run.mkdir(parents=True, exist_ok=True)
+        vggfeat.save_weights(tiny_model(recipe.model.name), run / "model.safetensors")
+        return {"history": [], "run": str(run)}
+
+    def stop(name, root):
+        raise Stop
+
+    recipes = tmp_path / "recipes"
+    shutil.copytree(RECIPES.parent, recipes)
+    monkeypatch.setattr(demo_config, "RECIPES", recipes / "demo")
+    monkeypatch.setattr(pipeline, "train", train)
+    monkeypatch.setattr(pipeline, "load_benchmark", stop)  # right after the target is made
+    quick = recipes / "demo" / "quick.yaml"
+    text = quick.read_text()
+    assert "  n_trainval: 100\n  n_test: 100\n" in text and "  per_class: 32\n" in text
+    text = text.replace("  per_class: 32\n", "  per_class: 2\n")  # a small source: it is never trained on here
+    trainval = tmp_path / "out" / "target" / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main" / "trainval.txt"
+    for n in (6, 4, 4):
+        quick.write_text(text.replace("  n_trainval: 100\n  n_test: 100\n", f"  n_trainval: {n}\n  n_test: 3\n"))
+        before = trainval.stat().st_mtime_ns if trainval.exists() else None
+        with pytest.raises(Stop):
+            pipeline.run_demo(tmp_path / "out", quick=True, progress=False, echo=lambda _: None)
+        assert len(trainval.read_text().split()) == n
+    assert trainval.stat().st_mtime_ns == before  # the same settings: reused
+    images = sorted(p.name for p in (trainval.parents[2] / "JPEGImages").iterdir())
+    assert images == [f"{k:06d}.jpg" for k in range(7)]  # nothing left of the 9 scenes before
+
+
+def _fake_train(calls: list, weights):
+    def train(recipe, run, **kwargs):
+        calls.append((run.name, kwargs["resume"], kwargs["overwrite"]))
+        (run / "ckpt-e001-s00000002.pt").parent.mkdir(parents=True, exist_ok=True)
+        (run / "ckpt-e001-s00000002.pt").write_bytes(b"a checkpoint")
+        weights(recipe, run / "model.safetensors")
+        return {"history": [], "run": str(run)}
+
+    return train
+
+
+def test_demo_net_d_is_retrained_when_net_a_weights_change(tmp_path, monkeypatch, tiny_model):
+    """Net D's model.init_from is a path: the run is keyed by the sha256 of the weights there, so D trained from
+    an earlier net A is not reused once A is retrained to other weights."""
+    import vggfeat
+    import vggfeat.demo.pipeline as pipeline
+
+    calls: list = []
+    save = lambda recipe, path: vggfeat.save_weights(tiny_model(recipe.model.name), path)  # noqa: E731
+    monkeypatch.setattr(pipeline, "train", _fake_train(calls, save))
+    net_a = tmp_path / "a.safetensors"
+    vggfeat.save_weights(tiny_model("vgg_a", seed=0), net_a)
+    recipe = load_recipe(RECIPES / "vgg_d_quick.yaml", [f"model.init_from={net_a}"])
+    source = {"kind": "pictograms", "classes": 10, "per_class": 32, "seed": 0}
+    for retrained in (False, False, True):
+        if retrained:  # net A trained again to other weights, at the same path
+            vggfeat.save_weights(tiny_model("vgg_a", seed=1), net_a)
+        pipeline._train(recipe, tmp_path / "d", tmp_path / "source", source, progress=False)
+    # reused once; then trained afresh over the stale run (not resumed from its checkpoint)
+    assert calls == [("d", False, True), ("d", False, True)]
+
+
+def test_demo_trains_a_changed_recipe_afresh_and_resumes_only_its_own_run(tmp_path, monkeypatch, tiny_model):
+    import vggfeat
+    import vggfeat.demo.pipeline as pipeline
+
+    class Killed(Exception):
+        pass
+
+    calls: list = []
+    kill = []
+
+    def save(recipe, path):
+        if kill:
+            raise Killed  # after its checkpoint, before its weights
+        vggfeat.save_weights(tiny_model(recipe.model.name), path)
+
+    monkeypatch.setattr(pipeline, "train", _fake_train(calls, save))
+    source = {"kind": "pictograms", "classes": 10, "per_class": 32, "seed": 0}
+    run = tmp_path / "a"
+
+    def demo(lr: str) -> None:
+        recipe = load_recipe(RECIPES / "vgg_a_quick.yaml", [f"optim.lr={lr}"])
+        pipeline._train(recipe, run, tmp_path / "source", source, progress=False)
+
+    demo("0.0015")
+    demo("0.003")  # a finished run of the old lr is there, with its checkpoint: not continued
+    kill.append(1)
+    with pytest.raises(Killed):
+        demo("0.006")
+    kill.clear()
+    demo("0.006")  # an interrupted run of this recipe: continued
+    assert calls == [("a", False, True), ("a", False, True), ("a", False, True), ("a", True, True)]
+
+
+@pytest.mark.slow  # ~12 s: three short trainings of the quick net A
+def test_demo_retrained_net_a_equals_a_fresh_one(tmp_path):
+    """End to end, real training: net A's recipe changed after a finished run in the same folder gives the
+    weights a fresh run of the new recipe gives (it used to resume the old run and keep its weights)."""
+    from safetensors.torch import load_file
+
+    from vggfeat.data.synthetic import ensure_synthetic
+    from vggfeat.demo.pipeline import _train
+
+    source = {"kind": "pictograms", "classes": 10, "per_class": 8, "seed": 0}
+    data = ensure_synthetic(tmp_path / "source", kind="pictograms", classes=10, per_class=8, seed=0)
+    fast = ["optim.epochs=1", "optim.batch_size=16", "optim.per_device_batch=16"]
+
+    def run(folder: str, lr: str) -> dict:
+        _train(
+            load_recipe(RECIPES / "vgg_a_quick.yaml", [*fast, f"optim.lr={lr}"]), tmp_path / folder, data, source, False
+        )
+        return load_file(tmp_path / folder / "model.safetensors")
+
+    old = run("x", "0.0015")
+    again, fresh = run("x", "0.003"), run("y", "0.003")
+    assert all(torch.equal(again[k], fresh[k]) for k in fresh) and not torch.equal(
+        again["conv1_1.weight"], old["conv1_1.weight"]
+    )

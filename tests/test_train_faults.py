@@ -281,12 +281,116 @@ def test_non_finite_recipe_numbers_are_one_line(tmp_path, setting):
     assert f": {key}: expected a finite " in res.output and f"got '{value}'" in res.output, res.output
 
 
-def test_resume_with_a_changed_recipe_is_one_line(tmp_path, data, finished):
-    run = _damaged_copy(finished, tmp_path / "run", {})
-    res = _train_cli(*_sets(ONE_EPOCH + ["model.fc_dim=32"]), "--resume", "--data-root", str(data), "--out", str(run))
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ("model.fc_dim=32", "model.fc_dim 128 -> 32"),
+        ("optim.lr=0.05", "optim.lr 0.005 -> 0.05"),  # was resumed under the old lr, labelled with the new one
+        ("seed=7", "seed 0 -> 7"),  # was neither the old run nor a fresh seed-7 one
+    ],
+)
+def test_resume_with_a_changed_recipe_is_one_line_naming_the_keys(tmp_path, data, finished, change, words):
+    run = _damaged_copy(finished, tmp_path / "run", {"ckpt-e001-s00000005.pt": b""})  # killed after step 4
+    saved = (run / "recipe.yaml").read_text()
+    res = _train_cli(*_sets(ONE_EPOCH + [change]), "--resume", "--data-root", str(data), "--out", str(run))
     assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
-    assert f"Error: {run / 'ckpt-e001-s00000005.pt'} does not fit the recipe's net (" in res.output
-    assert f"resume with the recipe the run started with ({run / 'recipe.yaml'})" in res.output
+    assert res.output.startswith(
+        f"Error: {run / 'ckpt-e000-s00000004.pt'} was written under another recipe ({words}); resume with the "
+        f"recipe the run started with ({run / 'recipe.yaml'}) or start over with --overwrite"
+    ), res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert (run / "recipe.yaml").read_text() == saved and not (run / "model.safetensors").exists()
+
+
+def _cut_at_step_4(finished: Path, dest: Path) -> Path:
+    """The finished run as if killed right after its step-4 checkpoint."""
+    run = _damaged_copy(finished, dest, {})
+    for name in ("ckpt-e001-s00000005.pt", "best.pt", "best.safetensors", "last.json"):
+        (run / name).unlink()
+    return run
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    x, y = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_resume_accepts_runtime_only_changes_and_a_moved_dataset(tmp_path, data, finished):
+    """Settings that change no weight (loader workers, caching, checkpoint and log cadence, the recipe's name)
+    and a dataset copied elsewhere with its file times (rsync -a): the resumed run is still the finished one."""
+    moved = shutil.copytree(data, tmp_path / "moved")
+    run = _cut_at_step_4(finished, tmp_path / "run")
+    runtime = ["name=renamed", "data.workers=3", "data.cache_decoded=false", "checkpoint.log_every=1"]
+    runtime += ["checkpoint.every_steps=7", "checkpoint.keep_last=1", f"data.root={tmp_path / 'elsewhere'}"]
+    train(load_recipe(SMOKE, ONE_EPOCH + runtime), run, data_root=moved, resume=True, progress=False)
+    assert _same_weights(run, finished)
+
+
+def test_resume_on_another_dataset_is_one_line(tmp_path, data, finished):
+    # the same class folders, file names and counts, other images
+    other = generate_synthetic(tmp_path / "other", classes=10, per_class=8, seed=3)
+    run = _cut_at_step_4(finished, tmp_path / "run")
+    res = _train_cli(*_sets(ONE_EPOCH), "--resume", "--data-root", str(other), "--out", str(run))
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
+    assert res.output.startswith(
+        f"Error: {run / 'ckpt-e000-s00000004.pt'} was written training on other images than {other}/train and "
+        f"{other}/val hold now (other files, labels, sizes or modification times); resume on the same dataset "
+        "or start over with --overwrite"
+    ), res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (run / "model.safetensors").exists()
+
+
+def test_resume_of_a_checkpoint_without_a_dataset_digest_warns_and_continues(tmp_path, data, finished, caplog):
+    """Checkpoints of an older vggfeat recorded no digest of their images: resumed (the run may be days of
+    work), saying the dataset cannot be checked."""
+    run = _cut_at_step_4(finished, tmp_path / "run")
+    ckpt = load_checkpoint(run / "ckpt-e000-s00000004.pt")
+    del ckpt["data_position"]["images"], ckpt["init_from_sha256"]
+    torch.save(ckpt, run / "ckpt-e000-s00000004.pt")
+    with caplog.at_level(logging.WARNING):
+        train(load_recipe(SMOKE, ONE_EPOCH), run, data_root=data, resume=True, progress=False)
+    assert "ckpt-e000-s00000004.pt records no digest of the images it was trained on" in caplog.text
+    assert _same_weights(run, finished)
+
+
+def test_resume_of_a_tar_shard_run_on_a_dataset_folder_is_refused(tmp_path):
+    from vggfeat.train.checkpoint import CheckpointError
+    from vggfeat.train.resume import check_images
+
+    shards = {"epoch": 0, "step_in_epoch": 4, "world": 1, "shards": "0123456789abcdef", "samples_done": 64}
+    with pytest.raises(
+        CheckpointError, match=f"ck.pt was written reading tar shards .*, not the dataset folder {tmp_path}"
+    ):
+        check_images(shards, "fedcba9876543210", tmp_path / "ck.pt", tmp_path, is_main=True)
+
+
+def test_resume_may_extend_a_run_to_more_epochs(tmp_path, data, finished):
+    """The schedule never looks at optim.epochs: a finished run continued to 2 epochs is a 2-epoch run."""
+    extended = _damaged_copy(finished, tmp_path / "extended", {})
+    train(load_recipe(SMOKE, ONE_EPOCH + ["optim.epochs=2"]), extended, data_root=data, resume=True, progress=False)
+    fresh = tmp_path / "fresh"
+    train(load_recipe(SMOKE, ONE_EPOCH + ["optim.epochs=2"]), fresh, data_root=data, progress=False)
+    assert _same_weights(extended, fresh)
+    # but not cut short below where the checkpoint already is
+    res = _train_cli(*_sets(ONE_EPOCH), "--resume", "--data-root", str(data), "--out", str(extended))
+    assert res.exit_code == 1 and "was written under another recipe (optim.epochs 2 -> 1)" in res.output, res.output
+
+
+def test_resume_with_other_init_weights_at_the_same_path_is_one_line(tmp_path, data, finished):
+    """model.init_from is a path: the file there retrained since the checkpoint makes another run."""
+    init = shutil.copy(finished / "model.safetensors", tmp_path / "init.safetensors")
+    sets = ONE_EPOCH + ["model.init_layers=all", f"model.init_from={init}"]
+    run = tmp_path / "run"
+    train(load_recipe(SMOKE, sets), run, data_root=data, progress=False)
+    (run / "model.safetensors").unlink()
+    shutil.copy(run / "best.safetensors", init)  # the same net, other weights
+    res = _train_cli(*_sets(sets), "--resume", "--data-root", str(data), "--out", str(run))
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
+    assert res.output.startswith(
+        f"Error: {run / 'ckpt-e001-s00000005.pt'} was written starting from other weights than model.init_from "
+        f"{init} holds now (sha256 "
+    ), res.output
+    assert "start over with --overwrite" in res.output and len(res.output.strip().splitlines()) == 1
 
 
 def test_train_cli_skips_a_corrupt_image_saying_so_and_writes_plain_permissions(tmp_path, caplog):

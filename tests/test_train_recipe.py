@@ -8,9 +8,10 @@ import pytest
 
 from vggfeat.config import ConfigError
 from vggfeat.train.data import batch_split
-from vggfeat.train.recipe import load_recipe, recipe_from_dict, recipe_to_dict
+from vggfeat.train.recipe import load_recipe, recipe_changes, recipe_from_dict, recipe_to_dict
 
 RECIPES = sorted((Path(__file__).parent.parent / "recipes" / "train").glob("*.yaml"))
+SMOKE = Path(__file__).parent.parent / "recipes" / "train" / "smoke.yaml"
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
@@ -62,3 +63,15 @@ def test_a_recipe_has_no_data_generator_or_test_hooks():
         load_recipe(smoke, ["data.synthetic_seed=0"])
     with pytest.raises(ConfigError, match="unknown key debug"):
         load_recipe(smoke, ["debug.kill_at_step=1"])
+
+
+def test_recipe_changes_name_what_a_resume_may_not_change():
+    smoke = load_recipe(SMOKE)
+    saved = recipe_to_dict(smoke)
+    free = ["name=x", "data.workers=4", "checkpoint.keep_last=9", "data.root=/elsewhere", "model.init_from=/w.pt"]
+    assert recipe_changes(saved, load_recipe(SMOKE, free)) == {}
+    changed = load_recipe(SMOKE, ["optim.lr=0.05", "runtime.amp=false"])
+    assert recipe_changes(saved, changed) == {"optim.lr": (0.005, 0.05), "runtime.amp": (True, False)}
+    # a checkpoint written before a key existed: read with its default, as the run had it
+    del saved["data"]["shuffle_buffer"]
+    assert recipe_changes(saved, smoke) == {}

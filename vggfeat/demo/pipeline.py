@@ -6,7 +6,9 @@ classes with multi-scale, flip-averaged fc7 descriptors (Appendix B), probe them
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,17 +20,18 @@ from vggfeat.benchmarks.registry import load_benchmark
 from vggfeat.config import to_dict
 from vggfeat.data.synthetic import KINDS, ensure_synthetic
 from vggfeat.data.synthetic_voc import VOC_CLASSES, make_voc2007
-from vggfeat.demo.config import DEMO_BATCH_SIZE, DEMO_WORKERS, SourceConfig, load_demo_config
+from vggfeat.demo.config import DEMO_BATCH_SIZE, DEMO_WORKERS, SourceConfig, TargetConfig, load_demo_config
 from vggfeat.demo.report import write_demo_report
 from vggfeat.errors import VggfeatError
 from vggfeat.features.runtime import Runtime
 from vggfeat.models import WeightsError, create_model, load_model, read_weights, save_weights
+from vggfeat.models.mapped import weights_sha256
 from vggfeat.probes.benchmark import KnnProbe, LinearProbe, probe_benchmark
 from vggfeat.train.checkpoint import latest_checkpoint
-from vggfeat.train.loop import train
+from vggfeat.train.loop import check_run_folder, train
 from vggfeat.train.recipe import Recipe, load_recipe, recipe_to_dict
 from vggfeat.utils.device import resolve_device
-from vggfeat.utils.files import atomic_write_json
+from vggfeat.utils.files import atomic_write_json, load_json_file
 
 log = logging.getLogger(__name__)
 STEPS = 5
@@ -62,25 +65,54 @@ def _make_source(source: SourceConfig, seed: int, root: Path) -> dict[str, Any]:
     return settings
 
 
-def _train(recipe: Recipe, run: Path, data_root: Path, source: dict[str, Any], progress: bool) -> dict[str, Any]:
-    """Train on the dataset at `data_root`, or reuse a finished run of the same recipe on the same `source`
-    settings; an interrupted run resumes from its checkpoint."""
-    import json
+def _make_target(target: TargetConfig, seed: int, root: Path) -> None:
+    """The generated VOC2007-layout target at `root`, reused when its DONE marker records the same settings; one of
+    other settings (`demo --quick`'s 100 scenes where `demo` wants 300) is removed and generated again."""
+    settings = json.loads(json.dumps({**to_dict(target), "seed": target.seed + seed}))
+    voc = root / "VOCdevkit" / "VOC2007"
+    done = voc / "DONE"
+    if done.is_file():  # the demo's own target (an older one's DONE holds no settings: made again too)
+        if _read_json(done) == settings:
+            return
+        log.warning("%s was generated with other settings; generating it again", root)
+        shutil.rmtree(voc)
+    make_voc2007(root, target.n_trainval, target.n_test, seed=settings["seed"], size=target.size)
+    atomic_write_json(done, settings)
 
-    done = run / "demo-summary.json"
-    key = json.loads(json.dumps({"recipe": recipe_to_dict(recipe), "source": source}))
+
+def _train(recipe: Recipe, run: Path, data_root: Path, source: dict[str, Any], progress: bool) -> dict[str, Any]:
+    """Train on the dataset at `data_root`, or reuse a finished run of the same key (run_key); an interrupted run
+    of the same key resumes from its checkpoint, and a run of another key in `run` is trained over afresh."""
+    done, started = run / "demo-summary.json", run / "demo-key.json"
+    key = run_key(recipe, source)
     if done.is_file() and _weights_load(run / "model.safetensors"):
-        try:
-            summary = json.loads(done.read_text())
-        except ValueError:  # a damaged summary: train (resume) again, which rewrites it
-            summary = {}
+        summary = _read_json(done) or {}  # a damaged summary: train (resume) again, which rewrites it
         if {k: summary.get(k) for k in key} == key:
             return summary
-    resume = run.is_dir() and latest_checkpoint(run) is not None
-    # no checkpoint to resume: the demo owns its run folder and retrains over a stale or broken one
+    resume = _read_json(started) == key and latest_checkpoint(run) is not None
+    if not resume:  # the demo owns its run folder: a stale or broken run there is cleared, then this one keyed
+        run.mkdir(parents=True, exist_ok=True)
+        check_run_folder(run, recipe.optim.epochs, resume=False, overwrite=True)
+        atomic_write_json(started, key)
     summary = train(recipe, run, data_root=data_root, resume=resume, overwrite=True, progress=progress)
     atomic_write_json(done, {**summary, **key})
     return summary
+
+
+def run_key(recipe: Recipe, source: dict[str, Any]) -> dict[str, Any]:
+    """What a demo run's weights are made from, as JSON reads it back: the recipe, the generated source's settings
+    and the sha256 of the model.init_from weights (net D's: the path of net A's, which a rerun may retrain)."""
+    init = recipe.model.init_from
+    key = {"recipe": recipe_to_dict(recipe), "source": source, "init_sha256": weights_sha256(init) if init else None}
+    return json.loads(json.dumps(key))
+
+
+def _read_json(path: Path) -> Any:
+    """The JSON in `path`, or None when it is missing or damaged."""
+    try:
+        return load_json_file(path)
+    except (OSError, ValueError):
+        return None
 
 
 def _weights_load(path: Path) -> bool:
@@ -184,9 +216,7 @@ def run_demo(
             f"{target_classes(cfg.source)} -> {target}"
         )
         t = time.perf_counter()
-        if not (target / "VOCdevkit" / "VOC2007" / "DONE").is_file():
-            voc = make_voc2007(target, tc.n_trainval, tc.n_test, seed=tc.seed + seed, size=tc.size)
-            (voc / "DONE").write_text("complete\n")
+        _make_target(tc, seed, target)
         splits = load_benchmark("voc2007", target)
         timings["target"] = time.perf_counter() - t
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import logging
 import math
@@ -46,6 +47,7 @@ from .checkpoint import (
 )
 from .data import BatchSplit, TrainSet, ValSet, batch_split, collate_skips
 from .recipe import Recipe, recipe_to_dict, shard_patterns
+from .resume import check_images, check_init_weights, check_recipe, init_sha256, samples_digest
 from .schedule import PlateauState, plateau_step
 from .shard_index import index_digest
 from .tar_data import TarSplit, TarTrainSet, TarValSet, load_tar_splits
@@ -81,7 +83,7 @@ _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EP
 
 
 # what a run leaves in its folder; --overwrite removes exactly these (never the user's other files)
-_RUN_FILES = ("ckpt-*.pt", "best.pt", "last.json", "model.safetensors", "metrics.jsonl")
+_RUN_FILES = ("ckpt-*.pt", "best.pt", "last.json", "model.safetensors", "best.safetensors", "metrics.jsonl")
 
 
 def check_run_folder(run: str | Path, epochs: int, *, resume: bool, overwrite: bool) -> None:
@@ -377,6 +379,7 @@ class _Trainer:
             torch.backends.cudnn.benchmark = True
         self.split, self.steps = split, split.steps_per_epoch(len(data.train))
         self.model = build_model(recipe, len(data.train.classes)).to(device)
+        self.init_sha = init_sha256(recipe)  # of the file build_model just read (one memory map serves both)
         if recipe.runtime.channels_last:  # NHWC: faster 3x3 convs with cuDNN and oneDNN (2-8x on CPU for narrow nets)
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.SGD(
@@ -439,6 +442,8 @@ class _Trainer:
         for old, reason in bad if self.info.is_main else []:
             log.warning("--resume: %s cannot be loaded (%s); falling back to an earlier checkpoint", old, reason)
         _check_finite_checkpoint(ckpt, path)
+        check_recipe(ckpt, path, self.recipe)  # before the weights: a changed key is named, not a shape
+        check_init_weights(ckpt, path, self.recipe, self.init_sha)
         try:
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])  # an old checkpoint's "scaler" entry is ignored
@@ -625,6 +630,7 @@ class _Trainer:
             "global_step": self.global_step,
             "history": self.history,
             "recipe": recipe_to_dict(self.recipe),
+            "init_from_sha256": self.init_sha,
             "world": self.info.world,
             "mean_rgb": list(self.data.mean),
             "data_position": self._data_position(),
@@ -632,23 +638,43 @@ class _Trainer:
         }
 
     def _data_position(self) -> dict[str, Any]:
-        """Where the run is in its data: (epoch, step) places it in a folder's permutation; tar shards add the
-        index of the shards read and the process count, which together fix each process's share of the stream."""
+        """Where the run is in its data: (epoch, step) places it in a folder's permutation, whose images the digest
+        of their paths, sizes and mtimes names; tar shards add the index of the training and validation shards
+        read and the process count, which together fix each process's share of the stream."""
         position: dict[str, Any] = {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "world": self.info.world}
         if isinstance(self.data.train, TarSplit):
+            assert isinstance(self.data.val, TarSplit)
             position["shards"] = index_digest(list(self.data.train.counts))
+            position["val_shards"] = index_digest(list(self.data.val.counts))
             position["samples_done"] = self.step_in_epoch * self.recipe.optim.batch_size  # of this epoch's stream
+        else:
+            position["images"] = self._images_digest
         return position
 
+    @functools.cached_property
+    def _images_digest(self) -> str:
+        """samples_digest of a folder dataset's training and validation images (a stat of each, once a run)."""
+        d = self.data
+        assert d.root is not None and isinstance(d.train, Samples) and isinstance(d.val, Samples)
+        return samples_digest(d.root, d.train, d.val)
+
     def _check_data_position(self, saved: dict[str, Any] | None, path: Path) -> None:
-        """A resumed tar-shard run reads the same stream: the same shards, and mid-epoch the same process count."""
+        """A resumed run reads the same images (a folder's) or the same stream: the same shards, and mid-epoch the
+        same process count."""
         if not isinstance(self.data.train, TarSplit):
+            assert self.data.root is not None
+            check_images(saved, self._images_digest, path, self.data.root, self.info.is_main)
             return
         now = self._data_position()
         if saved is None or saved.get("shards") != now["shards"]:
             raise CheckpointError(
                 f"{path} was written reading other training shards (other files or sample counts) than "
                 f"data.train_shards names now; resume with the same shards or start over with --overwrite"
+            )
+        if saved.get("val_shards", now["val_shards"]) != now["val_shards"]:  # older checkpoints did not record them
+            raise CheckpointError(
+                f"{path} was written validating on other shards (other files or sample counts) than "
+                f"data.val_shards names now; resume with the same shards or start over with --overwrite"
             )
         if saved.get("world") != now["world"] and self.step_in_epoch > 0 and self.info.is_main:
             log.warning(

@@ -11,6 +11,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from vggfeat.config import ConfigError, from_dict, load_config, to_dict
 from vggfeat.errors import InputError
@@ -196,6 +197,57 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
 
 def recipe_from_dict(data: dict) -> Recipe:
     return from_dict(Recipe, data)
+
+
+# What `--resume` lets differ from the recipe a checkpoint was written under: the keys no weight of the run depends
+# on. Everything else (seed, model, lr and the whole schedule, batch split, augmentation, max_val, runtime.device,
+# amp, channels_last and compile - these four change float rounding) must be the same for the resumed run to be
+# the run its recipe describes.
+#   name                                   a label
+#   data.workers, data.cache_decoded       how images are loaded; augmentation is drawn from (seed, epoch, index)
+#   checkpoint.*                           when checkpoints and log lines are written
+#   data.root, data.val_labels             where a folder dataset is (--data-root overrides data.root): its images
+#   data.train_shards, data.val_shards     and shards are compared by the digest a checkpoint keeps of them, so a
+#                                          dataset moved to another disk still resumes
+#   model.init_from                        a path: compared by the sha256 of its file, kept in the checkpoint
+# optim.epochs may grow (nothing in a run depends on its total), or shrink to no less than the checkpoint's
+# position; the training loop checks that.
+RESUME_FREE = frozenset(
+    {
+        "name",
+        "data.workers",
+        "data.cache_decoded",
+        "checkpoint.every_steps",
+        "checkpoint.keep_last",
+        "checkpoint.log_every",
+        "data.root",
+        "data.val_labels",
+        "data.train_shards",
+        "data.val_shards",
+        "model.init_from",
+    }
+)
+
+
+def recipe_changes(saved: dict[str, Any], recipe: Recipe) -> dict[str, tuple[Any, Any]]:
+    """{key: (saved value, recipe's value)} of the keys outside RESUME_FREE where `saved` (a checkpoint's
+    recipe) and `recipe` differ. `saved` is read as load_recipe reads a file, so a key added since it was
+    written has its default."""
+    try:
+        saved = recipe_to_dict(recipe_from_dict(saved))
+    except ConfigError:  # a key since removed: compared as written, where it shows as a difference
+        pass
+    old, new = _dotted(saved), _dotted(recipe_to_dict(recipe))
+    keys = sorted((old.keys() | new.keys()) - RESUME_FREE)
+    return {k: (old.get(k), new.get(k)) for k in keys if old.get(k) != new.get(k)}
+
+
+def _dotted(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A recipe dict's values by key as --set names them (optim.lr)."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(_dotted(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:
