@@ -12,6 +12,7 @@ from typing import Any
 from vggfeat.data.folder import Samples
 from vggfeat.models.mapped import weights_sha256
 from vggfeat.utils.files import sha256_json
+from vggfeat.utils.inputs import input_identities
 
 from .checkpoint import CheckpointError
 from .recipe import Recipe, recipe_changes
@@ -25,19 +26,10 @@ def samples_digest(root: Path, *splits: Samples) -> str:
     its times kept (cp -p, rsync -a) still resumes."""
     rows = []
     for split in splits:
-        for image, label in zip(split.paths, split.labels, strict=True):
-            rows.append([os.path.relpath(image, root), label, _identity(image)])
+        paths = [str(p) for p in split.paths]
+        for image, label, identity in zip(paths, split.labels, input_identities(paths), strict=True):
+            rows.append([os.path.relpath(image, root), label, identity])
     return sha256_json(rows)[:16]
-
-
-def _identity(path: Path) -> list[int] | None:
-    """[size, mtime_ns], the identity features.inputs gives an input; None for a file gone since it was listed (the
-    loop skips it with a warning, as any unreadable image)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return [st.st_size, st.st_mtime_ns]
 
 
 def init_sha256(recipe: Recipe) -> str | None:
