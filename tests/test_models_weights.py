@@ -66,6 +66,39 @@ def test_safetensors_round_trip_keeps_preprocessing(tiny_model, tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_the_same_weights_saved_twice_are_the_same_bytes(tiny_model, tmp_path):
+    # stores, probe caches and the demo key weights by their file's sha256: a re-save of the same net must keep it
+    # (safetensors writes its metadata in a hash map's order, which changes from one process to the next)
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    from vggfeat.models.mapped import map_weights, read_safetensors
+
+    model = tiny_model("vgg_a")
+    path = vggfeat.save_weights(model, tmp_path / "a.safetensors", metadata={"note": "é", "z": "1", "a": "2"})
+    code = (
+        "import sys, torch, vggfeat\n"
+        "from helpers import TINY\n"
+        "model = vggfeat.create_model('vgg_a', seed=1, **TINY)\n"
+        "model.load_state_dict(torch.load(sys.argv[2], weights_only=True))\n"
+        "vggfeat.save_weights(model, sys.argv[1], metadata={'note': 'é', 'z': '1', 'a': '2'})\n"
+    )
+    torch.save(model.state_dict(), tmp_path / "state.pt")
+    digests = {hashlib.sha256(path.read_bytes()).hexdigest()}
+    for i in range(4):  # other processes, other hash seeds
+        other = tmp_path / f"b{i}.safetensors"
+        env = {**os.environ, "PYTHONHASHSEED": str(i), "PYTHONPATH": os.pathsep.join(sys.path)}
+        subprocess.run([sys.executable, "-c", code, str(other), str(tmp_path / "state.pt")], check=True, env=env)
+        digests.add(hashlib.sha256(other.read_bytes()).hexdigest())
+    assert len(digests) == 1
+    tensors, meta = read_safetensors(map_weights(path))
+    assert meta["note"] == "é" and meta["z"] == "1" and meta["format"] == "vggfeat"
+    state = model.state_dict()
+    assert all(torch.equal(tensors[k], state[k]) for k in state)
+
+
 def test_pytorch_checkpoint_with_preprocessing_entry(tiny_model, tmp_path):
     src = tiny_model("vgg_b", seed=1)
     path = tmp_path / "ckpt.pt"

@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import re
+import struct
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -332,9 +333,27 @@ def save_weights(model: nn.Module, path: str | Path, metadata: Mapping[str, str]
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
+    _sort_metadata(tmp)
     give_plain_permissions(tmp)  # save_file creates 0600; a plain write would give 0666 & ~umask
     tmp.replace(path)  # atomic: a crash never leaves a half-written weight file
     return path
+
+
+def _sort_metadata(path: Path) -> None:
+    """Rewrite the safetensors header of `path` in place with its metadata's keys sorted. safetensors writes them
+    in a hash map's order, which differs from one process to the next, so the same weights saved twice would be
+    files of different sha256 - and stores, probe caches and the demo key weights by that sha256. The sorted
+    header is the same JSON reordered, so it fits the header's length (padded with spaces, as safetensors pads)."""
+    with open(path, "r+b") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n), object_pairs_hook=dict)
+        if "__metadata__" in header:
+            header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(text) > n:  # not the compact JSON safetensors writes: leave the file as it is
+            return
+        f.seek(8)
+        f.write(text.ljust(n, b" "))
 
 
 def infer_architecture(state: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, Any]]:
