@@ -431,6 +431,8 @@ MODEL = {"model": "vgg_a", "weights": "w.safetensors"}
         ({"features": {"models": [MODEL], "scales": "abc"}}, "'features.scales' is 'abc', not a list"),
         ({"features": {"models": [MODEL], "scales": [0]}}, "scales must be positive integers"),
         ({"features": {"models": [MODEL], "flip": 1}}, "'features.flip' is 1, not true or false"),
+        # before: any value but "bfloat16" described the queries in float32, silently
+        ({"features": {"models": [MODEL], "precision": "bf16"}}, "'features.precision' is 'bf16', not float32 or"),
     ],
 )
 def test_index_json_fields_of_the_wrong_kind_are_one_line_naming_the_file(tmp_path, fields, message):
@@ -454,7 +456,8 @@ def test_an_index_json_of_every_recorded_field_loads_and_reports(tmp_path):
     _save(folder, 0, "img")
     features = {"models": [MODEL], "layer": "fc7", "scales": [48], "flip": True, "aggregate": "mean", "seed": 3}
     _patch_meta(folder, factory="Flat", reason="given", search_params="", measured=MEASURED, build=BUILD)
-    _patch_meta(folder, features={**features, "l2": True, "snap": 1, "fast_decode": None, "gpu_decode": False})
+    features.update(l2=True, snap=1, fast_decode=None, gpu_decode=False, precision="bfloat16")
+    _patch_meta(folder, features=features)
     _, meta = load_index(folder)
     assert meta["measured"] == MEASURED and meta["features"]["seed"] == 3
     r = CliRunner().invoke(main.cli, ["index", "info", str(folder)])

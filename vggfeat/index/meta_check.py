@@ -15,6 +15,7 @@ from vggfeat.features.protocol import Protocol
 
 TEXT, FLAG, WHOLE, NUMBER = "a string", "true or false", "an integer", "a number"
 OBJECT, LIST = "an object", "a list"
+PRECISION = "float32 or bfloat16"  # what the store's rows were computed in (Runtime.effective_precision)
 KINDS: dict[str, Callable[[Any], bool]] = {
     TEXT: lambda v: isinstance(v, str),
     FLAG: lambda v: isinstance(v, bool),
@@ -22,6 +23,7 @@ KINDS: dict[str, Callable[[Any], bool]] = {
     NUMBER: lambda v: type(v) in (int, float) and math.isfinite(v),
     OBJECT: lambda v: isinstance(v, dict),
     LIST: lambda v: isinstance(v, list),
+    PRECISION: lambda v: v in ("float32", "bfloat16"),
 }
 
 # each section: {field: (kind, required, may be null)}
@@ -70,6 +72,7 @@ FEATURES = {
     "fast_decode": (FLAG, False, True),
     "seed": (WHOLE, False, True),
     "gpu_decode": (FLAG, False, True),
+    "precision": (PRECISION, False, True),
 }
 MODEL = {"model": (TEXT, True, False), "weights": (TEXT, False, True), "weights_sha256": (TEXT, False, True)}
 
