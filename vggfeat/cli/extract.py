@@ -259,19 +259,17 @@ def extract(
     """
     import sys
 
-    try:  # before torch loads (seconds): a mistyped folder answers at once
-        planned = plan_shards(images, shard_size)
+    if part is not None and array is not None:
+        raise click.UsageError("--part and --array exclude each other: --array N runs parts 0/N ... N-1/N itself")
+    main = env_info().is_main  # under torchrun, rank 0 speaks for the run: one summary, not one per process
+    named_out, out = out is not None, out if out is not None else str(default_out(images, layer))
+    try:  # before torch loads (seconds): a mistyped folder answers at once; @lists are planned once, in OUT
         which = parse_part(part) if part is not None else None
+        planned = plan_shards(images, shard_size, Path(out), hash_inputs)
     except FileNotFoundError as e:
         raise click.ClickException(str(e)) from None
-    if which is not None and array is not None:
-        raise click.UsageError("--part and --array exclude each other: --array N runs parts 0/N ... N-1/N itself")
-
-    main = env_info().is_main  # under torchrun, rank 0 speaks for the run: one summary, not one per process
-    if out is None:
-        out = str(default_out(images, layer))
-        if main:
-            click.echo(f"no -o given: the store goes to {out}", err=True)
+    if not named_out and main:
+        click.echo(f"no -o given: the store goes to {out}", err=True)
     # what is computed and how, each built once here (a bad combination is one Error line)
     protocol = Protocol(
         layer=layer,
@@ -320,8 +318,8 @@ def extract(
 
     start = time.perf_counter()
     try:
-        # the inputs as walked above: a folder of millions of images is listed once (not in `call`: --array
-        # pickles that to every part, which lists its inputs itself)
+        # the inputs as planned above, walked once (not in `call`: --array pickles that to every part, which
+        # plans its inputs itself - an @list's plan is read from OUT/.listing, where the plan above saved it)
         result = extract_part(**call, part=which, planned=planned)
     except KeyboardInterrupt:
         if not main:

@@ -36,12 +36,13 @@ from vggfeat.weight_sources import RANDOM
 from . import chunk_files, shard_files
 from . import store as fs
 from .engine import DescriptorEngine, describe_chunks
+from .list_plan import CACHE_DIR as LIST_PLANS
 from .loader import ImageInput
 from .nets import FeatureNet, NetSpec, as_feature_net, build_feature_net, random_init_note
 from .protocol import Protocol
 from .runtime import Runtime, settings_from
 from .shard_files import StoreStatus
-from .shard_plan import DEFAULT_SHARD_SIZE, ShardSource, default_part, part_shards, plan_shards
+from .shard_plan import DEFAULT_SHARD_SIZE, ShardPlan, ShardSource, default_part, part_shards, plan_shards
 
 log = logging.getLogger(__name__)
 STORE_DTYPES = ("float32", "float16")
@@ -107,7 +108,7 @@ NEXT_DIR = ".next"  # a store replacing OUT's (--overwrite) is made here and swa
 
 
 def _settings(
-    listing: list[str],
+    planned: ShardPlan,
     specs: list[dict],
     protocol: Protocol,
     dtype: str,
@@ -117,15 +118,14 @@ def _settings(
 ) -> dict:
     """What determines a store's content: a different value means a different store. A random net's seed is
     part of it (its rows are another net's), a trained net's is not."""
-    inputs_sha = hashlib.sha256("\n".join(listing).encode("utf-8", "surrogateescape")).hexdigest()
     settings = {
         "models": specs,
         **protocol.to_dict(),
         **runtime.identity(),  # other pixels or bf16 rounding (kept out when off: older stores)
         "dtype": dtype,
         "shard_size": shard_size,
-        "n_inputs": len(listing),
-        "inputs_sha256": inputs_sha,
+        "n_inputs": planned.n_inputs,
+        "inputs_sha256": planned.inputs_sha256,
     }
     if any(s["weights"] is None or s["weights"] == RANDOM for s in specs):
         settings["seed"] = seed
@@ -139,7 +139,7 @@ def _differences(old: dict, new: dict) -> list[str]:
 def _shard_identity(src: ShardSource, hash_inputs: bool) -> str:
     """A hash of what a shard is made from: its inputs' paths and identities (size, mtime_ns[, sha256]), or
     its tar's. A rerun redoes a shard whose inputs changed since it was written."""
-    return listing_digest([src.tar] if src.tar is not None else list(src.paths), hash_inputs)
+    return listing_digest([src.tar] if src.tar is not None else list(src.input_paths()), hash_inputs)
 
 
 @dataclass
@@ -225,7 +225,7 @@ def extract_part(
     hash_inputs: bool = False,
     part: tuple[int, int] | None = None,
     command: str | None = None,
-    planned: tuple[list[ShardSource], list[str]] | None = None,
+    planned: ShardPlan | None = None,
     **settings: Any,
 ) -> PartResult:
     """Write this part's shards of the store OUT (every shard without `part` and outside a SLURM array or
@@ -237,21 +237,24 @@ def extract_part(
     shard twice. Each input's size and mtime (with `hash_inputs`, also its sha256) are recorded: a rerun
     redoes the shards whose inputs changed. Another store in OUT is refused, or replaced with `overwrite`.
     `command` is recorded as the command that finishes an unfinished store (`vggfeat store status`).
-    `planned`: what `plan_shards(images, shard_size)` returned, when the caller has it (inputs walked once).
+    `planned`: what `plan_shards(images, shard_size, OUT, hash_inputs)` returned, when the caller has it (inputs
+    walked once). @list inputs are planned once for all parts and reruns, in OUT/.listing (features.list_plan).
     """
     protocol, runtime = settings_from(protocol, runtime, settings, runtime_defaults={"workers": 2})
     if dtype not in STORE_DTYPES:
         raise InputError(f"unknown store dtype {dtype!r}; valid: {', '.join(STORE_DTYPES)}")
     if chunk_size < 1:
         raise InputError(f"chunk_size must be at least 1, not {chunk_size}")
-    shards, listing = planned if planned is not None else plan_shards([str(i) for i in images], shard_size)
+    out = Path(out)
+    created = not out.exists()
+    if planned is None:
+        planned = plan_shards([str(i) for i in images], shard_size, out, hash_inputs)
+    shards = planned.shards
     tars = any(s.tar is not None for s in shards)
     specs = [NetSpec(str(m), None if w is None else str(w)) for m, w in models]
     spec_info = [s.describe() for s in specs]
-    store_settings = _settings(listing, spec_info, protocol, dtype, None if tars else shard_size, seed, runtime)
+    store_settings = _settings(planned, spec_info, protocol, dtype, None if tars else shard_size, seed, runtime)
     settings_sha = sha256_json(store_settings)
-    out = Path(out)
-    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
 
     env = env_info()
@@ -302,7 +305,7 @@ def extract_part(
                 **protocol.to_dict(),
                 "dim": engine.dim,
                 "dtype": dtype,
-                "n_inputs": len(listing),
+                "n_inputs": planned.n_inputs,
                 "input": "tar" if tars else "files",
                 "hash_inputs": hash_inputs,
                 "cwd": os.getcwd(),  # what relative input paths are relative to (index search prints openable paths)
@@ -315,7 +318,7 @@ def extract_part(
         _claim_plan(target, plan, overwrite or target != out)
         identities.update({s.name: _shard_identity(s, hash_inputs) for s in mine if s.name not in identities})
         work = todo()
-        total = None if tars else sum(len(s.paths) for s in work)
+        total = None if tars else sum(s.n_inputs for s in work)
         bar = _ImageProgress(total, 0, len(protocol.scales), progress and info.rank == 0)
         written, busy = [], []
         writer = _ShardWriter(target, engine, dtype, strict, hash_inputs, bar, chunk_size)
@@ -402,8 +405,9 @@ def _finish(
         skipped = [s for r in records for s in r.get("skipped", [])]
         barrier(info)
         if info.rank == 0:
-            for sub in (fs.EMB_DIR, fs.META_DIR, fs.DONE_DIR, ".locks", NEXT_DIR):
+            for sub in (fs.EMB_DIR, fs.META_DIR, fs.DONE_DIR, ".locks", NEXT_DIR, LIST_PLANS):
                 shutil.rmtree(target / sub, ignore_errors=True)
+            shutil.rmtree(out / LIST_PLANS, ignore_errors=True)
             for name in (fs.PLAN_FILE, fs.MANIFEST_FILE, shard_files.MANIFEST_LOCK):
                 (target / name).unlink(missing_ok=True)
             if target != out:
@@ -478,7 +482,7 @@ class _ShardWriter:
             yield index + chunk.start, feats, [(i + chunk.start, r) for i, r in bad]
 
     def _files(self, src: ShardSource) -> tuple[np.ndarray, dict[str, list], list[dict], str | None]:
-        paths = list(src.paths)
+        paths = list(src.input_paths())
         ids = input_identities(paths, self.hash_inputs)
         rows: list[int] = []
         parts: list[np.ndarray] = []

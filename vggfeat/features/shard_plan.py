@@ -7,16 +7,19 @@ each writing only its own shards, and every input lands in exactly one shard onc
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from vggfeat.data.images import find_input_images
 from vggfeat.data.tar_shards import expand_shard_patterns
 from vggfeat.errors import InputError
 from vggfeat.utils.distributed import env_info
 
+from .list_plan import ListSpan, cached_plan, stream_plan
 from .shard_files import shard_name
 
 DEFAULT_SHARD_SIZE = 10_000
@@ -25,16 +28,40 @@ _TAR = re.compile(r"\.tar(\.gz)?$|\.tar\}?$|\.tgz$")
 
 @dataclass(frozen=True)
 class ShardSource:
-    """Shard `name`'s inputs: one tar (`tar`), or a group of loose image paths."""
+    """Shard `name`'s inputs: one tar (`tar`), a group of loose image paths (`paths`), or a span of @list lines
+    (`span`, read when the shard is written: a part holds only its own shards' paths)."""
 
     name: str
     tar: str | None = None
     paths: tuple[str, ...] = ()
+    span: ListSpan | None = None
+
+    @property
+    def n_inputs(self) -> int:
+        return self.span.count if self.span is not None else len(self.paths)
+
+    def input_paths(self) -> tuple[str, ...]:
+        return self.span.read_paths() if self.span is not None else self.paths
 
     def describe(self) -> dict:
         if self.tar is not None:
             return {"name": self.name, "tar": self.tar}
-        return {"name": self.name, "first": self.paths[0] if self.paths else None, "inputs": len(self.paths)}
+        first = self.span.first if self.span is not None else (self.paths[0] if self.paths else None)
+        return {"name": self.name, "first": first, "inputs": self.n_inputs}
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """The shards of an extraction's inputs, how many inputs they hold and the sha256 of the inputs' list (tar
+    urls, or image paths, joined by newlines): what a store's settings record of its inputs."""
+
+    shards: list[ShardSource]
+    n_inputs: int
+    inputs_sha256: str
+
+
+def listing_sha256(listing: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(listing).encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def is_tar_input(item: str) -> bool:
@@ -42,8 +69,11 @@ def is_tar_input(item: str) -> bool:
     return not item.startswith("@") and bool(_TAR.search(item))
 
 
-def plan_shards(inputs: Sequence[str], shard_size: int = DEFAULT_SHARD_SIZE) -> tuple[list[ShardSource], list[str]]:
-    """(the shards, the list of inputs they cover: tar urls, or image paths) for the command's inputs."""
+def plan_shards(
+    inputs: Sequence[str], shard_size: int = DEFAULT_SHARD_SIZE, cache: Path | None = None, hash_inputs: bool = False
+) -> ShardPlan:
+    """The shards of the command's inputs. @list inputs are streamed (features.list_plan) and, with a `cache`
+    folder (the store), their plan is saved there for the job's other parts and reruns; folders are walked."""
     if shard_size < 1:
         raise InputError(f"--shard-size must be at least 1, not {shard_size}")
     inputs = [str(i) for i in inputs]
@@ -56,11 +86,22 @@ def plan_shards(inputs: Sequence[str], shard_size: int = DEFAULT_SHARD_SIZE) -> 
         )
     if tars:
         urls = expand_shard_patterns(tars)
-        return [ShardSource(shard_name(i, len(urls)), tar=u) for i, u in enumerate(urls)], urls
+        shards = [ShardSource(shard_name(i, len(urls)), tar=u) for i, u in enumerate(urls)]
+        return ShardPlan(shards, len(urls), listing_sha256(urls))
+    if inputs and all(i.startswith("@") for i in inputs):
+        lists = [i[1:] for i in inputs]
+        streamed = (
+            stream_plan(lists, shard_size) if cache is None else cached_plan(lists, shard_size, cache, hash_inputs)
+        )
+        if streamed is not None and streamed.n_inputs:
+            n = len(streamed.spans)
+            shards = [ShardSource(shard_name(i, n), span=span) for i, span in enumerate(streamed.spans)]
+            return ShardPlan(shards, streamed.n_inputs, streamed.inputs_sha256)
     paths = [str(p) for p in find_input_images(inputs)]
     n = -(-len(paths) // shard_size)
     groups = [tuple(paths[i * shard_size : (i + 1) * shard_size]) for i in range(n)]
-    return [ShardSource(shard_name(i, n), paths=g) for i, g in enumerate(groups)], paths
+    shards = [ShardSource(shard_name(i, n), paths=g) for i, g in enumerate(groups)]
+    return ShardPlan(shards, len(paths), listing_sha256(paths))
 
 
 def parse_part(text: str) -> tuple[int, int]:
