@@ -171,6 +171,7 @@ class FeatureStore:
     manifest: dict[str, Any]
     already_complete: bool = False  # set by extract_to_store when it found the store finished: nothing computed
     _meta_cache: dict[str, list] = field(default_factory=dict, repr=False)
+    _shard_numbers: dict[str, int] = field(default_factory=dict, repr=False)
 
     @property
     def sharded(self) -> bool:
@@ -190,7 +191,17 @@ class FeatureStore:
                 table = pq.read_table(fh, columns=columns)
         except (OSError, ValueError) as e:  # pyarrow's errors derive from these
             raise StoreError(f"{path}: unreadable ({e}); rerun the extraction into {self.root} to redo it") from None
+        if isinstance(self.features, ShardRows):  # a row's path must be its own row's, never a neighbour's
+            s = self._shard_index()[name]
+            count = int(self.features.offsets[s + 1] - self.features.offsets[s])
+            if table.num_rows != count:
+                raise StoreError(f"{path}: holds {table.num_rows} paths but shard {name} has {count} rows; {REBUILD}")
         return table.to_pydict()
+
+    def _shard_index(self) -> dict[str, int]:
+        if not self._shard_numbers:
+            self._shard_numbers.update({name: s for s, name in enumerate(self.shard_names)})
+        return self._shard_numbers
 
     def shard_paths(self, name: str) -> list[str]:
         """The input paths of one shard's rows, as given to `vggfeat extract` (a name that is not UTF-8 as the
@@ -294,18 +305,77 @@ class FeatureStore:
             j = i - int(feats.offsets[s])
             yield np.asarray(block, dtype=np.float32), paths[j : j + len(block)]
 
+    def _shard_of(self, row: int) -> int:
+        assert isinstance(self.features, ShardRows)  # a sharded store reads its rows from its shards
+        return int(np.searchsorted(self.features.offsets, row, side="right")) - 1
+
+    def _iter_rows_paths(self) -> Iterator[tuple[int, str, str]]:
+        """(row, path as given, absolute path) for every row, shard by shard: one shard's paths in memory."""
+        cwd = self.manifest.get("cwd")
+        if self.sharded and isinstance(self.features, ShardRows):
+            offsets = self.features.offsets
+            shards: Iterator[tuple[int, list[str]]] = (
+                (int(offsets[s]), self.shard_paths(name)) for s, name in enumerate(self.shard_names)
+            )
+        else:
+            shards = iter([(0, self.paths)])
+        for first, paths in shards:
+            for i, p in enumerate(paths, start=first):
+                yield i, p, p if cwd is None or os.path.isabs(p) else os.path.join(cwd, p)
+
+    def absolute_path(self, row: int) -> str:
+        """Row `row`'s path as `absolute_paths` gives it, reading one shard's paths."""
+        cwd = self.manifest.get("cwd")
+        if self.sharded and isinstance(self.features, ShardRows):
+            s = self._shard_of(row)
+            p = self.shard_paths(self.shard_names[s])[row - int(self.features.offsets[s])]
+        else:
+            p = self.paths[row]
+        return p if cwd is None or os.path.isabs(p) else os.path.join(cwd, p)
+
+    def identities_of(self, rows: Sequence[int]) -> list[list | None]:
+        """`row_identities` of `rows` only, reading the parquet columns of just the shards that hold them."""
+        if not (self.sharded and isinstance(self.features, ShardRows)):
+            every = self.row_identities
+            return [every[r] for r in rows]
+        offsets = self.features.offsets
+        by_shard: dict[int, dict[str, list]] = {}
+        out: list[list | None] = []
+        for r in rows:
+            s = self._shard_of(r)
+            if s not in by_shard:
+                by_shard[s] = self.shard_meta(self.shard_names[s], ["size", "mtime_ns", "sha256"])
+            cols, j = by_shard[s], r - int(offsets[s])
+            size, mtime, digest = cols["size"][j], cols["mtime_ns"][j], cols["sha256"][j]
+            out.append(None if size is None else [size, mtime] if digest is None else [size, mtime, digest])
+        return out
+
     def rows_for(self, paths: Sequence[str]) -> np.ndarray:
         """Row indices of `paths`. A store records paths as given to `vggfeat extract` (often relative to where
         it ran), so a path matches by resolved absolute path, then by its last two components (e.g.
         JPEGImages/000005.jpg, accordion/image_0001.jpg) when those are unique in the store. A path with no
         row is an error (naming why it was skipped at extraction, when it was), and so is a row whose recorded
-        file is not the file at `path` (`check_row_files`): another dataset's rows never pass for these."""
-        exact = {str(Path(p).resolve()): i for i, p in enumerate(self.absolute_paths)}
-        tails: dict[str, int] = {}
-        for i, p in enumerate(self.paths):
-            t = _tail(p)
-            tails[t] = -1 if t in tails else i  # -1 marks an ambiguous tail
+        file is not the file at `path` (`check_row_files`): another dataset's rows never pass for these.
+
+        The store's paths are streamed, one shard at a time, and only those whose file name is one asked for are
+        resolved (a row of a corpus of 10^7 costs a string compare); only when a path finds no row that way are
+        all of them resolved (a row reached through a link of another name)."""
         resolved = [str(Path(p).resolve()) for p in paths]
+        wanted, tails_wanted = set(resolved), {_tail(p) for p in paths}
+        names = {os.path.basename(p) for p in [*paths, *resolved]}
+        lasts = {t.rsplit("/", 1)[-1] for t in tails_wanted}
+        exact: dict[str, int] = {}
+        tails: dict[str, int] = {}
+        for every in (False, True):
+            for i, p, absolute in self._iter_rows_paths():
+                if not every and p.rsplit("/", 1)[-1] in lasts and (t := _tail(p)) in tails_wanted:
+                    tails[t] = -1 if t in tails else i  # -1 marks an ambiguous tail
+                if every or os.path.basename(absolute) in names:
+                    r = str(Path(absolute).resolve())
+                    if r in wanted:
+                        exact[r] = i
+            if wanted <= exact.keys():
+                break
         rows = np.array([exact.get(r, tails.get(_tail(p), -1)) for p, r in zip(paths, resolved, strict=True)])
         rows = rows.astype(np.int64)
         missing = [p for p, i in zip(paths, rows, strict=False) if i < 0]
@@ -339,10 +409,9 @@ def check_row_files(store: FeatureStore, paths: Sequence[str], rows: np.ndarray,
     """A StoreError unless each row of `rows` was extracted from the file now at the matching path of `paths`:
     same size and modification time as recorded, or the same sha256 where the store recorded one. A row whose
     identity the store did not record passes only when matched by its full path (a file name proves nothing)."""
-    recorded = store.row_identities
+    recorded = store.identities_of(rows.tolist())
     wrong, by_name = [], []
-    for i, (path, row) in enumerate(zip(paths, rows.tolist(), strict=True)):
-        old = recorded[row]
+    for i, (path, old) in enumerate(zip(paths, recorded, strict=True)):
         if old is None:
             if not by_path[i]:
                 by_name.append(i)
@@ -358,14 +427,14 @@ def check_row_files(store: FeatureStore, paths: Sequence[str], rows: np.ndarray,
         raise StoreError(
             f"{store.root}: {len(wrong)} of the {len(paths)} images asked for are not the files the store's rows "
             f"were extracted from, e.g. {paths[i]} ({_identity_text(now)}) has the row of "
-            f"{store.absolute_paths[rows[i]]} ({_identity_text(old)} at extraction) - a store of another dataset, "
+            f"{store.absolute_path(int(rows[i]))} ({_identity_text(old)} at extraction) - a store of another dataset, "
             f"or images changed since; {fix} (with --hash-inputs, a copy whose times changed still matches)"
         )
     if by_name:
         i = by_name[0]
         raise StoreError(
             f"{store.root}: {len(by_name)} of the {len(paths)} images asked for match a row by file name only "
-            f"(e.g. {paths[i]} matched {store.absolute_paths[rows[i]]}) and the store records no file sizes or "
+            f"(e.g. {paths[i]} matched {store.absolute_path(int(rows[i]))}) and the store records no file sizes or "
             f"times to show they are the same images; {fix}"
         )
 
