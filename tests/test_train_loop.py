@@ -295,3 +295,47 @@ def test_validate_gives_each_module_its_mode_back(data):
     assert seen and not any(any(modes) for modes in seen)  # dropout off while validating
     assert 0.0 <= top1 <= top5 <= 1.0
     assert not model.training and model.fc7.training and not model.drop6.training
+
+
+class _Died(RuntimeError):
+    pass
+
+
+def _records(run: Path) -> list[tuple]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [(r["kind"], r["global_step"], r.get("loss"), r.get("val_top1")) for r in map(json.loads, lines)]
+
+
+def test_a_resumed_runs_records_equal_an_uninterrupted_runs(tmp_path, data, monkeypatch):
+    """A run that dies after logging steps past its last checkpoint logs them again when resumed: the lines it
+    wrote after the checkpoint are dropped on resume, not kept twice; a new run drops a dead run's lines."""
+    import vggfeat.train.loop as loop
+
+    sets = ["optim.epochs=2", "checkpoint.every_steps=2", "checkpoint.log_every=1", "runtime.device=cpu"]
+    recipe = load_recipe(SMOKE, sets)
+    train(recipe, tmp_path / "full", data_root=data, progress=False)
+    write = loop._Logger.write
+
+    def dies_after_step_9(self, record):
+        write(self, record)
+        if record["global_step"] == 9 and record["kind"] == "step":
+            with open(self.path, "a") as f:
+                f.write('{"kind": "step", "glob')  # and in the middle of the next line
+            raise _Died
+
+    monkeypatch.setattr(loop._Logger, "write", dies_after_step_9)
+    with pytest.raises(_Died):
+        train(recipe, tmp_path / "cut", data_root=data, progress=False)
+    monkeypatch.setattr(loop._Logger, "write", write)
+    assert list_checkpoints(tmp_path / "cut")[-1].name == "ckpt-e001-s00000008.pt"
+    train(recipe, tmp_path / "cut", data_root=data, progress=False, resume=True)
+    assert _records(tmp_path / "cut") == _records(tmp_path / "full")
+    assert [r[1] for r in _records(tmp_path / "full")] == [1, 2, 3, 4, 5, 5, 6, 7, 8, 9, 10, 10]
+    # a run that died before its first checkpoint leaves lines (and TensorBoard events) a new run must not keep
+    dead = tmp_path / "dead"
+    (dead / "tb").mkdir(parents=True)
+    (dead / "tb" / "events.out.tfevents.old").write_bytes(b"old")
+    (dead / "metrics.jsonl").write_text((tmp_path / "full" / "metrics.jsonl").read_text().splitlines()[0] + "\n")
+    train(recipe, dead, data_root=data, progress=False)
+    assert _records(dead) == _records(tmp_path / "full")
+    assert not (dead / "tb" / "events.out.tfevents.old").exists()

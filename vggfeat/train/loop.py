@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from vggfeat.models.weights import check_compatible, check_finite
 from vggfeat.utils.cpus import share_cpus
 from vggfeat.utils.device import resolve_device
 from vggfeat.utils.distributed import DistInfo, all_reduce_sum, barrier, env_info, init_distributed, shutdown
-from vggfeat.utils.files import atomic_write_text
+from vggfeat.utils.files import atomic_write_text, open_regular
 from vggfeat.utils.heap import keep_freed_memory
 from vggfeat.utils.progress import progress_bar
 
@@ -159,14 +160,39 @@ class _Logger:
     """metrics.jsonl (and TensorBoard when installed) on rank 0."""
 
     def __init__(self, run: Path, enabled: bool) -> None:
-        self.enabled, self.path, self.tb = enabled, run / "metrics.jsonl", None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+        self.enabled, self.path, self.tb_dir = enabled, run / "metrics.jsonl", run / "tb"
+        self.tb: Any = None  # a SummaryWriter, when TensorBoard is installed
 
-                self.tb = SummaryWriter(str(run / "tb"))
-            except Exception:  # TensorBoard is optional
-                self.tb = None
+    def start_at(self, global_step: int) -> None:
+        """Go on from step `global_step` (0: a new run). What a run logged after its last checkpoint, before it
+        died, is logged again from there: those lines are dropped (and TensorBoard purges those events), so a
+        resumed run's records equal an uninterrupted run's. A new run drops a dead earlier run's records."""
+        if not self.enabled:
+            return
+        kept: list[str] = []
+        try:
+            with open_regular(self.path) as f:
+                lines = f.read().decode("utf-8", "replace").splitlines()
+        except FileNotFoundError:
+            lines = []
+        for line in lines if global_step > 0 else []:
+            try:
+                record = json.loads(line)
+            except ValueError:  # the line a killed run was writing
+                continue
+            step = record.get("global_step") if isinstance(record, dict) else None
+            if isinstance(step, int) and step <= global_step:
+                kept.append(line + "\n")
+        if len(kept) != len(lines):
+            atomic_write_text(self.path, "".join(kept))
+        if global_step == 0:
+            shutil.rmtree(self.tb_dir, ignore_errors=True)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.tb_dir), purge_step=global_step + 1 if global_step else None)
+        except Exception:  # TensorBoard is optional
+            self.tb = None
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -425,6 +451,7 @@ class _Trainer:
         """Resume from the newest checkpoint that loads (with `resume`), save the recipe, wrap the net."""
         if resume:
             self._resume()
+        self.logger.start_at(self.global_step)
         if self.info.is_main:
             atomic_write_text(self.run / "recipe.yaml", yaml.safe_dump(recipe_to_dict(self.recipe), sort_keys=False))
         if self.info.world > 1:
