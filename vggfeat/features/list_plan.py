@@ -16,6 +16,7 @@ by walking it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -40,6 +41,10 @@ from vggfeat.utils.locks import folder_lock
 log = logging.getLogger(__name__)
 CACHE_DIR = ".listing"  # in the store: saved plans of its @list inputs
 _FORMAT = 1
+
+
+class _NoPlan(Exception):
+    """A list names a folder: no streamed plan."""
 
 
 class ListChangedError(InputError):
@@ -262,14 +267,23 @@ def cached_plan(
     if found is not None:
         return found
     fix = "it waits for that process's plan"
-    with folder_lock(path.with_suffix(""), "planned", fix, wait=True):
-        found = saved()  # a part that held the lock before us planned it
-        if found is not None:
-            return found
-        made = plan(lists, shard_size)
-        if made is None:
+    made_dirs = [d for d in (Path(cache), path.parent) if not d.exists()]  # the lock makes them
+    try:
+        with folder_lock(path.with_suffix(""), "planned", fix, wait=True):
+            found = saved()  # a part that held the lock before us planned it
+            if found is not None:
+                return found
+            made = plan(lists, shard_size)
+            if made is None:  # a folder named: planned in memory by the caller, nothing saved
+                raise _NoPlan
+            spans = [{k: v for k, v in asdict(s).items() if k not in ("lists", "plan_file")} for s in made.spans]
+            record = {"format": _FORMAT, "key": key, "n_inputs": made.n_inputs, "inputs_sha256": made.inputs_sha256}
+            atomic_write_json(path, {**record, "spans": spans})
+    except BaseException as e:  # a list naming a missing file: no empty output folder is left behind for it
+        for d in reversed(made_dirs):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        if isinstance(e, _NoPlan):
             return None
-        spans = [{k: v for k, v in asdict(s).items() if k not in ("lists", "plan_file")} for s in made.spans]
-        record = {"format": _FORMAT, "key": key, "n_inputs": made.n_inputs, "inputs_sha256": made.inputs_sha256}
-        atomic_write_json(path, {**record, "spans": spans})
-        return ListPlan([replace(s, plan_file=str(path)) for s in made.spans], made.n_inputs, made.inputs_sha256)
+        raise
+    return ListPlan([replace(s, plan_file=str(path)) for s in made.spans], made.n_inputs, made.inputs_sha256)
