@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from PIL import Image
 
 import vggfeat
 from vggfeat.cli.main import cli
-from vggfeat.data.images import find_input_images
+from vggfeat.data.images import find_images, find_input_images, is_image_file, iter_images
 from vggfeat.errors import InputError
 from vggfeat.features import list_plan
 from vggfeat.features import store as fs
@@ -185,3 +186,66 @@ def test_parts_of_a_listed_corpus_plan_once_and_equal_one_process(tmp_path):
     assert plan["settings"]["inputs_sha256"] == listing_sha256([str(p) for p in paths])
     r = CliRunner().invoke(cli, ["extract", *common, "-o", str(out)])
     assert r.exit_code == 0 and "already complete" in r.output, r.output
+
+
+def _walked_as_before(folder):
+    """The folder search before it streamed: os.walk, every image file collected, then all of them sorted."""
+    seen, found = set(), []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames.clear()
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames.sort()
+        found.extend(p for n in filenames if is_image_file(p := Path(dirpath) / n) and p.is_file())
+    return [str(p) for p in sorted(found)]
+
+
+def test_a_folder_is_walked_in_the_order_of_sorting_all_its_paths(tmp_path):
+    root = tmp_path / "photos"
+    for name in ["x.jpg", "x/y.jpg", "x/b.PNG", "x-y/z.jpg", "xa.jpg", "a b/c.jpg", "é/ü.jpg", "z/notes.txt"]:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"x")
+    (root / "x" / "deep" / "er").mkdir(parents=True)
+    (root / "x" / "deep" / "er" / "0.jpg").write_bytes(b"x")
+    (root / "dir.jpg").mkdir()  # a folder with an image's name: searched, not taken
+    (root / "dir.jpg" / "in.jpg").write_bytes(b"x")
+    os.symlink(root / "x", root / "linked")  # a symlinked folder: followed
+    os.symlink(root, root / "x" / "deep" / "up")  # a link back up the tree: searched once
+    os.symlink(root / "gone.jpg", root / "broken.jpg")  # a broken link: not a file
+    os.mkfifo(root / "fifo.jpg")  # not a regular file: left out
+    walked = list(iter_images([str(root)]))
+    assert walked == _walked_as_before(root) and len(walked) == 9  # linked/ sorts first: x/ is not searched again
+    assert [str(p) for p in find_images([root, root / "x.jpg"])] == [*walked, str(root / "x.jpg")]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="peak RSS is read from Linux's /proc")
+def test_a_part_of_a_folder_holds_its_own_shards_paths_not_the_folders(tmp_path):
+    growth = {}
+    for n in (20_000, 80_000):
+        for i in range(n):  # in folders of 1,000: a folder's listing is sorted in memory while it is walked
+            folder = tmp_path / f"f{n}" / ("d" * 80) / f"{i // 1000:03d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"img_{i:07d}.jpg").touch()
+        setup = "import sys\nfrom vggfeat.features.shard_plan import plan_shards"
+        code = (
+            "p = plan_shards([sys.argv[1]], 1000, part=(0, 40))\nprint(p.n_inputs, sum(len(s.paths) for s in p.shards))"
+        )
+        growth[n], out = peak_rss_growth(setup, code, [str(tmp_path / f"f{n}")])
+        assert out.split() == [str(n), str(1000 * len(range(0, n // 1000, 40)))]
+    # before: every part held every path (a Path and a str, about 600 bytes each here): 60,000 more files were
+    # 36 MB more. Now a part holds its own shards' paths (here 1,000 more), one first path per shard and the
+    # listing of the folder it is in
+    assert growth[80_000] - growth[20_000] < 3_000_000, growth
+
+
+def test_a_plan_holding_one_parts_paths_serves_that_part_only(tmp_path):
+    files = _files(tmp_path / "imgs", 7)
+    plan = plan_shards([str(tmp_path / "imgs")], 2, part=(1, 2))
+    assert [s.n_inputs for s in plan.shards] == [2, 2, 2, 1] and plan.n_inputs == 7
+    assert plan.shards[1].input_paths() == (str(files[2]), str(files[3])) and plan.shards[3].paths == (str(files[6]),)
+    assert plan.shards[2].describe() == {"name": "000002", "first": str(files[4]), "inputs": 2}
+    with pytest.raises(RuntimeError, match="belongs to another part"):
+        plan.shards[0].input_paths()
+    assert plan.inputs_sha256 == plan_shards([str(tmp_path / "imgs")], 2).inputs_sha256

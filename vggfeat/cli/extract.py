@@ -16,7 +16,7 @@ from vggfeat.features.launch import submit_parts
 from vggfeat.features.protocol import Protocol
 from vggfeat.features.runtime import Runtime
 from vggfeat.features.shard_files import finish_command
-from vggfeat.features.shard_plan import parse_part, plan_shards
+from vggfeat.features.shard_plan import parse_part, plan_shards, this_part
 from vggfeat.utils.distributed import env_info
 from vggfeat.weight_sources import WEIGHTS_HELP
 
@@ -265,7 +265,9 @@ def extract(
     named_out, out = out is not None, out if out is not None else str(default_out(images, layer))
     try:  # before torch loads (seconds): a mistyped folder answers at once; @lists are planned once, in OUT
         which = parse_part(part) if part is not None else None
-        planned = plan_shards(images, shard_size, Path(out), hash_inputs)
+        # this process's part's paths held (with --array, part 0's: the check that the inputs hold images)
+        held = (0, array) if array is not None else this_part(which)
+        planned = plan_shards(images, shard_size, Path(out), hash_inputs, held)
     except FileNotFoundError as e:
         raise click.ClickException(str(e)) from None
     if not named_out and main:

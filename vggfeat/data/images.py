@@ -14,7 +14,7 @@ import logging
 import os
 import stat
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -55,39 +55,64 @@ def find_images(inputs: Iterable[str | Path]) -> list[Path]:
     contribute files with image extensions. A missing path is a FileNotFoundError naming it (and, for a
     list file, the line).
     """
-    found: list[Path] = []
+    return [Path(p) for p in iter_images(inputs)]
+
+
+def iter_images(inputs: Iterable[str | Path]) -> Iterator[str]:
+    """`find_images` one path at a time, as str: a folder of millions of images is walked, never held."""
     for item in inputs:
         item = str(item)
         if item.startswith("@"):
-            found.extend(_read_list(Path(item[1:])))
+            yield from map(str, _read_list(Path(item[1:])))
             continue
         path = Path(item)
         if path.is_dir():
-            found.extend(_folder_images(path))
+            yield from iter_folder_images(path)
         elif path.is_file():
-            found.append(path)
+            yield str(path)
         elif path.exists():  # a FIFO or a device: never opened (a read would wait for a writer)
             raise InputError(f"{path} is {file_kind(path.stat().st_mode)}, not an image file or folder")
         else:
             raise FileNotFoundError(f"no such image file or folder: {path}")
-    return found
 
 
-def _folder_images(folder: Path) -> list[Path]:
-    """Image files under `folder`, sorted, following symlinked subfolders (a user's photos are often linked in
-    from elsewhere); a folder reached twice (a link back up the tree, a cycle) is searched once."""
+def iter_folder_images(folder: Path) -> Iterator[str]:
+    """Image files under `folder` in sorted path order, one at a time, following symlinked subfolders (a user's
+    photos are often linked in from elsewhere); a folder reached twice (a link back up the tree, a cycle) is
+    searched once. Each folder's entries are sorted by name and subfolders are entered where their name sorts,
+    which is the order of sorting all the paths; only a symlink costs a stat (file kinds come with the listing)."""
     seen: set[tuple[int, int]] = set()
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        st = os.stat(dirpath)
+
+    def visit(folder: str) -> Iterator[str]:
+        try:
+            st = os.stat(folder)
+        except OSError:  # unreadable: left out, as os.walk leaves it
+            return
         if (st.st_dev, st.st_ino) in seen:  # a cycle or a second link to one folder: its files are in already
-            log.warning("%s: already searched (a symlink back into the tree); not searched again", dirpath)
-            dirnames.clear()
-            continue
+            log.warning("%s: already searched (a symlink back into the tree); not searched again", folder)
+            return
         seen.add((st.st_dev, st.st_ino))
-        dirnames.sort()
-        found.extend(p for name in filenames if is_image_file(p := Path(dirpath) / name) and p.is_file())
-    return sorted(found)
+        try:  # a folder's names and kinds only (not its DirEntry objects): its memory while its files are walked
+            with os.scandir(folder) as listing:
+                entries = sorted((e.name, *_kind(e)) for e in listing)
+        except OSError:
+            return
+        for name, is_dir, is_file in entries:
+            path = os.path.join(folder, name)
+            if is_dir:
+                yield from visit(path)
+            elif is_file and is_image_file(Path(name)):
+                yield str(Path(path))
+
+    yield from visit(str(folder))
+
+
+def _kind(entry: os.DirEntry) -> tuple[bool, bool]:
+    """(a folder, a regular file), symlinks followed; neither when it cannot be told (a broken link)."""
+    try:
+        return entry.is_dir(), entry.is_file()
+    except OSError:
+        return False, False
 
 
 def find_input_images(inputs: Iterable[str | Path]) -> list[Path]:
@@ -96,11 +121,15 @@ def find_input_images(inputs: Iterable[str | Path]) -> list[Path]:
     names = [str(i) for i in inputs]
     found = find_images(names)
     if not found:
-        raise InputError(
-            f"no input images found in {', '.join(names) or 'the arguments'} (image files: "
-            f"{', '.join(sorted(IMAGE_EXTENSIONS))}; folders are searched recursively)"
-        )
+        raise no_images_error(names)
     return found
+
+
+def no_images_error(names: Sequence[str]) -> InputError:
+    return InputError(
+        f"no input images found in {', '.join(names) or 'the arguments'} (image files: "
+        f"{', '.join(sorted(IMAGE_EXTENSIONS))}; folders are searched recursively)"
+    )
 
 
 def _read_list(list_file: Path) -> list[Path]:

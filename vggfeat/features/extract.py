@@ -42,7 +42,7 @@ from .nets import FeatureNet, NetSpec, as_feature_net, build_feature_net, random
 from .protocol import Protocol
 from .runtime import Runtime, settings_from
 from .shard_files import StoreStatus
-from .shard_plan import DEFAULT_SHARD_SIZE, ShardPlan, ShardSource, default_part, part_shards, plan_shards
+from .shard_plan import DEFAULT_SHARD_SIZE, ShardPlan, ShardSource, part_shards, plan_shards, this_part
 
 log = logging.getLogger(__name__)
 STORE_DTYPES = ("float32", "float16")
@@ -247,8 +247,9 @@ def extract_part(
         raise InputError(f"chunk_size must be at least 1, not {chunk_size}")
     out = Path(out)
     created = not out.exists()
-    if planned is None:
-        planned = plan_shards([str(i) for i in images], shard_size, out, hash_inputs)
+    which = this_part(part)
+    if planned is None or planned.part not in (None, which):  # a plan that holds another part's paths
+        planned = plan_shards([str(i) for i in images], shard_size, out, hash_inputs, which)
     shards = planned.shards
     tars = any(s.tar is not None for s in shards)
     specs = [NetSpec(str(m), None if w is None else str(w)) for m, w in models]
@@ -261,7 +262,6 @@ def extract_part(
     if env.world > 1 and runtime.device == "auto" and torch.cuda.is_available():
         runtime = replace(runtime, device=f"cuda:{env.local_rank}")
     with process_group(runtime.torch_device().type) as info:
-        which = part or ((info.rank, info.world) if info.world > 1 else default_part())
         mine = part_shards(shards, *which)
         identities: dict[str, str] = {}
         target = _target(out, store_settings, overwrite)

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vggfeat.data.images import find_input_images
+from vggfeat.data.images import iter_images, no_images_error
 from vggfeat.data.tar_shards import expand_shard_patterns
 from vggfeat.errors import InputError
 from vggfeat.utils.distributed import env_info
@@ -35,18 +35,29 @@ class ShardSource:
     tar: str | None = None
     paths: tuple[str, ...] = ()
     span: ListSpan | None = None
+    # another part's shard of walked inputs: its first path and size only, its paths not held
+    first: str | None = None
+    count: int | None = None
 
     @property
     def n_inputs(self) -> int:
-        return self.span.count if self.span is not None else len(self.paths)
+        if self.span is not None:
+            return self.span.count
+        return self.count if self.count is not None else len(self.paths)
 
     def input_paths(self) -> tuple[str, ...]:
-        return self.span.read_paths() if self.span is not None else self.paths
+        if self.span is not None:
+            return self.span.read_paths()
+        if self.count is not None:
+            raise RuntimeError(f"shard {self.name} belongs to another part: its paths were not kept")
+        return self.paths
 
     def describe(self) -> dict:
         if self.tar is not None:
             return {"name": self.name, "tar": self.tar}
-        first = self.span.first if self.span is not None else (self.paths[0] if self.paths else None)
+        first: str | None = self.first if self.count is not None else (self.paths[0] if self.paths else None)
+        if self.span is not None:
+            first = self.span.first
         return {"name": self.name, "first": first, "inputs": self.n_inputs}
 
 
@@ -58,6 +69,7 @@ class ShardPlan:
     shards: list[ShardSource]
     n_inputs: int
     inputs_sha256: str
+    part: tuple[int, int] | None = None  # walked inputs: the part whose shards' paths are held (None: all)
 
 
 def listing_sha256(listing: Sequence[str]) -> str:
@@ -70,10 +82,16 @@ def is_tar_input(item: str) -> bool:
 
 
 def plan_shards(
-    inputs: Sequence[str], shard_size: int = DEFAULT_SHARD_SIZE, cache: Path | None = None, hash_inputs: bool = False
+    inputs: Sequence[str],
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    cache: Path | None = None,
+    hash_inputs: bool = False,
+    part: tuple[int, int] | None = None,
 ) -> ShardPlan:
     """The shards of the command's inputs. @list inputs are streamed (features.list_plan) and, with a `cache`
-    folder (the store), their plan is saved there for the job's other parts and reruns; folders are walked."""
+    folder (the store), their plan is saved there for the job's other parts and reruns. Files and folders are
+    walked one path at a time; with `part`, only that part's shards keep their paths (the others their first
+    path and size), so a part of a folder of 10^8 images holds its own shards' paths, not the folder's."""
     if shard_size < 1:
         raise InputError(f"--shard-size must be at least 1, not {shard_size}")
     inputs = [str(i) for i in inputs]
@@ -97,11 +115,34 @@ def plan_shards(
             n = len(streamed.spans)
             shards = [ShardSource(shard_name(i, n), span=span) for i, span in enumerate(streamed.spans)]
             return ShardPlan(shards, streamed.n_inputs, streamed.inputs_sha256)
-    paths = [str(p) for p in find_input_images(inputs)]
-    n = -(-len(paths) // shard_size)
-    groups = [tuple(paths[i * shard_size : (i + 1) * shard_size]) for i in range(n)]
-    shards = [ShardSource(shard_name(i, n), paths=g) for i, g in enumerate(groups)]
-    return ShardPlan(shards, len(paths), listing_sha256(paths))
+    return _walk(inputs, shard_size, part)
+
+
+def _walk(inputs: list[str], shard_size: int, part: tuple[int, int] | None) -> ShardPlan:
+    """The shards of files and folders (and @lists naming folders), walked once in input order."""
+    digest = hashlib.sha256()
+    groups: list[tuple[str, int, list[str] | None]] = []  # (first path, count, the paths when held)
+    n = 0
+    for path in iter_images(inputs):
+        if n % shard_size == 0:
+            held = part is None or len(groups) % part[1] == part[0]
+            groups.append((path, 0, [] if held else None))
+        first, count, paths = groups[-1]
+        groups[-1] = (first, count + 1, paths)
+        if paths is not None:
+            paths.append(path)
+        digest.update(b"\n" if n else b"")
+        digest.update(path.encode("utf-8", "surrogateescape"))
+        n += 1
+    if not n:
+        raise no_images_error(inputs)
+    shards = [
+        ShardSource(shard_name(i, len(groups)), paths=tuple(paths))
+        if paths is not None
+        else ShardSource(shard_name(i, len(groups)), first=first, count=count)
+        for i, (first, count, paths) in enumerate(groups)
+    ]
+    return ShardPlan(shards, n, digest.hexdigest(), part)
 
 
 def parse_part(text: str) -> tuple[int, int]:
@@ -122,6 +163,14 @@ def default_part(env: Mapping[str, str] | None = None) -> tuple[int, int]:
     if torchrun.world > 1:
         return parse_part(f"{torchrun.rank}/{torchrun.world}")
     return 0, 1
+
+
+def this_part(part: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The part this process writes: `part` when given, else a torchrun rank's, else `default_part()`."""
+    if part is not None:
+        return part
+    torchrun = env_info()
+    return (torchrun.rank, torchrun.world) if torchrun.world > 1 else default_part()
 
 
 def part_shards(shards: Sequence[ShardSource], part: int, parts: int) -> list[ShardSource]:
