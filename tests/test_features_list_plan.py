@@ -127,6 +127,23 @@ def test_a_changed_list_is_planned_again_and_a_damaged_saved_plan_is_ignored(tmp
             assert [list(s.input_paths()) for s in again.shards] == _in_memory([lst], 2)[0]
 
 
+def test_any_byte_of_a_saved_plan_changed_gives_the_true_plan_never_another(tmp_path):
+    files = _files(tmp_path / "imgs", 9)
+    lst = _write(tmp_path / "l.txt", "# list\n" + "".join(f"{f}\n" for f in files))
+    store = tmp_path / "store"
+    truth = plan_shards([lst], 2, store)
+    want = ([s.input_paths() for s in truth.shards], truth.inputs_sha256, truth.n_inputs)
+    (saved,) = (store / CACHE_DIR).glob("*.json")
+    good = saved.read_bytes()
+    rng = np.random.default_rng(0)
+    for pos in rng.choice(len(good), size=300, replace=False):
+        damaged = bytearray(good)
+        damaged[pos] = (damaged[pos] + int(rng.integers(1, 256))) % 256
+        saved.write_bytes(bytes(damaged))
+        plan = plan_shards([lst], 2, store)  # read back, or planned again where the damage shows
+        assert ([s.input_paths() for s in plan.shards], plan.inputs_sha256, plan.n_inputs) == want, pos
+
+
 def test_paths_that_differ_from_the_saved_plan_are_refused_naming_the_list_and_line(tmp_path):
     files = _files(tmp_path / "imgs", 4)
     path = tmp_path / "l.txt"

@@ -81,7 +81,7 @@ class ListSpan:
                     break
             if len(paths) == self.count:
                 break
-        if len(paths) != self.count or digest.hexdigest() != self.sha256:
+        if len(paths) != self.count or digest.hexdigest() != self.sha256 or paths[0] != self.first:
             where = f"; remove {self.plan_file} and run again" if self.plan_file else "; run again"
             raise ListChangedError(
                 f"{self.lists[self.file]}, line {self.lineno}: the listed paths changed since the plan of this "
@@ -221,6 +221,8 @@ def _from_saved(saved: Any, key: str, lists: tuple[str, ...], plan_file: str) ->
     try:
         if saved.get("format") != _FORMAT or saved.get("key") != key:
             return None
+        if saved.get("sha256") != sha256_json({k: v for k, v in saved.items() if k != "sha256"}):
+            return None  # damaged: any changed byte, the store's inputs hash included, means planning again
         spans = []
         for s in saved["spans"]:
             ints = {k: s[k] for k in ("file", "offset", "skip", "lineno", "count")}
@@ -278,7 +280,8 @@ def cached_plan(
                 raise _NoPlan
             spans = [{k: v for k, v in asdict(s).items() if k not in ("lists", "plan_file")} for s in made.spans]
             record = {"format": _FORMAT, "key": key, "n_inputs": made.n_inputs, "inputs_sha256": made.inputs_sha256}
-            atomic_write_json(path, {**record, "spans": spans})
+            record = {**record, "spans": spans}
+            atomic_write_json(path, {**record, "sha256": sha256_json(record)})
     except BaseException as e:  # a list naming a missing file: no empty output folder is left behind for it
         for d in reversed(made_dirs):
             with contextlib.suppress(OSError):
