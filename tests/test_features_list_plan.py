@@ -21,7 +21,8 @@ from vggfeat.errors import InputError
 from vggfeat.features import list_plan
 from vggfeat.features import store as fs
 from vggfeat.features.list_plan import CACHE_DIR, ListChangedError
-from vggfeat.features.shard_plan import listing_sha256, plan_shards
+from vggfeat.features.shard_plan import plan_shards
+from vggfeat.utils.inputs import paths_sha256
 
 
 def _files(folder, n):
@@ -34,7 +35,7 @@ def _files(folder, n):
 def _in_memory(inputs, shard_size):
     """The plan as it was made before lists were streamed: every path found, then cut into groups."""
     paths = [str(p) for p in find_input_images(inputs)]
-    return [paths[i : i + shard_size] for i in range(0, len(paths), shard_size)], listing_sha256(paths)
+    return [paths[i : i + shard_size] for i in range(0, len(paths), shard_size)], paths_sha256(paths)
 
 
 def _write(path, text):
@@ -102,7 +103,7 @@ def test_a_saved_plan_serves_the_other_parts_without_walking_the_list_again(tmp_
         raise AssertionError("the list was planned again")
 
     monkeypatch.setattr(list_plan, "stream_plan", walked)
-    monkeypatch.setattr(list_plan, "_checked_entries", walked)
+    monkeypatch.setattr(list_plan, "listed_kind", walked)
     part = plan_shards([lst], 3, tmp_path / "store")
     assert [s.input_paths() for s in part.shards] == [s.input_paths() for s in first.shards]
     assert part.inputs_sha256 == first.inputs_sha256
@@ -200,7 +201,7 @@ def test_parts_of_a_listed_corpus_plan_once_and_equal_one_process(tmp_path):
     np.testing.assert_array_equal(np.asarray(parts.features), np.asarray(one.features))
     # the store's inputs hash is the one a store made before lists were streamed recorded: such a store goes on
     plan = json.loads((out / fs.PLAN_FILE).read_text())
-    assert plan["settings"]["inputs_sha256"] == listing_sha256([str(p) for p in paths])
+    assert plan["settings"]["inputs_sha256"] == paths_sha256([str(p) for p in paths])
     r = CliRunner().invoke(cli, ["extract", *common, "-o", str(out)])
     assert r.exit_code == 0 and "already complete" in r.output, r.output
 

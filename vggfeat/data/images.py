@@ -18,13 +18,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from vggfeat.errors import InputError, VggfeatError
-from vggfeat.utils.files import file_kind, read_dataset_file
+from vggfeat.utils.files import NotRegularFileError, file_kind, open_regular
 
 if TYPE_CHECKING:
     import torch
@@ -63,7 +63,7 @@ def iter_images(inputs: Iterable[str | Path]) -> Iterator[str]:
     for item in inputs:
         item = str(item)
         if item.startswith("@"):
-            yield from map(str, _read_list(Path(item[1:])))
+            yield from _iter_list_images(item[1:])
             continue
         path = Path(item)
         if path.is_dir():
@@ -132,29 +132,74 @@ def no_images_error(names: Sequence[str]) -> InputError:
     )
 
 
-def _read_list(list_file: Path) -> list[Path]:
-    if not list_file.exists():
-        raise FileNotFoundError(f"no such list file: {list_file}")
-    data = read_dataset_file(list_file, "list file", InputError)  # a FIFO or a folder is refused, never waited on
+class ListEntry(NamedTuple):  # a tuple: one is made per listed line, 10^8 of them for a corpus
+    """One path of an @list: the byte `offset` of its physical line, its `place` among that line's entries (a
+    lone CR cuts a line further, as str.splitlines does), its 1-based `lineno` counted from where the reading
+    began, the line as written, and the path it names (a relative one taken from the list's folder)."""
+
+    offset: int
+    place: int
+    lineno: int
+    line: str
+    path: Path
+
+
+def iter_list(list_file: str | Path, offset: int = 0, skip: int = 0) -> Iterator[ListEntry]:
+    """The entries of an @list from byte `offset` on (the first `skip` entries of that line left out), one line
+    at a time, blank lines and # comments left out. A list that is missing, not a regular file (a FIFO is never
+    waited on) or not UTF-8 is an error naming it."""
+    parent = Path(list_file).parent
     try:
-        lines = data.decode("utf-8").splitlines()
-    except UnicodeDecodeError as e:
+        f = open_regular(list_file)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such list file: {list_file}") from None
+    except NotRegularFileError as e:
+        raise InputError(f"list file {e}; put the file itself there") from None
+    except OSError as e:
+        raise InputError(f"list file {list_file} is unreadable ({e.strerror or e})") from None
+    lineno = 0
+    with f:
+        f.seek(offset)
+        for raw in f:  # physical lines, cut at b"\n": a multi-byte UTF-8 character never holds that byte
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(
+                    f"{list_file}: not a text file (byte {offset + e.start} is not UTF-8); an @list holds one "
+                    "image path per line"
+                ) from None
+            for k, line in enumerate(text.splitlines()):
+                lineno += 1
+                line = line.strip()
+                if k >= skip and line and not line.startswith("#"):
+                    yield ListEntry(offset, k, lineno, line, Path(line) if os.path.isabs(line) else parent / line)
+            offset += len(raw)
+            skip = 0
+
+
+def listed_kind(list_file: str | Path, entry: ListEntry) -> int:
+    """The st_mode of a listed path: a missing one is a FileNotFoundError naming the list and line, a FIFO or a
+    device an InputError (refused before any decoder, CPU or GPU, could open it)."""
+    try:
+        mode = os.stat(entry.path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise FileNotFoundError(f"{list_file}, line {entry.lineno}: no such file {entry.line!r}") from None
+    except OSError as e:
+        raise InputError(f"{list_file}, line {entry.lineno}: {entry.path} is unreadable ({e.strerror or e})") from None
+    if not stat.S_ISDIR(mode) and not stat.S_ISREG(mode):
         raise InputError(
-            f"{list_file}: not a text file (byte {e.start} is not UTF-8); an @list holds one image path per line"
-        ) from None
-    paths = []
-    for lineno, line in enumerate(lines, start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        path = Path(line) if os.path.isabs(line) else list_file.parent / line
-        if not path.exists():
-            raise FileNotFoundError(f"{list_file}, line {lineno}: no such file {line!r}")
-        if not path.is_dir() and not path.is_file():  # refused before any decoder (CPU or GPU) could open it
-            kind = file_kind(path.stat().st_mode)
-            raise InputError(f"{list_file}, line {lineno}: {path} is {kind}, not an image file or folder")
-        paths.extend(find_images([path]) if path.is_dir() else [path])
-    return paths
+            f"{list_file}, line {entry.lineno}: {entry.path} is {file_kind(mode)}, not an image file or folder"
+        )
+    return mode
+
+
+def _iter_list_images(list_file: str) -> Iterator[str]:
+    """An @list's image paths: its files, and the images of the folders it names."""
+    for entry in iter_list(list_file):
+        if stat.S_ISDIR(listed_kind(list_file, entry)):
+            yield from iter_folder_images(entry.path)
+        else:
+            yield str(entry.path)
 
 
 def _draft_request(size: tuple[int, int], min_side: int) -> tuple[int, int]:

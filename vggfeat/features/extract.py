@@ -405,9 +405,9 @@ def _finish(
         skipped = [s for r in records for s in r.get("skipped", [])]
         barrier(info)
         if info.rank == 0:
-            for sub in (fs.EMB_DIR, fs.META_DIR, fs.DONE_DIR, ".locks", NEXT_DIR, LIST_PLANS):
+            for sub in (fs.EMB_DIR, fs.META_DIR, fs.DONE_DIR, ".locks", NEXT_DIR):
                 shutil.rmtree(target / sub, ignore_errors=True)
-            shutil.rmtree(out / LIST_PLANS, ignore_errors=True)
+            shutil.rmtree(out / LIST_PLANS, ignore_errors=True)  # saved @list plans live in OUT only
             for name in (fs.PLAN_FILE, fs.MANIFEST_FILE, shard_files.MANIFEST_LOCK):
                 (target / name).unlink(missing_ok=True)
             if target != out:

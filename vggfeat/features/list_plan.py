@@ -10,41 +10,29 @@ written, and checked against the span's sha256.
 With a cache folder (the store), the plan is saved in `.listing/<key>.json`, keyed by the inputs as given, the
 working folder, the shard size and each list file's identity (path, size, mtime, ctime, inode; its sha256 with
 `hash_inputs`), so the other parts of a job, and its reruns, read the plan instead of walking the lists again.
-A list line that names a folder makes the plan the in-memory one (`None` here): a folder's files are only known
-by walking it.
+A list line that names a folder means no plan here (`None`): a folder's files are only known by walking it, so
+every part walks such inputs (features.shard_plan).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import logging
+import itertools
 import os
 import stat
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from vggfeat.data.images import iter_list, listed_kind
 from vggfeat.errors import InputError
-from vggfeat.utils.files import (
-    NotRegularFileError,
-    atomic_write_json,
-    file_kind,
-    load_json_file,
-    open_regular,
-    sha256_file,
-    sha256_json,
-)
+from vggfeat.utils.files import atomic_write_json, load_json_file, sha256_file, sha256_json
+from vggfeat.utils.inputs import PathsHash, paths_sha256
 from vggfeat.utils.locks import folder_lock
 
-log = logging.getLogger(__name__)
 CACHE_DIR = ".listing"  # in the store: saved plans of its @list inputs
 _FORMAT = 1
-
-
-class _NoPlan(Exception):
-    """A list names a folder: no streamed plan."""
 
 
 class ListChangedError(InputError):
@@ -68,26 +56,20 @@ class ListSpan:
     plan_file: str | None = None  # the saved plan it came from, named when the lists changed under it
 
     def read_paths(self) -> tuple[str, ...]:
-        """The shard's paths, read from the lists; ListChangedError unless they hash to `sha256`."""
-        paths: list[str] = []
-        digest = hashlib.sha256()
-        for index in range(self.file, len(self.lists)):
-            offset, skip = (self.offset, self.skip) if index == self.file else (0, 0)
-            for path in _entries(self.lists[index], offset, skip):
-                digest.update(b"\n" if paths else b"")
-                digest.update(_encode(path))
-                paths.append(path)
-                if len(paths) == self.count:
-                    break
-            if len(paths) == self.count:
-                break
-        if len(paths) != self.count or digest.hexdigest() != self.sha256 or paths[0] != self.first:
+        """The shard's paths, read from the lists; ListChangedError unless they are the ones planned."""
+        entries = itertools.chain.from_iterable(
+            iter_list(f, *((self.offset, self.skip) if i == self.file else (0, 0)))
+            for i, f in enumerate(self.lists)
+            if i >= self.file
+        )
+        paths = tuple(str(e.path) for e in itertools.islice(entries, self.count))
+        if len(paths) != self.count or paths_sha256(paths) != self.sha256 or paths[0] != self.first:
             where = f"; remove {self.plan_file} and run again" if self.plan_file else "; run again"
             raise ListChangedError(
                 f"{self.lists[self.file]}, line {self.lineno}: the listed paths changed since the plan of this "
                 f"extraction was made{where}"
             )
-        return tuple(paths)
+        return paths
 
 
 @dataclass(frozen=True)
@@ -99,110 +81,30 @@ class ListPlan:
     inputs_sha256: str
 
 
-def _encode(path: str) -> bytes:
-    return path.encode("utf-8", "surrogateescape")
-
-
-def _open_list(list_file: str) -> Any:
-    try:
-        return open_regular(list_file)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no such list file: {list_file}") from None
-    except NotRegularFileError as e:  # a FIFO would block the read until a writer comes
-        raise InputError(f"list file {e}; put the file itself there") from None
-    except OSError as e:
-        raise InputError(f"list file {list_file} is unreadable ({e.strerror or e})") from None
-
-
-def _lines(list_file: str, offset: int = 0, skip: int = 0) -> Iterator[tuple[int, int, str]]:
-    """(byte offset of the physical line, entry index on it, the entry stripped) for every line of the list from
-    byte `offset` on (its first `skip` entries left out), as str.splitlines cuts the decoded file."""
-    with _open_list(list_file) as f:
-        f.seek(offset)
-        for raw in f:  # physical lines, cut at b"\n"; a multi-byte UTF-8 character never holds that byte
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise InputError(
-                    f"{list_file}: not a text file (byte {offset + e.start} is not UTF-8); an @list holds one "
-                    "image path per line"
-                ) from None
-            for k, line in enumerate(text.splitlines()):
-                if k >= skip:
-                    yield offset, k, line.strip()
-            offset += len(raw)
-            skip = 0
-
-
-def _resolve(parent: Path, line: str) -> Path:
-    """A listed path: relative ones are taken from the list's folder (as data.images reads an @list)."""
-    return Path(line) if os.path.isabs(line) else parent / line
-
-
-def _entries(list_file: str, offset: int, skip: int) -> Iterator[str]:
-    """The paths listed from byte `offset` on (blank lines and # comments left out), unchecked."""
-    parent = Path(list_file).parent
-    for _, _, line in _lines(list_file, offset, skip):
-        if line and not line.startswith("#"):
-            yield str(_resolve(parent, line))
-
-
-def _checked_entries(list_file: str) -> Iterator[tuple[int, int, int, str] | None]:
-    """(offset, entry index, line number, path) for each listed path, each checked once: a missing one is a
-    FileNotFoundError naming the line; a folder yields None (the caller plans in memory); a FIFO or a device
-    is an InputError."""
-    parent = Path(list_file).parent
-    for lineno, (offset, k, line) in enumerate(_lines(list_file), start=1):
-        if not line or line.startswith("#"):
-            continue
-        path = _resolve(parent, line)
-        try:
-            mode = os.stat(path).st_mode
-        except (FileNotFoundError, NotADirectoryError):
-            raise FileNotFoundError(f"{list_file}, line {lineno}: no such file {line!r}") from None
-        except OSError as e:
-            raise InputError(f"{list_file}, line {lineno}: {path} is unreadable ({e.strerror or e})") from None
-        if stat.S_ISDIR(mode):
-            yield None
-            return
-        if not stat.S_ISREG(mode):  # refused before any decoder (CPU or GPU) could open it
-            raise InputError(f"{list_file}, line {lineno}: {path} is {file_kind(mode)}, not an image file or folder")
-        yield offset, k, lineno, str(path)
-
-
 def stream_plan(list_files: Sequence[str], shard_size: int) -> ListPlan | None:
-    """The listing of `list_files` cut into shards of `shard_size`, streamed (no path held); None when a line
-    names a folder."""
+    """The listing of `list_files` cut into shards of `shard_size`, streamed (no path held), every listed file
+    checked once (data.images.listed_kind); None when a line names a folder."""
     lists = tuple(list_files)
     spans: list[ListSpan] = []
-    total = hashlib.sha256()
-    n = 0
+    total, shard = PathsHash(), PathsHash()
     start: tuple[int, int, int, int, str] | None = None
-    shard = hashlib.sha256()
-    count = 0
 
     def close() -> None:
         if start is not None:
-            file, offset, skip, lineno, first = start
-            spans.append(ListSpan(lists, file, offset, skip, lineno, count, first, shard.hexdigest()))
+            spans.append(ListSpan(lists, *start[:4], shard.count, start[4], shard.hexdigest()))
 
     for index, list_file in enumerate(lists):
-        for entry in _checked_entries(list_file):
-            if entry is None:
+        for entry in iter_list(list_file):
+            if stat.S_ISDIR(listed_kind(list_file, entry)):
                 return None
-            offset, k, lineno, path = entry
-            if n % shard_size == 0:
+            path = str(entry.path)
+            if total.count % shard_size == 0:
                 close()
-                start, shard, count = (index, offset, k, lineno, path), hashlib.sha256(), 0
-            data = _encode(path)
-            total.update(b"\n" if n else b"")
-            total.update(data)
-            shard.update(b"\n" if count else b"")
-            shard.update(data)
-            n += 1
-            count += 1
+                start, shard = (index, entry.offset, entry.place, entry.lineno, path), PathsHash()
+            total.add(path)
+            shard.add(path)
     close()
-    return ListPlan(spans, n, total.hexdigest())
+    return ListPlan(spans, total.count, total.hexdigest())
 
 
 def _list_identity(list_file: str, hash_inputs: bool) -> list:
@@ -268,25 +170,24 @@ def cached_plan(
     found = saved()
     if found is not None:
         return found
-    fix = "it waits for that process's plan"
     made_dirs = [d for d in (Path(cache), path.parent) if not d.exists()]  # the lock makes them
+    made = None
     try:
-        with folder_lock(path.with_suffix(""), "planned", fix, wait=True):
+        with folder_lock(path.with_suffix(""), "planned", "it waits for that process's plan", wait=True):
             found = saved()  # a part that held the lock before us planned it
             if found is not None:
                 return found
-            made = plan(lists, shard_size)
-            if made is None:  # a folder named: planned in memory by the caller, nothing saved
-                raise _NoPlan
-            spans = [{k: v for k, v in asdict(s).items() if k not in ("lists", "plan_file")} for s in made.spans]
-            record = {"format": _FORMAT, "key": key, "n_inputs": made.n_inputs, "inputs_sha256": made.inputs_sha256}
-            record = {**record, "spans": spans}
-            atomic_write_json(path, {**record, "sha256": sha256_json(record)})
-    except BaseException as e:  # a list naming a missing file: no empty output folder is left behind for it
-        for d in reversed(made_dirs):
-            with contextlib.suppress(OSError):
-                d.rmdir()
-        if isinstance(e, _NoPlan):
-            return None
-        raise
+            made = plan(lists, shard_size)  # None: a list names a folder, planned in memory by the caller
+            if made is not None:
+                spans = [{k: v for k, v in asdict(s).items() if k not in ("lists", "plan_file")} for s in made.spans]
+                record = {"format": _FORMAT, "key": key, "n_inputs": made.n_inputs, "inputs_sha256": made.inputs_sha256}
+                record = {**record, "spans": spans}
+                atomic_write_json(path, {**record, "sha256": sha256_json(record)})
+    finally:
+        if not path.exists():  # nothing saved (a listed file missing, a folder named): no empty folder left
+            for d in reversed(made_dirs):
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+    if made is None:
+        return None
     return ListPlan([replace(s, plan_file=str(path)) for s in made.spans], made.n_inputs, made.inputs_sha256)

@@ -7,7 +7,6 @@ each writing only its own shards, and every input lands in exactly one shard onc
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -18,6 +17,7 @@ from vggfeat.data.images import iter_images, no_images_error
 from vggfeat.data.tar_shards import expand_shard_patterns
 from vggfeat.errors import InputError
 from vggfeat.utils.distributed import env_info
+from vggfeat.utils.inputs import PathsHash, paths_sha256
 
 from .list_plan import ListSpan, cached_plan, stream_plan
 from .shard_files import shard_name
@@ -72,10 +72,6 @@ class ShardPlan:
     part: tuple[int, int] | None = None  # walked inputs: the part whose shards' paths are held (None: all)
 
 
-def listing_sha256(listing: Sequence[str]) -> str:
-    return hashlib.sha256("\n".join(listing).encode("utf-8", "surrogateescape")).hexdigest()
-
-
 def is_tar_input(item: str) -> bool:
     """A tar shard, a brace pattern or a glob of them (webdataset notation: shards/{000000..000099}.tar)."""
     return not item.startswith("@") and bool(_TAR.search(item))
@@ -105,7 +101,7 @@ def plan_shards(
     if tars:
         urls = expand_shard_patterns(tars)
         shards = [ShardSource(shard_name(i, len(urls)), tar=u) for i, u in enumerate(urls)]
-        return ShardPlan(shards, len(urls), listing_sha256(urls))
+        return ShardPlan(shards, len(urls), paths_sha256(urls))
     if inputs and all(i.startswith("@") for i in inputs):
         lists = [i[1:] for i in inputs]
         streamed = (
@@ -120,29 +116,28 @@ def plan_shards(
 
 def _walk(inputs: list[str], shard_size: int, part: tuple[int, int] | None) -> ShardPlan:
     """The shards of files and folders (and @lists naming folders), walked once in input order."""
-    digest = hashlib.sha256()
-    groups: list[tuple[str, int, list[str] | None]] = []  # (first path, count, the paths when held)
-    n = 0
+    hashed = PathsHash()
+    firsts: list[str] = []  # each shard's first path
+    held: dict[int, list[str]] = {}  # the paths of the shards this part writes
     for path in iter_images(inputs):
-        if n % shard_size == 0:
-            held = part is None or len(groups) % part[1] == part[0]
-            groups.append((path, 0, [] if held else None))
-        first, count, paths = groups[-1]
-        groups[-1] = (first, count + 1, paths)
-        if paths is not None:
-            paths.append(path)
-        digest.update(b"\n" if n else b"")
-        digest.update(path.encode("utf-8", "surrogateescape"))
-        n += 1
-    if not n:
+        shard, place = divmod(hashed.count, shard_size)
+        if place == 0:
+            firsts.append(path)
+            if part is None or shard % part[1] == part[0]:
+                held[shard] = []
+        if shard in held:
+            held[shard].append(path)
+        hashed.add(path)
+    if not hashed.count:
         raise no_images_error(inputs)
+    n = len(firsts)
     shards = [
-        ShardSource(shard_name(i, len(groups)), paths=tuple(paths))
-        if paths is not None
-        else ShardSource(shard_name(i, len(groups)), first=first, count=count)
-        for i, (first, count, paths) in enumerate(groups)
+        ShardSource(shard_name(i, n), paths=tuple(held[i]))
+        if i in held
+        else ShardSource(shard_name(i, n), first=firsts[i], count=min(shard_size, hashed.count - i * shard_size))
+        for i in range(n)
     ]
-    return ShardPlan(shards, n, digest.hexdigest(), part)
+    return ShardPlan(shards, hashed.count, hashed.hexdigest(), part)
 
 
 def parse_part(text: str) -> tuple[int, int]:

@@ -9,7 +9,6 @@ listing every path) still load, read-only; `vggfeat store convert` rewrites one.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import os
 import reprlib
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from vggfeat.utils.files import load_json_file, open_regular, read_json
-from vggfeat.utils.inputs import input_identities, same_input
+from vggfeat.utils.inputs import input_identities, paths_sha256, same_input
 
 from . import shard_files
 from .npy_rows import NpyRows, open_npy_rows
@@ -260,8 +259,7 @@ class FeatureStore:
         if not skipped:
             return list(ids)
         inputs = list(heapq.merge(self.paths, skipped))  # inputs of one folder are found in sorted order
-        listing = hashlib.sha256("\n".join(inputs).encode("utf-8", "surrogateescape")).hexdigest()
-        if listing != (self.manifest.get("settings") or {}).get("inputs_sha256"):
+        if paths_sha256(inputs) != (self.manifest.get("settings") or {}).get("inputs_sha256"):
             return unknown
         usable = set(self.paths)
         return [ident for p, ident in zip(inputs, ids, strict=True) if p in usable]
@@ -274,10 +272,16 @@ class FeatureStore:
 
     def iter_absolute_paths(self) -> Iterator[str]:
         """`absolute_paths` one at a time, read shard by shard: memory for one shard's paths, not the store's."""
+        return (absolute for _, _, absolute in self._iter_rows_paths())
+
+    def _absolute(self, path: str) -> str:
         cwd = self.manifest.get("cwd")
-        shards = (self.shard_paths(name) for name in self.shard_names) if self.sharded else iter([self.paths])
-        for paths in shards:
-            yield from (p if cwd is None or os.path.isabs(p) else os.path.join(cwd, p) for p in paths)
+        return path if cwd is None or os.path.isabs(path) else os.path.join(cwd, path)
+
+    @property
+    def _shard_rows(self) -> ShardRows | None:
+        """The rows by shard, for a sharded store (None for the single-file format and in-memory stores)."""
+        return self.features if self.sharded and isinstance(self.features, ShardRows) else None
 
     @property
     def dim(self) -> int:
@@ -305,47 +309,42 @@ class FeatureStore:
             j = i - int(feats.offsets[s])
             yield np.asarray(block, dtype=np.float32), paths[j : j + len(block)]
 
-    def _shard_of(self, row: int) -> int:
-        assert isinstance(self.features, ShardRows)  # a sharded store reads its rows from its shards
-        return int(np.searchsorted(self.features.offsets, row, side="right")) - 1
+    def _shard_of(self, rows: ShardRows, row: int) -> int:
+        return int(np.searchsorted(rows.offsets, row, side="right")) - 1
 
     def _iter_rows_paths(self) -> Iterator[tuple[int, str, str]]:
         """(row, path as given, absolute path) for every row, shard by shard: one shard's paths in memory."""
-        cwd = self.manifest.get("cwd")
-        if self.sharded and isinstance(self.features, ShardRows):
-            offsets = self.features.offsets
-            shards: Iterator[tuple[int, list[str]]] = (
-                (int(offsets[s]), self.shard_paths(name)) for s, name in enumerate(self.shard_names)
-            )
-        else:
-            shards = iter([(0, self.paths)])
+        rows = self._shard_rows
+        shards: Iterator[tuple[int, list[str]]] = (
+            ((int(rows.offsets[s]), self.shard_paths(name)) for s, name in enumerate(self.shard_names))
+            if rows is not None
+            else iter([(0, self.paths)])
+        )
         for first, paths in shards:
             for i, p in enumerate(paths, start=first):
-                yield i, p, p if cwd is None or os.path.isabs(p) else os.path.join(cwd, p)
+                yield i, p, self._absolute(p)
 
     def absolute_path(self, row: int) -> str:
         """Row `row`'s path as `absolute_paths` gives it, reading one shard's paths."""
-        cwd = self.manifest.get("cwd")
-        if self.sharded and isinstance(self.features, ShardRows):
-            s = self._shard_of(row)
-            p = self.shard_paths(self.shard_names[s])[row - int(self.features.offsets[s])]
-        else:
-            p = self.paths[row]
-        return p if cwd is None or os.path.isabs(p) else os.path.join(cwd, p)
+        rows = self._shard_rows
+        if rows is None:
+            return self._absolute(self.paths[row])
+        s = self._shard_of(rows, row)
+        return self._absolute(self.shard_paths(self.shard_names[s])[row - int(rows.offsets[s])])
 
     def identities_of(self, rows: Sequence[int]) -> list[list | None]:
         """`row_identities` of `rows` only, reading the parquet columns of just the shards that hold them."""
-        if not (self.sharded and isinstance(self.features, ShardRows)):
+        shard_rows = self._shard_rows
+        if shard_rows is None:
             every = self.row_identities
             return [every[r] for r in rows]
-        offsets = self.features.offsets
         by_shard: dict[int, dict[str, list]] = {}
         out: list[list | None] = []
         for r in rows:
-            s = self._shard_of(r)
+            s = self._shard_of(shard_rows, r)
             if s not in by_shard:
                 by_shard[s] = self.shard_meta(self.shard_names[s], ["size", "mtime_ns", "sha256"])
-            cols, j = by_shard[s], r - int(offsets[s])
+            cols, j = by_shard[s], r - int(shard_rows.offsets[s])
             size, mtime, digest = cols["size"][j], cols["mtime_ns"][j], cols["sha256"][j]
             out.append(None if size is None else [size, mtime] if digest is None else [size, mtime, digest])
         return out

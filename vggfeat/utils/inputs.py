@@ -8,9 +8,10 @@ a digest of its images' paths and identities (data.stats).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from vggfeat.utils.files import sha256_file, sha256_json
 
@@ -54,3 +55,26 @@ def same_input(old: Identity, new: Identity) -> bool:
     if len(old) > 2 and len(new) > 2:
         return old[2] == new[2]
     return old[1] == new[1]
+
+
+class PathsHash:
+    """The sha256 of paths joined by newlines (a store's `inputs_sha256`), fed one path at a time, so a listing
+    of 10^8 paths is hashed without being held."""
+
+    def __init__(self) -> None:
+        self._digest, self.count = hashlib.sha256(), 0
+
+    def add(self, path: str) -> None:
+        self._digest.update(b"\n" if self.count else b"")
+        self._digest.update(path.encode("utf-8", "surrogateescape"))
+        self.count += 1
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+
+def paths_sha256(paths: Iterable[str]) -> str:
+    hashed = PathsHash()
+    for p in paths:
+        hashed.add(p)
+    return hashed.hexdigest()
